@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Programs on the host side of each pod's veth.
+ *
+ *   from_pod: TC ingress of the host veth, i.e. every packet the pod sends.
+ *   to_pod:   TC egress of the host veth, i.e. packets the node's stack
+ *             routes to the pod.
+ *
+ * Pod to pod on the same node never touches the host stack: from_pod finds
+ * the destination endpoint, applies the to-pod step inline and redirects
+ * straight into the destination pod's namespace with bpf_redirect_peer. */
+
+#include "lib/common.h"
+#include "lib/abi.h"
+#include "lib/maps.h"
+#include "lib/drop.h"
+#include "lib/counters.h"
+#include "lib/eth.h"
+#include "lib/ipv4.h"
+#include "lib/endpoint.h"
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	struct weir_ep_info *src, *dst;
+	struct ipv4_meta meta = {};
+	__u32 reason, ifindex;
+	__u16 proto;
+
+	proto = eth_proto(skb);
+	if (!proto)
+		return drop_packet(skb, WEIR_DROP_TRUNCATED_ETH);
+	if (proto == ETH_P_ARP)
+		return WEIR_PASS_ON;
+	if (proto != ETH_P_IP)
+		return drop_packet(skb, WEIR_DROP_UNSUPPORTED_L3);
+
+	reason = ipv4_parse(skb, &meta);
+	if (reason)
+		return drop_packet(skb, reason);
+
+	/* Anti-spoofing: the source must be the endpoint behind this very
+	 * interface, so a pod cannot borrow a neighbour's address. */
+	src = lookup_ep_v4(meta.saddr);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop_packet(skb, WEIR_DROP_INVALID_SOURCE);
+	count_traffic(src->endpoint_id, WEIR_DIR_EGRESS, skb->len);
+
+	dst = lookup_ep_v4(meta.daddr);
+	if (!dst)
+		/* Not a local pod: the node's stack routes it. */
+		return TC_ACT_OK;
+
+	if (meta.ttl <= 1)
+		return drop_packet(skb, WEIR_DROP_TTL_EXCEEDED);
+	if (ipv4_dec_ttl(skb, meta.ttl))
+		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+
+	/* The store helpers above invalidate map value pointers' packet view
+	 * but not the value itself; copy the target before rewriting. */
+	ifindex = dst->ifindex;
+	if (to_endpoint(skb, dst) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	return bpf_redirect_peer(ifindex, 0);
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	struct weir_ep_info *dst;
+	struct ipv4_meta meta = {};
+	__u32 reason;
+	__u16 proto;
+
+	proto = eth_proto(skb);
+	if (!proto)
+		return drop_packet(skb, WEIR_DROP_TRUNCATED_ETH);
+	if (proto != ETH_P_IP)
+		return WEIR_PASS_ON;
+
+	reason = ipv4_parse(skb, &meta);
+	if (reason)
+		return drop_packet(skb, reason);
+
+	dst = lookup_ep_v4(meta.daddr);
+	if (!dst || dst->ifindex != skb->ifindex)
+		return WEIR_PASS_ON;
+	return to_endpoint(skb, dst);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every struct and enum shared with userspace. The Rust twins live in
+ * datapath-ebpf/src/abi.rs and a test checks both agree through this
+ * object's BTF, so change them together. Explicit padding everywhere:
+ * implicit holes would be uninitialised on one side and break hash keys. */
+#ifndef WEIR_ABI_H
+#define WEIR_ABI_H
+
+#include <linux/types.h>
+
+#define WEIR_AF_INET 4
+#define WEIR_AF_INET6 6
+
+/* Keyed by family + a 16-byte address so IPv6 fits without a new map. */
+struct weir_ep_key {
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4]; /* network byte order; IPv4 uses addr[0] */
+};
+
+#define WEIR_EP_F_NONE 0
+
+struct weir_ep_info {
+	__u32 ifindex;      /* host side of the pod's veth */
+	__u32 endpoint_id;  /* node-local id, keys the traffic counters */
+	__u32 identity;     /* numeric identity of namespace + labels */
+	__u8 pod_mac[6];    /* MAC of the pod's interface */
+	__u8 host_mac[6];   /* MAC of the host side, the pod's gateway */
+	__u32 flags;
+};
+
+#define WEIR_DIR_INGRESS 0 /* into the pod */
+#define WEIR_DIR_EGRESS 1  /* out of the pod */
+
+struct weir_traffic_key {
+	__u32 endpoint_id;
+	__u32 direction;
+};
+
+struct weir_traffic {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Why the datapath dropped a packet. Userspace keeps the same list with a
+ * text for each (src/drop.rs); append only, numbers are ABI. */
+enum weir_drop_reason {
+	WEIR_DROP_NONE = 0,
+	WEIR_DROP_TRUNCATED_ETH = 1,
+	WEIR_DROP_MALFORMED_IPV4 = 2,
+	WEIR_DROP_UNSUPPORTED_L3 = 3,
+	WEIR_DROP_INVALID_SOURCE = 4,
+	WEIR_DROP_TRUNCATED_L4 = 5,
+	WEIR_DROP_TTL_EXCEEDED = 6,
+	WEIR_DROP_REWRITE_FAILED = 7,
+	WEIR_DROP_REASON_MAX = 64,
+};
+
+#endif /* WEIR_ABI_H */

@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every drop goes through here so none goes uncounted. */
+#ifndef WEIR_DROP_H
+#define WEIR_DROP_H
+
+#include "maps.h"
+
+static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
+{
+	__u32 key = reason < WEIR_DROP_REASON_MAX ? reason : WEIR_DROP_NONE;
+	struct weir_traffic *t = bpf_map_lookup_elem(&weir_drops, &key);
+
+	if (t) {
+		t->packets += 1;
+		t->bytes += skb->len;
+	}
+	return TC_ACT_SHOT;
+}
+
+#endif /* WEIR_DROP_H */

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* All maps. Pinned by name so a restarted agent (and the programs already
+ * attached to pod interfaces) keep using the same ones. */
+#ifndef WEIR_MAPS_H
+#define WEIR_MAPS_H
+
+#include "common.h"
+#include "abi.h"
+
+#define WEIR_MAX_ENDPOINTS 16384
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS);
+	__type(key, struct weir_ep_key);
+	__type(value, struct weir_ep_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_endpoints SEC(".maps");
+
+/* Entries are created by the agent when it adds an endpoint: the datapath
+ * only updates, so traffic can never fill this map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS * 2);
+	__type(key, struct weir_traffic_key);
+	__type(value, struct weir_traffic);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ep_traffic SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct weir_traffic);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_drops SEC(".maps");
+
+#endif /* WEIR_MAPS_H */

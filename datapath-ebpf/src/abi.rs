@@ -1,0 +1,86 @@
+//! Rust twins of `bpf/lib/abi.h`. `tests/abi_layout.rs` compares sizes and
+//! field offsets with the BTF clang wrote into the object.
+#![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait; each impl is justified below")]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+pub const AF_INET: u8 = 4;
+pub const AF_INET6: u8 = 6;
+
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct EpKey {
+    pub family: u8,
+    pub pad: [u8; 3],
+    /// Network byte order, as the packet carries it; IPv4 uses `addr[0]`.
+    pub addr: [u32; 4],
+}
+
+impl EpKey {
+    pub fn new(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::v4(v4),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                Self { family: AF_INET6, pad: [0; 3], addr: [word(0), word(4), word(8), word(12)] }
+            }
+        }
+    }
+
+    pub fn v4(ip: Ipv4Addr) -> Self {
+        // Keep the wire's byte order in memory: the program compares raw words.
+        Self { family: AF_INET, pad: [0; 3], addr: [u32::from_ne_bytes(ip.octets()), 0, 0, 0] }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpInfo {
+    pub ifindex: u32,
+    pub endpoint_id: u32,
+    pub identity: u32,
+    pub pod_mac: [u8; 6],
+    pub host_mac: [u8; 6],
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TrafficKey {
+    pub endpoint_id: u32,
+    pub direction: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+// SAFETY: all four are `repr(C)`, `Copy`, made only of integers and byte
+// arrays, with explicit padding fields, so every bit pattern is valid and no
+// byte is uninitialised.
+unsafe impl aya::Pod for EpKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for EpInfo {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TrafficKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Traffic {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_key_keeps_wire_byte_order() {
+        let k = EpKey::v4(Ipv4Addr::new(10, 244, 1, 7));
+        assert_eq!(k.addr[0].to_ne_bytes(), [10, 244, 1, 7]);
+        assert_eq!(k.family, AF_INET);
+    }
+}

@@ -1,0 +1,304 @@
+//! Loading, pinning, attaching and programming the datapath through aya.
+//! This module is the only door from userspace into the kernel's BPF side.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::abi::{DIR_EGRESS, DIR_INGRESS, EpInfo, EpKey, Traffic, TrafficKey};
+use crate::drop::DropReason;
+use crate::maps;
+
+/// The programs on a pod's host-side veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// TC ingress of the host veth: what the pod sends.
+    FromPod,
+    /// TC egress of the host veth: what the node's stack sends to the pod.
+    ToPod,
+}
+
+impl ProgramKind {
+    pub const ALL: [ProgramKind; 2] = [ProgramKind::FromPod, ProgramKind::ToPod];
+
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Self::FromPod => "from_pod",
+            Self::ToPod => "to_pod",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::FromPod => TcAttachType::Ingress,
+            Self::ToPod => TcAttachType::Egress,
+        }
+    }
+}
+
+/// Errors from the datapath, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The embedded object failed to load (verifier log included).
+    #[error("loading the datapath object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program failed to load into the kernel.
+    #[error("loading program {name}: {source}")]
+    Program { name: &'static str, #[source] source: aya::programs::ProgramError },
+    /// The object lacks a program or map the loader expects.
+    #[error("the datapath object has no {0}")]
+    Missing(&'static str),
+    /// Attaching a program to an interface failed.
+    #[error("attaching {program} to {iface}: {source}")]
+    Attach { program: &'static str, iface: String, #[source] source: aya::programs::ProgramError },
+    /// Converting a link handle (to pin or replace it) failed.
+    #[error("link of {program} on {iface}: {source}")]
+    Link { program: &'static str, iface: String, #[source] source: aya::programs::links::LinkError },
+    /// Pinning or unpinning under bpffs failed.
+    #[error("pinning {path}: {source}")]
+    Pin { path: PathBuf, #[source] source: io::Error },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, #[source] source: aya::maps::MapError },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// An endpoint as the datapath holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub key: EpKey,
+    pub info: EpInfo,
+}
+
+/// The loaded datapath of one node.
+///
+/// Maps are pinned under `<pin_dir>` and reused by the next load, and the
+/// links attaching programs to pod interfaces are pinned under
+/// `<pin_dir>/links`, so the agent can exit and restart without a pod
+/// losing a packet.
+pub struct Datapath {
+    ebpf: Ebpf,
+    links_dir: PathBuf,
+    nr_cpus: usize,
+}
+
+impl Datapath {
+    /// Loads the programs, creating or reusing the maps pinned under `pin_dir`
+    /// (which must be on bpffs).
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        let links_dir = pin_dir.join("links");
+        for dir in [pin_dir, &links_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin { path: dir.to_owned(), source })?;
+        }
+        let mut ebpf =
+            EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::BPF_LXC).map_err(DatapathError::Load)?;
+        for kind in ProgramKind::ALL {
+            let name = kind.program_name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Pin {
+            path: "/sys/devices/system/cpu/possible".into(),
+            source,
+        })?;
+        Ok(Self { ebpf, links_dir, nr_cpus })
+    }
+
+    /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self, kind: ProgramKind) -> &SchedClassifier {
+        let name = kind.program_name();
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("load() checked every program exists and is a classifier")
+    }
+
+    fn program_mut(&mut self, kind: ProgramKind) -> &mut SchedClassifier {
+        let name = kind.program_name();
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("load() checked every program exists and is a classifier")
+    }
+
+    fn link_pin(&self, iface: &str, kind: ProgramKind) -> PathBuf {
+        self.links_dir.join(format!("{iface}.{}", kind.program_name()))
+    }
+
+    /// Attaches both programs to a freshly created host veth, replacing pins
+    /// left by an earlier interface of the same name.
+    pub fn attach_endpoint(&mut self, iface: &str) -> Result<()> {
+        self.detach_endpoint(iface)?;
+        for kind in ProgramKind::ALL {
+            self.attach_fresh(iface, kind)?;
+        }
+        Ok(())
+    }
+
+    /// After an agent restart: swap this process's programs into the links
+    /// pinned by the previous one (atomic, no packet sees a gap), or attach
+    /// fresh where no pin exists.
+    pub fn reattach_endpoint(&mut self, iface: &str) -> Result<()> {
+        for kind in ProgramKind::ALL {
+            let pin = self.link_pin(iface, kind);
+            let program = kind.program_name();
+            let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
+            match PinnedLink::from_pin(&pin) {
+                Ok(pinned) => {
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+                        DatapathError::Link { program, iface: iface.to_owned(), source }
+                    })?;
+                    let prog = self.program_mut(kind);
+                    let id = prog.attach_to_link(link).map_err(attach_err)?;
+                    // The pin keeps the link alive; drop our handle without detaching.
+                    drop(prog.take_link(id).map_err(attach_err)?);
+                }
+                Err(_) => self.attach_fresh(iface, kind)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_fresh(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
+        let pin = self.link_pin(iface, kind);
+        let program = kind.program_name();
+        let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
+        let prog = self.program_mut(kind);
+        let id = prog.attach(iface, kind.attach_type()).map_err(attach_err)?;
+        let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
+            .map_err(|source| DatapathError::Link { program, iface: iface.to_owned(), source })?;
+        link.pin(&pin).map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e) })?;
+        Ok(())
+    }
+
+    /// Removes the link pins, which detaches the programs. Idempotent.
+    pub fn detach_endpoint(&self, iface: &str) -> Result<()> {
+        for kind in ProgramKind::ALL {
+            let pin = self.link_pin(iface, kind);
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::Pin { path: pin, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces with pinned links (for reconciling after a restart).
+    pub fn attached_interfaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.links_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.split_once('.')).map(|(i, _)| i.to_owned()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, EpKey, EpInfo>> {
+        let map = self.ebpf.map_mut(maps::ENDPOINTS).ok_or(DatapathError::Missing(maps::ENDPOINTS))?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map { map: maps::ENDPOINTS, source })
+    }
+
+    fn traffic_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, TrafficKey, Traffic>> {
+        let map = self.ebpf.map_mut(maps::EP_TRAFFIC).ok_or(DatapathError::Missing(maps::EP_TRAFFIC))?;
+        PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { map: maps::EP_TRAFFIC, source })
+    }
+
+    /// Programs an endpoint and (re)sets its counters to zero.
+    pub fn upsert_endpoint(&mut self, ip: IpAddr, info: EpInfo) -> Result<()> {
+        let nr_cpus = self.nr_cpus;
+        let mut traffic = self.traffic_map()?;
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            let key = TrafficKey { endpoint_id: info.endpoint_id, direction };
+            // Keep counters of an endpoint that is only being re-programmed.
+            if traffic.get(&key, 0).is_err() {
+                traffic
+                    .insert(key, zero_per_cpu(nr_cpus), 0)
+                    .map_err(|source| DatapathError::Map { map: maps::EP_TRAFFIC, source })?;
+            }
+        }
+        self.endpoints_map()?
+            .insert(EpKey::new(ip), info, 0)
+            .map_err(|source| DatapathError::Map { map: maps::ENDPOINTS, source })
+    }
+
+    /// Removes an endpoint and its counters. Missing entries are fine.
+    pub fn remove_endpoint(&mut self, ip: IpAddr, endpoint_id: u32) -> Result<()> {
+        ignore_missing(self.endpoints_map()?.remove(&EpKey::new(ip)), maps::ENDPOINTS)?;
+        let mut traffic = self.traffic_map()?;
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            ignore_missing(traffic.remove(&TrafficKey { endpoint_id, direction }), maps::EP_TRAFFIC)?;
+        }
+        Ok(())
+    }
+
+    /// Every endpoint in the map.
+    pub fn endpoints(&mut self) -> Result<Vec<EndpointEntry>> {
+        let map = self.endpoints_map()?;
+        map.iter()
+            .map(|r| r.map(|(key, info)| EndpointEntry { key, info }))
+            .collect::<Result<_, _>>()
+            .map_err(|source| DatapathError::Map { map: maps::ENDPOINTS, source })
+    }
+
+    /// Ingress and egress traffic of one endpoint, summed over CPUs.
+    pub fn endpoint_traffic(&mut self, endpoint_id: u32) -> Result<(Traffic, Traffic)> {
+        let map = self.traffic_map()?;
+        let read = |direction| -> Result<Traffic> {
+            match map.get(&TrafficKey { endpoint_id, direction }, 0) {
+                Ok(values) => Ok(sum(values.iter())),
+                Err(aya::maps::MapError::KeyNotFound) => Ok(Traffic::default()),
+                Err(source) => Err(DatapathError::Map { map: maps::EP_TRAFFIC, source }),
+            }
+        };
+        Ok((read(DIR_INGRESS)?, read(DIR_EGRESS)?))
+    }
+
+    /// Drops by reason, summed over CPUs; reasons with no drops are left out.
+    pub fn drops(&self) -> Result<Vec<(DropReason, Traffic)>> {
+        let map = self.ebpf.map(maps::DROPS).ok_or(DatapathError::Missing(maps::DROPS))?;
+        let array: PerCpuArray<&MapData, Traffic> =
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { map: maps::DROPS, source })?;
+        let mut out = Vec::new();
+        for reason in DropReason::ALL {
+            let values =
+                array.get(&(*reason as u32), 0).map_err(|source| DatapathError::Map { map: maps::DROPS, source })?;
+            let total = sum(values.iter());
+            if total.packets > 0 {
+                out.push((*reason, total));
+            }
+        }
+        Ok(out)
+    }
+
+}
+
+fn zero_per_cpu(nr_cpus: usize) -> PerCpuValues<Traffic> {
+    PerCpuValues::try_from(vec![Traffic::default(); nr_cpus]).expect("nr_cpus is at least one")
+}
+
+fn sum<'a>(values: impl Iterator<Item = &'a Traffic>) -> Traffic {
+    values.fold(Traffic::default(), |acc, t| Traffic { packets: acc.packets + t.packets, bytes: acc.bytes + t.bytes })
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatapathError::Map { map, source }),
+    }
+}

@@ -1,0 +1,82 @@
+//! The Rust twins in `src/abi.rs` must match the C structs byte for byte.
+//! Sizes and member offsets are read from the BTF clang wrote into the
+//! embedded object, so this fails as soon as one side changes alone.
+
+use std::collections::HashMap;
+use std::mem::{offset_of, size_of};
+
+use object::{Object, ObjectSection};
+use weir_datapath::abi::{EpInfo, EpKey, Traffic, TrafficKey};
+
+/// name → (size, [(member, byte offset)]) for every struct in the BTF.
+fn btf_structs(obj: &[u8]) -> HashMap<String, (u32, Vec<(String, u32)>)> {
+    let file = object::File::parse(obj).expect("embedded object is ELF");
+    let btf = file.section_by_name(".BTF").expect("object has .BTF (compile with -g)");
+    let data = btf.data().expect(".BTF readable");
+    let u32_at = |off: usize| u32::from_le_bytes(data[off..off + 4].try_into().unwrap());
+
+    // struct btf_header: magic u16, version u8, flags u8, hdr_len u32,
+    // type_off, type_len, str_off, str_len (u32 each, relative to hdr end).
+    assert_eq!(u16::from_le_bytes([data[0], data[1]]), 0xeb9f, "BTF magic");
+    let hdr_len = u32_at(4) as usize;
+    let (type_off, type_len) = (hdr_len + u32_at(8) as usize, u32_at(12) as usize);
+    let str_off = hdr_len + u32_at(16) as usize;
+    let name = |off: u32| {
+        let s = &data[str_off + off as usize..];
+        String::from_utf8_lossy(&s[..s.iter().position(|&b| b == 0).unwrap()]).into_owned()
+    };
+
+    let mut out = HashMap::new();
+    let mut p = type_off;
+    while p < type_off + type_len {
+        let (name_off, info, size) = (u32_at(p), u32_at(p + 4), u32_at(p + 8));
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        p += 12;
+        // Trailing data per kind, from the kernel's Documentation/bpf/btf.rst.
+        let extra = match kind {
+            1 => 4,                // INT
+            3 => 12,               // ARRAY
+            4 | 5 => 12 * vlen,    // STRUCT, UNION
+            6 => 8 * vlen,         // ENUM
+            13 => 8 * vlen,        // FUNC_PROTO
+            14 => 4,               // VAR
+            15 => 12 * vlen,       // DATASEC
+            17 => 4,               // DECL_TAG
+            19 => 12 * vlen,       // ENUM64
+            _ => 0,
+        };
+        if kind == 4 {
+            let kind_flag = info >> 31 == 1;
+            let members = (0..vlen)
+                .map(|i| {
+                    let m = p + i * 12;
+                    let bits = u32_at(m + 8);
+                    let bit_off = if kind_flag { bits & 0xff_ffff } else { bits };
+                    (name(u32_at(m)), bit_off / 8)
+                })
+                .collect();
+            out.insert(name(name_off), (size, members));
+        }
+        p += extra;
+    }
+    out
+}
+
+macro_rules! assert_layout {
+    ($structs:expr, $c_name:literal, $rust:ty, [$($field:ident),* $(,)?]) => {{
+        let (size, members) = $structs.get($c_name).unwrap_or_else(|| panic!("struct {} not in BTF", $c_name));
+        assert_eq!(*size as usize, size_of::<$rust>(), "size of {}", $c_name);
+        let rust_fields: Vec<(String, u32)> = vec![$((stringify!($field).to_string(), offset_of!($rust, $field) as u32)),*];
+        assert_eq!(members, &rust_fields, "members and offsets of {}", $c_name);
+    }};
+}
+
+#[test]
+fn rust_abi_matches_c_structs_in_btf() {
+    let structs = btf_structs(weir_datapath::BPF_LXC);
+    assert_layout!(structs, "weir_ep_key", EpKey, [family, pad, addr]);
+    assert_layout!(structs, "weir_ep_info", EpInfo, [ifindex, endpoint_id, identity, pod_mac, host_mac, flags]);
+    assert_layout!(structs, "weir_traffic_key", TrafficKey, [endpoint_id, direction]);
+    assert_layout!(structs, "weir_traffic", Traffic, [packets, bytes]);
+}

@@ -1,0 +1,352 @@
+//! The pod-veth programs run on crafted packets through BPF_PROG_TEST_RUN:
+//! verdicts, rewritten frames, counters and drop reasons. Needs root (to
+//! load programs), no namespaces.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use aya::programs::{TestRun, TestRunOptions};
+use weir_datapath::abi::{EpInfo, Traffic};
+use weir_datapath::drop::DropReason;
+use weir_datapath::{Datapath, ProgramKind};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
+
+/// BPF_PROG_TEST_RUN without a context runs on the loopback device.
+const LO_IFINDEX: u32 = 1;
+
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const A_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
+const A_HOST_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 1, 2];
+const B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 3];
+const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 1, 3];
+const B_IFINDEX: u32 = 4242;
+
+fn require_root() -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: BPF_PROG_TEST_RUN needs root");
+    eprintln!("skipping: loading BPF programs needs root");
+    false
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// A datapath with its own pin directory, removed on drop.
+struct Fixture {
+    dp: Datapath,
+    pin_dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
+        let mut dp = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+        dp.upsert_endpoint(
+            IpAddr::V4(POD_A),
+            EpInfo { ifindex: LO_IFINDEX, endpoint_id: 1, identity: 100, pod_mac: A_MAC, host_mac: A_HOST_MAC, flags: 0 },
+        )
+        .unwrap();
+        dp.upsert_endpoint(
+            IpAddr::V4(POD_B),
+            EpInfo { ifindex: B_IFINDEX, endpoint_id: 2, identity: 100, pod_mac: B_MAC, host_mac: B_HOST_MAC, flags: 0 },
+        )
+        .unwrap();
+        Self { dp, pin_dir }
+    }
+
+    /// Runs a program; returns the verdict and the frame as it left.
+    fn run(&self, kind: ProgramKind, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn traffic(&mut self, endpoint_id: u32) -> (Traffic, Traffic) {
+        self.dp.endpoint_traffic(endpoint_id).unwrap()
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        self.dp.drops().unwrap().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, t)| t.packets)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // Only succeeds once the last parallel test is gone.
+        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
+    }
+}
+
+// --- packet crafting -------------------------------------------------------
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+fn eth(proto: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&A_HOST_MAC); // dst: the gateway, as the pod sends it
+    f.extend_from_slice(&A_MAC);
+    f.extend_from_slice(&proto.to_be_bytes());
+    f
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+struct Ip {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    ttl: u8,
+    options: Vec<u8>,
+    frag_off: u16,
+}
+
+impl Ip {
+    fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
+        Self { src, dst, proto, ttl: 64, options: vec![], frag_off: 0 }
+    }
+
+    fn packet(&self, l4: &[u8]) -> Vec<u8> {
+        let ihl = 5 + self.options.len() / 4;
+        let mut h = vec![(4 << 4) | ihl as u8, 0];
+        h.extend_from_slice(&((ihl * 4 + l4.len()) as u16).to_be_bytes());
+        h.extend_from_slice(&[0, 1]);
+        h.extend_from_slice(&self.frag_off.to_be_bytes());
+        h.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&self.options);
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = eth(ETH_P_IP);
+        f.extend_from_slice(&h);
+        f.extend_from_slice(l4);
+        f
+    }
+}
+
+fn tcp_syn() -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&80u16.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t
+}
+
+fn udp(payload: &[u8]) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    u[2..4].copy_from_slice(&53u16.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    u
+}
+
+fn icmp_echo() -> Vec<u8> {
+    let mut i = vec![8, 0, 0, 0, 0, 1, 0, 1];
+    i.extend_from_slice(b"weir");
+    let c = checksum(&i);
+    i[2..4].copy_from_slice(&c.to_be_bytes());
+    i
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+
+fn assert_delivered_to_b(out: &[u8], sent: &[u8]) {
+    assert_eq!(&out[0..6], &B_MAC, "destination MAC is pod B's");
+    assert_eq!(&out[6..12], &B_HOST_MAC, "source MAC is B's gateway");
+    assert_eq!(out[14 + 8], sent[14 + 8] - 1, "TTL decremented");
+    let ihl = usize::from(out[14] & 0xf) * 4;
+    assert_eq!(checksum(&out[14..14 + ihl]), 0, "IPv4 header checksum still valid");
+    assert_eq!(out.len(), sent.len(), "no bytes added or removed");
+}
+
+// --- tests -----------------------------------------------------------------
+
+#[test]
+fn tcp_udp_icmp_between_local_pods_redirect_to_peer_and_count() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("l4");
+    let mut sent_bytes = 0u64;
+    for (proto, l4) in [(TCP, tcp_syn()), (UDP, udp(b"hello")), (ICMP, icmp_echo())] {
+        let pkt = Ip::new(POD_A, POD_B, proto).packet(&l4);
+        let (verdict, out) = fx.run(ProgramKind::FromPod, &pkt);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto} redirected");
+        assert_delivered_to_b(&out, &pkt);
+        assert_eq!(&out[14 + 12..14 + 20], &pkt[14 + 12..14 + 20], "addresses untouched");
+        assert_eq!(&out[34..], &pkt[34..], "payload untouched");
+        sent_bytes += pkt.len() as u64;
+    }
+    let (a_in, a_out) = fx.traffic(1);
+    let (b_in, b_out) = fx.traffic(2);
+    assert_eq!(a_out, Traffic { packets: 3, bytes: sent_bytes });
+    assert_eq!(b_in, Traffic { packets: 3, bytes: sent_bytes });
+    assert_eq!((a_in.packets, b_out.packets), (0, 0));
+    assert!(fx.dp.drops().unwrap().is_empty(), "no drops: {:?}", fx.dp.drops());
+}
+
+#[test]
+fn non_local_destination_goes_to_the_stack() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("stack");
+    let pkt = Ip::new(POD_A, Ipv4Addr::new(10, 99, 0, 1), TCP).packet(&tcp_syn());
+    let (verdict, out) = fx.run(ProgramKind::FromPod, &pkt);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, pkt, "unmodified");
+    assert_eq!(fx.traffic(1).1.packets, 1, "still counted as egress of A");
+}
+
+#[test]
+fn spoofed_sources_are_dropped_with_reason() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("spoof");
+    // Not an endpoint at all.
+    let pkt = Ip::new(Ipv4Addr::new(10, 244, 1, 99), POD_B, TCP).packet(&tcp_syn());
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    // B's address, but sent from A's interface.
+    let pkt = Ip::new(POD_B, POD_A, TCP).packet(&tcp_syn());
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::InvalidSource), 2);
+    assert_eq!(fx.traffic(1).0.packets, 0, "A received nothing");
+}
+
+#[test]
+fn malformed_packets_are_dropped_with_their_reason() {
+    if !require_root() {
+        return;
+    }
+    let fx = Fixture::new("malformed");
+
+    // IHL claims 60 bytes of header in a 28-byte packet. (A frame shorter
+    // than 20 bytes of IPv4 cannot be fed at all: BPF_PROG_TEST_RUN rejects it.)
+    let mut pkt = Ip::new(POD_A, POD_B, ICMP).packet(&[8, 0, 0, 0, 0, 0, 0, 0]);
+    pkt[14] = 0x4f;
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::MalformedIpv4), 1);
+
+    // IHL below 5.
+    let mut pkt = Ip::new(POD_A, POD_B, TCP).packet(&tcp_syn());
+    pkt[14] = 0x44;
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::MalformedIpv4), 2);
+
+    // TCP header cut short in a first fragment.
+    let pkt = Ip::new(POD_A, POD_B, TCP).packet(&tcp_syn()[..10]);
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::TruncatedL4), 1);
+
+    // IPv6 is not supported yet: counted, not silently passed.
+    let mut pkt = eth(ETH_P_IPV6);
+    pkt.extend_from_slice(&[0x60; 40]);
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::UnsupportedL3), 1);
+
+    // TTL 1 cannot take another hop.
+    let mut ip = Ip::new(POD_A, POD_B, UDP);
+    ip.ttl = 1;
+    assert_eq!(fx.run(ProgramKind::FromPod, &ip.packet(&udp(b"x"))).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::TtlExceeded), 1);
+}
+
+#[test]
+fn ip_options_and_fragments_are_forwarded() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("frag");
+
+    // Four bytes of options (NOP NOP NOP EOL): L4 found after IHL*4.
+    let mut ip = Ip::new(POD_A, POD_B, TCP);
+    ip.options = vec![1, 1, 1, 0];
+    let pkt = ip.packet(&tcp_syn());
+    let (verdict, out) = fx.run(ProgramKind::FromPod, &pkt);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_delivered_to_b(&out, &pkt);
+
+    // A later fragment has no L4 header and must not be judged as truncated.
+    let mut ip = Ip::new(POD_A, POD_B, UDP);
+    ip.frag_off = 185; // offset 1480 bytes, no MF
+    let pkt = ip.packet(&[0xab; 6]);
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_REDIRECT);
+
+    // A first fragment (MF set) with a whole UDP header is fine too.
+    let mut ip = Ip::new(POD_A, POD_B, UDP);
+    ip.frag_off = 0x2000;
+    let pkt = ip.packet(&udp(&[0; 32]));
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_REDIRECT);
+
+    assert_eq!(fx.traffic(2).0.packets, 3);
+    assert!(fx.dp.drops().unwrap().is_empty());
+}
+
+#[test]
+fn arp_is_left_to_the_next_program() {
+    if !require_root() {
+        return;
+    }
+    let fx = Fixture::new("arp");
+    let mut pkt = eth(ETH_P_ARP);
+    pkt.extend_from_slice(&[0; 28]);
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_UNSPEC);
+    assert_eq!(fx.run(ProgramKind::ToPod, &pkt).0, TC_ACT_UNSPEC);
+}
+
+#[test]
+fn to_pod_rewrites_for_its_endpoint_and_ignores_others() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("topod");
+    // The test runs on lo, which is pod A's interface in this fixture.
+    let pkt = Ip::new(Ipv4Addr::new(10, 244, 1, 1), POD_A, UDP).packet(&udp(b"hi"));
+    let (verdict, out) = fx.run(ProgramKind::ToPod, &pkt);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(&out[0..6], &A_MAC);
+    assert_eq!(&out[6..12], &A_HOST_MAC);
+    assert_eq!(&out[12..], &pkt[12..], "no TTL change: the stack already routed it");
+    assert_eq!(fx.traffic(1).0, Traffic { packets: 1, bytes: pkt.len() as u64 });
+
+    // B lives behind another interface: not this program's business.
+    let pkt = Ip::new(Ipv4Addr::new(10, 244, 1, 1), POD_B, UDP).packet(&udp(b"hi"));
+    assert_eq!(fx.run(ProgramKind::ToPod, &pkt).0, TC_ACT_UNSPEC);
+
+    // A malformed IPv4 header is dropped on this side too.
+    let mut pkt = Ip::new(POD_B, POD_A, UDP).packet(&udp(b"hi"));
+    pkt[14] = 0x4f;
+    assert_eq!(fx.run(ProgramKind::ToPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::MalformedIpv4), 1);
+}
