@@ -1,0 +1,20 @@
+//! One model of the cluster, fed by interchangeable sources: the Kubernetes
+//! API (kube-rs watchers, a later issue) or, in standalone mode, a directory
+//! of Kubernetes YAML. Everything else in the agent reads only this model.
+
+mod model;
+mod standalone;
+
+pub use model::{ClusterState, ObjectKey, parse_manifests};
+pub use standalone::StandaloneSource;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// A source of cluster state. It publishes whole snapshots: consumers never
+/// see a half-applied change.
+pub trait ClusterSource: Send + 'static {
+    /// Runs until the process ends, publishing each new snapshot.
+    fn run(self, tx: watch::Sender<Arc<ClusterState>>) -> impl std::future::Future<Output = ()> + Send;
+}

@@ -1,0 +1,92 @@
+//! The agent's one typed configuration, from flags and environment.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use ipnet::Ipv4Net;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "weir-agent", version, about = "weir node agent: loads the eBPF datapath and wires pods")]
+pub struct Config {
+    /// Name of this node (the Node object's name).
+    #[arg(long, env = "WEIR_NODE")]
+    pub node: String,
+
+    /// The node's pod CIDR; pod addresses are allocated from it.
+    #[arg(long, env = "WEIR_POD_CIDR")]
+    pub pod_cidr: Ipv4Net,
+
+    /// bpffs directory under which this node's maps and links are pinned
+    /// (in `<bpffs-root>/<node>`); bpffs is mounted at /sys/fs/bpf if absent.
+    #[arg(long, env = "WEIR_BPFFS_ROOT", default_value = "/sys/fs/bpf/weir")]
+    pub bpffs_root: PathBuf,
+
+    /// Directory for state that must survive restarts (address allocations).
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
+    pub state_dir: PathBuf,
+
+    /// Unix socket of the local API used by weir-cni (created mode 0600).
+    #[arg(long, env = "WEIR_SOCKET", default_value = "/run/weir/agent.sock")]
+    pub socket: PathBuf,
+
+    /// Standalone mode: read cluster state from this directory of Kubernetes
+    /// YAML instead of the API server.
+    #[arg(long, env = "WEIR_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long, env = "WEIR_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// Checks what clap cannot; returns every problem at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if self.node.is_empty() || self.node.contains('/') {
+            errors.push(format!("--node {:?}: must be a non-empty name without '/'", self.node));
+        }
+        if self.pod_cidr.prefix_len() > 30 {
+            errors.push(format!("--pod-cidr {}: needs at least 4 addresses (prefix /30 or shorter)", self.pod_cidr));
+        }
+        if self.pod_cidr.network() != self.pod_cidr.addr() {
+            errors.push(format!("--pod-cidr {}: has host bits set (did you mean {}?)", self.pod_cidr, self.pod_cidr.trunc()));
+        }
+        if !self.bpffs_root.is_absolute() {
+            errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs_root.join(&self.node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("weir-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let c = parse(&["--node", "a/b", "--pod-cidr", "10.0.0.1/31", "--bpffs-root", "rel"]).unwrap();
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    #[test]
+    fn accepts_a_normal_node() {
+        let c = parse(&["--node", "n1", "--pod-cidr", "10.244.1.0/24"]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pin_dir(), PathBuf::from("/sys/fs/bpf/weir/n1"));
+    }
+
+    #[test]
+    fn missing_required_flags_fail_to_parse() {
+        assert!(parse(&["--node", "n1"]).is_err());
+    }
+}

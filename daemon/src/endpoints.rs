@@ -1,0 +1,422 @@
+//! Endpoint lifecycle: address allocation, identity, datapath wiring and
+//! persistence, in an order that never leaves a half-made endpoint behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use weir_agent_api::{
+    AgentStatus, ApiError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, POD_GATEWAY_V4, Response,
+};
+use weir_datapath::abi::EpInfo;
+
+use crate::cluster::ClusterState;
+use crate::dataplane::Dataplane;
+use crate::ipam;
+use crate::store::{self, State, Store};
+
+pub struct Endpoints<D: Dataplane> {
+    node: String,
+    cidr: Ipv4Net,
+    dataplane: D,
+    store: Store,
+    state: State,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    parts.try_into().ok()
+}
+
+pub fn format_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The canonical label-set string identities are keyed by.
+fn labels_key(namespace: &str, labels: &BTreeMap<String, String>) -> String {
+    let mut key = format!("k8s:io.kubernetes.pod.namespace={namespace}");
+    for (k, v) in labels {
+        key.push_str(&format!(";k8s:{k}={v}"));
+    }
+    key
+}
+
+impl<D: Dataplane> Endpoints<D> {
+    /// Loads persisted state and re-adopts surviving endpoints: programs on
+    /// their interfaces are swapped in place, never detached, so established
+    /// pod traffic keeps flowing across an agent restart.
+    pub fn open(node: String, cidr: Ipv4Net, dataplane: D, store: Store) -> Result<Self, store::StoreError> {
+        let state = store.load()?;
+        let mut me = Self { node, cidr, dataplane, store, state };
+        me.reconcile();
+        Ok(me)
+    }
+
+    fn reconcile(&mut self) {
+        let mut gone = Vec::new();
+        for (key, ep) in &mut self.state.endpoints {
+            match self.dataplane.interface(&ep.host_ifname) {
+                Some((ifindex, host_mac)) => {
+                    ep.host_ifindex = ifindex;
+                    ep.host_mac = format_mac(host_mac);
+                    let info = ep_info(ep, host_mac);
+                    if let Err(e) = self.dataplane.wire(&ep.host_ifname, ep.ipv4, info, false) {
+                        tracing::error!(endpoint = %key, error = %e, "re-adopting endpoint failed");
+                    }
+                }
+                None => gone.push(key.clone()),
+            }
+        }
+        for key in gone {
+            let ep = self.state.endpoints.remove(&key).expect("collected above");
+            tracing::info!(endpoint = %key, ip = %ep.ipv4, "interface vanished while the agent was down; releasing");
+            let _ = self.dataplane.unwire(&ep.host_ifname, ep.ipv4, ep.id);
+        }
+        // Pins of interfaces no endpoint owns any more.
+        let known: BTreeSet<&str> = self.state.endpoints.values().map(|e| e.host_ifname.as_str()).collect();
+        for iface in self.dataplane.attached_interfaces() {
+            if !known.contains(iface.as_str()) {
+                let _ = self.dataplane.unwire(&iface, std::net::Ipv4Addr::UNSPECIFIED, 0);
+            }
+        }
+        if let Err(e) = self.store.save(&self.state) {
+            tracing::error!(error = %e, "saving state after reconcile");
+        }
+    }
+
+    pub fn add(&mut self, req: EndpointAdd, cluster: &ClusterState) -> Result<Response, ApiError> {
+        for (field, value) in
+            [("container_id", &req.container_id), ("ifname", &req.ifname), ("host_ifname", &req.host_ifname)]
+        {
+            if value.is_empty() {
+                return Err(err(ErrorCode::BadRequest, format!("{field} must not be empty")));
+            }
+        }
+        let pod_mac = parse_mac(&req.pod_mac)
+            .ok_or_else(|| err(ErrorCode::BadRequest, format!("pod_mac {:?} is not a MAC address", req.pod_mac)))?;
+        let (ifindex, host_mac) = self
+            .dataplane
+            .interface(&req.host_ifname)
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("interface {} does not exist on this node", req.host_ifname)))?;
+
+        let key = store::key(&EndpointRef { container_id: req.container_id.clone(), ifname: req.ifname.clone() });
+        let labels = cluster.pod_labels(&req.pod.namespace, &req.pod.name).unwrap_or_default();
+        let identity = self.state.identity_for(&labels_key(&req.pod.namespace, &labels));
+
+        // A repeated ADD keeps its address and id; everything else is refreshed.
+        let (ipv4, id, fresh_ip) = match self.state.endpoints.get(&key) {
+            Some(old) => (old.ipv4, old.id, false),
+            None => {
+                let used: BTreeSet<_> = self.state.endpoints.values().map(|e| e.ipv4).collect();
+                let ip = ipam::next_free(self.cidr, &used, self.state.last_allocated)
+                    .map_err(|e| err(ErrorCode::IpamExhausted, e.to_string()))?;
+                (ip, self.state.allocate_endpoint_id(), true)
+            }
+        };
+        let ep = Endpoint {
+            id,
+            identity,
+            container_id: req.container_id,
+            ifname: req.ifname,
+            netns: req.netns,
+            host_ifname: req.host_ifname,
+            host_ifindex: ifindex,
+            host_mac: format_mac(host_mac),
+            pod_mac: format_mac(pod_mac),
+            ipv4,
+            pod_cidr_prefix: self.cidr.prefix_len(),
+            gateway_v4: POD_GATEWAY_V4,
+            pod: req.pod,
+            labels,
+            counters: None,
+        };
+
+        let previous = self.state.endpoints.insert(key.clone(), ep.clone());
+        let previous_last = self.state.last_allocated;
+        if fresh_ip {
+            self.state.last_allocated = Some(ipv4);
+        }
+        if let Err(e) = self.store.save(&self.state) {
+            self.restore(&key, previous, previous_last);
+            return Err(err(ErrorCode::Internal, format!("persisting allocation: {e}")));
+        }
+        if let Err(e) = self.dataplane.wire(&ep.host_ifname, ipv4, ep_info(&ep, host_mac), true) {
+            let _ = self.dataplane.unwire(&ep.host_ifname, ipv4, id);
+            self.restore(&key, previous, previous_last);
+            let _ = self.store.save(&self.state);
+            return Err(err(ErrorCode::Datapath, e));
+        }
+        tracing::info!(endpoint = %key, pod = %format!("{}/{}", ep.pod.namespace, ep.pod.name), ip = %ipv4, id, "endpoint added");
+        Ok(Response::Endpoint(ep))
+    }
+
+    fn restore(&mut self, key: &str, previous: Option<Endpoint>, last: Option<std::net::Ipv4Addr>) {
+        match previous {
+            Some(p) => self.state.endpoints.insert(key.to_owned(), p),
+            None => self.state.endpoints.remove(key),
+        };
+        self.state.last_allocated = last;
+    }
+
+    pub fn delete(&mut self, r: &EndpointRef) -> Result<Response, ApiError> {
+        let key = store::key(r);
+        let Some(ep) = self.state.endpoints.remove(&key) else {
+            return Ok(Response::Deleted { released: false });
+        };
+        // Unwire before forgetting: a failed save must not leave a wired pod
+        // whose address could be handed out again.
+        let unwired = self.dataplane.unwire(&ep.host_ifname, ep.ipv4, ep.id);
+        if let Err(e) = self.store.save(&self.state) {
+            self.state.endpoints.insert(key, ep);
+            return Err(err(ErrorCode::Internal, format!("persisting release: {e}")));
+        }
+        if let Err(e) = unwired {
+            tracing::warn!(endpoint = %key, error = %e, "unwiring endpoint");
+        }
+        tracing::info!(endpoint = %key, ip = %ep.ipv4, "endpoint released");
+        Ok(Response::Deleted { released: true })
+    }
+
+    pub fn get(&mut self, r: &EndpointRef) -> Result<Response, ApiError> {
+        let key = store::key(r);
+        let mut ep = self
+            .state
+            .endpoints
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("no endpoint {key}")))?;
+        ep.counters = self.dataplane.counters(ep.id).ok();
+        Ok(Response::Endpoint(ep))
+    }
+
+    pub fn list(&mut self) -> Result<Response, ApiError> {
+        let mut endpoints: Vec<Endpoint> = self.state.endpoints.values().cloned().collect();
+        for ep in &mut endpoints {
+            ep.counters = Some(self.dataplane.counters(ep.id).map_err(|e| err(ErrorCode::Datapath, e))?);
+        }
+        Ok(Response::Endpoints { endpoints })
+    }
+
+    pub fn gc(&mut self, keep: &[EndpointRef]) -> Result<Response, ApiError> {
+        let keep: BTreeSet<String> = keep.iter().map(store::key).collect();
+        let stale: Vec<EndpointRef> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| !keep.contains(&format!("{}/{}", e.container_id, e.ifname)))
+            .map(|e| EndpointRef { container_id: e.container_id.clone(), ifname: e.ifname.clone() })
+            .collect();
+        let mut released = Vec::new();
+        for r in stale {
+            if let Ok(Response::Deleted { released: true }) = self.delete(&r) {
+                released.push(r);
+            }
+        }
+        Ok(Response::Collected { released })
+    }
+
+    pub fn status(&self) -> Result<Response, ApiError> {
+        let drops = self.dataplane.drops().map_err(|e| err(ErrorCode::Datapath, e))?.into_iter().collect();
+        Ok(Response::Status(AgentStatus {
+            node: self.node.clone(),
+            pod_cidr: self.cidr.to_string(),
+            endpoints: self.state.endpoints.len(),
+            addresses_free: ipam::usable(self.cidr) - self.state.endpoints.len() as u64,
+            drops,
+        }))
+    }
+}
+
+fn ep_info(ep: &Endpoint, host_mac: [u8; 6]) -> EpInfo {
+    EpInfo {
+        ifindex: ep.host_ifindex,
+        endpoint_id: ep.id,
+        identity: ep.identity,
+        pod_mac: parse_mac(&ep.pod_mac).unwrap_or_default(),
+        host_mac,
+        flags: 0,
+    }
+}
+
+/// Shared handle used by the API server.
+pub type Shared<D> = Arc<std::sync::Mutex<Endpoints<D>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use weir_agent_api::{EndpointCounters, PodRef, Traffic};
+
+    #[derive(Default)]
+    struct Fake {
+        ifaces: BTreeMap<String, u32>,
+        wired: BTreeMap<String, Ipv4Addr>,
+        fail_wire: bool,
+    }
+
+    impl Dataplane for Fake {
+        fn interface(&self, name: &str) -> Option<(u32, [u8; 6])> {
+            self.ifaces.get(name).map(|i| (*i, [2, 0, 0, 0, 0, *i as u8]))
+        }
+        fn wire(&mut self, iface: &str, ip: Ipv4Addr, _: EpInfo, _: bool) -> Result<(), String> {
+            if self.fail_wire {
+                return Err("verifier said no".into());
+            }
+            self.wired.insert(iface.into(), ip);
+            Ok(())
+        }
+        fn unwire(&mut self, iface: &str, _: Ipv4Addr, _: u32) -> Result<(), String> {
+            self.wired.remove(iface);
+            Ok(())
+        }
+        fn counters(&mut self, _: u32) -> Result<EndpointCounters, String> {
+            Ok(EndpointCounters::default())
+        }
+        fn drops(&self) -> Result<Vec<(String, Traffic)>, String> {
+            Ok(vec![])
+        }
+        fn attached_interfaces(&self) -> Vec<String> {
+            self.wired.keys().cloned().collect()
+        }
+    }
+
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(test: &str, cidr: &str, ifaces: &[&str]) -> (Endpoints<Fake>, Dir) {
+        let dir = Dir(std::env::temp_dir().join(format!("weir-ep-{test}-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        let mut fake = Fake::default();
+        for (i, name) in ifaces.iter().enumerate() {
+            fake.ifaces.insert((*name).into(), 10 + i as u32);
+        }
+        let eps = Endpoints::open("n1".into(), cidr.parse().unwrap(), fake, Store::new(&dir.0)).unwrap();
+        (eps, dir)
+    }
+
+    fn add_req(cid: &str, host: &str) -> EndpointAdd {
+        EndpointAdd {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/x".into(),
+            host_ifname: host.into(),
+            pod_mac: "02:00:00:00:00:aa".into(),
+            pod: PodRef { namespace: "demo".into(), name: cid.into(), uid: String::new() },
+        }
+    }
+
+    fn ip_of(r: Response) -> Ipv4Addr {
+        match r {
+            Response::Endpoint(e) => e.ipv4,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn add_is_idempotent_and_addresses_are_unique() {
+        let (mut eps, _d) = setup("idem", "10.0.0.0/29", &["lxa", "lxb"]);
+        let c = ClusterState::default();
+        let a = ip_of(eps.add(add_req("a", "lxa"), &c).unwrap());
+        assert_eq!(ip_of(eps.add(add_req("a", "lxa"), &c).unwrap()), a, "same container, same address");
+        let b = ip_of(eps.add(add_req("b", "lxb"), &c).unwrap());
+        assert_ne!(a, b);
+        assert_eq!(eps.dataplane.wired.len(), 2);
+    }
+
+    #[test]
+    fn exhaustion_is_a_typed_error_and_delete_returns_the_address() {
+        let (mut eps, _d) = setup("exhaust", "10.0.0.0/30", &["l1", "l2", "l3"]);
+        let c = ClusterState::default();
+        eps.add(add_req("a", "l1"), &c).unwrap();
+        eps.add(add_req("b", "l2"), &c).unwrap();
+        let e = eps.add(add_req("c", "l3"), &c).unwrap_err();
+        assert_eq!(e.code, ErrorCode::IpamExhausted);
+        assert!(eps.dataplane.wired.get("l3").is_none(), "nothing wired on failure");
+        let r = EndpointRef { container_id: "a".into(), ifname: "eth0".into() };
+        assert!(matches!(eps.delete(&r).unwrap(), Response::Deleted { released: true }));
+        assert!(matches!(eps.delete(&r).unwrap(), Response::Deleted { released: false }), "DEL twice is fine");
+        eps.add(add_req("c", "l3"), &c).unwrap();
+    }
+
+    #[test]
+    fn allocations_survive_restart_and_vanished_interfaces_are_released() {
+        let (mut eps, d) = setup("restart", "10.0.0.0/29", &["l1", "l2"]);
+        let c = ClusterState::default();
+        let a = ip_of(eps.add(add_req("a", "l1"), &c).unwrap());
+        eps.add(add_req("b", "l2"), &c).unwrap();
+        // Restart: l2's pod went away while the agent was down.
+        let mut fake = Fake::default();
+        fake.ifaces.insert("l1".into(), 10);
+        let mut eps = Endpoints::open("n1".into(), "10.0.0.0/29".parse().unwrap(), fake, Store::new(&d.0)).unwrap();
+        assert_eq!(eps.state.endpoints.len(), 1);
+        assert_eq!(eps.dataplane.wired.get("l1"), Some(&a), "re-adopted");
+        let r = EndpointRef { container_id: "a".into(), ifname: "eth0".into() };
+        match eps.get(&r).unwrap() {
+            Response::Endpoint(e) => assert_eq!(e.ipv4, a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn datapath_failure_rolls_back_the_allocation() {
+        let (mut eps, _d) = setup("rollback", "10.0.0.0/30", &["l1"]);
+        eps.dataplane.fail_wire = true;
+        let e = eps.add(add_req("a", "l1"), &ClusterState::default()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Datapath);
+        assert!(eps.state.endpoints.is_empty());
+        assert_eq!(eps.state.last_allocated, None);
+    }
+
+    #[test]
+    fn bad_requests_and_missing_interfaces_are_typed() {
+        let (mut eps, _d) = setup("bad", "10.0.0.0/29", &["l1"]);
+        let c = ClusterState::default();
+        let mut r = add_req("a", "l1");
+        r.pod_mac = "zz".into();
+        assert_eq!(eps.add(r, &c).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(eps.add(add_req("a", "nope"), &c).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(eps.add(add_req("", "l1"), &c).unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn gc_releases_everything_not_kept() {
+        let (mut eps, _d) = setup("gc", "10.0.0.0/29", &["l1", "l2"]);
+        let c = ClusterState::default();
+        eps.add(add_req("a", "l1"), &c).unwrap();
+        eps.add(add_req("b", "l2"), &c).unwrap();
+        let keep = [EndpointRef { container_id: "a".into(), ifname: "eth0".into() }];
+        match eps.gc(&keep).unwrap() {
+            Response::Collected { released } => assert_eq!(released.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(eps.state.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn identity_follows_namespace_and_labels() {
+        let (mut eps, _d) = setup("ident", "10.0.0.0/28", &["l1", "l2", "l3"]);
+        let mut c = ClusterState::default();
+        crate::cluster::parse_manifests(
+            &mut c,
+            "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: demo, labels: {app: web}}\nspec: {containers: []}\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: b, namespace: demo, labels: {app: web}}\nspec: {containers: []}\n",
+        );
+        let id = |r: Response| match r {
+            Response::Endpoint(e) => (e.identity, e.labels),
+            other => panic!("{other:?}"),
+        };
+        let (ia, la) = id(eps.add(add_req("a", "l1"), &c).unwrap());
+        let (ib, _) = id(eps.add(add_req("b", "l2"), &c).unwrap());
+        let (ic, _) = id(eps.add(add_req("c", "l3"), &c).unwrap());
+        assert_eq!(ia, ib, "same labels, same identity");
+        assert_ne!(ia, ic);
+        assert_eq!(la["app"], "web");
+    }
+}
