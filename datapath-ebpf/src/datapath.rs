@@ -133,7 +133,8 @@ impl Datapath {
     }
 
     fn link_pin(&self, iface: &str, kind: ProgramKind) -> PathBuf {
-        self.links_dir.join(format!("{iface}.{}", kind.program_name()))
+        // bpffs refuses names with a '.', hence the '-'.
+        self.links_dir.join(format!("{iface}-{}", kind.program_name()))
     }
 
     /// Attaches both programs to a freshly created host veth, replacing pins
@@ -201,7 +202,7 @@ impl Datapath {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.split_once('.')).map(|(i, _)| i.to_owned()))
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.rsplit_once('-')).map(|(i, _)| i.to_owned()))
             .collect();
         names.sort();
         names.dedup();
