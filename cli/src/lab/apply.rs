@@ -1,0 +1,311 @@
+//! `weir lab apply` / `weir lab delete`: the API server and kubelet of the lab.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+
+use super::cni::{self, Invocation};
+use super::manifests::{self, Kind, Object, Store};
+use super::state::{LabState, PodState, Proc};
+use super::{Lab, netns, procs};
+
+/// A pod whose sandbox is made and which waits for CNI ADD.
+struct Pending {
+    key: String,
+    pod: Pod,
+    inv: Invocation,
+}
+
+pub fn apply(lab: &Lab, text: &str) -> Result<()> {
+    let objects = manifests::parse_documents(text)?;
+    let _lock = lab.dir.lock()?;
+    let mut state = lab.dir.require()?;
+    let store = Store::new(lab.dir.manifests());
+    let cni_bin = lab.binary("weir-cni")?;
+    let mut failures = Vec::new();
+    let mut new_pods = Vec::new();
+
+    for obj in objects {
+        match obj {
+            Object::Node(n) => failures.push(format!(
+                "node {}: nodes come from the topology file, not apply",
+                n.metadata.name.unwrap_or_default()
+            )),
+            Object::Pod(mut pod) => {
+                let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let key = format!("{ns}/{name}");
+                match state.pods.get(&key) {
+                    Some(ps) if ps.ip.is_some() => {
+                        // Running: update the object, leave the network alone.
+                        let ip = ps.ip.clone().unwrap_or_default();
+                        let spec = pod.spec.get_or_insert_with(Default::default);
+                        spec.node_name = Some(ps.node.clone());
+                        pod.metadata.uid = Some(ps.uid.clone());
+                        manifests::set_running(&mut pod, &ip);
+                        store.put(&Object::Pod(pod))?;
+                        println!("pod/{key} configured (running; network unchanged)");
+                    }
+                    Some(_) => {
+                        // Half-made by an earlier, failed apply: start over.
+                        for e in delete_pod(lab, &mut state, &store, &key) {
+                            eprintln!("pod/{key}: cleaning up earlier attempt: {e}");
+                        }
+                        new_pods.push(pod);
+                    }
+                    None => new_pods.push(pod),
+                }
+            }
+            other => {
+                store.put(&other)?;
+                println!("{} configured", other.describe().replacen(' ', "/", 1));
+            }
+        }
+    }
+
+    // Schedule and make sandboxes one by one (recording each), then wire them concurrently.
+    let node_order: Vec<String> = state.topology.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in state.pods.values() {
+        *per_node.entry(p.node.clone()).or_default() += 1;
+    }
+    let mut pending = Vec::new();
+    for pod in new_pods {
+        match prepare(lab, &mut state, &store, &cni_bin, pod, &node_order, &mut per_node) {
+            Ok(p) => pending.push(p),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = pending.iter().map(|p| s.spawn(|| cni::add(&p.inv))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))).collect()
+    });
+
+    for (mut p, result) in pending.into_iter().zip(results) {
+        let outcome = result.map_err(anyhow::Error::from).and_then(|ip| {
+            manifests::set_running(&mut p.pod, &ip);
+            store.put(&Object::Pod(p.pod.clone()))?;
+            if let Some(ps) = state.pods.get_mut(&p.key) {
+                ps.ip = Some(ip.clone());
+            }
+            lab.dir.save(&state)?;
+            let servers = start_servers(lab, &p)?;
+            if let Some(ps) = state.pods.get_mut(&p.key) {
+                ps.servers = servers;
+            }
+            lab.dir.save(&state)?;
+            Ok(ip)
+        });
+        match outcome {
+            Ok(ip) => {
+                let node = state.pods.get(&p.key).map(|ps| ps.node.as_str()).unwrap_or_default();
+                println!("pod/{} created on {node}: {ip}", p.key);
+            }
+            Err(e) => {
+                failures.push(format!("pod/{}: {e:#}", p.key));
+                for err in delete_pod(lab, &mut state, &store, &p.key) {
+                    eprintln!("pod/{}: cleanup: {err}", p.key);
+                }
+            }
+        }
+    }
+
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for f in &failures {
+        eprintln!("apply: {f}");
+    }
+    bail!("{} object(s) failed", failures.len())
+}
+
+fn panicked() -> cni::CniError {
+    cni::CniError::Garbled { command: "ADD", status: "panic".into(), stdout: String::new(), stderr: String::new() }
+}
+
+fn prepare(
+    lab: &Lab,
+    state: &mut LabState,
+    store: &Store,
+    cni_bin: &std::path::Path,
+    mut pod: Pod,
+    node_order: &[String],
+    per_node: &mut BTreeMap<String, usize>,
+) -> Result<Pending> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let key = format!("{ns}/{name}");
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    let node = match spec.node_name.clone() {
+        Some(n) if state.nodes.contains_key(&n) => n,
+        Some(n) => bail!("pod/{key}: spec.nodeName {n:?} is not a node of lab {}", state.name),
+        None => manifests::pick_node(node_order, per_node).context("lab has no nodes")?.clone(),
+    };
+    spec.node_name = Some(node.clone());
+    let uid = match pod.metadata.uid.clone() {
+        Some(u) if !u.is_empty() => u,
+        _ => manifests::new_uid()?,
+    };
+    pod.metadata.uid = Some(uid.clone());
+    let container_id: String = uid.chars().filter(char::is_ascii_alphanumeric).collect();
+    let pod_netns = netns::pod_netns_name(&state.name, &ns, &name);
+    if netns::exists(&pod_netns) {
+        bail!("pod/{key}: netns {pod_netns} already exists (leftover? `ip netns delete {pod_netns}`)");
+    }
+    let node_state = state.nodes.get(&node).context("node vanished")?.clone();
+    state.pods.insert(
+        key.clone(),
+        PodState {
+            namespace: ns.clone(),
+            name: name.clone(),
+            node: node.clone(),
+            netns: pod_netns.clone(),
+            container_id: container_id.clone(),
+            uid: uid.clone(),
+            ip: None,
+            servers: Vec::new(),
+        },
+    );
+    lab.dir.save(state)?;
+    *per_node.entry(node.clone()).or_default() += 1;
+    if let Err(e) = netns::create(&pod_netns) {
+        state.pods.remove(&key);
+        let _ = netns::delete(&pod_netns);
+        lab.dir.save(state)?;
+        bail!("pod/{key}: {e}");
+    }
+    // The API server has the pod before kubelet runs CNI.
+    pod.status = Some(PodStatus { phase: Some("Pending".into()), ..Default::default() });
+    store.put(&Object::Pod(pod.clone()))?;
+    let inv = Invocation {
+        plugin: cni_bin.to_owned(),
+        node_netns: node_state.netns.clone(),
+        container_id,
+        pod_netns_path: netns::path(&pod_netns).to_string_lossy().into_owned(),
+        pod_namespace: ns,
+        pod_name: name,
+        pod_uid: uid,
+        agent_socket: node_state.socket,
+    };
+    Ok(Pending { key, pod, inv })
+}
+
+/// Start `weir lab serve` for the pod's declared ports; waits until it has bound them.
+fn start_servers(lab: &Lab, p: &Pending) -> Result<Vec<Proc>> {
+    let ports = manifests::container_ports(&p.pod);
+    if ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let exe = std::env::current_exe().context("locating the weir binary")?;
+    let log_path = lab.dir.logs().join(format!("serve-{}-{}.log", p.inv.pod_namespace, p.inv.pod_name));
+    let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["lab", "serve", "--netns", &p.inv.pod_netns_path, "--name", &p.inv.pod_name]);
+    for (port, proto) in &ports {
+        cmd.arg("--port").arg(format!("{port}/{proto}"));
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the pod's servers")?;
+    let proc_ = procs::record(child.id(), format!("serve {}", p.key));
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    if line.trim() != "ready" {
+        procs::stop_all(std::slice::from_ref(&proc_), Duration::from_secs(1));
+        let _ = child.wait();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        bail!("servers for ports {ports:?} did not start: {}", log.trim());
+    }
+    Ok(vec![proc_])
+}
+
+fn invocation(lab: &Lab, state: &LabState, ps: &PodState) -> Result<Invocation> {
+    let node = state.nodes.get(&ps.node).with_context(|| format!("node {} not in lab", ps.node))?;
+    Ok(Invocation {
+        plugin: lab.binary("weir-cni")?,
+        node_netns: node.netns.clone(),
+        container_id: ps.container_id.clone(),
+        pod_netns_path: netns::path(&ps.netns).to_string_lossy().into_owned(),
+        pod_namespace: ps.namespace.clone(),
+        pod_name: ps.name.clone(),
+        pod_uid: ps.uid.clone(),
+        agent_socket: node.socket.clone(),
+    })
+}
+
+/// Stop servers, CNI DEL, delete the netns, remove the manifest and the record.
+/// Keeps going; returns every error.
+fn delete_pod(lab: &Lab, state: &mut LabState, store: &Store, key: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let Some(ps) = state.pods.get(key).cloned() else { return errors };
+    errors.extend(procs::stop_all(&ps.servers, Duration::from_secs(3)));
+    match invocation(lab, state, &ps) {
+        Ok(inv) => {
+            if let Err(e) = cni::del(&inv) {
+                errors.push(e.to_string());
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    if let Err(e) = netns::delete(&ps.netns) {
+        errors.push(e.to_string());
+    }
+    if let Err(e) = store.remove(Kind::Pod, Some(&ps.namespace), &ps.name) {
+        errors.push(e.to_string());
+    }
+    if !netns::exists(&ps.netns) {
+        state.pods.remove(key);
+        state.netns.retain(|n| n != &ps.netns);
+    }
+    if let Err(e) = lab.dir.save(state) {
+        errors.push(format!("{e:#}"));
+    }
+    errors
+}
+
+pub fn delete(lab: &Lab, text: &str) -> Result<()> {
+    let objects = manifests::parse_documents(text)?;
+    let _lock = lab.dir.lock()?;
+    let mut state = lab.dir.require()?;
+    let store = Store::new(lab.dir.manifests());
+    let mut errors = Vec::new();
+    for obj in objects {
+        let what = obj.describe().replacen(' ', "/", 1);
+        if let Object::Pod(_) = obj {
+            let key = format!("{}/{}", obj.namespace().unwrap_or("default"), obj.name());
+            if state.pods.contains_key(&key) {
+                let errs = delete_pod(lab, &mut state, &store, &key);
+                if errs.is_empty() {
+                    println!("{what} deleted");
+                }
+                errors.extend(errs.into_iter().map(|e| format!("{what}: {e}")));
+                continue;
+            }
+        }
+        match store.remove(obj.kind(), obj.namespace(), obj.name()) {
+            Ok(true) => println!("{what} deleted"),
+            Ok(false) => errors.push(format!("{what}: not found")),
+            Err(e) => errors.push(format!("{what}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in &errors {
+        eprintln!("delete: {e}");
+    }
+    bail!("{} error(s)", errors.len())
+}

@@ -1,0 +1,219 @@
+//! `weir lab`: a cluster of network namespaces on this host, with real
+//! `weir-agent`s per node and the real `weir-cni` wiring every pod.
+//!
+//! Pure parts (topology, manifests, CNI result parsing, probe targets) are
+//! unit-tested; everything touching the kernel goes through `netns` and `procs`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+
+mod apply;
+mod cni;
+mod down;
+mod manifests;
+mod netns;
+mod probe;
+mod procs;
+mod serve;
+mod signals;
+mod state;
+mod status;
+mod topology;
+mod up;
+
+use state::{LabDir, LabState, PodState};
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Directory holding one lab's state, manifests, sockets and logs.
+    #[arg(long, global = true, env = "WEIR_LAB_DIR", default_value = "/run/weir-lab")]
+    lab_dir: PathBuf,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Create the nodes of a topology file and start an agent on each.
+    Up { file: PathBuf },
+    /// Create or update objects (Namespace, Pod, Service, EndpointSlice, NetworkPolicy); `-` reads stdin.
+    Apply { file: String },
+    /// Delete the objects in a file; pods are unwired with CNI DEL.
+    Delete { file: String },
+    /// Nodes, pods and per-endpoint counters.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Objects as the lab holds them: KIND [NAMESPACE/]NAME.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// Namespace filter for lists (default: all namespaces).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(short, long, value_enum, default_value = "yaml")]
+        output: Output,
+    },
+    /// Run a command inside a pod's network namespace.
+    Exec {
+        /// NAMESPACE/POD (or POD in `default`).
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Try one connection from a pod: HOST:PORT/tcp, HOST:PORT/udp or HOST/icmp.
+    /// HOST is an IP or a pod (NAMESPACE/POD, or POD in the prober's namespace).
+    /// Exit 0 connected/reachable, 1 refused, 2 timed out, 3 other error.
+    Probe {
+        pod: String,
+        target: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+    },
+    /// Stop everything the lab started and remove everything it created.
+    Down,
+    /// (internal) Run PROGRAM in a netns with SIGINT/SIGTERM unblocked (exec in place).
+    #[command(hide = true)]
+    SpawnIn {
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(last = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
+    /// (internal) A pod's servers: answer each connection/datagram with NAME.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        name: String,
+        /// PORT/TCP or PORT/UDP, repeatable.
+        #[arg(long = "port", value_parser = serve::parse_port)]
+        ports: Vec<(u16, serve::Proto)>,
+    },
+}
+
+/// Everything a lab command needs.
+pub struct Lab {
+    pub dir: LabDir,
+}
+
+impl Lab {
+    /// Directory holding `weir-agent` and `weir-cni`.
+    pub fn bin_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = std::env::var_os("WEIR_BIN_DIR").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(d));
+        }
+        let exe = std::env::current_exe().context("locating the weir binary")?;
+        Ok(exe.parent().context("weir binary has no parent dir")?.to_owned())
+    }
+
+    pub fn binary(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.bin_dir()?;
+        let path = dir.join(name);
+        if !path.is_file() {
+            bail!("{name} not found in {} (set WEIR_BIN_DIR, or build it: cargo build -p {})", dir.display(),
+                if name == "weir-cni" { "weir-cni" } else { "weir-agent" });
+        }
+        Ok(path)
+    }
+}
+
+/// Run a lab command; returns the process exit code.
+pub fn run(args: LabArgs) -> Result<u8> {
+    if let LabCommand::Serve { netns, name, ports } = &args.command {
+        serve::run(netns, name, ports)?;
+        return Ok(0);
+    }
+    if let LabCommand::SpawnIn { netns, argv } = &args.command {
+        return Err(signals::exec_in(netns.as_deref(), argv)).with_context(|| format!("running {argv:?}"));
+    }
+    let lab = Lab { dir: LabDir::new(absolute(&args.lab_dir)?) };
+    match args.command {
+        LabCommand::Up { file } => up::up(&lab, &file).map(|()| 0),
+        LabCommand::Apply { file } => apply::apply(&lab, &read_input(&file)?).map(|()| 0),
+        LabCommand::Delete { file } => apply::delete(&lab, &read_input(&file)?).map(|()| 0),
+        LabCommand::Status { output } => status::status(&lab, output).map(|()| 0),
+        LabCommand::Get { kind, name, namespace, output } => {
+            status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0)
+        }
+        LabCommand::Exec { pod, command } => exec(&lab, &pod, &command),
+        LabCommand::Probe { pod, target, timeout } => probe_cmd(&lab, &pod, &target, timeout),
+        LabCommand::Down => down::down(&lab).map(|()| 0),
+        LabCommand::Serve { .. } | LabCommand::SpawnIn { .. } => unreachable!("handled above"),
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() { Ok(p.to_owned()) } else { Ok(std::env::current_dir()?.join(p)) }
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+/// `ns/name` or `name` (in `default_ns`) → key into `LabState::pods`.
+fn pod_key(s: &str, default_ns: &str) -> String {
+    if s.contains('/') { s.to_owned() } else { format!("{default_ns}/{s}") }
+}
+
+fn find_pod<'a>(state: &'a LabState, s: &str) -> Result<&'a PodState> {
+    let key = pod_key(s, "default");
+    state.pods.get(&key).with_context(|| format!("no pod {key} in lab {}", state.name))
+}
+
+fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
+    let state = lab.dir.require()?;
+    let pod = find_pod(&state, pod)?;
+    let status = netns::command(&pod.netns, &command[0])
+        .args(&command[1..])
+        .status()
+        .with_context(|| format!("running {:?} in {}", command[0], pod.netns))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => u8::try_from(c).unwrap_or(1),
+        (None, Some(sig)) => 128u8.saturating_add(u8::try_from(sig).unwrap_or(0)),
+        _ => 1,
+    })
+}
+
+fn probe_cmd(lab: &Lab, pod: &str, target: &str, timeout: f64) -> Result<u8> {
+    let state = lab.dir.require()?;
+    let from = find_pod(&state, pod)?;
+    let target = probe::parse_target(target).map_err(anyhow::Error::msg)?;
+    if !(timeout > 0.0 && timeout < 3600.0) {
+        bail!("--timeout must be between 0 and 3600 seconds");
+    }
+    let timeout = std::time::Duration::from_secs_f64(timeout);
+    let resolve = |host: &str| -> Result<std::net::IpAddr> {
+        if let Ok(ip) = host.parse() {
+            return Ok(ip);
+        }
+        let key = pod_key(host, &from.namespace);
+        let p = state.pods.get(&key).with_context(|| format!("{host:?} is neither an IP nor a pod of the lab"))?;
+        p.ip.as_deref().with_context(|| format!("pod {key} has no IP"))?.parse().context("bad pod IP in lab.json")
+    };
+    let outcome = match target {
+        probe::Target::Port { host, port, proto } => {
+            probe::port(&netns::path(&from.netns).to_string_lossy(), resolve(&host)?, port, proto, timeout)
+        }
+        probe::Target::Icmp { host } => probe::icmp(&from.netns, &resolve(&host)?.to_string(), timeout),
+    };
+    println!("{outcome}");
+    Ok(u8::try_from(outcome.exit_code()).unwrap_or(3))
+}

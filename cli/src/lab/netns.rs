@@ -1,0 +1,136 @@
+//! Network namespaces (`ip netns` semantics) and running things inside them.
+//! The one door through which the lab changes namespaces.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Where `ip netns add` keeps its bind mounts.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// Why a netns operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// `ip` could not be run at all.
+    #[error("running `ip {args}`: {source}")]
+    Spawn { args: String, #[source] source: std::io::Error },
+    /// `ip` ran and failed.
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    /// Opening or entering a netns failed.
+    #[error("entering netns {path}: {reason}")]
+    Enter { path: String, reason: String },
+}
+
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+pub fn exists(name: &str) -> bool {
+    path(name).exists()
+}
+
+fn ip(args: &[&str]) -> Result<Output, NetnsError> {
+    let joined = args.join(" ");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| NetnsError::Spawn { args: joined.clone(), source })?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(NetnsError::Ip { args: joined, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+}
+
+/// Create a netns with `lo` up. Fails if it already exists.
+pub fn create(name: &str) -> Result<(), NetnsError> {
+    ip(&["netns", "add", name])?;
+    ip(&["-n", name, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Delete a netns; a missing one is success.
+pub fn delete(name: &str) -> Result<(), NetnsError> {
+    if !exists(name) {
+        return Ok(());
+    }
+    match ip(&["netns", "delete", name]) {
+        Err(_) if !exists(name) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Every named netns on the host.
+pub fn list() -> Vec<String> {
+    std::fs::read_dir(NETNS_DIR)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// A command that runs `program args..` inside the named netns (`ip netns exec`,
+/// which execs in place, so the child's pid is the program's pid).
+pub fn command(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", name]).arg(program);
+    cmd
+}
+
+/// Move the *calling thread* into the netns at `path`. Call it only on a
+/// thread that is dedicated to that netns (or in a process that lives there).
+pub fn enter(path: &str) -> Result<(), NetnsError> {
+    let enter_err = |reason: String| NetnsError::Enter { path: path.to_owned(), reason };
+    let file = File::open(path).map_err(|e| enter_err(e.to_string()))?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter_err(e.to_string()))
+}
+
+/// Run `f` on a fresh thread inside the netns at `path`; the caller's
+/// namespace never changes.
+pub fn run_in<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let p = path.to_owned();
+    std::thread::spawn(move || -> Result<T, NetnsError> {
+        enter(&p)?;
+        Ok(f())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(NetnsError::Enter { path: path.to_owned(), reason: "thread panicked".into() }))
+}
+
+/// A netns name for a pod: `<lab>-<ns>-<name>`, shortened with a hash when long.
+pub fn pod_netns_name(lab: &str, namespace: &str, name: &str) -> String {
+    const MAX: usize = 64;
+    let full = format!("{lab}-{namespace}-{name}");
+    if full.len() <= MAX {
+        return full;
+    }
+    let hash = fnv1a(full.as_bytes());
+    let keep = MAX - 9;
+    let mut cut = keep;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{hash:08x}", &full[..cut])
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_netns_names_are_short_and_distinct() {
+        assert_eq!(pod_netns_name("demo", "default", "web-0"), "demo-default-web-0");
+        let long_a = pod_netns_name("demo", "default", &"a".repeat(80));
+        let long_b = pod_netns_name("demo", "default", &format!("{}b", "a".repeat(79)));
+        assert!(long_a.len() <= 64 && long_a.starts_with("demo-default-aaa"), "{long_a}");
+        assert_ne!(long_a, long_b);
+    }
+}

@@ -1,0 +1,176 @@
+//! `weir lab up`: nodes, agents, and their Node objects.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use weir_agent_api::{Client, Request};
+
+use super::manifests::{Object, Store};
+use super::signals::{self, Interrupt};
+use super::state::{LabState, NodeState};
+use super::{Lab, down, netns, procs, topology};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn up(lab: &Lab, file: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let topo = topology::parse(&text).with_context(|| format!("{}", file.display()))?;
+    let agent = lab.binary("weir-agent")?;
+    lab.binary("weir-cni")?;
+    // Signals first: no other thread may exist yet.
+    let interrupt = Interrupt::catch().context("blocking SIGINT/SIGTERM")?;
+    let _lock = lab.dir.lock()?;
+    if let Some(existing) = lab.dir.load()? {
+        bail!(
+            "lab {:?} is already up in {} (run `weir lab down` first)",
+            existing.name,
+            lab.dir.root.display()
+        );
+    }
+    let taken: Vec<String> =
+        topo.nodes.iter().map(|n| topo.node_netns(&n.name)).filter(|n| netns::exists(n)).collect();
+    if !taken.is_empty() {
+        bail!("netns already exist: {} (a leftover lab? `ip netns delete` them)", taken.join(", "));
+    }
+    let mut state = LabState {
+        name: topo.name.clone(),
+        topology: topo.clone(),
+        bpffs_root: format!("/sys/fs/bpf/weir/{}", topo.name).into(),
+        netns: Vec::new(),
+        nodes: BTreeMap::new(),
+        pods: BTreeMap::new(),
+    };
+    lab.dir.save(&state)?;
+    match bring_up(lab, &topo, &agent, &mut state, &interrupt) {
+        Ok(()) => {
+            println!("lab {} is up ({} node(s)); lab dir {}", topo.name, topo.nodes.len(), lab.dir.root.display());
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("lab up failed: {e:#}\ntearing down what was created");
+            for err in down::teardown(&lab.dir, Some(&state)) {
+                eprintln!("  teardown: {err}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn bring_up(
+    lab: &Lab,
+    topo: &topology::Topology,
+    agent: &Path,
+    state: &mut LabState,
+    interrupt: &Interrupt,
+) -> Result<()> {
+    for d in [lab.dir.logs(), lab.dir.manifests()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let store = Store::new(lab.dir.manifests());
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for node in &topo.nodes {
+        interrupt.check()?;
+        let ns = topo.node_netns(&node.name);
+        let socket = lab.dir.node_socket(&node.name);
+        // Record before creating: `down` treats a missing netns as done.
+        state.netns.push(ns.clone());
+        state.nodes.insert(
+            node.name.clone(),
+            NodeState { netns: ns.clone(), pod_cidr: node.pod_cidr.to_string(), socket: socket.clone(), agent: None },
+        );
+        lab.dir.save(state)?;
+        netns::create(&ns)?;
+
+        store.put(&Object::Node(Node {
+            metadata: ObjectMeta {
+                name: Some(node.name.clone()),
+                labels: Some([("kubernetes.io/hostname".to_string(), node.name.clone())].into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(node.pod_cidr.to_string()),
+                pod_cidrs: Some(vec![node.pod_cidr.to_string()]),
+                ..Default::default()
+            }),
+            status: None,
+        }))?;
+
+        let state_dir = lab.dir.node_state(&node.name);
+        let run_dir = socket.parent().context("socket has no dir")?.to_owned();
+        for d in [&state_dir, &run_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let _ = std::fs::remove_file(&socket);
+        let log_path = lab.dir.logs().join(format!("agent-{}.log", node.name));
+        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let child = signals::spawn_in(Some(&netns::path(&ns)), agent)?
+            .arg("--node")
+            .arg(&node.name)
+            .arg("--pod-cidr")
+            .arg(node.pod_cidr.to_string())
+            .arg("--bpffs-root")
+            .arg(&state.bpffs_root)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--manifests")
+            .arg(lab.dir.manifests())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} in {ns}", agent.display()))?;
+        let proc_ = procs::record(child.id(), format!("weir-agent {}", node.name));
+        println!("node {}: netns {ns}, agent pid {}", node.name, proc_.pid);
+        if let Some(n) = state.nodes.get_mut(&node.name) {
+            n.agent = Some(proc_);
+        }
+        lab.dir.save(state)?;
+        children.push((node.name.clone(), child));
+    }
+
+    // Wait for every agent to answer Status.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut pending = children;
+    while !pending.is_empty() {
+        interrupt.check()?;
+        let mut still = Vec::new();
+        for (name, mut child) in pending {
+            let socket = lab.dir.node_socket(&name);
+            if let Some(status) = child.try_wait()? {
+                bail!("agent on node {name} exited with {status}; its log ends:\n{}", log_tail(lab, &name));
+            }
+            if Client::new(&socket, Duration::from_secs(2)).call(Request::Status).is_ok() {
+                println!("node {name}: agent ready");
+            } else {
+                still.push((name, child));
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            if Instant::now() > deadline {
+                let names: Vec<_> = pending.iter().map(|(n, _)| n.as_str()).collect();
+                let tails: Vec<_> = names.iter().map(|n| format!("--- {n}:\n{}", log_tail(lab, n))).collect();
+                bail!("agents not ready after {READY_TIMEOUT:?}: {}\n{}", names.join(", "), tails.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+fn log_tail(lab: &Lab, node: &str) -> String {
+    let path = lab.dir.logs().join(format!("agent-{node}.log"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

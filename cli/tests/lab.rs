@@ -1,0 +1,209 @@
+//! End-to-end: the real `weir` binary drives real `weir-agent`s and `weir-cni`
+//! in a lab of network namespaces. Needs root, and `weir-agent` + `weir-cni`
+//! built into the same target dir (`cargo build --workspace` first), and `ping`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn weir() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+/// One lab: unique name and dir; `Drop` runs `weir lab down` even on panic.
+struct Lab {
+    name: String,
+    dir: PathBuf,
+    work: PathBuf,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let id = format!("{:x}{}", std::process::id(), tag);
+        let work = std::env::temp_dir().join(format!("weir-lab-test-{id}"));
+        std::fs::create_dir_all(&work).expect("creating test work dir");
+        Lab { name: format!("wt{id}"), dir: work.join("lab"), work }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        let bin_dir = Path::new(weir()).parent().expect("binary dir");
+        Command::new(weir())
+            .arg("lab")
+            .args(args)
+            .env("WEIR_LAB_DIR", &self.dir)
+            .env("WEIR_BIN_DIR", bin_dir)
+            .output()
+            .expect("running weir")
+    }
+
+    /// Run and require success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(out.status.success(), "weir lab {args:?} failed: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.work.join(name);
+        std::fs::write(&path, text).expect("writing test file");
+        path.to_string_lossy().into_owned()
+    }
+
+    fn pod_ip(&self, pod: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["get", "pod", pod, "-o", "json"])).expect("get json");
+        v["status"]["podIP"].as_str().unwrap_or_else(|| panic!("{pod} has no podIP: {v}")).to_owned()
+    }
+
+    fn leftover_netns(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name);
+        std::fs::read_dir("/var/run/netns")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.cmd(&["down"]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("weir lab down failed: {}", show(&out));
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Root is required; under CI that is a failure, elsewhere a printed skip.
+fn privileged() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // "Uid:\treal\teffective\t..."
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+    if euid == Some("0") {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("lab tests need root (network namespaces, bpf) and CI=true: refusing to skip");
+    }
+    eprintln!("skipping lab test: not root (network namespaces and bpf need root)");
+    false
+}
+
+const PODS: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: t, labels: {app: a}}
+spec:
+  containers:
+  - name: c
+    image: none
+    ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: t, labels: {app: b}}
+spec:
+  containers:
+  - name: c
+    image: none
+    ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]
+";
+
+const POD_B: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: t}\nspec: {containers: []}\n";
+
+#[test]
+fn one_node_two_pods_talk_then_delete_and_down() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new("a");
+    let topo = lab.file(
+        "topo.yaml",
+        &format!("name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n", lab.name),
+    );
+    lab.ok(&["up", &topo]);
+    let pods = lab.file("pods.yaml", PODS);
+    lab.ok(&["apply", &pods]);
+
+    let a_ip = lab.pod_ip("t/a");
+    let b_ip = lab.pod_ip("t/b");
+    assert_ne!(a_ip, b_ip);
+
+    for (from, to, name) in [("t/a", &b_ip, "b"), ("t/b", &a_ip, "a")] {
+        let tcp = lab.ok(&["probe", from, &format!("{to}:80/tcp")]);
+        assert_eq!(tcp.trim(), format!("connected: {name}"), "tcp {from} -> {to}");
+        let udp = lab.ok(&["probe", from, &format!("{to}:53/UDP")]);
+        assert_eq!(udp.trim(), format!("connected: {name}"), "udp {from} -> {to}");
+        let icmp = lab.ok(&["probe", from, &format!("{to}/icmp")]);
+        assert_eq!(icmp.trim(), "reachable", "icmp {from} -> {to}");
+    }
+
+    let status: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["status", "-o", "json"])).expect("status json");
+    let endpoints: Vec<serde_json::Value> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .flat_map(|n| n["endpoints"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(endpoints.len(), 2, "two endpoints expected: {status}");
+    for e in &endpoints {
+        for dir in ["ingress", "egress"] {
+            let pkts = e["counters"][dir]["packets"].as_u64().unwrap_or(0);
+            let bytes = e["counters"][dir]["bytes"].as_u64().unwrap_or(0);
+            assert!(pkts > 0 && bytes > 0, "{dir} counters of {} are zero: {e}", e["pod"]["name"]);
+        }
+    }
+
+    let b_file = lab.file("b.yaml", POD_B);
+    lab.ok(&["delete", &b_file]);
+    let out = lab.cmd(&["probe", "t/a", &format!("{b_ip}:80/tcp"), "--timeout", "1"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(1) | Some(2)) && (said.contains("refused") || said.contains("timed out")),
+        "probe to a deleted pod must fail: {}",
+        show(&out)
+    );
+
+    lab.ok(&["down"]);
+    assert!(lab.leftover_netns().is_empty(), "netns left behind: {:?}", lab.leftover_netns());
+    let bpffs = format!("/sys/fs/bpf/weir/{}", lab.name);
+    assert!(!Path::new(&bpffs).exists(), "{bpffs} left behind");
+    // A second down is a no-op success (the guard runs a third).
+    lab.ok(&["down"]);
+}
+
+#[test]
+fn invalid_topology_creates_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new("b");
+    let topo = lab.file(
+        "bad.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n  - name: n2\n    podCIDR: 10.244.1.128/25\n",
+            lab.name
+        ),
+    );
+    let out = lab.cmd(&["up", &topo]);
+    assert!(!out.status.success(), "overlapping podCIDRs must be rejected: {}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("overlaps"), "{}", show(&out));
+    assert!(lab.leftover_netns().is_empty());
+    assert!(!lab.dir.join("lab.json").exists());
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the system packages weir needs to build, test and run its lab,
+# skipping what is already there. Debian 12+; needs root.
+set -euo pipefail
+
+packages=(
+  clang-19 llvm-19 libbpf-dev linux-libc-dev gcc  # eBPF programs (C) and the Rust build
+  iproute2 iputils-ping util-linux                # netns, veth, ping, nsenter
+  iperf3 sockperf procps                          # benchmarks
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo not found. Install Rust 1.95 (rustup) first: Debian's own cargo is too old." >&2
+  exit 1
+fi
