@@ -45,8 +45,9 @@ pub fn unique(prefix: &str) -> String {
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("WEIR_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
         let exe = std::env::current_exe().expect("current exe");
-        // target/<profile>/deps/<test> → target/<profile>
-        exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_owned()
+        // Tests live in target/<profile>/deps, binaries in target/<profile>.
+        let dir = exe.parent().expect("exe has a directory");
+        if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir }.to_owned()
     });
     let path = dir.join(name);
     assert!(path.exists(), "{} not found: run `cargo build --workspace` first", path.display());
@@ -200,6 +201,11 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The agent's pid (nsenter execs it, so the child is the agent itself).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,167 @@
+//! `weir-bench`: the foundation benchmarks, side by side in one run.
+//!
+//! - CNI ADD and DEL latency over 100 pods, and ADD until the new pod
+//!   answers a ping (usable connectivity).
+//! - Pod-to-pod TCP throughput (iperf3) and UDP/TCP request-response
+//!   latency (sockperf ping-pong) through weir vs two namespaces joined by a
+//!   bare veth pair (no eBPF, no routing hop), interleaved run by run.
+//! - Agent RSS idle and with 100 pods.
+//!
+//! Needs root, iperf3 and sockperf. Prints a Markdown report.
+
+use std::time::{Duration, Instant};
+
+use weir_e2e::{NetNs, Node, Pod, require_root, unique};
+
+const PODS: usize = 100;
+const ROUNDS: usize = 5;
+const SECONDS: &str = "5";
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[idx]
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    percentile(samples, 0.5)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Two namespaces on one veth pair: the physical limit.
+struct Bare {
+    a: NetNs,
+    b: NetNs,
+}
+
+impl Bare {
+    fn new() -> Self {
+        let a = NetNs::new(&unique("wba"));
+        let b = NetNs::new(&unique("wbb"));
+        let (va, vb) = (unique("bva"), unique("bvb"));
+        let ok = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+        ok(&["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name]);
+        a.exec_ok("ip", &["addr", "add", "10.199.0.1/24", "dev", &va]);
+        b.exec_ok("ip", &["addr", "add", "10.199.0.2/24", "dev", &vb]);
+        a.exec_ok("ip", &["link", "set", &va, "up"]);
+        b.exec_ok("ip", &["link", "set", &vb, "up"]);
+        Self { a, b }
+    }
+}
+
+/// Gbit/s from one iperf3 run, server in `server`, client in `client`.
+fn iperf(server: &NetNs, client: &NetNs, server_ip: &str) -> f64 {
+    let mut srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", server_ip])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.exec_ok("iperf3", &["-c", server_ip, "-t", SECONDS, "-J"]);
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second") / 1e9
+}
+
+/// Median round-trip latency in µs from sockperf ping-pong.
+fn sockperf(server: &NetNs, client: &NetNs, server_ip: &str, tcp: bool) -> f64 {
+    let mut args = vec!["sr", "-i", server_ip, "-p", "11111"];
+    if tcp {
+        args.push("--tcp");
+    }
+    let mut srv = server.command("sockperf").args(&args).stdout(std::process::Stdio::null()).spawn().expect("sockperf sr");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cargs = vec!["pp", "-i", server_ip, "-p", "11111", "-t", SECONDS];
+    if tcp {
+        cargs.push("--tcp");
+    }
+    let out = client.exec_ok("sockperf", &cargs);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    // "sockperf: ---> percentile 50.000 =   12.345" is one-way latency (RTT/2).
+    let p50 = out
+        .lines()
+        .find(|l| l.contains("percentile 50.000"))
+        .and_then(|l| l.rsplit('=').next()?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no p50 in sockperf output:\n{out}"));
+    p50 * 2.0
+}
+
+fn main() {
+    if !require_root() {
+        std::process::exit(1);
+    }
+    for tool in ["iperf3", "sockperf"] {
+        assert!(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success(), "{tool} missing: run scripts/deps.sh");
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    println!("Machine: {} CPUs, {model}, kernel {kernel}\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    // --- CNI latency and agent memory -------------------------------------
+    let node = Node::start("10.70.0.0/24");
+    let pid = node.agent_pid().expect("agent running");
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = rss_kib(pid);
+    let probe = node.add_pod("bench", "probe");
+    let (mut add, mut ready, mut del) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pods = Vec::new();
+    for i in 0..PODS {
+        let mut pod = Pod::new("bench", &format!("p{i}"));
+        let t0 = Instant::now();
+        let out = node.cni("ADD", &pod.spec, &node.netconf("1.1.0"));
+        add.push(t0.elapsed().as_secs_f64() * 1e3);
+        assert!(out.ok(), "{out:?}");
+        pod.ip = out.ip().expect("ip");
+        while !probe.ns.ping(pod.ip) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "pod {i} not reachable");
+        }
+        ready.push(t0.elapsed().as_secs_f64() * 1e3);
+        pods.push(pod);
+    }
+    let rss_100 = rss_kib(pid);
+    for pod in &pods {
+        let t0 = Instant::now();
+        assert!(node.del_pod(pod).ok());
+        del.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("## CNI and agent ({PODS} pods, sequential, release build)\n");
+    println!("| measure | p50 | p99 |\n|---|---|---|");
+    println!("| CNI ADD (process start to result) | {:.1} ms | {:.1} ms |", percentile(&mut add, 0.5), percentile(&mut add, 0.99));
+    println!("| ADD until the pod answers a ping | {:.1} ms | {:.1} ms |", percentile(&mut ready, 0.5), percentile(&mut ready, 0.99));
+    println!("| CNI DEL | {:.1} ms | {:.1} ms |", percentile(&mut del, 0.5), percentile(&mut del, 0.99));
+    println!("\n| agent RSS | idle | with {PODS} pods |\n|---|---|---|\n| weir-agent | {:.1} MiB | {:.1} MiB |\n", rss_idle as f64 / 1024.0, rss_100 as f64 / 1024.0);
+    drop(pods);
+    drop(probe);
+
+    // --- datapath vs bare veth ---------------------------------------------
+    let a = node.add_pod("bench", "client");
+    let b = node.add_pod("bench", "server");
+    let bare = Bare::new();
+    let b_ip = b.ip.to_string();
+    let (mut tw, mut tb, mut uw, mut ub, mut cw, mut cb) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        tw.push(iperf(&b.ns, &a.ns, &b_ip));
+        tb.push(iperf(&bare.b, &bare.a, "10.199.0.2"));
+        uw.push(sockperf(&b.ns, &a.ns, &b_ip, false));
+        ub.push(sockperf(&bare.b, &bare.a, "10.199.0.2", false));
+        cw.push(sockperf(&b.ns, &a.ns, &b_ip, true));
+        cb.push(sockperf(&bare.b, &bare.a, "10.199.0.2", true));
+    }
+    let (tw, tb) = (median(&mut tw), median(&mut tb));
+    let (uw, ub) = (median(&mut uw), median(&mut ub));
+    let (cw, cb) = (median(&mut cw), median(&mut cb));
+    println!("## Pod to pod on one node vs bare veth ({ROUNDS} interleaved rounds of {SECONDS} s, medians)\n");
+    println!("| measure | weir | bare veth | ratio |\n|---|---|---|---|");
+    println!("| TCP throughput (iperf3, 1 stream) | {tw:.2} Gbit/s | {tb:.2} Gbit/s | {:.1}% |", tw / tb * 100.0);
+    println!("| UDP ping-pong RTT (sockperf p50) | {uw:.1} µs | {ub:.1} µs | {:.2}x |", uw / ub);
+    println!("| TCP ping-pong RTT (sockperf p50) | {cw:.1} µs | {cb:.1} µs | {:.2}x |", cw / cb);
+}
