@@ -339,7 +339,7 @@ mod tests {
         eps.add(add_req("b", "l2"), &c).unwrap();
         let e = eps.add(add_req("c", "l3"), &c).unwrap_err();
         assert_eq!(e.code, ErrorCode::IpamExhausted);
-        assert!(eps.dataplane.wired.get("l3").is_none(), "nothing wired on failure");
+        assert!(!eps.dataplane.wired.contains_key("l3"), "nothing wired on failure");
         let r = EndpointRef { container_id: "a".into(), ifname: "eth0".into() };
         assert!(matches!(eps.delete(&r).unwrap(), Response::Deleted { released: true }));
         assert!(matches!(eps.delete(&r).unwrap(), Response::Deleted { released: false }), "DEL twice is fine");
