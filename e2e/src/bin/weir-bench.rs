@@ -7,7 +7,8 @@
 //!   bare veth pair (no eBPF, no routing hop), interleaved run by run.
 //! - Agent RSS idle and with 100 pods.
 //!
-//! Needs root, iperf3 and sockperf. Prints a Markdown report.
+//! Needs root, iperf3 and sockperf. Prints a Markdown report. `--cni-only`
+//! stops after the CNI and memory part.
 
 use std::time::{Duration, Instant};
 
@@ -141,6 +142,9 @@ fn main() {
     println!("\n| agent RSS | idle | with {PODS} pods |\n|---|---|---|\n| weir-agent | {:.1} MiB | {:.1} MiB |\n", rss_idle as f64 / 1024.0, rss_100 as f64 / 1024.0);
     drop(pods);
     drop(probe);
+    if std::env::args().any(|a| a == "--cni-only") {
+        return;
+    }
 
     // --- datapath vs bare veth ---------------------------------------------
     let a = node.add_pod("bench", "client");
