@@ -45,9 +45,13 @@ int from_pod(struct __sk_buff *skb)
 		return drop_packet(skb, WEIR_DROP_INVALID_SOURCE);
 	count_traffic(src->endpoint_id, WEIR_DIR_EGRESS, skb->len);
 
+	/* HOOK(services): service translation (DNAT to a backend, reverse NAT of
+	 * replies) runs here, before the destination lookup, and updates
+	 * meta.daddr/meta.saddr when it rewrites the packet. */
+
 	dst = lookup_ep_v4(meta.daddr);
 	if (!dst)
-		/* Not a local pod: the node's stack routes it. */
+		/* HOOK(routing): remote pods and the outside world. */
 		return TC_ACT_OK;
 
 	if (meta.ttl <= 1)

@@ -84,7 +84,7 @@ pub struct EndpointEntry {
 /// `<pin_dir>/links`, so the agent can exit and restart without a pod
 /// losing a packet.
 pub struct Datapath {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     links_dir: PathBuf,
     nr_cpus: usize,
 }
