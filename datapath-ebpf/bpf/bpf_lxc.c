@@ -17,13 +17,14 @@
 #include "lib/eth.h"
 #include "lib/ipv4.h"
 #include "lib/endpoint.h"
+#include "lib/overlay.h"
 
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
 	struct weir_ep_info *src, *dst;
 	struct ipv4_meta meta = {};
-	__u32 reason, ifindex;
+	__u32 reason;
 	__u16 proto;
 
 	proto = eth_proto(skb);
@@ -50,21 +51,10 @@ int from_pod(struct __sk_buff *skb)
 	 * meta.daddr/meta.saddr when it rewrites the packet. */
 
 	dst = lookup_ep_v4(meta.daddr);
-	if (!dst)
-		/* HOOK(routing): remote pods and the outside world. */
-		return TC_ACT_OK;
-
-	if (meta.ttl <= 1)
-		return drop_packet(skb, WEIR_DROP_TTL_EXCEEDED);
-	if (ipv4_dec_ttl(skb, meta.ttl))
-		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
-
-	/* The store helpers above invalidate map value pointers' packet view
-	 * but not the value itself; copy the target before rewriting. */
-	ifindex = dst->ifindex;
-	if (to_endpoint(skb, dst) != TC_ACT_OK)
-		return TC_ACT_SHOT;
-	return bpf_redirect_peer(ifindex, 0);
+	if (dst)
+		return deliver_local(skb, dst, meta.ttl);
+	/* Remote pods and the outside world. */
+	return route_remote_v4(skb, meta.daddr);
 }
 
 SEC("classifier")

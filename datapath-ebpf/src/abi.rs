@@ -62,7 +62,49 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
-// SAFETY: all four are `repr(C)`, `Copy`, made only of integers and byte
+pub const ROUTING_NATIVE: u32 = 0;
+pub const ROUTING_VXLAN: u32 = 1;
+
+/// `struct weir_config`: node-wide settings.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Config {
+    pub routing_mode: u32,
+    pub tunnel_ifindex: u32,
+    /// Network byte order.
+    pub node_ip: u32,
+    pub flags: u32,
+}
+
+/// `struct weir_route_key` without the LPM prefix length, which aya's
+/// `lpm_trie::Key` carries.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteKey {
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u32; 4],
+}
+
+impl RouteKey {
+    /// The trie key for an IPv4 CIDR: family and padding count as 32
+    /// leading bits that every IPv4 key shares.
+    pub fn v4(cidr: ipnet::Ipv4Net) -> aya::maps::lpm_trie::Key<Self> {
+        let data = Self { family: AF_INET, pad: [0; 3], addr: [u32::from_ne_bytes(cidr.network().octets()), 0, 0, 0] };
+        aya::maps::lpm_trie::Key::new(32 + u32::from(cidr.prefix_len()), data)
+    }
+}
+
+/// `struct weir_route`: the node owning a pod CIDR.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Network byte order.
+    pub node_ip: u32,
+    pub flags: u32,
+}
+
+// SAFETY: all of these are `repr(C)`, `Copy`, made only of integers and byte
 // arrays, with explicit padding fields, so every bit pattern is valid and no
 // byte is uninitialised.
 unsafe impl aya::Pod for EpKey {}
@@ -72,6 +114,12 @@ unsafe impl aya::Pod for EpInfo {}
 unsafe impl aya::Pod for TrafficKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Traffic {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Config {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RouteKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Route {}
 
 #[cfg(test)]
 mod tests {

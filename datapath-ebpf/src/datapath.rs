@@ -2,43 +2,59 @@
 //! This module is the only door from userspace into the kernel's BPF side.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use ipnet::Ipv4Net;
 
-use crate::abi::{DIR_EGRESS, DIR_INGRESS, EpInfo, EpKey, Traffic, TrafficKey};
+use crate::abi::{Config, DIR_EGRESS, DIR_INGRESS, EpInfo, EpKey, Route, RouteKey, Traffic, TrafficKey};
 use crate::drop::DropReason;
 use crate::maps;
 
-/// The programs on a pod's host-side veth.
+/// Every TC program of the datapath.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgramKind {
-    /// TC ingress of the host veth: what the pod sends.
+    /// TC ingress of a pod's host veth: what the pod sends.
     FromPod,
-    /// TC egress of the host veth: what the node's stack sends to the pod.
+    /// TC egress of a pod's host veth: what the node's stack sends to the pod.
     ToPod,
+    /// TC ingress of the node's uplink: traffic routed here for local pods.
+    FromNetdev,
+    /// TC ingress of the vxlan device: decapsulated traffic for local pods.
+    FromOverlay,
 }
 
 impl ProgramKind {
-    pub const ALL: [ProgramKind; 2] = [ProgramKind::FromPod, ProgramKind::ToPod];
+    /// The programs on each pod's host veth.
+    pub const POD: [ProgramKind; 2] = [ProgramKind::FromPod, ProgramKind::ToPod];
+    pub const ALL: [ProgramKind; 4] =
+        [ProgramKind::FromPod, ProgramKind::ToPod, ProgramKind::FromNetdev, ProgramKind::FromOverlay];
 
     pub fn program_name(self) -> &'static str {
         match self {
             Self::FromPod => "from_pod",
             Self::ToPod => "to_pod",
+            Self::FromNetdev => "from_netdev",
+            Self::FromOverlay => "from_overlay",
         }
     }
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            Self::FromPod => TcAttachType::Ingress,
             Self::ToPod => TcAttachType::Egress,
+            Self::FromPod | Self::FromNetdev | Self::FromOverlay => TcAttachType::Ingress,
         }
+    }
+
+    /// Pod programs live in bpf_lxc.o, node-device programs in bpf_host.o.
+    fn in_host_object(self) -> bool {
+        matches!(self, Self::FromNetdev | Self::FromOverlay)
     }
 }
 
@@ -85,6 +101,8 @@ pub struct EndpointEntry {
 /// losing a packet.
 pub struct Datapath {
     pub(crate) ebpf: Ebpf,
+    /// bpf_host.o: shares every map with `ebpf` through the pins.
+    host: Ebpf,
     links_dir: PathBuf,
     nr_cpus: usize,
 }
@@ -97,11 +115,15 @@ impl Datapath {
         for dir in [pin_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin { path: dir.to_owned(), source })?;
         }
+        // The first load creates and pins the maps, the second reuses them.
         let mut ebpf =
             EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::BPF_LXC).map_err(DatapathError::Load)?;
+        let mut host =
+            EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::BPF_HOST).map_err(DatapathError::Load)?;
         for kind in ProgramKind::ALL {
             let name = kind.program_name();
-            let prog: &mut SchedClassifier = ebpf
+            let object = if kind.in_host_object() { &mut host } else { &mut ebpf };
+            let prog: &mut SchedClassifier = object
                 .program_mut(name)
                 .ok_or(DatapathError::Missing(name))?
                 .try_into()
@@ -112,13 +134,14 @@ impl Datapath {
             path: "/sys/devices/system/cpu/possible".into(),
             source,
         })?;
-        Ok(Self { ebpf, links_dir, nr_cpus })
+        Ok(Self { ebpf, host, links_dir, nr_cpus })
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&self, kind: ProgramKind) -> &SchedClassifier {
         let name = kind.program_name();
-        self.ebpf
+        let object = if kind.in_host_object() { &self.host } else { &self.ebpf };
+        object
             .program(name)
             .and_then(|p| p.try_into().ok())
             .expect("load() checked every program exists and is a classifier")
@@ -126,7 +149,8 @@ impl Datapath {
 
     fn program_mut(&mut self, kind: ProgramKind) -> &mut SchedClassifier {
         let name = kind.program_name();
-        self.ebpf
+        let object = if kind.in_host_object() { &mut self.host } else { &mut self.ebpf };
+        object
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .expect("load() checked every program exists and is a classifier")
@@ -141,7 +165,7 @@ impl Datapath {
     /// left by an earlier interface of the same name.
     pub fn attach_endpoint(&mut self, iface: &str) -> Result<()> {
         self.detach_endpoint(iface)?;
-        for kind in ProgramKind::ALL {
+        for kind in ProgramKind::POD {
             self.attach_fresh(iface, kind)?;
         }
         Ok(())
@@ -151,24 +175,39 @@ impl Datapath {
     /// pinned by the previous one (atomic, no packet sees a gap), or attach
     /// fresh where no pin exists.
     pub fn reattach_endpoint(&mut self, iface: &str) -> Result<()> {
-        for kind in ProgramKind::ALL {
-            let pin = self.link_pin(iface, kind);
-            let program = kind.program_name();
-            let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
-            match PinnedLink::from_pin(&pin) {
-                Ok(pinned) => {
-                    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                        DatapathError::Link { program, iface: iface.to_owned(), source }
-                    })?;
-                    let prog = self.program_mut(kind);
-                    let id = prog.attach_to_link(link).map_err(attach_err)?;
-                    // The pin keeps the link alive; drop our handle without detaching.
-                    drop(prog.take_link(id).map_err(attach_err)?);
-                }
-                Err(_) => self.attach_fresh(iface, kind)?,
-            }
+        for kind in ProgramKind::POD {
+            self.reattach(iface, kind)?;
         }
         Ok(())
+    }
+
+    /// Attaches a node-device program (uplink or vxlan), replacing the
+    /// program in a link pinned by an earlier agent without a gap.
+    pub fn attach_device(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
+        self.reattach(iface, kind)
+    }
+
+    /// Detaches a node-device program. Idempotent.
+    pub fn detach_device(&self, iface: &str, kind: ProgramKind) -> Result<()> {
+        remove_pin(self.link_pin(iface, kind))
+    }
+
+    fn reattach(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
+        let pin = self.link_pin(iface, kind);
+        let program = kind.program_name();
+        let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
+        match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|source| DatapathError::Link { program, iface: iface.to_owned(), source })?;
+                let prog = self.program_mut(kind);
+                let id = prog.attach_to_link(link).map_err(attach_err)?;
+                // The pin keeps the link alive; drop our handle without detaching.
+                drop(prog.take_link(id).map_err(attach_err)?);
+                Ok(())
+            }
+            Err(_) => self.attach_fresh(iface, kind),
+        }
     }
 
     fn attach_fresh(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
@@ -185,28 +224,63 @@ impl Datapath {
 
     /// Removes the link pins, which detaches the programs. Idempotent.
     pub fn detach_endpoint(&self, iface: &str) -> Result<()> {
-        for kind in ProgramKind::ALL {
-            let pin = self.link_pin(iface, kind);
-            match std::fs::remove_file(&pin) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DatapathError::Pin { path: pin, source }),
-            }
+        for kind in ProgramKind::POD {
+            remove_pin(self.link_pin(iface, kind))?;
         }
         Ok(())
     }
 
-    /// Interfaces with pinned links (for reconciling after a restart).
+    /// Pod interfaces with pinned links (for reconciling after a restart).
     pub fn attached_interfaces(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.links_dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.rsplit_once('-')).map(|(i, _)| i.to_owned()))
+            .filter_map(|e| {
+                let name = e.file_name();
+                let (iface, program) = name.to_str()?.rsplit_once('-')?;
+                ProgramKind::POD.iter().any(|k| k.program_name() == program).then(|| iface.to_owned())
+            })
             .collect();
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Writes the node-wide settings every program reads.
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        let map = self.ebpf.map_mut(maps::CONFIG).ok_or(DatapathError::Missing(maps::CONFIG))?;
+        let mut array: Array<&mut MapData, Config> =
+            Array::try_from(map).map_err(|source| DatapathError::Map { map: maps::CONFIG, source })?;
+        array.set(0, config, 0).map_err(|source| DatapathError::Map { map: maps::CONFIG, source })
+    }
+
+    fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, Route>> {
+        let map = self.ebpf.map_mut(maps::NODE_ROUTES).ok_or(DatapathError::Missing(maps::NODE_ROUTES))?;
+        LpmTrie::try_from(map).map_err(|source| DatapathError::Map { map: maps::NODE_ROUTES, source })
+    }
+
+    /// Replaces the set of remote pod CIDRs and the nodes owning them.
+    pub fn sync_node_routes(&mut self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
+        let mut map = self.routes_map()?;
+        let wanted: Vec<(Key<RouteKey>, Route)> = routes
+            .iter()
+            .map(|(cidr, node)| {
+                (RouteKey::v4(*cidr), Route { node_ip: u32::from_ne_bytes(node.octets()), flags: 0 })
+            })
+            .collect();
+        let stale: Vec<Key<RouteKey>> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.iter().any(|(w, _)| w.prefix_len() == k.prefix_len() && w.data() == k.data()))
+            .collect();
+        for key in stale {
+            ignore_missing(map.remove(&key), maps::NODE_ROUTES)?;
+        }
+        for (key, route) in wanted {
+            map.insert(&key, route, 0).map_err(|source| DatapathError::Map { map: maps::NODE_ROUTES, source })?;
+        }
+        Ok(())
     }
 
     fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, EpKey, EpInfo>> {
@@ -290,6 +364,14 @@ impl Datapath {
 
 fn zero_per_cpu(nr_cpus: usize) -> PerCpuValues<Traffic> {
     PerCpuValues::try_from(vec![Traffic::default(); nr_cpus]).expect("nr_cpus is at least one")
+}
+
+fn remove_pin(pin: PathBuf) -> Result<()> {
+    match std::fs::remove_file(&pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatapathError::Pin { path: pin, source }),
+    }
 }
 
 fn sum<'a>(values: impl Iterator<Item = &'a Traffic>) -> Traffic {

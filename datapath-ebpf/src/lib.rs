@@ -14,9 +14,15 @@ pub use datapath::{Datapath, DatapathError, EndpointEntry, ProgramKind};
 /// `build.rs` from `bpf/bpf_lxc.c`.
 pub const BPF_LXC: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_lxc.o"));
 
+/// The object with the programs for the node's own devices (uplink, vxlan),
+/// built from `bpf/bpf_host.c`.
+pub const BPF_HOST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_host.o"));
+
 /// Map names, as declared in `bpf/lib/maps.h`.
 pub mod maps {
     pub const ENDPOINTS: &str = "weir_endpoints";
     pub const EP_TRAFFIC: &str = "weir_ep_traffic";
     pub const DROPS: &str = "weir_drops";
+    pub const CONFIG: &str = "weir_config";
+    pub const NODE_ROUTES: &str = "weir_node_routes";
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 
 use object::{Object, ObjectSection};
-use weir_datapath::abi::{EpInfo, EpKey, Traffic, TrafficKey};
+use weir_datapath::abi::{Config, EpInfo, EpKey, Route, RouteKey, Traffic, TrafficKey};
 
 /// name → (size, [(member, byte offset)]) for every struct in the BTF.
 fn btf_structs(obj: &[u8]) -> HashMap<String, (u32, Vec<(String, u32)>)> {
@@ -79,4 +79,20 @@ fn rust_abi_matches_c_structs_in_btf() {
     assert_layout!(structs, "weir_ep_info", EpInfo, [ifindex, endpoint_id, identity, pod_mac, host_mac, flags]);
     assert_layout!(structs, "weir_traffic_key", TrafficKey, [endpoint_id, direction]);
     assert_layout!(structs, "weir_traffic", Traffic, [packets, bytes]);
+    assert_layout!(structs, "weir_config", Config, [routing_mode, tunnel_ifindex, node_ip, flags]);
+    assert_layout!(structs, "weir_route", Route, [node_ip, flags]);
+    // aya's lpm_trie::Key<T> is { prefix_len: u32, data: T }: the C key is
+    // that u32 followed by RouteKey's fields.
+    let (size, members) = &structs["weir_route_key"];
+    assert_eq!(*size as usize, 4 + size_of::<RouteKey>());
+    let shifted: Vec<(String, u32)> = [
+        ("prefixlen", 0),
+        ("family", 4 + offset_of!(RouteKey, family)),
+        ("pad", 4 + offset_of!(RouteKey, pad)),
+        ("addr", 4 + offset_of!(RouteKey, addr)),
+    ]
+    .into_iter()
+    .map(|(n, o)| (n.to_string(), o as u32))
+    .collect();
+    assert_eq!(members, &shifted);
 }

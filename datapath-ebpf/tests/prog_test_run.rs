@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use aya::programs::{TestRun, TestRunOptions};
-use weir_datapath::abi::{EpInfo, Traffic};
+use weir_datapath::abi::{Config, EpInfo, ROUTING_VXLAN, Traffic};
 use weir_datapath::drop::DropReason;
 use weir_datapath::{Datapath, ProgramKind};
 
@@ -93,6 +93,14 @@ impl Drop for Fixture {
         // Only succeeds once the last parallel test is gone.
         let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
     }
+}
+
+/// Native routing unless told otherwise; VXLAN sends 10.245.2.0/24 to a peer.
+fn vxlan(fx: &mut Fixture) {
+    fx.dp
+        .set_config(Config { routing_mode: ROUTING_VXLAN, tunnel_ifindex: LO_IFINDEX, node_ip: 0, flags: 0 })
+        .unwrap();
+    fx.dp.sync_node_routes(&[("10.245.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))]).unwrap();
 }
 
 // --- packet crafting -------------------------------------------------------
@@ -349,4 +357,49 @@ fn to_pod_rewrites_for_its_endpoint_and_ignores_others() {
     pkt[14] = 0x4f;
     assert_eq!(fx.run(ProgramKind::ToPod, &pkt).0, TC_ACT_SHOT);
     assert_eq!(fx.drops(DropReason::MalformedIpv4), 1);
+}
+
+#[test]
+fn remote_pods_go_to_the_stack_in_native_mode_and_into_the_tunnel_in_vxlan_mode() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("route");
+    let remote = Ipv4Addr::new(10, 245, 2, 5);
+    let pkt = Ip::new(POD_A, remote, TCP).packet(&tcp_syn());
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_OK, "native: the stack routes");
+
+    vxlan(&mut fx);
+    let (verdict, out) = fx.run(ProgramKind::FromPod, &pkt);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "vxlan: redirected to the tunnel device");
+    assert_eq!(out, pkt, "inner packet untouched; the vxlan device encapsulates");
+    let outside = Ip::new(POD_A, Ipv4Addr::new(10, 99, 0, 1), TCP).packet(&tcp_syn());
+    assert_eq!(fx.run(ProgramKind::FromPod, &outside).0, TC_ACT_OK, "no node owns it: the stack decides");
+
+    // Routes are replaced as a set.
+    fx.dp.sync_node_routes(&[]).unwrap();
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_OK);
+}
+
+#[test]
+fn node_devices_deliver_to_local_pods_and_pass_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("host");
+    let from_peer_node = Ip::new(Ipv4Addr::new(10, 245, 2, 5), POD_A, UDP).packet(&udp(b"x"));
+    for kind in [ProgramKind::FromNetdev, ProgramKind::FromOverlay] {
+        let (verdict, out) = fx.run(kind, &from_peer_node);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{kind:?}");
+        assert_eq!(&out[0..6], &A_MAC);
+        assert_eq!(&out[6..12], &A_HOST_MAC);
+        assert_eq!(out[14 + 8], 63, "one routing hop");
+    }
+    assert_eq!(fx.traffic(1).0.packets, 2, "counted as A's ingress");
+
+    let to_node = Ip::new(Ipv4Addr::new(10, 245, 2, 5), Ipv4Addr::new(172, 30, 0, 11), UDP).packet(&udp(b"x"));
+    assert_eq!(fx.run(ProgramKind::FromNetdev, &to_node).0, TC_ACT_UNSPEC, "the node's own traffic");
+    let mut arp = eth(ETH_P_ARP);
+    arp.extend_from_slice(&[0; 28]);
+    assert_eq!(fx.run(ProgramKind::FromNetdev, &arp).0, TC_ACT_UNSPEC);
 }

@@ -42,6 +42,32 @@ struct weir_traffic {
 	__u64 bytes;
 };
 
+#define WEIR_ROUTING_NATIVE 0 /* the node's stack routes to other nodes */
+#define WEIR_ROUTING_VXLAN 1  /* encapsulate towards the node owning the CIDR */
+
+/* Node-wide settings, one entry, written by the agent at start. */
+struct weir_config {
+	__u32 routing_mode;
+	__u32 tunnel_ifindex; /* the external-mode vxlan device */
+	__be32 node_ip;
+	__u32 flags;
+};
+
+/* LPM key: prefixlen counts the 32 bits of family+pad plus the CIDR bits,
+ * so IPv4 and IPv6 routes share one trie. */
+struct weir_route_key {
+	__u32 prefixlen;
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+/* Which node owns a pod CIDR. */
+struct weir_route {
+	__be32 node_ip;
+	__u32 flags;
+};
+
 /* Why the datapath dropped a packet. Userspace keeps the same list with a
  * text for each (src/drop.rs); append only, numbers are ABI. */
 enum weir_drop_reason {

@@ -8,6 +8,7 @@
 #include "counters.h"
 #include "eth.h"
 #include "drop.h"
+#include "ipv4.h"
 
 static __always_inline struct weir_ep_info *lookup_ep_v4(__be32 addr)
 {
@@ -31,6 +32,22 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, const struct weir_
 		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
 	count_traffic(dst->endpoint_id, WEIR_DIR_INGRESS, skb->len);
 	return TC_ACT_OK;
+}
+
+/* One routing hop into a local pod's namespace: TTL, rewrite, then
+ * bpf_redirect_peer, which skips the host veth's egress and the backlog
+ * queue. Only valid from a TC ingress hook. */
+static __always_inline int deliver_local(struct __sk_buff *skb, const struct weir_ep_info *dst, __u8 ttl)
+{
+	__u32 ifindex = dst->ifindex;
+
+	if (ttl <= 1)
+		return drop_packet(skb, WEIR_DROP_TTL_EXCEEDED);
+	if (ipv4_dec_ttl(skb, ttl))
+		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+	if (to_endpoint(skb, dst) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	return bpf_redirect_peer(ifindex, 0);
 }
 
 #endif /* WEIR_ENDPOINT_H */

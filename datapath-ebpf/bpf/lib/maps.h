@@ -35,4 +35,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_drops SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct weir_route_key);
+	__type(value, struct weir_route);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_node_routes SEC(".maps");
+
 #endif /* WEIR_MAPS_H */

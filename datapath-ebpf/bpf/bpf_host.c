@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Programs on the node's own devices.
+ *
+ *   from_netdev:  TC ingress of the uplink. Packets routed here for a local
+ *                 pod (native routing) go straight into the pod's netns.
+ *   from_overlay: TC ingress of the vxlan device. Decapsulated packets for a
+ *                 local pod, likewise.
+ *
+ * Everything else is not weir's business here and goes on to the stack. */
+
+#include "lib/common.h"
+#include "lib/abi.h"
+#include "lib/maps.h"
+#include "lib/drop.h"
+#include "lib/eth.h"
+#include "lib/ipv4.h"
+#include "lib/endpoint.h"
+
+static __always_inline int to_local_pod(struct __sk_buff *skb)
+{
+	struct weir_ep_info *dst;
+	struct ipv4_meta meta = {};
+
+	if (eth_proto(skb) != ETH_P_IP)
+		return WEIR_PASS_ON;
+	/* Malformed packets are the stack's to judge on a node device. */
+	if (ipv4_parse(skb, &meta))
+		return WEIR_PASS_ON;
+	dst = lookup_ep_v4(meta.daddr);
+	if (!dst)
+		return WEIR_PASS_ON;
+	return deliver_local(skb, dst, meta.ttl);
+}
+
+SEC("classifier")
+int from_netdev(struct __sk_buff *skb)
+{
+	return to_local_pod(skb);
+}
+
+SEC("classifier")
+int from_overlay(struct __sk_buff *skb)
+{
+	return to_local_pod(skb);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

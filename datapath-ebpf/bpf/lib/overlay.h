@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Leaving the node: native routing hands the packet to the node's stack,
+ * which has a route per remote pod CIDR; VXLAN mode encapsulates it through
+ * the external-mode vxlan device towards the node that owns the CIDR. */
+#ifndef WEIR_OVERLAY_H
+#define WEIR_OVERLAY_H
+
+#include "common.h"
+#include "maps.h"
+
+static __always_inline struct weir_config *node_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&weir_config, &zero);
+}
+
+static __always_inline struct weir_route *lookup_route_v4(__be32 addr)
+{
+	struct weir_route_key key = { .prefixlen = 32 + 32, .family = WEIR_AF_INET };
+
+	key.addr[0] = addr;
+	return bpf_map_lookup_elem(&weir_node_routes, &key);
+}
+
+static __always_inline int route_remote_v4(struct __sk_buff *skb, __be32 daddr)
+{
+	struct bpf_tunnel_key tkey = {};
+	struct weir_config *cfg = node_config();
+	struct weir_route *route;
+
+	if (!cfg || cfg->routing_mode != WEIR_ROUTING_VXLAN || !cfg->tunnel_ifindex)
+		return TC_ACT_OK;
+	route = lookup_route_v4(daddr);
+	if (!route)
+		/* Not a pod CIDR of another node: the stack decides. */
+		return TC_ACT_OK;
+	tkey.remote_ipv4 = bpf_ntohl(route->node_ip);
+	tkey.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &tkey, sizeof(tkey), BPF_F_ZERO_CSUM_TX))
+		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+#endif /* WEIR_OVERLAY_H */
