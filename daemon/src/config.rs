@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use clap::Parser;
 use ipnet::Ipv4Net;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    Native,
+    Vxlan,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "weir-agent", version, about = "weir node agent: loads the eBPF datapath and wires pods")]
 pub struct Config {
@@ -34,6 +40,16 @@ pub struct Config {
     #[arg(long, env = "WEIR_MANIFESTS")]
     pub manifests: Option<PathBuf>,
 
+    /// The node's uplink: its TC ingress gets the program that delivers
+    /// routed traffic to local pods, and its IPv4 address is the node IP.
+    #[arg(long, env = "WEIR_UPLINK")]
+    pub uplink: Option<String>,
+
+    /// How pod traffic reaches other nodes: `native` (routes to each node's
+    /// pod CIDR via its node IP) or `vxlan` (encapsulated by the datapath).
+    #[arg(long, env = "WEIR_ROUTING", value_enum, default_value_t = Routing::Native)]
+    pub routing: Routing,
+
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "WEIR_LOG", default_value = "info")]
     pub log: String,
@@ -51,6 +67,9 @@ impl Config {
         }
         if self.pod_cidr.network() != self.pod_cidr.addr() {
             errors.push(format!("--pod-cidr {}: has host bits set (did you mean {}?)", self.pod_cidr, self.pod_cidr.trunc()));
+        }
+        if self.routing == Routing::Vxlan && self.uplink.is_none() {
+            errors.push("--routing vxlan needs --uplink (the node IP is the tunnel endpoint)".into());
         }
         if !self.bpffs_root.is_absolute() {
             errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
@@ -76,6 +95,8 @@ mod tests {
         let c = parse(&["--node", "a/b", "--pod-cidr", "10.0.0.1/31", "--bpffs-root", "rel"]).unwrap();
         let errs = c.validate().unwrap_err();
         assert_eq!(errs.len(), 4, "{errs:?}");
+        let c = parse(&["--node", "n", "--pod-cidr", "10.0.0.0/24", "--routing", "vxlan"]).unwrap();
+        assert!(c.validate().unwrap_err()[0].contains("--uplink"));
     }
 
     #[test]

@@ -7,6 +7,8 @@ use weir_agent_api::{EndpointCounters, Traffic};
 use weir_datapath::Datapath;
 use weir_datapath::abi::EpInfo;
 
+use crate::netdev::Netdev;
+
 /// What the endpoint manager needs from the kernel.
 pub trait Dataplane: Send {
     /// ifindex and MAC of an interface in the agent's netns, or None if absent.
@@ -23,9 +25,13 @@ pub trait Dataplane: Send {
     fn attached_interfaces(&self) -> Vec<String>;
 }
 
-/// The real dataplane: the eBPF datapath plus interface lookups in this netns.
+/// The real dataplane: the eBPF datapath plus interface lookups and host
+/// routes in this netns.
 pub struct Kernel {
     pub datapath: Datapath,
+    pub netdev: Netdev,
+    /// Runs netlink requests from the blocking threads the API uses.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Dataplane for Kernel {
@@ -43,7 +49,11 @@ impl Dataplane for Kernel {
         self.datapath.upsert_endpoint(IpAddr::V4(ip), info).map_err(|e| e.to_string())?;
         let attached =
             if fresh { self.datapath.attach_endpoint(iface) } else { self.datapath.reattach_endpoint(iface) };
-        attached.map_err(|e| format!("{e}: {}", error_chain(&e)))
+        attached.map_err(|e| format!("{e}: {}", error_chain(&e)))?;
+        // Deleting the veth later takes this route and neighbour with it.
+        self.runtime
+            .block_on(self.netdev.add_pod_route(ip, info.ifindex, info.pod_mac))
+            .map_err(|e| format!("{e}: {}", error_chain(&e)))
     }
 
     fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), String> {

@@ -88,6 +88,10 @@ impl<D: Dataplane> Endpoints<D> {
         }
     }
 
+    pub fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
+    }
+
     pub fn add(&mut self, req: EndpointAdd, cluster: &ClusterState) -> Result<Response, ApiError> {
         for (field, value) in
             [("container_id", &req.container_id), ("ifname", &req.ifname), ("host_ifname", &req.host_ifname)]

@@ -7,6 +7,8 @@ pub mod config;
 pub mod dataplane;
 pub mod endpoints;
 pub mod ipam;
+pub mod netdev;
+pub mod routing;
 pub mod store;
 
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 use cluster::{ClusterSource, ClusterState, StandaloneSource};
 use config::Config;
 use dataplane::Kernel;
+use netdev::Netdev;
 use endpoints::Endpoints;
 use store::Store;
 
@@ -26,9 +29,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.pin_dir().starts_with("/sys/fs/bpf") {
         weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     }
-    let datapath = weir_datapath::Datapath::load(&config.pin_dir())
+    let mut datapath = weir_datapath::Datapath::load(&config.pin_dir())
         .with_context(|| format!("loading datapath pinned at {}", config.pin_dir().display()))?;
-    let endpoints = Endpoints::open(config.node.clone(), config.pod_cidr, Kernel { datapath }, Store::new(&config.state_dir))
+    let netdev = Netdev::connect()?;
+    let uplink = match &config.uplink {
+        Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),
+        None => None,
+    };
+    let kernel = Kernel { datapath, netdev: netdev.clone(), runtime: tokio::runtime::Handle::current() };
+    let (node, cidr, store) = (config.node.clone(), config.pod_cidr, Store::new(&config.state_dir));
+    // Re-adopting endpoints makes blocking netlink calls: off the async threads.
+    let endpoints = tokio::task::spawn_blocking(move || Endpoints::open(node, cidr, kernel, store))
+        .await?
         .context("opening endpoint state")?;
     let endpoints = Arc::new(Mutex::new(endpoints));
 
@@ -46,6 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(uplink) = uplink {
+        tokio::spawn(routing::run(config.routing, config.node.clone(), uplink, netdev, endpoints.clone(), rx.clone()));
+    }
+
     let listener = api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
     tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(), "agent ready");
     let server = tokio::spawn(api::serve(listener, endpoints, rx));
@@ -58,4 +74,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     server.abort();
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Node plumbing for multi-node clusters: the uplink's ingress program, the
+/// vxlan device in overlay mode, forwarding, and the datapath's config.
+/// Returns the uplink's ifindex.
+async fn setup_uplink(
+    config: &Config,
+    uplink: &str,
+    netdev: &Netdev,
+    datapath: &mut weir_datapath::Datapath,
+) -> anyhow::Result<u32> {
+    use weir_datapath::ProgramKind;
+    use weir_datapath::abi::{Config as DpConfig, ROUTING_NATIVE, ROUTING_VXLAN};
+
+    let index = netdev.link_index(uplink).await?.with_context(|| format!("uplink {uplink} does not exist"))?;
+    let node_ip = netdev.ipv4_of(index).await?.with_context(|| format!("uplink {uplink} has no IPv4 address"))?;
+    datapath.attach_device(uplink, ProgramKind::FromNetdev)?;
+    let (mode, tunnel_ifindex) = match config.routing {
+        config::Routing::Native => (ROUTING_NATIVE, 0),
+        config::Routing::Vxlan => {
+            let vxlan = netdev.ensure_vxlan().await?;
+            datapath.attach_device(netdev::VXLAN_DEVICE, ProgramKind::FromOverlay)?;
+            (ROUTING_VXLAN, vxlan)
+        }
+    };
+    datapath.set_config(DpConfig { routing_mode: mode, tunnel_ifindex, node_ip: u32::from_ne_bytes(node_ip.octets()), flags: 0 })?;
+    // The node forwards pod traffic to other nodes (native routing) and to
+    // the outside; /proc/sys/net is per network namespace.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+    tracing::info!(%uplink, %node_ip, routing = ?config.routing, "uplink ready");
+    Ok(index)
 }
