@@ -32,7 +32,7 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
-fn ip(args: &[&str]) -> Result<Output, NetnsError> {
+pub(super) fn ip(args: &[&str]) -> Result<Output, NetnsError> {
     let joined = args.join(" ");
     let out = Command::new("ip")
         .args(args)
@@ -133,4 +133,22 @@ mod tests {
         assert!(long_a.len() <= 64 && long_a.starts_with("demo-default-aaa"), "{long_a}");
         assert_ne!(long_a, long_b);
     }
+}
+
+/// Plugs `netns` into the lab segment: a veth whose far end (`port`) is a
+/// port of the fabric's bridge, and whose near end is `eth0` with `addr`.
+pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str) -> Result<(), NetnsError> {
+    ip(&["-n", fabric, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
+    ip(&["-n", fabric, "link", "set", port, "master", "br0", "up"])?;
+    ip(&["-n", netns, "addr", "add", addr, "dev", "eth0"])?;
+    ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// The lab's switch: a bridge in its own netns, so nothing touches the host.
+pub fn create_fabric(fabric: &str) -> Result<(), NetnsError> {
+    create(fabric)?;
+    ip(&["-n", fabric, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", fabric, "link", "set", "br0", "up"])?;
+    Ok(())
 }

@@ -19,7 +19,39 @@ pub struct Topology {
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Ipv4Net,
     pub nodes: Vec<NodeSpec>,
+    /// The lab segment joining the nodes' uplinks (and the external host).
+    #[serde(rename = "nodeCIDR", default = "default_node_cidr")]
+    pub node_cidr: Ipv4Net,
+    /// How pods reach pods on other nodes.
+    #[serde(default)]
+    pub routing: Routing,
 }
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// Each node routes other nodes' pod CIDRs via their node IPs.
+    #[default]
+    Native,
+    /// The datapath encapsulates in VXLAN towards the owning node.
+    Vxlan,
+}
+
+impl Routing {
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Vxlan => "vxlan",
+        }
+    }
+}
+
+fn default_node_cidr() -> Ipv4Net {
+    "172.30.0.0/24".parse().expect("valid literal")
+}
+
+/// Nodes get addresses from this host number on, the external host the last one.
+const FIRST_NODE_HOST: u32 = 11;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -72,6 +104,16 @@ pub fn validate(topo: &Topology) -> Vec<String> {
     if topo.nodes.is_empty() {
         problems.push("nodes: at least one node is required".into());
     }
+    if topo.node_cidr != topo.node_cidr.trunc() {
+        problems.push(format!("nodeCIDR {}: host bits set", topo.node_cidr));
+    }
+    let hosts = (1u64 << (32 - topo.node_cidr.prefix_len())).saturating_sub(2);
+    if hosts < u64::from(FIRST_NODE_HOST) + topo.nodes.len() as u64 + 1 {
+        problems.push(format!("nodeCIDR {}: too small for {} nodes and the external host", topo.node_cidr, topo.nodes.len()));
+    }
+    if topo.node_cidr.contains(&topo.cluster_cidr) || topo.cluster_cidr.contains(&topo.node_cidr) {
+        problems.push(format!("nodeCIDR {} overlaps clusterCIDR {}", topo.node_cidr, topo.cluster_cidr));
+    }
     let mut names = BTreeSet::new();
     for (i, node) in topo.nodes.iter().enumerate() {
         let at = format!("nodes[{i}] ({})", node.name);
@@ -104,6 +146,26 @@ impl Topology {
     pub fn node_netns(&self, node: &str) -> String {
         format!("{}-{}", self.name, node)
     }
+
+    /// Netns holding the bridge that plays the lab's switch.
+    pub fn fabric_netns(&self) -> String {
+        format!("{}-fabric", self.name)
+    }
+
+    /// Netns of the host outside the cluster (for NodePort and egress tests).
+    pub fn external_netns(&self) -> String {
+        format!("{}-external", self.name)
+    }
+
+    /// The i-th node's address on the lab segment.
+    pub fn node_ip(&self, index: usize) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::from(self.node_cidr.network()) + FIRST_NODE_HOST + index as u32)
+    }
+
+    /// The external host's address: the segment's last usable one.
+    pub fn external_ip(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::from(self.node_cidr.broadcast()) - 1)
+    }
 }
 
 #[cfg(test)]
@@ -126,11 +188,14 @@ mod tests {
         assert_eq!(t.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(t.nodes[0].pod_cidr.to_string(), "10.244.1.0/24");
         assert_eq!(t.node_netns("node1"), "demo-node1");
+        assert_eq!(t.routing, Routing::Native);
+        assert_eq!(t.node_ip(0).to_string(), "172.30.0.11");
+        assert_eq!(t.external_ip().to_string(), "172.30.0.254");
     }
 
     #[test]
     fn shipped_examples_parse() {
-        for f in ["one-node.yaml", "two-nodes.yaml"] {
+        for f in ["one-node.yaml", "two-nodes.yaml", "two-nodes-vxlan.yaml"] {
             let path = format!("{}/../lab/{f}", env!("CARGO_MANIFEST_DIR"));
             parse(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
@@ -147,6 +212,14 @@ mod tests {
         assert!(all.contains("duplicate node name"), "{all}");
         assert!(all.contains("too small"), "{all}");
         assert!(all.contains("overlaps"), "{all}");
+    }
+
+    #[test]
+    fn node_segment_must_not_overlap_pods() {
+        let p = invalid("name: x\nclusterCIDR: 10.0.0.0/8\nnodeCIDR: 10.1.0.0/24\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n");
+        assert!(p.join(" ").contains("overlaps clusterCIDR"), "{p:?}");
+        let t = parse("name: x\nclusterCIDR: 10.0.0.0/8\nrouting: vxlan\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n").unwrap();
+        assert_eq!(t.routing, Routing::Vxlan);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weir_agent_api::{Client, Request};
 
@@ -34,8 +34,13 @@ pub fn up(lab: &Lab, file: &Path) -> Result<()> {
             lab.dir.root.display()
         );
     }
-    let taken: Vec<String> =
-        topo.nodes.iter().map(|n| topo.node_netns(&n.name)).filter(|n| netns::exists(n)).collect();
+    let taken: Vec<String> = topo
+        .nodes
+        .iter()
+        .map(|n| topo.node_netns(&n.name))
+        .chain([topo.fabric_netns(), topo.external_netns()])
+        .filter(|n| netns::exists(n))
+        .collect();
     if !taken.is_empty() {
         bail!("netns already exist: {} (a leftover lab? `ip netns delete` them)", taken.join(", "));
     }
@@ -74,9 +79,23 @@ fn bring_up(
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let store = Store::new(lab.dir.manifests());
+    let prefix = topo.node_cidr.prefix_len();
+    for ns in [topo.fabric_netns(), topo.external_netns()] {
+        state.netns.push(ns);
+    }
+    lab.dir.save(state)?;
+    netns::create_fabric(&topo.fabric_netns())?;
+    netns::create(&topo.external_netns())?;
+    netns::attach_to_fabric(
+        &topo.fabric_netns(),
+        "external",
+        &topo.external_netns(),
+        &format!("{}/{prefix}", topo.external_ip()),
+    )?;
     let mut children: Vec<(String, Child)> = Vec::new();
-    for node in &topo.nodes {
+    for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
+        let node_ip = topo.node_ip(index);
         let ns = topo.node_netns(&node.name);
         let socket = lab.dir.node_socket(&node.name);
         // Record before creating: `down` treats a missing netns as done.
@@ -87,6 +106,7 @@ fn bring_up(
         );
         lab.dir.save(state)?;
         netns::create(&ns)?;
+        netns::attach_to_fabric(&topo.fabric_netns(), &format!("node{index}"), &ns, &format!("{node_ip}/{prefix}"))?;
 
         store.put(&Object::Node(Node {
             metadata: ObjectMeta {
@@ -99,7 +119,13 @@ fn bring_up(
                 pod_cidrs: Some(vec![node.pod_cidr.to_string()]),
                 ..Default::default()
             }),
-            status: None,
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    NodeAddress { type_: "InternalIP".into(), address: node_ip.to_string() },
+                    NodeAddress { type_: "Hostname".into(), address: node.name.clone() },
+                ]),
+                ..Default::default()
+            }),
         }))?;
 
         let state_dir = lab.dir.node_state(&node.name);
@@ -123,6 +149,7 @@ fn bring_up(
             .arg(&socket)
             .arg("--manifests")
             .arg(lab.dir.manifests())
+            .args(["--uplink", "eth0", "--routing", topo.routing.as_flag()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -130,7 +157,7 @@ fn bring_up(
             .spawn()
             .with_context(|| format!("starting {} in {ns}", agent.display()))?;
         let proc_ = procs::record(child.id(), format!("weir-agent {}", node.name));
-        println!("node {}: netns {ns}, agent pid {}", node.name, proc_.pid);
+        println!("node {}: netns {ns}, address {node_ip}, agent pid {}", node.name, proc_.pid);
         if let Some(n) = state.nodes.get_mut(&node.name) {
             n.agent = Some(proc_);
         }
