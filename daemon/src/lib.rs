@@ -58,8 +58,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    if let Some(uplink) = uplink {
-        tokio::spawn(routing::run(config.routing, config.node.clone(), uplink, netdev, endpoints.clone(), rx.clone()));
+    if let Some(route_dev) = uplink {
+        tokio::spawn(routing::run(config.routing, config.node.clone(), route_dev, netdev, endpoints.clone(), rx.clone()));
     }
 
     let listener = api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
@@ -78,7 +78,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Node plumbing for multi-node clusters: the uplink's ingress program, the
 /// vxlan device in overlay mode, forwarding, and the datapath's config.
-/// Returns the uplink's ifindex.
+/// Returns the device routes to other nodes use: the uplink, or the vxlan
+/// device in overlay mode.
 async fn setup_uplink(
     config: &Config,
     uplink: &str,
@@ -96,6 +97,7 @@ async fn setup_uplink(
         config::Routing::Vxlan => {
             let vxlan = netdev.ensure_vxlan().await?;
             datapath.attach_device(netdev::VXLAN_DEVICE, ProgramKind::FromOverlay)?;
+            datapath.attach_device(netdev::VXLAN_DEVICE, ProgramKind::ToOverlay)?;
             (ROUTING_VXLAN, vxlan)
         }
     };
@@ -104,5 +106,5 @@ async fn setup_uplink(
     // the outside; /proc/sys/net is per network namespace.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     tracing::info!(%uplink, %node_ip, routing = ?config.routing, "uplink ready");
-    Ok(index)
+    Ok(if tunnel_ifindex != 0 { tunnel_ifindex } else { index })
 }

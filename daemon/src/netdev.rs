@@ -19,6 +19,10 @@ const RTPROT_WEIR: u8 = 0xf3;
 pub const VXLAN_PORT: u16 = 8472;
 pub const VXLAN_DEVICE: &str = "weir_vxlan";
 
+/// Inner destination MAC for the node's own packets into the tunnel: the far
+/// side's `from_overlay` rewrites it before delivery, so any unicast MAC does.
+const OVERLAY_PEER_MAC: [u8; 6] = [0x02, 0x77, 0x65, 0x69, 0x72, 0x00];
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetdevError {
     /// Opening the netlink socket failed.
@@ -111,15 +115,29 @@ impl Netdev {
             .map_err(req(format!("neighbour for pod {ip}")))
     }
 
-    /// Routes to other nodes' pod CIDRs via their node IPs (native routing).
-    pub async fn replace_node_route(&self, cidr: Ipv4Net, via: Ipv4Addr, uplink: u32) -> Result<(), NetdevError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+    /// A route to another node's pod CIDR via its node IP: over the uplink
+    /// (native routing), or `onlink` over the vxlan device, where a
+    /// permanent neighbour stands in for ARP and the datapath's `to_overlay`
+    /// picks the tunnel endpoint.
+    pub async fn replace_node_route(&self, cidr: Ipv4Net, via: Ipv4Addr, dev: u32, overlay: bool) -> Result<(), NetdevError> {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(cidr.network(), cidr.prefix_len())
             .gateway(via)
-            .output_interface(uplink)
-            .protocol(RouteProtocol::Other(RTPROT_WEIR))
-            .build();
-        self.handle.route().add(route).replace().execute().await.map_err(req(format!("route {cidr} via {via}")))
+            .output_interface(dev)
+            .protocol(RouteProtocol::Other(RTPROT_WEIR));
+        if overlay {
+            route = route.onlink();
+            self.handle
+                .neighbours()
+                .add(dev, IpAddr::V4(via))
+                .link_layer_address(&OVERLAY_PEER_MAC)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(req(format!("overlay neighbour {via}")))?;
+        }
+        self.handle.route().add(route.build()).replace().execute().await.map_err(req(format!("route {cidr} via {via}")))
     }
 
     pub async fn delete_node_route(&self, cidr: Ipv4Net) -> Result<(), NetdevError> {

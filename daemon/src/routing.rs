@@ -49,7 +49,7 @@ pub fn remote_routes(state: &ClusterState, self_node: &str) -> Vec<(Ipv4Net, Ipv
 pub async fn run(
     mode: Routing,
     node: String,
-    uplink: u32,
+    route_dev: u32,
     netdev: Netdev,
     endpoints: Shared<Kernel>,
     mut cluster: watch::Receiver<Arc<ClusterState>>,
@@ -64,21 +64,23 @@ pub async fn run(
     };
     loop {
         let wanted = remote_routes(&cluster.borrow_and_update(), &node);
-        match mode {
-            Routing::Native => {
-                for (cidr, via) in &wanted {
-                    if let Err(e) = netdev.replace_node_route(*cidr, *via, uplink).await {
-                        tracing::warn!(error = %e, "programming node route");
-                    }
-                }
-                let keep: BTreeSet<Ipv4Net> = wanted.iter().map(|(c, _)| *c).collect();
-                for stale in installed.difference(&keep) {
-                    if let Err(e) = netdev.delete_node_route(*stale).await {
-                        tracing::warn!(error = %e, "removing node route");
-                    }
-                }
-                installed = keep;
+        // Kernel routes in both modes: the node's own stack must reach remote
+        // pods too (replies to them, probes); pods' own traffic in vxlan mode
+        // goes into the tunnel from the datapath without consulting these.
+        for (cidr, via) in &wanted {
+            if let Err(e) = netdev.replace_node_route(*cidr, *via, route_dev, mode == Routing::Vxlan).await {
+                tracing::warn!(error = %e, "programming node route");
             }
+        }
+        let keep: BTreeSet<Ipv4Net> = wanted.iter().map(|(c, _)| *c).collect();
+        for stale in installed.difference(&keep) {
+            if let Err(e) = netdev.delete_node_route(*stale).await {
+                tracing::warn!(error = %e, "removing node route");
+            }
+        }
+        installed = keep;
+        match mode {
+            Routing::Native => {}
             Routing::Vxlan => {
                 let eps = endpoints.clone();
                 let routes = wanted.clone();

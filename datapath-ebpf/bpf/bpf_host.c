@@ -5,6 +5,9 @@
  *                 pod (native routing) go straight into the pod's netns.
  *   from_overlay: TC ingress of the vxlan device. Decapsulated packets for a
  *                 local pod, likewise.
+ *   to_overlay:   TC egress of the vxlan device. The node's own stack routes
+ *                 remote pod CIDRs here (replies from the node to a remote
+ *                 pod); the datapath picks the tunnel endpoint.
  *
  * Everything else is not weir's business here and goes on to the stack. */
 
@@ -15,6 +18,7 @@
 #include "lib/eth.h"
 #include "lib/ipv4.h"
 #include "lib/endpoint.h"
+#include "lib/overlay.h"
 
 static __always_inline int to_local_pod(struct __sk_buff *skb)
 {
@@ -42,6 +46,23 @@ SEC("classifier")
 int from_overlay(struct __sk_buff *skb)
 {
 	return to_local_pod(skb);
+}
+
+SEC("classifier")
+int to_overlay(struct __sk_buff *skb)
+{
+	struct ipv4_meta meta = {};
+	struct weir_route *route;
+
+	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
+		return WEIR_PASS_ON;
+	route = lookup_route_v4(meta.daddr);
+	if (!route)
+		return WEIR_PASS_ON;
+	/* Packets redirected by from_pod already carry the same key. */
+	if (set_tunnel_dst(skb, route))
+		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+	return TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -28,13 +28,20 @@ pub enum ProgramKind {
     FromNetdev,
     /// TC ingress of the vxlan device: decapsulated traffic for local pods.
     FromOverlay,
+    /// TC egress of the vxlan device: the node's own traffic to remote pods.
+    ToOverlay,
 }
 
 impl ProgramKind {
     /// The programs on each pod's host veth.
     pub const POD: [ProgramKind; 2] = [ProgramKind::FromPod, ProgramKind::ToPod];
-    pub const ALL: [ProgramKind; 4] =
-        [ProgramKind::FromPod, ProgramKind::ToPod, ProgramKind::FromNetdev, ProgramKind::FromOverlay];
+    pub const ALL: [ProgramKind; 5] = [
+        ProgramKind::FromPod,
+        ProgramKind::ToPod,
+        ProgramKind::FromNetdev,
+        ProgramKind::FromOverlay,
+        ProgramKind::ToOverlay,
+    ];
 
     pub fn program_name(self) -> &'static str {
         match self {
@@ -42,19 +49,20 @@ impl ProgramKind {
             Self::ToPod => "to_pod",
             Self::FromNetdev => "from_netdev",
             Self::FromOverlay => "from_overlay",
+            Self::ToOverlay => "to_overlay",
         }
     }
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ToPod => TcAttachType::Egress,
+            Self::ToPod | Self::ToOverlay => TcAttachType::Egress,
             Self::FromPod | Self::FromNetdev | Self::FromOverlay => TcAttachType::Ingress,
         }
     }
 
     /// Pod programs live in bpf_lxc.o, node-device programs in bpf_host.o.
     fn in_host_object(self) -> bool {
-        matches!(self, Self::FromNetdev | Self::FromOverlay)
+        matches!(self, Self::FromNetdev | Self::FromOverlay | Self::ToOverlay)
     }
 }
 
@@ -93,6 +101,13 @@ pub struct EndpointEntry {
     pub info: EpInfo,
 }
 
+/// Load-time knobs for [`Datapath::load_with`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `max_entries` overrides by map name.
+    pub max_entries: Vec<(&'static str, u32)>,
+}
+
 /// The loaded datapath of one node.
 ///
 /// Maps are pinned under `<pin_dir>` and reused by the next load, and the
@@ -111,15 +126,28 @@ impl Datapath {
     /// Loads the programs, creating or reusing the maps pinned under `pin_dir`
     /// (which must be on bpffs).
     pub fn load(pin_dir: &Path) -> Result<Self> {
+        Self::load_with(pin_dir, &LoadOptions::default())
+    }
+
+    /// [`Datapath::load`] with non-default map sizes (tests shrink the
+    /// conntrack table to see it fill up). Sizes only apply to maps this
+    /// load creates: maps already pinned keep theirs.
+    pub fn load_with(pin_dir: &Path, options: &LoadOptions) -> Result<Self> {
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin { path: dir.to_owned(), source })?;
         }
         // The first load creates and pins the maps, the second reuses them.
-        let mut ebpf =
-            EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::BPF_LXC).map_err(DatapathError::Load)?;
-        let mut host =
-            EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::BPF_HOST).map_err(DatapathError::Load)?;
+        let loader = || {
+            let mut loader = EbpfLoader::new();
+            loader.default_map_pin_directory(pin_dir);
+            for (name, size) in &options.max_entries {
+                loader.map_max_entries(name, *size);
+            }
+            loader
+        };
+        let mut ebpf = loader().load(crate::BPF_LXC).map_err(DatapathError::Load)?;
+        let mut host = loader().load(crate::BPF_HOST).map_err(DatapathError::Load)?;
         for kind in ProgramKind::ALL {
             let name = kind.program_name();
             let object = if kind.in_host_object() { &mut host } else { &mut ebpf };

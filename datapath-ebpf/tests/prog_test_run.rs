@@ -376,6 +376,10 @@ fn remote_pods_go_to_the_stack_in_native_mode_and_into_the_tunnel_in_vxlan_mode(
     let outside = Ip::new(POD_A, Ipv4Addr::new(10, 99, 0, 1), TCP).packet(&tcp_syn());
     assert_eq!(fx.run(ProgramKind::FromPod, &outside).0, TC_ACT_OK, "no node owns it: the stack decides");
 
+    // The node's own traffic through the vxlan device gets the same tunnel endpoint.
+    assert_eq!(fx.run(ProgramKind::ToOverlay, &pkt).0, TC_ACT_OK);
+    assert_eq!(fx.run(ProgramKind::ToOverlay, &outside).0, TC_ACT_UNSPEC);
+
     // Routes are replaced as a set.
     fx.dp.sync_node_routes(&[]).unwrap();
     assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_OK);

@@ -135,10 +135,14 @@ mod tests {
     }
 }
 
+/// The lab segment's MTU: a data-centre fabric's jumbo frames, so VXLAN's 50
+/// bytes of encapsulation fit under pods' 1500-byte MTU.
+const FABRIC_MTU: &str = "9000";
+
 /// Plugs `netns` into the lab segment: a veth whose far end (`port`) is a
 /// port of the fabric's bridge, and whose near end is `eth0` with `addr`.
 pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str) -> Result<(), NetnsError> {
-    ip(&["-n", fabric, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
+    ip(&["-n", fabric, "link", "add", port, "mtu", FABRIC_MTU, "type", "veth", "peer", "name", "eth0", "mtu", FABRIC_MTU, "netns", netns])?;
     ip(&["-n", fabric, "link", "set", port, "master", "br0", "up"])?;
     ip(&["-n", netns, "addr", "add", addr, "dev", "eth0"])?;
     ip(&["-n", netns, "link", "set", "eth0", "up"])?;
@@ -148,7 +152,7 @@ pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str) -> Re
 /// The lab's switch: a bridge in its own netns, so nothing touches the host.
 pub fn create_fabric(fabric: &str) -> Result<(), NetnsError> {
     create(fabric)?;
-    ip(&["-n", fabric, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", fabric, "link", "add", "br0", "mtu", FABRIC_MTU, "type", "bridge"])?;
     ip(&["-n", fabric, "link", "set", "br0", "up"])?;
     Ok(())
 }

@@ -38,6 +38,8 @@ pub enum Outcome {
     Connected(String),
     Reachable,
     Refused,
+    /// An ICMP network/host unreachable came back: no route to the target.
+    Unreachable,
     TimedOut,
     Failed(String),
 }
@@ -46,7 +48,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Connected(_) | Outcome::Reachable => 0,
-            Outcome::Refused => 1,
+            Outcome::Refused | Outcome::Unreachable => 1,
             Outcome::TimedOut => 2,
             Outcome::Failed(_) => 3,
         }
@@ -59,6 +61,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Connected(r) => write!(f, "connected: {r}"),
             Outcome::Reachable => write!(f, "reachable"),
             Outcome::Refused => write!(f, "refused"),
+            Outcome::Unreachable => write!(f, "unreachable"),
             Outcome::TimedOut => write!(f, "timed out"),
             Outcome::Failed(e) => write!(f, "error: {e}"),
         }
@@ -68,6 +71,7 @@ impl std::fmt::Display for Outcome {
 fn classify(e: &std::io::Error) -> Outcome {
     match e.kind() {
         ErrorKind::ConnectionRefused => Outcome::Refused,
+        ErrorKind::NetworkUnreachable | ErrorKind::HostUnreachable => Outcome::Unreachable,
         ErrorKind::TimedOut | ErrorKind::WouldBlock => Outcome::TimedOut,
         _ => Outcome::Failed(e.to_string()),
     }

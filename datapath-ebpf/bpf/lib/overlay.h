@@ -23,9 +23,20 @@ static __always_inline struct weir_route *lookup_route_v4(__be32 addr)
 	return bpf_map_lookup_elem(&weir_node_routes, &key);
 }
 
-static __always_inline int route_remote_v4(struct __sk_buff *skb, __be32 daddr)
+/* Points the external-mode vxlan device at the node owning the route. */
+static __always_inline int set_tunnel_dst(struct __sk_buff *skb, const struct weir_route *route)
 {
 	struct bpf_tunnel_key tkey = {};
+
+	tkey.remote_ipv4 = bpf_ntohl(route->node_ip);
+	tkey.tunnel_ttl = 64;
+	return bpf_skb_set_tunnel_key(skb, &tkey, sizeof(tkey), BPF_F_ZERO_CSUM_TX);
+}
+
+/* Pod traffic for another node's pod goes straight into the tunnel,
+ * skipping the node's routing stack. */
+static __always_inline int route_remote_v4(struct __sk_buff *skb, __be32 daddr)
+{
 	struct weir_config *cfg = node_config();
 	struct weir_route *route;
 
@@ -35,9 +46,7 @@ static __always_inline int route_remote_v4(struct __sk_buff *skb, __be32 daddr)
 	if (!route)
 		/* Not a pod CIDR of another node: the stack decides. */
 		return TC_ACT_OK;
-	tkey.remote_ipv4 = bpf_ntohl(route->node_ip);
-	tkey.tunnel_ttl = 64;
-	if (bpf_skb_set_tunnel_key(skb, &tkey, sizeof(tkey), BPF_F_ZERO_CSUM_TX))
+	if (set_tunnel_dst(skb, route))
 		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
