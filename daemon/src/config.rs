@@ -11,6 +11,16 @@ pub enum Routing {
     Vxlan,
 }
 
+/// How the datapath picks a service backend for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbAlgorithm {
+    /// Uniformly random per connection.
+    Random,
+    /// Maglev consistent hashing of the 5-tuple: the same backend from every
+    /// node, few connections move when backends change.
+    Maglev,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "weir-agent", version, about = "weir node agent: loads the eBPF datapath and wires pods")]
 pub struct Config {
@@ -49,6 +59,10 @@ pub struct Config {
     /// pod CIDR via its node IP) or `vxlan` (encapsulated by the datapath).
     #[arg(long, env = "WEIR_ROUTING", value_enum, default_value_t = Routing::Native)]
     pub routing: Routing,
+
+    /// Service backend selection for new connections: `random` or `maglev`.
+    #[arg(long, env = "WEIR_LB_ALGORITHM", value_enum, default_value_t = LbAlgorithm::Random)]
+    pub lb_algorithm: LbAlgorithm,
 
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "WEIR_LOG", default_value = "info")]

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod ipam;
 pub mod netdev;
 pub mod routing;
+pub mod services;
 pub mod store;
 
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(route_dev) = uplink {
         tokio::spawn(routing::run(config.routing, config.node.clone(), route_dev, netdev, endpoints.clone(), rx.clone()));
     }
+
+    let lb_algorithm = match config.lb_algorithm {
+        config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,
+        config::LbAlgorithm::Maglev => weir_datapath::lb::Algorithm::Maglev,
+    };
+    tokio::spawn(services::run(config.pin_dir(), lb_algorithm, rx.clone()));
 
     let listener = api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
     tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(), "agent ready");

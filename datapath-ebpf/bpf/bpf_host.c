@@ -19,11 +19,13 @@
 #include "lib/ipv4.h"
 #include "lib/endpoint.h"
 #include "lib/overlay.h"
+#include "lib/lb.h"
 
 static __always_inline int to_local_pod(struct __sk_buff *skb)
 {
 	struct weir_ep_info *dst;
 	struct ipv4_meta meta = {};
+	__u32 reason;
 
 	if (eth_proto(skb) != ETH_P_IP)
 		return WEIR_PASS_ON;
@@ -33,6 +35,11 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	dst = lookup_ep_v4(meta.daddr);
 	if (!dst)
 		return WEIR_PASS_ON;
+	/* A backend on another node answered a local client: restore the
+	 * service address the client connected to. */
+	reason = lb4_rev_nat(skb, &meta);
+	if (reason)
+		return drop_packet(skb, reason);
 	return deliver_local(skb, dst, meta.ttl);
 }
 

@@ -18,6 +18,7 @@
 #include "lib/ipv4.h"
 #include "lib/endpoint.h"
 #include "lib/overlay.h"
+#include "lib/lb.h"
 
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
@@ -46,9 +47,11 @@ int from_pod(struct __sk_buff *skb)
 		return drop_packet(skb, WEIR_DROP_INVALID_SOURCE);
 	count_traffic(src->endpoint_id, WEIR_DIR_EGRESS, skb->len);
 
-	/* HOOK(services): service translation (DNAT to a backend, reverse NAT of
-	 * replies) runs here, before the destination lookup, and updates
-	 * meta.daddr/meta.saddr when it rewrites the packet. */
+	/* Service translation (DNAT to a backend, reverse NAT of replies) runs
+	 * before the destination lookup and updates meta's addresses. */
+	reason = lb4_xlate(skb, &meta);
+	if (reason)
+		return drop_packet(skb, reason);
 
 	dst = lookup_ep_v4(meta.daddr);
 	if (dst)
@@ -72,6 +75,10 @@ int to_pod(struct __sk_buff *skb)
 		return WEIR_PASS_ON;
 
 	reason = ipv4_parse(skb, &meta);
+	if (reason)
+		return drop_packet(skb, reason);
+	/* A service reply the stack routed here skipped the client's from_pod. */
+	reason = lb4_rev_nat(skb, &meta);
 	if (reason)
 		return drop_packet(skb, reason);
 

@@ -36,6 +36,8 @@ drop_reasons! {
     TruncatedL4 = 5, "truncated_l4", "truncated TCP, UDP or ICMP header";
     TtlExceeded = 6, "ttl_exceeded", "TTL exceeded";
     RewriteFailed = 7, "rewrite_failed", "failed to rewrite the packet";
+    CtMapFull = 8, "ct_map_full", "connection tracking table full: new service connection refused";
+    NoServiceBackend = 9, "no_service_backend", "service has no usable backend";
 }
 
 impl std::fmt::Display for DropReason {

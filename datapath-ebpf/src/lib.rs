@@ -6,9 +6,10 @@ pub mod abi;
 mod bpffs;
 mod datapath;
 pub mod drop;
+pub mod lb;
 
 pub use bpffs::{BpffsError, ensure_bpffs};
-pub use datapath::{Datapath, DatapathError, EndpointEntry, ProgramKind};
+pub use datapath::{Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind};
 
 /// The object with the programs for the host side of a pod's veth, built by
 /// `build.rs` from `bpf/bpf_lxc.c`.

@@ -96,3 +96,41 @@ fn rust_abi_matches_c_structs_in_btf() {
     .collect();
     assert_eq!(members, &shifted);
 }
+
+#[test]
+fn service_and_conntrack_abi_matches_c_structs_in_btf() {
+    use weir_datapath::lb::{
+        AffinityKey, AffinityValue, BackendKey, BackendValue, CtEntry, CtKey, MAGLEV_M, MaglevTable, ServiceKey,
+        ServiceValue,
+    };
+    let structs = btf_structs(weir_datapath::BPF_LXC);
+    assert_layout!(structs, "weir_lb_svc_key", ServiceKey, [vip, dport, proto, pad]);
+    assert_layout!(structs, "weir_lb_svc", ServiceValue, [service_id, count, affinity_timeout_s, algorithm, flags, pad]);
+    assert_layout!(structs, "weir_lb_backend_key", BackendKey, [service_id, slot]);
+    assert_layout!(structs, "weir_lb_backend", BackendValue, [ip, port, proto, pad]);
+    assert_layout!(structs, "weir_lb_affinity_key", AffinityKey, [client, service_id]);
+    assert_layout!(structs, "weir_lb_affinity", AffinityValue, [slot, backend_ip, last_used_ns]);
+    assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
+    assert_layout!(
+        structs,
+        "weir_ct_entry",
+        CtEntry,
+        [
+            expires_ns,
+            packets,
+            xlate_saddr,
+            xlate_daddr,
+            xlate_sport,
+            xlate_dport,
+            service_id,
+            flags,
+            state,
+            pad,
+            pad2
+        ]
+    );
+    let (size, members) = structs.get("weir_lb_maglev").expect("weir_lb_maglev in BTF");
+    assert_eq!(*size as usize, size_of::<MaglevTable>());
+    assert_eq!(members, &vec![("slots".to_string(), 0)]);
+    assert_eq!(size_of::<MaglevTable>(), MAGLEV_M * 4);
+}

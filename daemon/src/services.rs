@@ -1,0 +1,460 @@
+//! ClusterIP services: from Services and EndpointSlices in the cluster model
+//! to the datapath's service maps (kube-proxy's job, done in eBPF).
+//!
+//! [`desired`] is a pure function of the model; [`run`] applies its result
+//! through `weir_datapath::lb::ServiceMaps`, removes services that are no
+//! longer wanted (including ones left in the pinned maps by an earlier agent),
+//! and collects expired conntrack entries every [`GC_INTERVAL`].
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
+use weir_datapath::lb::{Algorithm, Backend, Protocol, ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns};
+
+use crate::cluster::ClusterState;
+
+/// How often expired conntrack entries are collected.
+pub const GC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One service port as the datapath keys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortKey {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl std::fmt::Display for ServicePortKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{:?}", self.vip, self.port, self.proto)
+    }
+}
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// The service table the datapath should hold: every port of every
+/// ClusterIP service (IPv4, not headless, not ExternalName) with its
+/// backends from the EndpointSlices labelled with the service's name.
+///
+/// Backends: an endpoint takes new connections unless `ready` is false or it
+/// is `terminating`; terminating endpoints are listed as terminating (their
+/// established connections live on in conntrack). When a service has no
+/// ready endpoint at all, its terminating-but-`serving` ones take new
+/// connections, as kube-proxy does (KEP-1669), rather than failing every
+/// connection during a rollout.
+///
+/// SCTP ports whose target port differs are skipped with a warning: the
+/// datapath cannot rewrite SCTP ports (its CRC32c covers them).
+pub fn desired(state: &ClusterState, algorithm: Algorithm) -> BTreeMap<ServicePortKey, ServiceSpec> {
+    let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in state.endpoint_slices.values() {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(name) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            slices.entry((ns, name.as_str())).or_default().push(slice);
+        }
+    }
+
+    let mut out = BTreeMap::new();
+    for (key, svc) in &state.services {
+        let Some(vip) = cluster_ip(svc) else { continue };
+        let Some(spec) = svc.spec.as_ref() else { continue };
+        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .filter(|s| *s > 0)
+                .map_or(DEFAULT_AFFINITY_TIMEOUT, |s| Duration::from_secs(s as u64))
+        });
+        let svc_slices = slices.get(&(key.namespace.as_str(), key.name.as_str()));
+        for sp in spec.ports.iter().flatten() {
+            let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
+            let Ok(port) = u16::try_from(sp.port) else { continue };
+            let pkey = ServicePortKey { vip, port, proto };
+            let port_name = sp.name.as_deref().unwrap_or("");
+            let mut backends = Vec::new();
+            for slice in svc_slices.into_iter().flatten() {
+                let Some(target) = slice.ports.iter().flatten().find(|p| {
+                    p.name.as_deref().unwrap_or("") == port_name && protocol(p.protocol.as_deref()) == Some(proto)
+                }) else {
+                    continue;
+                };
+                let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()) else { continue };
+                if proto == Protocol::Sctp && target_port != port {
+                    tracing::warn!(service = %key.name, namespace = %key.namespace, %pkey, target_port,
+                        "SCTP service with a different target port is not supported: skipped");
+                    continue;
+                }
+                for ep in &slice.endpoints {
+                    let c = ep.conditions.as_ref();
+                    let ready = c.and_then(|c| c.ready) != Some(false);
+                    let serving = c.and_then(|c| c.serving.or(c.ready)) != Some(false);
+                    let terminating = c.and_then(|c| c.terminating) == Some(true);
+                    if !(ready || terminating && serving) {
+                        continue;
+                    }
+                    for addr in &ep.addresses {
+                        if let Ok(ip) = addr.parse::<Ipv4Addr>() {
+                            backends.push((Backend { ip, port: target_port, terminating: terminating || !ready }, serving));
+                        }
+                    }
+                }
+            }
+            if !backends.iter().any(|(b, _)| !b.terminating) {
+                for (b, serving) in &mut backends {
+                    if *serving {
+                        b.terminating = false;
+                    }
+                }
+            }
+            let mut backends: Vec<Backend> = backends.into_iter().map(|(b, _)| b).collect();
+            backends.sort();
+            backends.dedup();
+            out.insert(pkey, ServiceSpec { backends, algorithm, affinity_timeout });
+        }
+    }
+    out
+}
+
+fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    // "None" (headless) and IPv6 addresses do not parse as IPv4.
+    spec.cluster_ip.as_deref()?.parse().ok()
+}
+
+/// What changes between the applied table and the desired one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub upsert: Vec<(ServicePortKey, ServiceSpec)>,
+    pub remove: Vec<ServicePortKey>,
+}
+
+/// The changes that take `applied` to `desired`.
+pub fn plan(
+    applied: &BTreeMap<ServicePortKey, ServiceSpec>,
+    desired: &BTreeMap<ServicePortKey, ServiceSpec>,
+) -> Plan {
+    Plan {
+        upsert: desired.iter().filter(|(k, s)| applied.get(k) != Some(s)).map(|(k, s)| (*k, s.clone())).collect(),
+        remove: applied.keys().filter(|k| !desired.contains_key(k)).copied().collect(),
+    }
+}
+
+/// Keeps the datapath's services in step with the cluster model until the
+/// model's sender goes away; collects conntrack garbage meanwhile.
+pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, mut rx: watch::Receiver<Arc<ClusterState>>) {
+    let mut maps = match ServiceMaps::open(&pin_dir) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "services disabled: cannot open the service maps");
+            return;
+        }
+    };
+    // Start from what the pinned maps hold, so services an earlier agent
+    // programmed and that are gone now get removed.
+    let mut applied: BTreeMap<ServicePortKey, ServiceSpec> = match maps.services() {
+        Ok(s) => s
+            .keys()
+            .filter_map(|k| {
+                let proto = match k.proto {
+                    6 => Protocol::Tcp,
+                    17 => Protocol::Udp,
+                    132 => Protocol::Sctp,
+                    _ => return None,
+                };
+                // An impossible spec: forces a rewrite if still desired.
+                let stale = ServiceSpec { backends: vec![], algorithm, affinity_timeout: Some(Duration::ZERO) };
+                Some((ServicePortKey { vip: addr_of(k.vip), port: u16::from_be(k.dport), proto }, stale))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading programmed services");
+            BTreeMap::new()
+        }
+    };
+    let mut gc = tokio::time::interval(GC_INTERVAL);
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut model_open = true;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let want = desired(&state, algorithm);
+        apply(&mut maps, &mut applied, &want);
+        loop {
+            tokio::select! {
+                changed = rx.changed(), if model_open => {
+                    if changed.is_err() {
+                        // No source (or it ended): keep the table, keep collecting.
+                        model_open = false;
+                        continue;
+                    }
+                    break;
+                }
+                _ = gc.tick() => {
+                    let _span = tracing::debug_span!("conntrack.gc").entered();
+                    match maps.gc_conntrack(monotonic_now_ns()) {
+                        Ok(0) => {}
+                        Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
+                        Err(e) => tracing::warn!(error = %e, "conntrack gc"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies the difference; what fails stays out of `applied` so the next
+/// change retries it.
+fn apply(
+    maps: &mut ServiceMaps,
+    applied: &mut BTreeMap<ServicePortKey, ServiceSpec>,
+    want: &BTreeMap<ServicePortKey, ServiceSpec>,
+) {
+    let Plan { upsert, remove } = plan(applied, want);
+    for key in remove {
+        let _span = tracing::info_span!("service.remove", service = %key).entered();
+        match maps.remove_service(key.vip, key.port, key.proto) {
+            Ok(()) => {
+                applied.remove(&key);
+                tracing::info!("removed");
+            }
+            Err(e) => tracing::warn!(error = %e, "removing service"),
+        }
+    }
+    for (key, spec) in upsert {
+        let _span = tracing::info_span!("service.upsert", service = %key).entered();
+        match maps.upsert_service(key.vip, key.port, key.proto, &spec) {
+            Ok(id) => {
+                let ready = spec.backends.iter().filter(|b| !b.terminating).count();
+                tracing::info!(service_id = id, backends = ready, terminating = spec.backends.len() - ready, "programmed");
+                applied.insert(key, spec);
+            }
+            Err(e) => {
+                applied.remove(&key);
+                tracing::warn!(error = %e, "programming service");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::parse_manifests;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  selector: {app: web}
+  ports:
+    - {name: http, port: 80, targetPort: http, protocol: TCP}
+    - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc12
+  namespace: demo
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+  - {name: http, port: 8080, protocol: TCP}
+  - {name: dns, port: 5353, protocol: UDP}
+endpoints:
+  - addresses: [10.244.1.3]
+    conditions: {ready: true, serving: true, terminating: false}
+    nodeName: n1
+  - addresses: [10.244.2.5]
+    conditions: {ready: false, serving: true, terminating: true}
+  - addresses: [10.244.2.6]
+    conditions: {ready: false, serving: false, terminating: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-def34
+  namespace: demo
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+  - {name: http, port: 8080, protocol: TCP}
+endpoints:
+  - addresses: [10.244.3.9]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: demo}
+spec:
+  clusterIP: 10.96.0.11
+  sessionAffinity: ClientIP
+  ports: [{port: 443, targetPort: 8443}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: sticky-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: sticky}
+addressType: IPv4
+ports: [{port: 8443}]
+endpoints:
+  - addresses: [10.244.1.7]
+    conditions: {ready: false, serving: true, terminating: true}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: timed, namespace: other}
+spec:
+  clusterIP: 10.96.0.12
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{port: 3868, protocol: SCTP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: demo}
+spec:
+  clusterIP: None
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: demo}
+spec:
+  type: ExternalName
+  externalName: example.com
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v6
+  namespace: demo
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+  - addresses: ["fd00::1"]
+"#;
+
+    fn model() -> ClusterState {
+        let mut s = ClusterState::default();
+        let errors = parse_manifests(&mut s, MANIFESTS);
+        assert!(errors.is_empty(), "{errors:?}");
+        s
+    }
+
+    fn key(vip: [u8; 4], port: u16, proto: Protocol) -> ServicePortKey {
+        ServicePortKey { vip: Ipv4Addr::from(vip), port, proto }
+    }
+
+    fn b(ip: [u8; 4], port: u16, terminating: bool) -> Backend {
+        Backend { ip: Ipv4Addr::from(ip), port, terminating }
+    }
+
+    #[test]
+    fn services_and_endpoint_slices_make_the_table() {
+        let table = desired(&model(), Algorithm::Maglev);
+        let keys: Vec<_> = table.keys().copied().collect();
+        assert_eq!(
+            keys,
+            vec![
+                key([10, 96, 0, 10], 53, Protocol::Udp),
+                key([10, 96, 0, 10], 80, Protocol::Tcp),
+                key([10, 96, 0, 11], 443, Protocol::Tcp),
+                key([10, 96, 0, 12], 3868, Protocol::Sctp),
+            ],
+            "headless and ExternalName services are left out"
+        );
+
+        let http = &table[&key([10, 96, 0, 10], 80, Protocol::Tcp)];
+        assert_eq!(
+            http.backends,
+            vec![b([10, 244, 1, 3], 8080, false), b([10, 244, 2, 5], 8080, true), b([10, 244, 3, 9], 8080, false)],
+            "both slices merged; not-ready and not-terminating 10.244.2.6 left out; no conditions = ready"
+        );
+        assert_eq!((http.algorithm, http.affinity_timeout), (Algorithm::Maglev, None));
+
+        let dns = &table[&key([10, 96, 0, 10], 53, Protocol::Udp)];
+        assert_eq!(dns.backends, vec![b([10, 244, 1, 3], 5353, false), b([10, 244, 2, 5], 5353, true)]);
+
+        let sticky = &table[&key([10, 96, 0, 11], 443, Protocol::Tcp)];
+        assert_eq!(sticky.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
+        assert_eq!(
+            sticky.backends,
+            vec![b([10, 244, 1, 7], 8443, false)],
+            "only terminating but serving endpoints: they take new connections"
+        );
+
+        let sctp = &table[&key([10, 96, 0, 12], 3868, Protocol::Sctp)];
+        assert_eq!(sctp.affinity_timeout, Some(Duration::from_secs(60)));
+        assert!(sctp.backends.is_empty(), "no EndpointSlice: programmed with no backends, so connections are refused");
+    }
+
+    #[test]
+    fn sctp_with_another_target_port_is_skipped() {
+        let mut s = model();
+        let errors = parse_manifests(
+            &mut s,
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: timed-1
+  namespace: other
+  labels: {kubernetes.io/service-name: timed}
+addressType: IPv4
+ports: [{port: 9999, protocol: SCTP}]
+endpoints: [{addresses: [10.244.1.8]}]
+"#,
+        );
+        assert!(errors.is_empty());
+        let table = desired(&s, Algorithm::Random);
+        assert!(table[&key([10, 96, 0, 12], 3868, Protocol::Sctp)].backends.is_empty());
+    }
+
+    #[test]
+    fn plan_upserts_changes_and_removes_stale_services() {
+        let table = desired(&model(), Algorithm::Random);
+        let all = plan(&BTreeMap::new(), &table);
+        assert_eq!((all.upsert.len(), all.remove.len()), (4, 0));
+        assert_eq!(plan(&table, &table), Plan::default());
+
+        let mut changed = table.clone();
+        let http = key([10, 96, 0, 10], 80, Protocol::Tcp);
+        changed.get_mut(&http).unwrap().backends.pop();
+        let gone = key([10, 96, 0, 11], 443, Protocol::Tcp);
+        changed.remove(&gone);
+        let p = plan(&table, &changed);
+        assert_eq!(p.upsert.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![http]);
+        assert_eq!(p.remove, vec![gone]);
+    }
+}

@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Rewriting IPv4 addresses and L4 ports in place with incremental checksum
+ * updates (RFC 1624), through the kernel's csum helpers so that
+ * CHECKSUM_PARTIAL packets from a pod (veth offload: the L4 field holds only
+ * the pseudo-header sum) are patched correctly too: the helpers update only
+ * the pseudo-header part in that case.
+ *
+ * SCTP has no pseudo-header and its CRC32c covers the ports: rewriting
+ * addresses leaves it valid, rewriting ports would not. Recomputing CRC32c
+ * over a whole packet is not something the verifier lets us loop over, so
+ * port translation is refused for SCTP (see lb.h and the agent). */
+#ifndef WEIR_NAT_H
+#define WEIR_NAT_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include "common.h"
+
+#define IP_CSUM_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
+#define IP_SADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, saddr))
+#define IP_DADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, daddr))
+
+/* Where the L4 checksum sits and which extra csum flags it needs; returns
+ * -1 when the protocol has no checksum the helpers can patch (SCTP). */
+static __always_inline int l4_csum_off(__u8 proto, __u32 l4_off, __u64 *flags)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		*flags = 0;
+		return l4_off + __builtin_offsetof(struct tcphdr, check);
+	case IPPROTO_UDP:
+		/* 0 means "no checksum" in UDP: keep it 0, and turn a computed 0
+		 * into 0xffff instead of disabling the checksum by accident. */
+		*flags = BPF_F_MARK_MANGLED_0;
+		return l4_off + __builtin_offsetof(struct udphdr, check);
+	}
+	return -1;
+}
+
+/* Rewrites one address (at IP_SADDR_OFF or IP_DADDR_OFF). Nonzero on error. */
+static __always_inline int nat_addr(struct __sk_buff *skb, __u32 addr_off, __be32 from, __be32 to, __u8 proto,
+				    __u32 l4_off, int l4_csum)
+{
+	__u64 flags = 0;
+	int csum_off;
+
+	if (from == to)
+		return 0;
+	/* Later fragments carry no L4 header: l4_csum is 0 for them. */
+	csum_off = l4_csum ? l4_csum_off(proto, l4_off, &flags) : -1;
+	if (csum_off >= 0 &&
+	    bpf_l4_csum_replace(skb, csum_off, from, to, flags | BPF_F_PSEUDO_HDR | sizeof(to)))
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from, to, sizeof(to)))
+		return -1;
+	return bpf_skb_store_bytes(skb, addr_off, &to, sizeof(to), 0);
+}
+
+/* Rewrites one port at port_off (source: l4_off, destination: l4_off + 2,
+ * the same for TCP, UDP and SCTP). Nonzero on error. */
+static __always_inline int nat_port(struct __sk_buff *skb, __u32 port_off, __be16 from, __be16 to, __u8 proto,
+				    __u32 l4_off)
+{
+	__u64 flags = 0;
+	int csum_off;
+
+	if (from == to)
+		return 0;
+	csum_off = l4_csum_off(proto, l4_off, &flags);
+	if (csum_off < 0)
+		return -1; /* SCTP: see the top of this file */
+	if (bpf_l4_csum_replace(skb, csum_off, from, to, flags | sizeof(to)))
+		return -1;
+	return bpf_skb_store_bytes(skb, port_off, &to, sizeof(to), 0);
+}
+
+#endif /* WEIR_NAT_H */

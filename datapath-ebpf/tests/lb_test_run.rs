@@ -1,0 +1,519 @@
+//! ClusterIP services through BPF_PROG_TEST_RUN on `from_pod`: DNAT to a
+//! backend with valid checksums, reverse NAT of replies, conntrack,
+//! random and Maglev selection, session affinity, hairpin, and the drop
+//! reasons. Services are programmed through `ServiceMaps`, the way the
+//! agent does it. Needs root (to load programs), no namespaces.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions};
+use weir_datapath::abi::EpInfo;
+use weir_datapath::drop::DropReason;
+use weir_datapath::lb::{
+    Algorithm, Backend, CT_ESTABLISHED, CT_F_HAIRPIN, CT_F_REVERSE, CT_SYN_SENT, CtKey, HAIRPIN_IP, Protocol,
+    ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns,
+};
+use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// BPF_PROG_TEST_RUN without a context runs on the loopback device.
+const LO_IFINDEX: u32 = 1;
+const OTHER_IFINDEX: u32 = 4242;
+
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+const REMOTE_2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn require_root() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !root {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: BPF_PROG_TEST_RUN needs root");
+        eprintln!("skipping: loading BPF programs needs root");
+    }
+    root
+}
+
+/// A datapath with its own pin directory (removed on drop), pods A (on lo,
+/// so it is the sender of every test packet) and B, and the service maps.
+struct Fixture {
+    dp: Datapath,
+    svc: ServiceMaps,
+    pin_dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Self {
+        Self::with_options(test, &LoadOptions::default())
+    }
+
+    fn with_options(test: &str, options: &LoadOptions) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/lb-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
+        let dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+        let svc = ServiceMaps::open(&pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
+        let mut fx = Self { dp, svc, pin_dir };
+        fx.place(POD_A, LO_IFINDEX, 1);
+        fx.place(POD_B, OTHER_IFINDEX, 2);
+        fx
+    }
+
+    /// (Re)programs a pod behind an interface: tests move the backend onto
+    /// lo to send its replies through from_pod.
+    fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
+        let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
+        let info = EpInfo { ifindex, endpoint_id, identity: 100, pod_mac: mac, host_mac: mac, flags: 0 };
+        self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
+    }
+
+    fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let res = self.dp.program(ProgramKind::FromPod).test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        self.dp.drops().unwrap().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, t)| t.packets)
+    }
+
+    fn service(&mut self, port: u16, proto: Protocol, backends: &[(Ipv4Addr, u16)], spec: ServiceSpec) -> u32 {
+        let spec = ServiceSpec {
+            backends: backends.iter().map(|&(ip, port)| Backend { ip, port, terminating: false }).collect(),
+            ..spec
+        };
+        self.svc.upsert_service(VIP, port, proto, &spec).unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
+    }
+}
+
+// --- packets ---------------------------------------------------------------
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
+}
+
+fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+    sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32
+}
+
+/// An Ethernet + IPv4 frame with a valid header checksum and, for TCP and
+/// UDP, a valid L4 checksum (unless `udp_zero_csum`).
+#[derive(Clone, Copy)]
+struct Flow {
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    proto: u8,
+}
+
+impl Flow {
+    fn to_vip(sport: u16, dport: u16, proto: u8) -> Self {
+        Self { src: POD_A, sport, dst: VIP, dport, proto }
+    }
+
+    fn packet(&self, tcp_flags: u8) -> Vec<u8> {
+        self.build(tcp_flags, false)
+    }
+
+    fn build(&self, tcp_flags: u8, udp_zero_csum: bool) -> Vec<u8> {
+        let payload = b"weir";
+        let mut l4 = match self.proto {
+            TCP => {
+                let mut t = vec![0u8; 20];
+                t[12] = 5 << 4;
+                t[13] = tcp_flags;
+                t
+            }
+            UDP => {
+                let mut u = vec![0u8; 8];
+                u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                u
+            }
+            _ => vec![0u8; 12], // SCTP common header; CRC32c left at 0
+        };
+        l4[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        l4.extend_from_slice(payload);
+        let csum_at = match self.proto {
+            TCP => Some(16),
+            UDP if !udp_zero_csum => Some(6),
+            _ => None,
+        };
+        if let Some(at) = csum_at {
+            let c = fold(pseudo_sum(self.src, self.dst, self.proto, l4.len()) + sum16(&l4));
+            let c = if self.proto == UDP && c == 0 { 0xffff } else { c };
+            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 1, 0, 0, 64, self.proto, 0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        let c = fold(sum16(&ip));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = vec![0x02, 0, 0, 0, 0, 0xfe, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    fn reply(&self) -> Self {
+        Self { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport, proto: self.proto }
+    }
+}
+
+/// The flow a frame carries, after checking that its IPv4 and L4
+/// checksums are valid.
+fn parse(frame: &[u8]) -> Flow {
+    let ip = &frame[14..34];
+    assert_eq!(fold(sum16(ip)), 0, "IPv4 header checksum valid");
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let proto = ip[9];
+    let l4 = &frame[34..];
+    let udp_none = proto == UDP && l4[6..8] == [0, 0];
+    if (proto == TCP || proto == UDP) && !udp_none {
+        assert_eq!(fold(pseudo_sum(src, dst, proto, l4.len()) + sum16(l4)), 0, "{proto} checksum valid");
+    }
+    Flow {
+        src,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dst,
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        proto,
+    }
+}
+
+fn spec() -> ServiceSpec {
+    ServiceSpec::default()
+}
+
+// --- tests -----------------------------------------------------------------
+
+#[test]
+fn tcp_to_a_vip_is_dnated_and_replies_are_reverse_natted() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("tcp");
+    let id = fx.service(80, Protocol::Tcp, &[(POD_B, 8080)], spec());
+    let flow = Flow::to_vip(40000, 80, TCP);
+
+    let (verdict, out) = fx.run(&flow.packet(SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "backend B is local");
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (POD_A, 40000, POD_B, 8080));
+
+    let ct: BTreeMap<CtKey, _> = fx.svc.conntrack().unwrap().into_iter().collect();
+    assert_eq!(ct.len(), 2, "forward and reverse entry: {ct:?}");
+    let fwd = ct[&CtKey::new(POD_A, 40000, VIP, 80, Protocol::Tcp)];
+    assert_eq!((addr_of(fwd.xlate_daddr), u16::from_be(fwd.xlate_dport)), (POD_B, 8080));
+    assert_eq!((fwd.service_id, fwd.flags, fwd.state, fwd.packets), (id, 0, CT_SYN_SENT, 1));
+    let now = monotonic_now_ns();
+    assert!(fwd.expires_ns > now + 50_000_000_000 && fwd.expires_ns <= now + 60_000_000_000, "SYN timeout 60 s");
+    let rev = ct[&CtKey::new(POD_B, 8080, POD_A, 40000, Protocol::Tcp)];
+    assert_eq!((addr_of(rev.xlate_saddr), u16::from_be(rev.xlate_sport)), (VIP, 80));
+    assert_eq!(rev.flags, CT_F_REVERSE);
+
+    // The reply, sent by B: move B onto lo (and A away) to run it through from_pod.
+    fx.place(POD_B, LO_IFINDEX, 2);
+    fx.place(POD_A, OTHER_IFINDEX, 1);
+    let (verdict, out) = fx.run(&seen.reply().packet(SYN | ACK));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "A is local");
+    let back = parse(&out);
+    assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, 80, POD_A, 40000), "client only sees the VIP");
+
+    // The handshake's last ACK, from A again: same backend, now established.
+    fx.place(POD_A, LO_IFINDEX, 1);
+    fx.place(POD_B, OTHER_IFINDEX, 2);
+    let (_, out) = fx.run(&flow.packet(ACK));
+    assert_eq!(parse(&out).dst, POD_B);
+    let fwd = fx.svc.conntrack().unwrap().into_iter().find(|(k, _)| k.daddr == u32::from_ne_bytes(VIP.octets()));
+    let (_, fwd) = fwd.expect("forward entry");
+    assert_eq!((fwd.state, fwd.packets), (CT_ESTABLISHED, 2));
+    assert!(fwd.expires_ns > monotonic_now_ns() + 5 * 3600 * 1_000_000_000, "established timeout 6 h");
+    assert!(fx.dp.drops().unwrap().is_empty(), "{:?}", fx.dp.drops());
+}
+
+#[test]
+fn udp_to_a_vip_is_translated_both_ways_and_a_zero_checksum_stays_zero() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("udp");
+    fx.service(53, Protocol::Udp, &[(REMOTE_1, 5353)], spec());
+    let flow = Flow::to_vip(40001, 53, UDP);
+    let (verdict, out) = fx.run(&flow.packet(0));
+    assert_eq!(verdict, TC_ACT_OK, "remote backend: to the stack");
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (POD_A, 40001, REMOTE_1, 5353));
+
+    // No checksum (0) must stay "no checksum", not become a wrong one.
+    let flow0 = Flow::to_vip(40002, 53, UDP);
+    let (_, out) = fx.run(&flow0.build(0, true));
+    assert_eq!(&out[34 + 6..34 + 8], &[0, 0]);
+    assert_eq!(parse(&out).dst, REMOTE_1);
+
+    // The reply comes from a pod on another node in real life; here the
+    // "remote" backend is placed on lo to push it through from_pod.
+    fx.place(REMOTE_1, LO_IFINDEX, 3);
+    fx.place(POD_A, OTHER_IFINDEX, 1);
+    let (verdict, out) = fx.run(&seen.reply().packet(0));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let back = parse(&out);
+    assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, 53, POD_A, 40001));
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 4);
+}
+
+fn spread(fx: &Fixture, ports: std::ops::Range<u16>) -> BTreeMap<u16, Ipv4Addr> {
+    ports
+        .map(|p| {
+            let (verdict, out) = fx.run(&Flow::to_vip(p, 80, TCP).packet(SYN));
+            assert_ne!(verdict, TC_ACT_SHOT, "port {p}: {:?}", fx.dp.drops());
+            (p, parse(&out).dst)
+        })
+        .collect()
+}
+
+fn histogram(choice: &BTreeMap<u16, Ipv4Addr>) -> BTreeMap<Ipv4Addr, usize> {
+    let mut h = BTreeMap::new();
+    for ip in choice.values() {
+        *h.entry(*ip).or_default() += 1;
+    }
+    h
+}
+
+const THREE: [(Ipv4Addr, u16); 3] = [(POD_B, 8080), (REMOTE_1, 8080), (REMOTE_2, 8080)];
+
+#[test]
+fn random_selection_spreads_connections_and_each_keeps_its_backend() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("random");
+    fx.service(80, Protocol::Tcp, &THREE, spec());
+    let first = spread(&fx, 20000..20300);
+    let h = histogram(&first);
+    eprintln!("random, 300 connections over 3 backends: {h:?}");
+    assert_eq!(h.len(), 3);
+    // Expected 100 each, standard deviation about 8.2: 60..140 is ~5 sigma.
+    assert!(h.values().all(|n| (60..=140).contains(n)), "{h:?}");
+    // Later packets of the same connections stay where they went.
+    for p in (20000..20300).step_by(7) {
+        let (_, out) = fx.run(&Flow::to_vip(p, 80, TCP).packet(ACK));
+        assert_eq!(parse(&out).dst, first[&p], "port {p} kept its backend");
+    }
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 600);
+}
+
+#[test]
+fn maglev_is_deterministic_per_tuple_across_nodes() {
+    if !require_root() {
+        return;
+    }
+    let maglev = || ServiceSpec { algorithm: Algorithm::Maglev, ..spec() };
+    let mut node1 = Fixture::new("maglev1");
+    let mut node2 = Fixture::new("maglev2");
+    // Different service ids and slot orders on the two nodes do not matter.
+    node1.service(80, Protocol::Tcp, &THREE, maglev());
+    node2.service(443, Protocol::Tcp, &[(REMOTE_1, 1)], spec());
+    let mut reversed = THREE;
+    reversed.reverse();
+    node2.service(80, Protocol::Tcp, &reversed, maglev());
+
+    let a = spread(&node1, 30000..30300);
+    let b = spread(&node2, 30000..30300);
+    assert_eq!(a, b, "same tuple, same backend on every node");
+    let h = histogram(&a);
+    eprintln!("maglev, 300 connections over 3 backends: {h:?}");
+    assert!(h.values().all(|n| (60..=140).contains(n)), "{h:?}");
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_to_one_backend() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("affinity");
+    let affinity = ServiceSpec { affinity_timeout: Some(Duration::from_secs(10800)), ..spec() };
+    fx.service(80, Protocol::Tcp, &THREE, affinity);
+    let choice = spread(&fx, 40000..40050);
+    assert_eq!(histogram(&choice).len(), 1, "every connection of the client to one backend: {choice:?}");
+
+    // Adding a backend keeps the client where it is.
+    let pinned = *choice.values().next().unwrap();
+    let four = [THREE[0], THREE[1], THREE[2], (Ipv4Addr::new(10, 244, 3, 9), 8080)];
+    fx.service(80, Protocol::Tcp, &four, ServiceSpec { affinity_timeout: Some(Duration::from_secs(10800)), ..spec() });
+    let later = spread(&fx, 41000..41020);
+    assert!(later.values().all(|ip| *ip == pinned), "{later:?}");
+}
+
+#[test]
+fn a_service_without_backends_drops_with_a_reason() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("nobackend");
+    let terminating = ServiceSpec {
+        backends: vec![Backend { ip: POD_B, port: 8080, terminating: true }],
+        ..spec()
+    };
+    fx.svc.upsert_service(VIP, 80, Protocol::Tcp, &terminating).unwrap();
+    let (verdict, _) = fx.run(&Flow::to_vip(40000, 80, TCP).packet(SYN));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::NoServiceBackend), 1);
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
+
+    // Another port of the VIP is not a service: routed untouched.
+    let pkt = Flow::to_vip(40000, 81, TCP).packet(SYN);
+    let (verdict, out) = fx.run(&pkt);
+    assert_eq!((verdict, parse(&out).dst), (TC_ACT_OK, VIP));
+}
+
+#[test]
+fn a_full_conntrack_table_refuses_new_connections_and_gc_frees_it() {
+    if !require_root() {
+        return;
+    }
+    let options = LoadOptions { max_entries: vec![(weir_datapath::lb::maps::CONNTRACK, 4)] };
+    let mut fx = Fixture::with_options("ctfull", &options);
+    fx.service(80, Protocol::Tcp, &[(REMOTE_1, 8080)], spec());
+    for p in [50000, 50001] {
+        assert_eq!(fx.run(&Flow::to_vip(p, 80, TCP).packet(SYN)).0, TC_ACT_OK);
+    }
+    assert_eq!(fx.run(&Flow::to_vip(50002, 80, TCP).packet(SYN)).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::CtMapFull), 1);
+    // Established connections are not affected by the full table.
+    assert_eq!(fx.run(&Flow::to_vip(50000, 80, TCP).packet(ACK)).0, TC_ACT_OK);
+
+    // Nothing has expired yet; 7 hours later everything has.
+    assert_eq!(fx.svc.gc_conntrack(monotonic_now_ns()).unwrap(), 0);
+    assert_eq!(fx.svc.gc_conntrack(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 4);
+    assert_eq!(fx.run(&Flow::to_vip(50002, 80, TCP).packet(SYN)).0, TC_ACT_OK);
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 2);
+}
+
+#[test]
+fn removing_a_backend_keeps_its_established_connections() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("remove");
+    fx.service(80, Protocol::Tcp, &[(REMOTE_1, 8080), (REMOTE_2, 8080)], spec());
+    let before = spread(&fx, 60000..60040);
+    assert_eq!(histogram(&before).len(), 2);
+
+    // REMOTE_1 goes away (scaled down): no new connections, old ones stay.
+    fx.service(80, Protocol::Tcp, &[(REMOTE_2, 8080)], spec());
+    assert_eq!(fx.svc.backends(1).unwrap().len(), 1, "its slot is gone");
+    for (p, ip) in &before {
+        let (_, out) = fx.run(&Flow::to_vip(*p, 80, TCP).packet(ACK));
+        assert_eq!(parse(&out).dst, *ip, "port {p}");
+    }
+    let after = spread(&fx, 61000..61040);
+    assert!(after.values().all(|ip| *ip == REMOTE_2));
+
+    // And even once the whole service is gone.
+    fx.svc.remove_service(VIP, 80, Protocol::Tcp).unwrap();
+    fx.svc.remove_service(VIP, 80, Protocol::Tcp).unwrap();
+    let (p, ip) = before.iter().next().unwrap();
+    let (_, out) = fx.run(&Flow::to_vip(*p, 80, TCP).packet(ACK));
+    assert_eq!(parse(&out).dst, *ip);
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("hairpin");
+    fx.service(80, Protocol::Tcp, &[(POD_A, 8080)], spec());
+    let (verdict, out) = fx.run(&Flow::to_vip(40000, 80, TCP).packet(SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back into A itself");
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (HAIRPIN_IP, 40000, POD_A, 8080), "not its own address");
+
+    // A answers the hairpin address, and gets the answer from the VIP.
+    let (verdict, out) = fx.run(&seen.reply().packet(SYN | ACK));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let back = parse(&out);
+    assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, 80, POD_A, 40000));
+    let ct = fx.svc.conntrack().unwrap();
+    assert!(ct.iter().all(|(_, e)| e.flags & CT_F_HAIRPIN != 0), "{ct:?}");
+}
+
+#[test]
+fn sctp_is_translated_by_address_only() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("sctp");
+    fx.service(3868, Protocol::Sctp, &[(REMOTE_1, 3868)], spec());
+    let (verdict, out) = fx.run(&Flow::to_vip(40000, 3868, SCTP).packet(0));
+    assert_eq!(verdict, TC_ACT_OK);
+    let seen = parse(&out);
+    assert_eq!((seen.dst, seen.dport), (REMOTE_1, 3868));
+    assert_eq!(&out[34 + 8..34 + 12], &[0; 4], "CRC32c untouched: it does not cover addresses");
+
+    // A port change would break the CRC32c: refused when programming.
+    let err = fx
+        .svc
+        .upsert_service(VIP, 3868, Protocol::Sctp, &ServiceSpec {
+            backends: vec![Backend { ip: REMOTE_1, port: 9999, terminating: false }],
+            ..spec()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("SCTP"), "{err}");
+}
+
+#[test]
+fn a_new_syn_after_close_picks_a_live_backend() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("reuse");
+    fx.service(80, Protocol::Tcp, &[(REMOTE_1, 8080)], spec());
+    let flow = Flow::to_vip(45000, 80, TCP);
+    assert_eq!(parse(&fx.run(&flow.packet(SYN)).1).dst, REMOTE_1);
+    fx.run(&flow.packet(ACK | 0x01)); // FIN closes both directions
+    assert!(fx.svc.conntrack().unwrap().iter().all(|(_, e)| e.state == weir_datapath::lb::CT_CLOSING));
+
+    fx.service(80, Protocol::Tcp, &[(REMOTE_2, 8080)], spec());
+    // Same 4-tuple reused for a new connection: REMOTE_1 is not a backend any more.
+    assert_eq!(parse(&fx.run(&flow.packet(SYN)).1).dst, REMOTE_2);
+}
