@@ -1,6 +1,7 @@
-//! `weir lab apply` / `weir lab delete`: the API server and kubelet of the lab.
+//! `weir lab apply` / `weir lab delete` / `weir lab scale`: the API server,
+//! the Deployment and EndpointSlice controllers and the kubelet of the lab.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -8,12 +9,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::cni::{self, Invocation};
+use super::deployments::{self, ScalePlan};
+use super::ipalloc::{self, Allocations, Ranges};
 use super::manifests::{self, Kind, Object, Store};
 use super::state::{LabState, PodState, Proc};
-use super::{Lab, netns, procs};
+use super::topology::Topology;
+use super::{Lab, controller, netns, procs};
 
 /// A pod whose sandbox is made and which waits for CNI ADD.
 struct Pending {
@@ -22,16 +28,43 @@ struct Pending {
     inv: Invocation,
 }
 
-pub fn apply(lab: &Lab, text: &str) -> Result<()> {
+pub fn apply(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
     let objects = manifests::parse_documents(text)?;
     let _lock = lab.dir.lock()?;
     let mut state = lab.dir.require()?;
+    apply_objects(lab, &mut state, objects, grace)
+}
+
+/// `weir lab scale deployment/NAME --replicas N`: re-apply the stored Deployment with a new count.
+pub fn scale(lab: &Lab, target: &str, namespace: &str, replicas: i32, grace: Duration) -> Result<()> {
+    let name = match target.split_once('/') {
+        Some((kind, name)) if Kind::parse(kind) == Some(Kind::Deployment) => name,
+        _ => bail!("scale: expected deployment/NAME, got {target:?}"),
+    };
+    let _lock = lab.dir.lock()?;
+    let mut state = lab.dir.require()?;
+    let store = Store::new(lab.dir.manifests());
+    let Some(Object::Deployment(mut d)) = store.get(Kind::Deployment, Some(namespace), name)? else {
+        bail!("deployment {namespace}/{name} not found");
+    };
+    d.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+    apply_objects(lab, &mut state, vec![Object::Deployment(d)], grace)
+}
+
+fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: Duration) -> Result<()> {
     let store = Store::new(lab.dir.manifests());
     let cni_bin = lab.binary("weir-cni")?;
     let mut failures = Vec::new();
     let mut new_pods = Vec::new();
+    // Pods to take down before any is created (scale-down, replacement).
+    let mut doomed = Vec::new();
+    let mut namespaces = BTreeSet::new();
+    let mut deployments = Vec::new();
 
     for obj in objects {
+        if let Some(ns) = obj.namespace() {
+            namespaces.insert(ns.to_owned());
+        }
         match obj {
             Object::Node(n) => failures.push(format!(
                 "node {}: nodes come from the topology file, not apply",
@@ -54,7 +87,7 @@ pub fn apply(lab: &Lab, text: &str) -> Result<()> {
                     }
                     Some(_) => {
                         // Half-made by an earlier, failed apply: start over.
-                        for e in delete_pod(lab, &mut state, &store, &key) {
+                        for e in delete_pod(lab, state, &store, &key) {
                             eprintln!("pod/{key}: cleaning up earlier attempt: {e}");
                         }
                         new_pods.push(pod);
@@ -62,11 +95,35 @@ pub fn apply(lab: &Lab, text: &str) -> Result<()> {
                     None => new_pods.push(pod),
                 }
             }
+            Object::Service(svc) => {
+                let what = format!("service/{}/{}", svc.metadata.namespace.as_deref().unwrap_or("default"), svc.metadata.name.as_deref().unwrap_or_default());
+                match admit_service(&store, &state.topology, svc) {
+                    Ok(svc) => println!("{what} configured ({})", describe_service(&svc)),
+                    Err(e) => failures.push(format!("{what}: {e:#}")),
+                }
+            }
+            Object::Deployment(d) => {
+                let ns = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let name = d.metadata.name.clone().unwrap_or_default();
+                match admit_deployment(&store, state, d) {
+                    Ok(plan) => {
+                        println!("deployment.apps/{ns}/{name} configured");
+                        doomed.extend(plan.delete.iter().map(|p| format!("{ns}/{p}")));
+                        new_pods.extend(plan.create);
+                        deployments.push((ns, name));
+                    }
+                    Err(e) => failures.push(format!("deployment.apps/{ns}/{name}: {e:#}")),
+                }
+            }
             other => {
                 store.put(&other)?;
                 println!("{} configured", other.describe().replacen(' ', "/", 1));
             }
         }
+    }
+
+    if !doomed.is_empty() {
+        failures.extend(terminate_pods(lab, state, &store, &doomed, grace));
     }
 
     // Schedule and make sandboxes one by one (recording each), then wire them concurrently.
@@ -77,7 +134,7 @@ pub fn apply(lab: &Lab, text: &str) -> Result<()> {
     }
     let mut pending = Vec::new();
     for pod in new_pods {
-        match prepare(lab, &mut state, &store, &cni_bin, pod, &node_order, &mut per_node) {
+        match prepare(lab, state, &store, &cni_bin, pod, &node_order, &mut per_node) {
             Ok(p) => pending.push(p),
             Err(e) => failures.push(format!("{e:#}")),
         }
@@ -95,12 +152,12 @@ pub fn apply(lab: &Lab, text: &str) -> Result<()> {
             if let Some(ps) = state.pods.get_mut(&p.key) {
                 ps.ip = Some(ip.clone());
             }
-            lab.dir.save(&state)?;
+            lab.dir.save(state)?;
             let servers = start_servers(lab, &p)?;
             if let Some(ps) = state.pods.get_mut(&p.key) {
                 ps.servers = servers;
             }
-            lab.dir.save(&state)?;
+            lab.dir.save(state)?;
             Ok(ip)
         });
         match outcome {
@@ -110,13 +167,14 @@ pub fn apply(lab: &Lab, text: &str) -> Result<()> {
             }
             Err(e) => {
                 failures.push(format!("pod/{}: {e:#}", p.key));
-                for err in delete_pod(lab, &mut state, &store, &p.key) {
+                for err in delete_pod(lab, state, &store, &p.key) {
                     eprintln!("pod/{}: cleanup: {err}", p.key);
                 }
             }
         }
     }
 
+    failures.extend(run_controllers(&store, &namespaces, &deployments));
     if failures.is_empty() {
         return Ok(());
     }
@@ -124,6 +182,155 @@ pub fn apply(lab: &Lab, text: &str) -> Result<()> {
         eprintln!("apply: {f}");
     }
     bail!("{} object(s) failed", failures.len())
+}
+
+/// What the apiserver does to a Service: defaults, ClusterIP, NodePorts,
+/// LoadBalancer ingress; a uid. Stores and returns it.
+fn admit_service(store: &Store, topo: &Topology, mut svc: Service) -> Result<Service> {
+    let key = |s: &Service| {
+        format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or_default())
+    };
+    let services: Vec<Service> = store
+        .list(Kind::Service, None)?
+        .into_iter()
+        .filter_map(|o| if let Object::Service(s) = o { Some(s) } else { None })
+        .collect();
+    let me = key(&svc);
+    let old = services.iter().find(|s| key(s) == me);
+    let ranges = Ranges { service_cidr: topo.service_cidr, load_balancer_cidr: topo.load_balancer_cidr };
+    ipalloc::admit(&mut svc, old, &ranges, &Allocations::from_services(&services, Some(&me)))?;
+    svc.metadata.uid = match old.and_then(|o| o.metadata.uid.clone()) {
+        Some(uid) => Some(uid),
+        None => Some(manifests::new_uid()?),
+    };
+    store.put(&Object::Service(svc.clone()))?;
+    Ok(svc)
+}
+
+/// `clusterIP 10.96.0.2, ports 80/TCP 53:30001/UDP`.
+pub fn describe_service(svc: &Service) -> String {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let ports: Vec<String> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            match p.node_port {
+                Some(np) => format!("{}:{np}/{proto}", p.port),
+                None => format!("{}/{proto}", p.port),
+            }
+        })
+        .collect();
+    let ports = if ports.is_empty() { "<none>".to_string() } else { ports.join(",") };
+    format!("clusterIP {}, ports {ports}", spec.cluster_ip.as_deref().unwrap_or("<none>"))
+}
+
+/// Default and store a Deployment; the pods to delete and create.
+fn admit_deployment(store: &Store, state: &LabState, mut d: Deployment) -> Result<ScalePlan> {
+    let ns = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let old = match store.get(Kind::Deployment, Some(&ns), &name)? {
+        Some(Object::Deployment(o)) => Some(o),
+        _ => None,
+    };
+    deployments::admit(&mut d, old.as_ref())?;
+    if d.metadata.uid.as_deref().is_none_or(str::is_empty) {
+        d.metadata.uid = Some(manifests::new_uid()?);
+    }
+    let plan = deployments::plan(&d, &pods_in(store, &ns)?);
+    for p in &plan.create {
+        let pod_name = p.metadata.name.as_deref().unwrap_or_default();
+        if state.pods.contains_key(&format!("{ns}/{pod_name}")) && !plan.delete.iter().any(|n| n == pod_name) {
+            bail!("pod {ns}/{pod_name} exists and does not belong to deployment {name}");
+        }
+    }
+    store.put(&Object::Deployment(d))?;
+    Ok(plan)
+}
+
+fn pods_in(store: &Store, ns: &str) -> Result<Vec<Pod>> {
+    Ok(store
+        .list(Kind::Pod, Some(ns))?
+        .into_iter()
+        .filter_map(|o| if let Object::Pod(p) = o { Some(p) } else { None })
+        .collect())
+}
+
+/// EndpointSlices of every namespace touched, then the status of every Deployment touched.
+fn run_controllers(store: &Store, namespaces: &BTreeSet<String>, deployments: &[(String, String)]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for ns in namespaces {
+        if let Err(e) = controller::sync_namespace(store, ns) {
+            errors.push(format!("endpointslices in {ns}: {e}"));
+        }
+    }
+    for (ns, name) in deployments {
+        let update = || -> Result<()> {
+            let Some(Object::Deployment(mut d)) = store.get(Kind::Deployment, Some(ns), name)? else { return Ok(()) };
+            let status = deployments::status(&d, &pods_in(store, ns)?);
+            if d.status.as_ref() != Some(&status) {
+                d.status = Some(status);
+                store.put(&Object::Deployment(d))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = update() {
+            errors.push(format!("deployment.apps/{ns}/{name} status: {e:#}"));
+        }
+    }
+    errors
+}
+
+/// Take pods down the way kubelet does: first mark them terminating
+/// (`deletionTimestamp`), so their EndpointSlice entries turn serving but not
+/// ready and agents stop sending them new connections; wait `grace` (only if
+/// a slice changed) for existing ones to finish; then servers, CNI DEL,
+/// netns. Keeps going; returns every error.
+fn terminate_pods(lab: &Lab, state: &mut LabState, store: &Store, keys: &[String], grace: Duration) -> Vec<String> {
+    let mut errors = Vec::new();
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = Time(k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or_default());
+    let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    let mut namespaces = BTreeSet::new();
+    for key in keys {
+        let Some(ps) = state.pods.get(key) else { continue };
+        namespaces.insert(ps.namespace.clone());
+        match store.get(Kind::Pod, Some(&ps.namespace), &ps.name) {
+            Ok(Some(Object::Pod(mut p))) => {
+                p.metadata.deletion_timestamp = Some(now.clone());
+                p.metadata.deletion_grace_period_seconds = Some(grace_secs);
+                if let Err(e) = store.put(&Object::Pod(p)) {
+                    errors.push(format!("pod/{key}: {e}"));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(format!("pod/{key}: {e}")),
+        }
+    }
+    let mut changed = false;
+    for ns in &namespaces {
+        match controller::sync_namespace(store, ns) {
+            Ok(c) => changed |= c,
+            Err(e) => errors.push(format!("endpointslices in {ns}: {e}")),
+        }
+    }
+    if changed && !grace.is_zero() {
+        std::thread::sleep(grace);
+    }
+    for key in keys {
+        let errs = delete_pod(lab, state, store, key);
+        if errs.is_empty() {
+            println!("pod/{key} deleted");
+        }
+        errors.extend(errs.into_iter().map(|e| format!("pod/{key}: {e}")));
+    }
+    for ns in &namespaces {
+        if let Err(e) = controller::sync_namespace(store, ns) {
+            errors.push(format!("endpointslices in {ns}: {e}"));
+        }
+    }
+    errors
 }
 
 fn panicked() -> cni::CniError {
@@ -276,31 +483,52 @@ fn delete_pod(lab: &Lab, state: &mut LabState, store: &Store, key: &str) -> Vec<
     errors
 }
 
-pub fn delete(lab: &Lab, text: &str) -> Result<()> {
+pub fn delete(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
     let objects = manifests::parse_documents(text)?;
     let _lock = lab.dir.lock()?;
     let mut state = lab.dir.require()?;
     let store = Store::new(lab.dir.manifests());
     let mut errors = Vec::new();
+    let mut namespaces = BTreeSet::new();
+    let mut pods = Vec::new();
+    let mut rest = Vec::new();
     for obj in objects {
-        let what = obj.describe().replacen(' ', "/", 1);
-        if let Object::Pod(_) = obj {
-            let key = format!("{}/{}", obj.namespace().unwrap_or("default"), obj.name());
-            if state.pods.contains_key(&key) {
-                let errs = delete_pod(lab, &mut state, &store, &key);
-                if errs.is_empty() {
-                    println!("{what} deleted");
-                }
-                errors.extend(errs.into_iter().map(|e| format!("{what}: {e}")));
-                continue;
-            }
+        let ns = obj.namespace().unwrap_or("default").to_owned();
+        if obj.namespace().is_some() {
+            namespaces.insert(ns.clone());
         }
+        let key = format!("{ns}/{}", obj.name());
+        match &obj {
+            Object::Pod(_) if state.pods.contains_key(&key) => pods.push(key),
+            Object::Deployment(_) => {
+                match pods_in(&store, &ns) {
+                    Ok(owned) => {
+                        let mut owned: Vec<String> = owned
+                            .iter()
+                            .filter(|p| deployments::owned_by(p, obj.name()))
+                            .filter_map(|p| p.metadata.name.as_deref().map(|n| format!("{ns}/{n}")))
+                            .filter(|k| state.pods.contains_key(k))
+                            .collect();
+                        owned.reverse();
+                        pods.extend(owned);
+                    }
+                    Err(e) => errors.push(format!("deployment.apps/{key}: {e:#}")),
+                }
+                rest.push(obj);
+            }
+            _ => rest.push(obj),
+        }
+    }
+    errors.extend(terminate_pods(lab, &mut state, &store, &pods, grace));
+    for obj in rest {
+        let what = obj.describe().replacen(' ', "/", 1);
         match store.remove(obj.kind(), obj.namespace(), obj.name()) {
             Ok(true) => println!("{what} deleted"),
             Ok(false) => errors.push(format!("{what}: not found")),
             Err(e) => errors.push(format!("{what}: {e}")),
         }
     }
+    errors.extend(run_controllers(&store, &namespaces, &[]));
     if errors.is_empty() {
         return Ok(());
     }

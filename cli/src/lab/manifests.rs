@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition, PodIP, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -38,11 +39,19 @@ pub enum Kind {
     EndpointSlice,
     NetworkPolicy,
     Node,
+    Deployment,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service, Kind::EndpointSlice, Kind::NetworkPolicy];
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::NetworkPolicy,
+        Kind::Deployment,
+    ];
 
     /// Parse a kind the way kubectl does: singular, plural, short name, any case.
     pub fn parse(s: &str) -> Option<Kind> {
@@ -53,6 +62,7 @@ impl Kind {
             "node" | "nodes" | "no" => Kind::Node,
             "endpointslice" | "endpointslices" => Kind::EndpointSlice,
             "networkpolicy" | "networkpolicies" | "netpol" => Kind::NetworkPolicy,
+            "deployment" | "deployments" | "deploy" => Kind::Deployment,
             _ => return None,
         })
     }
@@ -66,6 +76,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Node => "Node",
+            Kind::Deployment => "Deployment",
         }
     }
 
@@ -89,6 +100,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     NetworkPolicy(NetworkPolicy),
     Node(Node),
+    Deployment(Deployment),
 }
 
 impl Object {
@@ -100,6 +112,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::Node(_) => Kind::Node,
+            Object::Deployment(_) => Kind::Deployment,
         }
     }
 
@@ -111,6 +124,7 @@ impl Object {
             Object::EndpointSlice(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
+            Object::Deployment(o) => &o.metadata,
         }
     }
 
@@ -122,6 +136,7 @@ impl Object {
             Object::EndpointSlice(o) => &mut o.metadata,
             Object::NetworkPolicy(o) => &mut o.metadata,
             Object::Node(o) => &mut o.metadata,
+            Object::Deployment(o) => &mut o.metadata,
         }
     }
 
@@ -153,6 +168,7 @@ impl Object {
             Object::EndpointSlice(o) => j(o),
             Object::NetworkPolicy(o) => j(o),
             Object::Node(o) => j(o),
+            Object::Deployment(o) => j(o),
         }
     }
 
@@ -168,6 +184,7 @@ impl Object {
             Kind::EndpointSlice => Object::EndpointSlice(serde_yaml::from_value(value)?),
             Kind::NetworkPolicy => Object::NetworkPolicy(serde_yaml::from_value(value)?),
             Kind::Node => Object::Node(serde_yaml::from_value(value)?),
+            Kind::Deployment => Object::Deployment(serde_yaml::from_value(value)?),
         })
     }
 }
@@ -383,7 +400,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kinds_and_bad_names() {
-        assert!(parse_documents("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n").is_err());
+        assert!(parse_documents("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: d}\n").is_err());
         assert!(parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: []}\n").is_err());
         assert!(parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {containers: []}\n").is_err());
     }
@@ -395,7 +412,8 @@ mod tests {
         assert_eq!(Kind::parse("netpol"), Some(Kind::NetworkPolicy));
         assert_eq!(Kind::parse("endpointslices"), Some(Kind::EndpointSlice));
         assert_eq!(Kind::parse("nodes"), Some(Kind::Node));
-        assert_eq!(Kind::parse("deployment"), None);
+        assert_eq!(Kind::parse("deploy"), Some(Kind::Deployment));
+        assert_eq!(Kind::parse("replicaset"), None);
     }
 
     #[test]

@@ -11,7 +11,10 @@ use clap::{Args, Subcommand, ValueEnum};
 
 mod apply;
 mod cni;
+mod controller;
+mod deployments;
 mod down;
+mod ipalloc;
 mod manifests;
 mod netns;
 mod probe;
@@ -45,10 +48,30 @@ pub enum Output {
 enum LabCommand {
     /// Create the nodes of a topology file and start an agent on each.
     Up { file: PathBuf },
-    /// Create or update objects (Namespace, Pod, Service, EndpointSlice, NetworkPolicy); `-` reads stdin.
-    Apply { file: String },
+    /// Create or update objects (Namespace, Pod, Deployment, Service, EndpointSlice, NetworkPolicy);
+    /// `-` reads stdin. Services get ClusterIPs and NodePorts, Deployments their pods, and
+    /// EndpointSlices follow Services and pods.
+    Apply {
+        file: String,
+        #[command(flatten)]
+        grace: Grace,
+    },
     /// Delete the objects in a file; pods are unwired with CNI DEL.
-    Delete { file: String },
+    Delete {
+        file: String,
+        #[command(flatten)]
+        grace: Grace,
+    },
+    /// Set the replicas of a Deployment: deployment/NAME --replicas N.
+    Scale {
+        target: String,
+        #[arg(long)]
+        replicas: u16,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        grace: Grace,
+    },
     /// Nodes, pods and per-endpoint counters.
     Status {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -104,6 +127,21 @@ enum LabCommand {
     },
 }
 
+/// How long a deleted pod stays terminating in its EndpointSlices before CNI DEL.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Grace {
+    /// Seconds a deleted pod backing a Service stays terminating (serving, not ready)
+    /// before it is unwired, so connections in flight can finish.
+    #[arg(long = "grace", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=600))]
+    seconds: u64,
+}
+
+impl Grace {
+    fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.seconds)
+    }
+}
+
 /// Everything a lab command needs.
 pub struct Lab {
     pub dir: LabDir,
@@ -142,8 +180,11 @@ pub fn run(args: LabArgs) -> Result<u8> {
     let lab = Lab { dir: LabDir::new(absolute(&args.lab_dir)?) };
     match args.command {
         LabCommand::Up { file } => up::up(&lab, &file).map(|()| 0),
-        LabCommand::Apply { file } => apply::apply(&lab, &read_input(&file)?).map(|()| 0),
-        LabCommand::Delete { file } => apply::delete(&lab, &read_input(&file)?).map(|()| 0),
+        LabCommand::Apply { file, grace } => apply::apply(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
+        LabCommand::Delete { file, grace } => apply::delete(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
+        LabCommand::Scale { target, replicas, namespace, grace } => {
+            apply::scale(&lab, &target, &namespace, i32::from(replicas), grace.duration()).map(|()| 0)
+        }
         LabCommand::Status { output } => status::status(&lab, output).map(|()| 0),
         LabCommand::Get { kind, name, namespace, output } => {
             status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0)

@@ -1,11 +1,14 @@
 //! `weir lab status` and `weir lab get`.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use weir_agent_api::{Client, Request, Response};
 
+use super::controller::LABEL_SERVICE_NAME;
 use super::manifests::{Kind, Object, Store};
 use super::{Lab, Output, procs};
 
@@ -46,13 +49,69 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
             })
         })
         .collect();
-    let doc = json!({ "lab": state.name, "labDir": lab.dir.root, "nodes": nodes, "pods": pods });
+    let services = services(&Store::new(lab.dir.manifests()))?;
+    let doc = json!({ "lab": state.name, "labDir": lab.dir.root, "nodes": nodes, "pods": pods, "services": services });
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
         Output::Yaml => print!("{}", serde_yaml::to_string(&doc)?),
         Output::Table => print_table(&doc),
     }
     Ok(())
+}
+
+/// Every Service: type, ClusterIP, ports (`port[:nodePort]/PROTO`) and ready endpoints.
+fn services(store: &Store) -> Result<Vec<Value>> {
+    let slices: Vec<EndpointSlice> = store
+        .list(Kind::EndpointSlice, None)?
+        .into_iter()
+        .filter_map(|o| if let Object::EndpointSlice(s) = o { Some(s) } else { None })
+        .collect();
+    let mut out = Vec::new();
+    for obj in store.list(Kind::Service, None)? {
+        let Object::Service(svc) = obj else { continue };
+        let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let spec = svc.spec.clone().unwrap_or_default();
+        let ports: Vec<String> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                let proto = p.protocol.as_deref().unwrap_or("TCP");
+                match p.node_port {
+                    Some(np) => format!("{}:{np}/{proto}", p.port),
+                    None => format!("{}/{proto}", p.port),
+                }
+            })
+            .collect();
+        let mut ready = BTreeSet::new();
+        let mut total = BTreeSet::new();
+        for slice in slices.iter().filter(|sl| {
+            sl.metadata.namespace.as_deref() == Some(ns.as_str())
+                && sl.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) == Some(&name)
+        }) {
+            for e in &slice.endpoints {
+                total.insert(e.addresses.clone());
+                if e.conditions.as_ref().and_then(|c| c.ready) != Some(false) {
+                    ready.insert(e.addresses.clone());
+                }
+            }
+        }
+        let lb: Vec<String> = svc
+            .status
+            .iter()
+            .flat_map(|s| s.load_balancer.iter())
+            .flat_map(|l| l.ingress.iter().flatten())
+            .filter_map(|i| i.ip.clone())
+            .collect();
+        out.push(json!({
+            "namespace": ns, "name": name,
+            "type": spec.type_.unwrap_or_else(|| "ClusterIP".into()),
+            "clusterIP": spec.cluster_ip, "externalIPs": lb, "ports": ports,
+            "readyEndpoints": ready.len(), "endpoints": total.len(),
+        }));
+    }
+    Ok(out)
 }
 
 fn s(v: &Value) -> String {
@@ -86,6 +145,21 @@ fn print_table(doc: &Value) {
     for p in doc["pods"].as_array().into_iter().flatten() {
         println!("{:<25} {:<15} {}", format!("{}/{}", s(&p["namespace"]), s(&p["name"])), s(&p["node"]), s(&p["ip"]));
     }
+    println!("\nSERVICE                   TYPE          CLUSTER-IP     EXTERNAL-IP    PORTS                  READY");
+    for v in doc["services"].as_array().into_iter().flatten() {
+        let ports: Vec<String> = v["ports"].as_array().into_iter().flatten().map(s).collect();
+        let ext: Vec<String> = v["externalIPs"].as_array().into_iter().flatten().map(s).collect();
+        println!(
+            "{:<25} {:<13} {:<14} {:<14} {:<22} {}/{}",
+            format!("{}/{}", s(&v["namespace"]), s(&v["name"])),
+            s(&v["type"]),
+            s(&v["clusterIP"]),
+            if ext.is_empty() { "-".to_string() } else { ext.join(",") },
+            if ports.is_empty() { "-".to_string() } else { ports.join(",") },
+            s(&v["readyEndpoints"]),
+            s(&v["endpoints"]),
+        );
+    }
     println!("\nENDPOINT                  NODE            IP             IN pkts/bytes      OUT pkts/bytes");
     for n in doc["nodes"].as_array().into_iter().flatten() {
         for e in n["endpoints"].as_array().into_iter().flatten() {
@@ -100,7 +174,7 @@ fn print_table(doc: &Value) {
 
 pub fn get(lab: &Lab, kind: &str, name: Option<&str>, namespace: Option<&str>, output: Output) -> Result<()> {
     let kind = Kind::parse(kind).with_context(|| {
-        format!("unknown kind {kind:?} (pod, service, namespace, node, endpointslice, networkpolicy)")
+        format!("unknown kind {kind:?} (pod, deployment, service, namespace, node, endpointslice, networkpolicy)")
     })?;
     lab.dir.require()?;
     let store = Store::new(lab.dir.manifests());

@@ -25,6 +25,17 @@ pub struct Topology {
     /// How pods reach pods on other nodes.
     #[serde(default)]
     pub routing: Routing,
+    /// ClusterIPs of Services come from here.
+    #[serde(rename = "serviceCIDR", default = "default_service_cidr")]
+    pub service_cidr: Ipv4Net,
+    /// LoadBalancer Services get `status.loadBalancer.ingress` IPs from here;
+    /// without it they stay pending.
+    #[serde(rename = "loadBalancerCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_cidr: Option<Ipv4Net>,
+}
+
+fn default_service_cidr() -> Ipv4Net {
+    "10.96.0.0/16".parse().expect("valid literal")
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +125,7 @@ pub fn validate(topo: &Topology) -> Vec<String> {
     if topo.node_cidr.contains(&topo.cluster_cidr) || topo.cluster_cidr.contains(&topo.node_cidr) {
         problems.push(format!("nodeCIDR {} overlaps clusterCIDR {}", topo.node_cidr, topo.cluster_cidr));
     }
+    problems.extend(validate_service_ranges(topo));
     let mut names = BTreeSet::new();
     for (i, node) in topo.nodes.iter().enumerate() {
         let at = format!("nodes[{i}] ({})", node.name);
@@ -136,6 +148,39 @@ pub fn validate(topo: &Topology) -> Vec<String> {
             if node.pod_cidr.contains(&other.pod_cidr) || other.pod_cidr.contains(&node.pod_cidr) {
                 problems.push(format!("{at}: podCIDR {} overlaps nodes[{j}] ({}) {}", node.pod_cidr, other.name, other.pod_cidr));
             }
+        }
+    }
+    problems
+}
+
+/// serviceCIDR and loadBalancerCIDR: well-formed, big enough, apart from the other ranges.
+fn validate_service_ranges(topo: &Topology) -> Vec<String> {
+    let overlap = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
+    let mut problems = Vec::new();
+    let svc = topo.service_cidr;
+    if svc != svc.trunc() {
+        problems.push(format!("serviceCIDR {svc}: host bits set (did you mean {}?)", svc.trunc()));
+    }
+    if svc.prefix_len() > 29 {
+        problems.push(format!("serviceCIDR {svc}: too small (at most /29)"));
+    }
+    for (what, other) in [("clusterCIDR", topo.cluster_cidr), ("nodeCIDR", topo.node_cidr)] {
+        if overlap(&svc, &other) {
+            problems.push(format!("serviceCIDR {svc} overlaps {what} {other}"));
+        }
+    }
+    if let Some(lb) = topo.load_balancer_cidr {
+        if lb != lb.trunc() {
+            problems.push(format!("loadBalancerCIDR {lb}: host bits set (did you mean {}?)", lb.trunc()));
+        }
+        for (what, other) in [("clusterCIDR", topo.cluster_cidr), ("serviceCIDR", svc)] {
+            if overlap(&lb, &other) {
+                problems.push(format!("loadBalancerCIDR {lb} overlaps {what} {other}"));
+            }
+        }
+        let taken = (0..topo.nodes.len()).map(|i| topo.node_ip(i)).chain([topo.external_ip()]);
+        for ip in taken.filter(|ip| lb.contains(ip)) {
+            problems.push(format!("loadBalancerCIDR {lb} contains {ip}, a node or the external host"));
         }
     }
     problems
@@ -218,8 +263,21 @@ mod tests {
     fn node_segment_must_not_overlap_pods() {
         let p = invalid("name: x\nclusterCIDR: 10.0.0.0/8\nnodeCIDR: 10.1.0.0/24\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n");
         assert!(p.join(" ").contains("overlaps clusterCIDR"), "{p:?}");
-        let t = parse("name: x\nclusterCIDR: 10.0.0.0/8\nrouting: vxlan\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n").unwrap();
+        let t = parse("name: x\nclusterCIDR: 10.0.0.0/8\nserviceCIDR: 192.168.96.0/20\nrouting: vxlan\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n").unwrap();
         assert_eq!(t.routing, Routing::Vxlan);
+    }
+
+    #[test]
+    fn service_ranges_default_and_must_stand_apart() {
+        let t = parse(ONE).unwrap();
+        assert_eq!(t.service_cidr.to_string(), "10.96.0.0/16");
+        assert_eq!(t.load_balancer_cidr, None);
+        let p = invalid("name: x\nclusterCIDR: 10.0.0.0/8\nserviceCIDR: 10.96.0.0/16\nloadBalancerCIDR: 172.30.0.0/28\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n");
+        let all = p.join("\n");
+        assert!(all.contains("serviceCIDR 10.96.0.0/16 overlaps clusterCIDR"), "{all}");
+        assert!(all.contains("contains 172.30.0.11"), "{all}");
+        let t = parse("name: x\nclusterCIDR: 10.244.0.0/16\nserviceCIDR: 10.100.0.0/24\nloadBalancerCIDR: 172.31.0.0/28\nnodes: [{name: a, podCIDR: 10.244.1.0/24}]\n").unwrap();
+        assert_eq!(t.load_balancer_cidr.map(|n| n.to_string()).as_deref(), Some("172.31.0.0/28"));
     }
 
     #[test]
