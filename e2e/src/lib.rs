@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -65,15 +65,23 @@ fn ip(args: &[&str]) -> std::process::Output {
 /// A network namespace under /var/run/netns, deleted on drop.
 pub struct NetNs {
     pub name: String,
+    /// Created by us, so deleted on drop; false for a netns someone else owns.
+    owned: bool,
 }
 
 impl NetNs {
     pub fn new(name: &str) -> Self {
         let out = ip(&["netns", "add", name]);
         assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
-        let ns = Self { name: name.to_owned() };
+        let ns = Self { name: name.to_owned(), owned: true };
         ns.exec_ok("ip", &["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// A handle on a netns made by someone else (e.g. the lab); not deleted on drop.
+    pub fn existing(name: &str) -> Self {
+        assert!(Path::new("/var/run/netns").join(name).exists(), "netns {name} does not exist");
+        Self { name: name.to_owned(), owned: false }
     }
 
     pub fn path(&self) -> String {
@@ -109,7 +117,9 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         // Deleting the netns also deletes the pod end of its veth, which
         // takes the host end with it.
-        let _ = ip(&["netns", "delete", &self.name]);
+        if self.owned {
+            let _ = ip(&["netns", "delete", &self.name]);
+        }
     }
 }
 

@@ -8,11 +8,14 @@
 //! - Agent RSS idle and with 100 pods.
 //!
 //! Needs root, iperf3 and sockperf. Prints a Markdown report. `--cni-only`
-//! stops after the CNI and memory part.
+//! stops after the CNI and memory part; `--cross-node` measures pod to pod
+//! across two lab nodes (native routing and VXLAN) instead.
 
 use std::time::{Duration, Instant};
 
-use weir_e2e::{NetNs, Node, Pod, require_root, unique};
+use std::path::PathBuf;
+
+use weir_e2e::{NetNs, Node, Pod, bin, require_root, unique};
 
 const PODS: usize = 100;
 const ROUNDS: usize = 5;
@@ -95,6 +98,69 @@ fn sockperf(server: &NetNs, client: &NetNs, server_ip: &str, tcp: bool) -> f64 {
     p50 * 2.0
 }
 
+/// A two-node lab (via the real `weir lab`) with one pod on each node.
+struct CrossNode {
+    client: NetNs,
+    server: NetNs,
+    server_ip: String,
+    // Last: dropped after the netns handles, it tears the lab down.
+    _lab: LabGuard,
+}
+
+/// Runs `weir lab down` and removes the lab's files on drop.
+struct LabGuard(PathBuf);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(bin("weir")).args(["lab", "down"]).env("WEIR_LAB_DIR", self.0.join("lab")).output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl CrossNode {
+    fn up(routing: &str) -> Self {
+        let name = unique("wbx");
+        let dir = std::env::temp_dir().join(format!("weir-bench-{name}"));
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        let topo = dir.join("topo.yaml");
+        std::fs::write(
+            &topo,
+            format!("name: {name}\nclusterCIDR: 10.251.0.0/16\nnodeCIDR: 172.31.251.0/24\nrouting: {routing}\nnodes:\n  - {{name: a, podCIDR: 10.251.1.0/24}}\n  - {{name: b, podCIDR: 10.251.2.0/24}}\n"),
+        )
+        .expect("topology");
+        let pods = dir.join("pods.yaml");
+        std::fs::write(
+            &pods,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: bench}\nspec: {nodeName: a, containers: [{name: c, image: x}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: bench}\nspec: {nodeName: b, containers: [{name: c, image: x}]}\n",
+        )
+        .expect("pods");
+        let lab_dir = dir.join("lab");
+        let guard = LabGuard(dir);
+        lab_cmd(&lab_dir, &["up", topo.to_str().expect("utf-8")]);
+        lab_cmd(&lab_dir, &["apply", pods.to_str().expect("utf-8")]);
+        let json = lab_cmd(&lab_dir, &["get", "pod", "bench/server", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("pod json");
+        Self {
+            client: NetNs::existing(&format!("{name}-bench-client")),
+            server: NetNs::existing(&format!("{name}-bench-server")),
+            server_ip: v["status"]["podIP"].as_str().expect("podIP").to_owned(),
+            _lab: guard,
+        }
+    }
+}
+
+fn lab_cmd(lab_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin("weir"))
+        .arg("lab")
+        .args(args)
+        .env("WEIR_LAB_DIR", lab_dir)
+        .output()
+        .expect("weir lab");
+    assert!(out.status.success(), "weir lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+
 fn main() {
     if !require_root() {
         std::process::exit(1);
@@ -106,6 +172,13 @@ fn main() {
     let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     println!("Machine: {} CPUs, {model}, kernel {kernel}\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    if std::env::args().any(|a| a == "--cross-node") {
+        println!("## Pod to pod across two nodes vs bare veth ({ROUNDS} interleaved rounds of {SECONDS} s, medians)\n");
+        println!("| measure | weir | bare veth | ratio |\n|---|---|---|---|");
+        cross_node();
+        return;
+    }
 
     // --- CNI latency and agent memory -------------------------------------
     let node = Node::start("10.70.0.0/24");
@@ -146,6 +219,7 @@ fn main() {
         return;
     }
 
+
     // --- datapath vs bare veth ---------------------------------------------
     let a = node.add_pod("bench", "client");
     let b = node.add_pod("bench", "server");
@@ -168,4 +242,22 @@ fn main() {
     println!("| TCP throughput (iperf3, 1 stream) | {tw:.2} Gbit/s | {tb:.2} Gbit/s | {:.1}% |", tw / tb * 100.0);
     println!("| UDP ping-pong RTT (sockperf p50) | {uw:.1} µs | {ub:.1} µs | {:.2}x |", uw / ub);
     println!("| TCP ping-pong RTT (sockperf p50) | {cw:.1} µs | {cb:.1} µs | {:.2}x |", cw / cb);
+}
+
+/// Cross-node pod to pod, both routing modes, against the same bare veth.
+fn cross_node() {
+    let bare = Bare::new();
+    for routing in ["native", "vxlan"] {
+        let lab = CrossNode::up(routing);
+        let (mut tw, mut tb, mut cw, mut cb) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..ROUNDS {
+            tw.push(iperf(&lab.server, &lab.client, &lab.server_ip));
+            tb.push(iperf(&bare.b, &bare.a, "10.199.0.2"));
+            cw.push(sockperf(&lab.server, &lab.client, &lab.server_ip, true));
+            cb.push(sockperf(&bare.b, &bare.a, "10.199.0.2", true));
+        }
+        let (tw, tb, cw, cb) = (median(&mut tw), median(&mut tb), median(&mut cw), median(&mut cb));
+        println!("| {routing}: TCP throughput (iperf3) | {tw:.2} Gbit/s | {tb:.2} Gbit/s | {:.1}% |", tw / tb * 100.0);
+        println!("| {routing}: TCP ping-pong RTT (sockperf p50) | {cw:.1} µs | {cb:.1} µs | {:.2}x |", cw / cb);
+    }
 }
