@@ -250,7 +250,7 @@ fn apply(
         match maps.upsert_service(key.vip, key.port, key.proto, &spec) {
             Ok(id) => {
                 let ready = spec.backends.iter().filter(|b| !b.terminating).count();
-                tracing::info!(service_id = id, backends = ready, terminating = spec.backends.len() - ready, "programmed");
+                tracing::debug!(service_id = id, backends = ready, terminating = spec.backends.len() - ready, "programmed");
                 applied.insert(key, spec);
             }
             Err(e) => {

@@ -27,7 +27,7 @@ pub mod maps {
 /// `WEIR_LB_MAGLEV_M`: entries of a Maglev table (a prime).
 pub const MAGLEV_M: usize = 1021;
 /// `WEIR_LB_MAX_SERVICES`.
-pub const MAX_SERVICES: u32 = 4096;
+pub const MAX_SERVICES: u32 = 65536;
 /// `WEIR_CT_MAX_ENTRIES`: both directions of every tracked connection.
 pub const CT_MAX_ENTRIES: u32 = 131_072;
 /// `WEIR_LB_HAIRPIN_IP`: the source a pod sees when it reached itself
@@ -358,6 +358,9 @@ pub struct ServiceMaps {
     backends: HashMap<MapData, BackendKey, BackendValue>,
     maglev: HashMap<MapData, u32, MaglevTable>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+    /// Service ids in use, mirrored here so allocating one does not walk the
+    /// services map (which would make programming N services O(N²)).
+    used_ids: BTreeSet<u32>,
 }
 
 fn is_missing(e: &MapError) -> bool {
@@ -391,12 +394,15 @@ pub fn monotonic_now_ns() -> u64 {
 impl ServiceMaps {
     /// Opens the maps pinned under `pin_dir` by a loaded [`crate::Datapath`].
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        Ok(Self {
+        let mut me = Self {
             services: open(pin_dir, maps::SERVICES)?,
             backends: open(pin_dir, maps::BACKENDS)?,
             maglev: open(pin_dir, maps::MAGLEV)?,
             conntrack: open(pin_dir, maps::CONNTRACK)?,
-        })
+            used_ids: BTreeSet::new(),
+        };
+        me.used_ids = me.services()?.values().map(|v| v.service_id).collect();
+        Ok(me)
     }
 
     /// Every programmed service.
@@ -471,6 +477,7 @@ impl ServiceMaps {
             pad: 0,
         };
         self.services.insert(key, value, 0).map_err(|source| LbError::Map { map: maps::SERVICES, source })?;
+        self.used_ids.insert(service_id);
         for slot in slots.len() + 1..=previous.len() {
             ignore_missing(self.backends.remove(&BackendKey { service_id, slot: slot as u32 }), maps::BACKENDS)?;
         }
@@ -490,6 +497,7 @@ impl ServiceMaps {
             Err(source) => return Err(LbError::Map { map: maps::SERVICES, source }),
         };
         ignore_missing(self.services.remove(&key), maps::SERVICES)?;
+        self.used_ids.remove(&value.service_id);
         let n = self.backends(value.service_id)?.len();
         for slot in 1..=n {
             ignore_missing(
@@ -501,8 +509,12 @@ impl ServiceMaps {
     }
 
     fn free_id(&self) -> Result<u32> {
-        let used: BTreeSet<u32> = self.services()?.values().map(|v| v.service_id).collect();
-        (1..=MAX_SERVICES).find(|id| !used.contains(id)).ok_or(LbError::Full)
+        // Ids are dense from 1: the first gap, or one past the highest.
+        let next = self.used_ids.last().map_or(1, |last| last + 1);
+        if next <= MAX_SERVICES && self.used_ids.len() as u32 == next - 1 {
+            return Ok(next);
+        }
+        (1..=MAX_SERVICES).find(|id| !self.used_ids.contains(id)).ok_or(LbError::Full)
     }
 
     /// Every conntrack entry.

@@ -60,6 +60,7 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
     let mut doomed = Vec::new();
     let mut namespaces = BTreeSet::new();
     let mut deployments = Vec::new();
+    let mut book: Option<ServiceBook> = None;
 
     for obj in objects {
         if let Some(ns) = obj.namespace() {
@@ -97,7 +98,11 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
             }
             Object::Service(svc) => {
                 let what = format!("service/{}/{}", svc.metadata.namespace.as_deref().unwrap_or("default"), svc.metadata.name.as_deref().unwrap_or_default());
-                match admit_service(&store, &state.topology, svc) {
+                if book.is_none() {
+                    book = Some(ServiceBook::load(&store)?);
+                }
+                let book = book.as_mut().expect("loaded above");
+                match admit_service(&store, book, &state.topology, svc) {
                     Ok(svc) => println!("{what} configured ({})", describe_service(&svc)),
                     Err(e) => failures.push(format!("{what}: {e:#}")),
                 }
@@ -186,25 +191,59 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
 
 /// What the apiserver does to a Service: defaults, ClusterIP, NodePorts,
 /// LoadBalancer ingress; a uid. Stores and returns it.
-fn admit_service(store: &Store, topo: &Topology, mut svc: Service) -> Result<Service> {
-    let key = |s: &Service| {
-        format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or_default())
-    };
-    let services: Vec<Service> = store
-        .list(Kind::Service, None)?
-        .into_iter()
-        .filter_map(|o| if let Object::Service(s) = o { Some(s) } else { None })
-        .collect();
-    let me = key(&svc);
-    let old = services.iter().find(|s| key(s) == me);
+/// The stored Services and what they hold, read once per apply: admitting
+/// thousands of Services must not re-read every stored one each time.
+struct ServiceBook {
+    services: BTreeMap<String, Service>,
+    held: Allocations,
+}
+
+impl ServiceBook {
+    fn load(store: &Store) -> Result<Self> {
+        let services: BTreeMap<String, Service> = store
+            .list(Kind::Service, None)?
+            .into_iter()
+            .filter_map(|o| if let Object::Service(s) = o { Some((service_key(&s), s)) } else { None })
+            .collect();
+        let held = Allocations::from_services(services.values(), None);
+        Ok(Self { services, held })
+    }
+}
+
+fn service_key(s: &Service) -> String {
+    format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or_default())
+}
+
+fn admit_service(store: &Store, book: &mut ServiceBook, topo: &Topology, mut svc: Service) -> Result<Service> {
+    let me = service_key(&svc);
+    let old = book.services.get(&me).cloned();
+    if let Some(old) = &old {
+        book.held.release(old);
+    }
     let ranges = Ranges { service_cidr: topo.service_cidr, load_balancer_cidr: topo.load_balancer_cidr };
-    ipalloc::admit(&mut svc, old, &ranges, &Allocations::from_services(&services, Some(&me)))?;
-    svc.metadata.uid = match old.and_then(|o| o.metadata.uid.clone()) {
-        Some(uid) => Some(uid),
-        None => Some(manifests::new_uid()?),
-    };
-    store.put(&Object::Service(svc.clone()))?;
-    Ok(svc)
+    let admitted = ipalloc::admit(&mut svc, old.as_ref(), &ranges, &book.held)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            svc.metadata.uid = match old.as_ref().and_then(|o| o.metadata.uid.clone()) {
+                Some(uid) => Some(uid),
+                None => Some(manifests::new_uid()?),
+            };
+            store.put(&Object::Service(svc.clone()))?;
+            Ok(())
+        });
+    match admitted {
+        Ok(()) => {
+            book.held.hold(&svc);
+            book.services.insert(me, svc.clone());
+            Ok(svc)
+        }
+        Err(e) => {
+            if let Some(old) = &old {
+                book.held.hold(old);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// `clusterIP 10.96.0.2, ports 80/TCP 53:30001/UDP`.

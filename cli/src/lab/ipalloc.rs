@@ -94,29 +94,70 @@ impl Allocations {
     pub fn from_services<'a>(services: impl IntoIterator<Item = &'a Service>, skip: Option<&str>) -> Self {
         let mut a = Allocations::default();
         for svc in services {
-            let owner = key(svc);
-            if skip == Some(owner.as_str()) {
-                continue;
-            }
-            let spec = svc.spec.clone().unwrap_or_default();
-            for ip in spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()) {
-                if let Ok(ip) = ip.parse() {
-                    a.cluster_ips.insert(ip, owner.clone());
-                }
-            }
-            for p in spec.ports.iter().flatten() {
-                if let Some(np) = p.node_port.filter(|n| *n != 0) {
-                    a.node_ports.insert(np, owner.clone());
-                }
-            }
-            for ing in lb_ingress(svc) {
-                if let Some(ip) = ing.ip.as_deref().and_then(|i| i.parse().ok()) {
-                    a.lb_ips.insert(ip, owner.clone());
-                }
+            if skip != Some(key(svc).as_str()) {
+                a.hold(svc);
             }
         }
         a
     }
+
+    /// Records what `svc` holds.
+    pub fn hold(&mut self, svc: &Service) {
+        let owner = key(svc);
+        for item in held_by(svc) {
+            match item {
+                Held::ClusterIp(ip) => self.cluster_ips.insert(ip, owner.clone()),
+                Held::NodePort(np) => self.node_ports.insert(np, owner.clone()),
+                Held::LbIp(ip) => self.lb_ips.insert(ip, owner.clone()),
+            };
+        }
+    }
+
+    /// Releases what `svc` holds (only items it owns), e.g. before re-admitting it.
+    pub fn release(&mut self, svc: &Service) {
+        let owner = key(svc);
+        for item in held_by(svc) {
+            let owned_by = match item {
+                Held::ClusterIp(ip) => self.cluster_ips.get(&ip),
+                Held::NodePort(np) => self.node_ports.get(&np),
+                Held::LbIp(ip) => self.lb_ips.get(&ip),
+            };
+            if owned_by == Some(&owner) {
+                match item {
+                    Held::ClusterIp(ip) => self.cluster_ips.remove(&ip),
+                    Held::NodePort(np) => self.node_ports.remove(&np),
+                    Held::LbIp(ip) => self.lb_ips.remove(&ip),
+                };
+            }
+        }
+    }
+}
+
+enum Held {
+    ClusterIp(Ipv4Addr),
+    NodePort(i32),
+    LbIp(Ipv4Addr),
+}
+
+fn held_by(svc: &Service) -> Vec<Held> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for ip in spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()) {
+        if let Ok(ip) = ip.parse() {
+            out.push(Held::ClusterIp(ip));
+        }
+    }
+    for p in spec.ports.iter().flatten() {
+        if let Some(np) = p.node_port.filter(|n| *n != 0) {
+            out.push(Held::NodePort(np));
+        }
+    }
+    for ing in lb_ingress(svc) {
+        if let Some(ip) = ing.ip.as_deref().and_then(|i| i.parse().ok()) {
+            out.push(Held::LbIp(ip));
+        }
+    }
+    out
 }
 
 fn lb_ingress(svc: &Service) -> impl Iterator<Item = &LoadBalancerIngress> {

@@ -49,8 +49,8 @@
 #include "conntrack.h"
 #include "nat.h"
 
-#define WEIR_LB_MAX_SERVICES 4096
-#define WEIR_LB_MAX_BACKENDS 65536
+#define WEIR_LB_MAX_SERVICES 65536
+#define WEIR_LB_MAX_BACKENDS 262144
 /* Maglev table size: a prime well above the backend count of any one
  * service, so the disruption bound of the paper holds (M >> N). */
 #define WEIR_LB_MAGLEV_M 1021

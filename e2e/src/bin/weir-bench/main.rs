@@ -9,11 +9,14 @@
 //!
 //! Needs root, iperf3 and sockperf. Prints a Markdown report. `--cni-only`
 //! stops after the CNI and memory part; `--cross-node` measures pod to pod
-//! across two lab nodes (native routing and VXLAN) instead.
+//! across two lab nodes (native routing and VXLAN) instead; `--services`
+//! compares service connection setup with kube-proxy's iptables layout.
 
 use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
+
+mod services;
 
 use weir_e2e::{NetNs, Node, Pod, bin, require_root, unique};
 
@@ -173,6 +176,10 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     println!("Machine: {} CPUs, {model}, kernel {kernel}\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
 
+    if std::env::args().any(|a| a == "--services") {
+        services::run();
+        return;
+    }
     if std::env::args().any(|a| a == "--cross-node") {
         println!("## Pod to pod across two nodes vs bare veth ({ROUNDS} interleaved rounds of {SECONDS} s, medians)\n");
         println!("| measure | weir | bare veth | ratio |\n|---|---|---|---|");

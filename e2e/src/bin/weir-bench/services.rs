@@ -1,0 +1,258 @@
+//! Service connection setup: weir's eBPF load balancer vs the rules
+//! kube-proxy's iptables mode writes, with 1, 1,000 and 10,000 services.
+//!
+//! Both sides use the same shape: a client netns and a server netns behind
+//! one node netns, the same built-in server (answers with its name and
+//! closes), and the same client loop (connect, read the reply, close). The
+//! measured service is the one in the middle of the list, where iptables'
+//! linear KUBE-SERVICES chain puts an average service.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weir_e2e::{NetNs, bin, in_netns, unique};
+
+use crate::percentile;
+
+const TIERS: [usize; 3] = [1, 1_000, 10_000];
+const LOOP_FOR: Duration = Duration::from_secs(3);
+
+/// Connections per second and latency percentiles (µs) of one loop.
+struct Rate {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    failed: usize,
+}
+
+fn connect_loop(netns: &str, vip: Ipv4Addr, port: u16) -> Rate {
+    let addr = SocketAddr::from((vip, port));
+    in_netns(netns.to_owned(), move || {
+        let (mut ok, mut failed, mut lat) = (0usize, 0usize, Vec::new());
+        let start = Instant::now();
+        while start.elapsed() < LOOP_FOR {
+            let t = Instant::now();
+            let done = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let mut reply = String::new();
+                s.read_to_string(&mut reply).map(|_| reply)
+            });
+            match done {
+                Ok(reply) if !reply.is_empty() => {
+                    ok += 1;
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                _ => failed += 1,
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let (p50, p99) = if lat.is_empty() { (0.0, 0.0) } else { (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)) };
+        Rate { per_sec: ok as f64 / secs, p50_us: p50, p99_us: p99, failed }
+    })
+}
+
+/// Widen the client's ephemeral ports: thousands of connections a second.
+fn tune_client(ns: &NetNs) {
+    ns.exec_ok("sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
+}
+
+fn service_yaml(from: usize, to: usize) -> String {
+    (from..to)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: http}}]}}\n"
+            )
+        })
+        .collect()
+}
+
+fn lab(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("weir")).arg("lab").args(args).env("WEIR_LAB_DIR", dir).output().expect("weir lab");
+    assert!(out.status.success(), "weir lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One-node weir lab with a client and a server pod.
+struct WeirSide {
+    client: NetNs,
+    programmed: usize,
+    // Last: tears the lab down after the client handle is gone.
+    lab: LabDir,
+}
+
+/// The lab's files; `Drop` runs `weir lab down` and removes them.
+struct LabDir {
+    dir: PathBuf,
+    lab_dir: PathBuf,
+}
+
+impl Drop for LabDir {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("weir")).args(["lab", "down"]).env("WEIR_LAB_DIR", &self.lab_dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl WeirSide {
+    fn up() -> Self {
+        let name = unique("wbs");
+        let dir = std::env::temp_dir().join(format!("weir-bench-{name}"));
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        let me = LabDir { lab_dir: dir.join("lab"), dir };
+        let topo = me.dir.join("topo.yaml");
+        std::fs::write(&topo, format!("name: {name}\nclusterCIDR: 10.250.0.0/16\nnodeCIDR: 172.31.252.0/24\nnodes:\n  - {{name: n, podCIDR: 10.250.1.0/24}}\n")).expect("topo");
+        lab(&me.lab_dir, &["up", topo.to_str().expect("utf-8")]);
+        let pods = me.dir.join("pods.yaml");
+        std::fs::write(
+            &pods,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: default, labels: {app: web}}\nspec: {containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default}\nspec: {containers: [{name: c, image: x}]}\n",
+        )
+        .expect("pods");
+        lab(&me.lab_dir, &["apply", pods.to_str().expect("utf-8")]);
+        let client = NetNs::existing(&format!("{name}-default-client"));
+        tune_client(&client);
+        Self { client, programmed: 0, lab: me }
+    }
+
+    /// Programs services up to `n` and returns the measured VIP once it answers.
+    fn program(&mut self, n: usize) -> Ipv4Addr {
+        if n > self.programmed {
+            let file = self.lab.dir.join("svc.yaml");
+            std::fs::write(&file, service_yaml(self.programmed, n)).expect("services");
+            lab(&self.lab.lab_dir, &["apply", file.to_str().expect("utf-8")]);
+            self.programmed = n;
+        }
+        let json = lab(&self.lab.lab_dir, &["get", "svc", &format!("default/svc-{}", n / 2), "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("svc json");
+        let vip: Ipv4Addr = v["spec"]["clusterIP"].as_str().expect("clusterIP").parse().expect("ip");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while connect_loop_once(&self.client.path(), vip).is_err() {
+            assert!(Instant::now() < deadline, "weir never programmed {vip}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        vip
+    }
+}
+
+fn connect_loop_once(netns: &str, vip: Ipv4Addr) -> std::io::Result<()> {
+    in_netns(netns.to_owned(), move || {
+        TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_millis(300)).map(drop)
+    })
+}
+
+/// The kube-proxy baseline: plain routing through a node netns whose nat
+/// table holds kube-proxy's iptables-mode chains.
+struct IptablesSide {
+    node: NetNs,
+    client: NetNs,
+    _server: NetNs,
+    server_proc: Child,
+}
+
+const IPT_CLIENT: &str = "10.249.1.2";
+const IPT_SERVER: &str = "10.249.2.2";
+
+impl IptablesSide {
+    fn up() -> Self {
+        let node = NetNs::new(&unique("wbin"));
+        let client = NetNs::new(&unique("wbic"));
+        let server = NetNs::new(&unique("wbis"));
+        for (ns, addr, gw, dev) in [(&client, IPT_CLIENT, "10.249.1.1", "ic0"), (&server, IPT_SERVER, "10.249.2.1", "is0")] {
+            let ok = |args: &[&str]| assert!(Command::new("ip").args(args).status().expect("ip").success(), "ip {args:?}");
+            ok(&["link", "add", dev, "netns", &node.name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+            node.exec_ok("ip", &["addr", "add", &format!("{gw}/24"), "dev", dev]);
+            node.exec_ok("ip", &["link", "set", dev, "up"]);
+            ns.exec_ok("ip", &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ns.exec_ok("ip", &["link", "set", "eth0", "up"]);
+            ns.exec_ok("ip", &["route", "add", "default", "via", gw]);
+        }
+        node.exec_ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        tune_client(&client);
+        let server_proc = Command::new(bin("weir"))
+            .args(["lab", "serve", "--netns", &server.path(), "--name", "server", "--port", "80/TCP"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("server");
+        std::thread::sleep(Duration::from_millis(300));
+        Self { node, client, _server: server, server_proc }
+    }
+
+    fn vip(i: usize) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + 2 + i as u32)
+    }
+
+    /// Loads `n` services laid out as kube-proxy's iptables mode does, with
+    /// iptables-restore (as kube-proxy does), replacing the nat table.
+    fn program(&self, n: usize) -> Ipv4Addr {
+        let mut rules = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+        for i in 0..n {
+            rules.push_str(&format!(":KUBE-SVC-{i:016X} - [0:0]\n:KUBE-SEP-{i:016X} - [0:0]\n"));
+        }
+        rules.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+        rules.push_str("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+        rules.push_str("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n");
+        rules.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
+        rules.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
+        rules.push_str("-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n");
+        rules.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n");
+        for i in 0..n {
+            let vip = Self::vip(i);
+            rules.push_str(&format!(
+                "-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"default/svc-{i}:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-{i:016X}\n\
+                 -A KUBE-SVC-{i:016X} ! -s 10.249.0.0/16 -d {vip}/32 -p tcp -m comment --comment \"default/svc-{i}:http cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ\n\
+                 -A KUBE-SVC-{i:016X} -m comment --comment \"default/svc-{i}:http -> {IPT_SERVER}:80\" -j KUBE-SEP-{i:016X}\n\
+                 -A KUBE-SEP-{i:016X} -s {IPT_SERVER}/32 -m comment --comment \"default/svc-{i}:http\" -j KUBE-MARK-MASQ\n\
+                 -A KUBE-SEP-{i:016X} -p tcp -m comment --comment \"default/svc-{i}:http\" -m tcp -j DNAT --to-destination {IPT_SERVER}:80\n"
+            ));
+        }
+        rules.push_str("COMMIT\n");
+        let mut restore = self.node.command("iptables-restore").stdin(Stdio::piped()).spawn().expect("iptables-restore");
+        std::io::Write::write_all(restore.stdin.as_mut().expect("stdin"), rules.as_bytes()).expect("rules");
+        assert!(restore.wait().expect("iptables-restore").success(), "iptables-restore failed");
+        Self::vip(n / 2)
+    }
+}
+
+impl Drop for IptablesSide {
+    fn drop(&mut self) {
+        let _ = self.server_proc.kill();
+        let _ = self.server_proc.wait();
+    }
+}
+
+pub fn run() {
+    println!("## Service connection setup: weir vs kube-proxy iptables rules (connect, read reply, close; {} s per point, one client)\n", LOOP_FOR.as_secs());
+    println!("| services | weir conn/s | iptables conn/s | weir/iptables | weir p50 / p99 | iptables p50 / p99 |");
+    println!("|---|---|---|---|---|---|");
+    let mut weir = WeirSide::up();
+    let ipt = IptablesSide::up();
+    let mut weir_rates = Vec::new();
+    for n in TIERS {
+        let wvip = weir.program(n);
+        let ivip = ipt.program(n);
+        let w = connect_loop(&weir.client.path(), wvip, 80);
+        let i = connect_loop(&ipt.client.path(), ivip, 80);
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.2}x | {:.0} / {:.0} µs | {:.0} / {:.0} µs |",
+            w.per_sec,
+            i.per_sec,
+            w.per_sec / i.per_sec,
+            w.p50_us,
+            w.p99_us,
+            i.p50_us,
+            i.p99_us
+        );
+        assert_eq!((w.failed, i.failed), (0, 0), "failed connections: weir {}, iptables {}", w.failed, i.failed);
+        weir_rates.push(w.per_sec);
+        // Let weir's conntrack garbage collection catch up between points
+        // (closed entries expire after 10 s, GC runs every 10 s).
+        std::thread::sleep(Duration::from_secs(21));
+    }
+    println!(
+        "\nweir at 10,000 services vs 1 service: {:+.1}% connection rate",
+        (weir_rates[2] / weir_rates[0] - 1.0) * 100.0
+    );
+}
