@@ -24,8 +24,12 @@ pub enum ProgramKind {
     FromPod,
     /// TC egress of a pod's host veth: what the node's stack sends to the pod.
     ToPod,
-    /// TC ingress of the node's uplink: traffic routed here for local pods.
+    /// TC ingress of the node's uplink: traffic routed here for local pods,
+    /// and replies to masqueraded flows.
     FromNetdev,
+    /// TC egress of the node's uplink: masquerades local pods' traffic
+    /// leaving the cluster CIDR to the node IP.
+    ToNetdev,
     /// TC ingress of the vxlan device: decapsulated traffic for local pods.
     FromOverlay,
     /// TC egress of the vxlan device: the node's own traffic to remote pods.
@@ -35,10 +39,11 @@ pub enum ProgramKind {
 impl ProgramKind {
     /// The programs on each pod's host veth.
     pub const POD: [ProgramKind; 2] = [ProgramKind::FromPod, ProgramKind::ToPod];
-    pub const ALL: [ProgramKind; 5] = [
+    pub const ALL: [ProgramKind; 6] = [
         ProgramKind::FromPod,
         ProgramKind::ToPod,
         ProgramKind::FromNetdev,
+        ProgramKind::ToNetdev,
         ProgramKind::FromOverlay,
         ProgramKind::ToOverlay,
     ];
@@ -48,6 +53,7 @@ impl ProgramKind {
             Self::FromPod => "from_pod",
             Self::ToPod => "to_pod",
             Self::FromNetdev => "from_netdev",
+            Self::ToNetdev => "to_netdev",
             Self::FromOverlay => "from_overlay",
             Self::ToOverlay => "to_overlay",
         }
@@ -55,14 +61,14 @@ impl ProgramKind {
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ToPod | Self::ToOverlay => TcAttachType::Egress,
+            Self::ToPod | Self::ToNetdev | Self::ToOverlay => TcAttachType::Egress,
             Self::FromPod | Self::FromNetdev | Self::FromOverlay => TcAttachType::Ingress,
         }
     }
 
     /// Pod programs live in bpf_lxc.o, node-device programs in bpf_host.o.
     fn in_host_object(self) -> bool {
-        matches!(self, Self::FromNetdev | Self::FromOverlay | Self::ToOverlay)
+        matches!(self, Self::FromNetdev | Self::ToNetdev | Self::FromOverlay | Self::ToOverlay)
     }
 }
 
