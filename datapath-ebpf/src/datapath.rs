@@ -81,6 +81,9 @@ pub enum DatapathError {
     /// A program failed to load into the kernel.
     #[error("loading program {name}: {source}")]
     Program { name: &'static str, #[source] source: aya::programs::ProgramError },
+    /// The load options cannot be used.
+    #[error("invalid load options: {0}")]
+    Options(String),
     /// The object lacks a program or map the loader expects.
     #[error("the datapath object has no {0}")]
     Missing(&'static str),
@@ -112,6 +115,9 @@ pub struct EndpointEntry {
 pub struct LoadOptions {
     /// `max_entries` overrides by map name.
     pub max_entries: Vec<(&'static str, u32)>,
+    /// Node ports for masqueraded flows, instead of
+    /// [`crate::snat::PORT_RANGE`] (tests narrow it to exhaust it).
+    pub snat_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 /// The loaded datapath of one node.
@@ -139,6 +145,11 @@ impl Datapath {
     /// conntrack table to see it fill up). Sizes only apply to maps this
     /// load creates: maps already pinned keep theirs.
     pub fn load_with(pin_dir: &Path, options: &LoadOptions) -> Result<Self> {
+        if let Some(ports) = &options.snat_ports
+            && (ports.is_empty() || *ports.start() == 0)
+        {
+            return Err(DatapathError::Options(format!("SNAT port range {ports:?} is empty or starts at 0")));
+        }
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin { path: dir.to_owned(), source })?;
@@ -149,6 +160,11 @@ impl Datapath {
             loader.default_map_pin_directory(pin_dir);
             for (name, size) in &options.max_entries {
                 loader.map_max_entries(name, *size);
+            }
+            if let Some(ports) = &options.snat_ports {
+                // Only bpf_host.o has these: not required to exist.
+                loader.override_global("weir_snat_port_min", ports.start(), false);
+                loader.override_global("weir_snat_port_max", ports.end(), false);
             }
             loader
         };

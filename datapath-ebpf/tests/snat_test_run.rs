@@ -340,7 +340,7 @@ fn a_full_snat_table_drops_new_flows_with_a_reason_and_gc_frees_it() {
     if !require_root() {
         return;
     }
-    let options = LoadOptions { max_entries: vec![(weir_datapath::snat::MAP, 4)] };
+    let options = LoadOptions { max_entries: vec![(weir_datapath::snat::MAP, 4)], ..Default::default() };
     let mut fx = Fixture::with_options("full", &options);
     let flow = |p| Flow::new(POD_A, p, EXTERNAL, 80, TCP);
     assert_eq!(fx.out(&flow(50000), SYN).0, TC_ACT_OK);
@@ -355,4 +355,48 @@ fn a_full_snat_table_drops_new_flows_with_a_reason_and_gc_frees_it() {
     assert_eq!(fx.snat.gc(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 4);
     assert_eq!(fx.out(&flow(50001), SYN).0, TC_ACT_OK);
     assert_eq!(fx.entries().len(), 2);
+}
+
+/// Runs `f` on a thread in a fresh network namespace: the sockets a test
+/// opens there are the "node's", and never the host's.
+fn in_fresh_netns(f: impl FnOnce() + Send + 'static) {
+    let joined = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        f();
+    })
+    .join();
+    if let Err(panic) = joined {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn ports_held_by_node_sockets_or_other_flows_are_not_handed_out() {
+    if !require_root() {
+        return;
+    }
+    in_fresh_netns(|| {
+        // One port to hand out, so every outcome is deterministic.
+        let options = LoadOptions { snat_ports: Some(40000..=40000), ..Default::default() };
+        let fx = Fixture::with_options("range", &options);
+        let udp = Flow::new(POD_A, 1000, EXTERNAL, 53, UDP);
+        let tcp = Flow::new(POD_A, 1000, EXTERNAL, 80, TCP);
+
+        // The node's own sockets own the port: no flow may take it.
+        let node_udp = std::net::UdpSocket::bind("0.0.0.0:40000").expect("binding the node's UDP socket");
+        let node_tcp = std::net::TcpListener::bind("0.0.0.0:40000").expect("binding the node's TCP listener");
+        assert_eq!(fx.out(&udp, 0).0, TC_ACT_SHOT, "UDP port held by a node socket");
+        assert_eq!(fx.out(&tcp, SYN).0, TC_ACT_SHOT, "TCP port held by a node listener");
+        assert_eq!(fx.drops(DropReason::SnatPortsExhausted), 2);
+        assert_eq!(parse(&fx.out(&Flow::ping(POD_A, 5, EXTERNAL), 0).1).sport, 40000, "echo ids are not sockets");
+        drop((node_udp, node_tcp));
+
+        assert_eq!(parse(&fx.out(&udp, 0).1).sport, 40000, "free once the node's socket is gone");
+        // A second flow to the same remote ip:port finds the only port taken...
+        assert_eq!(fx.out(&Flow::new(POD_A, 1001, EXTERNAL, 53, UDP), 0).0, TC_ACT_SHOT);
+        assert_eq!(fx.drops(DropReason::SnatPortsExhausted), 3);
+        // ...while another remote endpoint can have the same port.
+        assert_eq!(parse(&fx.out(&Flow::new(POD_A, 1001, EXTERNAL, 54, UDP), 0).1).sport, 40000);
+        assert_eq!(parse(&fx.out(&tcp, SYN).1).sport, 40000);
+    });
 }

@@ -25,10 +25,14 @@
  * Like weir_ct4 the map is a preallocated HASH and not LRU: evicting a live
  * entry would hand its port to another flow while the first one still runs.
  *
+ * The node's own sockets share the port range: a candidate port that a node
+ * socket already uses towards the same remote (or listens on) is skipped,
+ * found with the kernel's socket lookup. The other order is not covered: a
+ * node connection opened later may pick a port a masqueraded flow holds
+ * for the same remote ip:port, and its replies would go to the pod.
+ *
  * Not handled (passed on untranslated): non-first fragments, ICMP errors
- * quoting a masqueraded flow, other L4 protocols. The node's own sockets
- * share the port range; a node connection and a masqueraded flow to the
- * same remote ip:port on the same port is not detected.
+ * quoting a masqueraded flow, other L4 protocols.
  *
  * The Rust twins live in datapath-ebpf/src/snat.rs. */
 #ifndef WEIR_SNAT_H
@@ -53,6 +57,10 @@
 /* Random tries before giving up: with a quarter of the range taken for one
  * remote endpoint, eight tries all fail with probability 1.5e-5. */
 #define WEIR_SNAT_ATTEMPTS 8
+
+/* The range in use: the loader may narrow it (tests do, to exhaust it). */
+volatile const __u16 weir_snat_port_min = WEIR_SNAT_PORT_MIN;
+volatile const __u16 weir_snat_port_max = WEIR_SNAT_PORT_MAX;
 
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
@@ -208,11 +216,35 @@ static __always_inline int snat_wanted(const struct weir_config *cfg, const stru
 	return lookup_ep_v4(meta->saddr) != 0;
 }
 
+/* Does a socket of the node already own the reverse tuple, i.e. would the
+ * stack take a packet remote:rport -> node:port as its own? */
+static __always_inline int snat_node_socket(struct __sk_buff *skb, const struct weir_ct_key *rkey)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	t.ipv4.saddr = rkey->saddr;
+	t.ipv4.daddr = rkey->daddr;
+	t.ipv4.sport = rkey->sport;
+	t.ipv4.dport = rkey->dport;
+	if (rkey->proto == IPPROTO_TCP)
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else if (rkey->proto == IPPROTO_UDP)
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		return 0; /* ping sockets' identifiers are not looked up */
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
 /* Claims a node port for a new flow: the reverse entry first (it is the one
  * that must be unique), then the forward one. */
-static __always_inline __u32 snat_new(const struct weir_ct_key *key, __be32 node_ip, __u8 tcp_flags, __u64 now,
-				      __be16 *out_port)
+static __always_inline __u32 snat_new(struct __sk_buff *skb, const struct weir_ct_key *key, __be32 node_ip,
+				      __u8 tcp_flags, __u64 now, __be16 *out_port)
 {
+	__u32 min = weir_snat_port_min, span = (__u32)weir_snat_port_max - min + 1;
 	struct weir_snat_entry fwd = {}, rev = {};
 	struct weir_ct_key rkey = {};
 	__u32 i;
@@ -233,9 +265,13 @@ static __always_inline __u32 snat_new(const struct weir_ct_key *key, __be32 node
 	rkey.sport = key->dport;
 	rkey.proto = key->proto;
 	for (i = 0; i < WEIR_SNAT_ATTEMPTS; i++) {
-		__u16 port = WEIR_SNAT_PORT_MIN + bpf_get_prandom_u32() % (WEIR_SNAT_PORT_MAX - WEIR_SNAT_PORT_MIN + 1);
+		__u16 port = min + bpf_get_prandom_u32() % span;
 
 		rkey.dport = bpf_htons(port);
+		if (snat_node_socket(skb, &rkey)) {
+			err = -17; /* taken, as if by another flow */
+			continue;
+		}
 		err = bpf_map_update_elem(&weir_snat4, &rkey, &rev, BPF_NOEXIST);
 		if (!err)
 			break;
@@ -313,7 +349,7 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 			return reason;
 		}
 	}
-	reason = snat_new(&key, node_ip, tcp_flags, now, &port);
+	reason = snat_new(skb, &key, node_ip, tcp_flags, now, &port);
 	if (reason)
 		return reason;
 	reason = snat_rewrite(skb, meta, &key, node_ip, port, 0);
