@@ -59,7 +59,7 @@ pub fn expired(entries: &StdHashMap<CtKey, SnatEntry>, now_ns: u64) -> Vec<CtKey
     entries
         .iter()
         .filter(|(key, e)| {
-            e.expires_ns < now_ns && !entries.get(&e.partner_key(key)).is_some_and(|p| p.expires_ns >= now_ns)
+            e.expires_ns < now_ns && entries.get(&e.partner_key(key)).is_none_or(|p| p.expires_ns < now_ns)
         })
         .map(|(key, _)| *key)
         .collect()
