@@ -60,6 +60,14 @@ pub struct Config {
     #[arg(long, env = "WEIR_ROUTING", value_enum, default_value_t = Routing::Native)]
     pub routing: Routing,
 
+    /// The cluster's pod CIDR (every node's pod CIDR lies in it). With it,
+    /// local pods' traffic to anything outside it (the world, and other
+    /// nodes' IPs) is masqueraded to the node IP by the uplink's egress
+    /// program, in eBPF (no iptables). Without it, nothing is masqueraded
+    /// and pod traffic leaves with the pod's own address. Needs --uplink.
+    #[arg(long, env = "WEIR_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<Ipv4Net>,
+
     /// Service backend selection for new connections: `random` or `maglev`.
     #[arg(long, env = "WEIR_LB_ALGORITHM", value_enum, default_value_t = LbAlgorithm::Random)]
     pub lb_algorithm: LbAlgorithm,
@@ -84,6 +92,17 @@ impl Config {
         }
         if self.routing == Routing::Vxlan && self.uplink.is_none() {
             errors.push("--routing vxlan needs --uplink (the node IP is the tunnel endpoint)".into());
+        }
+        if let Some(cluster) = self.cluster_cidr {
+            if cluster.network() != cluster.addr() {
+                errors.push(format!("--cluster-cidr {cluster}: has host bits set (did you mean {}?)", cluster.trunc()));
+            }
+            if !cluster.contains(&self.pod_cidr) {
+                errors.push(format!("--cluster-cidr {cluster} does not contain --pod-cidr {}", self.pod_cidr));
+            }
+            if self.uplink.is_none() {
+                errors.push("--cluster-cidr needs --uplink (masquerading happens on the uplink)".into());
+            }
         }
         if !self.bpffs_root.is_absolute() {
             errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
@@ -111,6 +130,16 @@ mod tests {
         assert_eq!(errs.len(), 4, "{errs:?}");
         let c = parse(&["--node", "n", "--pod-cidr", "10.0.0.0/24", "--routing", "vxlan"]).unwrap();
         assert!(c.validate().unwrap_err()[0].contains("--uplink"));
+    }
+
+    #[test]
+    fn cluster_cidr_must_hold_the_pod_cidr_and_needs_an_uplink() {
+        let c = parse(&["--node", "n", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.245.0.1/16"]).unwrap();
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        let c = parse(&["--node", "n", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.244.0.0/16", "--uplink", "eth0"])
+            .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -83,8 +83,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Node plumbing for multi-node clusters: the uplink's ingress program, the
-/// vxlan device in overlay mode, forwarding, and the datapath's config.
+/// Node plumbing for multi-node clusters: the uplink's ingress program, its
+/// egress (masquerade) program when a cluster CIDR is given, the vxlan
+/// device in overlay mode, forwarding, and the datapath's config.
 /// Returns the device routes to other nodes use: the uplink, or the vxlan
 /// device in overlay mode.
 async fn setup_uplink(
@@ -108,10 +109,21 @@ async fn setup_uplink(
             (ROUTING_VXLAN, vxlan)
         }
     };
-    datapath.set_config(DpConfig { routing_mode: mode, tunnel_ifindex, node_ip: u32::from_ne_bytes(node_ip.octets()), flags: 0 })?;
+    let mut dp_config =
+        DpConfig { routing_mode: mode, tunnel_ifindex, node_ip: u32::from_ne_bytes(node_ip.octets()), ..Default::default() };
+    match config.cluster_cidr {
+        Some(cluster) => dp_config = dp_config.with_masquerade(cluster),
+        // An earlier agent may have attached it: no masquerading now.
+        None => datapath.detach_device(uplink, ProgramKind::ToNetdev)?,
+    }
+    // Config first: to_netdev reads it from its first packet on.
+    datapath.set_config(dp_config)?;
+    if config.cluster_cidr.is_some() {
+        datapath.attach_device(uplink, ProgramKind::ToNetdev)?;
+    }
     // The node forwards pod traffic to other nodes (native routing) and to
     // the outside; /proc/sys/net is per network namespace.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-    tracing::info!(%uplink, %node_ip, routing = ?config.routing, "uplink ready");
+    tracing::info!(%uplink, %node_ip, routing = ?config.routing, masquerade = ?config.cluster_cidr, "uplink ready");
     Ok(if tunnel_ifindex != 0 { tunnel_ifindex } else { index })
 }

@@ -4,7 +4,8 @@
 //! [`desired`] is a pure function of the model; [`run`] applies its result
 //! through `weir_datapath::lb::ServiceMaps`, removes services that are no
 //! longer wanted (including ones left in the pinned maps by an earlier agent),
-//! and collects expired conntrack entries every [`GC_INTERVAL`].
+//! and collects expired conntrack and masquerade (SNAT) entries every
+//! [`GC_INTERVAL`].
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -16,10 +17,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 use weir_datapath::lb::{Algorithm, Backend, Protocol, ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns};
+use weir_datapath::snat::SnatMap;
 
 use crate::cluster::ClusterState;
 
-/// How often expired conntrack entries are collected.
+/// How often expired conntrack and SNAT entries are collected.
 pub const GC_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -197,6 +199,14 @@ pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, mut rx: watch::Receiver
             BTreeMap::new()
         }
     };
+    // bpf_host.o pins it next to the others; only a broken pin dir lacks it.
+    let mut snat = match SnatMap::open(&pin_dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "SNAT gc disabled: cannot open the SNAT map");
+            None
+        }
+    };
     let mut gc = tokio::time::interval(GC_INTERVAL);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut model_open = true;
@@ -215,11 +225,21 @@ pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, mut rx: watch::Receiver
                     break;
                 }
                 _ = gc.tick() => {
-                    let _span = tracing::debug_span!("conntrack.gc").entered();
-                    match maps.gc_conntrack(monotonic_now_ns()) {
-                        Ok(0) => {}
-                        Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
-                        Err(e) => tracing::warn!(error = %e, "conntrack gc"),
+                    {
+                        let _span = tracing::debug_span!("conntrack.gc").entered();
+                        match maps.gc_conntrack(monotonic_now_ns()) {
+                            Ok(0) => {}
+                            Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
+                            Err(e) => tracing::warn!(error = %e, "conntrack gc"),
+                        }
+                    }
+                    if let Some(snat) = snat.as_mut() {
+                        let _span = tracing::debug_span!("snat.gc").entered();
+                        match snat.gc(monotonic_now_ns()) {
+                            Ok(0) => {}
+                            Ok(removed) => tracing::debug!(removed, "SNAT entries expired"),
+                            Err(e) => tracing::warn!(error = %e, "SNAT gc"),
+                        }
                     }
                 }
             }

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Programs on the node's own devices.
  *
- *   from_netdev:  TC ingress of the uplink. Packets routed here for a local
- *                 pod (native routing) go straight into the pod's netns.
+ *   from_netdev:  TC ingress of the uplink. Replies to masqueraded flows get
+ *                 their pod's address back (snat.h); then packets for a
+ *                 local pod (native routing, or such replies) go straight
+ *                 into the pod's netns.
+ *   to_netdev:    TC egress of the uplink. Local pods' packets bound outside
+ *                 the cluster CIDR leave with the node IP as source.
  *   from_overlay: TC ingress of the vxlan device. Decapsulated packets for a
  *                 local pod, likewise.
  *   to_overlay:   TC egress of the vxlan device. The node's own stack routes
@@ -20,6 +24,7 @@
 #include "lib/endpoint.h"
 #include "lib/overlay.h"
 #include "lib/lb.h"
+#include "lib/snat.h"
 
 static __always_inline int to_local_pod(struct __sk_buff *skb)
 {
@@ -46,7 +51,39 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
 {
-	return to_local_pod(skb);
+	struct weir_ep_info *dst;
+	struct ipv4_meta meta = {};
+	__u32 reason;
+
+	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
+		return WEIR_PASS_ON;
+	/* Before the endpoint lookup: a masqueraded reply is addressed to
+	 * the node until this turns it back into the pod's. */
+	reason = snat4_ingress(skb, &meta);
+	if (reason)
+		return drop_packet(skb, reason);
+	dst = lookup_ep_v4(meta.daddr);
+	if (!dst)
+		return WEIR_PASS_ON;
+	reason = lb4_rev_nat(skb, &meta);
+	if (reason)
+		return drop_packet(skb, reason);
+	return deliver_local(skb, dst, meta.ttl);
+}
+
+SEC("classifier")
+int to_netdev(struct __sk_buff *skb)
+{
+	struct ipv4_meta meta = {};
+	int translated = 0;
+	__u32 reason;
+
+	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
+		return WEIR_PASS_ON;
+	reason = snat4_egress(skb, &meta, &translated);
+	if (reason)
+		return drop_packet(skb, reason);
+	return translated ? TC_ACT_OK : WEIR_PASS_ON;
 }
 
 SEC("classifier")

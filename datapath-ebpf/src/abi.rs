@@ -65,6 +65,9 @@ pub struct Traffic {
 pub const ROUTING_NATIVE: u32 = 0;
 pub const ROUTING_VXLAN: u32 = 1;
 
+/// `WEIR_CFG_F_MASQUERADE`: SNAT local pods' traffic leaving the cluster CIDR.
+pub const CFG_F_MASQUERADE: u32 = 0x1;
+
 /// `struct weir_config`: node-wide settings.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,6 +77,21 @@ pub struct Config {
     /// Network byte order.
     pub node_ip: u32,
     pub flags: u32,
+    /// The cluster CIDR's network, network byte order.
+    pub cluster_net: u32,
+    /// The cluster CIDR's mask, network byte order.
+    pub cluster_mask: u32,
+}
+
+impl Config {
+    /// Masquerades pods' traffic to destinations outside `cluster` to the
+    /// node IP (sets the flag and the network/mask pair).
+    pub fn with_masquerade(mut self, cluster: ipnet::Ipv4Net) -> Self {
+        self.flags |= CFG_F_MASQUERADE;
+        self.cluster_net = u32::from_ne_bytes(cluster.network().octets());
+        self.cluster_mask = u32::from_ne_bytes(cluster.netmask().octets());
+        self
+    }
 }
 
 /// `struct weir_route_key` without the LPM prefix length, which aya's
@@ -124,6 +142,14 @@ unsafe impl aya::Pod for Route {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masquerade_config_keeps_wire_byte_order() {
+        let c = Config::default().with_masquerade("10.244.0.0/16".parse().unwrap());
+        assert_eq!(c.cluster_net.to_ne_bytes(), [10, 244, 0, 0]);
+        assert_eq!(c.cluster_mask.to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(c.flags, CFG_F_MASQUERADE);
+    }
 
     #[test]
     fn v4_key_keeps_wire_byte_order() {

@@ -24,8 +24,12 @@ pub enum ProgramKind {
     FromPod,
     /// TC egress of a pod's host veth: what the node's stack sends to the pod.
     ToPod,
-    /// TC ingress of the node's uplink: traffic routed here for local pods.
+    /// TC ingress of the node's uplink: traffic routed here for local pods,
+    /// and replies to masqueraded flows.
     FromNetdev,
+    /// TC egress of the node's uplink: masquerades local pods' traffic
+    /// leaving the cluster CIDR to the node IP.
+    ToNetdev,
     /// TC ingress of the vxlan device: decapsulated traffic for local pods.
     FromOverlay,
     /// TC egress of the vxlan device: the node's own traffic to remote pods.
@@ -35,10 +39,11 @@ pub enum ProgramKind {
 impl ProgramKind {
     /// The programs on each pod's host veth.
     pub const POD: [ProgramKind; 2] = [ProgramKind::FromPod, ProgramKind::ToPod];
-    pub const ALL: [ProgramKind; 5] = [
+    pub const ALL: [ProgramKind; 6] = [
         ProgramKind::FromPod,
         ProgramKind::ToPod,
         ProgramKind::FromNetdev,
+        ProgramKind::ToNetdev,
         ProgramKind::FromOverlay,
         ProgramKind::ToOverlay,
     ];
@@ -48,6 +53,7 @@ impl ProgramKind {
             Self::FromPod => "from_pod",
             Self::ToPod => "to_pod",
             Self::FromNetdev => "from_netdev",
+            Self::ToNetdev => "to_netdev",
             Self::FromOverlay => "from_overlay",
             Self::ToOverlay => "to_overlay",
         }
@@ -55,14 +61,14 @@ impl ProgramKind {
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ToPod | Self::ToOverlay => TcAttachType::Egress,
+            Self::ToPod | Self::ToNetdev | Self::ToOverlay => TcAttachType::Egress,
             Self::FromPod | Self::FromNetdev | Self::FromOverlay => TcAttachType::Ingress,
         }
     }
 
     /// Pod programs live in bpf_lxc.o, node-device programs in bpf_host.o.
     fn in_host_object(self) -> bool {
-        matches!(self, Self::FromNetdev | Self::FromOverlay | Self::ToOverlay)
+        matches!(self, Self::FromNetdev | Self::ToNetdev | Self::FromOverlay | Self::ToOverlay)
     }
 }
 
@@ -75,6 +81,9 @@ pub enum DatapathError {
     /// A program failed to load into the kernel.
     #[error("loading program {name}: {source}")]
     Program { name: &'static str, #[source] source: aya::programs::ProgramError },
+    /// The load options cannot be used.
+    #[error("invalid load options: {0}")]
+    Options(String),
     /// The object lacks a program or map the loader expects.
     #[error("the datapath object has no {0}")]
     Missing(&'static str),
@@ -106,6 +115,9 @@ pub struct EndpointEntry {
 pub struct LoadOptions {
     /// `max_entries` overrides by map name.
     pub max_entries: Vec<(&'static str, u32)>,
+    /// Node ports for masqueraded flows, instead of
+    /// [`crate::snat::PORT_RANGE`] (tests narrow it to exhaust it).
+    pub snat_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 /// The loaded datapath of one node.
@@ -133,6 +145,11 @@ impl Datapath {
     /// conntrack table to see it fill up). Sizes only apply to maps this
     /// load creates: maps already pinned keep theirs.
     pub fn load_with(pin_dir: &Path, options: &LoadOptions) -> Result<Self> {
+        if let Some(ports) = &options.snat_ports
+            && (ports.is_empty() || *ports.start() == 0)
+        {
+            return Err(DatapathError::Options(format!("SNAT port range {ports:?} is empty or starts at 0")));
+        }
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin { path: dir.to_owned(), source })?;
@@ -143,6 +160,11 @@ impl Datapath {
             loader.default_map_pin_directory(pin_dir);
             for (name, size) in &options.max_entries {
                 loader.map_max_entries(name, *size);
+            }
+            if let Some(ports) = &options.snat_ports {
+                // Only bpf_host.o has these: not required to exist.
+                loader.override_global("weir_snat_port_min", ports.start(), false);
+                loader.override_global("weir_snat_port_max", ports.end(), false);
             }
             loader
         };

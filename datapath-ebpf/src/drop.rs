@@ -38,6 +38,7 @@ drop_reasons! {
     RewriteFailed = 7, "rewrite_failed", "failed to rewrite the packet";
     CtMapFull = 8, "ct_map_full", "connection tracking table full: new service connection refused";
     NoServiceBackend = 9, "no_service_backend", "service has no usable backend";
+    SnatPortsExhausted = 10, "snat_ports_exhausted", "masquerade: no free node port (or SNAT table entry) for a new flow";
 }
 
 impl std::fmt::Display for DropReason {

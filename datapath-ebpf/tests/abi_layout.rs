@@ -79,7 +79,7 @@ fn rust_abi_matches_c_structs_in_btf() {
     assert_layout!(structs, "weir_ep_info", EpInfo, [ifindex, endpoint_id, identity, pod_mac, host_mac, flags]);
     assert_layout!(structs, "weir_traffic_key", TrafficKey, [endpoint_id, direction]);
     assert_layout!(structs, "weir_traffic", Traffic, [packets, bytes]);
-    assert_layout!(structs, "weir_config", Config, [routing_mode, tunnel_ifindex, node_ip, flags]);
+    assert_layout!(structs, "weir_config", Config, [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]);
     assert_layout!(structs, "weir_route", Route, [node_ip, flags]);
     // aya's lpm_trie::Key<T> is { prefix_len: u32, data: T }: the C key is
     // that u32 followed by RouteKey's fields.
@@ -133,4 +133,15 @@ fn service_and_conntrack_abi_matches_c_structs_in_btf() {
     assert_eq!(*size as usize, size_of::<MaglevTable>());
     assert_eq!(members, &vec![("slots".to_string(), 0)]);
     assert_eq!(size_of::<MaglevTable>(), MAGLEV_M * 4);
+}
+
+#[test]
+fn snat_abi_matches_c_structs_in_btf() {
+    use weir_datapath::lb::CtKey;
+    use weir_datapath::snat::SnatEntry;
+    // The SNAT map lives in bpf_host.o only.
+    let structs = btf_structs(weir_datapath::BPF_HOST);
+    assert_layout!(structs, "weir_snat_entry", SnatEntry, [expires_ns, packets, addr, port, flags, state]);
+    assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
+    assert_layout!(structs, "weir_config", Config, [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]);
 }

@@ -410,7 +410,7 @@ fn a_full_conntrack_table_refuses_new_connections_and_gc_frees_it() {
     if !require_root() {
         return;
     }
-    let options = LoadOptions { max_entries: vec![(weir_datapath::lb::maps::CONNTRACK, 4)] };
+    let options = LoadOptions { max_entries: vec![(weir_datapath::lb::maps::CONNTRACK, 4)], ..Default::default() };
     let mut fx = Fixture::with_options("ctfull", &options);
     fx.service(80, Protocol::Tcp, &[(REMOTE_1, 8080)], spec());
     for p in [50000, 50001] {

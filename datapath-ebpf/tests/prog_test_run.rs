@@ -98,7 +98,7 @@ impl Drop for Fixture {
 /// Native routing unless told otherwise; VXLAN sends 10.245.2.0/24 to a peer.
 fn vxlan(fx: &mut Fixture) {
     fx.dp
-        .set_config(Config { routing_mode: ROUTING_VXLAN, tunnel_ifindex: LO_IFINDEX, node_ip: 0, flags: 0 })
+        .set_config(Config { routing_mode: ROUTING_VXLAN, tunnel_ifindex: LO_IFINDEX, ..Default::default() })
         .unwrap();
     fx.dp.sync_node_routes(&[("10.245.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))]).unwrap();
 }

@@ -2,10 +2,7 @@
 //! the Deployment and EndpointSlice controllers and the kubelet of the lab.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -19,7 +16,7 @@ use super::ipalloc::{self, Allocations, Ranges};
 use super::manifests::{self, Kind, Object, Store};
 use super::state::{LabState, PodState, Proc};
 use super::topology::Topology;
-use super::{Lab, controller, netns, procs};
+use super::{Lab, controller, netns, procs, serve};
 
 /// A pod whose sandbox is made and which waits for CNI ADD.
 struct Pending {
@@ -451,30 +448,15 @@ fn start_servers(lab: &Lab, p: &Pending) -> Result<Vec<Proc>> {
     }
     let exe = std::env::current_exe().context("locating the weir binary")?;
     let log_path = lab.dir.logs().join(format!("serve-{}-{}.log", p.inv.pod_namespace, p.inv.pod_name));
-    let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["lab", "serve", "--netns", &p.inv.pod_netns_path, "--name", &p.inv.pod_name]);
-    for (port, proto) in &ports {
-        cmd.arg("--port").arg(format!("{port}/{proto}"));
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting the pod's servers")?;
-    let proc_ = procs::record(child.id(), format!("serve {}", p.key));
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    if line.trim() != "ready" {
-        procs::stop_all(std::slice::from_ref(&proc_), Duration::from_secs(1));
-        let _ = child.wait();
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        bail!("servers for ports {ports:?} did not start: {}", log.trim());
-    }
+    let proc_ = serve::start(
+        Command::new(exe),
+        &p.inv.pod_netns_path,
+        &p.inv.pod_name,
+        &ports,
+        false,
+        format!("serve {}", p.key),
+        &log_path,
+    )?;
     Ok(vec![proc_])
 }
 

@@ -46,6 +46,7 @@ pub fn teardown(dir: &LabDir, state: Option<&LabState>) -> Vec<String> {
             .pods
             .values()
             .flat_map(|p| p.servers.iter().cloned())
+            .chain(state.servers.iter().cloned())
             .chain(state.nodes.values().filter_map(|n| n.agent.clone()))
             .collect();
         errors.extend(procs::stop_all(&procs, Duration::from_secs(3)));

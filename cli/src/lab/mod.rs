@@ -124,6 +124,9 @@ enum LabCommand {
         /// PORT/TCP or PORT/UDP, repeatable.
         #[arg(long = "port", value_parser = serve::parse_port)]
         ports: Vec<(u16, serve::Proto)>,
+        /// Answer `NAME PEER-IP` instead of `NAME`.
+        #[arg(long)]
+        echo_peer: bool,
     },
 }
 
@@ -170,8 +173,8 @@ impl Lab {
 
 /// Run a lab command; returns the process exit code.
 pub fn run(args: LabArgs) -> Result<u8> {
-    if let LabCommand::Serve { netns, name, ports } = &args.command {
-        serve::run(netns, name, ports)?;
+    if let LabCommand::Serve { netns, name, ports, echo_peer } = &args.command {
+        serve::run(netns, name, ports, *echo_peer)?;
         return Ok(0);
     }
     if let LabCommand::SpawnIn { netns, argv } = &args.command {

@@ -1,13 +1,20 @@
 //! `weir lab serve`: the pod's "containers". Answers every TCP connection and
-//! UDP datagram on the given ports with the pod's name and a newline.
+//! UDP datagram on the given ports with the pod's name and a newline. With
+//! `--echo-peer` (the lab's external host) the answer is `NAME PEER-IP`, so
+//! a test can see which source address arrived (a masqueraded pod's node).
 
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::netns;
+use super::state::Proc;
+use super::{netns, procs};
 
 /// A `PORT/PROTO` argument: `80/TCP`, `53/udp`; bare `80` means TCP.
 pub fn parse_port(s: &str) -> Result<(u16, Proto), String> {
@@ -42,10 +49,63 @@ impl Proto {
     }
 }
 
+/// What a server answers: its name, and with `echo_peer` the peer's address.
+#[derive(Debug, Clone)]
+struct Reply {
+    name: String,
+    echo_peer: bool,
+}
+
+impl Reply {
+    fn to(&self, peer: IpAddr) -> String {
+        if self.echo_peer { format!("{} {peer}\n", self.name) } else { format!("{}\n", self.name) }
+    }
+}
+
+/// Starts `weir lab serve` through `cmd` (a command running the weir
+/// binary, with no arguments yet) and waits until it has bound every port.
+pub fn start<P: std::fmt::Display + std::fmt::Debug>(
+    mut cmd: Command,
+    netns_path: &str,
+    name: &str,
+    ports: &[(u16, P)],
+    echo_peer: bool,
+    marker: String,
+    log_path: &Path,
+) -> Result<Proc> {
+    let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    cmd.args(["lab", "serve", "--netns", netns_path, "--name", name]);
+    for (port, proto) in ports {
+        cmd.arg("--port").arg(format!("{port}/{proto}"));
+    }
+    if echo_peer {
+        cmd.arg("--echo-peer");
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the servers of {name}"))?;
+    let proc_ = procs::record(child.id(), marker);
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    if line.trim() != "ready" {
+        procs::stop_all(std::slice::from_ref(&proc_), Duration::from_secs(1));
+        let _ = child.wait();
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        bail!("servers for ports {ports:?} did not start: {}", log.trim());
+    }
+    Ok(proc_)
+}
+
 /// Enter the netns, bind every port, print `ready` on stdout, then serve forever.
-pub fn run(netns_path: &str, name: &str, ports: &[(u16, Proto)]) -> Result<()> {
+pub fn run(netns_path: &str, name: &str, ports: &[(u16, Proto)], echo_peer: bool) -> Result<()> {
     netns::enter(netns_path)?;
-    let reply = format!("{name}\n");
+    let reply = Reply { name: name.to_owned(), echo_peer };
     let mut threads = Vec::new();
     for &(port, proto) in ports {
         let reply = reply.clone();
@@ -68,12 +128,13 @@ pub fn run(netns_path: &str, name: &str, ports: &[(u16, Proto)]) -> Result<()> {
     bail!("all listeners stopped")
 }
 
-fn serve_tcp(listener: TcpListener, reply: String) {
+fn serve_tcp(listener: TcpListener, reply: Reply) {
     for conn in listener.incoming() {
         match conn {
             Ok(mut s) => {
                 let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = s.write_all(reply.as_bytes());
+                let peer = s.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+                let _ = s.write_all(reply.to(peer).as_bytes());
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
             Err(e) => {
@@ -84,12 +145,12 @@ fn serve_tcp(listener: TcpListener, reply: String) {
     }
 }
 
-fn serve_udp(sock: UdpSocket, reply: String) {
+fn serve_udp(sock: UdpSocket, reply: Reply) {
     let mut buf = [0u8; 2048];
     loop {
         match sock.recv_from(&mut buf) {
             Ok((_, peer)) => {
-                if let Err(e) = sock.send_to(reply.as_bytes(), peer) {
+                if let Err(e) = sock.send_to(reply.to(peer.ip()).as_bytes(), peer) {
                     eprintln!("send to {peer}: {e}");
                 }
             }
@@ -104,6 +165,13 @@ fn serve_udp(sock: UdpSocket, reply: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_name_and_optionally_the_peer() {
+        let peer: IpAddr = "172.30.0.11".parse().unwrap();
+        assert_eq!(Reply { name: "web".into(), echo_peer: false }.to(peer), "web\n");
+        assert_eq!(Reply { name: "external".into(), echo_peer: true }.to(peer), "external 172.30.0.11\n");
+    }
 
     #[test]
     fn parses_ports() {

@@ -58,6 +58,9 @@ pub struct LabState {
     /// Keyed by `namespace/name`.
     #[serde(default)]
     pub pods: BTreeMap<String, PodState>,
+    /// Servers outside pods: the external host's.
+    #[serde(default)]
+    pub servers: Vec<Proc>,
 }
 
 /// The directory layout of one lab.

@@ -13,11 +13,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weir_agent_api::{Client, Request};
 
 use super::manifests::{Object, Store};
+use super::serve::{self, Proto};
 use super::signals::{self, Interrupt};
 use super::state::{LabState, NodeState};
 use super::{Lab, down, netns, procs, topology};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the external host serves; each answer is `external <peer-ip>`, so a
+/// test sees the source address a pod's traffic arrived with.
+pub const EXTERNAL_PORTS: [(u16, Proto); 2] = [(8080, Proto::Tcp), (5353, Proto::Udp)];
 
 pub fn up(lab: &Lab, file: &Path) -> Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -51,6 +56,7 @@ pub fn up(lab: &Lab, file: &Path) -> Result<()> {
         netns: Vec::new(),
         nodes: BTreeMap::new(),
         pods: BTreeMap::new(),
+        servers: Vec::new(),
     };
     lab.dir.save(&state)?;
     match bring_up(lab, &topo, &agent, &mut state, &interrupt) {
@@ -92,6 +98,19 @@ fn bring_up(
         &topo.external_netns(),
         &format!("{}/{prefix}", topo.external_ip()),
     )?;
+    let exe = std::env::current_exe().context("locating the weir binary")?;
+    let server = serve::start(
+        signals::spawn_in(None, exe)?,
+        &netns::path(&topo.external_netns()).to_string_lossy(),
+        "external",
+        &EXTERNAL_PORTS,
+        true,
+        "serve external".into(),
+        &lab.dir.logs().join("serve-external.log"),
+    )?;
+    state.servers.push(server);
+    lab.dir.save(state)?;
+    println!("external host: netns {}, address {}, serving 8080/TCP and 5353/UDP", topo.external_netns(), topo.external_ip());
     let mut children: Vec<(String, Child)> = Vec::new();
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
@@ -150,6 +169,9 @@ fn bring_up(
             .arg("--manifests")
             .arg(lab.dir.manifests())
             .args(["--uplink", "eth0", "--routing", topo.routing.as_flag()])
+            // Pods reach the external host (and other nodes) as their node.
+            .arg("--cluster-cidr")
+            .arg(topo.cluster_cidr.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

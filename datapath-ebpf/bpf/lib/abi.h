@@ -45,12 +45,19 @@ struct weir_traffic {
 #define WEIR_ROUTING_NATIVE 0 /* the node's stack routes to other nodes */
 #define WEIR_ROUTING_VXLAN 1  /* encapsulate towards the node owning the CIDR */
 
+/* weir_config.flags */
+#define WEIR_CFG_F_MASQUERADE 0x1 /* SNAT pod traffic leaving the cluster CIDR */
+
 /* Node-wide settings, one entry, written by the agent at start. */
 struct weir_config {
 	__u32 routing_mode;
 	__u32 tunnel_ifindex; /* the external-mode vxlan device */
 	__be32 node_ip;
 	__u32 flags;
+	/* The cluster CIDR as network and mask (network byte order): pod
+	 * traffic to anything outside it is masqueraded to node_ip. */
+	__be32 cluster_net;
+	__be32 cluster_mask;
 };
 
 /* LPM key: prefixlen counts the 32 bits of family+pad plus the CIDR bits,
@@ -81,6 +88,7 @@ enum weir_drop_reason {
 	WEIR_DROP_REWRITE_FAILED = 7,
 	WEIR_DROP_CT_MAP_FULL = 8,        /* conntrack full: no new service connection */
 	WEIR_DROP_NO_SERVICE_BACKEND = 9, /* service without a usable backend */
+	WEIR_DROP_SNAT_PORTS_EXHAUSTED = 10, /* masquerade: no node port (or table entry) left */
 	WEIR_DROP_REASON_MAX = 64,
 };
 

@@ -77,4 +77,17 @@ static __always_inline int nat_port(struct __sk_buff *skb, __u32 port_off, __be1
 	return bpf_skb_store_bytes(skb, port_off, &to, sizeof(to), 0);
 }
 
+/* Rewrites the identifier of an ICMP echo header at l4_off. The ICMP
+ * checksum has no pseudo-header, so address rewrites leave it alone
+ * (l4_csum_off knows no ICMP) and only the identifier is patched here.
+ * Nonzero on error. */
+static __always_inline int nat_icmp_id(struct __sk_buff *skb, __u32 l4_off, __be16 from, __be16 to)
+{
+	if (from == to)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_off + 2, from, to, sizeof(to)))
+		return -1;
+	return bpf_skb_store_bytes(skb, l4_off + 4, &to, sizeof(to), 0);
+}
+
 #endif /* WEIR_NAT_H */
