@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The lab demo: a node (a network namespace running weir-agent), pods wired by
-# the real weir-cni, traffic through the eBPF datapath, counters, drops, and a
-# clean teardown. Needs root.
+# The lab demo: two nodes (network namespaces on one lab segment, each running
+# weir-agent), pods wired by the real weir-cni, pod-to-pod across nodes, a
+# ClusterIP service load-balanced in eBPF, egress masqueraded to the node IP,
+# counters and drops, and a clean teardown. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,38 +10,40 @@ bash scripts/deps.sh
 cargo build --workspace --release --locked
 weir=target/release/weir
 export WEIR_LAB_DIR=${WEIR_LAB_DIR:-/run/weir-lab}
+topology=${1:-lab/two-nodes.yaml}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# Agents pick up applied manifests within about a second; wait for that.
+wait_probe() { for _ in $(seq 1 20); do "$weir" lab probe --timeout 0.5 "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done; return 1; }
 trap '"$weir" lab down >/dev/null 2>&1 || true' EXIT
 
 "$weir" lab down >/dev/null 2>&1 || true
-step "weir lab up lab/one-node.yaml"
-"$weir" lab up lab/one-node.yaml
+step "weir lab up $topology   (nodes = netns on a shared segment, each with its own agent)"
+"$weir" lab up "$topology"
 
-step "weir lab apply lab/demo/pods.yaml   (each pod: real CNI ADD as a runtime would)"
-"$weir" lab apply lab/demo/pods.yaml
+step "weir lab apply lab/demo/services.yaml   (a Deployment, a client, Services; every pod is a real CNI ADD)"
+"$weir" lab apply lab/demo/services.yaml
 
-step "weir lab get pods -o yaml   (pod IPs filled in as a kubelet would)"
-"$weir" lab get pods -n demo -o yaml | grep -E '^\s+(name|podIP|phase):' || "$weir" lab get pods -n demo -o yaml
+step "weir lab get svc -n svc-demo   (ClusterIPs and NodePorts allocated by the lab's control plane)"
+"$weir" lab status | sed -n '/^SERVICE/,/^$/p'
 
-step "probes from demo/client through the TC programs (redirected peer to peer, no bridge)"
-"$weir" lab probe demo/client web-0:80/tcp
-"$weir" lab probe demo/client web-1:53/udp
-"$weir" lab probe demo/client web-0/icmp
-echo "(port 81 is not served: expect 'refused')"
-"$weir" lab probe demo/client web-0:81/tcp || true
+vip=$("$weir" lab get svc svc-demo/web -o json | awk -F'"' '/"clusterIP"/ {print $4; exit}')
+step "client → service web ($vip:80): each connection is balanced to a backend in the client's from_pod program"
+wait_probe svc-demo/client "$vip:80/tcp"
+for _ in 1 2 3 4 5 6; do "$weir" lab probe svc-demo/client "$vip:80/tcp"; done
+"$weir" lab probe svc-demo/client "$vip:53/udp"
+
+step "pod to pod across nodes, and to the external host (masqueraded to the node IP in eBPF)"
+"$weir" lab probe svc-demo/client web-0/icmp
+"$weir" lab probe svc-demo/client web-1:80/tcp
+"$weir" lab probe svc-demo/client external:8080/tcp
 
 step "weir lab status   (per-endpoint counters from per-CPU BPF maps, drops by reason)"
 "$weir" lab status
 
-step "delete web-1 (CNI DEL): it loses connectivity and its address returns to the pool"
-web1_ip=$("$weir" lab get pod demo/web-1 -o yaml | awk '/podIP:/ {print $2; exit}')
-cat <<'YAML' | "$weir" lab delete -
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: demo}
-YAML
-"$weir" lab probe --timeout 1 demo/client "$web1_ip:80/tcp" || echo "(as expected: $web1_ip no longer answers)"
+step "scale web to 1 replica: terminating endpoints drain, the service keeps answering"
+"$weir" lab scale deployment/web --replicas 1 -n svc-demo
+for _ in 1 2 3; do "$weir" lab probe svc-demo/client "$vip:80/tcp"; done
 
 step "weir lab down"
 "$weir" lab down

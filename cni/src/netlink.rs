@@ -205,6 +205,14 @@ impl Node for Netlink {
                     "renaming {} to {}",
                     spec.temp_peer, spec.ifname
                 )))?;
+            // weir's datapath is IPv4-only for now: keep the pod from sending
+            // IPv6 neighbour and router solicitations that would only be
+            // dropped (and counted). This thread is in the pod's netns, so
+            // /proc/sys/net is the pod's.
+            let sysctl = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.ifname);
+            if let Err(e) = std::fs::write(&sysctl, "1") {
+                tracing::debug!(error = %e, "disabling IPv6 on the pod interface");
+            }
             h.link()
                 .set(LinkUnspec::new_with_index(index).up().build())
                 .execute()

@@ -248,8 +248,12 @@ fn probe_cmd(lab: &Lab, pod: &str, target: &str, timeout: f64) -> Result<u8> {
         if let Ok(ip) = host.parse() {
             return Ok(ip);
         }
+        // The lab's host outside the cluster, by name.
+        if host == "external" {
+            return Ok(state.topology.external_ip().into());
+        }
         let key = pod_key(host, &from.namespace);
-        let p = state.pods.get(&key).with_context(|| format!("{host:?} is neither an IP nor a pod of the lab"))?;
+        let p = state.pods.get(&key).with_context(|| format!("{host:?} is neither an IP, a pod of the lab nor `external`"))?;
         p.ip.as_deref().with_context(|| format!("pod {key} has no IP"))?.parse().context("bad pod IP in lab.json")
     };
     let outcome = match target {
