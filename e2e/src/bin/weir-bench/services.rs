@@ -7,7 +7,6 @@
 //! measured service is the one in the middle of the list, where iptables'
 //! linear KUBE-SERVICES chain puts an average service.
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,10 +34,13 @@ fn connect_loop(netns: &str, vip: Ipv4Addr, port: u16) -> Rate {
         let start = Instant::now();
         while start.elapsed() < LOOP_FOR {
             let t = Instant::now();
-            let done = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|mut s| {
+            // Read the one-line reply, then close first, as an HTTP client
+            // with a finished response does: TIME_WAIT stays with the client,
+            // whose port allocator sees it, not with the shared backend.
+            let done = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|s| {
                 s.set_read_timeout(Some(Duration::from_secs(1)))?;
                 let mut reply = String::new();
-                s.read_to_string(&mut reply).map(|_| reply)
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut reply).map(|_| reply)
             });
             match done {
                 Ok(reply) if !reply.is_empty() => {
