@@ -573,6 +573,38 @@ fn removing_a_backend_keeps_its_established_connections() {
 }
 
 #[test]
+fn udp_flows_to_a_backend_that_left_are_flushed() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("udpflush");
+    fx.service(53, Protocol::Udp, &[(REMOTE_1, 5353)], spec());
+    let flow = Flow::to_vip(40010, 53, UDP);
+    assert_eq!(parse(&fx.run(&flow.packet(0)).1).dst, REMOTE_1);
+
+    // Terminating (the pod still serves): the flow stays where it is.
+    let draining = ServiceSpec {
+        backends: vec![
+            Backend { ip: REMOTE_1, port: 5353, terminating: true },
+            Backend { ip: REMOTE_2, port: 5353, terminating: false },
+        ],
+        ..spec()
+    };
+    fx.svc.upsert_service(VIP, 53, Protocol::Udp, &draining).unwrap();
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 2);
+    assert_eq!(parse(&fx.run(&flow.packet(0)).1).dst, REMOTE_1);
+
+    // Gone: its entries go, and the same flow picks a live backend.
+    fx.service(53, Protocol::Udp, &[(REMOTE_2, 5353)], spec());
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
+    assert_eq!(parse(&fx.run(&flow.packet(0)).1).dst, REMOTE_2);
+
+    // And when the whole service goes.
+    fx.svc.remove_service(VIP, 53, Protocol::Udp).unwrap();
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
+}
+
+#[test]
 fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
     if !require_root() {
         return;
