@@ -2,103 +2,11 @@
 //! in a lab of network namespaces. Needs root, and `weir-agent` + `weir-cni`
 //! built into the same target dir (`cargo build --workspace` first), and `ping`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn weir() -> &'static str {
-    env!("CARGO_BIN_EXE_weir")
-}
-
-/// One lab: unique name and dir; `Drop` runs `weir lab down` even on panic.
-struct Lab {
-    name: String,
-    dir: PathBuf,
-    work: PathBuf,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let id = format!("{:x}{}", std::process::id(), tag);
-        let work = std::env::temp_dir().join(format!("weir-lab-test-{id}"));
-        std::fs::create_dir_all(&work).expect("creating test work dir");
-        Lab { name: format!("wt{id}"), dir: work.join("lab"), work }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        let bin_dir = Path::new(weir()).parent().expect("binary dir");
-        Command::new(weir())
-            .arg("lab")
-            .args(args)
-            .env("WEIR_LAB_DIR", &self.dir)
-            .env("WEIR_BIN_DIR", bin_dir)
-            .output()
-            .expect("running weir")
-    }
-
-    /// Run and require success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(out.status.success(), "weir lab {args:?} failed: {}", show(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.work.join(name);
-        std::fs::write(&path, text).expect("writing test file");
-        path.to_string_lossy().into_owned()
-    }
-
-    fn pod_ip(&self, pod: &str) -> String {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["get", "pod", pod, "-o", "json"])).expect("get json");
-        v["status"]["podIP"].as_str().unwrap_or_else(|| panic!("{pod} has no podIP: {v}")).to_owned()
-    }
-
-    fn leftover_netns(&self) -> Vec<String> {
-        let prefix = format!("{}-", self.name);
-        std::fs::read_dir("/var/run/netns")
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.cmd(&["down"]);
-        if !out.status.success() && !std::thread::panicking() {
-            panic!("weir lab down failed: {}", show(&out));
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Root is required; under CI that is a failure, elsewhere a printed skip.
-fn privileged() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid:\treal\teffective\t..."
-    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
-    if euid == Some("0") {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("lab tests need root (network namespaces, bpf) and CI=true: refusing to skip");
-    }
-    eprintln!("skipping lab test: not root (network namespaces and bpf need root)");
-    false
-}
+mod support;
+use support::{Lab, privileged, show};
 
 const PODS: &str = "\
 apiVersion: v1

@@ -2,117 +2,25 @@
 //! apply `lab/demo/services.yaml` (a Deployment and three Services), and check
 //! what the lab wrote: ClusterIPs, NodePorts, EndpointSlices, their terminating
 //! phase while a Deployment scales down, and cleanup. Needs root and the
-//! workspace built (`cargo build --workspace`). No traffic to ClusterIPs yet.
+//! workspace built (`cargo build --workspace`). Traffic to ClusterIPs is in
+//! `lab_clusterip.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn weir() -> &'static str {
-    env!("CARGO_BIN_EXE_weir")
-}
+mod support;
+use support::{Lab, privileged, show};
 
-/// One lab: unique name and dir; `Drop` runs `weir lab down` even on panic.
-struct Lab {
-    name: String,
-    dir: PathBuf,
-    work: PathBuf,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let id = format!("{:x}{}", std::process::id(), tag);
-        let work = std::env::temp_dir().join(format!("weir-lab-test-{id}"));
-        std::fs::create_dir_all(&work).expect("creating test work dir");
-        Lab {
-            name: format!("wt{id}"),
-            dir: work.join("lab"),
-            work,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let bin_dir = Path::new(weir()).parent().expect("binary dir");
-        let mut c = Command::new(weir());
-        c.arg("lab")
-            .args(args)
-            .env("WEIR_LAB_DIR", &self.dir)
-            .env("WEIR_BIN_DIR", bin_dir);
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().expect("running weir");
-        assert!(out.status.success(), "weir lab {args:?} failed: {}", show(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).unwrap_or_else(|e| panic!("weir lab {args:?}: not JSON: {e}"))
-    }
-
-    /// `get KIND -n svc-demo` as a map from name to object.
-    fn items(&self, kind: &str) -> std::collections::BTreeMap<String, Value> {
-        let list = self.json(&["get", kind, "-n", "svc-demo"]);
-        list["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|o| (o["metadata"]["name"].as_str().expect("name").to_owned(), o.clone()))
-            .collect()
-    }
-
-    fn leftover_netns(&self) -> Vec<String> {
-        let prefix = format!("{}-", self.name);
-        std::fs::read_dir("/var/run/netns")
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.command(&["down"]).output().expect("running weir");
-        if !out.status.success() && !std::thread::panicking() {
-            panic!("weir lab down failed: {}", show(&out));
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Root is required; under CI that is a failure, elsewhere a printed skip.
-fn privileged() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    if euid == Some("0") {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("lab tests need root (network namespaces, bpf) and CI=true: refusing to skip");
-    }
-    eprintln!("skipping lab test: not root (network namespaces and bpf need root)");
-    false
+/// `get KIND -n svc-demo` as a map from name to object.
+fn items(lab: &Lab, kind: &str) -> std::collections::BTreeMap<String, Value> {
+    let list = lab.json(&["get", kind, "-n", "svc-demo"]);
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|o| (o["metadata"]["name"].as_str().expect("name").to_owned(), o.clone()))
+        .collect()
 }
 
 fn demo_file() -> String {
@@ -190,7 +98,7 @@ fn services_get_addresses_and_endpointslices_follow_pods() {
     lab.ok(&["apply", &demo]);
 
     // Services: ClusterIPs in 10.96.0.0/16 (not .0 or .1), distinct; a NodePort in range.
-    let svcs = lab.items("svc");
+    let svcs = items(&lab, "svc");
     assert_eq!(svcs.keys().collect::<Vec<_>>(), ["empty", "web", "web-np"]);
     let mut ips = Vec::new();
     for (name, s) in &svcs {
@@ -220,7 +128,7 @@ fn services_get_addresses_and_endpointslices_follow_pods() {
     );
 
     // EndpointSlices: three ready pods, named ports resolved; the empty service has none.
-    let slices = lab.items("endpointslice");
+    let slices = items(&lab, "endpointslice");
     assert_eq!(
         slices.keys().collect::<Vec<_>>(),
         ["empty-weir", "web-np-weir", "web-weir"]
@@ -236,7 +144,7 @@ fn services_get_addresses_and_endpointslices_follow_pods() {
     assert_eq!(ports, [port("http", 80, "TCP"), port("dns", 53, "UDP")]);
     assert_eq!(eps.len(), 3, "{web}");
     assert!(eps.iter().all(|(_, r, s, t)| *r && *s && !*t), "all ready: {eps:?}");
-    let pods = lab.items("pod");
+    let pods = items(&lab, "pod");
     let mut pod_ips: Vec<String> = ["web-0", "web-1", "web-2"]
         .iter()
         .map(|p| pods[*p]["status"]["podIP"].as_str().expect("podIP").to_owned())
@@ -305,7 +213,7 @@ fn services_get_addresses_and_endpointslices_follow_pods() {
     let (eps, _) = endpoints(&lab.json(&["get", "endpointslice", "svc-demo/web-weir"]));
     assert_eq!(eps.len(), 1, "{eps:?}");
     assert!(eps[0].1 && !eps[0].3);
-    let pods = lab.items("pod");
+    let pods = items(&lab, "pod");
     assert!(
         pods.contains_key("web-0") && !pods.contains_key("web-1") && !pods.contains_key("web-2"),
         "{:?}",
@@ -314,7 +222,7 @@ fn services_get_addresses_and_endpointslices_follow_pods() {
 
     // Re-applying keeps every allocation and scales back to three.
     lab.ok(&["apply", &demo]);
-    let again = lab.items("svc");
+    let again = items(&lab, "svc");
     for (name, s) in &svcs {
         assert_eq!(
             again[name]["spec"]["clusterIP"], s["spec"]["clusterIP"],
@@ -325,14 +233,14 @@ fn services_get_addresses_and_endpointslices_follow_pods() {
             "{name}: ports changed on re-apply"
         );
     }
-    assert_eq!(endpoints(&lab.items("endpointslice")["web-weir"]).0.len(), 3);
+    assert_eq!(endpoints(&items(&lab, "endpointslice")["web-weir"]).0.len(), 3);
 
     // Delete everything: slices go with their services, pods with the deployment.
     lab.ok(&["delete", &demo, "--grace", "0"]);
-    assert!(lab.items("endpointslice").is_empty(), "slices left behind");
-    assert!(lab.items("svc").is_empty());
-    assert!(lab.items("pod").is_empty());
-    assert!(lab.items("deployment").is_empty());
+    assert!(items(&lab, "endpointslice").is_empty(), "slices left behind");
+    assert!(items(&lab, "svc").is_empty());
+    assert!(items(&lab, "pod").is_empty());
+    assert!(items(&lab, "deployment").is_empty());
 
     lab.ok(&["down"]);
     assert!(

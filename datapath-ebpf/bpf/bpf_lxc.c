@@ -27,6 +27,7 @@ int from_pod(struct __sk_buff *skb)
 	struct ipv4_meta meta = {};
 	__u32 reason;
 	__u16 proto;
+	int ret;
 
 	proto = eth_proto(skb);
 	if (!proto)
@@ -48,10 +49,11 @@ int from_pod(struct __sk_buff *skb)
 	count_traffic(src->endpoint_id, WEIR_DIR_EGRESS, skb->len);
 
 	/* Service translation (DNAT to a backend, reverse NAT of replies) runs
-	 * before the destination lookup and updates meta's addresses. */
-	reason = lb4_xlate(skb, &meta);
-	if (reason)
-		return drop_packet(skb, reason);
+	 * before the destination lookup and updates meta's addresses; a service
+	 * without backends answers the client itself. */
+	ret = lb4_xlate(skb, &meta, src);
+	if (ret != WEIR_LB_CONTINUE)
+		return ret;
 
 	dst = lookup_ep_v4(meta.daddr);
 	if (dst)

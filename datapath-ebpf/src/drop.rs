@@ -37,7 +37,7 @@ drop_reasons! {
     TtlExceeded = 6, "ttl_exceeded", "TTL exceeded";
     RewriteFailed = 7, "rewrite_failed", "failed to rewrite the packet";
     CtMapFull = 8, "ct_map_full", "connection tracking table full: new service connection refused";
-    NoServiceBackend = 9, "no_service_backend", "service has no usable backend";
+    NoServiceBackend = 9, "no_service_backend", "service has no usable backend: rejected (TCP reset or ICMP port unreachable)";
     SnatPortsExhausted = 10, "snat_ports_exhausted", "masquerade: no free node port (or SNAT table entry) for a new flow";
 }
 

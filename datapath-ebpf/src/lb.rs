@@ -428,7 +428,8 @@ impl ServiceMaps {
 
     /// Programs one service port; returns its service id. Writes backends,
     /// then the Maglev table, then the service entry, then removes surplus
-    /// slots: the datapath never sees a count without its backends.
+    /// slots: the datapath never sees a count without its backends. UDP
+    /// flows to backends that left are flushed ([`Self::flush_conntrack`]).
     pub fn upsert_service(&mut self, vip: Ipv4Addr, port: u16, proto: Protocol, spec: &ServiceSpec) -> Result<u32> {
         let key = ServiceKey::new(vip, port, proto);
         let invalid = |reason: String| LbError::Invalid { key: format!("{vip}:{port}/{proto:?}"), reason };
@@ -484,11 +485,20 @@ impl ServiceMaps {
         if !maglev {
             ignore_missing(self.maglev.remove(&service_id), maps::MAGLEV)?;
         }
+        let gone: BTreeSet<(Ipv4Addr, u16)> = prev_slots
+            .iter()
+            .map(|&(_, ip, port)| (ip, port))
+            .filter(|&(ip, port)| !spec.backends.iter().any(|b| b.ip == ip && b.port == port))
+            .collect();
+        if proto == Protocol::Udp && !gone.is_empty() {
+            self.flush_conntrack(service_id, &gone)?;
+        }
         Ok(service_id)
     }
 
     /// Removes a service port: new connections stop at once, established
-    /// ones keep their conntrack entries until they expire. Idempotent.
+    /// TCP and SCTP ones keep their conntrack entries until they expire, UDP
+    /// ones lose them ([`Self::flush_conntrack`]). Idempotent.
     pub fn remove_service(&mut self, vip: Ipv4Addr, port: u16, proto: Protocol) -> Result<()> {
         let key = ServiceKey::new(vip, port, proto);
         let value = match self.services.get(&key, 0) {
@@ -498,7 +508,12 @@ impl ServiceMaps {
         };
         ignore_missing(self.services.remove(&key), maps::SERVICES)?;
         self.used_ids.remove(&value.service_id);
-        let n = self.backends(value.service_id)?.len();
+        let previous = self.backends(value.service_id)?;
+        if proto == Protocol::Udp {
+            let all = previous.iter().map(|b| (addr_of(b.ip), u16::from_be(b.port))).collect();
+            self.flush_conntrack(value.service_id, &all)?;
+        }
+        let n = previous.len();
         for slot in 1..=n {
             ignore_missing(
                 self.backends.remove(&BackendKey { service_id: value.service_id, slot: slot as u32 }),
@@ -530,6 +545,22 @@ impl ServiceMaps {
         Ok(self.conntrack.keys().count())
     }
 
+    /// Deletes both entries of every connection of `service_id` to one of
+    /// the `backends` (ip, port). For UDP backends that left a service: a
+    /// datagram flow has no end, so a client reusing a source port (or just
+    /// sending on) would follow its entry to a pod that is gone, until the
+    /// entry idles out. kube-proxy clears UDP conntrack for the same reason.
+    /// TCP connections keep their entries (a backend that is only unready
+    /// still serves them; one that is gone answers nothing, and the client's
+    /// next SYN on a closed entry picks anew). Returns how many entries went.
+    pub fn flush_conntrack(&mut self, service_id: u32, backends: &BTreeSet<(Ipv4Addr, u16)>) -> Result<usize> {
+        let doomed = connections_to(&self.conntrack()?, service_id, backends);
+        for key in &doomed {
+            ignore_missing(self.conntrack.remove(key), maps::CONNTRACK)?;
+        }
+        Ok(doomed.len())
+    }
+
     /// Deletes connections whose entries have both expired by `now_ns`
     /// (CLOCK_MONOTONIC, see [`monotonic_now_ns`]); an entry whose partner is
     /// gone goes once it expires itself. Returns how many entries went.
@@ -550,6 +581,24 @@ impl ServiceMaps {
         }
         Ok(doomed.len())
     }
+}
+
+/// The keys of both entries of every connection of `service_id` whose
+/// backend (the forward entry's translated destination) is in `backends`.
+pub fn connections_to(
+    entries: &[(CtKey, CtEntry)],
+    service_id: u32,
+    backends: &BTreeSet<(Ipv4Addr, u16)>,
+) -> Vec<CtKey> {
+    entries
+        .iter()
+        .filter(|(_, e)| {
+            e.service_id == service_id
+                && e.flags & CT_F_REVERSE == 0
+                && backends.contains(&(addr_of(e.xlate_daddr), u16::from_be(e.xlate_dport)))
+        })
+        .flat_map(|(k, e)| [*k, e.partner_key(k.proto)])
+        .collect()
 }
 
 #[cfg(test)]
@@ -606,6 +655,34 @@ mod tests {
         // Maglev moves only a few percent (the paper's bound for M >> N).
         assert!(moved_others * 10 < MAGLEV_M, "{moved_others} of {MAGLEV_M} entries of others moved");
         assert!(owned_by_removed > 90);
+    }
+
+    #[test]
+    fn connections_to_finds_both_directions_of_that_service_and_backend_only() {
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        let client = Ipv4Addr::new(10, 244, 2, 9);
+        let entry = |service_id, backend: Ipv4Addr| CtEntry {
+            xlate_saddr: be_addr(client),
+            xlate_daddr: be_addr(backend),
+            xlate_sport: 4000u16.to_be(),
+            xlate_dport: 8080u16.to_be(),
+            service_id,
+            ..CtEntry::default()
+        };
+        let fwd = |sport: u16| CtKey::new(client, sport, vip, 53, Protocol::Udp);
+        let (gone, stays) = (ip(1), ip(2));
+        let to_gone = entry(7, gone);
+        let rev = to_gone.partner_key(Protocol::Udp as u8);
+        let reverse = CtEntry { flags: CT_F_REVERSE, ..entry(7, client) };
+        let entries = [
+            (fwd(4000), to_gone),
+            (rev, reverse),
+            (fwd(4001), entry(7, stays)),
+            (fwd(4002), entry(8, gone)), // another service
+        ];
+        let doomed = connections_to(&entries, 7, &BTreeSet::from([(gone, 8080)]));
+        assert_eq!(doomed, [fwd(4000), rev]);
+        assert!(connections_to(&entries, 7, &BTreeSet::from([(gone, 9999)])).is_empty(), "port matters");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! ClusterIP services through BPF_PROG_TEST_RUN on `from_pod`: DNAT to a
 //! backend with valid checksums, reverse NAT of replies, conntrack,
-//! random and Maglev selection, session affinity, hairpin, and the drop
+//! random and Maglev selection, session affinity, hairpin, the TCP RST and
+//! ICMP port unreachable of a service without backends, and the drop
 //! reasons. Services are programmed through `ServiceMaps`, the way the
 //! agent does it. Needs root (to load programs), no namespaces.
 
@@ -383,26 +384,141 @@ fn client_ip_affinity_pins_a_client_to_one_backend() {
     assert!(later.values().all(|ip| *ip == pinned), "{later:?}");
 }
 
-#[test]
-fn a_service_without_backends_drops_with_a_reason() {
-    if !require_root() {
-        return;
-    }
-    let mut fx = Fixture::new("nobackend");
+/// A TCP segment from A to the VIP with the given header fields, TCP
+/// options and payload, valid checksums.
+fn segment(dport: u16, flags: u8, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = (((20 + options.len()) / 4) as u8) << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    tcp.extend_from_slice(options);
+    tcp.extend_from_slice(payload);
+    let c = fold(pseudo_sum(POD_A, VIP, TCP, tcp.len()) + sum16(&tcp));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut frame = Flow::to_vip(40000, dport, TCP).packet(0)[..34].to_vec();
+    frame[16..18].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&frame[14..34]));
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    frame.extend_from_slice(&tcp);
+    frame
+}
+
+/// Inserts IPv4 options (a multiple of 4 bytes) into a frame, keeping its
+/// checksums valid (L4 checksums do not cover the IP header).
+fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    let mut f = frame[..34].to_vec();
+    f.extend_from_slice(options);
+    f.extend_from_slice(&frame[34..]);
+    f[14] = 0x40 | ((20 + options.len()) / 4) as u8;
+    let tot = u16::from_be_bytes([f[16], f[17]]) + options.len() as u16;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(&f[14..14 + 20 + options.len()]));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// A service whose only backend is terminating: no backend for new connections.
+fn no_backend_service(fx: &mut Fixture, port: u16, proto: Protocol) {
     let terminating = ServiceSpec {
         backends: vec![Backend { ip: POD_B, port: 8080, terminating: true }],
         ..spec()
     };
-    fx.svc.upsert_service(VIP, 80, Protocol::Tcp, &terminating).unwrap();
-    let (verdict, _) = fx.run(&Flow::to_vip(40000, 80, TCP).packet(SYN));
+    fx.svc.upsert_service(VIP, port, proto, &terminating).unwrap();
+}
+
+/// The reply sent back to A: into A's own namespace, from its gateway.
+fn assert_back_to_a(verdict: u32, out: &[u8]) {
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected into the client");
+    let a_mac = [0x02, 1, 0, 0, 0, 1]; // Fixture::place, endpoint 1
+    assert_eq!((&out[0..6], &out[6..12]), (&a_mac[..], &a_mac[..]), "pod and host MAC of A");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+}
+
+#[test]
+fn a_syn_to_a_service_without_backends_is_answered_with_a_reset() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("rejecttcp");
+    no_backend_service(&mut fx, 80, Protocol::Tcp);
+
+    // A SYN with options and 4 bytes of data (TCP Fast Open style): the
+    // RST acknowledges SYN + data and carries neither options nor data.
+    let mss = [2, 4, 0x05, 0xb4];
+    let (verdict, out) = fx.run(&segment(80, SYN, 0x1122_3344, 0, &mss, b"weir"));
+    assert_back_to_a(verdict, &out);
+    assert_eq!(out.len(), 14 + 20 + 20, "no options, no payload: {out:02x?}");
+    let rst = parse(&out); // checks the IP and TCP checksums
+    assert_eq!((rst.src, rst.sport, rst.dst, rst.dport, rst.proto), (VIP, 80, POD_A, 40000, TCP), "from the VIP");
+    let (ip, tcp) = (&out[14..34], &out[34..]);
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 40, "IP total length");
+    assert_eq!(ip[8], 64, "TTL");
+    assert_eq!(u32::from_be_bytes(tcp[4..8].try_into().unwrap()), 0, "seq");
+    assert_eq!(u32::from_be_bytes(tcp[8..12].try_into().unwrap()), 0x1122_3344 + 1 + 4, "ack = seq + SYN + data");
+    assert_eq!((tcp[12], tcp[13]), (5 << 4, 0x04 | ACK), "RST|ACK, no options");
+    assert_eq!(fx.drops(DropReason::NoServiceBackend), 1, "counted under its reason");
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 0, "nothing tracked");
+    let (ingress, _) = fx.dp.endpoint_traffic(1).unwrap();
+    assert_eq!(ingress.packets, 1, "the RST is A's ingress");
+
+    // A segment with ACK (a connection the client still believes in): the
+    // RST takes its sequence number from that ACK, and carries no ACK.
+    let (verdict, out) = fx.run(&with_ip_options(&segment(80, ACK, 7, 0xdead_beef, &[], b""), &[1, 1, 1, 0]));
+    assert_back_to_a(verdict, &out);
+    assert_eq!(out.len(), 14 + 24 + 20, "IP options kept: {out:02x?}");
+    assert_eq!(fold(sum16(&out[14..38])), 0, "IPv4 header checksum over the options");
+    let tcp = &out[38..];
+    assert_eq!(fold(pseudo_sum(VIP, POD_A, TCP, 20) + sum16(tcp)), 0, "TCP checksum");
+    assert_eq!(u32::from_be_bytes(tcp[4..8].try_into().unwrap()), 0xdead_beef, "seq = the segment's ack");
+    assert_eq!(tcp[13], 0x04, "RST alone");
+
+    // A RST is never answered: dropped, still counted.
+    let (verdict, _) = fx.run(&segment(80, 0x04, 9, 0, &[], b""));
     assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(fx.drops(DropReason::NoServiceBackend), 1);
-    assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
+    assert_eq!(fx.drops(DropReason::NoServiceBackend), 3);
 
     // Another port of the VIP is not a service: routed untouched.
     let pkt = Flow::to_vip(40000, 81, TCP).packet(SYN);
     let (verdict, out) = fx.run(&pkt);
     assert_eq!((verdict, parse(&out).dst), (TC_ACT_OK, VIP));
+}
+
+#[test]
+fn a_datagram_to_a_service_without_backends_gets_port_unreachable() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("rejectudp");
+    fx.service(53, Protocol::Udp, &[], spec());
+
+    for options in [&[][..], &[1, 1, 1, 0][..]] {
+        let sent = with_ip_options(&Flow::to_vip(40001, 53, UDP).packet(0), options);
+        let ihl = 20 + options.len();
+        let (verdict, out) = fx.run(&sent);
+        assert_back_to_a(verdict, &out);
+        let quote_len = ihl + 8;
+        assert_eq!(out.len(), 14 + 20 + 8 + quote_len, "IP + ICMP + quoted header and 8 bytes: {out:02x?}");
+        let ip = &out[14..34];
+        assert_eq!(ip[0], 0x45);
+        assert_eq!(fold(sum16(ip)), 0, "IPv4 header checksum valid");
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, 20 + 8 + quote_len, "IP total length");
+        assert_eq!((ip[8], ip[9]), (64, 1), "TTL, ICMP");
+        assert_eq!(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), VIP, "from the address A contacted");
+        assert_eq!(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]), POD_A);
+        let icmp = &out[34..];
+        assert_eq!(fold(sum16(icmp)), 0, "ICMP checksum valid");
+        assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port unreachable");
+        assert_eq!(&icmp[4..8], &[0; 4]);
+        assert_eq!(&icmp[8..], &sent[14..14 + quote_len], "quotes the original IP header and 8 bytes");
+    }
+    assert_eq!(fx.drops(DropReason::NoServiceBackend), 2);
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
 }
 
 #[test]
@@ -454,6 +570,38 @@ fn removing_a_backend_keeps_its_established_connections() {
     let (p, ip) = before.iter().next().unwrap();
     let (_, out) = fx.run(&Flow::to_vip(*p, 80, TCP).packet(ACK));
     assert_eq!(parse(&out).dst, *ip);
+}
+
+#[test]
+fn udp_flows_to_a_backend_that_left_are_flushed() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("udpflush");
+    fx.service(53, Protocol::Udp, &[(REMOTE_1, 5353)], spec());
+    let flow = Flow::to_vip(40010, 53, UDP);
+    assert_eq!(parse(&fx.run(&flow.packet(0)).1).dst, REMOTE_1);
+
+    // Terminating (the pod still serves): the flow stays where it is.
+    let draining = ServiceSpec {
+        backends: vec![
+            Backend { ip: REMOTE_1, port: 5353, terminating: true },
+            Backend { ip: REMOTE_2, port: 5353, terminating: false },
+        ],
+        ..spec()
+    };
+    fx.svc.upsert_service(VIP, 53, Protocol::Udp, &draining).unwrap();
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 2);
+    assert_eq!(parse(&fx.run(&flow.packet(0)).1).dst, REMOTE_1);
+
+    // Gone: its entries go, and the same flow picks a live backend.
+    fx.service(53, Protocol::Udp, &[(REMOTE_2, 5353)], spec());
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
+    assert_eq!(parse(&fx.run(&flow.packet(0)).1).dst, REMOTE_2);
+
+    // And when the whole service goes.
+    fx.svc.remove_service(VIP, 53, Protocol::Udp).unwrap();
+    assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::cni::{self, Invocation};
@@ -318,11 +318,39 @@ fn run_controllers(store: &Store, namespaces: &BTreeSet<String>, deployments: &[
     errors
 }
 
+/// How long the lab gives agents to see a change in its store: standalone
+/// agents poll it every 500 ms.
+const AGENT_SYNC: Duration = Duration::from_millis(700);
+
+/// Sets the Ready condition of the pods to False, as kubelet reports once
+/// their containers have stopped. Returns every error.
+fn mark_unready(store: &Store, state: &LabState, keys: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for key in keys {
+        let Some(ps) = state.pods.get(key) else { continue };
+        match store.get(Kind::Pod, Some(&ps.namespace), &ps.name) {
+            Ok(Some(Object::Pod(mut p))) => {
+                let status = p.status.get_or_insert_with(Default::default);
+                let conditions = status.conditions.get_or_insert_with(Vec::new);
+                conditions.retain(|c| c.type_ != "Ready");
+                conditions.push(PodCondition { type_: "Ready".into(), status: "False".into(), ..Default::default() });
+                if let Err(e) = store.put(&Object::Pod(p)) {
+                    errors.push(format!("pod/{key}: {e}"));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(format!("pod/{key}: {e}")),
+        }
+    }
+    errors
+}
+
 /// Take pods down the way kubelet does: first mark them terminating
 /// (`deletionTimestamp`), so their EndpointSlice entries turn serving but not
 /// ready and agents stop sending them new connections; wait `grace` (only if
-/// a slice changed) for existing ones to finish; then servers, CNI DEL,
-/// netns. Keeps going; returns every error.
+/// a slice changed) for existing ones to finish; then mark them unready (the
+/// containers stopped) and give agents time to drop them; then servers, CNI
+/// DEL, netns. Keeps going; returns every error.
 fn terminate_pods(lab: &Lab, state: &mut LabState, store: &Store, keys: &[String], grace: Duration) -> Vec<String> {
     let mut errors = Vec::new();
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -353,6 +381,21 @@ fn terminate_pods(lab: &Lab, state: &mut LabState, store: &Store, keys: &[String
     }
     if changed && !grace.is_zero() {
         std::thread::sleep(grace);
+        // The containers stop: the pods turn unready, so their endpoints stop
+        // serving, and agents drop them (and their UDP flows) before the pods'
+        // network goes. Without this, a UDP flow pinned to a pod would be sent
+        // into a deleted pod until the agent's next poll.
+        errors.extend(mark_unready(store, state, keys));
+        let mut unserved = false;
+        for ns in &namespaces {
+            match controller::sync_namespace(store, ns) {
+                Ok(c) => unserved |= c,
+                Err(e) => errors.push(format!("endpointslices in {ns}: {e}")),
+            }
+        }
+        if unserved {
+            std::thread::sleep(AGENT_SYNC);
+        }
     }
     for key in keys {
         let errs = delete_pod(lab, state, store, key);

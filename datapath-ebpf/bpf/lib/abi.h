@@ -87,7 +87,7 @@ enum weir_drop_reason {
 	WEIR_DROP_TTL_EXCEEDED = 6,
 	WEIR_DROP_REWRITE_FAILED = 7,
 	WEIR_DROP_CT_MAP_FULL = 8,        /* conntrack full: no new service connection */
-	WEIR_DROP_NO_SERVICE_BACKEND = 9, /* service without a usable backend */
+	WEIR_DROP_NO_SERVICE_BACKEND = 9, /* service without a usable backend: rejected (reject.h) */
 	WEIR_DROP_SNAT_PORTS_EXHAUSTED = 10, /* masquerade: no node port (or table entry) left */
 	WEIR_DROP_REASON_MAX = 64,
 };

@@ -5,15 +5,23 @@
 
 #include "maps.h"
 
-static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
+/* Counts a packet under a reason. On its own (without drop_packet) for
+ * packets the datapath refuses but answers, such as a connection to a
+ * service without backends (reject.h). */
+static __always_inline void count_reason(__u32 reason, __u32 len)
 {
 	__u32 key = reason < WEIR_DROP_REASON_MAX ? reason : WEIR_DROP_NONE;
 	struct weir_traffic *t = bpf_map_lookup_elem(&weir_drops, &key);
 
 	if (t) {
 		t->packets += 1;
-		t->bytes += skb->len;
+		t->bytes += len;
 	}
+}
+
+static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
+{
+	count_reason(reason, skb->len);
 	return TC_ACT_SHOT;
 }
 

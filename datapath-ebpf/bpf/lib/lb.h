@@ -32,10 +32,13 @@
  * 169.254.1.1, so the replies come back through from_pod, where the reverse
  * entry turns them back into VIP -> pod).
  *
- * Not handled here yet: generating a TCP RST / ICMP unreachable for a
- * service without backends (dropped and counted instead), ICMP errors that
- * quote a translated connection, ICMP echo to a VIP (passed on untouched),
- * non-first fragments (they carry no ports and are passed on untouched). */
+ * A service without a usable backend rejects the connection (reject.h:
+ * TCP RST, ICMP port unreachable otherwise), counted as
+ * WEIR_DROP_NO_SERVICE_BACKEND.
+ *
+ * Not handled here yet: ICMP errors that quote a translated connection,
+ * ICMP echo to a VIP (passed on untouched), non-first fragments (they carry
+ * no ports and are passed on untouched). */
 #ifndef WEIR_LB_H
 #define WEIR_LB_H
 
@@ -48,6 +51,8 @@
 #include "hash.h"
 #include "conntrack.h"
 #include "nat.h"
+#include "drop.h"
+#include "reject.h"
 
 #define WEIR_LB_MAX_SERVICES 65536
 #define WEIR_LB_MAX_BACKENDS 262144
@@ -57,6 +62,9 @@
 
 #define WEIR_LB_ALG_RANDOM 0
 #define WEIR_LB_ALG_MAGLEV 1
+
+/* lb4_xlate: not a TC verdict, the packet goes on through from_pod. */
+#define WEIR_LB_CONTINUE (-2)
 
 /* 169.254.42.1 */
 #define WEIR_LB_HAIRPIN_IP bpf_htonl(0xa9fe2a01)
@@ -289,8 +297,9 @@ static __always_inline __u32 lb4_rev_nat(struct __sk_buff *skb, struct ipv4_meta
 }
 
 /* Service translation for a packet a pod sent. Returns WEIR_DROP_NONE
- * (translated, or nothing to do) or the reason to drop it. */
-static __always_inline __u32 lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta)
+ * (translated, or nothing to do) or why it cannot go on; nothing has been
+ * rewritten when that is WEIR_DROP_NO_SERVICE_BACKEND. */
+static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_meta *meta)
 {
 	struct weir_ct_key key = {}, rkey = {};
 	struct weir_ct_entry fwd = {}, rev = {};
@@ -377,6 +386,21 @@ static __always_inline __u32 lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *
 		return WEIR_DROP_CT_MAP_FULL;
 	}
 	return lb4_rewrite(skb, meta, &key, fwd.xlate_saddr, fwd.xlate_daddr, fwd.xlate_sport, fwd.xlate_dport);
+}
+
+/* Service handling in from_pod for a packet the endpoint src sent: returns
+ * WEIR_LB_CONTINUE when the packet goes on (translated, or not a service),
+ * otherwise the program's verdict: a counted drop, or the rejection sent
+ * back to the client when the service has no backend. */
+static __always_inline int lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ep_info *src)
+{
+	__u32 reason = lb4_translate(skb, meta);
+
+	if (reason == WEIR_DROP_NO_SERVICE_BACKEND)
+		return reject4(skb, meta, src);
+	if (reason)
+		return drop_packet(skb, reason);
+	return WEIR_LB_CONTINUE;
 }
 
 #endif /* WEIR_LB_H */

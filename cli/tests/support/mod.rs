@@ -1,0 +1,115 @@
+//! The harness every lab test file shares: a [`Lab`] guard that drives the
+//! real `weir` binary against its own lab directory and tears the lab down
+//! on drop, and the root check. Each test crate uses part of it.
+#![allow(dead_code, reason = "each test file (its own crate) uses a different part of the harness")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn weir() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+/// One lab: unique name and dir; `Drop` runs `weir lab down` even on panic.
+pub struct Lab {
+    pub name: String,
+    pub dir: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Lab {
+    /// `tag` tells apart the labs of one test process (tests run in parallel).
+    pub fn new(tag: &str) -> Lab {
+        let id = format!("{:x}{}", std::process::id(), tag);
+        let work = std::env::temp_dir().join(format!("weir-lab-test-{id}"));
+        std::fs::create_dir_all(&work).expect("creating test work dir");
+        Lab { name: format!("wt{id}"), dir: work.join("lab"), work }
+    }
+
+    /// `weir lab ARGS` against this lab, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let bin_dir = Path::new(weir()).parent().expect("binary dir");
+        let mut c = Command::new(weir());
+        c.arg("lab").args(args).env("WEIR_LAB_DIR", &self.dir).env("WEIR_BIN_DIR", bin_dir);
+        c
+    }
+
+    /// Run `weir lab ARGS` to completion.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running weir")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(out.status.success(), "weir lab {args:?} failed: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run with `-o json` and parse stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).unwrap_or_else(|e| panic!("weir lab {args:?}: not JSON: {e}"))
+    }
+
+    /// Writes a file into the test's work dir; returns its path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let path = self.work.join(name);
+        std::fs::write(&path, text).expect("writing test file");
+        path.to_string_lossy().into_owned()
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let v: Value = serde_json::from_str(&self.ok(&["get", "pod", pod, "-o", "json"])).expect("get json");
+        v["status"]["podIP"].as_str().unwrap_or_else(|| panic!("{pod} has no podIP: {v}")).to_owned()
+    }
+
+    pub fn leftover_netns(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name);
+        std::fs::read_dir("/var/run/netns")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.cmd(&["down"]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("weir lab down failed: {}", show(&out));
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+pub fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Root is required; under CI that is a failure, elsewhere a printed skip.
+pub fn privileged() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // "Uid:\treal\teffective\t..."
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+    if euid == Some("0") {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("lab tests need root (network namespaces, bpf) and CI=true: refusing to skip");
+    }
+    eprintln!("skipping lab test: not root (network namespaces and bpf need root)");
+    false
+}
