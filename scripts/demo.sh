@@ -33,6 +33,11 @@ wait_probe svc-demo/client "$vip:80/tcp"
 for _ in 1 2 3 4 5 6; do "$weir" lab probe svc-demo/client "$vip:80/tcp"; done
 "$weir" lab probe svc-demo/client "$vip:53/udp"
 
+empty=$("$weir" lab get svc svc-demo/empty -o json | awk -F'"' '/"clusterIP"/ {print $4; exit}')
+step "service 'empty' ($empty) has no endpoints: the datapath rejects at once (TCP reset, ICMP port unreachable)"
+"$weir" lab probe svc-demo/client "$empty:80/tcp" || true
+"$weir" lab probe svc-demo/client "$empty:53/udp" || true
+
 step "pod to pod across nodes, and to the external host (masqueraded to the node IP in eBPF)"
 "$weir" lab probe svc-demo/client web-0/icmp
 "$weir" lab probe svc-demo/client web-1:80/tcp
