@@ -132,7 +132,7 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm) -> BTreeMap<ServicePo
             let mut backends: Vec<Backend> = backends.into_iter().map(|(b, _)| b).collect();
             backends.sort();
             backends.dedup();
-            out.insert(pkey, ServiceSpec { backends, algorithm, affinity_timeout });
+            out.insert(pkey, ServiceSpec { backends, algorithm, affinity_timeout, external: None });
         }
     }
     out
@@ -188,7 +188,7 @@ pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, mut rx: watch::Receiver
                     _ => return None,
                 };
                 // An impossible spec: forces a rewrite if still desired.
-                let stale = ServiceSpec { backends: vec![], algorithm, affinity_timeout: Some(Duration::ZERO) };
+                let stale = ServiceSpec { backends: vec![], algorithm, affinity_timeout: Some(Duration::ZERO), external: None };
                 Some((ServicePortKey { vip: addr_of(k.vip), port: u16::from_be(k.dport), proto }, stale))
             })
             .collect(),

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Programs on the node's own devices.
  *
- *   from_netdev:  TC ingress of the uplink. Packets routed here for a local
- *                 pod (native routing) go straight into the pod's netns.
+ *   from_netdev:  TC ingress of the uplink. NodePort / externalIP / LB
+ *                 translation for what XDP (bpf_xdp.c) left to it or when
+ *                 XDP is off (nodeport.h); then packets routed here for a
+ *                 local pod (native routing) go straight into the pod's netns.
  *   from_overlay: TC ingress of the vxlan device. Decapsulated packets for a
  *                 local pod, likewise.
  *   to_overlay:   TC egress of the vxlan device. The node's own stack routes
@@ -20,6 +22,7 @@
 #include "lib/endpoint.h"
 #include "lib/overlay.h"
 #include "lib/lb.h"
+#include "lib/nodeport.h"
 
 static __always_inline int to_local_pod(struct __sk_buff *skb)
 {
@@ -43,9 +46,68 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	return deliver_local(skb, dst, meta.ttl);
 }
 
+/* A translated packet that is not for a local pod leaves again: to a
+ * backend on another node (source NATed to this node) or back to the
+ * client. It must not meet the stack, whose input route check would drop a
+ * packet carrying the node's own address as source. */
+static __always_inline int nodeport_forward(struct __sk_buff *skb, const struct ipv4_meta *meta)
+{
+	struct weir_config *cfg = node_config();
+	struct weir_route *route;
+
+	if (meta->ttl <= 1)
+		return drop_packet(skb, WEIR_DROP_TTL_EXCEEDED);
+	if (ipv4_dec_ttl(skb, meta->ttl))
+		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+	if (cfg && cfg->routing_mode == WEIR_ROUTING_VXLAN && cfg->tunnel_ifindex) {
+		route = lookup_route_v4(meta->daddr);
+		if (route) {
+			if (set_tunnel_dst(skb, route))
+				return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+			return bpf_redirect(cfg->tunnel_ifindex, 0);
+		}
+	}
+	/* Native routing: other nodes and clients are behind the uplink; the
+	 * helper looks up the next hop and resolves its MAC (XDP could not). */
+	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
+}
+
+/* NodePort translation in TC. Returns -1 when the packet is none of its
+ * business, otherwise the verdict. */
+static __always_inline int nodeport_tc(struct __sk_buff *skb)
+{
+	struct weir_ct_key key = {}, to = {};
+	struct ipv4_meta meta = {};
+	struct weir_ep_info *dst;
+	__u8 tcp_flags = 0;
+	__u32 reason;
+	int ret;
+
+	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
+		return -1;
+	if (lb4_tuple(skb, &meta, &key, &tcp_flags) <= 0)
+		return -1;
+	ret = nodeport_ct(&key, tcp_flags, bpf_ktime_get_ns(), &to);
+	if (ret == 0)
+		return -1;
+	if (ret < 0)
+		return drop_packet(skb, -ret);
+	reason = lb4_rewrite(skb, &meta, &key, to.saddr, to.daddr, to.sport, to.dport);
+	if (reason)
+		return drop_packet(skb, reason);
+	dst = lookup_ep_v4(meta.daddr);
+	if (dst)
+		return deliver_local(skb, dst, meta.ttl);
+	return nodeport_forward(skb, &meta);
+}
+
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
 {
+	int ret = nodeport_tc(skb);
+
+	if (ret >= 0)
+		return ret;
 	return to_local_pod(skb);
 }
 

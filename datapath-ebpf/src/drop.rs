@@ -38,6 +38,8 @@ drop_reasons! {
     RewriteFailed = 7, "rewrite_failed", "failed to rewrite the packet";
     CtMapFull = 8, "ct_map_full", "connection tracking table full: new service connection refused";
     NoServiceBackend = 9, "no_service_backend", "service has no usable backend";
+    NoLocalBackend = 10, "no_local_backend", "externalTrafficPolicy Local and no backend on this node";
+    NatNoPort = 11, "nat_no_port", "no free source NAT port towards the backend";
 }
 
 impl std::fmt::Display for DropReason {

@@ -19,6 +19,10 @@ pub const BPF_LXC: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_lxc.o")
 /// built from `bpf/bpf_host.c`.
 pub const BPF_HOST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_host.o"));
 
+/// The XDP program for the node's uplink (NodePort / external IPs), built
+/// from `bpf/bpf_xdp.c`.
+pub const BPF_XDP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_xdp.o"));
+
 /// Map names, as declared in `bpf/lib/maps.h`.
 pub mod maps {
     pub const ENDPOINTS: &str = "weir_endpoints";

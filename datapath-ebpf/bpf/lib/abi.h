@@ -81,6 +81,8 @@ enum weir_drop_reason {
 	WEIR_DROP_REWRITE_FAILED = 7,
 	WEIR_DROP_CT_MAP_FULL = 8,        /* conntrack full: no new service connection */
 	WEIR_DROP_NO_SERVICE_BACKEND = 9, /* service without a usable backend */
+	WEIR_DROP_NO_LOCAL_BACKEND = 10,  /* externalTrafficPolicy Local, no backend on this node */
+	WEIR_DROP_NAT_NO_PORT = 11,       /* no free SNAT port towards that backend */
 	WEIR_DROP_REASON_MAX = 64,
 };
 

@@ -5,15 +5,21 @@
 
 #include "maps.h"
 
-static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
+/* Context-free, so XDP (which has no skb) counts through the same map. */
+static __always_inline void count_drop(__u32 reason, __u32 len)
 {
 	__u32 key = reason < WEIR_DROP_REASON_MAX ? reason : WEIR_DROP_NONE;
 	struct weir_traffic *t = bpf_map_lookup_elem(&weir_drops, &key);
 
 	if (t) {
 		t->packets += 1;
-		t->bytes += skb->len;
+		t->bytes += len;
 	}
+}
+
+static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
+{
+	count_drop(reason, skb->len);
 	return TC_ACT_SHOT;
 }
 
