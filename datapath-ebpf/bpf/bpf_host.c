@@ -46,32 +46,6 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	return deliver_local(skb, dst, meta.ttl);
 }
 
-/* A translated packet that is not for a local pod leaves again: to a
- * backend on another node (source NATed to this node) or back to the
- * client. It must not meet the stack, whose input route check would drop a
- * packet carrying the node's own address as source. */
-static __always_inline int nodeport_forward(struct __sk_buff *skb, const struct ipv4_meta *meta)
-{
-	struct weir_config *cfg = node_config();
-	struct weir_route *route;
-
-	if (meta->ttl <= 1)
-		return drop_packet(skb, WEIR_DROP_TTL_EXCEEDED);
-	if (ipv4_dec_ttl(skb, meta->ttl))
-		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
-	if (cfg && cfg->routing_mode == WEIR_ROUTING_VXLAN && cfg->tunnel_ifindex) {
-		route = lookup_route_v4(meta->daddr);
-		if (route) {
-			if (set_tunnel_dst(skb, route))
-				return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
-			return bpf_redirect(cfg->tunnel_ifindex, 0);
-		}
-	}
-	/* Native routing: other nodes and clients are behind the uplink; the
-	 * helper looks up the next hop and resolves its MAC (XDP could not). */
-	return bpf_redirect_neigh(skb->ifindex, NULL, 0, 0);
-}
-
 /* NodePort translation in TC. Returns -1 when the packet is none of its
  * business, otherwise the verdict. */
 static __always_inline int nodeport_tc(struct __sk_buff *skb)
@@ -98,7 +72,7 @@ static __always_inline int nodeport_tc(struct __sk_buff *skb)
 	dst = lookup_ep_v4(meta.daddr);
 	if (dst)
 		return deliver_local(skb, dst, meta.ttl);
-	return nodeport_forward(skb, &meta);
+	return nodeport_redirect_out(skb, &meta);
 }
 
 SEC("classifier")

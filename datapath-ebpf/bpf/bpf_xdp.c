@@ -32,10 +32,6 @@
 #include "lib/drop.h"
 #include "lib/nodeport.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-
 /* RFC 1624 incremental update over the raw (network order) words: the
  * one's complement sum does not care which byte order both sides use. */
 static __always_inline __u16 csum_fold32(__u32 s)

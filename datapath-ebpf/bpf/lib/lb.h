@@ -289,8 +289,11 @@ static __always_inline __u32 lb4_rev_nat(struct __sk_buff *skb, struct ipv4_meta
 }
 
 /* Service translation for a packet a pod sent. Returns WEIR_DROP_NONE
- * (translated, or nothing to do) or the reason to drop it. */
-static __always_inline __u32 lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta)
+ * (translated, or nothing to do) or the reason to drop it. *ct_flags gets
+ * the flags of the conntrack entry an existing connection followed (0 for
+ * none or a new one): the reply of a NodePort connection must leave the
+ * node without meeting the stack (nodeport.h). */
+static __always_inline __u32 lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta, __u8 *ct_flags)
 {
 	struct weir_ct_key key = {}, rkey = {};
 	struct weir_ct_entry fwd = {}, rev = {};
@@ -322,6 +325,7 @@ static __always_inline __u32 lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *
 			ct_refresh(ct, key.proto, tcp_flags, now);
 			if (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))
 				ct_close_partner(ct, key.proto, now);
+			*ct_flags = ct->flags;
 			return lb4_rewrite(skb, meta, &key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport,
 					   ct->xlate_dport);
 		}

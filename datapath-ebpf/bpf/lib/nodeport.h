@@ -50,6 +50,8 @@
 #include "lb.h"
 #include "endpoint.h"
 #include "overlay.h"
+#include "drop.h"
+#include "ipv4.h"
 
 /* weir_lb_svc.flags */
 #define WEIR_LB_F_EXTERNAL 0x1 /* reached from outside: NodePort, externalIP, LB IP */
@@ -194,6 +196,46 @@ static __always_inline int nodeport_ct(const struct weir_ct_key *key, __u8 tcp_f
 	}
 	ct_xlate_tuple(&fwd, key->proto, out);
 	return 1;
+}
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* Sends a translated packet out of the node towards meta->daddr from a TC
+ * ingress hook: the SNATed forward packet and the reply on the uplink
+ * (bpf_host.c), and a local backend's reply in from_pod (bpf_lxc.c). Never
+ * through the stack: its input route check drops a packet whose source is
+ * one of the node's own addresses (the node IP as SNAT or NodePort address).
+ * VXLAN mode: remote pod CIDRs go into the tunnel. Otherwise the FIB picks
+ * the device and bpf_redirect_neigh resolves the next hop's MAC; without a
+ * FIB answer, out of the device the packet came in on. */
+static __always_inline int nodeport_redirect_out(struct __sk_buff *skb, const struct ipv4_meta *meta)
+{
+	struct weir_config *cfg = node_config();
+	struct bpf_fib_lookup fib = {};
+	struct weir_route *route;
+	__u32 ifindex = skb->ifindex;
+
+	if (meta->ttl <= 1)
+		return drop_packet(skb, WEIR_DROP_TTL_EXCEEDED);
+	if (ipv4_dec_ttl(skb, meta->ttl))
+		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+	if (cfg && cfg->routing_mode == WEIR_ROUTING_VXLAN && cfg->tunnel_ifindex) {
+		route = lookup_route_v4(meta->daddr);
+		if (route) {
+			if (set_tunnel_dst(skb, route))
+				return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+			return bpf_redirect(cfg->tunnel_ifindex, 0);
+		}
+	}
+	fib.family = AF_INET;
+	fib.ipv4_src = meta->saddr;
+	fib.ipv4_dst = meta->daddr;
+	fib.ifindex = skb->ifindex;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_SUCCESS)
+		ifindex = fib.ifindex;
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
 }
 
 #endif /* WEIR_NODEPORT_H */
