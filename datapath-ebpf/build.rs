@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One object per attach point.
-const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_host"];
+const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_host", "bpf_xdp", "bpf_xdp_pass"];
 
 fn main() -> anyhow_free::Result {
     let bpf_dir = Path::new("bpf");

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   clang-19 llvm-19 libbpf-dev linux-libc-dev gcc  # eBPF programs (C) and the Rust build
-  iproute2 iputils-ping util-linux                # netns, veth, ping, nsenter
+  iproute2 iputils-ping util-linux ethtool        # netns, veth, ping, nsenter, lab NIC offloads
   iperf3 sockperf procps                          # benchmarks
 )
 

@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, env = "WEIR_LB_ALGORITHM", value_enum, default_value_t = LbAlgorithm::Random)]
     pub lb_algorithm: LbAlgorithm,
 
+    /// Translate NodePorts, externalIPs and LoadBalancer IPs in XDP (native
+    /// mode) on the uplink; `false` leaves it to the uplink's TC program
+    /// alone (same translation, later in the stack), e.g. to compare both.
+    #[arg(long, env = "WEIR_NODEPORT_XDP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub nodeport_xdp: bool,
+
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "WEIR_LOG", default_value = "info")]
     pub log: String,
@@ -147,6 +153,9 @@ mod tests {
         let c = parse(&["--node", "n1", "--pod-cidr", "10.244.1.0/24"]).unwrap();
         c.validate().unwrap();
         assert_eq!(c.pin_dir(), PathBuf::from("/sys/fs/bpf/weir/n1"));
+        assert!(c.nodeport_xdp, "XDP by default");
+        let c = parse(&["--node", "n1", "--pod-cidr", "10.244.1.0/24", "--nodeport-xdp=false"]).unwrap();
+        assert!(!c.nodeport_xdp);
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),
         None => None,
     };
+    let node_info = services::NodeInfo { name: config.node.clone(), ip: uplink.map(|(_, ip)| ip) };
     let kernel = Kernel { datapath, netdev: netdev.clone(), runtime: tokio::runtime::Handle::current() };
     let (node, cidr, store) = (config.node.clone(), config.pod_cidr, Store::new(&config.state_dir));
     // Re-adopting endpoints makes blocking netlink calls: off the async threads.
@@ -59,7 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    if let Some(route_dev) = uplink {
+    if let Some((route_dev, _)) = uplink {
         tokio::spawn(routing::run(config.routing, config.node.clone(), route_dev, netdev, endpoints.clone(), rx.clone()));
     }
 
@@ -67,7 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,
         config::LbAlgorithm::Maglev => weir_datapath::lb::Algorithm::Maglev,
     };
-    tokio::spawn(services::run(config.pin_dir(), lb_algorithm, rx.clone()));
+    tokio::spawn(services::run(config.pin_dir(), lb_algorithm, node_info, rx.clone()));
 
     let listener = api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
     tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(), "agent ready");
@@ -86,20 +87,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Node plumbing for multi-node clusters: the uplink's ingress program, its
 /// egress (masquerade) program when a cluster CIDR is given, the vxlan
 /// device in overlay mode, forwarding, and the datapath's config.
-/// Returns the device routes to other nodes use: the uplink, or the vxlan
-/// device in overlay mode.
+/// NodePorts and external IPs are translated by XDP on the uplink unless
+/// `--nodeport-xdp=false` (then by `from_netdev` in TC alone).
+/// Returns the device routes to other nodes use (the uplink, or the vxlan
+/// device in overlay mode) and the node IP.
 async fn setup_uplink(
     config: &Config,
     uplink: &str,
     netdev: &Netdev,
     datapath: &mut weir_datapath::Datapath,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<(u32, std::net::Ipv4Addr)> {
     use weir_datapath::ProgramKind;
     use weir_datapath::abi::{Config as DpConfig, ROUTING_NATIVE, ROUTING_VXLAN};
 
     let index = netdev.link_index(uplink).await?.with_context(|| format!("uplink {uplink} does not exist"))?;
     let node_ip = netdev.ipv4_of(index).await?.with_context(|| format!("uplink {uplink} has no IPv4 address"))?;
     datapath.attach_device(uplink, ProgramKind::FromNetdev)?;
+    if config.nodeport_xdp {
+        datapath.attach_xdp(uplink).with_context(|| format!("attaching XDP (native mode) to {uplink}; --nodeport-xdp=false uses TC alone"))?;
+    } else {
+        datapath.detach_xdp(uplink)?;
+    }
     let (mode, tunnel_ifindex) = match config.routing {
         config::Routing::Native => (ROUTING_NATIVE, 0),
         config::Routing::Vxlan => {
@@ -124,6 +132,6 @@ async fn setup_uplink(
     // The node forwards pod traffic to other nodes (native routing) and to
     // the outside; /proc/sys/net is per network namespace.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-    tracing::info!(%uplink, %node_ip, routing = ?config.routing, masquerade = ?config.cluster_cidr, "uplink ready");
-    Ok(if tunnel_ifindex != 0 { tunnel_ifindex } else { index })
+    tracing::info!(%uplink, %node_ip, routing = ?config.routing, masquerade = ?config.cluster_cidr, nodeport_xdp = config.nodeport_xdp, "uplink ready");
+    Ok((if tunnel_ifindex != 0 { tunnel_ifindex } else { index }, node_ip))
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
-use weir_datapath::lb::{Algorithm, Backend, Protocol, ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns};
+use weir_datapath::lb::{
+    Algorithm, Backend, Protocol, ServiceMaps, ServiceSpec, TrafficPolicy, addr_of, monotonic_now_ns,
+};
 use weir_datapath::snat::SnatMap;
 
 use crate::cluster::ClusterState;
@@ -53,20 +55,63 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
     }
 }
 
+/// This node, as external frontends need it: NodePorts are keyed by its IP,
+/// and `externalTrafficPolicy: Local` keeps the endpoints whose `nodeName`
+/// is its name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The uplink's address; `None` (no uplink) means no NodePorts.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// One endpoint address of a service port before the table is built.
+struct Candidate<'a> {
+    backend: Backend,
+    serving: bool,
+    node: Option<&'a str>,
+}
+
+/// Backends in table form. When none is ready, terminating-but-serving ones
+/// take new connections, as kube-proxy does (KEP-1669), rather than failing
+/// every connection during a rollout.
+fn backends_of<'a>(candidates: impl Iterator<Item = &'a Candidate<'a>>) -> Vec<Backend> {
+    let mut list: Vec<(Backend, bool)> = candidates.map(|c| (c.backend, c.serving)).collect();
+    if !list.iter().any(|(b, _)| !b.terminating) {
+        for (b, serving) in &mut list {
+            if *serving {
+                b.terminating = false;
+            }
+        }
+    }
+    let mut out: Vec<Backend> = list.into_iter().map(|(b, _)| b).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The service table the datapath should hold: every port of every
 /// ClusterIP service (IPv4, not headless, not ExternalName) with its
-/// backends from the EndpointSlices labelled with the service's name.
+/// backends from the EndpointSlices labelled with the service's name, plus
+/// the external frontends of each port:
+///
+/// - its `nodePort` on this node's IP (services of type NodePort and
+///   LoadBalancer),
+/// - its `port` on each `spec.externalIPs` and `status.loadBalancer.ingress[].ip`,
+///
+/// each with the service's `externalTrafficPolicy`: `Cluster` (default)
+/// keeps every backend, `Local` only those whose EndpointSlice `nodeName` is
+/// this node (possibly none: the datapath then drops, counted).
 ///
 /// Backends: an endpoint takes new connections unless `ready` is false or it
 /// is `terminating`; terminating endpoints are listed as terminating (their
-/// established connections live on in conntrack). When a service has no
-/// ready endpoint at all, its terminating-but-`serving` ones take new
-/// connections, as kube-proxy does (KEP-1669), rather than failing every
-/// connection during a rollout.
+/// established connections live on in conntrack). See [`backends_of`] for
+/// services with no ready endpoint.
 ///
 /// SCTP ports whose target port differs are skipped with a warning: the
-/// datapath cannot rewrite SCTP ports (its CRC32c covers them).
-pub fn desired(state: &ClusterState, algorithm: Algorithm) -> BTreeMap<ServicePortKey, ServiceSpec> {
+/// datapath cannot rewrite SCTP ports (its CRC32c covers them); for the
+/// same reason SCTP gets no external frontends (a nodePort is a rewrite).
+pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> BTreeMap<ServicePortKey, ServiceSpec> {
     let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in state.endpoint_slices.values() {
         if slice.address_type != "IPv4" {
@@ -90,13 +135,34 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm) -> BTreeMap<ServicePo
                 .filter(|s| *s > 0)
                 .map_or(DEFAULT_AFFINITY_TIMEOUT, |s| Duration::from_secs(s as u64))
         });
+        let policy = match spec.external_traffic_policy.as_deref() {
+            Some("Local") => TrafficPolicy::Local,
+            _ => TrafficPolicy::Cluster,
+        };
+        let has_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        let external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(
+                svc.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.as_deref()),
+            )
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
         let svc_slices = slices.get(&(key.namespace.as_str(), key.name.as_str()));
         for sp in spec.ports.iter().flatten() {
             let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
             let Ok(port) = u16::try_from(sp.port) else { continue };
             let pkey = ServicePortKey { vip, port, proto };
             let port_name = sp.name.as_deref().unwrap_or("");
-            let mut backends = Vec::new();
+            let mut candidates = Vec::new();
             for slice in svc_slices.into_iter().flatten() {
                 let Some(target) = slice.ports.iter().flatten().find(|p| {
                     p.name.as_deref().unwrap_or("") == port_name && protocol(p.protocol.as_deref()) == Some(proto)
@@ -119,22 +185,42 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm) -> BTreeMap<ServicePo
                     }
                     for addr in &ep.addresses {
                         if let Ok(ip) = addr.parse::<Ipv4Addr>() {
-                            backends.push((Backend { ip, port: target_port, terminating: terminating || !ready }, serving));
+                            candidates.push(Candidate {
+                                backend: Backend { ip, port: target_port, terminating: terminating || !ready },
+                                serving,
+                                node: ep.node_name.as_deref(),
+                            });
                         }
                     }
                 }
             }
-            if !backends.iter().any(|(b, _)| !b.terminating) {
-                for (b, serving) in &mut backends {
-                    if *serving {
-                        b.terminating = false;
+            let all = backends_of(candidates.iter());
+            if proto != Protocol::Sctp {
+                let external_backends = match policy {
+                    TrafficPolicy::Cluster => all.clone(),
+                    TrafficPolicy::Local => {
+                        backends_of(candidates.iter().filter(|c| c.node == Some(node.name.as_str())))
                     }
+                };
+                let node_port = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|_| has_node_ports);
+                let frontends = node
+                    .ip
+                    .zip(node_port)
+                    .into_iter()
+                    .chain(external_ips.iter().map(|ip| (*ip, port)));
+                for (ip, fport) in frontends {
+                    out.insert(
+                        ServicePortKey { vip: ip, port: fport, proto },
+                        ServiceSpec {
+                            backends: external_backends.clone(),
+                            algorithm,
+                            affinity_timeout,
+                            external: Some(policy),
+                        },
+                    );
                 }
             }
-            let mut backends: Vec<Backend> = backends.into_iter().map(|(b, _)| b).collect();
-            backends.sort();
-            backends.dedup();
-            out.insert(pkey, ServiceSpec { backends, algorithm, affinity_timeout });
+            out.insert(pkey, ServiceSpec { backends: all, algorithm, affinity_timeout, external: None });
         }
     }
     out
@@ -169,7 +255,7 @@ pub fn plan(
 
 /// Keeps the datapath's services in step with the cluster model until the
 /// model's sender goes away; collects conntrack garbage meanwhile.
-pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, mut rx: watch::Receiver<Arc<ClusterState>>) {
+pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, node: NodeInfo, mut rx: watch::Receiver<Arc<ClusterState>>) {
     let mut maps = match ServiceMaps::open(&pin_dir) {
         Ok(m) => m,
         Err(e) => {
@@ -190,7 +276,7 @@ pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, mut rx: watch::Receiver
                     _ => return None,
                 };
                 // An impossible spec: forces a rewrite if still desired.
-                let stale = ServiceSpec { backends: vec![], algorithm, affinity_timeout: Some(Duration::ZERO) };
+                let stale = ServiceSpec { backends: vec![], algorithm, affinity_timeout: Some(Duration::ZERO), external: None };
                 Some((ServicePortKey { vip: addr_of(k.vip), port: u16::from_be(k.dport), proto }, stale))
             })
             .collect(),
@@ -212,7 +298,7 @@ pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, mut rx: watch::Receiver
     let mut model_open = true;
     loop {
         let state = rx.borrow_and_update().clone();
-        let want = desired(&state, algorithm);
+        let want = desired(&state, algorithm, &node);
         apply(&mut maps, &mut applied, &want);
         loop {
             tokio::select! {
@@ -402,7 +488,7 @@ endpoints:
 
     #[test]
     fn services_and_endpoint_slices_make_the_table() {
-        let table = desired(&model(), Algorithm::Maglev);
+        let table = desired(&model(), Algorithm::Maglev, &NodeInfo::default());
         let keys: Vec<_> = table.keys().copied().collect();
         assert_eq!(
             keys,
@@ -457,13 +543,13 @@ endpoints: [{addresses: [10.244.1.8]}]
 "#,
         );
         assert!(errors.is_empty());
-        let table = desired(&s, Algorithm::Random);
+        let table = desired(&s, Algorithm::Random, &NodeInfo::default());
         assert!(table[&key([10, 96, 0, 12], 3868, Protocol::Sctp)].backends.is_empty());
     }
 
     #[test]
     fn plan_upserts_changes_and_removes_stale_services() {
-        let table = desired(&model(), Algorithm::Random);
+        let table = desired(&model(), Algorithm::Random, &NodeInfo::default());
         let all = plan(&BTreeMap::new(), &table);
         assert_eq!((all.upsert.len(), all.remove.len()), (4, 0));
         assert_eq!(plan(&table, &table), Plan::default());
@@ -476,5 +562,109 @@ endpoints: [{addresses: [10.244.1.8]}]
         let p = plan(&table, &changed);
         assert_eq!(p.upsert.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![http]);
         assert_eq!(p.remove, vec![gone]);
+    }
+
+    const EXTERNAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-np, namespace: demo}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  externalIPs: [192.0.2.10]
+  ports:
+    - {name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}
+    - {name: dns, port: 53, targetPort: 5353, nodePort: 30053, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb, namespace: demo}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.21
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 31080}]
+status:
+  loadBalancer: {ingress: [{ip: 172.30.0.200}, {hostname: lb.example.com}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: internal, namespace: demo}
+spec:
+  clusterIP: 10.96.0.22
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 32000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-np-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: web-np}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
+endpoints:
+  - {addresses: [10.244.1.3], nodeName: n1}
+  - {addresses: [10.244.2.3], nodeName: n2}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-lb-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: web-lb}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [10.244.1.4], nodeName: n1}
+  - {addresses: [10.244.2.4], nodeName: n2}
+  - addresses: [10.244.1.5]
+    nodeName: n1
+    conditions: {ready: false, serving: true, terminating: true}
+"#;
+
+    #[test]
+    fn node_ports_external_ips_and_lb_ips_with_their_traffic_policy() {
+        let mut s = ClusterState::default();
+        let errors = parse_manifests(&mut s, EXTERNAL);
+        assert!(errors.is_empty(), "{errors:?}");
+        let n1 = NodeInfo { name: "n1".into(), ip: Some(Ipv4Addr::new(172, 30, 0, 11)) };
+        let table = desired(&s, Algorithm::Random, &n1);
+        let external: BTreeMap<ServicePortKey, Option<TrafficPolicy>> =
+            table.iter().filter(|(_, v)| v.external.is_some()).map(|(k, v)| (*k, v.external)).collect();
+        let cluster = Some(TrafficPolicy::Cluster);
+        let local = Some(TrafficPolicy::Local);
+        assert_eq!(
+            external,
+            BTreeMap::from([
+                (key([172, 30, 0, 11], 30053, Protocol::Udp), cluster),
+                (key([172, 30, 0, 11], 30080, Protocol::Tcp), cluster),
+                (key([172, 30, 0, 11], 31080, Protocol::Tcp), local),
+                (key([172, 30, 0, 200], 80, Protocol::Tcp), local),
+                (key([192, 0, 2, 10], 53, Protocol::Udp), cluster),
+                (key([192, 0, 2, 10], 80, Protocol::Tcp), cluster),
+            ]),
+            "nodePorts on the node IP, externalIPs and LB ingress IPs on the service port; \
+             a ClusterIP service's stray nodePort and an LB hostname are ignored"
+        );
+        let both = vec![b([10, 244, 1, 3], 8080, false), b([10, 244, 2, 3], 8080, false)];
+        assert_eq!(table[&key([172, 30, 0, 11], 30080, Protocol::Tcp)].backends, both, "Cluster: every node's");
+        assert_eq!(table[&key([10, 96, 0, 20], 80, Protocol::Tcp)].backends, both);
+        assert_eq!(table[&key([10, 96, 0, 20], 80, Protocol::Tcp)].external, None);
+        let only_n1 = vec![b([10, 244, 1, 4], 8080, false), b([10, 244, 1, 5], 8080, true)];
+        assert_eq!(table[&key([172, 30, 0, 11], 31080, Protocol::Tcp)].backends, only_n1, "Local: n1's alone");
+        assert_eq!(table[&key([172, 30, 0, 200], 80, Protocol::Tcp)].backends, only_n1);
+        assert_eq!(table[&key([10, 96, 0, 21], 80, Protocol::Tcp)].backends.len(), 3, "the ClusterIP keeps all");
+
+        // A node without local endpoints keeps the Local frontends, empty:
+        // the datapath drops (counted) rather than forwarding elsewhere.
+        let n3 = NodeInfo { name: "n3".into(), ip: Some(Ipv4Addr::new(172, 30, 0, 13)) };
+        let table = desired(&s, Algorithm::Random, &n3);
+        assert!(table[&key([172, 30, 0, 13], 31080, Protocol::Tcp)].backends.is_empty());
+        assert_eq!(table[&key([172, 30, 0, 13], 30080, Protocol::Tcp)].backends.len(), 2);
+
+        // No uplink, no node IP: no NodePorts, external IPs still.
+        let table = desired(&s, Algorithm::Random, &NodeInfo { name: "n1".into(), ip: None });
+        assert!(!table.keys().any(|k| k.vip == Ipv4Addr::new(172, 30, 0, 11)));
+        assert!(table.contains_key(&key([192, 0, 2, 10], 80, Protocol::Tcp)));
     }
 }

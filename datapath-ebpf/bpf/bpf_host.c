@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Programs on the node's own devices.
  *
- *   from_netdev:  TC ingress of the uplink. Replies to masqueraded flows get
+ *   from_netdev:  TC ingress of the uplink. NodePort / externalIP / LB
+ *                 translation for what XDP (bpf_xdp.c) left to it or when
+ *                 XDP is off (nodeport.h); replies to masqueraded flows get
  *                 their pod's address back (snat.h); then packets for a
  *                 local pod (native routing, or such replies) go straight
  *                 into the pod's netns.
@@ -25,6 +27,7 @@
 #include "lib/overlay.h"
 #include "lib/lb.h"
 #include "lib/snat.h"
+#include "lib/nodeport.h"
 
 static __always_inline int to_local_pod(struct __sk_buff *skb)
 {
@@ -48,13 +51,48 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	return deliver_local(skb, dst, meta.ttl);
 }
 
+/* NodePort translation in TC. Returns -1 when the packet is none of its
+ * business, otherwise the verdict. */
+static __always_inline int nodeport_tc(struct __sk_buff *skb)
+{
+	struct weir_ct_key key = {}, to = {};
+	struct ipv4_meta meta = {};
+	struct weir_ep_info *dst;
+	__u8 tcp_flags = 0;
+	__u32 reason;
+	int ret;
+
+	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
+		return -1;
+	if (lb4_tuple(skb, &meta, &key, &tcp_flags) <= 0)
+		return -1;
+	ret = nodeport_ct(&key, tcp_flags, bpf_ktime_get_ns(), &to);
+	if (ret == 0)
+		return -1;
+	if (ret < 0)
+		return drop_packet(skb, -ret);
+	reason = lb4_rewrite(skb, &meta, &key, to.saddr, to.daddr, to.sport, to.dport);
+	if (reason)
+		return drop_packet(skb, reason);
+	dst = lookup_ep_v4(meta.daddr);
+	if (dst)
+		return deliver_local(skb, dst, meta.ttl);
+	return nodeport_redirect_out(skb, &meta);
+}
+
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
 {
 	struct weir_ep_info *dst;
 	struct ipv4_meta meta = {};
 	__u32 reason;
+	int ret;
 
+	/* NodePort's SNAT ports (61000-65535) and masquerade's (32768-60999)
+	 * do not overlap, so their reply lookups cannot claim each other's. */
+	ret = nodeport_tc(skb);
+	if (ret >= 0)
+		return ret;
 	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
 		return WEIR_PASS_ON;
 	/* Before the endpoint lookup: a masqueraded reply is addressed to

@@ -19,12 +19,14 @@
 #include "lib/endpoint.h"
 #include "lib/overlay.h"
 #include "lib/lb.h"
+#include "lib/nodeport.h"
 
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
 	struct weir_ep_info *src, *dst;
 	struct ipv4_meta meta = {};
+	__u8 ct_flags = 0;
 	__u32 reason;
 	__u16 proto;
 	int ret;
@@ -51,13 +53,18 @@ int from_pod(struct __sk_buff *skb)
 	/* Service translation (DNAT to a backend, reverse NAT of replies) runs
 	 * before the destination lookup and updates meta's addresses; a service
 	 * without backends answers the client itself. */
-	ret = lb4_xlate(skb, &meta, src);
+	ret = lb4_xlate(skb, &meta, src, &ct_flags);
 	if (ret != WEIR_LB_CONTINUE)
 		return ret;
 
 	dst = lookup_ep_v4(meta.daddr);
 	if (dst)
 		return deliver_local(skb, dst, meta.ttl);
+	/* A local backend answering an external client through a NodePort or
+	 * external IP: the source is now the node IP, which the stack would
+	 * refuse on input (nodeport.h). */
+	if ((ct_flags & (WEIR_CT_F_NODEPORT | WEIR_CT_F_REVERSE)) == (WEIR_CT_F_NODEPORT | WEIR_CT_F_REVERSE))
+		return nodeport_redirect_out(skb, &meta);
 	/* Remote pods and the outside world. */
 	return route_remote_v4(skb, meta.daddr);
 }

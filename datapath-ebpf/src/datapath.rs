@@ -9,7 +9,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::Ipv4Net;
 
@@ -72,6 +73,9 @@ impl ProgramKind {
     }
 }
 
+/// The XDP program in bpf_xdp.o.
+pub const XDP_PROGRAM: &str = "from_netdev_xdp";
+
 /// Errors from the datapath, each naming what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -130,6 +134,8 @@ pub struct Datapath {
     pub(crate) ebpf: Ebpf,
     /// bpf_host.o: shares every map with `ebpf` through the pins.
     host: Ebpf,
+    /// bpf_xdp.o: the uplink's XDP program, same maps again.
+    xdp: Ebpf,
     links_dir: PathBuf,
     nr_cpus: usize,
 }
@@ -170,6 +176,16 @@ impl Datapath {
         };
         let mut ebpf = loader().load(crate::BPF_LXC).map_err(DatapathError::Load)?;
         let mut host = loader().load(crate::BPF_HOST).map_err(DatapathError::Load)?;
+        let mut xdp = loader().load(crate::BPF_XDP).map_err(DatapathError::Load)?;
+        {
+            let name = XDP_PROGRAM;
+            let prog: &mut Xdp = xdp
+                .program_mut(name)
+                .ok_or(DatapathError::Missing(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
         for kind in ProgramKind::ALL {
             let name = kind.program_name();
             let object = if kind.in_host_object() { &mut host } else { &mut ebpf };
@@ -184,7 +200,7 @@ impl Datapath {
             path: "/sys/devices/system/cpu/possible".into(),
             source,
         })?;
-        Ok(Self { ebpf, host, links_dir, nr_cpus })
+        Ok(Self { ebpf, host, xdp, links_dir, nr_cpus })
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -195,6 +211,48 @@ impl Datapath {
             .program(name)
             .and_then(|p| p.try_into().ok())
             .expect("load() checked every program exists and is a classifier")
+    }
+
+    /// The uplink's XDP program (`from_netdev_xdp`), e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn xdp_program(&self) -> &Xdp {
+        self.xdp
+            .program(XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("load() checked the XDP program exists")
+    }
+
+    fn xdp_program_mut(&mut self) -> &mut Xdp {
+        self.xdp
+            .program_mut(XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("load() checked the XDP program exists")
+    }
+
+    /// Attaches the NodePort XDP program to the uplink in native (driver)
+    /// mode, or swaps this process's program into the link an earlier agent
+    /// pinned (no gap).
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        let pin = self.links_dir.join(format!("{iface}-{XDP_PROGRAM}"));
+        let program = XDP_PROGRAM;
+        let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
+        let link_err = |source| DatapathError::Link { program, iface: iface.to_owned(), source };
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+            let prog = self.xdp_program_mut();
+            let id = prog.attach_to_link(link).map_err(attach_err)?;
+            drop(prog.take_link(id).map_err(attach_err)?);
+            return Ok(());
+        }
+        let prog = self.xdp_program_mut();
+        let id = prog.attach(iface, XdpMode::Driver).map_err(attach_err)?;
+        let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
+        link.pin(&pin).map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e) })?;
+        Ok(())
+    }
+
+    /// Detaches the uplink's XDP program (removes its link pin). Idempotent.
+    pub fn detach_xdp(&self, iface: &str) -> Result<()> {
+        remove_pin(self.links_dir.join(format!("{iface}-{XDP_PROGRAM}")))
     }
 
     fn program_mut(&mut self, kind: ProgramKind) -> &mut SchedClassifier {

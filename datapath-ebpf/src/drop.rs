@@ -39,6 +39,8 @@ drop_reasons! {
     CtMapFull = 8, "ct_map_full", "connection tracking table full: new service connection refused";
     NoServiceBackend = 9, "no_service_backend", "service has no usable backend: rejected (TCP reset or ICMP port unreachable)";
     SnatPortsExhausted = 10, "snat_ports_exhausted", "masquerade: no free node port (or SNAT table entry) for a new flow";
+    NoLocalBackend = 11, "no_local_backend", "externalTrafficPolicy Local and no backend on this node";
+    NatNoPort = 12, "nat_no_port", "no free source NAT port towards the backend";
 }
 
 impl std::fmt::Display for DropReason {

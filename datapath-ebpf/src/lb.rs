@@ -37,9 +37,22 @@ pub const HAIRPIN_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
 pub const ALG_RANDOM: u8 = 0;
 pub const ALG_MAGLEV: u8 = 1;
 
+/// `weir_lb_svc.flags` (`bpf/lib/nodeport.h`): a frontend reached from
+/// outside (NodePort, externalIP, LoadBalancer IP).
+pub const LB_F_EXTERNAL: u8 = 0x1;
+/// `externalTrafficPolicy: Local`: no SNAT, only this node's backends.
+pub const LB_F_LOCAL: u8 = 0x2;
+
 /// `weir_ct_entry.flags`.
 pub const CT_F_REVERSE: u8 = 0x1;
 pub const CT_F_HAIRPIN: u8 = 0x2;
+/// Created on the uplink for an external frontend (`bpf/lib/nodeport.h`).
+pub const CT_F_NODEPORT: u8 = 0x4;
+/// Source NATed to the node IP: the backend is on another node.
+pub const CT_F_SNAT: u8 = 0x8;
+/// `WEIR_NAT_PORT_MIN..`: SNAT ports, above Linux's default
+/// `ip_local_port_range`, so the node's own connections never collide.
+pub const NAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 /// `weir_ct_entry.state`.
 pub const CT_NEW: u8 = 0;
 pub const CT_SYN_SENT: u8 = 1;
@@ -231,6 +244,17 @@ pub struct Backend {
     pub terminating: bool,
 }
 
+/// `externalTrafficPolicy` of an external frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TrafficPolicy {
+    /// Any backend; a backend on another node is reached with the source
+    /// NATed to this node, so the replies come back through it.
+    Cluster,
+    /// Only this node's backends, the client's address preserved; no local
+    /// backend means the packet is dropped (counted).
+    Local,
+}
+
 /// Everything the datapath needs about one service port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -238,6 +262,20 @@ pub struct ServiceSpec {
     pub algorithm: Algorithm,
     /// ClientIP session affinity; `None` for none.
     pub affinity_timeout: Option<Duration>,
+    /// `Some` for a frontend reached from outside the cluster (NodePort,
+    /// externalIP, LoadBalancer IP), translated on the uplink.
+    pub external: Option<TrafficPolicy>,
+}
+
+impl ServiceSpec {
+    /// `weir_lb_svc.flags`.
+    pub fn flags(&self) -> u8 {
+        match self.external {
+            None => 0,
+            Some(TrafficPolicy::Cluster) => LB_F_EXTERNAL,
+            Some(TrafficPolicy::Local) => LB_F_EXTERNAL | LB_F_LOCAL,
+        }
+    }
 }
 
 // --- pure planning ---------------------------------------------------------
@@ -474,7 +512,7 @@ impl ServiceMaps {
             count,
             affinity_timeout_s,
             algorithm: if spec.algorithm == Algorithm::Maglev { ALG_MAGLEV } else { ALG_RANDOM },
-            flags: 0,
+            flags: spec.flags(),
             pad: 0,
         };
         self.services.insert(key, value, 0).map_err(|source| LbError::Map { map: maps::SERVICES, source })?;

@@ -20,6 +20,15 @@ pub const BPF_LXC: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_lxc.o")
 /// built from `bpf/bpf_host.c`.
 pub const BPF_HOST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_host.o"));
 
+/// The XDP program for the node's uplink (NodePort / external IPs), built
+/// from `bpf/bpf_xdp.c`.
+pub const BPF_XDP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_xdp.o"));
+
+/// XDP_PASS alone, for the far end of a veth whose near end sends with
+/// XDP_TX (the kernel only delivers those when the peer has an XDP program):
+/// `weir lab` puts it on its switch's ports. Built from `bpf/bpf_xdp_pass.c`.
+pub const BPF_XDP_PASS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_xdp_pass.o"));
+
 /// Map names, as declared in `bpf/lib/maps.h`.
 pub mod maps {
     pub const ENDPOINTS: &str = "weir_endpoints";

@@ -94,12 +94,17 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Try one connection from a pod: HOST:PORT/tcp, HOST:PORT/udp or HOST/icmp.
-    /// HOST is an IP or a pod (NAMESPACE/POD, or POD in the prober's namespace).
-    /// Exit 0 connected/reachable, 1 refused, 2 timed out, 3 other error.
+    /// Try one connection from a pod: `probe POD TARGET`, or from the lab's external
+    /// host: `probe --from-external TARGET`. TARGET is HOST:PORT/tcp, HOST:PORT/udp or
+    /// HOST/icmp; HOST is an IP, a node of the lab, or a pod (NAMESPACE/POD, or POD in
+    /// the prober's namespace). Exit 0 connected/reachable, 1 refused, 2 timed out, 3 other error.
     Probe {
-        pod: String,
-        target: String,
+        /// POD TARGET, or TARGET alone with --from-external.
+        #[arg(num_args = 1..=2, required = true, value_names = ["POD", "TARGET"])]
+        args: Vec<String>,
+        /// Probe from the external host (outside the cluster, on the nodes' segment).
+        #[arg(long)]
+        from_external: bool,
         /// Seconds to wait.
         #[arg(long, default_value_t = 2.0)]
         timeout: f64,
@@ -193,7 +198,15 @@ pub fn run(args: LabArgs) -> Result<u8> {
             status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0)
         }
         LabCommand::Exec { pod, command } => exec(&lab, &pod, &command),
-        LabCommand::Probe { pod, target, timeout } => probe_cmd(&lab, &pod, &target, timeout),
+        LabCommand::Probe { args, from_external, timeout } => {
+            let (pod, target) = match (from_external, args.as_slice()) {
+                (false, [pod, target]) => (Some(pod.as_str()), target.as_str()),
+                (true, [target]) => (None, target.as_str()),
+                (false, _) => bail!("usage: weir lab probe POD TARGET"),
+                (true, _) => bail!("usage: weir lab probe --from-external TARGET"),
+            };
+            probe_cmd(&lab, pod, target, timeout)
+        }
         LabCommand::Down => down::down(&lab).map(|()| 0),
         LabCommand::Serve { .. } | LabCommand::SpawnIn { .. } => unreachable!("handled above"),
     }
@@ -236,9 +249,14 @@ fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
     })
 }
 
-fn probe_cmd(lab: &Lab, pod: &str, target: &str, timeout: f64) -> Result<u8> {
+/// Probes from a pod, or from the external host when `pod` is `None`.
+fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64) -> Result<u8> {
     let state = lab.dir.require()?;
-    let from = find_pod(&state, pod)?;
+    let from = pod.map(|p| find_pod(&state, p)).transpose()?;
+    let (netns_name, namespace) = match from {
+        Some(p) => (p.netns.clone(), p.namespace.as_str()),
+        None => (state.topology.external_netns(), "default"),
+    };
     let target = probe::parse_target(target).map_err(anyhow::Error::msg)?;
     if !(timeout > 0.0 && timeout < 3600.0) {
         bail!("--timeout must be between 0 and 3600 seconds");
@@ -248,19 +266,22 @@ fn probe_cmd(lab: &Lab, pod: &str, target: &str, timeout: f64) -> Result<u8> {
         if let Ok(ip) = host.parse() {
             return Ok(ip);
         }
-        // The lab's host outside the cluster, by name.
+        // The lab's host outside the cluster, and nodes, by name.
         if host == "external" {
             return Ok(state.topology.external_ip().into());
         }
-        let key = pod_key(host, &from.namespace);
-        let p = state.pods.get(&key).with_context(|| format!("{host:?} is neither an IP, a pod of the lab nor `external`"))?;
+        if let Some(i) = state.topology.nodes.iter().position(|n| n.name == host) {
+            return Ok(state.topology.node_ip(i).into());
+        }
+        let key = pod_key(host, namespace);
+        let p = state.pods.get(&key).with_context(|| format!("{host:?} is neither an IP, a pod or node of the lab nor `external`"))?;
         p.ip.as_deref().with_context(|| format!("pod {key} has no IP"))?.parse().context("bad pod IP in lab.json")
     };
     let outcome = match target {
         probe::Target::Port { host, port, proto } => {
-            probe::port(&netns::path(&from.netns).to_string_lossy(), resolve(&host)?, port, proto, timeout)
+            probe::port(&netns::path(&netns_name).to_string_lossy(), resolve(&host)?, port, proto, timeout)
         }
-        probe::Target::Icmp { host } => probe::icmp(&from.netns, &resolve(&host)?.to_string(), timeout),
+        probe::Target::Icmp { host } => probe::icmp(&netns_name, &resolve(&host)?.to_string(), timeout),
     };
     println!("{outcome}");
     Ok(u8::try_from(outcome.exit_code()).unwrap_or(3))

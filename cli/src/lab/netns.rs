@@ -141,12 +141,48 @@ const FABRIC_MTU: &str = "9000";
 
 /// Plugs `netns` into the lab segment: a veth whose far end (`port`) is a
 /// port of the fabric's bridge, and whose near end is `eth0` with `addr`.
+///
+/// Two offload settings make the veth behave like a NIC towards XDP on a
+/// node's eth0 (bpf_xdp.c): the fabric side gets GRO, which gives it the
+/// NAPI queue that frames sent back with XDP_TX land in (without it veth
+/// drops them); and `eth0` sends full checksums (tx checksumming off), as a
+/// real NIC hands XDP: a partial (offloaded) checksum would leave with the
+/// frame XDP_TX turns it into, and the receiver would drop it.
 pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str) -> Result<(), NetnsError> {
     ip(&["-n", fabric, "link", "add", port, "mtu", FABRIC_MTU, "type", "veth", "peer", "name", "eth0", "mtu", FABRIC_MTU, "netns", netns])?;
     ip(&["-n", fabric, "link", "set", port, "master", "br0", "up"])?;
     ip(&["-n", netns, "addr", "add", addr, "dev", "eth0"])?;
     ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+    ethtool(fabric, &["-K", port, "gro", "on"])?;
+    ethtool(netns, &["-K", "eth0", "tx", "off"])?;
     Ok(())
+}
+
+/// Puts an XDP_PASS program (`obj`, weir_datapath::BPF_XDP_PASS) on a
+/// switch port: frames a node's XDP sends back with XDP_TX land in this
+/// port's XDP ring, and veth only delivers them when it has a program.
+pub fn xdp_pass_on(fabric: &str, port: &str, obj: &std::path::Path) -> Result<(), NetnsError> {
+    let obj = obj.to_string_lossy();
+    ip(&["-n", fabric, "link", "set", "dev", port, "xdpdrv", "obj", &obj, "sec", "xdp.frags"]).map(|_| ())
+}
+
+/// `ethtool ARGS` inside a netns. A missing ethtool is a warning, not an
+/// error: only XDP forwarding in the lab needs the settings.
+fn ethtool(netns: &str, args: &[&str]) -> Result<(), NetnsError> {
+    let joined = format!("netns exec {netns} ethtool {}", args.join(" "));
+    match command(netns, "ethtool").args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if stderr.contains("No such file") || stderr.contains("not found") {
+                eprintln!("warning: ethtool not installed (scripts/deps.sh installs it): XDP_TX on the lab fabric may drop");
+                Ok(())
+            } else {
+                Err(NetnsError::Ip { args: joined, stderr })
+            }
+        }
+        Err(source) => Err(NetnsError::Spawn { args: joined, source }),
+    }
 }
 
 /// The lab's switch: a bridge in its own netns, so nothing touches the host.

@@ -111,6 +111,11 @@ fn bring_up(
     state.servers.push(server);
     lab.dir.save(state)?;
     println!("external host: netns {}, address {}, serving 8080/TCP and 5353/UDP", topo.external_netns(), topo.external_ip());
+    // For the nodes' XDP (NodePorts): see netns::xdp_pass_on.
+    let xdp_pass = lab.dir.root.join("run").join("xdp_pass.o");
+    std::fs::create_dir_all(lab.dir.root.join("run")).context("creating the lab's run dir")?;
+    std::fs::write(&xdp_pass, weir_datapath::BPF_XDP_PASS).with_context(|| format!("writing {}", xdp_pass.display()))?;
+    netns::xdp_pass_on(&topo.fabric_netns(), "external", &xdp_pass)?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
@@ -126,6 +131,7 @@ fn bring_up(
         lab.dir.save(state)?;
         netns::create(&ns)?;
         netns::attach_to_fabric(&topo.fabric_netns(), &format!("node{index}"), &ns, &format!("{node_ip}/{prefix}"))?;
+        netns::xdp_pass_on(&topo.fabric_netns(), &format!("node{index}"), &xdp_pass)?;
 
         store.put(&Object::Node(Node {
             metadata: ObjectMeta {

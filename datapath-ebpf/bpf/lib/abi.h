@@ -89,6 +89,8 @@ enum weir_drop_reason {
 	WEIR_DROP_CT_MAP_FULL = 8,        /* conntrack full: no new service connection */
 	WEIR_DROP_NO_SERVICE_BACKEND = 9, /* service without a usable backend: rejected (reject.h) */
 	WEIR_DROP_SNAT_PORTS_EXHAUSTED = 10, /* masquerade: no node port (or table entry) left */
+	WEIR_DROP_NO_LOCAL_BACKEND = 11,  /* externalTrafficPolicy Local, no backend on this node */
+	WEIR_DROP_NAT_NO_PORT = 12,       /* no free SNAT port towards that backend */
 	WEIR_DROP_REASON_MAX = 64,
 };
 

@@ -7,7 +7,7 @@
 
 /* Counts a packet under a reason. On its own (without drop_packet) for
  * packets the datapath refuses but answers, such as a connection to a
- * service without backends (reject.h). */
+ * service without backends (reject.h), and from XDP, which has no skb. */
 static __always_inline void count_reason(__u32 reason, __u32 len)
 {
 	__u32 key = reason < WEIR_DROP_REASON_MAX ? reason : WEIR_DROP_NONE;

@@ -298,8 +298,11 @@ static __always_inline __u32 lb4_rev_nat(struct __sk_buff *skb, struct ipv4_meta
 
 /* Service translation for a packet a pod sent. Returns WEIR_DROP_NONE
  * (translated, or nothing to do) or why it cannot go on; nothing has been
- * rewritten when that is WEIR_DROP_NO_SERVICE_BACKEND. */
-static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_meta *meta)
+ * rewritten when that is WEIR_DROP_NO_SERVICE_BACKEND. *ct_flags gets the
+ * flags of the conntrack entry an existing connection followed (0 for none
+ * or a new one): the reply of a NodePort connection must leave the node
+ * without meeting the stack (nodeport.h). */
+static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_meta *meta, __u8 *ct_flags)
 {
 	struct weir_ct_key key = {}, rkey = {};
 	struct weir_ct_entry fwd = {}, rev = {};
@@ -331,6 +334,7 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 			ct_refresh(ct, key.proto, tcp_flags, now);
 			if (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))
 				ct_close_partner(ct, key.proto, now);
+			*ct_flags = ct->flags;
 			return lb4_rewrite(skb, meta, &key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport,
 					   ct->xlate_dport);
 		}
@@ -392,9 +396,10 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
  * WEIR_LB_CONTINUE when the packet goes on (translated, or not a service),
  * otherwise the program's verdict: a counted drop, or the rejection sent
  * back to the client when the service has no backend. */
-static __always_inline int lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ep_info *src)
+static __always_inline int lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ep_info *src,
+				     __u8 *ct_flags)
 {
-	__u32 reason = lb4_translate(skb, meta);
+	__u32 reason = lb4_translate(skb, meta, ct_flags);
 
 	if (reason == WEIR_DROP_NO_SERVICE_BACKEND)
 		return reject4(skb, meta, src);

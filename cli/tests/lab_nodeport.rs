@@ -1,0 +1,256 @@
+//! End-to-end: NodePorts and LoadBalancer IPs from outside the cluster. Two
+//! lab nodes, a backend pod on each, and the lab's external host probing
+//! both nodes' IP:nodePort over TCP and UDP (`weir lab probe --from-external`),
+//! in native and vxlan routing. Covers XDP on the uplink (local backends,
+//! remote backends with SNAT and XDP_TX in native mode; in vxlan mode the
+//! TC fallback encapsulates), externalTrafficPolicy Local (the answer comes
+//! from the contacted node; a node without a local backend drops), and a
+//! LoadBalancer ingress IP routed to one node. Needs root and the workspace
+//! built (`cargo build --workspace`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn weir() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+/// One lab: unique name and dir; `Drop` runs `weir lab down` even on panic.
+struct Lab {
+    name: String,
+    dir: PathBuf,
+    work: PathBuf,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let id = format!("{:x}{}", std::process::id(), tag);
+        let work = std::env::temp_dir().join(format!("weir-lab-test-{id}"));
+        std::fs::create_dir_all(&work).expect("creating test work dir");
+        Lab { name: format!("wt{id}"), dir: work.join("lab"), work }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Output {
+        let bin_dir = Path::new(weir()).parent().expect("binary dir");
+        Command::new(weir())
+            .arg("lab")
+            .args(args)
+            .env("WEIR_LAB_DIR", &self.dir)
+            .env("WEIR_BIN_DIR", bin_dir)
+            .output()
+            .expect("running weir")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(out.status.success(), "weir lab {args:?} failed: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.work.join(name);
+        std::fs::write(&path, text).expect("writing test file");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// `probe --from-external`: the answering pod's name, or the failure.
+    fn external(&self, target: &str) -> Result<String, String> {
+        let out = self.cmd(&["probe", "--from-external", target, "--timeout", "2"]);
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match said.strip_prefix("connected: ") {
+            Some(pod) if out.status.success() => Ok(pod.to_owned()),
+            _ => Err(show(&out)),
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for node in ["a", "b"] {
+            let log = std::fs::read_to_string(self.dir.join("logs").join(format!("agent-{node}.log"))).unwrap_or_default();
+            all.push_str(&format!("--- agent {node}:\n{log}\n"));
+        }
+        all
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.cmd(&["down"]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("weir lab down failed: {}", show(&out));
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Root is required; under CI that is a failure, elsewhere a printed skip.
+fn privileged() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+    if euid == Some("0") {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("lab tests need root (network namespaces, bpf) and CI=true: refusing to skip");
+    }
+    eprintln!("skipping lab test: not root (network namespaces and bpf need root)");
+    false
+}
+
+/// A backend on each node; `web` (Cluster) selects both, `web-local`
+/// (Local) too, `only-b` (Cluster) only b's pod, `only-a-local` (Local)
+/// only a's, `web-lb` a LoadBalancer (Local) over both.
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: np}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, namespace: np, labels: {app: web, at: a}}
+spec: {nodeName: a, containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, namespace: np, labels: {app: web, at: b}}
+spec: {nodeName: b, containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}, {name: dns, containerPort: 53, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: np}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+    - {name: http, port: 80, targetPort: http, nodePort: 30080, protocol: TCP}
+    - {name: dns, port: 53, targetPort: dns, nodePort: 30053, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local, namespace: np}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports:
+    - {name: http, port: 80, targetPort: http, nodePort: 30081, protocol: TCP}
+    - {name: dns, port: 53, targetPort: dns, nodePort: 30054, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: only-b, namespace: np}
+spec:
+  type: NodePort
+  selector: {at: b}
+  ports:
+    - {name: http, port: 80, targetPort: http, nodePort: 30082, protocol: TCP}
+    - {name: dns, port: 53, targetPort: dns, nodePort: 30055, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: only-a-local, namespace: np}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {at: a}
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30083, protocol: TCP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb, namespace: np}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 8080, targetPort: http, protocol: TCP}]
+"#;
+
+fn nodeports(routing: &str) {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new(&format!("np{}", &routing[..1]));
+    let topo = lab.file(
+        "topo.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.253.0.0/16\nnodeCIDR: 172.31.251.0/24\nloadBalancerCIDR: 172.31.252.0/24\nrouting: {routing}\nnodes:\n  - {{name: a, podCIDR: 10.253.1.0/24}}\n  - {{name: b, podCIDR: 10.253.2.0/24}}\n",
+            lab.name
+        ),
+    );
+    lab.ok(&["up", &topo]);
+    lab.ok(&["apply", &lab.file("np.yaml", MANIFESTS)]);
+
+    // The agents program services once they see the new objects.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for target in ["a:30080/tcp", "b:30080/tcp"] {
+        while let Err(e) = lab.external(target) {
+            assert!(std::time::Instant::now() < deadline, "{target} never answered: {e}\n{}", lab.logs());
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
+    let attempts = 6;
+    let mut failures = Vec::new();
+    let mut check = |target: String, allowed: &[&str]| {
+        for _ in 0..attempts {
+            match lab.external(&target) {
+                Ok(pod) if allowed.contains(&pod.as_str()) => {}
+                Ok(pod) => failures.push(format!("{target}: answered by {pod}, expected one of {allowed:?}")),
+                Err(e) => failures.push(format!("{target}: {e}")),
+            }
+        }
+    };
+    for node in ["a", "b"] {
+        let here = format!("web-{node}");
+        // Cluster: any backend, local (DNAT) or remote (DNAT + SNAT).
+        check(format!("{node}:30080/tcp"), &["web-a", "web-b"]);
+        check(format!("{node}:30053/udp"), &["web-a", "web-b"]);
+        // Only a remote backend from node a: the SNAT path, every time.
+        check(format!("{node}:30082/tcp"), &["web-b"]);
+        check(format!("{node}:30055/udp"), &["web-b"]);
+        // Local: always the contacted node's pod.
+        check(format!("{node}:30081/tcp"), &[here.as_str()]);
+        check(format!("{node}:30054/udp"), &[here.as_str()]);
+    }
+    assert!(failures.is_empty(), "{} failed attempts:\n{}\n{}", failures.len(), failures.join("\n"), lab.logs());
+
+    // Local with the only backend on a: b drops (counted), a answers.
+    assert_eq!(lab.external("a:30083/tcp").as_deref(), Ok("web-a"));
+    let out = lab.cmd(&["probe", "--from-external", "b:30083/tcp", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(2), "node b has no local backend: dropped, so timed out: {}", show(&out));
+    let status: serde_json::Value = serde_json::from_str(&lab.ok(&["status", "-o", "json"])).expect("status json");
+    assert!(status.to_string().contains("no_local_backend"), "drop counted: {status}");
+
+    // The LoadBalancer IP, routed by the external host to node a (as an
+    // L2/BGP announcement would): Local, so a's pod answers.
+    let svc: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["get", "svc", "np/web-lb", "-o", "json"])).expect("svc json");
+    let lb_ip = svc["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().unwrap_or_else(|| panic!("no LB IP: {svc}"));
+    let route = Command::new("ip")
+        .args(["-n", &format!("{}-external", lab.name), "route", "add", &format!("{lb_ip}/32"), "via", "172.31.251.11"])
+        .output()
+        .expect("ip route");
+    assert!(route.status.success(), "{}", show(&route));
+    for _ in 0..attempts {
+        assert_eq!(lab.external(&format!("{lb_ip}:8080/tcp")).as_deref(), Ok("web-a"), "{}", lab.logs());
+    }
+}
+
+#[test]
+fn nodeports_from_outside_native_routing() {
+    nodeports("native");
+}
+
+#[test]
+fn nodeports_from_outside_vxlan_routing() {
+    nodeports("vxlan");
+}

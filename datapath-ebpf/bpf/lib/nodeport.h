@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* NodePorts, externalIPs and LoadBalancer ingress IPs: services reached from
+ * outside the cluster through the node's uplink. The same translation runs
+ * in XDP (bpf_xdp.c, before an skb exists) and in TC (bpf_host.c's
+ * from_netdev, for what XDP passes on, or when XDP is not attached), so the
+ * decision is context-free: nodeport_ct() takes a tuple and returns the tuple
+ * to rewrite it to; each hook rewrites with the means it has.
+ *
+ * Frontends live in lb.h's weir_lb4_services with WEIR_LB_F_EXTERNAL set:
+ * the agent keys a NodePort by this node's IP (and nodePort), an externalIP
+ * or LoadBalancer ingress IP by that address (and the service port). Such a
+ * frontend has its own service id and backend list, because with
+ * externalTrafficPolicy Local (WEIR_LB_F_LOCAL) only this node's endpoints
+ * are eligible: the agent programs those alone, and an empty list means
+ * "drop, counted as WEIR_DROP_NO_LOCAL_BACKEND" (what kube-proxy does).
+ *
+ * Connections, with C the client, F:fp the frontend, B:bp the backend and N
+ * this node's IP (all in weir_ct4, flagged WEIR_CT_F_NODEPORT):
+ *
+ *   backend on this node, or policy Local (source kept):
+ *     forward  C:cp -> F:fp   to  C:cp -> B:bp    then to the pod (stack or
+ *                                                  from_netdev's redirect)
+ *     reverse  B:bp -> C:cp   to  F:fp -> C:cp    in the pod's from_pod
+ *                                                  (lb.h's lb4_xlate)
+ *   backend on another node, policy Cluster (WEIR_CT_F_SNAT):
+ *     forward  C:cp -> F:fp   to  N:np -> B:bp    back out of the node
+ *     reverse  B:bp -> N:np   to  F:fp -> C:cp    arrives on the uplink,
+ *                                                  back out to the client
+ *
+ * The SNAT port np is random in 61000..65535, reserved by inserting the
+ * reverse entry with BPF_NOEXIST (a few tries, then a counted drop). The
+ * range sits above Linux's default ip_local_port_range (32768..60999) so the
+ * node's own connections to a backend never share a reply tuple with a
+ * translated one.
+ *
+ * Entries of other kinds (ClusterIP connections of local pods) are left to
+ * their own paths: a nodeport hook only follows WEIR_CT_F_NODEPORT entries.
+ *
+ * Not handled: IPv6, SCTP frontends (the agent skips them: nat.h cannot
+ * rewrite SCTP ports), ICMP errors quoting a translated connection, and
+ * later fragments (no ports; they reach the stack untranslated). */
+#ifndef WEIR_NODEPORT_H
+#define WEIR_NODEPORT_H
+
+#include <linux/in.h>
+#include "common.h"
+#include "abi.h"
+#include "maps.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "endpoint.h"
+#include "overlay.h"
+#include "drop.h"
+#include "ipv4.h"
+
+/* weir_lb_svc.flags */
+#define WEIR_LB_F_EXTERNAL 0x1 /* reached from outside: NodePort, externalIP, LB IP */
+#define WEIR_LB_F_LOCAL 0x2    /* externalTrafficPolicy Local: no SNAT, local backends only */
+
+/* weir_ct_entry.flags, next to conntrack.h's */
+#define WEIR_CT_F_NODEPORT 0x4 /* created on the uplink for an external frontend */
+#define WEIR_CT_F_SNAT 0x8     /* source NATed to the node IP (remote backend) */
+
+#define WEIR_NAT_PORT_MIN 61000
+#define WEIR_NAT_PORT_COUNT 4536 /* 61000..65535 */
+#define WEIR_NAT_TRIES 8
+
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+
+static __always_inline void ct_xlate_tuple(const struct weir_ct_entry *ct, __u8 proto, struct weir_ct_key *out)
+{
+	out->saddr = ct->xlate_saddr;
+	out->daddr = ct->xlate_daddr;
+	out->sport = ct->xlate_sport;
+	out->dport = ct->xlate_dport;
+	out->proto = proto;
+}
+
+/* The tuple a packet arriving on the uplink becomes. Returns 1 with *out
+ * filled (translate), 0 when the packet is none of ours, or -reason to drop.
+ * Creates the conntrack entries of a new connection. */
+static __always_inline int nodeport_ct(const struct weir_ct_key *key, __u8 tcp_flags, __u64 now,
+				       struct weir_ct_key *out)
+{
+	struct weir_ct_entry fwd = {}, rev = {};
+	struct weir_ct_key rkey = {};
+	struct weir_lb_svc_key skey = {};
+	struct weir_lb_backend be = {};
+	struct weir_lb_svc *svc, svc_copy;
+	struct weir_ct_entry *ct;
+	struct weir_config *cfg;
+	__u32 reason, i;
+	int stale = 0, snat, err;
+
+	ct = bpf_map_lookup_elem(&weir_ct4, key);
+	if (ct) {
+		if (!(ct->flags & WEIR_CT_F_NODEPORT))
+			return 0;
+		/* Port reuse after a close: a new connection, a fresh backend
+		 * (as in lb4_xlate). The old reverse entry expires on its own. */
+		if (!(ct->flags & WEIR_CT_F_REVERSE) && key->proto == IPPROTO_TCP &&
+		    (tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) == WEIR_TCP_SYN &&
+		    (ct->state == WEIR_CT_CLOSING || ct->expires_ns < now)) {
+			stale = 1;
+		} else {
+			ct_refresh(ct, key->proto, tcp_flags, now);
+			if (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))
+				ct_close_partner(ct, key->proto, now);
+			ct_xlate_tuple(ct, key->proto, out);
+			return 1;
+		}
+	}
+
+	skey.vip = key->daddr;
+	skey.dport = key->dport;
+	skey.proto = key->proto;
+	svc = bpf_map_lookup_elem(&weir_lb4_services, &skey);
+	if (!svc || !(svc->flags & WEIR_LB_F_EXTERNAL))
+		return 0;
+	svc_copy = *svc;
+	if ((svc_copy.flags & WEIR_LB_F_LOCAL) && !svc_copy.count)
+		return -WEIR_DROP_NO_LOCAL_BACKEND;
+	reason = lb4_select(&svc_copy, key, now, &be);
+	if (reason)
+		return -(int)reason;
+	/* Only a remote backend under policy Cluster needs the replies to come
+	 * back through this node. */
+	snat = !(svc_copy.flags & WEIR_LB_F_LOCAL) && !lookup_ep_v4(be.ip);
+
+	fwd.xlate_saddr = key->saddr;
+	fwd.xlate_daddr = be.ip;
+	fwd.xlate_sport = key->sport;
+	fwd.xlate_dport = be.port;
+	fwd.service_id = svc_copy.service_id;
+	fwd.flags = WEIR_CT_F_NODEPORT | (snat ? WEIR_CT_F_SNAT : 0);
+	fwd.state = key->proto == IPPROTO_TCP ? ct_next_state(WEIR_CT_NEW, tcp_flags) : WEIR_CT_NEW;
+	fwd.expires_ns = now + ct_timeout(key->proto, fwd.state);
+	fwd.packets = 1;
+
+	rev.xlate_saddr = key->daddr;
+	rev.xlate_daddr = key->saddr;
+	rev.xlate_sport = key->dport;
+	rev.xlate_dport = key->sport;
+	rev.service_id = fwd.service_id;
+	rev.flags = fwd.flags | WEIR_CT_F_REVERSE;
+	rev.state = fwd.state;
+	rev.expires_ns = fwd.expires_ns;
+
+	if (snat) {
+		cfg = node_config();
+		if (!cfg || !cfg->node_ip)
+			return -WEIR_DROP_NAT_NO_PORT;
+		fwd.xlate_saddr = cfg->node_ip;
+		rkey.saddr = be.ip;
+		rkey.daddr = cfg->node_ip;
+		rkey.sport = be.port;
+		rkey.proto = key->proto;
+		/* The reverse entry is the port reservation: whoever inserts
+		 * it first owns the port towards this backend. */
+		for (i = 0; i < WEIR_NAT_TRIES; i++) {
+			rkey.dport = bpf_htons(WEIR_NAT_PORT_MIN + bpf_get_prandom_u32() % WEIR_NAT_PORT_COUNT);
+			err = bpf_map_update_elem(&weir_ct4, &rkey, &rev, BPF_NOEXIST);
+			if (!err)
+				break;
+			if (err != -EEXIST)
+				return -WEIR_DROP_CT_MAP_FULL;
+		}
+		if (i == WEIR_NAT_TRIES)
+			return -WEIR_DROP_NAT_NO_PORT;
+		fwd.xlate_sport = rkey.dport;
+		if (bpf_map_update_elem(&weir_ct4, key, &fwd, stale ? BPF_ANY : BPF_NOEXIST)) {
+			/* Another CPU created the flow first (or the table is
+			 * full): give the port back and follow its choice. */
+			bpf_map_delete_elem(&weir_ct4, &rkey);
+			ct = bpf_map_lookup_elem(&weir_ct4, key);
+			if (!ct)
+				return -WEIR_DROP_CT_MAP_FULL;
+			ct_xlate_tuple(ct, key->proto, out);
+			return 1;
+		}
+	} else {
+		ct_partner_key(&fwd, key->proto, &rkey);
+		if (bpf_map_update_elem(&weir_ct4, key, &fwd, stale ? BPF_ANY : BPF_NOEXIST)) {
+			ct = bpf_map_lookup_elem(&weir_ct4, key);
+			if (!ct)
+				return -WEIR_DROP_CT_MAP_FULL;
+			ct_xlate_tuple(ct, key->proto, out);
+			return 1;
+		}
+		if (bpf_map_update_elem(&weir_ct4, &rkey, &rev, BPF_ANY)) {
+			bpf_map_delete_elem(&weir_ct4, key);
+			return -WEIR_DROP_CT_MAP_FULL;
+		}
+	}
+	ct_xlate_tuple(&fwd, key->proto, out);
+	return 1;
+}
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* Sends a translated packet out of the node towards meta->daddr from a TC
+ * ingress hook: the SNATed forward packet and the reply on the uplink
+ * (bpf_host.c), and a local backend's reply in from_pod (bpf_lxc.c). Never
+ * through the stack: its input route check drops a packet whose source is
+ * one of the node's own addresses (the node IP as SNAT or NodePort address).
+ * VXLAN mode: remote pod CIDRs go into the tunnel. Otherwise the FIB picks
+ * the device and bpf_redirect_neigh resolves the next hop's MAC; without a
+ * FIB answer, out of the device the packet came in on. */
+static __always_inline int nodeport_redirect_out(struct __sk_buff *skb, const struct ipv4_meta *meta)
+{
+	struct weir_config *cfg = node_config();
+	struct bpf_fib_lookup fib = {};
+	struct weir_route *route;
+	__u32 ifindex = skb->ifindex;
+
+	if (meta->ttl <= 1)
+		return drop_packet(skb, WEIR_DROP_TTL_EXCEEDED);
+	if (ipv4_dec_ttl(skb, meta->ttl))
+		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+	if (cfg && cfg->routing_mode == WEIR_ROUTING_VXLAN && cfg->tunnel_ifindex) {
+		route = lookup_route_v4(meta->daddr);
+		if (route) {
+			if (set_tunnel_dst(skb, route))
+				return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
+			return bpf_redirect(cfg->tunnel_ifindex, 0);
+		}
+	}
+	fib.family = AF_INET;
+	fib.ipv4_src = meta->saddr;
+	fib.ipv4_dst = meta->daddr;
+	fib.ifindex = skb->ifindex;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_SUCCESS)
+		ifindex = fib.ifindex;
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
+}
+
+#endif /* WEIR_NODEPORT_H */

@@ -1,0 +1,379 @@
+//! NodePort / external frontends through BPF_PROG_TEST_RUN: the uplink's XDP
+//! program (`from_netdev_xdp`) and its TC fallback (`from_netdev`). DNAT to a
+//! local backend with valid checksums and the reply's reverse NAT in
+//! from_pod; a remote backend under policy Cluster (SNAT + DNAT: XDP leaves
+//! it to TC when it cannot forward itself, which is always the case here:
+//! the test's ingress device is lo); policy Local without a local backend
+//! (dropped, counted). Needs root (to load programs), no namespaces.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use aya::programs::{TestRun, TestRunOptions};
+use weir_datapath::abi::{Config, EpInfo};
+use weir_datapath::drop::DropReason;
+use weir_datapath::lb::{
+    Backend, CT_F_NODEPORT, CT_F_REVERSE, CT_F_SNAT, CtKey, NAT_PORTS, Protocol, ServiceMaps, ServiceSpec,
+    TrafficPolicy, addr_of, be_addr,
+};
+use weir_datapath::{Datapath, ProgramKind};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const LO_IFINDEX: u32 = 1;
+const OTHER_IFINDEX: u32 = 4242;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(172, 31, 99, 11);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 31, 99, 254);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 98, 10);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+const NODE_PORT: u16 = 30080;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn require_root() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !root {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: BPF_PROG_TEST_RUN needs root");
+        eprintln!("skipping: loading BPF programs needs root");
+    }
+    root
+}
+
+/// A datapath with its own pin directory (removed on drop), this node's IP
+/// in the config map, and pod B local (behind some other interface).
+struct Fixture {
+    dp: Datapath,
+    svc: ServiceMaps,
+    pin_dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/np-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
+        let mut dp = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+        dp.set_config(Config { node_ip: be_addr(NODE), ..Default::default() }).unwrap();
+        let svc = ServiceMaps::open(&pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
+        let mut fx = Self { dp, svc, pin_dir };
+        fx.place(POD_B, OTHER_IFINDEX, 2);
+        fx
+    }
+
+    fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
+        let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
+        let info = EpInfo { ifindex, endpoint_id, identity: 100, pod_mac: mac, host_mac: mac, flags: 0 };
+        self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
+    }
+
+    fn xdp(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let res = self.dp.xdp_program().test_run(opts).expect("BPF_PROG_TEST_RUN (xdp)");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn tc(&self, kind: ProgramKind, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN (tc)");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        self.dp.drops().unwrap().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, t)| t.packets)
+    }
+
+    fn frontend(&mut self, vip: Ipv4Addr, port: u16, proto: Protocol, backends: &[(Ipv4Addr, u16)], policy: Option<TrafficPolicy>) -> u32 {
+        let spec = ServiceSpec {
+            backends: backends.iter().map(|&(ip, port)| Backend { ip, port, terminating: false }).collect(),
+            external: policy,
+            ..Default::default()
+        };
+        self.svc.upsert_service(vip, port, proto, &spec).unwrap()
+    }
+
+    fn conntrack(&self) -> BTreeMap<CtKey, weir_datapath::lb::CtEntry> {
+        self.svc.conntrack().unwrap().into_iter().collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
+    }
+}
+
+fn proto_of(p: u8) -> Protocol {
+    if p == TCP { Protocol::Tcp } else { Protocol::Udp }
+}
+
+// --- packets ---------------------------------------------------------------
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
+}
+
+fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+    sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32
+}
+
+/// An Ethernet + IPv4 frame with a valid header checksum and, for TCP and
+/// UDP, a valid L4 checksum (unless `udp_zero_csum`).
+#[derive(Clone, Copy)]
+struct Flow {
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    proto: u8,
+}
+
+impl Flow {
+    fn packet(&self, tcp_flags: u8) -> Vec<u8> {
+        self.build(tcp_flags, false)
+    }
+
+    fn build(&self, tcp_flags: u8, udp_zero_csum: bool) -> Vec<u8> {
+        let payload = b"weir";
+        let mut l4 = match self.proto {
+            TCP => {
+                let mut t = vec![0u8; 20];
+                t[12] = 5 << 4;
+                t[13] = tcp_flags;
+                t
+            }
+            UDP => {
+                let mut u = vec![0u8; 8];
+                u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                u
+            }
+            _ => vec![0u8; 12], // SCTP common header; CRC32c left at 0
+        };
+        l4[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        l4.extend_from_slice(payload);
+        let csum_at = match self.proto {
+            TCP => Some(16),
+            UDP if !udp_zero_csum => Some(6),
+            _ => None,
+        };
+        if let Some(at) = csum_at {
+            let c = fold(pseudo_sum(self.src, self.dst, self.proto, l4.len()) + sum16(&l4));
+            let c = if self.proto == UDP && c == 0 { 0xffff } else { c };
+            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 1, 0, 0, 64, self.proto, 0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        let c = fold(sum16(&ip));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = vec![0x02, 0, 0, 0, 0, 0xfe, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    fn reply(&self) -> Self {
+        Self { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport, proto: self.proto }
+    }
+}
+
+/// The flow a frame carries, after checking that its IPv4 and L4
+/// checksums are valid.
+fn parse(frame: &[u8]) -> Flow {
+    let ip = &frame[14..34];
+    assert_eq!(fold(sum16(ip)), 0, "IPv4 header checksum valid");
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let proto = ip[9];
+    let l4 = &frame[34..];
+    let udp_none = proto == UDP && l4[6..8] == [0, 0];
+    if (proto == TCP || proto == UDP) && !udp_none {
+        assert_eq!(fold(pseudo_sum(src, dst, proto, l4.len()) + sum16(l4)), 0, "{proto} checksum valid");
+    }
+    Flow {
+        src,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dst,
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        proto,
+    }
+}
+
+
+fn flow(dst: Ipv4Addr, dport: u16, proto: u8) -> Flow {
+    Flow { src: CLIENT, sport: 40000, dst, dport, proto }
+}
+
+fn ttl(frame: &[u8]) -> u8 {
+    frame[14 + 8]
+}
+
+// --- tests -----------------------------------------------------------------
+
+#[test]
+fn xdp_dnats_to_a_local_backend_and_from_pod_reverses_the_reply() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("local");
+    for proto in [TCP, UDP] {
+        let id = fx.frontend(NODE, NODE_PORT, proto_of(proto), &[(POD_B, 8080)], Some(TrafficPolicy::Cluster));
+        let f = flow(NODE, NODE_PORT, proto);
+        let (verdict, out) = fx.xdp(&f.packet(SYN));
+        assert_eq!(verdict, XDP_PASS, "local backend: the stack (or from_netdev) delivers");
+        let seen = parse(&out);
+        assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (CLIENT, 40000, POD_B, 8080), "DNAT, source kept");
+        assert_eq!(ttl(&out), 64, "not forwarded by XDP: TTL untouched");
+
+        let ct = fx.conntrack();
+        let fwd = ct[&CtKey::new(CLIENT, 40000, NODE, NODE_PORT, proto_of(proto))];
+        assert_eq!((fwd.service_id, fwd.flags), (id, CT_F_NODEPORT));
+        let rev = ct[&CtKey::new(POD_B, 8080, CLIENT, 40000, proto_of(proto))];
+        assert_eq!(rev.flags, CT_F_NODEPORT | CT_F_REVERSE);
+
+        // The same connection's next packet follows the entry.
+        let (verdict, again) = fx.xdp(&f.packet(ACK));
+        assert_eq!((verdict, parse(&again).dst), (XDP_PASS, POD_B));
+
+        // The reply leaves the pod through from_pod (B on lo for the test
+        // run), which finds the reverse entry and restores the NodePort.
+        fx.place(POD_B, LO_IFINDEX, 2);
+        let (verdict, back) = fx.tc(ProgramKind::FromPod, &seen.reply().packet(SYN | ACK));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "straight out (the stack would drop the node IP as source)");
+        let back = parse(&back);
+        assert_eq!((back.src, back.sport, back.dst, back.dport), (NODE, NODE_PORT, CLIENT, 40000));
+        fx.place(POD_B, OTHER_IFINDEX, 2);
+    }
+
+    // to_pod (what the stack routes to the pod) must not touch the DNATed packet.
+    let f = flow(NODE, NODE_PORT, TCP);
+    let dnated = parse(&fx.xdp(&f.packet(ACK)).1).packet(ACK);
+    fx.place(POD_B, LO_IFINDEX, 2);
+    let (verdict, out) = fx.tc(ProgramKind::ToPod, &dnated);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out[14..], dnated[14..], "to_pod only rewrites MACs");
+}
+
+#[test]
+fn remote_backend_is_snatted_and_dnated_with_tc_when_xdp_cannot_forward() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("remote");
+    fx.frontend(NODE, NODE_PORT, Protocol::Tcp, &[(REMOTE_1, 8080)], Some(TrafficPolicy::Cluster));
+    let f = flow(NODE, NODE_PORT, TCP);
+    let syn = f.packet(SYN);
+
+    // The next hop is not on the ingress device (lo): XDP creates the
+    // entries and passes the packet on untouched.
+    let (verdict, out) = fx.xdp(&syn);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, syn, "untouched: from_netdev translates it");
+    let ct = fx.conntrack();
+    assert_eq!(ct.len(), 2, "{ct:?}");
+    let fwd = ct[&CtKey::new(CLIENT, 40000, NODE, NODE_PORT, Protocol::Tcp)];
+    let nat_port = u16::from_be(fwd.xlate_sport);
+    assert!(NAT_PORTS.contains(&nat_port), "SNAT port {nat_port}");
+    assert_eq!((addr_of(fwd.xlate_saddr), addr_of(fwd.xlate_daddr), u16::from_be(fwd.xlate_dport)), (NODE, REMOTE_1, 8080));
+    assert_eq!(fwd.flags, CT_F_NODEPORT | CT_F_SNAT);
+    let rev = ct[&CtKey::new(REMOTE_1, 8080, NODE, nat_port, Protocol::Tcp)];
+    assert_eq!(rev.flags, CT_F_NODEPORT | CT_F_SNAT | CT_F_REVERSE);
+    assert_eq!((addr_of(rev.xlate_saddr), u16::from_be(rev.xlate_sport)), (NODE, NODE_PORT));
+
+    // TC follows the entries: SNAT + DNAT, one router hop, out again.
+    let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "bpf_redirect_neigh back out of the uplink");
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (NODE, nat_port, REMOTE_1, 8080));
+    assert_eq!(ttl(&out), 63);
+    assert_eq!(fx.conntrack().len(), 2, "no second connection");
+
+    // The backend's reply reaches the uplink addressed to (node, SNAT port).
+    let reply = seen.reply().packet(SYN | ACK);
+    let (verdict, out) = fx.xdp(&reply);
+    assert_eq!((verdict, &out), (XDP_PASS, &reply));
+    let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let back = parse(&out);
+    assert_eq!((back.src, back.sport, back.dst, back.dport), (NODE, NODE_PORT, CLIENT, 40000), "client sees the NodePort");
+
+    // Another client connection gets its own SNAT port.
+    let g = Flow { sport: 40001, ..f };
+    let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &g.packet(SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "TC alone (XDP off) does the same");
+    let other = parse(&out);
+    assert_eq!((other.src, other.dst), (NODE, REMOTE_1));
+    assert_ne!(other.sport, nat_port);
+}
+
+#[test]
+fn external_and_lb_ips_and_policy_local() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("policy");
+    // Local policy, no backend on this node: dropped and counted, in XDP and TC.
+    fx.frontend(NODE, NODE_PORT, Protocol::Tcp, &[], Some(TrafficPolicy::Local));
+    let f = flow(NODE, NODE_PORT, TCP);
+    assert_eq!(fx.xdp(&f.packet(SYN)).0, XDP_DROP);
+    assert_eq!(fx.drops(DropReason::NoLocalBackend), 1);
+    assert_eq!(fx.tc(ProgramKind::FromNetdev, &f.packet(SYN)).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::NoLocalBackend), 2);
+    assert!(fx.conntrack().is_empty());
+
+    // A LoadBalancer IP with policy Local: the client's address is kept even
+    // for a backend this node does not know (no SNAT, ever).
+    fx.frontend(LB_IP, 80, Protocol::Udp, &[(REMOTE_1, 5353)], Some(TrafficPolicy::Local));
+    let u = flow(LB_IP, 80, UDP);
+    let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &u.packet(0));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let seen = parse(&out);
+    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (CLIENT, 40000, REMOTE_1, 5353));
+
+    // A UDP datagram without a checksum keeps none.
+    fx.frontend(LB_IP, 81, Protocol::Udp, &[(POD_B, 5353)], Some(TrafficPolicy::Cluster));
+    let z = flow(LB_IP, 81, UDP).build(0, true);
+    let (verdict, out) = fx.xdp(&z);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(&out[34 + 6..34 + 8], &[0, 0]);
+    assert_eq!(parse(&out).dst, POD_B);
+
+    // A ClusterIP service on the same address is not an external frontend:
+    // the uplink leaves it alone.
+    fx.frontend(LB_IP, 82, Protocol::Tcp, &[(POD_B, 8080)], None);
+    let c = flow(LB_IP, 82, TCP).packet(SYN);
+    let before = fx.conntrack().len();
+    assert_eq!(fx.xdp(&c), (XDP_PASS, c.clone()));
+    assert_eq!(fx.conntrack().len(), before);
+}
