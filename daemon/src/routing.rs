@@ -79,21 +79,25 @@ pub async fn run(
             }
         }
         installed = keep;
-        match mode {
-            Routing::Native => {}
-            Routing::Vxlan => {
-                let eps = endpoints.clone();
-                let routes = wanted.clone();
-                let synced = tokio::task::spawn_blocking(move || {
-                    let mut eps = eps.lock().unwrap_or_else(|p| p.into_inner());
-                    eps.dataplane_mut().datapath.sync_node_routes(&routes)
-                })
-                .await
-                .expect("route sync panicked");
-                if let Err(e) = synced {
-                    tracing::warn!(error = %e, "programming tunnel routes");
-                }
+        // The datapath's view: node IPs (never masqueraded) in both modes,
+        // and in vxlan mode which node owns which pod CIDR.
+        let eps = endpoints.clone();
+        let routes = wanted.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            let mut eps = eps.lock().unwrap_or_else(|p| p.into_inner());
+            let datapath = &mut eps.dataplane_mut().datapath;
+            let mut nodes: Vec<Ipv4Addr> = routes.iter().map(|(_, ip)| *ip).collect();
+            nodes.dedup();
+            datapath.sync_node_ips(&nodes)?;
+            match mode {
+                Routing::Native => Ok(()),
+                Routing::Vxlan => datapath.sync_node_routes(&routes),
             }
+        })
+        .await
+        .expect("route sync panicked");
+        if let Err(e) = synced {
+            tracing::warn!(error = %e, "programming node routes into the datapath");
         }
         tracing::debug!(routes = wanted.len(), ?mode, "node routes in step");
         if cluster.changed().await.is_err() {

@@ -391,6 +391,22 @@ impl Datapath {
         Ok(())
     }
 
+    /// Replaces the set of other nodes' IPs (never masqueraded).
+    pub fn sync_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<()> {
+        let map = self.ebpf.map_mut(maps::NODES).ok_or(DatapathError::Missing(maps::NODES))?;
+        let mut map: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(map).map_err(|source| DatapathError::Map { map: maps::NODES, source })?;
+        let wanted: Vec<u32> = ips.iter().map(|ip| u32::from_ne_bytes(ip.octets())).collect();
+        let stale: Vec<u32> = map.keys().filter_map(|k| k.ok()).filter(|k| !wanted.contains(k)).collect();
+        for key in stale {
+            ignore_missing(map.remove(&key), maps::NODES)?;
+        }
+        for key in wanted {
+            map.insert(key, 0, 0).map_err(|source| DatapathError::Map { map: maps::NODES, source })?;
+        }
+        Ok(())
+    }
+
     fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, EpKey, EpInfo>> {
         let map = self.ebpf.map_mut(maps::ENDPOINTS).ok_or(DatapathError::Missing(maps::ENDPOINTS))?;
         HashMap::try_from(map).map_err(|source| DatapathError::Map { map: maps::ENDPOINTS, source })

@@ -36,4 +36,5 @@ pub mod maps {
     pub const DROPS: &str = "weir_drops";
     pub const CONFIG: &str = "weir_config";
     pub const NODE_ROUTES: &str = "weir_node_routes";
+    pub const NODES: &str = "weir_nodes";
 }

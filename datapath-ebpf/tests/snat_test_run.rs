@@ -319,9 +319,13 @@ fn cluster_traffic_the_nodes_own_and_other_packets_are_untouched() {
         let pkt = flow.packet(SYN);
         assert_eq!(fx.run(ProgramKind::ToNetdev, &pkt), (TC_ACT_UNSPEC, pkt.clone()), "{flow:?}");
     }
-    // Other nodes' IPs are outside the cluster CIDR: masqueraded too.
+    // Other nodes' IPs are outside the cluster CIDR: masqueraded, unless
+    // the agent knows them as nodes (then they are cluster members).
     assert_eq!(parse(&fx.out(&Flow::new(POD_A, 40000, OTHER_NODE, 80, TCP), SYN).1).src, NODE);
     assert_eq!(fx.entries().len(), 2);
+    fx.dp.sync_node_ips(&[OTHER_NODE]).unwrap();
+    let to_node = Flow::new(POD_A, 40001, OTHER_NODE, 80, TCP).packet(SYN);
+    assert_eq!(fx.run(ProgramKind::ToNetdev, &to_node), (TC_ACT_UNSPEC, to_node.clone()), "known node: untouched");
 
     // Traffic to the node that no masqueraded flow expects is the node's own.
     let stray = Flow::new(EXTERNAL, 80, NODE, 33333, TCP).packet(SYN);

@@ -52,4 +52,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_node_routes SEC(".maps");
 
+/* Every other node's IP (network order) → 0. Traffic between pods and
+ * nodes is cluster traffic: never masqueraded, so a node's own connections
+ * to a pod (NodePort SNAT, probes) get their replies from the pod itself. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_nodes SEC(".maps");
+
 #endif /* WEIR_MAPS_H */

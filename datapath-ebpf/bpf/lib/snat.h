@@ -203,7 +203,7 @@ static __always_inline __u32 snat_rewrite(struct __sk_buff *skb, struct ipv4_met
 	return WEIR_DROP_NONE;
 }
 
-/* Is the packet a local pod's, bound outside the cluster? */
+/* Is the packet a local pod's, bound outside the cluster (pods and nodes)? */
 static __always_inline int snat_wanted(const struct weir_config *cfg, const struct ipv4_meta *meta)
 {
 	if (!(cfg->flags & WEIR_CFG_F_MASQUERADE) || !cfg->node_ip)
@@ -211,6 +211,10 @@ static __always_inline int snat_wanted(const struct weir_config *cfg, const stru
 	if ((meta->saddr & cfg->cluster_mask) != cfg->cluster_net)
 		return 0;
 	if ((meta->daddr & cfg->cluster_mask) == cfg->cluster_net || meta->daddr == cfg->node_ip)
+		return 0;
+	/* Other nodes are cluster members: they route to pod CIDRs, and a
+	 * pod's reply to a node's NodePort SNAT must keep the pod's address. */
+	if (bpf_map_lookup_elem(&weir_nodes, &meta->daddr))
 		return 0;
 	/* Only pods of this node: their replies are ours to deliver. */
 	return lookup_ep_v4(meta->saddr) != 0;
