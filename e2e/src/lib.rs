@@ -78,6 +78,11 @@ impl NetNs {
         ns
     }
 
+    /// A handle that names no netns yet (filled in once one exists); never deleted.
+    pub fn placeholder() -> Self {
+        Self { name: String::new(), owned: false }
+    }
+
     /// A handle on a netns made by someone else (e.g. the lab); not deleted on drop.
     pub fn existing(name: &str) -> Self {
         assert!(Path::new("/var/run/netns").join(name).exists(), "netns {name} does not exist");

@@ -25,6 +25,9 @@ pub struct Topology {
     /// How pods reach pods on other nodes.
     #[serde(default)]
     pub routing: Routing,
+    /// NodePorts translated by XDP on the uplink (true) or by TC alone.
+    #[serde(rename = "nodePortXDP", default = "default_true")]
+    pub node_port_xdp: bool,
     /// ClusterIPs of Services come from here.
     #[serde(rename = "serviceCIDR", default = "default_service_cidr")]
     pub service_cidr: Ipv4Net,
@@ -55,6 +58,10 @@ impl Routing {
             Self::Vxlan => "vxlan",
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_node_cidr() -> Ipv4Net {

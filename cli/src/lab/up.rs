@@ -175,6 +175,7 @@ fn bring_up(
             .arg("--manifests")
             .arg(lab.dir.manifests())
             .args(["--uplink", "eth0", "--routing", topo.routing.as_flag()])
+            .arg(format!("--nodeport-xdp={}", topo.node_port_xdp))
             // Pods reach the external host (and other nodes) as their node.
             .arg("--cluster-cidr")
             .arg(topo.cluster_cidr.to_string())

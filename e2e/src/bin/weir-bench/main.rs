@@ -10,12 +10,14 @@
 //! Needs root, iperf3 and sockperf. Prints a Markdown report. `--cni-only`
 //! stops after the CNI and memory part; `--cross-node` measures pod to pod
 //! across two lab nodes (native routing and VXLAN) instead; `--services`
-//! compares service connection setup with kube-proxy's iptables layout.
+//! compares service connection setup with kube-proxy's iptables layout;
+//! `--nodeport` compares NodePort packet rates in XDP and in TC.
 
 use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
+mod nodeport;
 mod services;
 
 use weir_e2e::{NetNs, Node, Pod, bin, require_root, unique};
@@ -176,6 +178,10 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     println!("Machine: {} CPUs, {model}, kernel {kernel}\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
 
+    if std::env::args().any(|a| a == "--nodeport") {
+        nodeport::run();
+        return;
+    }
     if std::env::args().any(|a| a == "--services") {
         services::run();
         return;

@@ -283,9 +283,14 @@ pub fn run() {
             i.failed
         );
         weir_rates.push(w.per_sec);
-        // Let weir's conntrack garbage collection catch up between points
-        // (closed entries expire after 10 s, GC runs every 10 s).
-        std::thread::sleep(Duration::from_secs(21));
+        // Between points, let the server's TIME_WAIT sockets (60 s) and
+        // weir's closed conntrack entries (10 s, GC every 10 s) expire: the
+        // next point measures another VIP, and a client port reused towards
+        // it would otherwise meet the previous point's TIME_WAIT at the
+        // shared backend. (iptables' conntrack would remap such a port;
+        // weir's per-packet load balancer cannot see the backend's sockets:
+        // see docs/benchmarks.md.)
+        std::thread::sleep(Duration::from_secs(61));
     }
     println!(
         "\nweir at 10,000 services vs 1 service: {:+.1}% connection rate",
