@@ -136,6 +136,16 @@ int from_netdev_xdp(struct xdp_md *ctx)
 	key.dport = ports[1];
 	key.proto = ip->protocol;
 
+	/* Replies from backends are TC's: they come from a node whose stack
+	 * may have left the checksum to offload (CHECKSUM_PARTIAL), which only
+	 * an skb remembers; sent back out by XDP_TX it would arrive corrupt.
+	 * Requests come from outside the cluster with complete checksums. */
+	{
+		struct weir_ct_entry *seen = bpf_map_lookup_elem(&weir_ct4, &key);
+
+		if (seen && (seen->flags & WEIR_CT_F_REVERSE))
+			return XDP_PASS;
+	}
 	ret = nodeport_ct(&key, tcp_flags, bpf_ktime_get_ns(), &to);
 	if (ret == 0)
 		return XDP_PASS;

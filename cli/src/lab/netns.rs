@@ -142,19 +142,23 @@ const FABRIC_MTU: &str = "9000";
 /// Plugs `netns` into the lab segment: a veth whose far end (`port`) is a
 /// port of the fabric's bridge, and whose near end is `eth0` with `addr`.
 ///
-/// Two offload settings make the veth behave like a NIC towards XDP on a
-/// node's eth0 (bpf_xdp.c): the fabric side gets GRO, which gives it the
-/// NAPI queue that frames sent back with XDP_TX land in (without it veth
-/// drops them); and `eth0` sends full checksums (tx checksumming off), as a
-/// real NIC hands XDP: a partial (offloaded) checksum would leave with the
-/// frame XDP_TX turns it into, and the receiver would drop it.
-pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str) -> Result<(), NetnsError> {
+/// The fabric side gets GRO, which gives it the NAPI queue that frames a
+/// node's XDP sends back with XDP_TX land in (without it veth drops them).
+/// With `full_checksums`, `eth0` sends complete checksums (tx checksumming
+/// off), as packets from a real network arrive: the external host's
+/// requests are what node XDP forwards with XDP_TX, and a partial
+/// (offloaded) checksum would leave with that frame and be dropped by the
+/// receiver. Nodes keep their offloads (TSO): replies they send towards
+/// NodePort clients go through TC, where the skb remembers the checksum.
+pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str, full_checksums: bool) -> Result<(), NetnsError> {
     ip(&["-n", fabric, "link", "add", port, "mtu", FABRIC_MTU, "type", "veth", "peer", "name", "eth0", "mtu", FABRIC_MTU, "netns", netns])?;
     ip(&["-n", fabric, "link", "set", port, "master", "br0", "up"])?;
     ip(&["-n", netns, "addr", "add", addr, "dev", "eth0"])?;
     ip(&["-n", netns, "link", "set", "eth0", "up"])?;
     ethtool(fabric, &["-K", port, "gro", "on"])?;
-    ethtool(netns, &["-K", "eth0", "tx", "off"])?;
+    if full_checksums {
+        ethtool(netns, &["-K", "eth0", "tx", "off"])?;
+    }
     Ok(())
 }
 

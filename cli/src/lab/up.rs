@@ -97,6 +97,7 @@ fn bring_up(
         "external",
         &topo.external_netns(),
         &format!("{}/{prefix}", topo.external_ip()),
+        true,
     )?;
     let exe = std::env::current_exe().context("locating the weir binary")?;
     let server = serve::start(
@@ -130,7 +131,7 @@ fn bring_up(
         );
         lab.dir.save(state)?;
         netns::create(&ns)?;
-        netns::attach_to_fabric(&topo.fabric_netns(), &format!("node{index}"), &ns, &format!("{node_ip}/{prefix}"))?;
+        netns::attach_to_fabric(&topo.fabric_netns(), &format!("node{index}"), &ns, &format!("{node_ip}/{prefix}"), false)?;
         netns::xdp_pass_on(&topo.fabric_netns(), &format!("node{index}"), &xdp_pass)?;
 
         store.put(&Object::Node(Node {
