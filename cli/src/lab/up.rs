@@ -116,7 +116,11 @@ fn bring_up(
     let xdp_pass = lab.dir.root.join("run").join("xdp_pass.o");
     std::fs::create_dir_all(lab.dir.root.join("run")).context("creating the lab's run dir")?;
     std::fs::write(&xdp_pass, weir_datapath::BPF_XDP_PASS).with_context(|| format!("writing {}", xdp_pass.display()))?;
-    netns::xdp_pass_on(&topo.fabric_netns(), "external", &xdp_pass)?;
+    // Only when nodes run XDP: an XDP program on a veth sends every frame
+    // through the XDP path (GSO frames copied), which costs throughput.
+    if topo.node_port_xdp {
+        netns::xdp_pass_on(&topo.fabric_netns(), "external", &xdp_pass)?;
+    }
     let mut children: Vec<(String, Child)> = Vec::new();
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
@@ -132,7 +136,9 @@ fn bring_up(
         lab.dir.save(state)?;
         netns::create(&ns)?;
         netns::attach_to_fabric(&topo.fabric_netns(), &format!("node{index}"), &ns, &format!("{node_ip}/{prefix}"), false)?;
-        netns::xdp_pass_on(&topo.fabric_netns(), &format!("node{index}"), &xdp_pass)?;
+        if topo.node_port_xdp {
+            netns::xdp_pass_on(&topo.fabric_netns(), &format!("node{index}"), &xdp_pass)?;
+        }
 
         store.put(&Object::Node(Node {
             metadata: ObjectMeta {

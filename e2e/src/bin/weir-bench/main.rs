@@ -123,14 +123,14 @@ impl Drop for LabGuard {
 }
 
 impl CrossNode {
-    fn up(routing: &str) -> Self {
+    fn up(routing: &str, xdp: bool) -> Self {
         let name = unique("wbx");
         let dir = std::env::temp_dir().join(format!("weir-bench-{name}"));
         std::fs::create_dir_all(&dir).expect("bench dir");
         let topo = dir.join("topo.yaml");
         std::fs::write(
             &topo,
-            format!("name: {name}\nclusterCIDR: 10.251.0.0/16\nnodeCIDR: 172.31.251.0/24\nrouting: {routing}\nnodes:\n  - {{name: a, podCIDR: 10.251.1.0/24}}\n  - {{name: b, podCIDR: 10.251.2.0/24}}\n"),
+            format!("name: {name}\nclusterCIDR: 10.251.0.0/16\nnodeCIDR: 172.31.251.0/24\nrouting: {routing}\nnodePortXDP: {xdp}\nnodes:\n  - {{name: a, podCIDR: 10.251.1.0/24}}\n  - {{name: b, podCIDR: 10.251.2.0/24}}\n"),
         )
         .expect("topology");
         let pods = dir.join("pods.yaml");
@@ -260,8 +260,9 @@ fn main() {
 /// Cross-node pod to pod, both routing modes, against the same bare veth.
 fn cross_node() {
     let bare = Bare::new();
-    for routing in ["native", "vxlan"] {
-        let lab = CrossNode::up(routing);
+    for (routing, xdp) in [("native", true), ("native", false), ("vxlan", true), ("vxlan", false)] {
+        let lab = CrossNode::up(routing, xdp);
+        let routing = if xdp { format!("{routing}, XDP on uplink") } else { format!("{routing}, no XDP") };
         let (mut tw, mut tb, mut cw, mut cb) = (vec![], vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
             tw.push(iperf(&lab.server, &lab.client, &lab.server_ip));
