@@ -8,103 +8,11 @@
 //! LoadBalancer ingress IP routed to one node. Needs root and the workspace
 //! built (`cargo build --workspace`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn weir() -> &'static str {
-    env!("CARGO_BIN_EXE_weir")
-}
+use std::process::Command;
 
-/// One lab: unique name and dir; `Drop` runs `weir lab down` even on panic.
-struct Lab {
-    name: String,
-    dir: PathBuf,
-    work: PathBuf,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let id = format!("{:x}{}", std::process::id(), tag);
-        let work = std::env::temp_dir().join(format!("weir-lab-test-{id}"));
-        std::fs::create_dir_all(&work).expect("creating test work dir");
-        Lab { name: format!("wt{id}"), dir: work.join("lab"), work }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        let bin_dir = Path::new(weir()).parent().expect("binary dir");
-        Command::new(weir())
-            .arg("lab")
-            .args(args)
-            .env("WEIR_LAB_DIR", &self.dir)
-            .env("WEIR_BIN_DIR", bin_dir)
-            .output()
-            .expect("running weir")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(out.status.success(), "weir lab {args:?} failed: {}", show(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.work.join(name);
-        std::fs::write(&path, text).expect("writing test file");
-        path.to_string_lossy().into_owned()
-    }
-
-    /// `probe --from-external`: the answering pod's name, or the failure.
-    fn external(&self, target: &str) -> Result<String, String> {
-        let out = self.cmd(&["probe", "--from-external", target, "--timeout", "2"]);
-        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        match said.strip_prefix("connected: ") {
-            Some(pod) if out.status.success() => Ok(pod.to_owned()),
-            _ => Err(show(&out)),
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for node in ["a", "b"] {
-            let log = std::fs::read_to_string(self.dir.join("logs").join(format!("agent-{node}.log"))).unwrap_or_default();
-            all.push_str(&format!("--- agent {node}:\n{log}\n"));
-        }
-        all
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.cmd(&["down"]);
-        if !out.status.success() && !std::thread::panicking() {
-            panic!("weir lab down failed: {}", show(&out));
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Root is required; under CI that is a failure, elsewhere a printed skip.
-fn privileged() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
-    if euid == Some("0") {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("lab tests need root (network namespaces, bpf) and CI=true: refusing to skip");
-    }
-    eprintln!("skipping lab test: not root (network namespaces and bpf need root)");
-    false
-}
+mod support;
+use support::{Lab, privileged, show};
 
 /// A backend on each node; `web` (Cluster) selects both, `web-local`
 /// (Local) too, `only-b` (Cluster) only b's pod, `only-a-local` (Local)

@@ -78,6 +78,26 @@ impl Lab {
             })
             .unwrap_or_default()
     }
+
+    /// `probe --from-external`: the answering pod's name, or the failure.
+    pub fn external(&self, target: &str) -> Result<String, String> {
+        let out = self.cmd(&["probe", "--from-external", target, "--timeout", "2"]);
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match said.strip_prefix("connected: ") {
+            Some(pod) if out.status.success() => Ok(pod.to_owned()),
+            _ => Err(show(&out)),
+        }
+    }
+
+    /// The agents' logs of a two-node lab with nodes `a` and `b`.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for node in ["a", "b"] {
+            let log = std::fs::read_to_string(self.dir.join("logs").join(format!("agent-{node}.log"))).unwrap_or_default();
+            all.push_str(&format!("--- agent {node}:\n{log}\n"));
+        }
+        all
+    }
 }
 
 impl Drop for Lab {
