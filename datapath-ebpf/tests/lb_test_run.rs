@@ -10,6 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod support;
+
 use aya::programs::{TestRun, TestRunOptions};
 use weir_datapath::abi::EpInfo;
 use weir_datapath::drop::DropReason;
@@ -18,6 +20,7 @@ use weir_datapath::lb::{
     ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns,
 };
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use support::{Flow, TCP, UDP, fold, parse, pseudo_sum, require_root, sum16};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -33,23 +36,10 @@ const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
 const REMOTE_2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 const SCTP: u8 = 132;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-fn require_root() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: BPF_PROG_TEST_RUN needs root");
-        eprintln!("skipping: loading BPF programs needs root");
-    }
-    root
-}
 
 /// A datapath with its own pin directory (removed on drop), pods A (on lo,
 /// so it is the sender of every test packet) and B, and the service maps.
@@ -116,108 +106,10 @@ impl Drop for Fixture {
 
 // --- packets ---------------------------------------------------------------
 
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
-fn sum16(bytes: &[u8]) -> u32 {
-    bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
-}
-
-fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
-    sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32
-}
-
-/// An Ethernet + IPv4 frame with a valid header checksum and, for TCP and
-/// UDP, a valid L4 checksum (unless `udp_zero_csum`).
-#[derive(Clone, Copy)]
-struct Flow {
-    src: Ipv4Addr,
-    sport: u16,
-    dst: Ipv4Addr,
-    dport: u16,
-    proto: u8,
-}
-
-impl Flow {
-    fn to_vip(sport: u16, dport: u16, proto: u8) -> Self {
-        Self { src: POD_A, sport, dst: VIP, dport, proto }
-    }
-
-    fn packet(&self, tcp_flags: u8) -> Vec<u8> {
-        self.build(tcp_flags, false)
-    }
-
-    fn build(&self, tcp_flags: u8, udp_zero_csum: bool) -> Vec<u8> {
-        let payload = b"weir";
-        let mut l4 = match self.proto {
-            TCP => {
-                let mut t = vec![0u8; 20];
-                t[12] = 5 << 4;
-                t[13] = tcp_flags;
-                t
-            }
-            UDP => {
-                let mut u = vec![0u8; 8];
-                u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-                u
-            }
-            _ => vec![0u8; 12], // SCTP common header; CRC32c left at 0
-        };
-        l4[0..2].copy_from_slice(&self.sport.to_be_bytes());
-        l4[2..4].copy_from_slice(&self.dport.to_be_bytes());
-        l4.extend_from_slice(payload);
-        let csum_at = match self.proto {
-            TCP => Some(16),
-            UDP if !udp_zero_csum => Some(6),
-            _ => None,
-        };
-        if let Some(at) = csum_at {
-            let c = fold(pseudo_sum(self.src, self.dst, self.proto, l4.len()) + sum16(&l4));
-            let c = if self.proto == UDP && c == 0 { 0xffff } else { c };
-            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-        }
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 1, 0, 0, 64, self.proto, 0, 0]);
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
-        let c = fold(sum16(&ip));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut f = vec![0x02, 0, 0, 0, 0, 0xfe, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&l4);
-        f
-    }
-
-    fn reply(&self) -> Self {
-        Self { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport, proto: self.proto }
-    }
-}
-
-/// The flow a frame carries, after checking that its IPv4 and L4
-/// checksums are valid.
-fn parse(frame: &[u8]) -> Flow {
-    let ip = &frame[14..34];
-    assert_eq!(fold(sum16(ip)), 0, "IPv4 header checksum valid");
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let proto = ip[9];
-    let l4 = &frame[34..];
-    let udp_none = proto == UDP && l4[6..8] == [0, 0];
-    if (proto == TCP || proto == UDP) && !udp_none {
-        assert_eq!(fold(pseudo_sum(src, dst, proto, l4.len()) + sum16(l4)), 0, "{proto} checksum valid");
-    }
-    Flow {
-        src,
-        sport: u16::from_be_bytes([l4[0], l4[1]]),
-        dst,
-        dport: u16::from_be_bytes([l4[2], l4[3]]),
-        proto,
-    }
+/// Pod A (the sender of every test packet) to the service VIP.
+fn to_vip(sport: u16, dport: u16, proto: u8) -> Flow {
+    Flow { src: POD_A, sport, dst: VIP, dport, proto }
 }
 
 fn spec() -> ServiceSpec {
@@ -233,7 +125,7 @@ fn tcp_to_a_vip_is_dnated_and_replies_are_reverse_natted() {
     }
     let mut fx = Fixture::new("tcp");
     let id = fx.service(80, Protocol::Tcp, &[(POD_B, 8080)], spec());
-    let flow = Flow::to_vip(40000, 80, TCP);
+    let flow = to_vip(40000, 80, TCP);
 
     let (verdict, out) = fx.run(&flow.packet(SYN));
     assert_eq!(verdict, TC_ACT_REDIRECT, "backend B is local");
@@ -278,14 +170,14 @@ fn udp_to_a_vip_is_translated_both_ways_and_a_zero_checksum_stays_zero() {
     }
     let mut fx = Fixture::new("udp");
     fx.service(53, Protocol::Udp, &[(REMOTE_1, 5353)], spec());
-    let flow = Flow::to_vip(40001, 53, UDP);
+    let flow = to_vip(40001, 53, UDP);
     let (verdict, out) = fx.run(&flow.packet(0));
     assert_eq!(verdict, TC_ACT_OK, "remote backend: to the stack");
     let seen = parse(&out);
     assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (POD_A, 40001, REMOTE_1, 5353));
 
     // No checksum (0) must stay "no checksum", not become a wrong one.
-    let flow0 = Flow::to_vip(40002, 53, UDP);
+    let flow0 = to_vip(40002, 53, UDP);
     let (_, out) = fx.run(&flow0.build(0, true));
     assert_eq!(&out[34 + 6..34 + 8], &[0, 0]);
     assert_eq!(parse(&out).dst, REMOTE_1);
@@ -304,7 +196,7 @@ fn udp_to_a_vip_is_translated_both_ways_and_a_zero_checksum_stays_zero() {
 fn spread(fx: &Fixture, ports: std::ops::Range<u16>) -> BTreeMap<u16, Ipv4Addr> {
     ports
         .map(|p| {
-            let (verdict, out) = fx.run(&Flow::to_vip(p, 80, TCP).packet(SYN));
+            let (verdict, out) = fx.run(&to_vip(p, 80, TCP).packet(SYN));
             assert_ne!(verdict, TC_ACT_SHOT, "port {p}: {:?}", fx.dp.drops());
             (p, parse(&out).dst)
         })
@@ -336,7 +228,7 @@ fn random_selection_spreads_connections_and_each_keeps_its_backend() {
     assert!(h.values().all(|n| (60..=140).contains(n)), "{h:?}");
     // Later packets of the same connections stay where they went.
     for p in (20000..20300).step_by(7) {
-        let (_, out) = fx.run(&Flow::to_vip(p, 80, TCP).packet(ACK));
+        let (_, out) = fx.run(&to_vip(p, 80, TCP).packet(ACK));
         assert_eq!(parse(&out).dst, first[&p], "port {p} kept its backend");
     }
     assert_eq!(fx.svc.conntrack_len().unwrap(), 600);
@@ -399,7 +291,7 @@ fn segment(dport: u16, flags: u8, seq: u32, ack: u32, options: &[u8], payload: &
     tcp.extend_from_slice(payload);
     let c = fold(pseudo_sum(POD_A, VIP, TCP, tcp.len()) + sum16(&tcp));
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut frame = Flow::to_vip(40000, dport, TCP).packet(0)[..34].to_vec();
+    let mut frame = to_vip(40000, dport, TCP).packet(0)[..34].to_vec();
     frame[16..18].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
     frame[24..26].copy_from_slice(&[0, 0]);
     let c = fold(sum16(&frame[14..34]));
@@ -484,7 +376,7 @@ fn a_syn_to_a_service_without_backends_is_answered_with_a_reset() {
     assert_eq!(fx.drops(DropReason::NoServiceBackend), 3);
 
     // Another port of the VIP is not a service: routed untouched.
-    let pkt = Flow::to_vip(40000, 81, TCP).packet(SYN);
+    let pkt = to_vip(40000, 81, TCP).packet(SYN);
     let (verdict, out) = fx.run(&pkt);
     assert_eq!((verdict, parse(&out).dst), (TC_ACT_OK, VIP));
 }
@@ -498,7 +390,7 @@ fn a_datagram_to_a_service_without_backends_gets_port_unreachable() {
     fx.service(53, Protocol::Udp, &[], spec());
 
     for options in [&[][..], &[1, 1, 1, 0][..]] {
-        let sent = with_ip_options(&Flow::to_vip(40001, 53, UDP).packet(0), options);
+        let sent = with_ip_options(&to_vip(40001, 53, UDP).packet(0), options);
         let ihl = 20 + options.len();
         let (verdict, out) = fx.run(&sent);
         assert_back_to_a(verdict, &out);
@@ -530,17 +422,17 @@ fn a_full_conntrack_table_refuses_new_connections_and_gc_frees_it() {
     let mut fx = Fixture::with_options("ctfull", &options);
     fx.service(80, Protocol::Tcp, &[(REMOTE_1, 8080)], spec());
     for p in [50000, 50001] {
-        assert_eq!(fx.run(&Flow::to_vip(p, 80, TCP).packet(SYN)).0, TC_ACT_OK);
+        assert_eq!(fx.run(&to_vip(p, 80, TCP).packet(SYN)).0, TC_ACT_OK);
     }
-    assert_eq!(fx.run(&Flow::to_vip(50002, 80, TCP).packet(SYN)).0, TC_ACT_SHOT);
+    assert_eq!(fx.run(&to_vip(50002, 80, TCP).packet(SYN)).0, TC_ACT_SHOT);
     assert_eq!(fx.drops(DropReason::CtMapFull), 1);
     // Established connections are not affected by the full table.
-    assert_eq!(fx.run(&Flow::to_vip(50000, 80, TCP).packet(ACK)).0, TC_ACT_OK);
+    assert_eq!(fx.run(&to_vip(50000, 80, TCP).packet(ACK)).0, TC_ACT_OK);
 
     // Nothing has expired yet; 7 hours later everything has.
     assert_eq!(fx.svc.gc_conntrack(monotonic_now_ns()).unwrap(), 0);
     assert_eq!(fx.svc.gc_conntrack(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 4);
-    assert_eq!(fx.run(&Flow::to_vip(50002, 80, TCP).packet(SYN)).0, TC_ACT_OK);
+    assert_eq!(fx.run(&to_vip(50002, 80, TCP).packet(SYN)).0, TC_ACT_OK);
     assert_eq!(fx.svc.conntrack_len().unwrap(), 2);
 }
 
@@ -558,7 +450,7 @@ fn removing_a_backend_keeps_its_established_connections() {
     fx.service(80, Protocol::Tcp, &[(REMOTE_2, 8080)], spec());
     assert_eq!(fx.svc.backends(1).unwrap().len(), 1, "its slot is gone");
     for (p, ip) in &before {
-        let (_, out) = fx.run(&Flow::to_vip(*p, 80, TCP).packet(ACK));
+        let (_, out) = fx.run(&to_vip(*p, 80, TCP).packet(ACK));
         assert_eq!(parse(&out).dst, *ip, "port {p}");
     }
     let after = spread(&fx, 61000..61040);
@@ -568,7 +460,7 @@ fn removing_a_backend_keeps_its_established_connections() {
     fx.svc.remove_service(VIP, 80, Protocol::Tcp).unwrap();
     fx.svc.remove_service(VIP, 80, Protocol::Tcp).unwrap();
     let (p, ip) = before.iter().next().unwrap();
-    let (_, out) = fx.run(&Flow::to_vip(*p, 80, TCP).packet(ACK));
+    let (_, out) = fx.run(&to_vip(*p, 80, TCP).packet(ACK));
     assert_eq!(parse(&out).dst, *ip);
 }
 
@@ -579,7 +471,7 @@ fn udp_flows_to_a_backend_that_left_are_flushed() {
     }
     let mut fx = Fixture::new("udpflush");
     fx.service(53, Protocol::Udp, &[(REMOTE_1, 5353)], spec());
-    let flow = Flow::to_vip(40010, 53, UDP);
+    let flow = to_vip(40010, 53, UDP);
     assert_eq!(parse(&fx.run(&flow.packet(0)).1).dst, REMOTE_1);
 
     // Terminating (the pod still serves): the flow stays where it is.
@@ -611,7 +503,7 @@ fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
     }
     let mut fx = Fixture::new("hairpin");
     fx.service(80, Protocol::Tcp, &[(POD_A, 8080)], spec());
-    let (verdict, out) = fx.run(&Flow::to_vip(40000, 80, TCP).packet(SYN));
+    let (verdict, out) = fx.run(&to_vip(40000, 80, TCP).packet(SYN));
     assert_eq!(verdict, TC_ACT_REDIRECT, "back into A itself");
     let seen = parse(&out);
     assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (HAIRPIN_IP, 40000, POD_A, 8080), "not its own address");
@@ -632,7 +524,7 @@ fn sctp_is_translated_by_address_only() {
     }
     let mut fx = Fixture::new("sctp");
     fx.service(3868, Protocol::Sctp, &[(REMOTE_1, 3868)], spec());
-    let (verdict, out) = fx.run(&Flow::to_vip(40000, 3868, SCTP).packet(0));
+    let (verdict, out) = fx.run(&to_vip(40000, 3868, SCTP).packet(0));
     assert_eq!(verdict, TC_ACT_OK);
     let seen = parse(&out);
     assert_eq!((seen.dst, seen.dport), (REMOTE_1, 3868));
@@ -656,7 +548,7 @@ fn a_new_syn_after_close_picks_a_live_backend() {
     }
     let mut fx = Fixture::new("reuse");
     fx.service(80, Protocol::Tcp, &[(REMOTE_1, 8080)], spec());
-    let flow = Flow::to_vip(45000, 80, TCP);
+    let flow = to_vip(45000, 80, TCP);
     assert_eq!(parse(&fx.run(&flow.packet(SYN)).1).dst, REMOTE_1);
     fx.run(&flow.packet(ACK | 0x01)); // FIN closes both directions
     assert!(fx.svc.conntrack().unwrap().iter().all(|(_, e)| e.state == weir_datapath::lb::CT_CLOSING));

@@ -5,10 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+mod support;
+
 use aya::programs::{TestRun, TestRunOptions};
 use weir_datapath::abi::{Config, EpInfo, ROUTING_VXLAN, Traffic};
 use weir_datapath::drop::DropReason;
 use weir_datapath::{Datapath, ProgramKind};
+use support::require_root;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -26,21 +29,6 @@ const B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 3];
 const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 1, 3];
 const B_IFINDEX: u32 = 4242;
 
-fn require_root() -> bool {
-    if nix_is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: BPF_PROG_TEST_RUN needs root");
-    eprintln!("skipping: loading BPF programs needs root");
-    false
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
 
 /// A datapath with its own pin directory, removed on drop.
 struct Fixture {

@@ -8,12 +8,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+mod support;
+
 use aya::programs::{TestRun, TestRunOptions};
 use weir_datapath::abi::{Config, EpInfo};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{CT_CLOSING, CT_SYN_SENT, CtKey, addr_of, be_addr, monotonic_now_ns};
 use weir_datapath::snat::{F_REVERSE, PORT_RANGE, SnatEntry, SnatMap};
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use support::{TCP, UDP, fold, pseudo_sum, require_root, sum16};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -32,25 +35,12 @@ const EXTERNAL: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 254);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
 
 const ICMP: u8 = 1;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
 
-fn require_root() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: BPF_PROG_TEST_RUN needs root");
-        eprintln!("skipping: loading BPF programs needs root");
-    }
-    root
-}
 
 /// A datapath with its own pin directory (removed on drop), pod A on lo,
 /// and masquerading of 10.244.0.0/16 to NODE.
@@ -116,20 +106,8 @@ impl Drop for Fixture {
 
 // --- packets ---------------------------------------------------------------
 
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
-fn sum16(bytes: &[u8]) -> u32 {
-    bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
-}
 
-fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
-    sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32
-}
 
 /// A flow; for ICMP, `sport` is the echo identifier and `icmp_type` says
 /// request or reply.
