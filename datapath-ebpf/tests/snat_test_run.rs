@@ -16,7 +16,7 @@ use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{CT_CLOSING, CT_SYN_SENT, CtKey, addr_of, be_addr, monotonic_now_ns};
 use weir_datapath::snat::{F_REVERSE, PORT_RANGE, SnatEntry, SnatMap};
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
-use support::{TCP, UDP, fold, pseudo_sum, require_root, sum16};
+use support::{TCP, UDP, fold, ipv4_frame, pseudo_sum, require_root, sum16};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -167,17 +167,7 @@ impl Flow {
             _ => 2,
         };
         l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 1, 0, 0, 64, self.proto, 0, 0]);
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
-        let c = fold(sum16(&ip));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut f = vec![0x02, 0, 0, 0, 0, 0xfe, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&l4);
-        f
+        ipv4_frame(self.src, self.dst, self.proto, &l4)
     }
 
     /// The answer to this flow as the remote sends it.

@@ -243,11 +243,9 @@ fn admit_service(store: &Store, book: &mut ServiceBook, topo: &Topology, mut svc
     }
 }
 
-/// `clusterIP 10.96.0.2, ports 80/TCP 53:30001/UDP`.
-pub fn describe_service(svc: &Service) -> String {
-    let spec = svc.spec.clone().unwrap_or_default();
-    let ports: Vec<String> = spec
-        .ports
+/// A Service's ports as `port[:nodePort]/PROTO`, e.g. `80/TCP`, `53:30001/UDP`.
+pub fn service_ports(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
+    spec.ports
         .iter()
         .flatten()
         .map(|p| {
@@ -257,7 +255,13 @@ pub fn describe_service(svc: &Service) -> String {
                 None => format!("{}/{proto}", p.port),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// `clusterIP 10.96.0.2, ports 80/TCP 53:30001/UDP`.
+pub fn describe_service(svc: &Service) -> String {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let ports = service_ports(&spec);
     let ports = if ports.is_empty() { "<none>".to_string() } else { ports.join(",") };
     format!("clusterIP {}, ports {ports}", spec.cluster_ip.as_deref().unwrap_or("<none>"))
 }

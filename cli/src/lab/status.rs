@@ -72,18 +72,7 @@ fn services(store: &Store) -> Result<Vec<Value>> {
         let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = svc.metadata.name.clone().unwrap_or_default();
         let spec = svc.spec.clone().unwrap_or_default();
-        let ports: Vec<String> = spec
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| {
-                let proto = p.protocol.as_deref().unwrap_or("TCP");
-                match p.node_port {
-                    Some(np) => format!("{}:{np}/{proto}", p.port),
-                    None => format!("{}/{proto}", p.port),
-                }
-            })
-            .collect();
+        let ports = super::apply::service_ports(&spec);
         let mut ready = BTreeSet::new();
         let mut total = BTreeSet::new();
         for slice in slices.iter().filter(|sl| {

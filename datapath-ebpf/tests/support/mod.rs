@@ -81,17 +81,7 @@ impl Flow {
             let c = if self.proto == UDP && c == 0 { 0xffff } else { c };
             l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 1, 0, 0, 64, self.proto, 0, 0]);
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
-        let c = fold(sum16(&ip));
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut f = vec![0x02, 0, 0, 0, 0, 0xfe, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&l4);
-        f
+        ipv4_frame(self.src, self.dst, self.proto, &l4)
     }
 
     pub fn reply(&self) -> Self {
@@ -119,4 +109,19 @@ pub fn parse(frame: &[u8]) -> Flow {
         dport: u16::from_be_bytes([l4[2], l4[3]]),
         proto,
     }
+}
+
+/// Ethernet + a 20-byte IPv4 header (TTL 64, valid checksum) around `l4`.
+pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 0xfe, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(l4);
+    f
 }
