@@ -10,10 +10,18 @@ use crate::{API_VERSION, ApiError, Envelope, Reply, Request, Response};
 pub enum ClientError {
     /// The socket is missing or nobody accepts on it: the agent is not running.
     #[error("agent unreachable at {path}: {source}")]
-    Unreachable { path: PathBuf, #[source] source: std::io::Error },
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The connection broke or timed out mid-call.
     #[error("talking to agent at {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The agent answered something that is not a reply.
     #[error("malformed reply from agent: {0}")]
     Decode(#[from] serde_json::Error),
@@ -32,7 +40,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(path: impl AsRef<Path>, timeout: Duration) -> Self {
-        Self { path: path.as_ref().to_owned(), timeout }
+        Self {
+            path: path.as_ref().to_owned(),
+            timeout,
+        }
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -40,13 +51,21 @@ impl Client {
     }
 
     pub fn call(&self, request: Request) -> Result<Response, ClientError> {
-        let stream = UnixStream::connect(&self.path)
-            .map_err(|source| ClientError::Unreachable { path: self.path.clone(), source })?;
-        let io = |source| ClientError::Io { path: self.path.clone(), source };
+        let stream = UnixStream::connect(&self.path).map_err(|source| ClientError::Unreachable {
+            path: self.path.clone(),
+            source,
+        })?;
+        let io = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
 
-        let mut line = serde_json::to_vec(&Envelope { api: API_VERSION.to_owned(), request })?;
+        let mut line = serde_json::to_vec(&Envelope {
+            api: API_VERSION.to_owned(),
+            request,
+        })?;
         line.push(b'\n');
         (&stream).write_all(&line).map_err(io)?;
 
@@ -74,10 +93,16 @@ mod tests {
     fn envelope_round_trips_with_flattened_op() {
         let env = Envelope {
             api: API_VERSION.into(),
-            request: Request::EndpointDel(EndpointRef { container_id: "c1".into(), ifname: "eth0".into() }),
+            request: Request::EndpointDel(EndpointRef {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            }),
         };
         let text = serde_json::to_string(&env).unwrap();
-        assert_eq!(text, r#"{"api":"weir.agent/v1","op":"endpoint_del","container_id":"c1","ifname":"eth0"}"#);
+        assert_eq!(
+            text,
+            r#"{"api":"weir.agent/v1","op":"endpoint_del","container_id":"c1","ifname":"eth0"}"#
+        );
         let back: Envelope = serde_json::from_str(&text).unwrap();
         assert_eq!(back.request, env.request);
     }

@@ -42,7 +42,10 @@ fn one_node_two_pods_talk_then_delete_and_down() {
     let lab = Lab::new("a");
     let topo = lab.file(
         "topo.yaml",
-        &format!("name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n", lab.name),
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n",
+            lab.name
+        ),
     );
     lab.ok(&["up", &topo]);
     let pods = lab.file("pods.yaml", PODS);
@@ -61,8 +64,7 @@ fn one_node_two_pods_talk_then_delete_and_down() {
         assert_eq!(icmp.trim(), "reachable", "icmp {from} -> {to}");
     }
 
-    let status: serde_json::Value =
-        serde_json::from_str(&lab.ok(&["status", "-o", "json"])).expect("status json");
+    let status: serde_json::Value = serde_json::from_str(&lab.ok(&["status", "-o", "json"])).expect("status json");
     let endpoints: Vec<serde_json::Value> = status["nodes"]
         .as_array()
         .expect("nodes")
@@ -74,7 +76,11 @@ fn one_node_two_pods_talk_then_delete_and_down() {
         for dir in ["ingress", "egress"] {
             let pkts = e["counters"][dir]["packets"].as_u64().unwrap_or(0);
             let bytes = e["counters"][dir]["bytes"].as_u64().unwrap_or(0);
-            assert!(pkts > 0 && bytes > 0, "{dir} counters of {} are zero: {e}", e["pod"]["name"]);
+            assert!(
+                pkts > 0 && bytes > 0,
+                "{dir} counters of {} are zero: {e}",
+                e["pod"]["name"]
+            );
         }
     }
 
@@ -83,13 +89,18 @@ fn one_node_two_pods_talk_then_delete_and_down() {
     let out = lab.cmd(&["probe", "t/a", &format!("{b_ip}:80/tcp"), "--timeout", "1"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        matches!(out.status.code(), Some(1) | Some(2)) && ["refused", "unreachable", "timed out"].iter().any(|w| said.contains(w)),
+        matches!(out.status.code(), Some(1) | Some(2))
+            && ["refused", "unreachable", "timed out"].iter().any(|w| said.contains(w)),
         "probe to a deleted pod must fail: {}",
         show(&out)
     );
 
     lab.ok(&["down"]);
-    assert!(lab.leftover_netns().is_empty(), "netns left behind: {:?}", lab.leftover_netns());
+    assert!(
+        lab.leftover_netns().is_empty(),
+        "netns left behind: {:?}",
+        lab.leftover_netns()
+    );
     let bpffs = format!("/sys/fs/bpf/weir/{}", lab.name);
     assert!(!Path::new(&bpffs).exists(), "{bpffs} left behind");
     // A second down is a no-op success (the guard runs a third).
@@ -110,8 +121,16 @@ fn invalid_topology_creates_nothing() {
         ),
     );
     let out = lab.cmd(&["up", &topo]);
-    assert!(!out.status.success(), "overlapping podCIDRs must be rejected: {}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("overlaps"), "{}", show(&out));
+    assert!(
+        !out.status.success(),
+        "overlapping podCIDRs must be rejected: {}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("overlaps"),
+        "{}",
+        show(&out)
+    );
     assert!(lab.leftover_netns().is_empty());
     assert!(!lab.dir.join("lab.json").exists());
 }
@@ -149,14 +168,26 @@ spec: {nodeName: b, containers: [{name: c, image: x, ports: [{containerPort: 808
     let right = lab.pod_ip("default/right");
     assert!(right.starts_with("10.252.2."), "right lands on node b: {right}");
     for (from, to) in [("default/left", "right"), ("default/right", "left")] {
-        assert_eq!(lab.ok(&["probe", from, &format!("{to}:8080/tcp")]).trim(), format!("connected: {to}"));
-        assert_eq!(lab.ok(&["probe", from, &format!("{to}:5353/udp")]).trim(), format!("connected: {to}"));
+        assert_eq!(
+            lab.ok(&["probe", from, &format!("{to}:8080/tcp")]).trim(),
+            format!("connected: {to}")
+        );
+        assert_eq!(
+            lab.ok(&["probe", from, &format!("{to}:5353/udp")]).trim(),
+            format!("connected: {to}")
+        );
         assert_eq!(lab.ok(&["probe", from, &format!("{to}/icmp")]).trim(), "reachable");
     }
     // Pod to the other node's address, and the node's own stack to its pod.
-    assert_eq!(lab.ok(&["probe", "default/left", "172.31.250.12/icmp"]).trim(), "reachable");
+    assert_eq!(
+        lab.ok(&["probe", "default/left", "172.31.250.12/icmp"]).trim(),
+        "reachable"
+    );
     let node_b = format!("{}-b", lab.name);
-    let ping = Command::new("ip").args(["netns", "exec", &node_b, "ping", "-c", "1", "-W", "2", &right]).output().unwrap();
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &node_b, "ping", "-c", "1", "-W", "2", &right])
+        .output()
+        .unwrap();
     assert!(ping.status.success(), "node b → its pod: {}", show(&ping));
 }
 

@@ -46,7 +46,10 @@ fn demo_lab(tag: &str) -> Lab {
 
 fn cluster_ip(lab: &Lab, svc: &str) -> String {
     let v = lab.json(&["get", "svc", svc]);
-    v["spec"]["clusterIP"].as_str().unwrap_or_else(|| panic!("{svc} has no clusterIP: {v}")).to_owned()
+    v["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{svc} has no clusterIP: {v}"))
+        .to_owned()
 }
 
 /// Backend pod name → node, for the pods of Deployment `web`.
@@ -69,14 +72,20 @@ fn probe(lab: &Lab, from: &str, target: &str, timeout: &str) -> (String, Duratio
     let start = Instant::now();
     let out = lab.cmd(&["probe", from, target, "--timeout", timeout]);
     let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(matches!(out.status.code(), Some(0..=2)), "probe {from} → {target}: {}", show(&out));
+    assert!(
+        matches!(out.status.code(), Some(0..=2)),
+        "probe {from} → {target}: {}",
+        show(&out)
+    );
     (said, start.elapsed())
 }
 
 /// The backend that answered, or a panic naming what happened instead.
 fn backend(lab: &Lab, from: &str, target: &str) -> String {
     let (said, _) = probe(lab, from, target, "2");
-    said.strip_prefix("connected: ").unwrap_or_else(|| panic!("probe {from} → {target}: {said}")).to_owned()
+    said.strip_prefix("connected: ")
+        .unwrap_or_else(|| panic!("probe {from} → {target}: {said}"))
+        .to_owned()
 }
 
 /// Agents pick Services up from the lab's store by polling: wait until
@@ -88,7 +97,10 @@ fn wait_for(lab: &Lab, from: &str, target: &str, expect: impl Fn(&str) -> bool) 
         if expect(&said) {
             return;
         }
-        assert!(Instant::now() < deadline, "{from} → {target} never became ready: last said {said:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{from} → {target} never became ready: last said {said:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -126,8 +138,15 @@ fn clusterip_spreads_tcp_and_udp_over_backends_on_both_nodes() {
         let n = 90;
         let h = spread(&lab, "svc-demo/client", &target, n);
         eprintln!("{target}: {h:?}");
-        assert_eq!(h.keys().collect::<BTreeSet<_>>(), pods.keys().collect(), "{target}: every backend, only backends");
-        assert!(h.values().all(|c| *c * 100 >= n * 15), "{target}: each backend ≥ 15%: {h:?}");
+        assert_eq!(
+            h.keys().collect::<BTreeSet<_>>(),
+            pods.keys().collect(),
+            "{target}: every backend, only backends"
+        );
+        assert!(
+            h.values().all(|c| *c * 100 >= n * 15),
+            "{target}: each backend ≥ 15%: {h:?}"
+        );
     }
 }
 
@@ -143,7 +162,11 @@ fn client_ip_affinity_pins_the_client_to_one_backend() {
         let target = format!("{vip}:{proto}");
         wait_for(&lab, "svc-demo/client", &target, serving);
         let h = spread(&lab, "svc-demo/client", &target, 30);
-        assert_eq!(h.len(), 1, "{target}: one backend for every connection of the client: {h:?}");
+        assert_eq!(
+            h.len(),
+            1,
+            "{target}: one backend for every connection of the client: {h:?}"
+        );
     }
     // Without affinity the same client is spread (the control).
     let web = format!("{}:80/tcp", cluster_ip(&lab, "svc-demo/web"));
@@ -162,11 +185,21 @@ fn a_service_without_endpoints_refuses_at_once() {
     let udp = format!("{vip}:53/udp");
     // Before the agent programs the service, the VIP is just an address.
     wait_for(&lab, "svc-demo/client", &tcp, |s| s == "refused");
-    let client_node = lab.json(&["get", "pod", "svc-demo/client"])["spec"]["nodeName"].as_str().expect("node").to_owned();
+    let client_node = lab.json(&["get", "pod", "svc-demo/client"])["spec"]["nodeName"]
+        .as_str()
+        .expect("node")
+        .to_owned();
     let rejected = || -> u64 {
         let status = lab.json(&["status"]);
-        let node = status["nodes"].as_array().expect("nodes").iter().find(|n| n["name"] == *client_node).cloned();
-        node.expect("client's node")["status"]["drops"]["no_service_backend"]["packets"].as_u64().unwrap_or(0)
+        let node = status["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"] == *client_node)
+            .cloned();
+        node.expect("client's node")["status"]["drops"]["no_service_backend"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
     };
     let before = rejected();
 
@@ -181,7 +214,11 @@ fn a_service_without_endpoints_refuses_at_once() {
         assert_eq!(said, "refused", "UDP: answered with ICMP port unreachable");
         assert!(took < Duration::from_secs(1), "UDP refused at once, took {took:?}");
     }
-    assert_eq!(rejected() - before, 10, "each rejection counted as no_service_backend on {client_node}");
+    assert_eq!(
+        rejected() - before,
+        10,
+        "each rejection counted as no_service_backend on {client_node}"
+    );
 
     // The other services of the same lab are unaffected.
     let web = format!("{}:80/tcp", cluster_ip(&lab, "svc-demo/web"));
@@ -233,7 +270,16 @@ fn scaling_while_probing_fails_no_probe() {
         })
     };
     let scale = |n: &str| {
-        lab.ok(&["scale", "deployment/web", "--replicas", n, "-n", "svc-demo", "--grace", "1"]);
+        lab.ok(&[
+            "scale",
+            "deployment/web",
+            "--replicas",
+            n,
+            "-n",
+            "svc-demo",
+            "--grace",
+            "1",
+        ]);
         Instant::now()
     };
     let settle = || std::thread::sleep(Duration::from_millis(1500));
@@ -252,7 +298,12 @@ fn scaling_while_probing_fails_no_probe() {
     let failed: Vec<_> = seen
         .iter()
         .filter(|(_, _, said)| !serving(said))
-        .map(|(at, t, said)| format!("{t} {said} at {:?} after the scale to 2", at.saturating_duration_since(shrunk)))
+        .map(|(at, t, said)| {
+            format!(
+                "{t} {said} at {:?} after the scale to 2",
+                at.saturating_duration_since(shrunk)
+            )
+        })
         .collect();
     assert!(
         failed.is_empty(),
@@ -264,13 +315,27 @@ fn scaling_while_probing_fails_no_probe() {
     );
     assert!(seen.len() >= 40, "the prober kept going: {} probes", seen.len());
     let names = |from: Instant, to: Instant| -> BTreeSet<&str> {
-        seen.iter().filter(|(at, _, _)| *at > from && *at < to).map(|(_, _, s)| &s["connected: ".len()..]).collect()
+        seen.iter()
+            .filter(|(at, _, _)| *at > from && *at < to)
+            .map(|(_, _, s)| &s["connected: ".len()..])
+            .collect()
     };
     let all = names(shrunk - Duration::from_secs(3600), Instant::now());
-    assert!(all.contains("web-3") && all.contains("web-4"), "scaled-up backends took connections: {all:?}");
+    assert!(
+        all.contains("web-3") && all.contains("web-4"),
+        "scaled-up backends took connections: {all:?}"
+    );
     // Once a scale-down has returned its pods are gone, and nobody answers as them.
-    assert_eq!(names(shrunk, regrow), BTreeSet::from(["web-0", "web-1"]), "between scale to 2 and to 4");
-    assert_eq!(names(last, Instant::now()), BTreeSet::from(["web-0"]), "after scale to 1");
+    assert_eq!(
+        names(shrunk, regrow),
+        BTreeSet::from(["web-0", "web-1"]),
+        "between scale to 2 and to 4"
+    );
+    assert_eq!(
+        names(last, Instant::now()),
+        BTreeSet::from(["web-0"]),
+        "after scale to 1"
+    );
     let pods = web_pods(&lab);
     assert_eq!(pods.keys().collect::<Vec<_>>(), ["web-0"], "{pods:?}");
 }

@@ -4,7 +4,6 @@
 //! `to_netdev`), in both routing modes. Needs root, `weir-agent` + `weir-cni`
 //! built into the same target dir (`cargo build --workspace` first), and `ping`.
 
-
 mod support;
 use support::{Lab, privileged};
 
@@ -38,29 +37,61 @@ spec: {nodeName: b, containers: [{name: c, image: x, ports: [{containerPort: 808
 "#,
     );
     lab.ok(&["apply", &pods]);
-    assert!(lab.pod_ip("default/left").starts_with("10.253.1."), "left lands on node a");
+    assert!(
+        lab.pod_ip("default/left").starts_with("10.253.1."),
+        "left lands on node a"
+    );
 
     let external = "172.31.251.254";
-    for (pod, node_ip, other_node) in [("default/left", "172.31.251.11", "172.31.251.12"), ("default/right", "172.31.251.12", "172.31.251.11")] {
+    for (pod, node_ip, other_node) in [
+        ("default/left", "172.31.251.11", "172.31.251.12"),
+        ("default/right", "172.31.251.12", "172.31.251.11"),
+    ] {
         // Twice each: the second connection is a new flow with a new port.
         for _ in 0..2 {
             let tcp = lab.ok(&["probe", pod, &format!("{external}:8080/tcp")]);
-            assert_eq!(tcp.trim(), format!("connected: external {node_ip}"), "tcp {pod} -> external");
+            assert_eq!(
+                tcp.trim(),
+                format!("connected: external {node_ip}"),
+                "tcp {pod} -> external"
+            );
             let udp = lab.ok(&["probe", pod, &format!("{external}:5353/udp")]);
-            assert_eq!(udp.trim(), format!("connected: external {node_ip}"), "udp {pod} -> external");
+            assert_eq!(
+                udp.trim(),
+                format!("connected: external {node_ip}"),
+                "udp {pod} -> external"
+            );
         }
-        assert_eq!(lab.ok(&["probe", pod, &format!("{external}/icmp")]).trim(), "reachable", "icmp {pod} -> external");
+        assert_eq!(
+            lab.ok(&["probe", pod, &format!("{external}/icmp")]).trim(),
+            "reachable",
+            "icmp {pod} -> external"
+        );
         // Another node's IP is outside the cluster CIDR too.
-        assert_eq!(lab.ok(&["probe", pod, &format!("{other_node}/icmp")]).trim(), "reachable", "{pod} -> {other_node}");
+        assert_eq!(
+            lab.ok(&["probe", pod, &format!("{other_node}/icmp")]).trim(),
+            "reachable",
+            "{pod} -> {other_node}"
+        );
     }
     // Pod to pod stays unmasqueraded and working.
-    assert_eq!(lab.ok(&["probe", "default/left", "right:8080/tcp"]).trim(), "connected: right");
+    assert_eq!(
+        lab.ok(&["probe", "default/left", "right:8080/tcp"]).trim(),
+        "connected: right"
+    );
 
     let status: serde_json::Value = serde_json::from_str(&lab.ok(&["status", "-o", "json"])).expect("status json");
-    assert!(!status.to_string().contains("snat_ports_exhausted"), "no SNAT drops: {status}");
+    assert!(
+        !status.to_string().contains("snat_ports_exhausted"),
+        "no SNAT drops: {status}"
+    );
 
     lab.ok(&["down"]);
-    assert!(lab.leftover_netns().is_empty(), "netns left behind: {:?}", lab.leftover_netns());
+    assert!(
+        lab.leftover_netns().is_empty(),
+        "netns left behind: {:?}",
+        lab.leftover_netns()
+    );
 }
 
 #[test]

@@ -8,7 +8,6 @@
 //! LoadBalancer ingress IP routed to one node. Needs root and the workspace
 //! built (`cargo build --workspace`).
 
-
 use std::process::Command;
 
 mod support;
@@ -101,7 +100,11 @@ fn nodeports(routing: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     for target in ["a:30080/tcp", "b:30080/tcp"] {
         while let Err(e) = lab.external(target) {
-            assert!(std::time::Instant::now() < deadline, "{target} never answered: {e}\n{}", lab.logs());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{target} never answered: {e}\n{}",
+                lab.logs()
+            );
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
     }
@@ -129,27 +132,56 @@ fn nodeports(routing: &str) {
         check(format!("{node}:30081/tcp"), &[here.as_str()]);
         check(format!("{node}:30054/udp"), &[here.as_str()]);
     }
-    assert!(failures.is_empty(), "{} failed attempts:\n{}\n{}", failures.len(), failures.join("\n"), lab.logs());
+    assert!(
+        failures.is_empty(),
+        "{} failed attempts:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        lab.logs()
+    );
 
     // Local with the only backend on a: b drops (counted), a answers.
     assert_eq!(lab.external("a:30083/tcp").as_deref(), Ok("web-a"));
     let out = lab.cmd(&["probe", "--from-external", "b:30083/tcp", "--timeout", "1"]);
-    assert_eq!(out.status.code(), Some(2), "node b has no local backend: dropped, so timed out: {}", show(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "node b has no local backend: dropped, so timed out: {}",
+        show(&out)
+    );
     let status: serde_json::Value = serde_json::from_str(&lab.ok(&["status", "-o", "json"])).expect("status json");
-    assert!(status.to_string().contains("no_local_backend"), "drop counted: {status}");
+    assert!(
+        status.to_string().contains("no_local_backend"),
+        "drop counted: {status}"
+    );
 
     // The LoadBalancer IP, routed by the external host to node a (as an
     // L2/BGP announcement would): Local, so a's pod answers.
     let svc: serde_json::Value =
         serde_json::from_str(&lab.ok(&["get", "svc", "np/web-lb", "-o", "json"])).expect("svc json");
-    let lb_ip = svc["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().unwrap_or_else(|| panic!("no LB IP: {svc}"));
+    let lb_ip = svc["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no LB IP: {svc}"));
     let route = Command::new("ip")
-        .args(["-n", &format!("{}-external", lab.name), "route", "add", &format!("{lb_ip}/32"), "via", "172.31.251.11"])
+        .args([
+            "-n",
+            &format!("{}-external", lab.name),
+            "route",
+            "add",
+            &format!("{lb_ip}/32"),
+            "via",
+            "172.31.251.11",
+        ])
         .output()
         .expect("ip route");
     assert!(route.status.success(), "{}", show(&route));
     for _ in 0..attempts {
-        assert_eq!(lab.external(&format!("{lb_ip}:8080/tcp")).as_deref(), Ok("web-a"), "{}", lab.logs());
+        assert_eq!(
+            lab.external(&format!("{lb_ip}:8080/tcp")).as_deref(),
+            Ok("web-a"),
+            "{}",
+            lab.logs()
+        );
     }
 }
 

@@ -2,9 +2,7 @@
 //! undo it. Kernel work goes through [`Node`], agent calls through [`Agent`],
 //! so the ordering and rollback rules are unit-tested with fakes.
 
-use weir_agent_api::{
-    Client, ClientError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, Request, Response,
-};
+use weir_agent_api::{Client, ClientError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, Request, Response};
 
 use crate::config::NetConf;
 use crate::env::Attachment;
@@ -33,11 +31,8 @@ fn kernel(what: &str, err: &NodeError) -> CniError {
 }
 
 fn unexpected(what: &str, response: &Response) -> CniError {
-    CniError::new(
-        Code::Io,
-        format!("{what}: unexpected reply from the weir agent"),
-    )
-    .with_details(format!("{response:?}"))
+    CniError::new(Code::Io, format!("{what}: unexpected reply from the weir agent"))
+        .with_details(format!("{response:?}"))
 }
 
 fn endpoint_ref(att: &Attachment) -> EndpointRef {
@@ -48,11 +43,8 @@ fn endpoint_ref(att: &Attachment) -> EndpointRef {
 }
 
 fn container_unknown(netns: &str) -> CniError {
-    CniError::new(
-        Code::UnknownContainer,
-        "container unknown or does not exist",
-    )
-    .with_details(format!("network namespace {netns} does not exist"))
+    CniError::new(Code::UnknownContainer, "container unknown or does not exist")
+        .with_details(format!("network namespace {netns} does not exist"))
 }
 
 /// ADD: veth pair, agent registration, pod addressing; rolls back on failure.
@@ -162,11 +154,7 @@ pub fn del<N: Node, A: Agent>(node: &N, agent: &A, att: &Attachment) -> Result<(
     match agent.call(Request::EndpointDel(endpoint_ref(att))) {
         Ok(_) => {}
         Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound => {}
-        Err(e) => errors.push(CniError::from_agent(
-            "releasing the endpoint",
-            &e,
-            Code::TryAgainLater,
-        )),
+        Err(e) => errors.push(CniError::from_agent("releasing the endpoint", &e, Code::TryAgainLater)),
     }
     // Deleting the host end removes the pod end too, wherever it is.
     let host = host_ifname(&att.container_id, &att.ifname);
@@ -188,22 +176,13 @@ fn combine(mut errors: Vec<CniError>) -> Result<(), CniError> {
                 .collect::<Vec<_>>()
                 .join("; ");
             let first = errors.remove(0);
-            Err(CniError::new(
-                first.code,
-                format!("{} (and {} more)", first.msg, errors.len()),
-            )
-            .with_details(details))
+            Err(CniError::new(first.code, format!("{} (and {} more)", first.msg, errors.len())).with_details(details))
         }
     }
 }
 
 /// CHECK: the namespace, both veth ends and the agent's address are in place.
-pub fn check<N: Node, A: Agent>(
-    node: &N,
-    agent: &A,
-    conf: &NetConf,
-    att: &Attachment,
-) -> Result<(), CniError> {
+pub fn check<N: Node, A: Agent>(node: &N, agent: &A, conf: &NetConf, att: &Attachment) -> Result<(), CniError> {
     let netns = node
         .open_netns(&att.netns)
         .map_err(|e| kernel("opening the pod network namespace", &e))?
@@ -212,11 +191,7 @@ pub fn check<N: Node, A: Agent>(
         Ok(Response::Endpoint(ep)) => ep,
         Ok(other) => return Err(unexpected("looking up the endpoint", &other)),
         Err(e) => {
-            return Err(CniError::from_agent(
-                "looking up the endpoint",
-                &e,
-                Code::TryAgainLater,
-            ));
+            return Err(CniError::from_agent("looking up the endpoint", &e, Code::TryAgainLater));
         }
     };
     let want = format!("{}/32", ep.ipv4);
@@ -234,10 +209,7 @@ pub fn check<N: Node, A: Agent>(
         .link_exists(&host)
         .map_err(|e| kernel("looking up the host veth", &e))?
     {
-        return Err(CniError::new(
-            Code::Io,
-            format!("host veth {host} is missing"),
-        ));
+        return Err(CniError::new(Code::Io, format!("host veth {host} is missing")));
     }
     let addrs = node
         .pod_ipv4s(&netns, &att.ifname)
@@ -248,16 +220,12 @@ pub fn check<N: Node, A: Agent>(
                 format!("interface {} is missing in {}", att.ifname, att.netns),
             )
         })?;
-    if !addrs
-        .iter()
-        .any(|(ip, prefix)| *ip == ep.ipv4 && *prefix == 32)
-    {
+    if !addrs.iter().any(|(ip, prefix)| *ip == ep.ipv4 && *prefix == 32) {
         let have: Vec<String> = addrs.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
-        return Err(CniError::new(
-            Code::Io,
-            format!("interface {} does not have {want}", att.ifname),
-        )
-        .with_details(format!("addresses on {}: {have:?}", att.ifname)));
+        return Err(
+            CniError::new(Code::Io, format!("interface {} does not have {want}", att.ifname))
+                .with_details(format!("addresses on {}: {have:?}", att.ifname)),
+        );
     }
     Ok(())
 }
@@ -266,8 +234,9 @@ pub fn check<N: Node, A: Agent>(
 pub fn status<A: Agent>(agent: &A) -> Result<(), CniError> {
     match agent.call(Request::Status) {
         Ok(Response::Status(_)) => Ok(()),
-        Ok(other) => Err(CniError::new(Code::NotAvailable, "weir agent is not ready")
-            .with_details(format!("{other:?}"))),
+        Ok(other) => {
+            Err(CniError::new(Code::NotAvailable, "weir agent is not ready").with_details(format!("{other:?}")))
+        }
         Err(e) => {
             let mut err = CniError::from_agent("status", &e, Code::NotAvailable);
             err.code = Code::NotAvailable;
@@ -292,11 +261,7 @@ pub fn gc<A: Agent>(agent: &A, conf: &NetConf) -> Result<(), CniError> {
             Ok(())
         }
         Ok(other) => Err(unexpected("garbage collection", &other)),
-        Err(e) => Err(CniError::from_agent(
-            "garbage collection",
-            &e,
-            Code::TryAgainLater,
-        )),
+        Err(e) => Err(CniError::from_agent("garbage collection", &e, Code::TryAgainLater)),
     }
 }
 
@@ -340,31 +305,20 @@ mod tests {
             Ok(links.len() != before)
         }
         fn plumb_veth(&self, _: &(), spec: &VethSpec) -> Result<VethMacs, NodeError> {
-            self.log.borrow_mut().push(format!(
-                "plumb {} {} {}",
-                spec.host, spec.temp_peer, spec.ifname
-            ));
+            self.log
+                .borrow_mut()
+                .push(format!("plumb {} {} {}", spec.host, spec.temp_peer, spec.ifname));
             self.links.borrow_mut().push(spec.host.clone());
             Ok(VethMacs {
                 host: "02:00:00:00:00:01".into(),
                 pod: "02:00:00:00:00:02".into(),
             })
         }
-        fn configure_pod(
-            &self,
-            _: &(),
-            ifname: &str,
-            addr: &PodAddressing,
-        ) -> Result<(), NodeError> {
-            self.log.borrow_mut().push(format!(
-                "configure {ifname} {} via {}",
-                addr.ipv4, addr.gateway
-            ));
-            if self.fail_configure {
-                Err(io_err())
-            } else {
-                Ok(())
-            }
+        fn configure_pod(&self, _: &(), ifname: &str, addr: &PodAddressing) -> Result<(), NodeError> {
+            self.log
+                .borrow_mut()
+                .push(format!("configure {ifname} {} via {}", addr.ipv4, addr.gateway));
+            if self.fail_configure { Err(io_err()) } else { Ok(()) }
         }
         fn pod_ipv4s(&self, _: &(), _: &str) -> Result<Option<Vec<(Ipv4Addr, u8)>>, NodeError> {
             Ok(self.pod_addrs.clone())
@@ -489,10 +443,7 @@ mod tests {
         assert_eq!(r.interfaces[1].sandbox.as_deref(), Some("/var/run/netns/p"));
         assert_eq!(agent.ops(), ["add"]);
         let log = node.log.borrow();
-        assert!(
-            log[1].starts_with("delete lxc"),
-            "stale veth removed first: {log:?}"
-        );
+        assert!(log[1].starts_with("delete lxc"), "stale veth removed first: {log:?}");
         assert!(log[2].starts_with("plumb lxc"));
         assert!(log[2].contains(&temp_peer_ifname(42, "c1", "eth0")));
         assert_eq!(log[3], "configure eth0 10.244.0.9 via 169.254.1.1");
@@ -506,13 +457,7 @@ mod tests {
             ..Default::default()
         };
         let agent = FakeAgent::new(ok_agent);
-        assert_eq!(
-            add(&node, &agent, &conf(), &att(), 1)
-                .unwrap_err()
-                .code
-                .number(),
-            3
-        );
+        assert_eq!(add(&node, &agent, &conf(), &att(), 1).unwrap_err().code.number(), 3);
         assert_eq!(node.log.borrow().len(), 1);
         assert!(agent.ops().is_empty());
     }
@@ -521,13 +466,7 @@ mod tests {
     fn add_with_unreachable_agent_rolls_back_veth_and_says_retry() {
         let node = FakeNode::default();
         let agent = FakeAgent::new(unreachable);
-        assert_eq!(
-            add(&node, &agent, &conf(), &att(), 1)
-                .unwrap_err()
-                .code
-                .number(),
-            11
-        );
+        assert_eq!(add(&node, &agent, &conf(), &att(), 1).unwrap_err().code.number(), 11);
         assert!(node.links.borrow().is_empty(), "veth left behind");
         // Connection refused: the agent saw nothing, so nothing to release.
         assert_eq!(agent.ops(), ["add"]);
@@ -537,13 +476,7 @@ mod tests {
     fn add_with_timed_out_agent_releases_and_rolls_back() {
         let node = FakeNode::default();
         let agent = FakeAgent::new(timeout);
-        assert_eq!(
-            add(&node, &agent, &conf(), &att(), 1)
-                .unwrap_err()
-                .code
-                .number(),
-            11
-        );
+        assert_eq!(add(&node, &agent, &conf(), &att(), 1).unwrap_err().code.number(), 11);
         assert!(node.links.borrow().is_empty());
         assert_eq!(agent.ops(), ["add", "del"]);
     }
@@ -552,19 +485,10 @@ mod tests {
     fn add_agent_refusal_maps_code_and_rolls_back() {
         let node = FakeNode::default();
         let agent = FakeAgent::new(|r| match r {
-            Request::EndpointAdd(_) => Err(ClientError::Api(ApiError::new(
-                ErrorCode::IpamExhausted,
-                "full",
-            ))),
+            Request::EndpointAdd(_) => Err(ClientError::Api(ApiError::new(ErrorCode::IpamExhausted, "full"))),
             _ => Ok(Response::Deleted { released: false }),
         });
-        assert_eq!(
-            add(&node, &agent, &conf(), &att(), 1)
-                .unwrap_err()
-                .code
-                .number(),
-            100
-        );
+        assert_eq!(add(&node, &agent, &conf(), &att(), 1).unwrap_err().code.number(), 100);
         assert!(node.links.borrow().is_empty());
     }
 
@@ -575,13 +499,7 @@ mod tests {
             ..Default::default()
         };
         let agent = FakeAgent::new(ok_agent);
-        assert_eq!(
-            add(&node, &agent, &conf(), &att(), 1)
-                .unwrap_err()
-                .code
-                .number(),
-            5
-        );
+        assert_eq!(add(&node, &agent, &conf(), &att(), 1).unwrap_err().code.number(), 5);
         assert_eq!(agent.ops(), ["add", "del"]);
         assert!(node.links.borrow().is_empty());
     }
@@ -589,8 +507,7 @@ mod tests {
     #[test]
     fn del_is_idempotent() {
         let node = FakeNode::default();
-        let agent =
-            FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::NotFound, "gone"))));
+        let agent = FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::NotFound, "gone"))));
         del(&node, &agent, &att()).unwrap();
         del(&node, &agent, &att()).unwrap();
         let ok = FakeAgent::new(ok_agent);
@@ -617,8 +534,7 @@ mod tests {
     #[test]
     fn del_reports_other_agent_errors() {
         let node = FakeNode::default();
-        let agent =
-            FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::Datapath, "x"))));
+        let agent = FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::Datapath, "x"))));
         assert_eq!(del(&node, &agent, &att()).unwrap_err().code.number(), 102);
     }
 
@@ -680,13 +596,9 @@ mod tests {
             5
         );
 
-        let unknown =
-            FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::NotFound, "?"))));
+        let unknown = FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::NotFound, "?"))));
         assert_eq!(
-            check(&good(), &unknown, &conf(), &att())
-                .unwrap_err()
-                .code
-                .number(),
+            check(&good(), &unknown, &conf(), &att()).unwrap_err().code.number(),
             101
         );
 
@@ -714,33 +626,16 @@ mod tests {
     #[test]
     fn status_codes() {
         status(&FakeAgent::new(ok_agent)).unwrap();
-        assert_eq!(
-            status(&FakeAgent::new(unreachable))
-                .unwrap_err()
-                .code
-                .number(),
-            50
-        );
-        assert_eq!(
-            status(&FakeAgent::new(timeout)).unwrap_err().code.number(),
-            50
-        );
-        let refusing = FakeAgent::new(|_| {
-            Err(ClientError::Api(ApiError::new(
-                ErrorCode::Internal,
-                "starting",
-            )))
-        });
+        assert_eq!(status(&FakeAgent::new(unreachable)).unwrap_err().code.number(), 50);
+        assert_eq!(status(&FakeAgent::new(timeout)).unwrap_err().code.number(), 50);
+        let refusing = FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::Internal, "starting"))));
         assert_eq!(status(&refusing).unwrap_err().code.number(), 50);
     }
 
     #[test]
     fn gc_sends_keep_list() {
         let mut c = conf();
-        assert_eq!(
-            gc(&FakeAgent::new(ok_agent), &c).unwrap_err().code.number(),
-            7
-        );
+        assert_eq!(gc(&FakeAgent::new(ok_agent), &c).unwrap_err().code.number(), 7);
         c.valid_attachments = Some(vec![EndpointRef {
             container_id: "c1".into(),
             ifname: "eth0".into(),
@@ -756,12 +651,6 @@ mod tests {
                 }]
             }
         );
-        assert_eq!(
-            gc(&FakeAgent::new(unreachable), &c)
-                .unwrap_err()
-                .code
-                .number(),
-            11
-        );
+        assert_eq!(gc(&FakeAgent::new(unreachable), &c).unwrap_err().code.number(), 11);
     }
 }

@@ -64,37 +64,23 @@ pub fn negotiate_version(doc: &serde_json::Value) -> Result<String, CniError> {
     match doc.get("cniVersion") {
         // The reference skel treats a missing version as "0.1.0": incompatible.
         None | Some(serde_json::Value::Null) => {
-            Err(
-                CniError::new(Code::IncompatibleVersion, "netconf has no cniVersion").with_details(
-                    format!("supported versions: {}", SUPPORTED_VERSIONS.join(", ")),
-                ),
-            )
+            Err(CniError::new(Code::IncompatibleVersion, "netconf has no cniVersion")
+                .with_details(format!("supported versions: {}", SUPPORTED_VERSIONS.join(", "))))
         }
-        Some(serde_json::Value::String(v)) if SUPPORTED_VERSIONS.contains(&v.as_str()) => {
-            Ok(v.clone())
-        }
-        Some(other) => Err(CniError::new(
-            Code::IncompatibleVersion,
-            format!("unsupported cniVersion {other}"),
-        )
-        .with_details(format!(
-            "supported versions: {}",
-            SUPPORTED_VERSIONS.join(", ")
-        ))),
+        Some(serde_json::Value::String(v)) if SUPPORTED_VERSIONS.contains(&v.as_str()) => Ok(v.clone()),
+        Some(other) => Err(
+            CniError::new(Code::IncompatibleVersion, format!("unsupported cniVersion {other}"))
+                .with_details(format!("supported versions: {}", SUPPORTED_VERSIONS.join(", "))),
+        ),
     }
 }
 
 /// Decode stdin into JSON (code 6 on failure).
 pub fn decode(stdin: &[u8]) -> Result<serde_json::Value, CniError> {
-    let doc: serde_json::Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(Code::Decode, "netconf on stdin is not valid JSON")
-            .with_details(e.to_string())
-    })?;
+    let doc: serde_json::Value = serde_json::from_slice(stdin)
+        .map_err(|e| CniError::new(Code::Decode, "netconf on stdin is not valid JSON").with_details(e.to_string()))?;
     if !doc.is_object() {
-        return Err(CniError::new(
-            Code::Decode,
-            "netconf on stdin is not a JSON object",
-        ));
+        return Err(CniError::new(Code::Decode, "netconf on stdin is not a JSON object"));
     }
     Ok(doc)
 }
@@ -102,8 +88,7 @@ pub fn decode(stdin: &[u8]) -> Result<serde_json::Value, CniError> {
 /// Validate a decoded netconf whose version [`negotiate_version`] accepted.
 pub fn parse(doc: serde_json::Value, cni_version: String) -> Result<NetConf, CniError> {
     let invalid = |msg: String| CniError::new(Code::InvalidConfig, msg);
-    let wire: Wire =
-        serde_json::from_value(doc).map_err(|e| invalid(format!("invalid netconf: {e}")))?;
+    let wire: Wire = serde_json::from_value(doc).map_err(|e| invalid(format!("invalid netconf: {e}")))?;
 
     let name = wire.name.unwrap_or_default();
     if name.is_empty() {
@@ -126,9 +111,7 @@ pub fn parse(doc: serde_json::Value, cni_version: String) -> Result<NetConf, Cni
         }
         None => return Err(invalid("netconf has no type".into())),
     }
-    let agent_socket = wire
-        .agent_socket
-        .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_owned());
+    let agent_socket = wire.agent_socket.unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_owned());
     if !agent_socket.starts_with('/') {
         return Err(invalid(format!(
             "agentSocket {agent_socket:?} must be an absolute path"
@@ -144,11 +127,10 @@ pub fn parse(doc: serde_json::Value, cni_version: String) -> Result<NetConf, Cni
         )));
     }
     if let Some(ipam) = wire.ipam.filter(|v| !v.is_null()) {
-        return Err(CniError::new(
-            Code::UnsupportedField,
-            format!("unsupported field ipam: {ipam}"),
-        )
-        .with_details("weir allocates pod addresses in its agent; remove the ipam section"));
+        return Err(
+            CniError::new(Code::UnsupportedField, format!("unsupported field ipam: {ipam}"))
+                .with_details("weir allocates pod addresses in its agent; remove the ipam section"),
+        );
     }
     let valid_attachments = wire.valid_attachments.map(|list| {
         list.into_iter()
@@ -184,8 +166,9 @@ mod tests {
 
     #[test]
     fn parses_the_documented_netconf() {
-        let c = load(json!({"cniVersion":"1.1.0","name":"weir","type":"weir-cni","agentSocket":"/tmp/a.sock","mtu":1450}))
-            .unwrap();
+        let c =
+            load(json!({"cniVersion":"1.1.0","name":"weir","type":"weir-cni","agentSocket":"/tmp/a.sock","mtu":1450}))
+                .unwrap();
         assert_eq!(c.cni_version, "1.1.0");
         assert_eq!(c.name, "weir");
         assert_eq!(c.agent_socket, "/tmp/a.sock");
@@ -194,8 +177,9 @@ mod tests {
 
     #[test]
     fn defaults_and_unknown_fields() {
-        let c = load(json!({"cniVersion":"1.0.0","name":"weir","type":"weir-cni","whatever":{"x":1},"runtimeConfig":{}}))
-            .unwrap();
+        let c =
+            load(json!({"cniVersion":"1.0.0","name":"weir","type":"weir-cni","whatever":{"x":1},"runtimeConfig":{}}))
+                .unwrap();
         assert_eq!(c.agent_socket, DEFAULT_AGENT_SOCKET);
         assert_eq!(c.mtu, None);
         assert!(c.prev_result.is_none());
@@ -213,11 +197,7 @@ mod tests {
             json!({}),
             json!({"cniVersion":1}),
         ] {
-            assert_eq!(
-                negotiate_version(&bad).unwrap_err().code.number(),
-                1,
-                "{bad}"
-            );
+            assert_eq!(negotiate_version(&bad).unwrap_err().code.number(), 1, "{bad}");
         }
     }
 

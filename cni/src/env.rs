@@ -48,12 +48,10 @@ pub struct Attachment {
 
 /// Read `CNI_COMMAND`.
 pub fn command(get: impl Fn(&str) -> Option<String>) -> Result<Command, CniError> {
-    let raw = get("CNI_COMMAND")
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            CniError::new(Code::InvalidEnv, "CNI_COMMAND is not set")
-                .with_details("expected one of ADD, DEL, CHECK, VERSION, STATUS, GC")
-        })?;
+    let raw = get("CNI_COMMAND").filter(|s| !s.is_empty()).ok_or_else(|| {
+        CniError::new(Code::InvalidEnv, "CNI_COMMAND is not set")
+            .with_details("expected one of ADD, DEL, CHECK, VERSION, STATUS, GC")
+    })?;
     Command::parse(&raw).ok_or_else(|| {
         CniError::new(Code::InvalidEnv, format!("unknown CNI_COMMAND {raw:?}"))
             .with_details("expected one of ADD, DEL, CHECK, VERSION, STATUS, GC")
@@ -61,10 +59,7 @@ pub fn command(get: impl Fn(&str) -> Option<String>) -> Result<Command, CniError
 }
 
 /// Read and validate the variables ADD, DEL and CHECK need.
-pub fn attachment(
-    cmd: Command,
-    get: impl Fn(&str) -> Option<String>,
-) -> Result<Attachment, CniError> {
+pub fn attachment(cmd: Command, get: impl Fn(&str) -> Option<String>) -> Result<Attachment, CniError> {
     let required = |key: &str| {
         get(key)
             .filter(|s| !s.is_empty())
@@ -112,12 +107,7 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
 /// What the kernel accepts as an interface name (`dev_valid_name`), which is
 /// also what the spec requires of `CNI_IFNAME`.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let bad = |why: &str| {
-        Err(CniError::new(
-            Code::InvalidEnv,
-            format!("CNI_IFNAME {name:?} {why}"),
-        ))
-    };
+    let bad = |why: &str| Err(CniError::new(Code::InvalidEnv, format!("CNI_IFNAME {name:?} {why}")));
     if name.is_empty() {
         return bad("is empty");
     }
@@ -170,11 +160,10 @@ pub fn pod_ref(cni_args: &str) -> Result<PodRef, CniError> {
         }
     }
     if !ignore_unknown && let Some(first) = unknown.first() {
-        return Err(CniError::new(
-            Code::UnsupportedField,
-            format!("unsupported CNI_ARGS field {first}"),
-        )
-        .with_details("set IgnoreUnknown=1 to ignore arguments weir does not use"));
+        return Err(
+            CniError::new(Code::UnsupportedField, format!("unsupported CNI_ARGS field {first}"))
+                .with_details("set IgnoreUnknown=1 to ignore arguments weir does not use"),
+        );
     }
     Ok(pod)
 }
@@ -185,33 +174,20 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
-    const KUBELET_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=1234";
+    const KUBELET_ARGS: &str =
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=1234";
 
     #[test]
     fn commands() {
-        assert_eq!(
-            command(env(&[("CNI_COMMAND", "ADD")])).unwrap(),
-            Command::Add
-        );
+        assert_eq!(command(env(&[("CNI_COMMAND", "ADD")])).unwrap(), Command::Add);
         assert_eq!(command(env(&[("CNI_COMMAND", "GC")])).unwrap(), Command::Gc);
         assert_eq!(command(env(&[])).unwrap_err().code.number(), 4);
-        assert_eq!(
-            command(env(&[("CNI_COMMAND", "add")]))
-                .unwrap_err()
-                .code
-                .number(),
-            4
-        );
-        assert!(
-            Command::Status.needs_1_1() && Command::Gc.needs_1_1() && !Command::Add.needs_1_1()
-        );
+        assert_eq!(command(env(&[("CNI_COMMAND", "add")])).unwrap_err().code.number(), 4);
+        assert!(Command::Status.needs_1_1() && Command::Gc.needs_1_1() && !Command::Add.needs_1_1());
     }
 
     #[test]
@@ -272,20 +248,11 @@ mod tests {
                 .map(|(_, p)| *p)
                 .collect();
             assert_eq!(
-                attachment(Command::Add, env(&partial))
-                    .unwrap_err()
-                    .code
-                    .number(),
+                attachment(Command::Add, env(&partial)).unwrap_err().code.number(),
                 4,
                 "without {skip}"
             );
-            assert_eq!(
-                attachment(Command::Check, env(&partial))
-                    .unwrap_err()
-                    .code
-                    .number(),
-                4
-            );
+            assert_eq!(attachment(Command::Check, env(&partial)).unwrap_err().code.number(), 4);
         }
         // DEL tolerates a missing netns (already torn down).
         let no_netns = [("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")];

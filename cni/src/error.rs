@@ -171,9 +171,7 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::TimedOut),
         };
         assert_eq!(
-            CniError::from_agent("add", &timeout, Code::TryAgainLater)
-                .code
-                .number(),
+            CniError::from_agent("add", &timeout, Code::TryAgainLater).code.number(),
             11
         );
         for (code, n) in [

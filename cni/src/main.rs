@@ -97,10 +97,7 @@ fn prepare(
     })
 }
 
-fn run(
-    get: impl Fn(&str) -> Option<String>,
-    version: &mut String,
-) -> Result<Option<String>, CniError> {
+fn run(get: impl Fn(&str) -> Option<String>, version: &mut String) -> Result<Option<String>, CniError> {
     let command = env::command(&get)?;
     let mut stdin = Vec::new();
     if command == Command::Version {
@@ -111,9 +108,9 @@ fn run(
         }
         return Ok(Some(result::version_json()));
     }
-    std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
-        CniError::new(Code::Io, "reading the netconf from stdin").with_details(e.to_string())
-    })?;
+    std::io::stdin()
+        .read_to_end(&mut stdin)
+        .map_err(|e| CniError::new(Code::Io, "reading the netconf from stdin").with_details(e.to_string()))?;
     let inv = prepare(command, &get, &stdin, version)?;
     let agent = Client::new(&inv.conf.agent_socket, AGENT_TIMEOUT);
     let node = netlink::Netlink;
@@ -130,9 +127,8 @@ fn run(
             )
             .entered();
             let result = commands::add(&node, &agent, &inv.conf, &att, pid)?;
-            let json = serde_json::to_string(&result).map_err(|e| {
-                CniError::new(Code::Io, "serializing the result").with_details(e.to_string())
-            })?;
+            let json = serde_json::to_string(&result)
+                .map_err(|e| CniError::new(Code::Io, "serializing the result").with_details(e.to_string()))?;
             Ok(Some(json))
         }
         (Command::Del, Some(att)) => {
@@ -156,13 +152,11 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const NETCONF: &str = r#"{"cniVersion":"1.1.0","name":"weir","type":"weir-cni","agentSocket":"/run/weir/agent.sock","mtu":1500}"#;
+    const NETCONF: &str =
+        r#"{"cniVersion":"1.1.0","name":"weir","type":"weir-cni","agentSocket":"/run/weir/agent.sock","mtu":1500}"#;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 

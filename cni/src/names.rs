@@ -25,19 +25,12 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 /// unique among concurrently running plugins (the pid is) and unlikely to meet
 /// a leftover from a crashed one (the attachment hash differs). 14 bytes.
 pub fn temp_peer_ifname(pid: u32, container_id: &str, ifname: &str) -> String {
-    format!(
-        "wt{pid:08x}{:04x}",
-        attachment_hash(container_id, ifname) & 0xffff
-    )
+    format!("wt{pid:08x}{:04x}", attachment_hash(container_id, ifname) & 0xffff)
 }
 
 /// `aa:bb:cc:dd:ee:ff`, lowercase, as the CNI result and the agent API expect.
 pub fn format_mac(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parse a colon-separated 48-bit MAC address.
@@ -89,14 +82,8 @@ mod tests {
     fn temp_names_fit_and_differ_by_pid() {
         let t = temp_peer_ifname(4_194_304, "c1", "eth0");
         assert!(t.len() <= 15, "{t}");
-        assert_ne!(
-            temp_peer_ifname(100, "c1", "eth0"),
-            temp_peer_ifname(101, "c1", "eth0")
-        );
-        assert_ne!(
-            temp_peer_ifname(100, "c1", "eth0"),
-            host_ifname("c1", "eth0")
-        );
+        assert_ne!(temp_peer_ifname(100, "c1", "eth0"), temp_peer_ifname(101, "c1", "eth0"));
+        assert_ne!(temp_peer_ifname(100, "c1", "eth0"), host_ifname("c1", "eth0"));
     }
 
     #[test]

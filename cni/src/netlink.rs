@@ -102,18 +102,9 @@ pub trait Node {
     /// caller deletes `spec.host`.
     fn plumb_veth(&self, netns: &Self::Netns, spec: &VethSpec) -> Result<VethMacs, NodeError>;
     /// Address, routes and gateway neighbour on the pod interface. Idempotent.
-    fn configure_pod(
-        &self,
-        netns: &Self::Netns,
-        ifname: &str,
-        addr: &PodAddressing,
-    ) -> Result<(), NodeError>;
+    fn configure_pod(&self, netns: &Self::Netns, ifname: &str, addr: &PodAddressing) -> Result<(), NodeError>;
     /// IPv4 addresses (address, prefix) on `ifname` in the pod; `Ok(None)` if the link is missing.
-    fn pod_ipv4s(
-        &self,
-        netns: &Self::Netns,
-        ifname: &str,
-    ) -> Result<Option<Vec<(Ipv4Addr, u8)>>, NodeError>;
+    fn pod_ipv4s(&self, netns: &Self::Netns, ifname: &str) -> Result<Option<Vec<(Ipv4Addr, u8)>>, NodeError>;
 }
 
 /// An open pod namespace: the fd and the path it came from (for messages).
@@ -146,9 +137,7 @@ impl Node for Netlink {
                 file,
                 path: path.to_owned(),
             })),
-            Ok(_) => Err(NodeError::NotANetns {
-                path: path.to_owned(),
-            }),
+            Ok(_) => Err(NodeError::NotANetns { path: path.to_owned() }),
             Err(e) => Err(NodeError::OpenNetns {
                 path: path.to_owned(),
                 source: e.into(),
@@ -173,19 +162,15 @@ impl Node for Netlink {
                 .name(spec.temp_peer.clone())
                 .setns_by_fd(netns.file.as_raw_fd())
                 .build();
-            let mut veth = LinkVeth::new(&spec.host, &spec.temp_peer)
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+            let mut veth =
+                LinkVeth::new(&spec.host, &spec.temp_peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
             if let Some(mtu) = spec.mtu {
                 veth = veth.mtu(mtu);
             }
-            h.link()
-                .add(veth.build())
-                .execute()
-                .await
-                .map_err(nl(format!(
-                    "creating veth {} / {} in {}",
-                    spec.host, spec.temp_peer, netns.path
-                )))?;
+            h.link().add(veth.build()).execute().await.map_err(nl(format!(
+                "creating veth {} / {} in {}",
+                spec.host, spec.temp_peer, netns.path
+            )))?;
             let host = require_link(&h, &spec.host, false).await?;
             Ok(mac_of(&host))
         })?;
@@ -201,10 +186,7 @@ impl Node for Netlink {
                 .set(rename.build())
                 .execute()
                 .await
-                .map_err(nl(format!(
-                    "renaming {} to {}",
-                    spec.temp_peer, spec.ifname
-                )))?;
+                .map_err(nl(format!("renaming {} to {}", spec.temp_peer, spec.ifname)))?;
             // weir's datapath is IPv4-only for now: keep the pod from sending
             // IPv6 neighbour and router solicitations that would only be
             // dropped (and counted). This thread is in the pod's netns, so
@@ -241,12 +223,7 @@ impl Node for Netlink {
         })
     }
 
-    fn configure_pod(
-        &self,
-        netns: &Netns,
-        ifname: &str,
-        addr: &PodAddressing,
-    ) -> Result<(), NodeError> {
+    fn configure_pod(&self, netns: &Netns, ifname: &str, addr: &PodAddressing) -> Result<(), NodeError> {
         in_netns(netns, async |h| {
             let index = require_link(&h, ifname, true).await?.header.index;
             h.address()
@@ -293,11 +270,7 @@ impl Node for Netlink {
         })
     }
 
-    fn pod_ipv4s(
-        &self,
-        netns: &Netns,
-        ifname: &str,
-    ) -> Result<Option<Vec<(Ipv4Addr, u8)>>, NodeError> {
+    fn pod_ipv4s(&self, netns: &Netns, ifname: &str) -> Result<Option<Vec<(Ipv4Addr, u8)>>, NodeError> {
         in_netns(netns, async |h| {
             let Some(link) = link_by_name(&h, ifname).await? else {
                 return Ok(None);
@@ -315,9 +288,7 @@ impl Node for Netlink {
                 .filter(|m| m.header.index == link.header.index)
                 .flat_map(|m| {
                     m.attributes.iter().filter_map(move |a| match a {
-                        AddressAttribute::Address(IpAddr::V4(ip)) => {
-                            Some((*ip, m.header.prefix_len))
-                        }
+                        AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
                         _ => None,
                     })
                 })
@@ -339,9 +310,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, NodeError> {
 }
 
 /// Run netlink work against the namespace this thread is in.
-async fn with_handle<T>(
-    work: impl AsyncFnOnce(Handle) -> Result<T, NodeError>,
-) -> Result<T, NodeError> {
+async fn with_handle<T>(work: impl AsyncFnOnce(Handle) -> Result<T, NodeError>) -> Result<T, NodeError> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(NodeError::Setup)?;
     let driver = tokio::spawn(connection);
     let out = work(handle).await;
@@ -363,11 +332,9 @@ fn in_netns<T: Send>(
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                nix::sched::setns(&netns.file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NodeError::Setns {
-                        path: netns.path.clone(),
-                        source,
-                    }
+                nix::sched::setns(&netns.file, CloneFlags::CLONE_NEWNET).map_err(|source| NodeError::Setns {
+                    path: netns.path.clone(),
+                    source,
                 })?;
                 runtime()?.block_on(with_handle(work))
             })
@@ -381,14 +348,7 @@ fn is_errno(err: &rtnetlink::Error, errno: Errno) -> bool {
 }
 
 async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NodeError> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
+    match h.link().get().match_name(name.to_owned()).execute().try_next().await {
         Ok(link) => Ok(link),
         Err(e) if is_errno(&e, Errno::ENODEV) => Ok(None),
         Err(source) => Err(NodeError::Netlink {
@@ -399,12 +359,10 @@ async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Nod
 }
 
 async fn require_link(h: &Handle, name: &str, in_pod: bool) -> Result<LinkMessage, NodeError> {
-    link_by_name(h, name)
-        .await?
-        .ok_or_else(|| NodeError::LinkMissing {
-            name: name.to_owned(),
-            in_pod,
-        })
+    link_by_name(h, name).await?.ok_or_else(|| NodeError::LinkMissing {
+        name: name.to_owned(),
+        in_pod,
+    })
 }
 
 async fn delete_by_name(h: &Handle, name: &str) -> Result<bool, NodeError> {

@@ -113,11 +113,7 @@ pub fn prev_result_ipv4s(prev: &serde_json::Value) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(|ip| ip.get("address")?.as_str())
-        .filter(|a| {
-            a.split('/')
-                .next()
-                .is_some_and(|h| h.parse::<Ipv4Addr>().is_ok())
-        })
+        .filter(|a| a.split('/').next().is_some_and(|h| h.parse::<Ipv4Addr>().is_ok()))
         .map(str::to_owned)
         .collect()
 }

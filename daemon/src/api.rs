@@ -61,7 +61,10 @@ async fn handle<D: Dataplane + 'static>(
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read).take(MAX_REQUEST as u64).read_line(&mut line).await?;
+    BufReader::new(read)
+        .take(MAX_REQUEST as u64)
+        .read_line(&mut line)
+        .await?;
     let reply = match decode(&line) {
         Ok(request) => {
             let span = tracing::info_span!("api", op = op_name(&request));
@@ -91,10 +94,16 @@ fn decode(line: &str) -> Result<Request, ApiError> {
     let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
     match value.get("api").and_then(|v| v.as_str()) {
         Some(API_VERSION) => {}
-        Some(other) => return Err(bad(format!("unsupported API version {other:?}; this agent speaks {API_VERSION:?}"))),
+        Some(other) => {
+            return Err(bad(format!(
+                "unsupported API version {other:?}; this agent speaks {API_VERSION:?}"
+            )));
+        }
         None => return Err(bad(format!("missing \"api\": this agent speaks {API_VERSION:?}"))),
     }
-    serde_json::from_value::<Envelope>(value).map(|e| e.request).map_err(|e| bad(format!("invalid request: {e}")))
+    serde_json::from_value::<Envelope>(value)
+        .map(|e| e.request)
+        .map_err(|e| bad(format!("invalid request: {e}")))
 }
 
 fn op_name(r: &Request) -> &'static str {
@@ -108,7 +117,11 @@ fn op_name(r: &Request) -> &'static str {
     }
 }
 
-fn dispatch<D: Dataplane>(request: Request, endpoints: &Shared<D>, cluster: &ClusterState) -> Result<Response, ApiError> {
+fn dispatch<D: Dataplane>(
+    request: Request,
+    endpoints: &Shared<D>,
+    cluster: &ClusterState,
+) -> Result<Response, ApiError> {
     let mut eps = endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match request {
         Request::EndpointAdd(add) => eps.add(add, cluster),
@@ -126,9 +139,17 @@ mod tests {
 
     #[test]
     fn rejects_other_versions_and_garbage_with_bad_request() {
-        for line in ["{", r#"{"op":"status"}"#, r#"{"api":"weir.agent/v0","op":"status"}"#, r#"{"api":"weir.agent/v1","op":"fly"}"#] {
+        for line in [
+            "{",
+            r#"{"op":"status"}"#,
+            r#"{"api":"weir.agent/v0","op":"status"}"#,
+            r#"{"api":"weir.agent/v1","op":"fly"}"#,
+        ] {
             assert_eq!(decode(line).unwrap_err().code, ErrorCode::BadRequest, "{line}");
         }
-        assert_eq!(decode(r#"{"api":"weir.agent/v1","op":"status"}"#).unwrap(), Request::Status);
+        assert_eq!(
+            decode(r#"{"api":"weir.agent/v1","op":"status"}"#).unwrap(),
+            Request::Status
+        );
     }
 }

@@ -22,7 +22,11 @@ pub enum LbAlgorithm {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "weir-agent", version, about = "weir node agent: loads the eBPF datapath and wires pods")]
+#[command(
+    name = "weir-agent",
+    version,
+    about = "weir node agent: loads the eBPF datapath and wires pods"
+)]
 pub struct Config {
     /// Name of this node (the Node object's name).
     #[arg(long, env = "WEIR_NODE")]
@@ -91,20 +95,33 @@ impl Config {
             errors.push(format!("--node {:?}: must be a non-empty name without '/'", self.node));
         }
         if self.pod_cidr.prefix_len() > 30 {
-            errors.push(format!("--pod-cidr {}: needs at least 4 addresses (prefix /30 or shorter)", self.pod_cidr));
+            errors.push(format!(
+                "--pod-cidr {}: needs at least 4 addresses (prefix /30 or shorter)",
+                self.pod_cidr
+            ));
         }
         if self.pod_cidr.network() != self.pod_cidr.addr() {
-            errors.push(format!("--pod-cidr {}: has host bits set (did you mean {}?)", self.pod_cidr, self.pod_cidr.trunc()));
+            errors.push(format!(
+                "--pod-cidr {}: has host bits set (did you mean {}?)",
+                self.pod_cidr,
+                self.pod_cidr.trunc()
+            ));
         }
         if self.routing == Routing::Vxlan && self.uplink.is_none() {
             errors.push("--routing vxlan needs --uplink (the node IP is the tunnel endpoint)".into());
         }
         if let Some(cluster) = self.cluster_cidr {
             if cluster.network() != cluster.addr() {
-                errors.push(format!("--cluster-cidr {cluster}: has host bits set (did you mean {}?)", cluster.trunc()));
+                errors.push(format!(
+                    "--cluster-cidr {cluster}: has host bits set (did you mean {}?)",
+                    cluster.trunc()
+                ));
             }
             if !cluster.contains(&self.pod_cidr) {
-                errors.push(format!("--cluster-cidr {cluster} does not contain --pod-cidr {}", self.pod_cidr));
+                errors.push(format!(
+                    "--cluster-cidr {cluster} does not contain --pod-cidr {}",
+                    self.pod_cidr
+                ));
             }
             if self.uplink.is_none() {
                 errors.push("--cluster-cidr needs --uplink (masquerading happens on the uplink)".into());
@@ -140,11 +157,28 @@ mod tests {
 
     #[test]
     fn cluster_cidr_must_hold_the_pod_cidr_and_needs_an_uplink() {
-        let c = parse(&["--node", "n", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.245.0.1/16"]).unwrap();
+        let c = parse(&[
+            "--node",
+            "n",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--cluster-cidr",
+            "10.245.0.1/16",
+        ])
+        .unwrap();
         let errs = c.validate().unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
-        let c = parse(&["--node", "n", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", "10.244.0.0/16", "--uplink", "eth0"])
-            .unwrap();
+        let c = parse(&[
+            "--node",
+            "n",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--uplink",
+            "eth0",
+        ])
+        .unwrap();
         c.validate().unwrap();
     }
 

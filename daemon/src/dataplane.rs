@@ -46,9 +46,14 @@ impl Dataplane for Kernel {
     }
 
     fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), String> {
-        self.datapath.upsert_endpoint(IpAddr::V4(ip), info).map_err(|e| e.to_string())?;
-        let attached =
-            if fresh { self.datapath.attach_endpoint(iface) } else { self.datapath.reattach_endpoint(iface) };
+        self.datapath
+            .upsert_endpoint(IpAddr::V4(ip), info)
+            .map_err(|e| e.to_string())?;
+        let attached = if fresh {
+            self.datapath.attach_endpoint(iface)
+        } else {
+            self.datapath.reattach_endpoint(iface)
+        };
         attached.map_err(|e| format!("{e}: {}", error_chain(&e)))?;
         // Deleting the veth later takes this route and neighbour with it.
         self.runtime
@@ -58,15 +63,24 @@ impl Dataplane for Kernel {
 
     fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), String> {
         let detached = self.datapath.detach_endpoint(iface).map_err(|e| e.to_string());
-        let removed = self.datapath.remove_endpoint(IpAddr::V4(ip), endpoint_id).map_err(|e| e.to_string());
+        let removed = self
+            .datapath
+            .remove_endpoint(IpAddr::V4(ip), endpoint_id)
+            .map_err(|e| e.to_string());
         detached.and(removed)
     }
 
     fn counters(&mut self, endpoint_id: u32) -> Result<EndpointCounters, String> {
         let (i, e) = self.datapath.endpoint_traffic(endpoint_id).map_err(|e| e.to_string())?;
         Ok(EndpointCounters {
-            ingress: Traffic { packets: i.packets, bytes: i.bytes },
-            egress: Traffic { packets: e.packets, bytes: e.bytes },
+            ingress: Traffic {
+                packets: i.packets,
+                bytes: i.bytes,
+            },
+            egress: Traffic {
+                packets: e.packets,
+                bytes: e.bytes,
+            },
         })
     }
 
@@ -76,7 +90,15 @@ impl Dataplane for Kernel {
             .drops()
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|(r, t)| (r.name().to_owned(), Traffic { packets: t.packets, bytes: t.bytes }))
+            .map(|(r, t)| {
+                (
+                    r.name().to_owned(),
+                    Traffic {
+                        packets: t.packets,
+                        bytes: t.bytes,
+                    },
+                )
+            })
             .collect())
     }
 

@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use weir_agent_api::{
-    AgentStatus, ApiError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, POD_GATEWAY_V4, Response,
-};
+use weir_agent_api::{AgentStatus, ApiError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, POD_GATEWAY_V4, Response};
 use weir_datapath::abi::EpInfo;
 
 use crate::cluster::ClusterState;
@@ -28,7 +26,11 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
     parts.try_into().ok()
 }
 
@@ -51,7 +53,13 @@ impl<D: Dataplane> Endpoints<D> {
     /// pod traffic keeps flowing across an agent restart.
     pub fn open(node: String, cidr: Ipv4Net, dataplane: D, store: Store) -> Result<Self, store::StoreError> {
         let state = store.load()?;
-        let mut me = Self { node, cidr, dataplane, store, state };
+        let mut me = Self {
+            node,
+            cidr,
+            dataplane,
+            store,
+            state,
+        };
         me.reconcile();
         Ok(me)
     }
@@ -93,22 +101,35 @@ impl<D: Dataplane> Endpoints<D> {
     }
 
     pub fn add(&mut self, req: EndpointAdd, cluster: &ClusterState) -> Result<Response, ApiError> {
-        for (field, value) in
-            [("container_id", &req.container_id), ("ifname", &req.ifname), ("host_ifname", &req.host_ifname)]
-        {
+        for (field, value) in [
+            ("container_id", &req.container_id),
+            ("ifname", &req.ifname),
+            ("host_ifname", &req.host_ifname),
+        ] {
             if value.is_empty() {
                 return Err(err(ErrorCode::BadRequest, format!("{field} must not be empty")));
             }
         }
-        let pod_mac = parse_mac(&req.pod_mac)
-            .ok_or_else(|| err(ErrorCode::BadRequest, format!("pod_mac {:?} is not a MAC address", req.pod_mac)))?;
-        let (ifindex, host_mac) = self
-            .dataplane
-            .interface(&req.host_ifname)
-            .ok_or_else(|| err(ErrorCode::NotFound, format!("interface {} does not exist on this node", req.host_ifname)))?;
+        let pod_mac = parse_mac(&req.pod_mac).ok_or_else(|| {
+            err(
+                ErrorCode::BadRequest,
+                format!("pod_mac {:?} is not a MAC address", req.pod_mac),
+            )
+        })?;
+        let (ifindex, host_mac) = self.dataplane.interface(&req.host_ifname).ok_or_else(|| {
+            err(
+                ErrorCode::NotFound,
+                format!("interface {} does not exist on this node", req.host_ifname),
+            )
+        })?;
 
-        let key = store::key(&EndpointRef { container_id: req.container_id.clone(), ifname: req.ifname.clone() });
-        let labels = cluster.pod_labels(&req.pod.namespace, &req.pod.name).unwrap_or_default();
+        let key = store::key(&EndpointRef {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+        });
+        let labels = cluster
+            .pod_labels(&req.pod.namespace, &req.pod.name)
+            .unwrap_or_default();
         let identity = self.state.identity_for(&labels_key(&req.pod.namespace, &labels));
 
         // A repeated ADD keeps its address and id; everything else is refreshed.
@@ -200,7 +221,11 @@ impl<D: Dataplane> Endpoints<D> {
     pub fn list(&mut self) -> Result<Response, ApiError> {
         let mut endpoints: Vec<Endpoint> = self.state.endpoints.values().cloned().collect();
         for ep in &mut endpoints {
-            ep.counters = Some(self.dataplane.counters(ep.id).map_err(|e| err(ErrorCode::Datapath, e))?);
+            ep.counters = Some(
+                self.dataplane
+                    .counters(ep.id)
+                    .map_err(|e| err(ErrorCode::Datapath, e))?,
+            );
         }
         Ok(Response::Endpoints { endpoints })
     }
@@ -212,7 +237,10 @@ impl<D: Dataplane> Endpoints<D> {
             .endpoints
             .values()
             .filter(|e| !keep.contains(&format!("{}/{}", e.container_id, e.ifname)))
-            .map(|e| EndpointRef { container_id: e.container_id.clone(), ifname: e.ifname.clone() })
+            .map(|e| EndpointRef {
+                container_id: e.container_id.clone(),
+                ifname: e.ifname.clone(),
+            })
             .collect();
         let mut released = Vec::new();
         for r in stale {
@@ -224,7 +252,12 @@ impl<D: Dataplane> Endpoints<D> {
     }
 
     pub fn status(&self) -> Result<Response, ApiError> {
-        let drops = self.dataplane.drops().map_err(|e| err(ErrorCode::Datapath, e))?.into_iter().collect();
+        let drops = self
+            .dataplane
+            .drops()
+            .map_err(|e| err(ErrorCode::Datapath, e))?
+            .into_iter()
+            .collect();
         Ok(Response::Status(AgentStatus {
             node: self.node.clone(),
             pod_cidr: self.cidr.to_string(),
@@ -313,7 +346,11 @@ mod tests {
             netns: "/var/run/netns/x".into(),
             host_ifname: host.into(),
             pod_mac: "02:00:00:00:00:aa".into(),
-            pod: PodRef { namespace: "demo".into(), name: cid.into(), uid: String::new() },
+            pod: PodRef {
+                namespace: "demo".into(),
+                name: cid.into(),
+                uid: String::new(),
+            },
         }
     }
 
@@ -329,7 +366,11 @@ mod tests {
         let (mut eps, _d) = setup("idem", "10.0.0.0/29", &["lxa", "lxb"]);
         let c = ClusterState::default();
         let a = ip_of(eps.add(add_req("a", "lxa"), &c).unwrap());
-        assert_eq!(ip_of(eps.add(add_req("a", "lxa"), &c).unwrap()), a, "same container, same address");
+        assert_eq!(
+            ip_of(eps.add(add_req("a", "lxa"), &c).unwrap()),
+            a,
+            "same container, same address"
+        );
         let b = ip_of(eps.add(add_req("b", "lxb"), &c).unwrap());
         assert_ne!(a, b);
         assert_eq!(eps.dataplane.wired.len(), 2);
@@ -344,9 +385,15 @@ mod tests {
         let e = eps.add(add_req("c", "l3"), &c).unwrap_err();
         assert_eq!(e.code, ErrorCode::IpamExhausted);
         assert!(!eps.dataplane.wired.contains_key("l3"), "nothing wired on failure");
-        let r = EndpointRef { container_id: "a".into(), ifname: "eth0".into() };
+        let r = EndpointRef {
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        };
         assert!(matches!(eps.delete(&r).unwrap(), Response::Deleted { released: true }));
-        assert!(matches!(eps.delete(&r).unwrap(), Response::Deleted { released: false }), "DEL twice is fine");
+        assert!(
+            matches!(eps.delete(&r).unwrap(), Response::Deleted { released: false }),
+            "DEL twice is fine"
+        );
         eps.add(add_req("c", "l3"), &c).unwrap();
     }
 
@@ -362,7 +409,10 @@ mod tests {
         let mut eps = Endpoints::open("n1".into(), "10.0.0.0/29".parse().unwrap(), fake, Store::new(&d.0)).unwrap();
         assert_eq!(eps.state.endpoints.len(), 1);
         assert_eq!(eps.dataplane.wired.get("l1"), Some(&a), "re-adopted");
-        let r = EndpointRef { container_id: "a".into(), ifname: "eth0".into() };
+        let r = EndpointRef {
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        };
         match eps.get(&r).unwrap() {
             Response::Endpoint(e) => assert_eq!(e.ipv4, a),
             other => panic!("{other:?}"),
@@ -396,7 +446,10 @@ mod tests {
         let c = ClusterState::default();
         eps.add(add_req("a", "l1"), &c).unwrap();
         eps.add(add_req("b", "l2"), &c).unwrap();
-        let keep = [EndpointRef { container_id: "a".into(), ifname: "eth0".into() }];
+        let keep = [EndpointRef {
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        }];
         match eps.gc(&keep).unwrap() {
             Response::Collected { released } => assert_eq!(released.len(), 1),
             other => panic!("{other:?}"),

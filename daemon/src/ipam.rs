@@ -33,7 +33,10 @@ pub fn next_free(cidr: Ipv4Net, used: &BTreeSet<Ipv4Addr>, last: Option<Ipv4Addr
             return Ok(candidate);
         }
     }
-    Err(IpamError::Exhausted { cidr, usable: u64::from(size) })
+    Err(IpamError::Exhausted {
+        cidr,
+        usable: u64::from(size),
+    })
 }
 
 #[cfg(test)]
@@ -53,7 +56,10 @@ mod tests {
         let b = next_free(c, &used, Some(a)).unwrap();
         used.insert(b);
         assert_eq!((a, b), ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()));
-        assert_eq!(next_free(c, &used, Some(b)), Err(IpamError::Exhausted { cidr: c, usable: 2 }));
+        assert_eq!(
+            next_free(c, &used, Some(b)),
+            Err(IpamError::Exhausted { cidr: c, usable: 2 })
+        );
     }
 
     #[test]
@@ -61,14 +67,20 @@ mod tests {
         let c = cidr("10.0.0.0/29");
         let used: BTreeSet<_> = ["10.0.0.2"].iter().map(|s| s.parse().unwrap()).collect();
         // .1 was just released, .2 is in use, last handed out was .2
-        assert_eq!(next_free(c, &used, Some("10.0.0.2".parse().unwrap())).unwrap(), "10.0.0.3".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            next_free(c, &used, Some("10.0.0.2".parse().unwrap())).unwrap(),
+            "10.0.0.3".parse::<Ipv4Addr>().unwrap()
+        );
     }
 
     #[test]
     fn wraps_around_to_free_addresses() {
         let c = cidr("10.0.0.0/29"); // .1 ..= .6
         let used: BTreeSet<_> = ["10.0.0.2", "10.0.0.6"].iter().map(|s| s.parse().unwrap()).collect();
-        assert_eq!(next_free(c, &used, Some("10.0.0.6".parse().unwrap())).unwrap(), "10.0.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            next_free(c, &used, Some("10.0.0.6".parse().unwrap())).unwrap(),
+            "10.0.0.1".parse::<Ipv4Addr>().unwrap()
+        );
     }
 
     #[test]
@@ -81,6 +93,9 @@ mod tests {
             assert!(used.insert(a), "{a} handed out twice");
             last = Some(a);
         }
-        assert!(matches!(next_free(c, &used, last), Err(IpamError::Exhausted { usable: 254, .. })));
+        assert!(matches!(
+            next_free(c, &used, last),
+            Err(IpamError::Exhausted { usable: 254, .. })
+        ));
     }
 }

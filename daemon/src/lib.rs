@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use cluster::{ClusterSource, ClusterState, StandaloneSource};
 use config::Config;
 use dataplane::Kernel;
-use netdev::Netdev;
 use endpoints::Endpoints;
+use netdev::Netdev;
 use store::Store;
 
 /// Runs the agent until SIGTERM or SIGINT. Pinned maps and links stay behind
@@ -37,8 +37,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),
         None => None,
     };
-    let node_info = services::NodeInfo { name: config.node.clone(), ip: uplink.map(|(_, ip)| ip) };
-    let kernel = Kernel { datapath, netdev: netdev.clone(), runtime: tokio::runtime::Handle::current() };
+    let node_info = services::NodeInfo {
+        name: config.node.clone(),
+        ip: uplink.map(|(_, ip)| ip),
+    };
+    let kernel = Kernel {
+        datapath,
+        netdev: netdev.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
     let (node, cidr, store) = (config.node.clone(), config.pod_cidr, Store::new(&config.state_dir));
     // Re-adopting endpoints makes blocking netlink calls: off the async threads.
     let endpoints = tokio::task::spawn_blocking(move || Endpoints::open(node, cidr, kernel, store))
@@ -61,7 +68,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if let Some((route_dev, _)) = uplink {
-        tokio::spawn(routing::run(config.routing, config.node.clone(), route_dev, netdev, endpoints.clone(), rx.clone()));
+        tokio::spawn(routing::run(
+            config.routing,
+            config.node.clone(),
+            route_dev,
+            netdev,
+            endpoints.clone(),
+            rx.clone(),
+        ));
     }
 
     let lb_algorithm = match config.lb_algorithm {
@@ -100,11 +114,19 @@ async fn setup_uplink(
     use weir_datapath::ProgramKind;
     use weir_datapath::abi::{Config as DpConfig, ROUTING_NATIVE, ROUTING_VXLAN};
 
-    let index = netdev.link_index(uplink).await?.with_context(|| format!("uplink {uplink} does not exist"))?;
-    let node_ip = netdev.ipv4_of(index).await?.with_context(|| format!("uplink {uplink} has no IPv4 address"))?;
+    let index = netdev
+        .link_index(uplink)
+        .await?
+        .with_context(|| format!("uplink {uplink} does not exist"))?;
+    let node_ip = netdev
+        .ipv4_of(index)
+        .await?
+        .with_context(|| format!("uplink {uplink} has no IPv4 address"))?;
     datapath.attach_device(uplink, ProgramKind::FromNetdev)?;
     if config.nodeport_xdp {
-        datapath.attach_xdp(uplink).with_context(|| format!("attaching XDP (native mode) to {uplink}; --nodeport-xdp=false uses TC alone"))?;
+        datapath
+            .attach_xdp(uplink)
+            .with_context(|| format!("attaching XDP (native mode) to {uplink}; --nodeport-xdp=false uses TC alone"))?;
     } else {
         datapath.detach_xdp(uplink)?;
     }
@@ -117,8 +139,12 @@ async fn setup_uplink(
             (ROUTING_VXLAN, vxlan)
         }
     };
-    let mut dp_config =
-        DpConfig { routing_mode: mode, tunnel_ifindex, node_ip: u32::from_ne_bytes(node_ip.octets()), ..Default::default() };
+    let mut dp_config = DpConfig {
+        routing_mode: mode,
+        tunnel_ifindex,
+        node_ip: u32::from_ne_bytes(node_ip.octets()),
+        ..Default::default()
+    };
     match config.cluster_cidr {
         Some(cluster) => dp_config = dp_config.with_masquerade(cluster),
         // An earlier agent may have attached it: no masquerading now.

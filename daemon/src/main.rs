@@ -24,8 +24,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
-    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(weir_agent::run(config)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(weir_agent::run(config)));
     if let Err(e) = result {
         tracing::error!("{e:#}");
         std::process::exit(1);

@@ -30,7 +30,11 @@ pub enum NetdevError {
     Socket(#[source] std::io::Error),
     /// A netlink request failed.
     #[error("{what}: {source}")]
-    Request { what: String, #[source] source: rtnetlink::Error },
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     /// A device the agent needs is missing.
     #[error("no interface {0}")]
     NoLink(String),
@@ -59,7 +63,10 @@ impl Netdev {
         match links.try_next().await {
             Ok(link) => Ok(link.map(|l| l.header.index)),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
-            Err(source) => Err(NetdevError::Request { what: format!("looking up {name}"), source }),
+            Err(source) => Err(NetdevError::Request {
+                what: format!("looking up {name}"),
+                source,
+            }),
         }
     }
 
@@ -80,10 +87,22 @@ impl Netdev {
     /// ifindex. External mode: the datapath sets the remote per packet.
     pub async fn ensure_vxlan(&self) -> Result<u32, NetdevError> {
         if self.link_index(VXLAN_DEVICE).await?.is_none() {
-            let vxlan = LinkVxlan::new(VXLAN_DEVICE, 0).port(VXLAN_PORT).collect_metadata(true).learning(false).build();
-            self.handle.link().add(vxlan).execute().await.map_err(req("creating the vxlan device"))?;
+            let vxlan = LinkVxlan::new(VXLAN_DEVICE, 0)
+                .port(VXLAN_PORT)
+                .collect_metadata(true)
+                .learning(false)
+                .build();
+            self.handle
+                .link()
+                .add(vxlan)
+                .execute()
+                .await
+                .map_err(req("creating the vxlan device"))?;
         }
-        let index = self.link_index(VXLAN_DEVICE).await?.ok_or_else(|| NetdevError::NoLink(VXLAN_DEVICE.into()))?;
+        let index = self
+            .link_index(VXLAN_DEVICE)
+            .await?
+            .ok_or_else(|| NetdevError::NoLink(VXLAN_DEVICE.into()))?;
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -103,7 +122,13 @@ impl Netdev {
             .scope(RouteScope::Link)
             .protocol(RouteProtocol::Other(RTPROT_WEIR))
             .build();
-        self.handle.route().add(route).replace().execute().await.map_err(req(format!("route to pod {ip}")))?;
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("route to pod {ip}")))?;
         self.handle
             .neighbours()
             .add(ifindex, IpAddr::V4(ip))
@@ -119,7 +144,13 @@ impl Netdev {
     /// (native routing), or `onlink` over the vxlan device, where a
     /// permanent neighbour stands in for ARP and the datapath's `to_overlay`
     /// picks the tunnel endpoint.
-    pub async fn replace_node_route(&self, cidr: Ipv4Net, via: Ipv4Addr, dev: u32, overlay: bool) -> Result<(), NetdevError> {
+    pub async fn replace_node_route(
+        &self,
+        cidr: Ipv4Net,
+        via: Ipv4Addr,
+        dev: u32,
+        overlay: bool,
+    ) -> Result<(), NetdevError> {
         let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(cidr.network(), cidr.prefix_len())
             .gateway(via)
@@ -137,7 +168,13 @@ impl Netdev {
                 .await
                 .map_err(req(format!("overlay neighbour {via}")))?;
         }
-        self.handle.route().add(route.build()).replace().execute().await.map_err(req(format!("route {cidr} via {via}")))
+        self.handle
+            .route()
+            .add(route.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("route {cidr} via {via}")))
     }
 
     pub async fn delete_node_route(&self, cidr: Ipv4Net) -> Result<(), NetdevError> {
@@ -175,7 +212,9 @@ impl Netdev {
 
     pub async fn mac_of(&self, index: u32) -> Result<Option<[u8; 6]>, NetdevError> {
         let mut links = self.handle.link().get().match_index(index).execute();
-        let Some(link) = links.try_next().await.map_err(req("reading link"))? else { return Ok(None) };
+        let Some(link) = links.try_next().await.map_err(req("reading link"))? else {
+            return Ok(None);
+        };
         Ok(link.attributes.iter().find_map(|a| match a {
             LinkAttribute::Address(m) => m.as_slice().try_into().ok(),
             _ => None,

@@ -68,7 +68,10 @@ pub async fn run(
         // pods too (replies to them, probes); pods' own traffic in vxlan mode
         // goes into the tunnel from the datapath without consulting these.
         for (cidr, via) in &wanted {
-            if let Err(e) = netdev.replace_node_route(*cidr, *via, route_dev, mode == Routing::Vxlan).await {
+            if let Err(e) = netdev
+                .replace_node_route(*cidr, *via, route_dev, mode == Routing::Vxlan)
+                .await
+            {
                 tracing::warn!(error = %e, "programming node route");
             }
         }
@@ -135,7 +138,10 @@ spec: {podCIDR: 10.244.3.0/24}
 "#,
         );
         let routes = remote_routes(&s, "a");
-        assert_eq!(routes, vec![("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))]);
+        assert_eq!(
+            routes,
+            vec![("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))]
+        );
         assert_eq!(remote_routes(&s, "b").len(), 1, "b routes to a; c has no address yet");
     }
 }

@@ -158,7 +158,9 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
             .collect();
         let svc_slices = slices.get(&(key.namespace.as_str(), key.name.as_str()));
         for sp in spec.ports.iter().flatten() {
-            let Some(proto) = protocol(sp.protocol.as_deref()) else { continue };
+            let Some(proto) = protocol(sp.protocol.as_deref()) else {
+                continue;
+            };
             let Ok(port) = u16::try_from(sp.port) else { continue };
             let pkey = ServicePortKey { vip, port, proto };
             let port_name = sp.name.as_deref().unwrap_or("");
@@ -169,7 +171,9 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
                 }) else {
                     continue;
                 };
-                let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()) else { continue };
+                let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()) else {
+                    continue;
+                };
                 if proto == Protocol::Sctp && target_port != port {
                     tracing::warn!(service = %key.name, namespace = %key.namespace, %pkey, target_port,
                         "SCTP service with a different target port is not supported: skipped");
@@ -186,7 +190,11 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
                     for addr in &ep.addresses {
                         if let Ok(ip) = addr.parse::<Ipv4Addr>() {
                             candidates.push(Candidate {
-                                backend: Backend { ip, port: target_port, terminating: terminating || !ready },
+                                backend: Backend {
+                                    ip,
+                                    port: target_port,
+                                    terminating: terminating || !ready,
+                                },
                                 serving,
                                 node: ep.node_name.as_deref(),
                             });
@@ -202,7 +210,10 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
                         backends_of(candidates.iter().filter(|c| c.node == Some(node.name.as_str())))
                     }
                 };
-                let node_port = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|_| has_node_ports);
+                let node_port = sp
+                    .node_port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|_| has_node_ports);
                 let frontends = node
                     .ip
                     .zip(node_port)
@@ -210,7 +221,11 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
                     .chain(external_ips.iter().map(|ip| (*ip, port)));
                 for (ip, fport) in frontends {
                     out.insert(
-                        ServicePortKey { vip: ip, port: fport, proto },
+                        ServicePortKey {
+                            vip: ip,
+                            port: fport,
+                            proto,
+                        },
                         ServiceSpec {
                             backends: external_backends.clone(),
                             algorithm,
@@ -220,7 +235,15 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
                     );
                 }
             }
-            out.insert(pkey, ServiceSpec { backends: all, algorithm, affinity_timeout, external: None });
+            out.insert(
+                pkey,
+                ServiceSpec {
+                    backends: all,
+                    algorithm,
+                    affinity_timeout,
+                    external: None,
+                },
+            );
         }
     }
     out
@@ -243,12 +266,13 @@ pub struct Plan {
 }
 
 /// The changes that take `applied` to `desired`.
-pub fn plan(
-    applied: &BTreeMap<ServicePortKey, ServiceSpec>,
-    desired: &BTreeMap<ServicePortKey, ServiceSpec>,
-) -> Plan {
+pub fn plan(applied: &BTreeMap<ServicePortKey, ServiceSpec>, desired: &BTreeMap<ServicePortKey, ServiceSpec>) -> Plan {
     Plan {
-        upsert: desired.iter().filter(|(k, s)| applied.get(k) != Some(s)).map(|(k, s)| (*k, s.clone())).collect(),
+        upsert: desired
+            .iter()
+            .filter(|(k, s)| applied.get(k) != Some(s))
+            .map(|(k, s)| (*k, s.clone()))
+            .collect(),
         remove: applied.keys().filter(|k| !desired.contains_key(k)).copied().collect(),
     }
 }
@@ -276,8 +300,20 @@ pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, node: NodeInfo, mut rx:
                     _ => return None,
                 };
                 // An impossible spec: forces a rewrite if still desired.
-                let stale = ServiceSpec { backends: vec![], algorithm, affinity_timeout: Some(Duration::ZERO), external: None };
-                Some((ServicePortKey { vip: addr_of(k.vip), port: u16::from_be(k.dport), proto }, stale))
+                let stale = ServiceSpec {
+                    backends: vec![],
+                    algorithm,
+                    affinity_timeout: Some(Duration::ZERO),
+                    external: None,
+                };
+                Some((
+                    ServicePortKey {
+                        vip: addr_of(k.vip),
+                        port: u16::from_be(k.dport),
+                        proto,
+                    },
+                    stale,
+                ))
             })
             .collect(),
         Err(e) => {
@@ -356,7 +392,12 @@ fn apply(
         match maps.upsert_service(key.vip, key.port, key.proto, &spec) {
             Ok(id) => {
                 let ready = spec.backends.iter().filter(|b| !b.terminating).count();
-                tracing::debug!(service_id = id, backends = ready, terminating = spec.backends.len() - ready, "programmed");
+                tracing::debug!(
+                    service_id = id,
+                    backends = ready,
+                    terminating = spec.backends.len() - ready,
+                    "programmed"
+                );
                 applied.insert(key, spec);
             }
             Err(e) => {
@@ -479,11 +520,19 @@ endpoints:
     }
 
     fn key(vip: [u8; 4], port: u16, proto: Protocol) -> ServicePortKey {
-        ServicePortKey { vip: Ipv4Addr::from(vip), port, proto }
+        ServicePortKey {
+            vip: Ipv4Addr::from(vip),
+            port,
+            proto,
+        }
     }
 
     fn b(ip: [u8; 4], port: u16, terminating: bool) -> Backend {
-        Backend { ip: Ipv4Addr::from(ip), port, terminating }
+        Backend {
+            ip: Ipv4Addr::from(ip),
+            port,
+            terminating,
+        }
     }
 
     #[test]
@@ -504,13 +553,20 @@ endpoints:
         let http = &table[&key([10, 96, 0, 10], 80, Protocol::Tcp)];
         assert_eq!(
             http.backends,
-            vec![b([10, 244, 1, 3], 8080, false), b([10, 244, 2, 5], 8080, true), b([10, 244, 3, 9], 8080, false)],
+            vec![
+                b([10, 244, 1, 3], 8080, false),
+                b([10, 244, 2, 5], 8080, true),
+                b([10, 244, 3, 9], 8080, false)
+            ],
             "both slices merged; not-ready and not-terminating 10.244.2.6 left out; no conditions = ready"
         );
         assert_eq!((http.algorithm, http.affinity_timeout), (Algorithm::Maglev, None));
 
         let dns = &table[&key([10, 96, 0, 10], 53, Protocol::Udp)];
-        assert_eq!(dns.backends, vec![b([10, 244, 1, 3], 5353, false), b([10, 244, 2, 5], 5353, true)]);
+        assert_eq!(
+            dns.backends,
+            vec![b([10, 244, 1, 3], 5353, false), b([10, 244, 2, 5], 5353, true)]
+        );
 
         let sticky = &table[&key([10, 96, 0, 11], 443, Protocol::Tcp)];
         assert_eq!(sticky.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
@@ -522,7 +578,10 @@ endpoints:
 
         let sctp = &table[&key([10, 96, 0, 12], 3868, Protocol::Sctp)];
         assert_eq!(sctp.affinity_timeout, Some(Duration::from_secs(60)));
-        assert!(sctp.backends.is_empty(), "no EndpointSlice: programmed with no backends, so connections are refused");
+        assert!(
+            sctp.backends.is_empty(),
+            "no EndpointSlice: programmed with no backends, so connections are refused"
+        );
     }
 
     #[test]
@@ -627,10 +686,16 @@ endpoints:
         let mut s = ClusterState::default();
         let errors = parse_manifests(&mut s, EXTERNAL);
         assert!(errors.is_empty(), "{errors:?}");
-        let n1 = NodeInfo { name: "n1".into(), ip: Some(Ipv4Addr::new(172, 30, 0, 11)) };
+        let n1 = NodeInfo {
+            name: "n1".into(),
+            ip: Some(Ipv4Addr::new(172, 30, 0, 11)),
+        };
         let table = desired(&s, Algorithm::Random, &n1);
-        let external: BTreeMap<ServicePortKey, Option<TrafficPolicy>> =
-            table.iter().filter(|(_, v)| v.external.is_some()).map(|(k, v)| (*k, v.external)).collect();
+        let external: BTreeMap<ServicePortKey, Option<TrafficPolicy>> = table
+            .iter()
+            .filter(|(_, v)| v.external.is_some())
+            .map(|(k, v)| (*k, v.external))
+            .collect();
         let cluster = Some(TrafficPolicy::Cluster);
         let local = Some(TrafficPolicy::Local);
         assert_eq!(
@@ -647,23 +712,45 @@ endpoints:
              a ClusterIP service's stray nodePort and an LB hostname are ignored"
         );
         let both = vec![b([10, 244, 1, 3], 8080, false), b([10, 244, 2, 3], 8080, false)];
-        assert_eq!(table[&key([172, 30, 0, 11], 30080, Protocol::Tcp)].backends, both, "Cluster: every node's");
+        assert_eq!(
+            table[&key([172, 30, 0, 11], 30080, Protocol::Tcp)].backends,
+            both,
+            "Cluster: every node's"
+        );
         assert_eq!(table[&key([10, 96, 0, 20], 80, Protocol::Tcp)].backends, both);
         assert_eq!(table[&key([10, 96, 0, 20], 80, Protocol::Tcp)].external, None);
         let only_n1 = vec![b([10, 244, 1, 4], 8080, false), b([10, 244, 1, 5], 8080, true)];
-        assert_eq!(table[&key([172, 30, 0, 11], 31080, Protocol::Tcp)].backends, only_n1, "Local: n1's alone");
+        assert_eq!(
+            table[&key([172, 30, 0, 11], 31080, Protocol::Tcp)].backends,
+            only_n1,
+            "Local: n1's alone"
+        );
         assert_eq!(table[&key([172, 30, 0, 200], 80, Protocol::Tcp)].backends, only_n1);
-        assert_eq!(table[&key([10, 96, 0, 21], 80, Protocol::Tcp)].backends.len(), 3, "the ClusterIP keeps all");
+        assert_eq!(
+            table[&key([10, 96, 0, 21], 80, Protocol::Tcp)].backends.len(),
+            3,
+            "the ClusterIP keeps all"
+        );
 
         // A node without local endpoints keeps the Local frontends, empty:
         // the datapath drops (counted) rather than forwarding elsewhere.
-        let n3 = NodeInfo { name: "n3".into(), ip: Some(Ipv4Addr::new(172, 30, 0, 13)) };
+        let n3 = NodeInfo {
+            name: "n3".into(),
+            ip: Some(Ipv4Addr::new(172, 30, 0, 13)),
+        };
         let table = desired(&s, Algorithm::Random, &n3);
         assert!(table[&key([172, 30, 0, 13], 31080, Protocol::Tcp)].backends.is_empty());
         assert_eq!(table[&key([172, 30, 0, 13], 30080, Protocol::Tcp)].backends.len(), 2);
 
         // No uplink, no node IP: no NodePorts, external IPs still.
-        let table = desired(&s, Algorithm::Random, &NodeInfo { name: "n1".into(), ip: None });
+        let table = desired(
+            &s,
+            Algorithm::Random,
+            &NodeInfo {
+                name: "n1".into(),
+                ip: None,
+            },
+        );
         assert!(!table.keys().any(|k| k.vip == Ipv4Addr::new(172, 30, 0, 11)));
         assert!(table.contains_key(&key([192, 0, 2, 10], 80, Protocol::Tcp)));
     }

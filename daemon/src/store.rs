@@ -14,11 +14,19 @@ use weir_agent_api::{Endpoint, EndpointRef};
 pub enum StoreError {
     /// Reading or writing the state file failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The state file exists but does not parse: refuse to start rather than
     /// forget allocations.
     #[error("{path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, #[source] source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -64,25 +72,37 @@ pub struct Store {
 
 impl Store {
     pub fn new(dir: &Path) -> Self {
-        Self { path: dir.join("state.json") }
+        Self {
+            path: dir.join("state.json"),
+        }
     }
 
     pub fn load(&self) -> Result<State, StoreError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: self.path.clone(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(source) => Err(StoreError::Io { path: self.path.clone(), source }),
+            Err(source) => Err(StoreError::Io {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
     /// Write to a temporary file, fsync, rename: readers see old or new, never half.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let io = |source| StoreError::Io { path: self.path.clone(), source };
+        let io = |source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let dir = self.path.parent().expect("state path has a parent");
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = dir.join(".state.json.tmp");
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes")).map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))
+            .map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
     }

@@ -1,6 +1,9 @@
 //! Rust twins of `bpf/lib/abi.h`. `tests/abi_layout.rs` compares sizes and
 //! field offsets with the BTF clang wrote into the object.
-#![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait; each impl is justified below")]
+#![allow(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe marker trait; each impl is justified below"
+)]
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -26,14 +29,22 @@ impl EpKey {
             IpAddr::V6(v6) => {
                 let o = v6.octets();
                 let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-                Self { family: AF_INET6, pad: [0; 3], addr: [word(0), word(4), word(8), word(12)] }
+                Self {
+                    family: AF_INET6,
+                    pad: [0; 3],
+                    addr: [word(0), word(4), word(8), word(12)],
+                }
             }
         }
     }
 
     pub fn v4(ip: Ipv4Addr) -> Self {
         // Keep the wire's byte order in memory: the program compares raw words.
-        Self { family: AF_INET, pad: [0; 3], addr: [u32::from_ne_bytes(ip.octets()), 0, 0, 0] }
+        Self {
+            family: AF_INET,
+            pad: [0; 3],
+            addr: [u32::from_ne_bytes(ip.octets()), 0, 0, 0],
+        }
     }
 }
 
@@ -108,7 +119,11 @@ impl RouteKey {
     /// The trie key for an IPv4 CIDR: family and padding count as 32
     /// leading bits that every IPv4 key shares.
     pub fn v4(cidr: ipnet::Ipv4Net) -> aya::maps::lpm_trie::Key<Self> {
-        let data = Self { family: AF_INET, pad: [0; 3], addr: [u32::from_ne_bytes(cidr.network().octets()), 0, 0, 0] };
+        let data = Self {
+            family: AF_INET,
+            pad: [0; 3],
+            addr: [u32::from_ne_bytes(cidr.network().octets()), 0, 0, 0],
+        };
         aya::maps::lpm_trie::Key::new(32 + u32::from(cidr.prefix_len()), data)
     }
 }

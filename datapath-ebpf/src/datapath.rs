@@ -69,7 +69,10 @@ impl ProgramKind {
 
     /// Pod programs live in bpf_lxc.o, node-device programs in bpf_host.o.
     fn in_host_object(self) -> bool {
-        matches!(self, Self::FromNetdev | Self::ToNetdev | Self::FromOverlay | Self::ToOverlay)
+        matches!(
+            self,
+            Self::FromNetdev | Self::ToNetdev | Self::FromOverlay | Self::ToOverlay
+        )
     }
 }
 
@@ -84,7 +87,11 @@ pub enum DatapathError {
     Load(#[source] aya::EbpfError),
     /// A program failed to load into the kernel.
     #[error("loading program {name}: {source}")]
-    Program { name: &'static str, #[source] source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     /// The load options cannot be used.
     #[error("invalid load options: {0}")]
     Options(String),
@@ -93,16 +100,34 @@ pub enum DatapathError {
     Missing(&'static str),
     /// Attaching a program to an interface failed.
     #[error("attaching {program} to {iface}: {source}")]
-    Attach { program: &'static str, iface: String, #[source] source: aya::programs::ProgramError },
+    Attach {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     /// Converting a link handle (to pin or replace it) failed.
     #[error("link of {program} on {iface}: {source}")]
-    Link { program: &'static str, iface: String, #[source] source: aya::programs::links::LinkError },
+    Link {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
     /// Pinning or unpinning under bpffs failed.
     #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, #[source] source: io::Error },
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A map operation failed.
     #[error("map {map}: {source}")]
-    Map { map: &'static str, #[source] source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
@@ -154,11 +179,16 @@ impl Datapath {
         if let Some(ports) = &options.snat_ports
             && (ports.is_empty() || *ports.start() == 0)
         {
-            return Err(DatapathError::Options(format!("SNAT port range {ports:?} is empty or starts at 0")));
+            return Err(DatapathError::Options(format!(
+                "SNAT port range {ports:?} is empty or starts at 0"
+            )));
         }
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &links_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
         // The first load creates and pins the maps, the second reuses them.
         let loader = || {
@@ -200,7 +230,13 @@ impl Datapath {
             path: "/sys/devices/system/cpu/possible".into(),
             source,
         })?;
-        Ok(Self { ebpf, host, xdp, links_dir, nr_cpus })
+        Ok(Self {
+            ebpf,
+            host,
+            xdp,
+            links_dir,
+            nr_cpus,
+        })
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.
@@ -234,8 +270,16 @@ impl Datapath {
     pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
         let pin = self.links_dir.join(format!("{iface}-{XDP_PROGRAM}"));
         let program = XDP_PROGRAM;
-        let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
-        let link_err = |source| DatapathError::Link { program, iface: iface.to_owned(), source };
+        let attach_err = |source| DatapathError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source,
+        };
+        let link_err = |source| DatapathError::Link {
+            program,
+            iface: iface.to_owned(),
+            source,
+        };
         if let Ok(pinned) = PinnedLink::from_pin(&pin) {
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
             let prog = self.xdp_program_mut();
@@ -246,7 +290,10 @@ impl Datapath {
         let prog = self.xdp_program_mut();
         let id = prog.attach(iface, XdpMode::Driver).map_err(attach_err)?;
         let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(link_err)?;
-        link.pin(&pin).map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e) })?;
+        link.pin(&pin).map_err(|e| DatapathError::Pin {
+            path: pin.clone(),
+            source: io::Error::other(e),
+        })?;
         Ok(())
     }
 
@@ -257,7 +304,11 @@ impl Datapath {
 
     fn program_mut(&mut self, kind: ProgramKind) -> &mut SchedClassifier {
         let name = kind.program_name();
-        let object = if kind.in_host_object() { &mut self.host } else { &mut self.ebpf };
+        let object = if kind.in_host_object() {
+            &mut self.host
+        } else {
+            &mut self.ebpf
+        };
         object
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
@@ -303,11 +354,19 @@ impl Datapath {
     fn reattach(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
         let pin = self.link_pin(iface, kind);
         let program = kind.program_name();
-        let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
+        let attach_err = |source| DatapathError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source,
+        };
         match PinnedLink::from_pin(&pin) {
             Ok(pinned) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .map_err(|source| DatapathError::Link { program, iface: iface.to_owned(), source })?;
+                let link =
+                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| DatapathError::Link {
+                        program,
+                        iface: iface.to_owned(),
+                        source,
+                    })?;
                 let prog = self.program_mut(kind);
                 let id = prog.attach_to_link(link).map_err(attach_err)?;
                 // The pin keeps the link alive; drop our handle without detaching.
@@ -321,12 +380,22 @@ impl Datapath {
     fn attach_fresh(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
         let pin = self.link_pin(iface, kind);
         let program = kind.program_name();
-        let attach_err = |source| DatapathError::Attach { program, iface: iface.to_owned(), source };
+        let attach_err = |source| DatapathError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source,
+        };
         let prog = self.program_mut(kind);
         let id = prog.attach(iface, kind.attach_type()).map_err(attach_err)?;
-        let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?)
-            .map_err(|source| DatapathError::Link { program, iface: iface.to_owned(), source })?;
-        link.pin(&pin).map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e) })?;
+        let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(|source| DatapathError::Link {
+            program,
+            iface: iface.to_owned(),
+            source,
+        })?;
+        link.pin(&pin).map_err(|e| DatapathError::Pin {
+            path: pin.clone(),
+            source: io::Error::other(e),
+        })?;
         Ok(())
     }
 
@@ -347,7 +416,10 @@ impl Datapath {
             .filter_map(|e| {
                 let name = e.file_name();
                 let (iface, program) = name.to_str()?.rsplit_once('-')?;
-                ProgramKind::POD.iter().any(|k| k.program_name() == program).then(|| iface.to_owned())
+                ProgramKind::POD
+                    .iter()
+                    .any(|k| k.program_name() == program)
+                    .then(|| iface.to_owned())
             })
             .collect();
         names.sort();
@@ -357,15 +429,29 @@ impl Datapath {
 
     /// Writes the node-wide settings every program reads.
     pub fn set_config(&mut self, config: Config) -> Result<()> {
-        let map = self.ebpf.map_mut(maps::CONFIG).ok_or(DatapathError::Missing(maps::CONFIG))?;
-        let mut array: Array<&mut MapData, Config> =
-            Array::try_from(map).map_err(|source| DatapathError::Map { map: maps::CONFIG, source })?;
-        array.set(0, config, 0).map_err(|source| DatapathError::Map { map: maps::CONFIG, source })
+        let map = self
+            .ebpf
+            .map_mut(maps::CONFIG)
+            .ok_or(DatapathError::Missing(maps::CONFIG))?;
+        let mut array: Array<&mut MapData, Config> = Array::try_from(map).map_err(|source| DatapathError::Map {
+            map: maps::CONFIG,
+            source,
+        })?;
+        array.set(0, config, 0).map_err(|source| DatapathError::Map {
+            map: maps::CONFIG,
+            source,
+        })
     }
 
     fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, Route>> {
-        let map = self.ebpf.map_mut(maps::NODE_ROUTES).ok_or(DatapathError::Missing(maps::NODE_ROUTES))?;
-        LpmTrie::try_from(map).map_err(|source| DatapathError::Map { map: maps::NODE_ROUTES, source })
+        let map = self
+            .ebpf
+            .map_mut(maps::NODE_ROUTES)
+            .ok_or(DatapathError::Missing(maps::NODE_ROUTES))?;
+        LpmTrie::try_from(map).map_err(|source| DatapathError::Map {
+            map: maps::NODE_ROUTES,
+            source,
+        })
     }
 
     /// Replaces the set of remote pod CIDRs and the nodes owning them.
@@ -374,47 +460,84 @@ impl Datapath {
         let wanted: Vec<(Key<RouteKey>, Route)> = routes
             .iter()
             .map(|(cidr, node)| {
-                (RouteKey::v4(*cidr), Route { node_ip: u32::from_ne_bytes(node.octets()), flags: 0 })
+                (
+                    RouteKey::v4(*cidr),
+                    Route {
+                        node_ip: u32::from_ne_bytes(node.octets()),
+                        flags: 0,
+                    },
+                )
             })
             .collect();
         let stale: Vec<Key<RouteKey>> = map
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !wanted.iter().any(|(w, _)| w.prefix_len() == k.prefix_len() && w.data() == k.data()))
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|(w, _)| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
             .collect();
         for key in stale {
             ignore_missing(map.remove(&key), maps::NODE_ROUTES)?;
         }
         for (key, route) in wanted {
-            map.insert(&key, route, 0).map_err(|source| DatapathError::Map { map: maps::NODE_ROUTES, source })?;
+            map.insert(&key, route, 0).map_err(|source| DatapathError::Map {
+                map: maps::NODE_ROUTES,
+                source,
+            })?;
         }
         Ok(())
     }
 
     /// Replaces the set of other nodes' IPs (never masqueraded).
     pub fn sync_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<()> {
-        let map = self.ebpf.map_mut(maps::NODES).ok_or(DatapathError::Missing(maps::NODES))?;
-        let mut map: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(map).map_err(|source| DatapathError::Map { map: maps::NODES, source })?;
+        let map = self
+            .ebpf
+            .map_mut(maps::NODES)
+            .ok_or(DatapathError::Missing(maps::NODES))?;
+        let mut map: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map).map_err(|source| DatapathError::Map {
+            map: maps::NODES,
+            source,
+        })?;
         let wanted: Vec<u32> = ips.iter().map(|ip| u32::from_ne_bytes(ip.octets())).collect();
-        let stale: Vec<u32> = map.keys().filter_map(|k| k.ok()).filter(|k| !wanted.contains(k)).collect();
+        let stale: Vec<u32> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(k))
+            .collect();
         for key in stale {
             ignore_missing(map.remove(&key), maps::NODES)?;
         }
         for key in wanted {
-            map.insert(key, 0, 0).map_err(|source| DatapathError::Map { map: maps::NODES, source })?;
+            map.insert(key, 0, 0).map_err(|source| DatapathError::Map {
+                map: maps::NODES,
+                source,
+            })?;
         }
         Ok(())
     }
 
     fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, EpKey, EpInfo>> {
-        let map = self.ebpf.map_mut(maps::ENDPOINTS).ok_or(DatapathError::Missing(maps::ENDPOINTS))?;
-        HashMap::try_from(map).map_err(|source| DatapathError::Map { map: maps::ENDPOINTS, source })
+        let map = self
+            .ebpf
+            .map_mut(maps::ENDPOINTS)
+            .ok_or(DatapathError::Missing(maps::ENDPOINTS))?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map {
+            map: maps::ENDPOINTS,
+            source,
+        })
     }
 
     fn traffic_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, TrafficKey, Traffic>> {
-        let map = self.ebpf.map_mut(maps::EP_TRAFFIC).ok_or(DatapathError::Missing(maps::EP_TRAFFIC))?;
-        PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map { map: maps::EP_TRAFFIC, source })
+        let map = self
+            .ebpf
+            .map_mut(maps::EP_TRAFFIC)
+            .ok_or(DatapathError::Missing(maps::EP_TRAFFIC))?;
+        PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map {
+            map: maps::EP_TRAFFIC,
+            source,
+        })
     }
 
     /// Programs an endpoint and (re)sets its counters to zero.
@@ -422,17 +545,26 @@ impl Datapath {
         let nr_cpus = self.nr_cpus;
         let mut traffic = self.traffic_map()?;
         for direction in [DIR_INGRESS, DIR_EGRESS] {
-            let key = TrafficKey { endpoint_id: info.endpoint_id, direction };
+            let key = TrafficKey {
+                endpoint_id: info.endpoint_id,
+                direction,
+            };
             // Keep counters of an endpoint that is only being re-programmed.
             if traffic.get(&key, 0).is_err() {
                 traffic
                     .insert(key, zero_per_cpu(nr_cpus), 0)
-                    .map_err(|source| DatapathError::Map { map: maps::EP_TRAFFIC, source })?;
+                    .map_err(|source| DatapathError::Map {
+                        map: maps::EP_TRAFFIC,
+                        source,
+                    })?;
             }
         }
         self.endpoints_map()?
             .insert(EpKey::new(ip), info, 0)
-            .map_err(|source| DatapathError::Map { map: maps::ENDPOINTS, source })
+            .map_err(|source| DatapathError::Map {
+                map: maps::ENDPOINTS,
+                source,
+            })
     }
 
     /// Removes an endpoint and its counters. Missing entries are fine.
@@ -451,7 +583,10 @@ impl Datapath {
         map.iter()
             .map(|r| r.map(|(key, info)| EndpointEntry { key, info }))
             .collect::<Result<_, _>>()
-            .map_err(|source| DatapathError::Map { map: maps::ENDPOINTS, source })
+            .map_err(|source| DatapathError::Map {
+                map: maps::ENDPOINTS,
+                source,
+            })
     }
 
     /// Ingress and egress traffic of one endpoint, summed over CPUs.
@@ -461,7 +596,10 @@ impl Datapath {
             match map.get(&TrafficKey { endpoint_id, direction }, 0) {
                 Ok(values) => Ok(sum(values.iter())),
                 Err(aya::maps::MapError::KeyNotFound) => Ok(Traffic::default()),
-                Err(source) => Err(DatapathError::Map { map: maps::EP_TRAFFIC, source }),
+                Err(source) => Err(DatapathError::Map {
+                    map: maps::EP_TRAFFIC,
+                    source,
+                }),
             }
         };
         Ok((read(DIR_INGRESS)?, read(DIR_EGRESS)?))
@@ -471,11 +609,16 @@ impl Datapath {
     pub fn drops(&self) -> Result<Vec<(DropReason, Traffic)>> {
         let map = self.ebpf.map(maps::DROPS).ok_or(DatapathError::Missing(maps::DROPS))?;
         let array: PerCpuArray<&MapData, Traffic> =
-            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { map: maps::DROPS, source })?;
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map {
+                map: maps::DROPS,
+                source,
+            })?;
         let mut out = Vec::new();
         for reason in DropReason::ALL {
-            let values =
-                array.get(&(*reason as u32), 0).map_err(|source| DatapathError::Map { map: maps::DROPS, source })?;
+            let values = array.get(&(*reason as u32), 0).map_err(|source| DatapathError::Map {
+                map: maps::DROPS,
+                source,
+            })?;
             let total = sum(values.iter());
             if total.packets > 0 {
                 out.push((*reason, total));
@@ -483,7 +626,6 @@ impl Datapath {
         }
         Ok(out)
     }
-
 }
 
 fn zero_per_cpu(nr_cpus: usize) -> PerCpuValues<Traffic> {
@@ -499,7 +641,10 @@ fn remove_pin(pin: PathBuf) -> Result<()> {
 }
 
 fn sum<'a>(values: impl Iterator<Item = &'a Traffic>) -> Traffic {
-    values.fold(Traffic::default(), |acc, t| Traffic { packets: acc.packets + t.packets, bytes: acc.bytes + t.bytes })
+    values.fold(Traffic::default(), |acc, t| Traffic {
+        packets: acc.packets + t.packets,
+        bytes: acc.bytes + t.bytes,
+    })
 }
 
 fn ignore_missing(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<()> {

@@ -5,7 +5,10 @@
 //!
 //! `ServiceMaps` opens the maps by their pins, so the agent can program
 //! services without the [`crate::Datapath`] object the endpoint code owns.
-#![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait; each impl is justified below")]
+#![allow(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe marker trait; each impl is justified below"
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
 use std::io;
@@ -83,7 +86,12 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     pub fn new(vip: Ipv4Addr, port: u16, proto: Protocol) -> Self {
-        Self { vip: be_addr(vip), dport: port.to_be(), proto: proto as u8, pad: 0 }
+        Self {
+            vip: be_addr(vip),
+            dport: port.to_be(),
+            proto: proto as u8,
+            pad: 0,
+        }
     }
 }
 
@@ -286,8 +294,11 @@ impl ServiceSpec {
 /// `count` keeps it, so session-affinity records (which remember a slot) stay
 /// valid when other backends come and go.
 pub fn assign_slots(previous: &[(u32, Ipv4Addr, u16)], backends: &[Backend]) -> (Vec<Backend>, u32) {
-    let active: BTreeSet<(Ipv4Addr, u16)> =
-        backends.iter().filter(|b| !b.terminating).map(|b| (b.ip, b.port)).collect();
+    let active: BTreeSet<(Ipv4Addr, u16)> = backends
+        .iter()
+        .filter(|b| !b.terminating)
+        .map(|b| (b.ip, b.port))
+        .collect();
     let terminating: BTreeSet<(Ipv4Addr, u16)> = backends
         .iter()
         .filter(|b| b.terminating && !active.contains(&(b.ip, b.port)))
@@ -298,7 +309,10 @@ pub fn assign_slots(previous: &[(u32, Ipv4Addr, u16)], backends: &[Backend]) -> 
     let mut placed = BTreeSet::new();
     for &(slot, ip, port) in previous {
         let i = slot as usize;
-        if (1..=count).contains(&i) && slots[i - 1].is_none() && active.contains(&(ip, port)) && placed.insert((ip, port))
+        if (1..=count).contains(&i)
+            && slots[i - 1].is_none()
+            && active.contains(&(ip, port))
+            && placed.insert((ip, port))
         {
             slots[i - 1] = Some((ip, port));
         }
@@ -308,10 +322,18 @@ pub fn assign_slots(previous: &[(u32, Ipv4Addr, u16)], backends: &[Backend]) -> 
         .into_iter()
         .map(|s| {
             let (ip, port) = s.or_else(|| rest.next().copied()).expect("as many backends as slots");
-            Backend { ip, port, terminating: false }
+            Backend {
+                ip,
+                port,
+                terminating: false,
+            }
         })
         .collect();
-    out.extend(terminating.into_iter().map(|(ip, port)| Backend { ip, port, terminating: true }));
+    out.extend(terminating.into_iter().map(|(ip, port)| Backend {
+        ip,
+        port,
+        terminating: true,
+    }));
     (out, count as u32)
 }
 
@@ -346,7 +368,12 @@ pub fn maglev_table(backends: &[(u32, Ipv4Addr, u16)]) -> Vec<u32> {
     }
     let perm: Vec<(u64, u64)> = sorted
         .iter()
-        .map(|&(_, ip, port)| (backend_hash(ip, port, 0) % m, backend_hash(ip, port, 0x9e37_79b9) % (m - 1) + 1))
+        .map(|&(_, ip, port)| {
+            (
+                backend_hash(ip, port, 0) % m,
+                backend_hash(ip, port, 0x9e37_79b9) % (m - 1) + 1,
+            )
+        })
         .collect();
     let mut next = vec![0u64; sorted.len()];
     let mut table: Vec<Option<u32>> = vec![None; MAGLEV_M];
@@ -376,10 +403,18 @@ pub fn maglev_table(backends: &[(u32, Ipv4Addr, u16)]) -> Vec<u32> {
 pub enum LbError {
     /// A pinned map could not be opened (datapath not loaded at this pin dir?).
     #[error("opening pinned map {path}: {source}")]
-    Open { path: PathBuf, #[source] source: MapError },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
     /// A map operation failed.
     #[error("map {map}: {source}")]
-    Map { map: &'static str, #[source] source: MapError },
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
     /// The service cannot be expressed in the datapath.
     #[error("service {key}: {reason}")]
     Invalid { key: String, reason: String },
@@ -418,7 +453,10 @@ fn ignore_missing(r: Result<(), MapError>, map: &'static str) -> Result<()> {
 
 fn open<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<HashMap<MapData, K, V>> {
     let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|source| LbError::Open { path: path.clone(), source })?;
+    let data = MapData::from_pin(&path).map_err(|source| LbError::Open {
+        path: path.clone(),
+        source,
+    })?;
     HashMap::try_from(Map::HashMap(data)).map_err(|source| LbError::Open { path, source })
 }
 
@@ -448,7 +486,10 @@ impl ServiceMaps {
         self.services
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(|source| LbError::Map { map: maps::SERVICES, source })
+            .map_err(|source| LbError::Map {
+                map: maps::SERVICES,
+                source,
+            })
     }
 
     /// The backends of a service in slot order (slot 1 first).
@@ -458,7 +499,12 @@ impl ServiceMaps {
             match self.backends.get(&BackendKey { service_id, slot }, 0) {
                 Ok(b) => out.push(b),
                 Err(e) if is_missing(&e) => break,
-                Err(source) => return Err(LbError::Map { map: maps::BACKENDS, source }),
+                Err(source) => {
+                    return Err(LbError::Map {
+                        map: maps::BACKENDS,
+                        source,
+                    });
+                }
             }
         }
         Ok(out)
@@ -470,7 +516,10 @@ impl ServiceMaps {
     /// flows to backends that left are flushed ([`Self::flush_conntrack`]).
     pub fn upsert_service(&mut self, vip: Ipv4Addr, port: u16, proto: Protocol, spec: &ServiceSpec) -> Result<u32> {
         let key = ServiceKey::new(vip, port, proto);
-        let invalid = |reason: String| LbError::Invalid { key: format!("{vip}:{port}/{proto:?}"), reason };
+        let invalid = |reason: String| LbError::Invalid {
+            key: format!("{vip}:{port}/{proto:?}"),
+            reason,
+        };
         if proto == Protocol::Sctp
             && let Some(b) = spec.backends.iter().find(|b| b.port != port)
         {
@@ -483,42 +532,88 @@ impl ServiceMaps {
         let existing = match self.services.get(&key, 0) {
             Ok(v) => Some(v),
             Err(e) if is_missing(&e) => None,
-            Err(source) => return Err(LbError::Map { map: maps::SERVICES, source }),
+            Err(source) => {
+                return Err(LbError::Map {
+                    map: maps::SERVICES,
+                    source,
+                });
+            }
         };
         let service_id = match existing {
             Some(v) => v.service_id,
             None => self.free_id()?,
         };
         let previous = self.backends(service_id)?;
-        let prev_slots: Vec<(u32, Ipv4Addr, u16)> =
-            previous.iter().enumerate().map(|(i, b)| (i as u32 + 1, addr_of(b.ip), u16::from_be(b.port))).collect();
+        let prev_slots: Vec<(u32, Ipv4Addr, u16)> = previous
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32 + 1, addr_of(b.ip), u16::from_be(b.port)))
+            .collect();
         let (slots, count) = assign_slots(&prev_slots, &spec.backends);
         for (i, b) in slots.iter().enumerate() {
-            let value = BackendValue { ip: be_addr(b.ip), port: b.port.to_be(), proto: proto as u8, pad: 0 };
+            let value = BackendValue {
+                ip: be_addr(b.ip),
+                port: b.port.to_be(),
+                proto: proto as u8,
+                pad: 0,
+            };
             self.backends
-                .insert(BackendKey { service_id, slot: i as u32 + 1 }, value, 0)
-                .map_err(|source| LbError::Map { map: maps::BACKENDS, source })?;
+                .insert(
+                    BackendKey {
+                        service_id,
+                        slot: i as u32 + 1,
+                    },
+                    value,
+                    0,
+                )
+                .map_err(|source| LbError::Map {
+                    map: maps::BACKENDS,
+                    source,
+                })?;
         }
         let maglev = spec.algorithm == Algorithm::Maglev && count > 0;
         if maglev {
-            let usable: Vec<(u32, Ipv4Addr, u16)> =
-                slots[..count as usize].iter().enumerate().map(|(i, b)| (i as u32 + 1, b.ip, b.port)).collect();
+            let usable: Vec<(u32, Ipv4Addr, u16)> = slots[..count as usize]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (i as u32 + 1, b.ip, b.port))
+                .collect();
             let table: MaglevTable = maglev_table(&usable).try_into().expect("table has MAGLEV_M entries");
-            self.maglev.insert(service_id, table, 0).map_err(|source| LbError::Map { map: maps::MAGLEV, source })?;
+            self.maglev
+                .insert(service_id, table, 0)
+                .map_err(|source| LbError::Map {
+                    map: maps::MAGLEV,
+                    source,
+                })?;
         }
-        let affinity_timeout_s = spec.affinity_timeout.map_or(0, |d| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+        let affinity_timeout_s = spec
+            .affinity_timeout
+            .map_or(0, |d| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
         let value = ServiceValue {
             service_id,
             count,
             affinity_timeout_s,
-            algorithm: if spec.algorithm == Algorithm::Maglev { ALG_MAGLEV } else { ALG_RANDOM },
+            algorithm: if spec.algorithm == Algorithm::Maglev {
+                ALG_MAGLEV
+            } else {
+                ALG_RANDOM
+            },
             flags: spec.flags(),
             pad: 0,
         };
-        self.services.insert(key, value, 0).map_err(|source| LbError::Map { map: maps::SERVICES, source })?;
+        self.services.insert(key, value, 0).map_err(|source| LbError::Map {
+            map: maps::SERVICES,
+            source,
+        })?;
         self.used_ids.insert(service_id);
         for slot in slots.len() + 1..=previous.len() {
-            ignore_missing(self.backends.remove(&BackendKey { service_id, slot: slot as u32 }), maps::BACKENDS)?;
+            ignore_missing(
+                self.backends.remove(&BackendKey {
+                    service_id,
+                    slot: slot as u32,
+                }),
+                maps::BACKENDS,
+            )?;
         }
         if !maglev {
             ignore_missing(self.maglev.remove(&service_id), maps::MAGLEV)?;
@@ -542,7 +637,12 @@ impl ServiceMaps {
         let value = match self.services.get(&key, 0) {
             Ok(v) => v,
             Err(e) if is_missing(&e) => return Ok(()),
-            Err(source) => return Err(LbError::Map { map: maps::SERVICES, source }),
+            Err(source) => {
+                return Err(LbError::Map {
+                    map: maps::SERVICES,
+                    source,
+                });
+            }
         };
         ignore_missing(self.services.remove(&key), maps::SERVICES)?;
         self.used_ids.remove(&value.service_id);
@@ -554,7 +654,10 @@ impl ServiceMaps {
         let n = previous.len();
         for slot in 1..=n {
             ignore_missing(
-                self.backends.remove(&BackendKey { service_id: value.service_id, slot: slot as u32 }),
+                self.backends.remove(&BackendKey {
+                    service_id: value.service_id,
+                    slot: slot as u32,
+                }),
                 maps::BACKENDS,
             )?;
         }
@@ -567,7 +670,9 @@ impl ServiceMaps {
         if next <= MAX_SERVICES && self.used_ids.len() as u32 == next - 1 {
             return Ok(next);
         }
-        (1..=MAX_SERVICES).find(|id| !self.used_ids.contains(id)).ok_or(LbError::Full)
+        (1..=MAX_SERVICES)
+            .find(|id| !self.used_ids.contains(id))
+            .ok_or(LbError::Full)
     }
 
     /// Every conntrack entry.
@@ -575,7 +680,10 @@ impl ServiceMaps {
         self.conntrack
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(|source| LbError::Map { map: maps::CONNTRACK, source })
+            .map_err(|source| LbError::Map {
+                map: maps::CONNTRACK,
+                source,
+            })
     }
 
     /// Number of conntrack entries (two per connection).
@@ -609,7 +717,9 @@ impl ServiceMaps {
             if entry.expires_ns >= now_ns {
                 continue;
             }
-            let partner_live = entries.get(&entry.partner_key(key.proto)).is_some_and(|p| p.expires_ns >= now_ns);
+            let partner_live = entries
+                .get(&entry.partner_key(key.proto))
+                .is_some_and(|p| p.expires_ns >= now_ns);
             if !partner_live {
                 doomed.push(*key);
             }
@@ -648,7 +758,11 @@ mod tests {
     }
 
     fn be(last: u8, terminating: bool) -> Backend {
-        Backend { ip: ip(last), port: 8080, terminating }
+        Backend {
+            ip: ip(last),
+            port: 8080,
+            terminating,
+        }
     }
 
     fn counts(table: &[u32]) -> BTreeMap<u32, usize> {
@@ -691,7 +805,10 @@ mod tests {
         assert!(after.iter().all(|s| *s != 4));
         // The removed backend's ~102 entries must move; of the other ~919,
         // Maglev moves only a few percent (the paper's bound for M >> N).
-        assert!(moved_others * 10 < MAGLEV_M, "{moved_others} of {MAGLEV_M} entries of others moved");
+        assert!(
+            moved_others * 10 < MAGLEV_M,
+            "{moved_others} of {MAGLEV_M} entries of others moved"
+        );
         assert!(owned_by_removed > 90);
     }
 
@@ -711,7 +828,10 @@ mod tests {
         let (gone, stays) = (ip(1), ip(2));
         let to_gone = entry(7, gone);
         let rev = to_gone.partner_key(Protocol::Udp as u8);
-        let reverse = CtEntry { flags: CT_F_REVERSE, ..entry(7, client) };
+        let reverse = CtEntry {
+            flags: CT_F_REVERSE,
+            ..entry(7, client)
+        };
         let entries = [
             (fwd(4000), to_gone),
             (rev, reverse),
@@ -720,7 +840,10 @@ mod tests {
         ];
         let doomed = connections_to(&entries, 7, &BTreeSet::from([(gone, 8080)]));
         assert_eq!(doomed, [fwd(4000), rev]);
-        assert!(connections_to(&entries, 7, &BTreeSet::from([(gone, 9999)])).is_empty(), "port matters");
+        assert!(
+            connections_to(&entries, 7, &BTreeSet::from([(gone, 9999)])).is_empty(),
+            "port matters"
+        );
     }
 
     #[test]
@@ -733,7 +856,11 @@ mod tests {
         let prev = [(1, ip(2), 8080), (2, ip(3), 8080)];
         let (slots, count) = assign_slots(&prev, &[be(3, false), be(5, false)]);
         assert_eq!(count, 2);
-        assert_eq!(slots, vec![be(5, false), be(3, false)], "3 keeps slot 2, 5 fills the gap");
+        assert_eq!(
+            slots,
+            vec![be(5, false), be(3, false)],
+            "3 keeps slot 2, 5 fills the gap"
+        );
 
         let (slots, count) = assign_slots(&prev, &[be(3, false)]);
         assert_eq!((slots, count), (vec![be(3, false)], 1));

@@ -3,7 +3,10 @@
 //! [`SnatMap`], which opens the pinned map to read and collect it.
 //!
 //! The datapath writes every entry; userspace only reads and deletes.
-#![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait; the impl is justified below")]
+#![allow(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe marker trait; the impl is justified below"
+)]
 
 use std::collections::HashMap as StdHashMap;
 use std::io;
@@ -41,9 +44,23 @@ impl SnatEntry {
     /// The key of the other direction's entry (`snat_partner_key` in C).
     pub fn partner_key(&self, key: &CtKey) -> CtKey {
         if self.flags & F_REVERSE != 0 {
-            CtKey { saddr: self.addr, sport: self.port, daddr: key.saddr, dport: key.sport, proto: key.proto, pad: [0; 3] }
+            CtKey {
+                saddr: self.addr,
+                sport: self.port,
+                daddr: key.saddr,
+                dport: key.sport,
+                proto: key.proto,
+                pad: [0; 3],
+            }
         } else {
-            CtKey { saddr: key.daddr, sport: key.dport, daddr: self.addr, dport: self.port, proto: key.proto, pad: [0; 3] }
+            CtKey {
+                saddr: key.daddr,
+                sport: key.dport,
+                daddr: self.addr,
+                dport: self.port,
+                proto: key.proto,
+                pad: [0; 3],
+            }
         }
     }
 }
@@ -70,7 +87,11 @@ pub fn expired(entries: &StdHashMap<CtKey, SnatEntry>, now_ns: u64) -> Vec<CtKey
 pub enum SnatError {
     /// The pinned map could not be opened (datapath not loaded at this pin dir?).
     #[error("opening pinned map {path}: {source}")]
-    Open { path: PathBuf, #[source] source: MapError },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
     /// A map operation failed.
     #[error("map {MAP}: {0}")]
     Map(#[source] MapError),
@@ -85,7 +106,10 @@ impl SnatMap {
     /// Opens the map pinned under `pin_dir` by a loaded [`crate::Datapath`].
     pub fn open(pin_dir: &Path) -> Result<Self, SnatError> {
         let path = pin_dir.join(MAP);
-        let data = MapData::from_pin(&path).map_err(|source| SnatError::Open { path: path.clone(), source })?;
+        let data = MapData::from_pin(&path).map_err(|source| SnatError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let map = HashMap::try_from(Map::HashMap(data)).map_err(|source| SnatError::Open { path, source })?;
         Ok(Self { map })
     }
@@ -124,7 +148,12 @@ mod tests {
 
     fn flow(expires_fwd: u64, expires_rev: u64) -> StdHashMap<CtKey, SnatEntry> {
         let fwd_key = CtKey::new(POD, 40000, REMOTE, 80, Protocol::Tcp);
-        let fwd = SnatEntry { expires_ns: expires_fwd, addr: be_addr(NODE), port: 33000u16.to_be(), ..Default::default() };
+        let fwd = SnatEntry {
+            expires_ns: expires_fwd,
+            addr: be_addr(NODE),
+            port: 33000u16.to_be(),
+            ..Default::default()
+        };
         let rev_key = fwd.partner_key(&fwd_key);
         let rev = SnatEntry {
             expires_ns: expires_rev,

@@ -35,15 +35,15 @@ fn btf_structs(obj: &[u8]) -> HashMap<String, (u32, Vec<(String, u32)>)> {
         p += 12;
         // Trailing data per kind, from the kernel's Documentation/bpf/btf.rst.
         let extra = match kind {
-            1 => 4,                // INT
-            3 => 12,               // ARRAY
-            4 | 5 => 12 * vlen,    // STRUCT, UNION
-            6 => 8 * vlen,         // ENUM
-            13 => 8 * vlen,        // FUNC_PROTO
-            14 => 4,               // VAR
-            15 => 12 * vlen,       // DATASEC
-            17 => 4,               // DECL_TAG
-            19 => 12 * vlen,       // ENUM64
+            1 => 4,             // INT
+            3 => 12,            // ARRAY
+            4 | 5 => 12 * vlen, // STRUCT, UNION
+            6 => 8 * vlen,      // ENUM
+            13 => 8 * vlen,     // FUNC_PROTO
+            14 => 4,            // VAR
+            15 => 12 * vlen,    // DATASEC
+            17 => 4,            // DECL_TAG
+            19 => 12 * vlen,    // ENUM64
             _ => 0,
         };
         if kind == 4 {
@@ -76,10 +76,20 @@ macro_rules! assert_layout {
 fn rust_abi_matches_c_structs_in_btf() {
     let structs = btf_structs(weir_datapath::BPF_LXC);
     assert_layout!(structs, "weir_ep_key", EpKey, [family, pad, addr]);
-    assert_layout!(structs, "weir_ep_info", EpInfo, [ifindex, endpoint_id, identity, pod_mac, host_mac, flags]);
+    assert_layout!(
+        structs,
+        "weir_ep_info",
+        EpInfo,
+        [ifindex, endpoint_id, identity, pod_mac, host_mac, flags]
+    );
     assert_layout!(structs, "weir_traffic_key", TrafficKey, [endpoint_id, direction]);
     assert_layout!(structs, "weir_traffic", Traffic, [packets, bytes]);
-    assert_layout!(structs, "weir_config", Config, [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]);
+    assert_layout!(
+        structs,
+        "weir_config",
+        Config,
+        [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]
+    );
     assert_layout!(structs, "weir_route", Route, [node_ip, flags]);
     // aya's lpm_trie::Key<T> is { prefix_len: u32, data: T }: the C key is
     // that u32 followed by RouteKey's fields.
@@ -105,11 +115,21 @@ fn service_and_conntrack_abi_matches_c_structs_in_btf() {
     };
     let structs = btf_structs(weir_datapath::BPF_LXC);
     assert_layout!(structs, "weir_lb_svc_key", ServiceKey, [vip, dport, proto, pad]);
-    assert_layout!(structs, "weir_lb_svc", ServiceValue, [service_id, count, affinity_timeout_s, algorithm, flags, pad]);
+    assert_layout!(
+        structs,
+        "weir_lb_svc",
+        ServiceValue,
+        [service_id, count, affinity_timeout_s, algorithm, flags, pad]
+    );
     assert_layout!(structs, "weir_lb_backend_key", BackendKey, [service_id, slot]);
     assert_layout!(structs, "weir_lb_backend", BackendValue, [ip, port, proto, pad]);
     assert_layout!(structs, "weir_lb_affinity_key", AffinityKey, [client, service_id]);
-    assert_layout!(structs, "weir_lb_affinity", AffinityValue, [slot, backend_ip, last_used_ns]);
+    assert_layout!(
+        structs,
+        "weir_lb_affinity",
+        AffinityValue,
+        [slot, backend_ip, last_used_ns]
+    );
     assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
     assert_layout!(
         structs,
@@ -141,7 +161,17 @@ fn snat_abi_matches_c_structs_in_btf() {
     use weir_datapath::snat::SnatEntry;
     // The SNAT map lives in bpf_host.o only.
     let structs = btf_structs(weir_datapath::BPF_HOST);
-    assert_layout!(structs, "weir_snat_entry", SnatEntry, [expires_ns, packets, addr, port, flags, state]);
+    assert_layout!(
+        structs,
+        "weir_snat_entry",
+        SnatEntry,
+        [expires_ns, packets, addr, port, flags, state]
+    );
     assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
-    assert_layout!(structs, "weir_config", Config, [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]);
+    assert_layout!(
+        structs,
+        "weir_config",
+        Config,
+        [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]
+    );
 }

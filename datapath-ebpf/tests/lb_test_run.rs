@@ -13,6 +13,7 @@ use std::time::Duration;
 mod support;
 
 use aya::programs::{TestRun, TestRunOptions};
+use support::{Flow, TCP, UDP, fold, parse, pseudo_sum, require_root, sum16};
 use weir_datapath::abi::EpInfo;
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{
@@ -20,7 +21,6 @@ use weir_datapath::lb::{
     ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns,
 };
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
-use support::{Flow, TCP, UDP, fold, parse, pseudo_sum, require_root, sum16};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -39,7 +39,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SCTP: u8 = 132;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
-
 
 /// A datapath with its own pin directory (removed on drop), pods A (on lo,
 /// so it is the sender of every test packet) and B, and the service maps.
@@ -70,7 +69,14 @@ impl Fixture {
     /// lo to send its replies through from_pod.
     fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
         let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
-        let info = EpInfo { ifindex, endpoint_id, identity: 100, pod_mac: mac, host_mac: mac, flags: 0 };
+        let info = EpInfo {
+            ifindex,
+            endpoint_id,
+            identity: 100,
+            pod_mac: mac,
+            host_mac: mac,
+            flags: 0,
+        };
         self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
     }
 
@@ -79,18 +85,34 @@ impl Fixture {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
-        let res = self.dp.program(ProgramKind::FromPod).test_run(opts).expect("BPF_PROG_TEST_RUN");
+        let res = self
+            .dp
+            .program(ProgramKind::FromPod)
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN");
         out.truncate(res.data_size_out as usize);
         (res.return_value, out)
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        self.dp.drops().unwrap().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, t)| t.packets)
+        self.dp
+            .drops()
+            .unwrap()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, t)| t.packets)
     }
 
     fn service(&mut self, port: u16, proto: Protocol, backends: &[(Ipv4Addr, u16)], spec: ServiceSpec) -> u32 {
         let spec = ServiceSpec {
-            backends: backends.iter().map(|&(ip, port)| Backend { ip, port, terminating: false }).collect(),
+            backends: backends
+                .iter()
+                .map(|&(ip, port)| Backend {
+                    ip,
+                    port,
+                    terminating: false,
+                })
+                .collect(),
             ..spec
         };
         self.svc.upsert_service(VIP, port, proto, &spec).unwrap()
@@ -106,10 +128,15 @@ impl Drop for Fixture {
 
 // --- packets ---------------------------------------------------------------
 
-
 /// Pod A (the sender of every test packet) to the service VIP.
 fn to_vip(sport: u16, dport: u16, proto: u8) -> Flow {
-    Flow { src: POD_A, sport, dst: VIP, dport, proto }
+    Flow {
+        src: POD_A,
+        sport,
+        dst: VIP,
+        dport,
+        proto,
+    }
 }
 
 fn spec() -> ServiceSpec {
@@ -130,15 +157,24 @@ fn tcp_to_a_vip_is_dnated_and_replies_are_reverse_natted() {
     let (verdict, out) = fx.run(&flow.packet(SYN));
     assert_eq!(verdict, TC_ACT_REDIRECT, "backend B is local");
     let seen = parse(&out);
-    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (POD_A, 40000, POD_B, 8080));
+    assert_eq!(
+        (seen.src, seen.sport, seen.dst, seen.dport),
+        (POD_A, 40000, POD_B, 8080)
+    );
 
     let ct: BTreeMap<CtKey, _> = fx.svc.conntrack().unwrap().into_iter().collect();
     assert_eq!(ct.len(), 2, "forward and reverse entry: {ct:?}");
     let fwd = ct[&CtKey::new(POD_A, 40000, VIP, 80, Protocol::Tcp)];
     assert_eq!((addr_of(fwd.xlate_daddr), u16::from_be(fwd.xlate_dport)), (POD_B, 8080));
-    assert_eq!((fwd.service_id, fwd.flags, fwd.state, fwd.packets), (id, 0, CT_SYN_SENT, 1));
+    assert_eq!(
+        (fwd.service_id, fwd.flags, fwd.state, fwd.packets),
+        (id, 0, CT_SYN_SENT, 1)
+    );
     let now = monotonic_now_ns();
-    assert!(fwd.expires_ns > now + 50_000_000_000 && fwd.expires_ns <= now + 60_000_000_000, "SYN timeout 60 s");
+    assert!(
+        fwd.expires_ns > now + 50_000_000_000 && fwd.expires_ns <= now + 60_000_000_000,
+        "SYN timeout 60 s"
+    );
     let rev = ct[&CtKey::new(POD_B, 8080, POD_A, 40000, Protocol::Tcp)];
     assert_eq!((addr_of(rev.xlate_saddr), u16::from_be(rev.xlate_sport)), (VIP, 80));
     assert_eq!(rev.flags, CT_F_REVERSE);
@@ -149,17 +185,29 @@ fn tcp_to_a_vip_is_dnated_and_replies_are_reverse_natted() {
     let (verdict, out) = fx.run(&seen.reply().packet(SYN | ACK));
     assert_eq!(verdict, TC_ACT_REDIRECT, "A is local");
     let back = parse(&out);
-    assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, 80, POD_A, 40000), "client only sees the VIP");
+    assert_eq!(
+        (back.src, back.sport, back.dst, back.dport),
+        (VIP, 80, POD_A, 40000),
+        "client only sees the VIP"
+    );
 
     // The handshake's last ACK, from A again: same backend, now established.
     fx.place(POD_A, LO_IFINDEX, 1);
     fx.place(POD_B, OTHER_IFINDEX, 2);
     let (_, out) = fx.run(&flow.packet(ACK));
     assert_eq!(parse(&out).dst, POD_B);
-    let fwd = fx.svc.conntrack().unwrap().into_iter().find(|(k, _)| k.daddr == u32::from_ne_bytes(VIP.octets()));
+    let fwd = fx
+        .svc
+        .conntrack()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k.daddr == u32::from_ne_bytes(VIP.octets()));
     let (_, fwd) = fwd.expect("forward entry");
     assert_eq!((fwd.state, fwd.packets), (CT_ESTABLISHED, 2));
-    assert!(fwd.expires_ns > monotonic_now_ns() + 5 * 3600 * 1_000_000_000, "established timeout 6 h");
+    assert!(
+        fwd.expires_ns > monotonic_now_ns() + 5 * 3600 * 1_000_000_000,
+        "established timeout 6 h"
+    );
     assert!(fx.dp.drops().unwrap().is_empty(), "{:?}", fx.dp.drops());
 }
 
@@ -174,7 +222,10 @@ fn udp_to_a_vip_is_translated_both_ways_and_a_zero_checksum_stays_zero() {
     let (verdict, out) = fx.run(&flow.packet(0));
     assert_eq!(verdict, TC_ACT_OK, "remote backend: to the stack");
     let seen = parse(&out);
-    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (POD_A, 40001, REMOTE_1, 5353));
+    assert_eq!(
+        (seen.src, seen.sport, seen.dst, seen.dport),
+        (POD_A, 40001, REMOTE_1, 5353)
+    );
 
     // No checksum (0) must stay "no checksum", not become a wrong one.
     let flow0 = to_vip(40002, 53, UDP);
@@ -239,7 +290,10 @@ fn maglev_is_deterministic_per_tuple_across_nodes() {
     if !require_root() {
         return;
     }
-    let maglev = || ServiceSpec { algorithm: Algorithm::Maglev, ..spec() };
+    let maglev = || ServiceSpec {
+        algorithm: Algorithm::Maglev,
+        ..spec()
+    };
     let mut node1 = Fixture::new("maglev1");
     let mut node2 = Fixture::new("maglev2");
     // Different service ids and slot orders on the two nodes do not matter.
@@ -263,15 +317,30 @@ fn client_ip_affinity_pins_a_client_to_one_backend() {
         return;
     }
     let mut fx = Fixture::new("affinity");
-    let affinity = ServiceSpec { affinity_timeout: Some(Duration::from_secs(10800)), ..spec() };
+    let affinity = ServiceSpec {
+        affinity_timeout: Some(Duration::from_secs(10800)),
+        ..spec()
+    };
     fx.service(80, Protocol::Tcp, &THREE, affinity);
     let choice = spread(&fx, 40000..40050);
-    assert_eq!(histogram(&choice).len(), 1, "every connection of the client to one backend: {choice:?}");
+    assert_eq!(
+        histogram(&choice).len(),
+        1,
+        "every connection of the client to one backend: {choice:?}"
+    );
 
     // Adding a backend keeps the client where it is.
     let pinned = *choice.values().next().unwrap();
     let four = [THREE[0], THREE[1], THREE[2], (Ipv4Addr::new(10, 244, 3, 9), 8080)];
-    fx.service(80, Protocol::Tcp, &four, ServiceSpec { affinity_timeout: Some(Duration::from_secs(10800)), ..spec() });
+    fx.service(
+        80,
+        Protocol::Tcp,
+        &four,
+        ServiceSpec {
+            affinity_timeout: Some(Duration::from_secs(10800)),
+            ..spec()
+        },
+    );
     let later = spread(&fx, 41000..41020);
     assert!(later.values().all(|ip| *ip == pinned), "{later:?}");
 }
@@ -318,7 +387,11 @@ fn with_ip_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
 /// A service whose only backend is terminating: no backend for new connections.
 fn no_backend_service(fx: &mut Fixture, port: u16, proto: Protocol) {
     let terminating = ServiceSpec {
-        backends: vec![Backend { ip: POD_B, port: 8080, terminating: true }],
+        backends: vec![Backend {
+            ip: POD_B,
+            port: 8080,
+            terminating: true,
+        }],
         ..spec()
     };
     fx.svc.upsert_service(VIP, port, proto, &terminating).unwrap();
@@ -328,7 +401,11 @@ fn no_backend_service(fx: &mut Fixture, port: u16, proto: Protocol) {
 fn assert_back_to_a(verdict: u32, out: &[u8]) {
     assert_eq!(verdict, TC_ACT_REDIRECT, "redirected into the client");
     let a_mac = [0x02, 1, 0, 0, 0, 1]; // Fixture::place, endpoint 1
-    assert_eq!((&out[0..6], &out[6..12]), (&a_mac[..], &a_mac[..]), "pod and host MAC of A");
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&a_mac[..], &a_mac[..]),
+        "pod and host MAC of A"
+    );
     assert_eq!(&out[12..14], &[0x08, 0x00]);
 }
 
@@ -347,12 +424,20 @@ fn a_syn_to_a_service_without_backends_is_answered_with_a_reset() {
     assert_back_to_a(verdict, &out);
     assert_eq!(out.len(), 14 + 20 + 20, "no options, no payload: {out:02x?}");
     let rst = parse(&out); // checks the IP and TCP checksums
-    assert_eq!((rst.src, rst.sport, rst.dst, rst.dport, rst.proto), (VIP, 80, POD_A, 40000, TCP), "from the VIP");
+    assert_eq!(
+        (rst.src, rst.sport, rst.dst, rst.dport, rst.proto),
+        (VIP, 80, POD_A, 40000, TCP),
+        "from the VIP"
+    );
     let (ip, tcp) = (&out[14..34], &out[34..]);
     assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 40, "IP total length");
     assert_eq!(ip[8], 64, "TTL");
     assert_eq!(u32::from_be_bytes(tcp[4..8].try_into().unwrap()), 0, "seq");
-    assert_eq!(u32::from_be_bytes(tcp[8..12].try_into().unwrap()), 0x1122_3344 + 1 + 4, "ack = seq + SYN + data");
+    assert_eq!(
+        u32::from_be_bytes(tcp[8..12].try_into().unwrap()),
+        0x1122_3344 + 1 + 4,
+        "ack = seq + SYN + data"
+    );
     assert_eq!((tcp[12], tcp[13]), (5 << 4, 0x04 | ACK), "RST|ACK, no options");
     assert_eq!(fx.drops(DropReason::NoServiceBackend), 1, "counted under its reason");
     assert_eq!(fx.svc.conntrack_len().unwrap(), 0, "nothing tracked");
@@ -361,13 +446,20 @@ fn a_syn_to_a_service_without_backends_is_answered_with_a_reset() {
 
     // A segment with ACK (a connection the client still believes in): the
     // RST takes its sequence number from that ACK, and carries no ACK.
-    let (verdict, out) = fx.run(&with_ip_options(&segment(80, ACK, 7, 0xdead_beef, &[], b""), &[1, 1, 1, 0]));
+    let (verdict, out) = fx.run(&with_ip_options(
+        &segment(80, ACK, 7, 0xdead_beef, &[], b""),
+        &[1, 1, 1, 0],
+    ));
     assert_back_to_a(verdict, &out);
     assert_eq!(out.len(), 14 + 24 + 20, "IP options kept: {out:02x?}");
     assert_eq!(fold(sum16(&out[14..38])), 0, "IPv4 header checksum over the options");
     let tcp = &out[38..];
     assert_eq!(fold(pseudo_sum(VIP, POD_A, TCP, 20) + sum16(tcp)), 0, "TCP checksum");
-    assert_eq!(u32::from_be_bytes(tcp[4..8].try_into().unwrap()), 0xdead_beef, "seq = the segment's ack");
+    assert_eq!(
+        u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
+        0xdead_beef,
+        "seq = the segment's ack"
+    );
     assert_eq!(tcp[13], 0x04, "RST alone");
 
     // A RST is never answered: dropped, still counted.
@@ -395,19 +487,35 @@ fn a_datagram_to_a_service_without_backends_gets_port_unreachable() {
         let (verdict, out) = fx.run(&sent);
         assert_back_to_a(verdict, &out);
         let quote_len = ihl + 8;
-        assert_eq!(out.len(), 14 + 20 + 8 + quote_len, "IP + ICMP + quoted header and 8 bytes: {out:02x?}");
+        assert_eq!(
+            out.len(),
+            14 + 20 + 8 + quote_len,
+            "IP + ICMP + quoted header and 8 bytes: {out:02x?}"
+        );
         let ip = &out[14..34];
         assert_eq!(ip[0], 0x45);
         assert_eq!(fold(sum16(ip)), 0, "IPv4 header checksum valid");
-        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, 20 + 8 + quote_len, "IP total length");
+        assert_eq!(
+            u16::from_be_bytes([ip[2], ip[3]]) as usize,
+            20 + 8 + quote_len,
+            "IP total length"
+        );
         assert_eq!((ip[8], ip[9]), (64, 1), "TTL, ICMP");
-        assert_eq!(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), VIP, "from the address A contacted");
+        assert_eq!(
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            VIP,
+            "from the address A contacted"
+        );
         assert_eq!(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]), POD_A);
         let icmp = &out[34..];
         assert_eq!(fold(sum16(icmp)), 0, "ICMP checksum valid");
         assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port unreachable");
         assert_eq!(&icmp[4..8], &[0; 4]);
-        assert_eq!(&icmp[8..], &sent[14..14 + quote_len], "quotes the original IP header and 8 bytes");
+        assert_eq!(
+            &icmp[8..],
+            &sent[14..14 + quote_len],
+            "quotes the original IP header and 8 bytes"
+        );
     }
     assert_eq!(fx.drops(DropReason::NoServiceBackend), 2);
     assert_eq!(fx.svc.conntrack_len().unwrap(), 0);
@@ -418,7 +526,10 @@ fn a_full_conntrack_table_refuses_new_connections_and_gc_frees_it() {
     if !require_root() {
         return;
     }
-    let options = LoadOptions { max_entries: vec![(weir_datapath::lb::maps::CONNTRACK, 4)], ..Default::default() };
+    let options = LoadOptions {
+        max_entries: vec![(weir_datapath::lb::maps::CONNTRACK, 4)],
+        ..Default::default()
+    };
     let mut fx = Fixture::with_options("ctfull", &options);
     fx.service(80, Protocol::Tcp, &[(REMOTE_1, 8080)], spec());
     for p in [50000, 50001] {
@@ -431,7 +542,12 @@ fn a_full_conntrack_table_refuses_new_connections_and_gc_frees_it() {
 
     // Nothing has expired yet; 7 hours later everything has.
     assert_eq!(fx.svc.gc_conntrack(monotonic_now_ns()).unwrap(), 0);
-    assert_eq!(fx.svc.gc_conntrack(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 4);
+    assert_eq!(
+        fx.svc
+            .gc_conntrack(monotonic_now_ns() + 7 * 3600 * 1_000_000_000)
+            .unwrap(),
+        4
+    );
     assert_eq!(fx.run(&to_vip(50002, 80, TCP).packet(SYN)).0, TC_ACT_OK);
     assert_eq!(fx.svc.conntrack_len().unwrap(), 2);
 }
@@ -477,8 +593,16 @@ fn udp_flows_to_a_backend_that_left_are_flushed() {
     // Terminating (the pod still serves): the flow stays where it is.
     let draining = ServiceSpec {
         backends: vec![
-            Backend { ip: REMOTE_1, port: 5353, terminating: true },
-            Backend { ip: REMOTE_2, port: 5353, terminating: false },
+            Backend {
+                ip: REMOTE_1,
+                port: 5353,
+                terminating: true,
+            },
+            Backend {
+                ip: REMOTE_2,
+                port: 5353,
+                terminating: false,
+            },
         ],
         ..spec()
     };
@@ -506,7 +630,11 @@ fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
     let (verdict, out) = fx.run(&to_vip(40000, 80, TCP).packet(SYN));
     assert_eq!(verdict, TC_ACT_REDIRECT, "back into A itself");
     let seen = parse(&out);
-    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (HAIRPIN_IP, 40000, POD_A, 8080), "not its own address");
+    assert_eq!(
+        (seen.src, seen.sport, seen.dst, seen.dport),
+        (HAIRPIN_IP, 40000, POD_A, 8080),
+        "not its own address"
+    );
 
     // A answers the hairpin address, and gets the answer from the VIP.
     let (verdict, out) = fx.run(&seen.reply().packet(SYN | ACK));
@@ -528,15 +656,28 @@ fn sctp_is_translated_by_address_only() {
     assert_eq!(verdict, TC_ACT_OK);
     let seen = parse(&out);
     assert_eq!((seen.dst, seen.dport), (REMOTE_1, 3868));
-    assert_eq!(&out[34 + 8..34 + 12], &[0; 4], "CRC32c untouched: it does not cover addresses");
+    assert_eq!(
+        &out[34 + 8..34 + 12],
+        &[0; 4],
+        "CRC32c untouched: it does not cover addresses"
+    );
 
     // A port change would break the CRC32c: refused when programming.
     let err = fx
         .svc
-        .upsert_service(VIP, 3868, Protocol::Sctp, &ServiceSpec {
-            backends: vec![Backend { ip: REMOTE_1, port: 9999, terminating: false }],
-            ..spec()
-        })
+        .upsert_service(
+            VIP,
+            3868,
+            Protocol::Sctp,
+            &ServiceSpec {
+                backends: vec![Backend {
+                    ip: REMOTE_1,
+                    port: 9999,
+                    terminating: false,
+                }],
+                ..spec()
+            },
+        )
         .unwrap_err();
     assert!(err.to_string().contains("SCTP"), "{err}");
 }
@@ -551,7 +692,13 @@ fn a_new_syn_after_close_picks_a_live_backend() {
     let flow = to_vip(45000, 80, TCP);
     assert_eq!(parse(&fx.run(&flow.packet(SYN)).1).dst, REMOTE_1);
     fx.run(&flow.packet(ACK | 0x01)); // FIN closes both directions
-    assert!(fx.svc.conntrack().unwrap().iter().all(|(_, e)| e.state == weir_datapath::lb::CT_CLOSING));
+    assert!(
+        fx.svc
+            .conntrack()
+            .unwrap()
+            .iter()
+            .all(|(_, e)| e.state == weir_datapath::lb::CT_CLOSING)
+    );
 
     fx.service(80, Protocol::Tcp, &[(REMOTE_2, 8080)], spec());
     // Same 4-tuple reused for a new connection: REMOTE_1 is not a backend any more.

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 mod support;
 
 use aya::programs::{TestRun, TestRunOptions};
+use support::{Flow, TCP, UDP, parse, require_root};
 use weir_datapath::abi::{Config, EpInfo};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{
@@ -20,7 +21,6 @@ use weir_datapath::lb::{
     TrafficPolicy, addr_of, be_addr,
 };
 use weir_datapath::{Datapath, ProgramKind};
-use support::{Flow, TCP, UDP, parse, require_root};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -41,7 +41,6 @@ const NODE_PORT: u16 = 30080;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-
 /// A datapath with its own pin directory (removed on drop), this node's IP
 /// in the config map, and pod B local (behind some other interface).
 struct Fixture {
@@ -56,7 +55,11 @@ impl Fixture {
         let _ = std::fs::remove_dir_all(&pin_dir);
         weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
         let mut dp = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
-        dp.set_config(Config { node_ip: be_addr(NODE), ..Default::default() }).unwrap();
+        dp.set_config(Config {
+            node_ip: be_addr(NODE),
+            ..Default::default()
+        })
+        .unwrap();
         let svc = ServiceMaps::open(&pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
         let mut fx = Self { dp, svc, pin_dir };
         fx.place(POD_B, OTHER_IFINDEX, 2);
@@ -65,7 +68,14 @@ impl Fixture {
 
     fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
         let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
-        let info = EpInfo { ifindex, endpoint_id, identity: 100, pod_mac: mac, host_mac: mac, flags: 0 };
+        let info = EpInfo {
+            ifindex,
+            endpoint_id,
+            identity: 100,
+            pod_mac: mac,
+            host_mac: mac,
+            flags: 0,
+        };
         self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
     }
 
@@ -90,12 +100,31 @@ impl Fixture {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        self.dp.drops().unwrap().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, t)| t.packets)
+        self.dp
+            .drops()
+            .unwrap()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, t)| t.packets)
     }
 
-    fn frontend(&mut self, vip: Ipv4Addr, port: u16, proto: Protocol, backends: &[(Ipv4Addr, u16)], policy: Option<TrafficPolicy>) -> u32 {
+    fn frontend(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: Protocol,
+        backends: &[(Ipv4Addr, u16)],
+        policy: Option<TrafficPolicy>,
+    ) -> u32 {
         let spec = ServiceSpec {
-            backends: backends.iter().map(|&(ip, port)| Backend { ip, port, terminating: false }).collect(),
+            backends: backends
+                .iter()
+                .map(|&(ip, port)| Backend {
+                    ip,
+                    port,
+                    terminating: false,
+                })
+                .collect(),
             external: policy,
             ..Default::default()
         };
@@ -120,10 +149,14 @@ fn proto_of(p: u8) -> Protocol {
 
 // --- packets ---------------------------------------------------------------
 
-
-
 fn flow(dst: Ipv4Addr, dport: u16, proto: u8) -> Flow {
-    Flow { src: CLIENT, sport: 40000, dst, dport, proto }
+    Flow {
+        src: CLIENT,
+        sport: 40000,
+        dst,
+        dport,
+        proto,
+    }
 }
 
 fn ttl(frame: &[u8]) -> u8 {
@@ -139,12 +172,22 @@ fn xdp_dnats_to_a_local_backend_and_from_pod_reverses_the_reply() {
     }
     let mut fx = Fixture::new("local");
     for proto in [TCP, UDP] {
-        let id = fx.frontend(NODE, NODE_PORT, proto_of(proto), &[(POD_B, 8080)], Some(TrafficPolicy::Cluster));
+        let id = fx.frontend(
+            NODE,
+            NODE_PORT,
+            proto_of(proto),
+            &[(POD_B, 8080)],
+            Some(TrafficPolicy::Cluster),
+        );
         let f = flow(NODE, NODE_PORT, proto);
         let (verdict, out) = fx.xdp(&f.packet(SYN));
         assert_eq!(verdict, XDP_PASS, "local backend: the stack (or from_netdev) delivers");
         let seen = parse(&out);
-        assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (CLIENT, 40000, POD_B, 8080), "DNAT, source kept");
+        assert_eq!(
+            (seen.src, seen.sport, seen.dst, seen.dport),
+            (CLIENT, 40000, POD_B, 8080),
+            "DNAT, source kept"
+        );
         assert_eq!(ttl(&out), 64, "not forwarded by XDP: TTL untouched");
 
         let ct = fx.conntrack();
@@ -161,9 +204,15 @@ fn xdp_dnats_to_a_local_backend_and_from_pod_reverses_the_reply() {
         // run), which finds the reverse entry and restores the NodePort.
         fx.place(POD_B, LO_IFINDEX, 2);
         let (verdict, back) = fx.tc(ProgramKind::FromPod, &seen.reply().packet(SYN | ACK));
-        assert_eq!(verdict, TC_ACT_REDIRECT, "straight out (the stack would drop the node IP as source)");
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "straight out (the stack would drop the node IP as source)"
+        );
         let back = parse(&back);
-        assert_eq!((back.src, back.sport, back.dst, back.dport), (NODE, NODE_PORT, CLIENT, 40000));
+        assert_eq!(
+            (back.src, back.sport, back.dst, back.dport),
+            (NODE, NODE_PORT, CLIENT, 40000)
+        );
         fx.place(POD_B, OTHER_IFINDEX, 2);
     }
 
@@ -182,7 +231,13 @@ fn remote_backend_is_snatted_and_dnated_with_tc_when_xdp_cannot_forward() {
         return;
     }
     let mut fx = Fixture::new("remote");
-    fx.frontend(NODE, NODE_PORT, Protocol::Tcp, &[(REMOTE_1, 8080)], Some(TrafficPolicy::Cluster));
+    fx.frontend(
+        NODE,
+        NODE_PORT,
+        Protocol::Tcp,
+        &[(REMOTE_1, 8080)],
+        Some(TrafficPolicy::Cluster),
+    );
     let f = flow(NODE, NODE_PORT, TCP);
     let syn = f.packet(SYN);
 
@@ -196,17 +251,30 @@ fn remote_backend_is_snatted_and_dnated_with_tc_when_xdp_cannot_forward() {
     let fwd = ct[&CtKey::new(CLIENT, 40000, NODE, NODE_PORT, Protocol::Tcp)];
     let nat_port = u16::from_be(fwd.xlate_sport);
     assert!(NAT_PORTS.contains(&nat_port), "SNAT port {nat_port}");
-    assert_eq!((addr_of(fwd.xlate_saddr), addr_of(fwd.xlate_daddr), u16::from_be(fwd.xlate_dport)), (NODE, REMOTE_1, 8080));
+    assert_eq!(
+        (
+            addr_of(fwd.xlate_saddr),
+            addr_of(fwd.xlate_daddr),
+            u16::from_be(fwd.xlate_dport)
+        ),
+        (NODE, REMOTE_1, 8080)
+    );
     assert_eq!(fwd.flags, CT_F_NODEPORT | CT_F_SNAT);
     let rev = ct[&CtKey::new(REMOTE_1, 8080, NODE, nat_port, Protocol::Tcp)];
     assert_eq!(rev.flags, CT_F_NODEPORT | CT_F_SNAT | CT_F_REVERSE);
-    assert_eq!((addr_of(rev.xlate_saddr), u16::from_be(rev.xlate_sport)), (NODE, NODE_PORT));
+    assert_eq!(
+        (addr_of(rev.xlate_saddr), u16::from_be(rev.xlate_sport)),
+        (NODE, NODE_PORT)
+    );
 
     // TC follows the entries: SNAT + DNAT, one router hop, out again.
     let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &syn);
     assert_eq!(verdict, TC_ACT_REDIRECT, "bpf_redirect_neigh back out of the uplink");
     let seen = parse(&out);
-    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (NODE, nat_port, REMOTE_1, 8080));
+    assert_eq!(
+        (seen.src, seen.sport, seen.dst, seen.dport),
+        (NODE, nat_port, REMOTE_1, 8080)
+    );
     assert_eq!(ttl(&out), 63);
     assert_eq!(fx.conntrack().len(), 2, "no second connection");
 
@@ -217,7 +285,11 @@ fn remote_backend_is_snatted_and_dnated_with_tc_when_xdp_cannot_forward() {
     let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = parse(&out);
-    assert_eq!((back.src, back.sport, back.dst, back.dport), (NODE, NODE_PORT, CLIENT, 40000), "client sees the NodePort");
+    assert_eq!(
+        (back.src, back.sport, back.dst, back.dport),
+        (NODE, NODE_PORT, CLIENT, 40000),
+        "client sees the NodePort"
+    );
 
     // Another client connection gets its own SNAT port.
     let g = Flow { sport: 40001, ..f };
@@ -245,12 +317,21 @@ fn external_and_lb_ips_and_policy_local() {
 
     // A LoadBalancer IP with policy Local: the client's address is kept even
     // for a backend this node does not know (no SNAT, ever).
-    fx.frontend(LB_IP, 80, Protocol::Udp, &[(REMOTE_1, 5353)], Some(TrafficPolicy::Local));
+    fx.frontend(
+        LB_IP,
+        80,
+        Protocol::Udp,
+        &[(REMOTE_1, 5353)],
+        Some(TrafficPolicy::Local),
+    );
     let u = flow(LB_IP, 80, UDP);
     let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &u.packet(0));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let seen = parse(&out);
-    assert_eq!((seen.src, seen.sport, seen.dst, seen.dport), (CLIENT, 40000, REMOTE_1, 5353));
+    assert_eq!(
+        (seen.src, seen.sport, seen.dst, seen.dport),
+        (CLIENT, 40000, REMOTE_1, 5353)
+    );
 
     // A UDP datagram without a checksum keeps none.
     fx.frontend(LB_IP, 81, Protocol::Udp, &[(POD_B, 5353)], Some(TrafficPolicy::Cluster));

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 mod support;
 
 use aya::programs::{TestRun, TestRunOptions};
+use support::require_root;
 use weir_datapath::abi::{Config, EpInfo, ROUTING_VXLAN, Traffic};
 use weir_datapath::drop::DropReason;
 use weir_datapath::{Datapath, ProgramKind};
-use support::require_root;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -29,7 +29,6 @@ const B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 3];
 const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 1, 3];
 const B_IFINDEX: u32 = 4242;
 
-
 /// A datapath with its own pin directory, removed on drop.
 struct Fixture {
     dp: Datapath,
@@ -44,12 +43,26 @@ impl Fixture {
         let mut dp = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
         dp.upsert_endpoint(
             IpAddr::V4(POD_A),
-            EpInfo { ifindex: LO_IFINDEX, endpoint_id: 1, identity: 100, pod_mac: A_MAC, host_mac: A_HOST_MAC, flags: 0 },
+            EpInfo {
+                ifindex: LO_IFINDEX,
+                endpoint_id: 1,
+                identity: 100,
+                pod_mac: A_MAC,
+                host_mac: A_HOST_MAC,
+                flags: 0,
+            },
         )
         .unwrap();
         dp.upsert_endpoint(
             IpAddr::V4(POD_B),
-            EpInfo { ifindex: B_IFINDEX, endpoint_id: 2, identity: 100, pod_mac: B_MAC, host_mac: B_HOST_MAC, flags: 0 },
+            EpInfo {
+                ifindex: B_IFINDEX,
+                endpoint_id: 2,
+                identity: 100,
+                pod_mac: B_MAC,
+                host_mac: B_HOST_MAC,
+                flags: 0,
+            },
         )
         .unwrap();
         Self { dp, pin_dir }
@@ -71,7 +84,12 @@ impl Fixture {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        self.dp.drops().unwrap().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, t)| t.packets)
+        self.dp
+            .drops()
+            .unwrap()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, t)| t.packets)
     }
 }
 
@@ -86,9 +104,15 @@ impl Drop for Fixture {
 /// Native routing unless told otherwise; VXLAN sends 10.245.2.0/24 to a peer.
 fn vxlan(fx: &mut Fixture) {
     fx.dp
-        .set_config(Config { routing_mode: ROUTING_VXLAN, tunnel_ifindex: LO_IFINDEX, ..Default::default() })
+        .set_config(Config {
+            routing_mode: ROUTING_VXLAN,
+            tunnel_ifindex: LO_IFINDEX,
+            ..Default::default()
+        })
         .unwrap();
-    fx.dp.sync_node_routes(&[("10.245.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))]).unwrap();
+    fx.dp
+        .sync_node_routes(&[("10.245.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))])
+        .unwrap();
 }
 
 // --- packet crafting -------------------------------------------------------
@@ -106,7 +130,10 @@ fn eth(proto: u16) -> Vec<u8> {
 }
 
 fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -124,7 +151,14 @@ struct Ip {
 
 impl Ip {
     fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
-        Self { src, dst, proto, ttl: 64, options: vec![], frag_off: 0 }
+        Self {
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            options: vec![],
+            frag_off: 0,
+        }
     }
 
     fn packet(&self, l4: &[u8]) -> Vec<u8> {
@@ -205,8 +239,20 @@ fn tcp_udp_icmp_between_local_pods_redirect_to_peer_and_count() {
     }
     let (a_in, a_out) = fx.traffic(1);
     let (b_in, b_out) = fx.traffic(2);
-    assert_eq!(a_out, Traffic { packets: 3, bytes: sent_bytes });
-    assert_eq!(b_in, Traffic { packets: 3, bytes: sent_bytes });
+    assert_eq!(
+        a_out,
+        Traffic {
+            packets: 3,
+            bytes: sent_bytes
+        }
+    );
+    assert_eq!(
+        b_in,
+        Traffic {
+            packets: 3,
+            bytes: sent_bytes
+        }
+    );
     assert_eq!((a_in.packets, b_out.packets), (0, 0));
     assert!(fx.dp.drops().unwrap().is_empty(), "no drops: {:?}", fx.dp.drops());
 }
@@ -334,7 +380,13 @@ fn to_pod_rewrites_for_its_endpoint_and_ignores_others() {
     assert_eq!(&out[0..6], &A_MAC);
     assert_eq!(&out[6..12], &A_HOST_MAC);
     assert_eq!(&out[12..], &pkt[12..], "no TTL change: the stack already routed it");
-    assert_eq!(fx.traffic(1).0, Traffic { packets: 1, bytes: pkt.len() as u64 });
+    assert_eq!(
+        fx.traffic(1).0,
+        Traffic {
+            packets: 1,
+            bytes: pkt.len() as u64
+        }
+    );
 
     // B lives behind another interface: not this program's business.
     let pkt = Ip::new(Ipv4Addr::new(10, 244, 1, 1), POD_B, UDP).packet(&udp(b"hi"));
@@ -355,14 +407,22 @@ fn remote_pods_go_to_the_stack_in_native_mode_and_into_the_tunnel_in_vxlan_mode(
     let mut fx = Fixture::new("route");
     let remote = Ipv4Addr::new(10, 245, 2, 5);
     let pkt = Ip::new(POD_A, remote, TCP).packet(&tcp_syn());
-    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_OK, "native: the stack routes");
+    assert_eq!(
+        fx.run(ProgramKind::FromPod, &pkt).0,
+        TC_ACT_OK,
+        "native: the stack routes"
+    );
 
     vxlan(&mut fx);
     let (verdict, out) = fx.run(ProgramKind::FromPod, &pkt);
     assert_eq!(verdict, TC_ACT_REDIRECT, "vxlan: redirected to the tunnel device");
     assert_eq!(out, pkt, "inner packet untouched; the vxlan device encapsulates");
     let outside = Ip::new(POD_A, Ipv4Addr::new(10, 99, 0, 1), TCP).packet(&tcp_syn());
-    assert_eq!(fx.run(ProgramKind::FromPod, &outside).0, TC_ACT_OK, "no node owns it: the stack decides");
+    assert_eq!(
+        fx.run(ProgramKind::FromPod, &outside).0,
+        TC_ACT_OK,
+        "no node owns it: the stack decides"
+    );
 
     // The node's own traffic through the vxlan device gets the same tunnel endpoint.
     assert_eq!(fx.run(ProgramKind::ToOverlay, &pkt).0, TC_ACT_OK);
@@ -390,7 +450,11 @@ fn node_devices_deliver_to_local_pods_and_pass_the_rest() {
     assert_eq!(fx.traffic(1).0.packets, 2, "counted as A's ingress");
 
     let to_node = Ip::new(Ipv4Addr::new(10, 245, 2, 5), Ipv4Addr::new(172, 30, 0, 11), UDP).packet(&udp(b"x"));
-    assert_eq!(fx.run(ProgramKind::FromNetdev, &to_node).0, TC_ACT_UNSPEC, "the node's own traffic");
+    assert_eq!(
+        fx.run(ProgramKind::FromNetdev, &to_node).0,
+        TC_ACT_UNSPEC,
+        "the node's own traffic"
+    );
     let mut arp = eth(ETH_P_ARP);
     arp.extend_from_slice(&[0; 28]);
     assert_eq!(fx.run(ProgramKind::FromNetdev, &arp).0, TC_ACT_UNSPEC);

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 mod support;
 
 use aya::programs::{TestRun, TestRunOptions};
+use support::{TCP, UDP, fold, ipv4_frame, pseudo_sum, require_root, sum16};
 use weir_datapath::abi::{Config, EpInfo};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{CT_CLOSING, CT_SYN_SENT, CtKey, addr_of, be_addr, monotonic_now_ns};
 use weir_datapath::snat::{F_REVERSE, PORT_RANGE, SnatEntry, SnatMap};
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
-use support::{TCP, UDP, fold, ipv4_frame, pseudo_sum, require_root, sum16};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -41,7 +41,6 @@ const FIN: u8 = 0x01;
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
 
-
 /// A datapath with its own pin directory (removed on drop), pod A on lo,
 /// and masquerading of 10.244.0.0/16 to NODE.
 struct Fixture {
@@ -60,7 +59,14 @@ impl Fixture {
         let _ = std::fs::remove_dir_all(&pin_dir);
         weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
         let mut dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
-        let info = EpInfo { ifindex: LO_IFINDEX, endpoint_id: 1, identity: 100, pod_mac: A_MAC, host_mac: A_HOST_MAC, flags: 0 };
+        let info = EpInfo {
+            ifindex: LO_IFINDEX,
+            endpoint_id: 1,
+            identity: 100,
+            pod_mac: A_MAC,
+            host_mac: A_HOST_MAC,
+            flags: 0,
+        };
         dp.upsert_endpoint(IpAddr::V4(POD_A), info).unwrap();
         let snat = SnatMap::open(&pin_dir).unwrap_or_else(|e| panic!("opening the SNAT map: {e:?}"));
         let mut fx = Self { dp, snat, pin_dir };
@@ -69,8 +75,15 @@ impl Fixture {
     }
 
     fn masquerade(&mut self, on: bool) {
-        let config = Config { node_ip: be_addr(NODE), ..Default::default() };
-        let config = if on { config.with_masquerade("10.244.0.0/16".parse().unwrap()) } else { config };
+        let config = Config {
+            node_ip: be_addr(NODE),
+            ..Default::default()
+        };
+        let config = if on {
+            config.with_masquerade("10.244.0.0/16".parse().unwrap())
+        } else {
+            config
+        };
         self.dp.set_config(config).unwrap();
     }
 
@@ -93,7 +106,12 @@ impl Fixture {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        self.dp.drops().unwrap().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, t)| t.packets)
+        self.dp
+            .drops()
+            .unwrap()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, t)| t.packets)
     }
 }
 
@@ -105,9 +123,6 @@ impl Drop for Fixture {
 }
 
 // --- packets ---------------------------------------------------------------
-
-
-
 
 /// A flow; for ICMP, `sport` is the echo identifier and `icmp_type` says
 /// request or reply.
@@ -123,11 +138,25 @@ struct Flow {
 
 impl Flow {
     fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> Self {
-        Self { src, sport, dst, dport, proto, icmp_type: ECHO_REQUEST }
+        Self {
+            src,
+            sport,
+            dst,
+            dport,
+            proto,
+            icmp_type: ECHO_REQUEST,
+        }
     }
 
     fn ping(src: Ipv4Addr, id: u16, dst: Ipv4Addr) -> Self {
-        Self { src, sport: id, dst, dport: 0, proto: ICMP, icmp_type: ECHO_REQUEST }
+        Self {
+            src,
+            sport: id,
+            dst,
+            dport: 0,
+            proto: ICMP,
+            icmp_type: ECHO_REQUEST,
+        }
     }
 
     /// An Ethernet + IPv4 frame with valid IPv4 and L4 checksums.
@@ -173,9 +202,23 @@ impl Flow {
     /// The answer to this flow as the remote sends it.
     fn reply(&self) -> Self {
         if self.proto == ICMP {
-            return Self { src: self.dst, sport: self.sport, dst: self.src, dport: 0, proto: ICMP, icmp_type: ECHO_REPLY };
+            return Self {
+                src: self.dst,
+                sport: self.sport,
+                dst: self.src,
+                dport: 0,
+                proto: ICMP,
+                icmp_type: ECHO_REPLY,
+            };
         }
-        Self { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport, proto: self.proto, icmp_type: 0 }
+        Self {
+            src: self.dst,
+            sport: self.dport,
+            dst: self.src,
+            dport: self.sport,
+            proto: self.proto,
+            icmp_type: 0,
+        }
     }
 }
 
@@ -190,10 +233,28 @@ fn parse(frame: &[u8]) -> Flow {
     let be = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
     if proto == ICMP {
         assert_eq!(fold(sum16(l4)), 0, "ICMP checksum valid");
-        return Flow { src, sport: be(4), dst, dport: 0, proto, icmp_type: l4[0] };
+        return Flow {
+            src,
+            sport: be(4),
+            dst,
+            dport: 0,
+            proto,
+            icmp_type: l4[0],
+        };
     }
-    assert_eq!(fold(pseudo_sum(src, dst, proto, l4.len()) + sum16(l4)), 0, "{proto} checksum valid");
-    Flow { src, sport: be(0), dst, dport: be(2), proto, icmp_type: 0 }
+    assert_eq!(
+        fold(pseudo_sum(src, dst, proto, l4.len()) + sum16(l4)),
+        0,
+        "{proto} checksum valid"
+    );
+    Flow {
+        src,
+        sport: be(0),
+        dst,
+        dport: be(2),
+        proto,
+        icmp_type: 0,
+    }
 }
 
 // --- tests -----------------------------------------------------------------
@@ -213,8 +274,16 @@ fn tcp_udp_and_ping_leave_as_the_node_and_replies_come_back_to_the_pod() {
         let (verdict, out) = fx.out(&flow, SYN);
         assert_eq!(verdict, TC_ACT_OK, "{flow:?} translated");
         let seen = parse(&out);
-        assert_eq!((seen.src, seen.dst, seen.dport), (NODE, EXTERNAL, flow.dport), "{flow:?}: source is the node");
-        assert!(PORT_RANGE.contains(&seen.sport), "{flow:?}: port {} in the SNAT range", seen.sport);
+        assert_eq!(
+            (seen.src, seen.dst, seen.dport),
+            (NODE, EXTERNAL, flow.dport),
+            "{flow:?}: source is the node"
+        );
+        assert!(
+            PORT_RANGE.contains(&seen.sport),
+            "{flow:?}: port {} in the SNAT range",
+            seen.sport
+        );
         assert_eq!(out.len(), flow.packet(SYN).len(), "no bytes added or removed");
 
         // The remote answers the node; from_netdev hands it to pod A.
@@ -226,12 +295,32 @@ fn tcp_udp_and_ping_leave_as_the_node_and_replies_come_back_to_the_pod() {
     }
     let entries = fx.entries();
     assert_eq!(entries.len(), 6, "two entries per flow: {entries:?}");
-    let fwd = entries[&CtKey { saddr: be_addr(POD_A), daddr: be_addr(EXTERNAL), sport: 40000u16.to_be(), dport: 8080u16.to_be(), proto: TCP, pad: [0; 3] }];
+    let fwd = entries[&CtKey {
+        saddr: be_addr(POD_A),
+        daddr: be_addr(EXTERNAL),
+        sport: 40000u16.to_be(),
+        dport: 8080u16.to_be(),
+        proto: TCP,
+        pad: [0; 3],
+    }];
     assert_eq!((addr_of(fwd.addr), fwd.flags, fwd.packets), (NODE, 0, 1));
-    let rev = entries[&fwd.partner_key(&CtKey::new(POD_A, 40000, EXTERNAL, 8080, weir_datapath::lb::Protocol::Tcp))];
-    assert_eq!((addr_of(rev.addr), u16::from_be(rev.port), rev.flags, rev.packets), (POD_A, 40000, F_REVERSE, 1));
+    let rev = entries[&fwd.partner_key(&CtKey::new(
+        POD_A,
+        40000,
+        EXTERNAL,
+        8080,
+        weir_datapath::lb::Protocol::Tcp,
+    ))];
+    assert_eq!(
+        (addr_of(rev.addr), u16::from_be(rev.port), rev.flags, rev.packets),
+        (POD_A, 40000, F_REVERSE, 1)
+    );
     assert_eq!(rev.state, CT_SYN_SENT, "a SYN+ACK keeps the handshake timeout");
-    assert_eq!(fx.dp.endpoint_traffic(1).unwrap().0.packets, 3, "replies counted as A's ingress");
+    assert_eq!(
+        fx.dp.endpoint_traffic(1).unwrap().0.packets,
+        3,
+        "replies counted as A's ingress"
+    );
     assert!(fx.dp.drops().unwrap().is_empty(), "{:?}", fx.dp.drops());
 }
 
@@ -251,18 +340,29 @@ fn a_flow_keeps_its_port_and_flows_to_one_remote_never_share_one() {
     assert_eq!(parse(&fx.out(&ping, 0).1).sport, id, "pings of one id keep theirs");
 
     // 200 flows to one remote endpoint: 200 distinct node ports.
-    let ports: BTreeSet<u16> =
-        (41000..41200).map(|p| parse(&fx.out(&Flow::new(POD_A, p, EXTERNAL, 80, TCP), SYN).1).sport).collect();
+    let ports: BTreeSet<u16> = (41000..41200)
+        .map(|p| parse(&fx.out(&Flow::new(POD_A, p, EXTERNAL, 80, TCP), SYN).1).sport)
+        .collect();
     assert_eq!(ports.len(), 200);
     assert!(!ports.contains(&first));
 
     // FIN closes both directions; a fresh SYN on the closed flow gets a
     // fresh port and the old reverse entry goes.
     assert_eq!(fx.out(&flow, FIN | ACK).0, TC_ACT_OK);
-    let key = CtKey { saddr: be_addr(POD_A), daddr: be_addr(EXTERNAL), sport: 40000u16.to_be(), dport: 80u16.to_be(), proto: TCP, pad: [0; 3] };
+    let key = CtKey {
+        saddr: be_addr(POD_A),
+        daddr: be_addr(EXTERNAL),
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: TCP,
+        pad: [0; 3],
+    };
     let entries = fx.entries();
     let fwd = entries[&key];
-    assert_eq!((fwd.state, entries[&fwd.partner_key(&key)].state), (CT_CLOSING, CT_CLOSING));
+    assert_eq!(
+        (fwd.state, entries[&fwd.partner_key(&key)].state),
+        (CT_CLOSING, CT_CLOSING)
+    );
     let before = entries.len();
     let again = parse(&fx.out(&flow, SYN).1).sport;
     let entries = fx.entries();
@@ -277,23 +377,37 @@ fn cluster_traffic_the_nodes_own_and_other_packets_are_untouched() {
     }
     let mut fx = Fixture::new("untouched");
     let untouched = [
-        Flow::new(POD_A, 40000, REMOTE_POD, 80, TCP),              // another node's pod
-        Flow::new(POD_A, 40000, NODE, 80, TCP),                    // this node
-        Flow::new(NODE, 40000, EXTERNAL, 80, TCP),                 // the node's own traffic
+        Flow::new(POD_A, 40000, REMOTE_POD, 80, TCP), // another node's pod
+        Flow::new(POD_A, 40000, NODE, 80, TCP),       // this node
+        Flow::new(NODE, 40000, EXTERNAL, 80, TCP),    // the node's own traffic
         Flow::new(Ipv4Addr::new(10, 244, 1, 99), 1, EXTERNAL, 80, UDP), // not a local pod
-        Flow { icmp_type: ECHO_REPLY, ..Flow::ping(POD_A, 9, EXTERNAL) }, // not an echo request
+        Flow {
+            icmp_type: ECHO_REPLY,
+            ..Flow::ping(POD_A, 9, EXTERNAL)
+        }, // not an echo request
     ];
     for flow in untouched {
         let pkt = flow.packet(SYN);
-        assert_eq!(fx.run(ProgramKind::ToNetdev, &pkt), (TC_ACT_UNSPEC, pkt.clone()), "{flow:?}");
+        assert_eq!(
+            fx.run(ProgramKind::ToNetdev, &pkt),
+            (TC_ACT_UNSPEC, pkt.clone()),
+            "{flow:?}"
+        );
     }
     // Other nodes' IPs are outside the cluster CIDR: masqueraded, unless
     // the agent knows them as nodes (then they are cluster members).
-    assert_eq!(parse(&fx.out(&Flow::new(POD_A, 40000, OTHER_NODE, 80, TCP), SYN).1).src, NODE);
+    assert_eq!(
+        parse(&fx.out(&Flow::new(POD_A, 40000, OTHER_NODE, 80, TCP), SYN).1).src,
+        NODE
+    );
     assert_eq!(fx.entries().len(), 2);
     fx.dp.sync_node_ips(&[OTHER_NODE]).unwrap();
     let to_node = Flow::new(POD_A, 40001, OTHER_NODE, 80, TCP).packet(SYN);
-    assert_eq!(fx.run(ProgramKind::ToNetdev, &to_node), (TC_ACT_UNSPEC, to_node.clone()), "known node: untouched");
+    assert_eq!(
+        fx.run(ProgramKind::ToNetdev, &to_node),
+        (TC_ACT_UNSPEC, to_node.clone()),
+        "known node: untouched"
+    );
 
     // Traffic to the node that no masqueraded flow expects is the node's own.
     let stray = Flow::new(EXTERNAL, 80, NODE, 33333, TCP).packet(SYN);
@@ -312,7 +426,10 @@ fn a_full_snat_table_drops_new_flows_with_a_reason_and_gc_frees_it() {
     if !require_root() {
         return;
     }
-    let options = LoadOptions { max_entries: vec![(weir_datapath::snat::MAP, 4)], ..Default::default() };
+    let options = LoadOptions {
+        max_entries: vec![(weir_datapath::snat::MAP, 4)],
+        ..Default::default()
+    };
     let mut fx = Fixture::with_options("full", &options);
     let flow = |p| Flow::new(POD_A, p, EXTERNAL, 80, TCP);
     assert_eq!(fx.out(&flow(50000), SYN).0, TC_ACT_OK);
@@ -349,7 +466,10 @@ fn ports_held_by_node_sockets_or_other_flows_are_not_handed_out() {
     }
     in_fresh_netns(|| {
         // One port to hand out, so every outcome is deterministic.
-        let options = LoadOptions { snat_ports: Some(40000..=40000), ..Default::default() };
+        let options = LoadOptions {
+            snat_ports: Some(40000..=40000),
+            ..Default::default()
+        };
         let fx = Fixture::with_options("range", &options);
         let udp = Flow::new(POD_A, 1000, EXTERNAL, 53, UDP);
         let tcp = Flow::new(POD_A, 1000, EXTERNAL, 80, TCP);
@@ -360,15 +480,26 @@ fn ports_held_by_node_sockets_or_other_flows_are_not_handed_out() {
         assert_eq!(fx.out(&udp, 0).0, TC_ACT_SHOT, "UDP port held by a node socket");
         assert_eq!(fx.out(&tcp, SYN).0, TC_ACT_SHOT, "TCP port held by a node listener");
         assert_eq!(fx.drops(DropReason::SnatPortsExhausted), 2);
-        assert_eq!(parse(&fx.out(&Flow::ping(POD_A, 5, EXTERNAL), 0).1).sport, 40000, "echo ids are not sockets");
+        assert_eq!(
+            parse(&fx.out(&Flow::ping(POD_A, 5, EXTERNAL), 0).1).sport,
+            40000,
+            "echo ids are not sockets"
+        );
         drop((node_udp, node_tcp));
 
-        assert_eq!(parse(&fx.out(&udp, 0).1).sport, 40000, "free once the node's socket is gone");
+        assert_eq!(
+            parse(&fx.out(&udp, 0).1).sport,
+            40000,
+            "free once the node's socket is gone"
+        );
         // A second flow to the same remote ip:port finds the only port taken...
         assert_eq!(fx.out(&Flow::new(POD_A, 1001, EXTERNAL, 53, UDP), 0).0, TC_ACT_SHOT);
         assert_eq!(fx.drops(DropReason::SnatPortsExhausted), 3);
         // ...while another remote endpoint can have the same port.
-        assert_eq!(parse(&fx.out(&Flow::new(POD_A, 1001, EXTERNAL, 54, UDP), 0).1).sport, 40000);
+        assert_eq!(
+            parse(&fx.out(&Flow::new(POD_A, 1001, EXTERNAL, 54, UDP), 0).1).sport,
+            40000
+        );
         assert_eq!(parse(&fx.out(&tcp, SYN).1).sport, 40000);
     });
 }

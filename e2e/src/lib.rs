@@ -18,7 +18,10 @@ pub fn require_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: privileged tests cannot run");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but not root: privileged tests cannot run"
+    );
     eprintln!("skipping: needs root (network namespaces, eBPF)");
     false
 }
@@ -38,7 +41,11 @@ pub fn in_netns<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 
 /// A short name unique to this process and call, for netns, links and pins.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Where `cargo build --workspace` put the binaries (or `$WEIR_BIN_DIR`).
@@ -47,15 +54,27 @@ pub fn bin(name: &str) -> PathBuf {
         let exe = std::env::current_exe().expect("current exe");
         // Tests live in target/<profile>/deps, binaries in target/<profile>.
         let dir = exe.parent().expect("exe has a directory");
-        if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir }.to_owned()
+        if dir.ends_with("deps") {
+            dir.parent().expect("target/<profile>")
+        } else {
+            dir
+        }
+        .to_owned()
     });
     let path = dir.join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
 pub fn sh(cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
 }
 
 fn ip(args: &[&str]) -> std::process::Output {
@@ -72,21 +91,37 @@ pub struct NetNs {
 impl NetNs {
     pub fn new(name: &str) -> Self {
         let out = ip(&["netns", "add", name]);
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
-        let ns = Self { name: name.to_owned(), owned: true };
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = Self {
+            name: name.to_owned(),
+            owned: true,
+        };
         ns.exec_ok("ip", &["link", "set", "lo", "up"]);
         ns
     }
 
     /// A handle that names no netns yet (filled in once one exists); never deleted.
     pub fn placeholder() -> Self {
-        Self { name: String::new(), owned: false }
+        Self {
+            name: String::new(),
+            owned: false,
+        }
     }
 
     /// A handle on a netns made by someone else (e.g. the lab); not deleted on drop.
     pub fn existing(name: &str) -> Self {
-        assert!(Path::new("/var/run/netns").join(name).exists(), "netns {name} does not exist");
-        Self { name: name.to_owned(), owned: false }
+        assert!(
+            Path::new("/var/run/netns").join(name).exists(),
+            "netns {name} does not exist"
+        );
+        Self {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     pub fn path(&self) -> String {
@@ -108,13 +143,20 @@ impl NetNs {
 
     pub fn exec_ok(&self, cmd: &str, args: &[&str]) -> String {
         let out = self.exec(cmd, args);
-        assert!(out.status.success(), "{cmd} {args:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// One ICMP echo with a one-second wait.
     pub fn ping(&self, to: Ipv4Addr) -> bool {
-        self.exec("ping", &["-c", "1", "-W", "1", &to.to_string()]).status.success()
+        self.exec("ping", &["-c", "1", "-W", "1", &to.to_string()])
+            .status
+            .success()
     }
 }
 
@@ -246,8 +288,15 @@ impl Node {
     pub fn add_pod(&self, namespace: &str, name: &str) -> Pod {
         let pod = Pod::new(namespace, name);
         let out = self.cni("ADD", &pod.spec, &self.netconf("1.1.0"));
-        assert!(out.ok(), "ADD {namespace}/{name} failed: {out:?}\nagent log:\n{}", self.log());
-        Pod { ip: out.ip().expect("ADD result has an address"), ..pod }
+        assert!(
+            out.ok(),
+            "ADD {namespace}/{name} failed: {out:?}\nagent log:\n{}",
+            self.log()
+        );
+        Pod {
+            ip: out.ip().expect("ADD result has an address"),
+            ..pod
+        }
     }
 
     pub fn del_pod(&self, pod: &Pod) -> CniOutput {
@@ -295,7 +344,11 @@ impl Pod {
             netns: ns.path(),
             ifname: "eth0".into(),
         };
-        Self { ns, spec, ip: Ipv4Addr::UNSPECIFIED }
+        Self {
+            ns,
+            spec,
+            ip: Ipv4Addr::UNSPECIFIED,
+        }
     }
 }
 
@@ -317,7 +370,10 @@ impl CniOutput {
 
     /// The CNI error code, if this is an error result.
     pub fn code(&self) -> Option<u64> {
-        serde_json::from_str::<serde_json::Value>(&self.stdout).ok()?.get("code")?.as_u64()
+        serde_json::from_str::<serde_json::Value>(&self.stdout)
+            .ok()?
+            .get("code")?
+            .as_u64()
     }
 
     pub fn ip(&self) -> Option<Ipv4Addr> {
@@ -352,7 +408,16 @@ pub fn run_cni(node: &NetNs, command: &str, pod: &PodSpec, conf: &str) -> CniOut
     // The plugin may rightly exit before reading stdin (e.g. a bad command).
     let _ = child.stdin.take().expect("stdin").write_all(conf.as_bytes());
     let mut stdout = String::new();
-    child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("read stdout");
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
     let out = child.wait_with_output().expect("wait weir-cni");
-    CniOutput { status: out.status, stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    CniOutput {
+        status: out.status,
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -44,13 +44,20 @@ fn add_check_del_for_every_spec_version() {
         assert_eq!(r["ips"][0]["interface"], 1);
         assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
         let ip = out.ip().unwrap();
-        assert!(pod.ns.exec_ok("ip", &["-4", "addr", "show", "eth0"]).contains(&format!("{ip}/32")));
+        assert!(
+            pod.ns
+                .exec_ok("ip", &["-4", "addr", "show", "eth0"])
+                .contains(&format!("{ip}/32"))
+        );
 
         // CHECK with the result as prevResult, as runtimes send it.
         let mut with_prev: serde_json::Value = serde_json::from_str(&conf).unwrap();
         with_prev["prevResult"] = r.clone();
         let check = node.cni("CHECK", &pod.spec, &with_prev.to_string());
-        assert!(check.ok() && check.stdout.trim().is_empty(), "{version} CHECK: {check:?}");
+        assert!(
+            check.ok() && check.stdout.trim().is_empty(),
+            "{version} CHECK: {check:?}"
+        );
 
         assert!(node.cni("DEL", &pod.spec, &conf).ok());
         assert!(node.cni("DEL", &pod.spec, &conf).ok(), "DEL is idempotent");
@@ -76,8 +83,12 @@ fn tcp_udp_icmp_between_pods_pass_through_the_programs() {
     assert!(b.ns.ping(a.ip), "b → a ping");
 
     // TCP and UDP with real sockets opened inside the pods' namespaces.
-    let listener = in_netns(b.spec.netns.clone(), || TcpListener::bind("0.0.0.0:8080").expect("bind tcp"));
-    let udp_server = in_netns(b.spec.netns.clone(), || UdpSocket::bind("0.0.0.0:5353").expect("bind udp"));
+    let listener = in_netns(b.spec.netns.clone(), || {
+        TcpListener::bind("0.0.0.0:8080").expect("bind tcp")
+    });
+    let udp_server = in_netns(b.spec.netns.clone(), || {
+        UdpSocket::bind("0.0.0.0:5353").expect("bind udp")
+    });
     let server = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().expect("accept");
         c.write_all(b"tcp-b").expect("tcp reply");
@@ -105,10 +116,18 @@ fn tcp_udp_icmp_between_pods_pass_through_the_programs() {
     // The counters prove the programs saw it: a → b and b → a both counted.
     let counters = endpoint_counters(&node);
     for (name, ingress, egress) in &counters {
-        assert!(*ingress >= 4 && *egress >= 4, "{name}: ingress {ingress}, egress {egress}: {counters:?}");
+        assert!(
+            *ingress >= 4 && *egress >= 4,
+            "{name}: ingress {ingress}, egress {egress}: {counters:?}"
+        );
     }
     // And no bridge: the host has no bridge device, only the veths.
-    assert!(!node.ns.exec_ok("ip", &["-o", "link", "show", "type", "bridge"]).contains("bridge"));
+    assert!(
+        !node
+            .ns
+            .exec_ok("ip", &["-o", "link", "show", "type", "bridge"])
+            .contains("bridge")
+    );
 }
 
 #[test]
@@ -123,8 +142,14 @@ fn deleted_pod_loses_connectivity_and_its_address_returns() {
     let out = node.cni("ADD", &seventh.spec, &node.netconf("1.1.0"));
     assert_eq!(out.code(), Some(100), "exhausted pool is a clear error: {out:?}");
     let err = out.json();
-    assert!(format!("{} {}", err["msg"], err["details"]).contains("exhausted"), "{out:?}");
-    assert!(!node.ns.exec_ok("ip", &["-o", "link"]).contains("wt"), "no half-made veth left");
+    assert!(
+        format!("{} {}", err["msg"], err["details"]).contains("exhausted"),
+        "{out:?}"
+    );
+    assert!(
+        !node.ns.exec_ok("ip", &["-o", "link"]).contains("wt"),
+        "no half-made veth left"
+    );
 
     assert!(pods[0].ns.ping(pods[1].ip));
     let gone_ip = pods[1].ip;
@@ -143,7 +168,12 @@ fn fifty_concurrent_adds_get_distinct_addresses_and_connectivity() {
     }
     let node = Node::start("10.64.0.0/24");
     let pods: Vec<Pod> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..50).map(|i| { let node = &node; s.spawn(move || node.add_pod("load", &format!("p{i}"))) }).collect();
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let node = &node;
+                s.spawn(move || node.add_pod("load", &format!("p{i}")))
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().expect("ADD thread")).collect()
     });
     let ips: BTreeSet<_> = pods.iter().map(|p| p.ip).collect();
@@ -172,9 +202,29 @@ fn every_error_path_returns_its_spec_code() {
         out.code().unwrap_or_else(|| panic!("error JSON on stdout: {out:?}"))
     };
     assert_eq!(code("ADD", &pod.spec, "{not json"), 6, "decoding failure");
-    assert_eq!(code("ADD", &pod.spec, r#"{"cniVersion":"0.3.1","name":"weir","type":"weir-cni"}"#), 1, "incompatible version");
-    assert_eq!(code("ADD", &pod.spec, r#"{"cniVersion":"1.1.0","name":"weir","type":"bridge"}"#), 7, "wrong type");
-    assert_eq!(code("ADD", &pod.spec, r#"{"cniVersion":"1.1.0","type":"weir-cni"}"#), 7, "missing name");
+    assert_eq!(
+        code(
+            "ADD",
+            &pod.spec,
+            r#"{"cniVersion":"0.3.1","name":"weir","type":"weir-cni"}"#
+        ),
+        1,
+        "incompatible version"
+    );
+    assert_eq!(
+        code(
+            "ADD",
+            &pod.spec,
+            r#"{"cniVersion":"1.1.0","name":"weir","type":"bridge"}"#
+        ),
+        7,
+        "wrong type"
+    );
+    assert_eq!(
+        code("ADD", &pod.spec, r#"{"cniVersion":"1.1.0","type":"weir-cni"}"#),
+        7,
+        "missing name"
+    );
     assert_eq!(code("FLY", &pod.spec, &good), 4, "unknown command");
     let mut no_ifname = pod.spec.clone();
     no_ifname.ifname = String::new();
@@ -182,16 +232,31 @@ fn every_error_path_returns_its_spec_code() {
     let mut no_netns = pod.spec.clone();
     no_netns.netns = "/var/run/netns/does-not-exist".into();
     assert_eq!(code("ADD", &no_netns, &good), 3, "netns does not exist");
-    assert!(node.cni("DEL", &no_netns, &good).ok(), "DEL with a missing netns succeeds");
+    assert!(
+        node.cni("DEL", &no_netns, &good).ok(),
+        "DEL with a missing netns succeeds"
+    );
 
     // Agent unreachable: try again later, and nothing half-made.
     let away = serde_json::json!({"cniVersion":"1.1.0","name":"weir","type":"weir-cni","agentSocket":"/nonexistent/agent.sock"}).to_string();
     let links_before = node.ns.exec_ok("ip", &["-o", "link"]).lines().count();
     assert_eq!(code("ADD", &pod.spec, &away), 11);
-    assert_eq!(node.ns.exec_ok("ip", &["-o", "link"]).lines().count(), links_before, "rolled back");
-    assert_eq!(pod.ns.exec_ok("ip", &["-o", "link"]).lines().count(), 1, "pod netns untouched (lo only)");
+    assert_eq!(
+        node.ns.exec_ok("ip", &["-o", "link"]).lines().count(),
+        links_before,
+        "rolled back"
+    );
+    assert_eq!(
+        pod.ns.exec_ok("ip", &["-o", "link"]).lines().count(),
+        1,
+        "pod netns untouched (lo only)"
+    );
     assert_eq!(code("STATUS", &pod.spec, &away), 50, "plugin not available");
-    assert_eq!(code("STATUS", &pod.spec, &node.netconf("1.0.0")), 1, "STATUS needs 1.1.0");
+    assert_eq!(
+        code("STATUS", &pod.spec, &node.netconf("1.0.0")),
+        1,
+        "STATUS needs 1.1.0"
+    );
 
     // After all that, the same pod still comes up fine.
     assert!(node.cni("ADD", &pod.spec, &good).ok());
@@ -204,7 +269,12 @@ fn cni_without_any_agent_socket_dir_still_answers_json() {
     }
     let node_ns = NetNs::new(&weir_e2e::unique("wx"));
     let pod = Pod::new("demo", "lonely");
-    let out = run_cni(&node_ns, "ADD", &pod.spec, r#"{"cniVersion":"1.0.0","name":"weir","type":"weir-cni","agentSocket":"/nonexistent/x.sock"}"#);
+    let out = run_cni(
+        &node_ns,
+        "ADD",
+        &pod.spec,
+        r#"{"cniVersion":"1.0.0","name":"weir","type":"weir-cni","agentSocket":"/nonexistent/x.sock"}"#,
+    );
     assert_eq!(out.code(), Some(11), "{out:?}");
     assert!(out.stderr.len() < 4096, "logs stay short");
 }

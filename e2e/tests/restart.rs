@@ -24,7 +24,9 @@ fn established_tcp_survives_agent_restart() {
     let a = node.add_pod("demo", "client");
     let b = node.add_pod("demo", "server");
 
-    let listener = in_netns(b.spec.netns.clone(), || TcpListener::bind("0.0.0.0:7000").expect("bind"));
+    let listener = in_netns(b.spec.netns.clone(), || {
+        TcpListener::bind("0.0.0.0:7000").expect("bind")
+    });
     std::thread::spawn(move || {
         let (conn, _) = listener.accept().expect("accept");
         let mut w = conn.try_clone().expect("clone");
@@ -44,7 +46,11 @@ fn established_tcp_survives_agent_restart() {
 
     assert_eq!(round_trip(&mut stream, &mut reader, "before"), "echo before");
     node.stop_agent();
-    assert_eq!(round_trip(&mut stream, &mut reader, "while-down"), "echo while-down", "datapath works without the agent");
+    assert_eq!(
+        round_trip(&mut stream, &mut reader, "while-down"),
+        "echo while-down",
+        "datapath works without the agent"
+    );
     node.start_agent();
     assert_eq!(round_trip(&mut stream, &mut reader, "after"), "echo after");
 
@@ -54,7 +60,11 @@ fn established_tcp_survives_agent_restart() {
             assert_eq!(endpoints.len(), 2);
             for e in endpoints {
                 let c = e.counters.unwrap();
-                assert!(c.egress.packets >= 3, "{}: counters kept across restart: {c:?}", e.pod.name);
+                assert!(
+                    c.egress.packets >= 3,
+                    "{}: counters kept across restart: {c:?}",
+                    e.pod.name
+                );
             }
         }
         other => panic!("{other:?}"),

@@ -94,7 +94,11 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
                 }
             }
             Object::Service(svc) => {
-                let what = format!("service/{}/{}", svc.metadata.namespace.as_deref().unwrap_or("default"), svc.metadata.name.as_deref().unwrap_or_default());
+                let what = format!(
+                    "service/{}/{}",
+                    svc.metadata.namespace.as_deref().unwrap_or("default"),
+                    svc.metadata.name.as_deref().unwrap_or_default()
+                );
                 if book.is_none() {
                     book = Some(ServiceBook::load(&store)?);
                 }
@@ -144,7 +148,10 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
 
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = pending.iter().map(|p| s.spawn(|| cni::add(&p.inv))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(panicked()))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(panicked())))
+            .collect()
     });
 
     for (mut p, result) in pending.into_iter().zip(results) {
@@ -200,7 +207,13 @@ impl ServiceBook {
         let services: BTreeMap<String, Service> = store
             .list(Kind::Service, None)?
             .into_iter()
-            .filter_map(|o| if let Object::Service(s) = o { Some((service_key(&s), s)) } else { None })
+            .filter_map(|o| {
+                if let Object::Service(s) = o {
+                    Some((service_key(&s), s))
+                } else {
+                    None
+                }
+            })
             .collect();
         let held = Allocations::from_services(services.values(), None);
         Ok(Self { services, held })
@@ -208,7 +221,11 @@ impl ServiceBook {
 }
 
 fn service_key(s: &Service) -> String {
-    format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        s.metadata.namespace.as_deref().unwrap_or("default"),
+        s.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 fn admit_service(store: &Store, book: &mut ServiceBook, topo: &Topology, mut svc: Service) -> Result<Service> {
@@ -217,7 +234,10 @@ fn admit_service(store: &Store, book: &mut ServiceBook, topo: &Topology, mut svc
     if let Some(old) = &old {
         book.held.release(old);
     }
-    let ranges = Ranges { service_cidr: topo.service_cidr, load_balancer_cidr: topo.load_balancer_cidr };
+    let ranges = Ranges {
+        service_cidr: topo.service_cidr,
+        load_balancer_cidr: topo.load_balancer_cidr,
+    };
     let admitted = ipalloc::admit(&mut svc, old.as_ref(), &ranges, &book.held)
         .map_err(anyhow::Error::from)
         .and_then(|()| {
@@ -262,8 +282,15 @@ pub fn service_ports(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Stri
 pub fn describe_service(svc: &Service) -> String {
     let spec = svc.spec.clone().unwrap_or_default();
     let ports = service_ports(&spec);
-    let ports = if ports.is_empty() { "<none>".to_string() } else { ports.join(",") };
-    format!("clusterIP {}, ports {ports}", spec.cluster_ip.as_deref().unwrap_or("<none>"))
+    let ports = if ports.is_empty() {
+        "<none>".to_string()
+    } else {
+        ports.join(",")
+    };
+    format!(
+        "clusterIP {}, ports {ports}",
+        spec.cluster_ip.as_deref().unwrap_or("<none>")
+    )
 }
 
 /// Default and store a Deployment; the pods to delete and create.
@@ -307,7 +334,9 @@ fn run_controllers(store: &Store, namespaces: &BTreeSet<String>, deployments: &[
     }
     for (ns, name) in deployments {
         let update = || -> Result<()> {
-            let Some(Object::Deployment(mut d)) = store.get(Kind::Deployment, Some(ns), name)? else { return Ok(()) };
+            let Some(Object::Deployment(mut d)) = store.get(Kind::Deployment, Some(ns), name)? else {
+                return Ok(());
+            };
             let status = deployments::status(&d, &pods_in(store, ns)?);
             if d.status.as_ref() != Some(&status) {
                 d.status = Some(status);
@@ -337,7 +366,11 @@ fn mark_unready(store: &Store, state: &LabState, keys: &[String]) -> Vec<String>
                 let status = p.status.get_or_insert_with(Default::default);
                 let conditions = status.conditions.get_or_insert_with(Vec::new);
                 conditions.retain(|c| c.type_ != "Ready");
-                conditions.push(PodCondition { type_: "Ready".into(), status: "False".into(), ..Default::default() });
+                conditions.push(PodCondition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    ..Default::default()
+                });
                 if let Err(e) = store.put(&Object::Pod(p)) {
                     errors.push(format!("pod/{key}: {e}"));
                 }
@@ -357,7 +390,10 @@ fn mark_unready(store: &Store, state: &LabState, keys: &[String]) -> Vec<String>
 /// DEL, netns. Keeps going; returns every error.
 fn terminate_pods(lab: &Lab, state: &mut LabState, store: &Store, keys: &[String], grace: Duration) -> Vec<String> {
     let mut errors = Vec::new();
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let now = Time(k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or_default());
     let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
     let mut namespaces = BTreeSet::new();
@@ -417,7 +453,12 @@ fn terminate_pods(lab: &Lab, state: &mut LabState, store: &Store, keys: &[String
 }
 
 fn panicked() -> cni::CniError {
-    cni::CniError::Garbled { command: "ADD", status: "panic".into(), stdout: String::new(), stderr: String::new() }
+    cni::CniError::Garbled {
+        command: "ADD",
+        status: "panic".into(),
+        stdout: String::new(),
+        stderr: String::new(),
+    }
 }
 
 fn prepare(
@@ -436,7 +477,9 @@ fn prepare(
     let node = match spec.node_name.clone() {
         Some(n) if state.nodes.contains_key(&n) => n,
         Some(n) => bail!("pod/{key}: spec.nodeName {n:?} is not a node of lab {}", state.name),
-        None => manifests::pick_node(node_order, per_node).context("lab has no nodes")?.clone(),
+        None => manifests::pick_node(node_order, per_node)
+            .context("lab has no nodes")?
+            .clone(),
     };
     spec.node_name = Some(node.clone());
     let uid = match pod.metadata.uid.clone() {
@@ -472,7 +515,10 @@ fn prepare(
         bail!("pod/{key}: {e}");
     }
     // The API server has the pod before kubelet runs CNI.
-    pod.status = Some(PodStatus { phase: Some("Pending".into()), ..Default::default() });
+    pod.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    });
     store.put(&Object::Pod(pod.clone()))?;
     let inv = Invocation {
         plugin: cni_bin.to_owned(),
@@ -494,7 +540,10 @@ fn start_servers(lab: &Lab, p: &Pending) -> Result<Vec<Proc>> {
         return Ok(Vec::new());
     }
     let exe = std::env::current_exe().context("locating the weir binary")?;
-    let log_path = lab.dir.logs().join(format!("serve-{}-{}.log", p.inv.pod_namespace, p.inv.pod_name));
+    let log_path = lab
+        .dir
+        .logs()
+        .join(format!("serve-{}-{}.log", p.inv.pod_namespace, p.inv.pod_name));
     let proc_ = serve::start(
         Command::new(exe),
         &p.inv.pod_netns_path,
@@ -508,7 +557,10 @@ fn start_servers(lab: &Lab, p: &Pending) -> Result<Vec<Proc>> {
 }
 
 fn invocation(lab: &Lab, state: &LabState, ps: &PodState) -> Result<Invocation> {
-    let node = state.nodes.get(&ps.node).with_context(|| format!("node {} not in lab", ps.node))?;
+    let node = state
+        .nodes
+        .get(&ps.node)
+        .with_context(|| format!("node {} not in lab", ps.node))?;
     Ok(Invocation {
         plugin: lab.binary("weir-cni")?,
         node_netns: node.netns.clone(),
@@ -525,7 +577,9 @@ fn invocation(lab: &Lab, state: &LabState, ps: &PodState) -> Result<Invocation> 
 /// Keeps going; returns every error.
 fn delete_pod(lab: &Lab, state: &mut LabState, store: &Store, key: &str) -> Vec<String> {
     let mut errors = Vec::new();
-    let Some(ps) = state.pods.get(key).cloned() else { return errors };
+    let Some(ps) = state.pods.get(key).cloned() else {
+        return errors;
+    };
     errors.extend(procs::stop_all(&ps.servers, Duration::from_secs(3)));
     match invocation(lab, state, &ps) {
         Ok(inv) => {

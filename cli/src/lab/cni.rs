@@ -13,13 +13,27 @@ use super::netns;
 pub enum CniError {
     /// The plugin could not be started or fed.
     #[error("running {plugin}: {source}")]
-    Spawn { plugin: PathBuf, #[source] source: std::io::Error },
+    Spawn {
+        plugin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The plugin answered with a spec error.
     #[error("CNI {command} failed: code {code}: {msg}{}", details.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Plugin { command: &'static str, code: u32, msg: String, details: Option<String> },
+    Plugin {
+        command: &'static str,
+        code: u32,
+        msg: String,
+        details: Option<String>,
+    },
     /// The plugin failed without a parsable answer.
     #[error("CNI {command} exited with {status}: stdout {stdout:?}, stderr {stderr:?}")]
-    Garbled { command: &'static str, status: String, stdout: String, stderr: String },
+    Garbled {
+        command: &'static str,
+        status: String,
+        stdout: String,
+        stderr: String,
+    },
 }
 
 /// What a runtime knows about the sandbox it asks the plugin to wire.
@@ -75,7 +89,10 @@ pub fn cni_args(inv: &Invocation) -> String {
 }
 
 fn invoke(inv: &Invocation, command: &'static str) -> Result<Vec<u8>, CniError> {
-    let spawn_err = |source| CniError::Spawn { plugin: inv.plugin.clone(), source };
+    let spawn_err = |source| CniError::Spawn {
+        plugin: inv.plugin.clone(),
+        source,
+    };
     let bin_dir = inv.plugin.parent().unwrap_or(Path::new("/"));
     // Like a runtime: the node's netns, the host's mount namespace.
     let mut child = super::signals::spawn_in(Some(&netns::path(&inv.node_netns)), &inv.plugin)
@@ -100,7 +117,12 @@ fn invoke(inv: &Invocation, command: &'static str) -> Result<Vec<u8>, CniError> 
         return Ok(out.stdout);
     }
     if let Ok(e) = serde_json::from_slice::<SpecError>(&out.stdout) {
-        return Err(CniError::Plugin { command, code: e.code, msg: e.msg, details: e.details });
+        return Err(CniError::Plugin {
+            command,
+            code: e.code,
+            msg: e.msg,
+            details: e.details,
+        });
     }
     Err(CniError::Garbled {
         command,

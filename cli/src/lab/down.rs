@@ -75,7 +75,11 @@ pub fn teardown(dir: &LabDir, state: Option<&LabState>) -> Vec<String> {
         }
     }
     for entry in dir.owned_entries() {
-        let result = if entry.is_dir() { std::fs::remove_dir_all(&entry) } else { std::fs::remove_file(&entry) };
+        let result = if entry.is_dir() {
+            std::fs::remove_dir_all(&entry)
+        } else {
+            std::fs::remove_file(&entry)
+        };
         match result {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

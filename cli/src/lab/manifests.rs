@@ -22,7 +22,11 @@ pub const CLUSTER_SCOPE: &str = "_cluster";
 pub enum ManifestError {
     /// A YAML document did not parse.
     #[error("document {index}: {source}")]
-    Yaml { index: usize, #[source] source: serde_yaml::Error },
+    Yaml {
+        index: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
     /// A document parsed but is not an object the lab handles.
     #[error("document {index}: {reason}")]
     Unsupported { index: usize, reason: String },
@@ -91,7 +95,10 @@ impl Kind {
 }
 
 /// One object the lab holds.
-#[expect(clippy::large_enum_variant, reason = "a handful of objects per command; boxing buys nothing")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a handful of objects per command; boxing buys nothing"
+)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -146,7 +153,9 @@ impl Object {
 
     /// The namespace, `None` for cluster-scoped kinds.
     pub fn namespace(&self) -> Option<&str> {
-        self.kind().namespaced().then(|| self.meta().namespace.as_deref().unwrap_or("default"))
+        self.kind()
+            .namespaced()
+            .then(|| self.meta().namespace.as_deref().unwrap_or("default"))
     }
 
     /// `kind ns/name`, for messages.
@@ -193,7 +202,8 @@ impl Object {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -221,7 +231,11 @@ fn push_value(index: usize, value: serde_yaml::Value, out: &mut Vec<Object>) -> 
         .ok_or_else(|| unsupported("no `kind`".into()))?
         .to_owned();
     if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
-        let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+        let items = value
+            .get("items")
+            .and_then(|i| i.as_sequence())
+            .cloned()
+            .unwrap_or_default();
         for item in items {
             push_value(index, item, out)?;
         }
@@ -233,7 +247,10 @@ fn push_value(index: usize, value: serde_yaml::Value, out: &mut Vec<Object>) -> 
         .ok_or_else(|| unsupported(format!("kind {kind:?} is not handled by the lab")))?;
     let mut obj = Object::from_value(k, value).map_err(|source| ManifestError::Yaml { index, source })?;
     if !valid_name(obj.name()) {
-        return Err(unsupported(format!("{kind}: invalid or missing metadata.name {:?}", obj.name())));
+        return Err(unsupported(format!(
+            "{kind}: invalid or missing metadata.name {:?}",
+            obj.name()
+        )));
     }
     if k.namespaced() {
         let ns = obj.meta_mut().namespace.get_or_insert_with(|| "default".into()).clone();
@@ -257,7 +274,11 @@ impl Store {
     }
 
     pub fn path(&self, kind: Kind, namespace: Option<&str>, name: &str) -> PathBuf {
-        let scope = if kind.namespaced() { namespace.unwrap_or("default") } else { CLUSTER_SCOPE };
+        let scope = if kind.namespaced() {
+            namespace.unwrap_or("default")
+        } else {
+            CLUSTER_SCOPE
+        };
         self.root.join(kind.dir()).join(scope).join(format!("{name}.yaml"))
     }
 
@@ -268,8 +289,10 @@ impl Store {
     /// Write (create or replace) an object atomically.
     pub fn put(&self, obj: &Object) -> Result<(), ManifestError> {
         let path = self.path_of(obj);
-        write_atomic(&path, obj.to_yaml().as_bytes())
-            .map_err(|e| ManifestError::Io { path: path.clone(), reason: format!("{e:#}") })
+        write_atomic(&path, obj.to_yaml().as_bytes()).map_err(|e| ManifestError::Io {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })
     }
 
     pub fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Option<Object>, ManifestError> {
@@ -282,7 +305,10 @@ impl Store {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(ManifestError::Io { path, reason: e.to_string() }),
+            Err(e) => Err(ManifestError::Io {
+                path,
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -313,7 +339,10 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
             Ok(v)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(ManifestError::Io { path: dir.to_owned(), reason: e.to_string() }),
+        Err(e) => Err(ManifestError::Io {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -321,13 +350,23 @@ fn load(kind: Kind, path: &Path) -> Result<Option<Object>, ManifestError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ManifestError::Io { path: path.to_owned(), reason: e.to_string() }),
+        Err(e) => {
+            return Err(ManifestError::Io {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            });
+        }
     };
-    let value: serde_yaml::Value = serde_yaml::from_str(&text)
-        .map_err(|e| ManifestError::Io { path: path.to_owned(), reason: e.to_string() })?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ManifestError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     Object::from_value(kind, value)
         .map(Some)
-        .map_err(|e| ManifestError::Io { path: path.to_owned(), reason: e.to_string() })
+        .map_err(|e| ManifestError::Io {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Pick a node for a pod: the one with the fewest pods, ties broken by the
@@ -338,12 +377,21 @@ pub fn pick_node<'a>(nodes: &'a [String], pods_per_node: &BTreeMap<String, usize
 
 /// Fill in a pod's status the way kubelet does once its sandbox has an address.
 pub fn set_running(pod: &mut Pod, ip: &str) {
-    let cond = |t: &str| PodCondition { type_: t.into(), status: "True".into(), ..Default::default() };
+    let cond = |t: &str| PodCondition {
+        type_: t.into(),
+        status: "True".into(),
+        ..Default::default()
+    };
     pod.status = Some(PodStatus {
         phase: Some("Running".into()),
         pod_ip: Some(ip.into()),
         pod_ips: Some(vec![PodIP { ip: ip.into() }]),
-        conditions: Some(vec![cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")]),
+        conditions: Some(vec![
+            cond("PodScheduled"),
+            cond("Initialized"),
+            cond("ContainersReady"),
+            cond("Ready"),
+        ]),
         ..Default::default()
     });
 }
@@ -371,7 +419,14 @@ pub fn new_uid() -> std::io::Result<String> {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
 }
 
 #[cfg(test)]
@@ -384,7 +439,10 @@ mod tests {
     fn parses_the_demo_manifests() {
         let objs = parse_documents(DEMO).unwrap();
         let kinds: Vec<_> = objs.iter().map(|o| o.describe()).collect();
-        assert_eq!(kinds, ["namespace demo", "pod demo/client", "pod demo/web-0", "pod demo/web-1"]);
+        assert_eq!(
+            kinds,
+            ["namespace demo", "pod demo/client", "pod demo/web-0", "pod demo/web-1"]
+        );
         let Object::Pod(web) = &objs[2] else { panic!() };
         assert_eq!(container_ports(web), [(53, "UDP".to_string()), (80, "TCP".to_string())]);
     }
@@ -401,7 +459,9 @@ mod tests {
     #[test]
     fn rejects_unknown_kinds_and_bad_names() {
         assert!(parse_documents("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: d}\n").is_err());
-        assert!(parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: []}\n").is_err());
+        assert!(
+            parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: []}\n").is_err()
+        );
         assert!(parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {containers: []}\n").is_err());
     }
 
@@ -427,7 +487,10 @@ mod tests {
         assert!(dir.join("namespace/_cluster/demo.yaml").exists());
         std::fs::write(dir.join("pod/demo/.web-9.yaml.tmp"), "junk").unwrap();
         let pods = store.list(Kind::Pod, None).unwrap();
-        assert_eq!(pods.iter().map(|p| p.name()).collect::<Vec<_>>(), ["client", "web-0", "web-1"]);
+        assert_eq!(
+            pods.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            ["client", "web-0", "web-1"]
+        );
         assert!(store.list(Kind::Pod, Some("other")).unwrap().is_empty());
         assert!(store.remove(Kind::Pod, Some("demo"), "web-0").unwrap());
         assert!(!store.remove(Kind::Pod, Some("demo"), "web-0").unwrap());
@@ -454,7 +517,12 @@ mod tests {
         let s = pod.status.unwrap();
         assert_eq!(s.pod_ip.as_deref(), Some("10.244.1.7"));
         assert_eq!(s.phase.as_deref(), Some("Running"));
-        assert!(s.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        assert!(
+            s.conditions
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        );
     }
 
     #[test]

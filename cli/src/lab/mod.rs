@@ -169,8 +169,11 @@ impl Lab {
         let dir = self.bin_dir()?;
         let path = dir.join(name);
         if !path.is_file() {
-            bail!("{name} not found in {} (set WEIR_BIN_DIR, or build it: cargo build -p {})", dir.display(),
-                if name == "weir-cni" { "weir-cni" } else { "weir-agent" });
+            bail!(
+                "{name} not found in {} (set WEIR_BIN_DIR, or build it: cargo build -p {})",
+                dir.display(),
+                if name == "weir-cni" { "weir-cni" } else { "weir-agent" }
+            );
         }
         Ok(path)
     }
@@ -178,27 +181,45 @@ impl Lab {
 
 /// Run a lab command; returns the process exit code.
 pub fn run(args: LabArgs) -> Result<u8> {
-    if let LabCommand::Serve { netns, name, ports, echo_peer } = &args.command {
+    if let LabCommand::Serve {
+        netns,
+        name,
+        ports,
+        echo_peer,
+    } = &args.command
+    {
         serve::run(netns, name, ports, *echo_peer)?;
         return Ok(0);
     }
     if let LabCommand::SpawnIn { netns, argv } = &args.command {
         return Err(signals::exec_in(netns.as_deref(), argv)).with_context(|| format!("running {argv:?}"));
     }
-    let lab = Lab { dir: LabDir::new(absolute(&args.lab_dir)?) };
+    let lab = Lab {
+        dir: LabDir::new(absolute(&args.lab_dir)?),
+    };
     match args.command {
         LabCommand::Up { file } => up::up(&lab, &file).map(|()| 0),
         LabCommand::Apply { file, grace } => apply::apply(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
         LabCommand::Delete { file, grace } => apply::delete(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
-        LabCommand::Scale { target, replicas, namespace, grace } => {
-            apply::scale(&lab, &target, &namespace, i32::from(replicas), grace.duration()).map(|()| 0)
-        }
+        LabCommand::Scale {
+            target,
+            replicas,
+            namespace,
+            grace,
+        } => apply::scale(&lab, &target, &namespace, i32::from(replicas), grace.duration()).map(|()| 0),
         LabCommand::Status { output } => status::status(&lab, output).map(|()| 0),
-        LabCommand::Get { kind, name, namespace, output } => {
-            status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0)
-        }
+        LabCommand::Get {
+            kind,
+            name,
+            namespace,
+            output,
+        } => status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0),
         LabCommand::Exec { pod, command } => exec(&lab, &pod, &command),
-        LabCommand::Probe { args, from_external, timeout } => {
+        LabCommand::Probe {
+            args,
+            from_external,
+            timeout,
+        } => {
             let (pod, target) = match (from_external, args.as_slice()) {
                 (false, [pod, target]) => (Some(pod.as_str()), target.as_str()),
                 (true, [target]) => (None, target.as_str()),
@@ -213,7 +234,11 @@ pub fn run(args: LabArgs) -> Result<u8> {
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    if p.is_absolute() { Ok(p.to_owned()) } else { Ok(std::env::current_dir()?.join(p)) }
+    if p.is_absolute() {
+        Ok(p.to_owned())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
 }
 
 fn read_input(file: &str) -> Result<String> {
@@ -226,12 +251,19 @@ fn read_input(file: &str) -> Result<String> {
 
 /// `ns/name` or `name` (in `default_ns`) → key into `LabState::pods`.
 fn pod_key(s: &str, default_ns: &str) -> String {
-    if s.contains('/') { s.to_owned() } else { format!("{default_ns}/{s}") }
+    if s.contains('/') {
+        s.to_owned()
+    } else {
+        format!("{default_ns}/{s}")
+    }
 }
 
 fn find_pod<'a>(state: &'a LabState, s: &str) -> Result<&'a PodState> {
     let key = pod_key(s, "default");
-    state.pods.get(&key).with_context(|| format!("no pod {key} in lab {}", state.name))
+    state
+        .pods
+        .get(&key)
+        .with_context(|| format!("no pod {key} in lab {}", state.name))
 }
 
 fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
@@ -274,13 +306,23 @@ fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64) -> Result
             return Ok(state.topology.node_ip(i).into());
         }
         let key = pod_key(host, namespace);
-        let p = state.pods.get(&key).with_context(|| format!("{host:?} is neither an IP, a pod or node of the lab nor `external`"))?;
-        p.ip.as_deref().with_context(|| format!("pod {key} has no IP"))?.parse().context("bad pod IP in lab.json")
+        let p = state
+            .pods
+            .get(&key)
+            .with_context(|| format!("{host:?} is neither an IP, a pod or node of the lab nor `external`"))?;
+        p.ip.as_deref()
+            .with_context(|| format!("pod {key} has no IP"))?
+            .parse()
+            .context("bad pod IP in lab.json")
     };
     let outcome = match target {
-        probe::Target::Port { host, port, proto } => {
-            probe::port(&netns::path(&netns_name).to_string_lossy(), resolve(&host)?, port, proto, timeout)
-        }
+        probe::Target::Port { host, port, proto } => probe::port(
+            &netns::path(&netns_name).to_string_lossy(),
+            resolve(&host)?,
+            port,
+            proto,
+            timeout,
+        ),
         probe::Target::Icmp { host } => probe::icmp(&netns_name, &resolve(&host)?.to_string(), timeout),
     };
     println!("{outcome}");

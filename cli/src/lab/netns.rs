@@ -15,7 +15,11 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 pub enum NetnsError {
     /// `ip` could not be run at all.
     #[error("running `ip {args}`: {source}")]
-    Spawn { args: String, #[source] source: std::io::Error },
+    Spawn {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// `ip` ran and failed.
     #[error("`ip {args}` failed: {stderr}")]
     Ip { args: String, stderr: String },
@@ -37,11 +41,17 @@ pub(super) fn ip(args: &[&str]) -> Result<Output, NetnsError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|source| NetnsError::Spawn { args: joined.clone(), source })?;
+        .map_err(|source| NetnsError::Spawn {
+            args: joined.clone(),
+            source,
+        })?;
     if out.status.success() {
         Ok(out)
     } else {
-        Err(NetnsError::Ip { args: joined, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+        Err(NetnsError::Ip {
+            args: joined,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -66,7 +76,11 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 /// Every named netns on the host.
 pub fn list() -> Vec<String> {
     std::fs::read_dir(NETNS_DIR)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -81,24 +95,29 @@ pub fn command(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
 /// Move the *calling thread* into the netns at `path`. Call it only on a
 /// thread that is dedicated to that netns (or in a process that lives there).
 pub fn enter(path: &str) -> Result<(), NetnsError> {
-    let enter_err = |reason: String| NetnsError::Enter { path: path.to_owned(), reason };
+    let enter_err = |reason: String| NetnsError::Enter {
+        path: path.to_owned(),
+        reason,
+    };
     let file = File::open(path).map_err(|e| enter_err(e.to_string()))?;
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter_err(e.to_string()))
 }
 
 /// Run `f` on a fresh thread inside the netns at `path`; the caller's
 /// namespace never changes.
-pub fn run_in<T: Send + 'static>(
-    path: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, NetnsError> {
+pub fn run_in<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
     let p = path.to_owned();
     std::thread::spawn(move || -> Result<T, NetnsError> {
         enter(&p)?;
         Ok(f())
     })
     .join()
-    .unwrap_or_else(|_| Err(NetnsError::Enter { path: path.to_owned(), reason: "thread panicked".into() }))
+    .unwrap_or_else(|_| {
+        Err(NetnsError::Enter {
+            path: path.to_owned(),
+            reason: "thread panicked".into(),
+        })
+    })
 }
 
 /// A netns name for a pod: `<lab>-<ns>-<name>`, shortened with a hash when long.
@@ -118,7 +137,9 @@ pub fn pod_netns_name(lab: &str, namespace: &str, name: &str) -> String {
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes
+        .iter()
+        .fold(0x811c9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 #[cfg(test)]
@@ -150,8 +171,17 @@ const FABRIC_MTU: &str = "9000";
 /// (offloaded) checksum would leave with that frame and be dropped by the
 /// receiver. Nodes keep their offloads (TSO): replies they send towards
 /// NodePort clients go through TC, where the skb remembers the checksum.
-pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str, full_checksums: bool) -> Result<(), NetnsError> {
-    ip(&["-n", fabric, "link", "add", port, "mtu", FABRIC_MTU, "type", "veth", "peer", "name", "eth0", "mtu", FABRIC_MTU, "netns", netns])?;
+pub fn attach_to_fabric(
+    fabric: &str,
+    port: &str,
+    netns: &str,
+    addr: &str,
+    full_checksums: bool,
+) -> Result<(), NetnsError> {
+    ip(&[
+        "-n", fabric, "link", "add", port, "mtu", FABRIC_MTU, "type", "veth", "peer", "name", "eth0", "mtu",
+        FABRIC_MTU, "netns", netns,
+    ])?;
     ip(&["-n", fabric, "link", "set", port, "master", "br0", "up"])?;
     ip(&["-n", netns, "addr", "add", addr, "dev", "eth0"])?;
     ip(&["-n", netns, "link", "set", "eth0", "up"])?;
@@ -167,7 +197,20 @@ pub fn attach_to_fabric(fabric: &str, port: &str, netns: &str, addr: &str, full_
 /// port's XDP ring, and veth only delivers them when it has a program.
 pub fn xdp_pass_on(fabric: &str, port: &str, obj: &std::path::Path) -> Result<(), NetnsError> {
     let obj = obj.to_string_lossy();
-    ip(&["-n", fabric, "link", "set", "dev", port, "xdpdrv", "obj", &obj, "sec", "xdp.frags"]).map(|_| ())
+    ip(&[
+        "-n",
+        fabric,
+        "link",
+        "set",
+        "dev",
+        port,
+        "xdpdrv",
+        "obj",
+        &obj,
+        "sec",
+        "xdp.frags",
+    ])
+    .map(|_| ())
 }
 
 /// `ethtool ARGS` inside a netns. A missing ethtool is a warning, not an
@@ -179,7 +222,9 @@ fn ethtool(netns: &str, args: &[&str]) -> Result<(), NetnsError> {
         Ok(out) => {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             if stderr.contains("No such file") || stderr.contains("not found") {
-                eprintln!("warning: ethtool not installed (scripts/deps.sh installs it): XDP_TX on the lab fabric may drop");
+                eprintln!(
+                    "warning: ethtool not installed (scripts/deps.sh installs it): XDP_TX on the lab fabric may drop"
+                );
                 Ok(())
             } else {
                 Err(NetnsError::Ip { args: joined, stderr })

@@ -16,7 +16,9 @@ pub enum Target {
 
 /// Parse `HOST:PORT/tcp`, `HOST:PORT/udp` or `HOST/icmp` (protocol any case).
 pub fn parse_target(s: &str) -> Result<Target, String> {
-    let (rest, proto) = s.rsplit_once('/').ok_or_else(|| format!("{s:?}: expected HOST:PORT/PROTO or HOST/icmp"))?;
+    let (rest, proto) = s
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{s:?}: expected HOST:PORT/PROTO or HOST/icmp"))?;
     if proto.eq_ignore_ascii_case("icmp") {
         if rest.is_empty() {
             return Err(format!("{s:?}: missing host"));
@@ -29,7 +31,11 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     if host.is_empty() {
         return Err(format!("{s:?}: missing host"));
     }
-    Ok(Target::Port { host: host.to_owned(), port, proto })
+    Ok(Target::Port {
+        host: host.to_owned(),
+        port,
+        proto,
+    })
 }
 
 /// How a probe ended; maps to the exit code.
@@ -114,7 +120,11 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> Outcome {
 }
 
 fn udp(addr: SocketAddr, timeout: Duration) -> Outcome {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(addr) } else { "[::]:0".parse().unwrap_or(addr) };
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(addr)
+    } else {
+        "[::]:0".parse().unwrap_or(addr)
+    };
     let sock = match UdpSocket::bind(bind).and_then(|s| s.connect(addr).map(|_| s)) {
         Ok(s) => s,
         Err(e) => return classify(&e),
@@ -130,13 +140,20 @@ fn udp(addr: SocketAddr, timeout: Duration) -> Outcome {
 }
 
 fn first_line(buf: &[u8]) -> String {
-    String::from_utf8_lossy(buf).lines().next().unwrap_or_default().trim().to_owned()
+    String::from_utf8_lossy(buf)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// ICMP echo via `ping -c 1 -W SECS` inside the netns.
 pub fn icmp(netns_name: &str, host: &str, timeout: Duration) -> Outcome {
     let secs = timeout.as_secs().max(1).to_string();
-    let out = netns::command(netns_name, "ping").args(["-n", "-c", "1", "-W", &secs, host]).output();
+    let out = netns::command(netns_name, "ping")
+        .args(["-n", "-c", "1", "-W", &secs, host])
+        .output();
     match out {
         Ok(o) if o.status.success() => Outcome::Reachable,
         Ok(o) if o.status.code() == Some(1) => Outcome::TimedOut,
@@ -160,14 +177,34 @@ mod tests {
     fn parses_targets() {
         assert_eq!(
             parse_target("10.0.0.1:80/TCP").unwrap(),
-            Target::Port { host: "10.0.0.1".into(), port: 80, proto: Proto::Tcp }
+            Target::Port {
+                host: "10.0.0.1".into(),
+                port: 80,
+                proto: Proto::Tcp
+            }
         );
         assert_eq!(
             parse_target("demo/web-0:53/udp").unwrap(),
-            Target::Port { host: "demo/web-0".into(), port: 53, proto: Proto::Udp }
+            Target::Port {
+                host: "demo/web-0".into(),
+                port: 53,
+                proto: Proto::Udp
+            }
         );
-        assert_eq!(parse_target("10.0.0.1/ICMP").unwrap(), Target::Icmp { host: "10.0.0.1".into() });
-        for bad in ["10.0.0.1", "10.0.0.1:80", "10.0.0.1:80/sctp", ":80/tcp", "/icmp", "h:x/tcp"] {
+        assert_eq!(
+            parse_target("10.0.0.1/ICMP").unwrap(),
+            Target::Icmp {
+                host: "10.0.0.1".into()
+            }
+        );
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1:80",
+            "10.0.0.1:80/sctp",
+            ":80/tcp",
+            "/icmp",
+            "h:x/tcp",
+        ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
     }

@@ -10,7 +10,11 @@ use super::state::Proc;
 /// Record a process just started.
 pub fn record(pid: u32, marker: impl Into<String>) -> Proc {
     let pid = i32::try_from(pid).unwrap_or(i32::MAX);
-    Proc { pid, marker: marker.into(), start_time: stat(pid).map(|(_, start)| start) }
+    Proc {
+        pid,
+        marker: marker.into(),
+        start_time: stat(pid).map(|(_, start)| start),
+    }
 }
 
 /// `(state char, start time in ticks)` from `/proc/<pid>/stat`.
@@ -24,7 +28,9 @@ fn stat(pid: i32) -> Option<(char, u64)> {
 
 /// Is the process alive (not gone, not a zombie) and still the one we started?
 pub fn alive(p: &Proc) -> bool {
-    let Some((state, start)) = stat(p.pid) else { return false };
+    let Some((state, start)) = stat(p.pid) else {
+        return false;
+    };
     if matches!(state, 'Z' | 'X') {
         return false;
     }

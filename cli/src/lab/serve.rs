@@ -58,7 +58,11 @@ struct Reply {
 
 impl Reply {
     fn to(&self, peer: IpAddr) -> String {
-        if self.echo_peer { format!("{} {peer}\n", self.name) } else { format!("{}\n", self.name) }
+        if self.echo_peer {
+            format!("{} {peer}\n", self.name)
+        } else {
+            format!("{}\n", self.name)
+        }
     }
 }
 
@@ -105,17 +109,22 @@ pub fn start<P: std::fmt::Display + std::fmt::Debug>(
 /// Enter the netns, bind every port, print `ready` on stdout, then serve forever.
 pub fn run(netns_path: &str, name: &str, ports: &[(u16, Proto)], echo_peer: bool) -> Result<()> {
     netns::enter(netns_path)?;
-    let reply = Reply { name: name.to_owned(), echo_peer };
+    let reply = Reply {
+        name: name.to_owned(),
+        echo_peer,
+    };
     let mut threads = Vec::new();
     for &(port, proto) in ports {
         let reply = reply.clone();
         match proto {
             Proto::Tcp => {
-                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding {port}/TCP"))?;
+                let l =
+                    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding {port}/TCP"))?;
                 threads.push(std::thread::spawn(move || serve_tcp(l, reply)));
             }
             Proto::Udp => {
-                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding {port}/UDP"))?;
+                let s =
+                    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding {port}/UDP"))?;
                 threads.push(std::thread::spawn(move || serve_udp(s, reply)));
             }
         }
@@ -169,8 +178,22 @@ mod tests {
     #[test]
     fn replies_name_and_optionally_the_peer() {
         let peer: IpAddr = "172.30.0.11".parse().unwrap();
-        assert_eq!(Reply { name: "web".into(), echo_peer: false }.to(peer), "web\n");
-        assert_eq!(Reply { name: "external".into(), echo_peer: true }.to(peer), "external 172.30.0.11\n");
+        assert_eq!(
+            Reply {
+                name: "web".into(),
+                echo_peer: false
+            }
+            .to(peer),
+            "web\n"
+        );
+        assert_eq!(
+            Reply {
+                name: "external".into(),
+                echo_peer: true
+            }
+            .to(peer),
+            "external 172.30.0.11\n"
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ impl Interrupt {
     }
 
     pub fn check(&self) -> Result<(), Interrupted> {
-        if self.0.load(Ordering::SeqCst) { Err(Interrupted) } else { Ok(()) }
+        if self.0.load(Ordering::SeqCst) {
+            Err(Interrupted)
+        } else {
+            Ok(())
+        }
     }
 }
 

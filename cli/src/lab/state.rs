@@ -90,10 +90,18 @@ impl LabDir {
     }
     /// The entries this tool creates inside the lab dir (and so may remove).
     pub fn owned_entries(&self) -> Vec<PathBuf> {
-        ["lab.json", ".lab.json.tmp", "logs", "manifests", "state", "run", ".lock"]
-            .iter()
-            .map(|e| self.root.join(e))
-            .collect()
+        [
+            "lab.json",
+            ".lab.json.tmp",
+            "logs",
+            "manifests",
+            "state",
+            "run",
+            ".lock",
+        ]
+        .iter()
+        .map(|e| self.root.join(e))
+        .collect()
     }
 
     /// Serialise lab commands on this dir: held until the guard drops.
@@ -101,8 +109,7 @@ impl LabDir {
         std::fs::create_dir_all(&self.root).with_context(|| format!("creating {}", self.root.display()))?;
         let path = self.root.join(".lock");
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
     }
 
     pub fn load(&self) -> Result<Option<LabState>> {
@@ -119,7 +126,10 @@ impl LabDir {
     /// Load, or fail with a hint when no lab is up.
     pub fn require(&self) -> Result<LabState> {
         self.load()?.with_context(|| {
-            format!("no lab in {} (run `weir lab up FILE` first, or pass --lab-dir)", self.root.display())
+            format!(
+                "no lab in {} (run `weir lab up FILE` first, or pass --lab-dir)",
+                self.root.display()
+            )
         })
     }
 

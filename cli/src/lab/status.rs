@@ -64,7 +64,13 @@ fn services(store: &Store) -> Result<Vec<Value>> {
     let slices: Vec<EndpointSlice> = store
         .list(Kind::EndpointSlice, None)?
         .into_iter()
-        .filter_map(|o| if let Object::EndpointSlice(s) = o { Some(s) } else { None })
+        .filter_map(|o| {
+            if let Object::EndpointSlice(s) = o {
+                Some(s)
+            } else {
+                None
+            }
+        })
         .collect();
     let mut out = Vec::new();
     for obj in store.list(Kind::Service, None)? {
@@ -115,12 +121,23 @@ fn print_table(doc: &Value) {
     println!("lab {} ({})", s(&doc["lab"]), s(&doc["labDir"]));
     println!("\nNODE            AGENT          POD CIDR          ENDPOINTS  DROPS");
     for n in doc["nodes"].as_array().into_iter().flatten() {
-        let agent = format!("{} {}", s(&n["agentPid"]), if n["agentAlive"] == true { "up" } else { "DOWN" });
+        let agent = format!(
+            "{} {}",
+            s(&n["agentPid"]),
+            if n["agentAlive"] == true { "up" } else { "DOWN" }
+        );
         let drops: u64 = n["status"]["drops"]
             .as_object()
             .map(|m| m.values().filter_map(|t| t["packets"].as_u64()).sum())
             .unwrap_or(0);
-        println!("{:<15} {:<14} {:<17} {:<10} {}", s(&n["name"]), agent, s(&n["podCIDR"]), s(&n["status"]["endpoints"]), drops);
+        println!(
+            "{:<15} {:<14} {:<17} {:<10} {}",
+            s(&n["name"]),
+            agent,
+            s(&n["podCIDR"]),
+            s(&n["status"]["endpoints"]),
+            drops
+        );
         if !n["error"].is_null() {
             println!("  agent error: {}", s(&n["error"]));
         }
@@ -132,7 +149,12 @@ fn print_table(doc: &Value) {
     }
     println!("\nPOD                       NODE            IP");
     for p in doc["pods"].as_array().into_iter().flatten() {
-        println!("{:<25} {:<15} {}", format!("{}/{}", s(&p["namespace"]), s(&p["name"])), s(&p["node"]), s(&p["ip"]));
+        println!(
+            "{:<25} {:<15} {}",
+            format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
+            s(&p["node"]),
+            s(&p["ip"])
+        );
     }
     println!("\nSERVICE                   TYPE          CLUSTER-IP     EXTERNAL-IP    PORTS                  READY");
     for v in doc["services"].as_array().into_iter().flatten() {
@@ -144,7 +166,11 @@ fn print_table(doc: &Value) {
             s(&v["type"]),
             s(&v["clusterIP"]),
             if ext.is_empty() { "-".to_string() } else { ext.join(",") },
-            if ports.is_empty() { "-".to_string() } else { ports.join(",") },
+            if ports.is_empty() {
+                "-".to_string()
+            } else {
+                ports.join(",")
+            },
             s(&v["readyEndpoints"]),
             s(&v["endpoints"]),
         );
@@ -156,7 +182,11 @@ fn print_table(doc: &Value) {
             let pod = format!("{}/{}", s(&e["pod"]["namespace"]), s(&e["pod"]["name"]));
             let ingress = format!("{}/{}", s(&c["ingress"]["packets"]), s(&c["ingress"]["bytes"]));
             let egress = format!("{}/{}", s(&c["egress"]["packets"]), s(&c["egress"]["bytes"]));
-            println!("{pod:<25} {:<15} {:<14} {ingress:<18} {egress}", s(&n["name"]), s(&e["ipv4"]));
+            println!(
+                "{pod:<25} {:<15} {:<14} {ingress:<18} {egress}",
+                s(&n["name"]),
+                s(&e["ipv4"])
+            );
         }
     }
 }
@@ -177,7 +207,11 @@ pub fn get(lab: &Lab, kind: &str, name: Option<&str>, namespace: Option<&str>, o
             let obj = store.get(kind, ns, name)?;
             match obj {
                 Some(o) => o.to_json(),
-                None => bail!("{} {}{name} not found", kind.dir(), ns.map(|n| format!("{n}/")).unwrap_or_default()),
+                None => bail!(
+                    "{} {}{name} not found",
+                    kind.dir(),
+                    ns.map(|n| format!("{n}/")).unwrap_or_default()
+                ),
             }
         }
         None => {

@@ -94,7 +94,11 @@ pub enum TopologyError {
 pub fn parse(text: &str) -> Result<Topology, TopologyError> {
     let topo: Topology = serde_yaml::from_str(text)?;
     let problems = validate(&topo);
-    if problems.is_empty() { Ok(topo) } else { Err(TopologyError::Invalid(problems)) }
+    if problems.is_empty() {
+        Ok(topo)
+    } else {
+        Err(TopologyError::Invalid(problems))
+    }
 }
 
 /// A DNS-label-like name: lowercase letters, digits and '-', starting with a
@@ -102,7 +106,8 @@ pub fn parse(text: &str) -> Result<Topology, TopologyError> {
 pub fn is_dns_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -117,7 +122,11 @@ pub fn validate(topo: &Topology) -> Vec<String> {
         ));
     }
     if topo.cluster_cidr != topo.cluster_cidr.trunc() {
-        problems.push(format!("clusterCIDR {}: host bits set (did you mean {}?)", topo.cluster_cidr, topo.cluster_cidr.trunc()));
+        problems.push(format!(
+            "clusterCIDR {}: host bits set (did you mean {}?)",
+            topo.cluster_cidr,
+            topo.cluster_cidr.trunc()
+        ));
     }
     if topo.nodes.is_empty() {
         problems.push("nodes: at least one node is required".into());
@@ -127,17 +136,26 @@ pub fn validate(topo: &Topology) -> Vec<String> {
     }
     let hosts = (1u64 << (32 - topo.node_cidr.prefix_len())).saturating_sub(2);
     if hosts < u64::from(FIRST_NODE_HOST) + topo.nodes.len() as u64 + 1 {
-        problems.push(format!("nodeCIDR {}: too small for {} nodes and the external host", topo.node_cidr, topo.nodes.len()));
+        problems.push(format!(
+            "nodeCIDR {}: too small for {} nodes and the external host",
+            topo.node_cidr,
+            topo.nodes.len()
+        ));
     }
     if topo.node_cidr.contains(&topo.cluster_cidr) || topo.cluster_cidr.contains(&topo.node_cidr) {
-        problems.push(format!("nodeCIDR {} overlaps clusterCIDR {}", topo.node_cidr, topo.cluster_cidr));
+        problems.push(format!(
+            "nodeCIDR {} overlaps clusterCIDR {}",
+            topo.node_cidr, topo.cluster_cidr
+        ));
     }
     problems.extend(validate_service_ranges(topo));
     let mut names = BTreeSet::new();
     for (i, node) in topo.nodes.iter().enumerate() {
         let at = format!("nodes[{i}] ({})", node.name);
         if !is_dns_label(&node.name, MAX_NODE_NAME) {
-            problems.push(format!("{at}: name must be 1-{MAX_NODE_NAME} chars of [a-z0-9-], not starting or ending with '-'"));
+            problems.push(format!(
+                "{at}: name must be 1-{MAX_NODE_NAME} chars of [a-z0-9-], not starting or ending with '-'"
+            ));
         }
         if !names.insert(node.name.as_str()) {
             problems.push(format!("{at}: duplicate node name"));
@@ -149,11 +167,17 @@ pub fn validate(topo: &Topology) -> Vec<String> {
             problems.push(format!("{at}: podCIDR {} is too small (at most /30)", node.pod_cidr));
         }
         if !topo.cluster_cidr.contains(&node.pod_cidr) {
-            problems.push(format!("{at}: podCIDR {} is not inside clusterCIDR {}", node.pod_cidr, topo.cluster_cidr));
+            problems.push(format!(
+                "{at}: podCIDR {} is not inside clusterCIDR {}",
+                node.pod_cidr, topo.cluster_cidr
+            ));
         }
         for (j, other) in topo.nodes.iter().enumerate().take(i) {
             if node.pod_cidr.contains(&other.pod_cidr) || other.pod_cidr.contains(&node.pod_cidr) {
-                problems.push(format!("{at}: podCIDR {} overlaps nodes[{j}] ({}) {}", node.pod_cidr, other.name, other.pod_cidr));
+                problems.push(format!(
+                    "{at}: podCIDR {} overlaps nodes[{j}] ({}) {}",
+                    node.pod_cidr, other.name, other.pod_cidr
+                ));
             }
         }
     }
@@ -166,7 +190,10 @@ fn validate_service_ranges(topo: &Topology) -> Vec<String> {
     let mut problems = Vec::new();
     let svc = topo.service_cidr;
     if svc != svc.trunc() {
-        problems.push(format!("serviceCIDR {svc}: host bits set (did you mean {}?)", svc.trunc()));
+        problems.push(format!(
+            "serviceCIDR {svc}: host bits set (did you mean {}?)",
+            svc.trunc()
+        ));
     }
     if svc.prefix_len() > 29 {
         problems.push(format!("serviceCIDR {svc}: too small (at most /29)"));
@@ -178,16 +205,23 @@ fn validate_service_ranges(topo: &Topology) -> Vec<String> {
     }
     if let Some(lb) = topo.load_balancer_cidr {
         if lb != lb.trunc() {
-            problems.push(format!("loadBalancerCIDR {lb}: host bits set (did you mean {}?)", lb.trunc()));
+            problems.push(format!(
+                "loadBalancerCIDR {lb}: host bits set (did you mean {}?)",
+                lb.trunc()
+            ));
         }
         for (what, other) in [("clusterCIDR", topo.cluster_cidr), ("serviceCIDR", svc)] {
             if overlap(&lb, &other) {
                 problems.push(format!("loadBalancerCIDR {lb} overlaps {what} {other}"));
             }
         }
-        let taken = (0..topo.nodes.len()).map(|i| topo.node_ip(i)).chain([topo.external_ip()]);
+        let taken = (0..topo.nodes.len())
+            .map(|i| topo.node_ip(i))
+            .chain([topo.external_ip()]);
         for ip in taken.filter(|ip| lb.contains(ip)) {
-            problems.push(format!("loadBalancerCIDR {lb} contains {ip}, a node or the external host"));
+            problems.push(format!(
+                "loadBalancerCIDR {lb} contains {ip}, a node or the external host"
+            ));
         }
     }
     problems
@@ -268,7 +302,9 @@ mod tests {
 
     #[test]
     fn node_segment_must_not_overlap_pods() {
-        let p = invalid("name: x\nclusterCIDR: 10.0.0.0/8\nnodeCIDR: 10.1.0.0/24\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n");
+        let p = invalid(
+            "name: x\nclusterCIDR: 10.0.0.0/8\nnodeCIDR: 10.1.0.0/24\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n",
+        );
         assert!(p.join(" ").contains("overlaps clusterCIDR"), "{p:?}");
         let t = parse("name: x\nclusterCIDR: 10.0.0.0/8\nserviceCIDR: 192.168.96.0/20\nrouting: vxlan\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n").unwrap();
         assert_eq!(t.routing, Routing::Vxlan);
@@ -279,12 +315,17 @@ mod tests {
         let t = parse(ONE).unwrap();
         assert_eq!(t.service_cidr.to_string(), "10.96.0.0/16");
         assert_eq!(t.load_balancer_cidr, None);
-        let p = invalid("name: x\nclusterCIDR: 10.0.0.0/8\nserviceCIDR: 10.96.0.0/16\nloadBalancerCIDR: 172.30.0.0/28\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n");
+        let p = invalid(
+            "name: x\nclusterCIDR: 10.0.0.0/8\nserviceCIDR: 10.96.0.0/16\nloadBalancerCIDR: 172.30.0.0/28\nnodes: [{name: a, podCIDR: 10.2.0.0/24}]\n",
+        );
         let all = p.join("\n");
         assert!(all.contains("serviceCIDR 10.96.0.0/16 overlaps clusterCIDR"), "{all}");
         assert!(all.contains("contains 172.30.0.11"), "{all}");
         let t = parse("name: x\nclusterCIDR: 10.244.0.0/16\nserviceCIDR: 10.100.0.0/24\nloadBalancerCIDR: 172.31.0.0/28\nnodes: [{name: a, podCIDR: 10.244.1.0/24}]\n").unwrap();
-        assert_eq!(t.load_balancer_cidr.map(|n| n.to_string()).as_deref(), Some("172.31.0.0/28"));
+        assert_eq!(
+            t.load_balancer_cidr.map(|n| n.to_string()).as_deref(),
+            Some("172.31.0.0/28")
+        );
     }
 
     #[test]
@@ -295,7 +336,13 @@ mod tests {
 
     #[test]
     fn rejects_unknown_fields_and_bad_cidrs() {
-        assert!(matches!(parse("name: x\nclusterCIDR: 10.0.0.0/8\nnodes: []\nextra: 1\n"), Err(TopologyError::Parse(_))));
-        assert!(matches!(parse("name: x\nclusterCIDR: nope\nnodes: []\n"), Err(TopologyError::Parse(_))));
+        assert!(matches!(
+            parse("name: x\nclusterCIDR: 10.0.0.0/8\nnodes: []\nextra: 1\n"),
+            Err(TopologyError::Parse(_))
+        ));
+        assert!(matches!(
+            parse("name: x\nclusterCIDR: nope\nnodes: []\n"),
+            Err(TopologyError::Parse(_))
+        ));
     }
 }

@@ -47,7 +47,10 @@ pub fn up(lab: &Lab, file: &Path) -> Result<()> {
         .filter(|n| netns::exists(n))
         .collect();
     if !taken.is_empty() {
-        bail!("netns already exist: {} (a leftover lab? `ip netns delete` them)", taken.join(", "));
+        bail!(
+            "netns already exist: {} (a leftover lab? `ip netns delete` them)",
+            taken.join(", ")
+        );
     }
     let mut state = LabState {
         name: topo.name.clone(),
@@ -61,7 +64,12 @@ pub fn up(lab: &Lab, file: &Path) -> Result<()> {
     lab.dir.save(&state)?;
     match bring_up(lab, &topo, &agent, &mut state, &interrupt) {
         Ok(()) => {
-            println!("lab {} is up ({} node(s)); lab dir {}", topo.name, topo.nodes.len(), lab.dir.root.display());
+            println!(
+                "lab {} is up ({} node(s)); lab dir {}",
+                topo.name,
+                topo.nodes.len(),
+                lab.dir.root.display()
+            );
             Ok(())
         }
         Err(e) => {
@@ -111,11 +119,16 @@ fn bring_up(
     )?;
     state.servers.push(server);
     lab.dir.save(state)?;
-    println!("external host: netns {}, address {}, serving 8080/TCP and 5353/UDP", topo.external_netns(), topo.external_ip());
+    println!(
+        "external host: netns {}, address {}, serving 8080/TCP and 5353/UDP",
+        topo.external_netns(),
+        topo.external_ip()
+    );
     // For the nodes' XDP (NodePorts): see netns::xdp_pass_on.
     let xdp_pass = lab.dir.root.join("run").join("xdp_pass.o");
     std::fs::create_dir_all(lab.dir.root.join("run")).context("creating the lab's run dir")?;
-    std::fs::write(&xdp_pass, weir_datapath::BPF_XDP_PASS).with_context(|| format!("writing {}", xdp_pass.display()))?;
+    std::fs::write(&xdp_pass, weir_datapath::BPF_XDP_PASS)
+        .with_context(|| format!("writing {}", xdp_pass.display()))?;
     // Only when nodes run XDP: an XDP program on a veth sends every frame
     // through the XDP path (GSO frames copied), which costs throughput.
     if topo.node_port_xdp {
@@ -131,11 +144,22 @@ fn bring_up(
         state.netns.push(ns.clone());
         state.nodes.insert(
             node.name.clone(),
-            NodeState { netns: ns.clone(), pod_cidr: node.pod_cidr.to_string(), socket: socket.clone(), agent: None },
+            NodeState {
+                netns: ns.clone(),
+                pod_cidr: node.pod_cidr.to_string(),
+                socket: socket.clone(),
+                agent: None,
+            },
         );
         lab.dir.save(state)?;
         netns::create(&ns)?;
-        netns::attach_to_fabric(&topo.fabric_netns(), &format!("node{index}"), &ns, &format!("{node_ip}/{prefix}"), false)?;
+        netns::attach_to_fabric(
+            &topo.fabric_netns(),
+            &format!("node{index}"),
+            &ns,
+            &format!("{node_ip}/{prefix}"),
+            false,
+        )?;
         if topo.node_port_xdp {
             netns::xdp_pass_on(&topo.fabric_netns(), &format!("node{index}"), &xdp_pass)?;
         }
@@ -153,8 +177,14 @@ fn bring_up(
             }),
             status: Some(NodeStatus {
                 addresses: Some(vec![
-                    NodeAddress { type_: "InternalIP".into(), address: node_ip.to_string() },
-                    NodeAddress { type_: "Hostname".into(), address: node.name.clone() },
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: node_ip.to_string(),
+                    },
+                    NodeAddress {
+                        type_: "Hostname".into(),
+                        address: node.name.clone(),
+                    },
                 ]),
                 ..Default::default()
             }),
@@ -193,7 +223,10 @@ fn bring_up(
             .spawn()
             .with_context(|| format!("starting {} in {ns}", agent.display()))?;
         let proc_ = procs::record(child.id(), format!("weir-agent {}", node.name));
-        println!("node {}: netns {ns}, address {node_ip}, agent pid {}", node.name, proc_.pid);
+        println!(
+            "node {}: netns {ns}, address {node_ip}, agent pid {}",
+            node.name, proc_.pid
+        );
         if let Some(n) = state.nodes.get_mut(&node.name) {
             n.agent = Some(proc_);
         }
@@ -210,9 +243,15 @@ fn bring_up(
         for (name, mut child) in pending {
             let socket = lab.dir.node_socket(&name);
             if let Some(status) = child.try_wait()? {
-                bail!("agent on node {name} exited with {status}; its log ends:\n{}", log_tail(lab, &name));
+                bail!(
+                    "agent on node {name} exited with {status}; its log ends:\n{}",
+                    log_tail(lab, &name)
+                );
             }
-            if Client::new(&socket, Duration::from_secs(2)).call(Request::Status).is_ok() {
+            if Client::new(&socket, Duration::from_secs(2))
+                .call(Request::Status)
+                .is_ok()
+            {
                 println!("node {name}: agent ready");
             } else {
                 still.push((name, child));
@@ -222,8 +261,15 @@ fn bring_up(
         if !pending.is_empty() {
             if Instant::now() > deadline {
                 let names: Vec<_> = pending.iter().map(|(n, _)| n.as_str()).collect();
-                let tails: Vec<_> = names.iter().map(|n| format!("--- {n}:\n{}", log_tail(lab, n))).collect();
-                bail!("agents not ready after {READY_TIMEOUT:?}: {}\n{}", names.join(", "), tails.join("\n"));
+                let tails: Vec<_> = names
+                    .iter()
+                    .map(|n| format!("--- {n}:\n{}", log_tail(lab, n)))
+                    .collect();
+                bail!(
+                    "agents not ready after {READY_TIMEOUT:?}: {}\n{}",
+                    names.join(", "),
+                    tails.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

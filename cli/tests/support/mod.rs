@@ -1,7 +1,10 @@
 //! The harness every lab test file shares: a [`Lab`] guard that drives the
 //! real `weir` binary against its own lab directory and tears the lab down
 //! on drop, and the root check. Each test crate uses part of it.
-#![allow(dead_code, reason = "each test file (its own crate) uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test file (its own crate) uses a different part of the harness"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,14 +28,21 @@ impl Lab {
         let id = format!("{:x}{}", std::process::id(), tag);
         let work = std::env::temp_dir().join(format!("weir-lab-test-{id}"));
         std::fs::create_dir_all(&work).expect("creating test work dir");
-        Lab { name: format!("wt{id}"), dir: work.join("lab"), work }
+        Lab {
+            name: format!("wt{id}"),
+            dir: work.join("lab"),
+            work,
+        }
     }
 
     /// `weir lab ARGS` against this lab, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
         let bin_dir = Path::new(weir()).parent().expect("binary dir");
         let mut c = Command::new(weir());
-        c.arg("lab").args(args).env("WEIR_LAB_DIR", &self.dir).env("WEIR_BIN_DIR", bin_dir);
+        c.arg("lab")
+            .args(args)
+            .env("WEIR_LAB_DIR", &self.dir)
+            .env("WEIR_BIN_DIR", bin_dir);
         c
     }
 
@@ -64,7 +74,10 @@ impl Lab {
 
     pub fn pod_ip(&self, pod: &str) -> String {
         let v: Value = serde_json::from_str(&self.ok(&["get", "pod", pod, "-o", "json"])).expect("get json");
-        v["status"]["podIP"].as_str().unwrap_or_else(|| panic!("{pod} has no podIP: {v}")).to_owned()
+        v["status"]["podIP"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{pod} has no podIP: {v}"))
+            .to_owned()
     }
 
     pub fn leftover_netns(&self) -> Vec<String> {
@@ -93,7 +106,8 @@ impl Lab {
     pub fn logs(&self) -> String {
         let mut all = String::new();
         for node in ["a", "b"] {
-            let log = std::fs::read_to_string(self.dir.join("logs").join(format!("agent-{node}.log"))).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.join("logs").join(format!("agent-{node}.log"))).unwrap_or_default();
             all.push_str(&format!("--- agent {node}:\n{log}\n"));
         }
         all
@@ -123,7 +137,10 @@ pub fn show(out: &Output) -> String {
 pub fn privileged() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     // "Uid:\treal\teffective\t..."
-    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1));
     if euid == Some("0") {
         return true;
     }

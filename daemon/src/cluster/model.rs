@@ -15,11 +15,17 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     fn of(meta: &ObjectMeta) -> Self {
-        Self::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+        Self::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
     }
 }
 
@@ -38,7 +44,11 @@ impl ClusterState {
     /// Adds one object given as YAML/JSON value; unknown kinds are ignored,
     /// malformed known kinds are an error naming the object.
     pub fn insert_value(&mut self, value: serde_yaml::Value) -> Result<(), String> {
-        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
         fn de<T: for<'de> Deserialize<'de>>(kind: &str, v: serde_yaml::Value) -> Result<T, String> {
             T::deserialize(v).map_err(|e| format!("invalid {kind}: {e}"))
         }
@@ -86,7 +96,9 @@ impl ClusterState {
 
     /// Labels of a pod, if the model knows it.
     pub fn pod_labels(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
-        self.pods.get(&ObjectKey::new(namespace, name)).map(|p| p.metadata.labels.clone().unwrap_or_default())
+        self.pods
+            .get(&ObjectKey::new(namespace, name))
+            .map(|p| p.metadata.labels.clone().unwrap_or_default())
     }
 }
 
@@ -150,9 +162,18 @@ metadata: {name: ignored}
 "#,
         );
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("document 3") && errors[0].contains("invalid Pod"), "{errors:?}");
+        assert!(
+            errors[0].contains("document 3") && errors[0].contains("invalid Pod"),
+            "{errors:?}"
+        );
         assert_eq!(s.namespaces.len(), 1);
-        assert_eq!(s.pod_labels("demo", "web-0").unwrap().get("app").map(String::as_str), Some("web"));
-        assert!(s.services.contains_key(&ObjectKey::new("default", "web")), "namespace defaults to default");
+        assert_eq!(
+            s.pod_labels("demo", "web-0").unwrap().get("app").map(String::as_str),
+            Some("web")
+        );
+        assert!(
+            s.services.contains_key(&ObjectKey::new("default", "web")),
+            "namespace defaults to default"
+        );
     }
 }

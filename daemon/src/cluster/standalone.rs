@@ -17,7 +17,10 @@ pub struct StandaloneSource {
 
 impl StandaloneSource {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, interval: Duration::from_millis(500) }
+        Self {
+            dir,
+            interval: Duration::from_millis(500),
+        }
     }
 }
 
@@ -71,9 +74,14 @@ impl ClusterSource for StandaloneSource {
             manifest_files(&dir, &mut current);
             current.sort();
             if last.as_ref() != Some(&current) {
-                let (state, fingerprint) =
-                    tokio::task::spawn_blocking(move || load_dir(&dir)).await.expect("manifest loader panicked");
-                tracing::debug!(pods = state.pods.len(), services = state.services.len(), "cluster state reloaded");
+                let (state, fingerprint) = tokio::task::spawn_blocking(move || load_dir(&dir))
+                    .await
+                    .expect("manifest loader panicked");
+                tracing::debug!(
+                    pods = state.pods.len(),
+                    services = state.services.len(),
+                    "cluster state reloaded"
+                );
                 tx.send_replace(Arc::new(state));
                 last = Some(fingerprint);
             }
@@ -91,14 +99,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weir-standalone-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("pod/demo")).unwrap();
         let (tx, mut rx) = watch::channel(Arc::new(ClusterState::default()));
-        let task = tokio::spawn(StandaloneSource { dir: dir.clone(), interval: Duration::from_millis(20) }.run(tx));
+        let task = tokio::spawn(
+            StandaloneSource {
+                dir: dir.clone(),
+                interval: Duration::from_millis(20),
+            }
+            .run(tx),
+        );
 
         std::fs::write(
             dir.join("pod/demo/a.yaml"),
             "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: demo, labels: {app: x}}\nspec: {containers: []}\n",
         )
         .unwrap();
-        std::fs::write(dir.join("pod/demo/.b.yaml.tmp"), "kind: Pod\nmetadata: {name: half-written").unwrap();
+        std::fs::write(
+            dir.join("pod/demo/.b.yaml.tmp"),
+            "kind: Pod\nmetadata: {name: half-written",
+        )
+        .unwrap();
         let state = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 rx.changed().await.unwrap();

@@ -12,10 +12,17 @@ pub const UDP: u8 = 17;
 pub fn require_root() -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false);
     if !root {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root: BPF_PROG_TEST_RUN needs root");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but not root: BPF_PROG_TEST_RUN needs root"
+        );
         eprintln!("skipping: loading BPF programs needs root");
     }
     root
@@ -29,7 +36,10 @@ pub fn fold(mut sum: u32) -> u16 {
 }
 
 pub fn sum16(bytes: &[u8]) -> u32 {
-    bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
+    bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
 }
 
 pub fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
@@ -85,7 +95,13 @@ impl Flow {
     }
 
     pub fn reply(&self) -> Self {
-        Self { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport, proto: self.proto }
+        Self {
+            src: self.dst,
+            sport: self.dport,
+            dst: self.src,
+            dport: self.sport,
+            proto: self.proto,
+        }
     }
 }
 
@@ -100,7 +116,11 @@ pub fn parse(frame: &[u8]) -> Flow {
     let l4 = &frame[34..];
     let udp_none = proto == UDP && l4[6..8] == [0, 0];
     if (proto == TCP || proto == UDP) && !udp_none {
-        assert_eq!(fold(pseudo_sum(src, dst, proto, l4.len()) + sum16(l4)), 0, "{proto} checksum valid");
+        assert_eq!(
+            fold(pseudo_sum(src, dst, proto, l4.len()) + sum16(l4)),
+            0,
+            "{proto} checksum valid"
+        );
     }
     Flow {
         src,

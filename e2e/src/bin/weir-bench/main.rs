@@ -39,7 +39,11 @@ fn median(samples: &mut [f64]) -> f64 {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -54,8 +58,15 @@ impl Bare {
         let a = NetNs::new(&unique("wba"));
         let b = NetNs::new(&unique("wbb"));
         let (va, vb) = (unique("bva"), unique("bvb"));
-        let ok = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
-        ok(&["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name]);
+        let ok = |args: &[&str]| {
+            assert!(
+                std::process::Command::new("ip").args(args).status().unwrap().success(),
+                "ip {args:?}"
+            )
+        };
+        ok(&[
+            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+        ]);
         a.exec_ok("ip", &["addr", "add", "10.199.0.1/24", "dev", &va]);
         b.exec_ok("ip", &["addr", "add", "10.199.0.2/24", "dev", &vb]);
         a.exec_ok("ip", &["link", "set", &va, "up"]);
@@ -76,7 +87,10 @@ fn iperf(server: &NetNs, client: &NetNs, server_ip: &str) -> f64 {
     let out = client.exec_ok("iperf3", &["-c", server_ip, "-t", SECONDS, "-J"]);
     let _ = srv.wait();
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second") / 1e9
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
 }
 
 /// Median round-trip latency in µs from sockperf ping-pong.
@@ -85,7 +99,12 @@ fn sockperf(server: &NetNs, client: &NetNs, server_ip: &str, tcp: bool) -> f64 {
     if tcp {
         args.push("--tcp");
     }
-    let mut srv = server.command("sockperf").args(&args).stdout(std::process::Stdio::null()).spawn().expect("sockperf sr");
+    let mut srv = server
+        .command("sockperf")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sockperf sr");
     std::thread::sleep(Duration::from_millis(300));
     let mut cargs = vec!["pp", "-i", server_ip, "-p", "11111", "-t", SECONDS];
     if tcp {
@@ -117,7 +136,10 @@ struct LabGuard(PathBuf);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(bin("weir")).args(["lab", "down"]).env("WEIR_LAB_DIR", self.0.join("lab")).output();
+        let _ = std::process::Command::new(bin("weir"))
+            .args(["lab", "down"])
+            .env("WEIR_LAB_DIR", self.0.join("lab"))
+            .output();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -161,22 +183,45 @@ fn lab_cmd(lab_dir: &std::path::Path, args: &[&str]) -> String {
         .env("WEIR_LAB_DIR", lab_dir)
         .output()
         .expect("weir lab");
-    assert!(out.status.success(), "weir lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "weir lab {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-
 
 fn main() {
     if !require_root() {
         std::process::exit(1);
     }
     for tool in ["iperf3", "sockperf"] {
-        assert!(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success(), "{tool} missing: run scripts/deps.sh");
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{tool} missing: run scripts/deps.sh"
+        );
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
-    println!("Machine: {} CPUs, {model}, kernel {kernel}\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    println!(
+        "Machine: {} CPUs, {model}, kernel {kernel}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     if std::env::args().any(|a| a == "--nodeport") {
         nodeport::run();
@@ -222,16 +267,31 @@ fn main() {
     }
     println!("## CNI and agent ({PODS} pods, sequential, release build)\n");
     println!("| measure | p50 | p99 |\n|---|---|---|");
-    println!("| CNI ADD (process start to result) | {:.1} ms | {:.1} ms |", percentile(&mut add, 0.5), percentile(&mut add, 0.99));
-    println!("| ADD until the pod answers a ping | {:.1} ms | {:.1} ms |", percentile(&mut ready, 0.5), percentile(&mut ready, 0.99));
-    println!("| CNI DEL | {:.1} ms | {:.1} ms |", percentile(&mut del, 0.5), percentile(&mut del, 0.99));
-    println!("\n| agent RSS | idle | with {PODS} pods |\n|---|---|---|\n| weir-agent | {:.1} MiB | {:.1} MiB |\n", rss_idle as f64 / 1024.0, rss_100 as f64 / 1024.0);
+    println!(
+        "| CNI ADD (process start to result) | {:.1} ms | {:.1} ms |",
+        percentile(&mut add, 0.5),
+        percentile(&mut add, 0.99)
+    );
+    println!(
+        "| ADD until the pod answers a ping | {:.1} ms | {:.1} ms |",
+        percentile(&mut ready, 0.5),
+        percentile(&mut ready, 0.99)
+    );
+    println!(
+        "| CNI DEL | {:.1} ms | {:.1} ms |",
+        percentile(&mut del, 0.5),
+        percentile(&mut del, 0.99)
+    );
+    println!(
+        "\n| agent RSS | idle | with {PODS} pods |\n|---|---|---|\n| weir-agent | {:.1} MiB | {:.1} MiB |\n",
+        rss_idle as f64 / 1024.0,
+        rss_100 as f64 / 1024.0
+    );
     drop(pods);
     drop(probe);
     if std::env::args().any(|a| a == "--cni-only") {
         return;
     }
-
 
     // --- datapath vs bare veth ---------------------------------------------
     let a = node.add_pod("bench", "client");
@@ -252,9 +312,18 @@ fn main() {
     let (cw, cb) = (median(&mut cw), median(&mut cb));
     println!("## Pod to pod on one node vs bare veth ({ROUNDS} interleaved rounds of {SECONDS} s, medians)\n");
     println!("| measure | weir | bare veth | ratio |\n|---|---|---|---|");
-    println!("| TCP throughput (iperf3, 1 stream) | {tw:.2} Gbit/s | {tb:.2} Gbit/s | {:.1}% |", tw / tb * 100.0);
-    println!("| UDP ping-pong RTT (sockperf p50) | {uw:.1} µs | {ub:.1} µs | {:.2}x |", uw / ub);
-    println!("| TCP ping-pong RTT (sockperf p50) | {cw:.1} µs | {cb:.1} µs | {:.2}x |", cw / cb);
+    println!(
+        "| TCP throughput (iperf3, 1 stream) | {tw:.2} Gbit/s | {tb:.2} Gbit/s | {:.1}% |",
+        tw / tb * 100.0
+    );
+    println!(
+        "| UDP ping-pong RTT (sockperf p50) | {uw:.1} µs | {ub:.1} µs | {:.2}x |",
+        uw / ub
+    );
+    println!(
+        "| TCP ping-pong RTT (sockperf p50) | {cw:.1} µs | {cb:.1} µs | {:.2}x |",
+        cw / cb
+    );
 }
 
 /// Cross-node pod to pod, both routing modes, against the same bare veth.
@@ -262,7 +331,11 @@ fn cross_node() {
     let bare = Bare::new();
     for (routing, xdp) in [("native", true), ("native", false), ("vxlan", true), ("vxlan", false)] {
         let lab = CrossNode::up(routing, xdp);
-        let routing = if xdp { format!("{routing}, XDP on uplink") } else { format!("{routing}, no XDP") };
+        let routing = if xdp {
+            format!("{routing}, XDP on uplink")
+        } else {
+            format!("{routing}, no XDP")
+        };
         let (mut tw, mut tb, mut cw, mut cb) = (vec![], vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
             tw.push(iperf(&lab.server, &lab.client, &lab.server_ip));
@@ -271,7 +344,13 @@ fn cross_node() {
             cb.push(sockperf(&bare.b, &bare.a, "10.199.0.2", true));
         }
         let (tw, tb, cw, cb) = (median(&mut tw), median(&mut tb), median(&mut cw), median(&mut cb));
-        println!("| {routing}: TCP throughput (iperf3) | {tw:.2} Gbit/s | {tb:.2} Gbit/s | {:.1}% |", tw / tb * 100.0);
-        println!("| {routing}: TCP ping-pong RTT (sockperf p50) | {cw:.1} µs | {cb:.1} µs | {:.2}x |", cw / cb);
+        println!(
+            "| {routing}: TCP throughput (iperf3) | {tw:.2} Gbit/s | {tb:.2} Gbit/s | {:.1}% |",
+            tw / tb * 100.0
+        );
+        println!(
+            "| {routing}: TCP ping-pong RTT (sockperf p50) | {cw:.1} µs | {cb:.1} µs | {:.2}x |",
+            cw / cb
+        );
     }
 }

@@ -28,14 +28,26 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(bin("weir")).args(["lab", "down"]).env("WEIR_LAB_DIR", self.dir.join("lab")).output();
+        let _ = std::process::Command::new(bin("weir"))
+            .args(["lab", "down"])
+            .env("WEIR_LAB_DIR", self.dir.join("lab"))
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn lab(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new(bin("weir")).arg("lab").args(args).env("WEIR_LAB_DIR", dir.join("lab")).output().expect("weir lab");
-    assert!(out.status.success(), "weir lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin("weir"))
+        .arg("lab")
+        .args(args)
+        .env("WEIR_LAB_DIR", dir.join("lab"))
+        .output()
+        .expect("weir lab");
+    assert!(
+        out.status.success(),
+        "weir lab {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Lab {
@@ -56,7 +68,12 @@ impl Lab {
         )
         .expect("objects");
         // Build the guard before anything can fail, so the lab always goes down.
-        let mut me = Self { external: NetNs::placeholder(), backend: NetNs::placeholder(), node_a: "172.31.253.11".parse().expect("ip"), dir };
+        let mut me = Self {
+            external: NetNs::placeholder(),
+            backend: NetNs::placeholder(),
+            node_a: "172.31.253.11".parse().expect("ip"),
+            dir,
+        };
         lab(&me.dir, &["up", topo.to_str().expect("utf-8")]);
         lab(&me.dir, &["apply", objects.to_str().expect("utf-8")]);
         me.external = NetNs::existing(&format!("{name}-external"));
@@ -67,8 +84,11 @@ impl Lab {
     /// Datagrams per second arriving at the backend during one flood.
     fn flood(&self) -> (f64, f64) {
         let done = Arc::new(AtomicBool::new(false));
-        let sink = in_netns(self.backend.path(), || UdpSocket::bind(("0.0.0.0", SINK_PORT)).expect("bind sink"));
-        sink.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let sink = in_netns(self.backend.path(), || {
+            UdpSocket::bind(("0.0.0.0", SINK_PORT)).expect("bind sink")
+        });
+        sink.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
         let stop = done.clone();
         let counter = std::thread::spawn(move || {
             let (mut n, mut buf) = (0u64, [0u8; 256]);
@@ -113,7 +133,11 @@ impl Lab {
 }
 
 pub fn run() {
-    println!("## NodePort: XDP vs TC (UDP flood from the external host to node a's NodePort, backend on node b; {} rounds of {} s, medians)\n", ROUNDS, FLOOD_FOR.as_secs());
+    println!(
+        "## NodePort: XDP vs TC (UDP flood from the external host to node a's NodePort, backend on node b; {} rounds of {} s, medians)\n",
+        ROUNDS,
+        FLOOD_FOR.as_secs()
+    );
     println!("| path | received at backend | sent | delivered |\n|---|---|---|---|");
     let mut results = Vec::new();
     for xdp in [true, false] {
@@ -127,7 +151,17 @@ pub fn run() {
             tx.push(t);
         }
         let (rx, tx) = (median(&mut rx), median(&mut tx));
-        println!("| {} | {:.0} pps | {:.0} pps | {:.0}% |", if xdp { "XDP (native, XDP_TX)" } else { "TC (from_netdev, redirect_neigh)" }, rx, tx, rx / tx * 100.0);
+        println!(
+            "| {} | {:.0} pps | {:.0} pps | {:.0}% |",
+            if xdp {
+                "XDP (native, XDP_TX)"
+            } else {
+                "TC (from_netdev, redirect_neigh)"
+            },
+            rx,
+            tx,
+            rx / tx * 100.0
+        );
         results.push(rx);
     }
     println!("\nXDP / TC at the backend: {:.2}x", results[0] / results[1]);

@@ -51,8 +51,17 @@ fn connect_loop(netns: &str, vip: Ipv4Addr, port: u16) -> Rate {
             }
         }
         let secs = start.elapsed().as_secs_f64();
-        let (p50, p99) = if lat.is_empty() { (0.0, 0.0) } else { (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)) };
-        Rate { per_sec: ok as f64 / secs, p50_us: p50, p99_us: p99, failed }
+        let (p50, p99) = if lat.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99))
+        };
+        Rate {
+            per_sec: ok as f64 / secs,
+            p50_us: p50,
+            p99_us: p99,
+            failed,
+        }
     })
 }
 
@@ -72,8 +81,17 @@ fn service_yaml(from: usize, to: usize) -> String {
 }
 
 fn lab(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("weir")).arg("lab").args(args).env("WEIR_LAB_DIR", dir).output().expect("weir lab");
-    assert!(out.status.success(), "weir lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("weir"))
+        .arg("lab")
+        .args(args)
+        .env("WEIR_LAB_DIR", dir)
+        .output()
+        .expect("weir lab");
+    assert!(
+        out.status.success(),
+        "weir lab {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -93,7 +111,10 @@ struct LabDir {
 
 impl Drop for LabDir {
     fn drop(&mut self) {
-        let _ = Command::new(bin("weir")).args(["lab", "down"]).env("WEIR_LAB_DIR", &self.lab_dir).output();
+        let _ = Command::new(bin("weir"))
+            .args(["lab", "down"])
+            .env("WEIR_LAB_DIR", &self.lab_dir)
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -103,7 +124,10 @@ impl WeirSide {
         let name = unique("wbs");
         let dir = std::env::temp_dir().join(format!("weir-bench-{name}"));
         std::fs::create_dir_all(&dir).expect("bench dir");
-        let me = LabDir { lab_dir: dir.join("lab"), dir };
+        let me = LabDir {
+            lab_dir: dir.join("lab"),
+            dir,
+        };
         let topo = me.dir.join("topo.yaml");
         std::fs::write(&topo, format!("name: {name}\nclusterCIDR: 10.250.0.0/16\nnodeCIDR: 172.31.252.0/24\nnodes:\n  - {{name: n, podCIDR: 10.250.1.0/24}}\n")).expect("topo");
         lab(&me.lab_dir, &["up", topo.to_str().expect("utf-8")]);
@@ -116,7 +140,11 @@ impl WeirSide {
         lab(&me.lab_dir, &["apply", pods.to_str().expect("utf-8")]);
         let client = NetNs::existing(&format!("{name}-default-client"));
         tune_client(&client);
-        Self { client, programmed: 0, lab: me }
+        Self {
+            client,
+            programmed: 0,
+            lab: me,
+        }
     }
 
     /// Programs services up to `n` and returns the measured VIP once it answers.
@@ -127,7 +155,10 @@ impl WeirSide {
             lab(&self.lab.lab_dir, &["apply", file.to_str().expect("utf-8")]);
             self.programmed = n;
         }
-        let json = lab(&self.lab.lab_dir, &["get", "svc", &format!("default/svc-{}", n / 2), "-o", "json"]);
+        let json = lab(
+            &self.lab.lab_dir,
+            &["get", "svc", &format!("default/svc-{}", n / 2), "-o", "json"],
+        );
         let v: serde_json::Value = serde_json::from_str(&json).expect("svc json");
         let vip: Ipv4Addr = v["spec"]["clusterIP"].as_str().expect("clusterIP").parse().expect("ip");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -148,7 +179,13 @@ fn wait_idle(lab_dir: &Path) {
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .map(|v| {
-            v["nodes"].as_object().into_iter().flatten().filter_map(|(_, n)| n["agent"]["pid"].as_u64()).map(|p| p as u32).collect()
+            v["nodes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, n)| n["agent"]["pid"].as_u64())
+                .map(|p| p as u32)
+                .collect()
         })
         .unwrap_or_default();
     assert!(!pids.is_empty(), "no agent pid in {}", lab_dir.display());
@@ -195,9 +232,19 @@ impl IptablesSide {
         let node = NetNs::new(&unique("wbin"));
         let client = NetNs::new(&unique("wbic"));
         let server = NetNs::new(&unique("wbis"));
-        for (ns, addr, gw, dev) in [(&client, IPT_CLIENT, "10.249.1.1", "ic0"), (&server, IPT_SERVER, "10.249.2.1", "is0")] {
-            let ok = |args: &[&str]| assert!(Command::new("ip").args(args).status().expect("ip").success(), "ip {args:?}");
-            ok(&["link", "add", dev, "netns", &node.name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        for (ns, addr, gw, dev) in [
+            (&client, IPT_CLIENT, "10.249.1.1", "ic0"),
+            (&server, IPT_SERVER, "10.249.2.1", "is0"),
+        ] {
+            let ok = |args: &[&str]| {
+                assert!(
+                    Command::new("ip").args(args).status().expect("ip").success(),
+                    "ip {args:?}"
+                )
+            };
+            ok(&[
+                "link", "add", dev, "netns", &node.name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ]);
             node.exec_ok("ip", &["addr", "add", &format!("{gw}/24"), "dev", dev]);
             node.exec_ok("ip", &["link", "set", dev, "up"]);
             ns.exec_ok("ip", &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
@@ -207,12 +254,26 @@ impl IptablesSide {
         node.exec_ok("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         tune_client(&client);
         let server_proc = Command::new(bin("weir"))
-            .args(["lab", "serve", "--netns", &server.path(), "--name", "server", "--port", "80/TCP"])
+            .args([
+                "lab",
+                "serve",
+                "--netns",
+                &server.path(),
+                "--name",
+                "server",
+                "--port",
+                "80/TCP",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("server");
         std::thread::sleep(Duration::from_millis(300));
-        Self { node, client, _server: server, server_proc }
+        Self {
+            node,
+            client,
+            _server: server,
+            server_proc,
+        }
     }
 
     fn vip(i: usize) -> Ipv4Addr {
@@ -222,7 +283,9 @@ impl IptablesSide {
     /// Loads `n` services laid out as kube-proxy's iptables mode does, with
     /// iptables-restore (as kube-proxy does), replacing the nat table.
     fn program(&self, n: usize) -> Ipv4Addr {
-        let mut rules = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+        let mut rules = String::from(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n",
+        );
         for i in 0..n {
             rules.push_str(&format!(":KUBE-SVC-{i:016X} - [0:0]\n:KUBE-SEP-{i:016X} - [0:0]\n"));
         }
@@ -232,7 +295,9 @@ impl IptablesSide {
         rules.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
         rules.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
         rules.push_str("-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n");
-        rules.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n");
+        rules.push_str(
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n",
+        );
         for i in 0..n {
             let vip = Self::vip(i);
             rules.push_str(&format!(
@@ -244,9 +309,17 @@ impl IptablesSide {
             ));
         }
         rules.push_str("COMMIT\n");
-        let mut restore = self.node.command("iptables-restore").stdin(Stdio::piped()).spawn().expect("iptables-restore");
+        let mut restore = self
+            .node
+            .command("iptables-restore")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("iptables-restore");
         std::io::Write::write_all(restore.stdin.as_mut().expect("stdin"), rules.as_bytes()).expect("rules");
-        assert!(restore.wait().expect("iptables-restore").success(), "iptables-restore failed");
+        assert!(
+            restore.wait().expect("iptables-restore").success(),
+            "iptables-restore failed"
+        );
         Self::vip(n / 2)
     }
 }
@@ -259,8 +332,13 @@ impl Drop for IptablesSide {
 }
 
 pub fn run() {
-    println!("## Service connection setup: weir vs kube-proxy iptables rules (connect, read reply, close; {} s per point, one client)\n", LOOP_FOR.as_secs());
-    println!("| services | weir conn/s | iptables conn/s | weir/iptables | weir p50 / p99 | iptables p50 / p99 | failed (weir/iptables) |");
+    println!(
+        "## Service connection setup: weir vs kube-proxy iptables rules (connect, read reply, close; {} s per point, one client)\n",
+        LOOP_FOR.as_secs()
+    );
+    println!(
+        "| services | weir conn/s | iptables conn/s | weir/iptables | weir p50 / p99 | iptables p50 / p99 | failed (weir/iptables) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let mut weir = WeirSide::up();
     let ipt = IptablesSide::up();
