@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   clang-19 llvm-19 libbpf-dev linux-libc-dev gcc  # eBPF programs (C) and the Rust build
   iproute2 iputils-ping util-linux ethtool        # netns, veth, ping, nsenter, lab NIC offloads
-  iperf3 sockperf procps                          # benchmarks
+  iperf3 sockperf procps iptables                 # benchmarks (iptables: the kube-proxy baseline)
 )
 
 missing=()
@@ -24,3 +24,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo not found. Install Rust 1.95 (rustup) first: Debian's own cargo is too old." >&2
   exit 1
 fi
+# CI fails on unformatted code and on clippy warnings, so both must be there.
+for c in fmt clippy; do
+  if ! cargo "$c" --version >/dev/null 2>&1; then
+    echo "deps: cargo $c not found: rustup component add rustfmt clippy" >&2
+    exit 1
+  fi
+done

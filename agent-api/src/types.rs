@@ -68,7 +68,8 @@ pub enum Reply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
-    Endpoint(Endpoint),
+    // Boxed: an endpoint is ten times larger than every other reply.
+    Endpoint(Box<Endpoint>),
     Endpoints { endpoints: Vec<Endpoint> },
     Deleted { released: bool },
     Collected { released: Vec<EndpointRef> },

@@ -110,7 +110,7 @@ fn wire<N: Node, A: Agent>(
     // Connection refused means the agent never saw the request; anything else may have allocated.
     *agent_called = !matches!(reply, Err(ClientError::Unreachable { .. }));
     let ep = match reply {
-        Ok(Response::Endpoint(ep)) => ep,
+        Ok(Response::Endpoint(ep)) => *ep,
         Ok(other) => return Err(unexpected("registering the endpoint", &other)),
         Err(e) => {
             return Err(CniError::from_agent(
@@ -188,7 +188,7 @@ pub fn check<N: Node, A: Agent>(node: &N, agent: &A, conf: &NetConf, att: &Attac
         .map_err(|e| kernel("opening the pod network namespace", &e))?
         .ok_or_else(|| container_unknown(&att.netns))?;
     let ep: Endpoint = match agent.call(Request::EndpointGet(endpoint_ref(att))) {
-        Ok(Response::Endpoint(ep)) => ep,
+        Ok(Response::Endpoint(ep)) => *ep,
         Ok(other) => return Err(unexpected("looking up the endpoint", &other)),
         Err(e) => {
             return Err(CniError::from_agent("looking up the endpoint", &e, Code::TryAgainLater));
@@ -385,7 +385,7 @@ mod tests {
 
     fn ok_agent(req: &Request) -> Result<Response, ClientError> {
         Ok(match req {
-            Request::EndpointAdd(_) | Request::EndpointGet(_) => Response::Endpoint(endpoint()),
+            Request::EndpointAdd(_) | Request::EndpointGet(_) => Response::Endpoint(Box::new(endpoint())),
             Request::EndpointDel(_) => Response::Deleted { released: true },
             Request::Gc { .. } => Response::Collected { released: vec![] },
             Request::Status => Response::Status(AgentStatus {

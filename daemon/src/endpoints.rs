@@ -176,7 +176,7 @@ impl<D: Dataplane> Endpoints<D> {
             return Err(err(ErrorCode::Datapath, e));
         }
         tracing::info!(endpoint = %key, pod = %format!("{}/{}", ep.pod.namespace, ep.pod.name), ip = %ipv4, id, "endpoint added");
-        Ok(Response::Endpoint(ep))
+        Ok(Response::Endpoint(Box::new(ep)))
     }
 
     fn restore(&mut self, key: &str, previous: Option<Endpoint>, last: Option<std::net::Ipv4Addr>) {
@@ -215,7 +215,7 @@ impl<D: Dataplane> Endpoints<D> {
             .cloned()
             .ok_or_else(|| err(ErrorCode::NotFound, format!("no endpoint {key}")))?;
         ep.counters = self.dataplane.counters(ep.id).ok();
-        Ok(Response::Endpoint(ep))
+        Ok(Response::Endpoint(Box::new(ep)))
     }
 
     pub fn list(&mut self) -> Result<Response, ApiError> {

@@ -142,19 +142,6 @@ fn fnv1a(bytes: &[u8]) -> u32 {
         .fold(0x811c9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_netns_names_are_short_and_distinct() {
-        assert_eq!(pod_netns_name("demo", "default", "web-0"), "demo-default-web-0");
-        let long_a = pod_netns_name("demo", "default", &"a".repeat(80));
-        let long_b = pod_netns_name("demo", "default", &format!("{}b", "a".repeat(79)));
-        assert!(long_a.len() <= 64 && long_a.starts_with("demo-default-aaa"), "{long_a}");
-        assert_ne!(long_a, long_b);
-    }
-}
 
 /// The lab segment's MTU: a data-centre fabric's jumbo frames, so VXLAN's 50
 /// bytes of encapsulation fit under pods' 1500-byte MTU.
@@ -240,4 +227,18 @@ pub fn create_fabric(fabric: &str) -> Result<(), NetnsError> {
     ip(&["-n", fabric, "link", "add", "br0", "mtu", FABRIC_MTU, "type", "bridge"])?;
     ip(&["-n", fabric, "link", "set", "br0", "up"])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_netns_names_are_short_and_distinct() {
+        assert_eq!(pod_netns_name("demo", "default", "web-0"), "demo-default-web-0");
+        let long_a = pod_netns_name("demo", "default", &"a".repeat(80));
+        let long_b = pod_netns_name("demo", "default", &format!("{}b", "a".repeat(79)));
+        assert!(long_a.len() <= 64 && long_a.starts_with("demo-default-aaa"), "{long_a}");
+        assert_ne!(long_a, long_b);
+    }
 }
