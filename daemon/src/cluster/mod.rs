@@ -2,11 +2,10 @@
 //! API (kube-rs watchers, a later issue) or, in standalone mode, a directory
 //! of Kubernetes YAML. Everything else in the agent reads only this model.
 
-mod model;
 mod standalone;
 
-pub use model::{ClusterState, ObjectKey, parse_manifests};
 pub use standalone::StandaloneSource;
+pub use weir_model::{ClusterState, ObjectKey, parse_manifests};
 
 use std::sync::Arc;
 

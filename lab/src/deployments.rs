@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+pub use weir_model::selector_matches;
 
 /// The label Kubernetes puts on a Deployment's pods, a hash of the template.
 pub const LABEL_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -26,23 +27,6 @@ pub enum DeploymentError {
     /// A pod name would be too long.
     #[error("metadata.name {0:?}: too long for pod names `<name>-<i>`")]
     NameTooLong(String),
-}
-
-/// Does a label selector (matchLabels and matchExpressions) select `labels`?
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.clone().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
 }
 
 /// Default and validate a Deployment as the API server would (replicas 1
@@ -214,11 +198,12 @@ pub fn status(d: &Deployment, existing: &[Pod]) -> DeploymentStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     const WEB: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: demo, uid: d-uid}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: x, ports: [{name: http, containerPort: 80}]}]}\n";
 
     fn deploy(replicas: i32) -> Deployment {
-        let mut d: Deployment = serde_yaml::from_str(WEB).unwrap();
+        let mut d: Deployment = serde_yaml_ng::from_str(WEB).unwrap();
         d.spec.as_mut().unwrap().replicas = Some(replicas);
         d
     }
@@ -304,7 +289,7 @@ mod tests {
 
     #[test]
     fn admit_defaults_validates_and_counts_generations() {
-        let mut d: Deployment = serde_yaml::from_str(&WEB.replace("  replicas: 3\n", "")).unwrap();
+        let mut d: Deployment = serde_yaml_ng::from_str(&WEB.replace("  replicas: 3\n", "")).unwrap();
         admit(&mut d, None).unwrap();
         assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
         assert_eq!(d.metadata.generation, Some(1));
@@ -316,9 +301,9 @@ mod tests {
         assert_eq!(scaled.metadata.generation, Some(2));
 
         let mut bad: Deployment =
-            serde_yaml::from_str(&WEB.replace("matchLabels: {app: web}", "matchLabels: {app: api}")).unwrap();
+            serde_yaml_ng::from_str(&WEB.replace("matchLabels: {app: web}", "matchLabels: {app: api}")).unwrap();
         assert_eq!(admit(&mut bad, None), Err(DeploymentError::SelectorMismatch));
-        let mut none: Deployment = serde_yaml::from_str(&WEB.replace("{matchLabels: {app: web}}", "{}")).unwrap();
+        let mut none: Deployment = serde_yaml_ng::from_str(&WEB.replace("{matchLabels: {app: web}}", "{}")).unwrap();
         assert_eq!(admit(&mut none, None), Err(DeploymentError::NoSelector));
         let mut neg = deploy(-1);
         assert_eq!(admit(&mut neg, None), Err(DeploymentError::BadReplicas(-1)));
@@ -326,7 +311,7 @@ mod tests {
 
     #[test]
     fn match_expressions() {
-        let sel: LabelSelector = serde_yaml::from_str(
+        let sel: LabelSelector = serde_yaml_ng::from_str(
             "matchExpressions: [{key: app, operator: In, values: [web, api]}, {key: canary, operator: DoesNotExist}]",
         )
         .unwrap();

@@ -24,7 +24,7 @@ fn items(lab: &Lab, kind: &str) -> std::collections::BTreeMap<String, Value> {
 }
 
 fn demo_file() -> String {
-    format!("{}/../lab/demo/services.yaml", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/demo/services.yaml", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn ip_in_service_cidr(ip: &str) -> bool {

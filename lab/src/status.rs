@@ -53,7 +53,7 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
     let doc = json!({ "lab": state.name, "labDir": lab.dir.root, "nodes": nodes, "pods": pods, "services": services });
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&doc)?),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(&doc)?),
         Output::Table => print_table(&doc),
     }
     Ok(())
@@ -221,7 +221,7 @@ pub fn get(lab: &Lab, kind: &str, name: Option<&str>, namespace: Option<&str>, o
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-        Output::Yaml | Output::Table => print!("{}", serde_yaml::to_string(&doc)?),
+        Output::Yaml | Output::Table => print!("{}", serde_yaml_ng::to_string(&doc)?),
     }
     Ok(())
 }

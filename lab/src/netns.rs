@@ -142,7 +142,6 @@ fn fnv1a(bytes: &[u8]) -> u32 {
         .fold(0x811c9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
-
 /// The lab segment's MTU: a data-centre fabric's jumbo frames, so VXLAN's 50
 /// bytes of encapsulation fit under pods' 1500-byte MTU.
 const FABRIC_MTU: &str = "9000";

@@ -292,7 +292,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn svc(yaml: &str) -> Service {
-        let mut s: Service = serde_yaml::from_str(yaml).unwrap();
+        let mut s: Service = serde_yaml_ng::from_str(yaml).unwrap();
         s.metadata.namespace.get_or_insert_with(|| "demo".into());
         s.metadata.uid = Some("svc-uid".into());
         s
@@ -304,7 +304,7 @@ mod tests {
             .iter()
             .map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}"))
             .collect();
-        let mut p: Pod = serde_yaml::from_str(&format!(
+        let mut p: Pod = serde_yaml_ng::from_str(&format!(
             "metadata: {{name: {name}, namespace: demo, uid: uid-{name}, labels: {{app: {app}}}}}\nspec: {{nodeName: n1, containers: [{{name: c, ports: [{}]}}]}}",
             ports.join(", ")
         ))
@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn the_services_demo_end_to_end_without_a_kernel() {
         use super::super::{deployments, ipalloc};
-        let objs = super::super::manifests::parse_documents(include_str!("../../../lab/demo/services.yaml")).unwrap();
+        let objs = super::super::manifests::parse_documents(include_str!("../demo/services.yaml")).unwrap();
         let mut pods = Vec::new();
         let mut services: Vec<Service> = Vec::new();
         let ranges = ipalloc::Ranges {
@@ -582,7 +582,7 @@ mod tests {
         let stored: Vec<EndpointSlice> = first
             .put
             .iter()
-            .map(|s| serde_yaml::from_str(&serde_yaml::to_string(s).unwrap()).unwrap())
+            .map(|s| serde_yaml_ng::from_str(&serde_yaml_ng::to_string(s).unwrap()).unwrap())
             .collect();
         assert!(plan(&services, &pods, &stored).is_empty());
         // A pod goes away: rewrite.

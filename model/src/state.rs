@@ -1,10 +1,14 @@
+//! The snapshot of the cluster the agent's controllers read: the objects of
+//! the kinds the agent acts on, keyed by namespace and name.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Deserialize;
+
+use crate::object::{Object, parse_each};
 
 /// namespace ("" for cluster-scoped objects) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,7 +25,7 @@ impl ObjectKey {
         }
     }
 
-    fn of(meta: &ObjectMeta) -> Self {
+    pub fn of(meta: &ObjectMeta) -> Self {
         Self::new(
             meta.namespace.clone().unwrap_or_default(),
             meta.name.clone().unwrap_or_default(),
@@ -41,57 +45,31 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Adds one object given as YAML/JSON value; unknown kinds are ignored,
-    /// malformed known kinds are an error naming the object.
-    pub fn insert_value(&mut self, value: serde_yaml::Value) -> Result<(), String> {
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        fn de<T: for<'de> Deserialize<'de>>(kind: &str, v: serde_yaml::Value) -> Result<T, String> {
-            T::deserialize(v).map_err(|e| format!("invalid {kind}: {e}"))
+    /// Adds (or replaces) one object; kinds the agent does not act on
+    /// (Deployments: their pods are what counts) are left out.
+    pub fn insert(&mut self, obj: Object) {
+        let key = ObjectKey::of(obj.meta());
+        match obj {
+            Object::Namespace(o) => {
+                self.namespaces.insert(key, o);
+            }
+            Object::Node(o) => {
+                self.nodes.insert(key, o);
+            }
+            Object::Pod(o) => {
+                self.pods.insert(key, o);
+            }
+            Object::Service(o) => {
+                self.services.insert(key, o);
+            }
+            Object::EndpointSlice(o) => {
+                self.endpoint_slices.insert(key, o);
+            }
+            Object::NetworkPolicy(o) => {
+                self.network_policies.insert(key, o);
+            }
+            Object::Deployment(_) => {}
         }
-        // Namespaced objects without a namespace live in "default", as kubectl would put them.
-        fn ns_key(meta: &mut ObjectMeta) -> ObjectKey {
-            meta.namespace.get_or_insert_with(|| "default".into());
-            ObjectKey::of(meta)
-        }
-        match kind.as_str() {
-            "Namespace" => {
-                let o: Namespace = de(&kind, value)?;
-                self.namespaces.insert(ObjectKey::of(&o.metadata), o);
-            }
-            "Node" => {
-                let o: Node = de(&kind, value)?;
-                self.nodes.insert(ObjectKey::of(&o.metadata), o);
-            }
-            "Pod" => {
-                let mut o: Pod = de(&kind, value)?;
-                self.pods.insert(ns_key(&mut o.metadata), o);
-            }
-            "Service" => {
-                let mut o: Service = de(&kind, value)?;
-                self.services.insert(ns_key(&mut o.metadata), o);
-            }
-            "EndpointSlice" => {
-                let mut o: EndpointSlice = de(&kind, value)?;
-                self.endpoint_slices.insert(ns_key(&mut o.metadata), o);
-            }
-            "NetworkPolicy" => {
-                let mut o: NetworkPolicy = de(&kind, value)?;
-                self.network_policies.insert(ns_key(&mut o.metadata), o);
-            }
-            "List" => {
-                if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
-                    for item in items.clone() {
-                        self.insert_value(item)?;
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
     }
 
     /// Labels of a pod, if the model knows it.
@@ -103,21 +81,13 @@ impl ClusterState {
 }
 
 /// Parses a multi-document YAML text into the model; returns one error per
-/// bad document and keeps every good one.
+/// bad document and keeps every good one. Unknown kinds are ignored.
 pub fn parse_manifests(state: &mut ClusterState, text: &str) -> Vec<String> {
-    let mut errors = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => {}
-            Ok(value) => {
-                if let Err(e) = state.insert_value(value) {
-                    errors.push(format!("document {}: {e}", i + 1));
-                }
-            }
-            Err(e) => errors.push(format!("document {}: {e}", i + 1)),
-        }
+    let (objects, errors) = parse_each(text);
+    for o in objects {
+        state.insert(o);
     }
-    errors
+    errors.into_iter().map(|e| e.to_string()).collect()
 }
 
 #[cfg(test)]

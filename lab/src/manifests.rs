@@ -5,12 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition, PodIP, PodStatus, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Serialize;
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodIP, PodStatus};
+pub use weir_model::{Kind, Object, ParseError};
 
 use super::state::write_atomic;
 
@@ -20,246 +16,18 @@ pub const CLUSTER_SCOPE: &str = "_cluster";
 /// Why a manifest could not be parsed, stored or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// A YAML document did not parse.
-    #[error("document {index}: {source}")]
-    Yaml {
-        index: usize,
-        #[source]
-        source: serde_yaml::Error,
-    },
-    /// A document parsed but is not an object the lab handles.
-    #[error("document {index}: {reason}")]
-    Unsupported { index: usize, reason: String },
+    /// A document is not YAML, or not an object the lab handles.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     /// Reading or writing the store failed.
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    Namespace,
-    Pod,
-    Service,
-    EndpointSlice,
-    NetworkPolicy,
-    Node,
-    Deployment,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Namespace,
-        Kind::Node,
-        Kind::Pod,
-        Kind::Service,
-        Kind::EndpointSlice,
-        Kind::NetworkPolicy,
-        Kind::Deployment,
-    ];
-
-    /// Parse a kind the way kubectl does: singular, plural, short name, any case.
-    pub fn parse(s: &str) -> Option<Kind> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "pod" | "pods" | "po" => Kind::Pod,
-            "service" | "services" | "svc" => Kind::Service,
-            "namespace" | "namespaces" | "ns" => Kind::Namespace,
-            "node" | "nodes" | "no" => Kind::Node,
-            "endpointslice" | "endpointslices" => Kind::EndpointSlice,
-            "networkpolicy" | "networkpolicies" | "netpol" => Kind::NetworkPolicy,
-            "deployment" | "deployments" | "deploy" => Kind::Deployment,
-            _ => return None,
-        })
-    }
-
-    /// The `kind:` field.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::Service => "Service",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::NetworkPolicy => "NetworkPolicy",
-            Kind::Node => "Node",
-            Kind::Deployment => "Deployment",
-        }
-    }
-
-    /// Directory under the manifests dir.
-    pub fn dir(self) -> String {
-        self.name().to_ascii_lowercase()
-    }
-
-    pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
-    }
-}
-
-/// One object the lab holds.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a handful of objects per command; boxing buys nothing"
-)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Object {
-    Namespace(Namespace),
-    Pod(Pod),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    NetworkPolicy(NetworkPolicy),
-    Node(Node),
-    Deployment(Deployment),
-}
-
-impl Object {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Object::Namespace(_) => Kind::Namespace,
-            Object::Pod(_) => Kind::Pod,
-            Object::Service(_) => Kind::Service,
-            Object::EndpointSlice(_) => Kind::EndpointSlice,
-            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
-            Object::Node(_) => Kind::Node,
-            Object::Deployment(_) => Kind::Deployment,
-        }
-    }
-
-    pub fn meta(&self) -> &ObjectMeta {
-        match self {
-            Object::Namespace(o) => &o.metadata,
-            Object::Pod(o) => &o.metadata,
-            Object::Service(o) => &o.metadata,
-            Object::EndpointSlice(o) => &o.metadata,
-            Object::NetworkPolicy(o) => &o.metadata,
-            Object::Node(o) => &o.metadata,
-            Object::Deployment(o) => &o.metadata,
-        }
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        match self {
-            Object::Namespace(o) => &mut o.metadata,
-            Object::Pod(o) => &mut o.metadata,
-            Object::Service(o) => &mut o.metadata,
-            Object::EndpointSlice(o) => &mut o.metadata,
-            Object::NetworkPolicy(o) => &mut o.metadata,
-            Object::Node(o) => &mut o.metadata,
-            Object::Deployment(o) => &mut o.metadata,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        self.meta().name.as_deref().unwrap_or_default()
-    }
-
-    /// The namespace, `None` for cluster-scoped kinds.
-    pub fn namespace(&self) -> Option<&str> {
-        self.kind()
-            .namespaced()
-            .then(|| self.meta().namespace.as_deref().unwrap_or("default"))
-    }
-
-    /// `kind ns/name`, for messages.
-    pub fn describe(&self) -> String {
-        match self.namespace() {
-            Some(ns) => format!("{} {ns}/{}", self.kind().dir(), self.name()),
-            None => format!("{} {}", self.kind().dir(), self.name()),
-        }
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        fn j<T: Serialize>(t: &T) -> serde_json::Value {
-            serde_json::to_value(t).unwrap_or(serde_json::Value::Null)
-        }
-        match self {
-            Object::Namespace(o) => j(o),
-            Object::Pod(o) => j(o),
-            Object::Service(o) => j(o),
-            Object::EndpointSlice(o) => j(o),
-            Object::NetworkPolicy(o) => j(o),
-            Object::Node(o) => j(o),
-            Object::Deployment(o) => j(o),
-        }
-    }
-
-    pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(&self.to_json()).unwrap_or_default()
-    }
-
-    fn from_value(kind: Kind, value: serde_yaml::Value) -> Result<Object, serde_yaml::Error> {
-        Ok(match kind {
-            Kind::Namespace => Object::Namespace(serde_yaml::from_value(value)?),
-            Kind::Pod => Object::Pod(serde_yaml::from_value(value)?),
-            Kind::Service => Object::Service(serde_yaml::from_value(value)?),
-            Kind::EndpointSlice => Object::EndpointSlice(serde_yaml::from_value(value)?),
-            Kind::NetworkPolicy => Object::NetworkPolicy(serde_yaml::from_value(value)?),
-            Kind::Node => Object::Node(serde_yaml::from_value(value)?),
-            Kind::Deployment => Object::Deployment(serde_yaml::from_value(value)?),
-        })
-    }
-}
-
-/// A Kubernetes object name: 1-253 chars of [a-z0-9.-], starting and ending alphanumeric.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
-}
-
-/// Parse multi-document YAML (and `kind: List`) into typed objects.
-/// Namespaced objects without a namespace get `default`.
+/// Multi-document YAML (and `kind: List`) into typed objects; any bad
+/// document fails the whole text, as `kubectl apply` would.
 pub fn parse_documents(text: &str) -> Result<Vec<Object>, ManifestError> {
-    let mut out = Vec::new();
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
-            .map_err(|source| ManifestError::Yaml { index, source })?;
-        if value.is_null() {
-            continue;
-        }
-        push_value(index, value, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn push_value(index: usize, value: serde_yaml::Value, out: &mut Vec<Object>) -> Result<(), ManifestError> {
-    let unsupported = |reason: String| ManifestError::Unsupported { index, reason };
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .ok_or_else(|| unsupported("no `kind`".into()))?
-        .to_owned();
-    if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
-        let items = value
-            .get("items")
-            .and_then(|i| i.as_sequence())
-            .cloned()
-            .unwrap_or_default();
-        for item in items {
-            push_value(index, item, out)?;
-        }
-        return Ok(());
-    }
-    let k = Kind::ALL
-        .into_iter()
-        .find(|k| k.name() == kind)
-        .ok_or_else(|| unsupported(format!("kind {kind:?} is not handled by the lab")))?;
-    let mut obj = Object::from_value(k, value).map_err(|source| ManifestError::Yaml { index, source })?;
-    if !valid_name(obj.name()) {
-        return Err(unsupported(format!(
-            "{kind}: invalid or missing metadata.name {:?}",
-            obj.name()
-        )));
-    }
-    if k.namespaced() {
-        let ns = obj.meta_mut().namespace.get_or_insert_with(|| "default".into()).clone();
-        if !valid_name(&ns) {
-            return Err(unsupported(format!("{kind} {}: invalid namespace {ns:?}", obj.name())));
-        }
-    }
-    out.push(obj);
-    Ok(())
+    Ok(weir_model::parse_documents(text)?)
 }
 
 /// One file per object: `<root>/<kind>/<namespace or _cluster>/<name>.yaml`.
@@ -357,7 +125,7 @@ fn load(kind: Kind, path: &Path) -> Result<Option<Object>, ManifestError> {
             });
         }
     };
-    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ManifestError::Io {
+    let value: serde_json::Value = serde_yaml_ng::from_str(&text).map_err(|e| ManifestError::Io {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
@@ -433,7 +201,7 @@ pub fn new_uid() -> std::io::Result<String> {
 mod tests {
     use super::*;
 
-    const DEMO: &str = include_str!("../../../lab/demo/pods.yaml");
+    const DEMO: &str = include_str!("../demo/pods.yaml");
 
     #[test]
     fn parses_the_demo_manifests() {
@@ -445,24 +213,6 @@ mod tests {
         );
         let Object::Pod(web) = &objs[2] else { panic!() };
         assert_eq!(container_ports(web), [(53, "UDP".to_string()), (80, "TCP".to_string())]);
-    }
-
-    #[test]
-    fn defaults_namespace_and_expands_lists() {
-        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s}\n  spec: {ports: [{port: 80}]}\n---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n";
-        let objs = parse_documents(text).unwrap();
-        assert_eq!(objs.len(), 2);
-        assert_eq!(objs[0].describe(), "service default/s");
-        assert_eq!(objs[1].describe(), "networkpolicy x/p");
-    }
-
-    #[test]
-    fn rejects_unknown_kinds_and_bad_names() {
-        assert!(parse_documents("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: d}\n").is_err());
-        assert!(
-            parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: []}\n").is_err()
-        );
-        assert!(parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {containers: []}\n").is_err());
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct NodeSpec {
 pub enum TopologyError {
     /// Not YAML of the expected shape.
     #[error("topology does not parse: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] serde_yaml_ng::Error),
     /// Parsed, but inconsistent: every problem found, one per line.
     #[error("invalid topology:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
@@ -92,7 +92,7 @@ pub enum TopologyError {
 
 /// Parse and validate a topology; reports every problem at once.
 pub fn parse(text: &str) -> Result<Topology, TopologyError> {
-    let topo: Topology = serde_yaml::from_str(text)?;
+    let topo: Topology = serde_yaml_ng::from_str(text)?;
     let problems = validate(&topo);
     if problems.is_empty() {
         Ok(topo)
@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn shipped_examples_parse() {
         for f in ["one-node.yaml", "two-nodes.yaml", "two-nodes-vxlan.yaml"] {
-            let path = format!("{}/../lab/{f}", env!("CARGO_MANIFEST_DIR"));
+            let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
             parse(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }

@@ -39,7 +39,7 @@ fn demo_lab(tag: &str) -> Lab {
         ),
     );
     lab.ok(&["up", &topo]);
-    let demo = format!("{}/../lab/demo/services.yaml", env!("CARGO_MANIFEST_DIR"));
+    let demo = format!("{}/demo/services.yaml", env!("CARGO_MANIFEST_DIR"));
     lab.ok(&["apply", &demo]);
     lab
 }

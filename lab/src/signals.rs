@@ -61,7 +61,7 @@ fn caught() -> SigSet {
 /// (if any), with SIGINT and SIGTERM unblocked.
 pub fn spawn_in(netns_path: Option<&std::path::Path>, program: impl Into<OsString>) -> std::io::Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["lab", "spawn-in"]);
+    cmd.arg("spawn-in");
     if let Some(p) = netns_path {
         cmd.arg("--netns").arg(p);
     }

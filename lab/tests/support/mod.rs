@@ -1,5 +1,5 @@
 //! The harness every lab test file shares: a [`Lab`] guard that drives the
-//! real `weir` binary against its own lab directory and tears the lab down
+//! real `weir-lab` binary (what `weir lab` runs) against its own lab directory and tears the lab down
 //! on drop, and the root check. Each test crate uses part of it.
 #![allow(
     dead_code,
@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 pub fn weir() -> &'static str {
-    env!("CARGO_BIN_EXE_weir")
+    env!("CARGO_BIN_EXE_weir-lab")
 }
 
 /// One lab: unique name and dir; `Drop` runs `weir lab down` even on panic.
@@ -39,10 +39,7 @@ impl Lab {
     pub fn command(&self, args: &[&str]) -> Command {
         let bin_dir = Path::new(weir()).parent().expect("binary dir");
         let mut c = Command::new(weir());
-        c.arg("lab")
-            .args(args)
-            .env("WEIR_LAB_DIR", &self.dir)
-            .env("WEIR_BIN_DIR", bin_dir);
+        c.args(args).env("WEIR_LAB_DIR", &self.dir).env("WEIR_BIN_DIR", bin_dir);
         c
     }
 

@@ -428,7 +428,7 @@ mod tests {
     }
 
     fn svc(yaml: &str) -> Service {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_yaml_ng::from_str(yaml).unwrap()
     }
 
     fn admitted(yaml: &str, held: &[Service]) -> Result<Service, AllocError> {

@@ -78,7 +78,7 @@ pub fn start<P: std::fmt::Display + std::fmt::Debug>(
     log_path: &Path,
 ) -> Result<Proc> {
     let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    cmd.args(["lab", "serve", "--netns", netns_path, "--name", name]);
+    cmd.args(["serve", "--netns", netns_path, "--name", name]);
     for (port, proto) in ports {
         cmd.arg("--port").arg(format!("{port}/{proto}"));
     }
