@@ -10,10 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod support;
-
 use aya::programs::{TestRun, TestRunOptions};
-use support::{Flow, TCP, UDP, fold, parse, pseudo_sum, require_root, sum16};
 use weir_datapath::abi::EpInfo;
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{
@@ -21,6 +18,8 @@ use weir_datapath::lb::{
     ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns,
 };
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use weir_test_support::packet::{Flow, TCP, UDP, fold, parse, pseudo_sum, sum16};
+use weir_test_support::require_root;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;

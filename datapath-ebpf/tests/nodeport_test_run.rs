@@ -10,10 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-mod support;
-
 use aya::programs::{TestRun, TestRunOptions};
-use support::{Flow, TCP, UDP, parse, require_root};
 use weir_datapath::abi::{Config, EpInfo};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{
@@ -21,6 +18,8 @@ use weir_datapath::lb::{
     TrafficPolicy, addr_of, be_addr,
 };
 use weir_datapath::{Datapath, ProgramKind};
+use weir_test_support::packet::{Flow, TCP, UDP, parse};
+use weir_test_support::require_root;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

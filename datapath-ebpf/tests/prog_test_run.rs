@@ -5,13 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-mod support;
-
 use aya::programs::{TestRun, TestRunOptions};
-use support::require_root;
 use weir_datapath::abi::{Config, EpInfo, ROUTING_VXLAN, Traffic};
 use weir_datapath::drop::DropReason;
 use weir_datapath::{Datapath, ProgramKind};
+use weir_test_support::require_root;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;

@@ -8,15 +8,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-mod support;
-
 use aya::programs::{TestRun, TestRunOptions};
-use support::{TCP, UDP, fold, ipv4_frame, pseudo_sum, require_root, sum16};
 use weir_datapath::abi::{Config, EpInfo};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{CT_CLOSING, CT_SYN_SENT, CtKey, addr_of, be_addr, monotonic_now_ns};
 use weir_datapath::snat::{F_REVERSE, PORT_RANGE, SnatEntry, SnatMap};
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use weir_test_support::packet::{TCP, UDP, fold, ipv4_frame, pseudo_sum, sum16};
+use weir_test_support::{in_fresh_netns, require_root};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -444,19 +443,6 @@ fn a_full_snat_table_drops_new_flows_with_a_reason_and_gc_frees_it() {
     assert_eq!(fx.snat.gc(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 4);
     assert_eq!(fx.out(&flow(50001), SYN).0, TC_ACT_OK);
     assert_eq!(fx.entries().len(), 2);
-}
-
-/// Runs `f` on a thread in a fresh network namespace: the sockets a test
-/// opens there are the "node's", and never the host's.
-fn in_fresh_netns(f: impl FnOnce() + Send + 'static) {
-    let joined = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        f();
-    })
-    .join();
-    if let Err(panic) = joined {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 #[test]

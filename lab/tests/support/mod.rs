@@ -132,18 +132,5 @@ pub fn show(out: &Output) -> String {
 
 /// Root is required; under CI that is a failure, elsewhere a printed skip.
 pub fn privileged() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid:\treal\teffective\t..."
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    if euid == Some("0") {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("lab tests need root (network namespaces, bpf) and CI=true: refusing to skip");
-    }
-    eprintln!("skipping lab test: not root (network namespaces and bpf need root)");
-    false
+    weir_test_support::require_root()
 }

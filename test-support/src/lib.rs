@@ -1,0 +1,48 @@
+//! What every privileged test of weir shares, in one place: the root check
+//! that fails under `CI=true` instead of skipping ([`require_root`]),
+//! network namespace guards that clean up on drop ([`netns`]), the
+//! workspace's binaries ([`bin`]), and Ethernet/IPv4/L4 frames with valid
+//! checksums for BPF_PROG_TEST_RUN ([`packet`]).
+
+pub mod netns;
+pub mod packet;
+
+pub use netns::{NetNs, in_fresh_netns, in_netns, sh, unique};
+
+use std::path::PathBuf;
+
+/// Privileged tests need root. Under `CI=true` not being root is a failure,
+/// never a silent pass; elsewhere the test prints why it skips.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but not root: privileged tests (network namespaces, eBPF) cannot run"
+    );
+    eprintln!("skipping: needs root (network namespaces, eBPF)");
+    false
+}
+
+/// Where `cargo build --workspace` put the binaries (or `$WEIR_BIN_DIR`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WEIR_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // Tests live in target/<profile>/deps, binaries in target/<profile>.
+        let dir = exe.parent().expect("exe has a directory");
+        if dir.ends_with("deps") {
+            dir.parent().expect("target/<profile>")
+        } else {
+            dir
+        }
+        .to_owned()
+    });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
