@@ -10,7 +10,7 @@ pub mod lb;
 pub mod snat;
 
 pub use bpffs::{BpffsError, ensure_bpffs};
-pub use datapath::{Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind};
+pub use datapath::{Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind, XDP_PROGRAM};
 
 /// The object with the programs for the host side of a pod's veth, built by
 /// `build.rs` from `bpf/bpf_lxc.c`.
