@@ -21,6 +21,21 @@ pub enum LbAlgorithm {
     Maglev,
 }
 
+/// Where NodePorts, externalIPs and LoadBalancer IPs are translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodePortXdp {
+    /// Native XDP on a physical uplink, TC on a virtual one (veth and other
+    /// software devices, where an XDP program makes every frame, pod traffic
+    /// included, take the XDP path and copies GSO frames).
+    Auto,
+    /// Native XDP on the uplink whatever its driver; fails if it cannot.
+    #[value(alias = "true", alias = "native")]
+    On,
+    /// TC alone: the same translation in `from_netdev`, later in the stack.
+    #[value(alias = "false", alias = "tc")]
+    Off,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "weir-agent",
@@ -77,10 +92,10 @@ pub struct Config {
     pub lb_algorithm: LbAlgorithm,
 
     /// Translate NodePorts, externalIPs and LoadBalancer IPs in XDP (native
-    /// mode) on the uplink; `false` leaves it to the uplink's TC program
-    /// alone (same translation, later in the stack), e.g. to compare both.
-    #[arg(long, env = "WEIR_NODEPORT_XDP", default_value_t = true, action = clap::ArgAction::Set)]
-    pub nodeport_xdp: bool,
+    /// mode) on the uplink: `auto` (physical uplinks only), `on` (also
+    /// `true`) or `off` (also `false`: the uplink's TC program alone).
+    #[arg(long, env = "WEIR_NODEPORT_XDP", value_enum, default_value_t = NodePortXdp::Auto)]
+    pub nodeport_xdp: NodePortXdp,
 
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "WEIR_LOG", default_value = "info")]
@@ -187,9 +202,11 @@ mod tests {
         let c = parse(&["--node", "n1", "--pod-cidr", "10.244.1.0/24"]).unwrap();
         c.validate().unwrap();
         assert_eq!(c.pin_dir(), PathBuf::from("/sys/fs/bpf/weir/n1"));
-        assert!(c.nodeport_xdp, "XDP by default");
+        assert_eq!(c.nodeport_xdp, NodePortXdp::Auto, "XDP where it pays, by default");
         let c = parse(&["--node", "n1", "--pod-cidr", "10.244.1.0/24", "--nodeport-xdp=false"]).unwrap();
-        assert!(!c.nodeport_xdp);
+        assert_eq!(c.nodeport_xdp, NodePortXdp::Off);
+        let c = parse(&["--node", "n1", "--pod-cidr", "10.244.1.0/24", "--nodeport-xdp=true"]).unwrap();
+        assert_eq!(c.nodeport_xdp, NodePortXdp::On);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod netdev;
 pub mod routing;
 pub mod services;
 pub mod store;
+pub mod xdp;
 
 use std::sync::{Arc, Mutex};
 
@@ -101,8 +102,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Node plumbing for multi-node clusters: the uplink's ingress program, its
 /// egress (masquerade) program when a cluster CIDR is given, the vxlan
 /// device in overlay mode, forwarding, and the datapath's config.
-/// NodePorts and external IPs are translated by XDP on the uplink unless
-/// `--nodeport-xdp=false` (then by `from_netdev` in TC alone).
+/// NodePorts and external IPs are translated by XDP on the uplink where that
+/// pays ([`xdp::decide`]), else by `from_netdev` in TC alone.
 /// Returns the device routes to other nodes use (the uplink, or the vxlan
 /// device in overlay mode) and the node IP.
 async fn setup_uplink(
@@ -123,13 +124,29 @@ async fn setup_uplink(
         .await?
         .with_context(|| format!("uplink {uplink} has no IPv4 address"))?;
     datapath.attach_device(uplink, ProgramKind::FromNetdev)?;
-    if config.nodeport_xdp {
-        datapath
-            .attach_xdp(uplink)
-            .with_context(|| format!("attaching XDP (native mode) to {uplink}; --nodeport-xdp=false uses TC alone"))?;
-    } else {
-        datapath.detach_xdp(uplink)?;
-    }
+    let kind = netdev.link_kind(index).await?;
+    let (choice, why) = xdp::decide(config.nodeport_xdp, kind.as_deref());
+    let nodeport_xdp = match choice {
+        xdp::Choice::Native => match datapath.attach_xdp(uplink) {
+            Ok(()) => true,
+            Err(e) if config.nodeport_xdp == config::NodePortXdp::Auto => {
+                // TC does the same translation; a driver without native XDP
+                // must not keep the node from starting.
+                tracing::warn!(%uplink, error = %e, "native XDP not available: NodePorts in TC");
+                datapath.detach_xdp(uplink)?;
+                false
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("attaching XDP (native mode) to {uplink}; --nodeport-xdp=off uses TC"));
+            }
+        },
+        xdp::Choice::Tc => {
+            datapath.detach_xdp(uplink)?;
+            false
+        }
+    };
+    tracing::info!(%uplink, link_kind = kind.as_deref().unwrap_or("physical"), nodeport_xdp, reason = why, "NodePort translation");
     let (mode, tunnel_ifindex) = match config.routing {
         config::Routing::Native => (ROUTING_NATIVE, 0),
         config::Routing::Vxlan => {
@@ -158,6 +175,6 @@ async fn setup_uplink(
     // The node forwards pod traffic to other nodes (native routing) and to
     // the outside; /proc/sys/net is per network namespace.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-    tracing::info!(%uplink, %node_ip, routing = ?config.routing, masquerade = ?config.cluster_cidr, nodeport_xdp = config.nodeport_xdp, "uplink ready");
+    tracing::info!(%uplink, %node_ip, routing = ?config.routing, masquerade = ?config.cluster_cidr, nodeport_xdp, "uplink ready");
     Ok((if tunnel_ifindex != 0 { tunnel_ifindex } else { index }, node_ip))
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkInfo};
 use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
@@ -71,6 +71,24 @@ impl Netdev {
     }
 
     /// The first IPv4 address on an interface.
+    /// The link kind netlink reports (`veth`, `bridge`, `vxlan`, ...); `None`
+    /// for a physical device, which has none.
+    pub async fn link_kind(&self, index: u32) -> Result<Option<String>, NetdevError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links
+            .try_next()
+            .await
+            .map_err(req(format!("looking up link {index}")))?
+            .ok_or_else(|| NetdevError::NoLink(index.to_string()))?;
+        Ok(link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Kind(kind) => Some(kind.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
     pub async fn ipv4_of(&self, index: u32) -> Result<Option<Ipv4Addr>, NetdevError> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {

@@ -25,9 +25,11 @@ pub struct Topology {
     /// How pods reach pods on other nodes.
     #[serde(default)]
     pub routing: Routing,
-    /// NodePorts translated by XDP on the uplink (true) or by TC alone.
-    #[serde(rename = "nodePortXDP", default = "default_true")]
-    pub node_port_xdp: bool,
+    /// NodePorts translated by XDP on the uplink (`true`), by TC alone
+    /// (`false`), or as the agent decides (`auto`, the default: TC, since
+    /// the lab's uplinks are veth).
+    #[serde(rename = "nodePortXDP", default)]
+    pub node_port_xdp: NodePortXdp,
     /// ClusterIPs of Services come from here.
     #[serde(rename = "serviceCIDR", default = "default_service_cidr")]
     pub service_cidr: Ipv4Net,
@@ -60,8 +62,64 @@ impl Routing {
     }
 }
 
-fn default_true() -> bool {
-    true
+/// `nodePortXDP`: `auto`, or a bool forcing XDP on or off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "XdpSetting", into = "XdpSetting")]
+pub enum NodePortXdp {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum XdpSetting {
+    Forced(bool),
+    Auto(AutoWord),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AutoWord {
+    Auto,
+}
+
+impl From<XdpSetting> for NodePortXdp {
+    fn from(s: XdpSetting) -> Self {
+        match s {
+            XdpSetting::Forced(true) => Self::On,
+            XdpSetting::Forced(false) => Self::Off,
+            XdpSetting::Auto(AutoWord::Auto) => Self::Auto,
+        }
+    }
+}
+
+impl From<NodePortXdp> for XdpSetting {
+    fn from(x: NodePortXdp) -> Self {
+        match x {
+            NodePortXdp::On => Self::Forced(true),
+            NodePortXdp::Off => Self::Forced(false),
+            NodePortXdp::Auto => Self::Auto(AutoWord::Auto),
+        }
+    }
+}
+
+impl NodePortXdp {
+    /// The agent's `--nodeport-xdp` value.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+
+    /// Whether the nodes' uplinks run XDP: only when forced, since `auto`
+    /// keeps XDP off veth.
+    pub fn nodes_run_xdp(self) -> bool {
+        self == Self::On
+    }
 }
 
 fn default_node_cidr() -> Ipv4Net {
@@ -268,6 +326,21 @@ mod tests {
     }
 
     #[test]
+    fn node_port_xdp_is_auto_or_a_bool() {
+        let base = "name: demo\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - {name: n1, podCIDR: 10.244.1.0/24}\n";
+        for (line, want) in [
+            ("", NodePortXdp::Auto),
+            ("nodePortXDP: auto\n", NodePortXdp::Auto),
+            ("nodePortXDP: true\n", NodePortXdp::On),
+            ("nodePortXDP: false\n", NodePortXdp::Off),
+        ] {
+            let t = parse(&format!("{line}{base}")).unwrap();
+            assert_eq!(t.node_port_xdp, want, "{line}");
+        }
+        assert!(parse(&format!("nodePortXDP: maybe\n{base}")).is_err());
+    }
+
+    #[test]
     fn parses_one_node() {
         let t = parse(ONE).unwrap();
         assert_eq!(t.name, "demo");
@@ -275,6 +348,7 @@ mod tests {
         assert_eq!(t.nodes[0].pod_cidr.to_string(), "10.244.1.0/24");
         assert_eq!(t.node_netns("node1"), "demo-node1");
         assert_eq!(t.routing, Routing::Native);
+        assert_eq!(t.node_port_xdp, NodePortXdp::Auto);
         assert_eq!(t.node_ip(0).to_string(), "172.30.0.11");
         assert_eq!(t.external_ip().to_string(), "172.30.0.254");
     }

@@ -131,7 +131,7 @@ fn bring_up(
         .with_context(|| format!("writing {}", xdp_pass.display()))?;
     // Only when nodes run XDP: an XDP program on a veth sends every frame
     // through the XDP path (GSO frames copied), which costs throughput.
-    if topo.node_port_xdp {
+    if topo.node_port_xdp.nodes_run_xdp() {
         netns::xdp_pass_on(&topo.fabric_netns(), "external", &xdp_pass)?;
     }
     let mut children: Vec<(String, Child)> = Vec::new();
@@ -160,7 +160,7 @@ fn bring_up(
             &format!("{node_ip}/{prefix}"),
             false,
         )?;
-        if topo.node_port_xdp {
+        if topo.node_port_xdp.nodes_run_xdp() {
             netns::xdp_pass_on(&topo.fabric_netns(), &format!("node{index}"), &xdp_pass)?;
         }
 
@@ -212,7 +212,7 @@ fn bring_up(
             .arg("--manifests")
             .arg(lab.dir.manifests())
             .args(["--uplink", "eth0", "--routing", topo.routing.as_flag()])
-            .arg(format!("--nodeport-xdp={}", topo.node_port_xdp))
+            .arg(format!("--nodeport-xdp={}", topo.node_port_xdp.as_flag()))
             // Pods reach the external host (and other nodes) as their node.
             .arg("--cluster-cidr")
             .arg(topo.cluster_cidr.to_string())

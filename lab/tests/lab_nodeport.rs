@@ -1,9 +1,10 @@
 //! End-to-end: NodePorts and LoadBalancer IPs from outside the cluster. Two
 //! lab nodes, a backend pod on each, and the lab's external host probing
 //! both nodes' IP:nodePort over TCP and UDP (`weir lab probe --from-external`),
-//! in native and vxlan routing. Covers XDP on the uplink (local backends,
+//! in native and vxlan routing. Covers XDP on the uplink (forced on: the
+//! agent's default keeps XDP off veth uplinks, tested too): local backends,
 //! remote backends with SNAT and XDP_TX in native mode; in vxlan mode the
-//! TC fallback encapsulates), externalTrafficPolicy Local (the answer comes
+//! TC fallback encapsulates; externalTrafficPolicy Local (the answer comes
 //! from the contacted node; a node without a local backend drops), and a
 //! LoadBalancer ingress IP routed to one node. Needs root and the workspace
 //! built (`cargo build --workspace`).
@@ -81,15 +82,17 @@ spec:
   ports: [{name: http, port: 8080, targetPort: http, protocol: TCP}]
 "#;
 
-fn nodeports(routing: &str) {
+/// `xdp` is the topology's `nodePortXDP`: `true` puts XDP on the veth
+/// uplinks, `auto` leaves them to TC (the agent's choice for veth).
+fn nodeports(routing: &str, xdp: &str) {
     if !privileged() {
         return;
     }
-    let lab = Lab::new(&format!("np{}", &routing[..1]));
+    let lab = Lab::new(&format!("np{}{}", &routing[..1], &xdp[..1]));
     let topo = lab.file(
         "topo.yaml",
         &format!(
-            "name: {}\nclusterCIDR: 10.253.0.0/16\nnodeCIDR: 172.31.251.0/24\nloadBalancerCIDR: 172.31.252.0/24\nrouting: {routing}\nnodes:\n  - {{name: a, podCIDR: 10.253.1.0/24}}\n  - {{name: b, podCIDR: 10.253.2.0/24}}\n",
+            "name: {}\nclusterCIDR: 10.253.0.0/16\nnodeCIDR: 172.31.251.0/24\nloadBalancerCIDR: 172.31.252.0/24\nrouting: {routing}\nnodePortXDP: {xdp}\nnodes:\n  - {{name: a, podCIDR: 10.253.1.0/24}}\n  - {{name: b, podCIDR: 10.253.2.0/24}}\n",
             lab.name
         ),
     );
@@ -187,10 +190,16 @@ fn nodeports(routing: &str) {
 
 #[test]
 fn nodeports_from_outside_native_routing() {
-    nodeports("native");
+    nodeports("native", "true");
 }
 
 #[test]
 fn nodeports_from_outside_vxlan_routing() {
-    nodeports("vxlan");
+    nodeports("vxlan", "true");
+}
+
+/// The default on veth uplinks: no XDP, the same answers from TC.
+#[test]
+fn nodeports_from_outside_native_routing_tc_by_default() {
+    nodeports("native", "auto");
 }
