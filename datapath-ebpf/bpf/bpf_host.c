@@ -43,6 +43,7 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	dst = lookup_ep_v4(meta.daddr);
 	if (!dst)
 		return WEIR_PASS_ON;
+	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 	/* A backend on another node answered a local client: restore the
 	 * service address the client connected to. */
 	reason = lb4_rev_nat(skb, &meta);
@@ -75,8 +76,10 @@ static __always_inline int nodeport_tc(struct __sk_buff *skb)
 	if (reason)
 		return drop_packet(skb, reason);
 	dst = lookup_ep_v4(meta.daddr);
-	if (dst)
+	if (dst) {
+		obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 		return deliver_local(skb, dst, meta.ttl);
+	}
 	return nodeport_redirect_out(skb, &meta);
 }
 
@@ -88,6 +91,7 @@ int from_netdev(struct __sk_buff *skb)
 	__u32 reason;
 	int ret;
 
+	obs_begin(skb, WEIR_OBS_FROM_NETDEV);
 	/* NodePort's SNAT ports (61000-65535) and masquerade's (32768-60999)
 	 * do not overlap, so their reply lookups cannot claim each other's. */
 	ret = nodeport_tc(skb);
@@ -103,6 +107,7 @@ int from_netdev(struct __sk_buff *skb)
 	dst = lookup_ep_v4(meta.daddr);
 	if (!dst)
 		return WEIR_PASS_ON;
+	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 	reason = lb4_rev_nat(skb, &meta);
 	if (reason)
 		return drop_packet(skb, reason);
@@ -116,6 +121,7 @@ int to_netdev(struct __sk_buff *skb)
 	int translated = 0;
 	__u32 reason;
 
+	obs_begin(skb, WEIR_OBS_TO_NETDEV);
 	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
 		return WEIR_PASS_ON;
 	reason = snat4_egress(skb, &meta, &translated);
@@ -127,6 +133,7 @@ int to_netdev(struct __sk_buff *skb)
 SEC("classifier")
 int from_overlay(struct __sk_buff *skb)
 {
+	obs_begin(skb, WEIR_OBS_FROM_OVERLAY);
 	return to_local_pod(skb);
 }
 
@@ -136,6 +143,7 @@ int to_overlay(struct __sk_buff *skb)
 	struct ipv4_meta meta = {};
 	struct weir_route *route;
 
+	obs_begin(skb, WEIR_OBS_TO_OVERLAY);
 	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
 		return WEIR_PASS_ON;
 	route = lookup_route_v4(meta.daddr);

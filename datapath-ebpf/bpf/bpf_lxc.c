@@ -31,6 +31,7 @@ int from_pod(struct __sk_buff *skb)
 	__u16 proto;
 	int ret;
 
+	obs_begin(skb, WEIR_OBS_FROM_POD);
 	proto = eth_proto(skb);
 	if (!proto)
 		return drop_packet(skb, WEIR_DROP_TRUNCATED_ETH);
@@ -48,6 +49,7 @@ int from_pod(struct __sk_buff *skb)
 	src = lookup_ep_v4(meta.saddr);
 	if (!src || src->ifindex != skb->ifindex)
 		return drop_packet(skb, WEIR_DROP_INVALID_SOURCE);
+	obs_endpoint(skb, src, WEIR_DIR_EGRESS);
 	count_traffic(src->endpoint_id, WEIR_DIR_EGRESS, skb->len);
 
 	/* Service translation (DNAT to a backend, reverse NAT of replies) runs
@@ -58,8 +60,10 @@ int from_pod(struct __sk_buff *skb)
 		return ret;
 
 	dst = lookup_ep_v4(meta.daddr);
-	if (dst)
+	if (dst) {
+		obs_peer(skb, dst);
 		return deliver_local(skb, dst, meta.ttl);
+	}
 	/* A local backend answering an external client through a NodePort or
 	 * external IP: the source is now the node IP, which the stack would
 	 * refuse on input (nodeport.h). */
@@ -77,6 +81,7 @@ int to_pod(struct __sk_buff *skb)
 	__u32 reason;
 	__u16 proto;
 
+	obs_begin(skb, WEIR_OBS_TO_POD);
 	proto = eth_proto(skb);
 	if (!proto)
 		return drop_packet(skb, WEIR_DROP_TRUNCATED_ETH);
@@ -94,6 +99,7 @@ int to_pod(struct __sk_buff *skb)
 	dst = lookup_ep_v4(meta.daddr);
 	if (!dst || dst->ifindex != skb->ifindex)
 		return WEIR_PASS_ON;
+	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 	return to_endpoint(skb, dst);
 }
 

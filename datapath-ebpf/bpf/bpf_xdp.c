@@ -150,8 +150,9 @@ int from_netdev_xdp(struct xdp_md *ctx)
 	if (ret == 0)
 		return XDP_PASS;
 	if (ret < 0) {
-		count_reason(-ret, data_end - data);
-		return XDP_DROP;
+		struct weir_drop_ctx dctx = { .obs = WEIR_OBS_XDP | (WEIR_DIR_UNKNOWN << 8) };
+
+		return xdp_drop(&dctx, -ret, data_end - data);
 	}
 
 	if (!lookup_ep_v4(to.daddr)) {

@@ -77,6 +77,22 @@ impl Fixture {
         (res.return_value, out)
     }
 
+    /// Runs a program and returns its verdict and the drop context it left
+    /// in skb->cb: [observation point | direction << 8, endpoint id,
+    /// source identity, destination identity].
+    fn run_cb(&self, kind: ProgramKind, packet: &[u8]) -> (u32, [u32; 4]) {
+        // struct __sk_buff; cb[5] starts at byte 48.
+        let mut ctx = vec![0u8; 192];
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        opts.ctx_out = Some(&mut ctx);
+        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN");
+        let word = |i: usize| u32::from_ne_bytes(ctx[48 + 4 * i..52 + 4 * i].try_into().unwrap());
+        (res.return_value, [word(0), word(1), word(2), word(3)])
+    }
+
     fn traffic(&mut self, endpoint_id: u32) -> (Traffic, Traffic) {
         self.dp.endpoint_traffic(endpoint_id).unwrap()
     }
@@ -320,6 +336,49 @@ fn malformed_packets_are_dropped_with_their_reason() {
     ip.ttl = 1;
     assert_eq!(fx.run(ProgramKind::FromPod, &ip.packet(&udp(b"x"))).0, TC_ACT_SHOT);
     assert_eq!(fx.drops(DropReason::TtlExceeded), 1);
+}
+
+/// Every drop reports where it happened and whose packet it was: the
+/// observation point, the endpoint and direction, and both identities
+/// where the datapath knows them (what flow events will carry).
+#[test]
+fn drops_carry_their_context() {
+    if !require_root() {
+        return;
+    }
+    let fx = Fixture::new("dropctx");
+    const FROM_POD: u32 = 1;
+    const TO_POD: u32 = 2;
+    const FROM_NETDEV: u32 = 3;
+    const EGRESS: u32 = 1 << 8;
+    const INGRESS: u32 = 0;
+    const UNKNOWN: u32 = 2 << 8;
+
+    // Pod A to pod B with TTL 1: both endpoints known.
+    let mut ip = Ip::new(POD_A, POD_B, UDP);
+    ip.ttl = 1;
+    let (verdict, cb) = fx.run_cb(ProgramKind::FromPod, &ip.packet(&udp(b"x")));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(cb, [FROM_POD | EGRESS, 1, 100, 100]);
+
+    // A spoofed source: no endpoint can be named.
+    let (verdict, cb) = fx.run_cb(ProgramKind::FromPod, &Ip::new(POD_B, POD_A, UDP).packet(&udp(b"x")));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(cb, [FROM_POD | UNKNOWN, 0, 0, 0]);
+
+    // Malformed before any lookup, on the stack's way into a pod.
+    let mut pkt = Ip::new(POD_A, POD_B, TCP).packet(&tcp_syn());
+    pkt[14] = 0x44;
+    let (verdict, cb) = fx.run_cb(ProgramKind::ToPod, &pkt);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(cb, [TO_POD | UNKNOWN, 0, 0, 0]);
+
+    // From the uplink into pod B, out of hops: B is the endpoint, ingress.
+    let mut ip = Ip::new(Ipv4Addr::new(192, 0, 2, 9), POD_B, UDP);
+    ip.ttl = 1;
+    let (verdict, cb) = fx.run_cb(ProgramKind::FromNetdev, &ip.packet(&udp(b"x")));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(cb, [FROM_NETDEV | INGRESS, 2, 0, 100]);
 }
 
 #[test]

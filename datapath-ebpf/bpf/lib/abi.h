@@ -31,6 +31,23 @@ struct weir_ep_info {
 
 #define WEIR_DIR_INGRESS 0 /* into the pod */
 #define WEIR_DIR_EGRESS 1  /* out of the pod */
+#define WEIR_DIR_UNKNOWN 2 /* no local pod known (yet) for the packet */
+
+/* Observation points: the program that saw a packet (drops and, later,
+ * flow events name it). 0 is "none recorded". */
+#define WEIR_OBS_FROM_POD 1
+#define WEIR_OBS_TO_POD 2
+#define WEIR_OBS_FROM_NETDEV 3
+#define WEIR_OBS_TO_NETDEV 4
+#define WEIR_OBS_FROM_OVERLAY 5
+#define WEIR_OBS_TO_OVERLAY 6
+#define WEIR_OBS_XDP 7
+
+/* The drop context in skb->cb (u32 words), see drop.h. */
+#define WEIR_CB_OBS 0          /* observation point | direction << 8 */
+#define WEIR_CB_ENDPOINT 1     /* the local endpoint id, 0 if none */
+#define WEIR_CB_SRC_IDENTITY 2 /* 0 where not known */
+#define WEIR_CB_DST_IDENTITY 3
 
 struct weir_traffic_key {
 	__u32 endpoint_id;

@@ -1,13 +1,32 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Every drop goes through here so none goes uncounted. */
+/* Every drop goes through here so none goes uncounted, and every drop
+ * carries the same context: where it was seen (observation point), the
+ * local endpoint and the direction relative to it, and the source and
+ * destination identities where known.
+ *
+ * The context lives in skb->cb, the five u32 words of scratch the kernel
+ * gives each TC program run: a program records what it learns as it goes
+ * (obs_begin at entry, obs_endpoint once it knows the pod, obs_peer for
+ * the other side) and drop_packet reads it, so the drop sites only name
+ * their reason and flow events (a later issue) change this one file. cb is
+ * also what tail calls will carry from one stage to the next. XDP has no
+ * skb: its one drop site passes the same context to xdp_drop. */
 #ifndef WEIR_DROP_H
 #define WEIR_DROP_H
 
 #include "maps.h"
 
+/* The context a drop reports; the same shape for TC (from skb->cb) and XDP. */
+struct weir_drop_ctx {
+	__u32 obs;
+	__u32 endpoint_id;
+	__u32 src_identity;
+	__u32 dst_identity;
+};
+
 /* Counts a packet under a reason. On its own (without drop_packet) for
  * packets the datapath refuses but answers, such as a connection to a
- * service without backends (reject.h), and from XDP, which has no skb. */
+ * service without backends (reject.h). */
 static __always_inline void count_reason(__u32 reason, __u32 len)
 {
 	__u32 key = reason < WEIR_DROP_REASON_MAX ? reason : WEIR_DROP_NONE;
@@ -19,10 +38,59 @@ static __always_inline void count_reason(__u32 reason, __u32 len)
 	}
 }
 
+/* The one place a drop is accounted for. The context is unused until flow
+ * events exist; the counter by reason is what userspace reads today. */
+static __always_inline void drop_account(const struct weir_drop_ctx *ctx, __u32 reason, __u32 len)
+{
+	(void)ctx;
+	count_reason(reason, len);
+}
+
+/* A program starts seeing a packet at `point`: nothing known yet. */
+static __always_inline void obs_begin(struct __sk_buff *skb, __u32 point)
+{
+	skb->cb[WEIR_CB_OBS] = point | (WEIR_DIR_UNKNOWN << 8);
+	skb->cb[WEIR_CB_ENDPOINT] = 0;
+	skb->cb[WEIR_CB_SRC_IDENTITY] = 0;
+	skb->cb[WEIR_CB_DST_IDENTITY] = 0;
+}
+
+/* The local endpoint the packet leaves (WEIR_DIR_EGRESS) or enters
+ * (WEIR_DIR_INGRESS); its identity is the source or the destination. */
+static __always_inline void obs_endpoint(struct __sk_buff *skb, const struct weir_ep_info *ep, __u32 direction)
+{
+	skb->cb[WEIR_CB_OBS] = (skb->cb[WEIR_CB_OBS] & 0xff) | (direction << 8);
+	skb->cb[WEIR_CB_ENDPOINT] = ep->endpoint_id;
+	if (direction == WEIR_DIR_EGRESS)
+		skb->cb[WEIR_CB_SRC_IDENTITY] = ep->identity;
+	else
+		skb->cb[WEIR_CB_DST_IDENTITY] = ep->identity;
+}
+
+/* The destination is a local pod too (pod to pod on this node). */
+static __always_inline void obs_peer(struct __sk_buff *skb, const struct weir_ep_info *dst)
+{
+	skb->cb[WEIR_CB_DST_IDENTITY] = dst->identity;
+}
+
 static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
 {
-	count_reason(reason, skb->len);
+	struct weir_drop_ctx ctx = {
+		.obs = skb->cb[WEIR_CB_OBS],
+		.endpoint_id = skb->cb[WEIR_CB_ENDPOINT],
+		.src_identity = skb->cb[WEIR_CB_SRC_IDENTITY],
+		.dst_identity = skb->cb[WEIR_CB_DST_IDENTITY],
+	};
+
+	drop_account(&ctx, reason, skb->len);
 	return TC_ACT_SHOT;
+}
+
+/* XDP's drop: the context comes from the caller. */
+static __always_inline int xdp_drop(const struct weir_drop_ctx *ctx, __u32 reason, __u32 len)
+{
+	drop_account(ctx, reason, len);
+	return XDP_DROP;
 }
 
 #endif /* WEIR_DROP_H */

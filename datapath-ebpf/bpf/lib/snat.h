@@ -203,9 +203,13 @@ static __always_inline __u32 snat_rewrite(struct __sk_buff *skb, struct ipv4_met
 	return WEIR_DROP_NONE;
 }
 
-/* Is the packet a local pod's, bound outside the cluster (pods and nodes)? */
-static __always_inline int snat_wanted(const struct weir_config *cfg, const struct ipv4_meta *meta)
+/* Is the packet a local pod's, bound outside the cluster (pods and nodes)?
+ * Records the pod as the drop context's endpoint when it is. */
+static __always_inline int snat_wanted(struct __sk_buff *skb, const struct weir_config *cfg,
+				       const struct ipv4_meta *meta)
 {
+	struct weir_ep_info *src;
+
 	if (!(cfg->flags & WEIR_CFG_F_MASQUERADE) || !cfg->node_ip)
 		return 0;
 	if ((meta->saddr & cfg->cluster_mask) != cfg->cluster_net)
@@ -217,7 +221,11 @@ static __always_inline int snat_wanted(const struct weir_config *cfg, const stru
 	if (bpf_map_lookup_elem(&weir_nodes, &meta->daddr))
 		return 0;
 	/* Only pods of this node: their replies are ours to deliver. */
-	return lookup_ep_v4(meta->saddr) != 0;
+	src = lookup_ep_v4(meta->saddr);
+	if (!src)
+		return 0;
+	obs_endpoint(skb, src, WEIR_DIR_EGRESS);
+	return 1;
 }
 
 /* Does a socket of the node already own the reverse tuple, i.e. would the
@@ -319,7 +327,7 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 	int ret;
 
 	*translated = 0;
-	if (!cfg || !snat_wanted(cfg, meta))
+	if (!cfg || !snat_wanted(skb, cfg, meta))
 		return WEIR_DROP_NONE;
 	node_ip = cfg->node_ip;
 	ret = snat_tuple(skb, meta, ICMP_ECHO, 0, &key, &tcp_flags);
