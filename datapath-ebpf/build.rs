@@ -1,11 +1,17 @@
-//! Compiles the C datapath with clang-19 into OUT_DIR; `src/lib.rs` embeds
-//! the objects. Every source and header is listed for rerun-if-changed.
+//! Compiles the C datapath with clang-19 into OUT_DIR (`src/lib.rs` embeds
+//! the objects) and generates the Rust side of the kernel ABI from
+//! `bpf/lib/abi.h` with bindgen (`src/abi.rs` includes it), so the C header
+//! is the one source of truth. Every source and header is listed for
+//! rerun-if-changed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One object per attach point.
 const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_host", "bpf_xdp", "bpf_xdp_pass"];
+
+/// Debian keeps asm/types.h under the multiarch include directory.
+const MULTIARCH_INCLUDE: &str = "-I/usr/include/x86_64-linux-gnu";
 
 fn main() -> anyhow_free::Result {
     let bpf_dir = Path::new("bpf");
@@ -22,8 +28,7 @@ fn main() -> anyhow_free::Result {
         println!("cargo:rerun-if-changed={}", src.display());
         let status = Command::new(&clang)
             .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
-            // Debian keeps asm/types.h under the multiarch include directory.
-            .arg("-I/usr/include/x86_64-linux-gnu")
+            .arg(MULTIARCH_INCLUDE)
             .arg("-c")
             .arg(&src)
             .arg("-o")
@@ -34,6 +39,35 @@ fn main() -> anyhow_free::Result {
             return Err(format!("{clang} failed to compile {}", src.display()).into());
         }
     }
+    generate_abi(&bpf_dir.join("lib").join("abi.h"), &out.join("abi_gen.rs"))
+}
+
+/// The Rust twins of every `weir_*` struct and enum and every `WEIR_*`
+/// constant in abi.h, laid out for the BPF target (bindgen's own layout
+/// assertions then fail the build if x86_64 would lay a struct out
+/// differently).
+fn generate_abi(header: &Path, out: &Path) -> anyhow_free::Result {
+    let bindings = bindgen::Builder::default()
+        .header(header.to_string_lossy())
+        .clang_args(["-target", "bpf", MULTIARCH_INCLUDE])
+        .allowlist_type("weir_.*")
+        .allowlist_var("WEIR_.*")
+        .rustified_enum("weir_drop_reason")
+        .use_core()
+        .derive_default(true)
+        .derive_eq(true)
+        .derive_hash(true)
+        .derive_ord(true)
+        .layout_tests(false)
+        .generate_comments(false)
+        .generate()
+        .map_err(|e| {
+            format!(
+                "bindgen on {}: {e} (needs libclang: apt install libclang1-19)",
+                header.display()
+            )
+        })?;
+    bindings.write_to_file(out)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   clang-19 llvm-19 libbpf-dev linux-libc-dev gcc  # eBPF programs (C) and the Rust build
+  libclang1-19                                    # bindgen: the Rust side of bpf/lib/abi.h
   iproute2 iputils-ping util-linux ethtool        # netns, veth, ping, nsenter, lab NIC offloads
   iperf3 sockperf procps iptables                 # benchmarks (iptables: the kube-proxy baseline)
 )

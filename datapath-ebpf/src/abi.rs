@@ -1,5 +1,11 @@
-//! Rust twins of `bpf/lib/abi.h`. `tests/abi_layout.rs` compares sizes and
-//! field offsets with the BTF clang wrote into the object.
+//! The kernel ABI's Rust side: every struct, enum and constant of
+//! `bpf/lib/abi.h`, generated from that header by bindgen at build time
+//! (`build.rs`), under the names the rest of the crate uses. Nothing here
+//! is kept in step by hand except [`RouteKey`], the LPM key without its
+//! prefix length (aya's `lpm_trie::Key` carries that); `tests/abi_layout.rs`
+//! checks it and every generated struct against the objects' BTF.
+//!
+//! This is also the crate's one home of `unsafe`: the `aya::Pod` markers.
 #![allow(
     unsafe_code,
     reason = "aya::Pod is an unsafe marker trait; each impl is justified below"
@@ -7,20 +13,107 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-pub const AF_INET: u8 = 4;
-pub const AF_INET6: u8 = 6;
-
-pub const DIR_INGRESS: u32 = 0;
-pub const DIR_EGRESS: u32 = 1;
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct EpKey {
-    pub family: u8,
-    pub pad: [u8; 3],
-    /// Network byte order, as the packet carries it; IPv4 uses `addr[0]`.
-    pub addr: [u32; 4],
+/// What bindgen made of abi.h, untouched.
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    dead_code,
+    clippy::all,
+    reason = "generated code keeps the C names"
+)]
+pub mod sys {
+    include!(concat!(env!("OUT_DIR"), "/abi_gen.rs"));
 }
+
+/// A C constant that the Rust side keeps in a `u8` field; the build fails
+/// if the header ever gives it a value that does not fit.
+const fn u8_of(v: u32) -> u8 {
+    assert!(v <= u8::MAX as u32, "constant does not fit in u8");
+    v as u8
+}
+
+/// Likewise for `u16` (ports).
+const fn u16_of(v: u32) -> u16 {
+    assert!(v <= u16::MAX as u32, "constant does not fit in u16");
+    v as u16
+}
+
+pub const AF_INET: u8 = u8_of(sys::WEIR_AF_INET);
+pub const AF_INET6: u8 = u8_of(sys::WEIR_AF_INET6);
+
+pub const MAX_ENDPOINTS: u32 = sys::WEIR_MAX_ENDPOINTS;
+
+pub const DIR_INGRESS: u32 = sys::WEIR_DIR_INGRESS;
+pub const DIR_EGRESS: u32 = sys::WEIR_DIR_EGRESS;
+pub const DIR_UNKNOWN: u32 = sys::WEIR_DIR_UNKNOWN;
+
+/// Observation points (`WEIR_OBS_*`): which program saw a packet.
+pub mod obs {
+    use super::sys;
+    pub const FROM_POD: u32 = sys::WEIR_OBS_FROM_POD;
+    pub const TO_POD: u32 = sys::WEIR_OBS_TO_POD;
+    pub const FROM_NETDEV: u32 = sys::WEIR_OBS_FROM_NETDEV;
+    pub const TO_NETDEV: u32 = sys::WEIR_OBS_TO_NETDEV;
+    pub const FROM_OVERLAY: u32 = sys::WEIR_OBS_FROM_OVERLAY;
+    pub const TO_OVERLAY: u32 = sys::WEIR_OBS_TO_OVERLAY;
+    pub const XDP: u32 = sys::WEIR_OBS_XDP;
+}
+
+/// `struct weir_ep_key`: family + 16 address bytes, so IPv6 fits later.
+pub type EpKey = sys::weir_ep_key;
+/// `struct weir_ep_info`: what the datapath knows of a local endpoint.
+pub type EpInfo = sys::weir_ep_info;
+/// `struct weir_traffic_key`: endpoint id and direction.
+pub type TrafficKey = sys::weir_traffic_key;
+/// `struct weir_traffic`: packets and bytes.
+pub type Traffic = sys::weir_traffic;
+/// `struct weir_config`: node-wide settings.
+pub type Config = sys::weir_config;
+/// `struct weir_route`: the node owning a pod CIDR.
+pub type Route = sys::weir_route;
+
+pub type CtKey = sys::weir_ct_key;
+pub type CtEntry = sys::weir_ct_entry;
+pub type ServiceKey = sys::weir_lb_svc_key;
+pub type ServiceValue = sys::weir_lb_svc;
+pub type BackendKey = sys::weir_lb_backend_key;
+pub type BackendValue = sys::weir_lb_backend;
+pub type AffinityKey = sys::weir_lb_affinity_key;
+pub type AffinityValue = sys::weir_lb_affinity;
+pub type SnatEntry = sys::weir_snat_entry;
+
+pub const ROUTING_NATIVE: u32 = sys::WEIR_ROUTING_NATIVE;
+pub const ROUTING_VXLAN: u32 = sys::WEIR_ROUTING_VXLAN;
+
+/// `WEIR_CFG_F_MASQUERADE`: SNAT local pods' traffic leaving the cluster CIDR.
+pub const CFG_F_MASQUERADE: u32 = sys::WEIR_CFG_F_MASQUERADE;
+
+pub const CT_MAX_ENTRIES: u32 = sys::WEIR_CT_MAX_ENTRIES;
+pub const CT_F_REVERSE: u8 = u8_of(sys::WEIR_CT_F_REVERSE);
+pub const CT_F_HAIRPIN: u8 = u8_of(sys::WEIR_CT_F_HAIRPIN);
+pub const CT_F_NODEPORT: u8 = u8_of(sys::WEIR_CT_F_NODEPORT);
+pub const CT_F_SNAT: u8 = u8_of(sys::WEIR_CT_F_SNAT);
+pub const CT_NEW: u8 = u8_of(sys::WEIR_CT_NEW);
+pub const CT_SYN_SENT: u8 = u8_of(sys::WEIR_CT_SYN_SENT);
+pub const CT_ESTABLISHED: u8 = u8_of(sys::WEIR_CT_ESTABLISHED);
+pub const CT_CLOSING: u8 = u8_of(sys::WEIR_CT_CLOSING);
+
+pub const MAGLEV_M: usize = sys::WEIR_LB_MAGLEV_M as usize;
+pub const MAX_SERVICES: u32 = sys::WEIR_LB_MAX_SERVICES;
+pub const MAX_BACKENDS: u32 = sys::WEIR_LB_MAX_BACKENDS;
+pub const HAIRPIN_IP: Ipv4Addr = Ipv4Addr::from_bits(sys::WEIR_LB_HAIRPIN_IP_HOST);
+pub const ALG_RANDOM: u8 = u8_of(sys::WEIR_LB_ALG_RANDOM);
+pub const ALG_MAGLEV: u8 = u8_of(sys::WEIR_LB_ALG_MAGLEV);
+pub const LB_F_EXTERNAL: u8 = u8_of(sys::WEIR_LB_F_EXTERNAL);
+pub const LB_F_LOCAL: u8 = u8_of(sys::WEIR_LB_F_LOCAL);
+/// NodePort SNAT ports towards remote backends.
+pub const NAT_PORTS: std::ops::RangeInclusive<u16> =
+    u16_of(sys::WEIR_NAT_PORT_MIN)..=u16_of(sys::WEIR_NAT_PORT_MIN + sys::WEIR_NAT_PORT_COUNT - 1);
+
+pub const SNAT_MAX_ENTRIES: u32 = sys::WEIR_SNAT_MAX_ENTRIES;
+/// Node ports (and ICMP echo identifiers) handed to masqueraded flows.
+pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = u16_of(sys::WEIR_SNAT_PORT_MIN)..=u16_of(sys::WEIR_SNAT_PORT_MAX);
+pub const SNAT_F_REVERSE: u8 = u8_of(sys::WEIR_SNAT_F_REVERSE);
 
 impl EpKey {
     pub fn new(ip: IpAddr) -> Self {
@@ -48,52 +141,6 @@ impl EpKey {
     }
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EpInfo {
-    pub ifindex: u32,
-    pub endpoint_id: u32,
-    pub identity: u32,
-    pub pod_mac: [u8; 6],
-    pub host_mac: [u8; 6],
-    pub flags: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct TrafficKey {
-    pub endpoint_id: u32,
-    pub direction: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Traffic {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-pub const ROUTING_NATIVE: u32 = 0;
-pub const ROUTING_VXLAN: u32 = 1;
-
-/// `WEIR_CFG_F_MASQUERADE`: SNAT local pods' traffic leaving the cluster CIDR.
-pub const CFG_F_MASQUERADE: u32 = 0x1;
-
-/// `struct weir_config`: node-wide settings.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Config {
-    pub routing_mode: u32,
-    pub tunnel_ifindex: u32,
-    /// Network byte order.
-    pub node_ip: u32,
-    pub flags: u32,
-    /// The cluster CIDR's network, network byte order.
-    pub cluster_net: u32,
-    /// The cluster CIDR's mask, network byte order.
-    pub cluster_mask: u32,
-}
-
 impl Config {
     /// Masquerades pods' traffic to destinations outside `cluster` to the
     /// node IP (sets the flag and the network/mask pair).
@@ -106,7 +153,7 @@ impl Config {
 }
 
 /// `struct weir_route_key` without the LPM prefix length, which aya's
-/// `lpm_trie::Key` carries.
+/// `lpm_trie::Key` carries: the one hand-written twin.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouteKey {
@@ -128,18 +175,11 @@ impl RouteKey {
     }
 }
 
-/// `struct weir_route`: the node owning a pod CIDR.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Route {
-    /// Network byte order.
-    pub node_ip: u32,
-    pub flags: u32,
-}
-
-// SAFETY: all of these are `repr(C)`, `Copy`, made only of integers and byte
-// arrays, with explicit padding fields, so every bit pattern is valid and no
-// byte is uninitialised.
+// SAFETY (every impl below): the type is `repr(C)` (bindgen emits
+// `#[repr(C)]` for every struct), `Copy`, made only of integers and arrays
+// of integers, with explicit padding fields in the C header (checked by
+// tests/abi_layout.rs: member offsets leave no hole), so every bit pattern
+// is valid and no byte is uninitialised.
 unsafe impl aya::Pod for EpKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EpInfo {}
@@ -153,6 +193,24 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for RouteKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Route {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CtKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CtEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for BackendKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for BackendValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for AffinityKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for AffinityValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SnatEntry {}
 
 #[cfg(test)]
 mod tests {

@@ -1,18 +1,32 @@
-//! Drop reasons: the numbers of `enum weir_drop_reason` in `bpf/lib/abi.h`,
-//! each with the text operators see in metrics and flows.
+//! Drop reasons: `enum weir_drop_reason` of `bpf/lib/abi.h` (generated,
+//! so the numbers come from the header), each with the name and text
+//! operators see in metrics and flows. [`DropReason::from_abi`] matches the
+//! generated enum exhaustively: a reason added in C fails the build until
+//! it gets its name and text here.
+
+use crate::abi::sys::weir_drop_reason as C;
 
 macro_rules! drop_reasons {
-    ($($variant:ident = $num:literal, $name:literal, $text:literal;)*) => {
+    ($($variant:ident = $c:ident, $name:literal, $text:literal;)*) => {
         /// Why the datapath dropped a packet.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u32)]
-        pub enum DropReason { $($variant = $num,)* }
+        pub enum DropReason { $($variant = C::$c as u32,)* }
 
         impl DropReason {
             pub const ALL: &[DropReason] = &[$(DropReason::$variant,)*];
 
+            /// The reason the header calls `r`; `None` for the markers that
+            /// are no reason (NONE, REASON_MAX).
+            pub fn from_abi(r: C) -> Option<Self> {
+                match r {
+                    C::WEIR_DROP_NONE | C::WEIR_DROP_REASON_MAX => None,
+                    $(C::$c => Some(Self::$variant),)*
+                }
+            }
+
             pub fn from_u32(n: u32) -> Option<Self> {
-                match n { $($num => Some(Self::$variant),)* _ => None }
+                Self::ALL.iter().copied().find(|r| *r as u32 == n)
             }
 
             /// Stable snake_case name, for metric labels and JSON.
@@ -29,18 +43,18 @@ macro_rules! drop_reasons {
 }
 
 drop_reasons! {
-    TruncatedEth = 1, "truncated_ethernet", "frame shorter than an Ethernet header";
-    MalformedIpv4 = 2, "malformed_ipv4", "truncated or malformed IPv4 header";
-    UnsupportedL3 = 3, "unsupported_l3", "unsupported L3 protocol";
-    InvalidSource = 4, "invalid_source", "source address does not belong to the sending endpoint";
-    TruncatedL4 = 5, "truncated_l4", "truncated TCP, UDP or ICMP header";
-    TtlExceeded = 6, "ttl_exceeded", "TTL exceeded";
-    RewriteFailed = 7, "rewrite_failed", "failed to rewrite the packet";
-    CtMapFull = 8, "ct_map_full", "connection tracking table full: new service connection refused";
-    NoServiceBackend = 9, "no_service_backend", "service has no usable backend: rejected (TCP reset or ICMP port unreachable)";
-    SnatPortsExhausted = 10, "snat_ports_exhausted", "masquerade: no free node port (or SNAT table entry) for a new flow";
-    NoLocalBackend = 11, "no_local_backend", "externalTrafficPolicy Local and no backend on this node";
-    NatNoPort = 12, "nat_no_port", "no free source NAT port towards the backend";
+    TruncatedEth = WEIR_DROP_TRUNCATED_ETH, "truncated_ethernet", "frame shorter than an Ethernet header";
+    MalformedIpv4 = WEIR_DROP_MALFORMED_IPV4, "malformed_ipv4", "truncated or malformed IPv4 header";
+    UnsupportedL3 = WEIR_DROP_UNSUPPORTED_L3, "unsupported_l3", "unsupported L3 protocol";
+    InvalidSource = WEIR_DROP_INVALID_SOURCE, "invalid_source", "source address does not belong to the sending endpoint";
+    TruncatedL4 = WEIR_DROP_TRUNCATED_L4, "truncated_l4", "truncated TCP, UDP or ICMP header";
+    TtlExceeded = WEIR_DROP_TTL_EXCEEDED, "ttl_exceeded", "TTL exceeded";
+    RewriteFailed = WEIR_DROP_REWRITE_FAILED, "rewrite_failed", "failed to rewrite the packet";
+    CtMapFull = WEIR_DROP_CT_MAP_FULL, "ct_map_full", "connection tracking table full: new service connection refused";
+    NoServiceBackend = WEIR_DROP_NO_SERVICE_BACKEND, "no_service_backend", "service has no usable backend: rejected (TCP reset or ICMP port unreachable)";
+    SnatPortsExhausted = WEIR_DROP_SNAT_PORTS_EXHAUSTED, "snat_ports_exhausted", "masquerade: no free node port (or SNAT table entry) for a new flow";
+    NoLocalBackend = WEIR_DROP_NO_LOCAL_BACKEND, "no_local_backend", "externalTrafficPolicy Local and no backend on this node";
+    NatNoPort = WEIR_DROP_NAT_NO_PORT, "nat_no_port", "no free source NAT port towards the backend";
 }
 
 impl std::fmt::Display for DropReason {
@@ -61,5 +75,11 @@ mod tests {
             assert!(names.insert(r.name()), "duplicate name {}", r.name());
         }
         assert_eq!(DropReason::from_u32(0), None);
+        assert_eq!(DropReason::TtlExceeded as u32, 6, "numbers are ABI: append only");
+        assert_eq!(
+            DropReason::from_abi(C::WEIR_DROP_CT_MAP_FULL),
+            Some(DropReason::CtMapFull)
+        );
+        assert!((*DropReason::ALL.last().unwrap() as u32) < C::WEIR_DROP_REASON_MAX as u32);
     }
 }

@@ -1,15 +1,9 @@
-//! ClusterIP services: the Rust twins of `bpf/lib/lb.h` and
-//! `bpf/lib/conntrack.h`, the pure planning that turns a service's backends
+//! ClusterIP services: the pure planning that turns a service's backends
 //! into map contents (slot assignment, the Maglev table), and [`ServiceMaps`],
 //! which writes them into the pinned maps.
 //!
 //! `ServiceMaps` opens the maps by their pins, so the agent can program
 //! services without the [`crate::Datapath`] object the endpoint code owns.
-#![allow(
-    unsafe_code,
-    reason = "aya::Pod is an unsafe marker trait; each impl is justified below"
-)]
-
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
 use std::io;
 use std::net::Ipv4Addr;
@@ -27,40 +21,11 @@ pub mod maps {
     pub const CONNTRACK: &str = "weir_ct4";
 }
 
-/// `WEIR_LB_MAGLEV_M`: entries of a Maglev table (a prime).
-pub const MAGLEV_M: usize = 1021;
-/// `WEIR_LB_MAX_SERVICES`.
-pub const MAX_SERVICES: u32 = 65536;
-/// `WEIR_CT_MAX_ENTRIES`: both directions of every tracked connection.
-pub const CT_MAX_ENTRIES: u32 = 131_072;
-/// `WEIR_LB_HAIRPIN_IP`: the source a pod sees when it reached itself
-/// through a service.
-pub const HAIRPIN_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
-
-pub const ALG_RANDOM: u8 = 0;
-pub const ALG_MAGLEV: u8 = 1;
-
-/// `weir_lb_svc.flags` (`bpf/lib/nodeport.h`): a frontend reached from
-/// outside (NodePort, externalIP, LoadBalancer IP).
-pub const LB_F_EXTERNAL: u8 = 0x1;
-/// `externalTrafficPolicy: Local`: no SNAT, only this node's backends.
-pub const LB_F_LOCAL: u8 = 0x2;
-
-/// `weir_ct_entry.flags`.
-pub const CT_F_REVERSE: u8 = 0x1;
-pub const CT_F_HAIRPIN: u8 = 0x2;
-/// Created on the uplink for an external frontend (`bpf/lib/nodeport.h`).
-pub const CT_F_NODEPORT: u8 = 0x4;
-/// Source NATed to the node IP: the backend is on another node.
-pub const CT_F_SNAT: u8 = 0x8;
-/// `WEIR_NAT_PORT_MIN..`: SNAT ports, above Linux's default
-/// `ip_local_port_range`, so the node's own connections never collide.
-pub const NAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
-/// `weir_ct_entry.state`.
-pub const CT_NEW: u8 = 0;
-pub const CT_SYN_SENT: u8 = 1;
-pub const CT_ESTABLISHED: u8 = 2;
-pub const CT_CLOSING: u8 = 3;
+pub use crate::abi::{
+    ALG_MAGLEV, ALG_RANDOM, AffinityKey, AffinityValue, BackendKey, BackendValue, CT_CLOSING, CT_ESTABLISHED,
+    CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_REVERSE, CT_F_SNAT, CT_MAX_ENTRIES, CT_NEW, CT_SYN_SENT, CtEntry, CtKey,
+    HAIRPIN_IP, LB_F_EXTERNAL, LB_F_LOCAL, MAGLEV_M, MAX_SERVICES, NAT_PORTS, ServiceKey, ServiceValue,
+};
 
 /// An IPv4 address as the packet carries it, in a native `u32`.
 pub fn be_addr(ip: Ipv4Addr) -> u32 {
@@ -74,16 +39,6 @@ pub fn addr_of(raw: u32) -> Ipv4Addr {
 
 // --- ABI twins -------------------------------------------------------------
 
-/// `struct weir_lb_svc_key`. Addresses and ports in network byte order.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    pub vip: u32,
-    pub dport: u16,
-    pub proto: u8,
-    pub pad: u8,
-}
-
 impl ServiceKey {
     pub fn new(vip: Ipv4Addr, port: u16, proto: Protocol) -> Self {
         Self {
@@ -95,67 +50,8 @@ impl ServiceKey {
     }
 }
 
-/// `struct weir_lb_svc`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServiceValue {
-    pub service_id: u32,
-    pub count: u32,
-    pub affinity_timeout_s: u32,
-    pub algorithm: u8,
-    pub flags: u8,
-    pub pad: u16,
-}
-
-/// `struct weir_lb_backend_key`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct BackendKey {
-    pub service_id: u32,
-    pub slot: u32,
-}
-
-/// `struct weir_lb_backend`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BackendValue {
-    pub ip: u32,
-    pub port: u16,
-    pub proto: u8,
-    pub pad: u8,
-}
-
 /// `struct weir_lb_maglev`: backend slot per table index.
 pub type MaglevTable = [u32; MAGLEV_M];
-
-/// `struct weir_lb_affinity_key`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct AffinityKey {
-    pub client: u32,
-    pub service_id: u32,
-}
-
-/// `struct weir_lb_affinity`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AffinityValue {
-    pub slot: u32,
-    pub backend_ip: u32,
-    pub last_used_ns: u64,
-}
-
-/// `struct weir_ct_key`: a 5-tuple as it is on the wire.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub pad: [u8; 3],
-}
 
 impl CtKey {
     pub fn new(saddr: Ipv4Addr, sport: u16, daddr: Ipv4Addr, dport: u16, proto: Protocol) -> Self {
@@ -168,23 +64,6 @@ impl CtKey {
             pad: [0; 3],
         }
     }
-}
-
-/// `struct weir_ct_entry`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CtEntry {
-    pub expires_ns: u64,
-    pub packets: u64,
-    pub xlate_saddr: u32,
-    pub xlate_daddr: u32,
-    pub xlate_sport: u16,
-    pub xlate_dport: u16,
-    pub service_id: u32,
-    pub flags: u8,
-    pub state: u8,
-    pub pad: u16,
-    pub pad2: u32,
 }
 
 impl CtEntry {
@@ -200,25 +79,6 @@ impl CtEntry {
         }
     }
 }
-
-// SAFETY: every type below is `repr(C)`, `Copy`, made only of integers with
-// explicit padding fields, so every bit pattern is valid and no byte is
-// uninitialised.
-unsafe impl aya::Pod for ServiceKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for ServiceValue {}
-// SAFETY: as above.
-unsafe impl aya::Pod for BackendKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for BackendValue {}
-// SAFETY: as above.
-unsafe impl aya::Pod for AffinityKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for AffinityValue {}
-// SAFETY: as above.
-unsafe impl aya::Pod for CtKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for CtEntry {}
 
 // --- what a service is -----------------------------------------------------
 

@@ -1,13 +1,7 @@
-//! Masquerading (pod → outside the cluster, SNAT to the node IP): the Rust
-//! twins of `bpf/lib/snat.h`, the pure choice of what the GC removes, and
+//! Masquerading (pod → outside the cluster, SNAT to the node IP): the pure choice of what the GC removes, and
 //! [`SnatMap`], which opens the pinned map to read and collect it.
 //!
 //! The datapath writes every entry; userspace only reads and deletes.
-#![allow(
-    unsafe_code,
-    reason = "aya::Pod is an unsafe marker trait; the impl is justified below"
-)]
-
 use std::collections::HashMap as StdHashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,26 +13,16 @@ use crate::lb::CtKey;
 /// The map's name, as declared in `bpf/lib/snat.h`.
 pub const MAP: &str = "weir_snat4";
 /// `WEIR_SNAT_MAX_ENTRIES`: both directions of every masqueraded flow.
-pub const MAX_ENTRIES: u32 = 131_072;
-/// `WEIR_SNAT_PORT_MIN..=WEIR_SNAT_PORT_MAX`: node ports (and ICMP echo
-/// identifiers) handed to masqueraded flows.
-pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 32768..=60999;
+pub const MAX_ENTRIES: u32 = crate::abi::SNAT_MAX_ENTRIES;
+/// `WEIR_SNAT_PORT_MIN..=WEIR_SNAT_PORT_MAX`.
+pub const PORT_RANGE: std::ops::RangeInclusive<u16> = crate::abi::SNAT_PORTS;
 /// `WEIR_SNAT_F_REVERSE`: the remote → node direction.
-pub const F_REVERSE: u8 = 0x1;
+pub const F_REVERSE: u8 = crate::abi::SNAT_F_REVERSE;
 
 /// `struct weir_snat_entry`. The key is a [`CtKey`] as that direction's
 /// packets carry it; `addr`/`port` (network byte order) are the new source
 /// (forward) or the new destination (reverse).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SnatEntry {
-    pub expires_ns: u64,
-    pub packets: u64,
-    pub addr: u32,
-    pub port: u16,
-    pub flags: u8,
-    pub state: u8,
-}
+pub use crate::abi::SnatEntry;
 
 impl SnatEntry {
     /// The key of the other direction's entry (`snat_partner_key` in C).
@@ -64,11 +48,6 @@ impl SnatEntry {
         }
     }
 }
-
-// SAFETY: `repr(C)`, `Copy`, only integers, and the fields fill all 24 bytes
-// (8 + 8 + 4 + 2 + 1 + 1) without padding, so every bit pattern is valid
-// and no byte is uninitialised.
-unsafe impl aya::Pod for SnatEntry {}
 
 /// The entries the GC removes at `now_ns`: expired ones whose partner has
 /// expired too or is gone (a flow lives while either direction is active).

@@ -175,3 +175,39 @@ fn snat_abi_matches_c_structs_in_btf() {
         [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]
     );
 }
+
+/// Every map name userspace opens by name is a map some object declares.
+#[test]
+fn map_names_userspace_uses_exist_in_the_objects() {
+    use object::ObjectSymbol;
+    let mut declared = std::collections::BTreeSet::new();
+    for obj in [weir_datapath::BPF_LXC, weir_datapath::BPF_HOST, weir_datapath::BPF_XDP] {
+        let file = object::File::parse(obj).expect("ELF");
+        let maps = file.section_by_name(".maps").expect(".maps section").index();
+        for sym in file.symbols() {
+            if sym.section_index() == Some(maps) {
+                declared.insert(sym.name().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    let used = [
+        weir_datapath::maps::ENDPOINTS,
+        weir_datapath::maps::EP_TRAFFIC,
+        weir_datapath::maps::DROPS,
+        weir_datapath::maps::CONFIG,
+        weir_datapath::maps::NODE_ROUTES,
+        weir_datapath::maps::NODES,
+        weir_datapath::lb::maps::SERVICES,
+        weir_datapath::lb::maps::BACKENDS,
+        weir_datapath::lb::maps::MAGLEV,
+        weir_datapath::lb::maps::AFFINITY,
+        weir_datapath::lb::maps::CONNTRACK,
+        weir_datapath::snat::MAP,
+    ];
+    for name in used {
+        assert!(
+            declared.contains(name),
+            "map {name} is not declared by any object: {declared:?}"
+        );
+    }
+}

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Every struct and enum shared with userspace. The Rust twins live in
- * datapath-ebpf/src/abi.rs and a test checks both agree through this
- * object's BTF, so change them together. Explicit padding everywhere:
- * implicit holes would be uninitialised on one side and break hash keys. */
+/* The one kernel ABI: every struct, flag, constant and size shared with
+ * userspace, and nothing else. build.rs generates the Rust side from this
+ * file with bindgen (datapath-ebpf/src/abi.rs wraps it), so this header is
+ * the only source of truth; tests/abi_layout.rs also compares the layout
+ * with the BTF in the compiled objects. Explicit padding everywhere:
+ * implicit holes would be uninitialised on one side and break hash keys.
+ * No BPF helpers or macros here: bindgen reads it as plain C. */
 #ifndef WEIR_ABI_H
 #define WEIR_ABI_H
 
@@ -17,6 +20,8 @@ struct weir_ep_key {
 	__u8 pad[3];
 	__u32 addr[4]; /* network byte order; IPv4 uses addr[0] */
 };
+
+#define WEIR_MAX_ENDPOINTS 16384
 
 #define WEIR_EP_F_NONE 0
 
@@ -92,8 +97,9 @@ struct weir_route {
 	__u32 flags;
 };
 
-/* Why the datapath dropped a packet. Userspace keeps the same list with a
- * text for each (src/drop.rs); append only, numbers are ABI. */
+/* Why the datapath dropped a packet; append only, numbers are ABI. Rust
+ * gets this enum generated, and src/drop.rs must name and describe every
+ * reason (an exhaustive match: a new one fails the build until it does). */
 enum weir_drop_reason {
 	WEIR_DROP_NONE = 0,
 	WEIR_DROP_TRUNCATED_ETH = 1,
@@ -110,5 +116,140 @@ enum weir_drop_reason {
 	WEIR_DROP_NAT_NO_PORT = 12,       /* no free SNAT port towards that backend */
 	WEIR_DROP_REASON_MAX = 64,
 };
+
+
+/* ---- Conntrack (conntrack.h) ---- */
+
+#define WEIR_CT_MAX_ENTRIES 131072 /* both directions: 64k connections */
+
+/* One entry per direction, keyed by the 5-tuple as that direction's
+ * packets carry it. */
+struct weir_ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct weir_ct_entry {
+	__u64 expires_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
+	__u64 packets;
+	/* What the packet becomes; the key holds what it was. */
+	__be32 xlate_saddr;
+	__be32 xlate_daddr;
+	__be16 xlate_sport;
+	__be16 xlate_dport;
+	__u32 service_id;
+	__u8 flags;
+	__u8 state;
+	__u16 pad;
+	__u32 pad2;
+};
+
+/* weir_ct_entry.flags (NodePort's are below) */
+#define WEIR_CT_F_REVERSE 0x1 /* backend -> client direction */
+#define WEIR_CT_F_HAIRPIN 0x2 /* the client is its own backend: source NATed */
+
+/* weir_ct_entry.state (TCP; UDP and SCTP stay NEW) */
+#define WEIR_CT_NEW 0
+#define WEIR_CT_SYN_SENT 1
+#define WEIR_CT_ESTABLISHED 2
+#define WEIR_CT_CLOSING 3
+
+/* ---- Services (lb.h, nodeport.h) ---- */
+
+#define WEIR_LB_MAX_SERVICES 65536
+#define WEIR_LB_MAX_BACKENDS 262144
+/* Maglev table size: a prime well above the backend count of any one
+ * service, so the disruption bound of the paper holds (M >> N). */
+#define WEIR_LB_MAGLEV_M 1021
+
+#define WEIR_LB_ALG_RANDOM 0
+#define WEIR_LB_ALG_MAGLEV 1
+
+/* The source a pod sees when it reached its own service (hairpin), in
+ * host byte order: 169.254.42.1. */
+#define WEIR_LB_HAIRPIN_IP_HOST 0xa9fe2a01
+
+struct weir_lb_svc_key {
+	__be32 vip;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct weir_lb_svc {
+	__u32 service_id;
+	__u32 count; /* backends usable for new connections: slots 1..count */
+	__u32 affinity_timeout_s; /* ClientIP session affinity; 0 = none */
+	__u8 algorithm;
+	__u8 flags;
+	__u16 pad;
+};
+
+struct weir_lb_backend_key {
+	__u32 service_id;
+	__u32 slot;
+};
+
+struct weir_lb_backend {
+	__be32 ip;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct weir_lb_maglev {
+	__u32 slots[WEIR_LB_MAGLEV_M]; /* backend slot per table index */
+};
+
+struct weir_lb_affinity_key {
+	__be32 client;
+	__u32 service_id;
+};
+
+struct weir_lb_affinity {
+	__u32 slot;
+	/* The slot's backend when it was chosen: slots are renumbered when
+	 * backends change, and a stale slot must not send the client elsewhere
+	 * silently; a mismatch means "choose again". */
+	__be32 backend_ip;
+	__u64 last_used_ns;
+};
+
+/* weir_lb_svc.flags */
+#define WEIR_LB_F_EXTERNAL 0x1 /* reached from outside: NodePort, externalIP, LB IP */
+#define WEIR_LB_F_LOCAL 0x2    /* externalTrafficPolicy Local: no SNAT, local backends only */
+
+/* weir_ct_entry.flags set by NodePort translation */
+#define WEIR_CT_F_NODEPORT 0x4 /* created on the uplink for an external frontend */
+#define WEIR_CT_F_SNAT 0x8     /* source NATed to the node IP (remote backend) */
+
+#define WEIR_NAT_PORT_MIN 61000
+#define WEIR_NAT_PORT_COUNT 4536 /* 61000..65535: NodePort SNAT to remote backends */
+
+/* ---- Masquerade (snat.h) ---- */
+
+#define WEIR_SNAT_MAX_ENTRIES 131072 /* both directions: 64k flows */
+/* Linux's default ip_local_port_range. */
+#define WEIR_SNAT_PORT_MIN 32768
+#define WEIR_SNAT_PORT_MAX 60999
+
+/* weir_snat_entry.flags */
+#define WEIR_SNAT_F_REVERSE 0x1 /* remote -> node direction */
+
+struct weir_snat_entry {
+	__u64 expires_ns; /* bpf_ktime_get_ns() deadline, as in conntrack.h */
+	__u64 packets;
+	/* Forward: the new source (node IP, node port). Reverse: the new
+	 * destination (pod IP, pod port). */
+	__be32 addr;
+	__be16 port;
+	__u8 flags;
+	__u8 state; /* WEIR_CT_* for TCP */
+};
+
 
 #endif /* WEIR_ABI_H */

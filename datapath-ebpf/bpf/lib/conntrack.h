@@ -18,15 +18,13 @@
  * its replies untranslated). A full table refuses new connections instead,
  * counted as WEIR_DROP_CT_MAP_FULL, and the agent's GC makes room.
  *
- * The Rust twins live in datapath-ebpf/src/lb.rs; tests/abi_layout.rs
- * checks them against this object's BTF. */
+ * The key, the entry and their flags are ABI (abi.h). */
 #ifndef WEIR_CONNTRACK_H
 #define WEIR_CONNTRACK_H
 
 #include <linux/in.h>
 #include "common.h"
-
-#define WEIR_CT_MAX_ENTRIES 131072 /* both directions: 64k connections */
+#include "abi.h"
 
 /* Every timeout in one place. Entries are refreshed to now + timeout on each
  * packet; an entry past its deadline is only removed by the agent's GC, and
@@ -39,45 +37,11 @@
 #define WEIR_CT_TIMEOUT_UDP (60ULL * WEIR_NSEC_PER_SEC)
 #define WEIR_CT_TIMEOUT_OTHER (30ULL * WEIR_NSEC_PER_SEC)
 
-/* weir_ct_entry.flags */
-#define WEIR_CT_F_REVERSE 0x1 /* backend -> client direction */
-#define WEIR_CT_F_HAIRPIN 0x2 /* the client is its own backend: source NATed */
-
-/* weir_ct_entry.state (TCP; UDP and SCTP stay NEW) */
-#define WEIR_CT_NEW 0
-#define WEIR_CT_SYN_SENT 1
-#define WEIR_CT_ESTABLISHED 2
-#define WEIR_CT_CLOSING 3
-
 /* TCP flag bits, byte 13 of the TCP header. */
 #define WEIR_TCP_FIN 0x01
 #define WEIR_TCP_SYN 0x02
 #define WEIR_TCP_RST 0x04
 #define WEIR_TCP_ACK 0x10
-
-struct weir_ct_key {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 pad[3];
-};
-
-struct weir_ct_entry {
-	__u64 expires_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
-	__u64 packets;
-	/* What the packet becomes; the key holds what it was. */
-	__be32 xlate_saddr;
-	__be32 xlate_daddr;
-	__be16 xlate_sport;
-	__be16 xlate_dport;
-	__u32 service_id;
-	__u8 flags;
-	__u8 state;
-	__u16 pad;
-	__u32 pad2;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

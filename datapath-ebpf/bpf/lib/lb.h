@@ -54,66 +54,10 @@
 #include "drop.h"
 #include "reject.h"
 
-#define WEIR_LB_MAX_SERVICES 65536
-#define WEIR_LB_MAX_BACKENDS 262144
-/* Maglev table size: a prime well above the backend count of any one
- * service, so the disruption bound of the paper holds (M >> N). */
-#define WEIR_LB_MAGLEV_M 1021
-
-#define WEIR_LB_ALG_RANDOM 0
-#define WEIR_LB_ALG_MAGLEV 1
-
 /* lb4_xlate: not a TC verdict, the packet goes on through from_pod. */
 #define WEIR_LB_CONTINUE (-2)
 
-/* 169.254.42.1 */
-#define WEIR_LB_HAIRPIN_IP bpf_htonl(0xa9fe2a01)
-
-struct weir_lb_svc_key {
-	__be32 vip;
-	__be16 dport;
-	__u8 proto;
-	__u8 pad;
-};
-
-struct weir_lb_svc {
-	__u32 service_id;
-	__u32 count; /* backends usable for new connections: slots 1..count */
-	__u32 affinity_timeout_s; /* ClientIP session affinity; 0 = none */
-	__u8 algorithm;
-	__u8 flags;
-	__u16 pad;
-};
-
-struct weir_lb_backend_key {
-	__u32 service_id;
-	__u32 slot;
-};
-
-struct weir_lb_backend {
-	__be32 ip;
-	__be16 port;
-	__u8 proto;
-	__u8 pad;
-};
-
-struct weir_lb_maglev {
-	__u32 slots[WEIR_LB_MAGLEV_M]; /* backend slot per table index */
-};
-
-struct weir_lb_affinity_key {
-	__be32 client;
-	__u32 service_id;
-};
-
-struct weir_lb_affinity {
-	__u32 slot;
-	/* The slot's backend when it was chosen: slots are renumbered when
-	 * backends change, and a stale slot must not send the client elsewhere
-	 * silently; a mismatch means "choose again". */
-	__be32 backend_ip;
-	__u64 last_used_ns;
-};
+#define WEIR_LB_HAIRPIN_IP bpf_htonl(WEIR_LB_HAIRPIN_IP_HOST)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

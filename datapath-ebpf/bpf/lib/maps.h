@@ -7,8 +7,6 @@
 #include "common.h"
 #include "abi.h"
 
-#define WEIR_MAX_ENDPOINTS 16384
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WEIR_MAX_ENDPOINTS);

@@ -53,16 +53,6 @@
 #include "drop.h"
 #include "ipv4.h"
 
-/* weir_lb_svc.flags */
-#define WEIR_LB_F_EXTERNAL 0x1 /* reached from outside: NodePort, externalIP, LB IP */
-#define WEIR_LB_F_LOCAL 0x2    /* externalTrafficPolicy Local: no SNAT, local backends only */
-
-/* weir_ct_entry.flags, next to conntrack.h's */
-#define WEIR_CT_F_NODEPORT 0x4 /* created on the uplink for an external frontend */
-#define WEIR_CT_F_SNAT 0x8     /* source NATed to the node IP (remote backend) */
-
-#define WEIR_NAT_PORT_MIN 61000
-#define WEIR_NAT_PORT_COUNT 4536 /* 61000..65535 */
 #define WEIR_NAT_TRIES 8
 
 #ifndef EEXIST

@@ -50,10 +50,6 @@
 #include "endpoint.h"
 #include "overlay.h"
 
-#define WEIR_SNAT_MAX_ENTRIES 131072 /* both directions: 64k flows */
-/* Linux's default ip_local_port_range. */
-#define WEIR_SNAT_PORT_MIN 32768
-#define WEIR_SNAT_PORT_MAX 60999
 /* Random tries before giving up: with a quarter of the range taken for one
  * remote endpoint, eight tries all fail with probability 1.5e-5. */
 #define WEIR_SNAT_ATTEMPTS 8
@@ -64,20 +60,6 @@ volatile const __u16 weir_snat_port_max = WEIR_SNAT_PORT_MAX;
 
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
-
-/* weir_snat_entry.flags */
-#define WEIR_SNAT_F_REVERSE 0x1 /* remote -> node direction */
-
-struct weir_snat_entry {
-	__u64 expires_ns; /* bpf_ktime_get_ns() deadline, as in conntrack.h */
-	__u64 packets;
-	/* Forward: the new source (node IP, node port). Reverse: the new
-	 * destination (pod IP, pod port). */
-	__be32 addr;
-	__be16 port;
-	__u8 flags;
-	__u8 state; /* WEIR_CT_* for TCP */
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
