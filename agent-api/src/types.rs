@@ -124,6 +124,11 @@ pub struct AgentStatus {
     pub addresses_free: u64,
     /// Datapath drops by reason name.
     pub drops: BTreeMap<String, Traffic>,
+    /// The revision of the cluster state the service datapath last applied
+    /// (standalone mode: [`crate::revision::revision`] of the manifests it
+    /// read). A writer of manifests waits for the revision it left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_applied: Option<u64>,
 }
 
 /// A typed error: `code` is stable and machine-readable, `message` is for people.

@@ -394,6 +394,7 @@ mod tests {
                 endpoints: 0,
                 addresses_free: 1,
                 drops: Default::default(),
+                services_applied: None,
             }),
             Request::EndpointList => Response::Endpoints { endpoints: vec![] },
         })

@@ -13,6 +13,7 @@ use weir_agent_api::{API_VERSION, ApiError, Envelope, ErrorCode, Reply, Request,
 use crate::cluster::ClusterState;
 use crate::dataplane::Dataplane;
 use crate::endpoints::Shared;
+use crate::sync::SyncStatus;
 
 /// Requests larger than this are not CNI calls.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -37,14 +38,16 @@ pub async fn serve<D: Dataplane + 'static>(
     listener: UnixListener,
     endpoints: Shared<D>,
     cluster: watch::Receiver<Arc<ClusterState>>,
+    sync: Arc<SyncStatus>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let endpoints = endpoints.clone();
                 let cluster = cluster.clone();
+                let sync = sync.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, endpoints, cluster).await {
+                    if let Err(e) = handle(stream, endpoints, cluster, sync).await {
                         tracing::debug!(error = %e, "api connection");
                     }
                 });
@@ -58,6 +61,7 @@ async fn handle<D: Dataplane + 'static>(
     stream: UnixStream,
     endpoints: Shared<D>,
     cluster: watch::Receiver<Arc<ClusterState>>,
+    sync: Arc<SyncStatus>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -71,7 +75,7 @@ async fn handle<D: Dataplane + 'static>(
             let cluster = cluster.borrow().clone();
             let result = tokio::task::spawn_blocking(move || {
                 let _enter = span.enter();
-                dispatch(request, &endpoints, &cluster)
+                dispatch(request, &endpoints, &cluster, &sync)
             })
             .await
             .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("handler panicked: {e}"))));
@@ -121,6 +125,7 @@ fn dispatch<D: Dataplane>(
     request: Request,
     endpoints: &Shared<D>,
     cluster: &ClusterState,
+    sync: &SyncStatus,
 ) -> Result<Response, ApiError> {
     let mut eps = endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match request {
@@ -129,7 +134,13 @@ fn dispatch<D: Dataplane>(
         Request::EndpointGet(r) => eps.get(&r),
         Request::EndpointList => eps.list(),
         Request::Gc { keep } => eps.gc(&keep),
-        Request::Status => eps.status(),
+        Request::Status => eps.status().map(|r| match r {
+            Response::Status(mut s) => {
+                s.services_applied = sync.services();
+                Response::Status(s)
+            }
+            other => other,
+        }),
     }
 }
 

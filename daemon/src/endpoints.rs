@@ -264,6 +264,7 @@ impl<D: Dataplane> Endpoints<D> {
             endpoints: self.state.endpoints.len(),
             addresses_free: ipam::usable(self.cidr) - self.state.endpoints.len() as u64,
             drops,
+            services_applied: None,
         }))
     }
 }

@@ -11,6 +11,7 @@ pub mod netdev;
 pub mod routing;
 pub mod services;
 pub mod store;
+pub mod sync;
 pub mod xdp;
 
 use std::sync::{Arc, Mutex};
@@ -83,11 +84,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,
         config::LbAlgorithm::Maglev => weir_datapath::lb::Algorithm::Maglev,
     };
-    tokio::spawn(services::run(config.pin_dir(), lb_algorithm, node_info, rx.clone()));
+    let sync = Arc::new(sync::SyncStatus::default());
+    tokio::spawn(services::run(
+        config.pin_dir(),
+        lb_algorithm,
+        node_info,
+        rx.clone(),
+        sync.clone(),
+    ));
 
     let listener = api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
     tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(), "agent ready");
-    let server = tokio::spawn(api::serve(listener, endpoints, rx));
+    let server = tokio::spawn(api::serve(listener, endpoints, rx, sync));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

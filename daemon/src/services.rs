@@ -279,7 +279,13 @@ pub fn plan(applied: &BTreeMap<ServicePortKey, ServiceSpec>, desired: &BTreeMap<
 
 /// Keeps the datapath's services in step with the cluster model until the
 /// model's sender goes away; collects conntrack garbage meanwhile.
-pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, node: NodeInfo, mut rx: watch::Receiver<Arc<ClusterState>>) {
+pub async fn run(
+    pin_dir: PathBuf,
+    algorithm: Algorithm,
+    node: NodeInfo,
+    mut rx: watch::Receiver<Arc<ClusterState>>,
+    sync: Arc<crate::sync::SyncStatus>,
+) {
     let mut maps = match ServiceMaps::open(&pin_dir) {
         Ok(m) => m,
         Err(e) => {
@@ -336,6 +342,7 @@ pub async fn run(pin_dir: PathBuf, algorithm: Algorithm, node: NodeInfo, mut rx:
         let state = rx.borrow_and_update().clone();
         let want = desired(&state, algorithm, &node);
         apply(&mut maps, &mut applied, &want);
+        sync.services_applied(state.revision);
         loop {
             tokio::select! {
                 changed = rx.changed(), if model_open => {

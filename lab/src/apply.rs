@@ -351,9 +351,54 @@ fn run_controllers(store: &Store, namespaces: &BTreeSet<String>, deployments: &[
     errors
 }
 
-/// How long the lab gives agents to see a change in its store: standalone
-/// agents poll it every 500 ms.
-const AGENT_SYNC: Duration = Duration::from_millis(700);
+/// How long the lab waits for the agents to apply a change to its store
+/// (standalone agents poll it every 500 ms) before it reports them late.
+const AGENT_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until every node's agent has applied the store as it is now: the
+/// agents report the revision of the manifests their service datapath has
+/// applied (`services_applied`). A fixed wait was not enough on a loaded
+/// machine: a pod's servers stopped while an agent still sent it UDP flows.
+/// The lab is the store's one writer while it waits. Returns an error per
+/// agent that did not get there in time.
+fn wait_for_agents(lab: &Lab, state: &LabState) -> Vec<String> {
+    use weir_agent_api::revision::{manifest_files, revision};
+    let target = revision(&manifest_files(&lab.dir.manifests()));
+    let deadline = std::time::Instant::now() + AGENT_SYNC_TIMEOUT;
+    let mut pending: Vec<(&String, &std::path::Path)> = state
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.agent.is_some())
+        .map(|(name, n)| (name, n.socket.as_path()))
+        .collect();
+    loop {
+        pending.retain(|(_, socket)| agent_applied(socket) != Some(target));
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        if std::time::Instant::now() > deadline {
+            return pending
+                .iter()
+                .map(|(name, _)| {
+                    format!(
+                        "node {name}: its agent did not apply the change within {}s",
+                        AGENT_SYNC_TIMEOUT.as_secs()
+                    )
+                })
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The revision the agent behind `socket` has applied, if it can say.
+fn agent_applied(socket: &std::path::Path) -> Option<u64> {
+    let client = weir_agent_api::Client::new(socket, Duration::from_secs(2));
+    match client.call(weir_agent_api::Request::Status) {
+        Ok(weir_agent_api::Response::Status(s)) => s.services_applied,
+        _ => None,
+    }
+}
 
 /// Sets the Ready condition of the pods to False, as kubelet reports once
 /// their containers have stopped. Returns every error.
@@ -434,7 +479,7 @@ fn terminate_pods(lab: &Lab, state: &mut LabState, store: &Store, keys: &[String
             }
         }
         if unserved {
-            std::thread::sleep(AGENT_SYNC);
+            errors.extend(wait_for_agents(lab, state));
         }
     }
     for key in keys {

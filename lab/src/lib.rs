@@ -108,6 +108,10 @@ enum LabCommand {
         /// Seconds to wait.
         #[arg(long, default_value_t = 2.0)]
         timeout: f64,
+        /// Send from this source port (UDP only): the same flow each time, to
+        /// see what conntrack does with it.
+        #[arg(long)]
+        source_port: Option<u16>,
     },
     /// Stop everything the lab started and remove everything it created.
     Down,
@@ -219,6 +223,7 @@ pub fn run(args: LabArgs) -> Result<u8> {
             args,
             from_external,
             timeout,
+            source_port,
         } => {
             let (pod, target) = match (from_external, args.as_slice()) {
                 (false, [pod, target]) => (Some(pod.as_str()), target.as_str()),
@@ -226,7 +231,7 @@ pub fn run(args: LabArgs) -> Result<u8> {
                 (false, _) => bail!("usage: weir lab probe POD TARGET"),
                 (true, _) => bail!("usage: weir lab probe --from-external TARGET"),
             };
-            probe_cmd(&lab, pod, target, timeout)
+            probe_cmd(&lab, pod, target, timeout, source_port)
         }
         LabCommand::Down => down::down(&lab).map(|()| 0),
         LabCommand::Serve { .. } | LabCommand::SpawnIn { .. } => unreachable!("handled above"),
@@ -282,7 +287,7 @@ fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
 }
 
 /// Probes from a pod, or from the external host when `pod` is `None`.
-fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64) -> Result<u8> {
+fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64, source_port: Option<u16>) -> Result<u8> {
     let state = lab.dir.require()?;
     let from = pod.map(|p| find_pod(&state, p)).transpose()?;
     let (netns_name, namespace) = match from {
@@ -316,13 +321,19 @@ fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64) -> Result
             .context("bad pod IP in lab.json")
     };
     let outcome = match target {
-        probe::Target::Port { host, port, proto } => probe::port(
-            &netns::path(&netns_name).to_string_lossy(),
-            resolve(&host)?,
-            port,
-            proto,
-            timeout,
-        ),
+        probe::Target::Port { host, port, proto } => {
+            if source_port.is_some() && proto != serve::Proto::Udp {
+                bail!("--source-port is for UDP targets only");
+            }
+            probe::port(
+                &netns::path(&netns_name).to_string_lossy(),
+                resolve(&host)?,
+                port,
+                proto,
+                timeout,
+                source_port,
+            )
+        }
         probe::Target::Icmp { host } => probe::icmp(&netns_name, &resolve(&host)?.to_string(), timeout),
     };
     println!("{outcome}");

@@ -83,12 +83,20 @@ fn classify(e: &std::io::Error) -> Outcome {
     }
 }
 
-/// TCP or UDP probe from a thread inside the netns at `netns_path`.
-pub fn port(netns_path: &str, ip: IpAddr, port: u16, proto: Proto, timeout: Duration) -> Outcome {
+/// TCP or UDP probe from a thread inside the netns at `netns_path`; UDP
+/// from `source_port` when given (0: any).
+pub fn port(
+    netns_path: &str,
+    ip: IpAddr,
+    port: u16,
+    proto: Proto,
+    timeout: Duration,
+    source_port: Option<u16>,
+) -> Outcome {
     let addr = SocketAddr::new(ip, port);
     let run = move || match proto {
         Proto::Tcp => tcp(addr, timeout),
-        Proto::Udp => udp(addr, timeout),
+        Proto::Udp => udp(addr, timeout, source_port.unwrap_or(0)),
     };
     netns::run_in(netns_path, run).unwrap_or_else(|e| Outcome::Failed(e.to_string()))
 }
@@ -119,12 +127,13 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> Outcome {
     Outcome::Connected(first_line(&buf))
 }
 
-fn udp(addr: SocketAddr, timeout: Duration) -> Outcome {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap_or(addr)
+fn udp(addr: SocketAddr, timeout: Duration, source_port: u16) -> Outcome {
+    let any: IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        "[::]:0".parse().unwrap_or(addr)
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     };
+    let bind = SocketAddr::new(any, source_port);
     let sock = match UdpSocket::bind(bind).and_then(|s| s.connect(addr).map(|_| s)) {
         Ok(s) => s,
         Err(e) => return classify(&e),

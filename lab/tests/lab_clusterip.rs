@@ -339,3 +339,132 @@ fn scaling_while_probing_fails_no_probe() {
     let pods = web_pods(&lab);
     assert_eq!(pods.keys().collect::<Vec<_>>(), ["web-0"], "{pods:?}");
 }
+
+/// A process stopped with SIGSTOP until dropped (SIGCONT), also on panic.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Self {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill -STOP")
+            .success();
+        assert!(ok, "could not stop pid {pid}");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The pid of the agent of node `node`, from the lab's own record.
+fn agent_pid(lab: &Lab, node: &str) -> u32 {
+    let text = std::fs::read_to_string(lab.dir.join("lab.json")).expect("lab.json");
+    let state: serde_json::Value = serde_json::from_str(&text).expect("lab.json is JSON");
+    state["nodes"][node]["agent"]["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no agent pid for node {node}: {}", state["nodes"]))
+}
+
+/// Two backends pinned to nodes a and b, a client on a, one UDP service.
+const PINNED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: pin}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: pin}
+spec: {nodeName: a, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, namespace: pin, labels: {app: web}}
+spec: {nodeName: a, containers: [{name: c, image: x, ports: [{name: dns, containerPort: 53, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, namespace: pin, labels: {app: web}}
+spec: {nodeName: b, containers: [{name: c, image: x, ports: [{name: dns, containerPort: 53, protocol: UDP}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: pin}
+spec:
+  selector: {app: web}
+  ports: [{name: dns, port: 53, targetPort: dns, protocol: UDP}]
+"#;
+
+/// A pod's network goes only once every agent has stopped sending to it.
+/// The client's agent (node a) is frozen while web-b (node b) is deleted,
+/// so it cannot drop web-b from the service; a UDP flow pinned to web-b
+/// (the same source port each time) must be answered, by web-a, right after
+/// the delete returns. With a fixed wait instead, the lab deleted web-b
+/// first and the flow went nowhere until the agent came back.
+#[test]
+fn a_backend_goes_only_once_the_agents_stopped_using_it() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new("sd");
+    let topo = lab.file(
+        "topo.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: 172.31.251.0/24\nrouting: native\nnodes:\n  - {{name: a, podCIDR: 10.244.1.0/24}}\n  - {{name: b, podCIDR: 10.244.2.0/24}}\n",
+            lab.name
+        ),
+    );
+    lab.ok(&["up", &topo]);
+    let manifests = lab.file("pinned.yaml", PINNED);
+    lab.ok(&["apply", &manifests]);
+    let vip = cluster_ip(&lab, "pin/web");
+    let target = format!("{vip}:53/udp");
+    wait_for(&lab, "pin/client", &target, serving);
+    let from_port = |port: u16| -> String {
+        let out = lab.cmd(&[
+            "probe",
+            "pin/client",
+            &target,
+            "--timeout",
+            "2",
+            "--source-port",
+            &port.to_string(),
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let port = (42000..42100)
+        .find(|p| from_port(*p) == "connected: web-b")
+        .expect("some flow lands on web-b");
+    assert_eq!(from_port(port), "connected: web-b", "a flow keeps its backend");
+
+    let frozen = Frozen::new(agent_pid(&lab, "a"));
+    let freeze = Duration::from_secs(3);
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(freeze);
+        drop(frozen);
+    });
+    let started = Instant::now();
+    let web_b = lab.file(
+        "web-b.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-b, namespace: pin}\nspec: {nodeName: b, containers: [{name: c, image: x}]}\n",
+    );
+    lab.ok(&["delete", &web_b, "--grace", "1"]);
+    let took = started.elapsed();
+    let after = from_port(port);
+    thaw.join().expect("thaw thread");
+    assert_eq!(
+        after, "connected: web-a",
+        "the flow from port {port} right after the delete, which took {took:?}"
+    );
+    assert!(
+        took >= freeze,
+        "the delete waited for the frozen agent: it took {took:?}"
+    );
+}

@@ -36,6 +36,11 @@ impl ObjectKey {
 /// The parts of the cluster the agent acts on.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
+    /// Which state of its source this snapshot is (opaque, source-defined;
+    /// standalone mode: the manifest directory's revision), so a writer
+    /// can tell when the agent has applied what it wrote. `None` until the
+    /// source has synced once.
+    pub revision: Option<u64>,
     pub namespaces: BTreeMap<ObjectKey, Namespace>,
     pub nodes: BTreeMap<ObjectKey, Node>,
     pub pods: BTreeMap<ObjectKey, Pod>,

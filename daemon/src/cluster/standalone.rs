@@ -4,9 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
+
+use weir_agent_api::revision::{ManifestFile, manifest_files, revision};
 
 use super::{ClusterSource, ClusterState, parse_manifests};
 
@@ -25,33 +27,15 @@ impl StandaloneSource {
 }
 
 /// What decides whether to re-read: every file's path, size and mtime.
-type Fingerprint = Vec<(PathBuf, u64, SystemTime)>;
-
-fn manifest_files(dir: &Path, out: &mut Fingerprint) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Dotfiles are writers' temporaries (write-then-rename).
-        if name.starts_with('.') {
-            continue;
-        }
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            manifest_files(&path, out);
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json") {
-            out.push((path, meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
-        }
-    }
-}
+type Fingerprint = Vec<ManifestFile>;
 
 /// Reads every manifest; a bad file is logged and skipped, never fatal.
 pub fn load_dir(dir: &Path) -> (ClusterState, Fingerprint) {
-    let mut files = Vec::new();
-    manifest_files(dir, &mut files);
-    files.sort();
-    let mut state = ClusterState::default();
+    let files = manifest_files(dir);
+    let mut state = ClusterState {
+        revision: Some(revision(&files)),
+        ..Default::default()
+    };
     for (path, _, _) in &files {
         match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -70,9 +54,7 @@ impl ClusterSource for StandaloneSource {
         let mut last: Option<Fingerprint> = None;
         loop {
             let dir = self.dir.clone();
-            let mut current = Vec::new();
-            manifest_files(&dir, &mut current);
-            current.sort();
+            let current = manifest_files(&dir);
             if last.as_ref() != Some(&current) {
                 let (state, fingerprint) = tokio::task::spawn_blocking(move || load_dir(&dir))
                     .await
