@@ -34,6 +34,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let mut datapath = weir_datapath::Datapath::load(&config.pin_dir())
         .with_context(|| format!("loading datapath pinned at {}", config.pin_dir().display()))?;
+    for r in datapath.replaced_pins() {
+        tracing::warn!(
+            map = %r.map,
+            was = %r.was,
+            now = %r.now,
+            "a pinned map no longer fits this datapath: replaced with a new one (its entries are gone)"
+        );
+    }
     let netdev = Netdev::connect()?;
     let uplink = match &config.uplink {
         Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),

@@ -121,6 +121,9 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    /// The embedded objects did not parse (to read their map declarations).
+    #[error("parsing the datapath objects: {0}")]
+    Parse(#[source] aya_obj::ParseError),
     /// A map operation failed.
     #[error("map {map}: {source}")]
     Map {
@@ -163,6 +166,8 @@ pub struct Datapath {
     xdp: Ebpf,
     links_dir: PathBuf,
     nr_cpus: usize,
+    /// Pinned maps that no longer fit the objects and were replaced.
+    replaced: Vec<crate::pins::PinReplacement>,
 }
 
 impl Datapath {
@@ -189,6 +194,18 @@ impl Datapath {
                 path: dir.to_owned(),
                 source,
             })?;
+        }
+        // A pin that no longer fits what the objects declare is replaced,
+        // never reused (pins.rs).
+        let declared = crate::pins::declared(
+            &[crate::BPF_LXC, crate::BPF_HOST, crate::BPF_XDP],
+            &options.max_entries.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+        )
+        .map_err(DatapathError::Parse)?;
+        let replaced = crate::pins::incompatible(&declared, &crate::pins::pinned(pin_dir, &declared));
+        for r in &replaced {
+            let path = pin_dir.join(&r.map);
+            std::fs::remove_file(&path).map_err(|source| DatapathError::Pin { path, source })?;
         }
         // The first load creates and pins the maps, the second reuses them.
         let loader = || {
@@ -236,7 +253,13 @@ impl Datapath {
             xdp,
             links_dir,
             nr_cpus,
+            replaced,
         })
+    }
+
+    /// The pinned maps this load replaced because they no longer fitted.
+    pub fn replaced_pins(&self) -> &[crate::pins::PinReplacement] {
+        &self.replaced
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.

@@ -7,6 +7,7 @@ mod bpffs;
 mod datapath;
 pub mod drop;
 pub mod lb;
+pub mod pins;
 pub mod snat;
 
 pub use bpffs::{BpffsError, ensure_bpffs};
