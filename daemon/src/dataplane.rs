@@ -7,7 +7,30 @@ use weir_agent_api::{EndpointCounters, Traffic};
 use weir_datapath::Datapath;
 use weir_datapath::abi::EpInfo;
 
-use crate::netdev::Netdev;
+use crate::netdev::{Netdev, NetdevError};
+
+/// Why the kernel side of an endpoint operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The eBPF datapath: its maps, programs or links.
+    #[error(transparent)]
+    Datapath(#[from] weir_datapath::DatapathError),
+    /// Netlink: the pod's host route and neighbour.
+    #[error(transparent)]
+    Netdev(#[from] NetdevError),
+}
+
+/// An error with every cause behind it on one line, for API replies and logs.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
 
 /// What the endpoint manager needs from the kernel.
 pub trait Dataplane: Send {
@@ -15,12 +38,12 @@ pub trait Dataplane: Send {
     fn interface(&self, name: &str) -> Option<(u32, [u8; 6])>;
     /// Programs the endpoint map and attaches the programs to `iface`.
     /// `fresh` is false when re-adopting an interface after a restart.
-    fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), String>;
-    /// Undoes `wire`. Idempotent.
-    fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), String>;
-    fn counters(&mut self, endpoint_id: u32) -> Result<EndpointCounters, String>;
+    fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), DataplaneError>;
+    /// Undoes `wire`. Idempotent; tries every step and returns the first error.
+    fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), DataplaneError>;
+    fn counters(&mut self, endpoint_id: u32) -> Result<EndpointCounters, DataplaneError>;
     /// Drops by reason name.
-    fn drops(&self) -> Result<Vec<(String, Traffic)>, String>;
+    fn drops(&self) -> Result<Vec<(String, Traffic)>, DataplaneError>;
     /// Interfaces that still have programs attached (pins on bpffs).
     fn attached_interfaces(&self) -> Vec<String>;
 }
@@ -45,33 +68,27 @@ impl Dataplane for Kernel {
         Some((ifindex, mac))
     }
 
-    fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), String> {
-        self.datapath
-            .upsert_endpoint(IpAddr::V4(ip), info)
-            .map_err(|e| e.to_string())?;
-        let attached = if fresh {
-            self.datapath.attach_endpoint(iface)
+    fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), DataplaneError> {
+        self.datapath.upsert_endpoint(IpAddr::V4(ip), info)?;
+        if fresh {
+            self.datapath.attach_endpoint(iface)?;
         } else {
-            self.datapath.reattach_endpoint(iface)
-        };
-        attached.map_err(|e| format!("{e}: {}", error_chain(&e)))?;
+            self.datapath.reattach_endpoint(iface)?;
+        }
         // Deleting the veth later takes this route and neighbour with it.
         self.runtime
-            .block_on(self.netdev.add_pod_route(ip, info.ifindex, info.pod_mac))
-            .map_err(|e| format!("{e}: {}", error_chain(&e)))
+            .block_on(self.netdev.add_pod_route(ip, info.ifindex, info.pod_mac))?;
+        Ok(())
     }
 
-    fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), String> {
-        let detached = self.datapath.detach_endpoint(iface).map_err(|e| e.to_string());
-        let removed = self
-            .datapath
-            .remove_endpoint(IpAddr::V4(ip), endpoint_id)
-            .map_err(|e| e.to_string());
-        detached.and(removed)
+    fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), DataplaneError> {
+        let detached = self.datapath.detach_endpoint(iface);
+        let removed = self.datapath.remove_endpoint(IpAddr::V4(ip), endpoint_id);
+        detached.and(removed).map_err(DataplaneError::from)
     }
 
-    fn counters(&mut self, endpoint_id: u32) -> Result<EndpointCounters, String> {
-        let (i, e) = self.datapath.endpoint_traffic(endpoint_id).map_err(|e| e.to_string())?;
+    fn counters(&mut self, endpoint_id: u32) -> Result<EndpointCounters, DataplaneError> {
+        let (i, e) = self.datapath.endpoint_traffic(endpoint_id)?;
         Ok(EndpointCounters {
             ingress: Traffic {
                 packets: i.packets,
@@ -84,11 +101,10 @@ impl Dataplane for Kernel {
         })
     }
 
-    fn drops(&self) -> Result<Vec<(String, Traffic)>, String> {
+    fn drops(&self) -> Result<Vec<(String, Traffic)>, DataplaneError> {
         Ok(self
             .datapath
-            .drops()
-            .map_err(|e| e.to_string())?
+            .drops()?
             .into_iter()
             .map(|(r, t)| {
                 (
@@ -105,14 +121,4 @@ impl Dataplane for Kernel {
     fn attached_interfaces(&self) -> Vec<String> {
         self.datapath.attached_interfaces()
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }

@@ -9,7 +9,7 @@ use weir_agent_api::{AgentStatus, ApiError, Endpoint, EndpointAdd, EndpointRef, 
 use weir_datapath::abi::EpInfo;
 
 use crate::cluster::ClusterState;
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, report};
 use crate::ipam;
 use crate::store::{self, State, Store};
 
@@ -173,7 +173,7 @@ impl<D: Dataplane> Endpoints<D> {
             let _ = self.dataplane.unwire(&ep.host_ifname, ipv4, id);
             self.restore(&key, previous, previous_last);
             let _ = self.store.save(&self.state);
-            return Err(err(ErrorCode::Datapath, e));
+            return Err(err(ErrorCode::Datapath, report(&e)));
         }
         tracing::info!(endpoint = %key, pod = %format!("{}/{}", ep.pod.namespace, ep.pod.name), ip = %ipv4, id, "endpoint added");
         Ok(Response::Endpoint(Box::new(ep)))
@@ -200,7 +200,7 @@ impl<D: Dataplane> Endpoints<D> {
             return Err(err(ErrorCode::Internal, format!("persisting release: {e}")));
         }
         if let Err(e) = unwired {
-            tracing::warn!(endpoint = %key, error = %e, "unwiring endpoint");
+            tracing::warn!(endpoint = %key, error = %report(&e), "unwiring endpoint");
         }
         tracing::info!(endpoint = %key, ip = %ep.ipv4, "endpoint released");
         Ok(Response::Deleted { released: true })
@@ -224,7 +224,7 @@ impl<D: Dataplane> Endpoints<D> {
             ep.counters = Some(
                 self.dataplane
                     .counters(ep.id)
-                    .map_err(|e| err(ErrorCode::Datapath, e))?,
+                    .map_err(|e| err(ErrorCode::Datapath, report(&e)))?,
             );
         }
         Ok(Response::Endpoints { endpoints })
@@ -255,7 +255,7 @@ impl<D: Dataplane> Endpoints<D> {
         let drops = self
             .dataplane
             .drops()
-            .map_err(|e| err(ErrorCode::Datapath, e))?
+            .map_err(|e| err(ErrorCode::Datapath, report(&e)))?
             .into_iter()
             .collect();
         Ok(Response::Status(AgentStatus {
@@ -286,6 +286,7 @@ pub type Shared<D> = Arc<std::sync::Mutex<Endpoints<D>>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::DataplaneError;
     use std::net::Ipv4Addr;
     use weir_agent_api::{EndpointCounters, PodRef, Traffic};
 
@@ -300,21 +301,21 @@ mod tests {
         fn interface(&self, name: &str) -> Option<(u32, [u8; 6])> {
             self.ifaces.get(name).map(|i| (*i, [2, 0, 0, 0, 0, *i as u8]))
         }
-        fn wire(&mut self, iface: &str, ip: Ipv4Addr, _: EpInfo, _: bool) -> Result<(), String> {
+        fn wire(&mut self, iface: &str, ip: Ipv4Addr, _: EpInfo, _: bool) -> Result<(), DataplaneError> {
             if self.fail_wire {
-                return Err("verifier said no".into());
+                return Err(weir_datapath::DatapathError::Options("verifier said no".into()).into());
             }
             self.wired.insert(iface.into(), ip);
             Ok(())
         }
-        fn unwire(&mut self, iface: &str, _: Ipv4Addr, _: u32) -> Result<(), String> {
+        fn unwire(&mut self, iface: &str, _: Ipv4Addr, _: u32) -> Result<(), DataplaneError> {
             self.wired.remove(iface);
             Ok(())
         }
-        fn counters(&mut self, _: u32) -> Result<EndpointCounters, String> {
+        fn counters(&mut self, _: u32) -> Result<EndpointCounters, DataplaneError> {
             Ok(EndpointCounters::default())
         }
-        fn drops(&self) -> Result<Vec<(String, Traffic)>, String> {
+        fn drops(&self) -> Result<Vec<(String, Traffic)>, DataplaneError> {
             Ok(vec![])
         }
         fn attached_interfaces(&self) -> Vec<String> {
