@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::SchedClassifierLink;
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -78,6 +78,19 @@ impl ProgramKind {
 
 /// The XDP program in bpf_xdp.o.
 pub const XDP_PROGRAM: &str = "from_netdev_xdp";
+
+/// Pod programs are classic tc filters (a clsact qdisc and cls_bpf in
+/// direct-action mode), not TCX links: creating a TCX link waits for an RCU
+/// grace period under the RTNL lock (about 15 ms here, twice per pod, most
+/// of a CNI ADD), a netlink filter does not. They stay attached when the
+/// agent exits (no pin needed) and a restarted agent replaces them in
+/// place, atomically, by priority and handle. Node devices keep TCX: few,
+/// long-lived, attached once.
+const POD_TC_PRIORITY: u16 = 1;
+const POD_TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// Host veths of pods (weir-cni names them `lxc` + 11 hex digits).
+const POD_IFACE_PREFIX: &str = "lxc";
 
 /// Errors from the datapath, each naming what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -343,23 +356,74 @@ impl Datapath {
         self.links_dir.join(format!("{iface}-{}", kind.program_name()))
     }
 
-    /// Attaches both programs to a freshly created host veth, replacing pins
-    /// left by an earlier interface of the same name.
+    /// Attaches both programs to a freshly created host veth (tc filters,
+    /// see [`POD_TC_PRIORITY`]), replacing what an earlier interface of the
+    /// same name left.
     pub fn attach_endpoint(&mut self, iface: &str) -> Result<()> {
         self.detach_endpoint(iface)?;
+        self.add_clsact(iface)?;
         for kind in ProgramKind::POD {
-            self.attach_fresh(iface, kind)?;
+            self.attach_pod_filter(iface, kind, true)?;
         }
         Ok(())
     }
 
-    /// After an agent restart: swap this process's programs into the links
-    /// pinned by the previous one (atomic, no packet sees a gap), or attach
-    /// fresh where no pin exists.
+    /// After an agent restart: swap this process's programs into the
+    /// filters the previous one left (atomic: no packet sees a gap), or
+    /// into TCX links an older agent pinned; attach fresh where neither is.
     pub fn reattach_endpoint(&mut self, iface: &str) -> Result<()> {
         for kind in ProgramKind::POD {
-            self.reattach(iface, kind)?;
+            if PinnedLink::from_pin(self.link_pin(iface, kind)).is_ok() {
+                self.reattach(iface, kind)?;
+            } else if self.attach_pod_filter(iface, kind, false).is_err() {
+                self.add_clsact(iface)?;
+                self.attach_pod_filter(iface, kind, true)?;
+            }
         }
+        Ok(())
+    }
+
+    fn add_clsact(&self, iface: &str) -> Result<()> {
+        const EEXIST: i32 = 17;
+        match aya::programs::tc::qdisc_add_clsact(iface) {
+            Ok(()) => Ok(()),
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(EEXIST) => Ok(()),
+            Err(e) => Err(DatapathError::Attach {
+                program: "clsact qdisc",
+                iface: iface.to_owned(),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Attaches (`create`) or replaces (the filter must exist) one pod
+    /// program at the pods' priority and handle. The link handle is
+    /// forgotten, not dropped: dropping it would detach the filter.
+    fn attach_pod_filter(&mut self, iface: &str, kind: ProgramKind, create: bool) -> Result<()> {
+        let program = kind.program_name();
+        let attach_err = |source| DatapathError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source,
+        };
+        let prog = self.program_mut(kind);
+        let id = if create {
+            prog.attach_with_options(
+                iface,
+                kind.attach_type(),
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: POD_TC_PRIORITY,
+                    handle: POD_TC_HANDLE,
+                    classid: None,
+                }),
+            )
+        } else {
+            let link = SchedClassifierLink::attached(iface, kind.attach_type(), POD_TC_PRIORITY, POD_TC_HANDLE, None)
+                .map_err(|e| attach_err(aya::programs::ProgramError::from(TcError::IoError(e))))?;
+            prog.attach_to_link(link)
+        }
+        .map_err(attach_err)?;
+        std::mem::forget(prog.take_link(id).map_err(attach_err)?);
         Ok(())
     }
 
@@ -422,16 +486,40 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes the link pins, which detaches the programs. Idempotent.
+    /// Detaches the pod programs: their tc filters, and the TCX link pins
+    /// of an older agent. Idempotent (a missing interface has nothing).
     pub fn detach_endpoint(&self, iface: &str) -> Result<()> {
         for kind in ProgramKind::POD {
+            match aya::programs::tc::qdisc_detach_program(iface, kind.attach_type(), kind.program_name()) {
+                Ok(()) => {}
+                Err(TcError::IoError(e))
+                    if matches!(e.kind(), io::ErrorKind::NotFound) || e.raw_os_error() == Some(19) => {}
+                Err(TcError::NetlinkError(e)) if matches!(e.raw_os_error(), Some(2 | 19 | 22)) => {}
+                Err(e) => {
+                    return Err(DatapathError::Attach {
+                        program: kind.program_name(),
+                        iface: iface.to_owned(),
+                        source: e.into(),
+                    });
+                }
+            }
             remove_pin(self.link_pin(iface, kind))?;
         }
         Ok(())
     }
 
-    /// Pod interfaces with pinned links (for reconciling after a restart).
+    /// Pod interfaces that may have weir's programs (for reconciling after a
+    /// restart): every pod-named host veth in this netns, and every
+    /// interface with a TCX link pinned by an older agent.
     pub fn attached_interfaces(&self) -> Vec<String> {
+        let present = nix::net::if_::if_nameindex()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|i| i.name().to_str().ok().map(str::to_owned))
+                    .filter(|n| n.starts_with(POD_IFACE_PREFIX))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
         let mut names: Vec<String> = std::fs::read_dir(&self.links_dir)
             .into_iter()
             .flatten()
@@ -445,6 +533,7 @@ impl Datapath {
                     .then(|| iface.to_owned())
             })
             .collect();
+        names.extend(present);
         names.sort();
         names.dedup();
         names

@@ -8,6 +8,22 @@ use std::time::Duration;
 use weir_agent_api::{Request, Response};
 use weir_e2e::{Node, in_netns, require_root};
 
+/// The ids of the BPF programs tc runs on `dev` (ingress, then egress).
+fn tc_program_ids(node: &Node, dev: &str) -> Vec<String> {
+    ["ingress", "egress"]
+        .iter()
+        .flat_map(|dir| {
+            let out = node.ns.exec_ok("tc", &["filter", "show", "dev", dev, dir]);
+            out.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .filter(|w| w[0] == "id")
+                .map(|w| w[1].to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn round_trip(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, msg: &str) -> String {
     stream.write_all(format!("{msg}\n").as_bytes()).expect("write");
     let mut line = String::new();
@@ -45,7 +61,24 @@ fn established_tcp_survives_agent_restart() {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
 
     assert_eq!(round_trip(&mut stream, &mut reader, "before"), "echo before");
+    let dev = match node.client().call(Request::EndpointList).unwrap() {
+        Response::Endpoints { endpoints } => {
+            endpoints
+                .into_iter()
+                .find(|e| e.ipv4 == a.ip)
+                .expect("client's endpoint")
+                .host_ifname
+        }
+        other => panic!("endpoint_list: {other:?}"),
+    };
+    let before = tc_program_ids(&node, &dev);
+    assert_eq!(before.len(), 2, "from_pod and to_pod on {dev}: {before:?}");
     node.stop_agent();
+    assert_eq!(
+        tc_program_ids(&node, &dev),
+        before,
+        "the programs stay attached while the agent is away"
+    );
     assert_eq!(
         round_trip(&mut stream, &mut reader, "while-down"),
         "echo while-down",
@@ -53,6 +86,12 @@ fn established_tcp_survives_agent_restart() {
     );
     node.start_agent();
     assert_eq!(round_trip(&mut stream, &mut reader, "after"), "echo after");
+    let after = tc_program_ids(&node, &dev);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "the new agent swapped its own programs in: {before:?} then {after:?}"
+    );
 
     // The restarted agent adopted both endpoints, with their counters intact.
     match node.client().call(Request::EndpointList).unwrap() {
