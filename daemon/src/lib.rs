@@ -51,6 +51,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         name: config.node.clone(),
         ip: uplink.map(|(_, ip)| ip),
     };
+    // One owner per map: each controller gets the handles of the maps it
+    // programs; the endpoint manager keeps the datapath with the rest.
+    let route_maps = datapath.take_route_maps()?;
+    let service_maps = datapath.take_service_maps()?;
+    let snat_map = datapath.take_snat_map()?;
     let kernel = Kernel {
         datapath,
         netdev: netdev.clone(),
@@ -83,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.node.clone(),
             route_dev,
             netdev,
-            endpoints.clone(),
+            route_maps,
             rx.clone(),
         ));
     }
@@ -94,7 +99,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let sync = Arc::new(sync::SyncStatus::default());
     tokio::spawn(services::run(
-        config.pin_dir(),
+        service_maps,
+        snat_map,
         lb_algorithm,
         node_info,
         rx.clone(),

@@ -10,8 +10,6 @@ use tokio::sync::watch;
 
 use crate::cluster::ClusterState;
 use crate::config::Routing;
-use crate::dataplane::Kernel;
-use crate::endpoints::Shared;
 use crate::netdev::Netdev;
 
 /// Every other node's pod CIDRs with its InternalIP, sorted. Nodes without
@@ -51,9 +49,12 @@ pub async fn run(
     node: String,
     route_dev: u32,
     netdev: Netdev,
-    endpoints: Shared<Kernel>,
+    maps: weir_datapath::RouteMaps,
     mut cluster: watch::Receiver<Arc<ClusterState>>,
 ) {
+    // Map syscalls block: they run on a blocking thread, which owns the
+    // maps between rounds.
+    let maps = Arc::new(std::sync::Mutex::new(maps));
     // Routes a previous agent left for nodes that may be gone.
     let mut installed: BTreeSet<Ipv4Net> = match netdev.weir_node_routes().await {
         Ok(r) => r.into_iter().collect(),
@@ -84,11 +85,10 @@ pub async fn run(
         installed = keep;
         // The datapath's view: node IPs (never masqueraded) in both modes,
         // and in vxlan mode which node owns which pod CIDR.
-        let eps = endpoints.clone();
+        let maps = maps.clone();
         let routes = wanted.clone();
         let synced = tokio::task::spawn_blocking(move || {
-            let mut eps = eps.lock().unwrap_or_else(|p| p.into_inner());
-            let datapath = &mut eps.dataplane_mut().datapath;
+            let mut datapath = maps.lock().unwrap_or_else(|p| p.into_inner());
             let mut nodes: Vec<Ipv4Addr> = routes.iter().map(|(_, ip)| *ip).collect();
             nodes.dedup();
             datapath.sync_node_ips(&nodes)?;

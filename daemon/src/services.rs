@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,22 +279,74 @@ pub fn plan(applied: &BTreeMap<ServicePortKey, ServiceSpec>, desired: &BTreeMap<
 /// Keeps the datapath's services in step with the cluster model until the
 /// model's sender goes away; collects conntrack garbage meanwhile.
 pub async fn run(
-    pin_dir: PathBuf,
+    maps: ServiceMaps,
+    snat: SnatMap,
     algorithm: Algorithm,
     node: NodeInfo,
     mut rx: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<crate::sync::SyncStatus>,
 ) {
-    let mut maps = match ServiceMaps::open(&pin_dir) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "services disabled: cannot open the service maps");
-            return;
-        }
-    };
     // Start from what the pinned maps hold, so services an earlier agent
     // programmed and that are gone now get removed.
-    let mut applied: BTreeMap<ServicePortKey, ServiceSpec> = match maps.services() {
+    let applied = programmed(&maps, algorithm);
+    // Every map syscall blocks: the maps live with a blocking thread's
+    // work, never on an async worker.
+    let owned = Arc::new(std::sync::Mutex::new(Owned { maps, snat, applied }));
+    let mut gc = tokio::time::interval(GC_INTERVAL);
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut model_open = true;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let (work, node, sync) = (owned.clone(), node.clone(), sync.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
+            let want = desired(&state, algorithm, &node);
+            let o = &mut *o;
+            apply(&mut o.maps, &mut o.applied, &want);
+            sync.services_applied(state.revision);
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "programming services panicked");
+        }
+        loop {
+            tokio::select! {
+                changed = rx.changed(), if model_open => {
+                    if changed.is_err() {
+                        // No source (or it ended): keep the table, keep collecting.
+                        model_open = false;
+                        continue;
+                    }
+                    break;
+                }
+                _ = gc.tick() => {
+                    let work = owned.clone();
+                    let done = tokio::task::spawn_blocking(move || {
+                        let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
+                        collect_garbage(&mut o);
+                    })
+                    .await;
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "conntrack gc panicked");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the services controller owns: the service and conntrack maps, the
+/// masquerade table it collects, and what it last programmed.
+struct Owned {
+    maps: ServiceMaps,
+    snat: SnatMap,
+    applied: BTreeMap<ServicePortKey, ServiceSpec>,
+}
+
+/// The services the pinned maps hold, each with an impossible spec so that
+/// one still desired is rewritten and one no longer desired is removed.
+fn programmed(maps: &ServiceMaps, algorithm: Algorithm) -> BTreeMap<ServicePortKey, ServiceSpec> {
+    match maps.services() {
         Ok(s) => s
             .keys()
             .filter_map(|k| {
@@ -305,7 +356,6 @@ pub async fn run(
                     132 => Protocol::Sctp,
                     _ => return None,
                 };
-                // An impossible spec: forces a rewrite if still desired.
                 let stale = ServiceSpec {
                     backends: vec![],
                     algorithm,
@@ -326,53 +376,24 @@ pub async fn run(
             tracing::warn!(error = %e, "reading programmed services");
             BTreeMap::new()
         }
-    };
-    // bpf_host.o pins it next to the others; only a broken pin dir lacks it.
-    let mut snat = match SnatMap::open(&pin_dir) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!(error = %e, "SNAT gc disabled: cannot open the SNAT map");
-            None
+    }
+}
+
+/// Expired conntrack and SNAT entries go.
+fn collect_garbage(o: &mut Owned) {
+    {
+        let _span = tracing::debug_span!("conntrack.gc").entered();
+        match o.maps.gc_conntrack(monotonic_now_ns()) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
+            Err(e) => tracing::warn!(error = %e, "conntrack gc"),
         }
-    };
-    let mut gc = tokio::time::interval(GC_INTERVAL);
-    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut model_open = true;
-    loop {
-        let state = rx.borrow_and_update().clone();
-        let want = desired(&state, algorithm, &node);
-        apply(&mut maps, &mut applied, &want);
-        sync.services_applied(state.revision);
-        loop {
-            tokio::select! {
-                changed = rx.changed(), if model_open => {
-                    if changed.is_err() {
-                        // No source (or it ended): keep the table, keep collecting.
-                        model_open = false;
-                        continue;
-                    }
-                    break;
-                }
-                _ = gc.tick() => {
-                    {
-                        let _span = tracing::debug_span!("conntrack.gc").entered();
-                        match maps.gc_conntrack(monotonic_now_ns()) {
-                            Ok(0) => {}
-                            Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
-                            Err(e) => tracing::warn!(error = %e, "conntrack gc"),
-                        }
-                    }
-                    if let Some(snat) = snat.as_mut() {
-                        let _span = tracing::debug_span!("snat.gc").entered();
-                        match snat.gc(monotonic_now_ns()) {
-                            Ok(0) => {}
-                            Ok(removed) => tracing::debug!(removed, "SNAT entries expired"),
-                            Err(e) => tracing::warn!(error = %e, "SNAT gc"),
-                        }
-                    }
-                }
-            }
-        }
+    }
+    let _span = tracing::debug_span!("snat.gc").entered();
+    match o.snat.gc(monotonic_now_ns()) {
+        Ok(0) => {}
+        Ok(removed) => tracing::debug!(removed, "SNAT entries expired"),
+        Err(e) => tracing::warn!(error = %e, "SNAT gc"),
     }
 }
 

@@ -555,79 +555,41 @@ impl Datapath {
         })
     }
 
-    fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, Route>> {
-        let map = self
-            .ebpf
-            .map_mut(maps::NODE_ROUTES)
-            .ok_or(DatapathError::Missing(maps::NODE_ROUTES))?;
-        LpmTrie::try_from(map).map_err(|source| DatapathError::Map {
+    /// Hands the node-route maps to their one owner (the routing
+    /// controller); the programs keep using them.
+    pub fn take_route_maps(&mut self) -> Result<RouteMaps> {
+        let mut take = |name: &'static str| self.ebpf.take_map(name).ok_or(DatapathError::Missing(name));
+        let routes = LpmTrie::try_from(take(maps::NODE_ROUTES)?).map_err(|source| DatapathError::Map {
             map: maps::NODE_ROUTES,
             source,
-        })
-    }
-
-    /// Replaces the set of remote pod CIDRs and the nodes owning them.
-    pub fn sync_node_routes(&mut self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
-        let mut map = self.routes_map()?;
-        let wanted: Vec<(Key<RouteKey>, Route)> = routes
-            .iter()
-            .map(|(cidr, node)| {
-                (
-                    RouteKey::v4(*cidr),
-                    Route {
-                        node_ip: u32::from_ne_bytes(node.octets()),
-                        flags: 0,
-                    },
-                )
-            })
-            .collect();
-        let stale: Vec<Key<RouteKey>> = map
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| {
-                !wanted
-                    .iter()
-                    .any(|(w, _)| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-            })
-            .collect();
-        for key in stale {
-            ignore_missing(map.remove(&key), maps::NODE_ROUTES)?;
-        }
-        for (key, route) in wanted {
-            map.insert(&key, route, 0).map_err(|source| DatapathError::Map {
-                map: maps::NODE_ROUTES,
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the set of other nodes' IPs (never masqueraded).
-    pub fn sync_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(maps::NODES)
-            .ok_or(DatapathError::Missing(maps::NODES))?;
-        let mut map: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map).map_err(|source| DatapathError::Map {
+        })?;
+        let nodes = HashMap::try_from(take(maps::NODES)?).map_err(|source| DatapathError::Map {
             map: maps::NODES,
             source,
         })?;
-        let wanted: Vec<u32> = ips.iter().map(|ip| u32::from_ne_bytes(ip.octets())).collect();
-        let stale: Vec<u32> = map
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !wanted.contains(k))
-            .collect();
-        for key in stale {
-            ignore_missing(map.remove(&key), maps::NODES)?;
-        }
-        for key in wanted {
-            map.insert(key, 0, 0).map_err(|source| DatapathError::Map {
-                map: maps::NODES,
-                source,
-            })?;
-        }
-        Ok(())
+        Ok(RouteMaps { routes, nodes })
+    }
+
+    /// Hands the service maps (services, backends, Maglev, conntrack) to
+    /// their one owner (the services controller).
+    pub fn take_service_maps(&mut self) -> std::result::Result<crate::lb::ServiceMaps, crate::lb::LbError> {
+        use crate::lb::maps as lb;
+        let mut take = |name: &'static str| self.ebpf.take_map(name).ok_or(crate::lb::LbError::Missing(name));
+        crate::lb::ServiceMaps::from_maps(
+            take(lb::SERVICES)?,
+            take(lb::BACKENDS)?,
+            take(lb::MAGLEV)?,
+            take(lb::CONNTRACK)?,
+        )
+    }
+
+    /// Hands the masquerade map to its one owner (its GC).
+    pub fn take_snat_map(&mut self) -> std::result::Result<crate::snat::SnatMap, crate::snat::SnatError> {
+        let map = self
+            .host
+            .take_map(crate::snat::MAP)
+            .ok_or(crate::snat::SnatError::Missing(crate::snat::MAP))?;
+        crate::snat::SnatMap::from_map(map)
     }
 
     fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, EpKey, EpInfo>> {
@@ -742,6 +704,73 @@ impl Datapath {
 
 fn zero_per_cpu(nr_cpus: usize) -> PerCpuValues<Traffic> {
     PerCpuValues::try_from(vec![Traffic::default(); nr_cpus]).expect("nr_cpus is at least one")
+}
+
+/// The maps that say where other nodes are: the pod-CIDR → node LPM trie
+/// (vxlan mode) and the set of node IPs (never masqueraded). Owned by the
+/// routing controller ([`Datapath::take_route_maps`]).
+pub struct RouteMaps {
+    routes: LpmTrie<MapData, RouteKey, Route>,
+    nodes: HashMap<MapData, u32, u32>,
+}
+
+impl RouteMaps {
+    /// Replaces the set of remote pod CIDRs and the nodes owning them.
+    pub fn sync_node_routes(&mut self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
+        let map = &mut self.routes;
+        let wanted: Vec<(Key<RouteKey>, Route)> = routes
+            .iter()
+            .map(|(cidr, node)| {
+                (
+                    RouteKey::v4(*cidr),
+                    Route {
+                        node_ip: u32::from_ne_bytes(node.octets()),
+                        flags: 0,
+                    },
+                )
+            })
+            .collect();
+        let stale: Vec<Key<RouteKey>> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|(w, _)| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for key in stale {
+            ignore_missing(map.remove(&key), maps::NODE_ROUTES)?;
+        }
+        for (key, route) in wanted {
+            map.insert(&key, route, 0).map_err(|source| DatapathError::Map {
+                map: maps::NODE_ROUTES,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the set of other nodes' IPs (never masqueraded).
+    pub fn sync_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<()> {
+        let map = &mut self.nodes;
+        let wanted: Vec<u32> = ips.iter().map(|ip| u32::from_ne_bytes(ip.octets())).collect();
+        let stale: Vec<u32> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            ignore_missing(map.remove(&key), maps::NODES)?;
+        }
+        for key in wanted {
+            map.insert(key, 0, 0).map_err(|source| DatapathError::Map {
+                map: maps::NODES,
+                source,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn remove_pin(pin: PathBuf) -> Result<()> {

@@ -281,11 +281,15 @@ pub enum LbError {
     /// Every service id is taken.
     #[error("no free service id (at most {MAX_SERVICES} services)")]
     Full,
+    /// The datapath has no such map (or it was handed out already).
+    #[error("the datapath has no map {0} to hand over")]
+    Missing(&'static str),
 }
 
 type Result<T, E = LbError> = std::result::Result<T, E>;
 
-/// The service and conntrack maps of one node's datapath, opened by pin.
+/// The service and conntrack maps of one node's datapath, owned by the
+/// services controller.
 pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, BackendValue>,
@@ -311,13 +315,9 @@ fn ignore_missing(r: Result<(), MapError>, map: &'static str) -> Result<()> {
     }
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<HashMap<MapData, K, V>> {
+fn open_pin(pin_dir: &Path, name: &'static str) -> Result<MapData> {
     let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|source| LbError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    HashMap::try_from(Map::HashMap(data)).map_err(|source| LbError::Open { path, source })
+    MapData::from_pin(&path).map_err(|source| LbError::Open { path, source })
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which
@@ -328,13 +328,43 @@ pub fn monotonic_now_ns() -> u64 {
 }
 
 impl ServiceMaps {
-    /// Opens the maps pinned under `pin_dir` by a loaded [`crate::Datapath`].
+    /// The maps a loaded [`crate::Datapath`] hands over
+    /// ([`crate::Datapath::take_service_maps`]): the agent's way.
+    pub fn from_maps(services: Map, backends: Map, maglev: Map, conntrack: Map) -> Result<Self> {
+        let hash = |name: &'static str, m: Map| -> Result<MapData> {
+            match m {
+                Map::HashMap(data) => Ok(data),
+                _ => Err(LbError::Missing(name)),
+            }
+        };
+        Self::from_data(
+            hash(maps::SERVICES, services)?,
+            hash(maps::BACKENDS, backends)?,
+            hash(maps::MAGLEV, maglev)?,
+            hash(maps::CONNTRACK, conntrack)?,
+        )
+    }
+
+    /// Opens the maps pinned under `pin_dir` by a loaded [`crate::Datapath`]:
+    /// for tests and tools beside a running datapath.
     pub fn open(pin_dir: &Path) -> Result<Self> {
+        Self::from_data(
+            open_pin(pin_dir, maps::SERVICES)?,
+            open_pin(pin_dir, maps::BACKENDS)?,
+            open_pin(pin_dir, maps::MAGLEV)?,
+            open_pin(pin_dir, maps::CONNTRACK)?,
+        )
+    }
+
+    fn from_data(services: MapData, backends: MapData, maglev: MapData, conntrack: MapData) -> Result<Self> {
+        fn hash<K: aya::Pod, V: aya::Pod>(name: &'static str, data: MapData) -> Result<HashMap<MapData, K, V>> {
+            HashMap::try_from(Map::HashMap(data)).map_err(|source| LbError::Map { map: name, source })
+        }
         let mut me = Self {
-            services: open(pin_dir, maps::SERVICES)?,
-            backends: open(pin_dir, maps::BACKENDS)?,
-            maglev: open(pin_dir, maps::MAGLEV)?,
-            conntrack: open(pin_dir, maps::CONNTRACK)?,
+            services: hash(maps::SERVICES, services)?,
+            backends: hash(maps::BACKENDS, backends)?,
+            maglev: hash(maps::MAGLEV, maglev)?,
+            conntrack: hash(maps::CONNTRACK, conntrack)?,
             used_ids: BTreeSet::new(),
         };
         me.used_ids = me.services()?.values().map(|v| v.service_id).collect();

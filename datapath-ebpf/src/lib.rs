@@ -11,7 +11,7 @@ pub mod pins;
 pub mod snat;
 
 pub use bpffs::{BpffsError, ensure_bpffs};
-pub use datapath::{Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind, XDP_PROGRAM};
+pub use datapath::{Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind, RouteMaps, XDP_PROGRAM};
 
 /// The object with the programs for the host side of a pod's veth, built by
 /// `build.rs` from `bpf/bpf_lxc.c`.

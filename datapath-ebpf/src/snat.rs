@@ -74,15 +74,27 @@ pub enum SnatError {
     /// A map operation failed.
     #[error("map {MAP}: {0}")]
     Map(#[source] MapError),
+    /// The datapath has no such map (or it was handed out already).
+    #[error("the datapath has no map {0} to hand over")]
+    Missing(&'static str),
 }
 
-/// The masquerade table of one node's datapath, opened by its pin.
+/// The masquerade table of one node's datapath, owned by its GC.
 pub struct SnatMap {
     map: HashMap<MapData, CtKey, SnatEntry>,
 }
 
 impl SnatMap {
-    /// Opens the map pinned under `pin_dir` by a loaded [`crate::Datapath`].
+    /// The map a loaded [`crate::Datapath`] hands over
+    /// ([`crate::Datapath::take_snat_map`]): the agent's way.
+    pub fn from_map(map: Map) -> Result<Self, SnatError> {
+        Ok(Self {
+            map: HashMap::try_from(map).map_err(SnatError::Map)?,
+        })
+    }
+
+    /// Opens the map pinned under `pin_dir` by a loaded [`crate::Datapath`]:
+    /// for tests and tools beside a running datapath.
     pub fn open(pin_dir: &Path) -> Result<Self, SnatError> {
         let path = pin_dir.join(MAP);
         let data = MapData::from_pin(&path).map_err(|source| SnatError::Open {

@@ -30,6 +30,8 @@ const B_IFINDEX: u32 = 4242;
 /// A datapath with its own pin directory, removed on drop.
 struct Fixture {
     dp: Datapath,
+    /// The node-route maps, handed over as the agent's routing controller gets them.
+    routes: weir_datapath::RouteMaps,
     pin_dir: PathBuf,
 }
 
@@ -63,7 +65,8 @@ impl Fixture {
             },
         )
         .unwrap();
-        Self { dp, pin_dir }
+        let routes = dp.take_route_maps().expect("route maps");
+        Self { dp, routes, pin_dir }
     }
 
     /// Runs a program; returns the verdict and the frame as it left.
@@ -124,7 +127,7 @@ fn vxlan(fx: &mut Fixture) {
             ..Default::default()
         })
         .unwrap();
-    fx.dp
+    fx.routes
         .sync_node_routes(&[("10.245.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))])
         .unwrap();
 }
@@ -486,7 +489,7 @@ fn remote_pods_go_to_the_stack_in_native_mode_and_into_the_tunnel_in_vxlan_mode(
     assert_eq!(fx.run(ProgramKind::ToOverlay, &outside).0, TC_ACT_UNSPEC);
 
     // Routes are replaced as a set.
-    fx.dp.sync_node_routes(&[]).unwrap();
+    fx.routes.sync_node_routes(&[]).unwrap();
     assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_OK);
 }
 

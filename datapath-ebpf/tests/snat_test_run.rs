@@ -45,6 +45,8 @@ const ECHO_REPLY: u8 = 0;
 struct Fixture {
     dp: Datapath,
     snat: SnatMap,
+    /// The node-route maps, handed over as the agent's routing controller gets them.
+    routes: weir_datapath::RouteMaps,
     pin_dir: PathBuf,
 }
 
@@ -68,7 +70,13 @@ impl Fixture {
         };
         dp.upsert_endpoint(IpAddr::V4(POD_A), info).unwrap();
         let snat = SnatMap::open(&pin_dir).unwrap_or_else(|e| panic!("opening the SNAT map: {e:?}"));
-        let mut fx = Self { dp, snat, pin_dir };
+        let routes = dp.take_route_maps().expect("route maps");
+        let mut fx = Self {
+            dp,
+            snat,
+            routes,
+            pin_dir,
+        };
         fx.masquerade(true);
         fx
     }
@@ -400,7 +408,7 @@ fn cluster_traffic_the_nodes_own_and_other_packets_are_untouched() {
         NODE
     );
     assert_eq!(fx.entries().len(), 2);
-    fx.dp.sync_node_ips(&[OTHER_NODE]).unwrap();
+    fx.routes.sync_node_ips(&[OTHER_NODE]).unwrap();
     let to_node = Flow::new(POD_A, 40001, OTHER_NODE, 80, TCP).packet(SYN);
     assert_eq!(
         fx.run(ProgramKind::ToNetdev, &to_node),
