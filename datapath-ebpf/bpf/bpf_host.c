@@ -52,35 +52,32 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	return deliver_local(skb, dst, meta.ttl);
 }
 
-/* NodePort translation in TC. Returns -1 when the packet is none of its
- * business, otherwise the verdict. */
-static __always_inline int nodeport_tc(struct __sk_buff *skb)
+/* NodePort translation in TC, on the packet from_netdev parsed. Returns -1
+ * when the packet is none of its business, otherwise the verdict. */
+static __always_inline int nodeport_tc(struct __sk_buff *skb, struct ipv4_meta *meta)
 {
 	struct weir_ct_key key = {}, to = {};
-	struct ipv4_meta meta = {};
 	struct weir_ep_info *dst;
 	__u8 tcp_flags = 0;
 	__u32 reason;
 	int ret;
 
-	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
-		return -1;
-	if (lb4_tuple(skb, &meta, &key, &tcp_flags) <= 0)
+	if (lb4_tuple(skb, meta, &key, &tcp_flags) <= 0)
 		return -1;
 	ret = nodeport_ct(&key, tcp_flags, bpf_ktime_get_ns(), &to);
 	if (ret == 0)
 		return -1;
 	if (ret < 0)
 		return drop_packet(skb, -ret);
-	reason = lb4_rewrite(skb, &meta, &key, to.saddr, to.daddr, to.sport, to.dport);
+	reason = lb4_rewrite(skb, meta, &key, to.saddr, to.daddr, to.sport, to.dport);
 	if (reason)
 		return drop_packet(skb, reason);
-	dst = lookup_ep_v4(meta.daddr);
+	dst = lookup_ep_v4(meta->daddr);
 	if (dst) {
 		obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
-		return deliver_local(skb, dst, meta.ttl);
+		return deliver_local(skb, dst, meta->ttl);
 	}
-	return nodeport_redirect_out(skb, &meta);
+	return nodeport_redirect_out(skb, meta);
 }
 
 SEC("classifier")
@@ -92,13 +89,15 @@ int from_netdev(struct __sk_buff *skb)
 	int ret;
 
 	obs_begin(skb, WEIR_OBS_FROM_NETDEV);
-	/* NodePort's SNAT ports (61000-65535) and masquerade's (32768-60999)
-	 * do not overlap, so their reply lookups cannot claim each other's. */
-	ret = nodeport_tc(skb);
-	if (ret >= 0)
-		return ret;
+	/* Parsed once for every stage below. Malformed packets are the
+	 * stack's to judge on a node device. */
 	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
 		return WEIR_PASS_ON;
+	/* NodePort's SNAT ports (61000-65535) and masquerade's (32768-60999)
+	 * do not overlap, so their reply lookups cannot claim each other's. */
+	ret = nodeport_tc(skb, &meta);
+	if (ret >= 0)
+		return ret;
 	/* Before the endpoint lookup: a masqueraded reply is addressed to
 	 * the node until this turns it back into the pod's. */
 	reason = snat4_ingress(skb, &meta);
