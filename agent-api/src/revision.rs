@@ -36,9 +36,11 @@ pub fn manifest_files(dir: &Path) -> Vec<ManifestFile> {
     out
 }
 
-/// The revision of a listing: FNV-1a over every path, size and mtime, so it
-/// is the same in every build of every binary (std's hasher is not).
-pub fn revision(files: &[ManifestFile]) -> u64 {
+/// The revision of a listing of `dir`: FNV-1a over every path (relative to
+/// `dir`, so the agent and a writer that name the directory differently
+/// agree), size and mtime; the same in every build of every binary (std's
+/// hasher is not).
+pub fn revision(dir: &Path, files: &[ManifestFile]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -46,7 +48,7 @@ pub fn revision(files: &[ManifestFile]) -> u64 {
         }
     };
     for (path, size, mtime) in files {
-        eat(path.as_os_str().as_encoded_bytes());
+        eat(path.strip_prefix(dir).unwrap_or(path).as_os_str().as_encoded_bytes());
         eat(&[0]);
         eat(&size.to_le_bytes());
         let ns = mtime.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -68,9 +70,19 @@ mod tests {
         std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
         let one = manifest_files(&dir);
         assert_eq!(one.len(), 1, "{one:?}");
-        assert_eq!(revision(&one), revision(&manifest_files(&dir)), "stable");
+        assert_eq!(revision(&dir, &one), revision(&dir, &manifest_files(&dir)), "stable");
+        let via = dir.join("pod").join("..");
+        assert_eq!(
+            revision(&via, &manifest_files(&via)),
+            revision(&dir, &one),
+            "the same directory by another name"
+        );
         std::fs::write(dir.join("pod/a.yaml"), "kind: Pod\n").unwrap();
-        assert_ne!(revision(&one), revision(&manifest_files(&dir)), "a rewrite changes it");
+        assert_ne!(
+            revision(&dir, &one),
+            revision(&dir, &manifest_files(&dir)),
+            "a rewrite changes it"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -363,7 +363,8 @@ const AGENT_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// agent that did not get there in time.
 fn wait_for_agents(lab: &Lab, state: &LabState) -> Vec<String> {
     use weir_agent_api::revision::{manifest_files, revision};
-    let target = revision(&manifest_files(&lab.dir.manifests()));
+    let dir = lab.dir.manifests();
+    let target = revision(&dir, &manifest_files(&dir));
     let deadline = std::time::Instant::now() + AGENT_SYNC_TIMEOUT;
     let mut pending: Vec<(&String, &std::path::Path)> = state
         .nodes

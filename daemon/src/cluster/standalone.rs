@@ -33,7 +33,7 @@ type Fingerprint = Vec<ManifestFile>;
 pub fn load_dir(dir: &Path) -> (ClusterState, Fingerprint) {
     let files = manifest_files(dir);
     let mut state = ClusterState {
-        revision: Some(revision(&files)),
+        revision: Some(revision(dir, &files)),
         ..Default::default()
     };
     for (path, _, _) in &files {
