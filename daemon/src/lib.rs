@@ -2,6 +2,7 @@
 //! API to weir-cni and keeps the cluster-state model current.
 
 pub mod api;
+pub mod backoff;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;

@@ -63,7 +63,9 @@ pub async fn run(
             BTreeSet::new()
         }
     };
+    let mut backoff = crate::backoff::Backoff::controller();
     loop {
+        let mut failed = false;
         let wanted = remote_routes(&cluster.borrow_and_update(), &node);
         // Kernel routes in both modes: the node's own stack must reach remote
         // pods too (replies to them, probes); pods' own traffic in vxlan mode
@@ -73,16 +75,23 @@ pub async fn run(
                 .replace_node_route(*cidr, *via, route_dev, mode == Routing::Vxlan)
                 .await
             {
+                failed = true;
                 tracing::warn!(error = %e, "programming node route");
             }
         }
         let keep: BTreeSet<Ipv4Net> = wanted.iter().map(|(c, _)| *c).collect();
         for stale in installed.difference(&keep) {
             if let Err(e) = netdev.delete_node_route(*stale).await {
+                failed = true;
                 tracing::warn!(error = %e, "removing node route");
             }
         }
-        installed = keep;
+        // A route that could not be removed stays ours to retry.
+        installed = if failed {
+            installed.union(&keep).copied().collect()
+        } else {
+            keep
+        };
         // The datapath's view: node IPs (never masqueraded) in both modes,
         // and in vxlan mode which node owns which pod CIDR.
         let maps = maps.clone();
@@ -100,11 +109,23 @@ pub async fn run(
         .await
         .expect("route sync panicked");
         if let Err(e) = synced {
+            failed = true;
             tracing::warn!(error = %e, "programming node routes into the datapath");
         }
-        tracing::debug!(routes = wanted.len(), ?mode, "node routes in step");
-        if cluster.changed().await.is_err() {
-            return;
+        if !failed {
+            backoff.succeeded();
+            tracing::debug!(routes = wanted.len(), ?mode, "node routes in step");
+            if cluster.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // Requeued: a retry may fix what failed; a change retries at once.
+        let wait = backoff.failed();
+        tracing::info!(retry_in = ?wait, "node routes left to program: requeued");
+        tokio::select! {
+            changed = cluster.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -295,6 +295,7 @@ pub async fn run(
     let mut gc = tokio::time::interval(GC_INTERVAL);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut model_open = true;
+    let mut backoff = crate::backoff::Backoff::controller();
     loop {
         let state = rx.borrow_and_update().clone();
         let (work, node, sync) = (owned.clone(), node.clone(), sync.clone());
@@ -302,15 +303,35 @@ pub async fn run(
             let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
             let want = desired(&state, algorithm, &node);
             let o = &mut *o;
-            apply(&mut o.maps, &mut o.applied, &want);
+            let failed = apply(&mut o.maps, &mut o.applied, &want);
             sync.services_applied(state.revision);
+            failed
         })
         .await;
-        if let Err(e) = done {
-            tracing::error!(error = %e, "programming services panicked");
-        }
+        let retry = match done {
+            Ok(0) => {
+                backoff.succeeded();
+                None
+            }
+            Ok(failed) => {
+                let wait = backoff.failed();
+                tracing::info!(failed, retry_in = ?wait, "services left to program: requeued");
+                Some(tokio::time::sleep(wait))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "programming services panicked");
+                Some(tokio::time::sleep(backoff.failed()))
+            }
+        };
+        tokio::pin!(let retry = async move {
+            match retry {
+                Some(sleep) => sleep.await,
+                None => std::future::pending().await,
+            }
+        };);
         loop {
             tokio::select! {
+                () = &mut retry => break,
                 changed = rx.changed(), if model_open => {
                     if changed.is_err() {
                         // No source (or it ended): keep the table, keep collecting.
@@ -397,13 +418,16 @@ fn collect_garbage(o: &mut Owned) {
     }
 }
 
-/// Applies the difference; what fails stays out of `applied` so the next
-/// change retries it.
+/// Applies the difference; what fails stays out of `applied`. Returns how
+/// many services failed for a reason a retry can fix (map errors): the
+/// caller requeues those with backoff. A service the datapath cannot
+/// express is retried only when it changes.
 fn apply(
     maps: &mut ServiceMaps,
     applied: &mut BTreeMap<ServicePortKey, ServiceSpec>,
     want: &BTreeMap<ServicePortKey, ServiceSpec>,
-) {
+) -> usize {
+    let mut transient = 0;
     let Plan { upsert, remove } = plan(applied, want);
     for key in remove {
         let _span = tracing::info_span!("service.remove", service = %key).entered();
@@ -412,7 +436,10 @@ fn apply(
                 applied.remove(&key);
                 tracing::info!("removed");
             }
-            Err(e) => tracing::warn!(error = %e, "removing service"),
+            Err(e) => {
+                transient += 1;
+                tracing::warn!(error = %e, "removing service");
+            }
         }
     }
     for (key, spec) in upsert {
@@ -430,10 +457,14 @@ fn apply(
             }
             Err(e) => {
                 applied.remove(&key);
+                if !matches!(e, weir_datapath::lb::LbError::Invalid { .. }) {
+                    transient += 1;
+                }
                 tracing::warn!(error = %e, "programming service");
             }
         }
     }
+    transient
 }
 
 #[cfg(test)]
