@@ -306,11 +306,7 @@ impl Datapath {
     pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
         let pin = self.links_dir.join(format!("{iface}-{XDP_PROGRAM}"));
         let program = XDP_PROGRAM;
-        let attach_err = |source| DatapathError::Attach {
-            program,
-            iface: iface.to_owned(),
-            source,
-        };
+        let attach_err = attach_error(program, iface);
         let link_err = |source| DatapathError::Link {
             program,
             iface: iface.to_owned(),
@@ -401,11 +397,7 @@ impl Datapath {
     /// forgotten, not dropped: dropping it would detach the filter.
     fn attach_pod_filter(&mut self, iface: &str, kind: ProgramKind, create: bool) -> Result<()> {
         let program = kind.program_name();
-        let attach_err = |source| DatapathError::Attach {
-            program,
-            iface: iface.to_owned(),
-            source,
-        };
+        let attach_err = attach_error(program, iface);
         let prog = self.program_mut(kind);
         let id = if create {
             prog.attach_with_options(
@@ -441,11 +433,7 @@ impl Datapath {
     fn reattach(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
         let pin = self.link_pin(iface, kind);
         let program = kind.program_name();
-        let attach_err = |source| DatapathError::Attach {
-            program,
-            iface: iface.to_owned(),
-            source,
-        };
+        let attach_err = attach_error(program, iface);
         match PinnedLink::from_pin(&pin) {
             Ok(pinned) => {
                 let link =
@@ -467,11 +455,7 @@ impl Datapath {
     fn attach_fresh(&mut self, iface: &str, kind: ProgramKind) -> Result<()> {
         let pin = self.link_pin(iface, kind);
         let program = kind.program_name();
-        let attach_err = |source| DatapathError::Attach {
-            program,
-            iface: iface.to_owned(),
-            source,
-        };
+        let attach_err = attach_error(program, iface);
         let prog = self.program_mut(kind);
         let id = prog.attach(iface, kind.attach_type()).map_err(attach_err)?;
         let link = FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(|source| DatapathError::Link {
@@ -770,6 +754,18 @@ impl RouteMaps {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Maps a program error to the attach error naming program and interface.
+fn attach_error<'a>(
+    program: &'static str,
+    iface: &'a str,
+) -> impl Fn(aya::programs::ProgramError) -> DatapathError + Copy + 'a {
+    move |source| DatapathError::Attach {
+        program,
+        iface: iface.to_owned(),
+        source,
     }
 }
 
