@@ -56,7 +56,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // programs; the endpoint manager keeps the datapath with the rest.
     let route_maps = datapath.take_route_maps()?;
     let service_maps = datapath.take_service_maps()?;
-    let snat_map = datapath.take_snat_map()?;
     let kernel = Kernel {
         datapath,
         netdev: netdev.clone(),
@@ -101,7 +100,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sync = Arc::new(sync::SyncStatus::default());
     tokio::spawn(services::run(
         service_maps,
-        snat_map,
         lb_algorithm,
         node_info,
         rx.clone(),

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use weir_datapath::lb::{
     Algorithm, Backend, Protocol, ServiceMaps, ServiceSpec, TrafficPolicy, addr_of, monotonic_now_ns,
 };
-use weir_datapath::snat::SnatMap;
 
 use crate::cluster::ClusterState;
 
@@ -280,7 +279,6 @@ pub fn plan(applied: &BTreeMap<ServicePortKey, ServiceSpec>, desired: &BTreeMap<
 /// model's sender goes away; collects conntrack garbage meanwhile.
 pub async fn run(
     maps: ServiceMaps,
-    snat: SnatMap,
     algorithm: Algorithm,
     node: NodeInfo,
     mut rx: watch::Receiver<Arc<ClusterState>>,
@@ -291,7 +289,7 @@ pub async fn run(
     let applied = programmed(&maps, algorithm);
     // Every map syscall blocks: the maps live with a blocking thread's
     // work, never on an async worker.
-    let owned = Arc::new(std::sync::Mutex::new(Owned { maps, snat, applied }));
+    let owned = Arc::new(std::sync::Mutex::new(Owned { maps, applied }));
     let mut gc = tokio::time::interval(GC_INTERVAL);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut model_open = true;
@@ -356,11 +354,11 @@ pub async fn run(
     }
 }
 
-/// What the services controller owns: the service and conntrack maps, the
-/// masquerade table it collects, and what it last programmed.
+/// What the services controller owns: the service maps, the one conntrack
+/// table (masqueraded flows included) it collects, and what it last
+/// programmed.
 struct Owned {
     maps: ServiceMaps,
-    snat: SnatMap,
     applied: BTreeMap<ServicePortKey, ServiceSpec>,
 }
 
@@ -400,21 +398,14 @@ fn programmed(maps: &ServiceMaps, algorithm: Algorithm) -> BTreeMap<ServicePortK
     }
 }
 
-/// Expired conntrack and SNAT entries go.
+/// Expired connections go, of every kind (plain, service, masqueraded), in
+/// batched map calls.
 fn collect_garbage(o: &mut Owned) {
-    {
-        let _span = tracing::debug_span!("conntrack.gc").entered();
-        match o.maps.gc_conntrack(monotonic_now_ns()) {
-            Ok(0) => {}
-            Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
-            Err(e) => tracing::warn!(error = %e, "conntrack gc"),
-        }
-    }
-    let _span = tracing::debug_span!("snat.gc").entered();
-    match o.snat.gc(monotonic_now_ns()) {
+    let _span = tracing::debug_span!("conntrack.gc").entered();
+    match o.maps.gc_conntrack(monotonic_now_ns()) {
         Ok(0) => {}
-        Ok(removed) => tracing::debug!(removed, "SNAT entries expired"),
-        Err(e) => tracing::warn!(error = %e, "SNAT gc"),
+        Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
+        Err(e) => tracing::warn!(error = %e, "conntrack gc"),
     }
 }
 

@@ -46,30 +46,29 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 	/* A backend on another node answered a local client: restore the
 	 * service address the client connected to. */
-	reason = lb4_rev_nat(skb, &meta);
+	reason = ct_to_pod(skb, &meta, 1);
 	if (reason)
 		return drop_packet(skb, reason);
 	return deliver_local(skb, dst, meta.ttl);
 }
 
-/* NodePort translation in TC, on the packet from_netdev parsed. Returns -1
- * when the packet is none of its business, otherwise the verdict. */
-static __always_inline int nodeport_tc(struct __sk_buff *skb, struct ipv4_meta *meta)
+/* NodePort translation in TC, on the packet from_netdev parsed and the
+ * entry it looked up. Returns -1 when the packet is none of its business,
+ * otherwise the verdict. */
+static __always_inline int nodeport_tc(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
+				       struct weir_ct_entry *ct, __u8 l4_flags, __u64 now)
 {
-	struct weir_ct_key key = {}, to = {};
+	struct weir_ct_key to = {};
 	struct weir_ep_info *dst;
-	__u8 tcp_flags = 0;
 	__u32 reason;
 	int ret;
 
-	if (lb4_tuple(skb, meta, &key, &tcp_flags) <= 0)
-		return -1;
-	ret = nodeport_ct(&key, tcp_flags, bpf_ktime_get_ns(), &to);
+	ret = nodeport_ct(skb, key, ct, l4_flags, now, &to);
 	if (ret == 0)
 		return -1;
 	if (ret < 0)
 		return drop_packet(skb, -ret);
-	reason = lb4_rewrite(skb, meta, &key, to.saddr, to.daddr, to.sport, to.dport);
+	reason = lb4_rewrite(skb, meta, key, to.saddr, to.daddr, to.sport, to.dport);
 	if (reason)
 		return drop_packet(skb, reason);
 	dst = lookup_ep_v4(meta->daddr);
@@ -83,33 +82,60 @@ static __always_inline int nodeport_tc(struct __sk_buff *skb, struct ipv4_meta *
 SEC("classifier")
 int from_netdev(struct __sk_buff *skb)
 {
+	struct weir_ct_entry *ct = NULL;
+	struct weir_ct_key key = {};
 	struct weir_ep_info *dst;
 	struct ipv4_meta meta = {};
+	__u8 l4_flags = 0;
 	__u32 reason;
-	int ret;
+	__u64 now;
+	int tracked, ret;
 
 	obs_begin(skb, WEIR_OBS_FROM_NETDEV);
 	/* Parsed once for every stage below. Malformed packets are the
 	 * stack's to judge on a node device. */
 	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
 		return WEIR_PASS_ON;
-	/* NodePort's SNAT ports (61000-65535) and masquerade's (32768-60999)
-	 * do not overlap, so their reply lookups cannot claim each other's. */
-	ret = nodeport_tc(skb, &meta);
-	if (ret >= 0)
-		return ret;
-	/* Before the endpoint lookup: a masqueraded reply is addressed to
-	 * the node until this turns it back into the pod's. */
-	reason = snat4_ingress(skb, &meta);
-	if (reason)
-		return drop_packet(skb, reason);
+	tracked = ct_tuple(skb, &meta, &key, &l4_flags);
+	now = bpf_ktime_get_ns();
+	if (tracked > 0) {
+		/* The one conntrack lookup: NodePort, masquerade and service
+		 * replies all follow the entry it finds. NodePort's SNAT ports
+		 * (61000-65535) and masquerade's (32768-60999) do not overlap,
+		 * so their reply tuples cannot claim each other's. */
+		ct = bpf_map_lookup_elem(&weir_ct4, &key);
+		ret = nodeport_tc(skb, &meta, &key, ct, l4_flags, now);
+		if (ret >= 0)
+			return ret;
+		/* Before the endpoint lookup: a masqueraded reply is addressed
+		 * to the node until this turns it back into the pod's. */
+		if (ct && (ct->flags & (WEIR_CT_F_MASQ | WEIR_CT_F_REVERSE)) == (WEIR_CT_F_MASQ | WEIR_CT_F_REVERSE)) {
+			reason = snat4_reply(skb, &meta, &key, ct, l4_flags);
+			if (reason)
+				return drop_packet(skb, reason);
+			dst = lookup_ep_v4(meta.daddr);
+			if (!dst)
+				return WEIR_PASS_ON;
+			obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
+			/* A service whose backend is outside the cluster: the
+			 * masqueraded reply is a service reply too. */
+			reason = ct_to_pod(skb, &meta, 0);
+			if (reason)
+				return drop_packet(skb, reason);
+			return deliver_local(skb, dst, meta.ttl);
+		}
+	}
 	dst = lookup_ep_v4(meta.daddr);
 	if (!dst)
 		return WEIR_PASS_ON;
 	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
-	reason = lb4_rev_nat(skb, &meta);
-	if (reason)
-		return drop_packet(skb, reason);
+	if (tracked < 0)
+		return drop_packet(skb, -tracked);
+	if (tracked > 0) {
+		reason = ct_into_pod(skb, &meta, &key, ct, l4_flags, now, 1);
+		if (reason)
+			return drop_packet(skb, reason);
+	}
 	return deliver_local(skb, dst, meta.ttl);
 }
 

@@ -91,11 +91,12 @@ int to_pod(struct __sk_buff *skb)
 	reason = ipv4_parse(skb, &meta);
 	if (reason)
 		return drop_packet(skb, reason);
-	/* A service reply the stack routed here skipped the client's from_pod. */
-	reason = lb4_rev_nat(skb, &meta);
+	dst = lookup_ep_v4(meta.daddr);
+	/* A service reply the stack routed here skipped the client's
+	 * from_pod; anything else is tracked as it enters the pod. */
+	reason = ct_to_pod(skb, &meta, dst && dst->ifindex == skb->ifindex);
 	if (reason)
 		return drop_packet(skb, reason);
-
 	dst = lookup_ep_v4(meta.daddr);
 	if (!dst || dst->ifindex != skb->ifindex)
 		return WEIR_PASS_ON;

@@ -92,6 +92,7 @@ int from_netdev_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct weir_ct_key key = {}, to = {};
+	struct weir_ct_entry *seen;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	__be16 *ports;
@@ -140,13 +141,10 @@ int from_netdev_xdp(struct xdp_md *ctx)
 	 * may have left the checksum to offload (CHECKSUM_PARTIAL), which only
 	 * an skb remembers; sent back out by XDP_TX it would arrive corrupt.
 	 * Requests come from outside the cluster with complete checksums. */
-	{
-		struct weir_ct_entry *seen = bpf_map_lookup_elem(&weir_ct4, &key);
-
-		if (seen && (seen->flags & WEIR_CT_F_REVERSE))
-			return XDP_PASS;
-	}
-	ret = nodeport_ct(&key, tcp_flags, bpf_ktime_get_ns(), &to);
+	seen = bpf_map_lookup_elem(&weir_ct4, &key);
+	if (seen && (seen->flags & WEIR_CT_F_REVERSE))
+		return XDP_PASS;
+	ret = nodeport_ct(ctx, &key, seen, tcp_flags, bpf_ktime_get_ns(), &to);
 	if (ret == 0)
 		return XDP_PASS;
 	if (ret < 0) {

@@ -5,10 +5,12 @@
 //! prefix length (aya's `lpm_trie::Key` carries that); `tests/abi_layout.rs`
 //! checks it and every generated struct against the objects' BTF.
 //!
-//! This is also the crate's one home of `unsafe`: the `aya::Pod` markers.
+//! This is also the crate's one home of `unsafe`: the `aya::Pod` markers,
+//! and the batched map syscalls aya has no API for ([`lookup_batch`],
+//! [`delete_batch`]).
 #![allow(
     unsafe_code,
-    reason = "aya::Pod is an unsafe marker trait; each impl is justified below"
+    reason = "aya::Pod is an unsafe marker trait and the batch calls are raw bpf(2); each is justified below"
 )]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -80,7 +82,6 @@ pub type BackendKey = sys::weir_lb_backend_key;
 pub type BackendValue = sys::weir_lb_backend;
 pub type AffinityKey = sys::weir_lb_affinity_key;
 pub type AffinityValue = sys::weir_lb_affinity;
-pub type SnatEntry = sys::weir_snat_entry;
 
 pub const ROUTING_NATIVE: u32 = sys::WEIR_ROUTING_NATIVE;
 pub const ROUTING_VXLAN: u32 = sys::WEIR_ROUTING_VXLAN;
@@ -93,6 +94,7 @@ pub const CT_F_REVERSE: u8 = u8_of(sys::WEIR_CT_F_REVERSE);
 pub const CT_F_HAIRPIN: u8 = u8_of(sys::WEIR_CT_F_HAIRPIN);
 pub const CT_F_NODEPORT: u8 = u8_of(sys::WEIR_CT_F_NODEPORT);
 pub const CT_F_SNAT: u8 = u8_of(sys::WEIR_CT_F_SNAT);
+pub const CT_F_MASQ: u8 = u8_of(sys::WEIR_CT_F_MASQ);
 pub const CT_NEW: u8 = u8_of(sys::WEIR_CT_NEW);
 pub const CT_SYN_SENT: u8 = u8_of(sys::WEIR_CT_SYN_SENT);
 pub const CT_ESTABLISHED: u8 = u8_of(sys::WEIR_CT_ESTABLISHED);
@@ -110,10 +112,8 @@ pub const LB_F_LOCAL: u8 = u8_of(sys::WEIR_LB_F_LOCAL);
 pub const NAT_PORTS: std::ops::RangeInclusive<u16> =
     u16_of(sys::WEIR_NAT_PORT_MIN)..=u16_of(sys::WEIR_NAT_PORT_MIN + sys::WEIR_NAT_PORT_COUNT - 1);
 
-pub const SNAT_MAX_ENTRIES: u32 = sys::WEIR_SNAT_MAX_ENTRIES;
 /// Node ports (and ICMP echo identifiers) handed to masqueraded flows.
 pub const SNAT_PORTS: std::ops::RangeInclusive<u16> = u16_of(sys::WEIR_SNAT_PORT_MIN)..=u16_of(sys::WEIR_SNAT_PORT_MAX);
-pub const SNAT_F_REVERSE: u8 = u8_of(sys::WEIR_SNAT_F_REVERSE);
 
 impl EpKey {
     pub fn new(ip: IpAddr) -> Self {
@@ -209,8 +209,100 @@ unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for AffinityKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for AffinityValue {}
-// SAFETY: as above.
-unsafe impl aya::Pod for SnatEntry {}
+
+// --- batched map operations -------------------------------------------------
+
+/// bpf(2) with one `bpf_attr` whose `batch` member is set: its outcome
+/// (errno read at once) and the count the kernel wrote back.
+fn bpf_batch(
+    cmd: aya_obj::generated::bpf_cmd,
+    batch: aya_obj::generated::bpf_attr__bindgen_ty_3,
+) -> (std::io::Result<()>, u32) {
+    let mut attr: aya_obj::generated::bpf_attr = zeroed_attr();
+    attr.batch = batch;
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size we
+    // pass; the pointers in it (set by the callers below) point at buffers
+    // that live across the call and are as large as `count` says.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            &mut attr as *mut aya_obj::generated::bpf_attr,
+            size_of::<aya_obj::generated::bpf_attr>() as libc::c_uint,
+        )
+    };
+    let outcome = if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    // SAFETY: the kernel wrote `count` back into the union's batch member.
+    (outcome, unsafe { attr.batch.count })
+}
+
+fn zeroed_attr() -> aya_obj::generated::bpf_attr {
+    // SAFETY: bpf_attr is a C union of integer structs: all zeroes is the
+    // value the kernel expects for every member not set.
+    unsafe { std::mem::zeroed() }
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` on a hash map: fills `keys` and `values` from
+/// the bucket after `token` (the start for `None`) and returns how many it
+/// filled and the token to go on from, `None` once the map is done. Hash
+/// maps return a whole bucket or nothing: `ENOSPC` means the buffers are
+/// smaller than one bucket (the caller grows them).
+pub(crate) fn lookup_batch<K: aya::Pod, V: aya::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    token: Option<u32>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> std::io::Result<(usize, Option<u32>)> {
+    use std::os::fd::AsRawFd;
+    let in_batch = token.unwrap_or(0);
+    let mut out_batch = 0u32;
+    let count = keys.len().min(values.len()) as u32;
+    let batch = aya_obj::generated::bpf_attr__bindgen_ty_3 {
+        in_batch: if token.is_some() {
+            &in_batch as *const u32 as u64
+        } else {
+            0
+        },
+        out_batch: &mut out_batch as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: fd.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    match bpf_batch(aya_obj::generated::bpf_cmd::BPF_MAP_LOOKUP_BATCH, batch) {
+        (Ok(()), filled) => Ok((filled as usize, Some(out_batch))),
+        // The end of the map, with the last entries (if any) filled.
+        (Err(e), filled) if e.raw_os_error() == Some(libc::ENOENT) => Ok((filled as usize, None)),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// One `BPF_MAP_DELETE_BATCH`: deletes `keys` in order, stopping at the first
+/// that fails. Returns how many went and that error, if any.
+pub(crate) fn delete_batch<K: aya::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    keys: &[K],
+) -> (usize, Option<std::io::Error>) {
+    use std::os::fd::AsRawFd;
+    let batch = aya_obj::generated::bpf_attr__bindgen_ty_3 {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: 0,
+        count: keys.len() as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    let (outcome, deleted) = bpf_batch(aya_obj::generated::bpf_cmd::BPF_MAP_DELETE_BATCH, batch);
+    (deleted as usize, outcome.err())
+}
 
 #[cfg(test)]
 mod tests {

@@ -554,8 +554,10 @@ impl Datapath {
         Ok(RouteMaps { routes, nodes })
     }
 
-    /// Hands the service maps (services, backends, Maglev, conntrack) to
-    /// their one owner (the services controller).
+    /// Hands the service maps (services, backends, Maglev) and the one
+    /// conntrack table to their one owner (the services controller, which
+    /// flushes UDP flows of departed backends and collects every expired
+    /// connection, masqueraded ones included).
     pub fn take_service_maps(&mut self) -> std::result::Result<crate::lb::ServiceMaps, crate::lb::LbError> {
         use crate::lb::maps as lb;
         let mut take = |name: &'static str| self.ebpf.take_map(name).ok_or(crate::lb::LbError::Missing(name));
@@ -565,15 +567,6 @@ impl Datapath {
             take(lb::MAGLEV)?,
             take(lb::CONNTRACK)?,
         )
-    }
-
-    /// Hands the masquerade map to its one owner (its GC).
-    pub fn take_snat_map(&mut self) -> std::result::Result<crate::snat::SnatMap, crate::snat::SnatError> {
-        let map = self
-            .host
-            .take_map(crate::snat::MAP)
-            .ok_or(crate::snat::SnatError::Missing(crate::snat::MAP))?;
-        crate::snat::SnatMap::from_map(map)
     }
 
     fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, EpKey, EpInfo>> {

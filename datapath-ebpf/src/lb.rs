@@ -4,7 +4,7 @@
 //!
 //! `ServiceMaps` opens the maps by their pins, so the agent can program
 //! services without the [`crate::Datapath`] object the endpoint code owns.
-use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -18,13 +18,16 @@ pub mod maps {
     pub const BACKENDS: &str = "weir_lb4_backends";
     pub const MAGLEV: &str = "weir_lb4_maglev";
     pub const AFFINITY: &str = "weir_lb4_affinity";
-    pub const CONNTRACK: &str = "weir_ct4";
+    pub const CONNTRACK: &str = crate::conntrack::MAP;
 }
 
 pub use crate::abi::{
-    ALG_MAGLEV, ALG_RANDOM, AffinityKey, AffinityValue, BackendKey, BackendValue, CT_CLOSING, CT_ESTABLISHED,
-    CT_F_HAIRPIN, CT_F_NODEPORT, CT_F_REVERSE, CT_F_SNAT, CT_MAX_ENTRIES, CT_NEW, CT_SYN_SENT, CtEntry, CtKey,
-    HAIRPIN_IP, LB_F_EXTERNAL, LB_F_LOCAL, MAGLEV_M, MAX_SERVICES, NAT_PORTS, ServiceKey, ServiceValue,
+    ALG_MAGLEV, ALG_RANDOM, AffinityKey, AffinityValue, BackendKey, BackendValue, HAIRPIN_IP, LB_F_EXTERNAL,
+    LB_F_LOCAL, MAGLEV_M, MAX_SERVICES, NAT_PORTS, ServiceKey, ServiceValue,
+};
+pub use crate::conntrack::{
+    CT_CLOSING, CT_ESTABLISHED, CT_F_HAIRPIN, CT_F_MASQ, CT_F_NODEPORT, CT_F_REVERSE, CT_F_SNAT, CT_MAX_ENTRIES,
+    CT_NEW, CT_SYN_SENT, Conntrack, CtEntry, CtError, CtKey,
 };
 
 /// An IPv4 address as the packet carries it, in a native `u32`.
@@ -52,33 +55,6 @@ impl ServiceKey {
 
 /// `struct weir_lb_maglev`: backend slot per table index.
 pub type MaglevTable = [u32; MAGLEV_M];
-
-impl CtKey {
-    pub fn new(saddr: Ipv4Addr, sport: u16, daddr: Ipv4Addr, dport: u16, proto: Protocol) -> Self {
-        Self {
-            saddr: be_addr(saddr),
-            daddr: be_addr(daddr),
-            sport: sport.to_be(),
-            dport: dport.to_be(),
-            proto: proto as u8,
-            pad: [0; 3],
-        }
-    }
-}
-
-impl CtEntry {
-    /// The key of the other direction's entry.
-    pub fn partner_key(&self, proto: u8) -> CtKey {
-        CtKey {
-            saddr: self.xlate_daddr,
-            daddr: self.xlate_saddr,
-            sport: self.xlate_dport,
-            dport: self.xlate_sport,
-            proto,
-            pad: [0; 3],
-        }
-    }
-}
 
 // --- what a service is -----------------------------------------------------
 
@@ -284,6 +260,9 @@ pub enum LbError {
     /// The datapath has no such map (or it was handed out already).
     #[error("the datapath has no map {0} to hand over")]
     Missing(&'static str),
+    /// Reading or flushing the conntrack table failed.
+    #[error(transparent)]
+    Conntrack(#[from] CtError),
 }
 
 type Result<T, E = LbError> = std::result::Result<T, E>;
@@ -294,7 +273,7 @@ pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, BackendValue>,
     maglev: HashMap<MapData, u32, MaglevTable>,
-    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    conntrack: Conntrack,
     /// Service ids in use, mirrored here so allocating one does not walk the
     /// services map (which would make programming N services O(N²)).
     used_ids: BTreeSet<u32>,
@@ -341,7 +320,7 @@ impl ServiceMaps {
             hash(maps::SERVICES, services)?,
             hash(maps::BACKENDS, backends)?,
             hash(maps::MAGLEV, maglev)?,
-            hash(maps::CONNTRACK, conntrack)?,
+            Conntrack::from_map(conntrack)?,
         )
     }
 
@@ -352,11 +331,11 @@ impl ServiceMaps {
             open_pin(pin_dir, maps::SERVICES)?,
             open_pin(pin_dir, maps::BACKENDS)?,
             open_pin(pin_dir, maps::MAGLEV)?,
-            open_pin(pin_dir, maps::CONNTRACK)?,
+            Conntrack::open(pin_dir)?,
         )
     }
 
-    fn from_data(services: MapData, backends: MapData, maglev: MapData, conntrack: MapData) -> Result<Self> {
+    fn from_data(services: MapData, backends: MapData, maglev: MapData, conntrack: Conntrack) -> Result<Self> {
         fn hash<K: aya::Pod, V: aya::Pod>(name: &'static str, data: MapData) -> Result<HashMap<MapData, K, V>> {
             HashMap::try_from(Map::HashMap(data)).map_err(|source| LbError::Map { map: name, source })
         }
@@ -364,7 +343,7 @@ impl ServiceMaps {
             services: hash(maps::SERVICES, services)?,
             backends: hash(maps::BACKENDS, backends)?,
             maglev: hash(maps::MAGLEV, maglev)?,
-            conntrack: hash(maps::CONNTRACK, conntrack)?,
+            conntrack,
             used_ids: BTreeSet::new(),
         };
         me.used_ids = me.services()?.values().map(|v| v.service_id).collect();
@@ -567,18 +546,12 @@ impl ServiceMaps {
 
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        self.conntrack
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(|source| LbError::Map {
-                map: maps::CONNTRACK,
-                source,
-            })
+        Ok(self.conntrack.entries()?)
     }
 
     /// Number of conntrack entries (two per connection).
     pub fn conntrack_len(&self) -> Result<usize> {
-        Ok(self.conntrack.keys().count())
+        Ok(self.conntrack.len()?)
     }
 
     /// Deletes both entries of every connection of `service_id` to one of
@@ -591,33 +564,15 @@ impl ServiceMaps {
     /// next SYN on a closed entry picks anew). Returns how many entries went.
     pub fn flush_conntrack(&mut self, service_id: u32, backends: &BTreeSet<(Ipv4Addr, u16)>) -> Result<usize> {
         let doomed = connections_to(&self.conntrack()?, service_id, backends);
-        for key in &doomed {
-            ignore_missing(self.conntrack.remove(key), maps::CONNTRACK)?;
-        }
-        Ok(doomed.len())
+        Ok(self.conntrack.remove(&doomed)?)
     }
 
     /// Deletes connections whose entries have both expired by `now_ns`
-    /// (CLOCK_MONOTONIC, see [`monotonic_now_ns`]); an entry whose partner is
-    /// gone goes once it expires itself. Returns how many entries went.
+    /// (CLOCK_MONOTONIC, see [`monotonic_now_ns`]), of every kind: plain,
+    /// service and masqueraded ([`crate::conntrack::expired`]). Returns how
+    /// many entries went.
     pub fn gc_conntrack(&mut self, now_ns: u64) -> Result<usize> {
-        let entries: StdHashMap<CtKey, CtEntry> = self.conntrack()?.into_iter().collect();
-        let mut doomed = Vec::new();
-        for (key, entry) in &entries {
-            if entry.expires_ns >= now_ns {
-                continue;
-            }
-            let partner_live = entries
-                .get(&entry.partner_key(key.proto))
-                .is_some_and(|p| p.expires_ns >= now_ns);
-            if !partner_live {
-                doomed.push(*key);
-            }
-        }
-        for key in &doomed {
-            ignore_missing(self.conntrack.remove(key), maps::CONNTRACK)?;
-        }
-        Ok(doomed.len())
+        Ok(self.conntrack.gc(now_ns)?)
     }
 }
 

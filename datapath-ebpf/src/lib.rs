@@ -4,6 +4,7 @@
 
 pub mod abi;
 mod bpffs;
+pub mod conntrack;
 mod datapath;
 pub mod drop;
 pub mod lb;

@@ -156,16 +156,28 @@ fn service_and_conntrack_abi_matches_c_structs_in_btf() {
 }
 
 #[test]
-fn snat_abi_matches_c_structs_in_btf() {
-    use weir_datapath::lb::CtKey;
-    use weir_datapath::snat::SnatEntry;
-    // The SNAT map lives in bpf_host.o only.
+fn host_abi_matches_c_structs_in_btf() {
+    use weir_datapath::conntrack::{CtEntry, CtKey};
+    // bpf_host.o declares the conntrack table too (masquerade, NodePort):
+    // its idea of the layout must be the same one.
     let structs = btf_structs(weir_datapath::BPF_HOST);
     assert_layout!(
         structs,
-        "weir_snat_entry",
-        SnatEntry,
-        [expires_ns, packets, addr, port, flags, state]
+        "weir_ct_entry",
+        CtEntry,
+        [
+            expires_ns,
+            packets,
+            xlate_saddr,
+            xlate_daddr,
+            xlate_sport,
+            xlate_dport,
+            service_id,
+            flags,
+            state,
+            pad,
+            pad2
+        ]
     );
     assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
     assert_layout!(
@@ -202,7 +214,7 @@ fn map_names_userspace_uses_exist_in_the_objects() {
         weir_datapath::lb::maps::MAGLEV,
         weir_datapath::lb::maps::AFFINITY,
         weir_datapath::lb::maps::CONNTRACK,
-        weir_datapath::snat::MAP,
+        weir_datapath::conntrack::MAP,
     ];
     for name in used {
         assert!(

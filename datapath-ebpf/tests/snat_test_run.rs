@@ -10,9 +10,10 @@ use std::path::PathBuf;
 
 use aya::programs::{TestRun, TestRunOptions};
 use weir_datapath::abi::{Config, EpInfo};
+use weir_datapath::conntrack::{CT_F_MASQ, CT_F_REVERSE, Conntrack, CtEntry};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{CT_CLOSING, CT_SYN_SENT, CtKey, addr_of, be_addr, monotonic_now_ns};
-use weir_datapath::snat::{F_REVERSE, PORT_RANGE, SnatEntry, SnatMap};
+use weir_datapath::snat::PORT_RANGE;
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
 use weir_test_support::packet::{TCP, UDP, fold, ipv4_frame, pseudo_sum, sum16};
 use weir_test_support::{in_fresh_netns, require_root};
@@ -44,7 +45,7 @@ const ECHO_REPLY: u8 = 0;
 /// and masquerading of 10.244.0.0/16 to NODE.
 struct Fixture {
     dp: Datapath,
-    snat: SnatMap,
+    ct: Conntrack,
     /// The node-route maps, handed over as the agent's routing controller gets them.
     routes: weir_datapath::RouteMaps,
     pin_dir: PathBuf,
@@ -69,11 +70,11 @@ impl Fixture {
             flags: 0,
         };
         dp.upsert_endpoint(IpAddr::V4(POD_A), info).unwrap();
-        let snat = SnatMap::open(&pin_dir).unwrap_or_else(|e| panic!("opening the SNAT map: {e:?}"));
+        let ct = Conntrack::open(&pin_dir).unwrap_or_else(|e| panic!("opening the conntrack map: {e:?}"));
         let routes = dp.take_route_maps().expect("route maps");
         let mut fx = Self {
             dp,
-            snat,
+            ct,
             routes,
             pin_dir,
         };
@@ -108,8 +109,8 @@ impl Fixture {
         self.run(ProgramKind::ToNetdev, &flow.packet(tcp_flags))
     }
 
-    fn entries(&self) -> HashMap<CtKey, SnatEntry> {
-        self.snat.entries().unwrap().into_iter().collect()
+    fn entries(&self) -> HashMap<CtKey, CtEntry> {
+        self.ct.entries().unwrap().into_iter().collect()
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
@@ -310,17 +311,16 @@ fn tcp_udp_and_ping_leave_as_the_node_and_replies_come_back_to_the_pod() {
         proto: TCP,
         pad: [0; 3],
     }];
-    assert_eq!((addr_of(fwd.addr), fwd.flags, fwd.packets), (NODE, 0, 1));
-    let rev = entries[&fwd.partner_key(&CtKey::new(
-        POD_A,
-        40000,
-        EXTERNAL,
-        8080,
-        weir_datapath::lb::Protocol::Tcp,
-    ))];
+    assert_eq!((addr_of(fwd.xlate_saddr), fwd.flags, fwd.packets), (NODE, CT_F_MASQ, 1));
+    let rev = entries[&fwd.partner_key(TCP)];
     assert_eq!(
-        (addr_of(rev.addr), u16::from_be(rev.port), rev.flags, rev.packets),
-        (POD_A, 40000, F_REVERSE, 1)
+        (
+            addr_of(rev.xlate_daddr),
+            u16::from_be(rev.xlate_dport),
+            rev.flags,
+            rev.packets
+        ),
+        (POD_A, 40000, CT_F_MASQ | CT_F_REVERSE, 1)
     );
     assert_eq!(rev.state, CT_SYN_SENT, "a SYN+ACK keeps the handshake timeout");
     assert_eq!(
@@ -367,14 +367,14 @@ fn a_flow_keeps_its_port_and_flows_to_one_remote_never_share_one() {
     let entries = fx.entries();
     let fwd = entries[&key];
     assert_eq!(
-        (fwd.state, entries[&fwd.partner_key(&key)].state),
+        (fwd.state, entries[&fwd.partner_key(key.proto)].state),
         (CT_CLOSING, CT_CLOSING)
     );
     let before = entries.len();
     let again = parse(&fx.out(&flow, SYN).1).sport;
     let entries = fx.entries();
     assert_eq!(entries.len(), before, "the old pair was replaced, not leaked");
-    assert_eq!(u16::from_be(entries[&key].port), again);
+    assert_eq!(u16::from_be(entries[&key].xlate_sport), again);
 }
 
 #[test]
@@ -434,7 +434,7 @@ fn a_full_snat_table_drops_new_flows_with_a_reason_and_gc_frees_it() {
         return;
     }
     let options = LoadOptions {
-        max_entries: vec![(weir_datapath::snat::MAP, 4)],
+        max_entries: vec![(weir_datapath::conntrack::MAP, 4)],
         ..Default::default()
     };
     let mut fx = Fixture::with_options("full", &options);
@@ -447,8 +447,8 @@ fn a_full_snat_table_drops_new_flows_with_a_reason_and_gc_frees_it() {
     assert_eq!(fx.out(&flow(50000), ACK).0, TC_ACT_OK, "established flows keep going");
 
     // Nothing has expired yet; 7 hours later everything has.
-    assert_eq!(fx.snat.gc(monotonic_now_ns()).unwrap(), 0);
-    assert_eq!(fx.snat.gc(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 4);
+    assert_eq!(fx.ct.gc(monotonic_now_ns()).unwrap(), 0);
+    assert_eq!(fx.ct.gc(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 4);
     assert_eq!(fx.out(&flow(50001), SYN).0, TC_ACT_OK);
     assert_eq!(fx.entries().len(), 2);
 }

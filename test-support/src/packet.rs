@@ -26,7 +26,7 @@ pub fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
 
 /// An Ethernet + IPv4 frame with a valid header checksum and, for TCP and
 /// UDP, a valid L4 checksum (unless `udp_zero_csum`).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     pub src: Ipv4Addr,
     pub sport: u16,

@@ -120,10 +120,13 @@ enum weir_drop_reason {
 
 /* ---- Conntrack (conntrack.h) ---- */
 
-#define WEIR_CT_MAX_ENTRIES 131072 /* both directions: 64k connections */
+/* Both directions of every tracked connection: 128k connections. */
+#define WEIR_CT_MAX_ENTRIES 262144
 
 /* One entry per direction, keyed by the 5-tuple as that direction's
- * packets carry it. */
+ * packets carry it. IPv4; IPv6 gets a second map of the same shape with
+ * 16-byte addresses. ICMP echo uses its identifier as a port: the
+ * request's sport, the reply's dport (the other port 0). */
 struct weir_ct_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -133,24 +136,29 @@ struct weir_ct_key {
 	__u8 pad[3];
 };
 
+/* What the packet becomes (the key holds what it was): the tuple itself
+ * for a connection nothing translates. Swapping source and destination of
+ * the xlate tuple gives the key of the other direction's entry. */
 struct weir_ct_entry {
 	__u64 expires_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
 	__u64 packets;
-	/* What the packet becomes; the key holds what it was. */
 	__be32 xlate_saddr;
 	__be32 xlate_daddr;
 	__be16 xlate_sport;
 	__be16 xlate_dport;
-	__u32 service_id;
+	__u32 service_id; /* the service a translated connection reached, 0 if none */
 	__u8 flags;
 	__u8 state;
 	__u16 pad;
 	__u32 pad2;
 };
 
-/* weir_ct_entry.flags (NodePort's are below) */
-#define WEIR_CT_F_REVERSE 0x1 /* backend -> client direction */
+/* weir_ct_entry.flags. No flag but REVERSE: a plain pod connection. */
+#define WEIR_CT_F_REVERSE 0x1 /* the answering direction */
 #define WEIR_CT_F_HAIRPIN 0x2 /* the client is its own backend: source NATed */
+#define WEIR_CT_F_NODEPORT 0x4 /* created on the uplink for an external frontend */
+#define WEIR_CT_F_SNAT 0x8     /* NodePort: source NATed to the node IP (remote backend) */
+#define WEIR_CT_F_MASQ 0x10    /* masquerade: a pod's connection out of the cluster, source NATed */
 
 /* weir_ct_entry.state (TCP; UDP and SCTP stay NEW) */
 #define WEIR_CT_NEW 0
@@ -223,33 +231,15 @@ struct weir_lb_affinity {
 #define WEIR_LB_F_EXTERNAL 0x1 /* reached from outside: NodePort, externalIP, LB IP */
 #define WEIR_LB_F_LOCAL 0x2    /* externalTrafficPolicy Local: no SNAT, local backends only */
 
-/* weir_ct_entry.flags set by NodePort translation */
-#define WEIR_CT_F_NODEPORT 0x4 /* created on the uplink for an external frontend */
-#define WEIR_CT_F_SNAT 0x8     /* source NATed to the node IP (remote backend) */
-
 #define WEIR_NAT_PORT_MIN 61000
 #define WEIR_NAT_PORT_COUNT 4536 /* 61000..65535: NodePort SNAT to remote backends */
 
 /* ---- Masquerade (snat.h) ---- */
 
-#define WEIR_SNAT_MAX_ENTRIES 131072 /* both directions: 64k flows */
-/* Linux's default ip_local_port_range. */
+/* Masquerade's node ports: Linux's default ip_local_port_range. Its flows
+ * are conntrack entries flagged WEIR_CT_F_MASQ. */
 #define WEIR_SNAT_PORT_MIN 32768
 #define WEIR_SNAT_PORT_MAX 60999
-
-/* weir_snat_entry.flags */
-#define WEIR_SNAT_F_REVERSE 0x1 /* remote -> node direction */
-
-struct weir_snat_entry {
-	__u64 expires_ns; /* bpf_ktime_get_ns() deadline, as in conntrack.h */
-	__u64 packets;
-	/* Forward: the new source (node IP, node port). Reverse: the new
-	 * destination (pod IP, pod port). */
-	__be32 addr;
-	__be16 port;
-	__u8 flags;
-	__u8 state; /* WEIR_CT_* for TCP */
-};
 
 
 #endif /* WEIR_ABI_H */

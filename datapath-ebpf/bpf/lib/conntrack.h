@@ -1,30 +1,51 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Connection tracking for translated (service) connections.
+/* The one connection table, for all pod traffic: plain pod connections,
+ * service connections (lb.h, nodeport.h) and masqueraded ones (snat.h)
+ * alike. Flow state and policy verdicts (later issues) live in the same
+ * entries.
  *
  * One entry per direction, keyed by the 5-tuple exactly as that direction's
  * packets carry it on the wire, so a single lookup on the packet's own tuple
- * tells both "is this a tracked flow" and "which way is it going":
+ * tells "is this a tracked connection", "which way is it going" and "what
+ * does it become":
  *
- *   forward  client:cport -> VIP:vport      xlate to  client':cport -> backend:bport
- *   reverse  backend:bport -> client':cport xlate to  VIP:vport -> client:cport
+ *   plain    A:ap -> B:bp          xlate  A:ap -> B:bp  (itself)
+ *            B:bp -> A:ap          xlate  B:bp -> A:ap  REVERSE
+ *   service  client:cport -> VIP:vport      xlate  client':cport -> backend:bport
+ *            backend:bport -> client':cport xlate  VIP:vport -> client:cport  REVERSE
+ *   masq     pod:pp -> remote:rp   xlate  node:np -> remote:rp  MASQ
+ *            remote:rp -> node:np  xlate  remote:rp -> pod:pp   MASQ|REVERSE
  *
  * (client' is the client, or the hairpin address when a pod reached itself.)
- * Each entry carries the tuple to rewrite the packet to; swapping source and
- * destination of that tuple gives the key of the partner entry, which is how
- * the agent's GC and the FIN/RST handling find the other direction.
+ * Swapping source and destination of the xlate tuple gives the key of the
+ * partner entry, which is how the agent's GC and the FIN/RST handling find
+ * the other direction. Two entries per connection rather than one looked up
+ * twice (tuple, then reversed tuple): every packet costs one lookup, which
+ * matters most in XDP, and a NATed reply's key (node:np) could not be
+ * derived from its packet anyway.
+ *
+ * Who creates what: from_pod the connections a local pod opens (plain or
+ * service), the hooks that deliver into a local pod those that reach it
+ * from elsewhere (plain), the uplink NodePort connections (nodeport.h) and
+ * to_netdev masqueraded ones (snat.h). All through ct_create (one entry
+ * pair) and, where a port must be claimed, ct_claim_port.
  *
  * The map is a plain, preallocated HASH and deliberately not LRU: evicting a
  * live entry would silently move a connection to another backend (or leave
- * its replies untranslated). A full table refuses new connections instead,
- * counted as WEIR_DROP_CT_MAP_FULL, and the agent's GC makes room.
+ * its replies untranslated). A full table refuses new translated
+ * connections, counted under their reason, and the agent's GC makes room;
+ * a plain connection goes on untracked (nothing depends on its entry yet).
  *
  * The key, the entry and their flags are ABI (abi.h). */
 #ifndef WEIR_CONNTRACK_H
 #define WEIR_CONNTRACK_H
 
+#include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/ip.h>
 #include "common.h"
 #include "abi.h"
+#include "ipv4.h"
 
 /* Every timeout in one place. Entries are refreshed to now + timeout on each
  * packet; an entry past its deadline is only removed by the agent's GC, and
@@ -42,6 +63,20 @@
 #define WEIR_TCP_SYN 0x02
 #define WEIR_TCP_RST 0x04
 #define WEIR_TCP_ACK 0x10
+
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
+/* Random port claims before giving up: with a quarter of a range taken for
+ * one remote endpoint, eight tries all fail with probability 1.5e-5. */
+#define WEIR_CT_CLAIM_TRIES 8
+
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+
+/* The flags that make an entry a translated one: from_pod follows those. */
+#define WEIR_CT_F_XLATE (WEIR_CT_F_HAIRPIN | WEIR_CT_F_NODEPORT | WEIR_CT_F_SNAT)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -92,7 +127,29 @@ static __always_inline void ct_partner_key(const struct weir_ct_entry *e, __u8 p
 	out->proto = proto;
 }
 
-/* Counts a packet and pushes the deadline out. Racing CPUs may both write
+/* The tuple a packet following this entry becomes. */
+static __always_inline void ct_xlate_tuple(const struct weir_ct_entry *e, __u8 proto, struct weir_ct_key *out)
+{
+	out->saddr = e->xlate_saddr;
+	out->daddr = e->xlate_daddr;
+	out->sport = e->xlate_sport;
+	out->dport = e->xlate_dport;
+	out->proto = proto;
+}
+
+/* A fresh SYN on a closed or expired (not yet collected) forward entry is
+ * port reuse: a new connection, which deserves a fresh decision (a live
+ * backend, a fresh node port) rather than the old one. */
+static __always_inline int ct_is_reuse(const struct weir_ct_entry *e, __u8 proto, __u8 tcp_flags, __u64 now)
+{
+	return !(e->flags & WEIR_CT_F_REVERSE) && proto == IPPROTO_TCP &&
+	       (tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) == WEIR_TCP_SYN &&
+	       (e->state == WEIR_CT_CLOSING || e->expires_ns < now);
+}
+
+/* Counts a packet and pushes the deadline out. FIN or RST closes the whole
+ * connection: without that the quiet side of a reset connection would keep
+ * its entry for the established timeout. Racing CPUs may both write
  * state/expires: either value is a valid outcome, so no lock. */
 static __always_inline void ct_refresh(struct weir_ct_entry *e, __u8 proto, __u8 tcp_flags, __u64 now)
 {
@@ -104,21 +161,203 @@ static __always_inline void ct_refresh(struct weir_ct_entry *e, __u8 proto, __u8
 		e->state = state;
 	e->expires_ns = now + ct_timeout(proto, state);
 	__sync_fetch_and_add(&e->packets, 1);
+
+	if (proto == IPPROTO_TCP && (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))) {
+		struct weir_ct_key pkey = {};
+		struct weir_ct_entry *p;
+
+		ct_partner_key(e, proto, &pkey);
+		p = bpf_map_lookup_elem(&weir_ct4, &pkey);
+		if (p && p->state != WEIR_CT_CLOSING) {
+			p->state = WEIR_CT_CLOSING;
+			p->expires_ns = now + WEIR_CT_TIMEOUT_TCP_CLOSING;
+		}
+	}
 }
 
-/* FIN or RST closes the whole connection: without this the quiet side of a
- * reset connection would keep its entry for the established timeout. */
-static __always_inline void ct_close_partner(const struct weir_ct_entry *e, __u8 proto, __u64 now)
+/* A new forward entry for a packet with this tuple and these flags,
+ * translated to `to`; *rev gets its partner (translated back to the tuple)
+ * and *rkey its key. */
+static __always_inline void ct_new_pair(const struct weir_ct_key *key, const struct weir_ct_key *to, __u8 tcp_flags,
+					__u64 now, __u32 service_id, __u8 flags, struct weir_ct_entry *fwd,
+					struct weir_ct_key *rkey, struct weir_ct_entry *rev)
 {
-	struct weir_ct_key pkey = {};
-	struct weir_ct_entry *p;
+	fwd->xlate_saddr = to->saddr;
+	fwd->xlate_daddr = to->daddr;
+	fwd->xlate_sport = to->sport;
+	fwd->xlate_dport = to->dport;
+	fwd->service_id = service_id;
+	fwd->flags = flags;
+	fwd->state = key->proto == IPPROTO_TCP ? ct_next_state(WEIR_CT_NEW, tcp_flags) : WEIR_CT_NEW;
+	fwd->expires_ns = now + ct_timeout(key->proto, fwd->state);
+	fwd->packets = 1;
 
-	ct_partner_key(e, proto, &pkey);
-	p = bpf_map_lookup_elem(&weir_ct4, &pkey);
-	if (p && p->state != WEIR_CT_CLOSING) {
-		p->state = WEIR_CT_CLOSING;
-		p->expires_ns = now + WEIR_CT_TIMEOUT_TCP_CLOSING;
+	ct_partner_key(fwd, key->proto, rkey);
+	rev->xlate_saddr = key->daddr;
+	rev->xlate_daddr = key->saddr;
+	rev->xlate_sport = key->dport;
+	rev->xlate_dport = key->sport;
+	rev->service_id = service_id;
+	rev->flags = flags | WEIR_CT_F_REVERSE;
+	rev->state = fwd->state;
+	rev->expires_ns = fwd->expires_ns;
+}
+
+/* Does a socket of the node already own this reply tuple, i.e. would the
+ * stack take a packet rkey as its own? (TC and XDP both have the helpers.) */
+static __always_inline int ct_node_socket(void *ctx, const struct weir_ct_key *rkey)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	t.ipv4.saddr = rkey->saddr;
+	t.ipv4.daddr = rkey->daddr;
+	t.ipv4.sport = rkey->sport;
+	t.ipv4.dport = rkey->dport;
+	if (rkey->proto == IPPROTO_TCP)
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else if (rkey->proto == IPPROTO_UDP)
+		sk = bpf_sk_lookup_udp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		return 0; /* ping sockets' identifiers are not looked up */
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* Claims a port for a NATed connection, the one loop that does: *rkey (the
+ * reply's key, every field set but the port `port` points into) gets a
+ * random port of [min, min + span) that no entry holds yet, and `rev` is
+ * inserted under it; that insertion with BPF_NOEXIST is the reservation,
+ * so two connections are never handed the same reply tuple. With
+ * `skip_sockets` a port a node socket holds towards the same remote (or
+ * listens on) is skipped too. 0, or -WEIR_DROP_*: `no_port` when every try
+ * was taken, `full` when the table is full. */
+static __always_inline int ct_claim_port(void *ctx, struct weir_ct_key *rkey, __be16 *port,
+					 const struct weir_ct_entry *rev, __u32 min, __u32 span, int skip_sockets,
+					 __u32 no_port, __u32 full)
+{
+	__u32 i;
+	int err;
+
+	for (i = 0; i < WEIR_CT_CLAIM_TRIES; i++) {
+		*port = bpf_htons(min + bpf_get_prandom_u32() % span);
+		if (skip_sockets && ct_node_socket(ctx, rkey))
+			continue; /* as if another connection held it */
+		err = bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_NOEXIST);
+		if (!err)
+			return 0;
+		/* A full table will not empty itself by trying again. */
+		if (err != -EEXIST)
+			return -(int)full;
 	}
+	return -(int)no_port;
+}
+
+/* Inserts a connection: the forward entry under key (replacing one only
+ * when `replace`, a reused tuple), then its partner under rkey unless the
+ * caller claimed that already (`have_rev`). 0 when inserted, 1 when
+ * another CPU created the connection first (the caller follows its entry;
+ * a claimed reply key is given back), -1 when the table is full (nothing is
+ * left behind). */
+static __always_inline int ct_create(const struct weir_ct_key *key, const struct weir_ct_entry *fwd,
+				     const struct weir_ct_key *rkey, const struct weir_ct_entry *rev, int replace,
+				     int have_rev)
+{
+	if (bpf_map_update_elem(&weir_ct4, key, fwd, replace ? BPF_ANY : BPF_NOEXIST)) {
+		if (have_rev)
+			bpf_map_delete_elem(&weir_ct4, rkey);
+		return bpf_map_lookup_elem(&weir_ct4, key) ? 1 : -1;
+	}
+	if (!have_rev && bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_ANY)) {
+		/* Without its reverse entry the replies would escape untracked. */
+		bpf_map_delete_elem(&weir_ct4, key);
+		return -1;
+	}
+	return 0;
+}
+
+/* Tracks a connection nothing translates (the xlate tuple is the tuple
+ * itself), replacing a stale entry of the tuple when `replace`. A packet
+ * whose reverse tuple is tracked already is the other half of a known
+ * connection (a NodePort backend's view of a connection XDP translated,
+ * say) and gets no entries of its own: overwriting that reverse entry would
+ * cut the known connection off. Best effort: a full table leaves the
+ * connection untracked. */
+static __always_inline void ct_create_plain(const struct weir_ct_key *key, __u8 tcp_flags, __u64 now, int replace)
+{
+	struct weir_ct_entry fwd = {}, rev = {};
+	struct weir_ct_key rkey = {};
+
+	ct_new_pair(key, key, tcp_flags, now, 0, 0, &fwd, &rkey, &rev);
+	if (!replace && bpf_map_lookup_elem(&weir_ct4, &rkey))
+		return;
+	if (bpf_map_update_elem(&weir_ct4, key, &fwd, replace ? BPF_ANY : BPF_NOEXIST))
+		return;
+	if (bpf_map_update_elem(&weir_ct4, &rkey, &rev, replace ? BPF_ANY : BPF_NOEXIST))
+		bpf_map_delete_elem(&weir_ct4, key);
+}
+
+/* Reads the packet's tuple into key: TCP, UDP and SCTP ports, or an ICMP
+ * echo's identifier (see abi.h). *l4_flags gets TCP's flags, or the ICMP
+ * type (an echo request and reply of identifier 0 have the same tuple).
+ * Returns 1 when there is a tuple, 0 when the packet has none to track
+ * (another protocol, another ICMP type, a later fragment without ports), or
+ * -reason. */
+static __always_inline int ct_tuple(struct __sk_buff *skb, const struct ipv4_meta *meta, struct weir_ct_key *key,
+				    __u8 *l4_flags)
+{
+	__be16 ports[2] = {};
+	__be16 id;
+	__u8 icmp[2];
+
+	if (meta->is_fragment) {
+		__u16 frag_off;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, frag_off), &frag_off, 2))
+			return -WEIR_DROP_MALFORMED_IPV4;
+		if (frag_off & bpf_htons(IP_OFFSET))
+			return 0; /* no L4 header */
+	}
+	switch (meta->protocol) {
+	case IPPROTO_SCTP:
+		/* ipv4_parse does not know SCTP: its common header is 12 bytes. */
+		if (meta->l4_off + 12 > skb->len)
+			return -WEIR_DROP_TRUNCATED_L4;
+		/* fallthrough */
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		if (bpf_skb_load_bytes(skb, meta->l4_off, ports, sizeof(ports)))
+			return -WEIR_DROP_TRUNCATED_L4;
+		if (meta->protocol == IPPROTO_TCP && bpf_skb_load_bytes(skb, meta->l4_off + 13, l4_flags, 1))
+			return -WEIR_DROP_TRUNCATED_L4;
+		break;
+	case IPPROTO_ICMP:
+		if (bpf_skb_load_bytes(skb, meta->l4_off, icmp, sizeof(icmp)))
+			return -WEIR_DROP_TRUNCATED_L4;
+		if ((icmp[0] != ICMP_ECHO && icmp[0] != ICMP_ECHOREPLY) || icmp[1] != 0)
+			return 0;
+		*l4_flags = icmp[0];
+		/* The identifier, bytes 4-5 of an echo header. Loaded into one
+		 * place and then copied: a pointer chosen by a condition becomes
+		 * pointer arithmetic the verifier refuses. */
+		if (bpf_skb_load_bytes(skb, meta->l4_off + 4, &id, sizeof(id)))
+			return -WEIR_DROP_TRUNCATED_L4;
+		if (icmp[0] == ICMP_ECHO)
+			ports[0] = id;
+		else
+			ports[1] = id;
+		break;
+	default:
+		return 0;
+	}
+	key->saddr = meta->saddr;
+	key->daddr = meta->daddr;
+	key->sport = ports[0];
+	key->dport = ports[1];
+	key->proto = meta->protocol;
+	return 1;
 }
 
 #endif /* WEIR_CONNTRACK_H */

@@ -53,6 +53,7 @@
 #include "nat.h"
 #include "drop.h"
 #include "reject.h"
+#include "snat.h"
 
 /* lb4_xlate: not a TC verdict, the packet goes on through from_pod. */
 #define WEIR_LB_CONTINUE (-2)
@@ -160,8 +161,8 @@ found:
 	return WEIR_DROP_NONE;
 }
 
-/* Rewrites the packet from tuple `from` to the tuple held in `to` and keeps
- * meta in step, so the caller's delivery lookup sees the new addresses. */
+/* Rewrites the packet from tuple `from` to the given tuple and keeps meta
+ * in step, so the caller's delivery lookup sees the new addresses. */
 static __always_inline __u32 lb4_rewrite(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *from,
 					 __be32 saddr, __be32 daddr, __be16 sport, __be16 dport)
 {
@@ -178,118 +179,114 @@ static __always_inline __u32 lb4_rewrite(struct __sk_buff *skb, struct ipv4_meta
 	return WEIR_DROP_NONE;
 }
 
-/* Reads the packet's 5-tuple into key and, for TCP, its flags. Returns 1
- * when there is a tuple, 0 when there is nothing to translate (not TCP, UDP
- * or SCTP, or a later fragment without ports), or -reason. */
-static __always_inline int lb4_tuple(struct __sk_buff *skb, const struct ipv4_meta *meta, struct weir_ct_key *key,
-				     __u8 *tcp_flags)
+/* Follows a connection's entry: counts the packet and rewrites it to the
+ * entry's tuple (nothing to rewrite for a plain connection). */
+static __always_inline __u32 ct_follow(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
+				       struct weir_ct_entry *ct, __u8 l4_flags, __u64 now)
 {
-	__be16 ports[2];
-	__u16 frag_off;
-
-	switch (meta->protocol) {
-	case IPPROTO_TCP:
-	case IPPROTO_UDP:
-		break;
-	case IPPROTO_SCTP:
-		/* ipv4_parse does not know SCTP: its common header is 12 bytes. */
-		if (meta->l4_off + 12 > skb->len)
-			return -WEIR_DROP_TRUNCATED_L4;
-		break;
-	default:
-		return 0;
-	}
-	if (meta->is_fragment) {
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, frag_off), &frag_off, 2))
-			return -WEIR_DROP_MALFORMED_IPV4;
-		if (frag_off & bpf_htons(IP_OFFSET))
-			return 0; /* no ports to look up */
-	}
-	if (bpf_skb_load_bytes(skb, meta->l4_off, ports, sizeof(ports)))
-		return -WEIR_DROP_TRUNCATED_L4;
-	if (meta->protocol == IPPROTO_TCP && bpf_skb_load_bytes(skb, meta->l4_off + 13, tcp_flags, 1))
-		return -WEIR_DROP_TRUNCATED_L4;
-	key->saddr = meta->saddr;
-	key->daddr = meta->daddr;
-	key->sport = ports[0];
-	key->dport = ports[1];
-	key->proto = meta->protocol;
-	return 1;
+	ct_refresh(ct, key->proto, l4_flags, now);
+	if (!ct->service_id && !(ct->flags & WEIR_CT_F_XLATE))
+		return WEIR_DROP_NONE;
+	/* ICMP echo: its identifier is no port to rewrite (services and
+	 * NodePorts translate TCP, UDP and SCTP only). */
+	if (key->proto == IPPROTO_ICMP)
+		return WEIR_DROP_NONE;
+	return lb4_rewrite(skb, meta, key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport, ct->xlate_dport);
 }
 
-/* Reverse NAT only: for replies of remote backends that reach the client
- * pod through the node's devices rather than through a from_pod hook
- * (bpf_host's delivery into a local pod, and to_pod). Forward entries are
- * left alone: only the client's own from_pod may pick or follow a backend. */
-static __always_inline __u32 lb4_rev_nat(struct __sk_buff *skb, struct ipv4_meta *meta)
+/* Tracks a packet entering a local pod from elsewhere (another node, the
+ * node itself, a NodePort backend's client), on the entry its tuple has
+ * (NULL for none): reverse NAT for the replies of remote backends that
+ * reach a client pod through the node's devices rather than through its
+ * from_pod hook (bpf_host's delivery into a local pod, and to_pod), and,
+ * with `create`, a plain entry for a connection seen for the first time.
+ * Forward service entries are left alone: only the client's own from_pod
+ * may pick or follow a backend. */
+static __always_inline __u32 ct_into_pod(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
+					 struct weir_ct_entry *ct, __u8 l4_flags, __u64 now, int create)
+{
+	if (!ct) {
+		if (create)
+			ct_create_plain(key, l4_flags, now, 0);
+		return WEIR_DROP_NONE;
+	}
+	if (!(ct->flags & WEIR_CT_F_REVERSE) && (ct->service_id || (ct->flags & WEIR_CT_F_XLATE)))
+		return WEIR_DROP_NONE;
+	return ct_follow(skb, meta, key, ct, l4_flags, now);
+}
+
+/* ct_into_pod for a packet not looked up yet. */
+static __always_inline __u32 ct_to_pod(struct __sk_buff *skb, struct ipv4_meta *meta, int create)
 {
 	struct weir_ct_key key = {};
-	struct weir_ct_entry *ct;
-	__u8 tcp_flags = 0;
+	__u8 l4_flags = 0;
 	int ret;
 
-	ret = lb4_tuple(skb, meta, &key, &tcp_flags);
+	ret = ct_tuple(skb, meta, &key, &l4_flags);
 	if (ret <= 0)
 		return -ret;
-	ct = bpf_map_lookup_elem(&weir_ct4, &key);
-	if (!ct || !(ct->flags & WEIR_CT_F_REVERSE))
-		return WEIR_DROP_NONE;
-	ct_refresh(ct, key.proto, tcp_flags, bpf_ktime_get_ns());
-	if (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))
-		ct_close_partner(ct, key.proto, bpf_ktime_get_ns());
-	return lb4_rewrite(skb, meta, &key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport, ct->xlate_dport);
+	return ct_into_pod(skb, meta, &key, bpf_map_lookup_elem(&weir_ct4, &key), l4_flags, bpf_ktime_get_ns(),
+			   create);
 }
 
-/* Service translation for a packet a pod sent. Returns WEIR_DROP_NONE
+/* from_pod's conntrack step, for a packet a local pod sent: follows the
+ * connection's entry (service translation, reverse NAT of replies) or
+ * creates it (choosing a service backend). Returns WEIR_DROP_NONE
  * (translated, or nothing to do) or why it cannot go on; nothing has been
  * rewritten when that is WEIR_DROP_NO_SERVICE_BACKEND. *ct_flags gets the
- * flags of the conntrack entry an existing connection followed (0 for none
- * or a new one): the reply of a NodePort connection must leave the node
- * without meeting the stack (nodeport.h). */
+ * flags of the entry an existing connection followed (0 for none or a new
+ * one): the reply of a NodePort connection must leave the node without
+ * meeting the stack (nodeport.h). */
 static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_meta *meta, __u8 *ct_flags)
 {
-	struct weir_ct_key key = {}, rkey = {};
+	struct weir_ct_key key = {}, rkey = {}, to = {};
 	struct weir_ct_entry fwd = {}, rev = {};
 	struct weir_lb_svc_key skey = {};
 	struct weir_lb_backend be = {};
 	struct weir_lb_svc *svc, svc_copy;
 	struct weir_ct_entry *ct;
-	__u8 tcp_flags = 0;
+	__u8 l4_flags = 0;
 	__u32 reason;
 	__u64 now;
-	int stale = 0;
+	struct weir_ct_entry *plain = NULL;
+	int replace = 0;
 	int ret;
 
-	ret = lb4_tuple(skb, meta, &key, &tcp_flags);
+	ret = ct_tuple(skb, meta, &key, &l4_flags);
 	if (ret <= 0)
 		return -ret;
 	now = bpf_ktime_get_ns();
 
 	ct = bpf_map_lookup_elem(&weir_ct4, &key);
 	if (ct) {
-		/* A fresh SYN on a closed or expired (not yet collected) forward
-		 * entry is port reuse: a new connection that deserves a fresh,
-		 * live backend rather than the old one. */
-		if (!(ct->flags & WEIR_CT_F_REVERSE) && key.proto == IPPROTO_TCP &&
-		    (tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) == WEIR_TCP_SYN &&
-		    (ct->state == WEIR_CT_CLOSING || ct->expires_ns < now)) {
-			stale = 1;
-		} else {
-			ct_refresh(ct, key.proto, tcp_flags, now);
-			if (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))
-				ct_close_partner(ct, key.proto, now);
+		/* Masqueraded flows are to_netdev's (snat.h). */
+		if (ct->flags & WEIR_CT_F_MASQ)
+			return WEIR_DROP_NONE;
+		replace = 1;
+		if (ct_is_reuse(ct, key.proto, l4_flags, now)) {
+			/* A new connection on an old tuple: decided afresh. */
+		} else if (ct->service_id || (ct->flags & (WEIR_CT_F_XLATE | WEIR_CT_F_REVERSE))) {
 			*ct_flags = ct->flags;
-			return lb4_rewrite(skb, meta, &key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport,
-					   ct->xlate_dport);
+			return ct_follow(skb, meta, &key, ct, l4_flags, now);
+		} else {
+			/* A plain connection: still plain unless its destination
+			 * became a service since (then it starts over as one). */
+			plain = ct;
 		}
 	}
 
 	skey.vip = key.daddr;
 	skey.dport = key.dport;
 	skey.proto = key.proto;
-	svc = bpf_map_lookup_elem(&weir_lb4_services, &skey);
-	if (!svc)
-		return WEIR_DROP_NONE; /* not a service: plain routing */
+	svc = key.proto == IPPROTO_ICMP ? NULL : bpf_map_lookup_elem(&weir_lb4_services, &skey);
+	if (!svc) {
+		/* Not a service: plain routing, tracked as it is. */
+		if (plain)
+			return ct_follow(skb, meta, &key, plain, l4_flags, now);
+		if (!snat_bound(node_config(), key.saddr, key.daddr))
+			ct_create_plain(&key, l4_flags, now, replace);
+		return WEIR_DROP_NONE;
+	}
 	/* The agent may rewrite the entry under us: work on one snapshot. */
 	svc_copy = *svc;
 	reason = lb4_select(&svc_copy, &key, now, &be);
@@ -299,41 +296,25 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 	if (key.proto == IPPROTO_SCTP && be.port != key.dport)
 		return WEIR_DROP_NO_SERVICE_BACKEND;
 
-	fwd.xlate_saddr = be.ip == key.saddr ? WEIR_LB_HAIRPIN_IP : key.saddr;
-	fwd.xlate_daddr = be.ip;
-	fwd.xlate_sport = key.sport;
-	fwd.xlate_dport = be.port;
-	fwd.service_id = svc_copy.service_id;
-	fwd.flags = be.ip == key.saddr ? WEIR_CT_F_HAIRPIN : 0;
-	fwd.state = key.proto == IPPROTO_TCP ? ct_next_state(WEIR_CT_NEW, tcp_flags) : WEIR_CT_NEW;
-	fwd.expires_ns = now + ct_timeout(key.proto, fwd.state);
-	fwd.packets = 1;
-
-	ct_partner_key(&fwd, key.proto, &rkey);
-	rev.xlate_saddr = key.daddr;
-	rev.xlate_daddr = key.saddr;
-	rev.xlate_sport = key.dport;
-	rev.xlate_dport = key.sport;
-	rev.service_id = fwd.service_id;
-	rev.flags = fwd.flags | WEIR_CT_F_REVERSE;
-	rev.state = fwd.state;
-	rev.expires_ns = fwd.expires_ns;
-
-	if (bpf_map_update_elem(&weir_ct4, &key, &fwd, stale ? BPF_ANY : BPF_NOEXIST)) {
+	to.saddr = be.ip == key.saddr ? WEIR_LB_HAIRPIN_IP : key.saddr;
+	to.daddr = be.ip;
+	to.sport = key.sport;
+	to.dport = be.port;
+	ct_new_pair(&key, &to, l4_flags, now, svc_copy.service_id, be.ip == key.saddr ? WEIR_CT_F_HAIRPIN : 0, &fwd,
+		    &rkey, &rev);
+	ret = ct_create(&key, &fwd, &rkey, &rev, replace, 0);
+	if (ret < 0)
+		return WEIR_DROP_CT_MAP_FULL;
+	if (ret > 0) {
 		/* Another CPU created the same flow first: follow its choice so
-		 * both packets go to the same backend. Otherwise the map is full. */
+		 * both packets go to the same backend. */
 		ct = bpf_map_lookup_elem(&weir_ct4, &key);
 		if (!ct)
 			return WEIR_DROP_CT_MAP_FULL;
 		return lb4_rewrite(skb, meta, &key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport,
 				   ct->xlate_dport);
 	}
-	if (bpf_map_update_elem(&weir_ct4, &rkey, &rev, BPF_ANY)) {
-		/* Without its reverse entry the replies would escape untranslated. */
-		bpf_map_delete_elem(&weir_ct4, &key);
-		return WEIR_DROP_CT_MAP_FULL;
-	}
-	return lb4_rewrite(skb, meta, &key, fwd.xlate_saddr, fwd.xlate_daddr, fwd.xlate_sport, fwd.xlate_dport);
+	return lb4_rewrite(skb, meta, &key, to.saddr, to.daddr, to.sport, to.dport);
 }
 
 /* Service handling in from_pod for a packet the endpoint src sent: returns

@@ -53,56 +53,37 @@
 #include "drop.h"
 #include "ipv4.h"
 
-#define WEIR_NAT_TRIES 8
-
-#ifndef EEXIST
-#define EEXIST 17
-#endif
-
-static __always_inline void ct_xlate_tuple(const struct weir_ct_entry *ct, __u8 proto, struct weir_ct_key *out)
-{
-	out->saddr = ct->xlate_saddr;
-	out->daddr = ct->xlate_daddr;
-	out->sport = ct->xlate_sport;
-	out->dport = ct->xlate_dport;
-	out->proto = proto;
-}
-
-/* The tuple a packet arriving on the uplink becomes. Returns 1 with *out
- * filled (translate), 0 when the packet is none of ours, or -reason to drop.
- * Creates the conntrack entries of a new connection. */
-static __always_inline int nodeport_ct(const struct weir_ct_key *key, __u8 tcp_flags, __u64 now,
-				       struct weir_ct_key *out)
+/* The tuple a packet arriving on the uplink becomes, given the entry the
+ * caller looked up for its tuple (NULL for none). Returns 1 with *out
+ * filled (translate), 0 when the packet is none of NodePort's business, or
+ * -reason to drop. Creates the connection of a new one. */
+static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key, struct weir_ct_entry *ct,
+				       __u8 tcp_flags, __u64 now, struct weir_ct_key *out)
 {
 	struct weir_ct_entry fwd = {}, rev = {};
-	struct weir_ct_key rkey = {};
+	struct weir_ct_key rkey = {}, to = {};
 	struct weir_lb_svc_key skey = {};
 	struct weir_lb_backend be = {};
 	struct weir_lb_svc *svc, svc_copy;
-	struct weir_ct_entry *ct;
 	struct weir_config *cfg;
-	__u32 reason, i;
-	int stale = 0, snat, err;
+	__u32 reason;
+	int replace = 0, snat, ret;
 
-	ct = bpf_map_lookup_elem(&weir_ct4, key);
 	if (ct) {
 		if (!(ct->flags & WEIR_CT_F_NODEPORT))
 			return 0;
 		/* Port reuse after a close: a new connection, a fresh backend
-		 * (as in lb4_xlate). The old reverse entry expires on its own. */
-		if (!(ct->flags & WEIR_CT_F_REVERSE) && key->proto == IPPROTO_TCP &&
-		    (tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) == WEIR_TCP_SYN &&
-		    (ct->state == WEIR_CT_CLOSING || ct->expires_ns < now)) {
-			stale = 1;
-		} else {
+		 * (as in lb4_translate). The old reverse entry expires on its own. */
+		if (!ct_is_reuse(ct, key->proto, tcp_flags, now)) {
 			ct_refresh(ct, key->proto, tcp_flags, now);
-			if (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))
-				ct_close_partner(ct, key->proto, now);
 			ct_xlate_tuple(ct, key->proto, out);
 			return 1;
 		}
+		replace = 1;
 	}
 
+	if (key->proto == IPPROTO_ICMP)
+		return 0;
 	skey.vip = key->daddr;
 	skey.dport = key->dport;
 	skey.proto = key->proto;
@@ -119,70 +100,38 @@ static __always_inline int nodeport_ct(const struct weir_ct_key *key, __u8 tcp_f
 	 * back through this node. */
 	snat = !(svc_copy.flags & WEIR_LB_F_LOCAL) && !lookup_ep_v4(be.ip);
 
-	fwd.xlate_saddr = key->saddr;
-	fwd.xlate_daddr = be.ip;
-	fwd.xlate_sport = key->sport;
-	fwd.xlate_dport = be.port;
-	fwd.service_id = svc_copy.service_id;
-	fwd.flags = WEIR_CT_F_NODEPORT | (snat ? WEIR_CT_F_SNAT : 0);
-	fwd.state = key->proto == IPPROTO_TCP ? ct_next_state(WEIR_CT_NEW, tcp_flags) : WEIR_CT_NEW;
-	fwd.expires_ns = now + ct_timeout(key->proto, fwd.state);
-	fwd.packets = 1;
-
-	rev.xlate_saddr = key->daddr;
-	rev.xlate_daddr = key->saddr;
-	rev.xlate_sport = key->dport;
-	rev.xlate_dport = key->sport;
-	rev.service_id = fwd.service_id;
-	rev.flags = fwd.flags | WEIR_CT_F_REVERSE;
-	rev.state = fwd.state;
-	rev.expires_ns = fwd.expires_ns;
-
+	to.saddr = key->saddr;
+	to.daddr = be.ip;
+	to.sport = key->sport;
+	to.dport = be.port;
 	if (snat) {
 		cfg = node_config();
 		if (!cfg || !cfg->node_ip)
 			return -WEIR_DROP_NAT_NO_PORT;
-		fwd.xlate_saddr = cfg->node_ip;
-		rkey.saddr = be.ip;
-		rkey.daddr = cfg->node_ip;
-		rkey.sport = be.port;
-		rkey.proto = key->proto;
-		/* The reverse entry is the port reservation: whoever inserts
-		 * it first owns the port towards this backend. */
-		for (i = 0; i < WEIR_NAT_TRIES; i++) {
-			rkey.dport = bpf_htons(WEIR_NAT_PORT_MIN + bpf_get_prandom_u32() % WEIR_NAT_PORT_COUNT);
-			err = bpf_map_update_elem(&weir_ct4, &rkey, &rev, BPF_NOEXIST);
-			if (!err)
-				break;
-			if (err != -EEXIST)
-				return -WEIR_DROP_CT_MAP_FULL;
-		}
-		if (i == WEIR_NAT_TRIES)
-			return -WEIR_DROP_NAT_NO_PORT;
+		to.saddr = cfg->node_ip;
+	}
+	ct_new_pair(key, &to, tcp_flags, now, svc_copy.service_id, WEIR_CT_F_NODEPORT | (snat ? WEIR_CT_F_SNAT : 0),
+		    &fwd, &rkey, &rev);
+	if (snat) {
+		/* The reverse entry is the port reservation: whoever inserts it
+		 * first owns the port towards this backend. Above the node's
+		 * own port range, so no socket check. */
+		ret = ct_claim_port(ctx, &rkey, &rkey.dport, &rev, WEIR_NAT_PORT_MIN, WEIR_NAT_PORT_COUNT, 0,
+				    WEIR_DROP_NAT_NO_PORT, WEIR_DROP_CT_MAP_FULL);
+		if (ret)
+			return ret;
 		fwd.xlate_sport = rkey.dport;
-		if (bpf_map_update_elem(&weir_ct4, key, &fwd, stale ? BPF_ANY : BPF_NOEXIST)) {
-			/* Another CPU created the flow first (or the table is
-			 * full): give the port back and follow its choice. */
-			bpf_map_delete_elem(&weir_ct4, &rkey);
-			ct = bpf_map_lookup_elem(&weir_ct4, key);
-			if (!ct)
-				return -WEIR_DROP_CT_MAP_FULL;
-			ct_xlate_tuple(ct, key->proto, out);
-			return 1;
-		}
-	} else {
-		ct_partner_key(&fwd, key->proto, &rkey);
-		if (bpf_map_update_elem(&weir_ct4, key, &fwd, stale ? BPF_ANY : BPF_NOEXIST)) {
-			ct = bpf_map_lookup_elem(&weir_ct4, key);
-			if (!ct)
-				return -WEIR_DROP_CT_MAP_FULL;
-			ct_xlate_tuple(ct, key->proto, out);
-			return 1;
-		}
-		if (bpf_map_update_elem(&weir_ct4, &rkey, &rev, BPF_ANY)) {
-			bpf_map_delete_elem(&weir_ct4, key);
+	}
+	ret = ct_create(key, &fwd, &rkey, &rev, replace, snat);
+	if (ret < 0)
+		return -WEIR_DROP_CT_MAP_FULL;
+	if (ret > 0) {
+		/* Another CPU created the flow first: follow its choice. */
+		ct = bpf_map_lookup_elem(&weir_ct4, key);
+		if (!ct)
 			return -WEIR_DROP_CT_MAP_FULL;
-		}
+		ct_xlate_tuple(ct, key->proto, out);
+		return 1;
 	}
 	ct_xlate_tuple(&fwd, key->proto, out);
 	return 1;

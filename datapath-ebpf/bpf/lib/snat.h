@@ -4,26 +4,20 @@
  * replies are translated back to the pod on the uplink's ingress
  * (from_netdev), before the local-pod delivery.
  *
- * One map, one entry per direction, keyed by the tuple exactly as that
- * direction's packets carry it on the wire (as in conntrack.h):
+ * A masqueraded flow is a connection in conntrack.h's table, flagged
+ * WEIR_CT_F_MASQ, its two entries keyed as each direction's packets carry
+ * them on the wire:
  *
  *   forward  pod:pport -> remote:rport    becomes  node:nport -> remote:rport
  *   reverse  remote:rport -> node:nport   becomes  remote:rport -> pod:pport
  *
  * The reverse key is what makes a node port unique per remote endpoint, so
- * it is claimed first, with BPF_NOEXIST, at a random port of
+ * it is claimed first (ct_claim_port) at a random port of
  * [WEIR_SNAT_PORT_MIN, WEIR_SNAT_PORT_MAX]; the forward entry then makes
  * every later packet of the flow find the same port. ICMP echo is handled
- * the same way with the echo identifier as the port: the forward key has it
- * in sport (dport 0), the reverse key in dport (sport 0).
- *
- * Each entry holds only the address and port the packet is rewritten to;
- * the partner key follows from the key and that value (snat_partner_key).
- * Deadlines and TCP states are conntrack.h's; entries past their deadline
- * are removed by the agent's GC once the partner has expired too.
- *
- * Like weir_ct4 the map is a preallocated HASH and not LRU: evicting a live
- * entry would hand its port to another flow while the first one still runs.
+ * the same way with the echo identifier as the port. from_pod leaves such
+ * flows to to_netdev: it creates no entry for a packet bound to be
+ * masqueraded, and does not follow a MASQ one.
  *
  * The node's own sockets share the port range: a candidate port that a node
  * socket already uses towards the same remote (or listens on) is skipped,
@@ -32,9 +26,7 @@
  * for the same remote ip:port, and its replies would go to the pod.
  *
  * Not handled (passed on untranslated): non-first fragments, ICMP errors
- * quoting a masqueraded flow, other L4 protocols.
- *
- * The Rust twins live in datapath-ebpf/src/snat.rs. */
+ * quoting a masqueraded flow, other L4 protocols. */
 #ifndef WEIR_SNAT_H
 #define WEIR_SNAT_H
 
@@ -50,112 +42,23 @@
 #include "endpoint.h"
 #include "overlay.h"
 
-/* Random tries before giving up: with a quarter of the range taken for one
- * remote endpoint, eight tries all fail with probability 1.5e-5. */
-#define WEIR_SNAT_ATTEMPTS 8
-
 /* The range in use: the loader may narrow it (tests do, to exhaust it). */
 volatile const __u16 weir_snat_port_min = WEIR_SNAT_PORT_MIN;
 volatile const __u16 weir_snat_port_max = WEIR_SNAT_PORT_MAX;
 
-#define ICMP_ECHOREPLY 0
-#define ICMP_ECHO 8
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, WEIR_SNAT_MAX_ENTRIES);
-	__type(key, struct weir_ct_key);
-	__type(value, struct weir_snat_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} weir_snat4 SEC(".maps");
-
-/* The key of the other direction's entry. */
-static __always_inline void snat_partner_key(const struct weir_ct_key *key, const struct weir_snat_entry *e,
-					     struct weir_ct_key *out)
+/* Is a local pod's packet to daddr masqueraded: bound outside the cluster
+ * (pods and nodes), with masquerading on? */
+static __always_inline int snat_bound(const struct weir_config *cfg, __be32 saddr, __be32 daddr)
 {
-	out->proto = key->proto;
-	if (e->flags & WEIR_SNAT_F_REVERSE) {
-		out->saddr = e->addr;
-		out->sport = e->port;
-		out->daddr = key->saddr;
-		out->dport = key->sport;
-	} else {
-		out->saddr = key->daddr;
-		out->sport = key->dport;
-		out->daddr = e->addr;
-		out->dport = e->port;
-	}
-}
-
-/* Counts a packet and pushes the deadline out; FIN or RST closes both
- * directions (see ct_close_partner). */
-static __always_inline void snat_refresh(const struct weir_ct_key *key, struct weir_snat_entry *e, __u8 tcp_flags,
-					 __u64 now)
-{
-	__u8 state = e->state;
-
-	if (key->proto == IPPROTO_TCP)
-		state = ct_next_state(state, tcp_flags);
-	if (state != e->state)
-		e->state = state;
-	e->expires_ns = now + ct_timeout(key->proto, state);
-	__sync_fetch_and_add(&e->packets, 1);
-	if (key->proto == IPPROTO_TCP && (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))) {
-		struct weir_ct_key pkey = {};
-		struct weir_snat_entry *p;
-
-		snat_partner_key(key, e, &pkey);
-		p = bpf_map_lookup_elem(&weir_snat4, &pkey);
-		if (p && p->state != WEIR_CT_CLOSING) {
-			p->state = WEIR_CT_CLOSING;
-			p->expires_ns = now + WEIR_CT_TIMEOUT_TCP_CLOSING;
-		}
-	}
-}
-
-/* Reads the packet's tuple for masquerading. `want_icmp` is the ICMP type
- * this direction translates (echo requests out, echo replies in). Returns
- * 1 with key filled, 0 when the packet is not translatable, or -reason. */
-static __always_inline int snat_tuple(struct __sk_buff *skb, const struct ipv4_meta *meta, __u8 want_icmp, int reverse,
-				      struct weir_ct_key *key, __u8 *tcp_flags)
-{
-	__be16 ports[2] = {};
-	__u8 icmp[2];
-
-	if (meta->is_fragment) {
-		__u16 frag_off;
-
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, frag_off), &frag_off, 2))
-			return -WEIR_DROP_MALFORMED_IPV4;
-		if (frag_off & bpf_htons(IP_OFFSET))
-			return 0; /* no L4 header */
-	}
-	switch (meta->protocol) {
-	case IPPROTO_TCP:
-	case IPPROTO_UDP:
-		if (bpf_skb_load_bytes(skb, meta->l4_off, ports, sizeof(ports)))
-			return -WEIR_DROP_TRUNCATED_L4;
-		if (meta->protocol == IPPROTO_TCP && bpf_skb_load_bytes(skb, meta->l4_off + 13, tcp_flags, 1))
-			return -WEIR_DROP_TRUNCATED_L4;
-		break;
-	case IPPROTO_ICMP:
-		if (bpf_skb_load_bytes(skb, meta->l4_off, icmp, sizeof(icmp)))
-			return -WEIR_DROP_TRUNCATED_L4;
-		if (icmp[0] != want_icmp || icmp[1] != 0)
-			return 0;
-		/* The identifier, bytes 4-5 of an echo header. */
-		if (bpf_skb_load_bytes(skb, meta->l4_off + 4, reverse ? &ports[1] : &ports[0], sizeof(__be16)))
-			return -WEIR_DROP_TRUNCATED_L4;
-		break;
-	default:
+	if (!cfg || !(cfg->flags & WEIR_CFG_F_MASQUERADE) || !cfg->node_ip)
 		return 0;
-	}
-	key->saddr = meta->saddr;
-	key->daddr = meta->daddr;
-	key->sport = ports[0];
-	key->dport = ports[1];
-	key->proto = meta->protocol;
-	return 1;
+	if ((saddr & cfg->cluster_mask) != cfg->cluster_net)
+		return 0;
+	if ((daddr & cfg->cluster_mask) == cfg->cluster_net || daddr == cfg->node_ip)
+		return 0;
+	/* Other nodes are cluster members: they route to pod CIDRs, and a
+	 * pod's reply to a node's NodePort SNAT must keep the pod's address. */
+	return !bpf_map_lookup_elem(&weir_nodes, &daddr);
 }
 
 /* Rewrites the source (forward) or destination (reverse) address and port.
@@ -185,22 +88,14 @@ static __always_inline __u32 snat_rewrite(struct __sk_buff *skb, struct ipv4_met
 	return WEIR_DROP_NONE;
 }
 
-/* Is the packet a local pod's, bound outside the cluster (pods and nodes)?
- * Records the pod as the drop context's endpoint when it is. */
+/* Is the packet a local pod's, bound outside the cluster? Records the pod
+ * as the drop context's endpoint when it is. */
 static __always_inline int snat_wanted(struct __sk_buff *skb, const struct weir_config *cfg,
 				       const struct ipv4_meta *meta)
 {
 	struct weir_ep_info *src;
 
-	if (!(cfg->flags & WEIR_CFG_F_MASQUERADE) || !cfg->node_ip)
-		return 0;
-	if ((meta->saddr & cfg->cluster_mask) != cfg->cluster_net)
-		return 0;
-	if ((meta->daddr & cfg->cluster_mask) == cfg->cluster_net || meta->daddr == cfg->node_ip)
-		return 0;
-	/* Other nodes are cluster members: they route to pod CIDRs, and a
-	 * pod's reply to a node's NodePort SNAT must keep the pod's address. */
-	if (bpf_map_lookup_elem(&weir_nodes, &meta->daddr))
+	if (!snat_bound(cfg, meta->saddr, meta->daddr))
 		return 0;
 	/* Only pods of this node: their replies are ours to deliver. */
 	src = lookup_ep_v4(meta->saddr);
@@ -210,87 +105,36 @@ static __always_inline int snat_wanted(struct __sk_buff *skb, const struct weir_
 	return 1;
 }
 
-/* Does a socket of the node already own the reverse tuple, i.e. would the
- * stack take a packet remote:rport -> node:port as its own? */
-static __always_inline int snat_node_socket(struct __sk_buff *skb, const struct weir_ct_key *rkey)
-{
-	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
-
-	t.ipv4.saddr = rkey->saddr;
-	t.ipv4.daddr = rkey->daddr;
-	t.ipv4.sport = rkey->sport;
-	t.ipv4.dport = rkey->dport;
-	if (rkey->proto == IPPROTO_TCP)
-		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	else if (rkey->proto == IPPROTO_UDP)
-		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	else
-		return 0; /* ping sockets' identifiers are not looked up */
-	if (!sk)
-		return 0;
-	bpf_sk_release(sk);
-	return 1;
-}
-
-/* Claims a node port for a new flow: the reverse entry first (it is the one
- * that must be unique), then the forward one. */
+/* Claims a node port for a new flow and inserts both entries; `replace`
+ * when a stale forward entry of the same tuple goes. */
 static __always_inline __u32 snat_new(struct __sk_buff *skb, const struct weir_ct_key *key, __be32 node_ip,
-				      __u8 tcp_flags, __u64 now, __be16 *out_port)
+				      __u8 tcp_flags, __u64 now, int replace, __be16 *out_port)
 {
 	__u32 min = weir_snat_port_min, span = (__u32)weir_snat_port_max - min + 1;
-	struct weir_snat_entry fwd = {}, rev = {};
-	struct weir_ct_key rkey = {};
-	__u32 i;
-	int err = 0;
+	struct weir_ct_entry fwd = {}, rev = {};
+	struct weir_ct_key rkey = {}, to = *key;
+	struct weir_ct_entry *other;
+	int ret;
 
-	fwd.addr = node_ip;
-	fwd.state = key->proto == IPPROTO_TCP ? ct_next_state(WEIR_CT_NEW, tcp_flags) : WEIR_CT_NEW;
-	fwd.expires_ns = now + ct_timeout(key->proto, fwd.state);
-	fwd.packets = 1;
-	rev.addr = key->saddr;
-	rev.port = key->sport;
-	rev.flags = WEIR_SNAT_F_REVERSE;
-	rev.state = fwd.state;
-	rev.expires_ns = fwd.expires_ns;
-
-	rkey.saddr = key->daddr;
-	rkey.daddr = node_ip;
-	rkey.sport = key->dport;
-	rkey.proto = key->proto;
-	for (i = 0; i < WEIR_SNAT_ATTEMPTS; i++) {
-		__u16 port = min + bpf_get_prandom_u32() % span;
-
-		rkey.dport = bpf_htons(port);
-		if (snat_node_socket(skb, &rkey)) {
-			err = -17; /* taken, as if by another flow */
-			continue;
-		}
-		err = bpf_map_update_elem(&weir_snat4, &rkey, &rev, BPF_NOEXIST);
-		if (!err)
-			break;
-		/* A full table will not empty itself by trying again. */
-		if (err != -17 /* EEXIST */)
-			return WEIR_DROP_SNAT_PORTS_EXHAUSTED;
-	}
-	if (err)
+	to.saddr = node_ip;
+	ct_new_pair(key, &to, tcp_flags, now, 0, WEIR_CT_F_MASQ, &fwd, &rkey, &rev);
+	ret = ct_claim_port(skb, &rkey, &rkey.dport, &rev, min, span, 1, WEIR_DROP_SNAT_PORTS_EXHAUSTED,
+			    WEIR_DROP_SNAT_PORTS_EXHAUSTED);
+	if (ret)
+		return -ret;
+	fwd.xlate_sport = rkey.dport;
+	ret = ct_create(key, &fwd, &rkey, &rev, replace, 1);
+	if (ret < 0)
 		return WEIR_DROP_SNAT_PORTS_EXHAUSTED;
-
-	fwd.port = rkey.dport;
-	err = bpf_map_update_elem(&weir_snat4, key, &fwd, BPF_NOEXIST);
-	if (err) {
-		struct weir_snat_entry *other;
-
-		/* Release the port: either another CPU set this flow up first
-		 * (follow its choice) or the table is full. */
-		bpf_map_delete_elem(&weir_snat4, &rkey);
-		other = bpf_map_lookup_elem(&weir_snat4, key);
+	if (ret > 0) {
+		/* Another CPU set this flow up first: follow its choice. */
+		other = bpf_map_lookup_elem(&weir_ct4, key);
 		if (!other)
 			return WEIR_DROP_SNAT_PORTS_EXHAUSTED;
-		*out_port = other->port;
+		*out_port = other->xlate_sport;
 		return WEIR_DROP_NONE;
 	}
-	*out_port = fwd.port;
+	*out_port = fwd.xlate_sport;
 	return WEIR_DROP_NONE;
 }
 
@@ -300,50 +144,56 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 {
 	struct weir_config *cfg = node_config();
 	struct weir_ct_key key = {};
-	struct weir_snat_entry *e;
-	__u8 tcp_flags = 0;
+	struct weir_ct_entry *e;
+	__u8 l4_flags = 0;
 	__be32 node_ip;
 	__be16 port;
 	__u64 now;
 	__u32 reason;
-	int ret;
+	int ret, replace = 0;
 
 	*translated = 0;
 	if (!cfg || !snat_wanted(skb, cfg, meta))
 		return WEIR_DROP_NONE;
 	node_ip = cfg->node_ip;
-	ret = snat_tuple(skb, meta, ICMP_ECHO, 0, &key, &tcp_flags);
+	ret = ct_tuple(skb, meta, &key, &l4_flags);
 	if (ret <= 0)
 		return -ret;
+	/* Only what the pod starts: an echo request, not a reply. */
+	if (key.proto == IPPROTO_ICMP && l4_flags != ICMP_ECHO)
+		return WEIR_DROP_NONE;
 	now = bpf_ktime_get_ns();
 
-	e = bpf_map_lookup_elem(&weir_snat4, &key);
+	e = bpf_map_lookup_elem(&weir_ct4, &key);
+	/* A reply of a connection the remote opened (native routing reaches
+	 * pods from outside): the remote expects the pod's address. */
+	if (e && (e->flags & (WEIR_CT_F_REVERSE | WEIR_CT_F_MASQ)) == WEIR_CT_F_REVERSE && e->expires_ns >= now)
+		return WEIR_DROP_NONE;
 	if (e) {
 		/* A flow idle past its deadline (its reverse entry may be going
-		 * away under the GC), or a fresh SYN on a closed one (port
-		 * reuse): start over with a fresh port. */
-		if (e->expires_ns < now ||
-		    (key.proto == IPPROTO_TCP && (tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) == WEIR_TCP_SYN &&
-		     e->state == WEIR_CT_CLOSING) ||
-		    e->addr != node_ip) {
+		 * away under the GC), a fresh SYN on a closed one (port reuse),
+		 * a changed node IP, or a connection from_pod tracked before
+		 * masquerading was switched on: start over with a fresh port. */
+		if (!(e->flags & WEIR_CT_F_MASQ) || e->expires_ns < now || ct_is_reuse(e, key.proto, l4_flags, now) ||
+		    e->xlate_saddr != node_ip) {
 			struct weir_ct_key rkey = {};
-			struct weir_snat_entry *r;
+			struct weir_ct_entry *r;
 
-			snat_partner_key(&key, e, &rkey);
-			r = bpf_map_lookup_elem(&weir_snat4, &rkey);
+			ct_partner_key(e, key.proto, &rkey);
+			r = bpf_map_lookup_elem(&weir_ct4, &rkey);
 			/* The GC may have collected it and another flow taken the
 			 * port since: only remove a reverse entry that is ours. */
-			if (r && r->addr == key.saddr && r->port == key.sport)
-				bpf_map_delete_elem(&weir_snat4, &rkey);
-			bpf_map_delete_elem(&weir_snat4, &key);
+			if (r && r->xlate_daddr == key.saddr && r->xlate_dport == key.sport)
+				bpf_map_delete_elem(&weir_ct4, &rkey);
+			replace = 1;
 		} else {
-			snat_refresh(&key, e, tcp_flags, now);
-			reason = snat_rewrite(skb, meta, &key, e->addr, e->port, 0);
+			ct_refresh(e, key.proto, l4_flags, now);
+			reason = snat_rewrite(skb, meta, &key, e->xlate_saddr, e->xlate_sport, 0);
 			*translated = !reason;
 			return reason;
 		}
 	}
-	reason = snat_new(skb, &key, node_ip, tcp_flags, now, &port);
+	reason = snat_new(skb, &key, node_ip, l4_flags, now, replace, &port);
 	if (reason)
 		return reason;
 	reason = snat_rewrite(skb, meta, &key, node_ip, port, 0);
@@ -351,28 +201,14 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 	return reason;
 }
 
-/* from_netdev's first step: a reply to a masqueraded flow gets the pod's
- * address and port back. WEIR_DROP_NONE (translated or not ours) or a
- * reason. */
-static __always_inline __u32 snat4_ingress(struct __sk_buff *skb, struct ipv4_meta *meta)
+/* The reply half, on the entry from_netdev looked up for the packet: a
+ * reply to a masqueraded flow gets the pod's address and port back.
+ * WEIR_DROP_NONE or a reason. */
+static __always_inline __u32 snat4_reply(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
+					 struct weir_ct_entry *e, __u8 l4_flags)
 {
-	struct weir_config *cfg = node_config();
-	struct weir_ct_key key = {};
-	struct weir_snat_entry *e;
-	__u8 tcp_flags = 0;
-	int ret;
-
-	if (!cfg || !(cfg->flags & WEIR_CFG_F_MASQUERADE) || !cfg->node_ip || meta->daddr != cfg->node_ip)
-		return WEIR_DROP_NONE;
-	ret = snat_tuple(skb, meta, ICMP_ECHOREPLY, 1, &key, &tcp_flags);
-	/* Malformed packets on a node device are the stack's to judge. */
-	if (ret <= 0)
-		return WEIR_DROP_NONE;
-	e = bpf_map_lookup_elem(&weir_snat4, &key);
-	if (!e || !(e->flags & WEIR_SNAT_F_REVERSE))
-		return WEIR_DROP_NONE; /* the node's own traffic */
-	snat_refresh(&key, e, tcp_flags, bpf_ktime_get_ns());
-	return snat_rewrite(skb, meta, &key, e->addr, e->port, 1);
+	ct_refresh(e, key->proto, l4_flags, bpf_ktime_get_ns());
+	return snat_rewrite(skb, meta, key, e->xlate_daddr, e->xlate_dport, 1);
 }
 
 #endif /* WEIR_SNAT_H */

@@ -1,0 +1,331 @@
+//! The one conntrack table through BPF_PROG_TEST_RUN: every pod connection
+//! is tracked once (two entries), whichever hook sees it first, and its
+//! replies follow it; a connection translated elsewhere is not tracked a
+//! second time; masquerading leaves the replies of connections the remote
+//! opened alone; the GC collects every kind, in batches. Needs root (to load
+//! programs), no namespaces.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use aya::programs::{TestRun, TestRunOptions};
+use weir_datapath::abi::{Config, EpInfo};
+use weir_datapath::conntrack::{CT_ESTABLISHED, CT_F_NODEPORT, CT_F_REVERSE, CT_SYN_SENT, Conntrack, CtEntry, CtKey};
+use weir_datapath::lb::{Backend, Protocol, ServiceMaps, ServiceSpec, TrafficPolicy, be_addr, monotonic_now_ns};
+use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use weir_test_support::packet::{Flow, TCP, UDP, fold, ipv4_frame, parse, sum16};
+use weir_test_support::require_root;
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: not ours
+
+/// BPF_PROG_TEST_RUN without a context runs on the loopback device.
+const LO_IFINDEX: u32 = 1;
+const OTHER_IFINDEX: u32 = 4242;
+
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+const NODE: Ipv4Addr = Ipv4Addr::new(172, 31, 97, 11);
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(172, 31, 97, 254);
+const NODE_PORT: u16 = 30090;
+
+const ICMP: u8 = 1;
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// A datapath with its own pin directory (removed on drop), this node's IP
+/// in the config, pod A on lo (the sender of from_pod's test packets) and
+/// pod B behind another interface.
+struct Fixture {
+    dp: Datapath,
+    ct: Conntrack,
+    svc: ServiceMaps,
+    pin_dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(test: &str, options: &LoadOptions) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/ct-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
+        let dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+        let ct = Conntrack::open(&pin_dir).unwrap_or_else(|e| panic!("opening conntrack: {e:?}"));
+        let svc = ServiceMaps::open(&pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
+        let mut fx = Self { dp, ct, svc, pin_dir };
+        fx.config(false);
+        fx.place(POD_A, LO_IFINDEX, 1);
+        fx.place(POD_B, OTHER_IFINDEX, 2);
+        fx
+    }
+
+    fn config(&mut self, masquerade: bool) {
+        let config = Config {
+            node_ip: be_addr(NODE),
+            ..Default::default()
+        };
+        let config = if masquerade {
+            config.with_masquerade("10.244.0.0/16".parse().unwrap())
+        } else {
+            config
+        };
+        self.dp.set_config(config).unwrap();
+    }
+
+    fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
+        let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
+        let info = EpInfo {
+            ifindex,
+            endpoint_id,
+            identity: 100,
+            pod_mac: mac,
+            host_mac: mac,
+            flags: 0,
+        };
+        self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
+    }
+
+    fn tc(&self, kind: ProgramKind, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN (tc)");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn xdp(&self, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let res = self.dp.xdp_program().test_run(opts).expect("BPF_PROG_TEST_RUN (xdp)");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn entries(&self) -> BTreeMap<CtKey, CtEntry> {
+        self.ct.entries().unwrap().into_iter().collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
+    }
+}
+
+fn flow(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> Flow {
+    Flow {
+        src,
+        sport,
+        dst,
+        dport,
+        proto,
+    }
+}
+
+/// An ICMP echo request with identifier `id`.
+fn echo_request(src: Ipv4Addr, id: u16, dst: Ipv4Addr) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&[0, 1]);
+    let c = fold(sum16(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4_frame(src, dst, ICMP, &icmp)
+}
+
+fn key(f: &Flow) -> CtKey {
+    let proto = match f.proto {
+        TCP => Protocol::Tcp,
+        UDP => Protocol::Udp,
+        p => panic!("no key for protocol {p}"),
+    };
+    CtKey::new(f.src, f.sport, f.dst, f.dport, proto)
+}
+
+#[test]
+fn every_pod_connection_is_tracked_once_and_its_replies_follow_it() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("plain", &LoadOptions::default());
+
+    // A opens a TCP connection to B on this node.
+    let ab = flow(POD_A, 40000, POD_B, 80, TCP);
+    assert_eq!(fx.tc(ProgramKind::FromPod, &ab.packet(SYN)).0, TC_ACT_REDIRECT);
+    let ct = fx.entries();
+    assert_eq!(ct.len(), 2, "one pair: {ct:?}");
+    let fwd = ct[&key(&ab)];
+    assert_eq!(
+        (fwd.flags, fwd.service_id, fwd.state, fwd.packets),
+        (0, 0, CT_SYN_SENT, 1)
+    );
+    let rev = ct[&key(&ab.reply())];
+    assert_eq!((rev.flags, rev.packets), (CT_F_REVERSE, 0));
+    assert_eq!(fwd.partner_key(TCP), key(&ab.reply()), "nothing translated");
+
+    // B answers (through its own from_pod), A completes the handshake.
+    fx.place(POD_B, LO_IFINDEX, 2);
+    fx.place(POD_A, OTHER_IFINDEX, 1);
+    let (verdict, out) = fx.tc(ProgramKind::FromPod, &ab.reply().packet(SYN | ACK));
+    assert_eq!((verdict, parse(&out)), (TC_ACT_REDIRECT, ab.reply()), "untouched");
+    fx.place(POD_A, LO_IFINDEX, 1);
+    fx.place(POD_B, OTHER_IFINDEX, 2);
+    fx.tc(ProgramKind::FromPod, &ab.packet(ACK));
+    let ct = fx.entries();
+    assert_eq!(ct.len(), 2, "replies follow the pair, no new one");
+    assert_eq!((ct[&key(&ab)].state, ct[&key(&ab)].packets), (CT_ESTABLISHED, 2));
+    assert_eq!(ct[&key(&ab.reply())].packets, 1);
+
+    // A pod on another node reaches B through the uplink: tracked where it
+    // enters B, and B's reply follows that pair.
+    let rb = flow(REMOTE_POD, 5000, POD_B, 53, UDP);
+    assert_eq!(fx.tc(ProgramKind::FromNetdev, &rb.packet(0)).0, TC_ACT_REDIRECT);
+    assert_eq!(fx.entries().len(), 4);
+    fx.place(POD_B, LO_IFINDEX, 2);
+    assert_eq!(
+        fx.tc(ProgramKind::FromPod, &rb.reply().packet(0)).0,
+        TC_ACT_OK,
+        "to the stack"
+    );
+    let ct = fx.entries();
+    assert_eq!(ct.len(), 4);
+    assert_eq!((ct[&key(&rb)].packets, ct[&key(&rb.reply())].packets), (1, 1));
+    fx.place(POD_B, OTHER_IFINDEX, 2);
+
+    // ICMP echo: the identifier is the request's source port and the
+    // reply's destination port.
+    assert_eq!(
+        fx.tc(ProgramKind::FromPod, &echo_request(POD_A, 7, POD_B)).0,
+        TC_ACT_REDIRECT
+    );
+    let ct = fx.entries();
+    assert_eq!(ct.len(), 6);
+    let echo = CtKey {
+        saddr: be_addr(POD_A),
+        daddr: be_addr(POD_B),
+        sport: 7u16.to_be(),
+        dport: 0,
+        proto: ICMP,
+        pad: [0; 3],
+    };
+    assert_eq!(ct[&echo].flags, 0);
+    assert_eq!(ct[&ct[&echo].partner_key(ICMP)].flags, CT_F_REVERSE);
+
+    // The node's stack sending to A (to_pod) is tracked too.
+    let na = flow(NODE, 6000, POD_A, 8080, TCP);
+    assert_eq!(fx.tc(ProgramKind::ToPod, &na.packet(SYN)).0, TC_ACT_OK);
+    assert_eq!(fx.entries().len(), 8);
+    assert_eq!(fx.entries()[&key(&na)].flags, 0);
+}
+
+#[test]
+fn the_backend_side_of_a_nodeport_connection_xdp_translated_is_not_tracked_again() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("npxdp", &LoadOptions::default());
+    let spec = ServiceSpec {
+        backends: vec![Backend {
+            ip: POD_B,
+            port: 8080,
+            terminating: false,
+        }],
+        external: Some(TrafficPolicy::Cluster),
+        ..Default::default()
+    };
+    fx.svc.upsert_service(NODE, NODE_PORT, Protocol::Tcp, &spec).unwrap();
+    let f = flow(EXTERNAL, 40000, NODE, NODE_PORT, TCP);
+    let (verdict, translated) = fx.xdp(&f.packet(SYN));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(parse(&translated).dst, POD_B);
+
+    // TC sees what XDP made of it (client -> backend): delivered, and the
+    // connection's reverse entry is left as NodePort made it.
+    assert_eq!(fx.tc(ProgramKind::FromNetdev, &translated).0, TC_ACT_REDIRECT);
+    let ct = fx.entries();
+    assert_eq!(ct.len(), 2, "{ct:?}");
+    let to_b = parse(&translated);
+    assert_eq!(ct[&key(&to_b.reply())].flags, CT_F_NODEPORT | CT_F_REVERSE);
+
+    // So B's reply still leaves as the NodePort.
+    fx.place(POD_B, LO_IFINDEX, 2);
+    let (_, out) = fx.tc(ProgramKind::FromPod, &to_b.reply().packet(SYN | ACK));
+    let back = parse(&out);
+    assert_eq!((back.src, back.sport, back.dst), (NODE, NODE_PORT, EXTERNAL));
+}
+
+#[test]
+fn masquerading_leaves_replies_of_connections_the_remote_opened_alone() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("masqrev", &LoadOptions::default());
+    fx.config(true);
+
+    // Native routing: a host outside the cluster reaches pod A directly.
+    let ea = flow(EXTERNAL, 7000, POD_A, 80, TCP);
+    assert_eq!(fx.tc(ProgramKind::FromNetdev, &ea.packet(SYN)).0, TC_ACT_REDIRECT);
+    fx.tc(ProgramKind::FromPod, &ea.reply().packet(SYN | ACK));
+    let reply = ea.reply().packet(SYN | ACK);
+    assert_eq!(
+        fx.tc(ProgramKind::ToNetdev, &reply),
+        (TC_ACT_UNSPEC, reply.clone()),
+        "the remote expects the pod's own address"
+    );
+    assert_eq!(fx.entries().len(), 2);
+
+    // A connection A opens to the same host is masqueraded, and from_pod
+    // left it to to_netdev (one pair, the masquerade's).
+    let ae = flow(POD_A, 41000, EXTERNAL, 80, TCP);
+    fx.tc(ProgramKind::FromPod, &ae.packet(SYN));
+    assert_eq!(fx.entries().len(), 2, "from_pod tracks nothing it will masquerade");
+    let (verdict, out) = fx.tc(ProgramKind::ToNetdev, &ae.packet(SYN));
+    assert_eq!((verdict, parse(&out).src), (TC_ACT_OK, NODE));
+    assert_eq!(fx.entries().len(), 4);
+}
+
+#[test]
+fn a_full_table_leaves_plain_connections_flowing_untracked() {
+    if !require_root() {
+        return;
+    }
+    let options = LoadOptions {
+        max_entries: vec![(weir_datapath::conntrack::MAP, 4)],
+        ..Default::default()
+    };
+    let fx = Fixture::new("full", &options);
+    for p in [1, 2, 3] {
+        let f = flow(POD_A, 40000 + p, POD_B, 80, TCP);
+        assert_eq!(
+            fx.tc(ProgramKind::FromPod, &f.packet(SYN)).0,
+            TC_ACT_REDIRECT,
+            "port {p}"
+        );
+    }
+    assert_eq!(fx.entries().len(), 4, "two tracked, the third untracked");
+    assert!(fx.dp.drops().unwrap().is_empty(), "{:?}", fx.dp.drops());
+}
+
+#[test]
+fn gc_collects_thousands_of_connections_in_batches() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("gc", &LoadOptions::default());
+    for p in 0..5000u16 {
+        let f = flow(POD_A, 10000 + p, POD_B, 53, UDP);
+        assert_eq!(fx.tc(ProgramKind::FromPod, &f.packet(0)).0, TC_ACT_REDIRECT);
+    }
+    assert_eq!(fx.ct.len().unwrap(), 10_000);
+    assert_eq!(fx.ct.gc(monotonic_now_ns()).unwrap(), 0, "nothing expired yet");
+    // UDP idles out after 60 s.
+    assert_eq!(fx.ct.gc(monotonic_now_ns() + 61_000_000_000).unwrap(), 10_000);
+    assert!(fx.ct.is_empty().unwrap());
+}
