@@ -43,6 +43,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "a pinned map no longer fits this datapath: replaced with a new one (its entries are gone)"
         );
     }
+    for map in datapath.retired_pins() {
+        tracing::warn!(%map, "a pinned map of an older datapath is not used any more: removed");
+    }
     let netdev = Netdev::connect()?;
     let uplink = match &config.uplink {
         Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),

@@ -181,6 +181,8 @@ pub struct Datapath {
     nr_cpus: usize,
     /// Pinned maps that no longer fit the objects and were replaced.
     replaced: Vec<crate::pins::PinReplacement>,
+    /// Pinned maps of an older datapath that no object declares any more.
+    retired: Vec<String>,
 }
 
 impl Datapath {
@@ -216,8 +218,9 @@ impl Datapath {
         )
         .map_err(DatapathError::Parse)?;
         let replaced = crate::pins::incompatible(&declared, &crate::pins::pinned(pin_dir, &declared));
-        for r in &replaced {
-            let path = pin_dir.join(&r.map);
+        let retired = crate::pins::obsolete(pin_dir, &declared);
+        for name in replaced.iter().map(|r| &r.map).chain(&retired) {
+            let path = pin_dir.join(name);
             std::fs::remove_file(&path).map_err(|source| DatapathError::Pin { path, source })?;
         }
         // The first load creates and pins the maps, the second reuses them.
@@ -267,12 +270,19 @@ impl Datapath {
             links_dir,
             nr_cpus,
             replaced,
+            retired,
         })
     }
 
     /// The pinned maps this load replaced because they no longer fitted.
     pub fn replaced_pins(&self) -> &[crate::pins::PinReplacement] {
         &self.replaced
+    }
+
+    /// The pinned maps of an older datapath this load removed because no
+    /// object declares them any more.
+    pub fn retired_pins(&self) -> &[String] {
+        &self.retired
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN`.

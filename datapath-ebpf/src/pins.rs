@@ -6,7 +6,10 @@
 //! so the load creates it afresh: replaced deliberately, reported to the
 //! caller (the agent logs each), never reused by accident. Its entries are
 //! lost; the agent reprograms what it owns (endpoints, services, routes),
-//! and conntrack and SNAT entries start over.
+//! and conntrack entries start over. A map pinned by an older agent that no
+//! object declares any more (`weir_snat4`, merged into conntrack) is
+//! unpinned and reported the same way, so no stale map outlives its
+//! datapath.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,6 +87,23 @@ pub fn incompatible(declared: &BTreeMap<String, MapShape>, pinned: &BTreeMap<Str
             })
         })
         .collect()
+}
+
+/// The `weir_*` map pins in `dir` that no object declares (any more).
+pub fn obsolete(dir: &Path, declared: &BTreeMap<String, MapShape>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let is_map = e.file_type().ok()?.is_file() && aya::maps::MapInfo::from_pin(e.path()).is_ok();
+            (is_map && name.starts_with("weir_") && !declared.contains_key(&name)).then_some(name)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The shape of each declared map that is pinned in `dir`.

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use aya::maps::{MapInfo, PerCpuArray};
+use aya::maps::{Array, MapInfo, PerCpuArray};
 use weir_datapath::Datapath;
 use weir_datapath::abi::Traffic;
 use weir_test_support::require_root;
@@ -75,11 +75,22 @@ fn pins_of_an_older_layout_are_replaced_and_matching_ones_kept() {
             .expect("writing a drop count");
     }
     assert_eq!(MapInfo::from_pin(pin_dir.0.join("weir_ct4")).unwrap().value_size(), 32);
+    // A map the datapath does not have any more (masquerade's own table,
+    // merged into conntrack), and a pin that is none of weir's.
+    for name in ["weir_snat4", "other_tool"] {
+        Array::<_, u32>::create(4, 0)
+            .expect("creating a map")
+            .pin(pin_dir.0.join(name))
+            .expect("pinning it");
+    }
 
     let dp = Datapath::load(&pin_dir.0).unwrap_or_else(|e| panic!("loading over old pins: {e:?}"));
     let mut replaced: Vec<&str> = dp.replaced_pins().iter().map(|r| r.map.as_str()).collect();
     replaced.sort();
     assert_eq!(replaced, ["weir_ct4", "weir_endpoints"], "{:?}", dp.replaced_pins());
+    assert_eq!(dp.retired_pins(), ["weir_snat4"]);
+    assert!(!pin_dir.0.join("weir_snat4").exists(), "retired pin removed");
+    assert!(pin_dir.0.join("other_tool").exists(), "not weir's: left alone");
     let ct = MapInfo::from_pin(pin_dir.0.join("weir_ct4")).unwrap();
     assert_eq!(ct.value_size() as usize, size_of::<weir_datapath::lb::CtEntry>());
     let eps = MapInfo::from_pin(pin_dir.0.join("weir_endpoints")).unwrap();
@@ -96,4 +107,5 @@ fn pins_of_an_older_layout_are_replaced_and_matching_ones_kept() {
     // Loading again over its own pins replaces nothing.
     let dp = Datapath::load(&pin_dir.0).unwrap();
     assert!(dp.replaced_pins().is_empty(), "{:?}", dp.replaced_pins());
+    assert!(dp.retired_pins().is_empty(), "{:?}", dp.retired_pins());
 }
