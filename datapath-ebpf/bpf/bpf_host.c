@@ -17,6 +17,7 @@
  *
  * Everything else is not weir's business here and goes on to the stack. */
 
+#include "lib/ctx/skb.h"
 #include "lib/common.h"
 #include "lib/abi.h"
 #include "lib/maps.h"
@@ -53,8 +54,8 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 }
 
 /* NodePort translation in TC, on the packet from_netdev parsed and the
- * entry it looked up. Returns -1 when the packet is none of its business,
- * otherwise the verdict. */
+ * entry it looked up. WEIR_CONTINUE when the packet is none of its
+ * business, otherwise the verdict. */
 static __always_inline int nodeport_tc(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
 				       struct weir_ct_entry *ct, __u8 l4_flags, __u64 now)
 {
@@ -65,10 +66,10 @@ static __always_inline int nodeport_tc(struct __sk_buff *skb, struct ipv4_meta *
 
 	ret = nodeport_ct(skb, key, ct, l4_flags, now, &to);
 	if (ret == 0)
-		return -1;
+		return WEIR_CONTINUE;
 	if (ret < 0)
 		return drop_packet(skb, -ret);
-	reason = lb4_rewrite(skb, meta, key, to.saddr, to.daddr, to.sport, to.dport);
+	reason = nat_rewrite4(skb, meta, key, to.saddr, to.daddr, to.sport, to.dport);
 	if (reason)
 		return drop_packet(skb, reason);
 	dst = lookup_ep_v4(meta->daddr);
@@ -89,7 +90,7 @@ int from_netdev(struct __sk_buff *skb)
 	__u8 l4_flags = 0;
 	__u32 reason;
 	__u64 now;
-	int tracked, ret;
+	int tracked, ret, create = 1;
 
 	obs_begin(skb, WEIR_OBS_FROM_NETDEV);
 	/* Parsed once for every stage below. Malformed packets are the
@@ -105,7 +106,7 @@ int from_netdev(struct __sk_buff *skb)
 		 * so their reply tuples cannot claim each other's. */
 		ct = bpf_map_lookup_elem(&weir_ct4, &key);
 		ret = nodeport_tc(skb, &meta, &key, ct, l4_flags, now);
-		if (ret >= 0)
+		if (ret != WEIR_CONTINUE)
 			return ret;
 		/* Before the endpoint lookup: a masqueraded reply is addressed
 		 * to the node until this turns it back into the pod's. */
@@ -113,16 +114,14 @@ int from_netdev(struct __sk_buff *skb)
 			reason = snat4_reply(skb, &meta, &key, ct, l4_flags);
 			if (reason)
 				return drop_packet(skb, reason);
-			dst = lookup_ep_v4(meta.daddr);
-			if (!dst)
-				return WEIR_PASS_ON;
-			obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 			/* A service whose backend is outside the cluster: the
-			 * masqueraded reply is a service reply too. */
-			reason = ct_to_pod(skb, &meta, 0);
-			if (reason)
-				return drop_packet(skb, reason);
-			return deliver_local(skb, dst, meta.ttl);
+			 * reply, the pod's again, may be a service reply too.
+			 * Nothing new is tracked for it: it is the masqueraded
+			 * connection's. */
+			key.daddr = meta.daddr;
+			key.dport = ct->xlate_dport;
+			ct = bpf_map_lookup_elem(&weir_ct4, &key);
+			create = 0;
 		}
 	}
 	dst = lookup_ep_v4(meta.daddr);
@@ -132,7 +131,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (tracked < 0)
 		return drop_packet(skb, -tracked);
 	if (tracked > 0) {
-		reason = ct_into_pod(skb, &meta, &key, ct, l4_flags, now, 1);
+		reason = ct_into_pod(skb, &meta, &key, ct, l4_flags, now, create);
 		if (reason)
 			return drop_packet(skb, reason);
 	}

@@ -7,8 +7,15 @@
  *
  * Pod to pod on the same node never touches the host stack: from_pod finds
  * the destination endpoint, applies the to-pod step inline and redirects
- * straight into the destination pod's namespace with bpf_redirect_peer. */
+ * straight into the destination pod's namespace with bpf_redirect_peer.
+ *
+ * from_pod runs in stages joined by tail calls (weir_calls, maps.h), so
+ * each program stays far from the verifier's limits as policy, flow events
+ * and IPv6 join: from_pod (parse, source check) -> from_pod_ct (conntrack,
+ * services, delivery) -> pod_reject when a service has no backend; every
+ * drop goes on to drop_notify. skb->cb carries the context across. */
 
+#include "lib/ctx/skb.h"
 #include "lib/common.h"
 #include "lib/abi.h"
 #include "lib/maps.h"
@@ -21,15 +28,15 @@
 #include "lib/lb.h"
 #include "lib/nodeport.h"
 
+/* from_pod's first stage: what the packet is, and whether this pod may
+ * send it. */
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
-	struct weir_ep_info *src, *dst;
+	struct weir_ep_info *src;
 	struct ipv4_meta meta = {};
-	__u8 ct_flags = 0;
 	__u32 reason;
 	__u16 proto;
-	int ret;
 
 	obs_begin(skb, WEIR_OBS_FROM_POD);
 	proto = eth_proto(skb);
@@ -51,12 +58,27 @@ int from_pod(struct __sk_buff *skb)
 		return drop_packet(skb, WEIR_DROP_INVALID_SOURCE);
 	obs_endpoint(skb, src, WEIR_DIR_EGRESS);
 	count_traffic(src->endpoint_id, WEIR_DIR_EGRESS, skb->len);
+	return tail_call_stage(skb, WEIR_CALL_FROM_POD_CT);
+}
 
+/* Second stage, conntrack and services, then delivery. */
+SEC("classifier")
+int from_pod_ct(struct __sk_buff *skb)
+{
+	struct weir_ep_info *dst;
+	struct ipv4_meta meta = {};
+	__u8 ct_flags = 0;
+	int ret;
+
+	/* A tail call keeps only skb->cb: parse again what the first stage
+	 * checked (it cannot fail now). */
+	if (ipv4_parse(skb, &meta))
+		return drop_packet(skb, WEIR_DROP_MALFORMED_IPV4);
 	/* Service translation (DNAT to a backend, reverse NAT of replies) runs
 	 * before the destination lookup and updates meta's addresses; a service
-	 * without backends answers the client itself. */
-	ret = lb4_xlate(skb, &meta, src, &ct_flags);
-	if (ret != WEIR_LB_CONTINUE)
+	 * without backends is answered by the rejection stage. */
+	ret = lb4_xlate(skb, &meta, &ct_flags);
+	if (ret != WEIR_CONTINUE)
 		return ret;
 
 	dst = lookup_ep_v4(meta.daddr);
@@ -71,6 +93,29 @@ int from_pod(struct __sk_buff *skb)
 		return nodeport_redirect_out(skb, &meta);
 	/* Remote pods and the outside world. */
 	return route_remote_v4(skb, meta.daddr);
+}
+
+/* A connection to a service without backends, answered (reject.h). */
+SEC("classifier")
+int pod_reject(struct __sk_buff *skb)
+{
+	struct weir_ep_info *src;
+	struct ipv4_meta meta = {};
+
+	if (ipv4_parse(skb, &meta))
+		return drop_packet(skb, WEIR_DROP_MALFORMED_IPV4);
+	src = lookup_ep_v4(meta.saddr);
+	if (!src)
+		return drop_packet(skb, WEIR_DROP_INVALID_SOURCE);
+	return reject4(skb, &meta, src);
+}
+
+/* Where every TC drop ends (drop.h). Lives here, in the pod object; the
+ * node-device programs reach it through the same pinned weir_calls. */
+SEC("classifier")
+int drop_notify(struct __sk_buff *skb)
+{
+	return drop_notify_run(skb);
 }
 
 SEC("classifier")

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::xdp::XdpLink;
@@ -78,6 +78,40 @@ impl ProgramKind {
 
 /// The XDP program in bpf_xdp.o.
 pub const XDP_PROGRAM: &str = "from_netdev_xdp";
+
+/// The programs that are only ever tail-called, each in its slot of
+/// `weir_calls` (`WEIR_CALL_*` in abi.h). They live in bpf_lxc.o; the
+/// node-device programs reach them through the same pinned array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailCall {
+    /// Every TC drop: the accounting (and, later, the drop event).
+    DropNotify,
+    /// from_pod after its source check: conntrack, services, delivery.
+    FromPodCt,
+    /// The TCP RST / ICMP unreachable for a service without backends.
+    PodReject,
+}
+
+impl TailCall {
+    pub const ALL: [TailCall; 3] = [TailCall::DropNotify, TailCall::FromPodCt, TailCall::PodReject];
+
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Self::DropNotify => "drop_notify",
+            Self::FromPodCt => "from_pod_ct",
+            Self::PodReject => "pod_reject",
+        }
+    }
+
+    /// Its slot in `weir_calls`.
+    pub fn slot(self) -> u32 {
+        match self {
+            Self::DropNotify => crate::abi::sys::WEIR_CALL_DROP_NOTIFY,
+            Self::FromPodCt => crate::abi::sys::WEIR_CALL_FROM_POD_CT,
+            Self::PodReject => crate::abi::sys::WEIR_CALL_POD_REJECT,
+        }
+    }
+}
 
 /// Pod programs are classic tc filters (a clsact qdisc and cls_bpf in
 /// direct-action mode), not TCX links: creating a TCX link waits for an RCU
@@ -259,6 +293,38 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { name, source })?;
             prog.load().map_err(|source| DatapathError::Program { name, source })?;
         }
+        // The tail-call stages, then their slots: a stage is in the array
+        // only once it is loaded, and replacing a slot is atomic, so the
+        // programs already attached (an earlier agent's) go on through
+        // the new stages without a gap.
+        for call in TailCall::ALL {
+            let name = call.program_name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        {
+            let map = ebpf.take_map(maps::CALLS).ok_or(DatapathError::Missing(maps::CALLS))?;
+            let mut calls = ProgramArray::try_from(map).map_err(|source| DatapathError::Map {
+                map: maps::CALLS,
+                source,
+            })?;
+            for call in TailCall::ALL {
+                let name = call.program_name();
+                let prog: &SchedClassifier = ebpf
+                    .program(name)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or(DatapathError::Missing(name))?;
+                let fd = prog.fd().map_err(|source| DatapathError::Program { name, source })?;
+                calls.set(call.slot(), fd, 0).map_err(|source| DatapathError::Map {
+                    map: maps::CALLS,
+                    source,
+                })?;
+            }
+        }
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Pin {
             path: "/sys/devices/system/cpu/possible".into(),
             source,
@@ -293,6 +359,14 @@ impl Datapath {
             .program(name)
             .and_then(|p| p.try_into().ok())
             .expect("load() checked every program exists and is a classifier")
+    }
+
+    /// A loaded tail-call stage, e.g. for its verifier statistics.
+    pub fn tail_call_program(&self, call: TailCall) -> &SchedClassifier {
+        self.ebpf
+            .program(call.program_name())
+            .and_then(|p| p.try_into().ok())
+            .expect("load() checked every stage exists and is a classifier")
     }
 
     /// The uplink's XDP program (`from_netdev_xdp`), e.g. for `BPF_PROG_TEST_RUN`.

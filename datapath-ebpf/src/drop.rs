@@ -55,6 +55,7 @@ drop_reasons! {
     SnatPortsExhausted = WEIR_DROP_SNAT_PORTS_EXHAUSTED, "snat_ports_exhausted", "masquerade: no free node port (or SNAT table entry) for a new flow";
     NoLocalBackend = WEIR_DROP_NO_LOCAL_BACKEND, "no_local_backend", "externalTrafficPolicy Local and no backend on this node";
     NatNoPort = WEIR_DROP_NAT_NO_PORT, "nat_no_port", "no free source NAT port towards the backend";
+    MissedTailCall = WEIR_DROP_MISSED_TAIL_CALL, "missed_tail_call", "the datapath's next stage is not loaded";
 }
 
 impl std::fmt::Display for DropReason {

@@ -12,7 +12,9 @@ pub mod pins;
 pub mod snat;
 
 pub use bpffs::{BpffsError, ensure_bpffs};
-pub use datapath::{Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind, RouteMaps, XDP_PROGRAM};
+pub use datapath::{
+    Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind, RouteMaps, TailCall, XDP_PROGRAM,
+};
 
 /// The object with the programs for the host side of a pod's veth, built by
 /// `build.rs` from `bpf/bpf_lxc.c`.
@@ -39,4 +41,5 @@ pub mod maps {
     pub const CONFIG: &str = "weir_config";
     pub const NODE_ROUTES: &str = "weir_node_routes";
     pub const NODES: &str = "weir_nodes";
+    pub const CALLS: &str = "weir_calls";
 }

@@ -519,3 +519,31 @@ fn node_devices_deliver_to_local_pods_and_pass_the_rest() {
     arp.extend_from_slice(&[0; 28]);
     assert_eq!(fx.run(ProgramKind::FromNetdev, &arp).0, TC_ACT_UNSPEC);
 }
+
+#[test]
+fn from_pod_goes_on_through_its_stages_and_a_missing_stage_is_a_counted_drop() {
+    if !require_root() {
+        return;
+    }
+    let fx = Fixture::new("stages");
+    let pkt = Ip::new(POD_A, POD_B, TCP).packet(&tcp_syn());
+    let (verdict, out) = fx.run(ProgramKind::FromPod, &pkt);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "delivered by the conntrack stage");
+    assert_delivered_to_b(&out, &pkt);
+
+    // Without its conntrack stage from_pod cannot go on: a drop, counted.
+    let calls = aya::maps::MapData::from_pin(fx.pin_dir.join(weir_datapath::maps::CALLS)).expect("weir_calls pin");
+    let mut calls = aya::maps::ProgramArray::try_from(aya::maps::Map::ProgramArray(calls)).expect("a prog array");
+    calls
+        .clear_index(&weir_datapath::TailCall::FromPodCt.slot())
+        .expect("clearing the slot");
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::MissedTailCall), 1);
+
+    // And without drop_notify a drop is still counted, under its reason.
+    calls
+        .clear_index(&weir_datapath::TailCall::DropNotify.slot())
+        .expect("clearing the slot");
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::MissedTailCall), 2);
+}

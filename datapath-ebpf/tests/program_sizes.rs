@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
-use weir_datapath::{BPF_HOST, BPF_LXC, BPF_XDP, Datapath, ProgramKind, XDP_PROGRAM};
+use weir_datapath::{BPF_HOST, BPF_LXC, BPF_XDP, Datapath, ProgramKind, TailCall, XDP_PROGRAM};
 use weir_test_support::require_root;
 
 /// Budgets: far enough above today's sizes for ordinary growth, far enough
@@ -110,6 +110,7 @@ fn every_program_fits_its_budget_and_its_size_is_printed() {
     let expected: Vec<&str> = ProgramKind::ALL
         .iter()
         .map(|k| k.program_name())
+        .chain(TailCall::ALL.iter().map(|c| c.program_name()))
         .chain([XDP_PROGRAM])
         .collect();
     for name in &expected {
@@ -162,6 +163,13 @@ fn load_and_count() -> Vec<(String, u32)> {
         let info = dp.program(kind).info().expect("program info");
         out.push((
             kind.program_name().to_owned(),
+            info.verified_instruction_count().unwrap_or(0),
+        ));
+    }
+    for call in TailCall::ALL {
+        let info = dp.tail_call_program(call).info().expect("program info");
+        out.push((
+            call.program_name().to_owned(),
             info.verified_instruction_count().unwrap_or(0),
         ));
     }

@@ -53,6 +53,14 @@ struct weir_ep_info {
 #define WEIR_CB_ENDPOINT 1     /* the local endpoint id, 0 if none */
 #define WEIR_CB_SRC_IDENTITY 2 /* 0 where not known */
 #define WEIR_CB_DST_IDENTITY 3
+#define WEIR_CB_SCRATCH 4      /* one stage to the next: the drop reason, conntrack flags */
+
+/* Tail calls: the slots of weir_calls (calls.h). Programs that are only
+ * ever tail-called, each named for what it does. */
+#define WEIR_CALL_DROP_NOTIFY 0 /* every drop ends here: accounting (later, the event) */
+#define WEIR_CALL_FROM_POD_CT 1 /* from_pod after the source check: conntrack, services, delivery */
+#define WEIR_CALL_POD_REJECT 2  /* the TCP RST / ICMP unreachable for a service without backends */
+#define WEIR_CALLS_MAX 8
 
 struct weir_traffic_key {
 	__u32 endpoint_id;
@@ -114,6 +122,7 @@ enum weir_drop_reason {
 	WEIR_DROP_SNAT_PORTS_EXHAUSTED = 10, /* masquerade: no node port (or table entry) left */
 	WEIR_DROP_NO_LOCAL_BACKEND = 11,  /* externalTrafficPolicy Local, no backend on this node */
 	WEIR_DROP_NAT_NO_PORT = 12,       /* no free SNAT port towards that backend */
+	WEIR_DROP_MISSED_TAIL_CALL = 13,  /* the next stage's program is not loaded */
 	WEIR_DROP_REASON_MAX = 64,
 };
 

@@ -17,6 +17,17 @@
  * treats it like TC_ACT_OK at the end of the chain. */
 #define WEIR_PASS_ON TC_ACT_UNSPEC
 
+/* Return values, one convention for every helper:
+ *  - a step that can fail for a reason returns __u32: WEIR_DROP_NONE (0)
+ *    on success, else the drop reason (abi.h);
+ *  - a lookup that answers yes, no or "drop" returns int: 1 (yes, outputs
+ *    filled), 0 (no, nothing to do), -reason;
+ *  - the rewrite primitives (ctx/, nat.h, ipv4_dec_ttl) return 0 or a
+ *    negative errno, as the kernel helpers they wrap do;
+ *  - a part of a program that may end it returns int: a TC/XDP verdict,
+ *    or WEIR_CONTINUE for "go on with the next step" (no verdict is -2). */
+#define WEIR_CONTINUE (-2)
+
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 

@@ -305,7 +305,7 @@ static __always_inline void ct_create_plain(const struct weir_ct_key *key, __u8 
  * Returns 1 when there is a tuple, 0 when the packet has none to track
  * (another protocol, another ICMP type, a later fragment without ports), or
  * -reason. */
-static __always_inline int ct_tuple(struct __sk_buff *skb, const struct ipv4_meta *meta, struct weir_ct_key *key,
+static __always_inline int ct_tuple(struct __ctx_buff *ctx, const struct ipv4_meta *meta, struct weir_ct_key *key,
 				    __u8 *l4_flags)
 {
 	__be16 ports[2] = {};
@@ -315,7 +315,7 @@ static __always_inline int ct_tuple(struct __sk_buff *skb, const struct ipv4_met
 	if (meta->is_fragment) {
 		__u16 frag_off;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, frag_off), &frag_off, 2))
+		if (ctx_load_bytes(ctx, ETH_HLEN + __builtin_offsetof(struct iphdr, frag_off), &frag_off, 2))
 			return -WEIR_DROP_MALFORMED_IPV4;
 		if (frag_off & bpf_htons(IP_OFFSET))
 			return 0; /* no L4 header */
@@ -323,18 +323,18 @@ static __always_inline int ct_tuple(struct __sk_buff *skb, const struct ipv4_met
 	switch (meta->protocol) {
 	case IPPROTO_SCTP:
 		/* ipv4_parse does not know SCTP: its common header is 12 bytes. */
-		if (meta->l4_off + 12 > skb->len)
+		if (meta->l4_off + 12 > ctx_len(ctx))
 			return -WEIR_DROP_TRUNCATED_L4;
 		/* fallthrough */
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		if (bpf_skb_load_bytes(skb, meta->l4_off, ports, sizeof(ports)))
+		if (ctx_load_bytes(ctx, meta->l4_off, ports, sizeof(ports)))
 			return -WEIR_DROP_TRUNCATED_L4;
-		if (meta->protocol == IPPROTO_TCP && bpf_skb_load_bytes(skb, meta->l4_off + 13, l4_flags, 1))
+		if (meta->protocol == IPPROTO_TCP && ctx_load_bytes(ctx, meta->l4_off + 13, l4_flags, 1))
 			return -WEIR_DROP_TRUNCATED_L4;
 		break;
 	case IPPROTO_ICMP:
-		if (bpf_skb_load_bytes(skb, meta->l4_off, icmp, sizeof(icmp)))
+		if (ctx_load_bytes(ctx, meta->l4_off, icmp, sizeof(icmp)))
 			return -WEIR_DROP_TRUNCATED_L4;
 		if ((icmp[0] != ICMP_ECHO && icmp[0] != ICMP_ECHOREPLY) || icmp[1] != 0)
 			return 0;
@@ -342,7 +342,7 @@ static __always_inline int ct_tuple(struct __sk_buff *skb, const struct ipv4_met
 		/* The identifier, bytes 4-5 of an echo header. Loaded into one
 		 * place and then copied: a pointer chosen by a condition becomes
 		 * pointer arithmetic the verifier refuses. */
-		if (bpf_skb_load_bytes(skb, meta->l4_off + 4, &id, sizeof(id)))
+		if (ctx_load_bytes(ctx, meta->l4_off + 4, &id, sizeof(id)))
 			return -WEIR_DROP_TRUNCATED_L4;
 		if (icmp[0] == ICMP_ECHO)
 			ports[0] = id;

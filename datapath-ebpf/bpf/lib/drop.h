@@ -9,8 +9,13 @@
  * (obs_begin at entry, obs_endpoint once it knows the pod, obs_peer for
  * the other side) and drop_packet reads it, so the drop sites only name
  * their reason and flow events (a later issue) change this one file. cb is
- * also what tail calls will carry from one stage to the next. XDP has no
- * skb: its one drop site passes the same context to xdp_drop. */
+ * also what tail calls carry from one stage to the next.
+ *
+ * drop_packet hands the packet to the drop-notify program (a tail call, so
+ * the accounting and, later, the event are one program instead of code
+ * inlined at every drop site); only when that program is missing does it
+ * count the reason itself. XDP has no skb and cannot tail-call TC
+ * programs: its one drop site passes the same context to xdp_drop. */
 #ifndef WEIR_DROP_H
 #define WEIR_DROP_H
 
@@ -73,7 +78,9 @@ static __always_inline void obs_peer(struct __sk_buff *skb, const struct weir_ep
 	skb->cb[WEIR_CB_DST_IDENTITY] = dst->identity;
 }
 
-static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
+/* The drop-notify program's work: the context is in cb, the reason in
+ * cb[WEIR_CB_SCRATCH]. */
+static __always_inline int drop_notify_run(struct __sk_buff *skb)
 {
 	struct weir_drop_ctx ctx = {
 		.obs = skb->cb[WEIR_CB_OBS],
@@ -82,8 +89,24 @@ static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
 		.dst_identity = skb->cb[WEIR_CB_DST_IDENTITY],
 	};
 
-	drop_account(&ctx, reason, skb->len);
+	drop_account(&ctx, skb->cb[WEIR_CB_SCRATCH], skb->len);
 	return TC_ACT_SHOT;
+}
+
+static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
+{
+	skb->cb[WEIR_CB_SCRATCH] = reason;
+	bpf_tail_call(skb, &weir_calls, WEIR_CALL_DROP_NOTIFY);
+	/* Not loaded (yet): counted all the same. */
+	count_reason(reason, skb->len);
+	return TC_ACT_SHOT;
+}
+
+/* Goes on with the next stage; a missing stage is a counted drop. */
+static __always_inline int tail_call_stage(struct __sk_buff *skb, __u32 index)
+{
+	bpf_tail_call(skb, &weir_calls, index);
+	return drop_packet(skb, WEIR_DROP_MISSED_TAIL_CALL);
 }
 
 /* XDP's drop: the context comes from the caller. */

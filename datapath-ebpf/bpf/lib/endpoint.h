@@ -18,6 +18,9 @@ static __always_inline struct weir_ep_info *lookup_ep_v4(__be32 addr)
 	return bpf_map_lookup_elem(&weir_endpoints, &key);
 }
 
+#ifdef WEIR_CTX_SKB
+/* Delivery is TC's: XDP passes what is for a local pod on to it. */
+
 /* Rewrites the frame as if the destination's gateway had sent it and counts
  * it as ingress of that endpoint. Shared by to-pod (stack → pod) and by
  * from-pod for pod → pod on this node, which skips the host's egress hook. */
@@ -49,5 +52,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct wei
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(ifindex, 0);
 }
+
+#endif /* WEIR_CTX_SKB */
 
 #endif /* WEIR_ENDPOINT_H */

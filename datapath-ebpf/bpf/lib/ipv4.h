@@ -11,6 +11,7 @@
 #include <linux/udp.h>
 #include "common.h"
 #include "abi.h"
+#include "eth.h"
 
 /* linux/icmp.h drags in libc socket headers that do not exist for the BPF
  * target; only the size of the fixed ICMP header is needed. */
@@ -30,10 +31,10 @@ struct ipv4_meta {
 };
 
 /* Fills meta and returns WEIR_DROP_NONE, or the reason to drop. */
-static __always_inline __u32 ipv4_parse(struct __sk_buff *skb, struct ipv4_meta *meta)
+static __always_inline __u32 ipv4_parse(struct __ctx_buff *ctx, struct ipv4_meta *meta)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = ctx_data(ctx);
+	void *data_end = ctx_data_end(ctx);
 	struct iphdr *ip = data + ETH_HLEN;
 	__u32 ihl_len;
 
@@ -73,24 +74,25 @@ static __always_inline __u32 ipv4_parse(struct __sk_buff *skb, struct ipv4_meta 
 			need = ICMP_HDR_LEN;
 			break;
 		}
-		/* skb->len, not data_end: the L4 header may sit in paged data. */
-		if (need && meta->l4_off + need > skb->len)
+		/* The whole length, not data_end: the L4 header may sit in
+		 * paged data (or a later XDP buffer). */
+		if (need && meta->l4_off + need > ctx_len(ctx))
 			return WEIR_DROP_TRUNCATED_L4;
 	}
 	return WEIR_DROP_NONE;
 }
 
 /* A router hop: decrement TTL and patch the header checksum. */
-static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb, __u8 ttl)
+static __always_inline int ipv4_dec_ttl(struct __ctx_buff *ctx, __u8 ttl)
 {
 	__u32 ttl_off = ETH_HLEN + __builtin_offsetof(struct iphdr, ttl);
 	__u32 csum_off = ETH_HLEN + __builtin_offsetof(struct iphdr, check);
 	__u8 new_ttl = ttl - 1;
 
 	/* TTL is the high byte of a 16-bit word shared with protocol. */
-	if (bpf_l3_csum_replace(skb, csum_off, bpf_htons((__u16)ttl << 8), bpf_htons((__u16)new_ttl << 8), 2))
+	if (ctx_l3_csum_replace(ctx, csum_off, bpf_htons((__u16)ttl << 8), bpf_htons((__u16)new_ttl << 8), 2))
 		return -1;
-	return bpf_skb_store_bytes(skb, ttl_off, &new_ttl, 1, 0);
+	return ctx_store_bytes(ctx, ttl_off, &new_ttl, 1);
 }
 
 #endif /* WEIR_IPV4_H */

@@ -52,12 +52,6 @@
 #include "conntrack.h"
 #include "nat.h"
 #include "drop.h"
-#include "reject.h"
-#include "snat.h"
-
-/* lb4_xlate: not a TC verdict, the packet goes on through from_pod. */
-#define WEIR_LB_CONTINUE (-2)
-
 #define WEIR_LB_HAIRPIN_IP bpf_htonl(WEIR_LB_HAIRPIN_IP_HOST)
 
 struct {
@@ -161,23 +155,11 @@ found:
 	return WEIR_DROP_NONE;
 }
 
-/* Rewrites the packet from tuple `from` to the given tuple and keeps meta
- * in step, so the caller's delivery lookup sees the new addresses. */
-static __always_inline __u32 lb4_rewrite(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *from,
-					 __be32 saddr, __be32 daddr, __be16 sport, __be16 dport)
-{
-	__u32 l4 = meta->l4_off;
-	__u8 proto = from->proto;
-
-	if (nat_addr(skb, IP_SADDR_OFF, from->saddr, saddr, proto, l4, 1) ||
-	    nat_addr(skb, IP_DADDR_OFF, from->daddr, daddr, proto, l4, 1) ||
-	    nat_port(skb, l4, from->sport, sport, proto, l4) ||
-	    nat_port(skb, l4 + 2, from->dport, dport, proto, l4))
-		return WEIR_DROP_REWRITE_FAILED;
-	meta->saddr = saddr;
-	meta->daddr = daddr;
-	return WEIR_DROP_NONE;
-}
+#ifdef WEIR_CTX_SKB
+/* The per-hook conntrack steps below are TC's: XDP (bpf_xdp.c) only needs
+ * the backend choice above, through nodeport.h. */
+#include "reject.h"
+#include "snat.h"
 
 /* Follows a connection's entry: counts the packet and rewrites it to the
  * entry's tuple (nothing to rewrite for a plain connection). */
@@ -191,7 +173,7 @@ static __always_inline __u32 ct_follow(struct __sk_buff *skb, struct ipv4_meta *
 	 * NodePorts translate TCP, UDP and SCTP only). */
 	if (key->proto == IPPROTO_ICMP)
 		return WEIR_DROP_NONE;
-	return lb4_rewrite(skb, meta, key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport, ct->xlate_dport);
+	return nat_rewrite4(skb, meta, key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport, ct->xlate_dport);
 }
 
 /* Tracks a packet entering a local pod from elsewhere (another node, the
@@ -311,26 +293,28 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 		ct = bpf_map_lookup_elem(&weir_ct4, &key);
 		if (!ct)
 			return WEIR_DROP_CT_MAP_FULL;
-		return lb4_rewrite(skb, meta, &key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport,
+		return nat_rewrite4(skb, meta, &key, ct->xlate_saddr, ct->xlate_daddr, ct->xlate_sport,
 				   ct->xlate_dport);
 	}
-	return lb4_rewrite(skb, meta, &key, to.saddr, to.daddr, to.sport, to.dport);
+	return nat_rewrite4(skb, meta, &key, to.saddr, to.daddr, to.sport, to.dport);
 }
 
-/* Service handling in from_pod for a packet the endpoint src sent: returns
- * WEIR_LB_CONTINUE when the packet goes on (translated, or not a service),
- * otherwise the program's verdict: a counted drop, or the rejection sent
- * back to the client when the service has no backend. */
-static __always_inline int lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ep_info *src,
-				     __u8 *ct_flags)
+/* Service handling in from_pod for a packet a local endpoint sent:
+ * returns WEIR_CONTINUE when the packet goes on (translated, or not a
+ * service), otherwise the program's verdict: a counted drop, or the
+ * rejection stage (WEIR_CALL_POD_REJECT, reject.h) that answers the client
+ * when the service has no backend. */
+static __always_inline int lb4_xlate(struct __sk_buff *skb, struct ipv4_meta *meta, __u8 *ct_flags)
 {
 	__u32 reason = lb4_translate(skb, meta, ct_flags);
 
 	if (reason == WEIR_DROP_NO_SERVICE_BACKEND)
-		return reject4(skb, meta, src);
+		return tail_call_stage(skb, WEIR_CALL_POD_REJECT);
 	if (reason)
 		return drop_packet(skb, reason);
-	return WEIR_LB_CONTINUE;
+	return WEIR_CONTINUE;
 }
+
+#endif /* WEIR_CTX_SKB */
 
 #endif /* WEIR_LB_H */

@@ -62,4 +62,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_nodes SEC(".maps");
 
+/* The stages programs tail-call (WEIR_CALL_*). Pinned like every map: a
+ * prog array loses its programs once no user-space reference remains, and
+ * the pod programs attached before an agent restart must still reach the
+ * next stage while it is away; the restarted agent puts its own programs
+ * into the same slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, WEIR_CALLS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_calls SEC(".maps");
+
 #endif /* WEIR_MAPS_H */

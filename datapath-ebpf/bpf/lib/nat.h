@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Rewriting IPv4 addresses and L4 ports in place with incremental checksum
- * updates (RFC 1624), through the kernel's csum helpers so that
- * CHECKSUM_PARTIAL packets from a pod (veth offload: the L4 field holds only
- * the pseudo-header sum) are patched correctly too: the helpers update only
- * the pseudo-header part in that case.
+ * updates (RFC 1624), for TC and XDP alike through the ctx layer (ctx/):
+ * in TC the kernel's csum helpers, so that CHECKSUM_PARTIAL packets from a
+ * pod (veth offload: the L4 field holds only the pseudo-header sum) are
+ * patched correctly too, the helpers updating only the pseudo-header part
+ * in that case; in XDP the same updates by hand.
  *
  * SCTP has no pseudo-header and its CRC32c covers the ports: rewriting
  * addresses leaves it valid, rewriting ports would not. Recomputing CRC32c
@@ -18,6 +19,8 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include "common.h"
+#include "abi.h"
+#include "ipv4.h"
 
 #define IP_CSUM_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
 #define IP_SADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, saddr))
@@ -41,7 +44,7 @@ static __always_inline int l4_csum_off(__u8 proto, __u32 l4_off, __u64 *flags)
 }
 
 /* Rewrites one address (at IP_SADDR_OFF or IP_DADDR_OFF). Nonzero on error. */
-static __always_inline int nat_addr(struct __sk_buff *skb, __u32 addr_off, __be32 from, __be32 to, __u8 proto,
+static __always_inline int nat_addr(struct __ctx_buff *ctx, __u32 addr_off, __be32 from, __be32 to, __u8 proto,
 				    __u32 l4_off, int l4_csum)
 {
 	__u64 flags = 0;
@@ -52,16 +55,16 @@ static __always_inline int nat_addr(struct __sk_buff *skb, __u32 addr_off, __be3
 	/* Later fragments carry no L4 header: l4_csum is 0 for them. */
 	csum_off = l4_csum ? l4_csum_off(proto, l4_off, &flags) : -1;
 	if (csum_off >= 0 &&
-	    bpf_l4_csum_replace(skb, csum_off, from, to, flags | BPF_F_PSEUDO_HDR | sizeof(to)))
+	    ctx_l4_csum_replace(ctx, csum_off, from, to, flags | BPF_F_PSEUDO_HDR | sizeof(to)))
 		return -1;
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from, to, sizeof(to)))
+	if (ctx_l3_csum_replace(ctx, IP_CSUM_OFF, from, to, sizeof(to)))
 		return -1;
-	return bpf_skb_store_bytes(skb, addr_off, &to, sizeof(to), 0);
+	return ctx_store_bytes(ctx, addr_off, &to, sizeof(to));
 }
 
 /* Rewrites one port at port_off (source: l4_off, destination: l4_off + 2,
  * the same for TCP, UDP and SCTP). Nonzero on error. */
-static __always_inline int nat_port(struct __sk_buff *skb, __u32 port_off, __be16 from, __be16 to, __u8 proto,
+static __always_inline int nat_port(struct __ctx_buff *ctx, __u32 port_off, __be16 from, __be16 to, __u8 proto,
 				    __u32 l4_off)
 {
 	__u64 flags = 0;
@@ -72,22 +75,41 @@ static __always_inline int nat_port(struct __sk_buff *skb, __u32 port_off, __be1
 	csum_off = l4_csum_off(proto, l4_off, &flags);
 	if (csum_off < 0)
 		return -1; /* SCTP: see the top of this file */
-	if (bpf_l4_csum_replace(skb, csum_off, from, to, flags | sizeof(to)))
+	if (ctx_l4_csum_replace(ctx, csum_off, from, to, flags | sizeof(to)))
 		return -1;
-	return bpf_skb_store_bytes(skb, port_off, &to, sizeof(to), 0);
+	return ctx_store_bytes(ctx, port_off, &to, sizeof(to));
 }
 
 /* Rewrites the identifier of an ICMP echo header at l4_off. The ICMP
  * checksum has no pseudo-header, so address rewrites leave it alone
  * (l4_csum_off knows no ICMP) and only the identifier is patched here.
  * Nonzero on error. */
-static __always_inline int nat_icmp_id(struct __sk_buff *skb, __u32 l4_off, __be16 from, __be16 to)
+static __always_inline int nat_icmp_id(struct __ctx_buff *ctx, __u32 l4_off, __be16 from, __be16 to)
 {
 	if (from == to)
 		return 0;
-	if (bpf_l4_csum_replace(skb, l4_off + 2, from, to, sizeof(to)))
+	if (ctx_l4_csum_replace(ctx, l4_off + 2, from, to, sizeof(to)))
 		return -1;
-	return bpf_skb_store_bytes(skb, l4_off + 4, &to, sizeof(to), 0);
+	return ctx_store_bytes(ctx, l4_off + 4, &to, sizeof(to));
+}
+
+/* Rewrites the packet from tuple `from` to the given addresses and ports
+ * and keeps meta in step, so a later lookup sees the new addresses.
+ * WEIR_DROP_NONE or WEIR_DROP_REWRITE_FAILED. */
+static __always_inline __u32 nat_rewrite4(struct __ctx_buff *ctx, struct ipv4_meta *meta, const struct weir_ct_key *from,
+					  __be32 saddr, __be32 daddr, __be16 sport, __be16 dport)
+{
+	__u32 l4 = meta->l4_off;
+	__u8 proto = from->proto;
+
+	if (nat_addr(ctx, IP_SADDR_OFF, from->saddr, saddr, proto, l4, 1) ||
+	    nat_addr(ctx, IP_DADDR_OFF, from->daddr, daddr, proto, l4, 1) ||
+	    nat_port(ctx, l4, from->sport, sport, proto, l4) ||
+	    nat_port(ctx, l4 + 2, from->dport, dport, proto, l4))
+		return WEIR_DROP_REWRITE_FAILED;
+	meta->saddr = saddr;
+	meta->daddr = daddr;
+	return WEIR_DROP_NONE;
 }
 
 #endif /* WEIR_NAT_H */

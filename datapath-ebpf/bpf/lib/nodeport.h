@@ -141,6 +141,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 #define AF_INET 2
 #endif
 
+#ifdef WEIR_CTX_SKB
 /* Sends a translated packet out of the node towards meta->daddr from a TC
  * ingress hook: the SNATed forward packet and the reply on the uplink
  * (bpf_host.c), and a local backend's reply in from_pod (bpf_lxc.c). Never
@@ -176,5 +177,7 @@ static __always_inline int nodeport_redirect_out(struct __sk_buff *skb, const st
 		ifindex = fib.ifindex;
 	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
 }
+
+#endif /* WEIR_CTX_SKB */
 
 #endif /* WEIR_NODEPORT_H */
