@@ -39,6 +39,9 @@ pub trait Dataplane: Send {
     /// Programs the endpoint map and attaches the programs to `iface`.
     /// `fresh` is false when re-adopting an interface after a restart.
     fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), DataplaneError>;
+    /// Rewrites the endpoint map's entry of a wired endpoint (its identity
+    /// changed); the interface and its programs stay as they are.
+    fn update(&mut self, ip: Ipv4Addr, info: EpInfo) -> Result<(), DataplaneError>;
     /// Undoes `wire`. Idempotent; tries every step and returns the first error.
     fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), DataplaneError>;
     fn counters(&mut self, endpoint_id: u32) -> Result<EndpointCounters, DataplaneError>;
@@ -79,6 +82,10 @@ impl Dataplane for Kernel {
         self.runtime
             .block_on(self.netdev.add_pod_route(ip, info.ifindex, info.pod_mac))?;
         Ok(())
+    }
+
+    fn update(&mut self, ip: Ipv4Addr, info: EpInfo) -> Result<(), DataplaneError> {
+        Ok(self.datapath.upsert_endpoint(IpAddr::V4(ip), info)?)
     }
 
     fn unwire(&mut self, iface: &str, ip: Ipv4Addr, endpoint_id: u32) -> Result<(), DataplaneError> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use weir_agent_api::{AgentStatus, ApiError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, POD_GATEWAY_V4, Response};
 use weir_datapath::abi::EpInfo;
+use weir_model::IdentityKey;
 
 use crate::cluster::ClusterState;
 use crate::dataplane::{Dataplane, report};
@@ -38,13 +39,12 @@ pub fn format_mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// The canonical label-set string identities are keyed by.
-fn labels_key(namespace: &str, labels: &BTreeMap<String, String>) -> String {
-    let mut key = format!("k8s:io.kubernetes.pod.namespace={namespace}");
-    for (k, v) in labels {
-        key.push_str(&format!(";k8s:{k}={v}"));
-    }
-    key
+/// A pod's identity: the cluster-wide number of its label set
+/// (weir_model::identity), or INIT until the allocator's has reached us.
+fn identity_of(cluster: &ClusterState, namespace: &str, labels: &BTreeMap<String, String>) -> u32 {
+    cluster
+        .identity_of(&IdentityKey::of(namespace, labels))
+        .unwrap_or(weir_model::identity::INIT)
 }
 
 impl<D: Dataplane> Endpoints<D> {
@@ -130,7 +130,7 @@ impl<D: Dataplane> Endpoints<D> {
         let labels = cluster
             .pod_labels(&req.pod.namespace, &req.pod.name)
             .unwrap_or_default();
-        let identity = self.state.identity_for(&labels_key(&req.pod.namespace, &labels));
+        let identity = identity_of(cluster, &req.pod.namespace, &labels);
 
         // A repeated ADD keeps its address and id; everything else is refreshed.
         let (ipv4, id, fresh_ip) = match self.state.endpoints.get(&key) {
@@ -185,6 +185,42 @@ impl<D: Dataplane> Endpoints<D> {
             None => self.state.endpoints.remove(key),
         };
         self.state.last_allocated = last;
+    }
+
+    /// Follows the cluster: an endpoint whose pod's labels or label set's
+    /// identity changed (a relabel, or the identity allocated after the ADD)
+    /// gets them, in its record and in the datapath. Returns how many
+    /// changed; one that fails to update keeps its old record and is tried
+    /// again on the next change.
+    pub fn refresh_identities(&mut self, cluster: &ClusterState) -> usize {
+        let mut changed = 0;
+        for (key, ep) in &mut self.state.endpoints {
+            let Some(labels) = cluster.pod_labels(&ep.pod.namespace, &ep.pod.name) else {
+                continue;
+            };
+            let identity = identity_of(cluster, &ep.pod.namespace, &labels);
+            if identity == ep.identity && labels == ep.labels {
+                continue;
+            }
+            let mut next = ep.clone();
+            next.identity = identity;
+            next.labels = labels;
+            let host_mac = parse_mac(&ep.host_mac).unwrap_or_default();
+            match self.dataplane.update(ep.ipv4, ep_info(&next, host_mac)) {
+                Ok(()) => {
+                    tracing::info!(endpoint = %key, from = ep.identity, to = identity, "endpoint identity changed");
+                    *ep = next;
+                    changed += 1;
+                }
+                Err(e) => tracing::warn!(endpoint = %key, error = %report(&e), "updating endpoint identity"),
+            }
+        }
+        if changed > 0
+            && let Err(e) = self.store.save(&self.state)
+        {
+            tracing::error!(error = %e, "saving state after identity changes");
+        }
+        changed
     }
 
     pub fn delete(&mut self, r: &EndpointRef) -> Result<Response, ApiError> {
@@ -283,6 +319,28 @@ fn ep_info(ep: &Endpoint, host_mac: [u8; 6]) -> EpInfo {
 /// Shared handle used by the API server.
 pub type Shared<D> = Arc<std::sync::Mutex<Endpoints<D>>>;
 
+/// Keeps local endpoints' labels and identities in step with the cluster
+/// model ([`Endpoints::refresh_identities`]) until the model's sender goes.
+pub async fn follow_identities<D: Dataplane + 'static>(
+    endpoints: Shared<D>,
+    mut rx: tokio::sync::watch::Receiver<Arc<ClusterState>>,
+) {
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let eps = endpoints.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            eps.lock().unwrap_or_else(|p| p.into_inner()).refresh_identities(&state)
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "refreshing endpoint identities panicked");
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +352,8 @@ mod tests {
     struct Fake {
         ifaces: BTreeMap<String, u32>,
         wired: BTreeMap<String, Ipv4Addr>,
+        /// What `update` last wrote per address.
+        identities: BTreeMap<Ipv4Addr, u32>,
         fail_wire: bool,
     }
 
@@ -308,6 +368,11 @@ mod tests {
             self.wired.insert(iface.into(), ip);
             Ok(())
         }
+        fn update(&mut self, ip: Ipv4Addr, info: EpInfo) -> Result<(), DataplaneError> {
+            self.identities.insert(ip, info.identity);
+            Ok(())
+        }
+
         fn unwire(&mut self, iface: &str, _: Ipv4Addr, _: u32) -> Result<(), DataplaneError> {
             self.wired.remove(iface);
             Ok(())
@@ -465,7 +530,7 @@ mod tests {
         let mut c = ClusterState::default();
         crate::cluster::parse_manifests(
             &mut c,
-            "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: demo, labels: {app: web}}\nspec: {containers: []}\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: b, namespace: demo, labels: {app: web}}\nspec: {containers: []}\n",
+            "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: demo, labels: {app: web}}\nspec: {containers: []}\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: b, namespace: demo, labels: {app: web}}\nspec: {containers: []}\n---\nkind: WeirIdentity\napiVersion: weir.dev/v1alpha1\nmetadata: {name: \"300\"}\nspec: {namespace: demo, labels: {app: web}}\n",
         );
         let id = |r: Response| match r {
             Response::Endpoint(e) => (e.identity, e.labels),
@@ -477,5 +542,36 @@ mod tests {
         assert_eq!(ia, ib, "same labels, same identity");
         assert_ne!(ia, ic);
         assert_eq!(la["app"], "web");
+        assert_eq!(ia, 300, "the cluster's number for the label set");
+    }
+
+    #[test]
+    fn identities_follow_the_cluster_after_the_add() {
+        let (mut eps, _d) = setup("identfollow", "10.0.0.0/28", &["l1"]);
+        let pod = "kind: Pod\napiVersion: v1\nmetadata: {name: a, namespace: demo, labels: {app: web}}\nspec: {containers: []}\n";
+        let mut c = ClusterState::default();
+        crate::cluster::parse_manifests(&mut c, pod);
+        let ip = match eps.add(add_req("a", "l1"), &c).unwrap() {
+            Response::Endpoint(e) => {
+                assert_eq!(e.identity, weir_model::identity::INIT, "not allocated yet");
+                e.ipv4
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(eps.refresh_identities(&c), 0, "nothing changed");
+
+        // The allocator's identity arrives.
+        crate::cluster::parse_manifests(
+            &mut c,
+            "kind: WeirIdentity\napiVersion: weir.dev/v1alpha1\nmetadata: {name: \"700\"}\nspec: {namespace: demo, labels: {app: web}}\n",
+        );
+        assert_eq!(eps.refresh_identities(&c), 1);
+        assert_eq!(eps.dataplane_mut().identities[&ip], 700, "written to the datapath");
+
+        // The pod is relabelled: its new label set has no number yet.
+        crate::cluster::parse_manifests(&mut c, &pod.replace("app: web", "app: api"));
+        assert_eq!(eps.refresh_identities(&c), 1);
+        assert_eq!(eps.dataplane_mut().identities[&ip], weir_model::identity::INIT);
+        assert_eq!(eps.state.endpoints.values().next().unwrap().labels["app"], "api");
     }
 }

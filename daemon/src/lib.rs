@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataplane;
 pub mod endpoints;
 pub mod ipam;
+pub mod ipcache;
 pub mod netdev;
 pub mod routing;
 pub mod services;
@@ -59,6 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // programs; the endpoint manager keeps the datapath with the rest.
     let route_maps = datapath.take_route_maps()?;
     let service_maps = datapath.take_service_maps()?;
+    let ipcache_map = datapath.take_ipcache()?;
     let kernel = Kernel {
         datapath,
         netdev: netdev.clone(),
@@ -95,6 +97,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             rx.clone(),
         ));
     }
+
+    tokio::spawn(ipcache::run(ipcache_map, config.node.clone(), rx.clone()));
+    tokio::spawn(endpoints::follow_identities(endpoints.clone(), rx.clone()));
 
     let lb_algorithm = match config.lb_algorithm {
         config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,

@@ -35,8 +35,6 @@ pub struct State {
     pub endpoints: BTreeMap<String, Endpoint>,
     pub last_allocated: Option<Ipv4Addr>,
     pub next_endpoint_id: u32,
-    /// Label set (canonical string) → numeric identity.
-    pub identities: BTreeMap<String, u32>,
 }
 
 pub fn key(r: &EndpointRef) -> String {
@@ -53,16 +51,6 @@ impl State {
                 return id;
             }
         }
-    }
-
-    /// Identities start above the reserved range Cilium-style tools expect.
-    pub fn identity_for(&mut self, labels_key: &str) -> u32 {
-        if let Some(id) = self.identities.get(labels_key) {
-            return *id;
-        }
-        let id = 256 + self.identities.len() as u32;
-        self.identities.insert(labels_key.to_owned(), id);
-        id
     }
 }
 
@@ -119,14 +107,10 @@ mod tests {
         assert!(store.load().unwrap().endpoints.is_empty());
         let mut s = State::default();
         assert_eq!(s.allocate_endpoint_id(), 1);
-        assert_eq!(s.identity_for("ns=a"), 256);
-        assert_eq!(s.identity_for("ns=a"), 256);
-        assert_eq!(s.identity_for("ns=b"), 257);
         s.last_allocated = Some("10.0.0.9".parse().unwrap());
         store.save(&s).unwrap();
         let back = store.load().unwrap();
         assert_eq!(back.next_endpoint_id, 1);
-        assert_eq!(back.identities.len(), 2);
         std::fs::write(dir.join("state.json"), b"{not json").unwrap();
         assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
         std::fs::remove_dir_all(dir).unwrap();

@@ -73,6 +73,8 @@ pub type Traffic = sys::weir_traffic;
 pub type Config = sys::weir_config;
 /// `struct weir_route`: the node owning a pod CIDR.
 pub type Route = sys::weir_route;
+/// `struct weir_ipcache_entry`: the identity of an address.
+pub type IpCacheEntry = sys::weir_ipcache_entry;
 
 pub type CtKey = sys::weir_ct_key;
 pub type CtEntry = sys::weir_ct_entry;
@@ -193,6 +195,8 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for RouteKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Route {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IpCacheEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above.

@@ -623,6 +623,15 @@ impl Datapath {
         })
     }
 
+    /// Hands the ipcache to its one owner (the ipcache controller).
+    pub fn take_ipcache(&mut self) -> Result<crate::ipcache::IpCache> {
+        let map = self
+            .ebpf
+            .take_map(maps::IPCACHE)
+            .ok_or(DatapathError::Missing(maps::IPCACHE))?;
+        crate::ipcache::IpCache::from_map(map)
+    }
+
     /// Hands the node-route maps to their one owner (the routing
     /// controller); the programs keep using them.
     pub fn take_route_maps(&mut self) -> Result<RouteMaps> {

@@ -7,6 +7,7 @@ mod bpffs;
 pub mod conntrack;
 mod datapath;
 pub mod drop;
+pub mod ipcache;
 pub mod lb;
 pub mod pins;
 pub mod snat;
@@ -42,4 +43,5 @@ pub mod maps {
     pub const NODE_ROUTES: &str = "weir_node_routes";
     pub const NODES: &str = "weir_nodes";
     pub const CALLS: &str = "weir_calls";
+    pub const IPCACHE: &str = "weir_ipcache";
 }

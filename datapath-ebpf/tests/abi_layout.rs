@@ -91,6 +91,12 @@ fn rust_abi_matches_c_structs_in_btf() {
         [routing_mode, tunnel_ifindex, node_ip, flags, cluster_net, cluster_mask]
     );
     assert_layout!(structs, "weir_route", Route, [node_ip, flags]);
+    assert_layout!(
+        structs,
+        "weir_ipcache_entry",
+        weir_datapath::abi::IpCacheEntry,
+        [identity, flags]
+    );
     // aya's lpm_trie::Key<T> is { prefix_len: u32, data: T }: the C key is
     // that u32 followed by RouteKey's fields.
     let (size, members) = &structs["weir_route_key"];
@@ -209,6 +215,8 @@ fn map_names_userspace_uses_exist_in_the_objects() {
         weir_datapath::maps::CONFIG,
         weir_datapath::maps::NODE_ROUTES,
         weir_datapath::maps::NODES,
+        weir_datapath::maps::CALLS,
+        weir_datapath::maps::IPCACHE,
         weir_datapath::lb::maps::SERVICES,
         weir_datapath::lb::maps::BACKENDS,
         weir_datapath::lb::maps::MAGLEV,

@@ -16,7 +16,7 @@ use super::ipalloc::{self, Allocations, Ranges};
 use super::manifests::{self, Kind, Object, Store};
 use super::state::{LabState, PodState, Proc};
 use super::topology::Topology;
-use super::{Lab, controller, netns, procs, serve};
+use super::{Lab, controller, identities, netns, procs, serve};
 
 /// A pod whose sandbox is made and which waits for CNI ADD.
 struct Pending {
@@ -144,6 +144,14 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
             Ok(p) => pending.push(p),
             Err(e) => failures.push(format!("{e:#}")),
         }
+    }
+
+    // Identities for the new pods' label sets before their CNI ADD, so an
+    // agent that has read them already starts the pod with its number.
+    if !pending.is_empty()
+        && let Err(e) = identities::sync(&store)
+    {
+        failures.push(format!("identities: {e:#}"));
     }
 
     let results: Vec<_> = std::thread::scope(|s| {
@@ -324,9 +332,13 @@ fn pods_in(store: &Store, ns: &str) -> Result<Vec<Pod>> {
         .collect())
 }
 
-/// EndpointSlices of every namespace touched, then the status of every Deployment touched.
+/// Identities, EndpointSlices of every namespace touched, then the status
+/// of every Deployment touched.
 fn run_controllers(store: &Store, namespaces: &BTreeSet<String>, deployments: &[(String, String)]) -> Vec<String> {
     let mut errors = Vec::new();
+    if let Err(e) = identities::sync(store) {
+        errors.push(format!("identities: {e:#}"));
+    }
     for ns in namespaces {
         if let Err(e) = controller::sync_namespace(store, ns) {
             errors.push(format!("endpointslices in {ns}: {e}"));

@@ -14,6 +14,7 @@ mod cni;
 mod controller;
 mod deployments;
 mod down;
+mod identities;
 mod ipalloc;
 mod manifests;
 mod netns;

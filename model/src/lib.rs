@@ -1,13 +1,16 @@
 //! The cluster as weir sees it, shared by the agent, the lab and (later) the
 //! policy compiler: Kubernetes objects as k8s-openapi types parsed from YAML
-//! or JSON ([`object`]), label selectors ([`selector`]) and the snapshot the
-//! agent's controllers read ([`state`]). Plain data and plain functions:
+//! or JSON ([`object`]), label selectors ([`selector`]), security identities
+//! and their allocation ([`identity`]) and the snapshot the agent's
+//! controllers read ([`state`]). Plain data and plain functions:
 //! nothing here touches the kernel, the network or an async runtime.
 
+pub mod identity;
 pub mod object;
 pub mod selector;
 pub mod state;
 
+pub use identity::{IdentityKey, WeirIdentity};
 pub use object::{Kind, Object, ParseError, parse_documents, parse_each, to_yaml, valid_name};
 pub use selector::selector_matches;
 pub use state::{ClusterState, ObjectKey, parse_manifests};

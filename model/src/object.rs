@@ -8,6 +8,7 @@
 //! JSON value first: k8s-openapi's types are made for JSON, and the `kind`
 //! decides the type before the typed pass.
 
+use crate::identity::WeirIdentity;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -48,10 +49,11 @@ pub enum Kind {
     NetworkPolicy,
     Node,
     Deployment,
+    WeirIdentity,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -59,6 +61,7 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::NetworkPolicy,
         Kind::Deployment,
+        Kind::WeirIdentity,
     ];
 
     /// Parse a kind the way kubectl does: singular, plural, short name, any case.
@@ -71,6 +74,7 @@ impl Kind {
             "endpointslice" | "endpointslices" => Kind::EndpointSlice,
             "networkpolicy" | "networkpolicies" | "netpol" => Kind::NetworkPolicy,
             "deployment" | "deployments" | "deploy" => Kind::Deployment,
+            "weiridentity" | "weiridentities" => Kind::WeirIdentity,
             _ => return None,
         })
     }
@@ -85,6 +89,7 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Node => "Node",
             Kind::Deployment => "Deployment",
+            Kind::WeirIdentity => "WeirIdentity",
         }
     }
 
@@ -94,7 +99,7 @@ impl Kind {
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::WeirIdentity)
     }
 }
 
@@ -112,6 +117,7 @@ pub enum Object {
     NetworkPolicy(NetworkPolicy),
     Node(Node),
     Deployment(Deployment),
+    WeirIdentity(WeirIdentity),
 }
 
 impl Object {
@@ -124,6 +130,7 @@ impl Object {
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::Node(_) => Kind::Node,
             Object::Deployment(_) => Kind::Deployment,
+            Object::WeirIdentity(_) => Kind::WeirIdentity,
         }
     }
 
@@ -136,6 +143,7 @@ impl Object {
             Object::NetworkPolicy(o) => &o.metadata,
             Object::Node(o) => &o.metadata,
             Object::Deployment(o) => &o.metadata,
+            Object::WeirIdentity(o) => &o.metadata,
         }
     }
 
@@ -148,6 +156,7 @@ impl Object {
             Object::NetworkPolicy(o) => &mut o.metadata,
             Object::Node(o) => &mut o.metadata,
             Object::Deployment(o) => &mut o.metadata,
+            Object::WeirIdentity(o) => &mut o.metadata,
         }
     }
 
@@ -182,6 +191,7 @@ impl Object {
             Object::NetworkPolicy(o) => j(o),
             Object::Node(o) => j(o),
             Object::Deployment(o) => j(o),
+            Object::WeirIdentity(o) => j(o),
         }
     }
 
@@ -202,6 +212,7 @@ impl Object {
             Kind::NetworkPolicy => Object::NetworkPolicy(de(value)?),
             Kind::Node => Object::Node(de(value)?),
             Kind::Deployment => Object::Deployment(de(value)?),
+            Kind::WeirIdentity => Object::WeirIdentity(de(value)?),
         })
     }
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::identity::{IdentityKey, WeirIdentity};
 use crate::object::{Object, parse_each};
 
 /// namespace ("" for cluster-scoped objects) and name.
@@ -47,6 +48,10 @@ pub struct ClusterState {
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    pub identities: BTreeMap<ObjectKey, WeirIdentity>,
+    /// Label set → number, kept in step with `identities` by [`Self::insert`]
+    /// (the lowest number, should two stand for one set).
+    identity_ids: BTreeMap<IdentityKey, u32>,
 }
 
 impl ClusterState {
@@ -73,8 +78,35 @@ impl ClusterState {
             Object::NetworkPolicy(o) => {
                 self.network_policies.insert(key, o);
             }
+            Object::WeirIdentity(o) => {
+                if let Some(id) = o.id() {
+                    let slot = self.identity_ids.entry(o.spec.clone()).or_insert(id);
+                    *slot = (*slot).min(id);
+                    self.identities.insert(key, o);
+                }
+            }
             Object::Deployment(_) => {}
         }
+    }
+
+    /// The identity of a label set, if the allocator has made one.
+    pub fn identity_of(&self, key: &IdentityKey) -> Option<u32> {
+        self.identity_ids.get(key).copied()
+    }
+
+    /// Every allocated identity by number.
+    pub fn identity_table(&self) -> BTreeMap<u32, IdentityKey> {
+        self.identities
+            .values()
+            .filter_map(|o| Some((o.id()?, o.spec.clone())))
+            .collect()
+    }
+
+    /// The identity of a pod of the model: [`crate::identity::INIT`] until
+    /// its label set has one.
+    pub fn pod_identity(&self, pod: &Pod) -> u32 {
+        self.identity_of(&IdentityKey::of_pod(pod))
+            .unwrap_or(crate::identity::INIT)
     }
 
     /// Labels of a pod, if the model knows it.
@@ -150,5 +182,44 @@ metadata: {name: ignored}
             s.services.contains_key(&ObjectKey::new("default", "web")),
             "namespace defaults to default"
         );
+    }
+
+    #[test]
+    fn identities_are_read_from_manifests_and_resolve_pods() {
+        let mut s = ClusterState::default();
+        let errors = parse_manifests(
+            &mut s,
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: WeirIdentity
+metadata: {name: "300"}
+spec: {namespace: demo, labels: {app: web}}
+---
+apiVersion: weir.dev/v1alpha1
+kind: WeirIdentity
+metadata: {name: "3"}
+spec: {namespace: demo, labels: {app: reserved-number}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: demo, labels: {app: web, pod-template-hash: abc}}
+spec: {containers: []}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: demo, labels: {app: db}}
+spec: {containers: []}
+"#,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            s.identity_table().len(),
+            1,
+            "a reserved number is no allocated identity"
+        );
+        let web = &s.pods[&ObjectKey::new("demo", "web-1")];
+        assert_eq!(s.pod_identity(web), 300);
+        let db = &s.pods[&ObjectKey::new("demo", "db-1")];
+        assert_eq!(s.pod_identity(db), crate::identity::INIT, "not allocated yet");
     }
 }

@@ -32,10 +32,8 @@ type Fingerprint = Vec<ManifestFile>;
 /// Reads every manifest; a bad file is logged and skipped, never fatal.
 pub fn load_dir(dir: &Path) -> (ClusterState, Fingerprint) {
     let files = manifest_files(dir);
-    let mut state = ClusterState {
-        revision: Some(revision(dir, &files)),
-        ..Default::default()
-    };
+    let mut state = ClusterState::default();
+    state.revision = Some(revision(dir, &files));
     for (path, _, _) in &files {
         match std::fs::read_to_string(path) {
             Ok(text) => {

@@ -105,6 +105,28 @@ struct weir_route {
 	__u32 flags;
 };
 
+/* ---- Identities (the ipcache) ---- */
+
+/* Reserved identities; label sets are numbered from WEIR_ID_MIN (the
+ * model crate's identity.rs allocates them). */
+#define WEIR_ID_UNKNOWN 0
+#define WEIR_ID_HOST 1
+#define WEIR_ID_WORLD 2
+#define WEIR_ID_INIT 5
+#define WEIR_ID_REMOTE_NODE 6
+#define WEIR_ID_MIN 256
+
+#define WEIR_IPCACHE_MAX 65536
+
+/* The identity of an address anywhere in the cluster: every pod (remote
+ * ones included) and every node, keyed like the routes (weir_route_key:
+ * /32 entries for now, prefixes later for CIDR identities). Written by
+ * the agent's ipcache controller from the cluster state. */
+struct weir_ipcache_entry {
+	__u32 identity;
+	__u32 flags; /* none yet */
+};
+
 /* Why the datapath dropped a packet; append only, numbers are ABI. Rust
  * gets this enum generated, and src/drop.rs must name and describe every
  * reason (an exhaustive match: a new one fails the build until it does). */

@@ -62,6 +62,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_nodes SEC(".maps");
 
+/* Address -> identity for the whole cluster (abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_IPCACHE_MAX);
+	__type(key, struct weir_route_key);
+	__type(value, struct weir_ipcache_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ipcache SEC(".maps");
+
 /* The stages programs tail-call (WEIR_CALL_*). Pinned like every map: a
  * prog array loses its programs once no user-space reference remains, and
  * the pod programs attached before an agent restart must still reach the
