@@ -5,26 +5,18 @@
 //! opened alone; the GC collects every kind, in batches. Needs root (to load
 //! programs), no namespaces.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+mod support;
 
-use aya::programs::{TestRun, TestRunOptions};
-use weir_datapath::abi::{Config, EpInfo};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use support::{LO_IFINDEX, Loaded, OTHER_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS};
+use weir_datapath::abi::Config;
 use weir_datapath::conntrack::{CT_ESTABLISHED, CT_F_NODEPORT, CT_F_REVERSE, CT_SYN_SENT, Conntrack, CtEntry, CtKey};
 use weir_datapath::lb::{Backend, Protocol, ServiceMaps, ServiceSpec, TrafficPolicy, be_addr, monotonic_now_ns};
-use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use weir_datapath::{LoadOptions, ProgramKind};
 use weir_test_support::packet::{Flow, TCP, UDP, fold, ipv4_frame, parse, sum16};
 use weir_test_support::require_root;
-
-const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_REDIRECT: u32 = 7;
-const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: not ours
-
-/// BPF_PROG_TEST_RUN without a context runs on the loopback device.
-const LO_IFINDEX: u32 = 1;
-const OTHER_IFINDEX: u32 = 4242;
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
@@ -37,25 +29,34 @@ const ICMP: u8 = 1;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-/// A datapath with its own pin directory (removed on drop), this node's IP
-/// in the config, pod A on lo (the sender of from_pod's test packets) and
-/// pod B behind another interface.
+/// A datapath (support::Loaded) with this node's IP in the config, pod A
+/// on lo (the sender of from_pod's test packets) and pod B behind another
+/// interface.
 struct Fixture {
-    dp: Datapath,
+    t: Loaded,
     ct: Conntrack,
     svc: ServiceMaps,
-    pin_dir: PathBuf,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Loaded;
+    fn deref(&self) -> &Loaded {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Loaded {
+        &mut self.t
+    }
 }
 
 impl Fixture {
     fn new(test: &str, options: &LoadOptions) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/ct-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pin_dir);
-        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-        let dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
-        let ct = Conntrack::open(&pin_dir).unwrap_or_else(|e| panic!("opening conntrack: {e:?}"));
-        let svc = ServiceMaps::open(&pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
-        let mut fx = Self { dp, ct, svc, pin_dir };
+        let t = Loaded::new(&format!("ct-{test}"), options);
+        let ct = Conntrack::open(&t.pin_dir).unwrap_or_else(|e| panic!("opening conntrack: {e:?}"));
+        let svc = ServiceMaps::open(&t.pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
+        let mut fx = Self { t, ct, svc };
         fx.config(false);
         fx.place(POD_A, LO_IFINDEX, 1);
         fx.place(POD_B, OTHER_IFINDEX, 2);
@@ -72,51 +73,11 @@ impl Fixture {
         } else {
             config
         };
-        self.dp.set_config(config).unwrap();
-    }
-
-    fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
-        let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
-        let info = EpInfo {
-            ifindex,
-            endpoint_id,
-            identity: 100,
-            pod_mac: mac,
-            host_mac: mac,
-            flags: 0,
-        };
-        self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
-    }
-
-    fn tc(&self, kind: ProgramKind, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN (tc)");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
-    }
-
-    fn xdp(&self, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let res = self.dp.xdp_program().test_run(opts).expect("BPF_PROG_TEST_RUN (xdp)");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        self.t.dp.set_config(config).unwrap();
     }
 
     fn entries(&self) -> BTreeMap<CtKey, CtEntry> {
         self.ct.entries().unwrap().into_iter().collect()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
     }
 }
 

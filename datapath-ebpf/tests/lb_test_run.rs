@@ -5,29 +5,21 @@
 //! reasons. Services are programmed through `ServiceMaps`, the way the
 //! agent does it. Needs root (to load programs), no namespaces.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions};
-use weir_datapath::abi::EpInfo;
+use support::{LO_IFINDEX, Loaded, OTHER_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{
     Algorithm, Backend, CT_ESTABLISHED, CT_F_HAIRPIN, CT_F_REVERSE, CT_SYN_SENT, CtKey, HAIRPIN_IP, Protocol,
     ServiceMaps, ServiceSpec, addr_of, monotonic_now_ns,
 };
-use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use weir_datapath::{LoadOptions, ProgramKind};
 use weir_test_support::packet::{Flow, TCP, UDP, fold, parse, pseudo_sum, sum16};
 use weir_test_support::require_root;
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-/// BPF_PROG_TEST_RUN without a context runs on the loopback device.
-const LO_IFINDEX: u32 = 1;
-const OTHER_IFINDEX: u32 = 4242;
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
@@ -39,12 +31,24 @@ const SCTP: u8 = 132;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-/// A datapath with its own pin directory (removed on drop), pods A (on lo,
-/// so it is the sender of every test packet) and B, and the service maps.
+/// A datapath (support::Loaded) with pods A (on lo, so it is the sender of
+/// every test packet) and B, and the service maps.
 struct Fixture {
-    dp: Datapath,
+    t: Loaded,
     svc: ServiceMaps,
-    pin_dir: PathBuf,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Loaded;
+    fn deref(&self) -> &Loaded {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Loaded {
+        &mut self.t
+    }
 }
 
 impl Fixture {
@@ -53,53 +57,16 @@ impl Fixture {
     }
 
     fn with_options(test: &str, options: &LoadOptions) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/lb-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pin_dir);
-        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-        let dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
-        let svc = ServiceMaps::open(&pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
-        let mut fx = Self { dp, svc, pin_dir };
+        let t = Loaded::new(&format!("lb-{test}"), options);
+        let svc = ServiceMaps::open(&t.pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
+        let mut fx = Self { t, svc };
         fx.place(POD_A, LO_IFINDEX, 1);
         fx.place(POD_B, OTHER_IFINDEX, 2);
         fx
     }
 
-    /// (Re)programs a pod behind an interface: tests move the backend onto
-    /// lo to send its replies through from_pod.
-    fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
-        let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
-        let info = EpInfo {
-            ifindex,
-            endpoint_id,
-            identity: 100,
-            pod_mac: mac,
-            host_mac: mac,
-            flags: 0,
-        };
-        self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
-    }
-
     fn run(&self, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let res = self
-            .dp
-            .program(ProgramKind::FromPod)
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.dp
-            .drops()
-            .unwrap()
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, t)| t.packets)
+        self.t.tc(ProgramKind::FromPod, packet)
     }
 
     fn service(&mut self, port: u16, proto: Protocol, backends: &[(Ipv4Addr, u16)], spec: ServiceSpec) -> u32 {
@@ -115,13 +82,6 @@ impl Fixture {
             ..spec
         };
         self.svc.upsert_service(VIP, port, proto, &spec).unwrap()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
     }
 }
 

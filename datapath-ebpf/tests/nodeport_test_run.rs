@@ -6,29 +6,21 @@
 //! the test's ingress device is lo); policy Local without a local backend
 //! (dropped, counted). Needs root (to load programs), no namespaces.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+mod support;
 
-use aya::programs::{TestRun, TestRunOptions};
-use weir_datapath::abi::{Config, EpInfo};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use support::{LO_IFINDEX, Loaded, OTHER_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
+use weir_datapath::ProgramKind;
+use weir_datapath::abi::Config;
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{
     Backend, CT_F_NODEPORT, CT_F_REVERSE, CT_F_SNAT, CtKey, NAT_PORTS, Protocol, ServiceMaps, ServiceSpec,
     TrafficPolicy, addr_of, be_addr,
 };
-use weir_datapath::{Datapath, ProgramKind};
 use weir_test_support::packet::{Flow, TCP, UDP, parse};
 use weir_test_support::require_root;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-const LO_IFINDEX: u32 = 1;
-const OTHER_IFINDEX: u32 = 4242;
 
 const NODE: Ipv4Addr = Ipv4Addr::new(172, 31, 99, 11);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 31, 99, 254);
@@ -40,71 +32,38 @@ const NODE_PORT: u16 = 30080;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-/// A datapath with its own pin directory (removed on drop), this node's IP
-/// in the config map, and pod B local (behind some other interface).
+/// A datapath (support::Loaded) with this node's IP in the config map, and
+/// pod B local (behind some other interface).
 struct Fixture {
-    dp: Datapath,
+    t: Loaded,
     svc: ServiceMaps,
-    pin_dir: PathBuf,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Loaded;
+    fn deref(&self) -> &Loaded {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Loaded {
+        &mut self.t
+    }
 }
 
 impl Fixture {
     fn new(test: &str) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/np-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pin_dir);
-        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-        let mut dp = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
-        dp.set_config(Config {
+        let mut t = Loaded::new(&format!("np-{test}"), &Default::default());
+        t.dp.set_config(Config {
             node_ip: be_addr(NODE),
             ..Default::default()
         })
         .unwrap();
-        let svc = ServiceMaps::open(&pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
-        let mut fx = Self { dp, svc, pin_dir };
+        let svc = ServiceMaps::open(&t.pin_dir).unwrap_or_else(|e| panic!("opening service maps: {e:?}"));
+        let mut fx = Self { t, svc };
         fx.place(POD_B, OTHER_IFINDEX, 2);
         fx
-    }
-
-    fn place(&mut self, ip: Ipv4Addr, ifindex: u32, endpoint_id: u32) {
-        let mac = [0x02, endpoint_id as u8, 0, 0, 0, 1];
-        let info = EpInfo {
-            ifindex,
-            endpoint_id,
-            identity: 100,
-            pod_mac: mac,
-            host_mac: mac,
-            flags: 0,
-        };
-        self.dp.upsert_endpoint(IpAddr::V4(ip), info).unwrap();
-    }
-
-    fn xdp(&self, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let res = self.dp.xdp_program().test_run(opts).expect("BPF_PROG_TEST_RUN (xdp)");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
-    }
-
-    fn tc(&self, kind: ProgramKind, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN (tc)");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.dp
-            .drops()
-            .unwrap()
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, t)| t.packets)
     }
 
     fn frontend(
@@ -132,13 +91,6 @@ impl Fixture {
 
     fn conntrack(&self) -> BTreeMap<CtKey, weir_datapath::lb::CtEntry> {
         self.svc.conntrack().unwrap().into_iter().collect()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
     }
 }
 

@@ -4,27 +4,20 @@
 //! into the pod's and delivers them. Needs root (to load programs), no
 //! namespaces.
 
+mod support;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 
-use aya::programs::{TestRun, TestRunOptions};
+use support::{LO_IFINDEX, Loaded, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
 use weir_datapath::abi::{Config, EpInfo};
 use weir_datapath::conntrack::{CT_F_MASQ, CT_F_REVERSE, Conntrack, CtEntry};
 use weir_datapath::drop::DropReason;
 use weir_datapath::lb::{CT_CLOSING, CT_SYN_SENT, CtKey, addr_of, be_addr, monotonic_now_ns};
 use weir_datapath::snat::PORT_RANGE;
-use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use weir_datapath::{LoadOptions, ProgramKind};
 use weir_test_support::packet::{TCP, UDP, fold, ipv4_frame, pseudo_sum, sum16};
 use weir_test_support::{in_fresh_netns, require_root};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: not ours
-
-/// BPF_PROG_TEST_RUN without a context runs on the loopback device.
-const LO_IFINDEX: u32 = 1;
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const A_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 2];
@@ -41,14 +34,26 @@ const FIN: u8 = 0x01;
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
 
-/// A datapath with its own pin directory (removed on drop), pod A on lo,
-/// and masquerading of 10.244.0.0/16 to NODE.
+/// A datapath (support::Loaded) with pod A on lo and masquerading of
+/// 10.244.0.0/16 to NODE.
 struct Fixture {
-    dp: Datapath,
+    t: Loaded,
     ct: Conntrack,
     /// The node-route maps, handed over as the agent's routing controller gets them.
     routes: weir_datapath::RouteMaps,
-    pin_dir: PathBuf,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Loaded;
+    fn deref(&self) -> &Loaded {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Loaded {
+        &mut self.t
+    }
 }
 
 impl Fixture {
@@ -57,10 +62,7 @@ impl Fixture {
     }
 
     fn with_options(test: &str, options: &LoadOptions) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/snat-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pin_dir);
-        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-        let mut dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+        let mut t = Loaded::new(&format!("snat-{test}"), options);
         let info = EpInfo {
             ifindex: LO_IFINDEX,
             endpoint_id: 1,
@@ -69,15 +71,10 @@ impl Fixture {
             host_mac: A_HOST_MAC,
             flags: 0,
         };
-        dp.upsert_endpoint(IpAddr::V4(POD_A), info).unwrap();
-        let ct = Conntrack::open(&pin_dir).unwrap_or_else(|e| panic!("opening the conntrack map: {e:?}"));
-        let routes = dp.take_route_maps().expect("route maps");
-        let mut fx = Self {
-            dp,
-            ct,
-            routes,
-            pin_dir,
-        };
+        t.dp.upsert_endpoint(IpAddr::V4(POD_A), info).unwrap();
+        let ct = Conntrack::open(&t.pin_dir).unwrap_or_else(|e| panic!("opening the conntrack map: {e:?}"));
+        let routes = t.dp.take_route_maps().expect("route maps");
+        let mut fx = Self { t, ct, routes };
         fx.masquerade(true);
         fx
     }
@@ -92,17 +89,11 @@ impl Fixture {
         } else {
             config
         };
-        self.dp.set_config(config).unwrap();
+        self.t.dp.set_config(config).unwrap();
     }
 
     fn run(&self, kind: ProgramKind, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        self.t.tc(kind, packet)
     }
 
     fn out(&self, flow: &Flow, tcp_flags: u8) -> (u32, Vec<u8>) {
@@ -111,22 +102,6 @@ impl Fixture {
 
     fn entries(&self) -> HashMap<CtKey, CtEntry> {
         self.ct.entries().unwrap().into_iter().collect()
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.dp
-            .drops()
-            .unwrap()
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, t)| t.packets)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
     }
 }
 
