@@ -64,7 +64,7 @@ static __always_inline int nodeport_tc(struct __sk_buff *skb, struct ipv4_meta *
 	__u32 reason;
 	int ret;
 
-	ret = nodeport_ct(skb, key, ct, l4_flags, now, &to);
+	ret = nodeport_ct(skb, key, ct, l4_flags, now, !meta->later_fragment, &to);
 	if (ret == 0)
 		return WEIR_CONTINUE;
 	if (ret < 0)

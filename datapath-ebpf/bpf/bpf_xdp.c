@@ -62,7 +62,7 @@ int from_netdev_xdp(struct xdp_md *ctx)
 	seen = bpf_map_lookup_elem(&weir_ct4, &key);
 	if (seen && (seen->flags & WEIR_CT_F_REVERSE))
 		return XDP_PASS;
-	ret = nodeport_ct(ctx, &key, seen, l4_flags, bpf_ktime_get_ns(), &to);
+	ret = nodeport_ct(ctx, &key, seen, l4_flags, bpf_ktime_get_ns(), 1, &to);
 	if (ret == 0)
 		return XDP_PASS;
 	if (ret < 0)

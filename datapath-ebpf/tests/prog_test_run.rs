@@ -2,22 +2,16 @@
 //! verdicts, rewritten frames, counters and drop reasons. Needs root (to
 //! load programs), no namespaces.
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 
 use aya::programs::{TestRun, TestRunOptions};
+use support::{LO_IFINDEX, Loaded, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
+use weir_datapath::ProgramKind;
 use weir_datapath::abi::{Config, EpInfo, ROUTING_VXLAN, Traffic};
 use weir_datapath::drop::DropReason;
-use weir_datapath::{Datapath, ProgramKind};
 use weir_test_support::require_root;
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
-
-/// BPF_PROG_TEST_RUN without a context runs on the loopback device.
-const LO_IFINDEX: u32 = 1;
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
@@ -27,20 +21,30 @@ const B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 3];
 const B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 1, 3];
 const B_IFINDEX: u32 = 4242;
 
-/// A datapath with its own pin directory, removed on drop.
+/// A datapath (support::Loaded) with pods A (on lo) and B.
 struct Fixture {
-    dp: Datapath,
+    t: Loaded,
     /// The node-route maps, handed over as the agent's routing controller gets them.
     routes: weir_datapath::RouteMaps,
-    pin_dir: PathBuf,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Loaded;
+    fn deref(&self) -> &Loaded {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Loaded {
+        &mut self.t
+    }
 }
 
 impl Fixture {
     fn new(test: &str) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pin_dir);
-        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-        let mut dp = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+        let mut t = Loaded::new(test, &Default::default());
+        let dp = &mut t.dp;
         dp.upsert_endpoint(
             IpAddr::V4(POD_A),
             EpInfo {
@@ -66,18 +70,12 @@ impl Fixture {
         )
         .unwrap();
         let routes = dp.take_route_maps().expect("route maps");
-        Self { dp, routes, pin_dir }
+        Self { t, routes }
     }
 
     /// Runs a program; returns the verdict and the frame as it left.
     fn run(&self, kind: ProgramKind, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        let res = self.dp.program(kind).test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        self.t.tc(kind, packet)
     }
 
     /// Runs a program and returns its verdict and the drop context it left
@@ -97,24 +95,7 @@ impl Fixture {
     }
 
     fn traffic(&mut self, endpoint_id: u32) -> (Traffic, Traffic) {
-        self.dp.endpoint_traffic(endpoint_id).unwrap()
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.dp
-            .drops()
-            .unwrap()
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, t)| t.packets)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        // Only succeeds once the last parallel test is gone.
-        let _ = std::fs::remove_dir(self.pin_dir.parent().expect("pin dir has a parent"));
+        self.t.dp.endpoint_traffic(endpoint_id).unwrap()
     }
 }
 
@@ -399,16 +380,19 @@ fn ip_options_and_fragments_are_forwarded() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_delivered_to_b(&out, &pkt);
 
-    // A later fragment has no L4 header and must not be judged as truncated.
-    let mut ip = Ip::new(POD_A, POD_B, UDP);
-    ip.frag_off = 185; // offset 1480 bytes, no MF
-    let pkt = ip.packet(&[0xab; 6]);
-    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_REDIRECT);
-
     // A first fragment (MF set) with a whole UDP header is fine too.
     let mut ip = Ip::new(POD_A, POD_B, UDP);
     ip.frag_off = 0x2000;
     let pkt = ip.packet(&udp(&[0; 32]));
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_REDIRECT);
+
+    // A later fragment has no L4 header and must not be judged as truncated:
+    // it follows the ports its first fragment (the same IP id) recorded. A
+    // later fragment whose first was never seen is dropped and counted
+    // (fragments_test_run.rs).
+    let mut ip = Ip::new(POD_A, POD_B, UDP);
+    ip.frag_off = 185; // offset 1480 bytes, no MF
+    let pkt = ip.packet(&[0xab; 6]);
     assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_REDIRECT);
 
     assert_eq!(fx.traffic(2).0.packets, 3);
@@ -546,4 +530,26 @@ fn from_pod_goes_on_through_its_stages_and_a_missing_stage_is_a_counted_drop() {
         .expect("clearing the slot");
     assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
     assert_eq!(fx.drops(DropReason::MissedTailCall), 2);
+}
+
+#[test]
+fn a_header_that_claims_more_than_the_frame_carries_is_dropped_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let fx = Fixture::new("totlen");
+    // Total length 100 bytes longer than what follows the Ethernet header.
+    let mut pkt = Ip::new(POD_A, POD_B, UDP).packet(&udp(b"hello"));
+    let claimed = (pkt.len() - 14 + 100) as u16;
+    pkt[16..18].copy_from_slice(&claimed.to_be_bytes());
+    pkt[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&pkt[14..34]);
+    pkt[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(fx.run(ProgramKind::FromPod, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::MalformedIpv4), 1);
+
+    // Padding after the datagram (an Ethernet minimum frame) is fine.
+    let mut padded = Ip::new(POD_A, POD_B, UDP).packet(&udp(b"hi"));
+    padded.extend_from_slice(&[0; 16]);
+    assert_eq!(fx.run(ProgramKind::FromPod, &padded).0, TC_ACT_REDIRECT);
 }

@@ -109,6 +109,30 @@ pub fn parse(frame: &[u8]) -> Flow {
     }
 }
 
+/// One fragment of a datagram: Ethernet + a 20-byte IPv4 header with the
+/// given id, fragment offset (in 8-byte units) and more-fragments flag,
+/// around `data` (the first fragment's L4 header and payload, or a later
+/// fragment's bytes).
+pub fn ipv4_fragment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+    offset8: u16,
+    more: bool,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut f = ipv4_frame(src, dst, proto, data);
+    let ip = &mut f[14..34];
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    let frag = (if more { 0x2000 } else { 0 }) | (offset8 & 0x1fff);
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = fold(sum16(ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 /// Ethernet + a 20-byte IPv4 header (TTL 64, valid checksum) around `l4`.
 pub fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     let mut ip = vec![0x45, 0];

@@ -145,6 +145,7 @@ enum weir_drop_reason {
 	WEIR_DROP_NO_LOCAL_BACKEND = 11,  /* externalTrafficPolicy Local, no backend on this node */
 	WEIR_DROP_NAT_NO_PORT = 12,       /* no free SNAT port towards that backend */
 	WEIR_DROP_MISSED_TAIL_CALL = 13,  /* the next stage's program is not loaded */
+	WEIR_DROP_FRAG_NOT_FOUND = 14,    /* a later fragment whose first one was not seen (or made no connection) */
 	WEIR_DROP_REASON_MAX = 64,
 };
 
@@ -196,6 +197,24 @@ struct weir_ct_entry {
 #define WEIR_CT_SYN_SENT 1
 #define WEIR_CT_ESTABLISHED 2
 #define WEIR_CT_CLOSING 3
+
+/* Fragments: the ports of a fragmented datagram, recorded from its first
+ * fragment (the only one with an L4 header) so later fragments find the
+ * same connection. Keyed by what identifies a datagram (RFC 791). */
+#define WEIR_FRAG_MAX_ENTRIES 8192
+
+struct weir_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct weir_frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
 
 /* ---- Services (lb.h, nodeport.h) ---- */
 

@@ -86,6 +86,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_ct4 SEC(".maps");
 
+/* Datagram -> its ports, from the first fragment (abi.h). LRU: a lost
+ * record only costs that datagram its later fragments, dropped and
+ * counted as WEIR_DROP_FRAG_NOT_FOUND; a full table must not stop
+ * recording new datagrams. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_FRAG_MAX_ENTRIES);
+	__type(key, struct weir_frag_key);
+	__type(value, struct weir_frag_ports);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_frag4 SEC(".maps");
+
 static __always_inline __u64 ct_timeout(__u8 proto, __u8 state)
 {
 	if (proto == IPPROTO_TCP) {
@@ -302,23 +314,45 @@ static __always_inline void ct_create_plain(const struct weir_ct_key *key, __u8 
 /* Reads the packet's tuple into key: TCP, UDP and SCTP ports, or an ICMP
  * echo's identifier (see abi.h). *l4_flags gets TCP's flags, or the ICMP
  * type (an echo request and reply of identifier 0 have the same tuple).
- * Returns 1 when there is a tuple, 0 when the packet has none to track
- * (another protocol, another ICMP type, a later fragment without ports), or
- * -reason. */
+ * Fragments: the first one's ports are recorded in weir_frag4, and a later
+ * one (no L4 header; meta->later_fragment) gets them from there, so every
+ * fragment of a datagram follows its connection; a later fragment whose
+ * first one was not seen is -WEIR_DROP_FRAG_NOT_FOUND. Returns 1 when there
+ * is a tuple, 0 when the packet has none to track (another protocol,
+ * another ICMP type), or -reason. */
 static __always_inline int ct_tuple(struct __ctx_buff *ctx, const struct ipv4_meta *meta, struct weir_ct_key *key,
 				    __u8 *l4_flags)
 {
+	struct weir_frag_key fkey = {};
+	struct weir_frag_ports *seen;
 	__be16 ports[2] = {};
 	__be16 id;
 	__u8 icmp[2];
 
-	if (meta->is_fragment) {
-		__u16 frag_off;
-
-		if (ctx_load_bytes(ctx, ETH_HLEN + __builtin_offsetof(struct iphdr, frag_off), &frag_off, 2))
-			return -WEIR_DROP_MALFORMED_IPV4;
-		if (frag_off & bpf_htons(IP_OFFSET))
-			return 0; /* no L4 header */
+	switch (meta->protocol) {
+	case IPPROTO_SCTP:
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_ICMP:
+		break;
+	default:
+		return 0;
+	}
+	key->saddr = meta->saddr;
+	key->daddr = meta->daddr;
+	key->proto = meta->protocol;
+	fkey.saddr = meta->saddr;
+	fkey.daddr = meta->daddr;
+	fkey.id = meta->ip_id;
+	fkey.proto = meta->protocol;
+	if (meta->later_fragment) {
+		seen = bpf_map_lookup_elem(&weir_frag4, &fkey);
+		if (!seen)
+			return -WEIR_DROP_FRAG_NOT_FOUND;
+		key->sport = seen->sport;
+		key->dport = seen->dport;
+		*l4_flags = 0;
+		return 1;
 	}
 	switch (meta->protocol) {
 	case IPPROTO_SCTP:
@@ -333,7 +367,7 @@ static __always_inline int ct_tuple(struct __ctx_buff *ctx, const struct ipv4_me
 		if (meta->protocol == IPPROTO_TCP && ctx_load_bytes(ctx, meta->l4_off + 13, l4_flags, 1))
 			return -WEIR_DROP_TRUNCATED_L4;
 		break;
-	case IPPROTO_ICMP:
+	default: /* ICMP */
 		if (ctx_load_bytes(ctx, meta->l4_off, icmp, sizeof(icmp)))
 			return -WEIR_DROP_TRUNCATED_L4;
 		if ((icmp[0] != ICMP_ECHO && icmp[0] != ICMP_ECHOREPLY) || icmp[1] != 0)
@@ -349,14 +383,15 @@ static __always_inline int ct_tuple(struct __ctx_buff *ctx, const struct ipv4_me
 		else
 			ports[1] = id;
 		break;
-	default:
-		return 0;
 	}
-	key->saddr = meta->saddr;
-	key->daddr = meta->daddr;
 	key->sport = ports[0];
 	key->dport = ports[1];
-	key->proto = meta->protocol;
+	if (meta->is_fragment) {
+		struct weir_frag_ports rec = { .sport = ports[0], .dport = ports[1] };
+
+		/* LRU: never fails for want of room. */
+		bpf_map_update_elem(&weir_frag4, &fkey, &rec, BPF_ANY);
+	}
 	return 1;
 }
 

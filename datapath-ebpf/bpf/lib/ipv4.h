@@ -25,9 +25,11 @@ struct ipv4_meta {
 	__be32 daddr;
 	__u8 protocol;
 	__u8 ttl;
-	__u8 is_fragment;
-	__u8 pad;
+	__u8 is_fragment;    /* any fragment, the first included */
+	__u8 later_fragment; /* offset > 0: no L4 header at all */
 	__u32 l4_off;
+	__be16 ip_id;
+	__u16 pad;
 };
 
 /* Fills meta and returns WEIR_DROP_NONE, or the reason to drop. */
@@ -48,12 +50,18 @@ static __always_inline __u32 ipv4_parse(struct __ctx_buff *ctx, struct ipv4_meta
 		return WEIR_DROP_MALFORMED_IPV4;
 	if (bpf_ntohs(ip->tot_len) < ihl_len)
 		return WEIR_DROP_MALFORMED_IPV4;
+	/* A header that claims more than the frame carries (padding after the
+	 * datagram is fine): what follows it cannot be trusted. */
+	if (ETH_HLEN + bpf_ntohs(ip->tot_len) > ctx_len(ctx))
+		return WEIR_DROP_MALFORMED_IPV4;
 
 	meta->saddr = ip->saddr;
 	meta->daddr = ip->daddr;
 	meta->protocol = ip->protocol;
 	meta->ttl = ip->ttl;
 	meta->is_fragment = (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
+	meta->later_fragment = (ip->frag_off & bpf_htons(IP_OFFSET)) != 0;
+	meta->ip_id = ip->id;
 	meta->l4_off = ETH_HLEN + ihl_len;
 
 	/* Later fragments carry no L4 header: route them by L3 alone. */

@@ -188,7 +188,8 @@ static __always_inline __u32 ct_into_pod(struct __sk_buff *skb, struct ipv4_meta
 					 struct weir_ct_entry *ct, __u8 l4_flags, __u64 now, int create)
 {
 	if (!ct) {
-		if (create)
+		/* A connection starts with a whole datagram or a first fragment. */
+		if (create && !meta->later_fragment)
 			ct_create_plain(key, l4_flags, now, 0);
 		return WEIR_DROP_NONE;
 	}
@@ -265,10 +266,14 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 		/* Not a service: plain routing, tracked as it is. */
 		if (plain)
 			return ct_follow(skb, meta, &key, plain, l4_flags, now);
-		if (!snat_bound(node_config(), key.saddr, key.daddr))
+		if (!meta->later_fragment && !snat_bound(node_config(), key.saddr, key.daddr))
 			ct_create_plain(&key, l4_flags, now, replace);
 		return WEIR_DROP_NONE;
 	}
+	/* A later fragment never picks a backend: its first fragment made the
+	 * connection (followed above), or made none (rejected, lost). */
+	if (meta->later_fragment)
+		return WEIR_DROP_FRAG_NOT_FOUND;
 	/* The agent may rewrite the entry under us: work on one snapshot. */
 	svc_copy = *svc;
 	reason = lb4_select(&svc_copy, &key, now, &be);

@@ -101,11 +101,15 @@ static __always_inline __u32 nat_rewrite4(struct __ctx_buff *ctx, struct ipv4_me
 {
 	__u32 l4 = meta->l4_off;
 	__u8 proto = from->proto;
+	/* A later fragment has no L4 header: addresses only (the first
+	 * fragment's checksum covers the whole datagram). */
+	int has_l4 = !meta->later_fragment;
 
-	if (nat_addr(ctx, IP_SADDR_OFF, from->saddr, saddr, proto, l4, 1) ||
-	    nat_addr(ctx, IP_DADDR_OFF, from->daddr, daddr, proto, l4, 1) ||
-	    nat_port(ctx, l4, from->sport, sport, proto, l4) ||
-	    nat_port(ctx, l4 + 2, from->dport, dport, proto, l4))
+	if (nat_addr(ctx, IP_SADDR_OFF, from->saddr, saddr, proto, l4, has_l4) ||
+	    nat_addr(ctx, IP_DADDR_OFF, from->daddr, daddr, proto, l4, has_l4))
+		return WEIR_DROP_REWRITE_FAILED;
+	if (has_l4 && (nat_port(ctx, l4, from->sport, sport, proto, l4) ||
+		       nat_port(ctx, l4 + 2, from->dport, dport, proto, l4)))
 		return WEIR_DROP_REWRITE_FAILED;
 	meta->saddr = saddr;
 	meta->daddr = daddr;

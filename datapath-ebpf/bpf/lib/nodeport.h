@@ -56,9 +56,10 @@
 /* The tuple a packet arriving on the uplink becomes, given the entry the
  * caller looked up for its tuple (NULL for none). Returns 1 with *out
  * filled (translate), 0 when the packet is none of NodePort's business, or
- * -reason to drop. Creates the connection of a new one. */
+ * -reason to drop. Creates the connection of a new one, unless the packet
+ * may not start one (`may_create` 0: a later fragment). */
 static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key, struct weir_ct_entry *ct,
-				       __u8 tcp_flags, __u64 now, struct weir_ct_key *out)
+				       __u8 tcp_flags, __u64 now, int may_create, struct weir_ct_key *out)
 {
 	struct weir_ct_entry fwd = {}, rev = {};
 	struct weir_ct_key rkey = {}, to = {};
@@ -90,6 +91,9 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	svc = bpf_map_lookup_elem(&weir_lb4_services, &skey);
 	if (!svc || !(svc->flags & WEIR_LB_F_EXTERNAL))
 		return 0;
+	/* A later fragment follows its first one's connection or none. */
+	if (!may_create)
+		return -WEIR_DROP_FRAG_NOT_FOUND;
 	svc_copy = *svc;
 	if ((svc_copy.flags & WEIR_LB_F_LOCAL) && !svc_copy.count)
 		return -WEIR_DROP_NO_LOCAL_BACKEND;

@@ -73,9 +73,11 @@ static __always_inline __u32 snat_rewrite(struct __sk_buff *skb, struct ipv4_met
 	__be16 old_port = reverse ? key->dport : key->sport;
 	int err;
 
-	if (nat_addr(skb, addr_off, old_addr, addr, key->proto, l4, 1))
+	if (nat_addr(skb, addr_off, old_addr, addr, key->proto, l4, !meta->later_fragment))
 		return WEIR_DROP_REWRITE_FAILED;
-	if (key->proto == IPPROTO_ICMP)
+	if (meta->later_fragment)
+		err = 0; /* no L4 header: the first fragment carried the port */
+	else if (key->proto == IPPROTO_ICMP)
 		err = nat_icmp_id(skb, l4, old_port, port);
 	else
 		err = nat_port(skb, reverse ? l4 + 2 : l4, old_port, port, key->proto, l4);
@@ -193,6 +195,10 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 			return reason;
 		}
 	}
+	/* A later fragment without its flow: its first fragment claimed no
+	 * port (or the record of it was lost). */
+	if (meta->later_fragment)
+		return WEIR_DROP_FRAG_NOT_FOUND;
 	reason = snat_new(skb, &key, node_ip, l4_flags, now, replace, &port);
 	if (reason)
 		return reason;
