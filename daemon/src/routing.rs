@@ -65,8 +65,18 @@ pub async fn run(
     };
     let mut backoff = crate::backoff::Backoff::controller();
     loop {
+        let state = cluster.borrow_and_update().clone();
+        // Not synced once: an empty snapshot would remove the routes (and
+        // node IPs) a previous agent left, cutting remote pods off until the
+        // manifests load. Change nothing until the source has spoken.
+        if state.revision.is_none() {
+            if cluster.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let mut failed = false;
-        let wanted = remote_routes(&cluster.borrow_and_update(), &node);
+        let wanted = remote_routes(&state, &node);
         // Kernel routes in both modes: the node's own stack must reach remote
         // pods too (replies to them, probes); pods' own traffic in vxlan mode
         // goes into the tunnel from the datapath without consulting these.

@@ -296,8 +296,16 @@ pub async fn run(
     let mut backoff = crate::backoff::Backoff::controller();
     loop {
         let state = rx.borrow_and_update().clone();
+        // A source that has not synced once says nothing about the cluster:
+        // applying its empty snapshot would remove every service a previous
+        // agent programmed (a restart would break new connections until
+        // the manifests load). Wait for the first real one; GC goes on.
+        let unsynced = state.revision.is_none();
         let (work, node, sync) = (owned.clone(), node.clone(), sync.clone());
         let done = tokio::task::spawn_blocking(move || {
+            if unsynced {
+                return 0;
+            }
             let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
             let want = desired(&state, algorithm, &node);
             let o = &mut *o;
