@@ -13,25 +13,41 @@ use weir_agent_api::{API_VERSION, ApiError, Envelope, ErrorCode, Reply, Request,
 use crate::cluster::ClusterState;
 use crate::dataplane::Dataplane;
 use crate::endpoints::Shared;
+use crate::exclusive::{ExclusiveError, OwnSocket, prepare_socket_path};
 use crate::sync::SyncStatus;
 
 /// Requests larger than this are not CNI calls.
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Binds the socket: stale socket files from a previous run are replaced,
-/// the directory is root-only and the socket mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+/// Binds the socket, mode 0600: a stale socket of an earlier run is
+/// replaced, nothing else is (a live agent's socket, a file that is not a
+/// socket, a directory others could swap it in: see [`crate::exclusive`]).
+/// Returns the listener and the record that lets the agent remove its own
+/// socket, and only its own, on exit.
+pub fn bind(path: &Path) -> Result<(UnixListener, OwnSocket), ExclusiveError> {
+    let io = |source| ExclusiveError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    prepare_socket_path(path)?;
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok((listener, OwnSocket::bound(path)?))
+}
+
+/// At most this many API connections are served at once; more wait in
+/// the socket's backlog. CNI calls are short: a node with more callers at
+/// once than this is being hammered.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A connection that has not sent its request by then is closed: idle
+/// connections must not hold the agent's descriptors and slots.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Out of descriptors (or memory): accepting again at once would spin.
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
 }
 
 pub async fn serve<D: Dataplane + 'static>(
@@ -40,9 +56,19 @@ pub async fn serve<D: Dataplane + 'static>(
     cluster: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<SyncStatus>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Accept errors are logged at most once a second, with how many there were.
+    let mut pause = std::time::Duration::from_millis(10);
+    let (mut errors, mut last_log) = (0u64, None::<tokio::time::Instant>);
     loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         match listener.accept().await {
             Ok((stream, _)) => {
+                pause = std::time::Duration::from_millis(10);
                 let endpoints = endpoints.clone();
                 let cluster = cluster.clone();
                 let sync = sync.clone();
@@ -50,9 +76,22 @@ pub async fn serve<D: Dataplane + 'static>(
                     if let Err(e) = handle(stream, endpoints, cluster, sync).await {
                         tracing::debug!(error = %e, "api connection");
                     }
+                    drop(slot);
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "accept on api socket"),
+            Err(e) => {
+                drop(slot);
+                errors += 1;
+                if last_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(error = %e, errors, "accept on api socket failed");
+                    (errors, last_log) = (0, Some(tokio::time::Instant::now()));
+                }
+                if is_resource_exhaustion(&e) {
+                    // Let connections finish and free descriptors.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+            }
         }
     }
 }
@@ -64,12 +103,23 @@ async fn handle<D: Dataplane + 'static>(
     sync: Arc<SyncStatus>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read)
-        .take(MAX_REQUEST as u64)
-        .read_line(&mut line)
-        .await?;
-    let reply = match decode(&line) {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Ok(r) => {
+            r?;
+        }
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no request within the timeout",
+            ));
+        }
+    }
+    let reply = match std::str::from_utf8(&line)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("request is not UTF-8: {e}")))
+        .and_then(decode)
+    {
         Ok(request) => {
             let span = tracing::info_span!("api", op = op_name(&request));
             let cluster = cluster.borrow().clone();

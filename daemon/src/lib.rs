@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod endpoints;
+pub mod exclusive;
 pub mod ipam;
 pub mod ipcache;
 pub mod netdev;
@@ -31,6 +32,8 @@ use store::Store;
 /// Runs the agent until SIGTERM or SIGINT. Pinned maps and links stay behind
 /// on purpose: pods keep their connectivity while the agent is away.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything reads or writes the state: one agent per state dir.
+    let state_lock = exclusive::StateLock::acquire(&config.state_dir)?;
     if config.pin_dir().starts_with("/sys/fs/bpf") {
         weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     }
@@ -114,7 +117,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sync.clone(),
     ));
 
-    let listener = api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
+    let (listener, own_socket) =
+        api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
     tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(), "agent ready");
     let server = tokio::spawn(api::serve(listener, endpoints, rx, sync));
 
@@ -124,7 +128,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, datapath stays in place"),
     }
     server.abort();
-    let _ = std::fs::remove_file(&config.socket);
+    own_socket.remove();
+    drop(state_lock);
     Ok(())
 }
 
