@@ -36,6 +36,8 @@ pub fn report(e: &dyn std::error::Error) -> String {
 pub trait Dataplane: Send {
     /// ifindex and MAC of an interface in the agent's netns, or None if absent.
     fn interface(&self, name: &str) -> Option<(u32, [u8; 6])>;
+    /// Is the interface a pod's: a veth whose peer is in another netns?
+    fn is_pod_veth(&self, ifindex: u32) -> bool;
     /// Programs the endpoint map and attaches the programs to `iface`.
     /// `fresh` is false when re-adopting an interface after a restart.
     fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), DataplaneError>;
@@ -69,6 +71,15 @@ impl Dataplane for Kernel {
                 .flatten()
         })?;
         Some((ifindex, mac))
+    }
+
+    fn is_pod_veth(&self, ifindex: u32) -> bool {
+        self.runtime
+            .block_on(self.netdev.is_pod_veth(ifindex))
+            .unwrap_or_else(|e| {
+                tracing::warn!(ifindex, error = %e, "checking the pod interface");
+                false
+            })
     }
 
     fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), DataplaneError> {

@@ -52,7 +52,21 @@ impl<D: Dataplane> Endpoints<D> {
     /// their interfaces are swapped in place, never detached, so established
     /// pod traffic keeps flowing across an agent restart.
     pub fn open(node: String, cidr: Ipv4Net, dataplane: D, store: Store) -> Result<Self, store::StoreError> {
+        if !store.exists() {
+            let wired = dataplane.attached_interfaces();
+            if !wired.is_empty() {
+                return Err(store::StoreError::Lost {
+                    path: store.path().to_owned(),
+                    count: wired.len(),
+                    examples: wired.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
         let state = store.load()?;
+        state.check(cidr).map_err(|reason| store::StoreError::Invalid {
+            path: store.path().to_owned(),
+            reason,
+        })?;
         let mut me = Self {
             node,
             cidr,
@@ -122,6 +136,17 @@ impl<D: Dataplane> Endpoints<D> {
                 format!("interface {} does not exist on this node", req.host_ifname),
             )
         })?;
+        // Pod programs on the node's loopback or uplink would blackhole the
+        // node: only a pod's host veth (its peer in another netns) is one.
+        if !self.dataplane.is_pod_veth(ifindex) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "interface {} is not a pod's veth (a veth whose peer is in another network namespace)",
+                    req.host_ifname
+                ),
+            ));
+        }
 
         let key = store::key(&EndpointRef {
             container_id: req.container_id.clone(),
@@ -327,13 +352,16 @@ pub async fn follow_identities<D: Dataplane + 'static>(
 ) {
     loop {
         let state = rx.borrow_and_update().clone();
-        let eps = endpoints.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            eps.lock().unwrap_or_else(|p| p.into_inner()).refresh_identities(&state)
-        })
-        .await;
-        if let Err(e) = done {
-            tracing::error!(error = %e, "refreshing endpoint identities panicked");
+        // Nothing to follow before the source has synced once.
+        if state.revision.is_some() {
+            let eps = endpoints.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                eps.lock().unwrap_or_else(|p| p.into_inner()).refresh_identities(&state)
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::error!(error = %e, "refreshing endpoint identities panicked");
+            }
         }
         if rx.changed().await.is_err() {
             return;
@@ -354,6 +382,8 @@ mod tests {
         wired: BTreeMap<String, Ipv4Addr>,
         /// What `update` last wrote per address.
         identities: BTreeMap<Ipv4Addr, u32>,
+        /// Interfaces that are not a pod's veth.
+        not_veth: BTreeSet<u32>,
         fail_wire: bool,
     }
 
@@ -371,6 +401,10 @@ mod tests {
         fn update(&mut self, ip: Ipv4Addr, info: EpInfo) -> Result<(), DataplaneError> {
             self.identities.insert(ip, info.identity);
             Ok(())
+        }
+
+        fn is_pod_veth(&self, ifindex: u32) -> bool {
+            !self.not_veth.contains(&ifindex)
         }
 
         fn unwire(&mut self, iface: &str, _: Ipv4Addr, _: u32) -> Result<(), DataplaneError> {
@@ -505,6 +539,57 @@ mod tests {
         assert_eq!(eps.add(r, &c).unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(eps.add(add_req("a", "nope"), &c).unwrap_err().code, ErrorCode::NotFound);
         assert_eq!(eps.add(add_req("", "l1"), &c).unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_lost_or_impossible_state_file_stops_the_agent_instead_of_reusing_addresses() {
+        let (mut eps, d) = setup("lost", "10.0.0.0/29", &["l1", "l2"]);
+        let c = ClusterState::default();
+        eps.add(add_req("a", "l1"), &c).unwrap();
+        let wired = std::mem::take(&mut eps.dataplane_mut().wired);
+        let ifaces = eps.dataplane_mut().ifaces.clone();
+        let fake = || Fake {
+            ifaces: ifaces.clone(),
+            wired: wired.clone(),
+            ..Fake::default()
+        };
+
+        // The state file is removed while pod a is still wired.
+        std::fs::remove_file(d.0.join("state.json")).unwrap();
+        let err = Endpoints::open("n1".into(), "10.0.0.0/29".parse().unwrap(), fake(), Store::new(&d.0))
+            .err()
+            .expect("must refuse to start");
+        assert!(matches!(err, store::StoreError::Lost { count: 1, .. }), "{err}");
+
+        // A state whose addresses are outside a changed --pod-cidr.
+        eps.store.save(&eps.state).unwrap();
+        let err = Endpoints::open("n1".into(), "10.9.0.0/29".parse().unwrap(), fake(), Store::new(&d.0))
+            .err()
+            .expect("must refuse a changed pod CIDR");
+        assert!(err.to_string().contains("outside the pod CIDR"), "{err}");
+
+        // An address held twice.
+        let mut twice = eps.state.clone();
+        let mut dup = twice.endpoints.values().next().unwrap().clone();
+        dup.id += 1;
+        twice.endpoints.insert("b/eth0".into(), dup);
+        eps.store.save(&twice).unwrap();
+        let err = Endpoints::open("n1".into(), "10.0.0.0/29".parse().unwrap(), fake(), Store::new(&d.0))
+            .err()
+            .expect("must refuse a duplicate");
+        assert!(err.to_string().contains("held by both"), "{err}");
+    }
+
+    #[test]
+    fn only_a_pods_veth_is_accepted() {
+        let (mut eps, _d) = setup("veth", "10.0.0.0/29", &["lo", "l1"]);
+        eps.dataplane_mut().not_veth.insert(10); // "lo", the first interface
+        let c = ClusterState::default();
+        let e = eps.add(add_req("a", "lo"), &c).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+        assert!(eps.dataplane_mut().wired.is_empty(), "nothing attached to lo");
+        assert!(eps.state.endpoints.is_empty(), "no address held");
+        eps.add(add_req("a", "l1"), &c).unwrap();
     }
 
     #[test]

@@ -89,6 +89,29 @@ impl Netdev {
         }))
     }
 
+    /// Is the link a veth whose peer lives in another network namespace
+    /// (a pod's host side)? Not loopback, not the uplink, not a veth with
+    /// both ends here.
+    pub async fn is_pod_veth(&self, index: u32) -> Result<bool, NetdevError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links
+            .try_next()
+            .await
+            .map_err(req(format!("looking up link {index}")))?
+            .ok_or_else(|| NetdevError::NoLink(index.to_string()))?;
+        let veth = link.attributes.iter().any(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos
+                .iter()
+                .any(|i| matches!(i, LinkInfo::Kind(k) if k.to_string() == "veth")),
+            _ => false,
+        });
+        let peer_elsewhere = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+        Ok(veth && peer_elsewhere)
+    }
+
     pub async fn ipv4_of(&self, index: u32) -> Result<Option<Ipv4Addr>, NetdevError> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {

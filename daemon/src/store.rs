@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,20 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The state parses but cannot be right; starting on it could hand out
+    /// an address a running pod holds.
+    #[error("{path}: {reason}; refusing to start (fix or restore the state file)")]
+    Invalid { path: PathBuf, reason: String },
+    /// The state file is gone but pods are still wired on this node.
+    #[error(
+        "{path} is missing but {count} pod interface(s) still carry weir's programs ({examples}): refusing to \
+         start with no record of their addresses (restore the state file, or delete those pods' interfaces)"
+    )]
+    Lost {
+        path: PathBuf,
+        count: usize,
+        examples: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +57,29 @@ pub fn key(r: &EndpointRef) -> String {
 }
 
 impl State {
+    /// Why this state cannot be right for a node with pod CIDR `cidr`, if
+    /// it cannot: an address outside the CIDR (the `--pod-cidr` changed
+    /// under running pods), or an address or endpoint id held twice.
+    pub fn check(&self, cidr: ipnet::Ipv4Net) -> Result<(), String> {
+        let mut ips = std::collections::BTreeMap::new();
+        let mut ids = std::collections::BTreeMap::new();
+        for (key, ep) in &self.endpoints {
+            if !cidr.contains(&ep.ipv4) {
+                return Err(format!(
+                    "endpoint {key} holds {} outside the pod CIDR {cidr} (was --pod-cidr changed under running pods?)",
+                    ep.ipv4
+                ));
+            }
+            if let Some(other) = ips.insert(ep.ipv4, key) {
+                return Err(format!("address {} is held by both {other} and {key}", ep.ipv4));
+            }
+            if let Some(other) = ids.insert(ep.id, key) {
+                return Err(format!("endpoint id {} is held by both {other} and {key}", ep.id));
+            }
+        }
+        Ok(())
+    }
+
     pub fn allocate_endpoint_id(&mut self) -> u32 {
         // 0 is "no endpoint" in the datapath; skip ids still in use after a wrap.
         loop {
@@ -63,6 +101,16 @@ impl Store {
         Self {
             path: dir.join("state.json"),
         }
+    }
+
+    /// Does the state file exist (an empty state and no file are not the
+    /// same thing after a crash or an operator's mistake)?
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn load(&self) -> Result<State, StoreError> {
@@ -88,11 +136,22 @@ impl Store {
         let dir = self.path.parent().expect("state path has a parent");
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = dir.join(".state.json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        // 0600: the state names every pod and address of the node.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        // A tmp file left by an older agent keeps its mode: set it anyway.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))
             .map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
 
@@ -109,6 +168,8 @@ mod tests {
         assert_eq!(s.allocate_endpoint_id(), 1);
         s.last_allocated = Some("10.0.0.9".parse().unwrap());
         store.save(&s).unwrap();
+        let mode = std::fs::metadata(dir.join("state.json")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the state file is root's alone");
         let back = store.load().unwrap();
         assert_eq!(back.next_endpoint_id, 1);
         std::fs::write(dir.join("state.json"), b"{not json").unwrap();
