@@ -6,6 +6,7 @@
 //! speak, so an old plugin talking to a new agent fails loudly, not subtly.
 
 mod client;
+pub mod names;
 pub mod revision;
 mod types;
 

@@ -41,12 +41,8 @@ pub fn manifest_files(dir: &Path) -> Vec<ManifestFile> {
 /// agree), size and mtime; the same in every build of every binary (std's
 /// hasher is not).
 pub fn revision(dir: &Path, files: &[ManifestFile]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = crate::names::Fnv1a::default();
+    let mut eat = |bytes: &[u8]| h.eat(bytes);
     for (path, size, mtime) in files {
         eat(path.strip_prefix(dir).unwrap_or(path).as_os_str().as_encoded_bytes());
         eat(&[0]);
@@ -54,7 +50,7 @@ pub fn revision(dir: &Path, files: &[ManifestFile]) -> u64 {
         let ns = mtime.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         eat(&ns.to_le_bytes());
     }
-    h
+    h.finish()
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ impl Agent for Client {
 
 fn kernel(what: &str, err: &NodeError) -> CniError {
     let code = match err {
-        NodeError::NotANetns { .. } => Code::InvalidEnv,
+        NodeError::NotANetns { .. } | NodeError::NodeNetns { .. } => Code::InvalidEnv,
         _ => Code::Io,
     };
     CniError::new(code, what.to_owned()).with_details(chain(err))
@@ -230,9 +230,16 @@ pub fn check<N: Node, A: Agent>(node: &N, agent: &A, conf: &NetConf, att: &Attac
     Ok(())
 }
 
-/// STATUS: is the agent there and willing?
+/// STATUS: is the agent there and can it serve an ADD? With no address
+/// left in the node's pod CIDR every ADD would fail, and the spec says
+/// STATUS fails (50) when the plugin knows it cannot serve ADDs.
 pub fn status<A: Agent>(agent: &A) -> Result<(), CniError> {
     match agent.call(Request::Status) {
+        Ok(Response::Status(s)) if s.addresses_free == 0 => Err(CniError::new(
+            Code::NotAvailable,
+            format!("no address left in pod CIDR {} of node {}", s.pod_cidr, s.node),
+        )
+        .with_details(format!("{} endpoints hold every usable address", s.endpoints))),
         Ok(Response::Status(_)) => Ok(()),
         Ok(other) => {
             Err(CniError::new(Code::NotAvailable, "weir agent is not ready").with_details(format!("{other:?}")))
@@ -631,6 +638,20 @@ mod tests {
         assert_eq!(status(&FakeAgent::new(timeout)).unwrap_err().code.number(), 50);
         let refusing = FakeAgent::new(|_| Err(ClientError::Api(ApiError::new(ErrorCode::Internal, "starting"))));
         assert_eq!(status(&refusing).unwrap_err().code.number(), 50);
+        let full = FakeAgent::new(|r| match r {
+            Request::Status => Ok(Response::Status(AgentStatus {
+                node: "n1".into(),
+                pod_cidr: "10.244.1.0/30".into(),
+                endpoints: 2,
+                addresses_free: 0,
+                drops: Default::default(),
+                services_applied: None,
+            })),
+            other => ok_agent(other),
+        });
+        let err = status(&full).unwrap_err();
+        assert_eq!(err.code.number(), 50, "an exhausted pod CIDR cannot serve ADDs");
+        assert!(err.to_string().contains("no address left"), "{err}");
     }
 
     #[test]

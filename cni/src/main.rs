@@ -28,6 +28,33 @@ use crate::error::{CniError, Code};
 /// How long one agent call may take before we give up (code 11).
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The whole invocation, every agent call and the rollback of a failed ADD
+/// together, ends by then: a container runtime waits on us.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A netconf is a few hundred bytes; anything past this is not one (and
+/// must not make the plugin read gigabytes).
+const MAX_NETCONF: u64 = 1024 * 1024;
+
+/// Reads the netconf, at most [`MAX_NETCONF`] bytes.
+fn read_netconf(input: impl Read) -> Result<Vec<u8>, CniError> {
+    let mut stdin = Vec::new();
+    input
+        .take(MAX_NETCONF + 1)
+        .read_to_end(&mut stdin)
+        .map_err(|e| CniError::new(Code::Io, "reading the netconf from stdin").with_details(e.to_string()))?;
+    if stdin.len() as u64 > MAX_NETCONF {
+        return Err(CniError::new(
+            Code::Decode,
+            format!(
+                "the netconf on stdin is larger than {} KiB: not a netconf",
+                MAX_NETCONF / 1024
+            ),
+        ));
+    }
+    Ok(stdin)
+}
+
 fn main() -> ExitCode {
     init_logging();
     let get = |key: &str| std::env::var(key).ok();
@@ -99,8 +126,8 @@ fn prepare(
 
 fn run(get: impl Fn(&str) -> Option<String>, version: &mut String) -> Result<Option<String>, CniError> {
     let command = env::command(&get)?;
-    let mut stdin = Vec::new();
     if command == Command::Version {
+        let mut stdin = Vec::new();
         // The runtime may send `{"cniVersion":..}`; drain it so its writer never
         // sees EPIPE, but never wait on a person's terminal.
         if !std::io::stdin().is_terminal() {
@@ -108,11 +135,10 @@ fn run(get: impl Fn(&str) -> Option<String>, version: &mut String) -> Result<Opt
         }
         return Ok(Some(result::version_json()));
     }
-    std::io::stdin()
-        .read_to_end(&mut stdin)
-        .map_err(|e| CniError::new(Code::Io, "reading the netconf from stdin").with_details(e.to_string()))?;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let stdin = read_netconf(std::io::stdin())?;
     let inv = prepare(command, &get, &stdin, version)?;
-    let agent = Client::new(&inv.conf.agent_socket, AGENT_TIMEOUT);
+    let agent = Client::until(&inv.conf.agent_socket, AGENT_TIMEOUT, deadline);
     let node = netlink::Netlink;
     let pid = std::process::id();
 
@@ -236,5 +262,14 @@ mod tests {
                 .number(),
             4
         );
+    }
+
+    #[test]
+    fn a_netconf_past_the_cap_is_a_decoding_error_not_a_read_of_everything() {
+        let endless = std::io::repeat(b'y');
+        let err = read_netconf(endless).unwrap_err();
+        assert_eq!(err.code.number(), 6, "{err}");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        assert_eq!(read_netconf(NETCONF.as_bytes()).unwrap(), NETCONF.as_bytes());
     }
 }

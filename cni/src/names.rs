@@ -1,25 +1,7 @@
 //! Interface names and MAC address text. Pure.
 
-/// FNV-1a, 64 bit: tiny, stable across releases and platforms, good enough
-/// to spread container ids over 44 bits of interface name.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
-}
-
-fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
-    fnv1a64(format!("{container_id}/{ifname}").as_bytes())
-}
-
-/// The host side of a pod's veth: `lxc` + 11 hex digits, 14 bytes, stable for
-/// a container and interface so DEL (which gets no result) can find it.
-pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    let hex = format!("{:016x}", attachment_hash(container_id, ifname));
-    format!("lxc{}", &hex[..11])
-}
+use weir_agent_api::names::attachment_hash;
+pub use weir_agent_api::names::host_ifname;
 
 /// The name the pod side has between creation and its move into the pod:
 /// unique among concurrently running plugins (the pid is) and unlikely to meet
@@ -50,6 +32,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_agent_api::names::fnv1a64;
 
     #[test]
     fn fnv_matches_reference_vectors() {

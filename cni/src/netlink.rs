@@ -35,6 +35,10 @@ pub enum NodeError {
     /// The path is not a network namespace (not on nsfs).
     #[error("{path} is not a network namespace")]
     NotANetns { path: String },
+    /// The "pod" namespace is the node's own: wiring it would replace the
+    /// node's default route.
+    #[error("{path} is the node's own network namespace, not a pod's")]
+    NodeNetns { path: String },
     /// `setns` into the pod's namespace failed.
     #[error("entering netns {path}: {source}")]
     Setns {
@@ -122,7 +126,14 @@ impl Node for Netlink {
     type Netns = Netns;
 
     fn open_netns(&self, path: &str) -> Result<Option<Netns>, NodeError> {
-        let file = match File::open(path) {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        // O_NONBLOCK: a FIFO (or anything else that blocks on open) at the
+        // path must not hang the plugin; nsfs does not care.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(path);
+        let file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -132,11 +143,22 @@ impl Node for Netlink {
                 });
             }
         };
+        let same_as_ours = |file: &File| -> std::io::Result<bool> {
+            let (theirs, ours) = (file.metadata()?, std::fs::metadata("/proc/thread-self/ns/net")?);
+            Ok(theirs.dev() == ours.dev() && theirs.ino() == ours.ino())
+        };
         match fstatfs(&file) {
-            Ok(st) if st.filesystem_type() == NSFS_MAGIC => Ok(Some(Netns {
-                file,
-                path: path.to_owned(),
-            })),
+            Ok(st) if st.filesystem_type() == NSFS_MAGIC => match same_as_ours(&file) {
+                Ok(false) => Ok(Some(Netns {
+                    file,
+                    path: path.to_owned(),
+                })),
+                Ok(true) => Err(NodeError::NodeNetns { path: path.to_owned() }),
+                Err(source) => Err(NodeError::OpenNetns {
+                    path: path.to_owned(),
+                    source,
+                }),
+            },
             Ok(_) => Err(NodeError::NotANetns { path: path.to_owned() }),
             Err(e) => Err(NodeError::OpenNetns {
                 path: path.to_owned(),

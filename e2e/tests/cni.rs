@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use weir_agent_api::{Request, Response};
-use weir_e2e::{NetNs, Node, Pod, PodSpec, in_netns, require_root, run_cni};
+use weir_e2e::{CniOutput, NetNs, Node, Pod, PodSpec, in_netns, require_root, run_cni};
 
 fn endpoint_counters(node: &Node) -> Vec<(String, u64, u64)> {
     match node.client().call(Request::EndpointList).expect("endpoint_list") {
@@ -277,4 +277,104 @@ fn cni_without_any_agent_socket_dir_still_answers_json() {
     );
     assert_eq!(out.code(), Some(11), "{out:?}");
     assert!(out.stderr.len() < 4096, "logs stay short");
+}
+
+/// Runs the plugin on a thread and fails the test (instead of hanging CI)
+/// if it does not answer within `limit`.
+fn cni_within(node: &Node, command: &str, spec: &PodSpec, conf: &str, limit: std::time::Duration) -> CniOutput {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let what = command.to_owned();
+    let (ns, command, spec, conf) = (
+        NetNs::existing(&node.ns.name),
+        command.to_owned(),
+        spec.clone(),
+        conf.to_owned(),
+    );
+    std::thread::spawn(move || {
+        let _ = tx.send(run_cni(&ns, &command, &spec, &conf));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("weir-cni {what} did not answer within {limit:?}"))
+}
+
+#[test]
+fn the_plugin_never_hangs_and_never_wires_the_node_itself() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start("10.67.0.0/30"); // two usable addresses
+    let conf = node.netconf("1.1.0");
+    let limit = std::time::Duration::from_secs(15);
+
+    // CNI_NETNS at a FIFO: opening one blocks until a writer comes.
+    let dir = std::env::temp_dir().join(format!("weir-cni-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("netns");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut spec = Pod::new("demo", "fifo").spec;
+    spec.netns = fifo.to_string_lossy().into_owned();
+    let out = cni_within(&node, "ADD", &spec, &conf, limit);
+    assert_eq!(out.code(), Some(4), "not a network namespace: {out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // CNI_NETNS naming the node's own namespace: refused, its routes kept.
+    let routes = node.ns.exec_ok("ip", &["route"]);
+    let mut spec = Pod::new("demo", "self").spec;
+    spec.netns = node.ns.path();
+    let out = cni_within(&node, "ADD", &spec, &conf, limit);
+    assert_eq!(out.code(), Some(4), "the node's own netns: {out:?}");
+    assert_eq!(
+        node.ns.exec_ok("ip", &["route"]),
+        routes,
+        "the node's routes are untouched"
+    );
+
+    // A full pod CIDR: STATUS says the plugin cannot serve ADDs.
+    assert!(
+        cni_within(&node, "STATUS", &spec, &conf, limit).ok(),
+        "room left: ready"
+    );
+    let _a = node.add_pod("demo", "a");
+    let _b = node.add_pod("demo", "b");
+    let out = cni_within(&node, "STATUS", &spec, &conf, limit);
+    assert_eq!(out.code(), Some(50), "no address left: {out:?}");
+}
+
+#[test]
+fn the_agent_wires_only_a_pods_veth() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::start("10.68.0.0/24");
+    // Both ends of this veth are in the node's own netns.
+    node.ns.exec_ok(
+        "ip",
+        &["link", "add", "lxcboth0", "type", "veth", "peer", "name", "lxcboth1"],
+    );
+    for host in ["lo", "lxcboth0"] {
+        let req = weir_agent_api::EndpointAdd {
+            container_id: format!("c-{host}"),
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/whatever".into(),
+            host_ifname: host.into(),
+            pod_mac: "02:00:00:00:00:aa".into(),
+            pod: weir_agent_api::PodRef {
+                namespace: "demo".into(),
+                name: host.into(),
+                uid: String::new(),
+            },
+        };
+        match node.client().call(Request::EndpointAdd(req)) {
+            Err(weir_agent_api::ClientError::Api(e)) => {
+                assert_eq!(e.code, weir_agent_api::ErrorCode::BadRequest, "{host}: {e:?}")
+            }
+            other => panic!("{host} must be refused: {other:?}"),
+        }
+    }
+    // The node's loopback still works: nothing was attached to it.
+    node.ns.exec_ok("ping", &["-c", "1", "-W", "1", "127.0.0.1"]);
+    match node.client().call(Request::Status).unwrap() {
+        Response::Status(s) => assert_eq!(s.endpoints, 0, "no address was handed out"),
+        other => panic!("{other:?}"),
+    }
 }
