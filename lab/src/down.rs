@@ -37,7 +37,7 @@ pub fn down(lab: &Lab) -> Result<()> {
     bail!("{} error(s) while tearing down", errors.len())
 }
 
-/// Stop and remove everything `state` records (and any `<lab>-*` netns),
+/// Stop and remove everything `state` records, and nothing it does not,
 /// then the lab dir's contents. Returns every error; never stops early.
 pub fn teardown(dir: &LabDir, state: Option<&LabState>) -> Vec<String> {
     let mut errors = Vec::new();
@@ -51,10 +51,11 @@ pub fn teardown(dir: &LabDir, state: Option<&LabState>) -> Vec<String> {
             .collect();
         errors.extend(procs::stop_all(&procs, Duration::from_secs(3)));
 
-        let prefix = format!("{}-", state.name);
+        // Only what the lab recorded as its own (it records a namespace
+        // before creating it): a name that merely shares the lab's prefix
+        // may be another lab's (`demo` and `demo-x`) or an operator's.
         let mut names: Vec<String> = state.pods.values().map(|p| p.netns.clone()).collect();
         names.extend(state.netns.iter().rev().cloned());
-        names.extend(netns::list().into_iter().filter(|n| n.starts_with(&prefix)));
         let mut seen = std::collections::BTreeSet::new();
         for name in names {
             if seen.insert(name.clone())

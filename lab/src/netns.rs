@@ -73,17 +73,6 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
     }
 }
 
-/// Every named netns on the host.
-pub fn list() -> Vec<String> {
-    std::fs::read_dir(NETNS_DIR)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A command that runs `program args..` inside the named netns (`ip netns exec`,
 /// which execs in place, so the child's pid is the program's pid).
 pub fn command(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -135,6 +135,35 @@ fn invalid_topology_creates_nothing() {
     assert!(!lab.dir.join("lab.json").exists());
 }
 
+#[test]
+fn down_removes_only_what_the_lab_made() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new("own");
+    let topo = lab.file(
+        "topo.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n",
+            lab.name
+        ),
+    );
+    lab.ok(&["up", &topo]);
+    // Another lab's or an operator's namespace that merely shares the prefix.
+    let other = weir_test_support::netns::NetNs::new(&format!("{}-x", lab.name));
+    lab.ok(&["down"]);
+    assert!(
+        Path::new("/var/run/netns").join(&other.name).exists(),
+        "down deleted {}, which the lab never made",
+        other.name
+    );
+    assert_eq!(
+        lab.leftover_netns(),
+        std::slice::from_ref(&other.name),
+        "everything of the lab's own is gone"
+    );
+}
+
 /// Two nodes on the lab segment: pods on different nodes reach each other
 /// over TCP, UDP and ICMP, in both routing modes; node ↔ pod works too.
 fn two_nodes(routing: &str) {
