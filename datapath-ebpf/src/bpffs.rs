@@ -23,6 +23,52 @@ pub enum BpffsError {
         #[source]
         source: std::io::Error,
     },
+    /// A pin directory someone else could change: whoever may write a
+    /// directory on bpffs may unpin the maps in it.
+    #[error("{path} is owned by uid {uid} with mode {mode:o}: refusing to keep pins where others may remove them")]
+    NotPrivate { path: String, uid: u32, mode: u32 },
+}
+
+/// Makes `dir` (on bpffs) a directory only this user may change: missing
+/// components are created with mode 0700; an existing one below the mount
+/// point that another user owns, or that others may write, is refused
+/// (bpffs is world-writable with the sticky bit at its root on many
+/// machines, so anyone could create the agent's directory first).
+pub fn ensure_private_dir(dir: &Path) -> Result<(), BpffsError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| BpffsError::Io { path, source }
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let mut at = std::path::PathBuf::new();
+    for part in dir.components() {
+        at.push(part);
+        // Checked from the first component inside bpffs on: the mount
+        // point itself (and what is above it) is the system's.
+        if !at.parent().is_some_and(is_bpffs) {
+            continue;
+        }
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) => {
+                let mode = m.permissions().mode() & 0o7777;
+                if !m.is_dir() || m.uid() != me || mode & 0o022 != 0 {
+                    return Err(BpffsError::NotPrivate {
+                        path: at.display().to_string(),
+                        uid: m.uid(),
+                        mode,
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&at).map_err(io(&at))?;
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o700)).map_err(io(&at))?;
+            }
+            Err(e) => return Err(io(&at)(e)),
+        }
+    }
+    // Not on bpffs at all: the pins will say so; the directory is there.
+    std::fs::create_dir_all(dir).map_err(io(dir))
 }
 
 /// Mounts bpffs at `mount_point` (normally `/sys/fs/bpf`) unless it already

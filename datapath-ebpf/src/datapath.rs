@@ -161,6 +161,9 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    /// The pin directory is not this agent's alone.
+    #[error(transparent)]
+    PinDir(#[from] crate::BpffsError),
     /// Pinning or unpinning under bpffs failed.
     #[error("pinning {path}: {source}")]
     Pin {
@@ -239,10 +242,7 @@ impl Datapath {
         }
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &links_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| DatapathError::Pin {
-                path: dir.to_owned(),
-                source,
-            })?;
+            crate::bpffs::ensure_private_dir(dir)?;
         }
         // A pin that no longer fits what the objects declare is replaced,
         // never reused (pins.rs).

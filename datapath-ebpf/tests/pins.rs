@@ -109,3 +109,44 @@ fn pins_of_an_older_layout_are_replaced_and_matching_ones_kept() {
     assert!(dp.replaced_pins().is_empty(), "{:?}", dp.replaced_pins());
     assert!(dp.retired_pins().is_empty(), "{:?}", dp.retired_pins());
 }
+
+#[test]
+fn a_pin_directory_others_could_change_is_refused_and_a_new_one_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root() {
+        return;
+    }
+    weir_datapath::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("bpffs");
+    let root = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/weir-test/private-{}",
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&root.0);
+
+    // Made first by another user (uid 1001), as a world-writable bpffs allows.
+    let theirs = root.0.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(1001)), None).unwrap();
+    let err = Datapath::load(&theirs)
+        .err()
+        .expect("another user's directory must be refused");
+    assert!(err.to_string().contains("uid 1001"), "{err}");
+
+    // Ours, but writable by others.
+    let open = root.0.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(
+        Datapath::load(&open).is_err(),
+        "a group/world-writable directory must be refused"
+    );
+
+    // A new one is created for this user alone.
+    let fresh = root.0.join("fresh").join("node");
+    let dp = Datapath::load(&fresh).expect("loading into a new directory");
+    for dir in [fresh.parent().unwrap(), &fresh, &fresh.join("links")] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    drop(dp);
+}
