@@ -43,8 +43,11 @@ step "pod to pod across nodes, and to the external host (masqueraded to the node
 "$weir" lab probe svc-demo/client web-1:80/tcp
 "$weir" lab probe svc-demo/client external:8080/tcp
 
-step "weir lab status   (per-endpoint counters from per-CPU BPF maps, drops by reason)"
+step "weir lab status   (per-endpoint counters from per-CPU BPF maps, drops by reason, identities)"
 "$weir" lab status
+
+step "identities: one number per label set, the same on every node (weir lab get weiridentities)"
+"$weir" lab get weiridentities -o json | awk -F'"' '/"name"/ {id=$4} /"app"/ {print "  identity " id ": app=" $4}'
 
 step "scale web to 1 replica: terminating endpoints drain, the service keeps answering"
 "$weir" lab scale deployment/web --replicas 1 -n svc-demo

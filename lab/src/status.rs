@@ -175,7 +175,7 @@ fn print_table(doc: &Value) {
             s(&v["endpoints"]),
         );
     }
-    println!("\nENDPOINT                  NODE            IP             IN pkts/bytes      OUT pkts/bytes");
+    println!("\nENDPOINT                  NODE            IP             IDENTITY  IN pkts/bytes      OUT pkts/bytes");
     for n in doc["nodes"].as_array().into_iter().flatten() {
         for e in n["endpoints"].as_array().into_iter().flatten() {
             let c = &e["counters"];
@@ -183,9 +183,10 @@ fn print_table(doc: &Value) {
             let ingress = format!("{}/{}", s(&c["ingress"]["packets"]), s(&c["ingress"]["bytes"]));
             let egress = format!("{}/{}", s(&c["egress"]["packets"]), s(&c["egress"]["bytes"]));
             println!(
-                "{pod:<25} {:<15} {:<14} {ingress:<18} {egress}",
+                "{pod:<25} {:<15} {:<14} {:<9} {ingress:<18} {egress}",
                 s(&n["name"]),
-                s(&e["ipv4"])
+                s(&e["ipv4"]),
+                s(&e["identity"])
             );
         }
     }
@@ -193,7 +194,7 @@ fn print_table(doc: &Value) {
 
 pub fn get(lab: &Lab, kind: &str, name: Option<&str>, namespace: Option<&str>, output: Output) -> Result<()> {
     let kind = Kind::parse(kind).with_context(|| {
-        format!("unknown kind {kind:?} (pod, deployment, service, namespace, node, endpointslice, networkpolicy)")
+        format!("unknown kind {kind:?} (pod, deployment, service, namespace, node, endpointslice, networkpolicy, weiridentity)")
     })?;
     lab.dir.require()?;
     let store = Store::new(lab.dir.manifests());
