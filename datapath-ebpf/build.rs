@@ -18,6 +18,8 @@ fn main() -> anyhow_free::Result {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let clang = std::env::var("WEIR_CLANG").unwrap_or_else(|_| "clang-19".into());
     println!("cargo:rerun-if-env-changed=WEIR_CLANG");
+    let strip = std::env::var("WEIR_LLVM_STRIP").unwrap_or_else(|_| "llvm-strip-19".into());
+    println!("cargo:rerun-if-env-changed=WEIR_LLVM_STRIP");
 
     for entry in std::fs::read_dir(bpf_dir.join("lib"))? {
         println!("cargo:rerun-if-changed={}", entry?.path().display());
@@ -37,6 +39,18 @@ fn main() -> anyhow_free::Result {
             .map_err(|e| format!("running {clang} (install clang-19: see README): {e}"))?;
         if !status.success() {
             return Err(format!("{clang} failed to compile {}", src.display()).into());
+        }
+        // DWARF is for debuggers; aya needs only BTF (and .BTF.ext for the
+        // verifier's line info), which `-g` stripping keeps. The objects
+        // are embedded in every binary that loads them and parsed at load:
+        // a third of their size, and of the agent's memory for them.
+        let status = Command::new(&strip)
+            .arg("-g")
+            .arg(&obj)
+            .status()
+            .map_err(|e| format!("running {strip} (install llvm-19: see README): {e}"))?;
+        if !status.success() {
+            return Err(format!("{strip} failed on {}", obj.display()).into());
         }
     }
     generate_abi(&bpf_dir.join("lib").join("abi.h"), &out.join("abi_gen.rs"))

@@ -32,12 +32,19 @@ pub fn report(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// An interface of the agent's netns, as the endpoint manager needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interface {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    /// A pod's host side: a veth whose peer is in another network namespace.
+    pub pod_veth: bool,
+}
+
 /// What the endpoint manager needs from the kernel.
 pub trait Dataplane: Send {
-    /// ifindex and MAC of an interface in the agent's netns, or None if absent.
-    fn interface(&self, name: &str) -> Option<(u32, [u8; 6])>;
-    /// Is the interface a pod's: a veth whose peer is in another netns?
-    fn is_pod_veth(&self, ifindex: u32) -> bool;
+    /// An interface in the agent's netns, or None if absent.
+    fn interface(&self, name: &str) -> Option<Interface>;
     /// Programs the endpoint map and attaches the programs to `iface`.
     /// `fresh` is false when re-adopting an interface after a restart.
     fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), DataplaneError>;
@@ -63,23 +70,12 @@ pub struct Kernel {
 }
 
 impl Dataplane for Kernel {
-    fn interface(&self, name: &str) -> Option<(u32, [u8; 6])> {
-        let ifindex = nix::net::if_::if_nametoindex(name).ok()?;
-        let mac = nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
-            (a.interface_name == name)
-                .then(|| a.address.and_then(|s| s.as_link_addr().and_then(|l| l.addr())))
-                .flatten()
-        })?;
-        Some((ifindex, mac))
-    }
-
-    fn is_pod_veth(&self, ifindex: u32) -> bool {
-        self.runtime
-            .block_on(self.netdev.is_pod_veth(ifindex))
-            .unwrap_or_else(|e| {
-                tracing::warn!(ifindex, error = %e, "checking the pod interface");
-                false
-            })
+    fn interface(&self, name: &str) -> Option<Interface> {
+        // One netlink request (getifaddrs would dump every link and address).
+        self.runtime.block_on(self.netdev.link_facts(name)).unwrap_or_else(|e| {
+            tracing::warn!(iface = name, error = %e, "looking up the interface");
+            None
+        })
     }
 
     fn wire(&mut self, iface: &str, ip: Ipv4Addr, info: EpInfo, fresh: bool) -> Result<(), DataplaneError> {

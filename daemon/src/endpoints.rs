@@ -10,7 +10,7 @@ use weir_datapath::abi::EpInfo;
 use weir_model::IdentityKey;
 
 use crate::cluster::ClusterState;
-use crate::dataplane::{Dataplane, report};
+use crate::dataplane::{Dataplane, Interface, report};
 use crate::ipam;
 use crate::store::{self, State, Store};
 
@@ -82,7 +82,9 @@ impl<D: Dataplane> Endpoints<D> {
         let mut gone = Vec::new();
         for (key, ep) in &mut self.state.endpoints {
             match self.dataplane.interface(&ep.host_ifname) {
-                Some((ifindex, host_mac)) => {
+                Some(Interface {
+                    ifindex, mac: host_mac, ..
+                }) => {
                     ep.host_ifindex = ifindex;
                     ep.host_mac = format_mac(host_mac);
                     let info = ep_info(ep, host_mac);
@@ -130,15 +132,16 @@ impl<D: Dataplane> Endpoints<D> {
                 format!("pod_mac {:?} is not a MAC address", req.pod_mac),
             )
         })?;
-        let (ifindex, host_mac) = self.dataplane.interface(&req.host_ifname).ok_or_else(|| {
+        let iface = self.dataplane.interface(&req.host_ifname).ok_or_else(|| {
             err(
                 ErrorCode::NotFound,
                 format!("interface {} does not exist on this node", req.host_ifname),
             )
         })?;
+        let (ifindex, host_mac) = (iface.ifindex, iface.mac);
         // Pod programs on the node's loopback or uplink would blackhole the
         // node: only a pod's host veth (its peer in another netns) is one.
-        if !self.dataplane.is_pod_veth(ifindex) {
+        if !iface.pod_veth {
             return Err(err(
                 ErrorCode::BadRequest,
                 format!(
@@ -388,8 +391,12 @@ mod tests {
     }
 
     impl Dataplane for Fake {
-        fn interface(&self, name: &str) -> Option<(u32, [u8; 6])> {
-            self.ifaces.get(name).map(|i| (*i, [2, 0, 0, 0, 0, *i as u8]))
+        fn interface(&self, name: &str) -> Option<Interface> {
+            self.ifaces.get(name).map(|i| Interface {
+                ifindex: *i,
+                mac: [2, 0, 0, 0, 0, *i as u8],
+                pod_veth: !self.not_veth.contains(i),
+            })
         }
         fn wire(&mut self, iface: &str, ip: Ipv4Addr, _: EpInfo, _: bool) -> Result<(), DataplaneError> {
             if self.fail_wire {
@@ -401,10 +408,6 @@ mod tests {
         fn update(&mut self, ip: Ipv4Addr, info: EpInfo) -> Result<(), DataplaneError> {
             self.identities.insert(ip, info.identity);
             Ok(())
-        }
-
-        fn is_pod_veth(&self, ifindex: u32) -> bool {
-            !self.not_veth.contains(&ifindex)
         }
 
         fn unwire(&mut self, iface: &str, _: Ipv4Addr, _: u32) -> Result<(), DataplaneError> {

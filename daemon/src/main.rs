@@ -24,8 +24,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
 
+    // The blocking work (map and netlink syscalls of the API and the
+    // controllers) is short; more threads for it would only cost memory:
+    // each one that starts keeps a stack and a malloc arena resident.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(2)
         .enable_all()
         .build();
     let result = runtime

@@ -89,27 +89,47 @@ impl Netdev {
         }))
     }
 
-    /// Is the link a veth whose peer lives in another network namespace
-    /// (a pod's host side)? Not loopback, not the uplink, not a veth with
-    /// both ends here.
-    pub async fn is_pod_veth(&self, index: u32) -> Result<bool, NetdevError> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let link = links
-            .try_next()
-            .await
-            .map_err(req(format!("looking up link {index}")))?
-            .ok_or_else(|| NetdevError::NoLink(index.to_string()))?;
-        let veth = link.attributes.iter().any(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos
-                .iter()
-                .any(|i| matches!(i, LinkInfo::Kind(k) if k.to_string() == "veth")),
-            _ => false,
-        });
-        let peer_elsewhere = link
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
-        Ok(veth && peer_elsewhere)
+    /// An interface by name in one request: its index, MAC, and whether
+    /// it is a pod's host side (a veth whose peer lives in another network
+    /// namespace; not loopback, not the uplink, not a veth with both ends
+    /// here). `None` when there is no such interface.
+    pub async fn link_facts(&self, name: &str) -> Result<Option<crate::dataplane::Interface>, NetdevError> {
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        let link = match links.try_next().await {
+            Ok(Some(link)) => link,
+            Ok(None) => return Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => return Ok(None),
+            Err(source) => {
+                return Err(NetdevError::Request {
+                    what: format!("looking up {name}"),
+                    source,
+                });
+            }
+        };
+        let mut facts = crate::dataplane::Interface {
+            ifindex: link.header.index,
+            mac: [0; 6],
+            pod_veth: false,
+        };
+        let (mut veth, mut peer_elsewhere) = (false, false);
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Address(m) => {
+                    if let Ok(mac) = m.as_slice().try_into() {
+                        facts.mac = mac;
+                    }
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    veth |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(k) if k.to_string() == "veth"));
+                }
+                LinkAttribute::LinkNetNsId(_) => peer_elsewhere = true,
+                _ => {}
+            }
+        }
+        facts.pod_veth = veth && peer_elsewhere;
+        Ok(Some(facts))
     }
 
     pub async fn ipv4_of(&self, index: u32) -> Result<Option<Ipv4Addr>, NetdevError> {
