@@ -14,6 +14,7 @@ use super::cni::{self, Invocation};
 use super::deployments::{self, ScalePlan};
 use super::ipalloc::{self, Allocations, Ranges};
 use super::manifests::{self, Kind, Object, Store};
+use super::signals::Interrupt;
 use super::state::{LabState, PodState, Proc};
 use super::topology::Topology;
 use super::{Lab, controller, identities, netns, procs, serve};
@@ -26,10 +27,12 @@ struct Pending {
 }
 
 pub fn apply(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
+    // Signals first: no other thread may exist yet.
+    let interrupt = Interrupt::catch().context("blocking SIGINT/SIGTERM")?;
     let objects = manifests::parse_documents(text)?;
     let _lock = lab.dir.lock()?;
     let mut state = lab.dir.require()?;
-    apply_objects(lab, &mut state, objects, grace)
+    apply_objects(lab, &mut state, objects, grace, &interrupt)
 }
 
 /// `weir lab scale deployment/NAME --replicas N`: re-apply the stored Deployment with a new count.
@@ -38,6 +41,7 @@ pub fn scale(lab: &Lab, target: &str, namespace: &str, replicas: i32, grace: Dur
         Some((kind, name)) if Kind::parse(kind) == Some(Kind::Deployment) => name,
         _ => bail!("scale: expected deployment/NAME, got {target:?}"),
     };
+    let interrupt = Interrupt::catch().context("blocking SIGINT/SIGTERM")?;
     let _lock = lab.dir.lock()?;
     let mut state = lab.dir.require()?;
     let store = Store::new(lab.dir.manifests());
@@ -45,10 +49,20 @@ pub fn scale(lab: &Lab, target: &str, namespace: &str, replicas: i32, grace: Dur
         bail!("deployment {namespace}/{name} not found");
     };
     d.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
-    apply_objects(lab, &mut state, vec![Object::Deployment(d)], grace)
+    apply_objects(lab, &mut state, vec![Object::Deployment(d)], grace, &interrupt)
 }
 
-fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: Duration) -> Result<()> {
+/// Applies `objects`. Interrupted (Ctrl-C, SIGTERM), it makes no more pods
+/// and takes back the ones this apply made, so no pod is left half-made
+/// (recorded without an address); CNI children in the terminal's process
+/// group are interrupted too, and their pods rolled back like failed ADDs.
+fn apply_objects(
+    lab: &Lab,
+    state: &mut LabState,
+    objects: Vec<Object>,
+    grace: Duration,
+    interrupt: &Interrupt,
+) -> Result<()> {
     let store = Store::new(lab.dir.manifests());
     let cni_bin = lab.binary("weir-cni")?;
     let mut failures = Vec::new();
@@ -140,9 +154,21 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
     }
     let mut pending = Vec::new();
     for pod in new_pods {
+        if interrupt.check().is_err() {
+            break;
+        }
         match prepare(lab, state, &store, &cni_bin, pod, &node_order, &mut per_node) {
             Ok(p) => pending.push(p),
             Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+
+    // Interrupted while making sandboxes: none of them gets wired.
+    if interrupt.check().is_err() {
+        for p in pending.drain(..) {
+            for e in delete_pod(lab, state, &store, &p.key) {
+                eprintln!("pod/{}: rolling back: {e}", p.key);
+            }
         }
     }
 
@@ -154,6 +180,7 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
         failures.push(format!("identities: {e:#}"));
     }
 
+    let mut created = Vec::new();
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = pending.iter().map(|p| s.spawn(|| cni::add(&p.inv))).collect();
         handles
@@ -181,6 +208,7 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
             Ok(ip) => {
                 let node = state.pods.get(&p.key).map(|ps| ps.node.as_str()).unwrap_or_default();
                 println!("pod/{} created on {node}: {ip}", p.key);
+                created.push(p.key.clone());
             }
             Err(e) => {
                 failures.push(format!("pod/{}: {e:#}", p.key));
@@ -191,6 +219,23 @@ fn apply_objects(lab: &Lab, state: &mut LabState, objects: Vec<Object>, grace: D
         }
     }
 
+    if interrupt.check().is_err() {
+        let made: Vec<String> = created
+            .iter()
+            .filter(|k| state.pods.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in &made {
+            for e in delete_pod(lab, state, &store, key) {
+                eprintln!("pod/{key}: rolling back: {e}");
+            }
+        }
+        failures.extend(run_controllers(&store, &namespaces, &deployments));
+        for f in &failures {
+            eprintln!("apply: {f}");
+        }
+        bail!("interrupted: rolled back the {} pod(s) this apply made", made.len());
+    }
     failures.extend(run_controllers(&store, &namespaces, &deployments));
     if failures.is_empty() {
         return Ok(());

@@ -229,3 +229,71 @@ fn two_nodes_native_routing() {
 fn two_nodes_vxlan_overlay() {
     two_nodes("vxlan");
 }
+
+#[test]
+fn an_interrupted_apply_leaves_no_pod_half_made() {
+    use std::os::unix::process::CommandExt;
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new("int");
+    let topo = lab.file(
+        "topo.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n",
+            lab.name
+        ),
+    );
+    lab.ok(&["up", &topo]);
+    let pods: String = (0..40)
+        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: default}}\nspec: {{containers: []}}\n---\n"))
+        .collect();
+    let file = lab.file("many.yaml", &pods);
+    // As a terminal's Ctrl-C: SIGINT to the whole process group (the lab
+    // and the CNI plugins it runs), once the apply has recorded a pod.
+    let mut apply = lab.command(&["apply", &file]);
+    let mut child = apply.process_group(0).spawn().expect("starting apply");
+    let state_file = lab.dir.join("lab.json");
+    let pods_in_state = || -> Vec<(String, serde_json::Value)> {
+        std::fs::read_to_string(&state_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pods"].as_object().cloned())
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pods_in_state().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "apply never recorded a pod");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).expect("SIGINT to the group");
+    let status = child.wait().expect("waiting for apply");
+    assert!(!status.success(), "an interrupted apply reports it");
+
+    let half: Vec<String> = pods_in_state()
+        .into_iter()
+        .filter(|(_, p)| p["ip"].is_null())
+        .map(|(k, _)| k)
+        .collect();
+    assert!(half.is_empty(), "pods recorded without an address: {half:?}");
+    // No netns of a pod the lab no longer records.
+    let recorded: Vec<String> = pods_in_state()
+        .into_iter()
+        .filter_map(|(_, p)| p["netns"].as_str().map(str::to_owned))
+        .collect();
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let lab_own: Vec<String> = state["netns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    let stray: Vec<String> = lab
+        .leftover_netns()
+        .into_iter()
+        .filter(|n| !recorded.contains(n) && !lab_own.contains(n))
+        .collect();
+    assert!(stray.is_empty(), "namespaces of pods the lab forgot: {stray:?}");
+}
