@@ -157,7 +157,10 @@ fn load_and_count() -> Vec<(String, u32)> {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/sizes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&pin_dir);
     weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-    let dp = Datapath::load(&pin_dir).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+    let dp = Datapath::load(&pin_dir).unwrap_or_else(|e| {
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        panic!("loading datapath: {e:?}")
+    });
     let mut out = Vec::new();
     for kind in ProgramKind::ALL {
         let info = dp.program(kind).info().expect("program info");

@@ -40,7 +40,12 @@ impl Loaded {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/weir-test/{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
         weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-        let dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| panic!("loading datapath: {e:?}"));
+        // A load that fails (the verifier refused a program) must not leave
+        // the pins it made so far behind.
+        let dp = Datapath::load_with(&pin_dir, options).unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            panic!("loading datapath: {e:?}")
+        });
         Self { dp, pin_dir }
     }
 
