@@ -49,22 +49,24 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), BpffsError> {
         if !at.parent().is_some_and(is_bpffs) {
             continue;
         }
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) => {
-                let mode = m.permissions().mode() & 0o7777;
-                if !m.is_dir() || m.uid() != me || mode & 0o022 != 0 {
-                    return Err(BpffsError::NotPrivate {
-                        path: at.display().to_string(),
-                        uid: m.uid(),
-                        mode,
-                    });
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&at).map_err(io(&at))?;
+        // Create it if missing; one that exists (or that another agent or
+        // test made at the same moment: EEXIST) is checked instead.
+        match std::fs::create_dir(&at) {
+            Ok(()) => {
                 std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o700)).map_err(io(&at))?;
+                continue;
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(&at)(e)),
+        }
+        let m = std::fs::symlink_metadata(&at).map_err(io(&at))?;
+        let mode = m.permissions().mode() & 0o7777;
+        if !m.is_dir() || m.uid() != me || mode & 0o022 != 0 {
+            return Err(BpffsError::NotPrivate {
+                path: at.display().to_string(),
+                uid: m.uid(),
+                mode,
+            });
         }
     }
     // Not on bpffs at all: the pins will say so; the directory is there.

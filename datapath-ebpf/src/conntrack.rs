@@ -23,6 +23,8 @@ pub use crate::abi::{
 
 /// The map's name, as declared in `bpf/lib/conntrack.h`.
 pub const MAP: &str = "weir_ct4";
+/// What the agent released per endpoint (the datapath's fairness bound).
+pub const RELEASED_MAP: &str = "weir_ep_ct_released";
 
 /// Entries per batch syscall: 512 keeps the buffers at 28 KiB (the agent's
 /// resident memory) while a full table of 262,144 entries is still only 512
@@ -98,16 +100,19 @@ pub enum CtError {
     Missing,
 }
 
-/// The conntrack table of one node's datapath.
+/// The conntrack table of one node's datapath, with the per-endpoint
+/// count of what userspace removed from it (its one writer).
 pub struct Conntrack {
     map: HashMap<MapData, CtKey, CtEntry>,
+    released: HashMap<MapData, u32, u64>,
 }
 
 impl Conntrack {
     /// The map a loaded [`crate::Datapath`] hands over: the agent's way.
-    pub fn from_map(map: Map) -> Result<Self, CtError> {
+    pub fn from_map(map: Map, released: Map) -> Result<Self, CtError> {
         Ok(Self {
             map: HashMap::try_from(map).map_err(CtError::Map)?,
+            released: HashMap::try_from(released).map_err(CtError::Map)?,
         })
     }
 
@@ -120,7 +125,13 @@ impl Conntrack {
             source,
         })?;
         let map = HashMap::try_from(Map::HashMap(data)).map_err(|source| CtError::Open { path, source })?;
-        Ok(Self { map })
+        let path = pin_dir.join(RELEASED_MAP);
+        let data = MapData::from_pin(&path).map_err(|source| CtError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let released = HashMap::try_from(Map::HashMap(data)).map_err(|source| CtError::Open { path, source })?;
+        Ok(Self { map, released })
     }
 
     /// Every entry, both directions, read in batches. Entries the datapath
@@ -163,25 +174,41 @@ impl Conntrack {
         Ok(self.len()? == 0)
     }
 
-    /// Deletes `keys` in batches; a key that is gone already (the datapath
-    /// replaced a connection meanwhile) is skipped. Returns how many went.
-    pub fn remove(&mut self, keys: &[CtKey]) -> Result<usize, CtError> {
+    /// Deletes entries (key and the endpoint each is charged to) in
+    /// batches; a key that is gone already (the datapath replaced a
+    /// connection meanwhile, and counted that itself) is skipped. What goes
+    /// is released from its endpoint's share. Returns how many went.
+    pub fn remove(&mut self, doomed: &[(CtKey, u32)]) -> Result<usize, CtError> {
         let fd = self.map.map().fd().as_fd();
-        let (mut rest, mut removed) = (keys, 0);
-        while !rest.is_empty() {
-            let chunk = &rest[..rest.len().min(BATCH)];
+        let keys: Vec<CtKey> = doomed.iter().map(|(k, _)| *k).collect();
+        let mut gone = vec![false; keys.len()];
+        let (mut at, mut removed) = (0, 0);
+        while at < keys.len() {
+            let chunk = &keys[at..keys.len().min(at + BATCH)];
             match crate::abi::delete_batch(fd, chunk) {
                 (n, None) => {
+                    gone[at..at + n].fill(true);
                     removed += n;
-                    rest = &rest[n..];
+                    at += n;
                 }
                 // The kernel stops at the first key that failed: skip it.
                 (n, Some(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    gone[at..at + n].fill(true);
                     removed += n;
-                    rest = &rest[n + 1..];
+                    at += n + 1;
                 }
                 (_, Some(source)) => return Err(CtError::Batch { op: "delete", source }),
             }
+        }
+        let mut per_owner: StdHashMap<u32, u64> = StdHashMap::new();
+        for ((_, owner), _) in doomed.iter().zip(&gone).filter(|(_, g)| **g) {
+            if *owner != 0 {
+                *per_owner.entry(*owner).or_default() += 1;
+            }
+        }
+        for (owner, n) in per_owner {
+            let before = self.released.get(&owner, 0).unwrap_or(0);
+            self.released.insert(owner, before + n, 0).map_err(CtError::Map)?;
         }
         Ok(removed)
     }
@@ -190,7 +217,10 @@ impl Conntrack {
     /// [`crate::lb::monotonic_now_ns`]); returns how many entries went.
     pub fn gc(&mut self, now_ns: u64) -> Result<usize, CtError> {
         let entries: StdHashMap<CtKey, CtEntry> = self.entries()?.into_iter().collect();
-        let doomed = expired(&entries, now_ns);
+        let doomed: Vec<(CtKey, u32)> = expired(&entries, now_ns)
+            .into_iter()
+            .map(|k| (k, entries[&k].owner))
+            .collect();
         self.remove(&doomed)?;
         Ok(doomed.len())
     }

@@ -200,6 +200,9 @@ pub struct LoadOptions {
     /// Node ports for masqueraded flows, instead of
     /// [`crate::snat::PORT_RANGE`] (tests narrow it to exhaust it).
     pub snat_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Conntrack entries one endpoint may hold (`weir_ct_endpoint_max`;
+    /// default an eighth of the table). Tests narrow it.
+    pub ct_endpoint_max: Option<u32>,
 }
 
 /// The loaded datapath of one node.
@@ -263,6 +266,9 @@ impl Datapath {
             loader.default_map_pin_directory(pin_dir);
             for (name, size) in &options.max_entries {
                 loader.map_max_entries(name, *size);
+            }
+            if let Some(max) = &options.ct_endpoint_max {
+                loader.override_global("weir_ct_endpoint_max", max, false);
             }
             if let Some(ports) = &options.snat_ports {
                 // Only bpf_host.o has these: not required to exist.
@@ -659,6 +665,7 @@ impl Datapath {
             take(lb::BACKENDS)?,
             take(lb::MAGLEV)?,
             take(lb::CONNTRACK)?,
+            take(crate::conntrack::RELEASED_MAP)?,
         )
     }
 

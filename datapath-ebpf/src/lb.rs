@@ -309,7 +309,7 @@ pub fn monotonic_now_ns() -> u64 {
 impl ServiceMaps {
     /// The maps a loaded [`crate::Datapath`] hands over
     /// ([`crate::Datapath::take_service_maps`]): the agent's way.
-    pub fn from_maps(services: Map, backends: Map, maglev: Map, conntrack: Map) -> Result<Self> {
+    pub fn from_maps(services: Map, backends: Map, maglev: Map, conntrack: Map, released: Map) -> Result<Self> {
         let hash = |name: &'static str, m: Map| -> Result<MapData> {
             match m {
                 Map::HashMap(data) => Ok(data),
@@ -320,7 +320,7 @@ impl ServiceMaps {
             hash(maps::SERVICES, services)?,
             hash(maps::BACKENDS, backends)?,
             hash(maps::MAGLEV, maglev)?,
-            Conntrack::from_map(conntrack)?,
+            Conntrack::from_map(conntrack, released)?,
         )
     }
 
@@ -563,7 +563,12 @@ impl ServiceMaps {
     /// still serves them; one that is gone answers nothing, and the client's
     /// next SYN on a closed entry picks anew). Returns how many entries went.
     pub fn flush_conntrack(&mut self, service_id: u32, backends: &BTreeSet<(Ipv4Addr, u16)>) -> Result<usize> {
-        let doomed = connections_to(&self.conntrack()?, service_id, backends);
+        let all = self.conntrack()?;
+        let owners: std::collections::HashMap<CtKey, u32> = all.iter().map(|(k, e)| (*k, e.owner)).collect();
+        let doomed: Vec<(CtKey, u32)> = connections_to(&all, service_id, backends)
+            .into_iter()
+            .map(|k| (k, owners.get(&k).copied().unwrap_or(0)))
+            .collect();
         Ok(self.conntrack.remove(&doomed)?)
     }
 

@@ -152,7 +152,7 @@ fn service_and_conntrack_abi_matches_c_structs_in_btf() {
             flags,
             state,
             pad,
-            pad2
+            owner
         ]
     );
     let (size, members) = structs.get("weir_lb_maglev").expect("weir_lb_maglev in BTF");
@@ -182,7 +182,7 @@ fn host_abi_matches_c_structs_in_btf() {
             flags,
             state,
             pad,
-            pad2
+            owner
         ]
     );
     assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);

@@ -290,3 +290,83 @@ fn gc_collects_thousands_of_connections_in_batches() {
     assert_eq!(fx.ct.gc(monotonic_now_ns() + 61_000_000_000).unwrap(), 10_000);
     assert!(fx.ct.is_empty().unwrap());
 }
+
+#[test]
+fn one_pod_cannot_take_more_than_its_share_of_the_table() {
+    if !require_root() {
+        return;
+    }
+    let options = LoadOptions {
+        ct_endpoint_max: Some(4), // two connections each
+        ..Default::default()
+    };
+    let mut fx = Fixture::new("share", &options);
+    let spec = ServiceSpec {
+        backends: vec![Backend {
+            ip: REMOTE_POD,
+            port: 8080,
+            terminating: false,
+        }],
+        ..Default::default()
+    };
+    let vip = Ipv4Addr::new(10, 96, 9, 9);
+    fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
+
+    // Pod A fills its share: two service connections.
+    for p in [40000, 40001] {
+        let f = flow(POD_A, p, vip, 80, TCP);
+        assert_eq!(fx.tc(ProgramKind::FromPod, &f.packet(SYN)).0, TC_ACT_OK, "port {p}");
+    }
+    let third = flow(POD_A, 40002, vip, 80, TCP);
+    assert_eq!(fx.tc(ProgramKind::FromPod, &third.packet(SYN)).0, support::TC_ACT_SHOT);
+    assert_eq!(fx.drops(weir_datapath::drop::DropReason::CtEndpointLimit), 1);
+    // A plain connection over the share still flows, untracked.
+    let plain = flow(POD_A, 40003, POD_B, 80, TCP);
+    assert_eq!(fx.tc(ProgramKind::FromPod, &plain.packet(SYN)).0, TC_ACT_REDIRECT);
+    assert_eq!(fx.entries().len(), 4);
+
+    // Pod B has a share of its own.
+    fx.place(POD_B, LO_IFINDEX, 2);
+    fx.place(POD_A, OTHER_IFINDEX, 1);
+    let b = flow(POD_B, 41000, vip, 80, TCP);
+    assert_eq!(
+        fx.tc(ProgramKind::FromPod, &b.packet(SYN)).0,
+        TC_ACT_OK,
+        "another pod is not refused"
+    );
+    assert_eq!(fx.entries().len(), 6);
+
+    // A's connections expire and the GC releases them: A may connect again.
+    assert_eq!(fx.ct.gc(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap(), 6);
+    fx.place(POD_A, LO_IFINDEX, 1);
+    fx.place(POD_B, OTHER_IFINDEX, 2);
+    assert_eq!(fx.tc(ProgramKind::FromPod, &third.packet(SYN)).0, TC_ACT_OK, "released");
+}
+
+#[test]
+fn a_flooding_pod_is_held_to_its_default_share() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("flood", &LoadOptions::default());
+    // 20,000 new UDP flows from A (40,000 entries' worth), as fast as the
+    // datapath takes them.
+    let start = std::time::Instant::now();
+    for i in 0..20_000u32 {
+        let f = flow(POD_A, 10_000 + (i % 50_000) as u16, POD_B, 1 + (i / 50_000) as u16, UDP);
+        fx.tc(ProgramKind::FromPod, &f.packet(0));
+    }
+    let flood = start.elapsed();
+    let share = weir_datapath::conntrack::CT_MAX_ENTRIES as usize / 8;
+    assert_eq!(fx.entries().len(), share, "A holds exactly its share");
+    // B still gets its connections tracked (and, through a service, made).
+    fx.place(POD_B, LO_IFINDEX, 2);
+    fx.place(POD_A, OTHER_IFINDEX, 1);
+    let b = flow(POD_B, 30000, POD_A, 80, TCP);
+    assert_eq!(fx.tc(ProgramKind::FromPod, &b.packet(SYN)).0, TC_ACT_REDIRECT);
+    assert_eq!(fx.entries().len(), share + 2, "B's connection is tracked");
+    eprintln!(
+        "flood of 20000 flows in {flood:?}: A holds {share} of {} entries, B unaffected",
+        weir_datapath::conntrack::CT_MAX_ENTRIES
+    );
+}

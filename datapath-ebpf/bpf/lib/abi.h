@@ -146,6 +146,7 @@ enum weir_drop_reason {
 	WEIR_DROP_NAT_NO_PORT = 12,       /* no free SNAT port towards that backend */
 	WEIR_DROP_MISSED_TAIL_CALL = 13,  /* the next stage's program is not loaded */
 	WEIR_DROP_FRAG_NOT_FOUND = 14,    /* a later fragment whose first one was not seen (or made no connection) */
+	WEIR_DROP_CT_ENDPOINT_LIMIT = 15, /* the endpoint holds its share of the conntrack table */
 	WEIR_DROP_REASON_MAX = 64,
 };
 
@@ -182,7 +183,20 @@ struct weir_ct_entry {
 	__u8 flags;
 	__u8 state;
 	__u16 pad;
-	__u32 pad2;
+	__u32 owner; /* the local endpoint the entry is charged to, 0 for none */
+};
+
+/* Fairness: each local endpoint may hold at most weir_ct_endpoint_max
+ * conntrack entries (both directions count), so one pod cannot fill the
+ * node's table and deny every other pod new connections. The datapath
+ * counts what it creates (and the few entries it deletes itself); the
+ * agent, the only writer of weir_ep_ct_released, counts what its GC and
+ * flushes delete. Charged = created - dp_released - released. */
+#define WEIR_CT_ENDPOINT_MAX_DEFAULT (WEIR_CT_MAX_ENTRIES / 8)
+
+struct weir_ep_ct_count {
+	__u64 created;
+	__u64 dp_released;
 };
 
 /* weir_ct_entry.flags. No flag but REVERSE: a plain pod connection. */

@@ -86,6 +86,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_ct4 SEC(".maps");
 
+/* Per endpoint: what the datapath charged and released (abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct weir_ep_ct_count);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ep_ct SEC(".maps");
+
+/* Per endpoint: what the agent's GC and flushes released. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ep_ct_released SEC(".maps");
+
+/* The share of one endpoint (the loader may narrow it: tests do). */
+volatile const __u32 weir_ct_endpoint_max = WEIR_CT_ENDPOINT_MAX_DEFAULT;
+
 /* Datagram -> its ports, from the first fragment (abi.h). LRU: a lost
  * record only costs that datagram its later fragments, dropped and
  * counted as WEIR_DROP_FRAG_NOT_FOUND; a full table must not stop
@@ -215,6 +238,47 @@ static __always_inline void ct_new_pair(const struct weir_ct_key *key, const str
 	rev->expires_ns = fwd->expires_ns;
 }
 
+/* May `owner` be charged `n` more entries? Owner 0 (no local endpoint:
+ * a NodePort connection to a remote backend) is the node's, unbounded. */
+static __always_inline int ct_charge_ok(__u32 owner, __u32 n)
+{
+	struct weir_ep_ct_count *c;
+	__u64 *released, charged;
+
+	if (!owner)
+		return 1;
+	c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
+	if (!c)
+		return 1;
+	released = bpf_map_lookup_elem(&weir_ep_ct_released, &owner);
+	charged = c->created - c->dp_released - (released ? *released : 0);
+	/* Unsigned wrap (counters replaced on an upgrade): nothing charged. */
+	if (charged > WEIR_CT_MAX_ENTRIES)
+		charged = 0;
+	return charged + n <= weir_ct_endpoint_max;
+}
+
+/* `owner` now holds `n` more entries (n may be negative: entries the
+ * datapath removed itself). */
+static __always_inline void ct_charge(__u32 owner, __s64 n)
+{
+	struct weir_ep_ct_count zero = {}, *c;
+
+	if (!owner || !n)
+		return;
+	c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
+	if (!c) {
+		bpf_map_update_elem(&weir_ep_ct, &owner, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
+		if (!c)
+			return;
+	}
+	if (n > 0)
+		__sync_fetch_and_add(&c->created, (__u64)n);
+	else
+		__sync_fetch_and_add(&c->dp_released, (__u64)-n);
+}
+
 /* Does a socket of the node already own this reply tuple, i.e. would the
  * stack take a packet rkey as its own? (TC and XDP both have the helpers.) */
 static __always_inline int ct_node_socket(void *ctx, const struct weir_ct_key *rkey)
@@ -253,13 +317,18 @@ static __always_inline int ct_claim_port(void *ctx, struct weir_ct_key *rkey, __
 	__u32 i;
 	int err;
 
+	/* The pair this claim starts: its endpoint must have room for both. */
+	if (!ct_charge_ok(rev->owner, 2))
+		return -WEIR_DROP_CT_ENDPOINT_LIMIT;
 	for (i = 0; i < WEIR_CT_CLAIM_TRIES; i++) {
 		*port = bpf_htons(min + bpf_get_prandom_u32() % span);
 		if (skip_sockets && ct_node_socket(ctx, rkey))
 			continue; /* as if another connection held it */
 		err = bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_NOEXIST);
-		if (!err)
+		if (!err) {
+			ct_charge(rev->owner, 1);
 			return 0;
+		}
 		/* A full table will not empty itself by trying again. */
 		if (err != -EEXIST)
 			return -(int)full;
@@ -271,22 +340,34 @@ static __always_inline int ct_claim_port(void *ctx, struct weir_ct_key *rkey, __
  * when `replace`, a reused tuple), then its partner under rkey unless the
  * caller claimed that already (`have_rev`). 0 when inserted, 1 when
  * another CPU created the connection first (the caller follows its entry;
- * a claimed reply key is given back), -1 when the table is full (nothing is
- * left behind). */
+ * a claimed reply key is given back), -1 when the table is full, -2 when
+ * the entries' endpoint holds its share already (nothing is left behind).
+ * What is inserted is charged to fwd->owner. */
 static __always_inline int ct_create(const struct weir_ct_key *key, const struct weir_ct_entry *fwd,
 				     const struct weir_ct_key *rkey, const struct weir_ct_entry *rev, int replace,
 				     int have_rev)
 {
+	int rev_new = 0;
+
+	if (!have_rev && !ct_charge_ok(fwd->owner, replace ? 1 : 2))
+		return -2;
 	if (bpf_map_update_elem(&weir_ct4, key, fwd, replace ? BPF_ANY : BPF_NOEXIST)) {
-		if (have_rev)
+		if (have_rev) {
 			bpf_map_delete_elem(&weir_ct4, rkey);
+			ct_charge(rev->owner, -1);
+		}
 		return bpf_map_lookup_elem(&weir_ct4, key) ? 1 : -1;
 	}
-	if (!have_rev && bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_ANY)) {
-		/* Without its reverse entry the replies would escape untracked. */
-		bpf_map_delete_elem(&weir_ct4, key);
-		return -1;
+	if (!have_rev) {
+		rev_new = !bpf_map_lookup_elem(&weir_ct4, rkey);
+		if (bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_ANY)) {
+			/* Without its reverse entry the replies would escape untracked. */
+			bpf_map_delete_elem(&weir_ct4, key);
+			return -1;
+		}
 	}
+	/* A replaced forward entry was charged when it was made. */
+	ct_charge(fwd->owner, (replace ? 0 : 1) + rev_new);
 	return 0;
 }
 
@@ -297,18 +378,29 @@ static __always_inline int ct_create(const struct weir_ct_key *key, const struct
  * say) and gets no entries of its own: overwriting that reverse entry would
  * cut the known connection off. Best effort: a full table leaves the
  * connection untracked. */
-static __always_inline void ct_create_plain(const struct weir_ct_key *key, __u8 tcp_flags, __u64 now, int replace)
+static __always_inline void ct_create_plain(const struct weir_ct_key *key, __u8 tcp_flags, __u64 now, int replace,
+					    __u32 owner)
 {
 	struct weir_ct_entry fwd = {}, rev = {};
 	struct weir_ct_key rkey = {};
+	int rev_new = 1;
 
 	ct_new_pair(key, key, tcp_flags, now, 0, 0, &fwd, &rkey, &rev);
+	fwd.owner = rev.owner = owner;
 	if (!replace && bpf_map_lookup_elem(&weir_ct4, &rkey))
+		return;
+	/* Over its share the connection goes on untracked, like a full table. */
+	if (!ct_charge_ok(owner, replace ? 1 : 2))
 		return;
 	if (bpf_map_update_elem(&weir_ct4, key, &fwd, replace ? BPF_ANY : BPF_NOEXIST))
 		return;
-	if (bpf_map_update_elem(&weir_ct4, &rkey, &rev, replace ? BPF_ANY : BPF_NOEXIST))
+	if (replace)
+		rev_new = !bpf_map_lookup_elem(&weir_ct4, &rkey);
+	if (bpf_map_update_elem(&weir_ct4, &rkey, &rev, replace ? BPF_ANY : BPF_NOEXIST)) {
 		bpf_map_delete_elem(&weir_ct4, key);
+		return;
+	}
+	ct_charge(owner, (replace ? 0 : 1) + rev_new);
 }
 
 /* Reads the packet's tuple into key: TCP, UDP and SCTP ports, or an ICMP

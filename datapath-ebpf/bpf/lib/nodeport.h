@@ -67,7 +67,8 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	struct weir_lb_backend be = {};
 	struct weir_lb_svc *svc, svc_copy;
 	struct weir_config *cfg;
-	__u32 reason;
+	struct weir_ep_info *local;
+	__u32 reason, owner;
 	int replace = 0, snat, ret;
 
 	if (ct) {
@@ -101,8 +102,10 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	if (reason)
 		return -(int)reason;
 	/* Only a remote backend under policy Cluster needs the replies to come
-	 * back through this node. */
-	snat = !(svc_copy.flags & WEIR_LB_F_LOCAL) && !lookup_ep_v4(be.ip);
+	 * back through this node. A local backend is charged the entries. */
+	local = lookup_ep_v4(be.ip);
+	owner = local ? local->endpoint_id : 0;
+	snat = !(svc_copy.flags & WEIR_LB_F_LOCAL) && !local;
 
 	to.saddr = key->saddr;
 	to.daddr = be.ip;
@@ -116,6 +119,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	}
 	ct_new_pair(key, &to, tcp_flags, now, svc_copy.service_id, WEIR_CT_F_NODEPORT | (snat ? WEIR_CT_F_SNAT : 0),
 		    &fwd, &rkey, &rev);
+	fwd.owner = rev.owner = owner;
 	if (snat) {
 		/* The reverse entry is the port reservation: whoever inserts it
 		 * first owns the port towards this backend. Above the node's
@@ -127,6 +131,8 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 		fwd.xlate_sport = rkey.dport;
 	}
 	ret = ct_create(key, &fwd, &rkey, &rev, replace, snat);
+	if (ret == -2)
+		return -WEIR_DROP_CT_ENDPOINT_LIMIT;
 	if (ret < 0)
 		return -WEIR_DROP_CT_MAP_FULL;
 	if (ret > 0) {

@@ -120,12 +120,16 @@ static __always_inline __u32 snat_new(struct __sk_buff *skb, const struct weir_c
 
 	to.saddr = node_ip;
 	ct_new_pair(key, &to, tcp_flags, now, 0, WEIR_CT_F_MASQ, &fwd, &rkey, &rev);
+	/* Charged to the pod (snat_wanted named it the drop context's endpoint). */
+	fwd.owner = rev.owner = skb->cb[WEIR_CB_ENDPOINT];
 	ret = ct_claim_port(skb, &rkey, &rkey.dport, &rev, min, span, 1, WEIR_DROP_SNAT_PORTS_EXHAUSTED,
 			    WEIR_DROP_SNAT_PORTS_EXHAUSTED);
 	if (ret)
 		return -ret;
 	fwd.xlate_sport = rkey.dport;
 	ret = ct_create(key, &fwd, &rkey, &rev, replace, 1);
+	if (ret == -2)
+		return WEIR_DROP_CT_ENDPOINT_LIMIT;
 	if (ret < 0)
 		return WEIR_DROP_SNAT_PORTS_EXHAUSTED;
 	if (ret > 0) {
@@ -185,8 +189,10 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 			r = bpf_map_lookup_elem(&weir_ct4, &rkey);
 			/* The GC may have collected it and another flow taken the
 			 * port since: only remove a reverse entry that is ours. */
-			if (r && r->xlate_daddr == key.saddr && r->xlate_dport == key.sport)
+			if (r && r->xlate_daddr == key.saddr && r->xlate_dport == key.sport) {
+				ct_charge(r->owner, -1);
 				bpf_map_delete_elem(&weir_ct4, &rkey);
+			}
 			replace = 1;
 		} else {
 			ct_refresh(e, key.proto, l4_flags, now);
