@@ -113,6 +113,10 @@ enum LabCommand {
         /// see what conntrack does with it.
         #[arg(long)]
         source_port: Option<u16>,
+        /// Send a datagram of this many bytes (UDP only, up to 65000); the
+        /// server answers as large, so both ways fragment past the MTU.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=65000))]
+        size: Option<u16>,
     },
     /// Stop everything the lab started and remove everything it created.
     Down,
@@ -225,6 +229,7 @@ pub fn run(args: LabArgs) -> Result<u8> {
             from_external,
             timeout,
             source_port,
+            size,
         } => {
             let (pod, target) = match (from_external, args.as_slice()) {
                 (false, [pod, target]) => (Some(pod.as_str()), target.as_str()),
@@ -232,7 +237,7 @@ pub fn run(args: LabArgs) -> Result<u8> {
                 (false, _) => bail!("usage: weir lab probe POD TARGET"),
                 (true, _) => bail!("usage: weir lab probe --from-external TARGET"),
             };
-            probe_cmd(&lab, pod, target, timeout, source_port)
+            probe_cmd(&lab, pod, target, timeout, source_port, size)
         }
         LabCommand::Down => down::down(&lab).map(|()| 0),
         LabCommand::Serve { .. } | LabCommand::SpawnIn { .. } => unreachable!("handled above"),
@@ -288,7 +293,14 @@ fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
 }
 
 /// Probes from a pod, or from the external host when `pod` is `None`.
-fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64, source_port: Option<u16>) -> Result<u8> {
+fn probe_cmd(
+    lab: &Lab,
+    pod: Option<&str>,
+    target: &str,
+    timeout: f64,
+    source_port: Option<u16>,
+    size: Option<u16>,
+) -> Result<u8> {
     let state = lab.dir.require()?;
     let from = pod.map(|p| find_pod(&state, p)).transpose()?;
     let (netns_name, namespace) = match from {
@@ -323,8 +335,8 @@ fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64, source_po
     };
     let outcome = match target {
         probe::Target::Port { host, port, proto } => {
-            if source_port.is_some() && proto != serve::Proto::Udp {
-                bail!("--source-port is for UDP targets only");
+            if (source_port.is_some() || size.is_some()) && proto != serve::Proto::Udp {
+                bail!("--source-port and --size are for UDP targets only");
             }
             probe::port(
                 &netns::path(&netns_name).to_string_lossy(),
@@ -333,6 +345,7 @@ fn probe_cmd(lab: &Lab, pod: Option<&str>, target: &str, timeout: f64, source_po
                 proto,
                 timeout,
                 source_port,
+                size.map(usize::from),
             )
         }
         probe::Target::Icmp { host } => probe::icmp(&netns_name, &resolve(&host)?.to_string(), timeout),

@@ -84,7 +84,8 @@ fn classify(e: &std::io::Error) -> Outcome {
 }
 
 /// TCP or UDP probe from a thread inside the netns at `netns_path`; UDP
-/// from `source_port` when given (0: any).
+/// from `source_port` when given (0: any), a datagram of `size` bytes when
+/// given (the server answers as large: both ways fragment past the MTU).
 pub fn port(
     netns_path: &str,
     ip: IpAddr,
@@ -92,11 +93,12 @@ pub fn port(
     proto: Proto,
     timeout: Duration,
     source_port: Option<u16>,
+    size: Option<usize>,
 ) -> Outcome {
     let addr = SocketAddr::new(ip, port);
     let run = move || match proto {
         Proto::Tcp => tcp(addr, timeout),
-        Proto::Udp => udp(addr, timeout, source_port.unwrap_or(0)),
+        Proto::Udp => udp(addr, timeout, source_port.unwrap_or(0), size.unwrap_or(0)),
     };
     netns::run_in(netns_path, run).unwrap_or_else(|e| Outcome::Failed(e.to_string()))
 }
@@ -127,7 +129,7 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> Outcome {
     Outcome::Connected(first_line(&buf))
 }
 
-fn udp(addr: SocketAddr, timeout: Duration, source_port: u16) -> Outcome {
+fn udp(addr: SocketAddr, timeout: Duration, source_port: u16, size: usize) -> Outcome {
     let any: IpAddr = if addr.is_ipv4() {
         std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
@@ -138,11 +140,16 @@ fn udp(addr: SocketAddr, timeout: Duration, source_port: u16) -> Outcome {
         Ok(s) => s,
         Err(e) => return classify(&e),
     };
-    if let Err(e) = sock.set_read_timeout(Some(timeout)).and_then(|_| sock.send(b"probe\n")) {
+    let mut datagram = b"probe\n".to_vec();
+    datagram.resize(size.max(datagram.len()), b'.');
+    if let Err(e) = sock.set_read_timeout(Some(timeout)).and_then(|_| sock.send(&datagram)) {
         return classify(&e);
     }
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     match sock.recv(&mut buf) {
+        // A large probe must come back as large: a lost fragment loses
+        // the whole answer, a truncated one would hide that.
+        Ok(n) if n < size => Outcome::Failed(format!("answer of {n} bytes to a {size}-byte datagram")),
         Ok(n) => Outcome::Connected(first_line(&buf[..n])),
         Err(e) => classify(&e),
     }

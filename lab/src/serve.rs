@@ -154,12 +154,19 @@ fn serve_tcp(listener: TcpListener, reply: Reply) {
     }
 }
 
+/// Answers every datagram; one larger than the answer gets an answer as
+/// large (padded after its first line), so big datagrams both ways (what a
+/// large DNS answer is) can be tried.
 fn serve_udp(sock: UdpSocket, reply: Reply) {
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     loop {
         match sock.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                if let Err(e) = sock.send_to(reply.to(peer.ip()).as_bytes(), peer) {
+            Ok((n, peer)) => {
+                let mut answer = reply.to(peer.ip()).into_bytes();
+                if n > answer.len() {
+                    answer.resize(n, b'.');
+                }
+                if let Err(e) = sock.send_to(&answer, peer) {
                     eprintln!("send to {peer}: {e}");
                 }
             }

@@ -468,3 +468,40 @@ fn a_backend_goes_only_once_the_agents_stopped_using_it() {
         "the delete waited for the frozen agent: it took {took:?}"
     );
 }
+
+/// Large UDP datagrams (fragmented both ways past the pods' 1500-byte
+/// MTU), as a large DNS answer would be: through a ClusterIP to backends
+/// on both nodes, and masqueraded to the host outside the cluster.
+#[test]
+fn fragmented_udp_through_a_service_and_masquerade_arrives_both_ways() {
+    if !privileged() {
+        return;
+    }
+    let lab = demo_lab("fr");
+    let vip = cluster_ip(&lab, "svc-demo/web");
+    let target = format!("{vip}:53/udp");
+    wait_for(&lab, "svc-demo/client", &target, serving);
+    for size in ["3000", "8000"] {
+        let mut answered = BTreeSet::new();
+        for _ in 0..15 {
+            let out = lab.cmd(&["probe", "svc-demo/client", &target, "--size", size, "--timeout", "2"]);
+            let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            assert!(out.status.success(), "{size} bytes to {target}: {}", show(&out));
+            answered.insert(said);
+        }
+        assert!(
+            answered.len() >= 2,
+            "{size} bytes: backends on both nodes answer: {answered:?}"
+        );
+        let out = lab.cmd(&[
+            "probe",
+            "svc-demo/client",
+            "external:5353/udp",
+            "--size",
+            size,
+            "--timeout",
+            "2",
+        ]);
+        assert!(out.status.success(), "{size} bytes masqueraded: {}", show(&out));
+    }
+}
