@@ -38,18 +38,7 @@ struct Fixture {
     svc: ServiceMaps,
 }
 
-impl std::ops::Deref for Fixture {
-    type Target = Loaded;
-    fn deref(&self) -> &Loaded {
-        &self.t
-    }
-}
-
-impl std::ops::DerefMut for Fixture {
-    fn deref_mut(&mut self) -> &mut Loaded {
-        &mut self.t
-    }
-}
+support::derefs_to_loaded!(Fixture);
 
 impl Fixture {
     fn new(test: &str, options: &LoadOptions) -> Self {

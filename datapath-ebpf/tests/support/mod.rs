@@ -97,6 +97,28 @@ impl Loaded {
     }
 }
 
+/// A test file's `Fixture` with a `t: Loaded` field reads as a `Loaded`
+/// (`fx.dp`, `fx.tc(..)`, `fx.drops(..)`).
+#[allow(unused_macros, reason = "not every test file has a fixture of its own")]
+macro_rules! derefs_to_loaded {
+    ($fixture:ty) => {
+        impl std::ops::Deref for $fixture {
+            type Target = support::Loaded;
+            fn deref(&self) -> &support::Loaded {
+                &self.t
+            }
+        }
+
+        impl std::ops::DerefMut for $fixture {
+            fn deref_mut(&mut self) -> &mut support::Loaded {
+                &mut self.t
+            }
+        }
+    };
+}
+#[allow(unused_imports, reason = "not every test file has a fixture of its own")]
+pub(crate) use derefs_to_loaded;
+
 impl Drop for Loaded {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
