@@ -38,7 +38,7 @@ static __always_inline __u32 ipv4_parse(struct __ctx_buff *ctx, struct ipv4_meta
 	void *data = ctx_data(ctx);
 	void *data_end = ctx_data_end(ctx);
 	struct iphdr *ip = data + ETH_HLEN;
-	__u32 ihl_len;
+	__u32 ihl_len, len;
 
 	if ((void *)(ip + 1) > data_end)
 		return WEIR_DROP_MALFORMED_IPV4;
@@ -51,8 +51,10 @@ static __always_inline __u32 ipv4_parse(struct __ctx_buff *ctx, struct ipv4_meta
 	if (bpf_ntohs(ip->tot_len) < ihl_len)
 		return WEIR_DROP_MALFORMED_IPV4;
 	/* A header that claims more than the frame carries (padding after the
-	 * datagram is fine): what follows it cannot be trusted. */
-	if (ETH_HLEN + bpf_ntohs(ip->tot_len) > ctx_len(ctx))
+	 * datagram is fine): what follows it cannot be trusted. The length is
+	 * read once (a helper call in XDP). */
+	len = ctx_len(ctx);
+	if (ETH_HLEN + bpf_ntohs(ip->tot_len) > len)
 		return WEIR_DROP_MALFORMED_IPV4;
 
 	meta->saddr = ip->saddr;
@@ -84,7 +86,7 @@ static __always_inline __u32 ipv4_parse(struct __ctx_buff *ctx, struct ipv4_meta
 		}
 		/* The whole length, not data_end: the L4 header may sit in
 		 * paged data (or a later XDP buffer). */
-		if (need && meta->l4_off + need > ctx_len(ctx))
+		if (need && meta->l4_off + need > len)
 			return WEIR_DROP_TRUNCATED_L4;
 	}
 	return WEIR_DROP_NONE;
