@@ -9,7 +9,10 @@ use object::{Object, ObjectSection};
 use weir_datapath::abi::{Config, EpInfo, EpKey, Route, RouteKey, Traffic, TrafficKey};
 
 /// name → (size, [(member, byte offset)]) for every struct in the BTF.
-fn btf_structs(obj: &[u8]) -> HashMap<String, (u32, Vec<(String, u32)>)> {
+/// Struct name -> (size, [(member, byte offset)]) from an object's BTF.
+type Structs = HashMap<String, (u32, Vec<(String, u32)>)>;
+
+fn btf_structs(obj: &[u8]) -> Structs {
     let file = object::File::parse(obj).expect("embedded object is ELF");
     let btf = file.section_by_name(".BTF").expect("object has .BTF (compile with -g)");
     let data = btf.data().expect(".BTF readable");
@@ -116,8 +119,7 @@ fn rust_abi_matches_c_structs_in_btf() {
 #[test]
 fn service_and_conntrack_abi_matches_c_structs_in_btf() {
     use weir_datapath::lb::{
-        AffinityKey, AffinityValue, BackendKey, BackendValue, CtEntry, CtKey, MAGLEV_M, MaglevTable, ServiceKey,
-        ServiceValue,
+        AffinityKey, AffinityValue, BackendKey, BackendValue, MAGLEV_M, MaglevTable, ServiceKey, ServiceValue,
     };
     let structs = btf_structs(weir_datapath::BPF_LXC);
     assert_layout!(structs, "weir_lb_svc_key", ServiceKey, [vip, dport, proto, pad]);
@@ -136,37 +138,17 @@ fn service_and_conntrack_abi_matches_c_structs_in_btf() {
         AffinityValue,
         [slot, backend_ip, last_used_ns]
     );
-    assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
-    assert_layout!(
-        structs,
-        "weir_ct_entry",
-        CtEntry,
-        [
-            expires_ns,
-            packets,
-            xlate_saddr,
-            xlate_daddr,
-            xlate_sport,
-            xlate_dport,
-            service_id,
-            flags,
-            state,
-            pad,
-            owner
-        ]
-    );
+    conntrack_layout(&structs);
     let (size, members) = structs.get("weir_lb_maglev").expect("weir_lb_maglev in BTF");
     assert_eq!(*size as usize, size_of::<MaglevTable>());
     assert_eq!(members, &vec![("slots".to_string(), 0)]);
     assert_eq!(size_of::<MaglevTable>(), MAGLEV_M * 4);
 }
 
-#[test]
-fn host_abi_matches_c_structs_in_btf() {
+/// The conntrack key and entry, as one object's BTF has them.
+fn conntrack_layout(structs: &Structs) {
     use weir_datapath::conntrack::{CtEntry, CtKey};
-    // bpf_host.o declares the conntrack table too (masquerade, NodePort):
-    // its idea of the layout must be the same one.
-    let structs = btf_structs(weir_datapath::BPF_HOST);
+    assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
     assert_layout!(
         structs,
         "weir_ct_entry",
@@ -185,7 +167,14 @@ fn host_abi_matches_c_structs_in_btf() {
             owner
         ]
     );
-    assert_layout!(structs, "weir_ct_key", CtKey, [saddr, daddr, sport, dport, proto, pad]);
+}
+
+#[test]
+fn host_abi_matches_c_structs_in_btf() {
+    // bpf_host.o declares the conntrack table too (masquerade, NodePort):
+    // its idea of the layout must be the same one.
+    let structs = btf_structs(weir_datapath::BPF_HOST);
+    conntrack_layout(&structs);
     assert_layout!(
         structs,
         "weir_config",

@@ -34,12 +34,8 @@ spec:
 
 const POD_B: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: t}\nspec: {containers: []}\n";
 
-#[test]
-fn one_node_two_pods_talk_then_delete_and_down() {
-    if !privileged() {
-        return;
-    }
-    let lab = Lab::new("a");
+/// `weir lab up` with one node, n1, pod CIDR 10.244.1.0/24.
+fn up_one_node(lab: &Lab) {
     let topo = lab.file(
         "topo.yaml",
         &format!(
@@ -48,6 +44,15 @@ fn one_node_two_pods_talk_then_delete_and_down() {
         ),
     );
     lab.ok(&["up", &topo]);
+}
+
+#[test]
+fn one_node_two_pods_talk_then_delete_and_down() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new("a");
+    up_one_node(&lab);
     let pods = lab.file("pods.yaml", PODS);
     lab.ok(&["apply", &pods]);
 
@@ -141,14 +146,7 @@ fn down_removes_only_what_the_lab_made() {
         return;
     }
     let lab = Lab::new("own");
-    let topo = lab.file(
-        "topo.yaml",
-        &format!(
-            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n",
-            lab.name
-        ),
-    );
-    lab.ok(&["up", &topo]);
+    up_one_node(&lab);
     // Another lab's or an operator's namespace that merely shares the prefix.
     let other = weir_test_support::netns::NetNs::new(&format!("{}-x", lab.name));
     lab.ok(&["down"]);
@@ -237,14 +235,7 @@ fn an_interrupted_apply_leaves_no_pod_half_made() {
         return;
     }
     let lab = Lab::new("int");
-    let topo = lab.file(
-        "topo.yaml",
-        &format!(
-            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodes:\n  - name: n1\n    podCIDR: 10.244.1.0/24\n",
-            lab.name
-        ),
-    );
-    lab.ok(&["up", &topo]);
+    up_one_node(&lab);
     let pods: String = (0..40)
         .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: default}}\nspec: {{containers: []}}\n---\n"))
         .collect();
