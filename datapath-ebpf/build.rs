@@ -67,6 +67,7 @@ fn generate_abi(header: &Path, out: &Path) -> anyhow_free::Result {
         .allowlist_type("weir_.*")
         .allowlist_var("WEIR_.*")
         .rustified_enum("weir_drop_reason")
+        .rustified_enum("weir_event_kind")
         .use_core()
         .derive_default(true)
         .derive_eq(true)

@@ -57,6 +57,7 @@ int from_pod(struct __sk_buff *skb)
 	if (!src || src->ifindex != skb->ifindex)
 		return drop_packet(skb, WEIR_DROP_INVALID_SOURCE);
 	obs_endpoint(skb, src, WEIR_DIR_EGRESS);
+	flow_trace(skb, src, WEIR_DIR_EGRESS);
 	count_traffic(src->endpoint_id, WEIR_DIR_EGRESS, skb->len);
 	return tail_call_stage(skb, WEIR_CALL_FROM_POD_CT);
 }

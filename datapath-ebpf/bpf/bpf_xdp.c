@@ -39,7 +39,6 @@ SEC("xdp.frags")
 int from_netdev_xdp(struct xdp_md *ctx)
 {
 	struct weir_ct_key key = {}, to = {};
-	struct weir_drop_ctx dctx = { .obs = WEIR_OBS_XDP | (WEIR_DIR_UNKNOWN << 8) };
 	struct weir_ct_entry *seen;
 	struct ipv4_meta meta = {};
 	__u8 l4_flags = 0;
@@ -66,7 +65,7 @@ int from_netdev_xdp(struct xdp_md *ctx)
 	if (ret == 0)
 		return XDP_PASS;
 	if (ret < 0)
-		return xdp_drop(&dctx, -ret, ctx_len(ctx));
+		return xdp_drop(ctx, -ret);
 
 	if (!lookup_ep_v4(to.daddr)) {
 		struct bpf_fib_lookup fib = {};
@@ -91,11 +90,11 @@ int from_netdev_xdp(struct xdp_md *ctx)
 			return XDP_PASS; /* untouched: from_netdev follows the new entries */
 		if (nat_rewrite4(ctx, &meta, &key, to.saddr, to.daddr, to.sport, to.dport) ||
 		    ipv4_dec_ttl(ctx, meta.ttl) || eth_rewrite(ctx, fib.dmac, fib.smac))
-			return xdp_drop(&dctx, WEIR_DROP_REWRITE_FAILED, ctx_len(ctx));
+			return xdp_drop(ctx, WEIR_DROP_REWRITE_FAILED);
 		return XDP_TX;
 	}
 	if (nat_rewrite4(ctx, &meta, &key, to.saddr, to.daddr, to.sport, to.dport))
-		return xdp_drop(&dctx, WEIR_DROP_REWRITE_FAILED, ctx_len(ctx));
+		return xdp_drop(ctx, WEIR_DROP_REWRITE_FAILED);
 	return XDP_PASS;
 }
 

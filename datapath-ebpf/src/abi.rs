@@ -78,6 +78,10 @@ pub type IpCacheEntry = sys::weir_ipcache_entry;
 
 pub type CtKey = sys::weir_ct_key;
 pub type CtEntry = sys::weir_ct_entry;
+/// `struct weir_event`: one record of the flow-event ring buffer.
+pub type RawEvent = sys::weir_event;
+pub const EVENT_VERSION: u8 = u8_of(sys::WEIR_EVENT_VERSION);
+pub const EP_F_TRACE: u32 = sys::WEIR_EP_F_TRACE;
 pub type ServiceKey = sys::weir_lb_svc_key;
 pub type ServiceValue = sys::weir_lb_svc;
 pub type BackendKey = sys::weir_lb_backend_key;
@@ -202,6 +206,8 @@ unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CtEntry {}
 // SAFETY: as above.
+unsafe impl aya::Pod for RawEvent {}
+// SAFETY: as above.
 unsafe impl aya::Pod for ServiceKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ServiceValue {}
@@ -213,6 +219,31 @@ unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for AffinityKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for AffinityValue {}
+
+impl RawEvent {
+    /// The record in `bytes` (a ring buffer sample: no alignment promised),
+    /// `None` when it is not exactly one record long. Version and kind are
+    /// the caller's to check.
+    pub fn read(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the slice holds exactly size_of::<RawEvent>() bytes, and
+        // RawEvent is plain integers with explicit padding (the Pod argument
+        // above), so any bytes are a valid value; read_unaligned copes with
+        // the ring buffer's 8-byte (not 8-byte-of-the-struct) alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The record's bytes as the datapath writes them (tests and the
+    /// benchmark feed these to the agent's decoder).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `self` is a live RawEvent of size_of::<RawEvent>() bytes,
+        // all initialised (integers and explicit padding, no holes: see the
+        // Pod argument above); the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+}
 
 // --- batched map operations -------------------------------------------------
 

@@ -203,6 +203,11 @@ pub struct LoadOptions {
     /// Conntrack entries one endpoint may hold (`weir_ct_endpoint_max`;
     /// default an eighth of the table). Tests narrow it.
     pub ct_endpoint_max: Option<u32>,
+    /// No flow events at all (`weir_flow_events` 0): the benchmark's
+    /// recording-off baseline. Counters and conntrack are unchanged.
+    pub no_flow_events: bool,
+    /// How often a live connection reports its counters (default 10 s).
+    pub flow_report_interval: Option<std::time::Duration>,
 }
 
 /// The loaded datapath of one node.
@@ -260,6 +265,9 @@ impl Datapath {
             let path = pin_dir.join(name);
             std::fs::remove_file(&path).map_err(|source| DatapathError::Pin { path, source })?;
         }
+        let report_ns = options
+            .flow_report_interval
+            .map(|every| u64::try_from(every.as_nanos()).unwrap_or(u64::MAX));
         // The first load creates and pins the maps, the second reuses them.
         let loader = || {
             let mut loader = EbpfLoader::new();
@@ -269,6 +277,12 @@ impl Datapath {
             }
             if let Some(max) = &options.ct_endpoint_max {
                 loader.override_global("weir_ct_endpoint_max", max, false);
+            }
+            if options.no_flow_events {
+                loader.override_global("weir_flow_events", &0u32, true);
+            }
+            if let Some(ns) = &report_ns {
+                loader.override_global("weir_flow_report_ns", ns, true);
             }
             if let Some(ports) = &options.snat_ports {
                 // Only bpf_host.o has these: not required to exist.
@@ -636,6 +650,15 @@ impl Datapath {
             .take_map(maps::IPCACHE)
             .ok_or(DatapathError::Missing(maps::IPCACHE))?;
         crate::ipcache::IpCache::from_map(map)
+    }
+
+    /// Hands the flow-event ring buffer and its loss counters to their one
+    /// reader (the agent's flow pipeline).
+    pub fn take_events(&mut self) -> Result<crate::events::EventSource> {
+        use crate::events::{LOST_MAP, MAP};
+        let ring = self.ebpf.take_map(MAP).ok_or(DatapathError::Missing(MAP))?;
+        let lost = self.ebpf.take_map(LOST_MAP).ok_or(DatapathError::Missing(LOST_MAP))?;
+        crate::events::EventSource::from_maps(ring, lost).map_err(|source| DatapathError::Map { map: MAP, source })
     }
 
     /// Hands the node-route maps to their one owner (the routing

@@ -7,6 +7,7 @@ mod bpffs;
 pub mod conntrack;
 mod datapath;
 pub mod drop;
+pub mod events;
 pub mod ipcache;
 pub mod lb;
 pub mod pins;

@@ -156,6 +156,9 @@ fn conntrack_layout(structs: &Structs) {
         [
             expires_ns,
             packets,
+            bytes,
+            created_ns,
+            report_ns,
             xlate_saddr,
             xlate_daddr,
             xlate_sport,
@@ -163,10 +166,52 @@ fn conntrack_layout(structs: &Structs) {
             service_id,
             flags,
             state,
+            seen,
             pad,
             owner
         ]
     );
+}
+
+/// The flow event, as every object that writes it has it.
+#[test]
+fn event_abi_matches_c_structs_in_btf() {
+    use weir_datapath::abi::RawEvent;
+    for obj in [weir_datapath::BPF_LXC, weir_datapath::BPF_HOST, weir_datapath::BPF_XDP] {
+        let structs = btf_structs(obj);
+        assert_layout!(
+            structs,
+            "weir_event",
+            RawEvent,
+            [
+                version,
+                kind,
+                obs,
+                direction,
+                tcp_flags,
+                ct_flags,
+                ct_state,
+                pad,
+                size,
+                pad2,
+                drop_reason,
+                ts_ns,
+                endpoint_id,
+                src_identity,
+                dst_identity,
+                service_id,
+                ifindex,
+                len,
+                tuple,
+                xlate,
+                packets,
+                bytes,
+                rev_packets,
+                rev_bytes,
+                handshake_ns
+            ]
+        );
+    }
 }
 
 #[test]
@@ -212,6 +257,8 @@ fn map_names_userspace_uses_exist_in_the_objects() {
         weir_datapath::lb::maps::AFFINITY,
         weir_datapath::lb::maps::CONNTRACK,
         weir_datapath::conntrack::MAP,
+        weir_datapath::events::MAP,
+        weir_datapath::events::LOST_MAP,
     ];
     for name in used {
         assert!(

@@ -24,6 +24,7 @@ struct weir_ep_key {
 #define WEIR_MAX_ENDPOINTS 16384
 
 #define WEIR_EP_F_NONE 0
+#define WEIR_EP_F_TRACE 0x1 /* every packet in or out is a trace event (flow.h) */
 
 struct weir_ep_info {
 	__u32 ifindex;      /* host side of the pod's veth */
@@ -38,8 +39,8 @@ struct weir_ep_info {
 #define WEIR_DIR_EGRESS 1  /* out of the pod */
 #define WEIR_DIR_UNKNOWN 2 /* no local pod known (yet) for the packet */
 
-/* Observation points: the program that saw a packet (drops and, later,
- * flow events name it). 0 is "none recorded". */
+/* Observation points: the program that saw a packet (drops and flow
+ * events name it). 0 is "none recorded". */
 #define WEIR_OBS_FROM_POD 1
 #define WEIR_OBS_TO_POD 2
 #define WEIR_OBS_FROM_NETDEV 3
@@ -57,7 +58,7 @@ struct weir_ep_info {
 
 /* Tail calls: the slots of weir_calls (calls.h). Programs that are only
  * ever tail-called, each named for what it does. */
-#define WEIR_CALL_DROP_NOTIFY 0 /* every drop ends here: accounting (later, the event) */
+#define WEIR_CALL_DROP_NOTIFY 0 /* every drop ends here: accounting and the drop event */
 #define WEIR_CALL_FROM_POD_CT 1 /* from_pod after the source check: conntrack, services, delivery */
 #define WEIR_CALL_POD_REJECT 2  /* the TCP RST / ICMP unreachable for a service without backends */
 #define WEIR_CALLS_MAX 8
@@ -174,7 +175,10 @@ struct weir_ct_key {
  * the xlate tuple gives the key of the other direction's entry. */
 struct weir_ct_entry {
 	__u64 expires_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
-	__u64 packets;
+	__u64 packets;    /* this direction's, and its bytes: */
+	__u64 bytes;
+	__u64 created_ns; /* both entries of a pair share it (handshake latency) */
+	__u64 report_ns;  /* the last flow event of this direction (flow.h) */
 	__be32 xlate_saddr;
 	__be32 xlate_daddr;
 	__be16 xlate_sport;
@@ -182,9 +186,16 @@ struct weir_ct_entry {
 	__u32 service_id; /* the service a translated connection reached, 0 if none */
 	__u8 flags;
 	__u8 state;
-	__u16 pad;
+	__u8 seen;  /* WEIR_CT_SEEN_*: the TCP events this direction reported */
+	__u8 pad;
 	__u32 owner; /* the local endpoint the entry is charged to, 0 for none */
 };
+
+/* weir_ct_entry.seen: each TCP event is reported once per direction. */
+#define WEIR_CT_SEEN_SYN 0x1
+#define WEIR_CT_SEEN_SYNACK 0x2
+#define WEIR_CT_SEEN_FIN 0x4
+#define WEIR_CT_SEEN_RST 0x8
 
 /* Fairness: each local endpoint may hold at most weir_ct_endpoint_max
  * conntrack entries (both directions count), so one pod cannot fill the
@@ -305,5 +316,56 @@ struct weir_lb_affinity {
 #define WEIR_SNAT_PORT_MIN 32768
 #define WEIR_SNAT_PORT_MAX 60999
 
+
+/* ---- Flow events (flow.h) ---- */
+
+/* One record per event in the weir_events ring buffer. Events come from
+ * the conntrack (a flow starts, a TCP flag is seen for the first time in
+ * a direction, a periodic update, the end), from the one drop helper, and
+ * from traced endpoints (every packet). Userspace checks version and size
+ * before it trusts a record: anything else is counted and skipped. */
+#define WEIR_EVENT_VERSION 1
+#define WEIR_EVENTS_BYTES (4 * 1024 * 1024)
+
+enum weir_event_kind {
+	WEIR_EV_FLOW_START = 1,  /* the first packet of a tracked connection */
+	WEIR_EV_TCP = 2,         /* SYN, SYN-ACK, FIN or RST seen first in this direction */
+	WEIR_EV_FLOW_UPDATE = 3, /* periodic: the counters of a live connection */
+	WEIR_EV_FLOW_END = 4,    /* FIN or RST: the counters at the end */
+	WEIR_EV_DROP = 5,        /* a dropped packet, with its reason */
+	WEIR_EV_TRACE = 6,       /* one packet of a traced endpoint */
+};
+
+struct weir_event {
+	__u8 version;     /* WEIR_EVENT_VERSION */
+	__u8 kind;        /* enum weir_event_kind */
+	__u8 obs;         /* WEIR_OBS_*: the program that saw it */
+	__u8 direction;   /* WEIR_DIR_*, relative to endpoint_id */
+	__u8 tcp_flags;   /* of the packet (TCP), or the ICMP type */
+	__u8 ct_flags;    /* WEIR_CT_F_* of the entry, 0 without one */
+	__u8 ct_state;
+	__u8 pad;
+	__u16 size;       /* sizeof(struct weir_event) */
+	__u16 pad2;
+	__u32 drop_reason; /* enum weir_drop_reason (WEIR_EV_DROP) */
+	__u64 ts_ns;      /* bpf_ktime_get_ns() */
+	__u32 endpoint_id; /* the local endpoint, 0 if none */
+	__u32 src_identity; /* 0 where the datapath did not know it */
+	__u32 dst_identity;
+	__u32 service_id;  /* the service a translated connection reached */
+	__u32 ifindex;     /* the interface the program ran on */
+	__u32 len;         /* the packet's length */
+	/* The packet as the program saw it, and what its connection makes of
+	 * it: for a service, tuple has the VIP (or NodePort) the client dialled
+	 * and xlate the backend (and, with SNAT or masquerade, the node's
+	 * address and port). xlate equals tuple when nothing translates. */
+	struct weir_ct_key tuple;
+	struct weir_ct_key xlate;
+	__u64 packets;      /* this direction's, so far */
+	__u64 bytes;
+	__u64 rev_packets;  /* the other direction's (updates and the end) */
+	__u64 rev_bytes;
+	__u64 handshake_ns; /* SYN to SYN-ACK, on the SYN-ACK event; 0 otherwise */
+};
 
 #endif /* WEIR_ABI_H */

@@ -46,6 +46,7 @@
 #include "common.h"
 #include "abi.h"
 #include "ipv4.h"
+#include "flow.h"
 
 /* Every timeout in one place. Entries are refreshed to now + timeout on each
  * packet; an entry past its deadline is only removed by the agent's GC, and
@@ -182,20 +183,85 @@ static __always_inline int ct_is_reuse(const struct weir_ct_entry *e, __u8 proto
 	       (e->state == WEIR_CT_CLOSING || e->expires_ns < now);
 }
 
+/* The WEIR_CT_SEEN_* bits a TCP packet's flags stand for. */
+static __always_inline __u8 ct_seen_bits(__u8 tcp_flags)
+{
+	__u8 bits = 0;
+
+	if (tcp_flags & WEIR_TCP_SYN)
+		bits |= (tcp_flags & WEIR_TCP_ACK) ? WEIR_CT_SEEN_SYNACK : WEIR_CT_SEEN_SYN;
+	if (tcp_flags & WEIR_TCP_FIN)
+		bits |= WEIR_CT_SEEN_FIN;
+	if (tcp_flags & WEIR_TCP_RST)
+		bits |= WEIR_CT_SEEN_RST;
+	return bits;
+}
+
+/* A connection's event (flow.h): `what` packs the kind, the packet's TCP
+ * flags (<< 8) and the WEIR_CT_SEEN_* bits it set first (<< 16). The other
+ * direction's counters come with an update and the end. Not inlined: the
+ * conntrack reports from several places in one program, and the event's
+ * code (and stack) once is cheaper than at every one of them; written
+ * straight into the ring buffer to keep that stack small, since it adds
+ * to the deepest caller's. */
+static __noinline void ct_report(struct __ctx_buff *ctx, const struct weir_ct_key *key,
+				 const struct weir_ct_entry *e, __u32 what, __u64 now)
+{
+	__u8 kind = what & 0xff, fresh = (what >> 16) & 0xff;
+	struct weir_ct_entry *p;
+	struct weir_event *ev;
+
+	ev = flow_begin(ctx, kind);
+	if (!ev)
+		return;
+	flow_ct_fill(ev, key, e, (what >> 8) & 0xff);
+	/* The answer to the SYN: both entries share created_ns. */
+	if ((fresh & WEIR_CT_SEEN_SYNACK) && (e->flags & WEIR_CT_F_REVERSE))
+		ev->handshake_ns = now - e->created_ns;
+	if (kind == WEIR_EV_FLOW_END || kind == WEIR_EV_FLOW_UPDATE) {
+		/* The partner's key is the xlate tuple swapped: ev->xlate is
+		 * the one struct at hand, so swap it in place and back. */
+		ct_partner_key(e, key->proto, &ev->tuple);
+		p = bpf_map_lookup_elem(&weir_ct4, &ev->tuple);
+		if (p) {
+			ev->rev_packets = p->packets;
+			ev->rev_bytes = p->bytes;
+		}
+		ev->tuple.saddr = key->saddr;
+		ev->tuple.daddr = key->daddr;
+		ev->tuple.sport = key->sport;
+		ev->tuple.dport = key->dport;
+	}
+	bpf_ringbuf_submit(ev, 0);
+}
+
 /* Counts a packet and pushes the deadline out. FIN or RST closes the whole
  * connection: without that the quiet side of a reset connection would keep
  * its entry for the established timeout. Racing CPUs may both write
- * state/expires: either value is a valid outcome, so no lock. */
-static __always_inline void ct_refresh(struct weir_ct_entry *e, __u8 proto, __u8 tcp_flags, __u64 now)
+ * state/expires/seen: either value is a valid outcome (at worst an event
+ * is reported twice), so no lock.
+ *
+ * The flow events of a live connection come from here: the first packet
+ * of the answering direction, the first SYN, SYN-ACK, FIN or RST of each
+ * direction (FIN and RST end the flow, with the counters of both
+ * directions), and otherwise one update every weir_flow_report_ns. */
+static __always_inline void ct_refresh(struct __ctx_buff *ctx, const struct weir_ct_key *key,
+				       struct weir_ct_entry *e, __u8 tcp_flags, __u64 now)
 {
+	__u8 proto = key->proto;
 	__u8 state = e->state;
+	__u32 kind = 0;
+	__u8 fresh = 0;
+	int first;
 
 	if (proto == IPPROTO_TCP)
 		state = ct_next_state(state, tcp_flags);
 	if (state != e->state)
 		e->state = state;
 	e->expires_ns = now + ct_timeout(proto, state);
+	first = e->packets == 0;
 	__sync_fetch_and_add(&e->packets, 1);
+	__sync_fetch_and_add(&e->bytes, ctx_len(ctx));
 
 	if (proto == IPPROTO_TCP && (tcp_flags & (WEIR_TCP_FIN | WEIR_TCP_RST))) {
 		struct weir_ct_key pkey = {};
@@ -208,13 +274,30 @@ static __always_inline void ct_refresh(struct weir_ct_entry *e, __u8 proto, __u8
 			p->expires_ns = now + WEIR_CT_TIMEOUT_TCP_CLOSING;
 		}
 	}
+
+	if (!weir_flow_events)
+		return;
+	if (proto == IPPROTO_TCP)
+		fresh = ct_seen_bits(tcp_flags) & ~e->seen;
+	if (fresh) {
+		e->seen |= fresh;
+		kind = (fresh & (WEIR_CT_SEEN_FIN | WEIR_CT_SEEN_RST)) ? WEIR_EV_FLOW_END : WEIR_EV_TCP;
+	} else if (first) {
+		kind = WEIR_EV_FLOW_START;
+	} else if (now - e->report_ns >= weir_flow_report_ns) {
+		kind = WEIR_EV_FLOW_UPDATE;
+	}
+	if (kind) {
+		e->report_ns = now;
+		ct_report(ctx, key, e, kind | ((__u32)tcp_flags << 8) | ((__u32)fresh << 16), now);
+	}
 }
 
 /* A new forward entry for a packet with this tuple and these flags,
  * translated to `to`; *rev gets its partner (translated back to the tuple)
  * and *rkey its key. */
 static __always_inline void ct_new_pair(const struct weir_ct_key *key, const struct weir_ct_key *to, __u8 tcp_flags,
-					__u64 now, __u32 service_id, __u8 flags, struct weir_ct_entry *fwd,
+					__u32 len, __u64 now, __u32 service_id, __u8 flags, struct weir_ct_entry *fwd,
 					struct weir_ct_key *rkey, struct weir_ct_entry *rev)
 {
 	fwd->xlate_saddr = to->saddr;
@@ -226,6 +309,9 @@ static __always_inline void ct_new_pair(const struct weir_ct_key *key, const str
 	fwd->state = key->proto == IPPROTO_TCP ? ct_next_state(WEIR_CT_NEW, tcp_flags) : WEIR_CT_NEW;
 	fwd->expires_ns = now + ct_timeout(key->proto, fwd->state);
 	fwd->packets = 1;
+	fwd->bytes = len;
+	fwd->created_ns = fwd->report_ns = now;
+	fwd->seen = key->proto == IPPROTO_TCP ? ct_seen_bits(tcp_flags) : 0;
 
 	ct_partner_key(fwd, key->proto, rkey);
 	rev->xlate_saddr = key->daddr;
@@ -236,6 +322,7 @@ static __always_inline void ct_new_pair(const struct weir_ct_key *key, const str
 	rev->flags = flags | WEIR_CT_F_REVERSE;
 	rev->state = fwd->state;
 	rev->expires_ns = fwd->expires_ns;
+	rev->created_ns = rev->report_ns = now;
 }
 
 /* May `owner` be charged `n` more entries? Owner 0 (no local endpoint:
@@ -343,9 +430,9 @@ static __always_inline int ct_claim_port(void *ctx, struct weir_ct_key *rkey, __
  * a claimed reply key is given back), -1 when the table is full, -2 when
  * the entries' endpoint holds its share already (nothing is left behind).
  * What is inserted is charged to fwd->owner. */
-static __always_inline int ct_create(const struct weir_ct_key *key, const struct weir_ct_entry *fwd,
-				     const struct weir_ct_key *rkey, const struct weir_ct_entry *rev, int replace,
-				     int have_rev)
+static __always_inline int ct_create(struct __ctx_buff *ctx, const struct weir_ct_key *key,
+				     const struct weir_ct_entry *fwd, const struct weir_ct_key *rkey,
+				     const struct weir_ct_entry *rev, __u8 tcp_flags, int replace, int have_rev)
 {
 	int rev_new = 0;
 
@@ -368,6 +455,8 @@ static __always_inline int ct_create(const struct weir_ct_key *key, const struct
 	}
 	/* A replaced forward entry was charged when it was made. */
 	ct_charge(fwd->owner, (replace ? 0 : 1) + rev_new);
+	if (weir_flow_events)
+		ct_report(ctx, key, fwd, WEIR_EV_FLOW_START | ((__u32)tcp_flags << 8), fwd->created_ns);
 	return 0;
 }
 
@@ -378,14 +467,14 @@ static __always_inline int ct_create(const struct weir_ct_key *key, const struct
  * say) and gets no entries of its own: overwriting that reverse entry would
  * cut the known connection off. Best effort: a full table leaves the
  * connection untracked. */
-static __always_inline void ct_create_plain(const struct weir_ct_key *key, __u8 tcp_flags, __u64 now, int replace,
-					    __u32 owner)
+static __always_inline void ct_create_plain(struct __ctx_buff *ctx, const struct weir_ct_key *key, __u8 tcp_flags,
+					    __u64 now, int replace, __u32 owner)
 {
 	struct weir_ct_entry fwd = {}, rev = {};
 	struct weir_ct_key rkey = {};
 	int rev_new = 1;
 
-	ct_new_pair(key, key, tcp_flags, now, 0, 0, &fwd, &rkey, &rev);
+	ct_new_pair(key, key, tcp_flags, ctx_len(ctx), now, 0, 0, &fwd, &rkey, &rev);
 	fwd.owner = rev.owner = owner;
 	if (!replace && bpf_map_lookup_elem(&weir_ct4, &rkey))
 		return;
@@ -401,6 +490,8 @@ static __always_inline void ct_create_plain(const struct weir_ct_key *key, __u8 
 		return;
 	}
 	ct_charge(owner, (replace ? 0 : 1) + rev_new);
+	if (weir_flow_events)
+		ct_report(ctx, key, &fwd, WEIR_EV_FLOW_START | ((__u32)tcp_flags << 8), now);
 }
 
 /* Reads the packet's tuple into key: TCP, UDP and SCTP ports, or an ICMP

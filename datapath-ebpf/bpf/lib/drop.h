@@ -8,11 +8,11 @@
  * gives each TC program run: a program records what it learns as it goes
  * (obs_begin at entry, obs_endpoint once it knows the pod, obs_peer for
  * the other side) and drop_packet reads it, so the drop sites only name
- * their reason and flow events (a later issue) change this one file. cb is
- * also what tail calls carry from one stage to the next.
+ * their reason, and the drop event (flow.h) is made here alone. cb is also
+ * what tail calls carry from one stage to the next.
  *
  * drop_packet hands the packet to the drop-notify program (a tail call, so
- * the accounting and, later, the event are one program instead of code
+ * the accounting and the event are one program instead of code
  * inlined at every drop site); only when that program is missing does it
  * count the reason itself. XDP has no skb and cannot tail-call TC
  * programs: its one drop site passes the same context to xdp_drop. */
@@ -20,14 +20,7 @@
 #define WEIR_DROP_H
 
 #include "maps.h"
-
-/* The context a drop reports; the same shape for TC (from skb->cb) and XDP. */
-struct weir_drop_ctx {
-	__u32 obs;
-	__u32 endpoint_id;
-	__u32 src_identity;
-	__u32 dst_identity;
-};
+#include "flow.h"
 
 /* Counts a packet under a reason. On its own (without drop_packet) for
  * packets the datapath refuses but answers, such as a connection to a
@@ -43,12 +36,12 @@ static __always_inline void count_reason(__u32 reason, __u32 len)
 	}
 }
 
-/* The one place a drop is accounted for. The context is unused until flow
- * events exist; the counter by reason is what userspace reads today. */
-static __always_inline void drop_account(const struct weir_drop_ctx *ctx, __u32 reason, __u32 len)
+/* The one place a drop is accounted for: the counter by reason, and the
+ * drop event with the context and the packet's tuple. */
+static __always_inline void drop_account(struct __ctx_buff *ctx, __u32 reason)
 {
-	(void)ctx;
-	count_reason(reason, len);
+	count_reason(reason, ctx_len(ctx));
+	flow_drop(ctx, reason);
 }
 
 /* A program starts seeing a packet at `point`: nothing known yet. */
@@ -78,20 +71,15 @@ static __always_inline void obs_peer(struct __sk_buff *skb, const struct weir_ep
 	skb->cb[WEIR_CB_DST_IDENTITY] = dst->identity;
 }
 
+#ifdef WEIR_CTX_SKB
 /* The drop-notify program's work: the context is in cb, the reason in
  * cb[WEIR_CB_SCRATCH]. */
 static __always_inline int drop_notify_run(struct __sk_buff *skb)
 {
-	struct weir_drop_ctx ctx = {
-		.obs = skb->cb[WEIR_CB_OBS],
-		.endpoint_id = skb->cb[WEIR_CB_ENDPOINT],
-		.src_identity = skb->cb[WEIR_CB_SRC_IDENTITY],
-		.dst_identity = skb->cb[WEIR_CB_DST_IDENTITY],
-	};
-
-	drop_account(&ctx, skb->cb[WEIR_CB_SCRATCH], skb->len);
+	drop_account(skb, skb->cb[WEIR_CB_SCRATCH]);
 	return TC_ACT_SHOT;
 }
+#endif
 
 static __always_inline int drop_packet(struct __sk_buff *skb, __u32 reason)
 {
@@ -109,10 +97,10 @@ static __always_inline int tail_call_stage(struct __sk_buff *skb, __u32 index)
 	return drop_packet(skb, WEIR_DROP_MISSED_TAIL_CALL);
 }
 
-/* XDP's drop: the context comes from the caller. */
-static __always_inline int xdp_drop(const struct weir_drop_ctx *ctx, __u32 reason, __u32 len)
+/* XDP's drop: it has no skb->cb, and its events say so (flow.h). */
+static __always_inline int xdp_drop(struct __ctx_buff *ctx, __u32 reason)
 {
-	drop_account(ctx, reason, len);
+	drop_account(ctx, reason);
 	return XDP_DROP;
 }
 

@@ -34,6 +34,7 @@ static __always_inline int to_endpoint(struct __sk_buff *skb, const struct weir_
 	if (eth_rewrite(skb, pod_mac, host_mac))
 		return drop_packet(skb, WEIR_DROP_REWRITE_FAILED);
 	count_traffic(dst->endpoint_id, WEIR_DIR_INGRESS, skb->len);
+	flow_trace(skb, dst, WEIR_DIR_INGRESS);
 	return TC_ACT_OK;
 }
 

@@ -166,7 +166,7 @@ found:
 static __always_inline __u32 ct_follow(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
 				       struct weir_ct_entry *ct, __u8 l4_flags, __u64 now)
 {
-	ct_refresh(ct, key->proto, l4_flags, now);
+	ct_refresh(skb, key, ct, l4_flags, now);
 	if (!ct->service_id && !(ct->flags & WEIR_CT_F_XLATE))
 		return WEIR_DROP_NONE;
 	/* ICMP echo: its identifier is no port to rewrite (services and
@@ -191,7 +191,7 @@ static __always_inline __u32 ct_into_pod(struct __sk_buff *skb, struct ipv4_meta
 		/* A connection starts with a whole datagram or a first fragment. */
 		if (create && !meta->later_fragment)
 			/* Charged to the pod it enters (the drop context's endpoint). */
-			ct_create_plain(key, l4_flags, now, 0, skb->cb[WEIR_CB_ENDPOINT]);
+			ct_create_plain(skb, key, l4_flags, now, 0, skb->cb[WEIR_CB_ENDPOINT]);
 		return WEIR_DROP_NONE;
 	}
 	if (!(ct->flags & WEIR_CT_F_REVERSE) && (ct->service_id || (ct->flags & WEIR_CT_F_XLATE)))
@@ -268,7 +268,7 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 		if (plain)
 			return ct_follow(skb, meta, &key, plain, l4_flags, now);
 		if (!meta->later_fragment && !snat_bound(node_config(), key.saddr, key.daddr))
-			ct_create_plain(&key, l4_flags, now, replace, skb->cb[WEIR_CB_ENDPOINT]);
+			ct_create_plain(skb, &key, l4_flags, now, replace, skb->cb[WEIR_CB_ENDPOINT]);
 		return WEIR_DROP_NONE;
 	}
 	/* A later fragment never picks a backend: its first fragment made the
@@ -288,11 +288,11 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 	to.daddr = be.ip;
 	to.sport = key.sport;
 	to.dport = be.port;
-	ct_new_pair(&key, &to, l4_flags, now, svc_copy.service_id, be.ip == key.saddr ? WEIR_CT_F_HAIRPIN : 0, &fwd,
+	ct_new_pair(&key, &to, l4_flags, skb->len, now, svc_copy.service_id, be.ip == key.saddr ? WEIR_CT_F_HAIRPIN : 0, &fwd,
 		    &rkey, &rev);
 	/* Charged to the pod that opened it. */
 	fwd.owner = rev.owner = skb->cb[WEIR_CB_ENDPOINT];
-	ret = ct_create(&key, &fwd, &rkey, &rev, replace, 0);
+	ret = ct_create(skb, &key, &fwd, &rkey, &rev, l4_flags, replace, 0);
 	if (ret == -2)
 		return WEIR_DROP_CT_ENDPOINT_LIMIT;
 	if (ret < 0)

@@ -77,7 +77,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 		/* Port reuse after a close: a new connection, a fresh backend
 		 * (as in lb4_translate). The old reverse entry expires on its own. */
 		if (!ct_is_reuse(ct, key->proto, tcp_flags, now)) {
-			ct_refresh(ct, key->proto, tcp_flags, now);
+			ct_refresh(ctx, key, ct, tcp_flags, now);
 			ct_xlate_tuple(ct, key->proto, out);
 			return 1;
 		}
@@ -117,7 +117,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 			return -WEIR_DROP_NAT_NO_PORT;
 		to.saddr = cfg->node_ip;
 	}
-	ct_new_pair(key, &to, tcp_flags, now, svc_copy.service_id, WEIR_CT_F_NODEPORT | (snat ? WEIR_CT_F_SNAT : 0),
+	ct_new_pair(key, &to, tcp_flags, ctx_len(ctx), now, svc_copy.service_id, WEIR_CT_F_NODEPORT | (snat ? WEIR_CT_F_SNAT : 0),
 		    &fwd, &rkey, &rev);
 	fwd.owner = rev.owner = owner;
 	if (snat) {
@@ -130,7 +130,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 			return ret;
 		fwd.xlate_sport = rkey.dport;
 	}
-	ret = ct_create(key, &fwd, &rkey, &rev, replace, snat);
+	ret = ct_create(ctx, key, &fwd, &rkey, &rev, tcp_flags, replace, snat);
 	if (ret == -2)
 		return -WEIR_DROP_CT_ENDPOINT_LIMIT;
 	if (ret < 0)

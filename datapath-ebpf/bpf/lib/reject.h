@@ -210,10 +210,19 @@ static __always_inline int reject4_icmp(struct __sk_buff *skb, __u64 ihl_len)
 	return bpf_skb_store_bytes(skb, ETH_HLEN, &hdr, sizeof(hdr), 0);
 }
 
+/* The rejection could not be made: the attempt is dropped (its event is
+ * out already). */
+static __always_inline int reject_failed(__u32 len)
+{
+	count_reason(WEIR_DROP_NO_SERVICE_BACKEND, len);
+	return TC_ACT_SHOT;
+}
+
 /* Answers a connection attempt to a service without backends and returns
- * the verdict. Counted under WEIR_DROP_NO_SERVICE_BACKEND either way: a
- * packet that gets no answer (a RST, or one that cannot be rewritten) is
- * dropped. */
+ * the verdict. Counted under WEIR_DROP_NO_SERVICE_BACKEND either way, and
+ * reported as a drop event before the packet becomes the answer: a packet
+ * that gets no answer (one that cannot be rewritten) is dropped, counted
+ * here rather than again by drop_packet. */
 static __always_inline int reject4(struct __sk_buff *skb, const struct ipv4_meta *meta,
 				   const struct weir_ep_info *src)
 {
@@ -222,21 +231,23 @@ static __always_inline int reject4(struct __sk_buff *skb, const struct ipv4_meta
 	__u32 len = skb->len;
 	int ret;
 
+	flow_drop(skb, WEIR_DROP_NO_SERVICE_BACKEND);
+
 	/* Variable-size loads need a known range. ipv4_parse checked it, but
 	 * the verifier lost it on the way, and clang fuses the two checks into
 	 * a bit trick the verifier cannot follow: keep them apart. */
 	asm volatile("" : "+r"(ihl_len));
 	if (ihl_len > REJECT_IP_MAX_HLEN)
-		return drop_packet(skb, WEIR_DROP_NO_SERVICE_BACKEND);
+		return reject_failed(len);
 	asm volatile("" : "+r"(ihl_len));
 	if (ihl_len < sizeof(struct iphdr))
-		return drop_packet(skb, WEIR_DROP_NO_SERVICE_BACKEND);
+		return reject_failed(len);
 	if (meta->protocol == IPPROTO_TCP)
 		ret = reject4_tcp(skb, ihl_len);
 	else
 		ret = reject4_icmp(skb, ihl_len);
 	if (ret)
-		return drop_packet(skb, WEIR_DROP_NO_SERVICE_BACKEND);
+		return reject_failed(len);
 	count_reason(WEIR_DROP_NO_SERVICE_BACKEND, len);
 	/* MACs as if the client's gateway answered; counted as its ingress. */
 	if (to_endpoint(skb, src) != TC_ACT_OK)

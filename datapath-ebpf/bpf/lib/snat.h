@@ -119,7 +119,7 @@ static __always_inline __u32 snat_new(struct __sk_buff *skb, const struct weir_c
 	int ret;
 
 	to.saddr = node_ip;
-	ct_new_pair(key, &to, tcp_flags, now, 0, WEIR_CT_F_MASQ, &fwd, &rkey, &rev);
+	ct_new_pair(key, &to, tcp_flags, skb->len, now, 0, WEIR_CT_F_MASQ, &fwd, &rkey, &rev);
 	/* Charged to the pod (snat_wanted named it the drop context's endpoint). */
 	fwd.owner = rev.owner = skb->cb[WEIR_CB_ENDPOINT];
 	ret = ct_claim_port(skb, &rkey, &rkey.dport, &rev, min, span, 1, WEIR_DROP_SNAT_PORTS_EXHAUSTED,
@@ -127,7 +127,7 @@ static __always_inline __u32 snat_new(struct __sk_buff *skb, const struct weir_c
 	if (ret)
 		return -ret;
 	fwd.xlate_sport = rkey.dport;
-	ret = ct_create(key, &fwd, &rkey, &rev, replace, 1);
+	ret = ct_create(skb, key, &fwd, &rkey, &rev, tcp_flags, replace, 1);
 	if (ret == -2)
 		return WEIR_DROP_CT_ENDPOINT_LIMIT;
 	if (ret < 0)
@@ -195,7 +195,7 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 			}
 			replace = 1;
 		} else {
-			ct_refresh(e, key.proto, l4_flags, now);
+			ct_refresh(skb, &key, e, l4_flags, now);
 			reason = snat_rewrite(skb, meta, &key, e->xlate_saddr, e->xlate_sport, 0);
 			*translated = !reason;
 			return reason;
@@ -219,7 +219,7 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 static __always_inline __u32 snat4_reply(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
 					 struct weir_ct_entry *e, __u8 l4_flags)
 {
-	ct_refresh(e, key->proto, l4_flags, bpf_ktime_get_ns());
+	ct_refresh(skb, key, e, l4_flags, bpf_ktime_get_ns());
 	return snat_rewrite(skb, meta, key, e->xlate_daddr, e->xlate_dport, 1);
 }
 
