@@ -55,6 +55,7 @@ pub async fn serve<D: Dataplane + 'static>(
     endpoints: Shared<D>,
     cluster: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<SyncStatus>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     // Accept errors are logged at most once a second, with how many there were.
@@ -72,8 +73,9 @@ pub async fn serve<D: Dataplane + 'static>(
                 let endpoints = endpoints.clone();
                 let cluster = cluster.clone();
                 let sync = sync.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, endpoints, cluster, sync).await {
+                    if let Err(e) = handle(stream, endpoints, cluster, sync, metrics).await {
                         tracing::debug!(error = %e, "api connection");
                     }
                     drop(slot);
@@ -101,6 +103,7 @@ async fn handle<D: Dataplane + 'static>(
     endpoints: Shared<D>,
     cluster: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<SyncStatus>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
@@ -121,14 +124,21 @@ async fn handle<D: Dataplane + 'static>(
         .and_then(decode)
     {
         Ok(request) => {
-            let span = tracing::info_span!("api", op = op_name(&request));
+            let op = op_name(&request);
+            let span = tracing::info_span!("api", op);
             let cluster = cluster.borrow().clone();
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || {
                 let _enter = span.enter();
                 dispatch(request, &endpoints, &cluster, &sync)
             })
             .await
             .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("handler panicked: {e}"))));
+            if let Some(m) = &metrics
+                && op != "status"
+            {
+                m.observe_cni(op, started.elapsed());
+            }
             match result {
                 Ok(r) => Reply::Ok(r),
                 Err(e) => Reply::Error(e),

@@ -100,6 +100,76 @@ pub struct Config {
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "WEIR_LOG", default_value = "info")]
     pub log: String,
+
+    /// The Observer API's Unix socket (root only), for `hubble observe
+    /// --server unix://...`, `weir observe` and the relay. Default: next
+    /// to --socket, named hubble.sock.
+    #[arg(long, env = "WEIR_HUBBLE_SOCKET")]
+    pub hubble_socket: Option<PathBuf>,
+
+    /// Also serve the Observer API on this TCP address (Hubble's port is
+    /// 4244). Off unless given.
+    #[arg(long, env = "WEIR_HUBBLE_LISTEN")]
+    pub hubble_listen: Option<std::net::SocketAddr>,
+
+    /// Flows kept in memory for GetFlows.
+    #[arg(long, env = "WEIR_FLOW_BUFFER", default_value_t = 4095)]
+    pub flow_buffer: usize,
+
+    /// A deleted pod is still named on its late flows for this long.
+    #[arg(long, env = "WEIR_FLOW_DELETED_POD_GRACE", value_parser = parse_duration, default_value = "2m")]
+    pub flow_deleted_pod_grace: std::time::Duration,
+
+    /// How often a live connection reports its counters.
+    #[arg(long, env = "WEIR_FLOW_REPORT_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub flow_report_interval: std::time::Duration,
+
+    /// Record flow events in the datapath (off: no events, no flows; the
+    /// benchmark's baseline).
+    #[arg(long, env = "WEIR_FLOW_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flow_events: bool,
+
+    /// Prometheus metrics on http://ADDR/metrics; "off" for none.
+    #[arg(long, env = "WEIR_METRICS_LISTEN", value_parser = parse_listen, default_value = "127.0.0.1:9962")]
+    pub metrics_listen: Listen,
+
+    /// Per-pod series (bytes by pod); off keeps only namespaces.
+    #[arg(long, env = "WEIR_METRICS_PER_POD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_per_pod: bool,
+}
+
+/// An address to listen on, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(std::net::SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::On)
+        .map_err(|e| format!("{s:?}: {e} (expected ADDR:PORT or off)"))
+}
+
+/// `500ms`, `10s`, `2m`, `1h`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with ms, s, m or h"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        "h" => std::time::Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
+    };
+    Ok(d)
 }
 
 impl Config {
@@ -142,6 +212,12 @@ impl Config {
                 errors.push("--cluster-cidr needs --uplink (masquerading happens on the uplink)".into());
             }
         }
+        if self.flow_buffer == 0 || self.flow_buffer > 1 << 24 {
+            errors.push(format!("--flow-buffer {}: must be 1 to {}", self.flow_buffer, 1 << 24));
+        }
+        if self.flow_report_interval < std::time::Duration::from_millis(100) {
+            errors.push("--flow-report-interval: at least 100ms".into());
+        }
         if !self.bpffs_root.is_absolute() {
             errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
         }
@@ -150,6 +226,12 @@ impl Config {
 
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs_root.join(&self.node)
+    }
+
+    pub fn hubble_socket(&self) -> PathBuf {
+        self.hubble_socket
+            .clone()
+            .unwrap_or_else(|| self.socket.with_file_name("hubble.sock"))
     }
 }
 

@@ -8,8 +8,10 @@ pub mod config;
 pub mod dataplane;
 pub mod endpoints;
 pub mod exclusive;
+pub mod flows;
 pub mod ipam;
 pub mod ipcache;
+pub mod metrics;
 pub mod netdev;
 pub mod routing;
 pub mod services;
@@ -37,7 +39,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.pin_dir().starts_with("/sys/fs/bpf") {
         weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     }
-    let mut datapath = weir_datapath::Datapath::load(&config.pin_dir())
+    let load = weir_datapath::LoadOptions {
+        no_flow_events: !config.flow_events,
+        flow_report_interval: Some(config.flow_report_interval),
+        ..Default::default()
+    };
+    let mut datapath = weir_datapath::Datapath::load_with(&config.pin_dir(), &load)
         .with_context(|| format!("loading datapath pinned at {}", config.pin_dir().display()))?;
     for r in datapath.replaced_pins() {
         tracing::warn!(
@@ -64,6 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let route_maps = datapath.take_route_maps()?;
     let service_maps = datapath.take_service_maps()?;
     let ipcache_map = datapath.take_ipcache()?;
+    let events = datapath.take_events()?;
     let kernel = Kernel {
         datapath,
         netdev: netdev.clone(),
@@ -109,18 +117,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config::LbAlgorithm::Maglev => weir_datapath::lb::Algorithm::Maglev,
     };
     let sync = Arc::new(sync::SyncStatus::default());
+    let metrics = Arc::new(metrics::Metrics::new(config.metrics_per_pod));
     tokio::spawn(services::run(
         service_maps,
         lb_algorithm,
         node_info,
         rx.clone(),
         sync.clone(),
+        Some(metrics.clone()),
     ));
+
+    // Flows: the reader thread, the store, the Observer API.
+    let flow_store = Arc::new(flows::store::FlowStore::new(config.flow_buffer));
+    let flow_stats = Arc::new(flows::FlowStats::default());
+    let stop_reader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pipeline = flows::Pipeline::new(
+        config.node.clone(),
+        config.flow_deleted_pod_grace,
+        flow_stats.clone(),
+        Some(metrics.clone()),
+    );
+    let reader = flows::pipeline::spawn_reader(events, pipeline, flow_store.clone(), rx.clone(), stop_reader.clone())
+        .context("starting the flow reader")?;
+    let hubble_socket = config.hubble_socket();
+    let (hubble_listener, hubble_own) =
+        api::bind(&hubble_socket).with_context(|| format!("binding {}", hubble_socket.display()))?;
+    let observer = flows::server::ObserverService {
+        store: flow_store,
+        node: config.node.clone(),
+        address: format!("unix://{}", hubble_socket.display()),
+        started: std::time::Instant::now(),
+    };
+    let observer = tokio::spawn(flows::server::serve(hubble_listener, config.hubble_listen, observer));
+    if let config::Listen::On(addr) = config.metrics_listen {
+        match metrics::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(metrics::serve(metrics.clone(), l));
+            }
+            // Loud, not fatal: pods and flows matter more than a scrape.
+            Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen; no /metrics"),
+        }
+    }
 
     let (listener, own_socket) =
         api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
-    tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(), "agent ready");
-    let server = tokio::spawn(api::serve(listener, endpoints, rx, sync));
+    tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(),
+        hubble = %hubble_socket.display(), "agent ready");
+    let server = tokio::spawn(api::serve(listener, endpoints, rx, sync, Some(metrics)));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -128,7 +171,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, datapath stays in place"),
     }
     server.abort();
+    observer.abort();
     own_socket.remove();
+    hubble_own.remove();
+    stop_reader.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
     drop(state_lock);
     Ok(())
 }

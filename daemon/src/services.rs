@@ -283,6 +283,7 @@ pub async fn run(
     node: NodeInfo,
     mut rx: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<crate::sync::SyncStatus>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     // Start from what the pinned maps hold, so services an earlier agent
     // programmed and that are gone now get removed.
@@ -348,9 +349,10 @@ pub async fn run(
                 }
                 _ = gc.tick() => {
                     let work = owned.clone();
+                    let metrics = metrics.clone();
                     let done = tokio::task::spawn_blocking(move || {
                         let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
-                        collect_garbage(&mut o);
+                        collect_garbage(&mut o, metrics.as_deref());
                     })
                     .await;
                     if let Err(e) = done {
@@ -408,12 +410,18 @@ fn programmed(maps: &ServiceMaps, algorithm: Algorithm) -> BTreeMap<ServicePortK
 
 /// Expired connections go, of every kind (plain, service, masqueraded), in
 /// batched map calls.
-fn collect_garbage(o: &mut Owned) {
+fn collect_garbage(o: &mut Owned, metrics: Option<&crate::metrics::Metrics>) {
     let _span = tracing::debug_span!("conntrack.gc").entered();
     match o.maps.gc_conntrack(monotonic_now_ns()) {
         Ok(0) => {}
         Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
         Err(e) => tracing::warn!(error = %e, "conntrack gc"),
+    }
+    if let Some(m) = metrics {
+        let o = o.maps.conntrack_occupancy();
+        let cap = u64::from(weir_datapath::conntrack::CT_MAX_ENTRIES);
+        m.set_map("conntrack", o.entries as u64, cap);
+        m.set_map("nat", o.translated as u64, cap);
     }
 }
 

@@ -70,6 +70,7 @@ async fn serve(socket: &Path, state: &Path) {
         endpoints,
         rx,
         Arc::new(weir_agent::sync::SyncStatus::default()),
+        None,
     )
     .await;
 }

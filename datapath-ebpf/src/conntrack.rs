@@ -105,6 +105,17 @@ pub enum CtError {
 pub struct Conntrack {
     map: HashMap<MapData, CtKey, CtEntry>,
     released: HashMap<MapData, u32, u64>,
+    occupancy: Occupancy,
+}
+
+/// What the table held after the last GC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Entries (two per connection).
+    pub entries: usize,
+    /// Of those, entries of translated connections (services, NodePort,
+    /// masquerade): the NAT table's share.
+    pub translated: usize,
 }
 
 impl Conntrack {
@@ -113,6 +124,7 @@ impl Conntrack {
         Ok(Self {
             map: HashMap::try_from(map).map_err(CtError::Map)?,
             released: HashMap::try_from(released).map_err(CtError::Map)?,
+            occupancy: Occupancy::default(),
         })
     }
 
@@ -131,7 +143,11 @@ impl Conntrack {
             source,
         })?;
         let released = HashMap::try_from(Map::HashMap(data)).map_err(|source| CtError::Open { path, source })?;
-        Ok(Self { map, released })
+        Ok(Self {
+            map,
+            released,
+            occupancy: Occupancy::default(),
+        })
     }
 
     /// Every entry, both directions, read in batches. Entries the datapath
@@ -222,7 +238,20 @@ impl Conntrack {
             .map(|k| (k, entries[&k].owner))
             .collect();
         self.remove(&doomed)?;
+        let translated = |e: &CtEntry| e.service_id != 0 || e.flags & !CT_F_REVERSE != 0;
+        let gone: std::collections::HashSet<CtKey> = doomed.iter().map(|(k, _)| *k).collect();
+        let live = entries.iter().filter(|(k, _)| !gone.contains(k));
+        self.occupancy = live.fold(Occupancy::default(), |mut o, (_, e)| {
+            o.entries += 1;
+            o.translated += usize::from(translated(e));
+            o
+        });
         Ok(doomed.len())
+    }
+
+    /// The table after the last [`Self::gc`].
+    pub fn occupancy(&self) -> Occupancy {
+        self.occupancy
     }
 }
 

@@ -579,6 +579,11 @@ impl ServiceMaps {
     pub fn gc_conntrack(&mut self, now_ns: u64) -> Result<usize> {
         Ok(self.conntrack.gc(now_ns)?)
     }
+
+    /// The conntrack table after the last GC.
+    pub fn conntrack_occupancy(&self) -> crate::conntrack::Occupancy {
+        self.conntrack.occupancy()
+    }
 }
 
 /// The keys of both entries of every connection of `service_id` whose

@@ -1,0 +1,143 @@
+//! One event's way from ring-buffer bytes to a stored flow, and the reader
+//! thread that drives it. The pipeline is its own type so the benchmark
+//! can drive it with the same code the agent runs.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use weir_datapath::events::{Event, EventSource};
+use weir_model::ClusterState;
+use weir_proto::flow::Flow;
+
+use super::enrich::{self, Clock, Context};
+use super::names::FlowNames;
+use super::store::FlowStore;
+use crate::metrics::Metrics;
+
+/// Flows go into the store in batches of this many (one lock each).
+const BATCH: usize = 256;
+
+/// What the reader counts, for ServerStatus and metrics.
+#[derive(Debug, Default)]
+pub struct FlowStats {
+    /// Records decoded and stored.
+    pub events: AtomicU64,
+    /// Records that were not events of this build (wrong size, version or
+    /// kind): counted and skipped.
+    pub undecodable: AtomicU64,
+    /// Events the datapath could not write (ring full), as its per-CPU
+    /// counters last said.
+    pub lost: AtomicU64,
+}
+
+pub struct Pipeline {
+    names: FlowNames,
+    node: String,
+    stats: Arc<FlowStats>,
+    metrics: Option<Arc<Metrics>>,
+    batch: Vec<Flow>,
+}
+
+impl Pipeline {
+    pub fn new(node: String, grace: Duration, stats: Arc<FlowStats>, metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            names: FlowNames::new(grace),
+            node,
+            stats,
+            metrics,
+            batch: Vec::with_capacity(BATCH),
+        }
+    }
+
+    pub fn update_names(&mut self, state: &ClusterState) {
+        self.names.update(state, &self.node, Instant::now());
+        if let Some(m) = &self.metrics {
+            m.retain_pods(&self.names);
+        }
+    }
+
+    /// Decodes, enriches and batches one record; a full batch goes to the
+    /// store.
+    pub fn process(&mut self, bytes: &[u8], clock: Clock, now: Instant, store: &FlowStore) {
+        match Event::decode(bytes) {
+            Ok(event) => {
+                let cx = Context {
+                    names: &self.names,
+                    node: &self.node,
+                    clock,
+                    now,
+                };
+                let flow = enrich::to_flow(&event, &cx);
+                if let Some(m) = &self.metrics {
+                    m.observe(&event, &flow);
+                }
+                self.batch.push(flow);
+                if self.batch.len() >= BATCH {
+                    self.flush(store);
+                }
+            }
+            Err(e) => {
+                let n = self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                // The first, then every thousandth: garbage must not flood the log.
+                if n.is_multiple_of(1000) {
+                    tracing::warn!(error = %e, skipped = n + 1, "flow event skipped");
+                }
+            }
+        }
+    }
+
+    pub fn flush(&mut self, store: &FlowStore) {
+        let n = self.batch.len() as u64;
+        if n > 0 {
+            store.extend(self.batch.drain(..));
+            self.stats.events.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads the ring buffer on a thread of its own until `stop` is set:
+/// waits for data (or 100 ms, to notice a new cluster snapshot and the
+/// stop flag), then drains everything there is.
+pub fn spawn_reader(
+    mut source: EventSource,
+    mut pipeline: Pipeline,
+    store: Arc<FlowStore>,
+    mut cluster: watch::Receiver<Arc<ClusterState>>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("flow-reader".into()).spawn(move || {
+        let state = cluster.borrow_and_update().clone();
+        pipeline.update_names(&state);
+        while !stop.load(Ordering::Relaxed) {
+            if cluster.has_changed().unwrap_or(false) {
+                let state = cluster.borrow_and_update().clone();
+                pipeline.update_names(&state);
+            }
+            {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                let mut fds = [PollFd::new(source.as_fd(), PollFlags::POLLIN)];
+                if let Err(e) = poll(&mut fds, PollTimeout::from(100u16))
+                    && e != nix::errno::Errno::EINTR
+                {
+                    tracing::error!(error = %e, "polling the flow ring buffer failed; flows stop");
+                    return;
+                }
+            }
+            let (clock, now) = (Clock::now(), Instant::now());
+            while source
+                .next(|bytes| pipeline.process(bytes, clock, now, &store))
+                .is_some()
+            {}
+            pipeline.flush(&store);
+            if let Ok(lost) = source.lost() {
+                pipeline.stats.lost.store(lost, Ordering::Relaxed);
+                if let Some(m) = &pipeline.metrics {
+                    m.set_lost(lost);
+                }
+            }
+        }
+    })
+}

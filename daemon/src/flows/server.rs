@@ -1,0 +1,397 @@
+//! The agent's Observer API (Hubble's `observer.Observer`, weir_proto):
+//! GetFlows over the flow store with Hubble's filters and windows,
+//! ServerStatus, GetNodes (this node) and GetNamespaces, plus the gRPC
+//! health service `hubble status` checks and reflection for grpcurl.
+//! Served on a root-only Unix socket, and on TCP only when configured.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use weir_proto::filter::FlowFilters;
+use weir_proto::flow::{Flow, LostEvent, LostEventSource};
+use weir_proto::observer::{
+    self, GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest,
+    GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse, get_flows_response,
+    observer_server::ObserverServer,
+};
+use weir_proto::relay::NodeState;
+use weir_proto::time::{timestamp_nanos, to_timestamp};
+
+use super::store::FlowStore;
+
+/// How many responses may wait for a slow client before the sender waits
+/// (a follower then lags in the broadcast, which counts what it loses).
+const STREAM_BUFFER: usize = 1024;
+
+/// Which flows a request wants, compiled once.
+pub struct Query {
+    pub filters: FlowFilters,
+    pub number: u64,
+    pub first: bool,
+    pub follow: bool,
+    pub since: Option<i128>,
+    pub until: Option<i128>,
+}
+
+impl Query {
+    pub fn new(r: &GetFlowsRequest) -> Result<Self, Status> {
+        let filters =
+            FlowFilters::compile(&r.whitelist, &r.blacklist).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let since = r.since.as_ref().map(timestamp_nanos);
+        let until = r.until.as_ref().map(timestamp_nanos);
+        if let (Some(s), Some(u)) = (since, until)
+            && s > u
+        {
+            return Err(Status::invalid_argument("since is after until"));
+        }
+        if r.first && r.follow {
+            return Err(Status::invalid_argument("first and follow cannot be combined"));
+        }
+        Ok(Self {
+            filters,
+            number: r.number,
+            first: r.first,
+            follow: r.follow,
+            since,
+            until,
+        })
+    }
+
+    fn time(f: &Flow) -> i128 {
+        f.time.as_ref().map_or(0, timestamp_nanos)
+    }
+
+    /// In the window and through the filters.
+    pub fn wants(&self, f: &Flow) -> bool {
+        let t = Self::time(f);
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u) && self.filters.matches(f)
+    }
+
+    /// What of the stored flows (oldest first) to send: the last `number`
+    /// (the first with `first`), all of the window when no number is given
+    /// with a window, none of the past when following with no number.
+    pub fn select<'a>(&self, stored: &'a [Arc<Flow>]) -> Vec<&'a Arc<Flow>> {
+        let mut matching = stored.iter().filter(|f| self.wants(f));
+        let number = match self.number {
+            0 if self.since.is_some() || self.until.is_some() || self.first => usize::MAX,
+            0 if self.follow => 0,
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        if self.first {
+            return matching.take(number).collect();
+        }
+        let all: Vec<_> = matching.by_ref().collect();
+        let skip = all.len().saturating_sub(number);
+        all.into_iter().skip(skip).collect()
+    }
+}
+
+pub struct ObserverService {
+    pub store: Arc<FlowStore>,
+    pub node: String,
+    pub address: String,
+    pub started: Instant,
+}
+
+fn response(node: &str, f: Arc<Flow>) -> GetFlowsResponse {
+    GetFlowsResponse {
+        time: f.time,
+        node_name: node.to_owned(),
+        response_types: Some(get_flows_response::ResponseTypes::Flow(Arc::unwrap_or_clone(f))),
+    }
+}
+
+fn lost(node: &str, n: u64) -> GetFlowsResponse {
+    GetFlowsResponse {
+        time: Some(to_timestamp(SystemTime::now())),
+        node_name: node.to_owned(),
+        response_types: Some(get_flows_response::ResponseTypes::LostEvents(LostEvent {
+            source: LostEventSource::HubbleRingBuffer as i32,
+            num_events_lost: n,
+            ..Default::default()
+        })),
+    }
+}
+
+impl ObserverService {
+    pub fn into_server(self) -> ObserverServer<Self> {
+        // Flows are large only when many: let clients ask for what they want.
+        ObserverServer::new(self).max_decoding_message_size(4 << 20)
+    }
+
+    fn flows_rate(&self, stored: &[Arc<Flow>]) -> f64 {
+        let minute_ago = timestamp_nanos(&to_timestamp(SystemTime::now() - Duration::from_secs(60)));
+        stored.iter().filter(|f| Query::time(f) >= minute_ago).count() as f64 / 60.0
+    }
+}
+
+#[tonic::async_trait]
+impl observer::observer_server::Observer for ObserverService {
+    type GetFlowsStream = ReceiverStream<Result<GetFlowsResponse, Status>>;
+
+    async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let query = Query::new(request.get_ref())?;
+        let (stored, follow) = if query.follow {
+            let (s, rx) = self.store.snapshot_and_follow();
+            (s, Some(rx))
+        } else {
+            (self.store.snapshot(), None)
+        };
+        let past: Vec<Arc<Flow>> = query.select(&stored).into_iter().cloned().collect();
+        drop(stored);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            for f in past {
+                if tx.send(Ok(response(&node, f))).await.is_err() {
+                    return;
+                }
+            }
+            let Some(mut follow) = follow else { return };
+            loop {
+                let until_passed = async {
+                    match query.until {
+                        Some(u) => {
+                            let now = timestamp_nanos(&to_timestamp(SystemTime::now()));
+                            let wait = u64::try_from(u - now).unwrap_or(0);
+                            tokio::time::sleep(Duration::from_nanos(wait)).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let next = tokio::select! {
+                    next = follow.recv() => next,
+                    () = until_passed => return,
+                    () = tx.closed() => return,
+                };
+                let msg = match next {
+                    Ok(f) if query.wants(&f) => response(&node, f),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => lost(&node, n),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        Ok(Response::new(GetNodesResponse {
+            nodes: vec![Node {
+                name: self.node.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                address: self.address.clone(),
+                state: NodeState::NodeConnected as i32,
+                tls: None,
+                uptime_ns: self.started.elapsed().as_nanos() as u64,
+                num_flows: self.store.len() as u64,
+                max_flows: self.store.capacity() as u64,
+                seen_flows: self.store.seen(),
+            }],
+        }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _: Request<GetNamespacesRequest>,
+    ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let mut names: Vec<String> = self
+            .store
+            .snapshot()
+            .iter()
+            .flat_map(|f| [f.source.as_ref(), f.destination.as_ref()])
+            .flatten()
+            .filter(|e| !e.namespace.is_empty())
+            .map(|e| e.namespace.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(Response::new(GetNamespacesResponse {
+            namespaces: names
+                .into_iter()
+                .map(|namespace| Namespace {
+                    cluster: String::new(),
+                    namespace,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
+        let stored = self.store.snapshot();
+        Ok(Response::new(ServerStatusResponse {
+            num_flows: stored.len() as u64,
+            max_flows: self.store.capacity() as u64,
+            seen_flows: self.store.seen(),
+            uptime_ns: self.started.elapsed().as_nanos() as u64,
+            num_connected_nodes: None,
+            num_unavailable_nodes: None,
+            unavailable_nodes: Vec::new(),
+            version: format!("weir {}", env!("CARGO_PKG_VERSION")),
+            flows_rate: self.flows_rate(&stored),
+        }))
+    }
+}
+
+/// Serves the Observer API (with gRPC health and reflection) on the Unix
+/// socket, and on `tcp` when given, until the task is dropped.
+pub async fn serve(unix: tokio::net::UnixListener, tcp: Option<std::net::SocketAddr>, service: ObserverService) {
+    use tonic::transport::Server;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in ["", weir_proto::OBSERVER_SERVICE, weir_proto::OBSERVER_HEALTH_NAME] {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "observer: reflection descriptors do not load; no Observer API");
+            return;
+        }
+    };
+    let observer = service.into_server();
+    let router = || {
+        Server::builder()
+            .add_service(health.clone())
+            .add_service(v1.clone())
+            .add_service(v1alpha.clone())
+            .add_service(observer.clone())
+    };
+    let on_unix = router().serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(unix));
+    let result = match tcp {
+        Some(addr) => {
+            tracing::info!(%addr, "observer: also serving on TCP");
+            tokio::try_join!(on_unix, router().serve(addr)).map(|_| ())
+        }
+        None => on_unix.await,
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "observer: server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(n: usize) -> Vec<Arc<Flow>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Flow {
+                    time: Some(prost_types::Timestamp {
+                        seconds: 1000 + i as i64,
+                        nanos: 0,
+                    }),
+                    node_name: format!("{i}"),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    fn names(v: Vec<&Arc<Flow>>) -> Vec<String> {
+        v.into_iter().map(|f| f.node_name.clone()).collect()
+    }
+
+    #[test]
+    fn number_first_since_until_select_like_hubble() {
+        let s = stored(10);
+        let q = |r: GetFlowsRequest| Query::new(&r).unwrap();
+        assert_eq!(
+            names(
+                q(GetFlowsRequest {
+                    number: 3,
+                    ..Default::default()
+                })
+                .select(&s)
+            ),
+            ["7", "8", "9"]
+        );
+        assert_eq!(
+            names(
+                q(GetFlowsRequest {
+                    number: 2,
+                    first: true,
+                    ..Default::default()
+                })
+                .select(&s)
+            ),
+            ["0", "1"]
+        );
+        let since = Some(prost_types::Timestamp {
+            seconds: 1005,
+            nanos: 0,
+        });
+        let until = Some(prost_types::Timestamp {
+            seconds: 1006,
+            nanos: 0,
+        });
+        assert_eq!(
+            names(
+                q(GetFlowsRequest {
+                    since,
+                    until,
+                    ..Default::default()
+                })
+                .select(&s)
+            ),
+            ["5", "6"]
+        );
+        assert!(
+            q(GetFlowsRequest {
+                follow: true,
+                ..Default::default()
+            })
+            .select(&s)
+            .is_empty()
+        );
+        assert_eq!(
+            q(GetFlowsRequest {
+                number: 10_000_000,
+                ..Default::default()
+            })
+            .select(&s)
+            .len(),
+            10
+        );
+    }
+
+    #[test]
+    fn contradictions_are_invalid_arguments() {
+        let since = Some(prost_types::Timestamp { seconds: 2, nanos: 0 });
+        let until = Some(prost_types::Timestamp { seconds: 1, nanos: 0 });
+        let err = Query::new(&GetFlowsRequest {
+            since,
+            until,
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let bad = weir_proto::flow::FlowFilter {
+            source_ip: vec!["nope".into()],
+            ..Default::default()
+        };
+        let err = Query::new(&GetFlowsRequest {
+            whitelist: vec![bad],
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("source_ip"), "{}", err.message());
+    }
+}

@@ -1,0 +1,114 @@
+//! The agent's recent flows: a bounded ring (the oldest flow goes when a
+//! new one comes), and a broadcast of each new flow to the clients
+//! following. A follower that falls behind loses flows (counted, and told
+//! so in its stream); it never slows the reader or the other clients.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+use weir_proto::flow::Flow;
+
+pub struct FlowStore {
+    ring: Mutex<VecDeque<Arc<Flow>>>,
+    tx: broadcast::Sender<Arc<Flow>>,
+    capacity: usize,
+    seen: AtomicU64,
+}
+
+impl FlowStore {
+    /// A store of at most `capacity` flows; followers may lag by as many.
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            ring: Mutex::new(VecDeque::with_capacity(capacity)),
+            tx: broadcast::channel(capacity).0,
+            capacity,
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Flow>>> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a batch of flows in order (one lock for the batch).
+    pub fn extend(&self, flows: impl IntoIterator<Item = Flow>) {
+        let mut ring = self.ring();
+        let mut n = 0;
+        for f in flows {
+            let f = Arc::new(f);
+            if ring.len() == self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(f.clone());
+            // No follower: nothing to do.
+            let _ = self.tx.send(f);
+            n += 1;
+        }
+        self.seen.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The flows stored now, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<Flow>> {
+        self.ring().iter().cloned().collect()
+    }
+
+    /// The flows stored now and a receiver of every later one, with no gap
+    /// and no flow twice between them (both taken under the one lock).
+    pub fn snapshot_and_follow(&self) -> (Vec<Arc<Flow>>, broadcast::Receiver<Arc<Flow>>) {
+        let ring = self.ring();
+        let rx = self.tx.subscribe();
+        (ring.iter().cloned().collect(), rx)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Every flow ever added.
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(n: &str) -> Flow {
+        Flow {
+            node_name: n.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_and_counts_all() {
+        let s = FlowStore::new(3);
+        s.extend(["a", "b", "c", "d"].map(flow));
+        let names: Vec<_> = s.snapshot().iter().map(|f| f.node_name.clone()).collect();
+        assert_eq!(names, ["b", "c", "d"]);
+        assert_eq!((s.len(), s.capacity(), s.seen()), (3, 3, 4));
+    }
+
+    #[test]
+    fn a_follower_gets_what_comes_after_its_snapshot_and_a_slow_one_is_told_what_it_lost() {
+        let s = FlowStore::new(2);
+        s.extend([flow("a")]);
+        let (snap, mut rx) = s.snapshot_and_follow();
+        assert_eq!(snap.len(), 1);
+        s.extend(["b", "c", "d", "e"].map(flow));
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(2))));
+        assert_eq!(rx.try_recv().unwrap().node_name, "d");
+    }
+}

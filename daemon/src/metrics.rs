@@ -1,0 +1,458 @@
+//! The agent's Prometheus metrics (prometheus-client, OpenMetrics text on
+//! `/metrics`, loopback by default), named the way Cilium and Hubble users
+//! know them: `hubble_flows_processed_total`, `hubble_lost_events_total`,
+//! `weir_drop_count_total{reason,direction}`, per-pod bytes, the TCP
+//! handshake histogram by destination workload, workload-to-workload
+//! connections (the edges of a service map), conntrack occupancy and CNI
+//! operation latency.
+//!
+//! Cardinality stays bounded: labels are namespaces, pods and workloads of
+//! the cluster (per-pod series can be turned off), reasons and directions;
+//! a deleted pod's series go when its name does (after the grace period).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use weir_datapath::events::{Event, EventKind, Tuple};
+use weir_proto::flow::{Endpoint, Flow, Verdict, layer4};
+
+use crate::flows::names::FlowNames;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    r#type: String,
+    subtype: String,
+    verdict: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LostLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodBytesLabels {
+    namespace: String,
+    pod: String,
+    protocol: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    destination_namespace: String,
+    destination_workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeLabels {
+    source_namespace: String,
+    source_workload: String,
+    destination_namespace: String,
+    destination_workload: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Per connection direction, the byte count last reported: events carry
+/// running totals, counters want increments.
+#[derive(Default)]
+struct ByteTotals {
+    last: HashMap<Tuple, (u64, u64)>,
+}
+
+/// At most this many connection directions are remembered for byte deltas;
+/// beyond it the table starts over (a few increments are then counted in
+/// full again, which only overstates: said in the note).
+const BYTE_TOTALS_MAX: usize = 65536;
+
+pub struct Metrics {
+    registry: Registry,
+    per_pod: bool,
+    flows: Family<FlowLabels, Counter>,
+    drops: Family<DropLabels, Counter>,
+    drop_bytes: Family<DropLabels, Counter>,
+    forwarded: Family<DirectionLabels, Counter>,
+    forwarded_bytes: Family<DirectionLabels, Counter>,
+    lost: Family<LostLabels, Counter>,
+    lost_seen: AtomicU64,
+    pod_bytes: Family<PodBytesLabels, Counter>,
+    handshake: HistogramFamily<WorkloadLabels>,
+    edges: Family<EdgeLabels, Counter>,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
+    cni: HistogramFamily<OperationLabels>,
+    byte_totals: Mutex<ByteTotals>,
+    pods_with_series: Mutex<HashSet<(String, String)>>,
+}
+
+fn latency_buckets() -> Histogram {
+    // 50 µs to ~3 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+fn workload(e: &Endpoint) -> String {
+    if let Some(w) = e.workloads.first() {
+        return w.name.clone();
+    }
+    if !e.pod_name.is_empty() {
+        return e.pod_name.clone();
+    }
+    // A reserved entity: its label says which.
+    e.labels
+        .first()
+        .and_then(|l| l.strip_prefix("reserved:"))
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn protocol(f: &Flow) -> &'static str {
+    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(layer4::Protocol::Tcp(_)) => "TCP",
+        Some(layer4::Protocol::Udp(_)) => "UDP",
+        Some(layer4::Protocol::Sctp(_)) => "SCTP",
+        Some(layer4::Protocol::IcmPv4(_)) => "ICMPv4",
+        Some(layer4::Protocol::IcmPv6(_)) => "ICMPv6",
+        None => "unknown",
+    }
+}
+
+fn direction_name(d: u8) -> &'static str {
+    match u32::from(d) {
+        weir_datapath::abi::DIR_INGRESS => "INGRESS",
+        weir_datapath::abi::DIR_EGRESS => "EGRESS",
+        _ => "UNKNOWN",
+    }
+}
+
+impl Metrics {
+    pub fn new(per_pod: bool) -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            registry: Registry::default(),
+            per_pod,
+            flows: Family::default(),
+            drops: Family::default(),
+            drop_bytes: Family::default(),
+            forwarded: Family::default(),
+            forwarded_bytes: Family::default(),
+            lost: Family::default(),
+            lost_seen: AtomicU64::new(0),
+            pod_bytes: Family::default(),
+            handshake: Family::new_with_constructor(latency_buckets),
+            edges: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            cni: Family::new_with_constructor(latency_buckets),
+            byte_totals: Mutex::new(ByteTotals::default()),
+            pods_with_series: Mutex::new(HashSet::new()),
+        };
+        registry.register(
+            "hubble_flows_processed",
+            "Flows the agent processed, by type, subtype, verdict and protocol",
+            m.flows.clone(),
+        );
+        registry.register(
+            "hubble_lost_events",
+            "Flow events lost before they became flows, by where",
+            m.lost.clone(),
+        );
+        registry.register(
+            "weir_drop_count",
+            "Packets the datapath dropped, by reason and direction relative to the pod",
+            m.drops.clone(),
+        );
+        registry.register_with_unit(
+            "weir_drop",
+            "Bytes the datapath dropped, by reason and direction",
+            Unit::Bytes,
+            m.drop_bytes.clone(),
+        );
+        registry.register(
+            "weir_forward_count",
+            "Packets of pod connections forwarded, by direction relative to the pod",
+            m.forwarded.clone(),
+        );
+        registry.register_with_unit(
+            "weir_forward",
+            "Bytes of pod connections forwarded, by direction relative to the pod",
+            Unit::Bytes,
+            m.forwarded_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "weir_pod",
+            "Bytes pods sent and received over TCP, UDP and SCTP, by pod",
+            Unit::Bytes,
+            m.pod_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "weir_tcp_handshake",
+            "SYN to SYN-ACK as the node saw it, by destination workload",
+            Unit::Seconds,
+            m.handshake.clone(),
+        );
+        registry.register(
+            "weir_workload_connections",
+            "Connections between workloads (the edges of a service map), by verdict",
+            m.edges.clone(),
+        );
+        registry.register(
+            "weir_bpf_map_entries",
+            "Entries in the datapath's maps (conntrack; nat: the translated connections in it)",
+            m.map_entries.clone(),
+        );
+        registry.register(
+            "weir_bpf_map_capacity",
+            "Capacity of the datapath's maps",
+            m.map_capacity.clone(),
+        );
+        registry.register_with_unit(
+            "weir_cni_operation_duration",
+            "Time the agent took to answer the CNI plugin, by operation",
+            Unit::Seconds,
+            m.cni.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one flow (and its event's counters).
+    pub fn observe(&self, e: &Event, f: &Flow) {
+        let verdict = Verdict::try_from(f.verdict).unwrap_or(Verdict::Unknown);
+        let proto = protocol(f);
+        let details = f.weir.as_ref();
+        self.flows
+            .get_or_create(&FlowLabels {
+                r#type: "L3_L4".into(),
+                subtype: details.map_or("", |d| d.observation_point.as_str()).into(),
+                verdict: verdict.as_str_name().into(),
+                protocol: proto.into(),
+            })
+            .inc();
+        let (src, dst) = (
+            f.source.clone().unwrap_or_default(),
+            f.destination.clone().unwrap_or_default(),
+        );
+        match e.kind {
+            EventKind::Drop => {
+                let labels = DropLabels {
+                    reason: details.map_or("unknown", |d| d.drop_reason.as_str()).into(),
+                    direction: direction_name(e.direction).into(),
+                };
+                self.drops.get_or_create(&labels).inc();
+                self.drop_bytes.get_or_create(&labels).inc_by(u64::from(e.len));
+                self.edge(&src, &dst, "DROPPED");
+            }
+            EventKind::Trace => {}
+            _ => {
+                if e.kind == EventKind::FlowStart && !e.is_reply() {
+                    self.edge(&src, &dst, "FORWARDED");
+                }
+                if e.handshake_ns > 0 {
+                    // The SYN-ACK's sender is the server.
+                    self.handshake
+                        .get_or_create(&WorkloadLabels {
+                            destination_namespace: src.namespace.clone(),
+                            destination_workload: workload(&src),
+                        })
+                        .observe(e.handshake_ns as f64 / 1e9);
+                }
+                self.count_bytes(e, &src, &dst, proto);
+            }
+        }
+    }
+
+    fn edge(&self, src: &Endpoint, dst: &Endpoint, verdict: &str) {
+        self.edges
+            .get_or_create(&EdgeLabels {
+                source_namespace: src.namespace.clone(),
+                source_workload: workload(src),
+                destination_namespace: dst.namespace.clone(),
+                destination_workload: workload(dst),
+                verdict: verdict.into(),
+            })
+            .inc();
+    }
+
+    /// The increments since this connection direction last reported.
+    fn count_bytes(&self, e: &Event, src: &Endpoint, dst: &Endpoint, proto: &str) {
+        let (packets_delta, bytes_delta) = {
+            let mut totals = self.byte_totals.lock().unwrap_or_else(|p| p.into_inner());
+            if totals.last.len() >= BYTE_TOTALS_MAX {
+                totals.last.clear();
+            }
+            let before = if e.kind == EventKind::FlowEnd {
+                totals.last.remove(&e.tuple)
+            } else {
+                totals.last.insert(e.tuple, (e.packets, e.bytes))
+            };
+            let (p0, b0) = before.unwrap_or((0, 0));
+            (e.packets.saturating_sub(p0), e.bytes.saturating_sub(b0))
+        };
+        if bytes_delta == 0 {
+            return;
+        }
+        let dir = direction_name(e.direction);
+        self.forwarded
+            .get_or_create(&DirectionLabels { direction: dir.into() })
+            .inc_by(packets_delta);
+        self.forwarded_bytes
+            .get_or_create(&DirectionLabels { direction: dir.into() })
+            .inc_by(bytes_delta);
+        for (ep, direction) in [(src, "sent"), (dst, "received")] {
+            if ep.pod_name.is_empty() {
+                continue;
+            }
+            let pod = if self.per_pod {
+                ep.pod_name.clone()
+            } else {
+                String::new()
+            };
+            self.pod_bytes
+                .get_or_create(&PodBytesLabels {
+                    namespace: ep.namespace.clone(),
+                    pod: pod.clone(),
+                    protocol: proto.into(),
+                    direction: direction.into(),
+                })
+                .inc_by(bytes_delta);
+            if self.per_pod {
+                self.pods_with_series
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((ep.namespace.clone(), pod));
+            }
+        }
+    }
+
+    /// Removes the per-pod series of pods no longer named.
+    pub fn retain_pods(&self, names: &FlowNames) {
+        let known: HashSet<(String, String)> = names.pods().collect();
+        let mut with = self.pods_with_series.lock().unwrap_or_else(|p| p.into_inner());
+        with.retain(|(ns, pod)| {
+            if known.contains(&(ns.clone(), pod.clone())) {
+                return true;
+            }
+            for protocol in ["TCP", "UDP", "SCTP", "ICMPv4", "ICMPv6", "unknown"] {
+                for direction in ["sent", "received"] {
+                    self.pod_bytes.remove(&PodBytesLabels {
+                        namespace: ns.clone(),
+                        pod: pod.clone(),
+                        protocol: protocol.into(),
+                        direction: direction.into(),
+                    });
+                }
+            }
+            false
+        });
+    }
+
+    /// The datapath's lost-event total (a running count).
+    pub fn set_lost(&self, total: u64) {
+        let before = self.lost_seen.swap(total, Ordering::Relaxed);
+        if total > before {
+            self.lost
+                .get_or_create(&LostLabels {
+                    source: "perf_event_ring_buffer".into(),
+                })
+                .inc_by(total - before);
+        }
+    }
+
+    pub fn set_map(&self, map: &str, entries: u64, capacity: u64) {
+        let labels = MapLabels { map: map.into() };
+        self.map_entries.get_or_create(&labels).set(entries as i64);
+        self.map_capacity.get_or_create(&labels).set(capacity as i64);
+    }
+
+    pub fn observe_cni(&self, operation: &str, took: Duration) {
+        self.cni
+            .get_or_create(&OperationLabels {
+                operation: operation.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` until the process ends.
+pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
+    use hyper::body::Incoming;
+    use hyper::{Request, Response, StatusCode};
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(metrics.encode())
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body("only /metrics here\n".to_owned())
+                    }
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+/// Binds the metrics listener; a failure is the caller's to report.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

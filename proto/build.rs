@@ -1,0 +1,26 @@
+//! Generates the Observer API's Rust code from `proto/**/*.proto` with
+//! protox (a protobuf compiler in Rust: no `protoc` to install) and
+//! tonic-prost-build, and writes the file descriptor set that gRPC
+//! reflection serves.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/flow/flow.proto",
+        "proto/observer/observer.proto",
+        "proto/relay/relay.proto",
+        "proto/weir/flow_details.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("observer_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
