@@ -8,6 +8,7 @@ packages=(
   libclang1-19                                    # bindgen: the Rust side of bpf/lib/abi.h
   iproute2 iputils-ping util-linux ethtool        # netns, veth, ping, nsenter, lab NIC offloads
   iperf3 sockperf procps iptables                 # benchmarks (iptables: the kube-proxy baseline)
+  prometheus curl                                 # a real Prometheus scrapes the agents; promtool checks /metrics
 )
 
 missing=()
@@ -32,3 +33,6 @@ for c in fmt clippy; do
     exit 1
   fi
 done
+
+# The hubble CLI and grpcurl, built once from the Go module proxy.
+bash "$(dirname "$0")/tools.sh"

@@ -1,6 +1,9 @@
 //! `weir`: the command line users install. It stays small and loads no BPF:
-//! `weir lab ...` runs the separate `weir-lab` binary (the lab needs the
-//! datapath objects and root); `observe` and `status` come here later.
+//! `weir observe` and `weir status` talk to an agent or the relay over the
+//! Observer API; `weir lab ...` runs the separate `weir-lab` binary (the
+//! lab needs the datapath objects and root).
+
+mod observe;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -19,6 +22,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command_ {
+    /// Flows, as the datapath saw them, from an agent or the relay (Hubble's Observer API).
+    Observe(Box<observe::ObserveArgs>),
+    /// The Observer API's state: nodes connected, flows seen, lost events.
+    Status(observe::ServerArg),
     /// A local cluster built from network namespaces (runs `weir-lab`; `weir lab --help` for its commands).
     #[command(disable_help_flag = true)]
     Lab {
@@ -50,7 +57,30 @@ fn lab_binary() -> Result<PathBuf> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+    };
     match cli.command {
+        Command_::Observe(args) => runtime()?.block_on(observe::observe(*args)),
+        Command_::Status(args) => runtime()?.block_on(observe::status(args)),
+        // `weir lab observe`: the lab's relay, without flags.
+        Command_::Lab { args } if args.first().is_some_and(|a| a == "observe") => {
+            #[derive(Parser)]
+            #[command(name = "weir lab observe", about = "Flows of the lab, from its relay")]
+            struct LabObserve {
+                #[command(flatten)]
+                args: observe::ObserveArgs,
+            }
+            let mut parsed = LabObserve::parse_from(&args);
+            if parsed.args.server.server.is_none() {
+                let dir = std::env::var_os("WEIR_LAB_DIR").map_or_else(|| "/run/weir-lab".into(), PathBuf::from);
+                parsed.args.server.server = Some(format!("unix://{}", dir.join("run/relay.sock").display()));
+            }
+            runtime()?.block_on(observe::observe(parsed.args))
+        }
         Command_::Lab { args } => {
             let bin = lab_binary()?;
             // exec only returns on failure.

@@ -144,6 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api::bind(&hubble_socket).with_context(|| format!("binding {}", hubble_socket.display()))?;
     let observer = flows::server::ObserverService {
         store: flow_store,
+        stats: flow_stats,
         node: config.node.clone(),
         address: format!("unix://{}", hubble_socket.display()),
         started: std::time::Instant::now(),

@@ -181,7 +181,7 @@ impl Lab {
             bail!(
                 "{name} not found in {} (set WEIR_BIN_DIR, or build it: cargo build -p {})",
                 dir.display(),
-                if name == "weir-cni" { "weir-cni" } else { "weir-agent" }
+                name
             );
         }
         Ok(path)

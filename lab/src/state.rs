@@ -88,6 +88,14 @@ impl LabDir {
     pub fn node_socket(&self, node: &str) -> PathBuf {
         self.root.join("run").join(node).join("agent.sock")
     }
+    /// The node agent's Observer API (the agent puts it next to its socket).
+    pub fn node_hubble_socket(&self, node: &str) -> PathBuf {
+        self.root.join("run").join(node).join("hubble.sock")
+    }
+    /// The lab's relay: every node's flows.
+    pub fn relay_socket(&self) -> PathBuf {
+        self.root.join("run").join("relay.sock")
+    }
     /// The entries this tool creates inside the lab dir (and so may remove).
     pub fn owned_entries(&self) -> Vec<PathBuf> {
         [

@@ -274,6 +274,40 @@ fn bring_up(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    start_relay(lab, topo, state)
+}
+
+/// The relay, on the host (it reaches every agent's Unix socket; no netns
+/// needed), serving the lab's Observer API on `run/relay.sock`:
+/// `weir lab observe` and `weir observe` use it without flags.
+fn start_relay(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Result<()> {
+    let relay = lab.binary("weir-relay")?;
+    let log_path = lab.dir.logs().join("relay.log");
+    let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = signals::spawn_in(None, &relay)?;
+    cmd.arg("--socket").arg(lab.dir.relay_socket());
+    for node in &topo.nodes {
+        let sock = lab.dir.node_hubble_socket(&node.name);
+        cmd.arg("--peer")
+            .arg(format!("{}=unix://{}", node.name, sock.display()));
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", relay.display()))?;
+    state.servers.push(procs::record(child.id(), "weir-relay".to_owned()));
+    lab.dir.save(state)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !lab.dir.relay_socket().exists() {
+        if Instant::now() > deadline {
+            bail!("weir-relay did not come up; {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("relay: {} (weir lab observe)", lab.dir.relay_socket().display());
     Ok(())
 }
 

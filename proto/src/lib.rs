@@ -29,7 +29,9 @@ pub mod weir {
     }
 }
 
+pub mod client;
 pub mod filter;
+pub mod server;
 pub mod time;
 
 /// The encoded `FileDescriptorSet` of every package, for gRPC reflection.

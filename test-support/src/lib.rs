@@ -46,3 +46,32 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A real client of the ecosystem (`hubble`, `grpcurl`) that
+/// `scripts/tools.sh` built into its cache (`$WEIR_TOOLS_DIR/bin`, by
+/// default `~/.cache/weir-tools/bin`), or a system tool on PATH
+/// (`prometheus`, `promtool`). `None` (the test skips, saying so) when it is
+/// missing, except under `CI=true`, where a missing tool fails the test.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let cache = std::env::var_os("WEIR_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("weir-tools")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir-tools")));
+    let in_cache = cache.map(|c| c.join("bin").join(name)).filter(|p| p.exists());
+    let on_path = || {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+    };
+    let found = in_cache.or_else(on_path);
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {name} is missing: scripts/deps.sh (scripts/tools.sh) installs it"
+        );
+        eprintln!("skipping: {name} not installed (scripts/deps.sh installs it)");
+    }
+    found
+}

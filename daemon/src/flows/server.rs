@@ -92,6 +92,7 @@ impl Query {
 
 pub struct ObserverService {
     pub store: Arc<FlowStore>,
+    pub stats: Arc<super::FlowStats>,
     pub node: String,
     pub address: String,
     pub started: Instant,
@@ -236,51 +237,16 @@ impl observer::observer_server::Observer for ObserverService {
             unavailable_nodes: Vec::new(),
             version: format!("weir {}", env!("CARGO_PKG_VERSION")),
             flows_rate: self.flows_rate(&stored),
+            weir_lost_events: self.stats.lost.load(std::sync::atomic::Ordering::Relaxed),
+            weir_undecodable_events: self.stats.undecodable.load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 }
 
-/// Serves the Observer API (with gRPC health and reflection) on the Unix
-/// socket, and on `tcp` when given, until the task is dropped.
+/// Serves the Observer API on the Unix socket, and on `tcp` when given,
+/// until the task is dropped.
 pub async fn serve(unix: tokio::net::UnixListener, tcp: Option<std::net::SocketAddr>, service: ObserverService) {
-    use tonic::transport::Server;
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for name in ["", weir_proto::OBSERVER_SERVICE, weir_proto::OBSERVER_HEALTH_NAME] {
-        reporter
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(weir_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "observer: reflection descriptors do not load; no Observer API");
-            return;
-        }
-    };
-    let observer = service.into_server();
-    let router = || {
-        Server::builder()
-            .add_service(health.clone())
-            .add_service(v1.clone())
-            .add_service(v1alpha.clone())
-            .add_service(observer.clone())
-    };
-    let on_unix = router().serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(unix));
-    let result = match tcp {
-        Some(addr) => {
-            tracing::info!(%addr, "observer: also serving on TCP");
-            tokio::try_join!(on_unix, router().serve(addr)).map(|_| ())
-        }
-        None => on_unix.await,
-    };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "observer: server stopped");
-    }
+    weir_proto::server::serve(unix, tcp, service.into_server()).await
 }
 
 #[cfg(test)]
