@@ -27,6 +27,9 @@ pub enum Request {
     Gc { keep: Vec<EndpointRef> },
     /// Is the agent ready to wire pods (CNI STATUS)?
     Status,
+    /// Switch per-packet tracing (every packet in and out becomes a flow)
+    /// on or off for a pod's endpoints; replies with them.
+    EndpointTrace { pod: PodRef, enabled: bool },
 }
 
 /// The pod an interface belongs to, as kubelet passes it in `CNI_ARGS`.
@@ -97,6 +100,9 @@ pub struct Endpoint {
     pub pod: PodRef,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Every packet is a flow event (debugging one pod); off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace: bool,
     /// Packet and byte counters, filled by `endpoint_list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<EndpointCounters>,

@@ -89,7 +89,8 @@ pub struct ObserveArgs {
     /// Either end's port.
     #[arg(long)]
     pub port: Vec<u16>,
-    /// Event type: drop or trace.
+    /// Event type: drop, trace (a connection's events), packet (every
+    /// packet of a pod traced with `weir lab trace`), policy-verdict.
     #[arg(long = "type")]
     pub event_type: Vec<String>,
     /// The node that saw the flow (glob: node-*).
@@ -193,9 +194,10 @@ pub fn filters(a: &ObserveArgs) -> Result<Vec<FlowFilter>> {
     for t in &a.event_type {
         let r#type = match t.as_str() {
             "drop" => 1,
+            "packet" | "capture" => 3,
             "trace" => 4,
             "policy-verdict" => 5,
-            _ => bail!("--type {t:?}: expected drop, trace or policy-verdict"),
+            _ => bail!("--type {t:?}: expected drop, trace, packet or policy-verdict"),
         };
         base.event_type.push(flow::EventTypeFilter {
             r#type,

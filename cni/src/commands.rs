@@ -357,6 +357,7 @@ mod tests {
                     Request::EndpointList => "list",
                     Request::Gc { .. } => "gc",
                     Request::Status => "status",
+                    Request::EndpointTrace { .. } => "trace",
                 })
                 .collect()
         }
@@ -386,6 +387,7 @@ mod tests {
             gateway_v4: Ipv4Addr::new(169, 254, 1, 1),
             pod: PodRef::default(),
             labels: Default::default(),
+            trace: false,
             counters: None,
         }
     }
@@ -403,7 +405,7 @@ mod tests {
                 drops: Default::default(),
                 services_applied: None,
             }),
-            Request::EndpointList => Response::Endpoints { endpoints: vec![] },
+            Request::EndpointList | Request::EndpointTrace { .. } => Response::Endpoints { endpoints: vec![] },
         })
     }
 

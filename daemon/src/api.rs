@@ -135,7 +135,7 @@ async fn handle<D: Dataplane + 'static>(
             .await
             .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("handler panicked: {e}"))));
             if let Some(m) = &metrics
-                && op != "status"
+                && !matches!(op, "status" | "endpoint_trace" | "endpoint_list")
             {
                 m.observe_cni(op, started.elapsed());
             }
@@ -178,6 +178,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::EndpointList => "endpoint_list",
         Request::Gc { .. } => "gc",
         Request::Status => "status",
+        Request::EndpointTrace { .. } => "endpoint_trace",
     }
 }
 
@@ -194,6 +195,7 @@ fn dispatch<D: Dataplane>(
         Request::EndpointGet(r) => eps.get(&r),
         Request::EndpointList => eps.list(),
         Request::Gc { keep } => eps.gc(&keep),
+        Request::EndpointTrace { pod, enabled } => eps.set_trace(&pod, enabled),
         Request::Status => eps.status().map(|r| match r {
             Response::Status(mut s) => {
                 s.services_applied = sync.services();

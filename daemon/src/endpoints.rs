@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use weir_agent_api::{AgentStatus, ApiError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, POD_GATEWAY_V4, Response};
+use weir_agent_api::{
+    AgentStatus, ApiError, Endpoint, EndpointAdd, EndpointRef, ErrorCode, POD_GATEWAY_V4, PodRef, Response,
+};
 use weir_datapath::abi::EpInfo;
 use weir_model::IdentityKey;
 
@@ -185,6 +187,8 @@ impl<D: Dataplane> Endpoints<D> {
             gateway_v4: POD_GATEWAY_V4,
             pod: req.pod,
             labels,
+            // A repeated ADD keeps a trace switched on.
+            trace: self.state.endpoints.get(&key).is_some_and(|old| old.trace),
             counters: None,
         };
 
@@ -249,6 +253,39 @@ impl<D: Dataplane> Endpoints<D> {
             tracing::error!(error = %e, "saving state after identity changes");
         }
         changed
+    }
+
+    /// Turns per-packet tracing on or off for the endpoints of `pod`, in
+    /// their records and in the datapath (the programs read the flag per
+    /// packet: no reload).
+    pub fn set_trace(&mut self, pod: &PodRef, enabled: bool) -> Result<Response, ApiError> {
+        let mut touched = Vec::new();
+        for ep in self
+            .state
+            .endpoints
+            .values_mut()
+            .filter(|e| e.pod.namespace == pod.namespace && e.pod.name == pod.name)
+        {
+            let mut next = ep.clone();
+            next.trace = enabled;
+            let host_mac = parse_mac(&ep.host_mac).unwrap_or_default();
+            self.dataplane
+                .update(ep.ipv4, ep_info(&next, host_mac))
+                .map_err(|e| err(ErrorCode::Datapath, report(&e)))?;
+            *ep = next;
+            touched.push(ep.clone());
+        }
+        if touched.is_empty() {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!("no endpoint of pod {}/{} on this node", pod.namespace, pod.name),
+            ));
+        }
+        if let Err(e) = self.store.save(&self.state) {
+            tracing::error!(error = %e, "saving state after a trace switch");
+        }
+        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), enabled, "endpoint tracing switched");
+        Ok(Response::Endpoints { endpoints: touched })
     }
 
     pub fn delete(&mut self, r: &EndpointRef) -> Result<Response, ApiError> {
@@ -340,7 +377,7 @@ fn ep_info(ep: &Endpoint, host_mac: [u8; 6]) -> EpInfo {
         identity: ep.identity,
         pod_mac: parse_mac(&ep.pod_mac).unwrap_or_default(),
         host_mac,
-        flags: 0,
+        flags: if ep.trace { weir_datapath::abi::EP_F_TRACE } else { 0 },
     }
 }
 

@@ -404,12 +404,56 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// OpenMetrics text, what Prometheus asks for.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The classic Prometheus text format (0.0.4), for clients that do not
+    /// ask for OpenMetrics (curl, promtool check metrics).
+    pub fn encode_classic(&self) -> String {
+        classic(&self.encode())
+    }
+}
+
+/// OpenMetrics text to Prometheus text 0.0.4: a counter's HELP and TYPE
+/// name the `_total` series (OpenMetrics names the family without it),
+/// and UNIT and EOF lines do not exist there.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                out.push_str(&format!("{kind}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Serves `/metrics` until the process ends.
@@ -430,13 +474,22 @@ pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 async move {
-                    if req.uri().path() == "/metrics" {
+                    let openmetrics = req
+                        .headers()
+                        .get("accept")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|a| a.contains("application/openmetrics-text"));
+                    if req.uri().path() == "/metrics" && openmetrics {
                         Response::builder()
                             .header(
                                 "content-type",
                                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                             )
                             .body(metrics.encode())
+                    } else if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(metrics.encode_classic())
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
@@ -449,6 +502,20 @@ pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
                 .serve_connection(io, service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_with_total_and_drops_openmetrics_only_lines() {
+        let om = "# HELP x_bytes Bytes.\n# TYPE x_bytes counter\n# UNIT x_bytes bytes\nx_bytes_total{a=\"b\"} 3\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total{a=\"b\"} 3\n# TYPE g gauge\ng 1\n"
+        );
     }
 }
 

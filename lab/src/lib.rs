@@ -118,6 +118,14 @@ enum LabCommand {
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=65000))]
         size: Option<u16>,
     },
+    /// Switch per-packet tracing on (or off) for a pod: every packet in and
+    /// out becomes a flow (`weir lab observe --pod POD --type trace`).
+    Trace {
+        /// NAMESPACE/POD
+        pod: String,
+        #[arg(long)]
+        off: bool,
+    },
     /// Stop everything the lab started and remove everything it created.
     Down,
     /// (internal) Run PROGRAM in a netns with SIGINT/SIGTERM unblocked (exec in place).
@@ -224,6 +232,7 @@ pub fn run(args: LabArgs) -> Result<u8> {
             output,
         } => status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0),
         LabCommand::Exec { pod, command } => exec(&lab, &pod, &command),
+        LabCommand::Trace { pod, off } => trace(&lab, &pod, !off).map(|()| 0),
         LabCommand::Probe {
             args,
             from_external,
@@ -290,6 +299,29 @@ fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
         (None, Some(sig)) => 128u8.saturating_add(u8::try_from(sig).unwrap_or(0)),
         _ => 1,
     })
+}
+
+/// Asks the agent of the pod's node to trace (or stop tracing) it.
+fn trace(lab: &Lab, pod: &str, enabled: bool) -> Result<()> {
+    let state = lab.dir.load()?.context("no lab is up")?;
+    let (namespace, name) = pod.split_once('/').context("expected NAMESPACE/POD")?;
+    let p = state
+        .pods
+        .get(pod)
+        .with_context(|| format!("pod {pod} is not in the lab"))?;
+    let request = weir_agent_api::Request::EndpointTrace {
+        pod: weir_agent_api::PodRef {
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Default::default()
+        },
+        enabled,
+    };
+    weir_agent_api::Client::new(lab.dir.node_socket(&p.node), std::time::Duration::from_secs(5))
+        .call(request)
+        .map_err(|e| anyhow::anyhow!("agent on {}: {e}", p.node))?;
+    println!("pod {pod}: tracing {}", if enabled { "on" } else { "off" });
+    Ok(())
 }
 
 /// Probes from a pod, or from the external host when `pod` is `None`.

@@ -20,6 +20,8 @@ use super::names::{FlowNames, Frontend};
 
 /// Hubble's monitor message types (Flow.event_type.type).
 pub const MESSAGE_DROP: i32 = 1;
+/// A per-packet capture of a traced endpoint (Hubble's debug capture type).
+pub const MESSAGE_CAPTURE: i32 = 3;
 pub const MESSAGE_TRACE: i32 = 4;
 
 /// CLOCK_MONOTONIC (the datapath's clock) to wall-clock time.
@@ -299,6 +301,14 @@ pub fn to_flow(e: &Event, cx: &Context<'_>) -> Flow {
             CiliumEventType {
                 r#type: MESSAGE_DROP,
                 sub_type: drop_code.map_or(0, |c| c as i32),
+            },
+        ),
+        // A traced endpoint's packet: seen, with no verdict of its own.
+        None if e.kind == EventKind::Trace => (
+            Verdict::Traced,
+            CiliumEventType {
+                r#type: MESSAGE_CAPTURE,
+                sub_type: 0,
             },
         ),
         None => (
