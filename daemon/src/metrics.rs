@@ -505,6 +505,11 @@ pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
     }
 }
 
+/// Binds the metrics listener; a failure is the caller's to report.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,9 +522,4 @@ mod tests {
             "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total{a=\"b\"} 3\n# TYPE g gauge\ng 1\n"
         );
     }
-}
-
-/// Binds the metrics listener; a failure is the caller's to report.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
