@@ -2,7 +2,9 @@
 # The lab demo: two nodes (network namespaces on one lab segment, each running
 # weir-agent), pods wired by the real weir-cni, pod-to-pod across nodes, a
 # ClusterIP service load-balanced in eBPF, egress masqueraded to the node IP,
-# counters and drops, and a clean teardown. Needs root.
+# counters and drops, live flows (weir observe, the stock hubble CLI, the
+# relay merging both nodes), a Prometheus scrape, and a clean teardown.
+# Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +44,30 @@ step "pod to pod across nodes, and to the external host (masqueraded to the node
 "$weir" lab probe svc-demo/client web-0/icmp
 "$weir" lab probe svc-demo/client web-1:80/tcp
 "$weir" lab probe svc-demo/client external:8080/tcp
+
+hubble=${WEIR_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir-tools}/bin/hubble
+relay="unix://$WEIR_LAB_DIR/run/relay.sock"
+step "flows: every probe above, seen by the datapath that forwarded it (weir lab observe: the relay, both nodes)"
+echo "-- pod to pod over TCP (client -> web-1:80):"
+"$weir" lab observe --from-pod svc-demo/client --to-pod svc-demo/web-1 --port 80 --last 2 | grep -v ' via ' || true
+echo "-- across nodes (client -> web-0, ICMP echo; each node reports what it saw):"
+"$weir" lab observe --from-pod svc-demo/client --to-pod svc-demo/web-0 --protocol icmp --last 2
+echo "-- a service connection: the VIP dialled and the backend reached, in one record:"
+"$weir" lab observe --from-pod svc-demo/client --service svc-demo/web --protocol tcp --last 2
+echo "-- the connection to the service without endpoints: DROPPED, with its reason:"
+"$weir" lab observe --verdict DROPPED --last 2
+step "the stock hubble CLI (built from the Go module proxy by scripts/tools.sh) against the relay"
+"$hubble" observe --server "$relay" --from-pod svc-demo/client --last 4
+"$hubble" status --server "$relay"
+step "live: weir lab observe --follow while the client calls the service"
+( timeout 3 "$weir" lab observe --follow --from-pod svc-demo/client --protocol tcp & sleep 1
+  for _ in 1 2; do "$weir" lab probe svc-demo/client "$vip:80/tcp" >/dev/null; done; wait ) || true
+step "Prometheus metrics of node1's agent (http://127.0.0.1:9962/metrics in the node's netns)"
+node1_ns="$(awk '/^name:/ {print $2; exit}' "$topology")-node1"
+ip netns exec "$node1_ns" curl -s http://127.0.0.1:9962/metrics \
+  | grep -E '^(hubble_flows_processed_total|weir_drop_count_total|weir_workload_connections_total|weir_tcp_handshake_seconds_count|weir_pod_bytes_total)' \
+  | head -12 || true
+"$weir" status
 
 step "weir lab status   (per-endpoint counters from per-CPU BPF maps, drops by reason, identities)"
 "$weir" lab status

@@ -20,10 +20,17 @@ pub struct Node {
     pub dir: PathBuf,
     pub bpffs: PathBuf,
     agent: Option<Child>,
+    /// More flags for every start of the agent.
+    agent_args: Vec<String>,
 }
 
 impl Node {
     pub fn start(pod_cidr: &str) -> Self {
+        Self::start_with(pod_cidr, &[])
+    }
+
+    /// [`Node::start`] with more agent flags (`--flow-events=false`, ...).
+    pub fn start_with(pod_cidr: &str, agent_args: &[&str]) -> Self {
         let name = unique("wn");
         let ns = NetNs::new(&name);
         let dir = std::env::temp_dir().join(format!("weir-e2e-{name}"));
@@ -35,6 +42,7 @@ impl Node {
             pod_cidr: pod_cidr.to_owned(),
             dir,
             agent: None,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         node.start_agent();
         node
@@ -42,6 +50,11 @@ impl Node {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.join("run/agent.sock")
+    }
+
+    /// The agent's Observer API (next to its socket).
+    pub fn hubble_socket(&self) -> PathBuf {
+        self.dir.join("run/hubble.sock")
     }
 
     pub fn client(&self) -> Client {
@@ -66,6 +79,7 @@ impl Node {
             .arg(self.socket())
             .arg("--manifests")
             .arg(self.dir.join("manifests"))
+            .args(&self.agent_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

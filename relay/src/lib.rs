@@ -350,6 +350,14 @@ async fn pump(
                 }
             };
             match next {
+                // History is finite: it waits for room (only this client's
+                // stream from the agent waits; the agent's reader never
+                // does). Live flows that find no room are dropped, counted.
+                Some(Ok(r)) if !req.follow => {
+                    if tx.send(r).await.is_err() {
+                        return;
+                    }
+                }
                 Some(Ok(r)) => {
                     if tx.try_send(r).is_err() {
                         if tx.is_closed() {
@@ -426,7 +434,20 @@ impl Observer for RelayService {
             while open {
                 tokio::select! {
                     r = peer_rx.recv() => match r {
-                        Some(r) => merger.push(r),
+                        Some(r) => {
+                            merger.push(r);
+                            // Whatever else is there, in one go.
+                            loop {
+                                match peer_rx.try_recv() {
+                                    Ok(r) => merger.push(r),
+                                    Err(mpsc::error::TryRecvError::Empty) => break,
+                                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                                        open = false;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
                         None => open = false,
                     },
                     _ = tick.tick() => {}

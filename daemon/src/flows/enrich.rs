@@ -11,8 +11,8 @@ use weir_datapath::abi::{DIR_EGRESS, DIR_INGRESS, obs};
 use weir_datapath::drop::DropReason;
 use weir_datapath::events::{Event, EventKind};
 use weir_proto::flow::{
-    self, CiliumEventType, Emitter, Flow, FlowType, Ip, IpVersion, Layer4, NetworkInterface, TcpFlags,
-    TraceObservationPoint, TraceReason, TrafficDirection, Verdict, layer4,
+    self, CiliumEventType, Flow, FlowType, Ip, IpVersion, Layer4, NetworkInterface, TcpFlags, TraceObservationPoint,
+    TraceReason, TrafficDirection, Verdict, layer4,
 };
 use weir_proto::weir::flow::v1::{Address, FlowDetails};
 
@@ -94,9 +94,28 @@ fn event_name(k: EventKind) -> &'static str {
     }
 }
 
+/// An address as text without the formatting machinery (`Display` costs
+/// more than the rest of a flow's addresses together; every flow has two).
+pub fn ip_string(ip: Ipv4Addr) -> String {
+    let mut s = String::with_capacity(15);
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push((b'0' + o / 100) as char);
+        }
+        if o >= 10 {
+            s.push((b'0' + (o / 10) % 10) as char);
+        }
+        s.push((b'0' + o % 10) as char);
+    }
+    s
+}
+
 fn addr(ip: Ipv4Addr, port: u16) -> Address {
     Address {
-        ip: ip.to_string(),
+        ip: ip_string(ip),
         port: u32::from(port),
     }
 }
@@ -345,10 +364,6 @@ pub fn to_flow(e: &Event, cx: &Context<'_>) -> Flow {
     };
     Flow {
         time: Some(weir_proto::time::to_timestamp(cx.clock.wall(e.ts_ns))),
-        emitter: Some(Emitter {
-            name: "weir".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }),
         node_name: cx.node.to_owned(),
         verdict: verdict as i32,
         drop_reason: drop_code.map_or(0, |c| c as u32),
@@ -362,9 +377,9 @@ pub fn to_flow(e: &Event, cx: &Context<'_>) -> Flow {
             name: String::new(),
         }),
         ip: Some(Ip {
-            source: tr.src.0.to_string(),
-            source_xlated: tr.snat.map(|(i, _)| i.to_string()).unwrap_or_default(),
-            destination: tr.dst.0.to_string(),
+            source: ip_string(tr.src.0),
+            source_xlated: tr.snat.map(|(i, _)| ip_string(i)).unwrap_or_default(),
+            destination: ip_string(tr.dst.0),
             ip_version: IpVersion::IPv4 as i32,
             encrypted: false,
         }),
@@ -424,6 +439,20 @@ mod tests {
 
     fn ip(s: &str, p: u16) -> (Ipv4Addr, u16) {
         (s.parse().unwrap(), p)
+    }
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "10.244.1.5",
+            "255.255.255.255",
+            "172.31.100.9",
+            "1.20.103.250",
+        ] {
+            let a: Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(ip_string(a), a.to_string());
+        }
     }
 
     #[test]

@@ -98,6 +98,21 @@ impl Pipeline {
     }
 }
 
+/// Takes everything the ring holds now through the pipeline into the
+/// store; returns how many records it read.
+pub fn drain(source: &mut EventSource, pipeline: &mut Pipeline, store: &FlowStore, clock: Clock) -> u64 {
+    let now = Instant::now();
+    let mut n = 0;
+    while source
+        .next(|bytes| pipeline.process(bytes, clock, now, store))
+        .is_some()
+    {
+        n += 1;
+    }
+    pipeline.flush(store);
+    n
+}
+
 /// Reads the ring buffer on a thread of its own until `stop` is set:
 /// waits for data (or 100 ms, to notice a new cluster snapshot and the
 /// stop flag), then drains everything there is.
@@ -126,12 +141,7 @@ pub fn spawn_reader(
                     return;
                 }
             }
-            let (clock, now) = (Clock::now(), Instant::now());
-            while source
-                .next(|bytes| pipeline.process(bytes, clock, now, &store))
-                .is_some()
-            {}
-            pipeline.flush(&store);
+            drain(&mut source, &mut pipeline, &store, Clock::now());
             if let Ok(lost) = source.lost() {
                 pipeline.stats.lost.store(lost, Ordering::Relaxed);
                 if let Some(m) = &pipeline.metrics {

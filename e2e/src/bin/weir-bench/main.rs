@@ -11,12 +11,16 @@
 //! stops after the CNI and memory part; `--cross-node` measures pod to pod
 //! across two lab nodes (native routing and VXLAN) instead; `--services`
 //! compares service connection setup with kube-proxy's iptables layout;
-//! `--nodeport` compares NodePort packet rates in XDP and in TC.
+//! `--nodeport` compares NodePort packet rates in XDP and in TC; `--flows`
+//! measures the flow pipeline, its clients, the relay, what recording costs
+//! the datapath, and the agent's memory with full flow rings
+//! (`--flows-recording`: only what recording costs, for reruns).
 
 use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
+mod flows;
 mod nodeport;
 mod services;
 
@@ -223,6 +227,14 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if std::env::args().any(|a| a == "--flows-recording") {
+        flows::recording_cost();
+        return;
+    }
+    if std::env::args().any(|a| a == "--flows") {
+        flows::run();
+        return;
+    }
     if std::env::args().any(|a| a == "--nodeport") {
         nodeport::run();
         return;
