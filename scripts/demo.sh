@@ -62,11 +62,12 @@ step "the stock hubble CLI (built from the Go module proxy by scripts/tools.sh) 
 step "live: weir lab observe --follow while the client calls the service"
 ( timeout 3 "$weir" lab observe --follow --from-pod svc-demo/client --protocol tcp & sleep 1
   for _ in 1 2; do "$weir" lab probe svc-demo/client "$vip:80/tcp" >/dev/null; done; wait ) || true
-step "Prometheus metrics of node1's agent (http://127.0.0.1:9962/metrics in the node's netns)"
-node1_ns="$(awk '/^name:/ {print $2; exit}' "$topology")-node1"
-ip netns exec "$node1_ns" curl -s http://127.0.0.1:9962/metrics \
+client_node=$("$weir" lab get pod svc-demo/client -o json | awk -F'"' '/"nodeName"/ {print $4; exit}')
+step "Prometheus metrics of $client_node's agent, the client's node (http://127.0.0.1:9962/metrics in the node's netns)"
+node_ns="$(awk '/^name:/ {print $2; exit}' "$topology")-$client_node"
+ip netns exec "$node_ns" curl -s http://127.0.0.1:9962/metrics \
   | grep -E '^(hubble_flows_processed_total|weir_drop_count_total|weir_workload_connections_total|weir_tcp_handshake_seconds_count|weir_pod_bytes_total)' \
-  | head -12 || true
+  | awk -F'{' '{n[$1]++} n[$1] <= 3' || true
 "$weir" status
 
 step "weir lab status   (per-endpoint counters from per-CPU BPF maps, drops by reason, identities)"

@@ -394,6 +394,12 @@ fn line(f: &Flow) -> Line {
             .unwrap_or_default();
         extra.push(format!("via {svc}{}:{}", a.ip, a.port));
     }
+    if d.dialled.is_none()
+        && let Some(s) = &f.destination_service
+    {
+        // A service's VIP itself (a drop before translation, say).
+        extra.push(format!("service {}/{}", s.namespace, s.name));
+    }
     if let Some(a) = &d.snat {
         extra.push(format!("SNAT {}:{}", a.ip, a.port));
     }
