@@ -260,10 +260,22 @@ impl Metrics {
                 protocol: proto.into(),
             })
             .inc();
-        let (src, dst) = (
-            f.source.clone().unwrap_or_default(),
-            f.destination.clone().unwrap_or_default(),
-        );
+        let src = f.source.clone().unwrap_or_default();
+        let mut dst = f.destination.clone().unwrap_or_default();
+        // A service's VIP is no pod: the edge goes to the service (a drop
+        // before any backend was chosen, say).
+        if dst.pod_name.is_empty()
+            && let Some(svc) = &f.destination_service
+        {
+            dst = Endpoint {
+                namespace: svc.namespace.clone(),
+                workloads: vec![weir_proto::flow::Workload {
+                    name: svc.name.clone(),
+                    kind: "Service".into(),
+                }],
+                ..Default::default()
+            };
+        }
         match e.kind {
             EventKind::Drop => {
                 let labels = DropLabels {
