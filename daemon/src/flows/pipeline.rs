@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 /// Flows go into the store in batches of this many (one lock each).
 const BATCH: usize = 256;
 
+/// How long the reader waits for the cluster source's first snapshot.
+const SOURCE_WAIT: Duration = Duration::from_secs(10);
+
 /// What the reader counts, for ServerStatus and metrics.
 #[derive(Debug, Default)]
 pub struct FlowStats {
@@ -124,6 +127,21 @@ pub fn spawn_reader(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("flow-reader".into()).spawn(move || {
+        // Events that waited in the pinned ring while no agent ran are
+        // about pods the source has not told us of yet: wait for its first
+        // snapshot (the ring holds them meanwhile), or they would be named
+        // as the world. A source that never syncs costs names, not flows.
+        let deadline = Instant::now() + SOURCE_WAIT;
+        while cluster.borrow().revision.is_none() && !stop.load(Ordering::Relaxed) {
+            if cluster.has_changed().is_err() {
+                break; // no source at all
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(waited = ?SOURCE_WAIT, "cluster state not synced: flows go unnamed until it is");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let state = cluster.borrow_and_update().clone();
         pipeline.update_names(&state);
         while !stop.load(Ordering::Relaxed) {
