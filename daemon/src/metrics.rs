@@ -23,8 +23,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use weir_datapath::events::{Event, EventKind, Tuple};
-use weir_proto::flow::{Endpoint, Flow, Verdict, layer4};
+use weir_proto::flow::Endpoint;
 
+use crate::flows::enrich::Named;
 use crate::flows::names::FlowNames;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,14 +139,14 @@ fn workload(e: &Endpoint) -> String {
         .to_owned()
 }
 
-fn protocol(f: &Flow) -> &'static str {
-    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
-        Some(layer4::Protocol::Tcp(_)) => "TCP",
-        Some(layer4::Protocol::Udp(_)) => "UDP",
-        Some(layer4::Protocol::Sctp(_)) => "SCTP",
-        Some(layer4::Protocol::IcmPv4(_)) => "ICMPv4",
-        Some(layer4::Protocol::IcmPv6(_)) => "ICMPv6",
-        None => "unknown",
+fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        1 => "ICMPv4",
+        58 => "ICMPv6",
+        _ => "unknown",
     }
 }
 
@@ -247,60 +248,66 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// Counts one flow (and its event's counters).
-    pub fn observe(&self, e: &Event, f: &Flow) {
-        let verdict = Verdict::try_from(f.verdict).unwrap_or(Verdict::Unknown);
-        let proto = protocol(f);
-        let details = f.weir.as_ref();
+    /// Counts one flow (and its event's counters), from the event and its
+    /// names: the protobuf is not built for metrics.
+    pub fn observe(&self, e: &Event, named: &Named) {
+        let verdict = match e.kind {
+            EventKind::Drop => "DROPPED",
+            EventKind::Trace => "TRACED",
+            _ => "FORWARDED",
+        };
+        let proto = protocol_name(e.tuple.proto);
         self.flows
             .get_or_create(&FlowLabels {
                 r#type: "L3_L4".into(),
-                subtype: details.map_or("", |d| d.observation_point.as_str()).into(),
-                verdict: verdict.as_str_name().into(),
+                subtype: crate::flows::enrich::observation(e.obs).0.into(),
+                verdict: verdict.into(),
                 protocol: proto.into(),
             })
             .inc();
-        let src = f.source.clone().unwrap_or_default();
-        let mut dst = f.destination.clone().unwrap_or_default();
+        let src: &Endpoint = &named.src;
+        let service_end;
         // A service's VIP is no pod: the edge goes to the service (a drop
         // before any backend was chosen, say).
-        if dst.pod_name.is_empty()
-            && let Some(svc) = &f.destination_service
-        {
-            dst = Endpoint {
-                namespace: svc.namespace.clone(),
-                workloads: vec![weir_proto::flow::Workload {
-                    name: svc.name.clone(),
-                    kind: "Service".into(),
-                }],
-                ..Default::default()
-            };
-        }
+        let dst: &Endpoint = match &named.service {
+            Some(svc) if named.dst.pod_name.is_empty() && !e.is_reply() => {
+                service_end = Endpoint {
+                    namespace: svc.namespace.clone(),
+                    workloads: vec![weir_proto::flow::Workload {
+                        name: svc.name.clone(),
+                        kind: "Service".into(),
+                    }],
+                    ..Default::default()
+                };
+                &service_end
+            }
+            _ => &named.dst,
+        };
         match e.kind {
             EventKind::Drop => {
                 let labels = DropLabels {
-                    reason: details.map_or("unknown", |d| d.drop_reason.as_str()).into(),
+                    reason: e.drop_reason.map_or("unknown", |r| r.name()).into(),
                     direction: direction_name(e.direction).into(),
                 };
                 self.drops.get_or_create(&labels).inc();
                 self.drop_bytes.get_or_create(&labels).inc_by(u64::from(e.len));
-                self.edge(&src, &dst, "DROPPED");
+                self.edge(src, dst, "DROPPED");
             }
             EventKind::Trace => {}
             _ => {
                 if e.kind == EventKind::FlowStart && !e.is_reply() {
-                    self.edge(&src, &dst, "FORWARDED");
+                    self.edge(src, dst, "FORWARDED");
                 }
                 if e.handshake_ns > 0 {
                     // The SYN-ACK's sender is the server.
                     self.handshake
                         .get_or_create(&WorkloadLabels {
                             destination_namespace: src.namespace.clone(),
-                            destination_workload: workload(&src),
+                            destination_workload: workload(src),
                         })
                         .observe(e.handshake_ns as f64 / 1e9);
                 }
-                self.count_bytes(e, &src, &dst, proto);
+                self.count_bytes(e, src, dst, proto);
             }
         }
     }

@@ -155,6 +155,42 @@ impl Event {
         })
     }
 
+    /// An event of no kind in particular, all zero (a stand-in where a
+    /// flow came from elsewhere than the datapath).
+    pub fn placeholder() -> Self {
+        let zero = Tuple {
+            saddr: std::net::Ipv4Addr::UNSPECIFIED,
+            daddr: std::net::Ipv4Addr::UNSPECIFIED,
+            sport: 0,
+            dport: 0,
+            proto: 0,
+        };
+        Self {
+            kind: EventKind::Trace,
+            obs: 0,
+            direction: crate::abi::DIR_UNKNOWN as u8,
+            tcp_flags: 0,
+            ct_flags: 0,
+            ct_state: 0,
+            drop_reason: None,
+            drop_code: 0,
+            ts_ns: 0,
+            endpoint_id: 0,
+            src_identity: 0,
+            dst_identity: 0,
+            service_id: 0,
+            ifindex: 0,
+            len: 0,
+            tuple: zero,
+            xlate: zero,
+            packets: 0,
+            bytes: 0,
+            rev_packets: 0,
+            rev_bytes: 0,
+            handshake_ns: 0,
+        }
+    }
+
     /// The answering direction of its connection.
     pub fn is_reply(&self) -> bool {
         self.ct_flags & crate::abi::CT_F_REVERSE != 0

@@ -287,3 +287,27 @@ fn a_full_ring_counts_what_it_lost_and_recording_off_writes_nothing() {
     assert_eq!(fx.events.lost().unwrap(), 0);
     assert_eq!(fx.drops(DropReason::InvalidSource), 1);
 }
+
+#[test]
+fn a_reused_port_into_a_pod_is_a_new_flow() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("reuse", &LoadOptions::default());
+    // A remote client reaches B through the uplink, closes, and opens a
+    // new connection from the same port.
+    let remote = Ipv4Addr::new(10, 244, 2, 9);
+    let f = flow(remote, 41000, POD_B, 80, TCP);
+    let netdev = |fx: &Fixture, flags: u8| fx.tc(ProgramKind::FromNetdev, &f.packet(flags)).0;
+    assert_eq!(netdev(&fx, SYN), TC_ACT_REDIRECT);
+    netdev(&fx, FIN | ACK);
+    fx.drain();
+    assert_eq!(netdev(&fx, SYN), TC_ACT_REDIRECT);
+    let events = fx.drain();
+    assert_eq!(
+        kinds(&events),
+        [EventKind::FlowStart],
+        "the new connection is seen: {events:#?}"
+    );
+    assert_eq!(events[0].packets, 1, "with its own counters");
+}

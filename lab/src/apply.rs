@@ -237,6 +237,10 @@ fn apply_objects(
         bail!("interrupted: rolled back the {} pod(s) this apply made", made.len());
     }
     failures.extend(run_controllers(&store, &namespaces, &deployments));
+    // Back only once every agent holds what was applied (services, and the
+    // pods' addresses its flows are named with): `apply` then `probe` must
+    // not race the agents' next look at the store.
+    failures.extend(wait_for_agents(lab, state));
     if failures.is_empty() {
         return Ok(());
     }

@@ -172,7 +172,10 @@ fn hubble_grpcurl_and_weir_observe_see_named_flows_on_agents_and_the_relay() {
         })
         .filter_map(|f| f["node_name"].as_str())
         .collect();
-    assert_eq!(nodes.len(), 2, "client -> {remote_web} on both nodes: {nodes:?}");
+    if nodes.len() != 2 {
+        let all = ok(&weir, &["observe", "--server", &relay, "--last", "1000"]);
+        panic!("client -> {remote_web} on both nodes: {nodes:?}\nall flows:\n{all}");
+    }
 
     // The rejected connection: DROPPED with Hubble's reason, from either
     // client (hubble and weir) asking for drops only.
@@ -232,7 +235,13 @@ fn hubble_grpcurl_and_weir_observe_see_named_flows_on_agents_and_the_relay() {
     let start = weir_flows
         .iter()
         .find(|f| f["event"] == "flow-start" && f["dialled"]["ip"] == vip.as_str())
-        .unwrap_or_else(|| panic!("no flow-start with the VIP: {weir_flows:#?}"));
+        .unwrap_or_else(|| {
+            let all = ok(&weir, &["observe", "--server", &relay, "--last", "1000"]);
+            panic!(
+                "no flow-start with the VIP {vip}: {weir_flows:#?}\nall flows:\n{all}\n{}",
+                lab.logs()
+            )
+        });
     assert_eq!(start["dialled"]["port"], 80);
     assert!(pod_of(&start["destination"]).starts_with("svc-demo/web-"));
     assert_eq!(start["backend"]["ip"], start["IP"]["destination"]);

@@ -5,14 +5,15 @@
 //! and the observation point, and weir's own details. Pure.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use weir_datapath::abi::{DIR_EGRESS, DIR_INGRESS, obs};
 use weir_datapath::drop::DropReason;
 use weir_datapath::events::{Event, EventKind};
 use weir_proto::flow::{
-    self, CiliumEventType, Flow, FlowType, Ip, IpVersion, Layer4, NetworkInterface, TcpFlags, TraceObservationPoint,
-    TraceReason, TrafficDirection, Verdict, layer4,
+    self, CiliumEventType, Endpoint, Flow, FlowType, Ip, IpVersion, Layer4, NetworkInterface, TcpFlags,
+    TraceObservationPoint, TraceReason, TrafficDirection, Verdict, layer4,
 };
 use weir_proto::weir::flow::v1::{Address, FlowDetails};
 
@@ -69,7 +70,7 @@ pub fn hubble_drop_code(r: DropReason) -> flow::DropReason {
 
 /// weir's observation point: its name, Hubble's point and the sub-type
 /// Hubble's monitor gives trace events seen there.
-fn observation(point: u8) -> (&'static str, TraceObservationPoint, i32) {
+pub fn observation(point: u8) -> (&'static str, TraceObservationPoint, i32) {
     use TraceObservationPoint as P;
     match u32::from(point) {
         obs::FROM_POD => ("from-pod", P::FromEndpoint, 5),
@@ -271,16 +272,52 @@ pub struct Context<'a> {
     pub now: Instant,
 }
 
+pub fn to_flow(e: &Event, cx: &Context<'_>) -> Flow {
+    build(e, &name(e, cx), cx.node)
+}
+
+/// What a flow says beyond its event: its ends and service as the
+/// cluster was when it was seen, and when that was. Cheap (lookups and
+/// reference counts): the agent keeps this with the event and builds the
+/// protobuf only when a client reads the flow.
+#[derive(Debug, Clone)]
+pub struct Named {
+    pub src: Arc<Endpoint>,
+    pub dst: Arc<Endpoint>,
+    /// The service the client dialled (or the destination is).
+    pub service: Option<Arc<flow::Service>>,
+    pub wall: SystemTime,
+}
+
+pub fn name(e: &Event, cx: &Context<'_>) -> Named {
+    let tr = translation(e);
+    let frontend = tr.dialled.unwrap_or(tr.dst);
+    Named {
+        src: cx.names.endpoint(tr.src.0, cx.now).clone(),
+        dst: cx.names.endpoint(tr.dst.0, cx.now).clone(),
+        service: cx
+            .names
+            .service(Frontend {
+                ip: frontend.0,
+                port: frontend.1,
+                proto: e.tuple.proto,
+            })
+            .cloned(),
+        wall: cx.clock.wall(e.ts_ns),
+    }
+}
+
+/// The Hubble flow of an event and its names.
 #[allow(
     deprecated,
     reason = "Hubble's old clients still read drop_reason and reply: weir fills them as Hubble does"
 )]
-pub fn to_flow(e: &Event, cx: &Context<'_>) -> Flow {
+pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
     let tr = translation(e);
     let reply = e.is_reply();
     let ct = !matches!(e.kind, EventKind::Drop | EventKind::Trace);
-    let mut source = (**cx.names.endpoint(tr.src.0, cx.now)).clone();
-    let mut destination = (**cx.names.endpoint(tr.dst.0, cx.now)).clone();
+    let mut source = (*named.src).clone();
+    let mut destination = (*named.dst).clone();
     // The local endpoint the program saw the packet leave or enter.
     match u32::from(e.direction) {
         DIR_EGRESS => source.id = e.endpoint_id,
@@ -288,16 +325,7 @@ pub fn to_flow(e: &Event, cx: &Context<'_>) -> Flow {
         _ => {}
     }
     let (point_name, point, trace_sub) = observation(e.obs);
-    let service_at = |(ip, port): (Ipv4Addr, u16)| {
-        cx.names
-            .service(Frontend {
-                ip,
-                port,
-                proto: e.tuple.proto,
-            })
-            .map(|s| (**s).clone())
-    };
-    let service = service_at(tr.dialled.unwrap_or(tr.dst));
+    let service = named.service.as_deref().cloned();
     let summary = summary(e, &tr, service.as_ref());
     let (source_service, destination_service) = if reply { (service, None) } else { (None, service) };
     // Hubble's direction is the connection's, relative to the local pod: an
@@ -363,8 +391,8 @@ pub fn to_flow(e: &Event, cx: &Context<'_>) -> Flow {
         },
     };
     Flow {
-        time: Some(weir_proto::time::to_timestamp(cx.clock.wall(e.ts_ns))),
-        node_name: cx.node.to_owned(),
+        time: Some(weir_proto::time::to_timestamp(named.wall)),
+        node_name: node.to_owned(),
         verdict: verdict as i32,
         drop_reason: drop_code.map_or(0, |c| c as u32),
         drop_reason_desc: drop_code.map_or(0, |c| c as i32),

@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::enrich::{self, Clock, Context};
+use super::names::FlowNames;
+use super::store::{FlowRecord, FlowStore};
+use crate::metrics::Metrics;
 use tokio::sync::watch;
 use weir_datapath::events::{Event, EventSource};
 use weir_model::ClusterState;
-use weir_proto::flow::Flow;
-
-use super::enrich::{self, Clock, Context};
-use super::names::FlowNames;
-use super::store::FlowStore;
-use crate::metrics::Metrics;
 
 /// Flows go into the store in batches of this many (one lock each).
 const BATCH: usize = 256;
@@ -39,15 +37,18 @@ pub struct FlowStats {
 pub struct Pipeline {
     names: FlowNames,
     node: String,
+    /// The node name every record shares.
+    node_arc: Arc<str>,
     stats: Arc<FlowStats>,
     metrics: Option<Arc<Metrics>>,
-    batch: Vec<Flow>,
+    batch: Vec<FlowRecord>,
 }
 
 impl Pipeline {
     pub fn new(node: String, grace: Duration, stats: Arc<FlowStats>, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             names: FlowNames::new(grace),
+            node_arc: Arc::from(node.as_str()),
             node,
             stats,
             metrics,
@@ -57,6 +58,7 @@ impl Pipeline {
 
     pub fn update_names(&mut self, state: &ClusterState) {
         self.names.update(state, &self.node, Instant::now());
+        tracing::debug!(revision = ?state.revision, pods = state.pods.len(), "flow names updated");
         if let Some(m) = &self.metrics {
             m.retain_pods(&self.names);
         }
@@ -73,11 +75,11 @@ impl Pipeline {
                     clock,
                     now,
                 };
-                let flow = enrich::to_flow(&event, &cx);
+                let named = enrich::name(&event, &cx);
                 if let Some(m) = &self.metrics {
-                    m.observe(&event, &flow);
+                    m.observe(&event, &named);
                 }
-                self.batch.push(flow);
+                self.batch.push(FlowRecord::new(event, named, self.node_arc.clone()));
                 if self.batch.len() >= BATCH {
                     self.flush(store);
                 }
@@ -145,10 +147,6 @@ pub fn spawn_reader(
         let state = cluster.borrow_and_update().clone();
         pipeline.update_names(&state);
         while !stop.load(Ordering::Relaxed) {
-            if cluster.has_changed().unwrap_or(false) {
-                let state = cluster.borrow_and_update().clone();
-                pipeline.update_names(&state);
-            }
             {
                 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
                 let mut fds = [PollFd::new(source.as_fd(), PollFlags::POLLIN)];
@@ -158,6 +156,12 @@ pub fn spawn_reader(
                     tracing::error!(error = %e, "polling the flow ring buffer failed; flows stop");
                     return;
                 }
+            }
+            // After the wait, not before it: a pod's first packets often
+            // wake the reader right after the snapshot naming the pod came.
+            if cluster.has_changed().unwrap_or(false) {
+                let state = cluster.borrow_and_update().clone();
+                pipeline.update_names(&state);
             }
             drain(&mut source, &mut pipeline, &store, Clock::now());
             if let Ok(lost) = source.lost() {

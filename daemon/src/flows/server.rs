@@ -20,7 +20,7 @@ use weir_proto::observer::{
 use weir_proto::relay::NodeState;
 use weir_proto::time::{timestamp_nanos, to_timestamp};
 
-use super::store::FlowStore;
+use super::store::{FlowRecord, FlowStore};
 
 /// How many responses may wait for a slow client before the sender waits
 /// (a follower then lags in the broadcast, which counts what it loses).
@@ -60,20 +60,19 @@ impl Query {
         })
     }
 
-    fn time(f: &Flow) -> i128 {
-        f.time.as_ref().map_or(0, timestamp_nanos)
-    }
-
-    /// In the window and through the filters.
-    pub fn wants(&self, f: &Flow) -> bool {
-        let t = Self::time(f);
-        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u) && self.filters.matches(f)
+    /// In the window and through the filters (the flow is built only when
+    /// there is a filter to look at it).
+    pub fn wants(&self, r: &FlowRecord) -> bool {
+        let t = r.time_nanos();
+        self.since.is_none_or(|s| t >= s)
+            && self.until.is_none_or(|u| t <= u)
+            && (self.filters.is_empty() || self.filters.matches(r.flow()))
     }
 
     /// What of the stored flows (oldest first) to send: the last `number`
     /// (the first with `first`), all of the window when no number is given
     /// with a window, none of the past when following with no number.
-    pub fn select<'a>(&self, stored: &'a [Arc<Flow>]) -> Vec<&'a Arc<Flow>> {
+    pub fn select<'a>(&self, stored: &'a [Arc<FlowRecord>]) -> Vec<&'a Arc<FlowRecord>> {
         let mut matching = stored.iter().filter(|f| self.wants(f));
         let number = match self.number {
             0 if self.since.is_some() || self.until.is_some() || self.first => usize::MAX,
@@ -98,11 +97,12 @@ pub struct ObserverService {
     pub started: Instant,
 }
 
-fn response(node: &str, f: Arc<Flow>) -> GetFlowsResponse {
+fn response(node: &str, r: &FlowRecord) -> GetFlowsResponse {
+    let f: Flow = (**r.flow()).clone();
     GetFlowsResponse {
         time: f.time,
         node_name: node.to_owned(),
-        response_types: Some(get_flows_response::ResponseTypes::Flow(Arc::unwrap_or_clone(f))),
+        response_types: Some(get_flows_response::ResponseTypes::Flow(f)),
     }
 }
 
@@ -124,9 +124,9 @@ impl ObserverService {
         ObserverServer::new(self).max_decoding_message_size(4 << 20)
     }
 
-    fn flows_rate(&self, stored: &[Arc<Flow>]) -> f64 {
+    fn flows_rate(&self, stored: &[Arc<FlowRecord>]) -> f64 {
         let minute_ago = timestamp_nanos(&to_timestamp(SystemTime::now() - Duration::from_secs(60)));
-        stored.iter().filter(|f| Query::time(f) >= minute_ago).count() as f64 / 60.0
+        stored.iter().filter(|r| r.time_nanos() >= minute_ago).count() as f64 / 60.0
     }
 }
 
@@ -142,13 +142,13 @@ impl observer::observer_server::Observer for ObserverService {
         } else {
             (self.store.snapshot(), None)
         };
-        let past: Vec<Arc<Flow>> = query.select(&stored).into_iter().cloned().collect();
+        let past: Vec<Arc<FlowRecord>> = query.select(&stored).into_iter().cloned().collect();
         drop(stored);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = self.node.clone();
         tokio::spawn(async move {
-            for f in past {
-                if tx.send(Ok(response(&node, f))).await.is_err() {
+            for r in past {
+                if tx.send(Ok(response(&node, &r))).await.is_err() {
                     return;
                 }
             }
@@ -170,7 +170,7 @@ impl observer::observer_server::Observer for ObserverService {
                     () = tx.closed() => return,
                 };
                 let msg = match next {
-                    Ok(f) if query.wants(&f) => response(&node, f),
+                    Ok(r) if query.wants(&r) => response(&node, &r),
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => lost(&node, n),
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -207,8 +207,7 @@ impl observer::observer_server::Observer for ObserverService {
             .store
             .snapshot()
             .iter()
-            .flat_map(|f| [f.source.as_ref(), f.destination.as_ref()])
-            .flatten()
+            .flat_map(|r| [r.named.src.clone(), r.named.dst.clone()])
             .filter(|e| !e.namespace.is_empty())
             .map(|e| e.namespace.clone())
             .collect();
@@ -253,23 +252,23 @@ pub async fn serve(unix: tokio::net::UnixListener, tcp: Option<std::net::SocketA
 mod tests {
     use super::*;
 
-    fn stored(n: usize) -> Vec<Arc<Flow>> {
+    fn stored(n: usize) -> Vec<Arc<FlowRecord>> {
         (0..n)
             .map(|i| {
-                Arc::new(Flow {
+                Arc::new(FlowRecord::of_flow(Flow {
                     time: Some(prost_types::Timestamp {
                         seconds: 1000 + i as i64,
                         nanos: 0,
                     }),
                     node_name: format!("{i}"),
                     ..Default::default()
-                })
+                }))
             })
             .collect()
     }
 
-    fn names(v: Vec<&Arc<Flow>>) -> Vec<String> {
-        v.into_iter().map(|f| f.node_name.clone()).collect()
+    fn names(v: Vec<&Arc<FlowRecord>>) -> Vec<String> {
+        v.into_iter().map(|r| r.flow().node_name.clone()).collect()
     }
 
     #[test]

@@ -2,17 +2,82 @@
 //! new one comes), and a broadcast of each new flow to the clients
 //! following. A follower that falls behind loses flows (counted, and told
 //! so in its stream); it never slows the reader or the other clients.
+//!
+//! A stored flow is its event and its names ([`FlowRecord`]); the Hubble
+//! protobuf is built the first time a client reads it and kept: most flows
+//! are never read, and building one costs more than everything else the
+//! reader does for it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::broadcast;
+use weir_datapath::events::Event;
 use weir_proto::flow::Flow;
 
+use super::enrich::{self, Named};
+
+/// One flow as the store keeps it.
+#[derive(Debug)]
+pub struct FlowRecord {
+    pub event: Event,
+    pub named: Named,
+    node: Arc<str>,
+    built: OnceLock<Arc<Flow>>,
+}
+
+impl FlowRecord {
+    pub fn new(event: Event, named: Named, node: Arc<str>) -> Self {
+        Self {
+            event,
+            named,
+            node,
+            built: OnceLock::new(),
+        }
+    }
+
+    /// A record of a flow already built (tests, and sources other than
+    /// the datapath).
+    pub fn of_flow(flow: Flow) -> Self {
+        let built = OnceLock::new();
+        let _ = built.set(Arc::new(flow));
+        let world = Arc::new(weir_proto::flow::Endpoint::default());
+        let wall = built
+            .get()
+            .and_then(|f: &Arc<Flow>| f.time.as_ref().and_then(weir_proto::time::from_timestamp))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        Self {
+            event: Event::placeholder(),
+            named: Named {
+                src: world.clone(),
+                dst: world,
+                service: None,
+                wall,
+            },
+            node: Arc::from(""),
+            built,
+        }
+    }
+
+    /// The Hubble flow (built on first use).
+    pub fn flow(&self) -> &Arc<Flow> {
+        self.built
+            .get_or_init(|| Arc::new(enrich::build(&self.event, &self.named, &self.node)))
+    }
+
+    /// When the datapath saw it, in nanoseconds since the epoch.
+    pub fn time_nanos(&self) -> i128 {
+        self.named
+            .wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+    }
+}
+
 pub struct FlowStore {
-    ring: Mutex<VecDeque<Arc<Flow>>>,
-    tx: broadcast::Sender<Arc<Flow>>,
+    ring: Mutex<VecDeque<Arc<FlowRecord>>>,
+    tx: broadcast::Sender<Arc<FlowRecord>>,
     capacity: usize,
     seen: AtomicU64,
 }
@@ -29,12 +94,12 @@ impl FlowStore {
         }
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Flow>>> {
+    fn ring(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<FlowRecord>>> {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds a batch of flows in order (one lock for the batch).
-    pub fn extend(&self, flows: impl IntoIterator<Item = Flow>) {
+    pub fn extend(&self, flows: impl IntoIterator<Item = FlowRecord>) {
         let mut ring = self.ring();
         let mut n = 0;
         for f in flows {
@@ -51,13 +116,13 @@ impl FlowStore {
     }
 
     /// The flows stored now, oldest first.
-    pub fn snapshot(&self) -> Vec<Arc<Flow>> {
+    pub fn snapshot(&self) -> Vec<Arc<FlowRecord>> {
         self.ring().iter().cloned().collect()
     }
 
     /// The flows stored now and a receiver of every later one, with no gap
     /// and no flow twice between them (both taken under the one lock).
-    pub fn snapshot_and_follow(&self) -> (Vec<Arc<Flow>>, broadcast::Receiver<Arc<Flow>>) {
+    pub fn snapshot_and_follow(&self) -> (Vec<Arc<FlowRecord>>, broadcast::Receiver<Arc<FlowRecord>>) {
         let ring = self.ring();
         let rx = self.tx.subscribe();
         (ring.iter().cloned().collect(), rx)
@@ -85,18 +150,18 @@ impl FlowStore {
 mod tests {
     use super::*;
 
-    fn flow(n: &str) -> Flow {
-        Flow {
+    fn flow(n: &str) -> FlowRecord {
+        FlowRecord::of_flow(Flow {
             node_name: n.into(),
             ..Default::default()
-        }
+        })
     }
 
     #[test]
     fn keeps_the_newest_and_counts_all() {
         let s = FlowStore::new(3);
         s.extend(["a", "b", "c", "d"].map(flow));
-        let names: Vec<_> = s.snapshot().iter().map(|f| f.node_name.clone()).collect();
+        let names: Vec<_> = s.snapshot().iter().map(|f| f.flow().node_name.clone()).collect();
         assert_eq!(names, ["b", "c", "d"]);
         assert_eq!((s.len(), s.capacity(), s.seen()), (3, 3, 4));
     }
@@ -109,6 +174,6 @@ mod tests {
         assert_eq!(snap.len(), 1);
         s.extend(["b", "c", "d", "e"].map(flow));
         assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(2))));
-        assert_eq!(rx.try_recv().unwrap().node_name, "d");
+        assert_eq!(rx.try_recv().unwrap().flow().node_name, "d");
     }
 }

@@ -196,6 +196,12 @@ static __always_inline __u32 ct_into_pod(struct __sk_buff *skb, struct ipv4_meta
 	}
 	if (!(ct->flags & WEIR_CT_F_REVERSE) && (ct->service_id || (ct->flags & WEIR_CT_F_XLATE)))
 		return WEIR_DROP_NONE;
+	/* A fresh SYN on a closed plain connection is a new one on a reused
+	 * port: fresh entries (and a flow start), not the old counters. */
+	if (create && !(ct->flags & WEIR_CT_F_REVERSE) && ct_is_reuse(ct, key->proto, l4_flags, now)) {
+		ct_create_plain(skb, key, l4_flags, now, 1, skb->cb[WEIR_CB_ENDPOINT]);
+		return WEIR_DROP_NONE;
+	}
 	return ct_follow(skb, meta, key, ct, l4_flags, now);
 }
 

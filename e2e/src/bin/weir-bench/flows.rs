@@ -317,6 +317,11 @@ fn grpc_clients() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+pub fn pipeline_only() {
+    ring_to_store();
+    grpc_clients();
+}
+
 pub fn run() {
     ring_to_store();
     grpc_clients();

@@ -14,7 +14,8 @@
 //! `--nodeport` compares NodePort packet rates in XDP and in TC; `--flows`
 //! measures the flow pipeline, its clients, the relay, what recording costs
 //! the datapath, and the agent's memory with full flow rings
-//! (`--flows-recording`: only what recording costs, for reruns).
+//! (`--flows-recording`: only what recording costs, `--flows-pipeline`: only
+//! the pipeline and gRPC parts, for reruns).
 
 use std::time::{Duration, Instant};
 
@@ -227,6 +228,10 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if std::env::args().any(|a| a == "--flows-pipeline") {
+        flows::pipeline_only();
+        return;
+    }
     if std::env::args().any(|a| a == "--flows-recording") {
         flows::recording_cost();
         return;
