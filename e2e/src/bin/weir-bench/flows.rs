@@ -320,6 +320,7 @@ fn grpc_clients() {
 pub fn pipeline_only() {
     ring_to_store();
     grpc_clients();
+    memory();
 }
 
 pub fn run() {
