@@ -60,56 +60,32 @@ impl Query {
         })
     }
 
-    fn in_window(&self, r: &FlowRecord) -> bool {
+    /// In the window and through the filters (the flow is built only when
+    /// there is a filter to look at it).
+    pub fn wants(&self, r: &FlowRecord) -> bool {
         let t = r.time_nanos();
-        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
+        self.since.is_none_or(|s| t >= s)
+            && self.until.is_none_or(|u| t <= u)
+            && (self.filters.is_empty() || self.filters.matches(r.flow()))
     }
 
-    /// The flow, built, when it is in the window and through the filters.
-    pub fn wanted(&self, r: &FlowRecord) -> Option<Flow> {
-        if !self.in_window(r) {
-            return None;
-        }
-        let f = r.build();
-        self.filters.matches(&f).then_some(f)
-    }
-
-    /// What of the stored flows (oldest first) to send, oldest first: the
-    /// last `number` (the first with `first`), all of the window when no
-    /// number is given with a window, none of the past when following with
-    /// no number. Flows are built only until enough have matched.
-    pub fn select(&self, stored: &[Arc<FlowRecord>]) -> Vec<Flow> {
+    /// What of the stored flows (oldest first) to send: the last `number`
+    /// (the first with `first`), all of the window when no number is given
+    /// with a window, none of the past when following with no number.
+    pub fn select<'a>(&self, stored: &'a [Arc<FlowRecord>]) -> Vec<&'a Arc<FlowRecord>> {
+        let mut matching = stored.iter().filter(|f| self.wants(f));
         let number = match self.number {
             0 if self.since.is_some() || self.until.is_some() || self.first => usize::MAX,
             0 if self.follow => 0,
             0 => usize::MAX,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
-        let mut out = Vec::new();
-        if number == 0 {
-            return out;
-        }
         if self.first {
-            for r in stored {
-                if let Some(f) = self.wanted(r) {
-                    out.push(f);
-                    if out.len() >= number {
-                        break;
-                    }
-                }
-            }
-        } else {
-            for r in stored.iter().rev() {
-                if let Some(f) = self.wanted(r) {
-                    out.push(f);
-                    if out.len() >= number {
-                        break;
-                    }
-                }
-            }
-            out.reverse();
+            return matching.take(number).collect();
         }
-        out
+        let all: Vec<_> = matching.by_ref().collect();
+        let skip = all.len().saturating_sub(number);
+        all.into_iter().skip(skip).collect()
     }
 }
 
@@ -121,7 +97,8 @@ pub struct ObserverService {
     pub started: Instant,
 }
 
-fn response(node: &str, f: Flow) -> GetFlowsResponse {
+fn response(node: &str, r: &FlowRecord) -> GetFlowsResponse {
+    let f: Flow = (**r.flow()).clone();
     GetFlowsResponse {
         time: f.time,
         node_name: node.to_owned(),
@@ -165,13 +142,13 @@ impl observer::observer_server::Observer for ObserverService {
         } else {
             (self.store.snapshot(), None)
         };
-        let past: Vec<Flow> = query.select(&stored);
+        let past: Vec<Arc<FlowRecord>> = query.select(&stored).into_iter().cloned().collect();
         drop(stored);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = self.node.clone();
         tokio::spawn(async move {
-            for f in past {
-                if tx.send(Ok(response(&node, f))).await.is_err() {
+            for r in past {
+                if tx.send(Ok(response(&node, &r))).await.is_err() {
                     return;
                 }
             }
@@ -193,10 +170,8 @@ impl observer::observer_server::Observer for ObserverService {
                     () = tx.closed() => return,
                 };
                 let msg = match next {
-                    Ok(r) => match query.wanted(&r) {
-                        Some(f) => response(&node, f),
-                        None => continue,
-                    },
+                    Ok(r) if query.wants(&r) => response(&node, &r),
+                    Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => lost(&node, n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
@@ -292,8 +267,8 @@ mod tests {
             .collect()
     }
 
-    fn names(v: Vec<Flow>) -> Vec<String> {
-        v.into_iter().map(|f| f.node_name).collect()
+    fn names(v: Vec<&Arc<FlowRecord>>) -> Vec<String> {
+        v.into_iter().map(|r| r.flow().node_name.clone()).collect()
     }
 
     #[test]

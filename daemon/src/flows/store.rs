@@ -4,13 +4,13 @@
 //! so in its stream); it never slows the reader or the other clients.
 //!
 //! A stored flow is its event and its names ([`FlowRecord`]); the Hubble
-//! protobuf is built when a client reads it, and not kept: most flows are
-//! never read, building one costs more than everything else the reader
-//! does for it, and a built one is five times the size of the record.
+//! protobuf is built the first time a client reads it and kept: most flows
+//! are never read, and building one costs more than everything else the
+//! reader does for it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::broadcast;
 use weir_datapath::events::Event;
@@ -24,8 +24,7 @@ pub struct FlowRecord {
     pub event: Event,
     pub named: Named,
     node: Arc<str>,
-    /// A flow given whole (tests; sources other than the datapath).
-    given: Option<Flow>,
+    built: OnceLock<Arc<Flow>>,
 }
 
 impl FlowRecord {
@@ -34,17 +33,19 @@ impl FlowRecord {
             event,
             named,
             node,
-            given: None,
+            built: OnceLock::new(),
         }
     }
 
-    /// A record of a flow already built.
+    /// A record of a flow already built (tests, and sources other than
+    /// the datapath).
     pub fn of_flow(flow: Flow) -> Self {
+        let built = OnceLock::new();
+        let _ = built.set(Arc::new(flow));
         let world = Arc::new(weir_proto::flow::Endpoint::default());
-        let wall = flow
-            .time
-            .as_ref()
-            .and_then(weir_proto::time::from_timestamp)
+        let wall = built
+            .get()
+            .and_then(|f: &Arc<Flow>| f.time.as_ref().and_then(weir_proto::time::from_timestamp))
             .unwrap_or(std::time::UNIX_EPOCH);
         Self {
             event: Event::placeholder(),
@@ -55,16 +56,14 @@ impl FlowRecord {
                 wall,
             },
             node: Arc::from(""),
-            given: Some(flow),
+            built,
         }
     }
 
-    /// The Hubble flow.
-    pub fn build(&self) -> Flow {
-        match &self.given {
-            Some(f) => f.clone(),
-            None => enrich::build(&self.event, &self.named, &self.node),
-        }
+    /// The Hubble flow (built on first use).
+    pub fn flow(&self) -> &Arc<Flow> {
+        self.built
+            .get_or_init(|| Arc::new(enrich::build(&self.event, &self.named, &self.node)))
     }
 
     /// When the datapath saw it, in nanoseconds since the epoch.
@@ -162,7 +161,7 @@ mod tests {
     fn keeps_the_newest_and_counts_all() {
         let s = FlowStore::new(3);
         s.extend(["a", "b", "c", "d"].map(flow));
-        let names: Vec<_> = s.snapshot().iter().map(|f| f.build().node_name).collect();
+        let names: Vec<_> = s.snapshot().iter().map(|f| f.flow().node_name.clone()).collect();
         assert_eq!(names, ["b", "c", "d"]);
         assert_eq!((s.len(), s.capacity(), s.seen()), (3, 3, 4));
     }
@@ -175,6 +174,6 @@ mod tests {
         assert_eq!(snap.len(), 1);
         s.extend(["b", "c", "d", "e"].map(flow));
         assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(2))));
-        assert_eq!(rx.try_recv().unwrap().build().node_name, "d");
+        assert_eq!(rx.try_recv().unwrap().flow().node_name, "d");
     }
 }

@@ -320,7 +320,6 @@ fn grpc_clients() {
 pub fn pipeline_only() {
     ring_to_store();
     grpc_clients();
-    memory();
 }
 
 pub fn run() {
