@@ -320,6 +320,7 @@ fn grpc_clients() {
 pub fn pipeline_only() {
     ring_to_store();
     grpc_clients();
+    memory();
 }
 
 pub fn run() {
@@ -376,7 +377,9 @@ pub fn recording_cost() {
 /// packet is a flow).
 fn memory() {
     println!("## Agent memory with full flow rings and 1,000 endpoints (RSS)\n");
-    println!("| flow ring | endpoints | flows stored | agent RSS |\n|---|---|---|---|");
+    println!(
+        "| flow ring | endpoints | flows stored | agent RSS | after a client read them all |\n|---|---|---|---|---|"
+    );
     for ring in [4095usize, 65535] {
         let flag = format!("--flow-buffer={ring}");
         let node = weir_e2e::Node::start_with("10.73.0.0/20", &[&flag]);
@@ -408,8 +411,18 @@ fn memory() {
         let _ = client.ns.exec("ping", &["-q", "-c", &n, "-i", "0", "-W", "1", &ip]);
         std::thread::sleep(Duration::from_millis(500));
         let stored = node_flows(&node);
+        let before = crate::rss_kib(pid) as f64 / 1024.0;
+        // A client reads them all: flows are built on first read, and kept.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let read = rt.block_on(drain_flows(
+            &format!("unix://{}", node.hubble_socket().display()),
+            ring as u64,
+        ));
         println!(
-            "| {ring} | {} | {stored} | {:.1} MiB |",
+            "| {ring} | {} | {stored} | {before:.1} MiB | {:.1} MiB ({read} read) |",
             pods.len() + 2,
             crate::rss_kib(pid) as f64 / 1024.0
         );

@@ -14,8 +14,8 @@
 //! `--nodeport` compares NodePort packet rates in XDP and in TC; `--flows`
 //! measures the flow pipeline, its clients, the relay, what recording costs
 //! the datapath, and the agent's memory with full flow rings
-//! (`--flows-recording`: only what recording costs, `--flows-pipeline`: only
-//! the pipeline and gRPC parts, for reruns).
+//! (`--flows-recording`: only what recording costs, `--flows-pipeline`: the
+//! rest, for reruns).
 
 use std::time::{Duration, Instant};
 
