@@ -138,22 +138,7 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
             _ => TrafficPolicy::Cluster,
         };
         let has_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-        let external_ips: Vec<Ipv4Addr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .chain(
-                svc.status
-                    .as_ref()
-                    .and_then(|s| s.load_balancer.as_ref())
-                    .and_then(|lb| lb.ingress.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i.ip.as_deref()),
-            )
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
+        let external_ips: Vec<Ipv4Addr> = weir_model::service_external_ips(svc);
         let svc_slices = slices.get(&(key.namespace.as_str(), key.name.as_str()));
         for sp in spec.ports.iter().flatten() {
             let Some(proto) = protocol(sp.protocol.as_deref()) else {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{Lab, privileged, show};
+use support::{Lab, cluster_ip, demo_lab, privileged, show};
 
 /// Session affinity on top of the demo: the same backends, other ports.
 const STICKY: &str = "\
@@ -27,30 +27,6 @@ spec:
   - {name: http, port: 8080, targetPort: http, protocol: TCP}
   - {name: dns, port: 5353, targetPort: dns, protocol: UDP}
 ";
-
-/// A two-node lab (native routing) running the services demo.
-fn demo_lab(tag: &str) -> Lab {
-    let lab = Lab::new(tag);
-    let topo = lab.file(
-        "topo.yaml",
-        &format!(
-            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: 172.31.251.0/24\nrouting: native\nnodes:\n  - {{name: a, podCIDR: 10.244.1.0/24}}\n  - {{name: b, podCIDR: 10.244.2.0/24}}\n",
-            lab.name
-        ),
-    );
-    lab.ok(&["up", &topo]);
-    let demo = format!("{}/demo/services.yaml", env!("CARGO_MANIFEST_DIR"));
-    lab.ok(&["apply", &demo]);
-    lab
-}
-
-fn cluster_ip(lab: &Lab, svc: &str) -> String {
-    let v = lab.json(&["get", "svc", svc]);
-    v["spec"]["clusterIP"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{svc} has no clusterIP: {v}"))
-        .to_owned()
-}
 
 /// Backend pod name → node, for the pods of Deployment `web`.
 fn web_pods(lab: &Lab) -> BTreeMap<String, String> {
@@ -123,7 +99,7 @@ fn clusterip_spreads_tcp_and_udp_over_backends_on_both_nodes() {
     if !privileged() {
         return;
     }
-    let lab = demo_lab("cs");
+    let lab = demo_lab("cs", "172.31.251.0/24");
     let pods = web_pods(&lab);
     assert_eq!(pods.len(), 3, "{pods:?}");
     let nodes: BTreeSet<&String> = pods.values().collect();
@@ -155,7 +131,7 @@ fn client_ip_affinity_pins_the_client_to_one_backend() {
     if !privileged() {
         return;
     }
-    let lab = demo_lab("ca");
+    let lab = demo_lab("ca", "172.31.251.0/24");
     lab.ok(&["apply", &lab.file("sticky.yaml", STICKY)]);
     let vip = cluster_ip(&lab, "svc-demo/web-sticky");
     for proto in ["8080/tcp", "5353/udp"] {
@@ -179,7 +155,7 @@ fn a_service_without_endpoints_refuses_at_once() {
     if !privileged() {
         return;
     }
-    let lab = demo_lab("ce");
+    let lab = demo_lab("ce", "172.31.251.0/24");
     let vip = cluster_ip(&lab, "svc-demo/empty");
     let tcp = format!("{vip}:80/tcp");
     let udp = format!("{vip}:53/udp");
@@ -230,7 +206,7 @@ fn a_backend_reaching_its_own_service_can_land_on_itself() {
     if !privileged() {
         return;
     }
-    let lab = demo_lab("ch");
+    let lab = demo_lab("ch", "172.31.251.0/24");
     let vip = cluster_ip(&lab, "svc-demo/web");
     for proto in ["80/tcp", "53/udp"] {
         let target = format!("{vip}:{proto}");
@@ -247,7 +223,7 @@ fn scaling_while_probing_fails_no_probe() {
     if !privileged() {
         return;
     }
-    let lab = Arc::new(demo_lab("cx"));
+    let lab = Arc::new(demo_lab("cx", "172.31.251.0/24"));
     let vip = cluster_ip(&lab, "svc-demo/web");
     let targets = [format!("{vip}:80/tcp"), format!("{vip}:53/udp")];
     for t in &targets {
@@ -477,7 +453,7 @@ fn fragmented_udp_through_a_service_and_masquerade_arrives_both_ways() {
     if !privileged() {
         return;
     }
-    let lab = demo_lab("fr");
+    let lab = demo_lab("fr", "172.31.251.0/24");
     let vip = cluster_ip(&lab, "svc-demo/web");
     let target = format!("{vip}:53/udp");
     wait_for(&lab, "svc-demo/client", &target, serving);

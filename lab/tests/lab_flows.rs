@@ -13,32 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod support;
-use support::{Lab, privileged, show};
+use support::{Lab, cluster_ip, demo_lab, privileged, show};
 use weir_test_support::tool;
-
-/// The services demo (web x3 over both nodes, a client, `web` and the
-/// backend-less `empty`) on a two-node lab, native routing.
-fn demo_lab(tag: &str) -> Lab {
-    let lab = Lab::new(tag);
-    let topo = lab.file(
-        "topo.yaml",
-        &format!(
-            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: 172.31.249.0/24\nrouting: native\nnodes:\n  - {{name: a, podCIDR: 10.244.1.0/24}}\n  - {{name: b, podCIDR: 10.244.2.0/24}}\n",
-            lab.name
-        ),
-    );
-    lab.ok(&["up", &topo]);
-    let demo = format!("{}/demo/services.yaml", env!("CARGO_MANIFEST_DIR"));
-    lab.ok(&["apply", &demo]);
-    lab
-}
-
-fn cluster_ip(lab: &Lab, svc: &str) -> String {
-    lab.json(&["get", "svc", svc])["spec"]["clusterIP"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{svc} has no clusterIP"))
-        .to_owned()
-}
 
 /// Probes until it connects (the services controller may still be
 /// programming the new service).
@@ -118,7 +94,7 @@ fn hubble_grpcurl_and_weir_observe_see_named_flows_on_agents_and_the_relay() {
         return;
     };
     let weir = weir_test_support::bin("weir");
-    let lab = demo_lab("fl");
+    let lab = demo_lab("fl", "172.31.249.0/24");
     let vip = cluster_ip(&lab, "svc-demo/web");
     let empty = cluster_ip(&lab, "svc-demo/empty");
     probe_until_connected(&lab, "svc-demo/client", &format!("{vip}:80/tcp"));
@@ -332,7 +308,7 @@ fn the_relay_reports_a_hung_node_keeps_streaming_the_others_and_rejoins_it() {
         return;
     }
     let weir = weir_test_support::bin("weir");
-    let lab = demo_lab("fr");
+    let lab = demo_lab("fr", "172.31.249.0/24");
     let relay = unix(&relay_socket(&lab));
     let vip = cluster_ip(&lab, "svc-demo/web");
     probe_until_connected(&lab, "svc-demo/client", &format!("{vip}:80/tcp"));
@@ -454,7 +430,7 @@ fn tracing_a_pod_at_run_time_reports_every_packet() {
         return;
     }
     let weir = weir_test_support::bin("weir");
-    let lab = demo_lab("ft");
+    let lab = demo_lab("ft", "172.31.249.0/24");
     let relay = unix(&relay_socket(&lab));
     let external = "external:5353/udp";
     probe_until_connected(&lab, "svc-demo/client", external);
@@ -494,7 +470,7 @@ fn prometheus_scrapes_an_agent_and_its_counters_count_real_traffic() {
     let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else {
         return;
     };
-    let lab = demo_lab("fp");
+    let lab = demo_lab("fp", "172.31.249.0/24");
     let vip = cluster_ip(&lab, "svc-demo/web");
     let empty = cluster_ip(&lab, "svc-demo/empty");
     let client_node = lab.json(&["get", "pod", "svc-demo/client"])["spec"]["nodeName"]

@@ -119,6 +119,22 @@ impl ClusterState {
 
 /// Parses a multi-document YAML text into the model; returns one error per
 /// bad document and keeps every good one. Unknown kinds are ignored.
+/// The addresses a Service is reached at from outside the cluster besides
+/// node ports: `spec.externalIPs` and the LoadBalancer ingress IPs
+/// (IPv4; anything else is skipped).
+pub fn service_external_ips(svc: &Service) -> Vec<std::net::Ipv4Addr> {
+    let spec_ips = svc.spec.iter().flat_map(|s| s.external_ips.iter().flatten());
+    let lb_ips = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_ref());
+    spec_ips.chain(lb_ips).filter_map(|ip| ip.parse().ok()).collect()
+}
+
 pub fn parse_manifests(state: &mut ClusterState, text: &str) -> Vec<String> {
     let (objects, errors) = parse_each(text);
     for o in objects {

@@ -158,23 +158,14 @@ impl FlowNames {
                 namespace: svc.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             });
             let Some(spec) = svc.spec.as_ref() else { continue };
-            let ips: Vec<Ipv4Addr> = spec
+            let mut ips: Vec<Ipv4Addr> = spec
                 .cluster_ips
                 .iter()
                 .flatten()
                 .chain(spec.cluster_ip.as_ref())
-                .chain(spec.external_ips.iter().flatten())
-                .chain(
-                    svc.status
-                        .as_ref()
-                        .and_then(|s| s.load_balancer.as_ref())
-                        .and_then(|lb| lb.ingress.as_ref())
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|i| i.ip.as_ref()),
-                )
                 .filter_map(|s| s.parse().ok())
                 .collect();
+            ips.extend(weir_model::service_external_ips(svc));
             for port in spec.ports.iter().flatten() {
                 let proto = proto_number(port.protocol.as_deref());
                 let Ok(p) = u16::try_from(port.port) else { continue };

@@ -134,3 +134,29 @@ pub fn show(out: &Output) -> String {
 pub fn privileged() -> bool {
     weir_test_support::require_root()
 }
+
+/// A two-node lab (nodes `a` and `b`, native routing) on the node segment
+/// `node_cidr`, running the services demo (`lab/demo/services.yaml`: web x3
+/// over both nodes, a client, `web` and the backend-less `empty`).
+pub fn demo_lab(tag: &str, node_cidr: &str) -> Lab {
+    let lab = Lab::new(tag);
+    let topo = lab.file(
+        "topo.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: {node_cidr}\nrouting: native\nnodes:\n  - {{name: a, podCIDR: 10.244.1.0/24}}\n  - {{name: b, podCIDR: 10.244.2.0/24}}\n",
+            lab.name
+        ),
+    );
+    lab.ok(&["up", &topo]);
+    let demo = format!("{}/demo/services.yaml", env!("CARGO_MANIFEST_DIR"));
+    lab.ok(&["apply", &demo]);
+    lab
+}
+
+/// A Service's ClusterIP, as the lab allocated it.
+pub fn cluster_ip(lab: &Lab, svc: &str) -> String {
+    lab.json(&["get", "svc", svc])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{svc} has no clusterIP"))
+        .to_owned()
+}
