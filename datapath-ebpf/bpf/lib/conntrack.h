@@ -214,24 +214,20 @@ static __noinline void ct_report(struct __ctx_buff *ctx, const struct weir_ct_ke
 	ev = flow_begin(ctx, kind);
 	if (!ev)
 		return;
-	flow_ct_fill(ev, key, e, (what >> 8) & 0xff);
-	/* The answer to the SYN: both entries share created_ns. */
-	if ((fresh & WEIR_CT_SEEN_SYNACK) && (e->flags & WEIR_CT_F_REVERSE))
-		ev->handshake_ns = now - e->created_ns;
 	if (kind == WEIR_EV_FLOW_END || kind == WEIR_EV_FLOW_UPDATE) {
-		/* The partner's key is the xlate tuple swapped: ev->xlate is
-		 * the one struct at hand, so swap it in place and back. */
+		/* The partner's counters. Its key is built in the record's
+		 * tuple (no stack for it), which flow_ct_fill then overwrites. */
 		ct_partner_key(e, key->proto, &ev->tuple);
 		p = bpf_map_lookup_elem(&weir_ct4, &ev->tuple);
 		if (p) {
 			ev->rev_packets = p->packets;
 			ev->rev_bytes = p->bytes;
 		}
-		ev->tuple.saddr = key->saddr;
-		ev->tuple.daddr = key->daddr;
-		ev->tuple.sport = key->sport;
-		ev->tuple.dport = key->dport;
 	}
+	flow_ct_fill(ev, key, e, (what >> 8) & 0xff);
+	/* The answer to the SYN: both entries share created_ns. */
+	if ((fresh & WEIR_CT_SEEN_SYNACK) && (e->flags & WEIR_CT_F_REVERSE))
+		ev->handshake_ns = now - e->created_ns;
 	bpf_ringbuf_submit(ev, 0);
 }
 
