@@ -47,7 +47,7 @@ static __always_inline int to_local_pod(struct __sk_buff *skb)
 	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 	/* A backend on another node answered a local client: restore the
 	 * service address the client connected to. */
-	reason = ct_to_pod(skb, &meta, 1);
+	reason = ct_to_pod(skb, &meta, 1, 0);
 	if (reason)
 		return drop_packet(skb, reason);
 	return deliver_local(skb, dst, meta.ttl);
@@ -131,7 +131,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (tracked < 0)
 		return drop_packet(skb, -tracked);
 	if (tracked > 0) {
-		reason = ct_into_pod(skb, &meta, &key, ct, l4_flags, now, create);
+		reason = ct_into_pod(skb, &meta, &key, ct, l4_flags, now, create, 0);
 		if (reason)
 			return drop_packet(skb, reason);
 	}

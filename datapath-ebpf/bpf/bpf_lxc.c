@@ -140,7 +140,10 @@ int to_pod(struct __sk_buff *skb)
 	dst = lookup_ep_v4(meta.daddr);
 	/* A service reply the stack routed here skipped the client's
 	 * from_pod; anything else is tracked as it enters the pod. */
-	reason = ct_to_pod(skb, &meta, dst && dst->ifindex == skb->ifindex);
+	/* A packet with a socket is the node's own (its stack, a host-network
+	 * pod): policy lets the node reach its pods, as Kubernetes requires
+	 * for probes, whatever address it sends from. */
+	reason = ct_to_pod(skb, &meta, dst && dst->ifindex == skb->ifindex, skb->sk ? WEIR_ID_HOST : 0);
 	if (reason)
 		return drop_packet(skb, reason);
 	dst = lookup_ep_v4(meta.daddr);

@@ -76,6 +76,9 @@ pub type Route = sys::weir_route;
 /// `struct weir_ipcache_entry`: the identity of an address.
 pub type IpCacheEntry = sys::weir_ipcache_entry;
 
+/// `struct weir_policy_entry`: the verdicts of one policy-table slot.
+pub type PolicyEntry = sys::weir_policy_entry;
+
 pub type CtKey = sys::weir_ct_key;
 pub type CtEntry = sys::weir_ct_entry;
 /// `struct weir_event`: one record of the flow-event ring buffer.
@@ -181,6 +184,18 @@ impl RouteKey {
     }
 }
 
+/// `struct weir_policy_key` without the LPM prefix length (as [`RouteKey`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyKey {
+    pub endpoint_id: u32,
+    pub peer: u32,
+    pub direction: u8,
+    pub proto: u8,
+    /// Network byte order.
+    pub dport: u16,
+}
+
 // SAFETY (every impl below): the type is `repr(C)` (bindgen emits
 // `#[repr(C)]` for every struct), `Copy`, made only of integers and arrays
 // of integers, with explicit padding fields in the C header (checked by
@@ -201,6 +216,10 @@ unsafe impl aya::Pod for RouteKey {}
 unsafe impl aya::Pod for Route {}
 // SAFETY: as above.
 unsafe impl aya::Pod for IpCacheEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above.

@@ -652,6 +652,14 @@ impl Datapath {
         crate::ipcache::IpCache::from_map(map)
     }
 
+    /// Hands the policy tables to their one owner (the policy controller).
+    pub fn take_policy_maps(&mut self) -> Result<crate::policy::PolicyMaps> {
+        use crate::policy::{CIDR_MAP, MAP};
+        let table = self.ebpf.take_map(MAP).ok_or(DatapathError::Missing(MAP))?;
+        let cidrs = self.ebpf.take_map(CIDR_MAP).ok_or(DatapathError::Missing(CIDR_MAP))?;
+        crate::policy::PolicyMaps::from_maps(table, cidrs)
+    }
+
     /// Hands the flow-event ring buffer and its loss counters to their one
     /// reader (the agent's flow pipeline).
     pub fn take_events(&mut self) -> Result<crate::events::EventSource> {

@@ -57,6 +57,8 @@ drop_reasons! {
     NatNoPort = WEIR_DROP_NAT_NO_PORT, "nat_no_port", "no free source NAT port towards the backend";
     MissedTailCall = WEIR_DROP_MISSED_TAIL_CALL, "missed_tail_call", "the datapath's next stage is not loaded";
     CtEndpointLimit = WEIR_DROP_CT_ENDPOINT_LIMIT, "ct_endpoint_limit", "the endpoint holds its share of the conntrack table: new connection refused";
+    PolicyDenied = WEIR_DROP_POLICY_DENIED, "policy_denied", "network policy: no rule allows the connection (default deny of an isolated pod)";
+    PolicyDeny = WEIR_DROP_POLICY_DENY, "policy_deny", "network policy: an explicit deny rule";
     FragNotFound = WEIR_DROP_FRAG_NOT_FOUND, "frag_not_found", "a later fragment of a datagram whose first fragment was not seen or made no connection";
 }
 

@@ -10,6 +10,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 
 use crate::abi::{CtKey, EVENT_VERSION, RawEvent, sys};
 use crate::drop::DropReason;
+use crate::policy::Verdict;
 
 /// Map names, as declared in `bpf/lib/flow.h`.
 pub const MAP: &str = "weir_events";
@@ -103,6 +104,10 @@ pub struct Event {
     pub rev_bytes: u64,
     /// SYN to SYN-ACK, on the SYN-ACK's event.
     pub handshake_ns: u64,
+    /// The connection's policy verdicts (the source pod's egress, the
+    /// destination pod's ingress); on a policy drop, the deciding one.
+    pub policy_egress: Verdict,
+    pub policy_ingress: Verdict,
 }
 
 /// A record that is not one this build can read: counted and skipped.
@@ -152,6 +157,8 @@ impl Event {
             rev_packets: raw.rev_packets,
             rev_bytes: raw.rev_bytes,
             handshake_ns: raw.handshake_ns,
+            policy_egress: Verdict::unpack(raw.policy_egress),
+            policy_ingress: Verdict::unpack(raw.policy_ingress),
         })
     }
 
@@ -188,6 +195,8 @@ impl Event {
             rev_packets: 0,
             rev_bytes: 0,
             handshake_ns: 0,
+            policy_egress: Verdict::default(),
+            policy_ingress: Verdict::default(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod events;
 pub mod ipcache;
 pub mod lb;
 pub mod pins;
+pub mod policy;
 pub mod snat;
 
 pub use bpffs::{BpffsError, ensure_bpffs};

@@ -116,6 +116,35 @@ fn rust_abi_matches_c_structs_in_btf() {
     assert_eq!(members, &shifted);
 }
 
+/// The policy tables' key (an LPM key: prefixlen, then PolicyKey) and entry.
+#[test]
+fn policy_abi_matches_c_structs_in_btf() {
+    use weir_datapath::abi::{PolicyEntry, PolicyKey};
+    for obj in [weir_datapath::BPF_LXC, weir_datapath::BPF_HOST, weir_datapath::BPF_XDP] {
+        let structs = btf_structs(obj);
+        assert_layout!(
+            structs,
+            "weir_policy_entry",
+            PolicyEntry,
+            [action, audit_action, pad, rule, audit_rule]
+        );
+        let (size, members) = &structs["weir_policy_key"];
+        assert_eq!(*size as usize, 4 + size_of::<PolicyKey>());
+        let shifted: Vec<(String, u32)> = [
+            ("prefixlen", 0),
+            ("endpoint_id", 4 + offset_of!(PolicyKey, endpoint_id)),
+            ("peer", 4 + offset_of!(PolicyKey, peer)),
+            ("direction", 4 + offset_of!(PolicyKey, direction)),
+            ("proto", 4 + offset_of!(PolicyKey, proto)),
+            ("dport", 4 + offset_of!(PolicyKey, dport)),
+        ]
+        .into_iter()
+        .map(|(n, o)| (n.to_string(), o as u32))
+        .collect();
+        assert_eq!(members, &shifted);
+    }
+}
+
 #[test]
 fn service_and_conntrack_abi_matches_c_structs_in_btf() {
     use weir_datapath::lb::{
@@ -168,7 +197,9 @@ fn conntrack_layout(structs: &Structs) {
             state,
             seen,
             pad,
-            owner
+            owner,
+            policy_egress,
+            policy_ingress
         ]
     );
 }
@@ -208,7 +239,9 @@ fn event_abi_matches_c_structs_in_btf() {
                 bytes,
                 rev_packets,
                 rev_bytes,
-                handshake_ns
+                handshake_ns,
+                policy_egress,
+                policy_ingress
             ]
         );
     }

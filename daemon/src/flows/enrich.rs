@@ -65,6 +65,8 @@ pub fn hubble_drop_code(r: DropReason) -> flow::DropReason {
         W::SnatPortsExhausted | W::NatNoPort => H::NoMappingForNatMasquerade,
         W::MissedTailCall => H::MissedTailCall,
         W::FragNotFound => H::FirstLogicalDatagramFragmentNotFound,
+        W::PolicyDenied => H::PolicyDenied,
+        W::PolicyDeny => H::PolicyDeny,
     }
 }
 
@@ -462,6 +464,8 @@ mod tests {
             rev_packets: 0,
             rev_bytes: 0,
             handshake_ns: 0,
+            policy_egress: Default::default(),
+            policy_ingress: Default::default(),
         }
     }
 

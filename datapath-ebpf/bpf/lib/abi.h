@@ -148,8 +148,18 @@ enum weir_drop_reason {
 	WEIR_DROP_MISSED_TAIL_CALL = 13,  /* the next stage's program is not loaded */
 	WEIR_DROP_FRAG_NOT_FOUND = 14,    /* a later fragment whose first one was not seen (or made no connection) */
 	WEIR_DROP_CT_ENDPOINT_LIMIT = 15, /* the endpoint holds its share of the conntrack table */
+	WEIR_DROP_POLICY_DENIED = 16,     /* network policy: no rule allows it (an isolated endpoint's default deny) */
+	WEIR_DROP_POLICY_DENY = 17,       /* network policy: an explicit deny rule */
 	WEIR_DROP_REASON_MAX = 64,
 };
+
+/* A policy drop carries the rule that decided it along the drop path (the
+ * return values, skb->cb, drop.h) in one u32: the reason in the low bits,
+ * WEIR_DROP_F_INGRESS when the destination's ingress policy decided (else
+ * the source's egress), the rule's reference (WEIR_PV_REF_MASK) above. */
+#define WEIR_DROP_REASON_MASK 0x3f
+#define WEIR_DROP_F_INGRESS 0x40
+#define WEIR_DROP_REF_SHIFT 8
 
 
 /* ---- Conntrack (conntrack.h) ---- */
@@ -189,6 +199,11 @@ struct weir_ct_entry {
 	__u8 seen;  /* WEIR_CT_SEEN_*: the TCP events this direction reported */
 	__u8 pad;
 	__u32 owner; /* the local endpoint the entry is charged to, 0 for none */
+	/* The policy verdicts made on the connection's first packet
+	 * (WEIR_PV_*, policy.h), the same in both entries: the source pod's
+	 * egress and the destination pod's ingress, where they are local. */
+	__u32 policy_egress;
+	__u32 policy_ingress;
 };
 
 /* weir_ct_entry.seen: each TCP event is reported once per direction. */
@@ -324,7 +339,7 @@ struct weir_lb_affinity {
  * a direction, a periodic update, the end), from the one drop helper, and
  * from traced endpoints (every packet). Userspace checks version and size
  * before it trusts a record: anything else is counted and skipped. */
-#define WEIR_EVENT_VERSION 1
+#define WEIR_EVENT_VERSION 2
 #define WEIR_EVENTS_BYTES (4 * 1024 * 1024)
 
 enum weir_event_kind {
@@ -366,6 +381,72 @@ struct weir_event {
 	__u64 rev_packets;  /* the other direction's (updates and the end) */
 	__u64 rev_bytes;
 	__u64 handshake_ns; /* SYN to SYN-ACK, on the SYN-ACK event; 0 otherwise */
+	/* The connection's policy verdicts (WEIR_PV_*), or for a policy drop
+	 * the deciding one on its side. */
+	__u32 policy_egress;
+	__u32 policy_ingress;
 };
+
+
+/* ---- Network policy (policy.h) ---- */
+
+/* The agent compiles every policy into per-endpoint tables of verdicts, so
+ * the datapath never scans rules: a few LPM lookups on a connection's first
+ * packet, whose verdict the conntrack entries then keep.
+ *
+ * A key is one local endpoint, one direction, one peer and a protocol/port
+ * prefix. The peer is an identity (the ipcache's for the other address),
+ * the id of the most specific policy CIDR containing it (weir_policy_cidr),
+ * or WEIR_POLICY_PEER_ANY. The data after prefixlen is matched bit by bit:
+ * endpoint, peer and direction always whole (WEIR_POLICY_PREFIX_PEER), then
+ * the protocol, then the port's high bits (port ranges become prefixes). */
+struct weir_policy_key {
+	__u32 prefixlen;
+	__u32 endpoint_id;
+	__u32 peer;
+	__u8 direction; /* WEIR_DIR_INGRESS or WEIR_DIR_EGRESS */
+	__u8 proto;
+	__be16 dport;
+};
+
+#define WEIR_POLICY_PREFIX_PEER 72
+#define WEIR_POLICY_PREFIX_PROTO 80
+#define WEIR_POLICY_PREFIX_FULL 96
+#define WEIR_POLICY_PEER_ANY 0
+/* CIDR peers are numbered above every identity (24 bits). */
+#define WEIR_POLICY_CIDR_MIN 0x01000000
+#define WEIR_POLICY_MAX_ENTRIES (1 << 20)
+#define WEIR_POLICY_CIDR_MAX 65536
+
+/* Actions by precedence: the datapath takes the highest of the lookups
+ * (peer identity, peer CIDR, any peer), so an explicit deny beats every
+ * allow and an allow beats the default deny of an isolated endpoint. The
+ * agent writes each table so that its most specific entry is already the
+ * combined answer for that peer. */
+#define WEIR_PA_NONE 0
+#define WEIR_PA_DEFAULT_DENY 1
+#define WEIR_PA_ALLOW 2
+#define WEIR_PA_DENY 3
+
+/* Two layers: what is enforced, and what would be with the audit-mode
+ * policies enforced too. A connection the second denies and the first
+ * does not is forwarded as an audit verdict. */
+struct weir_policy_entry {
+	__u8 action;       /* WEIR_PA_* enforced */
+	__u8 audit_action; /* WEIR_PA_* with audit-mode policies too */
+	__u16 pad;
+	__u32 rule;        /* the deciding rule of each layer (the agent numbers them) */
+	__u32 audit_rule;
+};
+
+/* A verdict in one u32, as conntrack entries and events keep it:
+ * WEIR_PV_* << WEIR_PV_SHIFT | the deciding rule's reference. */
+#define WEIR_PV_NONE 0   /* no policy selects the endpoint in this direction */
+#define WEIR_PV_ALLOW 1
+#define WEIR_PV_AUDIT 2  /* forwarded; an audit-mode policy would deny it (the ref) */
+#define WEIR_PV_DENIED 3 /* dropped: nothing allows it (default deny) */
+#define WEIR_PV_DENY 4   /* dropped: an explicit deny rule */
+#define WEIR_PV_SHIFT 24
+#define WEIR_PV_REF_MASK 0x7fffff
 
 #endif /* WEIR_ABI_H */

@@ -107,6 +107,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_ep_ct_released SEC(".maps");
 
+/* Room for one entry being made (ct_create_plain), off the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_ct_entry);
+} weir_ct_scratch SEC(".maps");
+
 /* The share of one endpoint (the loader may narrow it: tests do). */
 volatile const __u32 weir_ct_endpoint_max = WEIR_CT_ENDPOINT_MAX_DEFAULT;
 
@@ -161,6 +169,16 @@ static __always_inline void ct_partner_key(const struct weir_ct_entry *e, __u8 p
 	out->sport = e->xlate_dport;
 	out->dport = e->xlate_sport;
 	out->proto = proto;
+}
+
+/* The key of the partner of an entry nothing translates. */
+static __always_inline void ct_partner_key_of(const struct weir_ct_key *key, struct weir_ct_key *out)
+{
+	out->saddr = key->daddr;
+	out->daddr = key->saddr;
+	out->sport = key->dport;
+	out->dport = key->sport;
+	out->proto = key->proto;
 }
 
 /* The tuple a packet following this entry becomes. */
@@ -457,37 +475,86 @@ static __always_inline int ct_create(struct __ctx_buff *ctx, const struct weir_c
 }
 
 /* Tracks a connection nothing translates (the xlate tuple is the tuple
- * itself), replacing a stale entry of the tuple when `replace`. A packet
- * whose reverse tuple is tracked already is the other half of a known
- * connection (a NodePort backend's view of a connection XDP translated,
- * say) and gets no entries of its own: overwriting that reverse entry would
- * cut the known connection off. Best effort: a full table leaves the
- * connection untracked. */
-static __always_inline void ct_create_plain(struct __ctx_buff *ctx, const struct weir_ct_key *key, __u8 tcp_flags,
-					    __u64 now, int replace, __u32 owner)
+ * itself), replacing a stale entry of the tuple when `how` has
+ * WEIR_CT_PLAIN_REPLACE (its low byte: the packet's TCP flags), charged to
+ * `owner`, with the policy verdicts policy[0] (egress) and policy[1]
+ * (ingress). A packet whose reverse tuple is tracked already is the other
+ * half of a known connection (a NodePort backend's view of a connection
+ * XDP translated, say) and gets no entries of its own: overwriting that
+ * reverse entry would cut the known connection off. Best effort: a full
+ * table leaves the connection untracked; 1 when it made the entries
+ * (then the caller reports the flow start: ct_report_created). Not inlined: its two entries
+ * would otherwise sit in the deepest callers' frames. */
+#define WEIR_CT_PLAIN_REPLACE 0x100
+static __noinline __attribute__((unused)) int ct_create_plain(struct __ctx_buff *ctx, const struct weir_ct_key *key,
+							       __u32 how, __u32 owner, const __u32 *policy)
 {
-	struct weir_ct_entry fwd = {}, rev = {};
+	/* One entry, in per-CPU scratch rather than on the stack (this frame
+	 * adds to its callers' deepest), made the forward one, then turned
+	 * into its partner. */
 	struct weir_ct_key rkey = {};
+	struct weir_ct_entry *e;
+	__u32 zero = 0;
+	__u8 tcp_flags = how & 0xff;
+	int replace = !!(how & WEIR_CT_PLAIN_REPLACE);
+	__u64 now = bpf_ktime_get_ns();
 	int rev_new = 1;
 
-	ct_new_pair(key, key, tcp_flags, ctx_len(ctx), now, 0, 0, &fwd, &rkey, &rev);
-	fwd.owner = rev.owner = owner;
+	ct_partner_key_of(key, &rkey);
 	if (!replace && bpf_map_lookup_elem(&weir_ct4, &rkey))
-		return;
+		return 0;
 	/* Over its share the connection goes on untracked, like a full table. */
 	if (!ct_charge_ok(owner, replace ? 1 : 2))
-		return;
-	if (bpf_map_update_elem(&weir_ct4, key, &fwd, replace ? BPF_ANY : BPF_NOEXIST))
-		return;
+		return 0;
+	e = bpf_map_lookup_elem(&weir_ct_scratch, &zero);
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->xlate_saddr = key->saddr;
+	e->xlate_daddr = key->daddr;
+	e->xlate_sport = key->sport;
+	e->xlate_dport = key->dport;
+	e->state = key->proto == IPPROTO_TCP ? ct_next_state(WEIR_CT_NEW, tcp_flags) : WEIR_CT_NEW;
+	e->expires_ns = now + ct_timeout(key->proto, e->state);
+	e->packets = 1;
+	e->bytes = ctx_len(ctx);
+	e->created_ns = e->report_ns = now;
+	e->seen = key->proto == IPPROTO_TCP ? ct_seen_bits(tcp_flags) : 0;
+	e->owner = owner;
+	e->policy_egress = policy[0];
+	e->policy_ingress = policy[1];
+	if (bpf_map_update_elem(&weir_ct4, key, e, replace ? BPF_ANY : BPF_NOEXIST))
+		return 0;
 	if (replace)
 		rev_new = !bpf_map_lookup_elem(&weir_ct4, &rkey);
-	if (bpf_map_update_elem(&weir_ct4, &rkey, &rev, replace ? BPF_ANY : BPF_NOEXIST)) {
+	/* The partner: the tuple reversed, as ct_new_pair makes it. */
+	e->xlate_saddr = key->daddr;
+	e->xlate_daddr = key->saddr;
+	e->xlate_sport = key->dport;
+	e->xlate_dport = key->sport;
+	e->flags = WEIR_CT_F_REVERSE;
+	e->packets = 0;
+	e->bytes = 0;
+	e->seen = 0;
+	if (bpf_map_update_elem(&weir_ct4, &rkey, e, replace ? BPF_ANY : BPF_NOEXIST)) {
 		bpf_map_delete_elem(&weir_ct4, key);
-		return;
+		return 0;
 	}
 	ct_charge(owner, (replace ? 0 : 1) + rev_new);
-	if (weir_flow_events)
-		ct_report(ctx, key, &fwd, WEIR_EV_FLOW_START | ((__u32)tcp_flags << 8), now);
+	return 1;
+}
+
+/* The flow start of a connection ct_create_plain made: reported by the
+ * caller, so the event's frame is not stacked on ct_create_plain's. */
+static __always_inline void ct_report_created(struct __ctx_buff *ctx, const struct weir_ct_key *key, __u8 tcp_flags)
+{
+	struct weir_ct_entry *fwd;
+
+	if (!weir_flow_events)
+		return;
+	fwd = bpf_map_lookup_elem(&weir_ct4, key);
+	if (fwd)
+		ct_report(ctx, key, fwd, WEIR_EV_FLOW_START | ((__u32)tcp_flags << 8), fwd->created_ns);
 }
 
 /* Reads the packet's tuple into key: TCP, UDP and SCTP ports, or an ICMP

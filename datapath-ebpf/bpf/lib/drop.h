@@ -27,7 +27,7 @@
  * service without backends (reject.h). */
 static __always_inline void count_reason(__u32 reason, __u32 len)
 {
-	__u32 key = reason < WEIR_DROP_REASON_MAX ? reason : WEIR_DROP_NONE;
+	__u32 key = reason & WEIR_DROP_REASON_MASK; /* a policy drop's rule is not counted here */
 	struct weir_traffic *t = bpf_map_lookup_elem(&weir_drops, &key);
 
 	if (t) {

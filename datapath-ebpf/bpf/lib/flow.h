@@ -109,6 +109,8 @@ static __always_inline void flow_ct_fill(struct weir_event *ev, const struct wei
 	ev->xlate.proto = key->proto;
 	ev->packets = e->packets;
 	ev->bytes = e->bytes;
+	ev->policy_egress = e->policy_egress;
+	ev->policy_ingress = e->policy_ingress;
 }
 
 /* Reads the packet's addresses, protocol and ports (or ICMP type) into
@@ -148,10 +150,21 @@ static __noinline void flow_packet_record(struct __ctx_buff *ctx, __u32 kind, __
 {
 	struct weir_event *ev;
 
+	__u32 verdict;
+
 	ev = flow_begin(ctx, kind);
 	if (!ev)
 		return;
-	ev->drop_reason = reason;
+	/* A policy drop's reason carries its rule (abi.h). */
+	ev->drop_reason = reason & WEIR_DROP_REASON_MASK;
+	if (ev->drop_reason == WEIR_DROP_POLICY_DENIED || ev->drop_reason == WEIR_DROP_POLICY_DENY) {
+		verdict = ((ev->drop_reason == WEIR_DROP_POLICY_DENY ? WEIR_PV_DENY : WEIR_PV_DENIED) << WEIR_PV_SHIFT) |
+			  (reason >> WEIR_DROP_REF_SHIFT);
+		if (reason & WEIR_DROP_F_INGRESS)
+			ev->policy_ingress = verdict;
+		else
+			ev->policy_egress = verdict;
+	}
 	if (endpoint_id) {
 		ev->endpoint_id = endpoint_id;
 		ev->direction = direction;

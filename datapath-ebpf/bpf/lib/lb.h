@@ -160,6 +160,7 @@ found:
  * the backend choice above, through nodeport.h. */
 #include "reject.h"
 #include "snat.h"
+#include "policy.h"
 
 /* Follows a connection's entry: counts the packet and rewrites it to the
  * entry's tuple (nothing to rewrite for a plain connection). */
@@ -185,28 +186,38 @@ static __always_inline __u32 ct_follow(struct __sk_buff *skb, struct ipv4_meta *
  * Forward service entries are left alone: only the client's own from_pod
  * may pick or follow a backend. */
 static __always_inline __u32 ct_into_pod(struct __sk_buff *skb, struct ipv4_meta *meta, const struct weir_ct_key *key,
-					 struct weir_ct_entry *ct, __u8 l4_flags, __u64 now, int create)
+					 struct weir_ct_entry *ct, __u8 l4_flags, __u64 now, int create, __u32 src_id)
 {
-	if (!ct) {
-		/* A connection starts with a whole datagram or a first fragment. */
-		if (create && !meta->later_fragment)
-			/* Charged to the pod it enters (the drop context's endpoint). */
-			ct_create_plain(skb, key, l4_flags, now, 0, skb->cb[WEIR_CB_ENDPOINT]);
-		return WEIR_DROP_NONE;
+	__u32 policy[2] = {}, reason;
+	int replace = 0;
+
+	if (ct) {
+		if (!(ct->flags & WEIR_CT_F_REVERSE) && (ct->service_id || (ct->flags & WEIR_CT_F_XLATE)))
+			return WEIR_DROP_NONE;
+		/* A fresh SYN on a closed plain connection is a new one on a
+		 * reused port: fresh entries (and a flow start, and a fresh
+		 * verdict), not the old ones. */
+		if (!create || (ct->flags & WEIR_CT_F_REVERSE) || !ct_is_reuse(ct, key->proto, l4_flags, now))
+			return ct_follow(skb, meta, key, ct, l4_flags, now);
+		replace = 1;
 	}
-	if (!(ct->flags & WEIR_CT_F_REVERSE) && (ct->service_id || (ct->flags & WEIR_CT_F_XLATE)))
+	/* A connection starts with a whole datagram or a first fragment. */
+	if (!create || meta->later_fragment)
 		return WEIR_DROP_NONE;
-	/* A fresh SYN on a closed plain connection is a new one on a reused
-	 * port: fresh entries (and a flow start), not the old counters. */
-	if (create && !(ct->flags & WEIR_CT_F_REVERSE) && ct_is_reuse(ct, key->proto, l4_flags, now)) {
-		ct_create_plain(skb, key, l4_flags, now, 1, skb->cb[WEIR_CB_ENDPOINT]);
-		return WEIR_DROP_NONE;
-	}
-	return ct_follow(skb, meta, key, ct, l4_flags, now);
+	/* The pod it enters judges it; nothing is tracked for a denied one. */
+	reason = policy_connection(0, key->saddr, key->daddr, policy_l4(key->proto, key->dport), src_id, &policy[0],
+				   &policy[1]);
+	if (reason)
+		return reason;
+	/* Charged to the pod it enters (the drop context's endpoint). */
+	if (ct_create_plain(skb, key, l4_flags | (replace ? WEIR_CT_PLAIN_REPLACE : 0), skb->cb[WEIR_CB_ENDPOINT],
+			    policy))
+		ct_report_created(skb, key, l4_flags);
+	return WEIR_DROP_NONE;
 }
 
 /* ct_into_pod for a packet not looked up yet. */
-static __always_inline __u32 ct_to_pod(struct __sk_buff *skb, struct ipv4_meta *meta, int create)
+static __always_inline __u32 ct_to_pod(struct __sk_buff *skb, struct ipv4_meta *meta, int create, __u32 src_id)
 {
 	struct weir_ct_key key = {};
 	__u8 l4_flags = 0;
@@ -216,7 +227,7 @@ static __always_inline __u32 ct_to_pod(struct __sk_buff *skb, struct ipv4_meta *
 	if (ret <= 0)
 		return -ret;
 	return ct_into_pod(skb, meta, &key, bpf_map_lookup_elem(&weir_ct4, &key), l4_flags, bpf_ktime_get_ns(),
-			   create);
+			   create, src_id);
 }
 
 /* from_pod's conntrack step, for a packet a local pod sent: follows the
@@ -239,6 +250,7 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 	__u32 reason;
 	__u64 now;
 	struct weir_ct_entry *plain = NULL;
+	__u32 policy[2] = {};
 	int replace = 0;
 	int ret;
 
@@ -273,8 +285,17 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 		/* Not a service: plain routing, tracked as it is. */
 		if (plain)
 			return ct_follow(skb, meta, &key, plain, l4_flags, now);
-		if (!meta->later_fragment && !snat_bound(node_config(), key.saddr, key.daddr))
-			ct_create_plain(skb, &key, l4_flags, now, replace, skb->cb[WEIR_CB_ENDPOINT]);
+		if (meta->later_fragment)
+			return WEIR_DROP_NONE;
+		/* A new connection: judged before anything is tracked. */
+		reason = policy_connection(skb->cb[WEIR_CB_ENDPOINT], key.saddr, key.daddr,
+					   policy_l4(key.proto, key.dport), 0, &policy[0], &policy[1]);
+		if (reason)
+			return reason;
+		if (!snat_bound(node_config(), key.saddr, key.daddr))
+			if (ct_create_plain(skb, &key, l4_flags | (replace ? WEIR_CT_PLAIN_REPLACE : 0),
+					    skb->cb[WEIR_CB_ENDPOINT], policy))
+				ct_report_created(skb, &key, l4_flags);
 		return WEIR_DROP_NONE;
 	}
 	/* A later fragment never picks a backend: its first fragment made the
@@ -298,6 +319,13 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 		    &rkey, &rev);
 	/* Charged to the pod that opened it. */
 	fwd.owner = rev.owner = skb->cb[WEIR_CB_ENDPOINT];
+	/* Judged as reaching the backend, before anything is tracked. */
+	reason = policy_connection(fwd.owner, key.saddr, be.ip, policy_l4(key.proto, be.port), 0, &fwd.policy_egress,
+				   &fwd.policy_ingress);
+	if (reason)
+		return reason;
+	rev.policy_egress = fwd.policy_egress;
+	rev.policy_ingress = fwd.policy_ingress;
 	ret = ct_create(skb, &key, &fwd, &rkey, &rev, l4_flags, replace, 0);
 	if (ret == -2)
 		return WEIR_DROP_CT_ENDPOINT_LIMIT;

@@ -48,6 +48,7 @@
 #include "maps.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "policy.h"
 #include "endpoint.h"
 #include "overlay.h"
 #include "drop.h"
@@ -68,7 +69,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	struct weir_lb_svc *svc, svc_copy;
 	struct weir_config *cfg;
 	struct weir_ep_info *local;
-	__u32 reason, owner;
+	__u32 reason, owner, pol_in = 0;
 	int replace = 0, snat, ret;
 
 	if (ct) {
@@ -105,6 +106,14 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	 * back through this node. A local backend is charged the entries. */
 	local = lookup_ep_v4(be.ip);
 	owner = local ? local->endpoint_id : 0;
+	/* A local backend judges the client (policy.h); a remote one's node
+	 * judges what arrives there. */
+	if (local) {
+		pol_in = policy_judge(owner, WEIR_DIR_INGRESS, key->saddr, policy_l4(key->proto, be.port), 0);
+		reason = policy_drop_reason(pol_in, 1);
+		if (reason)
+			return -(int)reason;
+	}
 	snat = !(svc_copy.flags & WEIR_LB_F_LOCAL) && !local;
 
 	to.saddr = key->saddr;
@@ -120,6 +129,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	ct_new_pair(key, &to, tcp_flags, ctx_len(ctx), now, svc_copy.service_id, WEIR_CT_F_NODEPORT | (snat ? WEIR_CT_F_SNAT : 0),
 		    &fwd, &rkey, &rev);
 	fwd.owner = rev.owner = owner;
+	fwd.policy_ingress = rev.policy_ingress = pol_in;
 	if (snat) {
 		/* The reverse entry is the port reservation: whoever inserts it
 		 * first owns the port towards this backend. Above the node's

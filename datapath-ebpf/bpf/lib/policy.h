@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Network policy: the verdict of a new connection, on its first packet,
+ * after service translation (so a client reaching a pod through its
+ * ClusterIP or NodePort is judged as reaching that pod). The conntrack
+ * entries the connection then gets keep the verdict (abi.h's
+ * policy_egress / policy_ingress): its later packets and every reply pass
+ * on the entries without another lookup.
+ *
+ * Established connections keep the verdict they were opened with when a
+ * policy changes, as iptables-based implementations do (conntrack accepts
+ * ESTABLISHED): a newly denied connection ends with its entries (close, or
+ * timeout); every new one is judged by the policy in force.
+ *
+ * The tables are the agent's (daemon/src/policy.rs compiles them, the
+ * model crate's policy module decides them); abi.h describes the keys. */
+#ifndef WEIR_POLICY_H
+#define WEIR_POLICY_H
+
+#include "common.h"
+#include "abi.h"
+#include "maps.h"
+#include "endpoint.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_POLICY_MAX_ENTRIES);
+	__type(key, struct weir_policy_key);
+	__type(value, struct weir_policy_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_policy SEC(".maps");
+
+/* Address -> the id of the most specific CIDR any policy names that
+ * contains it (prefixes of `cidr` and `except` alike, so one id says which
+ * of them contain the address). Pods and nodes have one too: ipBlock
+ * matches their addresses, unlike service VIPs, which are never judged. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, WEIR_POLICY_CIDR_MAX);
+	__type(key, struct weir_route_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_policy_cidr SEC(".maps");
+
+/* The higher-precedence action of each layer wins, with its rule. */
+static __always_inline void policy_take(const struct weir_policy_entry *e, __u32 *best)
+{
+	if (!e)
+		return;
+	if (e->action > (best[0] >> WEIR_PV_SHIFT))
+		best[0] = ((__u32)e->action << WEIR_PV_SHIFT) | (e->rule & WEIR_PV_REF_MASK);
+	if (e->audit_action > (best[1] >> WEIR_PV_SHIFT))
+		best[1] = ((__u32)e->audit_action << WEIR_PV_SHIFT) | (e->audit_rule & WEIR_PV_REF_MASK);
+}
+
+/* The verdict (WEIR_PV_* << WEIR_PV_SHIFT | ref) of local endpoint
+ * `endpoint_id` in `direction` for a connection with `peer` on `l4`
+ * (protocol | destination port in network order << 16). `peer_id`, when
+ * not 0, is the peer's identity already known (the node itself), else
+ * the ipcache's, WORLD when it has none. Not inlined: called from several
+ * places of one program, and its keys must not add to their stacks. */
+static __noinline __u32 policy_judge(__u32 endpoint_id, __u32 direction, __be32 peer, __u32 l4, __u32 peer_id)
+{
+	/* One key's room for both kinds of key: this frame adds to the
+	 * deepest caller's stack. The address lookups come first. */
+	union {
+		struct weir_route_key rk;
+		struct weir_policy_key k;
+	} u = {};
+	struct weir_ipcache_entry *ic;
+	__u32 best[2] = {};
+	__u32 *cidr, cidr_id = 0;
+	__u8 a;
+
+	u.rk.prefixlen = 64;
+	u.rk.family = WEIR_AF_INET;
+	u.rk.addr[0] = peer;
+	if (!peer_id) {
+		ic = bpf_map_lookup_elem(&weir_ipcache, &u.rk);
+		peer_id = ic && ic->identity ? ic->identity : WEIR_ID_WORLD;
+	}
+	cidr = bpf_map_lookup_elem(&weir_policy_cidr, &u.rk);
+	if (cidr)
+		cidr_id = *cidr;
+
+	__builtin_memset(&u, 0, sizeof(u));
+	u.k.prefixlen = WEIR_POLICY_PREFIX_FULL;
+	u.k.endpoint_id = endpoint_id;
+	u.k.direction = direction;
+	u.k.proto = l4 & 0xff;
+	u.k.dport = l4 >> 16;
+	u.k.peer = peer_id;
+	policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), best);
+	if (cidr_id) {
+		u.k.peer = cidr_id;
+		policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), best);
+	}
+	u.k.peer = WEIR_POLICY_PEER_ANY;
+	policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), best);
+
+	a = best[0] >> WEIR_PV_SHIFT;
+	if (a == WEIR_PA_DENY)
+		return (WEIR_PV_DENY << WEIR_PV_SHIFT) | (best[0] & WEIR_PV_REF_MASK);
+	if (a == WEIR_PA_DEFAULT_DENY)
+		return (WEIR_PV_DENIED << WEIR_PV_SHIFT) | (best[0] & WEIR_PV_REF_MASK);
+	if ((best[1] >> WEIR_PV_SHIFT) == WEIR_PA_DENY || (best[1] >> WEIR_PV_SHIFT) == WEIR_PA_DEFAULT_DENY)
+		return (WEIR_PV_AUDIT << WEIR_PV_SHIFT) | (best[1] & WEIR_PV_REF_MASK);
+	if (a == WEIR_PA_ALLOW)
+		return (WEIR_PV_ALLOW << WEIR_PV_SHIFT) | (best[0] & WEIR_PV_REF_MASK);
+	return WEIR_PV_NONE;
+}
+
+/* A denying verdict as the drop path carries it (abi.h), 0 otherwise. */
+static __always_inline __u32 policy_drop_reason(__u32 verdict, __u32 ingress)
+{
+	__u32 kind = verdict >> WEIR_PV_SHIFT;
+
+	if (kind < WEIR_PV_DENIED)
+		return 0;
+	return (kind == WEIR_PV_DENY ? WEIR_DROP_POLICY_DENY : WEIR_DROP_POLICY_DENIED) |
+	       (ingress ? WEIR_DROP_F_INGRESS : 0) | ((verdict & WEIR_PV_REF_MASK) << WEIR_DROP_REF_SHIFT);
+}
+
+/* Judges a new connection saddr -> daddr on `l4` (see policy_judge), as
+ * translated: the egress of `src_ep`, the local endpoint that sent it (0
+ * for none), and the ingress of daddr's endpoint if it is local.
+ * `src_id` is the source's identity when the caller knows it (0: the
+ * ipcache's). A pod reaching itself (through its own service) is not
+ * judged. 0 with the verdicts to keep in *egress and *ingress, or the
+ * policy drop. */
+static __always_inline __u32 policy_connection(__u32 src_ep, __be32 saddr, __be32 daddr, __u32 l4, __u32 src_id,
+					       __u32 *egress, __u32 *ingress)
+{
+	struct weir_ep_info *dst = lookup_ep_v4(daddr);
+	__u32 dst_ep = dst ? dst->endpoint_id : 0;
+	__u32 v;
+
+	if (src_ep && src_ep == dst_ep)
+		return 0;
+	if (src_ep) {
+		v = policy_judge(src_ep, WEIR_DIR_EGRESS, daddr, l4, 0);
+		if (policy_drop_reason(v, 0))
+			return policy_drop_reason(v, 0);
+		*egress = v;
+	}
+	if (dst_ep) {
+		v = policy_judge(dst_ep, WEIR_DIR_INGRESS, saddr, l4, src_id);
+		if (policy_drop_reason(v, 1))
+			return policy_drop_reason(v, 1);
+		*ingress = v;
+	}
+	return 0;
+}
+
+/* The l4 argument of a tuple's destination. */
+static __always_inline __u32 policy_l4(__u8 proto, __be16 dport)
+{
+	return proto | ((__u32)dport << 16);
+}
+
+#endif /* WEIR_POLICY_H */
