@@ -7,6 +7,7 @@
 
 pub mod identity;
 pub mod object;
+pub mod policy;
 pub mod selector;
 pub mod state;
 

@@ -9,6 +9,7 @@
 //! decides the type before the typed pass.
 
 use crate::identity::WeirIdentity;
+use crate::policy::crd::{WeirClusterNetworkPolicy, WeirNetworkPolicy};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -50,10 +51,12 @@ pub enum Kind {
     Node,
     Deployment,
     WeirIdentity,
+    WeirNetworkPolicy,
+    WeirClusterNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -62,6 +65,8 @@ impl Kind {
         Kind::NetworkPolicy,
         Kind::Deployment,
         Kind::WeirIdentity,
+        Kind::WeirNetworkPolicy,
+        Kind::WeirClusterNetworkPolicy,
     ];
 
     /// Parse a kind the way kubectl does: singular, plural, short name, any case.
@@ -75,6 +80,8 @@ impl Kind {
             "networkpolicy" | "networkpolicies" | "netpol" => Kind::NetworkPolicy,
             "deployment" | "deployments" | "deploy" => Kind::Deployment,
             "weiridentity" | "weiridentities" => Kind::WeirIdentity,
+            "weirnetworkpolicy" | "weirnetworkpolicies" | "wnp" => Kind::WeirNetworkPolicy,
+            "weirclusternetworkpolicy" | "weirclusternetworkpolicies" | "wcnp" => Kind::WeirClusterNetworkPolicy,
             _ => return None,
         })
     }
@@ -90,6 +97,8 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Deployment => "Deployment",
             Kind::WeirIdentity => "WeirIdentity",
+            Kind::WeirNetworkPolicy => "WeirNetworkPolicy",
+            Kind::WeirClusterNetworkPolicy => "WeirClusterNetworkPolicy",
         }
     }
 
@@ -99,7 +108,10 @@ impl Kind {
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node | Kind::WeirIdentity)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::WeirIdentity | Kind::WeirClusterNetworkPolicy
+        )
     }
 }
 
@@ -118,6 +130,8 @@ pub enum Object {
     Node(Node),
     Deployment(Deployment),
     WeirIdentity(WeirIdentity),
+    WeirNetworkPolicy(WeirNetworkPolicy),
+    WeirClusterNetworkPolicy(WeirClusterNetworkPolicy),
 }
 
 impl Object {
@@ -131,6 +145,8 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::Deployment(_) => Kind::Deployment,
             Object::WeirIdentity(_) => Kind::WeirIdentity,
+            Object::WeirNetworkPolicy(_) => Kind::WeirNetworkPolicy,
+            Object::WeirClusterNetworkPolicy(_) => Kind::WeirClusterNetworkPolicy,
         }
     }
 
@@ -144,6 +160,8 @@ impl Object {
             Object::Node(o) => &o.metadata,
             Object::Deployment(o) => &o.metadata,
             Object::WeirIdentity(o) => &o.metadata,
+            Object::WeirNetworkPolicy(o) => &o.metadata,
+            Object::WeirClusterNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -157,6 +175,8 @@ impl Object {
             Object::Node(o) => &mut o.metadata,
             Object::Deployment(o) => &mut o.metadata,
             Object::WeirIdentity(o) => &mut o.metadata,
+            Object::WeirNetworkPolicy(o) => &mut o.metadata,
+            Object::WeirClusterNetworkPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -192,6 +212,8 @@ impl Object {
             Object::Node(o) => j(o),
             Object::Deployment(o) => j(o),
             Object::WeirIdentity(o) => j(o),
+            Object::WeirNetworkPolicy(o) => j(o),
+            Object::WeirClusterNetworkPolicy(o) => j(o),
         }
     }
 
@@ -213,6 +235,8 @@ impl Object {
             Kind::Node => Object::Node(de(value)?),
             Kind::Deployment => Object::Deployment(de(value)?),
             Kind::WeirIdentity => Object::WeirIdentity(de(value)?),
+            Kind::WeirNetworkPolicy => Object::WeirNetworkPolicy(de(value)?),
+            Kind::WeirClusterNetworkPolicy => Object::WeirClusterNetworkPolicy(de(value)?),
         })
     }
 }

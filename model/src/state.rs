@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::identity::{IdentityKey, WeirIdentity};
 use crate::object::{Object, parse_each};
+use crate::policy::crd::{WeirClusterNetworkPolicy, WeirNetworkPolicy};
 
 /// namespace ("" for cluster-scoped objects) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,6 +50,8 @@ pub struct ClusterState {
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
     pub identities: BTreeMap<ObjectKey, WeirIdentity>,
+    pub weir_network_policies: BTreeMap<ObjectKey, WeirNetworkPolicy>,
+    pub weir_cluster_network_policies: BTreeMap<ObjectKey, WeirClusterNetworkPolicy>,
     /// Label set → number, kept in step with `identities` by [`Self::insert`]
     /// (the lowest number, should two stand for one set).
     identity_ids: BTreeMap<IdentityKey, u32>,
@@ -84,6 +87,12 @@ impl ClusterState {
                     *slot = (*slot).min(id);
                     self.identities.insert(key, o);
                 }
+            }
+            Object::WeirNetworkPolicy(o) => {
+                self.weir_network_policies.insert(key, o);
+            }
+            Object::WeirClusterNetworkPolicy(o) => {
+                self.weir_cluster_network_policies.insert(key, o);
             }
             Object::Deployment(_) => {}
         }

@@ -1,0 +1,717 @@
+//! From what users write (Kubernetes NetworkPolicy, weir's CRDs) to one
+//! normalised, validated form the compiler reads. Validation is here and
+//! only here: a policy either parses completely or is rejected with a
+//! reason (and then still isolates what it selects: an error never widens
+//! access, see [`Rejected`]).
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::crd::{self, Enforcement, WeirClusterNetworkPolicy, WeirNetworkPolicy};
+
+/// Which kind of object a policy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    NetworkPolicy,
+    WeirNetworkPolicy,
+    WeirClusterNetworkPolicy,
+}
+
+impl PolicyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::WeirNetworkPolicy => "WeirNetworkPolicy",
+            PolicyKind::WeirClusterNetworkPolicy => "WeirClusterNetworkPolicy",
+        }
+    }
+}
+
+/// A policy by kind, namespace ("" when cluster-wide) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId {
+    pub kind: PolicyKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind.name(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.name(), self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// A container port's protocol (Kubernetes' default is TCP).
+    pub fn of_container(s: Option<&str>) -> Option<Protocol> {
+        Protocol::parse(s.unwrap_or("TCP"))
+    }
+}
+
+/// Which port(s) of the protocols of an [`L4`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortSpec {
+    Any,
+    Range(u16, u16),
+    /// A container port's name: resolved per destination pod.
+    Named(String),
+}
+
+/// What traffic a rule's port entry covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum L4 {
+    /// Every protocol and port, ICMP included: a rule without ports.
+    All,
+    Ports {
+        protocols: Vec<Protocol>,
+        port: PortSpec,
+    },
+}
+
+/// Namespaces a selector is scoped to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Namespaces {
+    /// Just this one.
+    Named(String),
+    Selector(LabelSelector),
+    All,
+}
+
+/// Reserved peers of weir's CRDs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entity {
+    World,
+    Cluster,
+    Host,
+    RemoteNode,
+    All,
+}
+
+impl Entity {
+    fn parse(s: &str) -> Option<Entity> {
+        Some(match s {
+            "world" => Entity::World,
+            "cluster" => Entity::Cluster,
+            "host" => Entity::Host,
+            "remote-node" => Entity::RemoteNode,
+            "all" => Entity::All,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peer {
+    Any,
+    Pods {
+        namespaces: Namespaces,
+        /// `None`: every pod of those namespaces.
+        pods: Option<LabelSelector>,
+    },
+    Cidr {
+        net: Ipv4Net,
+        except: Vec<Ipv4Net>,
+    },
+    Entity(Entity),
+}
+
+/// One rule of a policy, in one direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub direction: Direction,
+    pub action: Action,
+    /// Its position in its list (`ingress`, `egress`, `ingressDeny`, ...).
+    pub index: usize,
+    pub peers: Vec<Peer>,
+    pub l4: Vec<L4>,
+}
+
+impl Rule {
+    /// Hubble's match type: what the rule names.
+    pub fn match_type(&self) -> MatchType {
+        let l3 = !self.peers.iter().all(|p| matches!(p, Peer::Any));
+        let l4 = !self.l4.iter().all(|p| matches!(p, L4::All));
+        match (l3, l4) {
+            (true, true) => MatchType::L3L4,
+            (true, false) => MatchType::L3Only,
+            (false, true) => MatchType::L4Only,
+            (false, false) => MatchType::All,
+        }
+    }
+}
+
+/// Hubble's `policy_match_type` (Cilium's monitor numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MatchType {
+    None = 0,
+    L3Only = 1,
+    L3L4 = 2,
+    L4Only = 3,
+    All = 4,
+}
+
+impl MatchType {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatchType::None => "none",
+            MatchType::L3Only => "l3-only",
+            MatchType::L3L4 => "l3-l4",
+            MatchType::L4Only => "l4-only",
+            MatchType::All => "all",
+        }
+    }
+}
+
+/// The pods a policy applies to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subject {
+    pub namespaces: Namespaces,
+    pub pods: LabelSelector,
+}
+
+/// A valid policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub id: PolicyId,
+    pub audit: bool,
+    pub subject: Subject,
+    /// Isolates the pods it selects, per [`Direction::index`].
+    pub isolates: [bool; 2],
+    pub rules: Vec<Rule>,
+}
+
+/// A policy that cannot be used, and what it still does: it isolates what
+/// it selects in the directions it names (every pod of its scope when its
+/// own selector is the problem, both directions when its types are), so a
+/// typo denies rather than opens. An audit-mode policy never denies, so a
+/// rejected one does nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub id: PolicyId,
+    pub reason: String,
+    pub audit: bool,
+    pub subject: Subject,
+    pub isolates: [bool; 2],
+}
+
+fn selector_errors(sel: &LabelSelector, what: &str) -> Result<(), String> {
+    for e in sel.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!("{what}: operator {} on {:?} needs values", e.operator, e.key));
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "{what}: operator {} on {:?} takes no values",
+                    e.operator, e.key
+                ));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => return Err(format!("{what}: unknown operator {other:?} on {:?}", e.key)),
+        }
+    }
+    Ok(())
+}
+
+fn parse_cidr(s: &str, what: &str) -> Result<Ipv4Net, String> {
+    if s.contains(':') {
+        return Err(format!("{what}: {s:?} is IPv6, which weir does not do yet"));
+    }
+    let net: Ipv4Net = s.parse().map_err(|_| format!("{what}: {s:?} is not a CIDR"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{what}: {s:?} has host bits set (did you mean {}?)",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn cidr_peer(cidr: &str, except: &[String]) -> Result<Peer, String> {
+    let net = parse_cidr(cidr, "cidr")?;
+    let mut ex = Vec::new();
+    for e in except {
+        let e = parse_cidr(e, "except")?;
+        if !net.contains(&e) {
+            return Err(format!("except {e} is not inside cidr {net}"));
+        }
+        ex.push(e);
+    }
+    Ok(Peer::Cidr { net, except: ex })
+}
+
+/// IANA service name, as Kubernetes validates container port names.
+fn valid_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn port_number(n: i32, what: &str) -> Result<u16, String> {
+    if !(1..=65535).contains(&n) {
+        return Err(format!("{what} {n} is out of range (1-65535)"));
+    }
+    Ok(n as u16)
+}
+
+/// A port entry: number or name, optional end of range.
+fn port_spec(port: Option<PortRef<'_>>, end_port: Option<i32>) -> Result<PortSpec, String> {
+    match (port, end_port) {
+        (None, None) => Ok(PortSpec::Any),
+        (None, Some(_)) => Err("endPort without port".into()),
+        (Some(PortRef::Number(n)), end) => {
+            let lo = port_number(n, "port")?;
+            let hi = match end {
+                None => lo,
+                Some(e) => {
+                    let hi = port_number(e, "endPort")?;
+                    if hi < lo {
+                        return Err(format!("endPort {hi} is below port {lo}"));
+                    }
+                    hi
+                }
+            };
+            Ok(PortSpec::Range(lo, hi))
+        }
+        (Some(PortRef::Name(name)), None) => {
+            if !valid_port_name(name) {
+                return Err(format!("port name {name:?} is not a valid port name"));
+            }
+            Ok(PortSpec::Named(name.to_string()))
+        }
+        (Some(PortRef::Name(name)), Some(_)) => Err(format!("endPort with the named port {name:?}")),
+    }
+}
+
+enum PortRef<'a> {
+    Number(i32),
+    Name(&'a str),
+}
+
+fn protocol(p: Option<&str>, default: &[Protocol]) -> Result<Vec<Protocol>, String> {
+    match p {
+        None => Ok(default.to_vec()),
+        Some("ANY") if default.len() > 1 => Ok(default.to_vec()),
+        Some(s) => Protocol::parse(s)
+            .map(|p| vec![p])
+            .ok_or_else(|| format!("protocol {s:?} is not TCP, UDP or SCTP")),
+    }
+}
+
+fn np_port(p: &NetworkPolicyPort) -> Result<L4, String> {
+    let protocols = protocol(p.protocol.as_deref(), &[Protocol::Tcp])?;
+    let port = match &p.port {
+        None => None,
+        Some(IntOrString::Int(n)) => Some(PortRef::Number(*n)),
+        Some(IntOrString::String(s)) => Some(PortRef::Name(s)),
+    };
+    Ok(L4::Ports {
+        protocols,
+        port: port_spec(port, p.end_port)?,
+    })
+}
+
+fn np_peer(p: &NetworkPolicyPeer, namespace: &str) -> Result<Peer, String> {
+    match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
+        (Some(b), None, None) => cidr_peer(&b.cidr, b.except.as_deref().unwrap_or_default()),
+        (Some(_), _, _) => Err("a peer with ipBlock cannot have selectors too".into()),
+        (None, None, None) => Err("a peer needs podSelector, namespaceSelector or ipBlock".into()),
+        (None, pods, ns) => {
+            if let Some(s) = pods {
+                selector_errors(s, "podSelector")?;
+            }
+            if let Some(s) = ns {
+                selector_errors(s, "namespaceSelector")?;
+            }
+            Ok(Peer::Pods {
+                namespaces: match ns {
+                    Some(s) => Namespaces::Selector(s.clone()),
+                    None => Namespaces::Named(namespace.to_string()),
+                },
+                pods: pods.clone(),
+            })
+        }
+    }
+}
+
+fn l4_list(ports: Vec<L4>) -> Vec<L4> {
+    if ports.is_empty() { vec![L4::All] } else { ports }
+}
+
+fn peer_list(peers: Vec<Peer>) -> Vec<Peer> {
+    if peers.is_empty() { vec![Peer::Any] } else { peers }
+}
+
+fn id_of(kind: PolicyKind, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> PolicyId {
+    PolicyId {
+        kind,
+        namespace: if kind == PolicyKind::WeirClusterNetworkPolicy {
+            String::new()
+        } else {
+            meta.namespace.clone().unwrap_or_else(|| "default".into())
+        },
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A Kubernetes NetworkPolicy.
+pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
+    let id = id_of(PolicyKind::NetworkPolicy, &np.metadata);
+    let spec = np.spec.clone().unwrap_or_default();
+    let pods = spec.pod_selector.clone().unwrap_or_default();
+    let all_pods = Subject {
+        namespaces: Namespaces::Named(id.namespace.clone()),
+        pods: LabelSelector::default(),
+    };
+    let subject = Subject {
+        namespaces: Namespaces::Named(id.namespace.clone()),
+        pods: pods.clone(),
+    };
+    let reject = |reason: String, subject: Subject, isolates: [bool; 2]| {
+        Box::new(Rejected {
+            id: id.clone(),
+            reason,
+            audit: false,
+            subject,
+            isolates,
+        })
+    };
+    if let Err(e) = selector_errors(&pods, "podSelector") {
+        return Err(reject(e, all_pods, [true, true]));
+    }
+    // policyTypes omitted: Ingress, and Egress when there are egress rules.
+    let mut isolates = [true, spec.egress.is_some()];
+    if let Some(types) = &spec.policy_types {
+        isolates = [false, false];
+        for t in types {
+            match t.as_str() {
+                "Ingress" => isolates[0] = true,
+                "Egress" => isolates[1] = true,
+                other => {
+                    return Err(reject(
+                        format!("policyTypes: {other:?} is not Ingress or Egress"),
+                        subject,
+                        [true, true],
+                    ));
+                }
+            }
+        }
+    }
+    let mut rules = Vec::new();
+    let parsed: Result<(), String> = (|| {
+        if isolates[0] {
+            for (index, r) in spec.ingress.iter().flatten().enumerate() {
+                let peers = r
+                    .from
+                    .iter()
+                    .flatten()
+                    .map(|p| np_peer(p, &id.namespace))
+                    .collect::<Result<_, _>>();
+                let l4 = r.ports.iter().flatten().map(np_port).collect::<Result<_, _>>();
+                rules.push(Rule {
+                    direction: Direction::Ingress,
+                    action: Action::Allow,
+                    index,
+                    peers: peer_list(peers.map_err(|e| format!("ingress[{index}]: {e}"))?),
+                    l4: l4_list(l4.map_err(|e| format!("ingress[{index}]: {e}"))?),
+                });
+            }
+        }
+        if isolates[1] {
+            for (index, r) in spec.egress.iter().flatten().enumerate() {
+                let peers =
+                    r.to.iter()
+                        .flatten()
+                        .map(|p| np_peer(p, &id.namespace))
+                        .collect::<Result<_, _>>();
+                let l4 = r.ports.iter().flatten().map(np_port).collect::<Result<_, _>>();
+                rules.push(Rule {
+                    direction: Direction::Egress,
+                    action: Action::Allow,
+                    index,
+                    peers: peer_list(peers.map_err(|e| format!("egress[{index}]: {e}"))?),
+                    l4: l4_list(l4.map_err(|e| format!("egress[{index}]: {e}"))?),
+                });
+            }
+        }
+        Ok(())
+    })();
+    match parsed {
+        Ok(()) => Ok(Policy {
+            id,
+            audit: false,
+            subject,
+            isolates,
+            rules,
+        }),
+        Err(e) => Err(reject(e, subject, isolates)),
+    }
+}
+
+fn crd_peer(p: &crd::Peer, own: Option<&str>) -> Result<Peer, String> {
+    let selectors = p.pod_selector.is_some() || p.namespace_selector.is_some();
+    let kinds = usize::from(selectors) + usize::from(p.cidr.is_some()) + usize::from(!p.entities.is_empty());
+    if kinds != 1 {
+        return Err("a peer is exactly one of: podSelector/namespaceSelector, cidr, entities".into());
+    }
+    if !p.except.is_empty() && p.cidr.is_none() {
+        return Err("except without cidr".into());
+    }
+    if let Some(c) = &p.cidr {
+        return cidr_peer(c, &p.except);
+    }
+    if !p.entities.is_empty() {
+        if p.entities.len() > 1 {
+            return Err("one entity per peer (list several peers)".into());
+        }
+        let e = &p.entities[0];
+        return Entity::parse(e)
+            .map(Peer::Entity)
+            .ok_or_else(|| format!("entity {e:?} is not world, cluster, host, remote-node or all"));
+    }
+    if let Some(s) = &p.pod_selector {
+        selector_errors(s, "podSelector")?;
+    }
+    if let Some(s) = &p.namespace_selector {
+        selector_errors(s, "namespaceSelector")?;
+    }
+    Ok(Peer::Pods {
+        namespaces: match (&p.namespace_selector, own) {
+            (Some(s), _) => Namespaces::Selector(s.clone()),
+            (None, Some(ns)) => Namespaces::Named(ns.to_string()),
+            (None, None) => Namespaces::All,
+        },
+        pods: p.pod_selector.clone(),
+    })
+}
+
+fn crd_port(p: &crd::PortRule) -> Result<L4, String> {
+    let protocols = protocol(p.protocol.as_deref(), &Protocol::ALL)?;
+    let port = match &p.port {
+        None => None,
+        Some(crd::PortValue::Number(n)) => Some(PortRef::Number(*n)),
+        Some(crd::PortValue::Name(s)) => Some(PortRef::Name(s)),
+    };
+    Ok(L4::Ports {
+        protocols,
+        port: port_spec(port, p.end_port)?,
+    })
+}
+
+fn crd_rules(rules: &crd::PolicyRules, own: Option<&str>) -> Result<Vec<Rule>, String> {
+    let lists: [(&str, Direction, Action, &[crd::Rule]); 4] = [
+        (
+            "ingress",
+            Direction::Ingress,
+            Action::Allow,
+            rules.ingress.as_deref().unwrap_or_default(),
+        ),
+        ("ingressDeny", Direction::Ingress, Action::Deny, &rules.ingress_deny),
+        (
+            "egress",
+            Direction::Egress,
+            Action::Allow,
+            rules.egress.as_deref().unwrap_or_default(),
+        ),
+        ("egressDeny", Direction::Egress, Action::Deny, &rules.egress_deny),
+    ];
+    let mut out = Vec::new();
+    for (list, direction, action, items) in lists {
+        for (index, r) in items.iter().enumerate() {
+            let at = |e: String| format!("{list}[{index}]: {e}");
+            let peers = r
+                .from
+                .iter()
+                .map(|p| crd_peer(p, own))
+                .collect::<Result<_, _>>()
+                .map_err(at)?;
+            let l4 = r.ports.iter().map(crd_port).collect::<Result<_, _>>().map_err(at)?;
+            out.push(Rule {
+                direction,
+                action,
+                index,
+                peers: peer_list(peers),
+                l4: l4_list(l4),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn crd_policy(
+    id: PolicyId,
+    rules: &crd::PolicyRules,
+    namespaces: Namespaces,
+    own: Option<&str>,
+) -> Result<Policy, Box<Rejected>> {
+    let audit = rules.enforcement == Enforcement::Audit;
+    let isolates = [rules.ingress.is_some(), rules.egress.is_some()];
+    let subject = Subject {
+        namespaces: namespaces.clone(),
+        pods: rules.endpoint_selector.clone(),
+    };
+    let reject = |reason: String, subject: Subject, isolates: [bool; 2]| {
+        Box::new(Rejected {
+            id: id.clone(),
+            reason,
+            audit,
+            subject,
+            isolates,
+        })
+    };
+    if let Err(e) = selector_errors(&rules.endpoint_selector, "endpointSelector") {
+        let all = Subject {
+            namespaces,
+            pods: LabelSelector::default(),
+        };
+        return Err(reject(e, all, [true, true]));
+    }
+    match crd_rules(rules, own) {
+        Ok(r) => Ok(Policy {
+            id,
+            audit,
+            subject,
+            isolates,
+            rules: r,
+        }),
+        // Rules that cannot be read deny in every direction the policy
+        // has rules for (deny rules included: they would have denied).
+        Err(e) => {
+            let isolates = [
+                isolates[0] || !rules.ingress_deny.is_empty(),
+                isolates[1] || !rules.egress_deny.is_empty(),
+            ];
+            Err(reject(e, subject, isolates))
+        }
+    }
+}
+
+pub fn weir_network_policy(p: &WeirNetworkPolicy) -> Result<Policy, Box<Rejected>> {
+    let id = id_of(PolicyKind::WeirNetworkPolicy, &p.metadata);
+    let ns = id.namespace.clone();
+    crd_policy(id, &p.spec.rules, Namespaces::Named(ns.clone()), Some(&ns))
+}
+
+pub fn weir_cluster_network_policy(p: &WeirClusterNetworkPolicy) -> Result<Policy, Box<Rejected>> {
+    let id = id_of(PolicyKind::WeirClusterNetworkPolicy, &p.metadata);
+    let namespaces = match &p.spec.namespace_selector {
+        Some(s) => {
+            if let Err(e) = selector_errors(s, "namespaceSelector") {
+                let all = Subject {
+                    namespaces: Namespaces::All,
+                    pods: LabelSelector::default(),
+                };
+                return Err(Box::new(Rejected {
+                    id,
+                    reason: e,
+                    audit: p.spec.rules.enforcement == Enforcement::Audit,
+                    subject: all,
+                    isolates: [true, true],
+                }));
+            }
+            Namespaces::Selector(s.clone())
+        }
+        None => Namespaces::All,
+    };
+    crd_policy(id, &p.spec.rules, namespaces, None)
+}
+
+/// Every policy of the cluster state, parsed: the valid ones and the
+/// rejected ones, each in a stable order (kind, namespace, name).
+pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
+    let mut ok = BTreeMap::new();
+    let mut bad = BTreeMap::new();
+    let results = state
+        .network_policies
+        .values()
+        .map(network_policy)
+        .chain(state.weir_network_policies.values().map(weir_network_policy))
+        .chain(
+            state
+                .weir_cluster_network_policies
+                .values()
+                .map(weir_cluster_network_policy),
+        );
+    for r in results {
+        match r {
+            Ok(p) => {
+                ok.insert(p.id.clone(), p);
+            }
+            Err(r) => {
+                bad.insert(r.id.clone(), *r);
+            }
+        }
+    }
+    (ok.into_values().collect(), bad.into_values().collect())
+}
