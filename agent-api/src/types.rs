@@ -135,6 +135,9 @@ pub struct AgentStatus {
     /// read). A writer of manifests waits for the revision it left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services_applied: Option<u64>,
+    /// The same for the policy controller (its tables written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_applied: Option<u64>,
 }
 
 /// A typed error: `code` is stable and machine-readable, `message` is for people.

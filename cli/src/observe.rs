@@ -404,7 +404,15 @@ fn line(f: &Flow) -> Line {
         extra.push(format!("SNAT {}:{}", a.ip, a.port));
     }
     if !d.drop_reason.is_empty() {
-        extra.push(format!("reason {}: {}", d.drop_reason, d.drop_reason_text));
+        // A policy drop: the rule says more than the reason's sentence.
+        if d.policy.is_empty() {
+            extra.push(format!("reason {}: {}", d.drop_reason, d.drop_reason_text));
+        } else {
+            extra.push(format!("reason {}", d.drop_reason));
+        }
+    }
+    if !d.policy.is_empty() {
+        extra.push(format!("policy: {}", d.policy));
     }
     if d.handshake_ns > 0 {
         extra.push(format!("handshake {:.3} ms", d.handshake_ns as f64 / 1e6));
@@ -489,6 +497,8 @@ pub fn json(f: &Flow) -> serde_json::Value {
         "verdict": verdict_name(f),
         "drop_reason": (!d.drop_reason.is_empty()).then_some(&d.drop_reason),
         "drop_reason_text": (!d.drop_reason_text.is_empty()).then_some(&d.drop_reason_text),
+        "policy": (!d.policy.is_empty()).then_some(&d.policy),
+        "policy_match_type": (f.policy_match_type != 0).then_some(f.policy_match_type),
         "drop_reason_desc": flow::DropReason::try_from(f.drop_reason_desc).ok().filter(|r| *r as i32 != 0).map(|r| r.as_str_name()),
         "event": d.event,
         "observation_point": d.observation_point,

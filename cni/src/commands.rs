@@ -404,6 +404,7 @@ mod tests {
                 addresses_free: 1,
                 drops: Default::default(),
                 services_applied: None,
+                policy_applied: None,
             }),
             Request::EndpointList | Request::EndpointTrace { .. } => Response::Endpoints { endpoints: vec![] },
         })
@@ -648,6 +649,7 @@ mod tests {
                 addresses_free: 0,
                 drops: Default::default(),
                 services_applied: None,
+                policy_applied: None,
             })),
             other => ok_agent(other),
         });

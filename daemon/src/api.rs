@@ -128,12 +128,34 @@ async fn handle<D: Dataplane + 'static>(
             let span = tracing::info_span!("api", op);
             let cluster = cluster.borrow().clone();
             let started = std::time::Instant::now();
+            let (eps, sync_) = (endpoints.clone(), sync.clone());
             let result = tokio::task::spawn_blocking(move || {
                 let _enter = span.enter();
-                dispatch(request, &endpoints, &cluster, &sync)
+                let r = dispatch(request, &eps, &cluster, &sync_);
+                let generation = eps.lock().unwrap_or_else(|p| p.into_inner()).generation();
+                r.map(|r| (r, generation))
             })
             .await
             .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("handler panicked: {e}"))));
+            // A new pod answers only once the policy that selects it is in
+            // the datapath (once the controller runs at all: before the
+            // source synced there is no policy to wait for).
+            let result = match result {
+                Ok((r, generation)) if op == "endpoint_add" && sync.policy().is_some() => {
+                    if sync.wait_policy(generation, POLICY_WAIT).await {
+                        Ok(r)
+                    } else {
+                        Err(ApiError::new(
+                            ErrorCode::Datapath,
+                            format!(
+                                "the pod's network policy was not programmed within {}s",
+                                POLICY_WAIT.as_secs()
+                            ),
+                        ))
+                    }
+                }
+                other => other.map(|(r, _)| r),
+            };
             if let Some(m) = &metrics
                 && !matches!(op, "status" | "endpoint_trace" | "endpoint_list")
             {
@@ -152,6 +174,9 @@ async fn handle<D: Dataplane + 'static>(
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// How long an ADD waits for the policy controller.
+const POLICY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn decode(line: &str) -> Result<Request, ApiError> {
     let bad = |m: String| ApiError::new(ErrorCode::BadRequest, m);
@@ -199,6 +224,7 @@ fn dispatch<D: Dataplane>(
         Request::Status => eps.status().map(|r| match r {
             Response::Status(mut s) => {
                 s.services_applied = sync.services();
+                s.policy_applied = sync.policy();
                 Response::Status(s)
             }
             other => other,

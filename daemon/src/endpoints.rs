@@ -22,6 +22,9 @@ pub struct Endpoints<D: Dataplane> {
     dataplane: D,
     store: Store,
     state: State,
+    /// Bumped whenever the set of endpoints changes: the policy controller
+    /// follows it (a new endpoint needs its tables before its ADD answers).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -75,6 +78,7 @@ impl<D: Dataplane> Endpoints<D> {
             dataplane,
             store,
             state,
+            changed: tokio::sync::watch::channel(1).0,
         };
         me.reconcile();
         Ok(me)
@@ -116,6 +120,27 @@ impl<D: Dataplane> Endpoints<D> {
 
     pub fn dataplane_mut(&mut self) -> &mut D {
         &mut self.dataplane
+    }
+
+    /// Follows changes of the endpoint set (a generation number).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
+    /// The endpoints as the policy compiler takes them.
+    pub fn policy_endpoints(&self) -> Vec<weir_model::policy::LocalEndpoint> {
+        self.state
+            .endpoints
+            .values()
+            .map(|e| weir_model::policy::LocalEndpoint {
+                endpoint_id: e.id,
+                pod: weir_model::state::ObjectKey::new(e.pod.namespace.clone(), e.pod.name.clone()),
+            })
+            .collect()
     }
 
     pub fn add(&mut self, req: EndpointAdd, cluster: &ClusterState) -> Result<Response, ApiError> {
@@ -208,6 +233,7 @@ impl<D: Dataplane> Endpoints<D> {
             return Err(err(ErrorCode::Datapath, report(&e)));
         }
         tracing::info!(endpoint = %key, pod = %format!("{}/{}", ep.pod.namespace, ep.pod.name), ip = %ipv4, id, "endpoint added");
+        self.changed.send_modify(|g| *g += 1);
         Ok(Response::Endpoint(Box::new(ep)))
     }
 
@@ -304,6 +330,7 @@ impl<D: Dataplane> Endpoints<D> {
             tracing::warn!(endpoint = %key, error = %report(&e), "unwiring endpoint");
         }
         tracing::info!(endpoint = %key, ip = %ep.ipv4, "endpoint released");
+        self.changed.send_modify(|g| *g += 1);
         Ok(Response::Deleted { released: true })
     }
 
@@ -366,6 +393,7 @@ impl<D: Dataplane> Endpoints<D> {
             addresses_free: ipam::usable(self.cidr) - self.state.endpoints.len() as u64,
             drops,
             services_applied: None,
+            policy_applied: None,
         }))
     }
 }

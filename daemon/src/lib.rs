@@ -13,6 +13,7 @@ pub mod ipam;
 pub mod ipcache;
 pub mod metrics;
 pub mod netdev;
+pub mod policy;
 pub mod routing;
 pub mod services;
 pub mod store;
@@ -72,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let service_maps = datapath.take_service_maps()?;
     let ipcache_map = datapath.take_ipcache()?;
     let events = datapath.take_events()?;
+    let policy_maps = datapath.take_policy_maps()?;
     let kernel = Kernel {
         datapath,
         netdev: netdev.clone(),
@@ -118,6 +120,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let sync = Arc::new(sync::SyncStatus::default());
     let metrics = Arc::new(metrics::Metrics::new(config.metrics_per_pod));
+    let policy_names = Arc::new(policy::PolicyNames::default());
+    {
+        let controller = policy::Controller::new(policy_maps, policy_names.clone(), Some(metrics.clone()));
+        let (eps, changes) = (
+            endpoints.clone(),
+            endpoints.lock().unwrap_or_else(|p| p.into_inner()).changes(),
+        );
+        let list = move || eps.lock().unwrap_or_else(|p| p.into_inner()).policy_endpoints();
+        tokio::spawn(policy::run(controller, list, rx.clone(), changes, sync.clone()));
+    }
     tokio::spawn(services::run(
         service_maps,
         lb_algorithm,
@@ -136,7 +148,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.flow_deleted_pod_grace,
         flow_stats.clone(),
         Some(metrics.clone()),
-    );
+    )
+    .with_policy_names(policy_names);
     let reader = flows::pipeline::spawn_reader(events, pipeline, flow_store.clone(), rx.clone(), stop_reader.clone())
         .context("starting the flow reader")?;
     let hubble_socket = config.hubble_socket();

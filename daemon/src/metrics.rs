@@ -80,6 +80,30 @@ struct DirectionLabels {
     direction: String,
 }
 
+/// Hubble's `hubble_policy_verdicts_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    direction: String,
+    r#match: String,
+    action: String,
+}
+
+/// Per policy: bounded by the policies that exist (a deleted policy's
+/// series go with it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    kind: String,
+    namespace: String,
+    policy: String,
+    direction: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyStateLabels {
+    state: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: String,
@@ -115,6 +139,12 @@ pub struct Metrics {
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     cni: HistogramFamily<OperationLabels>,
+    verdicts: Family<VerdictLabels, Counter>,
+    policy_verdicts: Family<PolicyLabels, Counter>,
+    policies: Family<PolicyStateLabels, Gauge>,
+    policy_slots: Gauge,
+    policy_compile: Histogram,
+    policy_series: Mutex<HashSet<PolicyLabels>>,
     byte_totals: Mutex<ByteTotals>,
     pods_with_series: Mutex<HashSet<(String, String)>>,
 }
@@ -177,6 +207,12 @@ impl Metrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             cni: Family::new_with_constructor(latency_buckets),
+            verdicts: Family::default(),
+            policy_verdicts: Family::default(),
+            policies: Family::default(),
+            policy_slots: Gauge::default(),
+            policy_compile: latency_buckets(),
+            policy_series: Mutex::new(HashSet::new()),
             byte_totals: Mutex::new(ByteTotals::default()),
             pods_with_series: Mutex::new(HashSet::new()),
         };
@@ -245,7 +281,107 @@ impl Metrics {
             Unit::Seconds,
             m.cni.clone(),
         );
+        registry.register(
+            "hubble_policy_verdicts",
+            "Policy verdicts of new connections, by direction, match type and action",
+            m.verdicts.clone(),
+        );
+        registry.register(
+            "weir_policy_verdicts",
+            "Policy verdicts of new connections by deciding policy, direction and action",
+            m.policy_verdicts.clone(),
+        );
+        registry.register(
+            "weir_policies",
+            "Policies the agent read, by state (valid, rejected)",
+            m.policies.clone(),
+        );
+        registry.register(
+            "weir_policy_map_entries",
+            "Entries the policy tables hold for this node's endpoints",
+            m.policy_slots.clone(),
+        );
+        registry.register_with_unit(
+            "weir_policy_update_duration",
+            "Time to compile and write the policy tables, per change",
+            Unit::Seconds,
+            m.policy_compile.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// What a policy pass left: counts of valid and rejected policies,
+    /// table size, how long it took; per-policy series of policies that
+    /// no longer exist are removed.
+    pub fn set_policy_state(&self, c: &weir_model::policy::Compiled, slots: usize, ok: bool, took: Duration) {
+        let named: HashSet<(String, String, String)> = c
+            .rules
+            .values()
+            .filter_map(|r| r.policy.as_ref())
+            .map(|p| (p.kind.name().to_string(), p.namespace.clone(), p.name.clone()))
+            .collect();
+        let valid = named.len() as i64 - c.rejected.len() as i64;
+        self.policies
+            .get_or_create(&PolicyStateLabels { state: "valid".into() })
+            .set(valid.max(0));
+        self.policies
+            .get_or_create(&PolicyStateLabels {
+                state: "rejected".into(),
+            })
+            .set(c.rejected.len() as i64);
+        self.policies
+            .get_or_create(&PolicyStateLabels {
+                state: "unprogrammed".into(),
+            })
+            .set(i64::from(!ok));
+        self.policy_slots.set(slots as i64);
+        self.policy_compile.observe(took.as_secs_f64());
+        let mut series = self.policy_series.lock().unwrap_or_else(|p| p.into_inner());
+        series.retain(|l| {
+            let keep = named.contains(&(l.kind.clone(), l.namespace.clone(), l.policy.clone()));
+            if !keep {
+                self.policy_verdicts.remove(l);
+            }
+            keep
+        });
+    }
+
+    /// A new connection's (or a policy drop's) verdicts, per direction.
+    fn count_verdicts(&self, e: &Event, named: &Named) {
+        use weir_datapath::policy::VerdictKind as K;
+        for (i, (v, direction)) in [(e.policy_egress, "egress"), (e.policy_ingress, "ingress")]
+            .into_iter()
+            .enumerate()
+        {
+            let action = match v.kind {
+                K::None => continue,
+                K::Allow => "forwarded",
+                K::Audit => "audit",
+                K::Denied | K::Deny => "dropped",
+            };
+            let name = named.policy[i].as_deref();
+            self.verdicts
+                .get_or_create(&VerdictLabels {
+                    direction: direction.into(),
+                    r#match: name.map_or("none", |n| n.rule.what.match_type().name()).into(),
+                    action: action.into(),
+                })
+                .inc();
+            if let Some(p) = name.and_then(|n| n.rule.policy.as_ref()) {
+                let labels = PolicyLabels {
+                    kind: p.kind.name().into(),
+                    namespace: p.namespace.clone(),
+                    policy: p.name.clone(),
+                    direction: direction.into(),
+                    action: action.into(),
+                };
+                self.policy_verdicts.get_or_create(&labels).inc();
+                self.policy_series
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(labels);
+            }
+        }
     }
 
     /// Counts one flow (and its event's counters), from the event and its
@@ -292,11 +428,13 @@ impl Metrics {
                 self.drops.get_or_create(&labels).inc();
                 self.drop_bytes.get_or_create(&labels).inc_by(u64::from(e.len));
                 self.edge(src, dst, "DROPPED");
+                self.count_verdicts(e, named);
             }
             EventKind::Trace => {}
             _ => {
                 if e.kind == EventKind::FlowStart && !e.is_reply() {
                     self.edge(src, dst, "FORWARDED");
+                    self.count_verdicts(e, named);
                 }
                 if e.handshake_ns > 0 {
                     // The SYN-ACK's sender is the server.

@@ -4,12 +4,55 @@
 
 use std::sync::Mutex;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncStatus {
     services: Mutex<Option<u64>>,
+    policy: Mutex<Option<u64>>,
+    /// The endpoint generation the policy tables were last written for:
+    /// an endpoint ADD waits for its own before it answers, so a new pod
+    /// never runs without the policy that selects it.
+    policy_generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        Self {
+            services: Mutex::new(None),
+            policy: Mutex::new(None),
+            policy_generation: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl SyncStatus {
+    /// The policy controller has written the tables for `revision` of the
+    /// model and `generation` of the local endpoints.
+    pub fn policy_applied(&self, revision: Option<u64>, generation: u64) {
+        if revision.is_some() {
+            *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = revision;
+        }
+        self.policy_generation.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
+    }
+
+    pub fn policy(&self) -> Option<u64> {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (at most `limit`) until the policy tables are written for
+    /// endpoint generation `generation`; false on timeout.
+    pub async fn wait_policy(&self, generation: u64, limit: std::time::Duration) -> bool {
+        let mut rx = self.policy_generation.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// The services controller has applied the snapshot of `revision`
     /// (`None`: a snapshot from no synced source, which says nothing).
     pub fn services_applied(&self, revision: Option<u64>) {

@@ -457,7 +457,11 @@ fn wait_for_agents(lab: &Lab, state: &LabState) -> Vec<String> {
 fn agent_applied(socket: &std::path::Path) -> Option<u64> {
     let client = weir_agent_api::Client::new(socket, Duration::from_secs(2));
     match client.call(weir_agent_api::Request::Status) {
-        Ok(weir_agent_api::Response::Status(s)) => s.services_applied,
+        // Services and policy both: what a test probes next needs both.
+        Ok(weir_agent_api::Response::Status(s)) => match (s.services_applied, s.policy_applied) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        },
         _ => None,
     }
 }

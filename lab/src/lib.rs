@@ -18,8 +18,10 @@ mod identities;
 mod ipalloc;
 mod manifests;
 mod netns;
+mod matrix;
 mod probe;
 mod procs;
+mod sctp;
 mod serve;
 mod signals;
 mod state;
@@ -117,6 +119,25 @@ enum LabCommand {
         /// server answers as large, so both ways fragment past the MTU.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=65000))]
         size: Option<u16>,
+    },
+    /// Who reaches whom: every pod probes every pod (or each pod's own
+    /// Service, `--via-service`) on every `--port`, all at once; a table
+    /// (a row per source, a mark per port: `.` connected, `X` blocked) or JSON.
+    Matrix {
+        /// PORT/tcp, PORT/udp or PORT/sctp, repeatable.
+        #[arg(long = "port", value_parser = serve::parse_port, required = true)]
+        ports: Vec<(u16, serve::Proto)>,
+        /// Probe each pod through the Service of its name in its namespace.
+        #[arg(long)]
+        via_service: bool,
+        /// Only pods of these namespaces (repeatable; default: all).
+        #[arg(short, long)]
+        namespace: Vec<String>,
+        /// Seconds each probe waits.
+        #[arg(long, default_value_t = 1.0)]
+        timeout: f64,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Switch per-packet tracing on (or off) for a pod: every packet in and
     /// out becomes a flow (`weir lab observe --pod POD --type trace`).
@@ -233,6 +254,20 @@ pub fn run(args: LabArgs) -> Result<u8> {
         } => status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0),
         LabCommand::Exec { pod, command } => exec(&lab, &pod, &command),
         LabCommand::Trace { pod, off } => trace(&lab, &pod, !off).map(|()| 0),
+        LabCommand::Matrix {
+            ports,
+            via_service,
+            namespace,
+            timeout,
+            output,
+        } => {
+            if !(timeout > 0.0 && timeout < 600.0) {
+                bail!("--timeout must be between 0 and 600 seconds");
+            }
+            let cells = matrix::run(&lab, &ports, &namespace, via_service, timeout)?;
+            matrix::print(&cells, output)?;
+            Ok(0)
+        }
         LabCommand::Probe {
             args,
             from_external,

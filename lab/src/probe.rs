@@ -25,7 +25,7 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         }
         return Ok(Target::Icmp { host: rest.to_owned() });
     }
-    let proto = Proto::parse(proto).ok_or_else(|| format!("{s:?}: protocol must be tcp, udp or icmp"))?;
+    let proto = Proto::parse(proto).ok_or_else(|| format!("{s:?}: protocol must be tcp, udp, sctp or icmp"))?;
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{s:?}: missing :PORT"))?;
     let port = port.parse().map_err(|_| format!("{s:?}: bad port"))?;
     if host.is_empty() {
@@ -96,9 +96,13 @@ pub fn port(
     size: Option<usize>,
 ) -> Outcome {
     let addr = SocketAddr::new(ip, port);
+    if proto == Proto::Sctp {
+        return super::sctp::probe(netns_path, ip, port, timeout);
+    }
     let run = move || match proto {
         Proto::Tcp => tcp(addr, timeout),
         Proto::Udp => udp(addr, timeout, source_port.unwrap_or(0), size.unwrap_or(0)),
+        Proto::Sctp => unreachable!("above"),
     };
     netns::run_in(netns_path, run).unwrap_or_else(|e| Outcome::Failed(e.to_string()))
 }
@@ -216,7 +220,6 @@ mod tests {
         for bad in [
             "10.0.0.1",
             "10.0.0.1:80",
-            "10.0.0.1:80/sctp",
             ":80/tcp",
             "/icmp",
             "h:x/tcp",

@@ -20,7 +20,7 @@ use super::{netns, procs};
 pub fn parse_port(s: &str) -> Result<(u16, Proto), String> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
     let port: u16 = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
-    let proto = Proto::parse(proto).ok_or_else(|| format!("bad protocol in {s:?} (tcp or udp)"))?;
+    let proto = Proto::parse(proto).ok_or_else(|| format!("bad protocol in {s:?} (tcp, udp or sctp)"))?;
     Ok((port, proto))
 }
 
@@ -28,6 +28,8 @@ pub fn parse_port(s: &str) -> Result<(u16, Proto), String> {
 pub enum Proto {
     Tcp,
     Udp,
+    /// Crafted packets on raw sockets (`sctp.rs`): this kernel has no SCTP.
+    Sctp,
 }
 
 impl std::fmt::Display for Proto {
@@ -35,6 +37,7 @@ impl std::fmt::Display for Proto {
         f.write_str(match self {
             Proto::Tcp => "TCP",
             Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
         })
     }
 }
@@ -44,6 +47,7 @@ impl Proto {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Some(Proto::Tcp),
             "udp" => Some(Proto::Udp),
+            "sctp" => Some(Proto::Sctp),
             _ => None,
         }
     }
@@ -114,6 +118,14 @@ pub fn run(netns_path: &str, name: &str, ports: &[(u16, Proto)], echo_peer: bool
         echo_peer,
     };
     let mut threads = Vec::new();
+    let sctp: Vec<u16> = ports.iter().filter(|(_, p)| *p == Proto::Sctp).map(|(n, _)| *n).collect();
+    if !sctp.is_empty() {
+        threads.push(std::thread::spawn(move || {
+            if let Err(e) = super::sctp::serve_here(sctp) {
+                eprintln!("{e:#}");
+            }
+        }));
+    }
     for &(port, proto) in ports {
         let reply = reply.clone();
         match proto {
@@ -127,6 +139,7 @@ pub fn run(netns_path: &str, name: &str, ports: &[(u16, Proto)], echo_peer: bool
                     UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding {port}/UDP"))?;
                 threads.push(std::thread::spawn(move || serve_udp(s, reply)));
             }
+            Proto::Sctp => {}
         }
     }
     println!("ready");

@@ -18,6 +18,8 @@ use weir_proto::flow::{
 use weir_proto::weir::flow::v1::{Address, FlowDetails};
 
 use super::names::{FlowNames, Frontend};
+use crate::policy::{PolicyName, PolicyNames};
+use weir_datapath::policy::VerdictKind;
 
 /// Hubble's monitor message types (Flow.event_type.type).
 pub const MESSAGE_DROP: i32 = 1;
@@ -269,6 +271,8 @@ fn summary(e: &Event, tr: &Translation, service: Option<&flow::Service>) -> Stri
 /// Everything enrichment needs besides the event.
 pub struct Context<'a> {
     pub names: &'a FlowNames,
+    /// Rule references to names (none: the verdicts stay unnamed).
+    pub policy: Option<&'a PolicyNames>,
     pub node: &'a str,
     pub clock: Clock,
     pub now: Instant,
@@ -289,6 +293,9 @@ pub struct Named {
     /// The service the client dialled (or the destination is).
     pub service: Option<Arc<flow::Service>>,
     pub wall: SystemTime,
+    /// The rules behind the event's policy verdicts, egress then ingress,
+    /// named when the event was read (a rule may be gone by a later read).
+    pub policy: [Option<Arc<PolicyName>>; 2],
 }
 
 pub fn name(e: &Event, cx: &Context<'_>) -> Named {
@@ -306,7 +313,77 @@ pub fn name(e: &Event, cx: &Context<'_>) -> Named {
             })
             .cloned(),
         wall: cx.clock.wall(e.ts_ns),
+        policy: [e.policy_egress, e.policy_ingress].map(|v| cx.policy.and_then(|p| p.get(v.rule))),
     }
+}
+
+/// Hubble's message type of a policy verdict (Cilium's monitor numbering).
+pub const MESSAGE_POLICY_VERDICT: i32 = 5;
+
+/// A connection's verdict fields: Hubble's `*_allowed_by` / `*_denied_by`
+/// per direction, the match type of the deciding rule, and whether it is an
+/// audit verdict.
+struct PolicyFields {
+    egress_allowed_by: Vec<flow::Policy>,
+    ingress_allowed_by: Vec<flow::Policy>,
+    egress_denied_by: Vec<flow::Policy>,
+    ingress_denied_by: Vec<flow::Policy>,
+    match_type: u32,
+    audit: bool,
+    /// Any verdict at all.
+    decided: bool,
+    text: Vec<String>,
+}
+
+fn policy_fields(e: &Event, named: &Named) -> PolicyFields {
+    let mut out = PolicyFields {
+        egress_allowed_by: Vec::new(),
+        ingress_allowed_by: Vec::new(),
+        egress_denied_by: Vec::new(),
+        ingress_denied_by: Vec::new(),
+        match_type: 0,
+        audit: false,
+        decided: false,
+        text: Vec::new(),
+    };
+    for (i, (v, side)) in [(e.policy_egress, "egress"), (e.policy_ingress, "ingress")]
+        .into_iter()
+        .enumerate()
+    {
+        if v.kind == VerdictKind::None {
+            continue;
+        }
+        out.decided = true;
+        let name = named.policy[i].as_deref();
+        let hubble = name.map(|n| n.hubble.clone()).unwrap_or_else(|| flow::Policy {
+            name: format!("rule-{}", v.rule),
+            kind: "weir".into(),
+            ..Default::default()
+        });
+        let allowed = v.kind == VerdictKind::Allow;
+        let list = match (i, allowed) {
+            (0, true) => &mut out.egress_allowed_by,
+            (0, false) => &mut out.egress_denied_by,
+            (_, true) => &mut out.ingress_allowed_by,
+            (_, false) => &mut out.ingress_denied_by,
+        };
+        list.push(hubble);
+        if let Some(n) = name
+            && (out.match_type == 0 || i == 1)
+        {
+            out.match_type = n.rule.what.match_type() as u32;
+        }
+        out.audit |= v.kind == VerdictKind::Audit;
+        let what = match v.kind {
+            VerdictKind::Allow => "allowed by",
+            VerdictKind::Audit => "audit: would be denied by",
+            VerdictKind::Denied | VerdictKind::Deny => "denied by",
+            VerdictKind::None => "",
+        };
+        let rule = name.map_or_else(|| format!("rule {}", v.rule), |n| n.text.clone());
+        out.text.push(format!("{side} {what} {rule}"));
+    }
+    out
 }
 
 /// The Hubble flow of an event and its names.
@@ -344,6 +421,14 @@ pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
     };
     let drop = (e.kind == EventKind::Drop).then_some(e.drop_reason);
     let drop_code = drop.flatten().map(hubble_drop_code);
+    let policy = policy_fields(e, named);
+    // A policy drop is the deciding side's: the destination's ingress
+    // policy refuses a connection the source's egress let out.
+    let traffic_direction = match (drop.is_some(), e.policy_ingress.kind, e.policy_egress.kind) {
+        (true, VerdictKind::Denied | VerdictKind::Deny, _) => TrafficDirection::Ingress,
+        (true, _, VerdictKind::Denied | VerdictKind::Deny) => TrafficDirection::Egress,
+        _ => traffic_direction,
+    };
     let (verdict, event_type) = match drop {
         Some(_) => (
             Verdict::Dropped,
@@ -360,8 +445,25 @@ pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
                 sub_type: 0,
             },
         ),
+        // The first packet of a connection a policy decided on: Hubble's
+        // policy-verdict event (what `--type policy-verdict` shows).
+        None if e.kind == EventKind::FlowStart && !reply && policy.decided => (
+            if policy.audit {
+                Verdict::Audit
+            } else {
+                Verdict::Forwarded
+            },
+            CiliumEventType {
+                r#type: MESSAGE_POLICY_VERDICT,
+                sub_type: 0,
+            },
+        ),
         None => (
-            Verdict::Forwarded,
+            if policy.audit {
+                Verdict::Audit
+            } else {
+                Verdict::Forwarded
+            },
             CiliumEventType {
                 r#type: MESSAGE_TRACE,
                 sub_type: trace_sub,
@@ -391,6 +493,7 @@ pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
             Some(None) => format!("unknown drop reason {}", e.drop_code),
             None => String::new(),
         },
+        policy: policy.text.join("; "),
     };
     Flow {
         time: Some(weir_proto::time::to_timestamp(named.wall)),
@@ -423,6 +526,11 @@ pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
         destination_service,
         weir: Some(details),
         summary,
+        egress_allowed_by: policy.egress_allowed_by,
+        ingress_allowed_by: policy.ingress_allowed_by,
+        egress_denied_by: policy.egress_denied_by,
+        ingress_denied_by: policy.ingress_denied_by,
+        policy_match_type: policy.match_type,
         ..Default::default()
     }
 }
@@ -550,6 +658,7 @@ mod tests {
         let names = FlowNames::new(Duration::from_secs(1));
         let cx = Context {
             names: &names,
+            policy: None,
             node: "node-a",
             clock: Clock::now(),
             now: Instant::now(),

@@ -41,6 +41,7 @@ pub struct Pipeline {
     node_arc: Arc<str>,
     stats: Arc<FlowStats>,
     metrics: Option<Arc<Metrics>>,
+    policy: Option<Arc<crate::policy::PolicyNames>>,
     batch: Vec<FlowRecord>,
 }
 
@@ -52,8 +53,15 @@ impl Pipeline {
             node,
             stats,
             metrics,
+            policy: None,
             batch: Vec::with_capacity(BATCH),
         }
+    }
+
+    /// Names policy verdicts with the policy controller's references.
+    pub fn with_policy_names(mut self, names: Arc<crate::policy::PolicyNames>) -> Self {
+        self.policy = Some(names);
+        self
     }
 
     pub fn update_names(&mut self, state: &ClusterState) {
@@ -71,6 +79,7 @@ impl Pipeline {
             Ok(event) => {
                 let cx = Context {
                     names: &self.names,
+                    policy: self.policy.as_deref(),
                     node: &self.node,
                     clock,
                     now,

@@ -54,6 +54,7 @@ impl FlowRecord {
                 dst: world,
                 service: None,
                 wall,
+                policy: [None, None],
             },
             node: Arc::from(""),
             built,

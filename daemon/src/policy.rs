@@ -1,0 +1,293 @@
+//! The policy controller: the one owner of the datapath's policy tables.
+//! On every cluster snapshot and every change of the local endpoints it
+//! runs the model crate's compiler ([`weir_model::policy::compile`]) and
+//! writes the difference; it also keeps [`PolicyNames`], which the flow
+//! pipeline names verdicts with, and reports rejected policies (log, once
+//! per policy and reason, and metrics).
+//!
+//! Fail closed: when the tables cannot be written (the map full, say), the
+//! endpoints with policies keep only their isolation entries, as a default
+//! deny naming the failure, rather than some mix of old and new entries.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio::sync::watch;
+use weir_datapath::policy::{PolicyMaps, Slot as DpSlot, Verdicts as DpVerdicts};
+use weir_model::ClusterState;
+use weir_model::policy::{Compiled, Direction, LocalEndpoint, Numbers, RuleRef, RuleWhat, compile};
+use weir_proto::flow;
+
+use crate::metrics::Metrics;
+use crate::sync::SyncStatus;
+
+/// What a rule reference names, ready for flows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyName {
+    pub rule: RuleRef,
+    /// Hubble's form (`*_allowed_by`, `*_denied_by`).
+    pub hubble: flow::Policy,
+    /// For people: "NetworkPolicy a/allow-web ingress[0]".
+    pub text: String,
+}
+
+impl PolicyName {
+    pub fn of(rule: &RuleRef) -> Self {
+        let list = |deny: bool| match (rule.direction, deny) {
+            (Direction::Ingress, false) => "ingress",
+            (Direction::Ingress, true) => "ingressDeny",
+            (Direction::Egress, false) => "egress",
+            (Direction::Egress, true) => "egressDeny",
+        };
+        let what = match &rule.what {
+            RuleWhat::Allow { index, .. } => format!("{}[{index}]", list(false)),
+            RuleWhat::Deny { index, .. } => format!("{}[{index}]", list(true)),
+            RuleWhat::DefaultDeny => format!("default deny ({} isolated)", rule.direction.name()),
+            RuleWhat::Invalid => "invalid policy: isolates, allows nothing".into(),
+            RuleWhat::HostAllowed => "the node reaches its pods".into(),
+            RuleWhat::UnknownPod => "pod not known yet: denied".into(),
+        };
+        let audit = if rule.audit { " (audit)" } else { "" };
+        let (kind, namespace, name) = match &rule.policy {
+            Some(p) => (p.kind.name().to_string(), p.namespace.clone(), p.name.clone()),
+            None => (
+                "weir".to_string(),
+                String::new(),
+                match rule.what {
+                    RuleWhat::HostAllowed => "host-allowed",
+                    _ => "unknown-pod",
+                }
+                .to_string(),
+            ),
+        };
+        let text = match &rule.policy {
+            Some(p) => format!("{p} {what}{audit}"),
+            None => what.clone(),
+        };
+        let mut labels = vec![
+            format!("k8s:io.cilium.k8s.policy.derived-from={kind}"),
+            format!("k8s:io.cilium.k8s.policy.name={name}"),
+        ];
+        if !namespace.is_empty() {
+            labels.push(format!("k8s:io.cilium.k8s.policy.namespace={namespace}"));
+        }
+        labels.push(format!("weir:rule={what}"));
+        Self {
+            rule: rule.clone(),
+            hubble: flow::Policy {
+                name,
+                namespace,
+                labels,
+                revision: 0,
+                kind,
+            },
+            text,
+        }
+    }
+}
+
+/// Rule references to names, shared by the controller (writer) and the
+/// flow pipeline (reader, at event time).
+#[derive(Debug, Default)]
+pub struct PolicyNames {
+    names: RwLock<BTreeMap<u32, Arc<PolicyName>>>,
+}
+
+impl PolicyNames {
+    pub fn get(&self, reference: u32) -> Option<Arc<PolicyName>> {
+        if reference == 0 {
+            return None;
+        }
+        self.names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&reference)
+            .cloned()
+    }
+
+    /// Takes the compiler's references; a name that did not change keeps
+    /// its `Arc`. References no longer used stay a while in conntrack
+    /// entries: they keep their names until the number is reused.
+    fn update(&self, rules: &BTreeMap<u32, RuleRef>) {
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        for (id, rule) in rules {
+            if names.get(id).is_none_or(|n| n.rule != *rule) {
+                names.insert(*id, Arc::new(PolicyName::of(rule)));
+            }
+        }
+    }
+}
+
+fn dp_slot(s: &weir_model::policy::Slot) -> DpSlot {
+    DpSlot {
+        endpoint_id: s.endpoint_id,
+        direction: s.direction,
+        peer: s.peer,
+        proto: s.proto,
+        port: s.port,
+        port_bits: s.port_bits,
+    }
+}
+
+fn dp_verdicts(v: &weir_model::policy::Verdicts) -> DpVerdicts {
+    DpVerdicts {
+        action: v.action,
+        reference: v.reference,
+        audit_action: v.audit_action,
+        audit_reference: v.audit_reference,
+    }
+}
+
+/// The tables as the datapath crate writes them.
+pub fn desired(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
+    c.slots.iter().map(|(s, v)| (dp_slot(s), dp_verdicts(v))).collect()
+}
+
+/// Fail closed: only the isolation entries of endpoints that have any,
+/// each a default deny (the enforced layer's reference when it had one).
+pub fn fallback(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
+    let mut out = BTreeMap::new();
+    let eps: BTreeSet<u32> = c.slots.keys().map(|s| s.endpoint_id).collect();
+    for ep in eps {
+        for d in Direction::BOTH {
+            let slot = DpSlot {
+                endpoint_id: ep,
+                direction: d.index() as u8,
+                peer: weir_datapath::policy::PEER_ANY,
+                proto: 0,
+                port: 0,
+                port_bits: 0,
+            };
+            out.insert(
+                slot,
+                DpVerdicts {
+                    action: weir_datapath::policy::action::DEFAULT_DENY,
+                    reference: 0,
+                    audit_action: weir_datapath::policy::action::DEFAULT_DENY,
+                    audit_reference: 0,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// What the controller owns.
+pub struct Controller {
+    pub maps: PolicyMaps,
+    pub numbers: Numbers,
+    pub names: Arc<PolicyNames>,
+    pub metrics: Option<Arc<Metrics>>,
+    /// Rejected policies already logged, with their reasons.
+    reported: BTreeMap<String, String>,
+}
+
+impl Controller {
+    pub fn new(maps: PolicyMaps, names: Arc<PolicyNames>, metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            maps,
+            numbers: Numbers::default(),
+            names,
+            metrics,
+            reported: BTreeMap::new(),
+        }
+    }
+
+    /// One pass: compile, name, write. Errors are logged and the tables
+    /// fail closed; returns whether the write succeeded.
+    pub fn apply(&mut self, state: &ClusterState, endpoints: &[LocalEndpoint]) -> bool {
+        let started = Instant::now();
+        let compiled = compile(state, endpoints, &mut self.numbers);
+        self.names.update(&compiled.rules);
+        self.report(&compiled);
+        let want = desired(&compiled);
+        let ok = match self.maps.sync(&want, &compiled.cidrs) {
+            Ok(stats) => {
+                if stats.written + stats.removed > 0 {
+                    tracing::debug!(written = stats.written, removed = stats.removed, slots = want.len(),
+                        took = ?started.elapsed(), "policy tables synced");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::dataplane::report(&e), slots = want.len(),
+                    "policy tables cannot be written: endpoints with policies deny everything until they can");
+                if let Err(e) = self.maps.sync(&fallback(&compiled), &BTreeMap::new()) {
+                    tracing::error!(error = %crate::dataplane::report(&e), "policy fallback failed too");
+                }
+                false
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.set_policy_state(&compiled, want.len(), ok, started.elapsed());
+        }
+        ok
+    }
+
+    fn report(&mut self, c: &Compiled) {
+        let mut now = BTreeMap::new();
+        for r in &c.rejected {
+            let key = r.id.to_string();
+            if self.reported.get(&key) != Some(&r.reason) {
+                tracing::warn!(policy = %key, reason = %r.reason,
+                    "policy rejected: it isolates the pods it selects and allows nothing until fixed");
+            }
+            now.insert(key, r.reason.clone());
+        }
+        for key in self.reported.keys().filter(|k| !now.contains_key(*k)) {
+            tracing::info!(policy = %key, "policy no longer rejected");
+        }
+        self.reported = now;
+    }
+}
+
+/// Runs the controller until the model's sender goes: on every snapshot
+/// and every change of the local endpoints (`endpoints_changed`).
+pub async fn run(
+    controller: Controller,
+    endpoints: impl Fn() -> Vec<LocalEndpoint> + Send + Sync + 'static,
+    mut rx: watch::Receiver<Arc<ClusterState>>,
+    mut endpoints_changed: watch::Receiver<u64>,
+    sync: Arc<SyncStatus>,
+) {
+    let controller = Arc::new(std::sync::Mutex::new(controller));
+    let endpoints = Arc::new(endpoints);
+    let mut backoff = crate::backoff::Backoff::controller();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let generation = *endpoints_changed.borrow_and_update();
+        let mut retry = None;
+        // Nothing before the source synced once: an empty snapshot would
+        // drop every policy a previous agent programmed.
+        if state.revision.is_some() {
+            let (c, eps, sync) = (controller.clone(), endpoints.clone(), sync.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let list = eps();
+                let ok = c.lock().unwrap_or_else(|p| p.into_inner()).apply(&state, &list);
+                if ok {
+                    sync.policy_applied(state.revision, generation);
+                }
+                ok
+            })
+            .await;
+            match done {
+                Ok(true) => backoff.succeeded(),
+                Ok(false) => retry = Some(backoff.failed()),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy pass panicked");
+                    retry = Some(backoff.failed());
+                }
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            changed = endpoints_changed.changed() => if changed.is_err() { return },
+            () = async {
+                match retry {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
