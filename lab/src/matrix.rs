@@ -49,7 +49,12 @@ fn targets(lab: &Lab, state: &LabState, namespaces: &[String], via_service: bool
     for p in state.pods.values().filter(|p| wanted(&p.namespace) && p.ip.is_some()) {
         let svc = store
             .get(Kind::Service, Some(&p.namespace), &p.name)?
-            .with_context(|| format!("--via-service: pod {}/{} has no Service of its name", p.namespace, p.name))?;
+            .with_context(|| {
+                format!(
+                    "--via-service: pod {}/{} has no Service of its name",
+                    p.namespace, p.name
+                )
+            })?;
         let Object::Service(svc) = svc else {
             bail!("--via-service: {}/{} is not a Service", p.namespace, p.name)
         };
@@ -69,7 +74,13 @@ fn targets(lab: &Lab, state: &LabState, namespaces: &[String], via_service: bool
 
 /// Probes everything in parallel: one thread per probe (each enters its
 /// source's netns), so a matrix takes about one timeout.
-pub fn run(lab: &Lab, ports: &[(u16, Proto)], namespaces: &[String], via_service: bool, timeout: f64) -> Result<Vec<Cell>> {
+pub fn run(
+    lab: &Lab,
+    ports: &[(u16, Proto)],
+    namespaces: &[String],
+    via_service: bool,
+    timeout: f64,
+) -> Result<Vec<Cell>> {
     let state = lab.dir.require()?;
     if ports.is_empty() {
         bail!("give at least one --port PORT/PROTO");
@@ -91,7 +102,10 @@ pub fn run(lab: &Lab, ports: &[(u16, Proto)], namespaces: &[String], via_service
                     ok: false,
                     outcome: String::new(),
                 };
-                jobs.push((cell, std::thread::spawn(move || probe::port(&path, ip, port, proto, timeout, None, None))));
+                jobs.push((
+                    cell,
+                    std::thread::spawn(move || probe::port(&path, ip, port, proto, timeout, None, None)),
+                ));
             }
         }
     }
@@ -146,7 +160,11 @@ pub fn print(cells: &[Cell], output: Output) -> Result<()> {
             for (from, row) in &rows {
                 print!("{from:w$}");
                 for c in &cols {
-                    print!(" {:>width$}", row.get(c).map_or("", |s| s.as_str()), width = per.max(c.len()));
+                    print!(
+                        " {:>width$}",
+                        row.get(c).map_or("", |s| s.as_str()),
+                        width = per.max(c.len())
+                    );
                 }
                 println!();
             }

@@ -217,13 +217,7 @@ mod tests {
                 host: "10.0.0.1".into()
             }
         );
-        for bad in [
-            "10.0.0.1",
-            "10.0.0.1:80",
-            ":80/tcp",
-            "/icmp",
-            "h:x/tcp",
-        ] {
+        for bad in ["10.0.0.1", "10.0.0.1:80", ":80/tcp", "/icmp", "h:x/tcp"] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
     }

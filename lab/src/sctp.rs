@@ -26,7 +26,11 @@ fn crc32c(data: &[u8]) -> u32 {
     for b in data {
         crc ^= u32::from(*b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -64,7 +68,9 @@ fn parse(buf: &[u8]) -> Option<(Ipv4Addr, u16, u16, u32, u32)> {
     let ihl = usize::from(buf.first()? & 0x0f) * 4;
     let src = Ipv4Addr::new(*buf.get(12)?, buf[13], buf[14], buf[15]);
     let s = buf.get(ihl..ihl + 12)?;
-    let init_tag = buf.get(ihl + 16..ihl + 20).map_or(0, |t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]));
+    let init_tag = buf
+        .get(ihl + 16..ihl + 20)
+        .map_or(0, |t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]));
     Some((
         src,
         u16::from_be_bytes([s[0], s[1]]),
@@ -75,7 +81,12 @@ fn parse(buf: &[u8]) -> Option<(Ipv4Addr, u16, u16, u32, u32)> {
 }
 
 fn raw() -> nix::Result<OwnedFd> {
-    socket(AddressFamily::Inet, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::Sctp)
+    socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Sctp,
+    )
 }
 
 /// One INIT to `ip:port` from inside the calling thread's netns; connected
@@ -93,7 +104,12 @@ pub fn probe_here(ip: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
     let sport = 32768 + (nanos % 28000) as u16;
     let tag = nanos | 1;
     let dst = SockaddrIn::from(SocketAddrV4::new(ip, 0));
-    if let Err(e) = sendto(fd.as_raw_fd(), &packet(sport, port, 0, INIT, tag), &dst, MsgFlags::empty()) {
+    if let Err(e) = sendto(
+        fd.as_raw_fd(),
+        &packet(sport, port, 0, INIT, tag),
+        &dst,
+        MsgFlags::empty(),
+    ) {
         return Outcome::Failed(format!("sending SCTP INIT: {e}"));
     }
     let deadline = Instant::now() + timeout;
@@ -135,13 +151,20 @@ pub fn serve_here(ports: Vec<u16>) -> anyhow::Result<()> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => anyhow::bail!("receiving SCTP: {e}"),
         };
-        let Some((src, sp, dp, _, init_tag)) = parse(&buf[..n]) else { continue };
+        let Some((src, sp, dp, _, init_tag)) = parse(&buf[..n]) else {
+            continue;
+        };
         // Answers go out too; only what is addressed to a served port counts.
         if !ports.contains(&dp) || init_tag == 0 {
             continue;
         }
         let to = SockaddrIn::from(SocketAddrV4::new(src, 0));
-        if let Err(e) = sendto(fd.as_raw_fd(), &packet(dp, sp, init_tag, ABORT, 0), &to, MsgFlags::empty()) {
+        if let Err(e) = sendto(
+            fd.as_raw_fd(),
+            &packet(dp, sp, init_tag, ABORT, 0),
+            &to,
+            MsgFlags::empty(),
+        ) {
             eprintln!("SCTP answer to {src}: {e}");
         }
     }

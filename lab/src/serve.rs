@@ -118,7 +118,11 @@ pub fn run(netns_path: &str, name: &str, ports: &[(u16, Proto)], echo_peer: bool
         echo_peer,
     };
     let mut threads = Vec::new();
-    let sctp: Vec<u16> = ports.iter().filter(|(_, p)| *p == Proto::Sctp).map(|(n, _)| *n).collect();
+    let sctp: Vec<u16> = ports
+        .iter()
+        .filter(|(_, p)| *p == Proto::Sctp)
+        .map(|(n, _)| *n)
+        .collect();
     if !sctp.is_empty() {
         threads.push(std::thread::spawn(move || {
             if let Err(e) = super::sctp::serve_here(sctp) {

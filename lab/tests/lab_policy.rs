@@ -1,0 +1,601 @@
+//! weir's network-policy conformance suite, on a real two-node lab.
+//!
+//! Three namespaces (x, y, z) of three pods each (a, b, c), spread over
+//! both nodes; every pod serves TCP and UDP on ports 80 and 81 and SCTP on
+//! 82 (crafted packets: this kernel has no SCTP sockets), and has a Service
+//! of its own name. Each case applies policies and then every pod probes
+//! every pod through that pod's Service IP on every port (`weir lab
+//! matrix --via-service`: 405 probes at once), and the result is compared
+//! with the case's truth table, written here independently of the policy
+//! compiler. A failure says how many probes differ and which. A pod always
+//! reaches itself (loopback, as the upstream Kubernetes suite assumes).
+//!
+//! Runs in both routing modes. Needs root.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use support::{Lab, privileged, show};
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+const PORTS: [(u16, &str); 5] = [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP"), (82, "SCTP")];
+
+/// A pod of the suite: namespace, name and the node it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct P {
+    ns: &'static str,
+    name: &'static str,
+}
+
+impl P {
+    fn node(self) -> &'static str {
+        // x/a, y/b, z/c, x/c, y/a, z/b on a; the rest on b.
+        let i = NAMESPACES.iter().position(|n| *n == self.ns).unwrap();
+        let j = PODS.iter().position(|n| *n == self.name).unwrap();
+        if (i + j) % 3 == 0 || (i + 2 * j) % 3 == 1 {
+            "a"
+        } else {
+            "b"
+        }
+    }
+
+    fn key(self) -> String {
+        format!("{}/{}", self.ns, self.name)
+    }
+}
+
+fn all_pods() -> Vec<P> {
+    NAMESPACES
+        .iter()
+        .flat_map(|ns| PODS.iter().map(move |name| P { ns, name }))
+        .collect()
+}
+
+/// A port probed: number and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Port {
+    port: u16,
+    proto: &'static str,
+}
+
+/// Connectivity a case expects: `(source, destination, port) -> allowed`.
+type Truth = Box<dyn Fn(P, P, Port) -> bool>;
+
+fn namespace_manifest(ns: &str, label: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {label}}}}}\n---\n")
+}
+
+/// A pod of the suite, with `extra` labels (`k: v, ...`) besides its own.
+fn pod_manifest(p: P, extra: &str) -> String {
+    // The named port `web` is 80 on pods a and 81 on b and c: one rule,
+    // different numbers per destination pod.
+    let (web80, web81) = if p.name == "a" { ("web", "t81") } else { ("t80", "web") };
+    let labels = if extra.is_empty() {
+        format!("pod: {}", p.name)
+    } else {
+        format!("pod: {}, {extra}", p.name)
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: serve\n    image: weir.lab/serve\n    ports:\n    - {{name: {web80}, containerPort: 80, protocol: TCP}}\n    - {{name: {web81}, containerPort: 81, protocol: TCP}}\n    - {{name: u80, containerPort: 80, protocol: UDP}}\n    - {{name: u81, containerPort: 81, protocol: UDP}}\n    - {{name: s82, containerPort: 82, protocol: SCTP}}\n---\n",
+        name = p.name,
+        ns = p.ns,
+        node = p.node()
+    )
+}
+
+fn setup_manifests() -> String {
+    let mut out = String::new();
+    for ns in NAMESPACES {
+        out.push_str(&namespace_manifest(ns, ns));
+    }
+    for p in all_pods() {
+        out.push_str(&pod_manifest(p, ""));
+        out.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{pod: {name}}}\n  ports:\n  - {{name: t80, port: 80, protocol: TCP}}\n  - {{name: t81, port: 81, protocol: TCP}}\n  - {{name: u80, port: 80, protocol: UDP}}\n  - {{name: u81, port: 81, protocol: UDP}}\n  - {{name: s82, port: 82, protocol: SCTP}}\n---\n",
+            name = p.name,
+            ns = p.ns
+        ));
+    }
+    out
+}
+
+struct Suite {
+    lab: Lab,
+    routing: &'static str,
+    /// Cases run, and the probes that differed (case, detail).
+    failures: Vec<(String, Vec<String>)>,
+    cases: usize,
+}
+
+impl Suite {
+    fn new(routing: &'static str) -> Suite {
+        let lab = Lab::new(&format!("pol{}", &routing[..1]));
+        let topo = lab.file(
+            "topo.yaml",
+            &format!(
+                "name: {}\nclusterCIDR: 10.246.0.0/16\nnodeCIDR: 172.31.246.0/24\nrouting: {routing}\nnodes:\n  - {{name: a, podCIDR: 10.246.1.0/24}}\n  - {{name: b, podCIDR: 10.246.2.0/24}}\n",
+                lab.name
+            ),
+        );
+        lab.ok(&["up", &topo]);
+        lab.ok(&["apply", &lab.file("setup.yaml", &setup_manifests())]);
+        Suite {
+            lab,
+            routing,
+            failures: Vec::new(),
+            cases: 0,
+        }
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.lab.ok(&["apply", &self.lab.file("case.yaml", yaml)]);
+    }
+
+    fn delete(&self, yaml: &str) {
+        self.lab.ok(&["delete", &self.lab.file("case.yaml", yaml)]);
+    }
+
+    /// Every probe, by (from, to, port, proto).
+    fn matrix(&self, timeout: &str) -> BTreeMap<(String, String, u16, String), (bool, String)> {
+        let mut args = vec!["matrix", "--via-service", "--timeout", timeout];
+        for ns in NAMESPACES {
+            args.extend(["-n", ns]);
+        }
+        let ports: Vec<String> = PORTS.iter().map(|(n, p)| format!("{n}/{p}")).collect();
+        for p in &ports {
+            args.extend(["--port", p.as_str()]);
+        }
+        let v = self.lab.json(&args);
+        v.as_array()
+            .expect("matrix JSON is a list")
+            .iter()
+            .map(|c: &Value| {
+                (
+                    (
+                        c["from"].as_str().unwrap().to_owned(),
+                        c["to"].as_str().unwrap().to_owned(),
+                        c["port"].as_u64().unwrap() as u16,
+                        c["proto"].as_str().unwrap().to_owned(),
+                    ),
+                    (c["ok"].as_bool().unwrap(), c["outcome"].as_str().unwrap().to_owned()),
+                )
+            })
+            .collect()
+    }
+
+    /// Probes everything and compares with `truth`. A probe expected to
+    /// connect that did not is tried once more on its own with a longer
+    /// wait (a loaded machine is slow, never permissive); one expected
+    /// blocked that connected is a failure at once.
+    fn check(&mut self, case: &str, truth: Truth) {
+        self.cases += 1;
+        let got = self.matrix("1.5");
+        let pods = all_pods();
+        let mut diffs = Vec::new();
+        assert_eq!(
+            got.len(),
+            pods.len() * pods.len() * PORTS.len(),
+            "{case}: every probe ran"
+        );
+        for s in &pods {
+            for d in &pods {
+                for (port, proto) in PORTS {
+                    let pp = Port { port, proto };
+                    let want = s == d || truth(*s, *d, pp);
+                    let (ok, outcome) = &got[&(s.key(), d.key(), port, proto.to_owned())];
+                    let mut ok = *ok;
+                    let mut outcome = outcome.clone();
+                    if want && !ok {
+                        let svc = self.service_ip(*d);
+                        let out = self.lab.cmd(&[
+                            "probe",
+                            &s.key(),
+                            &format!("{svc}:{port}/{}", proto.to_ascii_lowercase()),
+                            "--timeout",
+                            "4",
+                        ]);
+                        ok = out.status.success();
+                        outcome = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                    }
+                    if ok != want {
+                        diffs.push(format!(
+                            "{} -> {} {port}/{proto}: expected {}, got {outcome}",
+                            s.key(),
+                            d.key(),
+                            if want { "allowed" } else { "blocked" }
+                        ));
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "[{}] {case}: {} of {} probes differ",
+            self.routing,
+            diffs.len(),
+            got.len()
+        );
+        if !diffs.is_empty() {
+            self.failures.push((case.to_owned(), diffs));
+        }
+    }
+
+    /// `weir observe` (or the stock `hubble`) against the lab's relay.
+    fn observe(&self, program: &std::path::Path, args: &[&str]) -> Vec<Value> {
+        let server = format!("unix://{}", self.lab.dir.join("run/relay.sock").display());
+        let mut all = vec!["observe", "--server", &server, "-o", "json"];
+        all.extend(args);
+        let out = std::process::Command::new(program)
+            .args(&all)
+            .output()
+            .expect("running observe");
+        assert!(out.status.success(), "{} {all:?}: {}", program.display(), show(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn service_ip(&self, p: P) -> String {
+        let v: Value = serde_json::from_str(&self.lab.ok(&["get", "service", &p.key(), "-o", "json"])).unwrap();
+        v["spec"]["clusterIP"].as_str().unwrap().to_owned()
+    }
+
+    fn finish(self) {
+        let total: usize = self.failures.iter().map(|(_, d)| d.len()).sum();
+        let mut report = String::new();
+        for (case, diffs) in &self.failures {
+            report.push_str(&format!("\n{case}: {} probes differ\n", diffs.len()));
+            for d in diffs.iter().take(20) {
+                report.push_str(&format!("  {d}\n"));
+            }
+        }
+        if total > 0 {
+            panic!(
+                "[{}] {total} probes differ in {} of {} cases:{report}\n{}",
+                self.routing,
+                self.failures.len(),
+                self.cases,
+                self.lab.logs()
+            );
+        }
+    }
+}
+
+fn np(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n---\n"
+    )
+}
+
+fn wnp(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: WeirNetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n---\n"
+    )
+}
+
+fn wcnp(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: WeirClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}\n---\n"
+    )
+}
+
+const ALL: fn(P, P, Port) -> bool = |_, _, _| true;
+
+fn tcp(p: Port) -> bool {
+    p.proto == "TCP"
+}
+
+/// The cases of Kubernetes NetworkPolicy.
+fn networkpolicy_cases(s: &mut Suite) {
+    s.check("no policy: everything connects", Box::new(ALL));
+
+    let deny_x = np("deny-all", "x", "  podSelector: {}\n  policyTypes: [Ingress]");
+    s.apply(&deny_x);
+    s.check(
+        "ingress: [] in x isolates every pod of x",
+        Box::new(|_, d, _| d.ns != "x"),
+    );
+    s.delete(&deny_x);
+    s.check("deleting it restores access", Box::new(ALL));
+
+    let same_ns = np(
+        "same-ns",
+        "x",
+        "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]",
+    );
+    s.apply(&same_ns);
+    s.check(
+        "an empty podSelector peer: the policy's own namespace",
+        Box::new(|a, d, _| d.ns != "x" || a.ns == "x"),
+    );
+    s.delete(&same_ns);
+
+    let and = np(
+        "and",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]",
+    );
+    s.apply(&and);
+    s.check(
+        "namespaceSelector and podSelector in one peer: AND",
+        Box::new(|a, d, _| d.key() != "x/a" || a.key() == "y/b"),
+    );
+    s.delete(&and);
+
+    let or = np(
+        "or",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]}]",
+    );
+    s.apply(&or);
+    s.check(
+        "two peers: OR",
+        Box::new(|a, d, _| d.key() != "x/a" || a.ns == "y" || a.key() == "x/b"),
+    );
+    s.delete(&or);
+
+    let exprs = np(
+        "exprs",
+        "y",
+        "  podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [c]}]}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [x, z]}]}, podSelector: {matchExpressions: [{key: pod, operator: Exists}, {key: team, operator: DoesNotExist}]}}]}]",
+    );
+    s.apply(&exprs);
+    s.check(
+        "matchExpressions In, NotIn, Exists, DoesNotExist",
+        Box::new(|a, d, _| d.ns != "y" || d.name == "c" || a.ns == "x" || a.ns == "z"),
+    );
+    s.delete(&exprs);
+
+    let ports = np(
+        "ports",
+        "z",
+        "  podSelector: {}\n  ingress: [{ports: [{port: 80}, {port: 81, protocol: UDP}]}]",
+    );
+    s.apply(&ports);
+    s.check(
+        "ports by number, TCP by default, UDP when said",
+        Box::new(|_, d, p| d.ns != "z" || (p.port == 80 && tcp(p)) || (p.port == 81 && p.proto == "UDP")),
+    );
+    s.delete(&ports);
+
+    let range = np(
+        "range",
+        "z",
+        "  podSelector: {}\n  ingress: [{ports: [{port: 80, endPort: 81, protocol: UDP}, {port: 82, protocol: SCTP}]}]",
+    );
+    s.apply(&range);
+    s.check(
+        "endPort ranges; SCTP",
+        Box::new(|_, d, p| d.ns != "z" || p.proto != "TCP"),
+    );
+    s.delete(&range);
+
+    let named = np("named", "x", "  podSelector: {}\n  ingress: [{ports: [{port: web}]}]");
+    s.apply(&named);
+    s.check(
+        "a named port means each destination pod's number (a: 80, b and c: 81)",
+        Box::new(|_, d, p| d.ns != "x" || (tcp(p) && p.port == if d.name == "a" { 80 } else { 81 })),
+    );
+    s.delete(&named);
+
+    let cidr = np(
+        "cidr",
+        "y",
+        "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.246.1.0/24, except: [POD_XA/32]}}]}]",
+    );
+    let xa_ip = s.lab.pod_ip("x/a");
+    s.apply(&cidr.replace("POD_XA", &xa_ip));
+    s.check(
+        "ipBlock matches pod addresses (node a's pods), except one",
+        Box::new(|a, d, _| d.ns != "y" || (a.node() == "a" && a.key() != "x/a")),
+    );
+    s.delete(&cidr.replace("POD_XA", &xa_ip));
+
+    let egress = np("egress-deny", "x", "  podSelector: {}\n  policyTypes: [Egress]");
+    s.apply(&egress);
+    s.check("egress isolation: x reaches nothing", Box::new(|a, _, _| a.ns != "x"));
+    s.delete(&egress);
+
+    let both = np(
+        "both",
+        "x",
+        "  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]",
+    );
+    s.apply(&both);
+    s.check(
+        "policyTypes omitted with egress rules: both directions, independently",
+        Box::new(|a, d, _| (d.key() != "x/b" || a.ns == "z") && (a.key() != "x/b" || d.ns == "y")),
+    );
+    s.delete(&both);
+
+    let add = np(
+        "one",
+        "z",
+        "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]",
+    ) + &np("two", "z", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{}]");
+    s.apply(&add);
+    s.check(
+        "policies add up; ingress: [{}] allows all",
+        Box::new(|a, d, _| d.ns != "z" || a.ns == "x" || d.name == "a"),
+    );
+    s.delete(&add);
+
+    // Updates in several steps.
+    let v1 = np(
+        "steps",
+        "y",
+        "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]",
+    );
+    s.apply(&v1);
+    s.check("steps 1: y from x", Box::new(|a, d, _| d.ns != "y" || a.ns == "x"));
+    let v2 = np(
+        "steps",
+        "y",
+        "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}, {podSelector: {matchLabels: {role: friend}}}]}]",
+    );
+    s.apply(&v2);
+    s.check(
+        "steps 2: policy edited, y from z",
+        Box::new(|a, d, _| d.ns != "y" || a.ns == "z"),
+    );
+    let ya = P { ns: "y", name: "a" };
+    s.apply(&pod_manifest(ya, "role: friend"));
+    s.check(
+        "steps 3: a pod relabelled into the policy",
+        Box::new(|a, d, _| d.ns != "y" || a.ns == "z" || a.key() == "y/a"),
+    );
+    s.apply(&namespace_manifest("z", "w"));
+    s.check(
+        "steps 4: a namespace relabelled out of it",
+        Box::new(|a, d, _| d.ns != "y" || a.key() == "y/a"),
+    );
+    s.apply(&namespace_manifest("z", "z"));
+    s.apply(&pod_manifest(ya, ""));
+    s.delete(&v2);
+    s.check("steps 5: policy deleted, labels back", Box::new(ALL));
+}
+
+/// weir's own kinds: deny, audit, entities, cluster-wide, cross-namespace.
+fn crd_cases(s: &mut Suite) {
+    let deny = wnp(
+        "allow-all-but-y",
+        "x",
+        "  endpointSelector: {}\n  ingress: [{from: [{entities: [cluster]}]}]\n  ingressDeny: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 80}]}]",
+    );
+    s.apply(&deny);
+    s.check(
+        "deny beats allow (port 80 of every protocol from y)",
+        Box::new(|a, d, p| d.ns != "x" || a.ns != "y" || p.port != 80),
+    );
+    s.delete(&deny);
+
+    let world = wnp(
+        "world-only",
+        "z",
+        "  endpointSelector: {}\n  ingress: [{from: [{entities: [world]}]}]",
+    );
+    s.apply(&world);
+    s.check("entity world: no pod is world", Box::new(|_, d, _| d.ns != "z"));
+    s.delete(&world);
+
+    let cross = wnp(
+        "cross",
+        "y",
+        "  endpointSelector: {matchLabels: {pod: c}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}, namespaceSelector: {}}]}]",
+    );
+    s.apply(&cross);
+    s.check(
+        "peers across namespaces: pod a of any namespace",
+        Box::new(|a, d, _| d.key() != "y/c" || a.name == "a"),
+    );
+    s.delete(&cross);
+
+    let cluster = wcnp(
+        "no-z-to-b",
+        "  endpointSelector: {matchLabels: {pod: b}}\n  ingressDeny: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]",
+    );
+    s.apply(&cluster);
+    s.check(
+        "cluster-wide: pod b of every namespace refuses z, deny-only isolates nothing else",
+        Box::new(|a, d, _| d.name != "b" || a.ns != "z"),
+    );
+    s.delete(&cluster);
+
+    let audit = wnp(
+        "stage",
+        "y",
+        "  endpointSelector: {}\n  enforcement: audit\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]",
+    );
+    s.apply(&audit);
+    s.check("audit never drops", Box::new(ALL));
+    // ...and says what it would have denied, naming itself.
+    let audits = s.observe(
+        &weir_test_support::bin("weir"),
+        &["--verdict", "AUDIT", "--last", "5000"],
+    );
+    let text = format!("{audits:#?}");
+    assert!(
+        audits.iter().any(|f| f["destination"]["namespace"] == "y"
+            && f["source"]["namespace"] == "x"
+            && f["policy"]
+                .as_str()
+                .is_some_and(|p| p.contains("WeirNetworkPolicy y/stage"))),
+        "AUDIT flows from x into y naming the policy: {text}"
+    );
+    assert!(
+        !audits
+            .iter()
+            .any(|f| f["source"]["namespace"] == "y" && f["destination"]["namespace"] == "y"),
+        "y to y is allowed by the audit policy: no AUDIT for it"
+    );
+    s.delete(&audit);
+
+    // A policy that cannot be used: its pods deny, every other policy works.
+    let bad = np(
+        "bad",
+        "z",
+        "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.246.0.0/33}}]}]",
+    ) + &np(
+        "good",
+        "x",
+        "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]",
+    );
+    s.apply(&bad);
+    s.check(
+        "an invalid policy denies what it selects; the others keep working",
+        Box::new(|a, d, _| d.ns != "z" && (d.ns != "x" || a.ns == "x")),
+    );
+    let logs = s.lab.logs();
+    assert!(
+        logs.contains("policy rejected") && logs.contains("10.246.0.0/33"),
+        "the agents say why: {logs}"
+    );
+    s.delete(&bad);
+}
+
+fn suite(routing: &'static str) {
+    let mut s = Suite::new(routing);
+    networkpolicy_cases(&mut s);
+    crd_cases(&mut s);
+    // Policy drops are named in flows, and both CLIs' DROPPED filter shows
+    // them.
+    let drops = s.observe(
+        &weir_test_support::bin("weir"),
+        &["--verdict", "DROPPED", "--last", "5000"],
+    );
+    assert!(
+        drops.iter().any(|f| f["drop_reason"] == "policy_denied"
+            && f["policy"]
+                .as_str()
+                .is_some_and(|p| p.contains("denied by NetworkPolicy"))),
+        "policy drops named in weir observe: {drops:#?}"
+    );
+    if let Some(hubble) = weir_test_support::tool("hubble") {
+        let drops = s.observe(&hubble, &["--verdict", "DROPPED", "--last", "5000"]);
+        assert!(
+            drops.iter().any(|f| f["flow"]["drop_reason_desc"] == "POLICY_DENIED"
+                && f["flow"]["ingress_denied_by"][0]["kind"] == "NetworkPolicy"),
+            "hubble observe --verdict DROPPED shows the policy drop and its policy: {drops:#?}"
+        );
+    }
+    s.finish();
+}
+
+#[test]
+fn conformance_native_routing() {
+    if !privileged() {
+        return;
+    }
+    suite("native");
+}
+
+#[test]
+fn conformance_vxlan_routing() {
+    if !privileged() {
+        return;
+    }
+    suite("vxlan");
+}
