@@ -51,16 +51,25 @@ pub fn desired(state: &ClusterState, self_node: &str) -> BTreeMap<Ipv4Addr, u32>
 }
 
 /// Keeps the ipcache in step with the model until the model's sender goes.
-pub async fn run(map: IpCache, node: String, mut rx: watch::Receiver<Arc<ClusterState>>) {
+pub async fn run(
+    map: IpCache,
+    node: String,
+    mut rx: watch::Receiver<Arc<ClusterState>>,
+    sync: Arc<crate::sync::SyncStatus>,
+) {
     let map = Arc::new(std::sync::Mutex::new(map));
     let mut backoff = crate::backoff::Backoff::controller();
     loop {
         let state = rx.borrow_and_update().clone();
         let retry = if state.revision.is_some() {
-            let (map, node) = (map.clone(), node.clone());
+            let (map, node, sync) = (map.clone(), node.clone(), sync.clone());
             let done = tokio::task::spawn_blocking(move || {
                 let want = desired(&state, &node);
-                map.lock().unwrap_or_else(|p| p.into_inner()).sync(&want)
+                let r = map.lock().unwrap_or_else(|p| p.into_inner()).sync(&want);
+                if r.is_ok() {
+                    sync.ipcache_applied(state.revision);
+                }
+                r
             })
             .await;
             match done {

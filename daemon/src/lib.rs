@@ -111,14 +111,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
 
-    tokio::spawn(ipcache::run(ipcache_map, config.node.clone(), rx.clone()));
+    let sync = Arc::new(sync::SyncStatus::default());
+    tokio::spawn(ipcache::run(ipcache_map, config.node.clone(), rx.clone(), sync.clone()));
     tokio::spawn(endpoints::follow_identities(endpoints.clone(), rx.clone()));
 
     let lb_algorithm = match config.lb_algorithm {
         config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,
         config::LbAlgorithm::Maglev => weir_datapath::lb::Algorithm::Maglev,
     };
-    let sync = Arc::new(sync::SyncStatus::default());
     let metrics = Arc::new(metrics::Metrics::new(config.metrics_per_pod));
     let policy_names = Arc::new(policy::PolicyNames::default());
     {

@@ -193,6 +193,16 @@ impl Controller {
         }
     }
 
+    /// Bumps the tables' revision: open connections are judged again on
+    /// their next packet. After a pass that changed the tables or saw a
+    /// new snapshot (identities may have moved: the ipcache is written
+    /// first, see [`run`]).
+    pub fn bump(&mut self) {
+        if let Err(e) = self.maps.bump() {
+            tracing::error!(error = %crate::dataplane::report(&e), "policy revision not bumped: open connections keep their verdicts");
+        }
+    }
+
     /// One pass: compile, name, write. Errors are logged and the tables
     /// fail closed; returns whether the write succeeded.
     pub fn apply(&mut self, state: &ClusterState, endpoints: &[LocalEndpoint]) -> bool {
@@ -241,6 +251,10 @@ impl Controller {
     }
 }
 
+/// How long a pass waits for the ipcache controller before it bumps the
+/// revision anyway.
+const IPCACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the controller until the model's sender goes: on every snapshot
 /// and every change of the local endpoints (`endpoints_changed`).
 pub async fn run(
@@ -263,7 +277,16 @@ pub async fn run(
             let (c, eps, sync) = (controller.clone(), endpoints.clone(), sync.clone());
             let done = tokio::task::spawn_blocking(move || {
                 let list = eps();
-                let ok = c.lock().unwrap_or_else(|p| p.into_inner()).apply(&state, &list);
+                let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                let ok = c.apply(&state, &list);
+                // Open connections are judged again once the ipcache holds
+                // this snapshot's identities too (else a re-judged one could
+                // keep a verdict made with a pod's old identity).
+                let deadline = Instant::now() + IPCACHE_WAIT;
+                while sync.ipcache() < state.revision && Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                c.bump();
                 if ok {
                     sync.policy_applied(state.revision, generation);
                 }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub struct SyncStatus {
     services: Mutex<Option<u64>>,
+    ipcache: Mutex<Option<u64>>,
     policy: Mutex<Option<u64>>,
     /// The endpoint generation the policy tables were last written for:
     /// an endpoint ADD waits for its own before it answers, so a new pod
@@ -18,6 +19,7 @@ impl Default for SyncStatus {
     fn default() -> Self {
         Self {
             services: Mutex::new(None),
+            ipcache: Mutex::new(None),
             policy: Mutex::new(None),
             policy_generation: tokio::sync::watch::channel(0).0,
         }
@@ -38,6 +40,17 @@ impl SyncStatus {
             }
             newer
         });
+    }
+
+    /// The ipcache controller has written the addresses of `revision`.
+    pub fn ipcache_applied(&self, revision: Option<u64>) {
+        if revision.is_some() {
+            *self.ipcache.lock().unwrap_or_else(|p| p.into_inner()) = revision;
+        }
+    }
+
+    pub fn ipcache(&self) -> Option<u64> {
+        *self.ipcache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn policy(&self) -> Option<u64> {

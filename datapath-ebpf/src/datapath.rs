@@ -654,10 +654,11 @@ impl Datapath {
 
     /// Hands the policy tables to their one owner (the policy controller).
     pub fn take_policy_maps(&mut self) -> Result<crate::policy::PolicyMaps> {
-        use crate::policy::{CIDR_MAP, MAP};
+        use crate::policy::{CIDR_MAP, MAP, REV_MAP};
         let table = self.ebpf.take_map(MAP).ok_or(DatapathError::Missing(MAP))?;
         let cidrs = self.ebpf.take_map(CIDR_MAP).ok_or(DatapathError::Missing(CIDR_MAP))?;
-        crate::policy::PolicyMaps::from_maps(table, cidrs)
+        let rev = self.ebpf.take_map(REV_MAP).ok_or(DatapathError::Missing(REV_MAP))?;
+        crate::policy::PolicyMaps::from_maps(table, cidrs, rev)
     }
 
     /// Hands the flow-event ring buffer and its loss counters to their one

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Map, MapData, MapError};
+use aya::maps::{Array, Map, MapData, MapError};
 use ipnet::Ipv4Net;
 
 use crate::DatapathError;
@@ -17,6 +17,7 @@ use crate::abi::{PolicyEntry, PolicyKey, RouteKey, sys};
 
 pub const MAP: &str = "weir_policy";
 pub const CIDR_MAP: &str = "weir_policy_cidr";
+pub const REV_MAP: &str = "weir_policy_rev";
 
 pub const PREFIX_PEER: u8 = sys::WEIR_POLICY_PREFIX_PEER as u8;
 pub const PEER_ANY: u32 = sys::WEIR_POLICY_PEER_ANY;
@@ -176,6 +177,7 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> DatapathError {
 pub struct PolicyMaps {
     table: LpmTrie<MapData, PolicyKey, PolicyEntry>,
     cidrs: LpmTrie<MapData, RouteKey, u32>,
+    rev: Array<MapData, u32>,
     have: BTreeMap<Slot, Verdicts>,
     have_cidrs: BTreeMap<Ipv4Net, u32>,
 }
@@ -183,7 +185,8 @@ pub struct PolicyMaps {
 impl PolicyMaps {
     /// The maps a loaded [`crate::Datapath`] hands over; what they hold
     /// (a previous agent's tables) is read once.
-    pub fn from_maps(table: Map, cidrs: Map) -> Result<Self, DatapathError> {
+    pub fn from_maps(table: Map, cidrs: Map, rev: Map) -> Result<Self, DatapathError> {
+        let rev: Array<MapData, u32> = Array::try_from(rev).map_err(map_err(REV_MAP))?;
         let table: LpmTrie<MapData, PolicyKey, PolicyEntry> = LpmTrie::try_from(table).map_err(map_err(MAP))?;
         let cidrs: LpmTrie<MapData, RouteKey, u32> = LpmTrie::try_from(cidrs).map_err(map_err(CIDR_MAP))?;
         let mut have = BTreeMap::new();
@@ -203,6 +206,7 @@ impl PolicyMaps {
         Ok(Self {
             table,
             cidrs,
+            rev,
             have,
             have_cidrs,
         })
@@ -212,7 +216,22 @@ impl PolicyMaps {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         let t = MapData::from_pin(pin_dir.join(MAP)).map_err(map_err(MAP))?;
         let c = MapData::from_pin(pin_dir.join(CIDR_MAP)).map_err(map_err(CIDR_MAP))?;
-        Self::from_maps(Map::LpmTrie(t), Map::LpmTrie(c))
+        let r = MapData::from_pin(pin_dir.join(REV_MAP)).map_err(map_err(REV_MAP))?;
+        Self::from_maps(Map::LpmTrie(t), Map::LpmTrie(c), Map::Array(r))
+    }
+
+    /// The tables' revision (`weir_policy_rev`).
+    pub fn revision(&self) -> Result<u32, DatapathError> {
+        self.rev.get(&0, 0).map_err(map_err(REV_MAP))
+    }
+
+    /// Bumps the revision: every open connection is judged again on its
+    /// next packet (policy.h's policy_recheck). After every change of the
+    /// tables or of what they name, once both are written.
+    pub fn bump(&mut self) -> Result<u32, DatapathError> {
+        let next = self.revision()?.wrapping_add(1);
+        self.rev.set(0, next, 0).map_err(map_err(REV_MAP))?;
+        Ok(next)
     }
 
     /// How many slots the table holds.

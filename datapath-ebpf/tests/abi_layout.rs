@@ -199,7 +199,9 @@ fn conntrack_layout(structs: &Structs) {
             pad,
             owner,
             policy_egress,
-            policy_ingress
+            policy_ingress,
+            policy_rev,
+            pad2
         ]
     );
 }

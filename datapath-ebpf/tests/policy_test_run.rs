@@ -191,11 +191,25 @@ fn an_isolated_pod_denies_until_a_rule_allows_and_replies_pass() {
     assert_eq!(fx.a_sends(&flow(POD_A, 40002, POD_B, 81, TCP), SYN), TC_ACT_SHOT);
     assert_eq!(fx.a_sends(&flow(POD_A, 40003, POD_B, 80, UDP), 0), TC_ACT_SHOT);
 
-    // The allow goes: the open connection keeps its verdict, a new one is
-    // denied.
+    // The allow goes: a new connection is denied at once; the open one
+    // keeps its verdict until the revision says the tables changed, then
+    // is judged again on its next packet, and comes back with the allow.
     fx.unset(port(EP_B, DIR_INGRESS, ID_A, TCP, 80, 16));
-    assert_eq!(fx.a_sends(&ab, ACK), TC_ACT_REDIRECT, "established: kept");
     assert_eq!(fx.a_sends(&flow(POD_A, 40004, POD_B, 80, TCP), SYN), TC_ACT_SHOT);
+    assert_eq!(fx.a_sends(&ab, ACK), TC_ACT_REDIRECT, "same revision: kept");
+    fx.policy.bump().unwrap();
+    assert_eq!(fx.a_sends(&ab, ACK), TC_ACT_SHOT, "judged again: denied now");
+    assert_eq!(fx.a_sends(&ab, ACK), TC_ACT_SHOT, "and on every packet while denied");
+    fx.set(port(EP_B, DIR_INGRESS, ID_A, TCP, 80, 16), action::ALLOW, 13);
+    fx.policy.bump().unwrap();
+    assert_eq!(fx.a_sends(&ab, ACK), TC_ACT_REDIRECT, "allowed again");
+    // A UDP flow reusing its tuple after a change is judged by the change.
+    let udp = flow(POD_A, 40005, POD_B, 80, UDP);
+    fx.set(port(EP_B, DIR_INGRESS, ID_A, UDP, 80, 16), action::ALLOW, 14);
+    assert_eq!(fx.a_sends(&udp, 0), TC_ACT_REDIRECT);
+    fx.unset(port(EP_B, DIR_INGRESS, ID_A, UDP, 80, 16));
+    fx.policy.bump().unwrap();
+    assert_eq!(fx.a_sends(&udp, 0), TC_ACT_SHOT, "the same tuple, the new policy");
 }
 
 #[test]

@@ -556,8 +556,60 @@ fn crd_cases(s: &mut Suite) {
     s.delete(&bad);
 }
 
+/// The node reaches its own pods whatever isolates them (Kubernetes
+/// requires it for probes); a NodePort client is judged as reaching the
+/// backend pod, by its own address.
+fn node_and_nodeport_cases(s: &mut Suite) {
+    let xa = P { ns: "x", name: "a" };
+    let ip = s.lab.pod_ip("x/a");
+    let nodeport = "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: x}\nspec:\n  type: NodePort\n  selector: {pod: a}\n  ports: [{port: 80, nodePort: 30080, protocol: TCP}]\n---\n";
+    s.apply(nodeport);
+    let deny = np("deny-all", "x", "  podSelector: {}\n  policyTypes: [Ingress]");
+    s.apply(&deny);
+    let node_ns = format!("{}-{}", s.lab.name, xa.node());
+    let from_node = |s: &Suite| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node_ns,
+                "timeout",
+                "3",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{ip}/80"),
+            ])
+            .status()
+            .expect("ip netns exec")
+            .success()
+            && !s.lab.name.is_empty()
+    };
+    assert!(from_node(s), "[{}] the node reaches its isolated pod", s.routing);
+    let target = format!("{}:30080/tcp", xa.node());
+    assert!(
+        s.lab.external(&target).is_err(),
+        "[{}] an outside client is denied",
+        s.routing
+    );
+    let allow = np(
+        "from-outside",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 172.31.246.0/24}}], ports: [{port: 80}]}]",
+    );
+    s.apply(&allow);
+    assert_eq!(
+        s.lab.external(&target).as_deref(),
+        Ok("a"),
+        "[{}] allowed by an ipBlock of the client's address, through the NodePort",
+        s.routing
+    );
+    s.delete(&(allow + &deny));
+    s.delete(nodeport);
+}
+
 fn suite(routing: &'static str) {
     let mut s = Suite::new(routing);
+    node_and_nodeport_cases(&mut s);
     networkpolicy_cases(&mut s);
     crd_cases(&mut s);
     // Policy drops are named in flows, and both CLIs' DROPPED filter shows

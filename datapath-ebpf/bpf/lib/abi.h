@@ -204,6 +204,10 @@ struct weir_ct_entry {
 	 * egress and the destination pod's ingress, where they are local. */
 	__u32 policy_egress;
 	__u32 policy_ingress;
+	/* The policy revision (weir_policy_rev) those verdicts were made at:
+	 * a forward entry of an older one is judged again on its next packet. */
+	__u32 policy_rev;
+	__u32 pad2;
 };
 
 /* weir_ct_entry.seen: each TCP event is reported once per direction. */

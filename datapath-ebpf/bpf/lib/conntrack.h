@@ -47,6 +47,7 @@
 #include "abi.h"
 #include "ipv4.h"
 #include "flow.h"
+#include "policy.h"
 
 /* Every timeout in one place. Entries are refreshed to now + timeout on each
  * packet; an entry past its deadline is only removed by the agent's GC, and
@@ -523,6 +524,7 @@ static __noinline __attribute__((unused)) int ct_create_plain(struct __ctx_buff 
 	e->owner = owner;
 	e->policy_egress = policy[0];
 	e->policy_ingress = policy[1];
+	e->policy_rev = policy_revision();
 	if (bpf_map_update_elem(&weir_ct4, key, e, replace ? BPF_ANY : BPF_NOEXIST))
 		return 0;
 	if (replace)

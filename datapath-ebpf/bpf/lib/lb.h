@@ -197,8 +197,15 @@ static __always_inline __u32 ct_into_pod(struct __sk_buff *skb, struct ipv4_meta
 		/* A fresh SYN on a closed plain connection is a new one on a
 		 * reused port: fresh entries (and a flow start, and a fresh
 		 * verdict), not the old ones. */
-		if (!create || (ct->flags & WEIR_CT_F_REVERSE) || !ct_is_reuse(ct, key->proto, l4_flags, now))
+		if ((ct->flags & WEIR_CT_F_REVERSE))
 			return ct_follow(skb, meta, key, ct, l4_flags, now);
+		if (!create || !ct_is_reuse(ct, key->proto, l4_flags, now)) {
+			/* A policy change since it opened: judged again. */
+			reason = policy_recheck(ct, key, 0, src_id);
+			if (reason)
+				return reason;
+			return ct_follow(skb, meta, key, ct, l4_flags, now);
+		}
 		replace = 1;
 	}
 	/* A connection starts with a whole datagram or a first fragment. */
@@ -269,6 +276,12 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 			/* A new connection on an old tuple: decided afresh. */
 		} else if (ct->service_id || (ct->flags & (WEIR_CT_F_XLATE | WEIR_CT_F_REVERSE))) {
 			*ct_flags = ct->flags;
+			/* A policy change since it opened: judged again. */
+			if (!(ct->flags & WEIR_CT_F_REVERSE)) {
+				reason = policy_recheck(ct, &key, skb->cb[WEIR_CB_ENDPOINT], 0);
+				if (reason)
+					return reason;
+			}
 			return ct_follow(skb, meta, &key, ct, l4_flags, now);
 		} else {
 			/* A plain connection: still plain unless its destination
@@ -283,8 +296,12 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 	svc = key.proto == IPPROTO_ICMP ? NULL : bpf_map_lookup_elem(&weir_lb4_services, &skey);
 	if (!svc) {
 		/* Not a service: plain routing, tracked as it is. */
-		if (plain)
+		if (plain) {
+			reason = policy_recheck(plain, &key, skb->cb[WEIR_CB_ENDPOINT], 0);
+			if (reason)
+				return reason;
 			return ct_follow(skb, meta, &key, plain, l4_flags, now);
+		}
 		if (meta->later_fragment)
 			return WEIR_DROP_NONE;
 		/* A new connection: judged before anything is tracked. */
@@ -326,6 +343,7 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 		return reason;
 	rev.policy_egress = fwd.policy_egress;
 	rev.policy_ingress = fwd.policy_ingress;
+	fwd.policy_rev = rev.policy_rev = policy_revision();
 	ret = ct_create(skb, &key, &fwd, &rkey, &rev, l4_flags, replace, 0);
 	if (ret == -2)
 		return WEIR_DROP_CT_ENDPOINT_LIMIT;

@@ -130,6 +130,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 		    &fwd, &rkey, &rev);
 	fwd.owner = rev.owner = owner;
 	fwd.policy_ingress = rev.policy_ingress = pol_in;
+	fwd.policy_rev = rev.policy_rev = policy_revision();
 	if (snat) {
 		/* The reverse entry is the port reservation: whoever inserts it
 		 * first owns the port towards this backend. Above the node's

@@ -6,10 +6,15 @@
  * policy_egress / policy_ingress): its later packets and every reply pass
  * on the entries without another lookup.
  *
- * Established connections keep the verdict they were opened with when a
- * policy changes, as iptables-based implementations do (conntrack accepts
- * ESTABLISHED): a newly denied connection ends with its entries (close, or
- * timeout); every new one is judged by the policy in force.
+ * A policy change reaches open connections too: the agent bumps
+ * weir_policy_rev after every change, and a forward entry made under an
+ * older revision is judged again on its next packet (policy_recheck), as
+ * Cilium does and unlike iptables' "ESTABLISHED accepted". A connection
+ * that became denied drops from its next packet on (its replies have
+ * nothing left to answer); one still allowed goes on, its entry at the new
+ * revision. Without this a UDP flow reusing a tuple within its timeout, or
+ * any long-lived connection, would keep a verdict the policy no longer
+ * gives. Steady state costs one array lookup per packet.
  *
  * The tables are the agent's (daemon/src/policy.rs compiles them, the
  * model crate's policy module decides them); abi.h describes the keys. */
@@ -42,6 +47,23 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_policy_cidr SEC(".maps");
+
+/* The revision of the tables, bumped by the agent after every change (of
+ * policies, or of the identities they name). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_policy_rev SEC(".maps");
+
+static __always_inline __u32 policy_revision(void)
+{
+	__u32 zero = 0, *rev = bpf_map_lookup_elem(&weir_policy_rev, &zero);
+
+	return rev ? *rev : 0;
+}
 
 /* The higher-precedence action of each layer wins, with its rule. */
 static __always_inline void policy_take(const struct weir_policy_entry *e, __u32 *best)
@@ -157,6 +179,28 @@ static __always_inline __u32 policy_connection(__u32 src_ep, __be32 saddr, __be3
 static __always_inline __u32 policy_l4(__u8 proto, __be16 dport)
 {
 	return proto | ((__u32)dport << 16);
+}
+
+/* A forward entry's verdicts at the current revision: judged again (as a
+ * new connection from key->saddr to where the entry sends it) when made
+ * under an older one. 0 to go on, or the policy drop; an allowed one's
+ * entry takes the new verdicts and revision, a denied one is judged again
+ * on every packet until the policy allows it again. */
+static __always_inline __u32 policy_recheck(struct weir_ct_entry *e, const struct weir_ct_key *key, __u32 src_ep,
+					    __u32 src_id)
+{
+	__u32 rev = policy_revision(), eg = 0, in = 0, reason;
+
+	if (e->policy_rev == rev)
+		return 0;
+	reason = policy_connection(src_ep, key->saddr, e->xlate_daddr, policy_l4(key->proto, e->xlate_dport), src_id,
+				   &eg, &in);
+	if (reason)
+		return reason;
+	e->policy_egress = eg;
+	e->policy_ingress = in;
+	e->policy_rev = rev;
+	return 0;
 }
 
 #endif /* WEIR_POLICY_H */
