@@ -3,7 +3,8 @@
 # weir-agent), pods wired by the real weir-cni, pod-to-pod across nodes, a
 # ClusterIP service load-balanced in eBPF, egress masqueraded to the node IP,
 # counters and drops, live flows (weir observe, the stock hubble CLI, the
-# relay merging both nodes), a Prometheus scrape, and a clean teardown.
+# relay merging both nodes), network policy (a drop named in the flows, an
+# audit verdict), a Prometheus scrape, and a clean teardown.
 # Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,11 +63,25 @@ step "the stock hubble CLI (built from the Go module proxy by scripts/tools.sh) 
 step "live: weir lab observe --follow while the client calls the service"
 ( timeout 3 "$weir" lab observe --follow --from-pod svc-demo/client --protocol tcp & sleep 1
   for _ in 1 2; do "$weir" lab probe svc-demo/client "$vip:80/tcp" >/dev/null; done; wait ) || true
+step "network policy: weir lab apply lab/demo/policy.yaml   (web accepts only the client; an audit policy stages the client's egress)"
+"$weir" lab apply lab/demo/policy.yaml
+"$weir" lab probe svc-demo/client "$vip:80/tcp"
+"$weir" lab probe svc-demo/intruder "$vip:80/tcp" --timeout 1 || true
+"$weir" lab probe svc-demo/client external:8080/tcp
+echo "-- who reaches whom (every pod of svc-demo to every pod, port 80):"
+"$weir" lab matrix -n svc-demo --port 80/tcp
+echo "-- the intruder's connection: DROPPED, and the policy that isolates web named:"
+"$weir" lab observe --from-pod svc-demo/intruder --verdict DROPPED --last 1
+echo "-- the client's call outside: forwarded, AUDIT (the staged policy would deny it):"
+"$weir" lab observe --from-pod svc-demo/client --verdict AUDIT --last 1
+echo "-- the same drop through the stock hubble CLI:"
+"$hubble" observe --server "$relay" --from-pod svc-demo/intruder --verdict DROPPED --last 1
+
 client_node=$("$weir" lab get pod svc-demo/client -o json | awk -F'"' '/"nodeName"/ {print $4; exit}')
 step "Prometheus metrics of $client_node's agent, the client's node (http://127.0.0.1:9962/metrics in the node's netns)"
 node_ns="$(awk '/^name:/ {print $2; exit}' "$topology")-$client_node"
 ip netns exec "$node_ns" curl -s http://127.0.0.1:9962/metrics \
-  | grep -E '^(hubble_flows_processed_total|weir_drop_count_total|weir_workload_connections_total|weir_tcp_handshake_seconds_count|weir_pod_bytes_total)' \
+  | grep -E '^(hubble_flows_processed_total|weir_drop_count_total|weir_workload_connections_total|weir_tcp_handshake_seconds_count|weir_pod_bytes_total|hubble_policy_verdicts_total|weir_policy_verdicts_total)' \
   | awk -F'{' '{n[$1]++} n[$1] <= 3' || true
 "$weir" status
 

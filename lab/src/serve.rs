@@ -225,7 +225,8 @@ mod tests {
         assert_eq!(parse_port("80/TCP").unwrap(), (80, Proto::Tcp));
         assert_eq!(parse_port("53/udp").unwrap(), (53, Proto::Udp));
         assert_eq!(parse_port("8080").unwrap(), (8080, Proto::Tcp));
-        assert!(parse_port("80/sctp").is_err());
+        assert_eq!(parse_port("82/SCTP").unwrap(), (82, Proto::Sctp));
+        assert!(parse_port("80/icmp").is_err());
         assert!(parse_port("x/tcp").is_err());
     }
 }

@@ -651,3 +651,57 @@ fn conformance_vxlan_routing() {
     }
     suite("vxlan");
 }
+
+/// The demo's policy (`lab/demo/policy.yaml`, what `scripts/demo.sh`
+/// shows): the client reaches web, the intruder is dropped with the policy
+/// named, and the client's call outside is an AUDIT flow of the staged
+/// policy, forwarded.
+#[test]
+fn the_demo_policy_drops_the_intruder_and_audits_the_client() {
+    if !privileged() {
+        return;
+    }
+    let lab = support::demo_lab("pold", "172.31.246.0/24");
+    lab.ok(&["apply", &format!("{}/demo/policy.yaml", env!("CARGO_MANIFEST_DIR"))]);
+    let vip = support::cluster_ip(&lab, "svc-demo/web");
+    let probe = |from: &str, target: &str| lab.cmd(&["probe", from, target, "--timeout", "2"]).status.success();
+    assert!(
+        probe("svc-demo/client", &format!("{vip}:80/tcp")),
+        "the client reaches web"
+    );
+    assert!(
+        !probe("svc-demo/intruder", &format!("{vip}:80/tcp")),
+        "the intruder does not"
+    );
+    assert!(probe("svc-demo/client", "external:8080/tcp"), "audit never drops");
+    let weir = weir_test_support::bin("weir");
+    let server = format!("unix://{}", lab.dir.join("run/relay.sock").display());
+    let flows = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["observe", "--server", &server, "-o", "json", "--last", "1000"];
+        all.extend(args);
+        let out = std::process::Command::new(&weir)
+            .args(&all)
+            .output()
+            .expect("weir observe");
+        assert!(out.status.success(), "{}", show(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let drops = flows(&["--from-pod", "svc-demo/intruder", "--verdict", "DROPPED"]);
+    assert!(
+        drops.iter().any(|f| f["drop_reason"] == "policy_denied"
+            && f["policy"]
+                .as_str()
+                .is_some_and(|p| p.contains("NetworkPolicy svc-demo/web-from-client"))),
+        "{drops:#?}"
+    );
+    let audits = flows(&["--from-pod", "svc-demo/client", "--verdict", "AUDIT"]);
+    assert!(
+        audits.iter().any(|f| f["policy"]
+            .as_str()
+            .is_some_and(|p| p.contains("WeirNetworkPolicy svc-demo/stage-client"))),
+        "{audits:#?}"
+    );
+}
