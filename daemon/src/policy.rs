@@ -91,6 +91,12 @@ impl PolicyName {
 #[derive(Debug, Default)]
 pub struct PolicyNames {
     names: RwLock<BTreeMap<u32, Arc<PolicyName>>>,
+    /// What the pass before last named and the last one did not: kept one
+    /// pass more, for events already in the ring and connections not yet
+    /// judged again (the revision bump re-judges them on their next
+    /// packet), then forgotten, so names do not pile up as policies come
+    /// and go.
+    retired: RwLock<BTreeMap<u32, Arc<PolicyName>>>,
 }
 
 impl PolicyNames {
@@ -98,23 +104,38 @@ impl PolicyNames {
         if reference == 0 {
             return None;
         }
-        self.names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&reference)
-            .cloned()
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner());
+        names.get(&reference).cloned().or_else(|| {
+            self.retired
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&reference)
+                .cloned()
+        })
     }
 
     /// Takes the compiler's references; a name that did not change keeps
-    /// its `Arc`. References no longer used stay a while in conntrack
-    /// entries: they keep their names until the number is reused.
-    fn update(&self, rules: &BTreeMap<u32, RuleRef>) {
+    /// its `Arc`.
+    pub fn update(&self, rules: &BTreeMap<u32, RuleRef>) {
         let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = BTreeMap::new();
         for (id, rule) in rules {
-            if names.get(id).is_none_or(|n| n.rule != *rule) {
-                names.insert(*id, Arc::new(PolicyName::of(rule)));
-            }
+            let name = match names.remove(id) {
+                Some(n) if n.rule == *rule => n,
+                _ => Arc::new(PolicyName::of(rule)),
+            };
+            next.insert(*id, name);
         }
+        let gone = std::mem::replace(&mut *names, next);
+        *self.retired.write().unwrap_or_else(|p| p.into_inner()) = gone;
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -274,16 +295,21 @@ pub async fn run(
         // Nothing before the source synced once: an empty snapshot would
         // drop every policy a previous agent programmed.
         if state.revision.is_some() {
-            let (c, eps, sync) = (controller.clone(), endpoints.clone(), sync.clone());
+            let (c, eps, sync, latest) = (controller.clone(), endpoints.clone(), sync.clone(), rx.clone());
             let done = tokio::task::spawn_blocking(move || {
                 let list = eps();
                 let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
                 let ok = c.apply(&state, &list);
                 // Open connections are judged again once the ipcache holds
                 // this snapshot's identities too (else a re-judged one could
-                // keep a verdict made with a pod's old identity).
+                // keep a verdict made with a pod's old identity). Revisions
+                // are opaque (standalone: a hash of the manifests): equal or
+                // not. A newer snapshot ends the wait: its pass bumps again.
                 let deadline = Instant::now() + IPCACHE_WAIT;
-                while sync.ipcache() < state.revision && Instant::now() < deadline {
+                while sync.ipcache() != state.revision
+                    && latest.borrow().revision == state.revision
+                    && Instant::now() < deadline
+                {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 c.bump();
@@ -312,5 +338,47 @@ pub async fn run(
                 }
             } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_model::policy::{MatchType, PolicyId, PolicyKind};
+
+    fn rule(name: &str, index: usize) -> RuleRef {
+        RuleRef {
+            policy: Some(PolicyId {
+                kind: PolicyKind::NetworkPolicy,
+                namespace: "x".into(),
+                name: name.into(),
+            }),
+            direction: Direction::Ingress,
+            what: RuleWhat::Allow {
+                index,
+                match_type: MatchType::L3L4,
+            },
+            audit: false,
+        }
+    }
+
+    #[test]
+    fn names_follow_the_rules_and_forget_old_ones_after_a_pass() {
+        let names = PolicyNames::default();
+        names.update(&[(1, rule("a", 0)), (2, rule("b", 0))].into());
+        let a = names.get(1).unwrap();
+        assert_eq!(a.text, "NetworkPolicy x/a ingress[0]");
+        assert_eq!(a.hubble.kind, "NetworkPolicy");
+        names.update(&[(1, rule("a", 0))].into());
+        assert!(Arc::ptr_eq(&a, &names.get(1).unwrap()), "unchanged: the same name");
+        assert_eq!(
+            names.get(2).unwrap().rule,
+            rule("b", 0),
+            "kept one pass for events in flight"
+        );
+        names.update(&[(1, rule("a", 0))].into());
+        assert!(names.get(2).is_none(), "then forgotten");
+        assert_eq!(names.len(), 1);
+        assert!(names.get(0).is_none(), "0 is no rule");
     }
 }

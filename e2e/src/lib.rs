@@ -80,6 +80,11 @@ impl Node {
             .arg("--manifests")
             .arg(self.dir.join("manifests"))
             .args(&self.agent_args)
+            // As the lab runs agents (lab/src/up.rs says why).
+            .env(
+                "MALLOC_ARENA_MAX",
+                std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

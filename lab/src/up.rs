@@ -216,6 +216,14 @@ fn bring_up(
             // Pods reach the external host (and other nodes) as their node.
             .arg("--cluster-cidr")
             .arg(topo.cluster_cidr.to_string())
+            // Two malloc arenas: standalone mode parses every manifest on
+            // each change from a blocking-pool thread, and glibc's default
+            // (an arena per thread, up to 8 per core) keeps each thread's
+            // peak (docs/benchmarks.md, policy memory).
+            .env(
+                "MALLOC_ARENA_MAX",
+                std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

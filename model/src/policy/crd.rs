@@ -128,12 +128,19 @@ pub struct Peer {
 pub struct PortRule {
     /// A number, or a container port's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
     pub port: Option<PortValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_port: Option<i32>,
     /// TCP, UDP or SCTP; omitted: all three.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+}
+
+/// What the API server's structural schemas call int-or-string (as for
+/// NetworkPolicy's own ports).
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-int-or-string": true})
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
