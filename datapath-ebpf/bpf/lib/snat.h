@@ -38,6 +38,7 @@
 #include "maps.h"
 #include "ipv4.h"
 #include "conntrack.h"
+#include "policy.h"
 #include "nat.h"
 #include "endpoint.h"
 #include "overlay.h"
@@ -122,6 +123,15 @@ static __always_inline __u32 snat_new(struct __sk_buff *skb, const struct weir_c
 	ct_new_pair(key, &to, tcp_flags, skb->len, now, 0, WEIR_CT_F_MASQ, &fwd, &rkey, &rev);
 	/* Charged to the pod (snat_wanted named it the drop context's endpoint). */
 	fwd.owner = rev.owner = skb->cb[WEIR_CB_ENDPOINT];
+	/* The pod's from_pod judged it already (and dropped it if denied);
+	 * judged here again for the verdict this connection keeps: an audit,
+	 * an allow and its rule. */
+	fwd.policy_egress = policy_judge(fwd.owner, WEIR_DIR_EGRESS, key->daddr, policy_l4(key->proto, key->dport), 0);
+	ret = policy_drop_reason(fwd.policy_egress, 0);
+	if (ret)
+		return ret;
+	rev.policy_egress = fwd.policy_egress;
+	fwd.policy_rev = rev.policy_rev = policy_revision();
 	ret = ct_claim_port(skb, &rkey, &rkey.dport, &rev, min, span, 1, WEIR_DROP_SNAT_PORTS_EXHAUSTED,
 			    WEIR_DROP_SNAT_PORTS_EXHAUSTED);
 	if (ret)
