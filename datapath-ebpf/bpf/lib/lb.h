@@ -268,9 +268,13 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 
 	ct = bpf_map_lookup_elem(&weir_ct4, &key);
 	if (ct) {
-		/* Masqueraded flows are to_netdev's (snat.h). */
-		if (ct->flags & WEIR_CT_F_MASQ)
-			return WEIR_DROP_NONE;
+		/* Masqueraded flows are to_netdev's (snat.h); a policy change
+		 * since one opened is judged here, as for every other. */
+		if (ct->flags & WEIR_CT_F_MASQ) {
+			if (ct->flags & WEIR_CT_F_REVERSE)
+				return WEIR_DROP_NONE;
+			return policy_recheck(ct, &key, skb->cb[WEIR_CB_ENDPOINT], 0);
+		}
 		replace = 1;
 		if (ct_is_reuse(ct, key.proto, l4_flags, now)) {
 			/* A new connection on an old tuple: decided afresh. */
