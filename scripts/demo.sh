@@ -68,14 +68,14 @@ step "network policy: weir lab apply lab/demo/policy.yaml   (web accepts only th
 "$weir" lab probe svc-demo/client "$vip:80/tcp"
 "$weir" lab probe svc-demo/intruder "$vip:80/tcp" --timeout 1 || true
 "$weir" lab probe svc-demo/client external:8080/tcp
-echo "-- who reaches whom (every pod of svc-demo to every pod, port 80):"
-"$weir" lab matrix -n svc-demo --port 80/tcp
 echo "-- the intruder's connection: DROPPED, and the policy that isolates web named:"
 "$weir" lab observe --from-pod svc-demo/intruder --verdict DROPPED --last 1
 echo "-- the client's call outside: forwarded, AUDIT (the staged policy would deny it):"
 "$weir" lab observe --from-pod svc-demo/client --verdict AUDIT --last 1
 echo "-- the same drop through the stock hubble CLI:"
 "$hubble" observe --server "$relay" --from-pod svc-demo/intruder --verdict DROPPED --last 1
+echo "-- who reaches whom (every pod of svc-demo to every pod, port 80):"
+"$weir" lab matrix -n svc-demo --port 80/tcp
 
 client_node=$("$weir" lab get pod svc-demo/client -o json | awk -F'"' '/"nodeName"/ {print $4; exit}')
 step "Prometheus metrics of $client_node's agent, the client's node (http://127.0.0.1:9962/metrics in the node's netns)"
