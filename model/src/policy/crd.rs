@@ -90,14 +90,15 @@ pub enum Enforcement {
     Audit,
 }
 
-/// One rule: peers (`from` for ingress, `to` for egress; either key is
-/// accepted) and ports. No peers: any peer. No ports: every port and
-/// protocol.
+/// One rule: peers (`from` in ingress rules, `to` in egress rules) and
+/// ports. No peers: any peer. No ports: every port and protocol.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
-    #[serde(default, alias = "to", skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<Peer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<Peer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortRule>,
 }

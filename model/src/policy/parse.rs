@@ -590,8 +590,16 @@ fn crd_rules(rules: &crd::PolicyRules, own: Option<&str>) -> Result<Vec<Rule>, S
     for (list, direction, action, items) in lists {
         for (index, r) in items.iter().enumerate() {
             let at = |e: String| format!("{list}[{index}]: {e}");
-            let peers = r
-                .from
+            // Peers are `from` in ingress rules and `to` in egress ones;
+            // the other key is a mistake, never ignored.
+            let (peers, wrong, key) = match direction {
+                Direction::Ingress => (&r.from, &r.to, "to"),
+                Direction::Egress => (&r.to, &r.from, "from"),
+            };
+            if !wrong.is_empty() {
+                return Err(at(format!("`{key}` in a {} rule", direction.name())));
+            }
+            let peers = peers
                 .iter()
                 .map(|p| crd_peer(p, own))
                 .collect::<Result<_, _>>()
