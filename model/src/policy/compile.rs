@@ -1065,6 +1065,24 @@ spec:
     }
 
     #[test]
+    fn a_weir_policy_naming_peers_with_the_wrong_key_is_rejected() {
+        let c = run(
+            "kind: WeirNetworkPolicy\napiVersion: weir.dev/v1alpha1\nmetadata: {name: p, namespace: a}\nspec:\n  endpointSelector: {}\n  egress: [{from: [{entities: [world]}]}]\n",
+        );
+        assert_eq!(c.rejected.len(), 1);
+        assert!(
+            c.rejected[0].reason.contains("`from` in an egress rule"),
+            "{}",
+            c.rejected[0].reason
+        );
+        assert_eq!(
+            verdict(&c, 1, Egress, identity::WORLD, Ipv4Addr::new(1, 1, 1, 1), TCP, 443),
+            Judged::Denied,
+            "it isolates what it selects and allows nothing"
+        );
+    }
+
+    #[test]
     fn references_and_cidr_ids_stay_across_runs() {
         let (s, eps) = cluster(
             "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}}]}]}\n",

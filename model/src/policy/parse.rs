@@ -597,7 +597,7 @@ fn crd_rules(rules: &crd::PolicyRules, own: Option<&str>) -> Result<Vec<Rule>, S
                 Direction::Egress => (&r.to, &r.from, "from"),
             };
             if !wrong.is_empty() {
-                return Err(at(format!("`{key}` in a {} rule", direction.name())));
+                return Err(at(format!("`{key}` in an {} rule", direction.name())));
             }
             let peers = peers
                 .iter()
