@@ -9,6 +9,7 @@ packages=(
   iproute2 iputils-ping util-linux ethtool        # netns, veth, ping, nsenter, lab NIC offloads
   iperf3 sockperf procps iptables                 # benchmarks (iptables: the kube-proxy baseline)
   prometheus curl                                 # a real Prometheus scrapes the agents; promtool checks /metrics
+  openssl                                         # certificates and keys of the test control plane
 )
 
 missing=()
@@ -34,5 +35,6 @@ for c in fmt clippy; do
   fi
 done
 
-# The hubble CLI and grpcurl, built once from the Go module proxy.
+# The hubble CLI, grpcurl and the Kubernetes control plane, built once from
+# the Go module proxy.
 bash "$(dirname "$0")/tools.sh"
