@@ -429,6 +429,12 @@ pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
         (true, _, VerdictKind::Denied | VerdictKind::Deny) => TrafficDirection::Egress,
         _ => traffic_direction,
     };
+    // What got through: AUDIT when an audit-mode policy would have denied it.
+    let forwarded = if policy.audit {
+        Verdict::Audit
+    } else {
+        Verdict::Forwarded
+    };
     let (verdict, event_type) = match drop {
         Some(_) => (
             Verdict::Dropped,
@@ -448,22 +454,14 @@ pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
         // The first packet of a connection a policy decided on: Hubble's
         // policy-verdict event (what `--type policy-verdict` shows).
         None if e.kind == EventKind::FlowStart && !reply && policy.decided => (
-            if policy.audit {
-                Verdict::Audit
-            } else {
-                Verdict::Forwarded
-            },
+            forwarded,
             CiliumEventType {
                 r#type: MESSAGE_POLICY_VERDICT,
                 sub_type: 0,
             },
         ),
         None => (
-            if policy.audit {
-                Verdict::Audit
-            } else {
-                Verdict::Forwarded
-            },
+            forwarded,
             CiliumEventType {
                 r#type: MESSAGE_TRACE,
                 sub_type: trace_sub,
