@@ -34,7 +34,7 @@ pub fn sync(store: &Store) -> Result<(Vec<u32>, Vec<u32>)> {
         .collect();
     let plan = identity::plan(&existing, &wanted)?;
     for (id, key) in &plan.create {
-        store.put(&Object::WeirIdentity(WeirIdentity::new(*id, key.clone())))?;
+        store.put(&Object::WeirIdentity(WeirIdentity::numbered(*id, key.clone())))?;
     }
     for id in &plan.release {
         store.remove(Kind::WeirIdentity, None, &id.to_string())?;

@@ -22,7 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Not known (yet): no identity resolved.
@@ -56,8 +57,19 @@ pub const EXCLUDED_LABELS: &[&str] = &[
     "batch.kubernetes.io/job-completion-index",
 ];
 
-/// The label set an identity stands for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+/// The label set an identity stands for; also the spec of `kind:
+/// WeirIdentity` (kube's derive makes the object type and its CRD).
+#[derive(
+    CustomResource, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, JsonSchema,
+)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "WeirIdentity",
+    shortname = "wid",
+    derive = "PartialEq",
+    derive = "Default"
+)]
 pub struct IdentityKey {
     pub namespace: String,
     #[serde(default)]
@@ -85,28 +97,12 @@ impl IdentityKey {
     }
 }
 
-/// `kind: WeirIdentity`: one allocated identity. Cluster-scoped,
-/// `metadata.name` is the number.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WeirIdentity {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: IdentityKey,
-}
-
+// `kind: WeirIdentity` (the derive above): one allocated identity.
+// Cluster-scoped, `metadata.name` is the number.
 impl WeirIdentity {
-    pub fn new(id: u32, key: IdentityKey) -> Self {
-        Self {
-            api_version: API_VERSION.into(),
-            kind: "WeirIdentity".into(),
-            metadata: ObjectMeta {
-                name: Some(id.to_string()),
-                ..Default::default()
-            },
-            spec: key,
-        }
+    /// The identity numbered `id` for the label set `key`.
+    pub fn numbered(id: u32, key: IdentityKey) -> Self {
+        Self::new(&id.to_string(), key)
     }
 
     /// The number, if the name is one in the allocatable range.
@@ -211,13 +207,13 @@ mod tests {
 
     #[test]
     fn the_object_round_trips_and_only_allocatable_names_are_identities() {
-        let id = WeirIdentity::new(4242, key("d", "web"));
+        let id = WeirIdentity::numbered(4242, key("d", "web"));
         let json = serde_json::to_value(&id).unwrap();
         assert_eq!(json["kind"], "WeirIdentity");
         assert_eq!(json["metadata"]["name"], "4242");
         assert_eq!(json["spec"]["labels"]["app"], "web");
         let back: WeirIdentity = serde_json::from_value(json).unwrap();
         assert_eq!(back.id(), Some(4242));
-        assert_eq!(WeirIdentity::new(7, key("d", "web")).id(), None, "reserved range");
+        assert_eq!(WeirIdentity::numbered(7, key("d", "web")).id(), None, "reserved range");
     }
 }

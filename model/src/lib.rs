@@ -14,4 +14,4 @@ pub mod state;
 pub use identity::{IdentityKey, WeirIdentity};
 pub use object::{Kind, Object, ParseError, parse_documents, parse_each, to_yaml, valid_name};
 pub use selector::selector_matches;
-pub use state::{ClusterState, ObjectKey, parse_manifests, service_external_ips};
+pub use state::{ClusterState, ObjectKey, Unreadable, parse_manifests, service_external_ips};

@@ -2,6 +2,7 @@
 //! the kinds the agent acts on, keyed by namespace and name.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -9,7 +10,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::identity::{IdentityKey, WeirIdentity};
-use crate::object::{Object, parse_each};
+use crate::object::{Kind, Object, parse_each};
+use crate::policy::PolicyId;
 use crate::policy::crd::{WeirClusterNetworkPolicy, WeirNetworkPolicy};
 
 /// namespace ("" for cluster-scoped objects) and name.
@@ -35,6 +37,14 @@ impl ObjectKey {
     }
 }
 
+/// Why a policy could not be read, and whether it was an audit-mode one
+/// (which never denies, so it is not enforced in its place either).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub reason: String,
+    pub audit: bool,
+}
+
 /// The parts of the cluster the agent acts on.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
@@ -43,15 +53,24 @@ pub struct ClusterState {
     /// can tell when the agent has applied what it wrote. `None` until the
     /// source has synced once.
     pub revision: Option<u64>,
-    pub namespaces: BTreeMap<ObjectKey, Namespace>,
-    pub nodes: BTreeMap<ObjectKey, Node>,
-    pub pods: BTreeMap<ObjectKey, Pod>,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
-    pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
-    pub identities: BTreeMap<ObjectKey, WeirIdentity>,
-    pub weir_network_policies: BTreeMap<ObjectKey, WeirNetworkPolicy>,
-    pub weir_cluster_network_policies: BTreeMap<ObjectKey, WeirClusterNetworkPolicy>,
+    // Objects are shared (`Arc`): a source keeps its objects and publishes
+    // snapshot after snapshot of them; a snapshot costs its maps, not a
+    // copy of every object.
+    pub namespaces: BTreeMap<ObjectKey, Arc<Namespace>>,
+    pub nodes: BTreeMap<ObjectKey, Arc<Node>>,
+    pub pods: BTreeMap<ObjectKey, Arc<Pod>>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    pub network_policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
+    pub identities: BTreeMap<ObjectKey, Arc<WeirIdentity>>,
+    pub weir_network_policies: BTreeMap<ObjectKey, Arc<WeirNetworkPolicy>>,
+    pub weir_cluster_network_policies: BTreeMap<ObjectKey, Arc<WeirClusterNetworkPolicy>>,
+    /// Policies the source holds but could not read into their types (an
+    /// API server whose schema let through what these types do not
+    /// accept). They stay in the model as reasons, so the policy compiler
+    /// denies in their place: a policy that cannot be read never widens
+    /// access by vanishing.
+    pub unreadable_policies: BTreeMap<PolicyId, Unreadable>,
     /// Label set → number, kept in step with `identities` by [`Self::insert`]
     /// (the lowest number, should two stand for one set).
     identity_ids: BTreeMap<IdentityKey, u32>,
@@ -64,37 +83,94 @@ impl ClusterState {
         let key = ObjectKey::of(obj.meta());
         match obj {
             Object::Namespace(o) => {
-                self.namespaces.insert(key, o);
+                self.namespaces.insert(key, Arc::new(o));
             }
             Object::Node(o) => {
-                self.nodes.insert(key, o);
+                self.nodes.insert(key, Arc::new(o));
             }
             Object::Pod(o) => {
-                self.pods.insert(key, o);
+                self.pods.insert(key, Arc::new(o));
             }
             Object::Service(o) => {
-                self.services.insert(key, o);
+                self.services.insert(key, Arc::new(o));
             }
             Object::EndpointSlice(o) => {
-                self.endpoint_slices.insert(key, o);
+                self.endpoint_slices.insert(key, Arc::new(o));
             }
             Object::NetworkPolicy(o) => {
-                self.network_policies.insert(key, o);
+                self.network_policies.insert(key, Arc::new(o));
             }
             Object::WeirIdentity(o) => {
-                if let Some(id) = o.id() {
+                if o.id().is_some() {
+                    self.remove(Kind::WeirIdentity, &key);
+                    let id = o.id().unwrap_or_default();
                     let slot = self.identity_ids.entry(o.spec.clone()).or_insert(id);
                     *slot = (*slot).min(id);
-                    self.identities.insert(key, o);
+                    self.identities.insert(key, Arc::new(o));
                 }
             }
             Object::WeirNetworkPolicy(o) => {
-                self.weir_network_policies.insert(key, o);
+                self.weir_network_policies.insert(key, Arc::new(o));
             }
             Object::WeirClusterNetworkPolicy(o) => {
-                self.weir_cluster_network_policies.insert(key, o);
+                self.weir_cluster_network_policies.insert(key, Arc::new(o));
             }
             Object::Deployment(_) => {}
+        }
+    }
+
+    /// Removes one object; true if it was there.
+    pub fn remove(&mut self, kind: Kind, key: &ObjectKey) -> bool {
+        match kind {
+            Kind::Namespace => self.namespaces.remove(key).is_some(),
+            Kind::Node => self.nodes.remove(key).is_some(),
+            Kind::Pod => self.pods.remove(key).is_some(),
+            Kind::Service => self.services.remove(key).is_some(),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
+            Kind::NetworkPolicy => self.network_policies.remove(key).is_some(),
+            Kind::WeirNetworkPolicy => self.weir_network_policies.remove(key).is_some(),
+            Kind::WeirClusterNetworkPolicy => self.weir_cluster_network_policies.remove(key).is_some(),
+            Kind::Deployment => false,
+            Kind::WeirIdentity => {
+                let Some(gone) = self.identities.remove(key) else {
+                    return false;
+                };
+                // The set's number is the lowest of those left for it.
+                let lowest = self
+                    .identities
+                    .values()
+                    .filter(|o| o.spec == gone.spec)
+                    .filter_map(|o| o.id())
+                    .min();
+                match lowest {
+                    Some(id) => {
+                        self.identity_ids.insert(gone.spec.clone(), id);
+                    }
+                    None => {
+                        self.identity_ids.remove(&gone.spec);
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Removes every object of a kind (a source's relist replaces them).
+    pub fn clear(&mut self, kind: Kind) {
+        match kind {
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::Node => self.nodes.clear(),
+            Kind::Pod => self.pods.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.endpoint_slices.clear(),
+            Kind::NetworkPolicy => self.network_policies.clear(),
+            Kind::WeirNetworkPolicy => self.weir_network_policies.clear(),
+            Kind::WeirClusterNetworkPolicy => self.weir_cluster_network_policies.clear(),
+            Kind::Deployment => {}
+            Kind::WeirIdentity => {
+                self.identities.clear();
+                self.identity_ids.clear();
+            }
         }
     }
 
@@ -206,6 +282,24 @@ metadata: {name: ignored}
         assert!(
             s.services.contains_key(&ObjectKey::new("default", "web")),
             "namespace defaults to default"
+        );
+    }
+
+    #[test]
+    fn removing_an_identity_leaves_the_lowest_number_left_for_its_set() {
+        let mut s = ClusterState::default();
+        let key = IdentityKey::of("d", &[("app".to_string(), "web".to_string())].into());
+        for id in [300, 301] {
+            s.insert(Object::WeirIdentity(WeirIdentity::numbered(id, key.clone())));
+        }
+        assert_eq!(s.identity_of(&key), Some(300));
+        assert!(s.remove(Kind::WeirIdentity, &ObjectKey::new("", "300")));
+        assert_eq!(s.identity_of(&key), Some(301));
+        assert!(s.remove(Kind::WeirIdentity, &ObjectKey::new("", "301")));
+        assert_eq!(s.identity_of(&key), None);
+        assert!(
+            !s.remove(Kind::WeirIdentity, &ObjectKey::new("", "301")),
+            "already gone"
         );
     }
 

@@ -394,14 +394,14 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
     let mut selected = Vec::new();
     for ep in endpoints {
         let pod = state.pods.get(&ep.pod);
-        let key = pod.map(IdentityKey::of_pod);
+        let key = pod.map(|p| IdentityKey::of_pod(p));
         let hit = |namespaces: &Namespaces, pods: &LabelSelector| match &key {
             Some(k) => selects(state, namespaces, Some(pods), k),
             None => false,
         };
         selected.push(Selected {
             ep,
-            pod,
+            pod: pod.map(|p| &**p),
             valid: policies
                 .iter()
                 .filter(|p| hit(&p.subject.namespaces, &p.subject.pods))
@@ -1062,6 +1062,39 @@ spec:
             assert_eq!(v, Judged::Denied, "{spec}: never wider");
             assert_eq!(c.rules[&r].what, RuleWhat::Invalid);
         }
+    }
+
+    #[test]
+    fn a_policy_the_source_could_not_read_denies_its_whole_namespace_unless_audit() {
+        let (mut s, eps) = cluster("");
+        let id = PolicyId {
+            kind: PolicyKind::WeirNetworkPolicy,
+            namespace: "a".into(),
+            name: "mangled".into(),
+        };
+        s.unreadable_policies.insert(
+            id.clone(),
+            crate::Unreadable {
+                reason: "spec.ingress: invalid type".into(),
+                audit: false,
+            },
+        );
+        let c = compile(&s, &eps, &mut Numbers::default());
+        assert_eq!(c.rejected.len(), 1);
+        assert!(c.rejected[0].reason.contains("cannot be read: spec.ingress"));
+        for ep in [1, 2] {
+            let (v, _) = c.judge(ep, Ingress, CLIENT, CLIENT_IP, TCP, 80);
+            assert_eq!(v, Judged::Denied, "endpoint {ep}: never wider");
+            let (v, _) = c.judge(ep, Egress, CLIENT, CLIENT_IP, TCP, 80);
+            assert_eq!(v, Judged::Denied, "endpoint {ep}: egress too");
+        }
+        s.unreadable_policies.get_mut(&id).unwrap().audit = true;
+        let c = compile(&s, &eps, &mut Numbers::default());
+        assert_eq!(
+            c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80).0,
+            Judged::None,
+            "audit never denies"
+        );
     }
 
     #[test]

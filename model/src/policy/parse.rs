@@ -703,15 +703,33 @@ pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
     let results = state
         .network_policies
         .values()
-        .map(network_policy)
-        .chain(state.weir_network_policies.values().map(weir_network_policy))
+        .map(|p| network_policy(p))
+        .chain(state.weir_network_policies.values().map(|p| weir_network_policy(p)))
         .chain(
             state
                 .weir_cluster_network_policies
                 .values()
-                .map(weir_cluster_network_policy),
+                .map(|p| weir_cluster_network_policy(p)),
         );
-    for r in results {
+    // What the source could not read denies everything of its scope in
+    // both directions: its selector and rules are unknown.
+    let unreadable = state.unreadable_policies.iter().map(|(id, u)| {
+        let namespaces = match id.kind {
+            PolicyKind::WeirClusterNetworkPolicy => Namespaces::All,
+            _ => Namespaces::Named(id.namespace.clone()),
+        };
+        Err(Box::new(Rejected {
+            id: id.clone(),
+            reason: format!("cannot be read: {}", u.reason),
+            audit: u.audit,
+            subject: Subject {
+                namespaces,
+                pods: LabelSelector::default(),
+            },
+            isolates: [true, true],
+        }))
+    });
+    for r in results.chain(unreadable) {
         match r {
             Ok(p) => {
                 ok.insert(p.id.clone(), p);
