@@ -1,10 +1,9 @@
 //! A real Kubernetes control plane for tests: etcd, kube-apiserver,
 //! kube-controller-manager and kube-scheduler, built from the Go module
-//! proxy by `scripts/tools.sh` (k8s.io/kubernetes v1.36.3, etcd v3.7.3) and
-//! started on loopback with random free ports, a data dir of their own,
-//! serving certificates and a service-account key generated here (openssl),
-//! token authentication for an admin in `system:masters`, the RBAC and Node
-//! authorizers and the API server's default admission plugins. No kubelet
+//! proxy by `scripts/tools.sh` (k8s.io/kubernetes v1.36.3, etcd v3.7.3),
+//! prepared as the lab prepares it (`weir_k8s::local`: certificates, keys,
+//! token auth, RBAC and Node authorizers, default admission) and started on
+//! loopback with random free ports and a data dir of its own. No kubelet
 //! (this machine has cgroup v1). Everything stops and goes on drop, also
 //! when a test panics. Several tests may share one, with a namespace each.
 use std::net::TcpListener;
@@ -21,6 +20,11 @@ pub struct ControlPlane {
     pub server: String,
     kubectl: PathBuf,
     procs: Vec<(String, Child)>,
+    /// The network namespace everything runs in (`None`: the test's own).
+    netns: Option<String>,
+    /// How each process was started, to start it again.
+    commands: Vec<(String, PathBuf, Vec<String>)>,
+    token: String,
 }
 
 fn free_port() -> u16 {
@@ -30,182 +34,164 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 impl ControlPlane {
     /// Starts one, or `None` when its binaries are not built (a skip
     /// outside CI; under `CI=true`, [`crate::tool`] fails the test).
     pub fn start() -> Option<ControlPlane> {
-        let etcd = crate::tool("etcd")?;
-        let apiserver = crate::tool("kube-apiserver")?;
-        let cm = crate::tool("kube-controller-manager")?;
-        let scheduler = crate::tool("kube-scheduler")?;
+        Self::start_in(None)
+    }
+
+    /// [`ControlPlane::start`] inside the network namespace at `netns` (a
+    /// path under /var/run/netns), the way a control-plane node runs it:
+    /// on that namespace's loopback, reached from other namespaces at
+    /// `advertise` if given (a node address; the certificate names it).
+    pub fn start_in(netns: Option<(&str, Option<std::net::Ipv4Addr>)>) -> Option<ControlPlane> {
+        for t in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+            crate::tool(t)?;
+        }
         let kubectl = crate::tool("kubectl")?;
         let dir = std::env::temp_dir().join(format!("weir-kube-{}", crate::unique("cp")));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("control plane dir");
+        let options = weir_k8s::local::Options {
+            etcd_client_port: free_port(),
+            etcd_peer_port: free_port(),
+            apiserver_port: free_port(),
+            advertise: netns.and_then(|(_, a)| a),
+            service_cidr: "10.96.0.0/16".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            node_cidr_mask: 24,
+        };
+        let plan = weir_k8s::local::Plan::prepare(&dir, &options).expect("preparing the control plane");
         let mut cp = ControlPlane {
-            kubeconfig: dir.join("admin.kubeconfig"),
-            server: String::new(),
+            kubeconfig: plan.admin_kubeconfig.clone(),
+            server: plan.loopback_server.clone(),
             dir,
             kubectl,
             procs: Vec::new(),
+            netns: netns.map(|(n, _)| n.to_owned()),
+            commands: Vec::new(),
+            token: plan.admin_token.clone(),
         };
-        cp.certificates();
-        let (client, peer, secure) = (free_port(), free_port(), free_port());
-        let d = cp.dir.clone();
-        let etcd_url = format!("http://127.0.0.1:{client}");
-        cp.spawn(
-            "etcd",
-            Command::new(etcd).args([
-                "--name=weir-test",
-                &format!("--data-dir={}", d.join("etcd").display()),
-                &format!("--listen-client-urls={etcd_url}"),
-                &format!("--advertise-client-urls={etcd_url}"),
-                &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
-                &format!("--initial-cluster=weir-test=http://127.0.0.1:{peer}"),
-                "--log-level=warn",
-            ]),
-        );
-        let token = format!("weir-test-{}", crate::unique("tok"));
-        std::fs::write(
-            d.join("tokens.csv"),
-            format!("{token},admin,admin,\"system:masters\"\n"),
-        )
-        .expect("tokens");
-        cp.server = format!("https://127.0.0.1:{secure}");
-        cp.spawn(
-            "kube-apiserver",
-            Command::new(apiserver).args([
-                &format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                &format!("--secure-port={secure}"),
-                &format!("--tls-cert-file={}", d.join("apiserver.crt").display()),
-                &format!("--tls-private-key-file={}", d.join("apiserver.key").display()),
-                &format!("--client-ca-file={}", d.join("ca.crt").display()),
-                &format!("--token-auth-file={}", d.join("tokens.csv").display()),
-                "--authorization-mode=Node,RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                &format!("--service-account-key-file={}", d.join("sa.key").display()),
-                &format!("--service-account-signing-key-file={}", d.join("sa.key").display()),
-                "--service-cluster-ip-range=10.96.0.0/16",
-                "--allow-privileged=true",
-                "--v=1",
-            ]),
-        );
-        std::fs::write(
-            &cp.kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: weir-test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: weir-test\n  context: {{cluster: weir-test, user: admin}}\ncurrent-context: weir-test\n",
-                cp.server,
-                d.join("ca.crt").display()
-            ),
-        )
-        .expect("kubeconfig");
-        cp.wait_ready(Duration::from_secs(90));
-        let kc = format!("--kubeconfig={}", cp.kubeconfig.display());
-        cp.spawn(
-            "kube-controller-manager",
-            Command::new(cm).args([
-                &kc,
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                "--secure-port=0",
-                &format!("--service-account-private-key-file={}", d.join("sa.key").display()),
-                &format!("--root-ca-file={}", d.join("ca.crt").display()),
-                "--use-service-account-credentials=true",
-                "--allocate-node-cidrs=true",
-                "--cluster-cidr=10.244.0.0/16",
-                "--service-cluster-ip-range=10.96.0.0/16",
-            ]),
-        );
-        cp.spawn(
-            "kube-scheduler",
-            Command::new(scheduler).args([
-                &kc,
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                "--secure-port=0",
-            ]),
-        );
+        for c in &plan.components {
+            let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+            cp.spawn(c.name, &c.program, &args);
+            if c.name == "kube-apiserver" {
+                cp.wait_ready(Duration::from_secs(90));
+            }
+        }
         Some(cp)
     }
 
-    /// A CA, a serving certificate for 127.0.0.1 signed by it, and the
-    /// service-account signing key.
-    fn certificates(&self) {
-        let d = &self.dir;
-        let p = |f: &str| d.join(f).to_string_lossy().into_owned();
-        run(
-            Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=weir-test-ca",
-                ])
-                .args(["-keyout", &p("ca.key"), "-out", &p("ca.crt")]),
-            "openssl: CA",
-        );
-        run(
-            Command::new("openssl")
-                .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver"])
-                .args(["-keyout", &p("apiserver.key"), "-out", &p("apiserver.csr")]),
-            "openssl: serving key",
-        );
-        std::fs::write(
-            d.join("san.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\n",
-        )
-        .expect("san");
-        run(
-            Command::new("openssl")
-                .args([
-                    "x509",
-                    "-req",
-                    "-days",
-                    "2",
-                    "-in",
-                    &p("apiserver.csr"),
-                    "-CA",
-                    &p("ca.crt"),
-                ])
-                .args([
-                    "-CAkey",
-                    &p("ca.key"),
-                    "-CAcreateserial",
-                    "-out",
-                    &p("apiserver.crt"),
-                    "-extfile",
-                    &p("san.ext"),
-                ]),
-            "openssl: serving certificate",
-        );
-        run(
-            Command::new("openssl").args(["genrsa", "-out", &p("sa.key"), "2048"]),
-            "openssl: service-account key",
-        );
+    /// `program` in the control plane's namespace.
+    fn command(&self, program: &Path) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={ns}")).arg("--").arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
-    fn spawn(&mut self, name: &str, cmd: &mut Command) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log");
-        let child = cmd
+    fn spawn(&mut self, name: &str, program: &Path, args: &[&str]) {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        self.commands.retain(|(n, _, _)| n != name);
+        self.commands.push((name.to_owned(), program.to_owned(), args));
+        self.launch(name);
+    }
+
+    fn launch(&mut self, name: &str) {
+        let (_, program, args) = self
+            .commands
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} was never started"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .expect("log");
+        let child = self
+            .command(&program)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         self.procs.push((name.to_owned(), child));
+    }
+
+    /// Kills one of its processes (SIGKILL: the way a crashed or
+    /// unreachable server looks to its clients).
+    pub fn stop(&mut self, name: &str) {
+        for (_, c) in self.procs.iter_mut().filter(|(n, _)| n == name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.procs.retain(|(n, _)| n != name);
+    }
+
+    /// Starts a stopped process again, as it was started; for the API
+    /// server, waits until it is ready.
+    pub fn restart(&mut self, name: &str) {
+        self.launch(name);
+        if name == "kube-apiserver" {
+            self.wait_ready(Duration::from_secs(90));
+        }
+    }
+
+    /// A second API server on the same etcd (an HA control plane's other
+    /// member), with a kubeconfig of its own; returns that kubeconfig.
+    pub fn second_apiserver(&mut self) -> PathBuf {
+        let (_, program, args) = self
+            .commands
+            .iter()
+            .find(|(n, _, _)| n == "kube-apiserver")
+            .cloned()
+            .expect("the API server");
+        let port = free_port();
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| match a.starts_with("--secure-port=") {
+                true => format!("--secure-port={port}"),
+                false => a,
+            })
+            .collect();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn("kube-apiserver-2", &program, &refs);
+        let kc = self.dir.join("second.kubeconfig");
+        std::fs::write(
+            &kc,
+            self.kubeconfig_text(&format!("https://127.0.0.1:{port}"), &self.token),
+        )
+        .expect("kubeconfig");
+        let t0 = Instant::now();
+        while !self.kubectl_with(&kc, &["get", "--raw", "/readyz"]).status.success() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "second API server not ready:\n{}",
+                self.log("kube-apiserver-2")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        kc
+    }
+
+    fn kubeconfig_text(&self, server: &str, token: &str) -> String {
+        weir_k8s::local::kubeconfig(server, &self.dir.join("ca.crt"), token)
+    }
+
+    /// A kubeconfig (written into the control plane's dir) for the
+    /// service account `namespace/name`, with a token the API server
+    /// issues: what a component running as that account would use.
+    pub fn kubeconfig_for(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl_ok(&["create", "token", "-n", namespace, name, "--duration=24h"]);
+        let path = self.dir.join(format!("{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, self.kubeconfig_text(&self.server, token.trim())).expect("kubeconfig");
+        path
     }
 
     fn wait_ready(&mut self, limit: Duration) {
@@ -240,8 +226,13 @@ impl ControlPlane {
 
     /// `kubectl --kubeconfig ADMIN ARGS`, run to completion.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.kubectl)
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+        self.kubectl_with(&self.kubeconfig, args)
+    }
+
+    /// kubectl with another kubeconfig (another user, another server).
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+        self.command(&self.kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
             .output()
             .expect("running kubectl")
@@ -261,7 +252,8 @@ impl ControlPlane {
     /// `kubectl apply -f -` of `yaml`.
     pub fn apply(&self, yaml: &str) -> std::process::Output {
         use std::io::Write;
-        let mut child = Command::new(&self.kubectl)
+        let mut child = self
+            .command(&self.kubectl)
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(["apply", "-f", "-"])
             .stdin(Stdio::piped())
@@ -290,6 +282,10 @@ impl Drop for ControlPlane {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("test failed; control plane logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
