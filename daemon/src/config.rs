@@ -47,9 +47,10 @@ pub struct Config {
     #[arg(long, env = "WEIR_NODE")]
     pub node: String,
 
-    /// The node's pod CIDR; pod addresses are allocated from it.
+    /// The node's pod CIDR; pod addresses are allocated from it. Against
+    /// the API server it defaults to the Node object's `spec.podCIDR`.
     #[arg(long, env = "WEIR_POD_CIDR")]
-    pub pod_cidr: Ipv4Net,
+    pub pod_cidr: Option<Ipv4Net>,
 
     /// bpffs directory under which this node's maps and links are pinned
     /// (in `<bpffs-root>/<node>`); bpffs is mounted at /sys/fs/bpf if absent.
@@ -66,8 +67,14 @@ pub struct Config {
 
     /// Standalone mode: read cluster state from this directory of Kubernetes
     /// YAML instead of the API server.
-    #[arg(long, env = "WEIR_MANIFESTS")]
+    #[arg(long, env = "WEIR_MANIFESTS", conflicts_with = "kubeconfig")]
     pub manifests: Option<PathBuf>,
+
+    /// The API server to watch, from this kubeconfig. Without it (and
+    /// without --manifests) the agent uses its pod's service account
+    /// (in-cluster config).
+    #[arg(long, env = "WEIR_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 
     /// The node's uplink: its TC ingress gets the program that delivers
     /// routed traffic to local pods, and its IPv4 address is the node IP.
@@ -98,7 +105,10 @@ pub struct Config {
     pub nodeport_xdp: NodePortXdp,
 
     /// Log filter (tracing-subscriber EnvFilter syntax).
-    #[arg(long, env = "WEIR_LOG", default_value = "info")]
+    /// (The Kubernetes client's own messages are off by default: each
+    /// failed request of a watch would be one; the agent says once per
+    /// outage and kind what failed.)
+    #[arg(long, env = "WEIR_LOG", default_value = "info,kube_client=off")]
     pub log: String,
 
     /// The Observer API's Unix socket (root only), for `hubble observe
@@ -179,18 +189,13 @@ impl Config {
         if self.node.is_empty() || self.node.contains('/') {
             errors.push(format!("--node {:?}: must be a non-empty name without '/'", self.node));
         }
-        if self.pod_cidr.prefix_len() > 30 {
-            errors.push(format!(
-                "--pod-cidr {}: needs at least 4 addresses (prefix /30 or shorter)",
-                self.pod_cidr
-            ));
-        }
-        if self.pod_cidr.network() != self.pod_cidr.addr() {
-            errors.push(format!(
-                "--pod-cidr {}: has host bits set (did you mean {}?)",
-                self.pod_cidr,
-                self.pod_cidr.trunc()
-            ));
+        match self.pod_cidr {
+            Some(cidr) => errors.extend(self.pod_cidr_errors(cidr)),
+            None if self.manifests.is_some() => {
+                errors.push("--pod-cidr is needed in standalone mode (--manifests)".into());
+            }
+            // From the Node object, checked when it is read.
+            None => {}
         }
         if self.routing == Routing::Vxlan && self.uplink.is_none() {
             errors.push("--routing vxlan needs --uplink (the node IP is the tunnel endpoint)".into());
@@ -200,12 +205,6 @@ impl Config {
                 errors.push(format!(
                     "--cluster-cidr {cluster}: has host bits set (did you mean {}?)",
                     cluster.trunc()
-                ));
-            }
-            if !cluster.contains(&self.pod_cidr) {
-                errors.push(format!(
-                    "--cluster-cidr {cluster} does not contain --pod-cidr {}",
-                    self.pod_cidr
                 ));
             }
             if self.uplink.is_none() {
@@ -222,6 +221,27 @@ impl Config {
             errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// What is wrong with `cidr` as this node's pod CIDR (given, or read
+    /// from the Node object).
+    pub fn pod_cidr_errors(&self, cidr: Ipv4Net) -> Vec<String> {
+        let mut errors = Vec::new();
+        if cidr.prefix_len() > 30 {
+            errors.push(format!(
+                "pod CIDR {cidr}: needs at least 4 addresses (prefix /30 or shorter)"
+            ));
+        }
+        if cidr.network() != cidr.addr() {
+            errors.push(format!(
+                "pod CIDR {cidr}: has host bits set (did you mean {}?)",
+                cidr.trunc()
+            ));
+        }
+        if let Some(cluster) = self.cluster_cidr.filter(|c| !c.contains(&cidr)) {
+            errors.push(format!("--cluster-cidr {cluster} does not contain the pod CIDR {cidr}"));
+        }
+        errors
     }
 
     pub fn pin_dir(&self) -> PathBuf {
@@ -292,7 +312,21 @@ mod tests {
     }
 
     #[test]
-    fn missing_required_flags_fail_to_parse() {
-        assert!(parse(&["--node", "n1"]).is_err());
+    fn the_pod_cidr_is_needed_only_without_an_api_server() {
+        assert!(parse(&[]).is_err(), "--node is required");
+        let c = parse(&["--node", "n1", "--manifests", "/m"]).unwrap();
+        assert!(c.validate().unwrap_err()[0].contains("--pod-cidr is needed in standalone mode"));
+        let c = parse(&["--node", "n1", "--kubeconfig", "/k"]).unwrap();
+        c.validate().expect("the pod CIDR comes from the Node object");
+        assert!(
+            parse(&["--node", "n1", "--manifests", "/m", "--kubeconfig", "/k"]).is_err(),
+            "one source of cluster state"
+        );
+        let c = parse(&["--node", "n1", "--kubeconfig", "/k", "--cluster-cidr", "10.244.0.0/16"]).unwrap();
+        let errs = c.pod_cidr_errors("10.245.1.0/24".parse().unwrap());
+        assert!(
+            errs[0].contains("does not contain"),
+            "a Node's CIDR is checked too: {errs:?}"
+        );
     }
 }

@@ -266,7 +266,11 @@ impl<D: Dataplane> Endpoints<D> {
             let host_mac = parse_mac(&ep.host_mac).unwrap_or_default();
             match self.dataplane.update(ep.ipv4, ep_info(&next, host_mac)) {
                 Ok(()) => {
-                    tracing::info!(endpoint = %key, from = ep.identity, to = identity, "endpoint identity changed");
+                    if identity != ep.identity {
+                        tracing::info!(endpoint = %key, from = ep.identity, to = identity, "endpoint identity changed");
+                    } else {
+                        tracing::debug!(endpoint = %key, identity, "endpoint labels changed, same identity");
+                    }
                     *ep = next;
                     changed += 1;
                 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use tokio::sync::watch;
 
-use cluster::{ClusterSource, ClusterState, StandaloneSource};
+use cluster::{ClusterSource, ClusterState, KubeSource, StandaloneSource};
 use config::Config;
 use dataplane::Kernel;
 use endpoints::Endpoints;
@@ -79,25 +79,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         netdev: netdev.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
-    let (node, cidr, store) = (config.node.clone(), config.pod_cidr, Store::new(&config.state_dir));
+    // The Kubernetes client first: the pod CIDR may come from the Node.
+    let kube = match &config.manifests {
+        Some(_) => None,
+        None => Some(weir_k8s::client(config.kubeconfig.as_deref()).await?),
+    };
+    let pod_cidr = match (config.pod_cidr, &kube) {
+        (Some(c), _) => c,
+        (None, Some(client)) => {
+            let c = cluster::kubernetes::node_pod_cidr(client, &config.node).await?;
+            let errors = config.pod_cidr_errors(c);
+            anyhow::ensure!(errors.is_empty(), "Node {}: {}", config.node, errors.join("; "));
+            tracing::info!(node = %config.node, pod_cidr = %c, "pod CIDR from the Node object");
+            c
+        }
+        (None, None) => anyhow::bail!("--pod-cidr is needed in standalone mode"),
+    };
+    let (node, cidr, store) = (config.node.clone(), pod_cidr, Store::new(&config.state_dir));
     // Re-adopting endpoints makes blocking netlink calls: off the async threads.
     let endpoints = tokio::task::spawn_blocking(move || Endpoints::open(node, cidr, kernel, store))
         .await?
         .context("opening endpoint state")?;
     let endpoints = Arc::new(Mutex::new(endpoints));
 
+    let metrics = Arc::new(metrics::Metrics::new(config.metrics_per_pod));
     let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
-    match &config.manifests {
-        Some(dir) => {
+    match (&config.manifests, kube) {
+        (Some(dir), _) => {
             tracing::info!(dir = %dir.display(), "standalone mode: cluster state from manifests");
             tokio::spawn(StandaloneSource::new(dir.clone()).run(tx));
         }
-        None => {
-            // The kube-rs source arrives with the Kubernetes integration issue;
-            // until then the model simply stays empty (pods get no labels).
-            tracing::warn!("no --manifests given and no Kubernetes source yet: cluster state is empty");
-            drop(tx);
+        (None, Some(client)) => {
+            tracing::info!(kubeconfig = ?config.kubeconfig, "cluster state from the Kubernetes API server");
+            tokio::spawn(KubeSource::new(client, Some(metrics.clone())).run(tx));
         }
+        (None, None) => unreachable!("a client is made whenever there are no manifests"),
     }
 
     if let Some((route_dev, _)) = uplink {
@@ -119,7 +135,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,
         config::LbAlgorithm::Maglev => weir_datapath::lb::Algorithm::Maglev,
     };
-    let metrics = Arc::new(metrics::Metrics::new(config.metrics_per_pod));
     let policy_names = Arc::new(policy::PolicyNames::default());
     {
         let controller = policy::Controller::new(policy_maps, policy_names.clone(), Some(metrics.clone()));
@@ -175,7 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (listener, own_socket) =
         api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
-    tracing::info!(node = %config.node, pod_cidr = %config.pod_cidr, socket = %config.socket.display(),
+    tracing::info!(node = %config.node, %pod_cidr, socket = %config.socket.display(),
         hubble = %hubble_socket.display(), "agent ready");
     let server = tokio::spawn(api::serve(listener, endpoints, rx, sync, Some(metrics)));
 

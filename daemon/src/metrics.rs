@@ -43,6 +43,11 @@ struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LostLabels {
     source: String,
 }
@@ -144,6 +149,10 @@ pub struct Metrics {
     policies: Family<PolicyStateLabels, Gauge>,
     policy_slots: Gauge,
     policy_compile: Histogram,
+    kube_objects: Family<KindLabels, Gauge>,
+    kube_unreadable: Family<KindLabels, Counter>,
+    kube_errors: Family<KindLabels, Counter>,
+    kube_relists: Family<KindLabels, Counter>,
     policy_series: Mutex<HashSet<PolicyLabels>>,
     byte_totals: Mutex<ByteTotals>,
     pods_with_series: Mutex<HashSet<(String, String)>>,
@@ -212,6 +221,10 @@ impl Metrics {
             policies: Family::default(),
             policy_slots: Gauge::default(),
             policy_compile: latency_buckets(),
+            kube_objects: Family::default(),
+            kube_unreadable: Family::default(),
+            kube_errors: Family::default(),
+            kube_relists: Family::default(),
             policy_series: Mutex::new(HashSet::new()),
             byte_totals: Mutex::new(ByteTotals::default()),
             pods_with_series: Mutex::new(HashSet::new()),
@@ -307,7 +320,48 @@ impl Metrics {
             Unit::Seconds,
             m.policy_compile.clone(),
         );
+        registry.register(
+            "weir_kubernetes_objects",
+            "Objects the Kubernetes source holds, by kind",
+            m.kube_objects.clone(),
+        );
+        registry.register(
+            "weir_kubernetes_unreadable_objects",
+            "Objects from the API server the agent could not read into their types, by kind",
+            m.kube_unreadable.clone(),
+        );
+        registry.register(
+            "weir_kubernetes_watch_errors",
+            "Errors of the API server's list and watch calls, by kind (each retried with backoff)",
+            m.kube_errors.clone(),
+        );
+        registry.register(
+            "weir_kubernetes_relists",
+            "Lists after the first (a watch expired or the API server came back), by kind",
+            m.kube_relists.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// The Kubernetes source's counts for one kind.
+    pub fn kube_objects(&self, kind: &str, n: usize) {
+        self.kube_objects
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .set(n as i64);
+    }
+
+    pub fn kube_unreadable(&self, kind: &str) {
+        self.kube_unreadable
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn kube_error(&self, kind: &str) {
+        self.kube_errors.get_or_create(&KindLabels { kind: kind.into() }).inc();
+    }
+
+    pub fn kube_relisted(&self, kind: &str) {
+        self.kube_relists.get_or_create(&KindLabels { kind: kind.into() }).inc();
     }
 
     /// What a policy pass left: counts of valid and rejected policies,

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod kube;
+
 use weir_agent_api::{Client, Request, Response};
 pub use weir_test_support::{NetNs, bin, in_netns, require_root, sh, unique};
 
@@ -22,6 +24,9 @@ pub struct Node {
     agent: Option<Child>,
     /// More flags for every start of the agent.
     agent_args: Vec<String>,
+    /// Set: the agent follows this API server instead of the manifest
+    /// directory, and its pod CIDR comes from the Node object.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Node {
@@ -31,11 +36,19 @@ impl Node {
 
     /// [`Node::start`] with more agent flags (`--flow-events=false`, ...).
     pub fn start_with(pod_cidr: &str, agent_args: &[&str]) -> Self {
+        let mut node = Self::without_agent(pod_cidr, agent_args);
+        node.start_agent();
+        node
+    }
+
+    /// The node's netns and dirs, no agent yet (a control plane may have
+    /// to run in it first; set [`Node::kubeconfig`], then start it).
+    pub fn without_agent(pod_cidr: &str, agent_args: &[&str]) -> Self {
         let name = unique("wn");
         let ns = NetNs::new(&name);
         let dir = std::env::temp_dir().join(format!("weir-e2e-{name}"));
         std::fs::create_dir_all(dir.join("manifests")).expect("test dir");
-        let mut node = Self {
+        Self {
             ns,
             bpffs: PathBuf::from(format!("/sys/fs/bpf/weir/{name}")),
             name,
@@ -43,9 +56,8 @@ impl Node {
             dir,
             agent: None,
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
-        };
-        node.start_agent();
-        node
+            kubeconfig: None,
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -67,18 +79,22 @@ impl Node {
             .append(true)
             .open(self.dir.join("agent.log"))
             .expect("agent log");
-        let child = self
-            .ns
-            .command(bin("weir-agent").to_str().expect("utf-8 path"))
-            .args(["--node", &self.name, "--pod-cidr", &self.pod_cidr])
+        let mut cmd = self.ns.command(bin("weir-agent").to_str().expect("utf-8 path"));
+        cmd.args(["--node", &self.name]);
+        match &self.kubeconfig {
+            Some(kc) => cmd.arg("--kubeconfig").arg(kc),
+            None => cmd
+                .args(["--pod-cidr", &self.pod_cidr])
+                .arg("--manifests")
+                .arg(self.dir.join("manifests")),
+        };
+        let child = cmd
             .arg("--bpffs-root")
             .arg(self.bpffs.parent().expect("bpffs root"))
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .arg("--socket")
             .arg(self.socket())
-            .arg("--manifests")
-            .arg(self.dir.join("manifests"))
             .args(&self.agent_args)
             // As the lab runs agents (lab/src/up.rs says why).
             .env(

@@ -1,9 +1,12 @@
 //! One model of the cluster, fed by interchangeable sources: the Kubernetes
-//! API (kube-rs watchers, a later issue) or, in standalone mode, a directory
-//! of Kubernetes YAML. Everything else in the agent reads only this model.
+//! API (kube-rs watchers) or, in standalone mode, a directory of Kubernetes
+//! YAML. Everything else in the agent reads only this model.
 
+pub mod kubernetes;
 mod standalone;
+pub mod stores;
 
+pub use kubernetes::KubeSource;
 pub use standalone::StandaloneSource;
 pub use weir_model::{ClusterState, ObjectKey, parse_manifests};
 

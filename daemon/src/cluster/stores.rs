@@ -1,0 +1,384 @@
+//! What the Kubernetes source knows, kind by kind, built from watch events
+//! (pure: no client, no runtime). Each kind's objects are replaced whole
+//! only when a (re)list completes, so a watch that restarts, after a `410
+//! Gone` or an API server that was away, never empties the model halfway:
+//! the old objects stay until the new list is complete, then what changed
+//! meanwhile is what differs.
+//!
+//! An object the agent cannot read into its type is reported with its name
+//! and reason. A policy is kept as unreadable (the compiler denies in its
+//! place); any other object keeps its last readable version, or is left
+//! out if it never had one.
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use weir_model::policy::{PolicyId, PolicyKind};
+use weir_model::{ClusterState, Kind, Object, ObjectKey, Unreadable};
+
+/// One watch event, the object as the API server sent it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Apply(Value),
+    Delete(Value),
+    /// A (re)list starts.
+    Init,
+    InitApply(Value),
+    /// The (re)list is complete.
+    InitDone,
+    /// The kind is not served (a CRD not installed): known to be empty.
+    Absent,
+}
+
+/// An object that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: Kind,
+    pub key: ObjectKey,
+    pub reason: String,
+}
+
+/// Every watched kind's objects, kept as the model itself: a snapshot is
+/// a clone of its maps, the objects shared with it.
+#[derive(Debug)]
+pub struct Stores {
+    current: ClusterState,
+    kinds: BTreeMap<Kind, KindStore>,
+}
+
+#[derive(Debug, Default)]
+struct KindStore {
+    /// Filled while a list runs; replaces the kind's objects when it
+    /// completes.
+    listing: Option<Vec<Listed>>,
+    synced: bool,
+    len: usize,
+}
+
+#[derive(Debug)]
+enum Listed {
+    Read(Box<Object>),
+    Unreadable(ObjectKey, Unreadable),
+}
+
+/// What one event did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The model (what a snapshot would hold) changed.
+    pub changed: bool,
+    pub problem: Option<Problem>,
+    /// A relist completed (not the first list).
+    pub relisted: bool,
+}
+
+fn policy_kind(kind: Kind) -> Option<PolicyKind> {
+    Some(match kind {
+        Kind::NetworkPolicy => PolicyKind::NetworkPolicy,
+        Kind::WeirNetworkPolicy => PolicyKind::WeirNetworkPolicy,
+        Kind::WeirClusterNetworkPolicy => PolicyKind::WeirClusterNetworkPolicy,
+        _ => return None,
+    })
+}
+
+fn policy_id(kind: PolicyKind, key: &ObjectKey) -> PolicyId {
+    PolicyId {
+        kind,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+fn key_of(value: &Value) -> ObjectKey {
+    let meta = value.get("metadata");
+    let s = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ObjectKey::new(s("namespace"), s("name"))
+}
+
+/// The typed object, with what the agent never reads taken out (managed
+/// fields and kubectl's last-applied copy are most of an object's size).
+fn read(kind: Kind, mut value: Value) -> Result<Object, String> {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    Object::from_value(kind, value).map_err(|e| e.to_string())
+}
+
+impl Stores {
+    pub fn new(kinds: &[Kind]) -> Self {
+        Self {
+            current: ClusterState::default(),
+            kinds: kinds.iter().map(|k| (*k, KindStore::default())).collect(),
+        }
+    }
+
+    /// Whether every kind has been listed once: only then is a snapshot
+    /// the cluster (before, a kind not yet listed would look empty).
+    pub fn synced(&self) -> bool {
+        self.kinds.values().all(|k| k.synced)
+    }
+
+    /// Kinds not listed yet.
+    pub fn unsynced(&self) -> Vec<Kind> {
+        self.kinds.iter().filter(|(_, s)| !s.synced).map(|(k, _)| *k).collect()
+    }
+
+    pub fn len(&self, kind: Kind) -> usize {
+        self.kinds.get(&kind).map_or(0, |s| s.len)
+    }
+
+    /// Puts one object (or its unreadable mark) into the model; false if
+    /// it could not be read and nothing changed.
+    fn put(current: &mut ClusterState, kind: Kind, item: Listed) -> bool {
+        match item {
+            Listed::Read(o) => {
+                if let Some(pk) = policy_kind(kind) {
+                    current
+                        .unreadable_policies
+                        .remove(&policy_id(pk, &ObjectKey::of(o.meta())));
+                }
+                current.insert(*o);
+                true
+            }
+            Listed::Unreadable(key, u) => match policy_kind(kind) {
+                Some(pk) => {
+                    current.remove(kind, &key);
+                    current.unreadable_policies.insert(policy_id(pk, &key), u);
+                    true
+                }
+                // Anything else keeps its last readable version.
+                None => false,
+            },
+        }
+    }
+
+    fn remove(current: &mut ClusterState, kind: Kind, key: &ObjectKey) -> bool {
+        let mut gone = current.remove(kind, key);
+        if let Some(pk) = policy_kind(kind) {
+            gone |= current.unreadable_policies.remove(&policy_id(pk, key)).is_some();
+        }
+        gone
+    }
+
+    pub fn apply(&mut self, kind: Kind, event: Event) -> Applied {
+        let mut out = Applied::default();
+        let Some(store) = self.kinds.get_mut(&kind) else {
+            return out;
+        };
+        let current = &mut self.current;
+        match event {
+            Event::Init => store.listing = Some(Vec::new()),
+            Event::InitApply(value) => {
+                let (item, problem) = listed(kind, value);
+                out.problem = problem;
+                if let Some(l) = store.listing.as_mut() {
+                    l.push(item);
+                }
+            }
+            Event::InitDone => {
+                let listed = store.listing.take().unwrap_or_default();
+                out.relisted = store.synced;
+                // What could not be read keeps its last readable version
+                // (policies aside) across the relist too.
+                let mut kept: Vec<Object> = Vec::new();
+                for item in &listed {
+                    if let Listed::Unreadable(key, _) = item
+                        && policy_kind(kind).is_none()
+                        && let Some(o) = existing(current, kind, key)
+                    {
+                        kept.push(o);
+                    }
+                }
+                current.clear(kind);
+                if let Some(pk) = policy_kind(kind) {
+                    current.unreadable_policies.retain(|id, _| id.kind != pk);
+                }
+                store.len = listed.len();
+                for item in listed {
+                    Self::put(current, kind, item);
+                }
+                for o in kept {
+                    current.insert(o);
+                }
+                out.changed = true;
+                store.synced = true;
+            }
+            Event::Absent => {
+                out.changed = !store.synced || store.len > 0;
+                current.clear(kind);
+                if let Some(pk) = policy_kind(kind) {
+                    current.unreadable_policies.retain(|id, _| id.kind != pk);
+                }
+                store.listing = None;
+                store.synced = true;
+                store.len = 0;
+            }
+            Event::Apply(value) => {
+                let key = key_of(&value);
+                let (item, problem) = listed(kind, value);
+                out.problem = problem;
+                let was = existing(current, kind, &key).is_some();
+                if Self::put(current, kind, item) {
+                    out.changed = store.synced;
+                    if !was {
+                        store.len += 1;
+                    }
+                }
+            }
+            Event::Delete(value) => {
+                if Self::remove(current, kind, &key_of(&value)) {
+                    store.len = store.len.saturating_sub(1);
+                    out.changed = store.synced;
+                }
+            }
+        }
+        out
+    }
+
+    /// The model of everything listed, numbered `revision`: the maps are
+    /// copied, the objects shared.
+    pub fn snapshot(&self, revision: u64) -> ClusterState {
+        let mut state = self.current.clone();
+        state.revision = Some(revision);
+        state
+    }
+}
+
+/// The object of a kind at `key` in the model, if it is there (a copy).
+fn existing(state: &ClusterState, kind: Kind, key: &ObjectKey) -> Option<Object> {
+    fn c<T: Clone>(m: &BTreeMap<ObjectKey, std::sync::Arc<T>>, key: &ObjectKey) -> Option<T> {
+        m.get(key).map(|o| (**o).clone())
+    }
+    Some(match kind {
+        Kind::Namespace => Object::Namespace(c(&state.namespaces, key)?),
+        Kind::Node => Object::Node(c(&state.nodes, key)?),
+        Kind::Pod => Object::Pod(c(&state.pods, key)?),
+        Kind::Service => Object::Service(c(&state.services, key)?),
+        Kind::EndpointSlice => Object::EndpointSlice(c(&state.endpoint_slices, key)?),
+        Kind::NetworkPolicy => Object::NetworkPolicy(c(&state.network_policies, key)?),
+        Kind::WeirIdentity => Object::WeirIdentity(c(&state.identities, key)?),
+        Kind::WeirNetworkPolicy => Object::WeirNetworkPolicy(c(&state.weir_network_policies, key)?),
+        Kind::WeirClusterNetworkPolicy => {
+            Object::WeirClusterNetworkPolicy(c(&state.weir_cluster_network_policies, key)?)
+        }
+        Kind::Deployment => return None,
+    })
+}
+
+/// The object read from `value`, or its unreadable mark and the problem.
+fn listed(kind: Kind, value: Value) -> (Listed, Option<Problem>) {
+    let key = key_of(&value);
+    let audit = value.pointer("/spec/enforcement").and_then(Value::as_str) == Some("audit");
+    match read(kind, value) {
+        Ok(o) => (Listed::Read(Box::new(o)), None),
+        Err(reason) => {
+            let problem = Problem {
+                kind,
+                key: key.clone(),
+                reason: reason.clone(),
+            };
+            (Listed::Unreadable(key, Unreadable { reason, audit }), Some(problem))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(name: &str, port: i64) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "d", "resourceVersion": "1",
+                            "managedFields": [{"manager": "kubectl"}]},
+               "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": port}]}})
+    }
+
+    fn listed(stores: &mut Stores, kind: Kind, objects: Vec<Value>) -> Applied {
+        stores.apply(kind, Event::Init);
+        for o in objects {
+            stores.apply(kind, Event::InitApply(o));
+        }
+        stores.apply(kind, Event::InitDone)
+    }
+
+    #[test]
+    fn a_snapshot_waits_for_every_kind_and_a_relist_replaces_only_when_complete() {
+        let mut s = Stores::new(&[Kind::Service, Kind::WeirNetworkPolicy]);
+        assert!(listed(&mut s, Kind::Service, vec![svc("a", 80), svc("b", 81)]).changed);
+        assert!(!s.synced(), "policies not listed yet");
+        assert_eq!(s.unsynced(), vec![Kind::WeirNetworkPolicy]);
+        s.apply(Kind::WeirNetworkPolicy, Event::Absent);
+        assert!(s.synced(), "a kind not served is known empty");
+        let snap = s.snapshot(1);
+        assert_eq!(snap.services.len(), 2);
+        assert!(
+            snap.services.values().all(|o| o.metadata.managed_fields.is_none()),
+            "managed fields are not kept"
+        );
+
+        // A relist (the watch expired): until it completes nothing goes.
+        s.apply(Kind::Service, Event::Init);
+        s.apply(Kind::Service, Event::InitApply(svc("a", 80)));
+        assert_eq!(s.snapshot(2).services.len(), 2, "b is still there mid-list");
+        let done = s.apply(Kind::Service, Event::InitDone);
+        assert!(done.changed && done.relisted);
+        assert_eq!(s.snapshot(3).services.len(), 1, "b was deleted while away");
+
+        // A kind's objects are shared by the snapshots, not copied.
+        let (one, two) = (s.snapshot(4), s.snapshot(5));
+        assert!(std::sync::Arc::ptr_eq(
+            &one.services[&ObjectKey::new("d", "a")],
+            &two.services[&ObjectKey::new("d", "a")]
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_object_is_reported_and_loses_nothing() {
+        let mut s = Stores::new(&[Kind::Service, Kind::WeirNetworkPolicy]);
+        listed(&mut s, Kind::Service, vec![svc("a", 80)]);
+        listed(&mut s, Kind::WeirNetworkPolicy, vec![]);
+        let bad = json!({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "a", "namespace": "d"},
+                         "spec": {"ports": "eighty"}});
+        let r = s.apply(Kind::Service, Event::Apply(bad));
+        let p = r.problem.expect("reported");
+        assert_eq!(p.key, ObjectKey::new("d", "a"));
+        assert!(p.reason.contains("invalid type"), "{}", p.reason);
+        let snap = s.snapshot(1);
+        assert_eq!(
+            snap.services[&ObjectKey::new("d", "a")]
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()[0]
+                .port,
+            80,
+            "the last readable version stays"
+        );
+
+        let policy = json!({"apiVersion": "weir.dev/v1alpha1", "kind": "WeirNetworkPolicy",
+                            "metadata": {"name": "p", "namespace": "d"},
+                            "spec": {"endpointSelector": {}, "ingress": "all of it"}});
+        let r = s.apply(Kind::WeirNetworkPolicy, Event::Apply(policy));
+        assert!(r.problem.is_some() && r.changed);
+        let snap = s.snapshot(2);
+        assert!(snap.weir_network_policies.is_empty());
+        let u = snap.unreadable_policies.values().next().expect("kept as unreadable");
+        assert!(!u.audit);
+        s.apply(
+            Kind::WeirNetworkPolicy,
+            Event::Delete(json!({"metadata": {"name": "p", "namespace": "d"}})),
+        );
+        assert!(s.snapshot(3).unreadable_policies.is_empty(), "deleted: gone");
+    }
+}
