@@ -1,2 +1,3 @@
-//! `weir-operator`: the cluster-wide controller (CRDs, pod CIDR allocation,
-//! policy status). Filled in by a later issue.
+//! weir-operator: the cluster-wide controllers that need one writer. Today
+//! the identity allocator ([`identities`]); policy status is next.
+pub mod identities;
