@@ -12,6 +12,8 @@
 //! agents: each client has a bounded queue, and what does not fit is
 //! dropped and reported to it as lost.
 
+pub mod discover;
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
@@ -67,6 +69,8 @@ pub struct Peer {
     /// The channel while the agent answers, `None` while it does not.
     conn: watch::Sender<Option<Channel>>,
     last_error: Mutex<String>,
+    /// Set when the peer leaves the relay's list: its health task ends.
+    gone: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -94,9 +98,22 @@ pub fn parse_peer(s: &str) -> Result<(String, Server), String> {
 }
 
 pub struct Relay {
-    peers: Vec<Arc<Peer>>,
+    /// The current peers: fixed (`--peer`) or followed (discovery).
+    peers: std::sync::RwLock<Vec<Arc<Peer>>>,
     limits: Limits,
     started: Instant,
+    /// Whether health tasks run (new peers get one at once).
+    health: std::sync::atomic::AtomicBool,
+}
+
+fn new_peer(name: String, server: Server) -> Arc<Peer> {
+    Arc::new(Peer {
+        name,
+        server,
+        conn: watch::channel(None).0,
+        last_error: Mutex::new("not connected yet".into()),
+        gone: std::sync::atomic::AtomicBool::new(false),
+    })
 }
 
 impl Relay {
@@ -104,63 +121,102 @@ impl Relay {
     /// connecting.
     pub fn new(peers: Vec<(String, Server)>, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
-            peers: peers
-                .into_iter()
-                .map(|(name, server)| {
-                    Arc::new(Peer {
-                        name,
-                        server,
-                        conn: watch::channel(None).0,
-                        last_error: Mutex::new("not connected yet".into()),
-                    })
-                })
-                .collect(),
+            peers: std::sync::RwLock::new(peers.into_iter().map(|(n, s)| new_peer(n, s)).collect()),
             limits,
             started: Instant::now(),
+            health: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The peers now.
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the peer list: a peer whose name and address stay keeps its
+    /// connection; new ones start connecting, gone ones stop. Streams
+    /// already open keep the peers they started with.
+    pub fn set_peers(self: &Arc<Self>, wanted: Vec<(String, Server)>) {
+        let mut fresh = Vec::new();
+        {
+            let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+            let mut next = Vec::new();
+            for (name, server) in wanted {
+                let same = peers
+                    .iter()
+                    .find(|p| p.name == name && p.server.to_string() == server.to_string());
+                match same {
+                    Some(p) => next.push(p.clone()),
+                    None => {
+                        let p = new_peer(name, server);
+                        fresh.push(p.clone());
+                        next.push(p);
+                    }
+                }
+            }
+            for old in peers.iter().filter(|o| !next.iter().any(|n| Arc::ptr_eq(n, o))) {
+                tracing::info!(node = %old.name, "node left");
+                old.gone.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            *peers = next;
+        }
+        for p in &fresh {
+            tracing::info!(node = %p.name, address = %p.server, "node joined");
+        }
+        if self.health.load(std::sync::atomic::Ordering::Relaxed) {
+            for p in fresh {
+                self.watch_health(p);
+            }
+        }
     }
 
     /// One task per peer: connect, check it answers, and on failure mark it
     /// unavailable and reconnect with backoff (up to 5 s apart).
     pub fn spawn_health(self: &Arc<Self>) {
-        for peer in &self.peers {
-            let (peer, limits) = (peer.clone(), self.limits.clone());
-            tokio::spawn(async move {
-                let mut backoff = Duration::from_millis(200);
-                loop {
-                    let channel = peer.channel();
-                    let ok = match channel {
-                        Some(ch) => status_of(ch, &limits).await.map(|_| ()),
-                        None => match connect(&peer.server, limits.call_timeout).await {
-                            Ok(ch) => match status_of(ch.clone(), &limits).await {
-                                Ok(_) => {
-                                    tracing::info!(node = %peer.name, "connected");
-                                    peer.conn.send_replace(Some(ch));
-                                    Ok(())
-                                }
-                                Err(e) => Err(e),
-                            },
-                            Err(e) => Err(e.to_string()),
-                        },
-                    };
-                    match ok {
-                        Ok(()) => {
-                            backoff = Duration::from_millis(200);
-                            tokio::time::sleep(limits.health_interval).await;
-                        }
-                        Err(e) => {
-                            if peer.conn.borrow().is_some() {
-                                tracing::warn!(node = %peer.name, error = %e, "node unavailable");
+        self.health.store(true, std::sync::atomic::Ordering::Relaxed);
+        for peer in self.peers() {
+            self.watch_health(peer);
+        }
+    }
+
+    fn watch_health(&self, peer: Arc<Peer>) {
+        let limits = self.limits.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            while !peer.gone.load(std::sync::atomic::Ordering::Relaxed) {
+                let channel = peer.channel();
+                let ok = match channel {
+                    Some(ch) => status_of(ch, &limits).await.map(|_| ()),
+                    None => match connect(&peer.server, limits.call_timeout).await {
+                        Ok(ch) => match status_of(ch.clone(), &limits).await {
+                            Ok(_) => {
+                                tracing::info!(node = %peer.name, "connected");
+                                peer.conn.send_replace(Some(ch));
+                                Ok(())
                             }
-                            peer.conn.send_replace(None);
-                            *peer.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                match ok {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(200);
+                        tokio::time::sleep(limits.health_interval).await;
+                    }
+                    Err(e) => {
+                        if peer.conn.borrow().is_some() {
+                            tracing::warn!(node = %peer.name, error = %e, "node unavailable");
                         }
+                        peer.conn.send_replace(None);
+                        *peer.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
-            });
-        }
+            }
+            peer.conn.send_replace(None);
+        });
     }
 
     pub fn into_server(self: Arc<Self>) -> ObserverServer<RelayService> {
@@ -403,13 +459,13 @@ impl Observer for RelayService {
         let limits = relay.limits.clone();
         let (peer_tx, mut peer_rx) = mpsc::channel::<GetFlowsResponse>(limits.client_buffer);
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let unavailable: Vec<String> = relay
-            .peers
+        let peers = relay.peers();
+        let unavailable: Vec<String> = peers
             .iter()
             .filter(|p| p.state() != NodeState::NodeConnected)
             .map(|p| p.name.clone())
             .collect();
-        for peer in &relay.peers {
+        for peer in &peers {
             tokio::spawn(pump(
                 peer.clone(),
                 req.clone(),
@@ -472,7 +528,7 @@ impl Observer for RelayService {
     async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
         let relay = &self.0;
         let mut nodes = Vec::new();
-        for peer in &relay.peers {
+        for peer in &relay.peers() {
             let mut node = Node {
                 name: peer.name.clone(),
                 address: peer.server.to_string(),
@@ -499,7 +555,7 @@ impl Observer for RelayService {
     ) -> Result<Response<GetNamespacesResponse>, Status> {
         let relay = &self.0;
         let mut all: Vec<Namespace> = Vec::new();
-        for ch in relay.peers.iter().filter_map(|p| p.channel()) {
+        for ch in relay.peers().iter().filter_map(|p| p.channel()) {
             let mut client = ObserverClient::new(ch);
             let mut req = Request::new(GetNamespacesRequest {});
             req.set_timeout(relay.limits.call_timeout);
@@ -520,7 +576,7 @@ impl Observer for RelayService {
             ..Default::default()
         };
         let (mut connected, mut unavailable) = (0u32, Vec::new());
-        for peer in &relay.peers {
+        for peer in &relay.peers() {
             let status = match peer.channel() {
                 Some(ch) => status_of(ch, &relay.limits).await.ok(),
                 None => None,

@@ -18,8 +18,28 @@ use weir_relay::{Limits, Relay, parse_peer};
 struct Args {
     /// A node's agent: NAME=unix:///path/hubble.sock or NAME=host:4244
     /// (repeat for every node).
-    #[arg(long = "peer", env = "WEIR_RELAY_PEERS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "peer",
+        env = "WEIR_RELAY_PEERS",
+        value_delimiter = ',',
+        required_unless_present = "discover",
+        conflicts_with = "discover"
+    )]
     peers: Vec<String>,
+
+    /// Find the agents through Kubernetes instead: every Node's InternalIP
+    /// at --agent-port, following nodes as they join and leave.
+    #[arg(long, env = "WEIR_RELAY_DISCOVER")]
+    discover: bool,
+
+    /// With --discover: the API server from this kubeconfig (default: the
+    /// pod's service account).
+    #[arg(long, env = "WEIR_RELAY_KUBECONFIG", requires = "discover")]
+    kubeconfig: Option<PathBuf>,
+
+    /// With --discover: the port of the agents' Observer API on their node.
+    #[arg(long, env = "WEIR_RELAY_AGENT_PORT", default_value_t = 4244)]
+    agent_port: u16,
 
     /// The relay's own Unix socket (root only).
     #[arg(long, env = "WEIR_RELAY_SOCKET", default_value = "/run/weir/relay.sock")]
@@ -56,6 +76,15 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("restricting {}", args.socket.display()))?;
     let relay = Relay::new(peers, Limits::default());
     relay.spawn_health();
+    if args.discover {
+        let client = weir_k8s::client(args.kubeconfig.as_deref()).await?;
+        tokio::spawn(weir_relay::discover::follow_nodes(
+            relay.clone(),
+            client,
+            args.agent_port,
+        ));
+        tracing::info!(port = args.agent_port, "finding the agents from the Node objects");
+    }
     tracing::info!(socket = %args.socket.display(), peers = args.peers.len(), "relay ready");
     let server = tokio::spawn(weir_proto::server::serve(listener, args.listen, relay.into_server()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
