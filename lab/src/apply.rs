@@ -454,7 +454,7 @@ fn wait_for_agents(lab: &Lab, state: &LabState) -> Vec<String> {
 }
 
 /// The revision the agent behind `socket` has applied, if it can say.
-fn agent_applied(socket: &std::path::Path) -> Option<u64> {
+pub(crate) fn agent_applied(socket: &std::path::Path) -> Option<u64> {
     let client = weir_agent_api::Client::new(socket, Duration::from_secs(2));
     match client.call(weir_agent_api::Request::Status) {
         // Services and policy both: what a test probes next needs both.
@@ -667,7 +667,7 @@ fn start_servers(lab: &Lab, p: &Pending) -> Result<Vec<Proc>> {
     Ok(vec![proc_])
 }
 
-fn invocation(lab: &Lab, state: &LabState, ps: &PodState) -> Result<Invocation> {
+pub(crate) fn invocation(lab: &Lab, state: &LabState, ps: &PodState) -> Result<Invocation> {
     let node = state
         .nodes
         .get(&ps.node)
@@ -687,6 +687,20 @@ fn invocation(lab: &Lab, state: &LabState, ps: &PodState) -> Result<Invocation> 
 /// Stop servers, CNI DEL, delete the netns, remove the manifest and the record.
 /// Keeps going; returns every error.
 fn delete_pod(lab: &Lab, state: &mut LabState, store: &Store, key: &str) -> Vec<String> {
+    let Some(ps) = state.pods.get(key).cloned() else {
+        return Vec::new();
+    };
+    let mut errors = unwire(lab, state, key);
+    if let Err(e) = store.remove(Kind::Pod, Some(&ps.namespace), &ps.name) {
+        errors.push(e.to_string());
+    }
+    errors
+}
+
+/// The kubelet's part of a pod's end, in both modes: stop its servers,
+/// CNI DEL, delete its netns, drop its record once the netns is gone.
+/// Keeps going; returns every error.
+pub(crate) fn unwire(lab: &Lab, state: &mut LabState, key: &str) -> Vec<String> {
     let mut errors = Vec::new();
     let Some(ps) = state.pods.get(key).cloned() else {
         return errors;
@@ -701,9 +715,6 @@ fn delete_pod(lab: &Lab, state: &mut LabState, store: &Store, key: &str) -> Vec<
         Err(e) => errors.push(format!("{e:#}")),
     }
     if let Err(e) = netns::delete(&ps.netns) {
-        errors.push(e.to_string());
-    }
-    if let Err(e) = store.remove(Kind::Pod, Some(&ps.namespace), &ps.name) {
         errors.push(e.to_string());
     }
     if !netns::exists(&ps.netns) {

@@ -16,6 +16,8 @@ mod deployments;
 mod down;
 mod identities;
 mod ipalloc;
+mod kube;
+mod kubelet;
 mod manifests;
 mod matrix;
 mod netns;
@@ -149,6 +151,10 @@ enum LabCommand {
     },
     /// Stop everything the lab started and remove everything it created.
     Down,
+    /// (internal) The kubelet's part on a real control plane: wire the pods
+    /// bound to the lab's nodes and report them running.
+    #[command(hide = true)]
+    Kubelet,
     /// (internal) Run PROGRAM in a netns with SIGINT/SIGTERM unblocked (exec in place).
     #[command(hide = true)]
     SpawnIn {
@@ -235,23 +241,42 @@ pub fn run(args: LabArgs) -> Result<u8> {
     let lab = Lab {
         dir: LabDir::new(absolute(&args.lab_dir)?),
     };
+    // On a real control plane, objects go through the API server.
+    let on_kube = || -> Result<Option<(LabState, state::KubeState)>> {
+        Ok(lab.dir.load()?.and_then(|s| Some((s.clone(), s.kube?))))
+    };
     match args.command {
         LabCommand::Up { file } => up::up(&lab, &file).map(|()| 0),
-        LabCommand::Apply { file, grace } => apply::apply(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
-        LabCommand::Delete { file, grace } => apply::delete(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
+        LabCommand::Kubelet => kubelet::run(&lab).map(|()| 0),
+        LabCommand::Apply { file, grace } => match on_kube()? {
+            Some((state, kube)) => kube::apply(&lab, &state, &kube, &read_input(&file)?).map(|()| 0),
+            None => apply::apply(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
+        },
+        LabCommand::Delete { file, grace } => match on_kube()? {
+            Some((state, kube)) => kube::delete(&lab, &state, &kube, &read_input(&file)?).map(|()| 0),
+            None => apply::delete(&lab, &read_input(&file)?, grace.duration()).map(|()| 0),
+        },
         LabCommand::Scale {
             target,
             replicas,
             namespace,
             grace,
-        } => apply::scale(&lab, &target, &namespace, i32::from(replicas), grace.duration()).map(|()| 0),
+        } => match on_kube()? {
+            Some((state, kube)) => {
+                kube::scale(&lab, &state, &kube, &target, &namespace, i32::from(replicas)).map(|()| 0)
+            }
+            None => apply::scale(&lab, &target, &namespace, i32::from(replicas), grace.duration()).map(|()| 0),
+        },
         LabCommand::Status { output } => status::status(&lab, output).map(|()| 0),
         LabCommand::Get {
             kind,
             name,
             namespace,
             output,
-        } => status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0),
+        } => match on_kube()? {
+            Some((_, kube)) => kube::get(&kube, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0),
+            None => status::get(&lab, &kind, name.as_deref(), namespace.as_deref(), output).map(|()| 0),
+        },
         LabCommand::Exec { pod, command } => exec(&lab, &pod, &command),
         LabCommand::Trace { pod, off } => trace(&lab, &pod, !off).map(|()| 0),
         LabCommand::Matrix {

@@ -45,19 +45,35 @@ fn targets(lab: &Lab, state: &LabState, namespaces: &[String], via_service: bool
         }
         return Ok(out);
     }
-    let store = Store::new(lab.dir.manifests());
+    // Every Service by namespace and name, from the API server or the store.
+    let services: std::collections::BTreeMap<(String, String), k8s_openapi::api::core::v1::Service> = match &state.kube
+    {
+        Some(kube) => super::kube::list(kube, "services")?,
+        None => Store::new(lab.dir.manifests())
+            .list(Kind::Service, None)?
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+    }
+    .into_iter()
+    .map(|s| {
+        let key = (
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        );
+        (key, s)
+    })
+    .collect();
     for p in state.pods.values().filter(|p| wanted(&p.namespace) && p.ip.is_some()) {
-        let svc = store
-            .get(Kind::Service, Some(&p.namespace), &p.name)?
-            .with_context(|| {
-                format!(
-                    "--via-service: pod {}/{} has no Service of its name",
-                    p.namespace, p.name
-                )
-            })?;
-        let Object::Service(svc) = svc else {
-            bail!("--via-service: {}/{} is not a Service", p.namespace, p.name)
-        };
+        let svc = services.get(&(p.namespace.clone(), p.name.clone())).with_context(|| {
+            format!(
+                "--via-service: pod {}/{} has no Service of its name",
+                p.namespace, p.name
+            )
+        })?;
         let ip = svc
             .spec
             .as_ref()

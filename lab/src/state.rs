@@ -61,6 +61,20 @@ pub struct LabState {
     /// Servers outside pods: the external host's.
     #[serde(default)]
     pub servers: Vec<Proc>,
+    /// The real control plane, with `controlPlane: kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeState>,
+}
+
+/// Where the lab's control plane is and how to reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KubeState {
+    /// The netns it runs in (the first node's): kubectl runs there.
+    pub netns: String,
+    /// The admin's kubeconfig (the API server on that netns' loopback).
+    pub admin_kubeconfig: PathBuf,
+    /// `https://NODE-IP:6443`, as the other nodes reach it.
+    pub server: String,
 }
 
 /// The directory layout of one lab.
@@ -92,6 +106,10 @@ impl LabDir {
     pub fn node_hubble_socket(&self, node: &str) -> PathBuf {
         self.root.join("run").join(node).join("hubble.sock")
     }
+    /// The control plane's certificates, data and kubeconfigs.
+    pub fn kube(&self) -> PathBuf {
+        self.root.join("kube")
+    }
     /// The lab's relay: every node's flows.
     pub fn relay_socket(&self) -> PathBuf {
         self.root.join("run").join("relay.sock")
@@ -105,6 +123,7 @@ impl LabDir {
             "manifests",
             "state",
             "run",
+            "kube",
             ".lock",
         ]
         .iter()

@@ -49,7 +49,25 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
             })
         })
         .collect();
-    let services = services(&Store::new(lab.dir.manifests()))?;
+    let services = match &state.kube {
+        Some(kube) => services(
+            super::kube::list(kube, "services")?,
+            super::kube::list(kube, "endpointslices")?,
+        ),
+        None => {
+            let store = Store::new(lab.dir.manifests());
+            let all = |k: Kind| store.list(k, None);
+            let svcs = all(Kind::Service)?.into_iter().filter_map(|o| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            });
+            let slices = all(Kind::EndpointSlice)?.into_iter().filter_map(|o| match o {
+                Object::EndpointSlice(s) => Some(s),
+                _ => None,
+            });
+            services(svcs.collect(), slices.collect())
+        }
+    };
     let doc = json!({ "lab": state.name, "labDir": lab.dir.root, "nodes": nodes, "pods": pods, "services": services });
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
@@ -60,21 +78,9 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
 }
 
 /// Every Service: type, ClusterIP, ports (`port[:nodePort]/PROTO`) and ready endpoints.
-fn services(store: &Store) -> Result<Vec<Value>> {
-    let slices: Vec<EndpointSlice> = store
-        .list(Kind::EndpointSlice, None)?
-        .into_iter()
-        .filter_map(|o| {
-            if let Object::EndpointSlice(s) = o {
-                Some(s)
-            } else {
-                None
-            }
-        })
-        .collect();
+fn services(services: Vec<k8s_openapi::api::core::v1::Service>, slices: Vec<EndpointSlice>) -> Vec<Value> {
     let mut out = Vec::new();
-    for obj in store.list(Kind::Service, None)? {
-        let Object::Service(svc) = obj else { continue };
+    for svc in services {
         let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = svc.metadata.name.clone().unwrap_or_default();
         let spec = svc.spec.clone().unwrap_or_default();
@@ -106,7 +112,7 @@ fn services(store: &Store) -> Result<Vec<Value>> {
             "readyEndpoints": ready.len(), "endpoints": total.len(),
         }));
     }
-    Ok(out)
+    out
 }
 
 fn s(v: &Value) -> String {

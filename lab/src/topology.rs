@@ -37,6 +37,21 @@ pub struct Topology {
     /// without it they stay pending.
     #[serde(rename = "loadBalancerCIDR", default, skip_serializing_if = "Option::is_none")]
     pub load_balancer_cidr: Option<Ipv4Net>,
+    /// Who holds the cluster's objects: the lab itself (`standalone`, a
+    /// directory of manifests the agents read) or a real Kubernetes
+    /// control plane the lab starts on the first node (`kubernetes`).
+    #[serde(default)]
+    pub control_plane: ControlPlane,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlPlane {
+    #[default]
+    Standalone,
+    /// etcd, kube-apiserver, kube-controller-manager and kube-scheduler in
+    /// the first node's netns; the lab plays the kubelet.
+    Kubernetes,
 }
 
 fn default_service_cidr() -> Ipv4Net {
@@ -355,7 +370,12 @@ mod tests {
 
     #[test]
     fn shipped_examples_parse() {
-        for f in ["one-node.yaml", "two-nodes.yaml", "two-nodes-vxlan.yaml"] {
+        for f in [
+            "one-node.yaml",
+            "two-nodes.yaml",
+            "two-nodes-vxlan.yaml",
+            "two-nodes-kubernetes.yaml",
+        ] {
             let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
             parse(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"));
         }

@@ -60,6 +60,7 @@ pub fn up(lab: &Lab, file: &Path) -> Result<()> {
         nodes: BTreeMap::new(),
         pods: BTreeMap::new(),
         servers: Vec::new(),
+        kube: None,
     };
     lab.dir.save(&state)?;
     match bring_up(lab, &topo, &agent, &mut state, &interrupt) {
@@ -134,7 +135,7 @@ fn bring_up(
     if topo.node_port_xdp.nodes_run_xdp() {
         netns::xdp_pass_on(&topo.fabric_netns(), "external", &xdp_pass)?;
     }
-    let mut children: Vec<(String, Child)> = Vec::new();
+    let kubernetes = topo.control_plane == topology::ControlPlane::Kubernetes;
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
         let node_ip = topo.node_ip(index);
@@ -164,6 +165,9 @@ fn bring_up(
             netns::xdp_pass_on(&topo.fabric_netns(), &format!("node{index}"), &xdp_pass)?;
         }
 
+        if kubernetes {
+            continue;
+        }
         store.put(&Object::Node(Node {
             metadata: ObjectMeta {
                 name: Some(node.name.clone()),
@@ -189,7 +193,49 @@ fn bring_up(
                 ..Default::default()
             }),
         }))?;
+    }
 
+    // The real control plane, in the first node's netns, before any agent.
+    let mut source: Vec<std::ffi::OsString> = vec!["--manifests".into(), lab.dir.manifests().into()];
+    if kubernetes {
+        interrupt.check()?;
+        let kube = super::kube::start(lab, topo, state)?;
+        state.kube = Some(kube.clone());
+        lab.dir.save(state)?;
+        for (index, node) in topo.nodes.iter().enumerate() {
+            super::kube::create_node(&kube, &node.name, &node.pod_cidr.to_string(), topo.node_ip(index))?;
+        }
+        let agent_kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-agent", &kube.server)?;
+        let operator_kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-operator", &kube.server)?;
+        let operator = lab.binary("weir-operator")?;
+        let log = File::create(lab.dir.logs().join("operator.log")).context("creating the operator's log")?;
+        let child = signals::spawn_in(Some(&netns::path(&kube.netns)), &operator)?
+            .arg("--kubeconfig")
+            .arg(&operator_kc)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", operator.display()))?;
+        state
+            .servers
+            .push(procs::record(child.id(), "weir-operator".to_owned()));
+        lab.dir.save(state)?;
+        source = vec!["--kubeconfig".into(), agent_kc.into()];
+    }
+
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for (index, node) in topo.nodes.iter().enumerate() {
+        interrupt.check()?;
+        // On a real control plane the relay finds the agents from the Node
+        // objects and reaches them at their node address, Hubble's port.
+        let hubble_listen: Vec<String> = match kubernetes {
+            true => vec!["--hubble-listen".into(), format!("{}:4244", topo.node_ip(index))],
+            false => Vec::new(),
+        };
+        let ns = topo.node_netns(&node.name);
+        let socket = lab.dir.node_socket(&node.name);
         let state_dir = lab.dir.node_state(&node.name);
         let run_dir = socket.parent().context("socket has no dir")?.to_owned();
         for d in [&state_dir, &run_dir] {
@@ -209,8 +255,8 @@ fn bring_up(
             .arg(&state_dir)
             .arg("--socket")
             .arg(&socket)
-            .arg("--manifests")
-            .arg(lab.dir.manifests())
+            .args(&source)
+            .args(&hubble_listen)
             .args(["--uplink", "eth0", "--routing", topo.routing.as_flag()])
             .arg(format!("--nodeport-xdp={}", topo.node_port_xdp.as_flag()))
             // Pods reach the external host (and other nodes) as their node.
@@ -231,10 +277,7 @@ fn bring_up(
             .spawn()
             .with_context(|| format!("starting {} in {ns}", agent.display()))?;
         let proc_ = procs::record(child.id(), format!("weir-agent {}", node.name));
-        println!(
-            "node {}: netns {ns}, address {node_ip}, agent pid {}",
-            node.name, proc_.pid
-        );
+        println!("node {}: netns {ns}, agent pid {}", node.name, proc_.pid);
         if let Some(n) = state.nodes.get_mut(&node.name) {
             n.agent = Some(proc_);
         }
@@ -282,6 +325,25 @@ fn bring_up(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    if let Some(kube) = state.kube.clone() {
+        let exe = std::env::current_exe().context("locating the weir binary")?;
+        let log = File::create(lab.dir.logs().join("kubelet.log")).context("creating the kubelet's log")?;
+        let child = signals::spawn_in(Some(&netns::path(&kube.netns)), &exe)?
+            .arg("--lab-dir")
+            .arg(&lab.dir.root)
+            .arg("kubelet")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting the lab's kubelet")?;
+        state
+            .servers
+            .push(procs::record(child.id(), "weir-lab kubelet".to_owned()));
+        lab.dir.save(state)?;
+        println!("kubelet: pods bound to the lab's nodes are wired by weir-cni");
+    }
     start_relay(lab, topo, state)
 }
 
@@ -292,13 +354,26 @@ fn start_relay(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Re
     let relay = lab.binary("weir-relay")?;
     let log_path = lab.dir.logs().join("relay.log");
     let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = signals::spawn_in(None, &relay)?;
+    let mut cmd = match state.kube.clone() {
+        // In the control plane's netns: it reaches the API server and,
+        // over the lab segment, every agent.
+        Some(kube) => {
+            let kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-relay", &kube.server)?;
+            let mut cmd = signals::spawn_in(Some(&netns::path(&kube.netns)), &relay)?;
+            cmd.arg("--discover").arg("--kubeconfig").arg(kc);
+            cmd
+        }
+        None => {
+            let mut cmd = signals::spawn_in(None, &relay)?;
+            for node in &topo.nodes {
+                let sock = lab.dir.node_hubble_socket(&node.name);
+                cmd.arg("--peer")
+                    .arg(format!("{}=unix://{}", node.name, sock.display()));
+            }
+            cmd
+        }
+    };
     cmd.arg("--socket").arg(lab.dir.relay_socket());
-    for node in &topo.nodes {
-        let sock = lab.dir.node_hubble_socket(&node.name);
-        cmd.arg("--peer")
-            .arg(format!("{}=unix://{}", node.name, sock.display()));
-    }
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

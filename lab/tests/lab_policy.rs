@@ -105,18 +105,19 @@ fn setup_manifests() -> String {
 struct Suite {
     lab: Lab,
     routing: &'static str,
+    control_plane: String,
     /// Cases run, and the probes that differed (case, detail).
     failures: Vec<(String, Vec<String>)>,
     cases: usize,
 }
 
 impl Suite {
-    fn new(routing: &'static str) -> Suite {
-        let lab = Lab::new(&format!("pol{}", &routing[..1]));
+    fn new(routing: &'static str, control_plane: &str) -> Suite {
+        let lab = Lab::new(&format!("pol{}{}", &routing[..1], &control_plane[..1]));
         let topo = lab.file(
             "topo.yaml",
             &format!(
-                "name: {}\nclusterCIDR: 10.246.0.0/16\nnodeCIDR: 172.31.246.0/24\nrouting: {routing}\nnodes:\n  - {{name: a, podCIDR: 10.246.1.0/24}}\n  - {{name: b, podCIDR: 10.246.2.0/24}}\n",
+                "name: {}\nclusterCIDR: 10.246.0.0/16\nnodeCIDR: 172.31.246.0/24\nrouting: {routing}\ncontrolPlane: {control_plane}\nnodes:\n  - {{name: a, podCIDR: 10.246.1.0/24}}\n  - {{name: b, podCIDR: 10.246.2.0/24}}\n",
                 lab.name
             ),
         );
@@ -125,6 +126,7 @@ impl Suite {
         Suite {
             lab,
             routing,
+            control_plane: control_plane.to_owned(),
             failures: Vec::new(),
             cases: 0,
         }
@@ -534,11 +536,28 @@ fn crd_cases(s: &mut Suite) {
     s.delete(&audit);
 
     // A policy that cannot be used: its pods deny, every other policy works.
-    let bad = np(
+    let bad_np = np(
         "bad",
         "z",
         "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.246.0.0/33}}]}]",
-    ) + &np(
+    );
+    let bad = if s.control_plane == "kubernetes" {
+        // The API server validates NetworkPolicy itself; weir's own kind,
+        // whose schema says only "a string", reaches the agents.
+        let out = s.lab.cmd(&["apply", &s.lab.file("case.yaml", &bad_np)]);
+        assert!(
+            !out.status.success() && show(&out).contains("must be a valid CIDR"),
+            "the API server refuses the bad NetworkPolicy: {}",
+            show(&out)
+        );
+        wnp(
+            "bad",
+            "z",
+            "  endpointSelector: {}\n  ingress: [{from: [{cidr: 10.246.0.0/33}]}]",
+        )
+    } else {
+        bad_np
+    } + &np(
         "good",
         "x",
         "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]",
@@ -607,8 +626,8 @@ fn node_and_nodeport_cases(s: &mut Suite) {
     s.delete(nodeport);
 }
 
-fn suite(routing: &'static str) {
-    let mut s = Suite::new(routing);
+fn suite(routing: &'static str, control_plane: &str) {
+    let mut s = Suite::new(routing, control_plane);
     node_and_nodeport_cases(&mut s);
     networkpolicy_cases(&mut s);
     crd_cases(&mut s);
@@ -641,7 +660,7 @@ fn conformance_native_routing() {
     if !privileged() {
         return;
     }
-    suite("native");
+    suite("native", "standalone");
 }
 
 #[test]
@@ -649,7 +668,19 @@ fn conformance_vxlan_routing() {
     if !privileged() {
         return;
     }
-    suite("vxlan");
+    suite("vxlan", "standalone");
+}
+
+/// The same suite on a real control plane (`controlPlane: kubernetes`):
+/// the API server allocates the Service IPs and NodePorts, the
+/// EndpointSlice controller writes the endpoints, the operator numbers the
+/// identities, the agents watch it all.
+#[test]
+fn conformance_on_a_real_api_server() {
+    if !privileged() {
+        return;
+    }
+    suite("native", "kubernetes");
 }
 
 /// The demo's policy (`lab/demo/policy.yaml`, what `scripts/demo.sh`
@@ -661,7 +692,94 @@ fn the_demo_policy_drops_the_intruder_and_audits_the_client() {
     if !privileged() {
         return;
     }
-    let lab = support::demo_lab("pold", "172.31.246.0/24");
+    demo_policy("standalone");
+}
+
+/// The demo on a real control plane: what `scripts/demo.sh` shows with
+/// `lab/demo-kubernetes.yaml`.
+#[test]
+fn the_demo_policy_on_a_real_api_server() {
+    if !privileged() {
+        return;
+    }
+    let lab = demo_policy("kubernetes");
+    // The relay follows the Node objects: a node joins, then leaves.
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}-a", lab.name))
+            .arg("--")
+            .arg(weir_test_support::tool("kubectl").expect("kubectl"))
+            .arg(format!(
+                "--kubeconfig={}",
+                lab.dir.join("kube/admin.kubeconfig").display()
+            ))
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "kubectl {args:?}: {}", show(&out));
+    };
+    let relay_says = |want: &str| {
+        let server = format!("unix://{}", lab.dir.join("run/relay.sock").display());
+        let t0 = std::time::Instant::now();
+        loop {
+            let out = std::process::Command::new(weir_test_support::bin("weir"))
+                .args(["status", "--server", &server])
+                .output()
+                .expect("weir status");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains(want) {
+                return;
+            }
+            assert!(t0.elapsed().as_secs() < 30, "relay status has {want:?}: {text}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    relay_says("Nodes:       2 connected, 0 unavailable");
+    let file = lab.file("ghost.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: ghost}\n");
+    kubectl(&["apply", "-f", &file]);
+    kubectl(&[
+        "patch",
+        "node",
+        "ghost",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"addresses":[{"type":"InternalIP","address":"172.31.246.99"}]}}"#,
+    ]);
+    relay_says("2 connected, 1 unavailable: ghost");
+    kubectl(&["delete", "node", "ghost"]);
+    relay_says("Nodes:       2 connected, 0 unavailable");
+
+    // Scaled down by the ReplicaSet controller: the lab's kubelet unwires
+    // the pods it deletes (CNI DEL, netns gone) and the Service goes on.
+    let web_pods = |lab: &Lab| {
+        let v = lab.json(&["status"]);
+        v["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["namespace"] == "svc-demo" && p["name"].as_str().is_some_and(|n| n.starts_with("web-")))
+            .count()
+    };
+    assert_eq!(web_pods(&lab), 3);
+    lab.ok(&["scale", "deployment/web", "--replicas", "1", "-n", "svc-demo"]);
+    assert_eq!(web_pods(&lab), 1, "two pods unwired");
+    let vip = support::cluster_ip(&lab, "svc-demo/web");
+    for _ in 0..3 {
+        assert!(
+            lab.cmd(&["probe", "svc-demo/client", &format!("{vip}:80/tcp")])
+                .status
+                .success()
+        );
+    }
+}
+
+fn demo_policy(control_plane: &str) -> Lab {
+    let lab = support::demo_lab_on(
+        &format!("pold{}", &control_plane[..1]),
+        "172.31.246.0/24",
+        control_plane,
+    );
     lab.ok(&["apply", &format!("{}/demo/policy.yaml", env!("CARGO_MANIFEST_DIR"))]);
     let vip = support::cluster_ip(&lab, "svc-demo/web");
     let probe = |from: &str, target: &str| lab.cmd(&["probe", from, target, "--timeout", "2"]).status.success();
@@ -704,4 +822,5 @@ fn the_demo_policy_drops_the_intruder_and_audits_the_client() {
             .is_some_and(|p| p.contains("WeirNetworkPolicy svc-demo/stage-client"))),
         "{audits:#?}"
     );
+    lab
 }

@@ -139,11 +139,16 @@ pub fn privileged() -> bool {
 /// `node_cidr`, running the services demo (`lab/demo/services.yaml`: web x3
 /// over both nodes, a client, `web` and the backend-less `empty`).
 pub fn demo_lab(tag: &str, node_cidr: &str) -> Lab {
+    demo_lab_on(tag, node_cidr, "standalone")
+}
+
+/// [`demo_lab`] with a `controlPlane` (`standalone` or `kubernetes`).
+pub fn demo_lab_on(tag: &str, node_cidr: &str, control_plane: &str) -> Lab {
     let lab = Lab::new(tag);
     let topo = lab.file(
         "topo.yaml",
         &format!(
-            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: {node_cidr}\nrouting: native\nnodes:\n  - {{name: a, podCIDR: 10.244.1.0/24}}\n  - {{name: b, podCIDR: 10.244.2.0/24}}\n",
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: {node_cidr}\nrouting: native\ncontrolPlane: {control_plane}\nnodes:\n  - {{name: a, podCIDR: 10.244.1.0/24}}\n  - {{name: b, podCIDR: 10.244.2.0/24}}\n",
             lab.name
         ),
     );
