@@ -15,7 +15,9 @@
 //! measures the flow pipeline, its clients, the relay, what recording costs
 //! the datapath, and the agent's memory with full flow rings
 //! (`--flows-recording`: only what recording costs, `--flows-pipeline`: the
-//! rest, for reruns); `--policy` what network policy costs (rules selecting
+//! rest, for reruns); `--kubernetes` weir on a real API server (Service and
+//! policy changes to the datapath, memory with 10,000 pods and Services);
+//! `--policy` what network policy costs (rules selecting
 //! the destination pod, a change with 1,000 policies, memory).
 
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use std::path::PathBuf;
 
 mod flows;
+mod kubernetes;
 mod nodeport;
 mod policy;
 mod services;
@@ -244,6 +247,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--policy") {
         policy::run();
+        return;
+    }
+    if std::env::args().any(|a| a == "--kubernetes") {
+        kubernetes::run();
         return;
     }
     if std::env::args().any(|a| a == "--nodeport") {
