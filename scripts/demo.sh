@@ -4,7 +4,8 @@
 # ClusterIP service load-balanced in eBPF, egress masqueraded to the node IP,
 # counters and drops, live flows (weir observe, the stock hubble CLI, the
 # relay merging both nodes), network policy (a drop named in the flows, an
-# audit verdict), a Prometheus scrape, and a clean teardown.
+# audit verdict), a Prometheus scrape, and a clean teardown; then the same
+# services and policy on a real Kubernetes control plane the lab starts.
 # Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +96,26 @@ step "scale web to 1 replica: terminating endpoints drain, the service keeps ans
 "$weir" lab scale deployment/web --replicas 1 -n svc-demo
 for _ in 1 2 3; do "$weir" lab probe svc-demo/client "$vip:80/tcp"; done
 
+step "weir lab down"
+"$weir" lab down
+
+step "the same on a real Kubernetes control plane: weir lab up lab/two-nodes-kubernetes.yaml"
+echo "(etcd, kube-apiserver, kube-controller-manager, kube-scheduler v1.36.3 on node1; agents, operator and relay"
+echo " use service-account tokens; the lab plays only the kubelet: weir-cni ADD, pod IP and readiness in the status)"
+"$weir" lab up lab/two-nodes-kubernetes.yaml
+"$weir" lab apply lab/demo/services.yaml
+"$weir" lab apply lab/demo/policy.yaml
+step "the API server's view (kubectl get): ClusterIPs and NodePorts from its allocators, pods placed by the scheduler"
+"$weir" lab get pods -n svc-demo -o table
+"$weir" lab get svc -n svc-demo -o table
+kvip=$("$weir" lab get svc svc-demo/web -o json | awk -F'"' '/"clusterIP"/ {print $4; exit}')
+step "client → web ($kvip:80) through the EndpointSlices kube-controller-manager wrote; the intruder is dropped"
+wait_probe svc-demo/client "$kvip:80/tcp"
+for _ in 1 2 3; do "$weir" lab probe svc-demo/client "$kvip:80/tcp"; done
+"$weir" lab probe svc-demo/intruder "$kvip:80/tcp" --timeout 1 || true
+step "the relay found both agents from the Node objects (weir-relay --discover); the drop through hubble"
+"$weir" status --server "$relay"
+"$hubble" observe --server "$relay" --from-pod svc-demo/intruder --verdict DROPPED --last 1
 step "weir lab down"
 "$weir" lab down
 trap - EXIT
