@@ -111,12 +111,15 @@ async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)
     ));
     let stream = watcher(api, watcher::Config::default()).backoff(backoff);
     futures_util::pin_mut!(stream);
-    let (mut absent, mut failing) = (false, false);
+    let mut absent = false;
+    // What the watch has been failing with: said once, and again only when
+    // it changes (unreachable, then 403 once the server is back, is news).
+    let mut failing: Option<String> = None;
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(e) => {
                 absent = false;
-                if std::mem::take(&mut failing) {
+                if failing.take().is_some() {
                     tracing::info!(kind = kind.name(), "Kubernetes watch resumed");
                 }
                 let v = |o: DynamicObject| serde_json::to_value(o).unwrap_or_default();
@@ -134,8 +137,9 @@ async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)
                 }
                 let not_served = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
                 if !not_served {
-                    // Once per outage: the retries say nothing new.
-                    match std::mem::replace(&mut failing, true) {
+                    // Once per outage and cause: the retries say nothing new.
+                    let cause = failure_cause(&e);
+                    match failing.replace(cause.clone()).as_deref() == Some(cause.as_str()) {
                         false => tracing::warn!(kind = kind.name(), error = %e,
                             "Kubernetes watch failed; retrying with backoff, the datapath keeps its state"),
                         true => tracing::debug!(kind = kind.name(), error = %e, "Kubernetes watch still failing"),
@@ -154,6 +158,19 @@ async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)
             return;
         }
     }
+}
+
+/// What a watch failure is, coarsely: the API server's status code and
+/// reason when it answered, "unreachable" when it did not.
+fn failure_cause(e: &watcher::Error) -> String {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s,
+        watcher::Error::WatchError(s) => s,
+        _ => return "unreachable".into(),
+    };
+    format!("{} {}", status.code, status.reason)
 }
 
 /// The resourceVersion of the object an event carries, if numeric.
