@@ -12,8 +12,9 @@
 //! labels, so identities are allocated); the API server killed for 30 s
 //! under traffic breaks no connection and flushes nothing (the VIP keeps
 //! answering, the policy keeps denying); what changed meanwhile through a
-//! second API server is applied when it returns; a policy the agent cannot
-//! read (a loosened CRD let it in) is logged, counted and denies.
+//! second API server is applied when it returns (the expired watches
+//! relist); a policy the agent cannot read (a loosened CRD let it in) is
+//! logged, counted and denies.
 use std::time::{Duration, Instant};
 
 use weir_e2e::kube::{KubeNode, answers, apply, connect, metric, repo, round_trip, vip, wait_for};
@@ -124,10 +125,12 @@ fn the_agent_follows_a_real_api_server_and_keeps_its_datapath_while_it_is_away()
         "the established connection survived"
     );
     assert!(answers(&client, web_vip));
-    eprintln!(
-        "relists after the API server came back: {}",
-        metric(&node, "weir_kubernetes_relists_total", "")
-    );
+    // The restarted server's watch cache starts at etcd's current
+    // revision: the agent's watches resume from older resourceVersions,
+    // are told 410 Gone, and relist (kinds replaced only once complete).
+    let relists = metric(&node, "weir_kubernetes_relists_total", "");
+    eprintln!("relists after the API server came back: {relists}");
+    assert!(relists >= 1.0, "the expired watches relisted");
     assert!(
         metric(&node, "weir_kubernetes_watch_errors_total", "") >= 1.0,
         "errors are counted"

@@ -134,6 +134,12 @@ impl ControlPlane {
         self.procs.retain(|(n, _)| n != name);
     }
 
+    /// The process id of one of its running processes (to pause it with
+    /// SIGSTOP: a hung or starved server, its sockets still open).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+    }
+
     /// Starts a stopped process again, as it was started; for the API
     /// server, waits until it is ready.
     pub fn restart(&mut self, name: &str) {
