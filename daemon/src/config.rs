@@ -105,10 +105,15 @@ pub struct Config {
     pub nodeport_xdp: NodePortXdp,
 
     /// Log filter (tracing-subscriber EnvFilter syntax).
-    /// (The Kubernetes client's own messages are off by default: each
-    /// failed request of a watch would be one; the agent says once per
-    /// outage and kind what failed.)
-    #[arg(long, env = "WEIR_LOG", default_value = "info,kube_client=off")]
+    /// (The Kubernetes client's and watcher's own messages are off by
+    /// default: each failed request of a watch would be one, 403s at warn
+    /// with the whole status; the agent says once per outage, cause and
+    /// kind what failed.)
+    #[arg(
+        long,
+        env = "WEIR_LOG",
+        default_value = "info,kube_client=off,kube_runtime::watcher=off"
+    )]
     pub log: String,
 
     /// The Observer API's Unix socket (root only), for `hubble observe

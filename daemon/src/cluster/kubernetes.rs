@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 use weir_k8s::kube;
 
@@ -78,63 +78,73 @@ impl KubeSource {
     }
 }
 
-/// How watches retry: kube-runtime's default backoff grows to 30 s, so an
-/// agent would learn of changes up to half a minute after its API server
-/// is back. These grow from 200 ms to 5 s, with up to half a second of
-/// jitter so a cluster's agents do not return in step.
+/// How watches retry: from 200 ms to 5 s (kube-runtime's default backoff
+/// grows to 30 s, so an agent would learn of changes up to half a minute
+/// after its API server is back), with up to half a second of jitter so a
+/// cluster's agents do not return in step. An expired watch (410 Gone)
+/// relists at once: the server answered, only the resourceVersion is too
+/// old, and waiting out a backoff grown during an outage would delay
+/// every change made meanwhile by seconds more.
 struct WatchBackoff(crate::backoff::Backoff);
 
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
+impl WatchBackoff {
+    fn after(&mut self, e: &watcher::Error) -> Duration {
+        if expired(e) {
+            return Duration::ZERO;
+        }
         let jitter = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() % 500_000_000);
-        Some(self.0.failed() + Duration::from_nanos(jitter.into()))
+        self.0.failed() + Duration::from_nanos(jitter.into())
     }
 }
 
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.0.succeeded();
-    }
+/// The watch's resourceVersion is gone (410): kube-runtime relists next.
+fn expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
 }
 
 /// Follows one kind for ever, sending its events (objects as JSON).
 async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)>, metrics: Option<Arc<Metrics>>) {
     let ar = resource(kind);
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let backoff = WatchBackoff(crate::backoff::Backoff::new(
+    let mut backoff = WatchBackoff(crate::backoff::Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(5),
     ));
-    let stream = watcher(api, watcher::Config::default()).backoff(backoff);
+    let stream = watcher(api, watcher::Config::default());
     futures_util::pin_mut!(stream);
     let mut absent = false;
     // What the watch has been failing with: said once, and again only when
     // it changes (unreachable, then 403 once the server is back, is news).
     let mut failing: Option<String> = None;
     while let Some(item) = stream.next().await {
-        let event = match item {
+        let (event, pause) = match item {
             Ok(e) => {
                 absent = false;
+                backoff.0.succeeded();
                 if failing.take().is_some() {
                     tracing::info!(kind = kind.name(), "Kubernetes watch resumed");
                 }
                 let v = |o: DynamicObject| serde_json::to_value(o).unwrap_or_default();
-                match e {
+                let event = match e {
                     watcher::Event::Apply(o) => Event::Apply(v(o)),
                     watcher::Event::Delete(o) => Event::Delete(v(o)),
                     watcher::Event::Init => Event::Init,
                     watcher::Event::InitApply(o) => Event::InitApply(v(o)),
                     watcher::Event::InitDone => Event::InitDone,
-                }
+                };
+                (Some(event), Duration::ZERO)
+            }
+            Err(e) if expired(&e) => {
+                tracing::debug!(kind = kind.name(), error = %e, "Kubernetes watch expired; relisting");
+                (None, backoff.after(&e))
             }
             Err(e) => {
                 if let Some(m) = &metrics {
                     m.kube_error(kind.name());
                 }
+                let pause = backoff.after(&e);
                 let not_served = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
                 if !not_served {
                     // Once per outage and cause: the retries say nothing new.
@@ -144,18 +154,23 @@ async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)
                             "Kubernetes watch failed; retrying with backoff, the datapath keeps its state"),
                         true => tracing::debug!(kind = kind.name(), error = %e, "Kubernetes watch still failing"),
                     }
-                    continue;
+                    (None, pause)
+                } else if absent {
+                    (None, pause)
+                } else {
+                    absent = true;
+                    tracing::warn!(kind = kind.name(), resource = %ar.plural, "not served by the API server (CRD not installed?): none of them, until it is");
+                    (Some(Event::Absent), pause)
                 }
-                if absent {
-                    continue;
-                }
-                absent = true;
-                tracing::warn!(kind = kind.name(), resource = %ar.plural, "not served by the API server (CRD not installed?): none of them, until it is");
-                Event::Absent
             }
         };
-        if tx.send((kind, event)).await.is_err() {
+        if let Some(event) = event
+            && tx.send((kind, event)).await.is_err()
+        {
             return;
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
         }
     }
 }
