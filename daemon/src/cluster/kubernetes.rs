@@ -88,10 +88,7 @@ impl KubeSource {
 struct WatchBackoff(crate::backoff::Backoff);
 
 impl WatchBackoff {
-    fn after(&mut self, e: &watcher::Error) -> Duration {
-        if expired(e) {
-            return Duration::ZERO;
-        }
+    fn after_failure(&mut self) -> Duration {
         let jitter = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() % 500_000_000);
@@ -138,13 +135,13 @@ async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)
             }
             Err(e) if expired(&e) => {
                 tracing::debug!(kind = kind.name(), error = %e, "Kubernetes watch expired; relisting");
-                (None, backoff.after(&e))
+                (None, Duration::ZERO)
             }
             Err(e) => {
                 if let Some(m) = &metrics {
                     m.kube_error(kind.name());
                 }
-                let pause = backoff.after(&e);
+                let pause = backoff.after_failure();
                 let not_served = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
                 if !not_served {
                     // Once per outage and cause: the retries say nothing new.
