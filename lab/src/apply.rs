@@ -17,7 +17,7 @@ use super::manifests::{self, Kind, Object, Store};
 use super::signals::Interrupt;
 use super::state::{LabState, PodState, Proc};
 use super::topology::Topology;
-use super::{Lab, controller, identities, netns, procs, serve};
+use super::{Lab, controller, identities, netns, procs, serve, validate};
 
 /// A pod whose sandbox is made and which waits for CNI ADD.
 struct Pending {
@@ -63,6 +63,22 @@ fn apply_objects(
     grace: Duration,
     interrupt: &Interrupt,
 ) -> Result<()> {
+    // The API server's validation, for the whole text before any change: as
+    // with a document that does not parse, one invalid object and nothing
+    // is applied (what is already in the lab stays as it is).
+    let invalid: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let e = validate::object(o).err()?;
+            Some(format!("{}: {e}", o.describe().replacen(' ', "/", 1)))
+        })
+        .collect();
+    if !invalid.is_empty() {
+        for f in &invalid {
+            eprintln!("apply: {f}");
+        }
+        bail!("{} object(s) invalid; nothing was applied", invalid.len());
+    }
     let store = Store::new(lab.dir.manifests());
     let cni_bin = lab.binary("weir-cni")?;
     let mut failures = Vec::new();
@@ -651,10 +667,11 @@ fn start_servers(lab: &Lab, p: &Pending) -> Result<Vec<Proc>> {
         return Ok(Vec::new());
     }
     let exe = std::env::current_exe().context("locating the weir binary")?;
-    let log_path = lab
-        .dir
-        .logs()
-        .join(format!("serve-{}-{}.log", p.inv.pod_namespace, p.inv.pod_name));
+    // A pod's name may have 253 characters: bounded, as the store's file names are.
+    let log_path = lab.dir.logs().join(format!(
+        "{}.log",
+        manifests::bounded_stem(&format!("serve-{}-{}", p.inv.pod_namespace, p.inv.pod_name))
+    ));
     let proc_ = serve::start(
         Command::new(exe),
         &p.inv.pod_netns_path,
@@ -727,6 +744,14 @@ pub(crate) fn unwire(lab: &Lab, state: &mut LabState, key: &str) -> Vec<String> 
     errors
 }
 
+/// `weir lab delete`: pods are taken down as kubelet does (see
+/// [`terminate_pods`]), other objects removed. Deleting a Namespace deletes
+/// everything in it first, as the API server's namespace controller does:
+/// its pods (unwired with CNI DEL like any deleted pod), Services,
+/// EndpointSlices, Deployments and policies; then the Namespace itself.
+/// Namespaces are implicit in the lab (objects may be applied into one
+/// that has no Namespace object), so a namespace with objects but no
+/// Namespace object is deleted all the same.
 pub fn delete(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
     let objects = manifests::parse_documents(text)?;
     let _lock = lab.dir.lock()?;
@@ -736,6 +761,7 @@ pub fn delete(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
     let mut namespaces = BTreeSet::new();
     let mut pods = Vec::new();
     let mut rest = Vec::new();
+    let mut doomed = Vec::new();
     for obj in objects {
         let ns = obj.namespace().unwrap_or("default").to_owned();
         if obj.namespace().is_some() {
@@ -743,6 +769,7 @@ pub fn delete(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
         }
         let key = format!("{ns}/{}", obj.name());
         match &obj {
+            Object::Namespace(_) => doomed.push(obj.name().to_owned()),
             Object::Pod(_) if state.pods.contains_key(&key) => pods.push(key),
             Object::Deployment(_) => {
                 match pods_in(&store, &ns) {
@@ -763,13 +790,54 @@ pub fn delete(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
             _ => rest.push(obj),
         }
     }
+    // What deleted namespaces hold goes with them.
+    let mut contents = Vec::new();
+    let mut held_something = BTreeSet::new();
+    for ns in &doomed {
+        namespaces.insert(ns.clone());
+        match namespace_contents(&store, &state, ns) {
+            Ok((ns_pods, objects)) => {
+                if !ns_pods.is_empty() || !objects.is_empty() {
+                    held_something.insert(ns.clone());
+                }
+                pods.extend(ns_pods);
+                contents.extend(objects);
+            }
+            Err(e) => errors.push(format!("namespace/{ns}: {e:#}")),
+        }
+    }
+    let mut seen = BTreeSet::new();
+    pods.retain(|k| seen.insert(k.clone()));
     errors.extend(terminate_pods(lab, &mut state, &store, &pods, grace));
+    let named: BTreeSet<(Kind, Option<String>, String)> = rest
+        .iter()
+        .map(|o| (o.kind(), o.namespace().map(str::to_owned), o.name().to_owned()))
+        .collect();
     for obj in rest {
         let what = obj.describe().replacen(' ', "/", 1);
         match store.remove(obj.kind(), obj.namespace(), obj.name()) {
             Ok(true) => println!("{what} deleted"),
             Ok(false) => errors.push(format!("{what}: not found")),
             Err(e) => errors.push(format!("{what}: {e}")),
+        }
+    }
+    for obj in contents {
+        if named.contains(&(obj.kind(), obj.namespace().map(str::to_owned), obj.name().to_owned())) {
+            continue;
+        }
+        let what = obj.describe().replacen(' ', "/", 1);
+        match store.remove(obj.kind(), obj.namespace(), obj.name()) {
+            Ok(true) => println!("{what} deleted"),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("{what}: {e}")),
+        }
+    }
+    for ns in &doomed {
+        match store.remove(Kind::Namespace, None, ns) {
+            Ok(true) => println!("namespace/{ns} deleted"),
+            Ok(false) if held_something.contains(ns) => println!("namespace/{ns} deleted"),
+            Ok(false) => errors.push(format!("namespace/{ns}: not found")),
+            Err(e) => errors.push(format!("namespace/{ns}: {e}")),
         }
     }
     errors.extend(run_controllers(&store, &namespaces, &[]));
@@ -780,4 +848,26 @@ pub fn delete(lab: &Lab, text: &str, grace: Duration) -> Result<()> {
         eprintln!("delete: {e}");
     }
     bail!("{} error(s)", errors.len())
+}
+
+/// Everything in namespace `ns`: the keys of its pods the lab has made
+/// (wired or half-made), and every other namespaced object stored in it
+/// (pods stored without a record among them).
+fn namespace_contents(store: &Store, state: &LabState, ns: &str) -> Result<(Vec<String>, Vec<Object>)> {
+    let pods: Vec<String> = state
+        .pods
+        .iter()
+        .filter(|(_, p)| p.namespace == ns)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut objects = Vec::new();
+    for kind in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+        for obj in store.list(kind, Some(ns))? {
+            if kind == Kind::Pod && state.pods.contains_key(&format!("{ns}/{}", obj.name())) {
+                continue;
+            }
+            objects.push(obj);
+        }
+    }
+    Ok((pods, objects))
 }

@@ -30,6 +30,7 @@ mod state;
 mod status;
 mod topology;
 mod up;
+mod validate;
 
 use state::{LabDir, LabState, PodState};
 

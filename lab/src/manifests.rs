@@ -30,7 +30,37 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, ManifestError> {
     Ok(weir_model::parse_documents(text)?)
 }
 
-/// One file per object: `<root>/<kind>/<namespace or _cluster>/<name>.yaml`.
+/// Longest name (or namespace) a file or directory of the store is named
+/// after as it is: `<name>.yaml` and a writer's temporary
+/// `.<name>.yaml.tmp` (`state::write_atomic`) both fit in the 255 bytes a
+/// file name may have. Every name the store could hold before longer
+/// names were bounded is still stored under the same path.
+pub const PLAIN_NAME_MAX: usize = 245;
+/// How much of a longer name a bounded file name keeps, for people reading
+/// the directory.
+const BOUNDED_PREFIX: usize = 200;
+
+/// `stem` as the stem of a file name that fits the limit with an extension
+/// and a writer's temporary prefix and suffix: unchanged up to
+/// [`PLAIN_NAME_MAX`] bytes; longer (a pod's name may have 253
+/// characters), its first 200 bytes, `_` and 16 hex digits of FNV-1a over
+/// the whole of it. `_` is in no Kubernetes name, so a bounded stem is never
+/// another object's plain one.
+pub fn bounded_stem(stem: &str) -> String {
+    if stem.len() <= PLAIN_NAME_MAX {
+        return stem.to_owned();
+    }
+    let mut cut = BOUNDED_PREFIX;
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = weir_agent_api::names::fnv1a64(stem.as_bytes());
+    format!("{}_{hash:016x}", &stem[..cut])
+}
+
+/// One file per object: `<root>/<kind>/<namespace or _cluster>/<name>.yaml`,
+/// the namespace and name bounded by [`bounded_stem`] (the object in the
+/// file has its full name; readers list the files and read the objects).
 #[derive(Debug, Clone)]
 pub struct Store {
     pub root: PathBuf,
@@ -47,7 +77,10 @@ impl Store {
         } else {
             CLUSTER_SCOPE
         };
-        self.root.join(kind.dir()).join(scope).join(format!("{name}.yaml"))
+        self.root
+            .join(kind.dir())
+            .join(bounded_stem(scope))
+            .join(format!("{}.yaml", bounded_stem(name)))
     }
 
     fn path_of(&self, obj: &Object) -> PathBuf {
@@ -84,16 +117,25 @@ impl Store {
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Object>, ManifestError> {
         let mut out = Vec::new();
         let kind_dir = self.root.join(kind.dir());
+        let wanted = namespace.filter(|_| kind.namespaced()).map(bounded_stem);
         for scope in sorted_entries(&kind_dir)? {
-            if namespace.is_some_and(|ns| kind.namespaced() && scope.file_name().is_some_and(|f| f != ns)) {
+            if wanted
+                .as_deref()
+                .is_some_and(|ns| scope.file_name().is_some_and(|f| f != ns))
+            {
                 continue;
             }
+            let mut objects = Vec::new();
             for file in sorted_entries(&scope)? {
                 let visible = file.file_name().is_some_and(|f| !f.to_string_lossy().starts_with('.'));
                 if visible && file.extension().is_some_and(|e| e == "yaml") {
-                    out.extend(load(kind, &file)?);
+                    objects.extend(load(kind, &file)?);
                 }
             }
+            // In the order of the files' plain names, as before names were
+            // bounded (a bounded file name sorts by its hash).
+            objects.sort_by_cached_key(|o| format!("{}.yaml", o.name()));
+            out.extend(objects);
         }
         Ok(out)
     }
@@ -246,6 +288,71 @@ mod tests {
         assert!(!store.remove(Kind::Pod, Some("demo"), "web-0").unwrap());
         assert!(store.get(Kind::Pod, Some("demo"), "web-0").unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn long_names_get_bounded_file_names_and_round_trip() {
+        let dir = std::env::temp_dir().join(format!("weir-store-long-{}", std::process::id()));
+        let store = Store::new(&dir);
+        let pod = |name: &str| {
+            parse_documents(&format!("kind: Pod\nmetadata: {{name: {name}, namespace: shop}}\n"))
+                .unwrap()
+                .remove(0)
+        };
+        // The longest a pod's name may be, and another that differs only at its end.
+        let a = format!("{}.{}x", "a".repeat(200), "b".repeat(51));
+        let b = format!("{}y", &a[..252]);
+        assert_eq!((a.len(), b.len()), (253, 253));
+        for name in [&a, &b] {
+            store.put(&pod(name)).unwrap();
+            let file = store.path(Kind::Pod, Some("shop"), name);
+            let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(file.exists(), "{file_name}");
+            assert!(
+                format!(".{file_name}.tmp").len() <= 255,
+                "{} bytes: {file_name}",
+                file_name.len()
+            );
+            assert!(
+                file_name.starts_with(&name[..200]) && file_name.contains('_'),
+                "{file_name}"
+            );
+            assert_eq!(store.get(Kind::Pod, Some("shop"), name).unwrap().unwrap().name(), name);
+        }
+        assert_ne!(
+            store.path(Kind::Pod, Some("shop"), &a),
+            store.path(Kind::Pod, Some("shop"), &b)
+        );
+        let listed: Vec<String> = store
+            .list(Kind::Pod, Some("shop"))
+            .unwrap()
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect();
+        assert_eq!(listed, [a.clone(), b.clone()]);
+        assert!(store.remove(Kind::Pod, Some("shop"), &a).unwrap());
+        assert!(store.get(Kind::Pod, Some("shop"), &a).unwrap().is_none());
+        assert!(store.get(Kind::Pod, Some("shop"), &b).unwrap().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_that_always_fitted_keep_their_file_names() {
+        let store = Store::new("/m");
+        let fits = "c".repeat(PLAIN_NAME_MAX);
+        assert_eq!(
+            store.path(Kind::Pod, Some("shop"), &fits),
+            PathBuf::from(format!("/m/pod/shop/{fits}.yaml"))
+        );
+        assert_eq!(
+            store.path(Kind::Namespace, None, "shop"),
+            PathBuf::from("/m/namespace/_cluster/shop.yaml")
+        );
+        let longer = format!("{fits}c");
+        let bounded = bounded_stem(&longer);
+        assert_eq!(bounded.len(), 200 + 1 + 16);
+        assert_eq!(bounded, bounded_stem(&longer), "stable");
+        assert_eq!(bounded_stem("web-0"), "web-0");
     }
 
     #[test]
