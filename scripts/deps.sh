@@ -10,6 +10,7 @@ packages=(
   iperf3 sockperf procps iptables                 # benchmarks (iptables: the kube-proxy baseline)
   prometheus curl                                 # a real Prometheus scrapes the agents; promtool checks /metrics
   openssl                                         # certificates and keys of the test control plane
+  libseccomp-dev pkg-config busybox-static        # the lab's real nodes: runc (built by tools.sh) with seccomp; busybox is the test image's shell
 )
 
 missing=()

@@ -6,9 +6,14 @@
 # Kubernetes control plane for the tests: kube-apiserver,
 # kube-controller-manager and kube-scheduler (k8s.io/kubernetes v1.36.3,
 # tools/kubernetes/go.mod: the staging modules replaced by their published
-# v0.36.3) and etcd (go.etcd.io/etcd/server/v3 v3.7.3, tools/etcd/). First
-# builds on 2 cores: hubble about 4 minutes, the control plane 7, etcd under
-# 1; afterwards this script returns at once. Prints nothing when all is there.
+# v0.36.3) and etcd (go.etcd.io/etcd/server/v3 v3.7.3, tools/etcd/); and
+# what the lab's real nodes run: the kubelet (same module), containerd 2.x
+# with its runc shim and ctr (tools/containerd/), runc (tools/runc/), crane (images without a
+# daemon, and the registry the nodes pull from; tools/crane/), and the
+# images themselves (scripts/images.sh). First builds on 2 cores: hubble
+# about 4 minutes, the control plane and kubelet 7, etcd, containerd and
+# crane about 1 each; afterwards this script returns at once. Prints
+# nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,16 +48,19 @@ fi
 # The control plane: one module pins all three commands, built together.
 k8s_stamp=$(stamp_of tools/kubernetes/go.mod tools/kubernetes/go.sum)
 K8S_VERSION=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' tools/kubernetes/go.mod | head -1 | cut -d' ' -f2)
-if [ ! -x "$bin/kube-apiserver" ] || [ "$(cat "$bin/kubernetes.stamp" 2>/dev/null)" != "$k8s_stamp" ]; then
+if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kubelet" ] || [ "$(cat "$bin/kubernetes.stamp" 2>/dev/null)" != "$k8s_stamp" ]; then
   need_go
-  echo "tools: building kube-apiserver, kube-controller-manager, kube-scheduler and kubectl $K8S_VERSION into $bin (first time: about 7 minutes)"
+  echo "tools: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet and agnhost $K8S_VERSION into $bin (first time: about 7 minutes)"
   start=$(date +%s)
   minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
   mkdir -p "$bin/k8s.new"
   (cd tools/kubernetes && GOTOOLCHAIN=local go build -trimpath -ldflags="$ldflags" -o "$bin/k8s.new/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl)
+    k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet)
+  # agnhost, the upstream test image's one binary, static for its image.
+  (cd tools/kubernetes && CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$bin/k8s.new/agnhost" \
+    k8s.io/kubernetes/test/images/agnhost)
   mv "$bin/k8s.new/"* "$bin/" && rmdir "$bin/k8s.new"
   echo "$k8s_stamp" >"$bin/kubernetes.stamp"
   echo "tools: control plane built in $(( $(date +%s) - start )) s"
@@ -73,3 +81,54 @@ if [ ! -x "$bin/grpcurl" ] || [ "$(cat "$bin/grpcurl.stamp" 2>/dev/null)" != "$G
   GOBIN=$bin GOTOOLCHAIN=local go install "$GRPCURL_MODULE"
   echo "$GRPCURL_MODULE" >"$bin/grpcurl.stamp"
 fi
+
+# containerd, as the lab's real nodes run it (no btrfs, devmapper or zfs
+# snapshotters: overlayfs is what they use).
+containerd_stamp=$(stamp_of tools/containerd/go.mod tools/containerd/go.sum)
+if [ ! -x "$bin/containerd" ] || [ "$(cat "$bin/containerd.stamp" 2>/dev/null)" != "$containerd_stamp" ]; then
+  need_go
+  echo "tools: building containerd, containerd-shim-runc-v2 and ctr into $bin (first time: about 2 minutes)"
+  start=$(date +%s)
+  version=$(grep -oE 'containerd/v2 v[0-9.]+' tools/containerd/go.mod | head -1 | cut -d' ' -f2)
+  mkdir -p "$bin/containerd.new"
+  (cd tools/containerd && GOTOOLCHAIN=local go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$version" -o "$bin/containerd.new/" \
+    github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    github.com/containerd/containerd/v2/cmd/ctr)
+  mv "$bin/containerd.new/"* "$bin/" && rmdir "$bin/containerd.new"
+  echo "$containerd_stamp" >"$bin/containerd.stamp"
+  echo "tools: containerd built in $(( $(date +%s) - start )) s"
+fi
+
+# runc: Debian 12's 1.1.5 fails every sandbox start on this kernel
+# ("can't get final child's PID from pipe: EOF"); v1.5 works. cgo (its
+# nsexec is C) with seccomp (libseccomp-dev from scripts/deps.sh).
+runc_stamp=$(stamp_of tools/runc/go.mod tools/runc/go.sum)
+if [ ! -x "$bin/runc" ] || [ "$(cat "$bin/runc.stamp" 2>/dev/null)" != "$runc_stamp" ]; then
+  need_go
+  echo "tools: building runc into $bin"
+  version=$(grep -oE 'runc v[0-9.]+' tools/runc/go.mod | head -1 | cut -d' ' -f2)
+  (cd tools/runc && CGO_ENABLED=1 GOTOOLCHAIN=local go build -trimpath -tags seccomp \
+    -ldflags="-s -w -X main.version=${version#v}" -o "$bin/runc.new" github.com/opencontainers/runc)
+  mv "$bin/runc.new" "$bin/runc"
+  echo "$runc_stamp" >"$bin/runc.stamp"
+fi
+
+crane_stamp=$(stamp_of tools/crane/go.mod tools/crane/go.sum)
+if [ ! -x "$bin/crane" ] || [ "$(cat "$bin/crane.stamp" 2>/dev/null)" != "$crane_stamp" ]; then
+  need_go
+  echo "tools: building crane into $bin"
+  (cd tools/crane && GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$bin/crane.new" github.com/google/go-containerregistry/cmd/crane)
+  mv "$bin/crane.new" "$bin/crane"
+  echo "$crane_stamp" >"$bin/crane.stamp"
+fi
+
+pause_stamp=$(stamp_of tools/pause/go.mod tools/pause/main.go)
+if [ ! -x "$bin/pause" ] || [ "$(cat "$bin/pause.stamp" 2>/dev/null)" != "$pause_stamp" ]; then
+  need_go
+  (cd tools/pause && CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$bin/pause.new" .)
+  mv "$bin/pause.new" "$bin/pause"
+  echo "$pause_stamp" >"$bin/pause.stamp"
+fi
+
+bash "$(dirname "$0")/images.sh"

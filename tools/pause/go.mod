@@ -1,0 +1,3 @@
+module weir.dev/tools/pause
+
+go 1.26.0
