@@ -10,9 +10,12 @@
 //! The API server listens on loopback and, when `advertise` is given, on
 //! that address too (a node address inside a network namespace the caller
 //! made); RBAC and Node authorizers, the default admission plugins.
-//! kube-controller-manager runs every controller but the node lifecycle
-//! one: no kubelet renews node leases here, so that controller would call
-//! every node unreachable after 50 s and mark its pods not ready.
+//! kube-controller-manager runs every controller but, unless real kubelets
+//! run the nodes (`Options::real_kubelets`), the node lifecycle one: where
+//! no kubelet renews node leases, that controller would call every node
+//! unreachable after 50 s and mark its pods not ready. Real kubelets
+//! authenticate with client certificates from the plan's CA
+//! (`Plan::node_kubeconfig`), as `system:node:NAME` in `system:nodes`.
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +53,10 @@ pub struct Options {
     pub cluster_cidr: String,
     /// The size of each node's pod CIDR from the allocator.
     pub node_cidr_mask: u8,
+    /// Real kubelets run the nodes: they renew leases, so the node
+    /// lifecycle controller runs (it lifts the not-ready taint once a node
+    /// is Ready, and marks nodes whose kubelet went away).
+    pub real_kubelets: bool,
 }
 
 /// One process to run.
@@ -225,6 +232,10 @@ impl Plan {
             format!("--service-account-signing-key-file={}", p("sa.key")),
             format!("--service-cluster-ip-range={}", o.service_cidr),
             "--allow-privileged=true".into(),
+            // Reach kubelets (exec, logs, port-forward) at their node
+            // address: a node's name resolves nowhere here, and the
+            // lookup itself would go to the host's resolver.
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
             "--v=1".into(),
         ]);
         let kc = format!("--kubeconfig={}", admin_kubeconfig.display());
@@ -236,7 +247,10 @@ impl Plan {
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
             "--use-service-account-credentials=true".into(),
-            "--controllers=*,-node-lifecycle-controller".into(),
+            match o.real_kubelets {
+                true => "--controllers=*".into(),
+                false => "--controllers=*,-node-lifecycle-controller".into(),
+            },
             "--allocate-node-cidrs=true".into(),
             format!("--cluster-cidr={}", o.cluster_cidr),
             format!("--node-cidr-mask-size={}", o.node_cidr_mask),
@@ -267,6 +281,57 @@ impl Plan {
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
+
+    /// A kubeconfig for node `node`'s kubelet at `server`: a client
+    /// certificate from the plan's CA for `system:node:NODE` in group
+    /// `system:nodes`, which the Node authorizer and the NodeRestriction
+    /// admission plugin know (a token would do too, but kubelets use
+    /// certificates, and the token file is read once at start).
+    pub fn node_kubeconfig(&self, node: &str, server: &str) -> anyhow::Result<PathBuf> {
+        node_kubeconfig(&self.dir, node, server)
+    }
+}
+
+/// [`Plan::node_kubeconfig`] for a plan prepared earlier in `dir`.
+pub fn node_kubeconfig(dir: &Path, node: &str, server: &str) -> anyhow::Result<PathBuf> {
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let (key, csr, crt) = (
+        p(&format!("node-{node}.key")),
+        p(&format!("node-{node}.csr")),
+        p(&format!("node-{node}.crt")),
+    );
+    let subject = format!("/O=system:nodes/CN=system:node:{node}");
+    openssl(
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+        ],
+        "node key",
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "30",
+            "-in",
+            &csr,
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &crt,
+        ],
+        "node certificate",
+    )?;
+    let path = dir.join(format!("node-{node}.kubeconfig"));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: weir\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: {node}\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: weir\n  context: {{cluster: weir, user: {node}}}\ncurrent-context: weir\n",
+        dir.join("ca.crt").display()
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// The Service range's first address: the `kubernetes` Service's ClusterIP,

@@ -60,6 +60,7 @@ impl ControlPlane {
             service_cidr: "10.96.0.0/16".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask: 24,
+            real_kubelets: false,
         };
         let plan = weir_k8s::local::Plan::prepare(&dir, &options).expect("preparing the control plane");
         let mut cp = ControlPlane {
