@@ -50,6 +50,10 @@ pub fn teardown(dir: &LabDir, state: Option<&LabState>) -> Vec<String> {
             .chain(state.nodes.values().filter_map(|n| n.agent.clone()))
             .collect();
         errors.extend(procs::stop_all(&procs, Duration::from_secs(3)));
+        // Real nodes: the pods and shims the kubelets and containerd left.
+        if state.topology.kubelet == super::topology::Kubelet::Real {
+            errors.extend(super::realnode::teardown(dir, state));
+        }
 
         // Only what the lab recorded as its own (it records a namespace
         // before creating it): a name that merely shares the lab's prefix

@@ -83,6 +83,7 @@ pub fn start(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Resu
             service_cidr: topo.service_cidr.to_string(),
             cluster_cidr: topo.cluster_cidr.to_string(),
             node_cidr_mask: mask,
+            real_kubelets: topo.kubelet == super::topology::Kubelet::Real,
         },
     )?;
     let kube = KubeState {
@@ -131,9 +132,16 @@ fn wait_ready(kube: &KubeState, log: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The Node object of a lab node: its pod CIDR (the allocator keeps it),
-/// its address, Ready (the lab's kubelet is there).
-pub fn create_node(kube: &KubeState, name: &str, pod_cidr: &str, ip: std::net::Ipv4Addr) -> Result<()> {
+/// The Node object of a lab node: its pod CIDR (the allocator keeps it)
+/// and, when the lab plays the kubelet (`lab_kubelet`), its address and
+/// Ready; a real kubelet reports its status itself.
+pub fn create_node(
+    kube: &KubeState,
+    name: &str,
+    pod_cidr: &str,
+    ip: std::net::Ipv4Addr,
+    lab_kubelet: bool,
+) -> Result<()> {
     kubectl_ok(
         kube,
         &["apply", "-f", "-"],
@@ -141,6 +149,9 @@ pub fn create_node(kube: &KubeState, name: &str, pod_cidr: &str, ip: std::net::I
             "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\nspec: {{podCIDR: {pod_cidr}, podCIDRs: [{pod_cidr}]}}\n"
         )),
     )?;
+    if !lab_kubelet {
+        return Ok(());
+    }
     let status = serde_json::json!({"status": {
         "addresses": [{"type": "InternalIP", "address": ip.to_string()}, {"type": "Hostname", "address": name}],
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "weir lab plays the kubelet"}],
@@ -351,7 +362,17 @@ fn settled(lab: &Lab, state: &LabState, kube: &KubeState) -> Result<Option<Strin
                     return Ok(Some(format!("pod {ns}/{name} not scheduled yet")));
                 };
                 let key = format!("{ns}/{name}");
-                let running = current.pods.get(&key).is_some_and(|p| p.ip.is_some());
+                // A real kubelet reports readiness itself (probes
+                // included); the lab's kubelet once it wired the pod.
+                let running = match current.topology.kubelet {
+                    super::topology::Kubelet::Real => o
+                        .pointer("/status/conditions")
+                        .and_then(|c| c.as_array())
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+                    super::topology::Kubelet::Lab => current.pods.get(&key).is_some_and(|p| p.ip.is_some()),
+                };
                 let terminating = o.pointer("/metadata/deletionTimestamp").is_some();
                 let phase = o.pointer("/status/phase").and_then(|v| v.as_str());
                 if terminating {

@@ -23,6 +23,8 @@ mod matrix;
 mod netns;
 mod probe;
 mod procs;
+mod realnode;
+mod registry;
 mod sctp;
 mod serve;
 mod signals;
@@ -201,6 +203,16 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The lab as it stands, its pods included: on real nodes, those the
+    /// kubelets run (from the agents; not in `lab.json`).
+    pub fn observed(&self) -> Result<LabState> {
+        let mut state = self.dir.require()?;
+        if state.topology.kubelet == topology::Kubelet::Real {
+            realnode::pods_from_agents(&mut state);
+        }
+        Ok(state)
+    }
+
     /// Directory holding `weir-agent` and `weir-cni`.
     pub fn bin_dir(&self) -> Result<PathBuf> {
         if let Some(d) = std::env::var_os("WEIR_BIN_DIR").filter(|d| !d.is_empty()) {
@@ -348,7 +360,7 @@ fn find_pod<'a>(state: &'a LabState, s: &str) -> Result<&'a PodState> {
 }
 
 fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
-    let state = lab.dir.require()?;
+    let state = lab.observed()?;
     let pod = find_pod(&state, pod)?;
     let status = netns::command(&pod.netns, &command[0])
         .args(&command[1..])
@@ -364,7 +376,7 @@ fn exec(lab: &Lab, pod: &str, command: &[String]) -> Result<u8> {
 
 /// Asks the agent of the pod's node to trace (or stop tracing) it.
 fn trace(lab: &Lab, pod: &str, enabled: bool) -> Result<()> {
-    let state = lab.dir.load()?.context("no lab is up")?;
+    let state = lab.observed()?;
     let (namespace, name) = pod.split_once('/').context("expected NAMESPACE/POD")?;
     let p = state
         .pods
@@ -394,7 +406,7 @@ fn probe_cmd(
     source_port: Option<u16>,
     size: Option<u16>,
 ) -> Result<u8> {
-    let state = lab.dir.require()?;
+    let state = lab.observed()?;
     let from = pod.map(|p| find_pod(&state, p)).transpose()?;
     let (netns_name, namespace) = match from {
         Some(p) => (p.netns.clone(), p.namespace.as_str()),

@@ -97,7 +97,7 @@ pub fn run(
     via_service: bool,
     timeout: f64,
 ) -> Result<Vec<Cell>> {
-    let state = lab.dir.require()?;
+    let state = lab.observed()?;
     if ports.is_empty() {
         bail!("give at least one --port PORT/PROTO");
     }

@@ -28,7 +28,9 @@ pub enum NetnsError {
     Enter { path: String, reason: String },
 }
 
+/// The lab's netns by name; an absolute path (a runtime's netns) as it is.
 pub fn path(name: &str) -> PathBuf {
+    // `join` of an absolute path is that path.
     PathBuf::from(NETNS_DIR).join(name)
 }
 
@@ -75,7 +77,14 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 
 /// A command that runs `program args..` inside the named netns (`ip netns exec`,
 /// which execs in place, so the child's pid is the program's pid).
+/// A netns given as an absolute path (a runtime's, not the lab's) is
+/// entered with `nsenter`, which also execs in place.
 pub fn command(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if name.starts_with('/') {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={name}")).arg("--").arg(program);
+        return cmd;
+    }
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", name]).arg(program);
     cmd

@@ -124,6 +124,8 @@ impl LabDir {
             "state",
             "run",
             "kube",
+            "nodes",
+            "registry",
             ".lock",
         ]
         .iter()

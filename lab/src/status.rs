@@ -13,7 +13,7 @@ use super::manifests::{Kind, Object, Store};
 use super::{Lab, Output, procs};
 
 pub fn status(lab: &Lab, output: Output) -> Result<()> {
-    let state = lab.dir.require()?;
+    let state = lab.observed()?;
     let mut nodes = Vec::new();
     for (name, node) in &state.nodes {
         let client = Client::new(&node.socket, Duration::from_secs(2));
@@ -68,7 +68,14 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
             services(svcs.collect(), slices.collect())
         }
     };
-    let doc = json!({ "lab": state.name, "labDir": lab.dir.root, "nodes": nodes, "pods": pods, "services": services });
+    // Where users point their tools: the relay, each agent's metrics (on
+    // its node's loopback), the kubeconfig.
+    let access = json!({
+        "relay": format!("unix://{}", lab.dir.relay_socket().display()),
+        "metrics": state.nodes.iter().map(|(n, ns)| (n.clone(), json!(format!("netns {}: http://127.0.0.1:9962/metrics", ns.netns)))).collect::<serde_json::Map<_, _>>(),
+        "kubeconfig": state.kube.as_ref().map(|k| json!({"path": k.admin_kubeconfig, "netns": k.netns})),
+    });
+    let doc = json!({ "lab": state.name, "labDir": lab.dir.root, "access": access, "nodes": nodes, "pods": pods, "services": services });
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(&doc)?),
@@ -125,6 +132,21 @@ fn s(v: &Value) -> String {
 
 fn print_table(doc: &Value) {
     println!("lab {} ({})", s(&doc["lab"]), s(&doc["labDir"]));
+    let access = &doc["access"];
+    println!(
+        "  relay:      {} (weir lab observe, weir observe --server)",
+        s(&access["relay"])
+    );
+    for (node, at) in access["metrics"].as_object().into_iter().flatten() {
+        println!("  metrics {node}: {}", s(at));
+    }
+    if !access["kubeconfig"].is_null() {
+        println!(
+            "  kubeconfig: {} (kubectl in netns {})",
+            s(&access["kubeconfig"]["path"]),
+            s(&access["kubeconfig"]["netns"])
+        );
+    }
     println!("\nNODE            AGENT          POD CIDR          ENDPOINTS  DROPS");
     for n in doc["nodes"].as_array().into_iter().flatten() {
         let agent = format!(

@@ -42,6 +42,21 @@ pub struct Topology {
     /// control plane the lab starts on the first node (`kubernetes`).
     #[serde(default)]
     pub control_plane: ControlPlane,
+    /// Who runs the nodes' pods with `controlPlane: kubernetes`: the lab
+    /// itself (`lab`, the default: it wires each pod with `weir-cni` and
+    /// reports it running, in a fraction of a second) or, per node, the
+    /// real kubelet with containerd (`real`: pods from images, pulled from
+    /// the lab's registry; `weir-cni` called by containerd).
+    #[serde(default)]
+    pub kubelet: Kubelet,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kubelet {
+    #[default]
+    Lab,
+    Real,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +219,9 @@ pub fn validate(topo: &Topology) -> Vec<String> {
     if topo.nodes.is_empty() {
         problems.push("nodes: at least one node is required".into());
     }
+    if topo.kubelet == Kubelet::Real && topo.control_plane != ControlPlane::Kubernetes {
+        problems.push("kubelet: real needs controlPlane: kubernetes (a kubelet needs an API server)".into());
+    }
     if topo.node_cidr != topo.node_cidr.trunc() {
         problems.push(format!("nodeCIDR {}: host bits set", topo.node_cidr));
     }
@@ -353,6 +371,15 @@ mod tests {
             assert_eq!(t.node_port_xdp, want, "{line}");
         }
         assert!(parse(&format!("nodePortXDP: maybe\n{base}")).is_err());
+    }
+
+    #[test]
+    fn a_real_kubelet_needs_the_real_control_plane() {
+        assert_eq!(parse(ONE).unwrap().kubelet, Kubelet::Lab);
+        let real = parse(&format!("controlPlane: kubernetes\nkubelet: real\n{ONE}")).unwrap();
+        assert_eq!(real.kubelet, Kubelet::Real);
+        let p = invalid(&format!("kubelet: real\n{ONE}"));
+        assert!(p[0].contains("needs controlPlane: kubernetes"), "{p:?}");
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn bring_up(
         netns::xdp_pass_on(&topo.fabric_netns(), "external", &xdp_pass)?;
     }
     let kubernetes = topo.control_plane == topology::ControlPlane::Kubernetes;
+    let real = topo.kubelet == topology::Kubelet::Real;
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
         let node_ip = topo.node_ip(index);
@@ -203,7 +204,16 @@ fn bring_up(
         state.kube = Some(kube.clone());
         lab.dir.save(state)?;
         for (index, node) in topo.nodes.iter().enumerate() {
-            super::kube::create_node(&kube, &node.name, &node.pod_cidr.to_string(), topo.node_ip(index))?;
+            super::kube::create_node(
+                &kube,
+                &node.name,
+                &node.pod_cidr.to_string(),
+                topo.node_ip(index),
+                !real,
+            )?;
+        }
+        if real {
+            start_real_nodes(lab, topo, &kube, state, interrupt)?;
         }
         let agent_kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-agent", &kube.server)?;
         let operator_kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-operator", &kube.server)?;
@@ -325,7 +335,9 @@ fn bring_up(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    if let Some(kube) = state.kube.clone() {
+    if let (true, Some(kube)) = (real, state.kube.clone()) {
+        install_weir_cni(lab, topo, &kube, interrupt)?;
+    } else if let Some(kube) = state.kube.clone() {
         let exe = std::env::current_exe().context("locating the weir binary")?;
         let log = File::create(lab.dir.logs().join("kubelet.log")).context("creating the kubelet's log")?;
         let child = signals::spawn_in(Some(&netns::path(&kube.netns)), &exe)?
@@ -345,6 +357,121 @@ fn bring_up(
         println!("kubelet: pods bound to the lab's nodes are wired by weir-cni");
     }
     start_relay(lab, topo, state)
+}
+
+/// The registry, then containerd and the kubelet on every node; returns
+/// once every node has registered and reports NotReady for want of a CNI,
+/// as a fresh cluster's nodes do.
+fn start_real_nodes(
+    lab: &Lab,
+    topo: &topology::Topology,
+    kube: &super::state::KubeState,
+    state: &mut LabState,
+    interrupt: &Interrupt,
+) -> Result<()> {
+    let registry = super::registry::start(lab, state)?;
+    let sandbox = super::registry::images()?
+        .into_iter()
+        .find(|i| i.path().starts_with("pause:"))
+        .context("the tools cache has no pause image (scripts/tools.sh builds it)")?
+        .reference;
+    let dns = cluster_dns(topo);
+    for (index, node) in topo.nodes.iter().enumerate() {
+        interrupt.check()?;
+        let kubeconfig = weir_k8s::local::node_kubeconfig(&lab.dir.kube(), &node.name, &kube.server)?;
+        super::realnode::start(
+            lab,
+            state,
+            &node.name,
+            topo.node_ip(index),
+            &kubeconfig,
+            &registry,
+            &sandbox,
+            dns,
+        )?;
+        println!("node {}: containerd and kubelet started", node.name);
+    }
+    wait_nodes(lab, kube, topo, interrupt, |ready, reason| {
+        !ready && reason.contains("cni plugin not initialized")
+    })?;
+    for node in &topo.nodes {
+        println!("node {}: NotReady (no CNI configured yet)", node.name);
+    }
+    Ok(())
+}
+
+/// The cluster DNS Service's address: the service range's tenth, as
+/// kubeadm picks it.
+fn cluster_dns(topo: &topology::Topology) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(topo.service_cidr.network()) + 10)
+}
+
+/// weir's install step on real nodes, once every agent serves: the CNI
+/// plugin and conflist onto each node; returns when every node is Ready.
+fn install_weir_cni(
+    lab: &Lab,
+    topo: &topology::Topology,
+    kube: &super::state::KubeState,
+    interrupt: &Interrupt,
+) -> Result<()> {
+    let plugin = lab.binary("weir-cni")?;
+    for node in &topo.nodes {
+        super::realnode::install_cni(lab, &node.name, &plugin, &lab.dir.node_socket(&node.name))?;
+    }
+    let t0 = Instant::now();
+    wait_nodes(lab, kube, topo, interrupt, |ready, _| ready)?;
+    println!(
+        "weir installed as the CNI: every node Ready {:.1}s later",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Until every lab node's Ready condition passes `ok(ready, message)`.
+fn wait_nodes(
+    lab: &Lab,
+    kube: &super::state::KubeState,
+    topo: &topology::Topology,
+    interrupt: &Interrupt,
+    ok: impl Fn(bool, &str) -> bool,
+) -> Result<()> {
+    let limit = Duration::from_secs(120);
+    let t0 = Instant::now();
+    loop {
+        interrupt.check()?;
+        let nodes: Vec<Node> = super::kube::list(kube, "nodes")?;
+        let pending: Vec<String> = topo
+            .nodes
+            .iter()
+            .filter(|want| {
+                let cond = nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(want.name.as_str()))
+                    .and_then(|n| {
+                        n.status
+                            .as_ref()?
+                            .conditions
+                            .as_ref()?
+                            .iter()
+                            .find(|c| c.type_ == "Ready")
+                            .cloned()
+                    });
+                !cond.is_some_and(|c| ok(c.status == "True", c.message.as_deref().unwrap_or_default()))
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "nodes {} not as expected within {limit:?}; see {}",
+                pending.join(", "),
+                lab.dir.logs().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The relay, on the host (it reaches every agent's Unix socket; no netns
