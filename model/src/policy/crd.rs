@@ -15,7 +15,7 @@
 //! - `enforcement: audit`: the policy never drops; what it would deny is
 //!   forwarded and recorded as an AUDIT verdict naming it, so a policy can
 //!   be staged against live traffic before it is enforced.
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,13 @@ use serde::{Deserialize, Serialize};
     shortname = "wnp",
     status = "PolicyStatus",
     derive = "PartialEq",
-    derive = "Default"
+    derive = "Default",
+    // Columns as JSON: the structured form repeats `type_ = "string"`,
+    // which clippy takes for a duplicated attribute.
+    printcolumn = r#"{"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status", "description": "Whether the agents accept the policy (the operator judges it as they do)"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].reason"}"#,
+    printcolumn = r#"{"name": "Enforcement", "type": "string", "jsonPath": ".spec.enforcement"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WeirNetworkPolicySpec {
@@ -47,7 +53,13 @@ pub struct WeirNetworkPolicySpec {
     shortname = "wcnp",
     status = "PolicyStatus",
     derive = "PartialEq",
-    derive = "Default"
+    derive = "Default",
+    // Columns as JSON: the structured form repeats `type_ = "string"`,
+    // which clippy takes for a duplicated attribute.
+    printcolumn = r#"{"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status", "description": "Whether the agents accept the policy (the operator judges it as they do)"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].reason"}"#,
+    printcolumn = r#"{"name": "Enforcement", "type": "string", "jsonPath": ".spec.enforcement"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WeirClusterNetworkPolicySpec {
@@ -151,23 +163,40 @@ pub enum PortValue {
     Name(String),
 }
 
-/// What the operator (and, until it runs, nobody) reports on a policy.
+/// What weir's operator reports on the policy: whether the agents accept
+/// it (condition `Accepted`), for which generation of its spec. Only the
+/// operator writes it (server-side apply, field manager `weir-operator`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
+    /// The `metadata.generation` the conditions were judged on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`: `True`, or `False` with reason `Invalid` and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<PolicyCondition>,
 }
 
-/// `type: Valid`, `status: "False"` with the reason a policy was rejected.
+/// A condition in Kubernetes' usual shape (the fields of meta/v1
+/// `Condition`), every field but `type` and `status` optional, so a status
+/// written by anything else never makes the policy unreadable to an agent.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyCondition {
     #[serde(rename = "type")]
     pub type_: String,
+    /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// One CamelCase word: why the condition is what it is.
     #[serde(default)]
     pub reason: String,
     #[serde(default)]
     pub message: String,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// The `metadata.generation` this condition was judged on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }

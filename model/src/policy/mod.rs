@@ -1,7 +1,8 @@
 //! Network policy, as pure logic: weir's own policy kinds ([`crd`]), the
 //! validation of every policy into one normalised form ([`parse`]) and the
 //! compiler that turns the cluster's policies into the datapath's policy
-//! tables for one node's endpoints ([`compile`]). The agent's policy
+//! tables for one node's endpoints ([`compile`]); the status the operator
+//! reports on weir's policies ([`status`]), judged by the same parser. The agent's policy
 //! controller runs the compiler and writes its output; flows name verdicts
 //! with [`compile::RuleRef`].
 //!
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 pub mod compile;
 pub mod crd;
 pub mod parse;
+pub mod status;
 
 pub use compile::{Compiled, EndpointPolicy, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile};
 pub use parse::{Direction, MatchType, Policy, PolicyId, PolicyKind, Rejected};

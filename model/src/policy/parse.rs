@@ -22,6 +22,15 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// The object kind this policy kind is.
+    pub fn kind(self) -> crate::Kind {
+        match self {
+            PolicyKind::NetworkPolicy => crate::Kind::NetworkPolicy,
+            PolicyKind::WeirNetworkPolicy => crate::Kind::WeirNetworkPolicy,
+            PolicyKind::WeirClusterNetworkPolicy => crate::Kind::WeirClusterNetworkPolicy,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PolicyKind::NetworkPolicy => "NetworkPolicy",
@@ -695,6 +704,12 @@ pub fn weir_cluster_network_policy(p: &WeirClusterNetworkPolicy) -> Result<Polic
     crd_policy(id, &p.spec.rules, namespaces, None)
 }
 
+/// Why a policy that cannot be read into its type is rejected (`reason`:
+/// the reader's error).
+pub fn unreadable_reason(reason: &str) -> String {
+    format!("cannot be read: {reason}")
+}
+
 /// Every policy of the cluster state, parsed: the valid ones and the
 /// rejected ones, each in a stable order (kind, namespace, name).
 pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
@@ -720,7 +735,7 @@ pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
         };
         Err(Box::new(Rejected {
             id: id.clone(),
-            reason: format!("cannot be read: {}", u.reason),
+            reason: unreadable_reason(&u.reason),
             audit: u.audit,
             subject: Subject {
                 namespaces,
