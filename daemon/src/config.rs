@@ -36,6 +36,9 @@ pub enum NodePortXdp {
     Off,
 }
 
+/// `--uplink auto`: the interface with the Node's InternalIP.
+pub const AUTO_UPLINK: &str = "auto";
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "weir-agent",
@@ -78,8 +81,17 @@ pub struct Config {
 
     /// The node's uplink: its TC ingress gets the program that delivers
     /// routed traffic to local pods, and its IPv4 address is the node IP.
+    /// `auto`: the interface holding the Node object's InternalIP (against
+    /// the API server), so a DaemonSet needs no per-node flag.
     #[arg(long, env = "WEIR_UPLINK")]
     pub uplink: Option<String>,
+
+    /// Install weir as the node's CNI once the agent serves pod ADDs: the
+    /// conflist `05-weir.conflist` in this directory (the runtime's CNI
+    /// config dir), written atomically, naming `--socket`. Without it the
+    /// conflist is someone else's to write (the lab, an installer).
+    #[arg(long, env = "WEIR_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
 
     /// How pod traffic reaches other nodes: `native` (routes to each node's
     /// pod CIDR via its node IP) or `vxlan` (encapsulated by the datapath).
@@ -222,6 +234,9 @@ impl Config {
         if self.flow_report_interval < std::time::Duration::from_millis(100) {
             errors.push("--flow-report-interval: at least 100ms".into());
         }
+        if self.uplink.as_deref() == Some(AUTO_UPLINK) && self.manifests.is_some() {
+            errors.push("--uplink auto needs the API server (it reads the Node's InternalIP)".into());
+        }
         if !self.bpffs_root.is_absolute() {
             errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
         }
@@ -251,6 +266,13 @@ impl Config {
 
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs_root.join(&self.node)
+    }
+
+    /// The conflist the agent writes, with `--cni-conf-dir`.
+    pub fn cni_conflist(&self) -> Option<PathBuf> {
+        self.cni_conf_dir
+            .as_ref()
+            .map(|d| d.join(weir_agent_api::CONFLIST_NAME))
     }
 
     pub fn hubble_socket(&self) -> PathBuf {

@@ -59,7 +59,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(%map, "a pinned map of an older datapath is not used any more: removed");
     }
     let netdev = Netdev::connect()?;
-    let uplink = match &config.uplink {
+    // The Kubernetes client first: the uplink and the pod CIDR may come
+    // from the Node.
+    let kube = match &config.manifests {
+        Some(_) => None,
+        None => Some(weir_k8s::client(config.kubeconfig.as_deref()).await?),
+    };
+    let uplink_name = match (config.uplink.as_deref(), &kube) {
+        (Some(config::AUTO_UPLINK), Some(client)) => {
+            let ip = cluster::kubernetes::node_internal_ip(client, &config.node).await?;
+            let name = netdev
+                .link_with_ipv4(ip)
+                .await?
+                .with_context(|| format!("--uplink auto: no interface has the Node's InternalIP {ip}"))?;
+            tracing::info!(node = %config.node, %ip, uplink = %name, "uplink from the Node's InternalIP");
+            Some(name)
+        }
+        (other, _) => other.map(str::to_owned),
+    };
+    let uplink = match &uplink_name {
         Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),
         None => None,
     };
@@ -78,11 +96,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         datapath,
         netdev: netdev.clone(),
         runtime: tokio::runtime::Handle::current(),
-    };
-    // The Kubernetes client first: the pod CIDR may come from the Node.
-    let kube = match &config.manifests {
-        Some(_) => None,
-        None => Some(weir_k8s::client(config.kubeconfig.as_deref()).await?),
     };
     let pod_cidr = match (config.pod_cidr, &kube) {
         (Some(c), _) => c,
@@ -181,7 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let config::Listen::On(addr) = config.metrics_listen {
         match metrics::bind(addr).await {
             Ok(l) => {
-                tokio::spawn(metrics::serve(metrics.clone(), l));
+                tokio::spawn(metrics::serve(metrics.clone(), sync.clone(), l));
             }
             // Loud, not fatal: pods and flows matter more than a scrape.
             Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen; no /metrics"),
@@ -192,7 +205,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
     tracing::info!(node = %config.node, %pod_cidr, socket = %config.socket.display(),
         hubble = %hubble_socket.display(), "agent ready");
-    let server = tokio::spawn(api::serve(listener, endpoints, rx, sync, Some(metrics)));
+    let server = tokio::spawn(api::serve(listener, endpoints, rx, sync.clone(), Some(metrics)));
+    sync.set_serving();
+    // Installed as the node's CNI only now: the runtime calls weir-cni as
+    // soon as the conflist is there, and every ADD must find the agent.
+    if let Some(path) = config.cni_conflist() {
+        write_conflist(&path, &config.socket).with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(conflist = %path.display(), "installed as the node's CNI");
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -207,6 +227,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = reader.join();
     drop(state_lock);
     Ok(())
+}
+
+/// The conflist naming `socket`, atomically (a runtime reading the dir
+/// sees none or the whole file).
+fn write_conflist(path: &std::path::Path, socket: &std::path::Path) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".weir-conflist.tmp");
+    std::fs::write(&tmp, weir_agent_api::conflist(socket))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Node plumbing for multi-node clusters: the uplink's ingress program, its
@@ -284,7 +314,15 @@ async fn setup_uplink(
     }
     // The node forwards pod traffic to other nodes (native routing) and to
     // the outside; /proc/sys/net is per network namespace.
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+    // Written only when off: in a container /proc/sys may be read-only,
+    // and the DaemonSet's init container has already turned it on.
+    let forwarding = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(forwarding)
+        .map(|v| v.trim() != "1")
+        .unwrap_or(true)
+    {
+        std::fs::write(forwarding, "1").context("enabling IPv4 forwarding")?;
+    }
     tracing::info!(%uplink, %node_ip, routing = ?config.routing, masquerade = ?config.cluster_cidr, nodeport_xdp, "uplink ready");
     Ok((if tunnel_ifindex != 0 { tunnel_ifindex } else { index }, node_ip))
 }

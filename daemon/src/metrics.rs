@@ -667,8 +667,10 @@ pub fn classic(openmetrics: &str) -> String {
     out
 }
 
-/// Serves `/metrics` until the process ends.
-pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
+/// Serves `/metrics`, and the probes a DaemonSet's kubelet runs:
+/// `/healthz` (the process answers) and `/readyz` (`SyncStatus::readiness`:
+/// 503 with what is pending), until the process ends.
+pub async fn serve(metrics: Arc<Metrics>, sync: Arc<crate::sync::SyncStatus>, listener: tokio::net::TcpListener) {
     use hyper::body::Incoming;
     use hyper::{Request, Response, StatusCode};
     loop {
@@ -681,9 +683,11 @@ pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
             }
         };
         let metrics = metrics.clone();
+        let sync = sync.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
+                let sync = sync.clone();
                 async move {
                     let openmetrics = req
                         .headers()
@@ -701,10 +705,19 @@ pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                             .body(metrics.encode_classic())
+                    } else if req.uri().path() == "/healthz" {
+                        Response::builder().body("ok\n".to_owned())
+                    } else if req.uri().path() == "/readyz" {
+                        match sync.readiness() {
+                            Ok(()) => Response::builder().body("ok\n".to_owned()),
+                            Err(pending) => Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .body(format!("not ready: {}\n", pending.join(", "))),
+                        }
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
-                            .body("only /metrics here\n".to_owned())
+                            .body("only /metrics, /healthz and /readyz here\n".to_owned())
                     }
                 }
             });

@@ -132,6 +132,29 @@ impl Netdev {
         Ok(Some(facts))
     }
 
+    /// The name of the interface holding `ip` (the node's uplink, found
+    /// from the Node's InternalIP).
+    pub async fn link_with_ipv4(&self, ip: Ipv4Addr) -> Result<Option<String>, NetdevError> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {
+            if msg.attributes.contains(&AddressAttribute::Address(IpAddr::V4(ip))) {
+                index = Some(msg.header.index);
+            }
+        }
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links.try_next().await.map_err(req("looking up the uplink"))?;
+        Ok(link.and_then(|l| {
+            l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        }))
+    }
+
     pub async fn ipv4_of(&self, index: u32) -> Result<Option<Ipv4Addr>, NetdevError> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = addrs.try_next().await.map_err(req("listing addresses"))? {

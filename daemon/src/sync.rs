@@ -8,6 +8,8 @@ use std::sync::Mutex;
 pub struct SyncStatus {
     services: Mutex<Option<u64>>,
     ipcache: Mutex<Option<u64>>,
+    /// The local API (pod ADDs) is served.
+    serving: std::sync::atomic::AtomicBool,
     policy: Mutex<Option<u64>>,
     /// The endpoint generation the policy tables were last written for:
     /// an endpoint ADD waits for its own before it answers, so a new pod
@@ -20,6 +22,7 @@ impl Default for SyncStatus {
         Self {
             services: Mutex::new(None),
             ipcache: Mutex::new(None),
+            serving: std::sync::atomic::AtomicBool::new(false),
             policy: Mutex::new(None),
             policy_generation: tokio::sync::watch::channel(0).0,
         }
@@ -77,11 +80,48 @@ impl SyncStatus {
     pub fn services(&self) -> Option<u64> {
         *self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The local API now answers pod ADDs.
+    pub fn set_serving(&self) {
+        self.serving.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ready (`/readyz`) once the local API serves and the services,
+    /// ipcache and policy controllers have each applied a snapshot of a
+    /// synced cluster model; otherwise what is still pending.
+    pub fn readiness(&self) -> Result<(), Vec<&'static str>> {
+        let mut pending = Vec::new();
+        if !self.serving.load(std::sync::atomic::Ordering::Relaxed) {
+            pending.push("local API not serving");
+        }
+        for (what, applied) in [
+            ("services not applied", self.services()),
+            ("ipcache not applied", self.ipcache()),
+            ("policy not applied", self.policy()),
+        ] {
+            if applied.is_none() {
+                pending.push(what);
+            }
+        }
+        if pending.is_empty() { Ok(()) } else { Err(pending) }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_once_serving_and_every_controller_applied() {
+        let s = SyncStatus::default();
+        assert_eq!(s.readiness().unwrap_err().len(), 4);
+        s.set_serving();
+        s.services_applied(Some(1));
+        s.ipcache_applied(Some(1));
+        assert_eq!(s.readiness(), Err(vec!["policy not applied"]));
+        s.policy_applied(Some(1), 0);
+        assert_eq!(s.readiness(), Ok(()));
+    }
 
     #[test]
     fn reports_the_last_applied_revision() {

@@ -44,23 +44,53 @@ const LATEST: Duration = Duration::from_millis(250);
 /// kube-controller-manager's allocator or by whoever made the node); waits
 /// until the Node exists and has one.
 pub async fn node_pod_cidr(client: &kube::Client, node: &str) -> anyhow::Result<Ipv4Net> {
+    from_node(client, node, "pod CIDR", |n| {
+        let spec = n.spec.clone().unwrap_or_default();
+        let cidrs = spec.pod_cidr.into_iter().chain(spec.pod_cidrs.into_iter().flatten());
+        cidrs
+            .filter_map(|c| c.parse::<Ipv4Net>().ok())
+            .next()
+            .ok_or_else(|| format!("Node {node} has no IPv4 spec.podCIDR yet"))
+    })
+    .await
+}
+
+/// The Node's InternalIP (`--uplink auto`), waiting until it has one.
+pub async fn node_internal_ip(client: &kube::Client, node: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    from_node(client, node, "InternalIP", |n| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .find_map(|a| a.address.parse().ok())
+            .ok_or_else(|| format!("Node {node} has no IPv4 InternalIP yet"))
+    })
+    .await
+}
+
+/// Reads this node's Node object until `get` finds what it wants in it;
+/// says once per new reason what it is waiting for.
+async fn from_node<T>(
+    client: &kube::Client,
+    node: &str,
+    what: &str,
+    get: impl Fn(&Node) -> Result<T, String>,
+) -> anyhow::Result<T> {
     let api: Api<Node> = Api::all(client.clone());
     let mut said = None::<String>;
     loop {
         let why = match api.get_opt(node).await {
-            Ok(Some(n)) => {
-                let spec = n.spec.unwrap_or_default();
-                let cidrs = spec.pod_cidr.into_iter().chain(spec.pod_cidrs.into_iter().flatten());
-                match cidrs.filter_map(|c| c.parse::<Ipv4Net>().ok()).next() {
-                    Some(c) => return Ok(c),
-                    None => format!("Node {node} has no IPv4 spec.podCIDR yet"),
-                }
-            }
+            Ok(Some(n)) => match get(&n) {
+                Ok(v) => return Ok(v),
+                Err(why) => why,
+            },
             Ok(None) => format!("no Node {node} yet"),
             Err(e) => format!("reading Node {node}: {e}"),
         };
         if said.as_deref() != Some(why.as_str()) {
-            tracing::warn!(reason = %why, "waiting for this node's pod CIDR");
+            tracing::warn!(reason = %why, "waiting for this node's {what}");
             said = Some(why);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
