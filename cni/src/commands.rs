@@ -154,6 +154,15 @@ pub fn del<N: Node, A: Agent>(node: &N, agent: &A, att: &Attachment) -> Result<(
     match agent.call(Request::EndpointDel(endpoint_ref(att))) {
         Ok(_) => {}
         Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound => {}
+        // No agent (weir uninstalled, or between two agents): the pod's
+        // interface still goes below, and an agent that starts later
+        // releases the address of every endpoint whose interface vanished.
+        // Failing would keep the pod terminating for as long as no agent
+        // runs, which after an uninstall is for ever.
+        Err(ClientError::Unreachable { path, source }) => {
+            tracing::warn!(socket = %path.display(), error = %source,
+                "agent unreachable: the interface is deleted, the address is released when an agent starts");
+        }
         Err(e) => errors.push(CniError::from_agent("releasing the endpoint", &e, Code::TryAgainLater)),
     }
     // Deleting the host end removes the pod end too, wherever it is.
@@ -534,12 +543,24 @@ mod tests {
     }
 
     #[test]
-    fn del_with_unreachable_agent_still_deletes_veth_then_says_retry() {
+    fn del_with_unreachable_agent_deletes_the_veth_and_succeeds() {
         let node = FakeNode::default();
         node.links.borrow_mut().push(host_ifname("c1", "eth0"));
         let agent = FakeAgent::new(unreachable);
-        assert_eq!(del(&node, &agent, &att()).unwrap_err().code.number(), 11);
+        del(&node, &agent, &att()).expect("no agent: DEL still succeeds");
         assert!(node.links.borrow().is_empty());
+    }
+
+    #[test]
+    fn del_with_an_agent_that_breaks_off_says_retry() {
+        let node = FakeNode::default();
+        let agent = FakeAgent::new(|_| {
+            Err(ClientError::Io {
+                path: "/run/weir/agent.sock".into(),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            })
+        });
+        assert_eq!(del(&node, &agent, &att()).unwrap_err().code.number(), 11);
     }
 
     #[test]

@@ -55,7 +55,36 @@ fn read_netconf(input: impl Read) -> Result<Vec<u8>, CniError> {
     Ok(stdin)
 }
 
+/// `weir-cni install DIR`: the DaemonSet's init container puts this very
+/// binary into the node's CNI bin dir, atomically (a runtime never runs a
+/// half-copied plugin). A runtime runs the plugin without arguments.
+fn install(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe()?;
+    let tmp = dir.join(".weir-cni.tmp");
+    std::fs::copy(&me, &tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    let target = dir.join("weir-cni");
+    std::fs::rename(&tmp, &target)?;
+    Ok(target)
+}
+
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let [cmd, dir] = args.as_slice()
+        && cmd == "install"
+    {
+        return match install(std::path::Path::new(dir)) {
+            Ok(path) => {
+                eprintln!("weir-cni: installed {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir-cni: installing into {}: {e}", std::path::Path::new(dir).display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging();
     let get = |key: &str| std::env::var(key).ok();
     let mut version = LATEST_VERSION.to_owned();
