@@ -8,7 +8,7 @@
 # tools/kubernetes/go.mod: the staging modules replaced by their published
 # v0.36.3) and etcd (go.etcd.io/etcd/server/v3 v3.7.3, tools/etcd/); and
 # what the lab's real nodes run: the kubelet (same module), containerd 2.x
-# with its runc shim and ctr (tools/containerd/), runc (tools/runc/), crane (images without a
+# with its runc shim and ctr (tools/containerd/), runc (tools/runc/), helm (tools/helm/), crane (images without a
 # daemon, and the registry the nodes pull from; tools/crane/), and the
 # images themselves (scripts/images.sh). First builds on 2 cores: hubble
 # about 4 minutes, the control plane and kubelet 7, etcd, containerd and
@@ -121,6 +121,18 @@ if [ ! -x "$bin/crane" ] || [ "$(cat "$bin/crane.stamp" 2>/dev/null)" != "$crane
   (cd tools/crane && GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$bin/crane.new" github.com/google/go-containerregistry/cmd/crane)
   mv "$bin/crane.new" "$bin/crane"
   echo "$crane_stamp" >"$bin/crane.stamp"
+fi
+
+# helm: lints and renders weir's chart; install/weir.yaml is its output.
+helm_stamp=$(stamp_of tools/helm/go.mod tools/helm/go.sum)
+if [ ! -x "$bin/helm" ] || [ "$(cat "$bin/helm.stamp" 2>/dev/null)" != "$helm_stamp" ]; then
+  need_go
+  echo "tools: building helm into $bin (first time: about 2 minutes)"
+  version=$(grep -oE 'helm/v4 v[0-9.]+' tools/helm/go.mod | head -1 | cut -d' ' -f2)
+  (cd tools/helm && GOTOOLCHAIN=local go build -trimpath \
+    -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$version" -o "$bin/helm.new" helm.sh/helm/v4/cmd/helm)
+  mv "$bin/helm.new" "$bin/helm"
+  echo "$helm_stamp" >"$bin/helm.stamp"
 fi
 
 pause_stamp=$(stamp_of tools/pause/go.mod tools/pause/main.go)
