@@ -83,6 +83,7 @@ pub fn start(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Resu
             service_cidr: topo.service_cidr.to_string(),
             cluster_cidr: topo.cluster_cidr.to_string(),
             node_cidr_mask: mask,
+            allocate_node_cidrs: true,
             real_kubelets: topo.kubelet == super::topology::Kubelet::Real,
         },
     )?;
@@ -108,11 +109,14 @@ pub fn start(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Resu
         }
     }
     println!("control plane: kube-apiserver {} (in netns {ns})", kube.server);
-    for text in INSTALL {
-        kubectl_ok(&kube, &["apply", "-f", "-"], Some(text))?;
+    // A bare cluster (`install: none`) gets weir from its user.
+    if topo.install == super::topology::Install::Lab {
+        for text in INSTALL {
+            kubectl_ok(&kube, &["apply", "-f", "-"], Some(text))?;
+        }
+        let wait = weir_k8s::wait_for_crds_args();
+        kubectl_ok(&kube, &wait.iter().map(String::as_str).collect::<Vec<_>>(), None)?;
     }
-    let wait = weir_k8s::wait_for_crds_args();
-    kubectl_ok(&kube, &wait.iter().map(String::as_str).collect::<Vec<_>>(), None)?;
     Ok(kube)
 }
 

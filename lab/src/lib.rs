@@ -152,6 +152,12 @@ enum LabCommand {
         #[arg(long)]
         off: bool,
     },
+    /// kubectl against the lab's API server, as its admin (`controlPlane:
+    /// kubernetes`): `weir lab kubectl -- get nodes`.
+    Kubectl {
+        #[arg(last = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Stop everything the lab started and remove everything it created.
     Down,
     /// (internal) The kubelet's part on a real control plane: wire the pods
@@ -320,6 +326,11 @@ pub fn run(args: LabArgs) -> Result<u8> {
                 (true, _) => bail!("usage: weir lab probe --from-external TARGET"),
             };
             probe_cmd(&lab, pod, target, timeout, source_port, size)
+        }
+        LabCommand::Kubectl { args } => {
+            let (_, kube) = on_kube()?.context("the lab has no API server (controlPlane: kubernetes)")?;
+            let status = kube::kubectl(&kube)?.args(&args).status().context("running kubectl")?;
+            Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
         }
         LabCommand::Down => down::down(&lab).map(|()| 0),
         LabCommand::Serve { .. } | LabCommand::SpawnIn { .. } => unreachable!("handled above"),

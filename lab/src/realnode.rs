@@ -1,19 +1,28 @@
 //! Real nodes (`kubelet: real`): containerd and the real kubelet in each lab
-//! node's netns, sharing the host's mount namespace but nothing else of
-//! another node: each has its own directory (`<lab>/nodes/<node>`: root,
-//! state, socket, CNI dirs, kubelet root, pod logs), its own cgroup parent
-//! (`/weir-<lab>-<node>` in every hierarchy, which the kubelet's pods and
-//! containerd's shims live under) and its own runc root. containerd's pod
-//! netns are mounted under its state dir, so every node owns its own.
+//! node's netns and in a mount namespace of the node's own, so two nodes on
+//! one host are two hosts to what runs on them: each sees its own
+//! `/opt/cni/bin`, `/etc/cni/net.d`, `/run/weir` and `/var/lib/weir`
+//! (bind mounts of `<lab>/nodes/<node>/host/...`), which is where weir's
+//! DaemonSet (install/weir.yaml) puts its plugin, conflist, socket and
+//! state, as on any node. The node's directory is a shared mount, so what
+//! containerd and the kubelet mount under it (rootfs, pod netns, volumes)
+//! is seen from the host too; nothing else of the node's mounts is.
+//! Everything else is the node's own as well: root, state and socket of
+//! containerd, the kubelet's root, pod logs, a cgroup parent
+//! (`/weir-<lab>-<node>` in every hierarchy, which the pods and
+//! containerd's shims live under) and a runc root. containerd's pod netns
+//! are mounted under its state dir.
 //!
 //! A node starts with an empty CNI config dir: the kubelet reports it
-//! NotReady ("cni plugin not initialized") until weir is installed, which
-//! [`install_cni`] does as weir's installer would: `weir-cni` into the
-//! node's CNI bin dir, then the conflist, written atomically and last.
+//! NotReady ("cni plugin not initialized") until weir is installed: by the
+//! lab ([`install_cni`], as weir's installer would: `weir-cni` into the
+//! node's CNI bin dir, then the conflist, atomically, last) or by
+//! `kubectl apply -f install/weir.yaml`.
 //!
 //! Teardown ([`teardown`]) is what a machine's reboot would do: every
 //! process in the node's cgroups killed, every mount under its directory
-//! unmounted, the cgroups removed depth-first. It keeps going on errors.
+//! and its mount namespace unmounted, the cgroups removed depth-first. It
+//! keeps going on errors.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -29,6 +38,23 @@ use super::{Lab, netns, procs, signals};
 
 /// The cgroup v1 hierarchies and the (empty) cgroup v2 one of this host.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The runtime's CNI directories, as on any node.
+const CNI_BIN: &str = "/opt/cni/bin";
+const CNI_CONF: &str = "/etc/cni/net.d";
+/// What each node has of its own at the standard paths: the CNI dirs and
+/// what weir's DaemonSet keeps on the host (install/helm/weir values).
+const NODE_PATHS: [&str; 4] = [CNI_BIN, CNI_CONF, "/run/weir", "/var/lib/weir"];
+
+/// Where weir's DaemonSet pins (`--bpffs-root` in install/helm/weir): the
+/// agent adds the node's name.
+pub const INSTALLED_BPFFS_ROOT: &str = "/sys/fs/bpf/weir";
+
+/// The agent's socket on a node where weir's DaemonSet runs, as the host
+/// sees it (the chart's `agent.runDir`, `/var/run/weir` = `/run/weir`).
+pub fn installed_agent_socket(dir: &LabDir, node: &str) -> PathBuf {
+    NodeDirs::new(dir, node).host("/run/weir").join("agent.sock")
+}
 
 /// Where a node's files live.
 #[derive(Debug, Clone)]
@@ -48,11 +74,19 @@ impl NodeDirs {
     pub fn containerd_socket(&self) -> PathBuf {
         self.containerd().join("containerd.sock")
     }
+    /// The host-side directory behind the node's `path`.
+    pub fn host(&self, path: &str) -> PathBuf {
+        self.root.join("host").join(path.trim_start_matches('/'))
+    }
     pub fn cni_bin(&self) -> PathBuf {
-        self.root.join("cni").join("bin")
+        self.host(CNI_BIN)
     }
     pub fn cni_conf(&self) -> PathBuf {
-        self.root.join("cni").join("net.d")
+        self.host(CNI_CONF)
+    }
+    /// The node's mount namespace, bound to a file beside its directory.
+    pub fn mount_ns(&self) -> PathBuf {
+        self.root.with_extension("mnt")
     }
     fn kubelet(&self) -> PathBuf {
         self.root.join("kubelet")
@@ -68,7 +102,8 @@ pub fn cgroup_parent(lab: &str, node: &str) -> String {
 }
 
 /// containerd's config (version 3): its own root, state, sockets and runc
-/// root; cgroupfs (no systemd here); the CRI plugin's CNI dirs, the
+/// root; cgroupfs (no systemd here); the CRI plugin's CNI dirs (the
+/// standard ones, the node's own in its mount namespace), the
 /// sandbox image and the registry mirror. containerd's own loopback setup
 /// (`use_internal_loopback`) stands in for the `loopback` CNI plugin.
 /// `restrict_oom_score_adj`: root here lacks CAP_SYS_RESOURCE, so no
@@ -105,8 +140,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
   enable_cdi = false
   cdi_spec_dirs = []
   [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["{cni_bin}"]
-    conf_dir = "{cni_conf}"
+    bin_dirs = ["{CNI_BIN}"]
+    conf_dir = "{CNI_CONF}"
     max_conf_num = 1
     use_internal_loopback = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -125,8 +160,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         sock = d(dirs.containerd_socket()),
         opt = d(c.join("opt")),
         hosts = d(dirs.registry_hosts()),
-        cni_bin = d(dirs.cni_bin()),
-        cni_conf = d(dirs.cni_conf()),
         runc = d(c.join("runc")),
         runc_bin = runc.display(),
     )
@@ -201,17 +234,6 @@ authorization:
     )
 }
 
-/// The conflist weir installs on a node: one plugin, `weir-cni`, talking
-/// to the node's agent.
-pub fn conflist(agent_socket: &Path) -> String {
-    serde_json::json!({
-        "cniVersion": "1.1.0",
-        "name": "weir",
-        "plugins": [{"type": "weir-cni", "agentSocket": agent_socket}],
-    })
-    .to_string()
-}
-
 /// Every cgroup hierarchy mounted here (v1 controllers and the v2 one).
 fn hierarchies() -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -253,6 +275,61 @@ fn join_cgroups(parent: &str, pid: u32) -> Result<()> {
     Ok(())
 }
 
+fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The node's mount namespace (see the module's doc): its directory a
+/// shared mount, then a persistent namespace bound to `mount_ns()` in
+/// which the standard paths are the node's own.
+fn make_mount_ns(dirs: &NodeDirs) -> Result<()> {
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let root = dirs.root.as_os_str();
+    run("mount", &[&os("--bind"), root, root])?;
+    run("mount", &[&os("--make-shared"), root])?;
+    let ns = dirs.mount_ns();
+    File::create(&ns).with_context(|| format!("creating {}", ns.display()))?;
+    let mut flag = os("--mount=");
+    flag.push(&ns);
+    run("unshare", &[&flag, &os("--propagation"), &os("unchanged"), &os("true")])?;
+    // Every mount shared, as on a systemd host (this one's are private):
+    // containerd refuses HostToContainer propagation from a private mount
+    // (the DaemonSet's /sys/fs/bpf). New peer groups, the node's alone.
+    run(
+        "nsenter",
+        &[&flag, &os("--"), &os("mount"), &os("--make-rshared"), &os("/")],
+    )?;
+    for path in NODE_PATHS {
+        let own = dirs.host(path);
+        std::fs::create_dir_all(&own).with_context(|| format!("creating {}", own.display()))?;
+        // The mount point, on the host's file system (an empty directory).
+        std::fs::create_dir_all(path).with_context(|| format!("creating {path}"))?;
+        run(
+            "nsenter",
+            &[
+                &flag,
+                &os("--"),
+                &os("mount"),
+                &os("--bind"),
+                own.as_os_str(),
+                &os(path),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// Starts containerd and the kubelet of node `node` (its netns exists,
 /// its agent need not). Records both processes before returning.
 #[expect(
@@ -272,15 +349,12 @@ pub fn start(
     let dirs = NodeDirs::new(&lab.dir, node);
     let ns = state.topology.node_netns(node);
     let parent = cgroup_parent(&state.name, node);
-    for d in [
-        dirs.containerd(),
-        dirs.cni_bin(),
-        dirs.cni_conf(),
-        dirs.kubelet(),
-        dirs.root.join("pod-logs"),
-    ] {
+    for d in [dirs.containerd(), dirs.kubelet(), dirs.root.join("pod-logs")] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
+    make_mount_ns(&dirs)?;
+    let mut in_node = std::ffi::OsString::from("--mount=");
+    in_node.push(dirs.mount_ns());
     // The public names the images go by, all served by the lab's registry.
     for host in ["registry.k8s.io", "docker.io", "ghcr.io", "quay.io"] {
         let d = dirs.registry_hosts().join(host);
@@ -302,7 +376,10 @@ pub fn start(
         containerd.parent().map(|p| p.display().to_string()).unwrap_or_default(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let child = signals::spawn_in(Some(&netns::path(&ns)), &containerd)?
+    let child = signals::spawn_in(Some(&netns::path(&ns)), "nsenter")?
+        .arg(&in_node)
+        .arg("--")
+        .arg(&containerd)
         .arg("--config")
         .arg(&config)
         .env("PATH", &path)
@@ -335,7 +412,10 @@ pub fn start(
     )?;
     let kubelet = tool("kubelet")?;
     let log = File::create(lab.dir.logs().join(format!("kubelet-{node}.log")))?;
-    let child = signals::spawn_in(Some(&netns::path(&ns)), &kubelet)?
+    let child = signals::spawn_in(Some(&netns::path(&ns)), "nsenter")?
+        .arg(&in_node)
+        .arg("--")
+        .arg(&kubelet)
         .arg(format!("--config={}", kubelet_config_path.display()))
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .arg(format!("--root-dir={}", dirs.kubelet().join("root").display()))
@@ -374,8 +454,8 @@ pub fn install_cni(lab: &Lab, node: &str, plugin: &Path, agent_socket: &Path) ->
     std::fs::copy(plugin, &tmp).with_context(|| format!("copying {} to {}", plugin.display(), tmp.display()))?;
     std::fs::rename(&tmp, &bin)?;
     super::state::write_atomic(
-        &dirs.cni_conf().join("05-weir.conflist"),
-        conflist(agent_socket).as_bytes(),
+        &dirs.cni_conf().join(weir_agent_api::CONFLIST_NAME),
+        weir_agent_api::conflist(agent_socket).as_bytes(),
     )
 }
 
@@ -418,8 +498,29 @@ pub fn teardown(dir: &LabDir, state: &LabState) -> Vec<String> {
     for node in state.nodes.keys() {
         let parent = cgroup_parent(&state.name, node);
         errors.extend(kill_cgroup(&parent));
-        errors.extend(unmount_under(&NodeDirs::new(dir, node).root));
+        let dirs = NodeDirs::new(dir, node);
+        errors.extend(unmount_under(&dirs.root));
+        let ns = dirs.mount_ns();
+        if ns.exists() {
+            match nix::mount::umount2(&ns, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                Err(e) => errors.push(format!("unmounting {}: {e}", ns.display())),
+            }
+            if let Err(e) = std::fs::remove_file(&ns) {
+                errors.push(format!("removing {}: {e}", ns.display()));
+            }
+        }
         errors.extend(remove_cgroups(&parent));
+        // An installed agent's pins (the chart's bpffs root, by node name):
+        // what a reboot would take with it.
+        if state.topology.install == super::topology::Install::None {
+            let pins = Path::new(INSTALLED_BPFFS_ROOT).join(node);
+            match std::fs::remove_dir_all(&pins) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("removing {}: {e}", pins.display())),
+            }
+        }
     }
     errors
 }
@@ -523,11 +624,14 @@ mod tests {
         let c = containerd_config(&dirs, "registry.k8s.io/pause:3.10.2", Path::new("/tools/runc"));
         assert!(c.contains("root = \"/run/lab/nodes/node1/containerd/root\""));
         assert!(c.contains("address = \"/run/lab/nodes/node1/containerd/containerd.sock\""));
-        assert!(c.contains("conf_dir = \"/run/lab/nodes/node1/cni/net.d\""));
+        // The standard CNI dirs: the node's own in its mount namespace.
+        assert!(c.contains("conf_dir = \"/etc/cni/net.d\""));
+        assert_eq!(dirs.cni_conf(), Path::new("/run/lab/nodes/node1/host/etc/cni/net.d"));
+        assert_eq!(dirs.mount_ns(), Path::new("/run/lab/nodes/node1.mnt"));
         assert!(c.contains("netns_mounts_under_state_dir = true"));
         assert!(c.contains("sandbox = \"registry.k8s.io/pause:3.10.2\""));
         // No path of the host's own containerd.
-        assert!(!c.contains("/var/lib/containerd") && !c.contains("/etc/cni"));
+        assert!(!c.contains("/var/lib/containerd") && !c.contains("/run/containerd"));
     }
 
     #[test]
@@ -550,13 +654,5 @@ mod tests {
         assert!(k.contains("address: 172.30.0.11") && k.contains("clusterDNS: [10.96.0.10]"));
         let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&k).expect("YAML");
         assert_eq!(v["kind"].as_str(), Some("KubeletConfiguration"));
-    }
-
-    #[test]
-    fn the_conflist_names_weir_cni_and_the_agent() {
-        let c: serde_json::Value =
-            serde_json::from_str(&conflist(Path::new("/run/lab/run/node1/agent.sock"))).expect("JSON");
-        assert_eq!(c["plugins"][0]["type"], "weir-cni");
-        assert_eq!(c["plugins"][0]["agentSocket"], "/run/lab/run/node1/agent.sock");
     }
 }

@@ -81,46 +81,9 @@ pub fn start(lab: &Lab, state: &mut LabState) -> Result<String> {
         .servers
         .push(procs::record(child.id(), "crane registry".to_owned()));
     lab.dir.save(state)?;
-    let local = format!("127.0.0.1:{PORT}");
     let t0 = Instant::now();
     for image in images()? {
-        let target = format!("{local}/{}", image.path());
-        let crane_in_ns = |args: &[&str]| -> Result<()> {
-            let out = netns::command(&ns, &crane)
-                .args(args)
-                .output()
-                .context("running crane")?;
-            if !out.status.success() {
-                bail!(
-                    "crane {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(())
-        };
-        let layer = image.layer.to_string_lossy();
-        // The registry may take a moment to listen.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match crane_in_ns(&["append", "--oci-empty-base", "-f", &layer, "-t", &target]) {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline && e.to_string().contains("connection refused") => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        crane_in_ns(&[
-            "mutate",
-            &target,
-            "--entrypoint",
-            &image.entrypoint,
-            "--set-platform",
-            "linux/amd64",
-            "-t",
-            &target,
-        ])?;
+        push(state, &image)?;
     }
     let addr = format!("{}:{PORT}", state.topology.external_ip());
     println!(
@@ -130,9 +93,148 @@ pub fn start(lab: &Lab, state: &mut LabState) -> Result<String> {
     Ok(addr)
 }
 
+/// Pushes one image (a single layer) into the lab's registry under its
+/// public name.
+pub fn push(state: &LabState, image: &Image) -> Result<()> {
+    let crane = weir_k8s::local::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
+    let ns = state.topology.external_netns();
+    let target = format!("127.0.0.1:{PORT}/{}", image.path());
+    let crane_in_ns = |args: &[&str]| -> Result<()> {
+        let out = netns::command(&ns, &crane)
+            .args(args)
+            .output()
+            .context("running crane")?;
+        if !out.status.success() {
+            bail!(
+                "crane {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    let layer = image.layer.to_string_lossy();
+    // The registry may take a moment to listen.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match crane_in_ns(&["append", "--oci-empty-base", "-f", &layer, "-t", &target]) {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("connection refused") => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut args = vec!["mutate", &target, "--set-platform", "linux/amd64", "-t", &target];
+    if !image.entrypoint.is_empty() {
+        args.extend(["--entrypoint", &image.entrypoint]);
+    }
+    crane_in_ns(&args)
+}
+
+/// weir's image repository (the chart's `image.repository`).
+pub const WEIR_IMAGE: &str = "ghcr.io/weir-dev/weir";
+
+/// The binaries weir's image holds, in `/usr/local/bin`.
+pub const WEIR_BINARIES: [&str; 5] = ["weir-agent", "weir-cni", "weir-operator", "weir-relay", "weir"];
+
+/// weir's image, `ghcr.io/weir-dev/weir:TAG` (what install/weir.yaml
+/// names), from the binaries in `bin_dir`, debug info stripped, with the
+/// shared libraries they load (glibc's, from this host): built into the
+/// lab dir and pushed. Returns the size of its one layer in bytes.
+pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Result<u64> {
+    let stage = lab.dir.root.join("registry").join("weir-stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    let bin = stage.join("usr/local/bin");
+    std::fs::create_dir_all(&bin)?;
+    let mut libs = std::collections::BTreeSet::new();
+    for name in WEIR_BINARIES {
+        let from = bin_dir.join(name);
+        let out = std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&from)
+            .arg(bin.join(name))
+            .output()
+            .context("running objcopy (binutils)")?;
+        if !out.status.success() {
+            bail!(
+                "objcopy {}: {}",
+                from.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let ldd = std::process::Command::new("ldd")
+            .arg(&from)
+            .output()
+            .context("running ldd")?;
+        libs.extend(shared_libraries(&String::from_utf8_lossy(&ldd.stdout)));
+    }
+    for lib in &libs {
+        let to = stage.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().context("library path")?)?;
+        std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
+    }
+    std::fs::create_dir_all(stage.join("tmp"))?;
+    let layer = lab.dir.root.join("registry").join("weir-layer.tar");
+    let out = std::process::Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(&stage)
+        .arg("-cf")
+        .arg(&layer)
+        .arg(".")
+        .output()
+        .context("running tar")?;
+    if !out.status.success() {
+        bail!("tar: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let _ = std::fs::remove_dir_all(&stage);
+    let size = std::fs::metadata(&layer)?.len();
+    let image = Image {
+        reference: format!("{WEIR_IMAGE}:{tag}"),
+        entrypoint: String::new(),
+        layer,
+    };
+    push(state, &image)?;
+    Ok(size)
+}
+
+/// The libraries `ldd` lists with a path (not the vDSO).
+fn shared_libraries(ldd: &str) -> Vec<String> {
+    ldd.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ldd_output_names_the_libraries_to_ship() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        assert_eq!(
+            shared_libraries(ldd),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
 
     #[test]
     fn the_index_names_each_image_by_its_public_reference() {

@@ -14,10 +14,16 @@ use super::{Lab, Output, procs};
 
 pub fn status(lab: &Lab, output: Output) -> Result<()> {
     let state = lab.observed()?;
+    let installed = state.topology.install == super::topology::Install::None;
     let mut nodes = Vec::new();
     for (name, node) in &state.nodes {
         let client = Client::new(&node.socket, Duration::from_secs(2));
-        let alive = node.agent.as_ref().is_some_and(procs::alive);
+        // weir's DaemonSet (install: none) runs the agent in a pod: it is
+        // alive when it answers.
+        let alive = match &node.agent {
+            Some(p) => procs::alive(p),
+            None => installed,
+        };
         let (agent_status, status_error) = match client.call(Request::Status) {
             Ok(Response::Status(s)) => (serde_json::to_value(s)?, Value::Null),
             Ok(other) => (Value::Null, json!(format!("unexpected reply {other:?}"))),
@@ -32,7 +38,7 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
             "netns": node.netns,
             "podCIDR": node.pod_cidr,
             "agentPid": node.agent.as_ref().map(|p| p.pid),
-            "agentAlive": alive,
+            "agentAlive": alive && (node.agent.is_some() || !agent_status.is_null()),
             "status": agent_status,
             "error": status_error,
             "endpoints": endpoints,
@@ -71,7 +77,10 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
     // Where users point their tools: the relay, each agent's metrics (on
     // its node's loopback), the kubeconfig.
     let access = json!({
-        "relay": format!("unix://{}", lab.dir.relay_socket().display()),
+        "relay": match installed {
+            true => "in-cluster: weir lab kubectl -- -n kube-system port-forward service/weir-relay 4245:80".to_owned(),
+            false => format!("unix://{}", lab.dir.relay_socket().display()),
+        },
         "metrics": state.nodes.iter().map(|(n, ns)| (n.clone(), json!(format!("netns {}: http://127.0.0.1:9962/metrics", ns.netns)))).collect::<serde_json::Map<_, _>>(),
         "kubeconfig": state.kube.as_ref().map(|k| json!({"path": k.admin_kubeconfig, "netns": k.netns})),
     });

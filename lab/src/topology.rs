@@ -49,6 +49,21 @@ pub struct Topology {
     /// the lab's registry; `weir-cni` called by containerd).
     #[serde(default)]
     pub kubelet: Kubelet,
+    /// Who installs weir on the nodes: the lab (`lab`, the default: an
+    /// agent per node, the operator and the relay as the lab's processes)
+    /// or nobody (`none`, with `kubelet: real`): the nodes stay NotReady
+    /// until weir is installed into the cluster as users do
+    /// (`weir lab kubectl -- apply -f install/weir.yaml`, or helm).
+    #[serde(default)]
+    pub install: Install,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Install {
+    #[default]
+    Lab,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +237,9 @@ pub fn validate(topo: &Topology) -> Vec<String> {
     if topo.kubelet == Kubelet::Real && topo.control_plane != ControlPlane::Kubernetes {
         problems.push("kubelet: real needs controlPlane: kubernetes (a kubelet needs an API server)".into());
     }
+    if topo.install == Install::None && topo.kubelet != Kubelet::Real {
+        problems.push("install: none needs kubelet: real (weir's DaemonSet runs on real kubelets)".into());
+    }
     if topo.node_cidr != topo.node_cidr.trunc() {
         problems.push(format!("nodeCIDR {}: host bits set", topo.node_cidr));
     }
@@ -380,6 +398,8 @@ mod tests {
         assert_eq!(real.kubelet, Kubelet::Real);
         let p = invalid(&format!("kubelet: real\n{ONE}"));
         assert!(p[0].contains("needs controlPlane: kubernetes"), "{p:?}");
+        let p = invalid(&format!("controlPlane: kubernetes\ninstall: none\n{ONE}"));
+        assert!(p[0].contains("install: none needs kubelet: real"), "{p:?}");
     }
 
     #[test]

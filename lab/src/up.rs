@@ -52,6 +52,23 @@ pub fn up(lab: &Lab, file: &Path) -> Result<()> {
             taken.join(", ")
         );
     }
+    // weir's DaemonSet pins by node name: another lab's node of the same
+    // name would share its maps.
+    if topo.install == topology::Install::None {
+        let pinned: Vec<String> = topo
+            .nodes
+            .iter()
+            .map(|n| Path::new(super::realnode::INSTALLED_BPFFS_ROOT).join(&n.name))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !pinned.is_empty() {
+            bail!(
+                "pins of nodes of the same names exist: {} (another lab with install: none? name the nodes apart)",
+                pinned.join(", ")
+            );
+        }
+    }
     let mut state = LabState {
         name: topo.name.clone(),
         topology: topo.clone(),
@@ -137,11 +154,17 @@ fn bring_up(
     }
     let kubernetes = topo.control_plane == topology::ControlPlane::Kubernetes;
     let real = topo.kubelet == topology::Kubelet::Real;
+    // weir is installed into the cluster by its user, not by the lab.
+    let installed = topo.install == topology::Install::None;
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
         let node_ip = topo.node_ip(index);
         let ns = topo.node_netns(&node.name);
-        let socket = lab.dir.node_socket(&node.name);
+        // weir's DaemonSet keeps its socket in the node's own /run/weir.
+        let socket = match installed {
+            true => super::realnode::installed_agent_socket(&lab.dir, &node.name),
+            false => lab.dir.node_socket(&node.name),
+        };
         // Record before creating: `down` treats a missing netns as done.
         state.netns.push(ns.clone());
         state.nodes.insert(
@@ -214,6 +237,9 @@ fn bring_up(
         }
         if real {
             start_real_nodes(lab, topo, &kube, state, interrupt)?;
+        }
+        if installed {
+            return prepare_for_install(lab, topo, &kube, state);
         }
         let agent_kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-agent", &kube.server)?;
         let operator_kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-operator", &kube.server)?;
@@ -397,6 +423,45 @@ fn start_real_nodes(
     for node in &topo.nodes {
         println!("node {}: NotReady (no CNI configured yet)", node.name);
     }
+    Ok(())
+}
+
+/// `install: none`: the nodes as a CNI's installer expects them (IPv4
+/// forwarding on, as kubeadm requires), weir's image in the registry
+/// under the tag install/weir.yaml names, and what to do next.
+fn prepare_for_install(
+    lab: &Lab,
+    topo: &topology::Topology,
+    kube: &super::state::KubeState,
+    state: &LabState,
+) -> Result<()> {
+    for node in &topo.nodes {
+        let ns = topo.node_netns(&node.name);
+        netns::run_in(&netns::path(&ns).to_string_lossy(), || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })?
+        .with_context(|| format!("enabling IPv4 forwarding on node {}", node.name))?;
+    }
+    let t0 = Instant::now();
+    let tag = env!("CARGO_PKG_VERSION");
+    let size = super::registry::push_weir(lab, state, &lab.bin_dir()?, tag)?;
+    println!(
+        "weir image: {}:{tag} in the registry ({} MiB, built and pushed in {:.1}s)",
+        super::registry::WEIR_IMAGE,
+        size >> 20,
+        t0.elapsed().as_secs_f64()
+    );
+    let (host, port) = kube
+        .server
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .context("the API server's address")?;
+    println!(
+        "weir is not installed: the nodes wait for a CNI. Install it as on any cluster:\n  \
+         weir lab kubectl -- -n kube-system create configmap weir-kube-api \\\n    \
+         --from-literal=KUBERNETES_SERVICE_HOST={host} --from-literal=KUBERNETES_SERVICE_PORT={port}\n  \
+         weir lab kubectl -- apply -f install/weir.yaml"
+    );
     Ok(())
 }
 

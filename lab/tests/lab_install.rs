@@ -1,0 +1,307 @@
+//! weir installed into a cluster as its users install it: two real nodes
+//! (kubelet + containerd) with no CNI, NotReady; then
+//! `kubectl apply -f install/weir.yaml` (or `helm install`) and the nodes
+//! turn Ready, pods run on weir across nodes, the in-cluster relay serves
+//! the stock hubble CLI through `kubectl port-forward`; uninstalled, the
+//! DaemonSet's pods go.
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use support::{Lab, privileged, show};
+
+/// Each test runs two kubelets, two containerd and a control plane: one
+/// lab at a time on two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const WORKLOAD: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: rn}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: rn}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
+          args: [serve-hostname, --tcp, --udp, --http=false, --port=8080]
+          ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: rn}
+spec:
+  selector: {app: web}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: rn}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - {name: client, image: registry.k8s.io/e2e-test-images/agnhost:2.63.0, args: [pause]}
+"#;
+
+fn repo(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A lab of two real nodes with nothing installed; node names carry
+/// `tag`, since weir's DaemonSet pins by node name.
+fn bare_cluster(tag: &str, segment: u8) -> Lab {
+    let lab = Lab::new(tag);
+    let topo = lab.file(
+        "topo.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: 172.31.{segment}.0/24\nrouting: native\ncontrolPlane: kubernetes\nkubelet: real\ninstall: none\nnodes:\n  - {{name: {tag}-a, podCIDR: 10.244.1.0/24}}\n  - {{name: {tag}-b, podCIDR: 10.244.2.0/24}}\n",
+            lab.name
+        ),
+    );
+    let up = lab.ok(&["up", &topo]);
+    for node in ["a", "b"] {
+        assert!(
+            up.contains(&format!("node {tag}-{node}: NotReady (no CNI configured yet)")),
+            "{up}"
+        );
+    }
+    assert!(up.contains("weir is not installed"), "{up}");
+    lab
+}
+
+fn kubectl(lab: &Lab, args: &[&str]) -> String {
+    let mut all = vec!["kubectl", "--"];
+    all.extend(args);
+    lab.ok(&all)
+}
+
+/// Both nodes Ready and every agent ready, as `kubectl` reports them.
+fn wait_installed(lab: &Lab) {
+    kubectl(
+        lab,
+        &["wait", "--for=condition=Ready", "node", "--all", "--timeout=120s"],
+    );
+    kubectl(
+        lab,
+        &[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "daemonset/weir-agent",
+            "--timeout=120s",
+        ],
+    );
+}
+
+/// The pods of namespace `rn` as the lab sees them: (name, node, ip).
+fn pods(lab: &Lab) -> Vec<(String, String, String)> {
+    let v = lab.json(&["status"]);
+    v["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["namespace"] == "rn")
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+            (s("name"), s("node"), s("ip"))
+        })
+        .collect()
+}
+
+/// The workload runs on weir: pod to pod across nodes, and the Service.
+fn pods_reach_pods(lab: &Lab) {
+    let file = lab.file("workload.yaml", WORKLOAD);
+    lab.ok(&["apply", &file]);
+    let all = pods(lab);
+    let web: Vec<_> = all.iter().filter(|p| p.0.starts_with("web-")).collect();
+    assert_eq!(web.len(), 2, "{all:?}");
+    let client_node = &all.iter().find(|p| p.0 == "client").expect("client").1;
+    let remote = web
+        .iter()
+        .find(|p| &p.1 != client_node)
+        .expect("a web pod on the other node");
+    let out = lab.ok(&["probe", "rn/client", &format!("{}:8080/tcp", remote.2)]);
+    assert_eq!(out.trim(), format!("connected: {}", remote.0), "{all:?}");
+    let svc: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["get", "svc", "rn/web", "-o", "json"])).expect("service JSON");
+    let vip = svc["spec"]["clusterIP"].as_str().expect("clusterIP").to_owned();
+    let out = lab.ok(&["probe", "rn/client", &format!("{vip}:80/tcp")]);
+    assert!(out.trim().starts_with("connected: web-"), "{out}");
+}
+
+/// `kubectl port-forward` to the relay's Service, in the control plane's
+/// netns; killed on drop.
+struct PortForward(Child);
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The stock hubble CLI, through `kubectl port-forward` to the relay, sees
+/// both nodes and the workload's flows.
+fn hubble_through_the_relay(lab: &Lab, node: &str) {
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let pf = PortForward(
+        lab.command(&[
+            "kubectl",
+            "--",
+            "-n",
+            "kube-system",
+            "port-forward",
+            "service/weir-relay",
+            &format!("{port}:80"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward"),
+    );
+    let hubble = weir_test_support::tool("hubble").expect("hubble is built by scripts/tools.sh");
+    let run = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}-{node}", lab.name))
+            .arg("--")
+            .arg(&hubble)
+            .args(args)
+            .args(["--server", &format!("localhost:{port}")])
+            .output()
+            .expect("hubble")
+    };
+    let t0 = Instant::now();
+    loop {
+        let status = run(&["status"]);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if text.contains("Connected Nodes: 2/2") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "hubble status: {}",
+            show(&status)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let flows = run(&["observe", "--namespace", "rn", "--last", "200"]);
+    let text = String::from_utf8_lossy(&flows.stdout);
+    assert!(text.contains("rn/client"), "hubble observe: {}", show(&flows));
+    drop(pf);
+}
+
+/// Every weir pod gone after an uninstall (the relay's too, whose CNI DEL
+/// runs when the agent may already be gone).
+fn pods_gone(lab: &Lab) {
+    let t0 = Instant::now();
+    loop {
+        let left = kubectl(lab, &["-n", "kube-system", "get", "pods", "-o", "name"]);
+        if !left.contains("weir-") {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "still there: {left}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn kubectl_apply_installs_weir_on_bare_nodes() {
+    if !privileged() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = bare_cluster("ik", 253);
+    let name = lab.name.clone();
+    // The README's install, as written: the API server's address (weir
+    // replaces kube-proxy), then the one file.
+    kubectl(
+        &lab,
+        &[
+            "-n",
+            "kube-system",
+            "create",
+            "configmap",
+            "weir-kube-api",
+            "--from-literal=KUBERNETES_SERVICE_HOST=172.31.253.11",
+            "--from-literal=KUBERNETES_SERVICE_PORT=6443",
+        ],
+    );
+    kubectl(&lab, &["apply", "-f", &repo("install/weir.yaml")]);
+    wait_installed(&lab);
+    pods_reach_pods(&lab);
+    hubble_through_the_relay(&lab, "ik-a");
+
+    // Uninstalled: the DaemonSet's pods go; what they pinned goes with the
+    // lab (a reboot's work).
+    kubectl(
+        &lab,
+        &[
+            "delete",
+            "-f",
+            &repo("install/weir.yaml"),
+            "--wait=true",
+            "--timeout=60s",
+        ],
+    );
+    pods_gone(&lab);
+    lab.ok(&["down"]);
+    for node in ["ik-a", "ik-b"] {
+        let pins = std::path::Path::new("/sys/fs/bpf/weir").join(node);
+        assert!(!pins.exists(), "{} left ({name})", pins.display());
+    }
+}
+
+#[test]
+fn helm_install_installs_weir_on_bare_nodes() {
+    if !privileged() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = bare_cluster("ih", 254);
+    let helm = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}-ih-a", lab.name))
+            .arg("--")
+            .arg(weir_test_support::tool("helm").expect("helm is built by scripts/tools.sh"))
+            .arg(format!(
+                "--kubeconfig={}",
+                lab.dir.join("kube/admin.kubeconfig").display()
+            ))
+            .args(args)
+            .output()
+            .expect("helm");
+        assert!(out.status.success(), "helm {args:?}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    helm(&[
+        "install",
+        "weir",
+        &repo("install/helm/weir"),
+        "--namespace=kube-system",
+        "--set=k8sServiceHost=172.31.254.11",
+        "--set=k8sServicePort=6443",
+    ]);
+    wait_installed(&lab);
+    pods_reach_pods(&lab);
+    helm(&[
+        "uninstall",
+        "weir",
+        "--namespace=kube-system",
+        "--wait",
+        "--timeout=60s",
+    ]);
+    pods_gone(&lab);
+}
