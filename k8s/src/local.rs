@@ -10,7 +10,8 @@
 //! The API server listens on loopback and, when `advertise` is given, on
 //! that address too (a node address inside a network namespace the caller
 //! made); RBAC and Node authorizers, the default admission plugins.
-//! kube-controller-manager runs every controller but, unless real kubelets
+//! kube-controller-manager runs every controller (its pod CIDR allocator
+//! unless `Options::allocate_node_cidrs` is off) but, unless real kubelets
 //! run the nodes (`Options::real_kubelets`), the node lifecycle one: where
 //! no kubelet renews node leases, that controller would call every node
 //! unreachable after 50 s and mark its pods not ready. Real kubelets
@@ -53,6 +54,11 @@ pub struct Options {
     pub cluster_cidr: String,
     /// The size of each node's pod CIDR from the allocator.
     pub node_cidr_mask: u8,
+    /// kube-controller-manager allocates Nodes' pod CIDRs from
+    /// `cluster_cidr` (its node IPAM controller). `false` when weir's
+    /// operator allocates them (`weir-operator --cluster-cidr`): two
+    /// allocators on one pool would hand out a CIDR twice.
+    pub allocate_node_cidrs: bool,
     /// Real kubelets run the nodes: they renew leases, so the node
     /// lifecycle controller runs (it lifts the not-ready taint once a node
     /// is Ready, and marks nodes whose kubelet went away).
@@ -251,7 +257,7 @@ impl Plan {
                 true => "--controllers=*".into(),
                 false => "--controllers=*,-node-lifecycle-controller".into(),
             },
-            "--allocate-node-cidrs=true".into(),
+            format!("--allocate-node-cidrs={}", o.allocate_node_cidrs),
             format!("--cluster-cidr={}", o.cluster_cidr),
             format!("--node-cidr-mask-size={}", o.node_cidr_mask),
             format!("--service-cluster-ip-range={}", o.service_cidr),

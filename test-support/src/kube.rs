@@ -46,13 +46,22 @@ impl ControlPlane {
     /// on that namespace's loopback, reached from other namespaces at
     /// `advertise` if given (a node address; the certificate names it).
     pub fn start_in(netns: Option<(&str, Option<std::net::Ipv4Addr>)>) -> Option<ControlPlane> {
+        Self::start_with(netns, |_| {})
+    }
+
+    /// [`ControlPlane::start_in`] with its options changed by `configure`
+    /// first (kube-controller-manager's pod CIDR allocator off, for one).
+    pub fn start_with(
+        netns: Option<(&str, Option<std::net::Ipv4Addr>)>,
+        configure: impl FnOnce(&mut weir_k8s::local::Options),
+    ) -> Option<ControlPlane> {
         for t in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
             crate::tool(t)?;
         }
         let kubectl = crate::tool("kubectl")?;
         let dir = std::env::temp_dir().join(format!("weir-kube-{}", crate::unique("cp")));
         let _ = std::fs::remove_dir_all(&dir);
-        let options = weir_k8s::local::Options {
+        let mut options = weir_k8s::local::Options {
             etcd_client_port: free_port(),
             etcd_peer_port: free_port(),
             apiserver_port: free_port(),
@@ -60,8 +69,10 @@ impl ControlPlane {
             service_cidr: "10.96.0.0/16".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask: 24,
+            allocate_node_cidrs: true,
             real_kubelets: false,
         };
+        configure(&mut options);
         let plan = weir_k8s::local::Plan::prepare(&dir, &options).expect("preparing the control plane");
         let mut cp = ControlPlane {
             kubeconfig: plan.admin_kubeconfig.clone(),
