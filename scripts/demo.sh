@@ -5,7 +5,9 @@
 # counters and drops, live flows (weir observe, the stock hubble CLI, the
 # relay merging both nodes), network policy (a drop named in the flows, an
 # audit verdict), a Prometheus scrape, and a clean teardown; then the same
-# services and policy on a real Kubernetes control plane the lab starts.
+# services and policy on a real Kubernetes control plane the lab starts;
+# last, weir installed with `kubectl apply -f install/weir.yaml` onto
+# real nodes (the real kubelet and containerd) that had no CNI.
 # Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,6 +118,38 @@ for _ in 1 2 3; do "$weir" lab probe svc-demo/client "$kvip:80/tcp"; done
 step "the relay found both agents from the Node objects (weir-relay --discover); the drop through hubble"
 "$weir" status --server "$relay"
 "$hubble" observe --server "$relay" --from-pod svc-demo/intruder --verdict DROPPED --last 1
+step "weir lab down"
+"$weir" lab down
+
+step "weir installed into a cluster: real kubelets and containerd, no CNI yet (lab/real-nodes.yaml)"
+echo "(each node: the real kubelet and containerd 2.4 in its own netns and mount namespace; images pulled from"
+echo " the lab's registry; nothing of weir installed, so the nodes are NotReady)"
+"$weir" lab up lab/real-nodes.yaml
+"$weir" lab kubectl -- get nodes -o wide
+step "install weir as on any cluster: the API server's address, then kubectl apply -f install/weir.yaml"
+"$weir" lab kubectl -- -n kube-system create configmap weir-kube-api \
+  --from-literal=KUBERNETES_SERVICE_HOST=172.30.0.11 --from-literal=KUBERNETES_SERVICE_PORT=6443
+"$weir" lab kubectl -- apply -f install/weir.yaml
+"$weir" lab kubectl -- wait --for=condition=Ready node --all --timeout=120s
+"$weir" lab kubectl -- -n kube-system rollout status daemonset/weir-agent --timeout=120s
+"$weir" lab kubectl -- get nodes
+"$weir" lab kubectl -- -n kube-system get pods -o wide
+step "pods from images, started by the kubelet through containerd, wired by weir-cni"
+"$weir" lab apply lab/demo/agnhost.yaml
+"$weir" lab kubectl -- -n real-demo get pods -o wide
+rvip=$("$weir" lab get svc real-demo/web -o json | awk -F'"' '/"clusterIP"/ {print $4; exit}')
+for _ in 1 2 3 4; do "$weir" lab probe real-demo/client "$rvip:80/tcp"; done
+step "kubectl exec into the client (API server → kubelet → containerd), across nodes to both web pods"
+for ip in $("$weir" lab kubectl -- -n real-demo get pods -l app=web -o jsonpath='{.items[*].status.podIP}'); do
+  "$weir" lab kubectl -- -n real-demo exec client -- sh -c "nc -w 2 $ip 8080 </dev/null; echo"
+done
+step "the in-cluster relay, through kubectl port-forward, with the stock hubble CLI"
+"$weir" lab kubectl -- -n kube-system port-forward service/weir-relay 4245:80 >/dev/null 2>&1 &
+pf=$!
+sleep 2
+ip netns exec real-real-node1 "$hubble" status --server localhost:4245 || true
+ip netns exec real-real-node1 "$hubble" observe --server localhost:4245 --namespace real-demo --last 6 || true
+kill "$pf" 2>/dev/null || true
 step "weir lab down"
 "$weir" lab down
 trap - EXIT

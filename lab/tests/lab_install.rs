@@ -38,6 +38,11 @@ spec:
           image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
           args: [serve-hostname, --tcp, --udp, --http=false, --port=8080]
           ports: [{containerPort: 8080}]
+        # HTTP with keep-alive: a connection that lives through a rollout.
+        - name: http
+          image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
+          args: [netexec, --http-port=8081, --udp-port=-1]
+          ports: [{containerPort: 8081}]
 ---
 apiVersion: v1
 kind: Service
@@ -142,6 +147,153 @@ fn pods_reach_pods(lab: &Lab) {
     assert!(out.trim().starts_with("connected: web-"), "{out}");
 }
 
+/// One keep-alive HTTP connection from the client pod to `ip:8081`,
+/// asking `/hostname` until told to stop; returns how many answers came
+/// and the first failure, if any.
+fn keep_asking(
+    client_netns: String,
+    ip: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u32, Option<String>)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    std::thread::spawn(move || {
+        let target = format!("{ip}:8081");
+        let stream = weir_test_support::netns::in_netns(client_netns, move || {
+            std::net::TcpStream::connect_timeout(&target.parse().expect("address"), Duration::from_secs(5))
+        });
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => return (0, Some(format!("connect: {e}"))),
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut answers = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let ask = stream.write_all(b"GET /hostname HTTP/1.1\r\nHost: web\r\n\r\n");
+            if let Err(e) = ask {
+                return (answers, Some(format!("after {answers} answers, sending: {e}")));
+            }
+            let mut length = None;
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) => return (answers, Some(format!("after {answers} answers: closed"))),
+                    Err(e) => return (answers, Some(format!("after {answers} answers, reading: {e}"))),
+                    Ok(_) => {}
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse::<usize>().ok();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length.unwrap_or(0)];
+            if let Err(e) = reader.read_exact(&mut body) {
+                return (answers, Some(format!("after {answers} answers, body: {e}")));
+            }
+            answers += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (answers, None)
+    })
+}
+
+/// A rolling update of the agent DaemonSet to a new image tag: every
+/// agent pod replaced, node by node, while a connection across nodes
+/// keeps working (the datapath stays; each new agent adopts it).
+fn rolling_update_keeps_connections(lab: &Lab) {
+    let all = pods(lab);
+    let client = lab.json(&["status"])["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["namespace"] == "rn" && p["name"] == "client")
+        .map(|p| p["netns"].as_str().unwrap_or_default().to_owned())
+        .expect("the client's netns");
+    let client_node = &all.iter().find(|p| p.0 == "client").expect("client").1;
+    let remote = all
+        .iter()
+        .find(|p| p.0.starts_with("web-") && &p.1 != client_node)
+        .expect("a web pod on the other node");
+    let before = kubectl(
+        lab,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=weir-agent",
+            "-o",
+            "name",
+        ],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = keep_asking(client, remote.2.clone(), stop.clone());
+    // The same image under a new tag, as a release would push it.
+    let crane = weir_test_support::tool("crane").expect("crane is built by scripts/tools.sh");
+    let tag = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}-external", lab.name))
+        .arg("--")
+        .arg(crane)
+        .args([
+            "tag",
+            &format!("127.0.0.1:5000/weir-dev/weir:{}", env!("CARGO_PKG_VERSION")),
+            "next",
+        ])
+        .output()
+        .expect("crane tag");
+    assert!(tag.status.success(), "crane tag: {}", show(&tag));
+    kubectl(
+        lab,
+        &[
+            "-n",
+            "kube-system",
+            "set",
+            "image",
+            "daemonset/weir-agent",
+            "agent=ghcr.io/weir-dev/weir:next",
+            "install-cni=ghcr.io/weir-dev/weir:next",
+        ],
+    );
+    kubectl(
+        lab,
+        &[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "daemonset/weir-agent",
+            "--timeout=120s",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answers, failure) = asker.join().expect("asker");
+    assert_eq!(failure, None, "the connection broke during the rollout");
+    assert!(answers > 10, "only {answers} answers");
+    let after = kubectl(
+        lab,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=weir-agent",
+            "-o",
+            "name",
+        ],
+    );
+    for old in before.lines() {
+        assert!(!after.contains(old), "{old} was not replaced: {after}");
+    }
+    // New connections work after the rollout too.
+    let out = lab.ok(&["probe", "rn/client", &format!("{}:8080/tcp", remote.2)]);
+    assert_eq!(out.trim(), format!("connected: {}", remote.0));
+}
+
 /// `kubectl port-forward` to the relay's Service, in the control plane's
 /// netns; killed on drop.
 struct PortForward(Child);
@@ -243,6 +395,7 @@ fn kubectl_apply_installs_weir_on_bare_nodes() {
     wait_installed(&lab);
     pods_reach_pods(&lab);
     hubble_through_the_relay(&lab, "ik-a");
+    rolling_update_keeps_connections(&lab);
 
     // Uninstalled: the DaemonSet's pods go; what they pinned goes with the
     // lab (a reboot's work).
