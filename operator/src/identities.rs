@@ -8,7 +8,12 @@
 //! Its own writes are remembered until the watch shows them, so a pass
 //! that runs before the reflector has caught up does not hand a second
 //! number to a label set it has just numbered.
+//!
+//! Nothing is kept across runs: every start (a restart, a new leader)
+//! lists Pods and identities afresh, and the first pass releases the
+//! identities of pods that went away while no operator ran.
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,6 +25,8 @@ use tokio::sync::mpsc;
 use weir_k8s::kube;
 
 use weir_model::identity::{self, IdentityKey, WeirIdentity};
+
+use crate::leader::Term;
 
 /// Changes closer together than this make one pass.
 const BATCH: Duration = Duration::from_millis(50);
@@ -33,28 +40,44 @@ struct Pending {
     deleted: BTreeSet<u32>,
 }
 
+/// Why the allocator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A watch ended: only when the runtime shuts down.
+    #[error("the {0} watch ended")]
+    WatchEnded(&'static str),
+    /// A watch's store was dropped before it synced.
+    #[error("the {kind} store never synced: {source}")]
+    NotSynced {
+        kind: &'static str,
+        #[source]
+        source: reflector::store::WriterDropped,
+    },
+}
+
 /// Drives a reflector's watch, signalling every event; errors are logged
-/// and retried by the backoff.
-fn drive<K>(api: Api<K>, writer: reflector::store::Writer<K>, what: &'static str, tx: mpsc::Sender<()>)
+/// and retried by the backoff. Ends only if the watch does. The watch
+/// starts with a consistent list (quorum read): what a previous leader
+/// wrote is in it.
+async fn drive<K>(api: Api<K>, writer: reflector::store::Writer<K>, what: &'static str, tx: mpsc::Sender<()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    tokio::spawn(async move {
-        // Managed fields are most of an object's size and never read.
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-            .reflect(writer);
-        futures_util::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(_) => {
-                    let _ = tx.try_send(());
-                }
-                Err(e) => tracing::warn!(kind = what, error = %e, "watch failed; retrying with backoff"),
+    let config = watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
+    // Managed fields are most of an object's size and never read.
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer);
+    futures_util::pin_mut!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => {
+                let _ = tx.try_send(());
             }
+            Err(e) => tracing::warn!(kind = what, error = %e, "watch failed; retrying with backoff"),
         }
-    });
+    }
 }
 
 fn existing(ids: &Store<WeirIdentity>, pending: &mut Pending) -> BTreeMap<u32, IdentityKey> {
@@ -72,21 +95,40 @@ fn existing(ids: &Store<WeirIdentity>, pending: &mut Pending) -> BTreeMap<u32, I
     out
 }
 
-/// Runs for ever (until the process ends).
-pub async fn run(client: kube::Client) -> anyhow::Result<()> {
+/// Runs until the process ends (or the task is aborted: leadership lost).
+/// Everything it starts is inside this future, so dropping it stops all.
+pub async fn run(client: kube::Client, term: Term) -> Result<Infallible, Error> {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (ids, id_writer) = reflector::store::<WeirIdentity>();
-    let (tx, mut rx) = mpsc::channel(1);
-    drive(Api::<Pod>::all(client.clone()), pod_writer, "Pod", tx.clone());
-    drive(Api::<WeirIdentity>::all(client.clone()), id_writer, "WeirIdentity", tx);
-    pods.wait_until_ready().await?;
-    ids.wait_until_ready().await?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::select! {
+        () = drive(Api::<Pod>::all(client.clone()), pod_writer, "Pod", tx.clone()) => Err(Error::WatchEnded("Pod")),
+        () = drive(Api::<WeirIdentity>::all(client.clone()), id_writer, "WeirIdentity", tx) => Err(Error::WatchEnded("WeirIdentity")),
+        r = allocate(Api::all(client), pods, ids, rx, term) => r,
+    }
+}
+
+async fn allocate(
+    api: Api<WeirIdentity>,
+    pods: Store<Pod>,
+    ids: Store<WeirIdentity>,
+    mut rx: mpsc::Receiver<()>,
+    term: Term,
+) -> Result<Infallible, Error> {
+    pods.wait_until_ready()
+        .await
+        .map_err(|source| Error::NotSynced { kind: "Pod", source })?;
+    ids.wait_until_ready().await.map_err(|source| Error::NotSynced {
+        kind: "WeirIdentity",
+        source,
+    })?;
+    // Identities of pods that went away while no operator ran are released
+    // by the first pass: it compares what exists with what the pods need.
     tracing::info!(
         pods = pods.state().len(),
         identities = ids.state().len(),
         "identity allocator synced"
     );
-    let api: Api<WeirIdentity> = Api::all(client);
     let mut pending = Pending::default();
     loop {
         let mut failed = false;
@@ -95,6 +137,11 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
         match identity::plan(&have, &wanted) {
             Ok(plan) => {
                 for (id, key) in plan.create {
+                    if let Err(e) = term.check() {
+                        failed = true;
+                        tracing::warn!(error = %e, "identity writes held");
+                        break;
+                    }
                     match api
                         .create(&PostParams::default(), &WeirIdentity::numbered(id, key.clone()))
                         .await
@@ -110,6 +157,10 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
                     }
                 }
                 for id in plan.release {
+                    if term.check().is_err() {
+                        failed = true;
+                        break;
+                    }
                     match api.delete(&id.to_string(), &DeleteParams::default()).await {
                         Ok(_) => {
                             tracing::info!(id, "identity released: no pod has its labels");
@@ -136,7 +187,7 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
             false => rx.recv().await,
         };
         if next.is_none() {
-            anyhow::bail!("watches ended");
+            return Err(Error::WatchEnded("Pod and WeirIdentity"));
         }
         tokio::time::sleep(BATCH).await;
         while rx.try_recv().is_ok() {}
