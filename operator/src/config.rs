@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use ipnet::Ipv4Net;
 
 use crate::leader::LeaseConfig;
+use crate::pod_cidrs::pool::{Pool, PoolError};
 
-/// weir operator: the cluster-wide controllers (identities), run by the
-/// one replica that holds the Lease.
+/// weir operator: the cluster-wide controllers (identities, pod CIDRs),
+/// run by the one replica that holds the Lease.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "weir-operator", version)]
 pub struct Args {
@@ -48,6 +50,14 @@ pub struct Args {
     /// How often the leader renews and a standby replica tries the Lease.
     #[arg(long, env = "WEIR_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub leader_elect_retry_period: Duration,
+    /// Give Nodes without `spec.podCIDR` one from this pool (IPv4). Off
+    /// unless given; kube-controller-manager's allocator must then be off
+    /// (`--allocate-node-cidrs=false`).
+    #[arg(long, env = "WEIR_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, env = "WEIR_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
 }
 
 /// What the operator runs, checked.
@@ -55,6 +65,8 @@ pub struct Args {
 pub struct Config {
     /// `None`: no leader election (`--leader-elect=false`).
     pub leader: Option<LeaseConfig>,
+    /// `None`: pod CIDRs are not allocated (no `--cluster-cidr`).
+    pub pod_cidrs: Option<Pool>,
 }
 
 /// One thing wrong with the flags.
@@ -75,6 +87,8 @@ pub enum ConfigError {
     Identity,
     #[error("--leader-elect-namespace and --leader-elect-lease-name must not be empty")]
     LeaseName,
+    #[error(transparent)]
+    Pool(#[from] PoolError),
 }
 
 /// Everything wrong with the flags, reported together.
@@ -94,6 +108,14 @@ impl Args {
     /// The checked configuration, or every error found.
     pub fn config(&self) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
+        let pod_cidrs = match self.cluster_cidr.map(|c| Pool::new(c, self.node_cidr_mask_size)) {
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                errors.push(e.into());
+                None
+            }
+            None => None,
+        };
         let (lease, renew, retry) = (
             self.leader_elect_lease_duration,
             self.leader_elect_renew_deadline,
@@ -127,6 +149,7 @@ impl Args {
                 renew_deadline: renew,
                 retry_period: retry,
             }),
+            pod_cidrs,
         })
     }
 }
@@ -173,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_elect_a_leader() {
+    fn defaults_elect_a_leader_and_allocate_no_cidrs() {
         let c = args(&["--leader-elect-identity", "op-0"]).config().expect("valid");
         let l = c.leader.expect("leader election on by default");
         assert_eq!(
@@ -184,7 +207,14 @@ mod tests {
             (l.lease_duration, l.renew_deadline, l.retry_period),
             (Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2))
         );
+        assert!(c.pod_cidrs.is_none());
         assert!(args(&["--leader-elect=false"]).config().unwrap().leader.is_none());
+        let pool = args(&["--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size", "26"])
+            .config()
+            .unwrap()
+            .pod_cidrs
+            .unwrap();
+        assert_eq!(pool.size(), 1024);
     }
 
     #[test]
@@ -196,10 +226,18 @@ mod tests {
             "2s",
             "--leader-elect-retry-period",
             "2s",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--node-cidr-mask-size",
+            "12",
         ])
         .config()
         .unwrap_err();
-        assert_eq!(e.0.len(), 3, "{e}");
+        assert_eq!(e.0.len(), 4, "{e}");
+        assert!(matches!(
+            e.0[0],
+            ConfigError::Pool(PoolError::Mask { mask: 12, prefix: 16 })
+        ));
         assert!(e.to_string().contains("whole number of seconds"), "{e}");
     }
 }

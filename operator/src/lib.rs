@@ -1,6 +1,8 @@
 //! weir-operator: the cluster-wide controllers that need one writer, run
 //! by the one replica that holds the Lease ([`leader`]):
-//! - [`identities`]: `WeirIdentity` objects for the pods' label sets.
+//! - [`identities`]: `WeirIdentity` objects for the pods' label sets;
+//! - [`pod_cidrs`]: a pod CIDR for every Node without one
+//!   (`--cluster-cidr`).
 //!
 //! Every controller keeps its state in memory only and rebuilds it from
 //! the API server when it starts, so a new leader, or the same one after
@@ -15,6 +17,7 @@ use weir_k8s::kube;
 pub mod config;
 pub mod identities;
 pub mod leader;
+pub mod pod_cidrs;
 
 pub use config::{Args, Config};
 
@@ -23,6 +26,8 @@ pub use config::{Args, Config};
 pub enum Error {
     #[error("identity allocator: {0}")]
     Identities(#[from] identities::Error),
+    #[error("pod CIDR allocator: {0}")]
+    PodCidrs(#[from] pod_cidrs::Error),
     /// A controller task panicked.
     #[error("a controller panicked: {0}")]
     Panicked(#[source] tokio::task::JoinError),
@@ -30,11 +35,25 @@ pub enum Error {
 
 /// Every controller, as one future: dropping it (aborting its task) stops
 /// them all. Returns only when one fails.
-async fn controllers(client: kube::Client, term: leader::Term) -> Error {
-    let r: Result<Infallible, Error> = identities::run(client, term)
-        .instrument(tracing::info_span!("identities"))
-        .await
-        .map_err(Error::from);
+async fn controllers(client: kube::Client, config: Config, identity: String, term: leader::Term) -> Error {
+    let cidrs = async {
+        match config.pod_cidrs {
+            Some(pool) => {
+                let reporter = kube::runtime::events::Reporter {
+                    controller: "weir-operator".into(),
+                    instance: Some(identity),
+                };
+                pod_cidrs::run(client.clone(), pool, reporter, term.clone())
+                    .instrument(tracing::info_span!("pod_cidrs"))
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let r: Result<Infallible, Error> = tokio::select! {
+        r = identities::run(client.clone(), term.clone()).instrument(tracing::info_span!("identities")) => r.map_err(Error::from),
+        r = cidrs => r.map_err(Error::from),
+    };
     match r {
         Ok(never) => match never {},
         Err(e) => e,
@@ -55,7 +74,8 @@ pub async fn run(client: kube::Client, config: Config, shutdown: impl Future<Out
     tokio::pin!(shutdown);
     let Some(lease) = config.leader.clone() else {
         tracing::info!("leader election off: controllers start");
-        let mut task = tokio::spawn(controllers(client, leader::Term::unlimited()));
+        let identity = format!("pid-{}", std::process::id());
+        let mut task = tokio::spawn(controllers(client, config, identity, leader::Term::unlimited()));
         return tokio::select! {
             r = &mut task => Err(r.unwrap_or_else(Error::Panicked)),
             () = &mut shutdown => {
@@ -73,7 +93,8 @@ pub async fn run(client: kube::Client, config: Config, shutdown: impl Future<Out
         };
         tracing::info!(%identity, lease = %format!("{}/{}", elector.config().namespace, elector.config().name), "leading: controllers start");
         let span = tracing::info_span!("leading", %identity);
-        let mut task = tokio::spawn(controllers(client.clone(), term.clone()).instrument(span));
+        let mut task =
+            tokio::spawn(controllers(client.clone(), config.clone(), identity.clone(), term.clone()).instrument(span));
         tokio::select! {
             lost = elector.hold(since, &term) => {
                 let t0 = tokio::time::Instant::now();
