@@ -12,8 +12,8 @@ use ipnet::Ipv4Net;
 use crate::leader::LeaseConfig;
 use crate::pod_cidrs::pool::{Pool, PoolError};
 
-/// weir operator: the cluster-wide controllers (identities, pod CIDRs),
-/// run by the one replica that holds the Lease.
+/// weir operator: the cluster-wide controllers (identities, pod CIDRs,
+/// policy status), run by the one replica that holds the Lease.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "weir-operator", version)]
 pub struct Args {

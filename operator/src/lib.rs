@@ -2,7 +2,8 @@
 //! by the one replica that holds the Lease ([`leader`]):
 //! - [`identities`]: `WeirIdentity` objects for the pods' label sets;
 //! - [`pod_cidrs`]: a pod CIDR for every Node without one
-//!   (`--cluster-cidr`).
+//!   (`--cluster-cidr`);
+//! - [`policy_status`]: whether the agents accept each weir policy.
 //!
 //! Every controller keeps its state in memory only and rebuilds it from
 //! the API server when it starts, so a new leader, or the same one after
@@ -18,6 +19,7 @@ pub mod config;
 pub mod identities;
 pub mod leader;
 pub mod pod_cidrs;
+pub mod policy_status;
 
 pub use config::{Args, Config};
 
@@ -28,6 +30,8 @@ pub enum Error {
     Identities(#[from] identities::Error),
     #[error("pod CIDR allocator: {0}")]
     PodCidrs(#[from] pod_cidrs::Error),
+    #[error("policy status: {0}")]
+    PolicyStatus(#[from] policy_status::Error),
     /// A controller task panicked.
     #[error("a controller panicked: {0}")]
     Panicked(#[source] tokio::task::JoinError),
@@ -53,6 +57,7 @@ async fn controllers(client: kube::Client, config: Config, identity: String, ter
     let r: Result<Infallible, Error> = tokio::select! {
         r = identities::run(client.clone(), term.clone()).instrument(tracing::info_span!("identities")) => r.map_err(Error::from),
         r = cidrs => r.map_err(Error::from),
+        r = policy_status::run(client.clone(), term.clone()).instrument(tracing::info_span!("policy_status")) => r.map_err(Error::from),
     };
     match r {
         Ok(never) => match never {},
