@@ -6,6 +6,7 @@
 # them into the lab's registry (crane) under their public names, which the
 # nodes' containerd reaches through a mirror:
 # - registry.k8s.io/pause: weir's static pause (tools/pause), the sandbox;
+# - registry.k8s.io/coredns/coredns: CoreDNS (tools/coredns), static;
 # - registry.k8s.io/e2e-test-images/agnhost: the upstream test binary
 #   (k8s.io/kubernetes/test/images/agnhost, static), with busybox as its
 #   shell (the upstream image has one: tests `kubectl exec` into it).
@@ -20,9 +21,10 @@ mkdir -p "$out"
 
 AGNHOST_VERSION=2.63.0 # test/images/agnhost/VERSION at k8s.io/kubernetes v1.36.3
 PAUSE_VERSION=3.10.2   # the sandbox image containerd 2.4 names by default
+COREDNS_VERSION=$(grep -oE 'coredns/coredns v[0-9.]+' tools/coredns/go.mod | cut -d' ' -f2)
 
 busybox=/usr/bin/busybox
-stamp=$(sha256sum "$bin/pause" "$bin/agnhost" "$busybox" "$0" | sha256sum | cut -c1-16)
+stamp=$(sha256sum "$bin/pause" "$bin/agnhost" "$bin/coredns" "$busybox" "$0" | sha256sum | cut -c1-16)
 if [ -f "$out/index.tsv" ] && [ "$(cat "$out/images.stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
@@ -49,6 +51,12 @@ printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' >"$s
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/agnhost/etc/group"
 layer "$stage/agnhost" "$out/agnhost.tar"
 
-printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\n' \
-  "$PAUSE_VERSION" "$AGNHOST_VERSION" >"$out/index.tsv"
+mkdir -p "$stage/coredns/etc" "$stage/coredns/tmp"
+cp "$bin/coredns" "$stage/coredns/coredns"
+chmod 1777 "$stage/coredns/tmp"
+printf 'nobody:x:65534:65534:nobody:/:/sbin/nologin\n' >"$stage/coredns/etc/passwd"
+layer "$stage/coredns" "$out/coredns.tar"
+
+printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\n' \
+  "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" >"$out/index.tsv"
 echo "$stamp" >"$out/images.stamp"

@@ -8,7 +8,7 @@
 # tools/kubernetes/go.mod: the staging modules replaced by their published
 # v0.36.3) and etcd (go.etcd.io/etcd/server/v3 v3.7.3, tools/etcd/); and
 # what the lab's real nodes run: the kubelet (same module), containerd 2.x
-# with its runc shim and ctr (tools/containerd/), runc (tools/runc/), helm (tools/helm/), crane (images without a
+# with its runc shim and ctr (tools/containerd/), runc (tools/runc/), helm (tools/helm/), CoreDNS (tools/coredns/), crane (images without a
 # daemon, and the registry the nodes pull from; tools/crane/), and the
 # images themselves (scripts/images.sh). First builds on 2 cores: hubble
 # about 4 minutes, the control plane and kubelet 7, etcd, containerd and
@@ -133,6 +133,16 @@ if [ ! -x "$bin/helm" ] || [ "$(cat "$bin/helm.stamp" 2>/dev/null)" != "$helm_st
     -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$version" -o "$bin/helm.new" helm.sh/helm/v4/cmd/helm)
   mv "$bin/helm.new" "$bin/helm"
   echo "$helm_stamp" >"$bin/helm.stamp"
+fi
+
+# CoreDNS: the cluster DNS of the lab's real-node clusters (its image below).
+coredns_stamp=$(stamp_of tools/coredns/go.mod tools/coredns/go.sum)
+if [ ! -x "$bin/coredns" ] || [ "$(cat "$bin/coredns.stamp" 2>/dev/null)" != "$coredns_stamp" ]; then
+  need_go
+  echo "tools: building CoreDNS into $bin (first time: about 3 minutes)"
+  (cd tools/coredns && CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$bin/coredns.new" github.com/coredns/coredns)
+  mv "$bin/coredns.new" "$bin/coredns"
+  echo "$coredns_stamp" >"$bin/coredns.stamp"
 fi
 
 pause_stamp=$(stamp_of tools/pause/go.mod tools/pause/main.go)

@@ -420,6 +420,17 @@ fn start_real_nodes(
     wait_nodes(lab, kube, topo, interrupt, |ready, reason| {
         !ready && reason.contains("cni plugin not initialized")
     })?;
+    // The cluster DNS, as kubeadm deploys it: Pending until a CNI runs.
+    let coredns = super::registry::images()?
+        .into_iter()
+        .find(|i| i.path().starts_with("coredns/coredns:"))
+        .context("the tools cache has no CoreDNS image (scripts/tools.sh builds it)")?;
+    let version = coredns.reference.rsplit_once(':').map(|(_, v)| v).unwrap_or_default();
+    let manifest = include_str!("../cluster/coredns.yaml")
+        .replace("COREDNS_VERSION", version)
+        .replace("CLUSTER_DNS", &dns.to_string());
+    super::kube::kubectl_ok(kube, &["apply", "-f", "-"], Some(&manifest))?;
+    println!("cluster DNS: CoreDNS {version} at {dns} (kube-system/kube-dns)");
     for node in &topo.nodes {
         println!("node {}: NotReady (no CNI configured yet)", node.name);
     }

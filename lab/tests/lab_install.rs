@@ -48,6 +48,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: rn}
 spec:
+  type: NodePort
   selector: {app: web}
   ports: [{name: tcp, port: 80, targetPort: 8080}]
 ---
@@ -145,6 +146,48 @@ fn pods_reach_pods(lab: &Lab) {
     let vip = svc["spec"]["clusterIP"].as_str().expect("clusterIP").to_owned();
     let out = lab.ok(&["probe", "rn/client", &format!("{vip}:80/tcp")]);
     assert!(out.trim().starts_with("connected: web-"), "{out}");
+    // By name, through CoreDNS (which runs on weir too).
+    let t0 = Instant::now();
+    loop {
+        let out = lab.cmd(&[
+            "kubectl",
+            "--",
+            "-n",
+            "rn",
+            "exec",
+            "client",
+            "--",
+            "nslookup",
+            "web.rn.svc.cluster.local",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains(&vip) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "nslookup: {}", show(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // From outside the cluster, through a NodePort on either node.
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().expect("nodePort");
+    let node_ip = svc_node_ip(lab, &remote.1);
+    let answer = lab
+        .external(&format!("{node_ip}:{node_port}/tcp"))
+        .unwrap_or_else(|e| panic!("NodePort from the external host: {e}"));
+    assert!(answer.starts_with("web-"), "{answer}");
+}
+
+/// A node's InternalIP, from its Node object.
+fn svc_node_ip(lab: &Lab, node: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&kubectl(lab, &["get", "node", node, "-o", "json"])).expect("node JSON");
+    v["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .expect("InternalIP")
+        .to_owned()
 }
 
 /// One keep-alive HTTP connection from the client pod to `ip:8081`,
