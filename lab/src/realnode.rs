@@ -112,8 +112,14 @@ pub fn cgroup_parent(lab: &str, node: &str) -> String {
 pub fn containerd_config(dirs: &NodeDirs, sandbox_image: &str, runc: &Path) -> String {
     let c = dirs.containerd();
     let d = |p: PathBuf| p.display().to_string();
+    // `WEIR_LAB_CONTAINERD_LOG=debug`: the CRI plugin logs when each CNI
+    // setup begins and ends (`weir-bench --real-nodes` times ADDs so).
+    let level = std::env::var("WEIR_LAB_CONTAINERD_LOG").unwrap_or_else(|_| "info".into());
+    let level = if level == "debug" { "debug" } else { "info" };
     format!(
         r#"version = 3
+[debug]
+  level = "{level}"
 root = "{root}"
 state = "{state}"
 disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]

@@ -18,7 +18,9 @@
 //! rest, for reruns); `--kubernetes` weir on a real API server (Service and
 //! policy changes to the datapath, memory with 10,000 pods and Services);
 //! `--policy` what network policy costs (rules selecting
-//! the destination pod, a change with 1,000 policies, memory).
+//! the destination pod, a change with 1,000 policies, memory);
+//! `--real-nodes` weir installed on real kubelets and containerd (pod
+//! start, CNI ADD as containerd calls it, image size, agent memory).
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ mod flows;
 mod kubernetes;
 mod nodeport;
 mod policy;
+mod real_nodes;
 mod services;
 
 use weir_e2e::{NetNs, Node, Pod, bin, require_root, unique};
@@ -247,6 +250,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--policy") {
         policy::run();
+        return;
+    }
+    if std::env::args().any(|a| a == "--real-nodes") {
+        real_nodes::run();
         return;
     }
     if std::env::args().any(|a| a == "--kubernetes") {
