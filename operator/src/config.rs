@@ -34,8 +34,8 @@ pub struct Args {
     /// The Lease's name (install/rbac.yaml grants this name only).
     #[arg(long, env = "WEIR_LEADER_ELECT_LEASE_NAME", default_value = "weir-operator")]
     pub leader_elect_lease_name: String,
-    /// This replica's name in the Lease (`holderIdentity`): its pod's name;
-    /// default HOSTNAME_PID.
+    /// This replica's name in the Lease (`holderIdentity`), unique among
+    /// the replicas: its pod's name; default HOSTNAME_PID.
     #[arg(long, env = "POD_NAME")]
     pub leader_elect_identity: Option<String>,
     /// How long the Lease holds after its last renewal: a replica that sees

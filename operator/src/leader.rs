@@ -164,21 +164,23 @@ impl Elector {
     /// returns when the try that won was sent, from which the lease
     /// counts, and the term that starts.
     pub async fn acquire(&mut self) -> (Instant, Term) {
-        let mut last_holder = None;
+        // Each holder (`Ok`) and each cause of failure (`Err`) is said
+        // once, not every try.
+        let mut said: Option<Result<String, String>> = None;
         loop {
             let sent = Instant::now();
-            match timeout(self.config.renew_deadline, self.try_acquire_or_renew()).await {
+            let now = match timeout(self.config.renew_deadline, self.try_acquire_or_renew()).await {
                 Ok(Ok(Attempt::Holding)) => return (sent, Term::until(sent + self.config.renew_deadline)),
-                Ok(Ok(Attempt::Standby(holder))) => {
-                    if last_holder.as_ref() != Some(&holder) {
-                        tracing::info!(lease = %self.lease(), %holder, "standing by: the Lease is held");
-                        last_holder = Some(holder);
-                    }
+                Ok(Ok(Attempt::Standby(holder))) => Ok(holder),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer from the API server".to_owned()),
+            };
+            if said.as_ref() != Some(&now) {
+                match &now {
+                    Ok(holder) => tracing::info!(lease = %self.lease(), %holder, "standing by: the Lease is held"),
+                    Err(e) => tracing::warn!(lease = %self.lease(), error = %e, "cannot try the Lease; trying again"),
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot try the Lease; trying again"),
-                Err(_) => {
-                    tracing::warn!(lease = %self.lease(), "no answer from the API server on the Lease; trying again")
-                }
+                said = Some(now);
             }
             sleep(self.config.retry_period).await;
         }
