@@ -58,6 +58,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The API server did not answer in time.
+    #[error("Lease {lease}: no answer within {after:?}")]
+    Timeout { lease: String, after: Duration },
 }
 
 /// Why a leader is one no more.
@@ -220,7 +223,19 @@ impl Elector {
 
     /// Gives the Lease up if this replica still holds it, so a standby
     /// replica takes over at once. Call only once the controllers stopped.
+    /// Gives up within the renew deadline: a shutdown does not wait on an
+    /// API server that does not answer (the Lease then expires).
     pub async fn release(&mut self) -> Result<(), Error> {
+        match timeout(self.config.renew_deadline, self.clear()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                lease: self.lease(),
+                after: self.config.renew_deadline,
+            }),
+        }
+    }
+
+    async fn clear(&mut self) -> Result<(), Error> {
         let Some(mut lease) = self
             .api
             .get_opt(&self.config.name)
