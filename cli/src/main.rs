@@ -3,6 +3,7 @@
 //! Observer API; `weir lab ...` runs the separate `weir-lab` binary (the
 //! lab needs the datapath objects and root).
 
+mod cluster;
 mod observe;
 
 use std::ffi::OsString;
@@ -24,14 +25,29 @@ struct Cli {
 enum Command_ {
     /// Flows, as the datapath saw them, from an agent or the relay (Hubble's Observer API).
     Observe(Box<observe::ObserveArgs>),
-    /// The Observer API's state: nodes connected, flows seen, lost events.
-    Status(observe::ServerArg),
+    /// The Observer API's state: nodes connected, flows seen, lost events;
+    /// with --kubeconfig, weir's health in a cluster (exit 1 when not ready).
+    Status(StatusArgs),
     /// A local cluster built from network namespaces (runs `weir-lab`; `weir lab --help` for its commands).
     #[command(disable_help_flag = true)]
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    server: observe::ServerArg,
+    /// Report on weir in the cluster of this kubeconfig instead: the agent
+    /// DaemonSet, operator and relay, each node's agent and CNI, and what is
+    /// not ready and why.
+    #[arg(long, env = "WEIR_KUBECONFIG", conflicts_with = "server")]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace weir is installed in (with --kubeconfig).
+    #[arg(long, default_value = "kube-system", requires = "kubeconfig")]
+    namespace: String,
 }
 
 /// `weir-lab` next to this binary (how releases and `cargo build` lay them
@@ -65,7 +81,17 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command_::Observe(args) => runtime()?.block_on(observe::observe(*args)),
-        Command_::Status(args) => runtime()?.block_on(observe::status(args)),
+        Command_::Status(StatusArgs {
+            kubeconfig: Some(kc),
+            namespace,
+            ..
+        }) => {
+            if !runtime()?.block_on(cluster::status(Some(&kc), &namespace))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command_::Status(args) => runtime()?.block_on(observe::status(args.server)),
         // `weir lab observe`: the lab's relay, without flags.
         Command_::Lab { args } if args.first().is_some_and(|a| a == "observe") => {
             #[derive(Parser)]

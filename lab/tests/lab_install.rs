@@ -398,6 +398,21 @@ fn hubble_through_the_relay(lab: &Lab, node: &str) {
     drop(pf);
 }
 
+/// `weir status --kubeconfig` as the lab's admin, in the control plane's netns.
+fn weir_status(lab: &Lab, node: &str) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}-{node}", lab.name))
+        .arg("--")
+        .arg(weir_test_support::bin("weir"))
+        .arg("status")
+        .arg(format!(
+            "--kubeconfig={}",
+            lab.dir.join("kube/admin.kubeconfig").display()
+        ))
+        .output()
+        .expect("weir status")
+}
+
 /// Every weir pod gone after an uninstall (the relay's too, whose CNI DEL
 /// runs when the agent may already be gone).
 fn pods_gone(lab: &Lab) {
@@ -420,6 +435,14 @@ fn kubectl_apply_installs_weir_on_bare_nodes() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let lab = bare_cluster("ik", 253);
     let name = lab.name.clone();
+    // `weir status` with a kubeconfig: not installed, and says how.
+    let status = weir_status(&lab, "ik-a");
+    assert_eq!(status.status.code(), Some(1), "{}", show(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("kubectl apply -f install/weir.yaml"),
+        "{}",
+        show(&status)
+    );
     // The README's install, as written: the API server's address (weir
     // replaces kube-proxy), then the one file.
     kubectl(
@@ -436,6 +459,11 @@ fn kubectl_apply_installs_weir_on_bare_nodes() {
     );
     kubectl(&lab, &["apply", "-f", &repo("install/weir.yaml")]);
     wait_installed(&lab);
+    let status = weir_status(&lab, "ik-a");
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{}", show(&status));
+    assert!(text.contains("weir-agent     desired 2, ready 2"), "{text}");
+    assert!(text.contains("weir is ready"), "{text}");
     pods_reach_pods(&lab);
     hubble_through_the_relay(&lab, "ik-a");
     rolling_update_keeps_connections(&lab);
