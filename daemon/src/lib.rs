@@ -190,7 +190,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         address: format!("unix://{}", hubble_socket.display()),
         started: std::time::Instant::now(),
     };
-    let observer = tokio::spawn(flows::server::serve(hubble_listener, config.hubble_listen, observer));
+    let hubble_tcp = match config.hubble_listen {
+        Some(addr) => flows::server::bind_tcp(addr, None).await,
+        None => None,
+    };
+    let observer = tokio::spawn(flows::server::serve(hubble_listener, hubble_tcp, observer));
     if let config::Listen::On(addr) = config.metrics_listen {
         match metrics::bind(addr).await {
             Ok(l) => {

@@ -1,15 +1,24 @@
 //! Connecting to an Observer API server the way Hubble's clients name one:
 //! `unix:///path/to/hubble.sock`, or `host:port` / `http://host:port` over
-//! TCP. Used by `weir observe`, `weir status` and the relay.
+//! TCP, in plaintext or TLS. Used by `weir observe`, `weir status` and the
+//! relay.
 
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::tls::{ClientTls, TlsError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("server address {0:?}: expected unix:///path or host:port")]
     Address(String),
+    /// TLS asked for a Unix socket (local, guarded by its file mode).
+    #[error("{0}: TLS is for TCP servers; a Unix socket is reached without it")]
+    TlsOverUnix(String),
+    /// The name the server's certificate is checked against is not one.
+    #[error(transparent)]
+    ServerName(#[from] TlsError),
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: String,
@@ -50,22 +59,59 @@ impl std::fmt::Display for Server {
     }
 }
 
+/// TLS for a connection: the client configuration (followed as its files
+/// change) and the name the server's certificate must carry.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub config: ClientTls,
+    pub server_name: String,
+}
+
 /// A channel to `server`, connected within `timeout`; every call on it
 /// also gives up after `timeout` unless the caller streams (GetFlows sets
 /// no per-call deadline: a follow runs as long as the user wants).
 pub async fn connect(server: &Server, timeout: Duration) -> Result<Channel, ConnectError> {
+    connect_with(server, timeout, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given (TCP servers only). The
+/// channel's reconnections handshake with the configuration of their
+/// moment, so a rotated client certificate applies without a new channel.
+pub async fn connect_with(server: &Server, timeout: Duration, tls: Option<&Tls>) -> Result<Channel, ConnectError> {
     let addr = server.to_string();
     let err = |source| ConnectError::Connect {
         addr: addr.clone(),
         source,
     };
-    match server {
-        Server::Tcp(hostport) => {
+    match (server, tls) {
+        (Server::Tcp(hostport), None) => {
             let ep =
                 Endpoint::from_shared(format!("http://{hostport}")).map_err(|_| ConnectError::Address(addr.clone()))?;
             ep.connect_timeout(timeout).connect().await.map_err(err)
         }
-        Server::Unix(path) => {
+        (Server::Tcp(hostport), Some(tls)) => {
+            let name = crate::tls::server_name(&tls.server_name)?;
+            // tonic's own TLS is fixed per endpoint: the connector does the
+            // handshake instead. The URI's scheme stays http (it is only the
+            // :scheme header; tonic refuses https without its own TLS).
+            let ep = Endpoint::from_shared(format!("http://{hostport}"))
+                .map_err(|_| ConnectError::Address(addr.clone()))?
+                .connect_timeout(timeout);
+            let (hostport, config) = (hostport.clone(), tls.config.clone());
+            ep.connect_with_connector(tower::service_fn(move |_: Uri| {
+                let (hostport, name, config) = (hostport.clone(), name.clone(), config.config());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(hostport.as_str()).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .map_err(err)
+        }
+        (Server::Unix(_), Some(_)) => Err(ConnectError::TlsOverUnix(addr)),
+        (Server::Unix(path), None) => {
             let path = path.clone();
             // The URI is a placeholder: the connector dials the socket.
             let ep = Endpoint::from_static("http://localhost").connect_timeout(timeout);

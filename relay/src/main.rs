@@ -86,7 +86,16 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(port = args.agent_port, "finding the agents from the Node objects");
     }
     tracing::info!(socket = %args.socket.display(), peers = args.peers.len(), "relay ready");
-    let server = tokio::spawn(weir_proto::server::serve(listener, args.listen, relay.into_server()));
+    let tcp = match args.listen {
+        Some(addr) => Some(weir_proto::server::Tcp {
+            listener: tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+            tls: None,
+        }),
+        None => None,
+    };
+    let server = tokio::spawn(weir_proto::server::serve(listener, tcp, relay.into_server()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}

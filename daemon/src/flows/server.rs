@@ -2,7 +2,8 @@
 //! GetFlows over the flow store with Hubble's filters and windows,
 //! ServerStatus, GetNodes (this node) and GetNamespaces, plus the gRPC
 //! health service `hubble status` checks and reflection for grpcurl.
-//! Served on a root-only Unix socket, and on TCP only when configured.
+//! Served on a root-only Unix socket, and on TCP only when configured
+//! (mutual TLS, or plaintext on loopback or with `--hubble-insecure`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -244,8 +245,33 @@ impl observer::observer_server::Observer for ObserverService {
 
 /// Serves the Observer API on the Unix socket, and on `tcp` when given,
 /// until the task is dropped.
-pub async fn serve(unix: tokio::net::UnixListener, tcp: Option<std::net::SocketAddr>, service: ObserverService) {
+pub async fn serve(unix: tokio::net::UnixListener, tcp: Option<weir_proto::server::Tcp>, service: ObserverService) {
     weir_proto::server::serve(unix, tcp, service.into_server()).await
+}
+
+/// The TCP side (`--hubble-listen`): bound, with mutual TLS from `tls`
+/// (its files followed as they change). Loud, not fatal, like metrics:
+/// when it cannot be set up the agent serves flows on its Unix socket
+/// alone, and never falls back to plaintext.
+pub async fn bind_tcp(
+    addr: std::net::SocketAddr,
+    tls: Option<weir_proto::tls::ServerFiles>,
+) -> Option<weir_proto::server::Tcp> {
+    let tls = match tls.map(|f| weir_proto::tls::ServerTls::watch(f, weir_proto::tls::RELOAD_INTERVAL)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            tracing::error!(%addr, error = %e, "observer: TLS files do not load; no Observer API on TCP");
+            return None;
+        }
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Some(weir_proto::server::Tcp { listener, tls }),
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "observer: cannot listen; no Observer API on TCP");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
