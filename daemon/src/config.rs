@@ -135,9 +135,30 @@ pub struct Config {
     pub hubble_socket: Option<PathBuf>,
 
     /// Also serve the Observer API on this TCP address (Hubble's port is
-    /// 4244). Off unless given.
+    /// 4244). Off unless given. Anything but a loopback address needs
+    /// mutual TLS (--hubble-tls-cert, --hubble-tls-key,
+    /// --hubble-tls-client-ca) or --hubble-insecure.
     #[arg(long, env = "WEIR_HUBBLE_LISTEN")]
     pub hubble_listen: Option<std::net::SocketAddr>,
+
+    /// --hubble-listen over TLS: the agent's certificate chain (PEM, its
+    /// own certificate first). Re-read when it changes, no restart.
+    #[arg(long, env = "WEIR_HUBBLE_TLS_CERT")]
+    pub hubble_tls_cert: Option<PathBuf>,
+
+    /// The private key of --hubble-tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WEIR_HUBBLE_TLS_KEY")]
+    pub hubble_tls_key: Option<PathBuf>,
+
+    /// The CA (PEM) whose client certificates --hubble-listen accepts (the
+    /// relay's); clients without one are refused at the handshake.
+    #[arg(long, env = "WEIR_HUBBLE_TLS_CLIENT_CA")]
+    pub hubble_tls_client_ca: Option<PathBuf>,
+
+    /// Serve --hubble-listen in plaintext, to anyone who reaches the port,
+    /// on an address that is not loopback.
+    #[arg(long, env = "WEIR_HUBBLE_INSECURE")]
+    pub hubble_insecure: bool,
 
     /// Flows kept in memory for GetFlows.
     #[arg(long, env = "WEIR_FLOW_BUFFER", default_value_t = 4095)]
@@ -240,7 +261,63 @@ impl Config {
         if !self.bpffs_root.is_absolute() {
             errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
         }
+        errors.extend(self.hubble_tls_errors());
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// What is wrong with --hubble-listen's security flags; the files are
+    /// read to check they load.
+    fn hubble_tls_errors(&self) -> Vec<String> {
+        let tls = [
+            ("--hubble-tls-cert", &self.hubble_tls_cert),
+            ("--hubble-tls-key", &self.hubble_tls_key),
+            ("--hubble-tls-client-ca", &self.hubble_tls_client_ca),
+        ];
+        let given: Vec<&str> = tls.iter().filter(|(_, v)| v.is_some()).map(|(f, _)| *f).collect();
+        let missing: Vec<&str> = tls.iter().filter(|(_, v)| v.is_none()).map(|(f, _)| *f).collect();
+        let mut errors = Vec::new();
+        if !given.is_empty() && self.hubble_listen.is_none() {
+            errors.push(format!(
+                "{}: TLS is for --hubble-listen, which is not given (the Unix socket has no TLS)",
+                given.join(", ")
+            ));
+        }
+        if !given.is_empty() && !missing.is_empty() {
+            errors.push(format!(
+                "{} given without {}: the agent's TCP port serves mutual TLS only, all three are needed",
+                given.join(", "),
+                missing.join(", ")
+            ));
+        }
+        if !given.is_empty() && self.hubble_insecure {
+            errors.push("--hubble-insecure with TLS flags: choose one".into());
+        }
+        if let Some(addr) = self.hubble_listen
+            && given.is_empty()
+            && !self.hubble_insecure
+            && !addr.ip().is_loopback()
+        {
+            errors.push(format!(
+                "--hubble-listen {addr}: flows on a non-loopback address need mutual TLS: pass \
+                 --hubble-tls-cert FILE --hubble-tls-key FILE --hubble-tls-client-ca FILE (PEM), \
+                 or --hubble-insecure to serve them in plaintext to anyone who reaches the port"
+            ));
+        }
+        if let Some(files) = self.hubble_tls()
+            && let Err(e) = weir_proto::tls::ServerTls::check(&files)
+        {
+            errors.push(format!("--hubble-tls-*: {e}"));
+        }
+        errors
+    }
+
+    /// The TLS files of --hubble-listen, when all are given.
+    pub fn hubble_tls(&self) -> Option<weir_proto::tls::ServerFiles> {
+        Some(weir_proto::tls::ServerFiles {
+            cert: self.hubble_tls_cert.clone()?,
+            key: self.hubble_tls_key.clone()?,
+            client_ca: Some(self.hubble_tls_client_ca.clone()?),
+        })
     }
 
     /// What is wrong with `cidr` as this node's pod CIDR (given, or read
@@ -336,6 +413,83 @@ mod tests {
         assert_eq!(c.nodeport_xdp, NodePortXdp::Off);
         let c = parse(&["--node", "n1", "--pod-cidr", "10.244.1.0/24", "--nodeport-xdp=true"]).unwrap();
         assert_eq!(c.nodeport_xdp, NodePortXdp::On);
+    }
+
+    #[test]
+    fn a_non_loopback_hubble_port_needs_mutual_tls_or_insecure() {
+        let base = ["--node", "n1", "--pod-cidr", "10.244.1.0/24"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse(&args).unwrap().validate()
+        };
+        with(&["--hubble-listen", "127.0.0.1:4244"]).expect("loopback stays plaintext");
+        with(&["--hubble-listen", "[::1]:4244"]).expect("loopback stays plaintext");
+        let errs = with(&["--hubble-listen", "0.0.0.0:4244"]).unwrap_err();
+        assert!(
+            errs.len() == 1 && errs[0].contains("--hubble-tls-cert FILE") && errs[0].contains("--hubble-insecure"),
+            "says what to pass: {errs:?}"
+        );
+        with(&["--hubble-listen", "10.0.0.1:4244", "--hubble-insecure"]).expect("plaintext, explicitly");
+
+        let errs = with(&["--hubble-listen", "10.0.0.1:4244", "--hubble-tls-cert", "/c.pem"]).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("without --hubble-tls-key, --hubble-tls-client-ca")),
+            "{errs:?}"
+        );
+        let errs = with(&[
+            "--hubble-tls-cert",
+            "/c",
+            "--hubble-tls-key",
+            "/k",
+            "--hubble-tls-client-ca",
+            "/ca",
+        ])
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("not given")), "{errs:?}");
+        let errs = with(&[
+            "--hubble-listen",
+            "10.0.0.1:4244",
+            "--hubble-insecure",
+            "--hubble-tls-cert",
+            "/c",
+            "--hubble-tls-key",
+            "/k",
+            "--hubble-tls-client-ca",
+            "/ca",
+        ])
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("choose one")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("reading /c")),
+            "the files are read: {errs:?}"
+        );
+    }
+
+    #[test]
+    fn the_three_hubble_tls_files_make_the_servers_files() {
+        let c = parse(&[
+            "--node",
+            "n1",
+            "--hubble-tls-cert",
+            "/c",
+            "--hubble-tls-key",
+            "/k",
+            "--hubble-tls-client-ca",
+            "/ca",
+        ])
+        .unwrap();
+        let files = c.hubble_tls().unwrap();
+        assert_eq!(
+            (files.cert, files.key, files.client_ca),
+            ("/c".into(), "/k".into(), Some("/ca".into()))
+        );
+        assert!(
+            parse(&["--node", "n1", "--hubble-tls-cert", "/c"])
+                .unwrap()
+                .hubble_tls()
+                .is_none()
+        );
     }
 
     #[test]

@@ -191,7 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
     };
     let hubble_tcp = match config.hubble_listen {
-        Some(addr) => flows::server::bind_tcp(addr, None).await,
+        Some(addr) => flows::server::bind_tcp(addr, config.hubble_tls()).await,
         None => None,
     };
     let observer = tokio::spawn(flows::server::serve(hubble_listener, hubble_tcp, observer));
