@@ -11,6 +11,10 @@
 //! a timeout, not a stuck client; and a slow client never slows the
 //! agents: each client has a bounded queue, and what does not fit is
 //! dropped and reported to it as lost.
+//!
+//! Agents reached over TCP are reached with mutual TLS ([`AgentTls`]): the
+//! relay presents its client certificate and checks each agent's for a
+//! name made from the node's ([`AgentTls::server_name_for`]).
 
 pub mod discover;
 
@@ -24,16 +28,17 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use weir_proto::client::{Server, connect};
+use weir_proto::client::{Server, Tls, connect_with};
 use weir_proto::flow::{LostEvent, LostEventSource};
 use weir_proto::observer::observer_client::ObserverClient;
 use weir_proto::observer::observer_server::{Observer, ObserverServer};
 use weir_proto::observer::{
     GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest, GetNodesResponse,
-    Namespace, Node, ServerStatusRequest, ServerStatusResponse, get_flows_response,
+    Namespace, Node, ServerStatusRequest, ServerStatusResponse, Tls as NodeTls, get_flows_response,
 };
 use weir_proto::relay::{NodeState, NodeStatusEvent};
 use weir_proto::time::{timestamp_nanos, to_timestamp};
+use weir_proto::tls::ClientTls;
 
 /// Deadlines and sizes.
 #[derive(Debug, Clone)]
@@ -60,6 +65,58 @@ impl Default for Limits {
             sort_window: Duration::from_millis(200),
         }
     }
+}
+
+/// The name an agent's certificate is checked against by default:
+/// `{node}` is the node's name with its dots made dashes (one DNS label),
+/// so one wildcard certificate (`*.weir-agent.weir.dev`) serves every
+/// agent, and per-node certificates work too.
+pub const AGENT_SERVER_NAME: &str = "{node}.weir-agent.weir.dev";
+
+/// How the relay reaches agents over TCP: its client certificate and the
+/// CA of the agents' (followed as the files change), and the name each
+/// agent's certificate must carry.
+#[derive(Debug, Clone)]
+pub struct AgentTls {
+    pub config: ClientTls,
+    /// A DNS name, `{node}` standing for the node's name
+    /// ([`AGENT_SERVER_NAME`]).
+    pub server_name: String,
+}
+
+impl AgentTls {
+    /// The name `node`'s agent must present: agents are reached by node IP,
+    /// which changes and is rarely in a certificate; the node's name under
+    /// a fixed domain is what one certificate for every agent can carry.
+    pub fn server_name_for(&self, node: &str) -> String {
+        self.server_name.replace("{node}", &node.replace('.', "-"))
+    }
+
+    fn for_peer(&self, peer: &Peer) -> Option<Tls> {
+        match peer.server {
+            // Local, guarded by the socket's mode: no TLS.
+            Server::Unix(_) => None,
+            Server::Tcp(_) => Some(Tls {
+                config: self.config.clone(),
+                server_name: self.server_name_for(&peer.name),
+            }),
+        }
+    }
+}
+
+/// An error with its causes: TLS refusals are in the sources ("received
+/// fatal alert: CertificateRequired"), not in tonic's "transport error".
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let s_text = s.to_string();
+        if !out.ends_with(&s_text) {
+            out = format!("{out}: {s_text}");
+        }
+        next = s.source();
+    }
+    out
 }
 
 /// One node's agent as the relay sees it.
@@ -104,6 +161,8 @@ pub struct Relay {
     started: Instant,
     /// Whether health tasks run (new peers get one at once).
     health: std::sync::atomic::AtomicBool,
+    /// TLS to agents over TCP; plaintext without.
+    agent_tls: Option<AgentTls>,
 }
 
 fn new_peer(name: String, server: Server) -> Arc<Peer> {
@@ -120,11 +179,18 @@ impl Relay {
     /// A relay over these peers; call [`Relay::spawn_health`] to start
     /// connecting.
     pub fn new(peers: Vec<(String, Server)>, limits: Limits) -> Arc<Self> {
+        Self::with_agent_tls(peers, limits, None)
+    }
+
+    /// [`Relay::new`], reaching agents over TCP with `agent_tls` (plaintext
+    /// when `None`; Unix sockets never use TLS).
+    pub fn with_agent_tls(peers: Vec<(String, Server)>, limits: Limits, agent_tls: Option<AgentTls>) -> Arc<Self> {
         Arc::new(Self {
             peers: std::sync::RwLock::new(peers.into_iter().map(|(n, s)| new_peer(n, s)).collect()),
             limits,
             started: Instant::now(),
             health: std::sync::atomic::AtomicBool::new(false),
+            agent_tls,
         })
     }
 
@@ -181,13 +247,14 @@ impl Relay {
 
     fn watch_health(&self, peer: Arc<Peer>) {
         let limits = self.limits.clone();
+        let tls = self.agent_tls.as_ref().and_then(|t| t.for_peer(&peer));
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             while !peer.gone.load(std::sync::atomic::Ordering::Relaxed) {
                 let channel = peer.channel();
                 let ok = match channel {
                     Some(ch) => status_of(ch, &limits).await.map(|_| ()),
-                    None => match connect(&peer.server, limits.call_timeout).await {
+                    None => match connect_with(&peer.server, limits.call_timeout, tls.as_ref()).await {
                         Ok(ch) => match status_of(ch.clone(), &limits).await {
                             Ok(_) => {
                                 tracing::info!(node = %peer.name, "connected");
@@ -196,7 +263,7 @@ impl Relay {
                             }
                             Err(e) => Err(e),
                         },
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(with_sources(&e)),
                     },
                 };
                 match ok {
@@ -205,11 +272,18 @@ impl Relay {
                         tokio::time::sleep(limits.health_interval).await;
                     }
                     Err(e) => {
+                        let last = std::mem::replace(
+                            &mut *peer.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                            e.clone(),
+                        );
                         if peer.conn.borrow().is_some() {
                             tracing::warn!(node = %peer.name, error = %e, "node unavailable");
+                        } else if last != e {
+                            // Never reached, or for a new reason (a TLS
+                            // refusal says why here): once per reason.
+                            tracing::warn!(node = %peer.name, address = %peer.server, error = %e, "node not reachable");
                         }
                         peer.conn.send_replace(None);
-                        *peer.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -230,7 +304,7 @@ async fn status_of(ch: Channel, limits: &Limits) -> Result<ServerStatusResponse,
     req.set_timeout(limits.call_timeout);
     match tokio::time::timeout(limits.call_timeout, client.server_status(req)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(format!("{}: {}", s.code(), s.message())),
+        Ok(Err(s)) => Err(format!("{}: {}", s.code(), with_sources(&s))),
         Err(_) => Err(format!("no answer within {:?}", limits.call_timeout)),
     }
 }
@@ -529,10 +603,15 @@ impl Observer for RelayService {
         let relay = &self.0;
         let mut nodes = Vec::new();
         for peer in &relay.peers() {
+            let tls = relay.agent_tls.as_ref().and_then(|t| t.for_peer(peer));
             let mut node = Node {
                 name: peer.name.clone(),
                 address: peer.server.to_string(),
                 state: peer.state() as i32,
+                tls: tls.map(|t| NodeTls {
+                    enabled: true,
+                    server_name: t.server_name,
+                }),
                 ..Default::default()
             };
             if let Some(ch) = peer.channel()
