@@ -9,11 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use tokio_stream::StreamExt;
-use weir_proto::client::{Server, connect};
+use weir_proto::client::{Server, Tls, connect_with};
 use weir_proto::flow::{self, Flow, FlowFilter, Verdict, layer4};
 use weir_proto::observer::observer_client::ObserverClient;
 use weir_proto::observer::{GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes};
 use weir_proto::relay::NodeState;
+use weir_proto::tls::{ClientFiles, ClientTls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -24,17 +25,76 @@ pub enum Output {
 
 #[derive(Debug, clap::Args)]
 pub struct ServerArg {
-    /// The Observer API: unix:///path or host:port. Default: the lab's relay
-    /// when a lab is up, else /run/weir/relay.sock, else /run/weir/hubble.sock.
+    /// The Observer API: unix:///path, host:port, or tls://host:port. Default:
+    /// the lab's relay when a lab is up, else /run/weir/relay.sock, else
+    /// /run/weir/hubble.sock.
     #[arg(long, env = "WEIR_SERVER")]
     pub server: Option<String>,
+    /// Connect with TLS (so does a tls:// address or any other --tls-* flag).
+    #[arg(long, env = "WEIR_TLS")]
+    pub tls: bool,
+    /// CA certificates (PEM) the server's certificate must chain to
+    /// (repeat, or comma-separate); needed with TLS.
+    #[arg(long, env = "WEIR_TLS_CA_CERT_FILES", value_delimiter = ',')]
+    pub tls_ca_cert_files: Vec<std::path::PathBuf>,
+    /// A client certificate (PEM) for a server that asks for one (mutual TLS).
+    #[arg(long, env = "WEIR_TLS_CLIENT_CERT_FILE", requires = "tls_client_key_file")]
+    pub tls_client_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-client-cert-file.
+    #[arg(long, env = "WEIR_TLS_CLIENT_KEY_FILE", requires = "tls_client_cert_file")]
+    pub tls_client_key_file: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry. Default: the host of
+    /// --server.
+    #[arg(long, env = "WEIR_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+/// The host of `host:port` or `[v6]:port`.
+fn host_of(hostport: &str) -> &str {
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 impl ServerArg {
-    fn resolve(&self) -> Result<Server> {
-        if let Some(s) = &self.server {
-            return Ok(Server::parse(s)?);
+    /// Where the server is, and TLS to it when asked for.
+    fn resolve(&self) -> Result<(Server, Option<Tls>)> {
+        let (server, tls_scheme) = match self.server.as_deref() {
+            Some(s) => match s.strip_prefix("tls://") {
+                Some(rest) => (Server::parse(rest)?, true),
+                None => (Server::parse(s)?, false),
+            },
+            None => (self.default_server()?, false),
+        };
+        let wants_tls = tls_scheme
+            || self.tls
+            || !self.tls_ca_cert_files.is_empty()
+            || self.tls_client_cert_file.is_some()
+            || self.tls_server_name.is_some();
+        if !wants_tls {
+            return Ok((server, None));
         }
+        let Server::Tcp(hostport) = &server else {
+            bail!("{server}: TLS is for TCP servers; a Unix socket is reached without it");
+        };
+        if self.tls_ca_cert_files.is_empty() {
+            bail!("TLS needs --tls-ca-cert-files: the CA of the server's certificate (weir trusts no system roots)");
+        }
+        let files = ClientFiles {
+            ca: self.tls_ca_cert_files.clone(),
+            identity: self.tls_client_cert_file.clone().zip(self.tls_client_key_file.clone()),
+        };
+        let server_name = self
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| host_of(hostport).to_owned());
+        let tls = Tls {
+            config: ClientTls::load(files)?,
+            server_name,
+        };
+        Ok((server, Some(tls)))
+    }
+
+    fn default_server(&self) -> Result<Server> {
         let lab = std::env::var_os("WEIR_LAB_DIR").map_or_else(|| "/run/weir-lab".into(), std::path::PathBuf::from);
         let candidates = [
             lab.join("run/relay.sock"),
@@ -533,8 +593,23 @@ fn out(w: &mut impl Write, s: &str) -> Result<()> {
     }
 }
 
+/// A failed call, with what caused it (a TLS refusal is in the sources of
+/// tonic's "transport error").
+fn call_error(server: &Server, s: &tonic::Status) -> anyhow::Error {
+    let mut text = s.message().to_owned();
+    let mut next = std::error::Error::source(s);
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        next = cause.source();
+    }
+    anyhow::anyhow!("{server}: {text}")
+}
+
 pub async fn observe(a: ObserveArgs) -> Result<()> {
-    let server = a.server.resolve()?;
+    let (server, tls) = a.server.resolve()?;
     let whitelist = filters(&a)?;
     let now = SystemTime::now();
     let since = a.since.as_deref().map(|s| parse_since(s, now)).transpose()?;
@@ -546,12 +621,12 @@ pub async fn observe(a: ObserveArgs) -> Result<()> {
         since: since.map(weir_proto::time::to_timestamp),
         ..Default::default()
     };
-    let channel = connect(&server, Duration::from_secs(5)).await?;
+    let channel = connect_with(&server, Duration::from_secs(5), tls.as_ref()).await?;
     let mut stream = ObserverClient::new(channel)
         .max_decoding_message_size(4 << 20)
         .get_flows(req)
         .await
-        .map_err(|s| anyhow::anyhow!("{server}: {}", s.message()))?
+        .map_err(|s| call_error(&server, &s))?
         .into_inner();
     let stdout = std::io::stdout();
     let colour = a.output == Output::Compact && stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -566,7 +641,7 @@ pub async fn observe(a: ObserveArgs) -> Result<()> {
         )?;
     }
     while let Some(msg) = stream.next().await {
-        let msg = msg.map_err(|s| anyhow::anyhow!("{server}: {}", s.message()))?;
+        let msg = msg.map_err(|s| call_error(&server, &s))?;
         match msg.response_types {
             Some(ResponseTypes::Flow(f)) => {
                 let text = match a.output {
@@ -608,14 +683,14 @@ pub async fn observe(a: ObserveArgs) -> Result<()> {
 }
 
 pub async fn status(server: ServerArg) -> Result<()> {
-    let server = server.resolve()?;
-    let channel = connect(&server, Duration::from_secs(5)).await?;
+    let (server, tls) = server.resolve()?;
+    let channel = connect_with(&server, Duration::from_secs(5), tls.as_ref()).await?;
     let mut req = tonic::Request::new(ServerStatusRequest {});
     req.set_timeout(Duration::from_secs(10));
     let s = ObserverClient::new(channel)
         .server_status(req)
         .await
-        .map_err(|s| anyhow::anyhow!("{server}: {}", s.message()))?
+        .map_err(|s| call_error(&server, &s))?
         .into_inner();
     let mut w = std::io::stdout().lock();
     out(&mut w, &format!("Server:      {server} ({})", s.version))?;
