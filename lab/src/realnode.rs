@@ -42,9 +42,11 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The runtime's CNI directories, as on any node.
 const CNI_BIN: &str = "/opt/cni/bin";
 const CNI_CONF: &str = "/etc/cni/net.d";
-/// What each node has of its own at the standard paths: the CNI dirs and
-/// what weir's DaemonSet keeps on the host (install/helm/weir values).
-const NODE_PATHS: [&str; 4] = [CNI_BIN, CNI_CONF, "/run/weir", "/var/lib/weir"];
+/// What each node has of its own at the standard paths: the CNI dirs,
+/// what weir's DaemonSet keeps on the host (install/helm/weir values), and
+/// `/run/containerd`, where containerd's shims put their sockets whatever
+/// its `state` says.
+const NODE_PATHS: [&str; 5] = [CNI_BIN, CNI_CONF, "/run/weir", "/var/lib/weir", "/run/containerd"];
 
 /// Where weir's DaemonSet pins (`--bpffs-root` in install/helm/weir): the
 /// agent adds the node's name.
@@ -118,11 +120,12 @@ pub fn containerd_config(dirs: &NodeDirs, sandbox_image: &str, runc: &Path) -> S
     let level = if level == "debug" { "debug" } else { "info" };
     format!(
         r#"version = 3
-[debug]
-  level = "{level}"
 root = "{root}"
 state = "{state}"
 disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[debug]
+  level = "{level}"
 
 [grpc]
   address = "{sock}"
@@ -635,6 +638,10 @@ mod tests {
         assert_eq!(dirs.cni_conf(), Path::new("/run/lab/nodes/node1/host/etc/cni/net.d"));
         assert_eq!(dirs.mount_ns(), Path::new("/run/lab/nodes/node1.mnt"));
         assert!(c.contains("netns_mounts_under_state_dir = true"));
+        // Top-level keys come before the first table, else TOML files them
+        // under it and containerd falls back to /var/lib/containerd.
+        let top = c.split("\n[").next().unwrap_or_default();
+        assert!(top.contains("root = ") && top.contains("state = "), "{top}");
         assert!(c.contains("sandbox = \"registry.k8s.io/pause:3.10.2\""));
         // No path of the host's own containerd.
         assert!(!c.contains("/var/lib/containerd") && !c.contains("/run/containerd"));

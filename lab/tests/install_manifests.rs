@@ -141,7 +141,7 @@ agent:
 cni: {binDir: /usr/libexec/cni, confDir: /etc/cni/conf.d}
 metrics: {listen: 0.0.0.0, port: 19962}
 hubble: {port: 14244}
-operator: {replicas: 3, log: debug}
+operator: {replicas: 3, log: debug, podCIDRPool: 10.42.0.0/16, nodeCIDRMaskSize: 25}
 relay: {enabled: false}
 tolerations: [{key: dedicated, operator: Exists}]
 ";
@@ -191,5 +191,18 @@ tolerations: [{key: dedicated, operator: Exists}]
     assert!(ds_text.contains("dedicated"), "{ds_text}");
     let op = find(&all, "Deployment", "weir-operator").expect("operator");
     assert_eq!(op["spec"]["replicas"].as_u64(), Some(3));
+    let op_text = text_of(&op["spec"]["template"]["spec"]["containers"][0]);
+    for want in [
+        "WEIR_CLUSTER_CIDR",
+        "10.42.0.0/16",
+        "WEIR_NODE_CIDR_MASK_SIZE",
+        "'25'",
+        "level: debug",
+    ] {
+        assert!(
+            op_text.contains(want) || (want == "level: debug" && op_text.contains("debug")),
+            "operator lacks {want}: {op_text}"
+        );
+    }
     assert!(find(&all, "Deployment", "weir-relay").is_none(), "relay disabled");
 }
