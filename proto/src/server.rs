@@ -112,19 +112,37 @@ async fn accept_tls(
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let tx = tx.clone();
         handshakes.spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp).into_fallible()).await {
                 Ok(Ok(stream)) => {
                     let _ = tx.send(Ok(stream)).await;
                 }
                 // Closed before a word of TLS: a TCP probe or a scanner.
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Ok(Err((e, _))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     tracing::debug!(%peer, error = %e, "observer: connection closed before the TLS handshake")
                 }
-                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "observer: TLS handshake failed; connection refused"),
+                Ok(Err((e, tcp))) => {
+                    tracing::warn!(%peer, error = %e, "observer: TLS handshake failed; connection refused");
+                    close_after_alert(tcp).await;
+                }
                 Err(_) => tracing::warn!(%peer, "observer: TLS handshake not done in time; connection closed"),
             }
         });
     }
+}
+
+/// Closes a refused connection so that the client reads the alert rustls
+/// sent (certificate required, unknown CA). With TLS 1.3 the client sends
+/// its first request right behind its half of the handshake; closing with
+/// those bytes unread makes the kernel send a reset, and a reset throws
+/// away the alert waiting in the client's buffer: it would only see
+/// "connection reset" or "broken pipe". So: FIN, then read until the
+/// client closes (briefly).
+async fn close_after_alert(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 #[cfg(test)]
