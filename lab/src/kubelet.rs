@@ -3,19 +3,34 @@
 //! (or a `nodeName`) binds to lab nodes; for each new one it makes the
 //! sandbox netns, runs the real `weir-cni` ADD exactly as a runtime does,
 //! starts the pod's port servers and reports phase Running, the pod IP and
-//! Ready in the pod's status. A pod being deleted (or gone) is unwired with
-//! CNI DEL, its netns removed, and the deletion finished (grace 0), as the
-//! kubelet finishes it once the containers have stopped.
+//! Ready in the pod's status.
+//!
+//! A pod being deleted terminates gracefully: its servers keep answering
+//! while the EndpointSlice controller marks its endpoints terminating and
+//! until every node's agent has applied that (each reports the newest
+//! resourceVersion it has applied; `weir lab apply` waits on the same), so
+//! that no agent picks it for a new connection once it stops; but never
+//! past its `deletionTimestamp` (the deletion's time plus its grace period,
+//! set by the API server). Then its servers stop, CNI DEL unwires it and its
+//! netns goes (`apply::unwire`, as in standalone mode, whose
+//! `terminate_pods` also has the agents drop a pod before its CNI DEL), and
+//! the deletion is finished (grace 0), as the kubelet finishes it once the
+//! containers have stopped. A pod waiting so holds up no other: each pass
+//! looks at it again. A pod gone from the API server already is unwired at
+//! once; one deleted before it ran has its deletion finished at once.
 //!
 //! What it does not do: containers, probes, node leases (the control plane
 //! runs without the node lifecycle controller, `weir_k8s::local` says why).
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,6 +42,9 @@ use super::{Lab, manifests, netns, serve};
 
 /// Retry what failed this often, even if nothing changes.
 const RESYNC: Duration = Duration::from_secs(2);
+/// How often a pass runs while a pod waits for the agents (their applied
+/// revision is polled: it is not an event the kubelet watches).
+const TERMINATING_POLL: Duration = Duration::from_millis(50);
 
 pub fn run(lab: &Lab) -> Result<()> {
     let state = lab.dir.require()?;
@@ -34,33 +52,48 @@ pub fn run(lab: &Lab) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let client = weir_k8s::client(Some(&kube_state.admin_kubeconfig)).await?;
-        let api: Api<Pod> = Api::all(client.clone());
-        let (store, writer) = reflector::store::<Pod>();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let watch = api.clone();
-        tokio::spawn(async move {
-            let stream = watcher(watch, watcher::Config::default())
-                .default_backoff()
-                .reflect(writer);
-            futures_util::pin_mut!(stream);
-            while let Some(e) = stream.next().await {
-                if let Err(e) = e {
-                    eprintln!("kubelet: pod watch failed (retrying): {e}");
-                }
-                let _ = tx.try_send(());
-            }
-        });
-        store.wait_until_ready().await?;
+        let pods = follow::<Pod>(Api::all(client.clone()), "pod", tx.clone());
+        let slices = follow::<EndpointSlice>(Api::all(client.clone()), "endpointslice", tx);
+        pods.wait_until_ready().await?;
+        slices.wait_until_ready().await?;
         eprintln!("kubelet: watching pods");
+        let mut terminating = BTreeMap::new();
         loop {
-            if let Err(e) = sync(lab, &store, &client).await {
+            if let Err(e) = sync(lab, &pods, &slices, &client, &mut terminating).await {
                 eprintln!("kubelet: {e:#}");
             }
-            let _ = tokio::time::timeout(RESYNC, rx.recv()).await;
+            let pause = if terminating.is_empty() {
+                RESYNC
+            } else {
+                TERMINATING_POLL
+            };
+            let _ = tokio::time::timeout(pause, rx.recv()).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
             while rx.try_recv().is_ok() {}
         }
     })
+}
+
+/// A reflector of every object of `K`; each event nudges the loop.
+fn follow<K>(api: Api<K>, what: &'static str, tx: tokio::sync::mpsc::Sender<()>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer);
+        futures_util::pin_mut!(stream);
+        while let Some(e) = stream.next().await {
+            if let Err(e) = e {
+                eprintln!("kubelet: {what} watch failed (retrying): {e}");
+            }
+            let _ = tx.try_send(());
+        }
+    });
+    store
 }
 
 fn key_of(p: &Pod) -> String {
@@ -71,49 +104,167 @@ fn key_of(p: &Pod) -> String {
     )
 }
 
-/// One pass: start what is bound and not running, stop what is going.
-async fn sync(lab: &Lab, store: &Store<Pod>, client: &kube::Client) -> Result<()> {
-    let _lock = lab.dir.lock()?;
-    let mut state = lab.dir.require()?;
-    let pods: BTreeMap<String, std::sync::Arc<Pod>> = store.state().into_iter().map(|p| (key_of(&p), p)).collect();
-    // Going: deleted, replaced by a pod of another uid, or being deleted.
-    for (key, ps) in state.pods.clone() {
-        let live = pods
-            .get(&key)
-            .filter(|p| p.metadata.uid.as_deref() == Some(ps.uid.as_str()));
-        let going = live.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
-        if !going {
+/// Whether a pod being deleted may be stopped and unwired now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Termination {
+    /// Not yet, and why.
+    Wait(String),
+    /// No agent sends it new connections any more: every endpoint of it is
+    /// terminating (or not ready) and every agent has applied that.
+    Drained,
+    /// Its grace period is over (`deletionTimestamp` has passed).
+    GraceOver,
+}
+
+/// Whether an endpoint takes new connections, as the agents judge it
+/// (`weir_agent::services::desired`): not ready or terminating, it does not.
+fn takes_new_connections(e: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
+    let c = e.conditions.as_ref();
+    c.and_then(|c| c.ready) != Some(false) && c.and_then(|c| c.terminating) != Some(true)
+}
+
+fn resource_version(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    m.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Decides for a pod being deleted, from the EndpointSlices, the revision
+/// each node's agent has applied (`None`: it did not say) and the time:
+/// wait while an EndpointSlice has one of its endpoints taking new
+/// connections, or while an agent has not applied a revision at least as
+/// new as the pod's and its slices' (so the agent's model has them
+/// terminating); never past the pod's `deletionTimestamp`. (When a
+/// service has no ready endpoint left, the agents still send new
+/// connections to its terminating ones, as kube-proxy does: nothing to
+/// wait out; the pod goes once the agents have applied its state.)
+fn termination(
+    pod: &Pod,
+    slices: &[Arc<EndpointSlice>],
+    applied: &BTreeMap<String, Option<u64>>,
+    now: Timestamp,
+) -> Termination {
+    match &pod.metadata.deletion_timestamp {
+        Some(deadline) if now < deadline.0 => {}
+        _ => return Termination::GraceOver,
+    }
+    let uid = pod.metadata.uid.as_deref();
+    let mut target = resource_version(&pod.metadata);
+    for slice in slices {
+        let mut mine = slice
+            .endpoints
+            .iter()
+            .filter(|e| uid.is_some() && e.target_ref.as_ref().and_then(|r| r.uid.as_deref()) == uid)
+            .peekable();
+        if mine.peek().is_none() {
             continue;
         }
+        if mine.any(takes_new_connections) {
+            return Termination::Wait(format!(
+                "endpointslice {}/{} still has it ready",
+                slice.metadata.namespace.as_deref().unwrap_or_default(),
+                slice.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+        target = target.max(resource_version(&slice.metadata));
+    }
+    for (node, r) in applied {
+        match r {
+            Some(r) if *r >= target => {}
+            r => return Termination::Wait(format!("the agent of {node} has applied {r:?}, not yet {target}")),
+        }
+    }
+    Termination::Drained
+}
+
+/// The revision each node's agent has applied.
+fn agents_applied(state: &LabState) -> BTreeMap<String, Option<u64>> {
+    state
+        .nodes
+        .iter()
+        .map(|(name, n)| (name.clone(), super::apply::agent_applied(&n.socket)))
+        .collect()
+}
+
+/// One pass: start what is bound and not running, stop what is going and
+/// may go. `terminating` holds the pods still waiting to terminate: since
+/// when, and why.
+async fn sync(
+    lab: &Lab,
+    store: &Store<Pod>,
+    slices: &Store<EndpointSlice>,
+    client: &kube::Client,
+    terminating: &mut BTreeMap<String, (Instant, String)>,
+) -> Result<()> {
+    let _lock = lab.dir.lock()?;
+    let mut state = lab.dir.require()?;
+    let pods: BTreeMap<String, Arc<Pod>> = store.state().into_iter().map(|p| (key_of(&p), p)).collect();
+    let slices = slices.state();
+    let mut applied = None;
+    // Going: deleted, replaced by a pod of another uid, or being deleted
+    // and no longer selected by any agent (or out of grace). Decided for
+    // every pod before any is stopped, so one pod's CNI DEL does not hold
+    // up another's decision.
+    let mut going = Vec::new();
+    for (key, ps) in &state.pods {
+        let live = pods
+            .get(key)
+            .filter(|p| p.metadata.uid.as_deref() == Some(ps.uid.as_str()));
+        let Some(p) = live else {
+            going.push((key.clone(), None));
+            continue;
+        };
+        if p.metadata.deletion_timestamp.is_none() {
+            continue;
+        }
+        let applied = applied.get_or_insert_with(|| agents_applied(&state));
+        let decision = termination(p, &slices, applied, Timestamp::now());
+        let (since, why) = terminating.entry(key.clone()).or_insert_with(|| {
+            eprintln!("kubelet: pod {key} terminating: it serves until no agent selects it for new connections");
+            (Instant::now(), String::new())
+        });
+        match decision {
+            Termination::Wait(now) => {
+                *why = now;
+                continue;
+            }
+            Termination::Drained => eprintln!(
+                "kubelet: pod {key}: no agent selects it for new connections ({:?} after it was seen terminating); stopping it",
+                since.elapsed()
+            ),
+            Termination::GraceOver => eprintln!(
+                "kubelet: pod {key}: its grace period is over ({:?} after it was seen terminating; still waiting: {why}); stopping it",
+                since.elapsed()
+            ),
+        }
+        going.push((key.clone(), Some(p.clone())));
+    }
+    for (key, live) in going {
+        terminating.remove(&key);
         for e in stop(lab, &mut state, &key) {
             eprintln!("kubelet: stopping {key}: {e}");
         }
         if let Some(p) = live {
-            let api: Api<Pod> = Api::namespaced(client.clone(), &ps.namespace);
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: p.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match api.delete(&ps.name, &dp).await {
-                Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => eprintln!("kubelet: finishing the deletion of {key}: {e}"),
-            }
+            finish_deletion(client, &p).await;
         }
     }
-    // New: bound to a lab node, not being deleted, not finished.
+    terminating.retain(|k, _| state.pods.contains_key(k));
+    // New: bound to a lab node, not being deleted, not finished (one
+    // deleted before it ran has its deletion finished at once).
     for (key, pod) in &pods {
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             continue;
         };
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if !state.nodes.contains_key(&node)
-            || pod.metadata.deletion_timestamp.is_some()
-            || matches!(phase, Some("Succeeded" | "Failed"))
-        {
+        if !state.nodes.contains_key(&node) {
+            continue;
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            // Deleted before it ran: nothing to stop.
+            if !state.pods.contains_key(key) {
+                finish_deletion(client, pod).await;
+            }
+            continue;
+        }
+        if matches!(phase, Some("Succeeded" | "Failed")) {
             continue;
         }
         let ip = match state.pods.get(key).and_then(|p| p.ip.clone()) {
@@ -136,6 +287,26 @@ async fn sync(lab: &Lab, store: &Store<Pod>, client: &kube::Client) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Deletes the pod with grace 0 (its uid a precondition), as the kubelet
+/// does once its containers have stopped; gone already is fine.
+async fn finish_deletion(client: &kube::Client, pod: &Pod) {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) | Err(kube::Error::Api(_)) => {}
+        Err(e) => eprintln!("kubelet: finishing the deletion of {ns}/{name}: {e}"),
+    }
 }
 
 /// Sandbox, CNI ADD, servers; the pod is recorded before anything is made,
@@ -254,4 +425,128 @@ async fn report_running(client: &kube::Client, state: &LabState, pod: &Pod, node
         .await
         .with_context(|| format!("reporting {ns}/{name} running"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).expect("a time")
+    }
+
+    /// A pod of uid `uid`, resourceVersion `rv`, deleted with 30 s of grace at 0.
+    fn pod(uid: &str, rv: u64) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("p-{uid}")),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                resource_version: Some(rv.to_string()),
+                deletion_timestamp: Some(Time(at(30))),
+                deletion_grace_period_seconds: Some(30),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A slice at resourceVersion `rv` with one endpoint per `(uid, ready, terminating)`.
+    fn slice(rv: u64, eps: &[(&str, Option<bool>, Option<bool>)]) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("s{rv}")),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.to_string()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps
+                .iter()
+                .map(|(uid, ready, terminating)| Endpoint {
+                    addresses: vec!["10.0.0.1".into()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        serving: Some(true),
+                        terminating: *terminating,
+                    }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".into()),
+                        uid: Some((*uid).into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn applied(revs: &[Option<u64>]) -> BTreeMap<String, Option<u64>> {
+        revs.iter().enumerate().map(|(i, r)| (format!("n{i}"), *r)).collect()
+    }
+
+    #[test]
+    fn waits_while_a_slice_has_the_pod_ready() {
+        let p = pod("u1", 10);
+        let slices = [slice(9, &[("u1", Some(true), Some(false)), ("u2", Some(true), None)])];
+        let d = termination(&p, &slices, &applied(&[Some(100), Some(100)]), at(1));
+        assert!(matches!(&d, Termination::Wait(why) if why.contains("ns/s9")), "{d:?}");
+        // No conditions at all reads as ready, as the agents read it.
+        let slices = [slice(9, &[("u1", None, None)])];
+        let d = termination(&p, &slices, &applied(&[Some(100)]), at(1));
+        assert!(matches!(d, Termination::Wait(_)), "{d:?}");
+    }
+
+    #[test]
+    fn waits_until_every_agent_has_applied_the_terminating_endpoint() {
+        let p = pod("u1", 10);
+        let slices = [
+            slice(12, &[("u1", Some(false), Some(true)), ("u2", Some(true), None)]),
+            slice(11, &[("u3", Some(true), None)]),
+        ];
+        let d = termination(&p, &slices, &applied(&[Some(12), Some(11)]), at(1));
+        assert_eq!(
+            d,
+            Termination::Wait("the agent of n1 has applied Some(11), not yet 12".into())
+        );
+        let d = termination(&p, &slices, &applied(&[Some(12), None]), at(1));
+        assert!(matches!(d, Termination::Wait(_)), "an agent that does not say: {d:?}");
+        let d = termination(&p, &slices, &applied(&[Some(12), Some(13)]), at(1));
+        assert_eq!(d, Termination::Drained);
+    }
+
+    #[test]
+    fn a_pod_in_no_slice_waits_for_the_agents_to_see_it_go() {
+        let p = pod("u1", 20);
+        let slices = [slice(12, &[("u2", Some(true), None)])];
+        let d = termination(&p, &slices, &applied(&[Some(19)]), at(1));
+        assert!(matches!(d, Termination::Wait(_)), "{d:?}");
+        assert_eq!(
+            termination(&p, &slices, &applied(&[Some(20)]), at(1)),
+            Termination::Drained
+        );
+        assert_eq!(termination(&p, &[], &applied(&[]), at(1)), Termination::Drained);
+    }
+
+    #[test]
+    fn never_past_the_grace_period() {
+        let p = pod("u1", 10);
+        let slices = [slice(9, &[("u1", Some(true), None)])];
+        assert_eq!(
+            termination(&p, &slices, &applied(&[None]), at(30)),
+            Termination::GraceOver
+        );
+        // Deleted with no grace: at once.
+        let mut p = pod("u1", 10);
+        p.metadata.deletion_timestamp = Some(Time(at(0)));
+        assert_eq!(
+            termination(&p, &slices, &applied(&[None]), at(0)),
+            Termination::GraceOver
+        );
+    }
 }
