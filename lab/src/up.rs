@@ -265,9 +265,15 @@ fn bring_up(
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
         // On a real control plane the relay finds the agents from the Node
-        // objects and reaches them at their node address, Hubble's port.
+        // objects and reaches them at their node address, Hubble's port:
+        // in plaintext, said so explicitly (the lab's segment exists only
+        // in its namespaces; certificates for it are not made yet).
         let hubble_listen: Vec<String> = match kubernetes {
-            true => vec!["--hubble-listen".into(), format!("{}:4244", topo.node_ip(index))],
+            true => vec![
+                "--hubble-listen".into(),
+                format!("{}:4244", topo.node_ip(index)),
+                "--hubble-insecure".into(),
+            ],
             false => Vec::new(),
         };
         let ns = topo.node_netns(&node.name);
@@ -563,7 +569,10 @@ fn start_relay(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Re
         Some(kube) => {
             let kc = super::kube::service_account_kubeconfig(lab, &kube, "weir-relay", &kube.server)?;
             let mut cmd = signals::spawn_in(Some(&netns::path(&kube.netns)), &relay)?;
-            cmd.arg("--discover").arg("--kubeconfig").arg(kc);
+            cmd.arg("--discover")
+                .arg("--insecure-agents")
+                .arg("--kubeconfig")
+                .arg(kc);
             cmd
         }
         None => {

@@ -118,6 +118,8 @@ fn the_agent_runs_with_named_capabilities_not_privileged() {
         .filter_map(|a| a.as_str())
         .collect();
     assert!(args.contains(&"--cni-conf-dir=/host/etc/cni/net.d"), "{args:?}");
+    // Plaintext flows only when asked for by name.
+    assert!(args.contains(&"--hubble-insecure"), "{args:?}");
 }
 
 #[test]
@@ -140,7 +142,7 @@ agent:
   resources: {limits: {memory: 2Gi}}
 cni: {binDir: /usr/libexec/cni, confDir: /etc/cni/conf.d}
 metrics: {listen: 0.0.0.0, port: 19962}
-hubble: {port: 14244}
+hubble: {port: 14244, tls: {enabled: true, serverSecret: srv, clientSecret: cli}}
 operator: {replicas: 3, log: debug, podCIDRPool: 10.42.0.0/16, nodeCIDRMaskSize: 25}
 relay: {enabled: false}
 tolerations: [{key: dedicated, operator: Exists}]
@@ -180,6 +182,7 @@ tolerations: [{key: dedicated, operator: Exists}]
         "192.0.2.1",
         "memory: 2Gi",
         "port: 19962",
+        "--hubble-tls-client-ca=/etc/weir/hubble-tls/ca.crt",
     ] {
         assert!(agent_text.contains(want), "agent lacks {want}: {agent_text}");
     }
@@ -189,6 +192,10 @@ tolerations: [{key: dedicated, operator: Exists}]
         "{ds_text}"
     );
     assert!(ds_text.contains("dedicated"), "{ds_text}");
+    assert!(
+        ds_text.contains("secretName: srv") && !ds_text.contains("--hubble-insecure"),
+        "{ds_text}"
+    );
     let op = find(&all, "Deployment", "weir-operator").expect("operator");
     assert_eq!(op["spec"]["replicas"].as_u64(), Some(3));
     let op_text = text_of(&op["spec"]["template"]["spec"]["containers"][0]);
