@@ -10,56 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{Lab, privileged, show};
+use support::{Lab, REAL_NODES_WORKLOAD, pods_in, privileged, show};
 
 /// Each test runs two kubelets, two containerd and a control plane: one
 /// lab at a time on two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-const WORKLOAD: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: rn}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: rn}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      topologySpreadConstraints:
-        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: web
-          image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
-          args: [serve-hostname, --tcp, --udp, --http=false, --port=8080]
-          ports: [{containerPort: 8080}]
-        # HTTP with keep-alive: a connection that lives through a rollout.
-        - name: http
-          image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
-          args: [netexec, --http-port=8081, --udp-port=-1]
-          ports: [{containerPort: 8081}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: rn}
-spec:
-  type: NodePort
-  selector: {app: web}
-  ports: [{name: tcp, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: rn}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - {name: client, image: registry.k8s.io/e2e-test-images/agnhost:2.63.0, args: [pause]}
-"#;
 
 fn repo(path: &str) -> String {
     format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
@@ -93,45 +48,27 @@ fn kubectl(lab: &Lab, args: &[&str]) -> String {
     lab.ok(&all)
 }
 
-/// Both nodes Ready and every agent ready, as `kubectl` reports them.
+/// Both nodes Ready and every part of weir rolled out (agents, operator,
+/// relay), as `kubectl` reports them.
 fn wait_installed(lab: &Lab) {
     kubectl(
         lab,
         &["wait", "--for=condition=Ready", "node", "--all", "--timeout=120s"],
     );
-    kubectl(
-        lab,
-        &[
-            "-n",
-            "kube-system",
-            "rollout",
-            "status",
-            "daemonset/weir-agent",
-            "--timeout=120s",
-        ],
-    );
-}
-
-/// The pods of namespace `rn` as the lab sees them: (name, node, ip).
-fn pods(lab: &Lab) -> Vec<(String, String, String)> {
-    let v = lab.json(&["status"]);
-    v["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["namespace"] == "rn")
-        .map(|p| {
-            let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
-            (s("name"), s("node"), s("ip"))
-        })
-        .collect()
+    for what in [
+        "daemonset/weir-agent",
+        "deployment/weir-operator",
+        "deployment/weir-relay",
+    ] {
+        kubectl(lab, &["-n", "kube-system", "rollout", "status", what, "--timeout=120s"]);
+    }
 }
 
 /// The workload runs on weir: pod to pod across nodes, and the Service.
 fn pods_reach_pods(lab: &Lab) {
-    let file = lab.file("workload.yaml", WORKLOAD);
+    let file = lab.file("workload.yaml", REAL_NODES_WORKLOAD);
     lab.ok(&["apply", &file]);
-    let all = pods(lab);
+    let all = pods_in(lab, "rn");
     let web: Vec<_> = all.iter().filter(|p| p.0.starts_with("web-")).collect();
     assert_eq!(web.len(), 2, "{all:?}");
     let client_node = &all.iter().find(|p| p.0 == "client").expect("client").1;
@@ -246,7 +183,7 @@ fn keep_asking(
 /// agent pod replaced, node by node, while a connection across nodes
 /// keeps working (the datapath stays; each new agent adopts it).
 fn rolling_update_keeps_connections(lab: &Lab) {
-    let all = pods(lab);
+    let all = pods_in(lab, "rn");
     let client = lab.json(&["status"])["pods"]
         .as_array()
         .into_iter()

@@ -5,63 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Lab, privileged, show};
-
-const WORKLOAD: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: rn}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: rn}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      topologySpreadConstraints:
-        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: web
-          image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
-          args: [serve-hostname, --tcp, --udp, --http=false, --port=8080]
-          ports: [{containerPort: 8080}]
-          readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: rn}
-spec:
-  selector: {app: web}
-  ports: [{name: tcp, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: rn}
-spec:
-  nodeName: a
-  terminationGracePeriodSeconds: 1
-  containers:
-    - {name: client, image: registry.k8s.io/e2e-test-images/agnhost:2.63.0, args: [pause]}
-"#;
-
-/// The pods of namespace `rn` as the lab sees them: (name, node, ip).
-fn pods(lab: &Lab) -> Vec<(String, String, String)> {
-    let v = lab.json(&["status"]);
-    v["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["namespace"] == "rn")
-        .map(|p| {
-            let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
-            (s("name"), s("node"), s("ip"))
-        })
-        .collect()
-}
+use support::{Lab, REAL_NODES_WORKLOAD, pods_in, privileged, show};
 
 fn kubectl(lab: &Lab, args: &[&str]) -> std::process::Output {
     std::process::Command::new("nsenter")
@@ -100,9 +44,9 @@ fn weir_becomes_the_cni_of_real_nodes() {
     }
     assert!(up.contains("every node Ready"), "{up}");
 
-    let file = lab.file("workload.yaml", WORKLOAD);
+    let file = lab.file("workload.yaml", REAL_NODES_WORKLOAD);
     lab.ok(&["apply", &file]);
-    let all = pods(&lab);
+    let all = pods_in(&lab, "rn");
     let web: Vec<_> = all.iter().filter(|p| p.0.starts_with("web-")).collect();
     assert_eq!(web.len(), 2, "{all:?}");
     let mut nodes: Vec<&str> = web.iter().map(|p| p.1.as_str()).collect();
@@ -144,7 +88,7 @@ fn weir_becomes_the_cni_of_real_nodes() {
     lab.ok(&["scale", "deployment/web", "--replicas", "1", "-n", "rn"]);
     let t0 = Instant::now();
     loop {
-        let now = pods(&lab);
+        let now = pods_in(&lab, "rn");
         if now.iter().filter(|p| p.0.starts_with("web-")).count() == 1 {
             break;
         }

@@ -165,3 +165,68 @@ pub fn cluster_ip(lab: &Lab, svc: &str) -> String {
         .unwrap_or_else(|| panic!("{svc} has no clusterIP"))
         .to_owned()
 }
+
+/// Pods from images on real nodes (`kubelet: real`), in namespace `rn`:
+/// agnhost answering its pod name on 8080 (TCP and UDP) and HTTP with
+/// keep-alive on 8081, one replica per node, a NodePort Service, and a
+/// client.
+pub const REAL_NODES_WORKLOAD: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: rn}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: rn}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
+          args: [serve-hostname, --tcp, --udp, --http=false, --port=8080]
+          ports: [{containerPort: 8080}]
+          readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+        # HTTP with keep-alive: a connection that lives through a rollout.
+        - name: http
+          image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
+          args: [netexec, --http-port=8081, --udp-port=-1]
+          ports: [{containerPort: 8081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: rn}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: rn}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - {name: client, image: registry.k8s.io/e2e-test-images/agnhost:2.63.0, args: [pause]}
+"#;
+
+/// The pods of namespace `ns` as the lab sees them: (name, node, ip).
+pub fn pods_in(lab: &Lab, ns: &str) -> Vec<(String, String, String)> {
+    let v = lab.json(&["status"]);
+    v["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["namespace"] == ns)
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+            (s("name"), s("node"), s("ip"))
+        })
+        .collect()
+}
