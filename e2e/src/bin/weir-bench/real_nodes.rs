@@ -248,6 +248,8 @@ pub fn run() {
     for (node, kib) in rss {
         println!("| {node} | {} MiB |", kib / 1024);
     }
+    // The lab down first: it lives in the work dir.
+    drop(c);
     let _ = std::fs::remove_dir_all(&work);
 }
 
