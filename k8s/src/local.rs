@@ -148,21 +148,6 @@ impl Plan {
             ],
             "CA",
         )?;
-        openssl(
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=kube-apiserver",
-                "-keyout",
-                &p("apiserver.key"),
-                "-out",
-                &p("apiserver.csr"),
-            ],
-            "serving key",
-        )?;
         let extra = o.advertise.map(|a| format!(",IP:{a}")).unwrap_or_default();
         std::fs::write(
             dir.join("san.ext"),
@@ -171,26 +156,7 @@ impl Plan {
                 first_service_ip(&o.service_cidr)
             ),
         )?;
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "30",
-                "-in",
-                &p("apiserver.csr"),
-                "-CA",
-                &p("ca.crt"),
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-out",
-                &p("apiserver.crt"),
-                "-extfile",
-                &p("san.ext"),
-            ],
-            "serving certificate",
-        )?;
+        signed_by_ca(dir, "apiserver", "/CN=kube-apiserver", Some(&p("san.ext")))?;
         openssl(&["genrsa", "-out", &p("sa.key"), "2048"], "service-account key")?;
         let admin_token = token()?;
         std::fs::write(
@@ -298,39 +264,50 @@ impl Plan {
     }
 }
 
-/// [`Plan::node_kubeconfig`] for a plan prepared earlier in `dir`.
-pub fn node_kubeconfig(dir: &Path, node: &str, server: &str) -> anyhow::Result<PathBuf> {
+/// `NAME.key` and `NAME.crt` in `dir`: a new RSA key and its certificate
+/// for `subject`, signed by the plan's CA (`ca.crt`, `ca.key`), with the
+/// extensions of `extfile` if any. Returns the key's and the
+/// certificate's paths.
+fn signed_by_ca(dir: &Path, name: &str, subject: &str, extfile: Option<&str>) -> anyhow::Result<(String, String)> {
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let (key, csr, crt) = (
-        p(&format!("node-{node}.key")),
-        p(&format!("node-{node}.csr")),
-        p(&format!("node-{node}.crt")),
+        p(&format!("{name}.key")),
+        p(&format!("{name}.csr")),
+        p(&format!("{name}.crt")),
     );
+    openssl(
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
+        ],
+        &format!("{name} key"),
+    )?;
+    let (ca, ca_key) = (p("ca.crt"), p("ca.key"));
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-days",
+        "30",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &crt,
+    ];
+    if let Some(ext) = extfile {
+        args.extend(["-extfile", ext]);
+    }
+    openssl(&args, &format!("{name} certificate"))?;
+    Ok((key, crt))
+}
+
+/// [`Plan::node_kubeconfig`] for a plan prepared earlier in `dir`.
+pub fn node_kubeconfig(dir: &Path, node: &str, server: &str) -> anyhow::Result<PathBuf> {
     let subject = format!("/O=system:nodes/CN=system:node:{node}");
-    openssl(
-        &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
-        ],
-        "node key",
-    )?;
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "30",
-            "-in",
-            &csr,
-            "-CA",
-            &p("ca.crt"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-out",
-            &crt,
-        ],
-        "node certificate",
-    )?;
+    let (key, crt) = signed_by_ca(dir, &format!("node-{node}"), &subject, None)?;
     let path = dir.join(format!("node-{node}.kubeconfig"));
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: weir\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: {node}\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: weir\n  context: {{cluster: weir, user: {node}}}\ncurrent-context: weir\n",
