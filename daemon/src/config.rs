@@ -303,8 +303,11 @@ impl Config {
                  or --hubble-insecure to serve them in plaintext to anyone who reaches the port"
             ));
         }
+        // Files not there yet (a Secret the operator has yet to issue) are
+        // waited for: the TCP port refuses connections until they load.
         if let Some(files) = self.hubble_tls()
             && let Err(e) = weir_proto::tls::ServerTls::check(&files)
+            && !e.is_missing()
         {
             errors.push(format!("--hubble-tls-*: {e}"));
         }
@@ -460,8 +463,22 @@ mod tests {
         ])
         .unwrap_err();
         assert!(errs.iter().any(|e| e.contains("choose one")), "{errs:?}");
+        // Files not there yet are waited for (a Secret the operator has
+        // yet to issue); files that are there are read, and must load.
+        assert!(!errs.iter().any(|e| e.contains("reading /c")), "{errs:?}");
+        let errs = with(&[
+            "--hubble-listen",
+            "10.0.0.1:4244",
+            "--hubble-tls-cert",
+            "/proc/self/status",
+            "--hubble-tls-key",
+            "/proc/self/status",
+            "--hubble-tls-client-ca",
+            "/proc/self/status",
+        ])
+        .unwrap_err();
         assert!(
-            errs.iter().any(|e| e.contains("reading /c")),
+            errs.iter().any(|e| e.contains("/proc/self/status: no certificate")),
             "the files are read: {errs:?}"
         );
     }

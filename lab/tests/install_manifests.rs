@@ -118,8 +118,28 @@ fn the_agent_runs_with_named_capabilities_not_privileged() {
         .filter_map(|a| a.as_str())
         .collect();
     assert!(args.contains(&"--cni-conf-dir=/host/etc/cni/net.d"), "{args:?}");
-    // Plaintext flows only when asked for by name.
-    assert!(args.contains(&"--hubble-insecure"), "{args:?}");
+    // Mutual TLS by default, with the certificates the operator issues:
+    // plaintext flows only when asked for by name.
+    assert!(!args.contains(&"--hubble-insecure"), "{args:?}");
+    assert!(
+        args.contains(&"--hubble-tls-client-ca=/etc/weir/hubble-tls/ca.crt"),
+        "{args:?}"
+    );
+    let secret = &spec["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "hubble-tls")
+        .expect("the certificates' volume")["secret"];
+    assert_eq!(secret["secretName"].as_str(), Some("weir-hubble-server-certs"));
+    assert_eq!(
+        secret["optional"].as_bool(),
+        Some(true),
+        "the agent starts before the Secret exists"
+    );
+    let op =
+        serde_yaml_ng::to_string(&find(&all, "Deployment", "weir-operator").expect("operator")["spec"]).expect("YAML");
+    assert!(op.contains("WEIR_HUBBLE_CERTS"), "{op}");
 }
 
 #[test]
@@ -142,9 +162,9 @@ agent:
   resources: {limits: {memory: 2Gi}}
 cni: {binDir: /usr/libexec/cni, confDir: /etc/cni/conf.d}
 metrics: {listen: 0.0.0.0, port: 19962}
-hubble: {port: 14244, tls: {enabled: true, serverSecret: srv, clientSecret: cli}}
+hubble: {port: 14244, tls: {enabled: true, auto: false, serverSecret: srv, clientSecret: cli}}
 operator: {replicas: 3, log: debug, podCIDRPool: 10.42.0.0/16, nodeCIDRMaskSize: 25}
-relay: {enabled: false}
+relay: {enabled: true, tls: {enabled: true, secret: relay-srv}}
 tolerations: [{key: dedicated, operator: Exists}]
 ";
     let file = std::env::temp_dir().join(format!("weir-values-{}.yaml", std::process::id()));
@@ -211,5 +231,14 @@ tolerations: [{key: dedicated, operator: Exists}]
             "operator lacks {want}: {op_text}"
         );
     }
-    assert!(find(&all, "Deployment", "weir-relay").is_none(), "relay disabled");
+    // Certificates from the values' Secrets: the operator issues none.
+    assert!(!op_text.contains("WEIR_HUBBLE_CERTS"), "{op_text}");
+    let relay = text_of(&find(&all, "Deployment", "weir-relay").expect("relay")["spec"]["template"]["spec"]);
+    for want in [
+        "secretName: cli",
+        "secretName: relay-srv",
+        "--tls-cert=/etc/weir/relay-tls/tls.crt",
+    ] {
+        assert!(relay.contains(want), "relay lacks {want}: {relay}");
+    }
 }

@@ -1,9 +1,10 @@
 //! weir installed into a cluster as its users install it: two real nodes
 //! (kubelet + containerd) with no CNI, NotReady; then
 //! `kubectl apply -f install/weir.yaml` (or `helm install`) and the nodes
-//! turn Ready, pods run on weir across nodes, the in-cluster relay serves
-//! the stock hubble CLI through `kubectl port-forward`; uninstalled, the
-//! DaemonSet's pods go.
+//! turn Ready, pods run on weir across nodes, the in-cluster relay reaches
+//! the agents over mutual TLS with the operator's certificates and serves
+//! the stock hubble CLI through `kubectl port-forward` (over TLS too, with
+//! Helm); uninstalled, the DaemonSet's pods go.
 mod support;
 
 use std::process::{Child, Command, Stdio};
@@ -285,9 +286,62 @@ impl Drop for PortForward {
     }
 }
 
+/// weir's CA, as a user fetches it: the Secret the operator keeps.
+fn weir_ca(lab: &Lab) -> std::path::PathBuf {
+    let t0 = Instant::now();
+    let b64 = loop {
+        let out = lab.cmd(&[
+            "kubectl",
+            "--",
+            "-n",
+            "kube-system",
+            "get",
+            "secret",
+            "weir-hubble-ca",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && !text.is_empty() {
+            break text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no CA Secret: {}", show(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("base64");
+    let pem = String::from_utf8(out.stdout).expect("PEM");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    std::path::PathBuf::from(lab.file("ca.crt", &pem))
+}
+
+/// The stock hubble CLI, run in `node`'s netns.
+fn hubble(lab: &Lab, node: &str, args: &[&str]) -> std::process::Output {
+    let hubble = weir_test_support::tool("hubble").expect("hubble is built by scripts/tools.sh");
+    Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}-{node}", lab.name))
+        .arg("--")
+        .arg(&hubble)
+        .args(args)
+        .output()
+        .expect("hubble")
+}
+
 /// The stock hubble CLI, through `kubectl port-forward` to the relay, sees
-/// both nodes and the workload's flows.
-fn hubble_through_the_relay(lab: &Lab, node: &str) {
+/// both nodes (the relay reached both agents over mutual TLS) and the
+/// workload's flows. With `ca`, over TLS to the relay, as the README says;
+/// plaintext is then refused. Returns the `hubble` flags to reach it, and
+/// the port-forward that must live while they are used.
+fn hubble_through_the_relay(lab: &Lab, node: &str, ca: Option<&std::path::Path>) -> (Vec<String>, PortForward) {
     let port = 20000 + (std::process::id() % 20000) as u16;
     let pf = PortForward(
         lab.command(&[
@@ -304,16 +358,18 @@ fn hubble_through_the_relay(lab: &Lab, node: &str) {
         .spawn()
         .expect("kubectl port-forward"),
     );
-    let hubble = weir_test_support::tool("hubble").expect("hubble is built by scripts/tools.sh");
+    let mut flags = vec!["--server".to_owned(), format!("localhost:{port}")];
+    if let Some(ca) = ca {
+        flags.extend([
+            "--tls".to_owned(),
+            format!("--tls-ca-cert-files={}", ca.display()),
+            "--tls-server-name=relay.weir.dev".to_owned(),
+        ]);
+    }
     let run = |args: &[&str]| {
-        Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}-{node}", lab.name))
-            .arg("--")
-            .arg(&hubble)
-            .args(args)
-            .args(["--server", &format!("localhost:{port}")])
-            .output()
-            .expect("hubble")
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(flags.iter().map(String::as_str));
+        hubble(lab, node, &all)
     };
     let t0 = Instant::now();
     loop {
@@ -322,17 +378,90 @@ fn hubble_through_the_relay(lab: &Lab, node: &str) {
         if text.contains("Connected Nodes: 2/2") {
             break;
         }
+        // The agents' certificates come from the operator, through the
+        // kubelet's Secret volumes.
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
+            t0.elapsed() < Duration::from_secs(120),
             "hubble status: {}",
             show(&status)
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!("hubble status: 2/2 nodes {:?} after the rollout", t0.elapsed());
     let flows = run(&["observe", "--namespace", "rn", "--last", "200"]);
     let text = String::from_utf8_lossy(&flows.stdout);
     assert!(text.contains("rn/client"), "hubble observe: {}", show(&flows));
-    drop(pf);
+    if ca.is_some() {
+        let plain = hubble(lab, node, &["status", "--server", &format!("localhost:{port}")]);
+        assert!(!plain.status.success(), "plaintext to a TLS relay: {}", show(&plain));
+    }
+    (flags, pf)
+}
+
+/// An agent's Observer API on its node's address answers only clients
+/// with a certificate from weir's CA: neither plaintext nor TLS without a
+/// client certificate gets a flow.
+fn agents_refuse_unauthenticated_clients(lab: &Lab, from: &str, agent_node: &str) {
+    let server = format!("{}:4244", svc_node_ip(lab, agent_node));
+    let plain = hubble(lab, from, &["observe", "--server", &server, "--last", "1"]);
+    assert!(!plain.status.success(), "plaintext: {}", show(&plain));
+    let anonymous = hubble(
+        lab,
+        from,
+        &[
+            "observe",
+            "--server",
+            &server,
+            "--last",
+            "1",
+            "--tls",
+            "--tls-allow-insecure",
+        ],
+    );
+    assert!(
+        !anonymous.status.success(),
+        "no client certificate: {}",
+        show(&anonymous)
+    );
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("certificate"),
+        "refused for its missing certificate: {}",
+        show(&anonymous)
+    );
+}
+
+/// A NetworkPolicy isolates the web pods: the client is refused, and the
+/// stock hubble CLI through the relay (`relay`: its flags) shows the drop
+/// and why.
+fn policy_drop_seen_through_the_relay(lab: &Lab, node: &str, relay: &[String]) {
+    let policy = lab.file(
+        "deny-web.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-web, namespace: rn}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    );
+    kubectl(lab, &["apply", "-f", &policy]);
+    let all = pods_in(lab, "rn");
+    let web = all.iter().find(|p| p.0.starts_with("web-")).expect("a web pod");
+    let t0 = Instant::now();
+    loop {
+        let out = lab.cmd(&["probe", "rn/client", &format!("{}:8080/tcp", web.2)]);
+        if !out.status.success() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "still allowed: {}", show(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut args = vec!["observe", "--namespace", "rn", "--verdict", "DROPPED", "--last", "50"];
+    args.extend(relay.iter().map(String::as_str));
+    let t0 = Instant::now();
+    loop {
+        let out = hubble(lab, node, &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("rn/client") && text.contains(&web.0) && text.contains("Policy denied") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no policy drop: {}", show(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// `weir status --kubeconfig` as the lab's admin, in the control plane's netns.
@@ -402,7 +531,9 @@ fn kubectl_apply_installs_weir_on_bare_nodes() {
     assert!(text.contains("weir-agent     desired 2, ready 2"), "{text}");
     assert!(text.contains("weir is ready"), "{text}");
     pods_reach_pods(&lab);
-    hubble_through_the_relay(&lab, "ik-a");
+    let (_, pf) = hubble_through_the_relay(&lab, "ik-a", None);
+    drop(pf);
+    agents_refuse_unauthenticated_clients(&lab, "ik-a", "ik-b");
     rolling_update_keeps_connections(&lab);
 
     // Uninstalled: the DaemonSet's pods go; what they pinned goes with the
@@ -454,9 +585,15 @@ fn helm_install_installs_weir_on_bare_nodes() {
         "--namespace=kube-system",
         "--set=k8sServiceHost=172.31.254.11",
         "--set=k8sServicePort=6443",
+        "--set=relay.tls.enabled=true",
     ]);
     wait_installed(&lab);
     pods_reach_pods(&lab);
+    // The relay's own port over TLS, with the CA the operator issued.
+    let ca = weir_ca(&lab);
+    let (relay, pf) = hubble_through_the_relay(&lab, "ih-a", Some(&ca));
+    policy_drop_seen_through_the_relay(&lab, "ih-a", &relay);
+    drop(pf);
     helm(&[
         "uninstall",
         "weir",

@@ -58,6 +58,15 @@ pub struct Args {
     /// The prefix length of each node's pod CIDR.
     #[arg(long, env = "WEIR_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+    /// Issue and renew the Observer API's certificates (weir's CA, the
+    /// agents' server certificate, the relay's client and server ones) in
+    /// Secrets of the operator's namespace (`POD_NAMESPACE`).
+    #[arg(long, env = "WEIR_HUBBLE_CERTS", default_value_t = false, action = ArgAction::Set)]
+    pub hubble_certs: bool,
+    /// How long each issued certificate is valid (renewed with a third
+    /// left; the CA lives ten times as long): 365d, 12h, 20s.
+    #[arg(long, env = "WEIR_HUBBLE_CERT_VALIDITY", default_value = "365d", value_parser = parse_duration)]
+    pub hubble_cert_validity: Duration,
 }
 
 /// What the operator runs, checked.
@@ -67,6 +76,15 @@ pub struct Config {
     pub leader: Option<LeaseConfig>,
     /// `None`: pod CIDRs are not allocated (no `--cluster-cidr`).
     pub pod_cidrs: Option<Pool>,
+    /// `None`: no certificates issued (no `--hubble-certs`).
+    pub hubble_certs: Option<HubbleCerts>,
+}
+
+/// Where and for how long the Observer API's certificates are issued.
+#[derive(Debug, Clone)]
+pub struct HubbleCerts {
+    pub namespace: String,
+    pub validity: Duration,
 }
 
 /// One thing wrong with the flags.
@@ -89,6 +107,8 @@ pub enum ConfigError {
     LeaseName,
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error("--hubble-cert-validity {0:?} must be at least 10s")]
+    CertValidity(Duration),
 }
 
 /// Everything wrong with the flags, reported together.
@@ -137,6 +157,9 @@ impl Args {
         if self.leader_elect_namespace.is_empty() || self.leader_elect_lease_name.is_empty() {
             errors.push(ConfigError::LeaseName);
         }
+        if self.hubble_certs && self.hubble_cert_validity < Duration::from_secs(10) {
+            errors.push(ConfigError::CertValidity(self.hubble_cert_validity));
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -150,6 +173,10 @@ impl Args {
                 retry_period: retry,
             }),
             pod_cidrs,
+            hubble_certs: self.hubble_certs.then(|| HubbleCerts {
+                namespace: self.leader_elect_namespace.clone(),
+                validity: self.hubble_cert_validity,
+            }),
         })
     }
 }
@@ -160,7 +187,8 @@ fn default_identity() -> String {
     format!("{}_{}", host.trim(), std::process::id())
 }
 
-/// `15s`, `500ms`, `2m`, `1.5s`, or a bare number of seconds.
+/// `15s`, `500ms`, `2m`, `1.5s`, `12h`, `365d`, or a bare number of
+/// seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
@@ -172,7 +200,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s or m)")),
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h or d)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -192,7 +222,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("365d"), Ok(Duration::from_secs(365 * 86400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert!(parse_duration("3w").is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! - [`identities`]: `WeirIdentity` objects for the pods' label sets;
 //! - [`pod_cidrs`]: a pod CIDR for every Node without one
 //!   (`--cluster-cidr`);
-//! - [`policy_status`]: whether the agents accept each weir policy.
+//! - [`policy_status`]: whether the agents accept each weir policy;
+//! - [`hubble_certs`]: the Observer API's CA and certificates, renewed
+//!   (`--hubble-certs`).
 //!
 //! Every controller keeps its state in memory only and rebuilds it from
 //! the API server when it starts, so a new leader, or the same one after
@@ -16,6 +18,7 @@ use tracing::Instrument;
 use weir_k8s::kube;
 
 pub mod config;
+pub mod hubble_certs;
 pub mod identities;
 pub mod leader;
 pub mod pod_cidrs;
@@ -32,6 +35,8 @@ pub enum Error {
     PodCidrs(#[from] pod_cidrs::Error),
     #[error("policy status: {0}")]
     PolicyStatus(#[from] policy_status::Error),
+    #[error("Observer certificates: {0}")]
+    HubbleCerts(#[from] hubble_certs::Error),
     /// A controller task panicked.
     #[error("a controller panicked: {0}")]
     Panicked(#[source] tokio::task::JoinError),
@@ -54,9 +59,20 @@ async fn controllers(client: kube::Client, config: Config, identity: String, ter
             None => std::future::pending().await,
         }
     };
+    let certs = async {
+        match config.hubble_certs {
+            Some(c) => {
+                hubble_certs::run(client.clone(), c.namespace, c.validity, term.clone())
+                    .instrument(tracing::info_span!("hubble_certs"))
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let r: Result<Infallible, Error> = tokio::select! {
         r = identities::run(client.clone(), term.clone()).instrument(tracing::info_span!("identities")) => r.map_err(Error::from),
         r = cidrs => r.map_err(Error::from),
+        r = certs => r.map_err(Error::from),
         r = policy_status::run(client.clone(), term.clone()).instrument(tracing::info_span!("policy_status")) => r.map_err(Error::from),
     };
     match r {

@@ -378,7 +378,10 @@ fn two_replicas_hand_over_and_nothing_is_allocated_twice() {
         } else {
             line.contains("policy accepted") || line.contains("policy invalid")
         };
-        assert!(!past_term, "a leader past its term wrote:\n{line}\n\nwoken log:\n{woken}");
+        assert!(
+            !past_term,
+            "a leader past its term wrote:\n{line}\n\nwoken log:\n{woken}"
+        );
     }
     assert!(woken.contains("standing by"), "{woken}");
     std::thread::sleep(Duration::from_millis(500));
@@ -572,5 +575,132 @@ fn bad_flags_exit_64_before_any_request() {
     assert!(
         err.contains("--leader-elect-renew-deadline") && err.contains("host bits"),
         "every error at once: {err}"
+    );
+}
+
+/// The Secret `name` in kube-system, its data as text, when it exists.
+fn secret_data(cp: &ControlPlane, name: &str) -> Option<BTreeMap<String, String>> {
+    let out = cp.kubectl(&["get", "secret", "-n", "kube-system", name, "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_slice(&out.stdout).expect("Secret JSON");
+    Some(
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).expect("PEM")))
+            .collect(),
+    )
+}
+
+/// `openssl` on PEM files written to a directory of their own under the
+/// control plane's (whose `ca.crt` is kubectl's).
+fn openssl(cp: &ControlPlane, args: &[&str], files: &[(&str, &str)]) -> String {
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let dir = cp.path().join("observer-pem");
+    std::fs::create_dir_all(&dir).expect("PEM dir");
+    for (name, pem) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("PEM file");
+        all = all
+            .into_iter()
+            .map(|a| a.replace(&format!("{{{name}}}"), &path.to_string_lossy()))
+            .collect();
+    }
+    let out = Command::new("openssl").args(&all).output().expect("openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "openssl {all:?}: {text}");
+    text
+}
+
+#[test]
+fn observer_certificates_are_issued_renewed_and_follow_a_new_ca() {
+    let Some(cp) = ControlPlane::start() else { return };
+    let kubeconfig = install(&cp);
+    let mut args: Vec<&str> = FAST_LEASE.to_vec();
+    args.extend(["--hubble-certs=true", "--hubble-cert-validity", "15s"]);
+    let op = Operator::start(&cp, &kubeconfig, "op-0", &args);
+    let secrets = [
+        "weir-hubble-ca",
+        "weir-hubble-server-certs",
+        "weir-hubble-relay-client-certs",
+        "weir-relay-server-certs",
+    ];
+    let took = wait_for("the four Secrets", Duration::from_secs(30), || {
+        secrets.iter().all(|s| secret_data(&cp, s).is_some())
+    });
+    eprintln!("certificates issued {took:?} after the operator started");
+    let ca = secret_data(&cp, "weir-hubble-ca").expect("CA")["ca.crt"].clone();
+    // Each leaf: signed by the CA stored beside it, for what it is for.
+    for (name, want) in [
+        ("weir-hubble-server-certs", "DNS:*.weir-agent.weir.dev"),
+        ("weir-hubble-relay-client-certs", "TLS Web Client Authentication"),
+        ("weir-relay-server-certs", "DNS:relay.weir.dev"),
+    ] {
+        let data = secret_data(&cp, name).expect(name);
+        assert_eq!(data["ca.crt"], ca, "{name} carries the CA");
+        openssl(
+            &cp,
+            &["verify", "-CAfile", "{ca.crt}", "{leaf.crt}"],
+            &[("ca.crt", &ca), ("leaf.crt", &data["tls.crt"])],
+        );
+        let text = openssl(
+            &cp,
+            &[
+                "x509",
+                "-noout",
+                "-ext",
+                "subjectAltName,extendedKeyUsage",
+                "-in",
+                "{leaf.crt}",
+            ],
+            &[("leaf.crt", &data["tls.crt"])],
+        );
+        assert!(text.contains(want), "{name}: {text}");
+        openssl(
+            &cp,
+            &["pkey", "-noout", "-in", "{leaf.key}"],
+            &[("leaf.key", &data["tls.key"])],
+        );
+    }
+
+    // Renewed with a third of its life left: a new certificate from the
+    // same CA while the old one is still valid.
+    let first = secret_data(&cp, "weir-hubble-server-certs").expect("server")["tls.crt"].clone();
+    let t0 = Instant::now();
+    wait_for("the server certificate renewed", Duration::from_secs(20), || {
+        secret_data(&cp, "weir-hubble-server-certs").expect("server")["tls.crt"] != first
+    });
+    eprintln!("renewed {:?} after it was first seen (valid 15s)", t0.elapsed());
+    openssl(
+        &cp,
+        &["x509", "-noout", "-checkend", "0", "-in", "{old.crt}"],
+        &[("old.crt", &first)],
+    );
+    let renewed = secret_data(&cp, "weir-hubble-server-certs").expect("server");
+    assert_eq!(renewed["ca.crt"], ca, "same CA");
+
+    // The CA gone: a new one, and every leaf follows it.
+    cp.kubectl_ok(&["delete", "secret", "-n", "kube-system", "weir-hubble-ca"]);
+    wait_for("a new CA, followed by every leaf", Duration::from_secs(20), || {
+        let Some(new_ca) = secret_data(&cp, "weir-hubble-ca").map(|d| d["ca.crt"].clone()) else {
+            return false;
+        };
+        new_ca != ca
+            && secrets[1..]
+                .iter()
+                .all(|s| secret_data(&cp, s).is_some_and(|d| d["ca.crt"] == new_ca))
+    });
+    let log = op.log();
+    assert!(log.contains("Observer CA issued"), "{log}");
+    assert!(
+        !log.contains("not written"),
+        "every write allowed by install/rbac.yaml: {log}"
     );
 }

@@ -101,6 +101,12 @@ pub async fn connect_with(server: &Server, timeout: Duration, tls: Option<&Tls>)
             ep.connect_with_connector(tower::service_fn(move |_: Uri| {
                 let (hostport, name, config) = (hostport.clone(), name.clone(), config.config());
                 async move {
+                    let config = config.ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "no TLS client certificate yet: its files are awaited",
+                        )
+                    })?;
                     let tcp = tokio::net::TcpStream::connect(hostport.as_str()).await?;
                     let _ = tcp.set_nodelay(true);
                     let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;

@@ -109,7 +109,12 @@ async fn accept_tls(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let Some(config) = tls.config() else {
+            // Closed at once: the client sees the refusal, not a hang.
+            tracing::warn!(%peer, "observer: no certificate yet (its files are awaited); connection refused");
+            continue;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tx = tx.clone();
         handshakes.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp).into_fallible()).await {

@@ -239,9 +239,10 @@ fn read_all(paths: &[&Path]) -> Result<Vec<Vec<u8>>, TlsError> {
         .collect()
 }
 
-/// The configuration in use, replaced when the files change.
+/// The configuration in use, replaced when the files change; `None` while
+/// the files are not there yet.
 struct Reloading<C> {
-    current: Arc<RwLock<Arc<C>>>,
+    current: Arc<RwLock<Option<Arc<C>>>>,
 }
 
 impl<C> Clone for Reloading<C> {
@@ -252,27 +253,48 @@ impl<C> Clone for Reloading<C> {
     }
 }
 
+impl TlsError {
+    /// A file is not there (yet): a Secret volume the kubelet fills once
+    /// the Secret exists, for example.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, TlsError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 impl<C: Send + Sync + 'static> Reloading<C> {
     /// Loads the files now (an error is the caller's: a bad start is a
     /// configuration error) and, with an `interval`, follows them on the
-    /// current tokio runtime for as long as a handle lives.
+    /// current tokio runtime for as long as a handle lives. Followed files
+    /// may be missing at the start: there is no configuration until they
+    /// all appear and load.
     fn start<F: Files<Config = C>>(files: F, interval: Option<Duration>) -> Result<Self, TlsError> {
-        let bytes = read_all(&files.paths())?;
-        let config = files.build(&bytes)?;
-        let current = Arc::new(RwLock::new(Arc::new(config)));
+        let (config, bytes) = match read_all(&files.paths()) {
+            Ok(bytes) => (Some(Arc::new(files.build(&bytes)?)), bytes),
+            Err(e) if e.is_missing() && interval.is_some() => {
+                tracing::info!(error = %e, "tls: waiting for the certificate files; no TLS connection until they appear");
+                (None, Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        let current = Arc::new(RwLock::new(config));
         if let Some(interval) = interval {
             tokio::spawn(follow(files, bytes, Arc::downgrade(&current), interval));
         }
         Ok(Self { current })
     }
 
-    fn get(&self) -> Arc<C> {
+    fn get(&self) -> Option<Arc<C>> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
 /// Re-reads the files every `interval` until the configuration is dropped.
-async fn follow<F: Files>(files: F, mut loaded: Vec<Vec<u8>>, slot: Weak<RwLock<Arc<F::Config>>>, interval: Duration) {
+async fn follow<F: Files>(
+    files: F,
+    mut loaded: Vec<Vec<u8>>,
+    slot: Weak<RwLock<Option<Arc<F::Config>>>>,
+    interval: Duration,
+) {
     let paths: Vec<PathBuf> = files.paths().into_iter().map(Path::to_owned).collect();
     let shown = paths
         .iter()
@@ -294,11 +316,17 @@ async fn follow<F: Files>(files: F, mut loaded: Vec<Vec<u8>>, slot: Weak<RwLock<
         match result {
             Ok(None) => {}
             Ok(Some((config, bytes))) => {
-                *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+                *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(config));
+                let first = loaded.is_empty();
                 loaded = bytes;
                 reported = None;
-                tracing::info!(files = %shown, "tls: certificates reloaded; new connections use them");
+                match first {
+                    true => tracing::info!(files = %shown, "tls: certificates loaded; TLS connections start"),
+                    false => tracing::info!(files = %shown, "tls: certificates reloaded; new connections use them"),
+                }
             }
+            // Still waiting for the files to appear: said at the start.
+            Err(e) if e.is_missing() && loaded.is_empty() => {}
             Err(e) => {
                 let why = e.to_string();
                 if reported.as_deref() != Some(&why) {
@@ -319,7 +347,7 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Loads `files` and re-reads them every `interval` (on the current
-    /// tokio runtime).
+    /// tokio runtime); files not there yet are waited for.
     pub fn watch(files: ServerFiles, interval: Duration) -> Result<Self, TlsError> {
         let mutual = files.client_ca.is_some();
         Ok(Self {
@@ -334,8 +362,9 @@ impl ServerTls {
         files.build(&read_all(&files.paths())?).map(|_| ())
     }
 
-    /// The configuration for the next connection.
-    pub fn config(&self) -> Arc<ServerConfig> {
+    /// The configuration for the next connection; `None` while the files
+    /// are awaited.
+    pub fn config(&self) -> Option<Arc<ServerConfig>> {
         self.config.get()
     }
 
@@ -366,7 +395,7 @@ impl ClientTls {
     }
 
     /// Loads `files` and re-reads them every `interval` (on the current
-    /// tokio runtime).
+    /// tokio runtime); files not there yet are waited for.
     pub fn watch(files: ClientFiles, interval: Duration) -> Result<Self, TlsError> {
         Ok(Self {
             config: Reloading::start(files, Some(interval))?,
@@ -378,8 +407,9 @@ impl ClientTls {
         files.build(&read_all(&files.paths())?).map(|_| ())
     }
 
-    /// The configuration for the next connection.
-    pub fn config(&self) -> Arc<ClientConfig> {
+    /// The configuration for the next connection; `None` while the files
+    /// are awaited.
+    pub fn config(&self) -> Option<Arc<ClientConfig>> {
         self.config.get()
     }
 }
@@ -468,12 +498,12 @@ mod tests {
             Duration::from_millis(20),
         )
         .unwrap();
-        let first = tls.config();
+        let first = tls.config().unwrap();
         let settle = || tokio::time::sleep(Duration::from_millis(150));
 
         settle().await;
         assert!(
-            Arc::ptr_eq(&first, &tls.config()),
+            Arc::ptr_eq(&first, &tls.config().unwrap()),
             "unchanged files: same configuration"
         );
 
@@ -481,18 +511,51 @@ mod tests {
         let next = ca.server(&["two.weir.dev"]);
         write(&dir, "server.crt", &next.cert);
         settle().await;
-        assert!(Arc::ptr_eq(&first, &tls.config()), "a mismatched pair is not taken");
+        assert!(
+            Arc::ptr_eq(&first, &tls.config().unwrap()),
+            "a mismatched pair is not taken"
+        );
 
         // The rest of it.
         write(&dir, "server.key", &next.key);
         settle().await;
-        let second = tls.config();
+        let second = tls.config().unwrap();
         assert!(!Arc::ptr_eq(&first, &second), "the new pair is taken");
 
         // Garbage: kept.
         write(&dir, "server.crt", "not a certificate");
         settle().await;
-        assert!(Arc::ptr_eq(&second, &tls.config()));
+        assert!(Arc::ptr_eq(&second, &tls.config().unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn files_that_appear_later_are_taken_then() {
+        let dir = tempdir("later");
+        let files = ServerFiles {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            client_ca: Some(dir.join("ca.crt")),
+        };
+        let e = ServerTls::check(&files).unwrap_err();
+        assert!(e.is_missing(), "{e}");
+        let tls = ServerTls::watch(files.clone(), Duration::from_millis(20)).unwrap();
+        assert!(tls.config().is_none(), "nothing to serve with yet");
+        assert!(
+            ClientTls::load(ClientFiles {
+                ca: vec![dir.join("ca.crt")],
+                identity: None
+            })
+            .is_err_and(|e| e.is_missing()),
+            "a one-off load does not wait"
+        );
+        let ca = Ca::new("weir test CA");
+        ca.server(&["one.weir.dev"]).write(&dir, "server");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(tls.config().is_none(), "not all files yet");
+        ca.write(&dir, "ca.crt");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(tls.config().is_some(), "all there: taken");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -159,8 +159,10 @@ impl Args {
         if self.tls_cert.is_some() && self.listen.is_none() {
             errors.push("--tls-cert: TLS is for --listen, which is not given (the Unix socket has no TLS)".into());
         }
+        // Missing files (a Secret not issued yet) are waited for.
         if let Some(files) = self.server_tls()
             && let Err(e) = ServerTls::check(&files)
+            && !e.is_missing()
         {
             errors.push(format!("--tls-*: {e}"));
         }
@@ -192,7 +194,9 @@ impl Args {
             );
         }
         if let Some(files) = self.agent_tls() {
-            if let Err(e) = ClientTls::check(&files) {
+            if let Err(e) = ClientTls::check(&files)
+                && !e.is_missing()
+            {
                 errors.push(format!("--tls-client-*/--tls-ca: {e}"));
             }
             let sample = self.agent_tls_server_name.replace("{node}", "node-1");

@@ -379,6 +379,56 @@ async fn rotated_certificates_apply_to_new_connections_without_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// As in a cluster where the operator issues the certificates after the
+/// relay's pod started (the kubelet fills its Secret volumes later): the
+/// relay waits for them, then reaches its agents and serves TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_that_appear_after_the_start_are_used_then() {
+    let dir = tempdir("later");
+    let ca = Ca::new("weir CA");
+    let observer = FixedObserver::new("n1", 1);
+    let port = free_port();
+    let (_addr, _agent) = agent(&dir, observer.clone(), &ca.server(&[AGENTS]), &ca, port).await;
+    let files = dir.join("secret");
+    std::fs::create_dir_all(&files).unwrap();
+    let at = |f: &str| files.join(f).display().to_string();
+    let relay = RelayProcess::start(
+        &dir,
+        &[
+            format!("--peer=n1=127.0.0.1:{port}"),
+            format!("--tls-client-cert={}", at("client.crt")),
+            format!("--tls-client-key={}", at("client.key")),
+            format!("--tls-ca={}", at("ca.crt")),
+            format!("--tls-cert={}", at("relay.crt")),
+            format!("--tls-key={}", at("relay.key")),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(observer.client_certs.lock().unwrap().is_empty(), "no certificate yet");
+    assert!(
+        relay.log().contains("waiting for the certificate files"),
+        "{}",
+        relay.log()
+    );
+    let client = ca.client("weir-relay");
+    client.write(&files, "client");
+    ca.write(&files, "ca.crt");
+    let served = ca.server(&[RELAY_NAME]);
+    served.write(&files, "relay");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observer.client_certs.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent was never reached:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(observer.client_certs.lock().unwrap()[0], client.der);
+    assert_eq!(presented(&relay.listen, &ca, RELAY_NAME).await, served.der);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn agents_on_tcp_need_tls_or_insecure_agents() {
     let dir = tempdir("config");
@@ -414,9 +464,21 @@ fn agents_on_tcp_need_tls_or_insecure_agents() {
     ]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("TLS is for --listen") && err.contains("reading /c.pem"),
-        "{err}"
-    );
+    assert!(err.contains("TLS is for --listen"), "{err}");
+    // Files not there are waited for; files there must load.
+    assert!(!err.contains("reading /c.pem"), "{err}");
+    let out = run(&[
+        "--peer",
+        "n1=127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "/proc/self/status",
+        "--tls-key",
+        "/proc/self/status",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/proc/self/status: no certificate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -27,3 +27,16 @@ envFrom:
   - configMapRef: {name: weir-kube-api, optional: true}
 {{- end }}
 {{- end -}}
+
+{{/* The Secrets of the Observer API's certificates: the operator's own
+names when it issues them (hubble.tls.auto; install/rbac.yaml grants it
+those names only), else the values'. */}}
+{{- define "weir.hubbleServerSecret" -}}
+{{- if .Values.hubble.tls.auto }}weir-hubble-server-certs{{ else }}{{ required "hubble.tls.serverSecret" .Values.hubble.tls.serverSecret }}{{ end -}}
+{{- end -}}
+{{- define "weir.hubbleClientSecret" -}}
+{{- if .Values.hubble.tls.auto }}weir-hubble-relay-client-certs{{ else }}{{ required "hubble.tls.clientSecret" .Values.hubble.tls.clientSecret }}{{ end -}}
+{{- end -}}
+{{- define "weir.relayServerSecret" -}}
+{{- if .Values.hubble.tls.auto }}weir-relay-server-certs{{ else }}{{ required "relay.tls.secret" .Values.relay.tls.secret }}{{ end -}}
+{{- end -}}
