@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod cleanup;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;

@@ -4,7 +4,50 @@ use weir_agent::config::Config;
 /// EX_USAGE: bad configuration, reported before touching the kernel.
 const EXIT_CONFIG: i32 = 64;
 
+/// `weir-agent cleanup [FLAGS]`: the node's leftovers after an uninstall
+/// (`weir_agent::cleanup`), then exit (or stay, with --stay).
+fn cleanup(args: Vec<std::ffi::OsString>) -> ! {
+    use clap::Parser as _;
+    let args = weir_agent::cleanup::CleanupArgs::parse_from(args);
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir-agent cleanup: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(async {
+        match weir_agent::cleanup::run(&args).await {
+            Ok(removed) => tracing::info!(node = %args.node, files = ?removed.files, pins = removed.pins,
+                links = ?removed.links, routes = removed.routes, "cleanup: weir removed from this node"),
+            Err(e) => {
+                tracing::error!("cleanup: {e}");
+                std::process::exit(1);
+            }
+        }
+        // As PID 1 of a container, a signal without a handler is ignored:
+        // both are handled.
+        if args.stay {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                },
+                Err(e) => tracing::error!("cleanup: no SIGTERM handler: {e}"),
+            }
+        }
+    });
+    std::process::exit(0)
+}
+
 fn main() {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "cleanup") {
+        argv.remove(1);
+        cleanup(argv);
+    }
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => e.exit(),

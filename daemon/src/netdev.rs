@@ -196,6 +196,14 @@ impl Netdev {
         Ok(index)
     }
 
+    /// `ip link del`: gone already is fine.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetdevError> {
+        match self.handle.link().del(index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(()),
+            other => other.map_err(req(format!("deleting link {index}"))),
+        }
+    }
+
     /// `ip route replace <pod>/32 dev <host veth> scope link` plus a
     /// permanent neighbour, so the node reaches the pod without ARP and
     /// reverse-path checks accept the pod's packets.

@@ -92,6 +92,49 @@ fn install_weir_yaml_is_the_chart_with_its_defaults() {
 }
 
 #[test]
+fn the_cleanup_daemonset_runs_this_version_with_the_charts_paths() {
+    let text = std::fs::read_to_string(root().join("install/cleanup.yaml")).expect("install/cleanup.yaml");
+    let all = docs(&text);
+    let spec = &find(&all, "DaemonSet", "weir-cleanup").expect("cleanup")["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    for c in [&spec["initContainers"][0], &spec["containers"][0]] {
+        assert_eq!(
+            c["image"].as_str(),
+            Some(format!("ghcr.io/weir-dev/weir:{}", env!("CARGO_PKG_VERSION")).as_str()),
+            "the chart's image"
+        );
+        let args: Vec<&str> = c["command"]
+            .as_sequence()
+            .expect("command")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        // The chart's paths: its agent's socket (a running agent stops the
+        // cleanup) and the host dirs the init container installed into.
+        for want in [
+            "cleanup",
+            "--socket=/var/run/weir/agent.sock",
+            "--bpffs-root=/sys/fs/bpf/weir",
+            "--cni-conf-dir=/host/etc/cni/net.d",
+            "--cni-bin-dir=/host/opt/cni/bin",
+        ] {
+            assert!(args.contains(&want), "{want}: {args:?}");
+        }
+    }
+    let chart = docs(&helm(&RENDER));
+    let agent =
+        serde_yaml_ng::to_string(&find(&chart, "DaemonSet", "weir-agent").expect("agent")["spec"]).expect("YAML");
+    for same in [
+        "--socket=/var/run/weir/agent.sock",
+        "--bpffs-root=/sys/fs/bpf/weir",
+        "path: /opt/cni/bin",
+        "path: /etc/cni/net.d",
+    ] {
+        assert!(agent.contains(same), "the chart's agent has {same}");
+    }
+}
+
+#[test]
 fn the_agent_runs_with_named_capabilities_not_privileged() {
     let all = docs(&helm(&RENDER));
     let spec = &find(&all, "DaemonSet", "weir-agent").expect("agent")["spec"]["template"]["spec"];

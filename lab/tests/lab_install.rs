@@ -7,6 +7,7 @@
 //! Helm); uninstalled, the DaemonSet's pods go.
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -287,7 +288,7 @@ impl Drop for PortForward {
 }
 
 /// weir's CA, as a user fetches it: the Secret the operator keeps.
-fn weir_ca(lab: &Lab) -> std::path::PathBuf {
+fn weir_ca(lab: &Lab) -> PathBuf {
     let t0 = Instant::now();
     let b64 = loop {
         let out = lab.cmd(&[
@@ -321,7 +322,7 @@ fn weir_ca(lab: &Lab) -> std::path::PathBuf {
         .expect("base64");
     let pem = String::from_utf8(out.stdout).expect("PEM");
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-    std::path::PathBuf::from(lab.file("ca.crt", &pem))
+    PathBuf::from(lab.file("ca.crt", &pem))
 }
 
 /// The stock hubble CLI, run in `node`'s netns.
@@ -536,8 +537,8 @@ fn kubectl_apply_installs_weir_on_bare_nodes() {
     agents_refuse_unauthenticated_clients(&lab, "ik-a", "ik-b");
     rolling_update_keeps_connections(&lab);
 
-    // Uninstalled: the DaemonSet's pods go; what they pinned goes with the
-    // lab (a reboot's work).
+    // Uninstalled: the DaemonSet's pods go; what they leave on the nodes
+    // goes with the documented cleanup.
     kubectl(
         &lab,
         &[
@@ -549,11 +550,53 @@ fn kubectl_apply_installs_weir_on_bare_nodes() {
         ],
     );
     pods_gone(&lab);
-    lab.ok(&["down"]);
+    // The documented cleanup: each node as if weir had never run there.
     for node in ["ik-a", "ik-b"] {
-        let pins = std::path::Path::new("/sys/fs/bpf/weir").join(node);
-        assert!(!pins.exists(), "{} left ({name})", pins.display());
+        assert!(
+            Path::new("/sys/fs/bpf/weir").join(node).exists(),
+            "the agent's pins outlive it (restart safety)"
+        );
     }
+    kubectl(&lab, &["apply", "-f", &repo("install/cleanup.yaml")]);
+    kubectl(
+        &lab,
+        &[
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "daemonset/weir-cleanup",
+            "--timeout=120s",
+        ],
+    );
+    for node in ["ik-a", "ik-b"] {
+        let host = lab.dir.join("nodes").join(node).join("host");
+        for left in ["etc/cni/net.d/05-weir.conflist", "opt/cni/bin/weir-cni"] {
+            assert!(!host.join(left).exists(), "{node}: /{left} left");
+        }
+        let pins = Path::new("/sys/fs/bpf/weir").join(node);
+        assert!(!pins.exists(), "{node}: {} left ({name})", pins.display());
+        let links = Command::new("ip")
+            .args(["-n", &format!("{name}-{node}"), "-d", "link", "show"])
+            .output()
+            .expect("ip link");
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(
+            !links.contains("xdp") && !links.contains("weir_vxlan"),
+            "{node}: {links}"
+        );
+    }
+    kubectl(
+        &lab,
+        &[
+            "delete",
+            "-f",
+            &repo("install/cleanup.yaml"),
+            "--wait=true",
+            "--timeout=60s",
+        ],
+    );
+    lab.ok(&["down"]);
 }
 
 #[test]
