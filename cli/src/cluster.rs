@@ -2,8 +2,10 @@
 //! status` shows Cilium's: the agent DaemonSet, the operator and the relay
 //! (desired / ready / available), each node's agent (ready, version,
 //! restarts) and CNI (the kubelet's network readiness), and for whatever
-//! is not ready, the reason Kubernetes gives. The report is computed from
-//! the objects alone ([`report`]); reading them is [`status`]'s.
+//! is not ready, the reason Kubernetes gives; and the nodes the relay
+//! reaches, asked of the relay itself through a port-forward to its pod.
+//! The report is computed from what was read ([`report`]); reading it is
+//! [`status`]'s.
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
@@ -25,6 +27,16 @@ pub struct Objects {
     pub relay: Option<Deployment>,
     pub agent_pods: Vec<Pod>,
     pub nodes: Vec<Node>,
+    /// What the relay said of its nodes, or why it could not be asked
+    /// (`None`: no relay deployed).
+    pub relay_nodes: Option<Result<RelayNodes, String>>,
+}
+
+/// The relay's own count of the agents it reaches (ServerStatus).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayNodes {
+    pub connected: u32,
+    pub unavailable: Vec<String>,
 }
 
 fn image_tag(pod: &Pod) -> String {
@@ -109,6 +121,23 @@ pub fn report(o: &Objects) -> Report {
         .push(deployment_line("weir-operator", o.operator.as_ref(), &mut r.problems));
     r.lines
         .push(deployment_line("weir-relay", o.relay.as_ref(), &mut r.problems));
+    match &o.relay_nodes {
+        None => {}
+        Some(Ok(n)) => {
+            let total = n.connected as usize + n.unavailable.len();
+            r.lines
+                .push(format!("{:<14} {} of {total} nodes connected", "", n.connected));
+            if !n.unavailable.is_empty() {
+                r.problems
+                    .push(format!("weir-relay: nodes unavailable: {}", n.unavailable.join(", ")));
+            }
+        }
+        Some(Err(why)) => {
+            r.lines.push(format!("{:<14} nodes unknown", ""));
+            r.problems
+                .push(format!("weir-relay: cannot ask it for its nodes: {why}"));
+        }
+    }
 
     let by_node: BTreeMap<&str, &Pod> = o
         .agent_pods
@@ -171,6 +200,87 @@ pub fn report(o: &Objects) -> Report {
     r
 }
 
+/// Asks a ready relay pod for its nodes, through a port-forward to its
+/// gRPC port (TLS when it serves TLS, trusting weir's CA from the Secret
+/// the operator keeps). `None`: no relay pod.
+async fn relay_nodes(client: &kube::Client, namespace: &str) -> Option<Result<RelayNodes, String>> {
+    use kube::api::{Api, ListParams};
+    use weir_proto::observer::ServerStatusRequest;
+    use weir_proto::observer::observer_client::ObserverClient;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = match pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=weir-relay"))
+        .await
+    {
+        Ok(l) => l.items,
+        Err(e) => return Some(Err(format!("listing its pods: {e}"))),
+    };
+    if list.is_empty() {
+        return None;
+    }
+    let Some(pod) = list.iter().find(|p| pod_trouble(p).is_none()) else {
+        return Some(Err("no relay pod is ready".into()));
+    };
+    let ask = async {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let container = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .ok_or("no container")?;
+        let port = container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("grpc"))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or("no port named grpc")?;
+        let serves_tls = container.args.iter().flatten().any(|a| a.starts_with("--tls-cert="));
+        let tls = match serves_tls {
+            false => None,
+            true => {
+                let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+                let secret = secrets
+                    .get("weir-hubble-ca")
+                    .await
+                    .map_err(|e| format!("the relay serves TLS; weir's CA (Secret weir-hubble-ca): {e}"))?;
+                let pem = secret
+                    .data
+                    .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()))
+                    .ok_or("Secret weir-hubble-ca has no ca.crt")?;
+                let config =
+                    weir_proto::tls::ClientTls::from_ca_pem(pem, "Secret weir-hubble-ca").map_err(|e| e.to_string())?;
+                Some(weir_proto::client::Tls {
+                    config,
+                    server_name: "relay.weir.dev".into(),
+                })
+            }
+        };
+        let mut forward = pods
+            .portforward(&name, &[port])
+            .await
+            .map_err(|e| format!("port-forward to {name}: {e}"))?;
+        let stream = forward.take_stream(port).ok_or("port-forward gave no stream")?;
+        let channel = weir_proto::client::over_stream(stream, tls.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = ObserverClient::new(channel)
+            .server_status(ServerStatusRequest::default())
+            .await
+            .map_err(|e| format!("ServerStatus: {}", e.message()))?
+            .into_inner();
+        Ok::<_, String>(RelayNodes {
+            connected: status.num_connected_nodes.unwrap_or(0),
+            unavailable: status.unavailable_nodes,
+        })
+    };
+    Some(
+        tokio::time::timeout(std::time::Duration::from_secs(10), ask)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 10s".into())),
+    )
+}
+
 /// Reads weir's objects in `namespace` and the Nodes; prints the report
 /// and its problems. `Ok(false)` when something is not ready.
 pub async fn status(kubeconfig: Option<&std::path::Path>, namespace: &str) -> Result<bool> {
@@ -181,16 +291,22 @@ pub async fn status(kubeconfig: Option<&std::path::Path>, namespace: &str) -> Re
     let ds: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
     let deps: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let relay = deps.get_opt("weir-relay").await?;
+    let relay_nodes = match &relay {
+        Some(_) => relay_nodes(&client, namespace).await,
+        None => None,
+    };
     let objects = Objects {
         agents: ds.get_opt("weir-agent").await?,
         operator: deps.get_opt("weir-operator").await?,
-        relay: deps.get_opt("weir-relay").await?,
+        relay,
         agent_pods: pods
             .list(&ListParams::default().labels("app.kubernetes.io/name=weir-agent"))
             .await?
             .items,
         nodes: nodes.list(&ListParams::default()).await?.items,
+        relay_nodes,
     };
     let r = report(&objects);
     for l in &r.lines {
@@ -254,6 +370,10 @@ mod tests {
                     "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized",
                 ),
             ],
+            relay_nodes: Some(Ok(RelayNodes {
+                connected: ready as u32,
+                unavailable: (ready < 2).then(|| "n2".to_owned()).into_iter().collect(),
+            })),
         }
     }
 
@@ -262,6 +382,11 @@ mod tests {
         let r = report(&installed(2));
         assert_eq!(r.problems, Vec::<String>::new());
         assert!(r.lines[0].contains("desired 2, ready 2"), "{:?}", r.lines);
+        assert!(
+            r.lines.iter().any(|l| l.contains("2 of 2 nodes connected")),
+            "{:?}",
+            r.lines
+        );
         assert!(
             r.lines
                 .iter()
@@ -274,6 +399,7 @@ mod tests {
         let r = report(&installed(1));
         let all = r.problems.join("\n");
         assert!(all.contains("weir-agent: 1 of 2 agents ready"), "{all}");
+        assert!(all.contains("weir-relay: nodes unavailable: n2"), "{all}");
         assert!(all.contains("CrashLoopBackOff: back-off 10s"), "{all}");
         assert!(
             all.contains("node n2 NotReady") && all.contains("cni plugin not initialized"),
@@ -298,5 +424,17 @@ mod tests {
             r.problems
         );
         assert!(r.problems.iter().any(|p| p.contains("no weir-agent pod")));
+    }
+
+    #[test]
+    fn a_relay_that_cannot_be_asked_is_a_problem() {
+        let r = report(&Objects {
+            relay_nodes: Some(Err("no relay pod is ready".into())),
+            ..installed(2)
+        });
+        assert_eq!(
+            r.problems,
+            ["weir-relay: cannot ask it for its nodes: no relay pod is ready"]
+        );
     }
 }

@@ -32,7 +32,10 @@ fn cleanup_refuses_while_an_agent_answers_and_removes_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("weir-agent still answers on") && err.contains("uninstall weir first"), "{err}");
+    assert!(
+        err.contains("weir-agent still answers on") && err.contains("uninstall weir first"),
+        "{err}"
+    );
     for f in &kept {
         assert!(f.exists(), "{} removed", f.display());
     }

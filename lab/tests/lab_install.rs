@@ -480,6 +480,23 @@ fn weir_status(lab: &Lab, node: &str) -> std::process::Output {
         .expect("weir status")
 }
 
+/// `weir status` until it says ready (the relay reaches both agents once
+/// their certificates are mounted), within a minute; its report.
+fn weir_status_ready(lab: &Lab, node: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let status = weir_status(lab, node);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if status.status.success() {
+            assert!(text.contains("weir is ready"), "{text}");
+            assert!(text.contains("2 of 2 nodes connected"), "the relay's own count: {text}");
+            return text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "weir status: {}", show(&status));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Every weir pod gone after an uninstall (the relay's too, whose CNI DEL
 /// runs when the agent may already be gone).
 fn pods_gone(lab: &Lab) {
@@ -526,11 +543,8 @@ fn kubectl_apply_installs_weir_on_bare_nodes() {
     );
     kubectl(&lab, &["apply", "-f", &repo("install/weir.yaml")]);
     wait_installed(&lab);
-    let status = weir_status(&lab, "ik-a");
-    let text = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(status.status.success(), "{}", show(&status));
+    let text = weir_status_ready(&lab, "ik-a");
     assert!(text.contains("weir-agent     desired 2, ready 2"), "{text}");
-    assert!(text.contains("weir is ready"), "{text}");
     pods_reach_pods(&lab);
     let (_, pf) = hubble_through_the_relay(&lab, "ik-a", None);
     drop(pf);
@@ -631,6 +645,8 @@ fn helm_install_installs_weir_on_bare_nodes() {
         "--set=relay.tls.enabled=true",
     ]);
     wait_installed(&lab);
+    // The relay asked over TLS (relay.tls.enabled), through a port-forward.
+    weir_status_ready(&lab, "ih-a");
     pods_reach_pods(&lab);
     // The relay's own port over TLS, with the CA the operator issued.
     let ca = weir_ca(&lab);

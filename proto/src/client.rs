@@ -134,6 +134,44 @@ pub async fn connect_with(server: &Server, timeout: Duration, tls: Option<&Tls>)
     }
 }
 
+/// A channel over one already open byte stream (a `kubectl port-forward`
+/// stream, say), over TLS when `tls` is given. It cannot reconnect: one
+/// stream, one connection.
+pub async fn over_stream<S>(stream: S, tls: Option<&Tls>) -> Result<Channel, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let addr = "a forwarded stream".to_owned();
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
+    let tls = match tls {
+        Some(t) => Some((crate::tls::server_name(&t.server_name)?, t.config.clone())),
+        None => None,
+    };
+    let ep = Endpoint::from_static("http://forwarded");
+    ep.connect_with_connector(tower::service_fn(move |_: Uri| {
+        let (stream, tls) = (slot.lock().unwrap_or_else(|p| p.into_inner()).take(), tls.clone());
+        async move {
+            let stream = stream.ok_or_else(|| std::io::Error::other("the forwarded stream is used up"))?;
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some((name, config)) => {
+                    let config = config
+                        .config()
+                        .ok_or_else(|| std::io::Error::other("no TLS configuration"))?;
+                    Box::new(tokio_rustls::TlsConnector::from(config).connect(name, stream).await?)
+                }
+            };
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+        }
+    }))
+    .await
+    .map_err(|source| ConnectError::Connect { addr, source })
+}
+
+/// A byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

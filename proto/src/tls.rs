@@ -402,6 +402,22 @@ impl ClientTls {
         })
     }
 
+    /// Trusts the CA certificates of `pem` (read from elsewhere than a
+    /// file: a Secret), presenting no certificate; `from` names them in
+    /// errors.
+    pub fn from_ca_pem(pem: Vec<u8>, from: &str) -> Result<Self, TlsError> {
+        let files = ClientFiles {
+            ca: vec![PathBuf::from(from)],
+            identity: None,
+        };
+        let config = files.build(&[pem])?;
+        Ok(Self {
+            config: Reloading {
+                current: Arc::new(RwLock::new(Some(Arc::new(config)))),
+            },
+        })
+    }
+
     /// Checks that `files` load, following nothing.
     pub fn check(files: &ClientFiles) -> Result<(), TlsError> {
         files.build(&read_all(&files.paths())?).map(|_| ())
