@@ -129,20 +129,35 @@ async fn handle<D: Dataplane + 'static>(
             let cluster = cluster.borrow().clone();
             let started = std::time::Instant::now();
             let (eps, sync_) = (endpoints.clone(), sync.clone());
+            let mut phases = AddPhases::default();
             let result = tokio::task::spawn_blocking(move || {
                 let _enter = span.enter();
-                let r = dispatch(request, &eps, &cluster, &sync_);
+                let queued = started.elapsed();
+                let (r, locked) = dispatch(request, &eps, &cluster, &sync_);
+                let work = started.elapsed() - queued - locked;
                 let generation = eps.lock().unwrap_or_else(|p| p.into_inner()).generation();
-                r.map(|r| (r, generation))
+                r.map(|r| (r, generation, (queued, locked, work)))
             })
             .await
-            .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("handler panicked: {e}"))));
+            .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("handler panicked: {e}"))))
+            .map(|(r, generation, (queued, lock, work))| {
+                phases = AddPhases {
+                    queued,
+                    lock,
+                    work,
+                    policy: std::time::Duration::ZERO,
+                };
+                (r, generation)
+            });
             // A new pod answers only once the policy that selects it is in
             // the datapath (once the controller runs at all: before the
             // source synced there is no policy to wait for).
             let result = match result {
                 Ok((r, generation)) if op == "endpoint_add" && sync.policy().is_some() => {
-                    if sync.wait_policy(generation, POLICY_WAIT).await {
+                    let t0 = std::time::Instant::now();
+                    let programmed = sync.wait_policy(generation, POLICY_WAIT).await;
+                    phases.policy = t0.elapsed();
+                    if programmed {
                         Ok(r)
                     } else {
                         Err(ApiError::new(
@@ -160,6 +175,16 @@ async fn handle<D: Dataplane + 'static>(
                 && !matches!(op, "status" | "endpoint_trace" | "endpoint_list")
             {
                 m.observe_cni(op, started.elapsed());
+                if op == "endpoint_add" && result.is_ok() {
+                    for (phase, took) in [
+                        ("queued", phases.queued),
+                        ("lock", phases.lock),
+                        ("datapath", phases.work),
+                        ("policy", phases.policy),
+                    ] {
+                        m.observe_cni_add_phase(phase, took);
+                    }
+                }
             }
             match result {
                 Ok(r) => Reply::Ok(r),
@@ -207,14 +232,29 @@ fn op_name(r: &Request) -> &'static str {
     }
 }
 
+/// Where an ADD's time went: waiting for a blocking thread, for the
+/// endpoints' lock (one request at a time changes them), in the datapath
+/// (veth, maps, routes), for the policy controller to program the pod.
+#[derive(Debug, Default, Clone, Copy)]
+struct AddPhases {
+    queued: std::time::Duration,
+    lock: std::time::Duration,
+    work: std::time::Duration,
+    policy: std::time::Duration,
+}
+
+/// Runs `request` under the endpoints' lock; also returns how long the
+/// lock was waited for.
 fn dispatch<D: Dataplane>(
     request: Request,
     endpoints: &Shared<D>,
     cluster: &ClusterState,
     sync: &SyncStatus,
-) -> Result<Response, ApiError> {
+) -> (Result<Response, ApiError>, std::time::Duration) {
+    let t0 = std::time::Instant::now();
     let mut eps = endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    match request {
+    let locked = t0.elapsed();
+    let r = match request {
         Request::EndpointAdd(add) => eps.add(add, cluster),
         Request::EndpointDel(r) => eps.delete(&r),
         Request::EndpointGet(r) => eps.get(&r),
@@ -229,7 +269,8 @@ fn dispatch<D: Dataplane>(
             }
             other => other,
         }),
-    }
+    };
+    (r, locked)
 }
 
 #[cfg(test)]

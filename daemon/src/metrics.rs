@@ -114,6 +114,11 @@ struct OperationLabels {
     operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Per connection direction, the byte count last reported: events carry
@@ -144,6 +149,7 @@ pub struct Metrics {
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     cni: HistogramFamily<OperationLabels>,
+    cni_add_phases: HistogramFamily<PhaseLabels>,
     verdicts: Family<VerdictLabels, Counter>,
     policy_verdicts: Family<PolicyLabels, Counter>,
     policies: Family<PolicyStateLabels, Gauge>,
@@ -156,6 +162,11 @@ pub struct Metrics {
     policy_series: Mutex<HashSet<PolicyLabels>>,
     byte_totals: Mutex<ByteTotals>,
     pods_with_series: Mutex<HashSet<(String, String)>>,
+}
+
+/// 100 µs to 6.5 s: a burst of ADDs queues for seconds.
+fn phase_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
 fn latency_buckets() -> Histogram {
@@ -216,6 +227,7 @@ impl Metrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             cni: Family::new_with_constructor(latency_buckets),
+            cni_add_phases: Family::new_with_constructor(phase_buckets),
             verdicts: Family::default(),
             policy_verdicts: Family::default(),
             policies: Family::default(),
@@ -293,6 +305,14 @@ impl Metrics {
             "Time the agent took to answer the CNI plugin, by operation",
             Unit::Seconds,
             m.cni.clone(),
+        );
+        registry.register_with_unit(
+            "weir_cni_add_phase_duration",
+            "Where the agent's time answering a pod ADD went: queued (for a blocking thread), lock (for the \
+             endpoints, one change at a time), datapath (interface, maps, routes), policy (until the pod's \
+             policy is programmed)",
+            Unit::Seconds,
+            m.cni_add_phases.clone(),
         );
         registry.register(
             "hubble_policy_verdicts",
@@ -605,6 +625,12 @@ impl Metrics {
         let labels = MapLabels { map: map.into() };
         self.map_entries.get_or_create(&labels).set(entries as i64);
         self.map_capacity.get_or_create(&labels).set(capacity as i64);
+    }
+
+    pub fn observe_cni_add_phase(&self, phase: &'static str, took: Duration) {
+        self.cni_add_phases
+            .get_or_create(&PhaseLabels { phase: phase.into() })
+            .observe(took.as_secs_f64());
     }
 
     pub fn observe_cni(&self, operation: &str, took: Duration) {

@@ -556,6 +556,8 @@ fn prometheus_scrapes_an_agent_and_its_counters_count_real_traffic() {
         r#"sum(hubble_flows_processed_total{verdict="FORWARDED"})"#,
         r#"sum(weir_workload_connections_total{source_workload="client",destination_workload="web"})"#,
         r#"sum(weir_tcp_handshake_seconds_count{destination_workload="web"})"#,
+        // The pods' ADDs, timed by phase.
+        r#"sum(weir_cni_add_phase_duration_seconds_count{phase="datapath"})"#,
     ];
     let mut last = Vec::new();
     while Instant::now() < deadline {

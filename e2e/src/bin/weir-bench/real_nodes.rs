@@ -8,7 +8,11 @@
 //! - CNI ADD as containerd calls it: from containerd's "begin cni setup"
 //!   to its "cni result" for each sandbox (containerd at debug level), over
 //!   every pod the rounds started.
+//! - Where the agents' share of those ADDs went: their
+//!   `weir_cni_add_phase_duration_seconds` histograms (queued, lock,
+//!   datapath, policy), scraped from both nodes after the rounds.
 //! - weir's image size, and each agent's RSS with 100 pods on the cluster.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -205,6 +209,26 @@ pub fn run() {
         adds.extend(cni_setups(&log));
     }
     adds.sort_by(f64::total_cmp);
+    let mut phases = Buckets::new();
+    for node in ["wbreal-1", "wbreal-2"] {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("wbreal-{node}"),
+                "curl",
+                "-sf",
+                "http://127.0.0.1:9962/metrics",
+            ])
+            .output()
+            .expect("curl");
+        add_buckets(
+            &mut phases,
+            &String::from_utf8_lossy(&out.stdout),
+            "weir_cni_add_phase_duration_seconds",
+            "phase",
+        );
+    }
 
     std::fs::write(&file, deployment(100)).expect("manifest");
     c.kubectl(&["apply", "-f", &file.to_string_lossy()]);
@@ -244,6 +268,12 @@ pub fn run() {
             adds[adds.len() - 1]
         );
     }
+    println!("\n| the agents' share of an ADD, by phase (bucket bounds) | p50 | p99 | ADDs |\n|---|---|---|---|");
+    for phase in ["queued", "lock", "datapath", "policy"] {
+        let series = phases.get(phase).cloned().unwrap_or_default();
+        let ((p50, n), (p99, _)) = (bucket_quantile(&series, 0.5), bucket_quantile(&series, 0.99));
+        println!("| {phase} | {} | {} | {n} |", ms(p50), ms(p99));
+    }
     println!("\n| agent | RSS with 100 pods on the cluster |\n|---|---|");
     for (node, kib) in rss {
         println!("| {node} | {} MiB |", kib / 1024);
@@ -251,6 +281,62 @@ pub fn run() {
     // The lab down first: it lives in the work dir.
     drop(c);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Cumulative bucket counts by `le`, per label value of `label`, of the
+/// histogram `name` in Prometheus text; several scrapes add up.
+type Buckets = BTreeMap<String, Vec<(f64, f64)>>;
+
+fn add_buckets(into: &mut Buckets, text: &str, name: &str, label: &str) {
+    let prefix = format!("{name}_bucket{{");
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let get = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+        };
+        let (Some(le), Some(key), Ok(n)) = (get("le"), get(label), value.trim().parse::<f64>()) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::INFINITY)
+        };
+        let series = into.entry(key).or_default();
+        match series.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += n,
+            None => series.push((le, n)),
+        }
+    }
+    for series in into.values_mut() {
+        series.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+}
+
+/// The upper bound of the bucket holding quantile `q`, and the count.
+fn bucket_quantile(series: &[(f64, f64)], q: f64) -> (f64, f64) {
+    let total = series.last().map(|(_, c)| *c).unwrap_or(0.0);
+    let le = series
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+        .unwrap_or(f64::INFINITY);
+    (le, total)
+}
+
+fn ms(seconds: f64) -> String {
+    match seconds.is_finite() {
+        true => format!("{:.1} ms", seconds * 1000.0),
+        false => "beyond the last bucket".into(),
+    }
 }
 
 fn wait(done: impl Fn() -> bool, what: &str) {
@@ -263,6 +349,18 @@ fn wait(done: impl Fn() -> bool, what: &str) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn histogram_quantiles_from_two_scrapes() {
+        let scrape = "weir_cni_add_phase_duration_seconds_bucket{le=\"0.001\",phase=\"lock\"} 1\n\
+                      weir_cni_add_phase_duration_seconds_bucket{le=\"0.002\",phase=\"lock\"} 9\n\
+                      weir_cni_add_phase_duration_seconds_bucket{le=\"+Inf\",phase=\"lock\"} 10\n";
+        let mut b = super::Buckets::new();
+        super::add_buckets(&mut b, scrape, "weir_cni_add_phase_duration_seconds", "phase");
+        super::add_buckets(&mut b, scrape, "weir_cni_add_phase_duration_seconds", "phase");
+        assert_eq!(super::bucket_quantile(&b["lock"], 0.5), (0.002, 20.0));
+        assert_eq!(super::bucket_quantile(&b["lock"], 0.99).0, f64::INFINITY);
+    }
+
     #[test]
     fn reads_cni_setup_times_from_containerds_log() {
         let log = "time=\"2026-12-06T02:09:17.100000000Z\" level=debug msg=\"begin cni setup\" podsandboxid=abc\n\
