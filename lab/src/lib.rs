@@ -160,6 +160,19 @@ enum LabCommand {
     },
     /// Stop everything the lab started and remove everything it created.
     Down,
+    /// Build weir's image (every binary, debug info stripped, with the
+    /// libraries they load) from the binaries beside this one, or
+    /// --bin-dir: push it (--push REGISTRY/REPOSITORY:TAG, with your
+    /// registry credentials) or write it as a tarball (--output FILE).
+    /// scripts/image.sh builds the release binaries first.
+    Image {
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long, conflicts_with = "output")]
+        push: Option<String>,
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// (internal) The kubelet's part on a real control plane: wire the pods
     /// bound to the lab's nodes and report them running.
     #[command(hide = true)]
@@ -260,6 +273,14 @@ pub fn run(args: LabArgs) -> Result<u8> {
     let lab = Lab {
         dir: LabDir::new(absolute(&args.lab_dir)?),
     };
+    if let LabCommand::Image { bin_dir, push, output } = &args.command {
+        let bin_dir = match bin_dir {
+            Some(d) => d.clone(),
+            None => lab.bin_dir()?,
+        };
+        registry::image(&bin_dir, push.as_deref(), output.as_deref())?;
+        return Ok(0);
+    }
     // On a real control plane, objects go through the API server.
     let on_kube = || -> Result<Option<(LabState, state::KubeState)>> {
         Ok(lab.dir.load()?.and_then(|s| Some((s.clone(), s.kube?))))
@@ -333,7 +354,9 @@ pub fn run(args: LabArgs) -> Result<u8> {
             Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
         }
         LabCommand::Down => down::down(&lab).map(|()| 0),
-        LabCommand::Serve { .. } | LabCommand::SpawnIn { .. } => unreachable!("handled above"),
+        LabCommand::Serve { .. } | LabCommand::SpawnIn { .. } | LabCommand::Image { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

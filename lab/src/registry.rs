@@ -138,12 +138,11 @@ pub const WEIR_IMAGE: &str = "ghcr.io/weir-dev/weir";
 /// The binaries weir's image holds, in `/usr/local/bin`.
 pub const WEIR_BINARIES: [&str; 5] = ["weir-agent", "weir-cni", "weir-operator", "weir-relay", "weir"];
 
-/// weir's image, `ghcr.io/weir-dev/weir:TAG` (what install/weir.yaml
-/// names), from the binaries in `bin_dir`, debug info stripped, with the
-/// shared libraries they load (glibc's, from this host): built into the
-/// lab dir and pushed. Returns the size of its one layer in bytes.
-pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Result<u64> {
-    let stage = lab.dir.root.join("registry").join("weir-stage");
+/// weir's image's one layer, from the binaries in `bin_dir` (debug info
+/// stripped) with the shared libraries they load (glibc's, from this
+/// host): written to `layer`, staged in `work`. Returns its size in bytes.
+pub fn weir_layer(bin_dir: &Path, work: &Path, layer: &Path) -> Result<u64> {
+    let stage = work.join("weir-stage");
     let _ = std::fs::remove_dir_all(&stage);
     let bin = stage.join("usr/local/bin");
     std::fs::create_dir_all(&bin)?;
@@ -175,7 +174,6 @@ pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Resu
         std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
     }
     std::fs::create_dir_all(stage.join("tmp"))?;
-    let layer = lab.dir.root.join("registry").join("weir-layer.tar");
     let out = std::process::Command::new("tar")
         .args([
             "--sort=name",
@@ -187,15 +185,25 @@ pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Resu
         ])
         .arg(&stage)
         .arg("-cf")
-        .arg(&layer)
+        .arg(layer)
         .arg(".")
         .output()
         .context("running tar")?;
+    let _ = std::fs::remove_dir_all(&stage);
     if !out.status.success() {
         bail!("tar: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    let _ = std::fs::remove_dir_all(&stage);
-    let size = std::fs::metadata(&layer)?.len();
+    Ok(std::fs::metadata(layer)?.len())
+}
+
+/// weir's image, `ghcr.io/weir-dev/weir:TAG` (what install/weir.yaml
+/// names), from the binaries in `bin_dir` ([`weir_layer`]): built into the
+/// lab dir and pushed to the lab's registry. Returns the size of its one
+/// layer in bytes.
+pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Result<u64> {
+    let work = lab.dir.root.join("registry");
+    let layer = work.join("weir-layer.tar");
+    let size = weir_layer(bin_dir, &work, &layer)?;
     let image = Image {
         reference: format!("{WEIR_IMAGE}:{tag}"),
         entrypoint: String::new(),
@@ -203,6 +211,62 @@ pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Resu
     };
     push(state, &image)?;
     Ok(size)
+}
+
+/// `weir lab image`: weir's image from the binaries in `bin_dir`, pushed
+/// to `push` (crane, with the registry credentials of `~/.docker/config.json`)
+/// or written to `output` as a tarball (`docker load`, `ctr image import`).
+pub fn image(bin_dir: &Path, push: Option<&str>, output: Option<&Path>) -> Result<()> {
+    let crane = weir_k8s::local::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
+    let work = std::env::temp_dir().join(format!("weir-image-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let layer = work.join("layer.tar");
+    let built = weir_layer(bin_dir, &work, &layer);
+    let crane_run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(&crane)
+            .args(args)
+            .output()
+            .context("running crane")?;
+        if !out.status.success() {
+            bail!(
+                "crane {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    let layer_arg = layer.to_string_lossy().into_owned();
+    let result = built.and_then(|size| {
+        let default_ref = format!("{WEIR_IMAGE}:{}", env!("CARGO_PKG_VERSION"));
+        match (push, output) {
+            (Some(reference), None) => {
+                crane_run(&["append", "--oci-empty-base", "-f", &layer_arg, "-t", reference])?;
+                crane_run(&["mutate", reference, "--set-platform", "linux/amd64", "-t", reference])?;
+                println!("pushed {reference} (layer {} MiB)", size >> 20);
+            }
+            (None, Some(file)) => {
+                let file = file.to_string_lossy();
+                crane_run(&[
+                    "append",
+                    "--oci-empty-base",
+                    "--platform",
+                    "linux/amd64",
+                    "-f",
+                    &layer_arg,
+                    "-t",
+                    &default_ref,
+                    "-o",
+                    &file,
+                ])?;
+                println!("wrote {file}: {default_ref} (layer {} MiB)", size >> 20);
+            }
+            _ => bail!("give --push REGISTRY/REPOSITORY:TAG or --output FILE"),
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
 /// The libraries `ldd` lists with a path (not the vDSO).

@@ -285,3 +285,64 @@ tolerations: [{key: dedicated, operator: Exists}]
         assert!(relay.contains(want), "relay lacks {want}: {relay}");
     }
 }
+
+/// `weir lab image --output` (what scripts/image.sh runs on the release
+/// binaries): a tarball crane validates, named as the chart names the
+/// image, holding every binary and the libraries they load.
+#[test]
+fn the_image_tarball_holds_every_binary_and_their_libraries() {
+    let out_dir = std::env::temp_dir().join(format!("weir-image-test-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).expect("dir");
+    let tarball = out_dir.join("weir.tar");
+    let built = Command::new(weir_test_support::bin("weir"))
+        .args(["lab", "image", "--output"])
+        .arg(&tarball)
+        .output()
+        .expect("weir lab image");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let said = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        said.contains(&format!("ghcr.io/weir-dev/weir:{}", env!("CARGO_PKG_VERSION"))),
+        "{said}"
+    );
+    let crane = weir_test_support::tool("crane").expect("crane is not built: scripts/tools.sh builds it");
+    let valid = Command::new(crane)
+        .args(["validate", "--tarball"])
+        .arg(&tarball)
+        .output()
+        .expect("crane validate");
+    assert!(valid.status.success(), "{}", String::from_utf8_lossy(&valid.stderr));
+    // The one layer's files.
+    let listed = Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&out_dir)
+        .output()
+        .expect("tar");
+    assert!(listed.status.success());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).expect("manifest.json")).expect("JSON");
+    let layer = manifest[0]["Layers"][0].as_str().expect("a layer");
+    let files = Command::new("tar")
+        .arg("-tzf")
+        .arg(out_dir.join(layer))
+        .output()
+        .expect("tar");
+    let files = String::from_utf8_lossy(&files.stdout);
+    for want in [
+        "./usr/local/bin/weir-agent",
+        "./usr/local/bin/weir-cni",
+        "./usr/local/bin/weir-operator",
+        "./usr/local/bin/weir-relay",
+        "./usr/local/bin/weir",
+        "libc.so.6",
+        "ld-linux-x86-64.so.2",
+    ] {
+        assert!(
+            files.lines().any(|f| f.ends_with(want)),
+            "no {want} in the layer: {files}"
+        );
+    }
+    std::fs::remove_dir_all(&out_dir).expect("cleanup");
+}
