@@ -66,6 +66,23 @@ if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kubelet" ] || [ "$(cat "$bin/k
   echo "tools: control plane built in $(( $(date +%s) - start )) s"
 fi
 
+# Kubernetes' own end-to-end suite (scripts/conformance.sh runs its
+# [sig-network] tests against weir): `go test -c` of test/e2e, same
+# version as the control plane, its own module (tools/e2e) so that its
+# test-only requirements do not rebuild the control plane.
+e2e_stamp=$(stamp_of tools/e2e/go.mod tools/e2e/go.sum)
+if [ ! -x "$bin/e2e.test" ] || [ "$(cat "$bin/e2e.test.stamp" 2>/dev/null)" != "$e2e_stamp" ]; then
+  need_go
+  echo "tools: building e2e.test (k8s.io/kubernetes/test/e2e $K8S_VERSION) into $bin"
+  start=$(date +%s)
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+  (cd tools/e2e && GOTOOLCHAIN=local go test -c -trimpath -ldflags="$ldflags" -o "$bin/e2e.test.new" k8s.io/kubernetes/test/e2e)
+  mv "$bin/e2e.test.new" "$bin/e2e.test"
+  echo "$e2e_stamp" >"$bin/e2e.test.stamp"
+  echo "tools: e2e.test built in $(( $(date +%s) - start )) s"
+fi
+
 etcd_stamp=$(stamp_of tools/etcd/go.mod tools/etcd/go.sum)
 if [ ! -x "$bin/etcd" ] || [ "$(cat "$bin/etcd.stamp" 2>/dev/null)" != "$etcd_stamp" ]; then
   need_go

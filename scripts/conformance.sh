@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Kubernetes' own end-to-end tests judge weir: a fresh lab of two real
+# nodes (the real kubelet and containerd, lab/real-nodes.yaml's shape),
+# weir installed as users install it (`kubectl apply -f install/weir.yaml`),
+# then e2e.test (k8s.io/kubernetes/test/e2e, built by scripts/tools.sh)
+# with a focus, from the control plane's node. Writes the JUnit report and
+# a Markdown table of every test with its outcome (and, for skips, the
+# reason the suite gave) under the report directory; with --doc FILE it
+# also writes that table, with the commit it ran on, into FILE.
+#
+#   scripts/conformance.sh                       # [sig-network] ... [Conformance]
+#   scripts/conformance.sh --suite netpol        # [sig-network] Netpol (NetworkPolicy)
+#   scripts/conformance.sh --focus 'REGEX' [--skip 'REGEX'] [--report DIR] [--doc docs/conformance.md]
+#
+# The images the tests pull come from the lab's registry under the names
+# the suite uses (containerd's mirrors); nothing is pulled from outside.
+# Needs root. One run at a time (the lab's name and segment are fixed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+suite=sig-network
+focus=''
+skip=''
+report=''
+doc=''
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --suite) suite=$2; shift 2 ;;
+    --focus) focus=$2; shift 2 ;;
+    --skip) skip=$2; shift 2 ;;
+    --report) report=$2; shift 2 ;;
+    --doc) doc=$2; shift 2 ;;
+    *) echo "conformance: unknown argument $1" >&2; exit 64 ;;
+  esac
+done
+
+# What cannot run on this lab, and why (the skip reasons the doc gives).
+# Each is a ginkgo label or name pattern.
+never='\[Feature:(SCTPConnectivity|IPv6DualStack|Networking-IPv6|LoadBalancer|ServiceCIDRs)\]|LoadBalancer|IPv6|\[Disruptive\]|\[Flaky\]'
+case "$suite" in
+  sig-network) focus=${focus:-'\[sig-network\].*\[Conformance\]'} ;;
+  netpol) focus=${focus:-'\[sig-network\] Netpol '} ;;
+  custom) [ -n "$focus" ] || { echo "conformance: --suite custom needs --focus" >&2; exit 64; } ;;
+  *) echo "conformance: --suite sig-network, netpol or custom" >&2; exit 64 ;;
+esac
+skip=${skip:-$never}
+
+bash scripts/deps.sh >/dev/null
+bash scripts/tools.sh
+cargo build --workspace --locked --quiet
+tools=${WEIR_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir-tools}/bin
+weir=$PWD/target/debug/weir
+export WEIR_LAB_DIR=/run/weir-conformance
+report=${report:-$PWD/target/conformance/$suite}
+rm -rf "$report" && mkdir -p "$report"
+
+topology=$(mktemp -t weir-conformance.XXXXXX.yaml)
+cat >"$topology" <<'EOF'
+name: conf
+clusterCIDR: 10.244.0.0/16
+nodeCIDR: 172.29.0.0/24
+routing: native
+controlPlane: kubernetes
+kubelet: real
+install: none
+nodes:
+  - name: conf-node1
+    podCIDR: 10.244.1.0/24
+  - name: conf-node2
+    podCIDR: 10.244.2.0/24
+EOF
+cleanup() {
+  "$weir" lab down >/dev/null 2>&1 || true
+  rm -f "$topology"
+}
+trap cleanup EXIT
+"$weir" lab down >/dev/null 2>&1 || true
+
+start=$(date +%s)
+"$weir" lab up "$topology" >"$report/lab-up.txt"
+kubeconfig=$WEIR_LAB_DIR/kube/admin.kubeconfig
+api=$(awk '/server:/ {print $2; exit}' "$kubeconfig" | sed -E 's#https://([^:]+):([0-9]+).*#\1 \2#')
+read -r api_host api_port <<<"$api"
+"$weir" lab kubectl -- -n kube-system create configmap weir-kube-api \
+  --from-literal=KUBERNETES_SERVICE_HOST="$api_host" --from-literal=KUBERNETES_SERVICE_PORT="$api_port" >/dev/null
+"$weir" lab kubectl -- apply -f install/weir.yaml >/dev/null
+"$weir" lab kubectl -- wait --for=condition=Ready node --all --timeout=180s >/dev/null
+for what in daemonset/weir-agent deployment/weir-operator deployment/weir-relay deployment/coredns; do
+  "$weir" lab kubectl -- -n kube-system rollout status "$what" --timeout=180s >/dev/null
+done
+echo "conformance: lab up, weir installed in $(( $(date +%s) - start )) s; running e2e.test --ginkgo.focus='$focus'"
+
+# From the control plane's node: the API server and both nodes' addresses
+# are reachable there, as from a machine of the cluster.
+rc=0
+ip netns exec conf-conf-node1 env PATH="$tools:$PATH" KUBECONFIG="$kubeconfig" \
+  "$tools/e2e.test" \
+  --kubeconfig="$kubeconfig" \
+  --kubectl-path="$tools/kubectl" \
+  --provider=skeleton \
+  --num-nodes=2 \
+  --report-dir="$report" \
+  --disable-log-dump \
+  --ginkgo.focus="$focus" \
+  --ginkgo.skip="$skip" \
+  --ginkgo.timeout=3h \
+  --ginkgo.no-color \
+  >"$report/e2e.log" 2>&1 || rc=$?
+
+python3 - "$report" "$suite" "$focus" "$skip" "$doc" "$(git rev-parse --short HEAD)" "$(( $(date +%s) - start ))" <<'PY'
+import glob, os, sys, xml.etree.ElementTree as ET
+report, suite, focus, skip, doc, commit, took = sys.argv[1:8]
+rows, counts = [], {"passed": 0, "failed": 0, "skipped": 0}
+for f in sorted(glob.glob(os.path.join(report, "junit*.xml"))):
+    for case in ET.parse(f).getroot().iter("testcase"):
+        name = case.get("name", "")
+        if not name or name.startswith("[SynchronizedBeforeSuite]") or name.startswith("[SynchronizedAfterSuite]") or name.startswith("[ReportAfterSuite]") or name.startswith("[ReportBeforeSuite]"):
+            continue
+        status, why = "passed", ""
+        if case.find("failure") is not None or case.find("error") is not None:
+            el = case.find("failure") if case.find("failure") is not None else case.find("error")
+            status, why = "failed", (el.get("message") or el.text or "").strip().splitlines()[0][:200]
+        elif case.find("skipped") is not None:
+            el = case.find("skipped")
+            msg = (el.get("message") or el.text or "").strip()
+            # Filtered out by focus/skip: not part of this run.
+            if msg.startswith("skipped") and "focus" not in msg and not msg.strip("skipped -"):
+                continue
+            if case.get("status") == "skipped" and not msg:
+                continue
+            status, why = "skipped", msg.splitlines()[0][:200] if msg else ""
+        counts[status] += 1
+        rows.append((name, status, why.replace("|", "\\|")))
+rows = [r for r in rows if r[1] != "skipped" or r[2]]
+lines = [f"### `{suite}`: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped",
+         "",
+         f"Commit {commit}; `scripts/conformance.sh --suite {suite}`; {took} s (lab, install and run).",
+         f"Focus `{focus}`; skipped by the script: `{skip}`.",
+         "",
+         "| test | result | why |", "|---|---|---|"]
+lines += [f"| {n} | {s} | {w} |" for n, s, w in sorted(rows, key=lambda r: ({'failed': 0, 'skipped': 1, 'passed': 2}[r[1]], r[0]))]
+text = "\n".join(lines) + "\n"
+open(os.path.join(report, "results.md"), "w").write(text)
+print(lines[0])
+if doc:
+    marker_start, marker_end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
+    old = open(doc).read() if os.path.exists(doc) else "# Conformance\n"
+    block = f"{marker_start}\n{text}{marker_end}"
+    if marker_start in old:
+        head, rest = old.split(marker_start, 1)
+        old = head + block + rest.split(marker_end, 1)[1]
+    else:
+        old = old.rstrip("\n") + "\n\n" + block + "\n"
+    open(doc, "w").write(old)
+PY
+echo "conformance: report in $report (e2e.log, junit_01.xml, results.md)"
+exit "$rc"
