@@ -2,14 +2,20 @@
 # The images the lab's real nodes pull, built without a daemon from the
 # binaries scripts/tools.sh built and from Debian's busybox-static: one
 # layer tarball each, under the tools cache's images/ with index.tsv
-# (reference, entrypoint, layer). `weir lab up` with `kubelet: real` pushes
+# (reference, entrypoint, layer and, optionally, the default arguments). `weir lab up` with `kubelet: real` pushes
 # them into the lab's registry (crane) under their public names, which the
 # nodes' containerd reaches through a mirror:
 # - registry.k8s.io/pause: weir's static pause (tools/pause), the sandbox;
 # - registry.k8s.io/coredns/coredns: CoreDNS (tools/coredns), static;
 # - registry.k8s.io/e2e-test-images/agnhost: the upstream test binary
 #   (k8s.io/kubernetes/test/images/agnhost, static), with busybox as its
-#   shell (the upstream image has one: tests `kubectl exec` into it).
+#   shell and, as upstream's image has them (Kubernetes' e2e tests exec
+#   them), curl, nc (OpenBSD's), dig and nslookup, ip and bash from this
+#   host's Debian packages with the libraries they load, and porter's TLS
+#   pair;
+# - registry.k8s.io/e2e-test-images/busybox: Debian's busybox-static with
+#   every applet linked (Kubernetes' e2e tests run it with a command; no
+#   entrypoint, as upstream).
 # Redone only when a binary changes. Prints nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +26,15 @@ out=$cache/images
 mkdir -p "$out"
 
 AGNHOST_VERSION=2.63.0 # test/images/agnhost/VERSION at k8s.io/kubernetes v1.36.3
+BUSYBOX_VERSION=1.37.0-1 # test/utils/image/manifest.go at k8s.io/kubernetes v1.36.3
 PAUSE_VERSION=3.10.2   # the sandbox image containerd 2.4 names by default
 COREDNS_VERSION=$(grep -oE 'coredns/coredns v[0-9.]+' tools/coredns/go.mod | cut -d' ' -f2)
 
 busybox=/usr/bin/busybox
-stamp=$(sha256sum "$bin/pause" "$bin/agnhost" "$bin/coredns" "$busybox" "$0" | sha256sum | cut -c1-16)
+# What upstream's agnhost image adds to its binary (test/images/agnhost/Dockerfile).
+agnhost_tools=(/usr/bin/curl /usr/bin/nc /usr/bin/dig /usr/bin/nslookup /usr/sbin/ip /usr/bin/bash)
+agnhost_src=$(cd tools/kubernetes && GOTOOLCHAIN=local go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
+stamp=$(sha256sum "$bin/pause" "$bin/agnhost" "$bin/coredns" "$busybox" "${agnhost_tools[@]}" "$0" | sha256sum | cut -c1-16)
 if [ -f "$out/index.tsv" ] && [ "$(cat "$out/images.stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
@@ -43,13 +53,41 @@ layer "$stage/pause" "$out/pause.tar"
 mkdir -p "$stage/agnhost/bin" "$stage/agnhost/etc" "$stage/agnhost/tmp"
 cp "$bin/agnhost" "$stage/agnhost/agnhost"
 cp "$busybox" "$stage/agnhost/bin/busybox"
-for tool in sh ash cat echo env hostname ip ls nc ping sleep wget nslookup ps grep; do
+for tool in cat echo env hostname ls ping sleep wget ps grep seq sed awk head tail tr cut wc date test mkdir rm touch true false printf xargs timeout kill sort uniq tee id; do
   ln -s busybox "$stage/agnhost/bin/$tool"
 done
+# Dynamically linked: each with the libraries it loads (ldd), from this host.
+mkdir -p "$stage/agnhost/usr/bin"
+for tool in "${agnhost_tools[@]}"; do
+  cp "$tool" "$stage/agnhost/usr/bin/"
+  for lib in $(ldd "$tool" | grep -oE '/[^ ]+\.so[^ ]*'); do
+    mkdir -p "$stage/agnhost$(dirname "$lib")"
+    cp -n "$lib" "$stage/agnhost$lib"
+  done
+done
+# The shell is bash: Debian's static busybox runs its own applets before
+# PATH (nc, nslookup), which are not the tools the tests expect.
+ln -s /usr/bin/bash "$stage/agnhost/bin/sh"
+cp "$agnhost_src/porter/localhost.crt" "$agnhost_src/porter/localhost.key" "$stage/agnhost/"
 chmod 1777 "$stage/agnhost/tmp"
-printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' >"$stage/agnhost/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/agnhost/etc/group"
+printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\nuser-defined-in-image:x:1000:1000::/:/bin/sh\n' >"$stage/agnhost/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n' >"$stage/agnhost/etc/group"
+mkdir -p "$stage/agnhost/uploads"
 layer "$stage/agnhost" "$out/agnhost.tar"
+
+mkdir -p "$stage/busybox/bin" "$stage/busybox/etc" "$stage/busybox/tmp"
+cp "$busybox" "$stage/busybox/bin/busybox"
+for applet in $("$busybox" --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$stage/busybox/bin/$applet"
+done
+chmod 1777 "$stage/busybox/tmp"
+printf 'root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/:/bin/sh
+' >"$stage/busybox/etc/passwd"
+printf 'root:x:0:
+nogroup:x:65534:
+' >"$stage/busybox/etc/group"
+layer "$stage/busybox" "$out/busybox.tar"
 
 mkdir -p "$stage/coredns/etc" "$stage/coredns/tmp"
 cp "$bin/coredns" "$stage/coredns/coredns"
@@ -57,6 +95,6 @@ chmod 1777 "$stage/coredns/tmp"
 printf 'nobody:x:65534:65534:nobody:/:/sbin/nologin\n' >"$stage/coredns/etc/passwd"
 layer "$stage/coredns" "$out/coredns.tar"
 
-printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\n' \
-  "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" >"$out/index.tsv"
+printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\nregistry.k8s.io/e2e-test-images/busybox:%s\t\tbusybox.tar\n' \
+  "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" "$BUSYBOX_VERSION" >"$out/index.tsv"
 echo "$stamp" >"$out/images.stamp"

@@ -24,6 +24,9 @@ pub struct Image {
     pub reference: String,
     pub entrypoint: String,
     pub layer: PathBuf,
+    /// Its default arguments (the image's Cmd), space-separated; empty for
+    /// none.
+    pub cmd: String,
 }
 
 impl Image {
@@ -38,10 +41,11 @@ pub fn parse_index(text: &str, dir: &Path) -> Result<Vec<Image>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| match l.split('\t').collect::<Vec<_>>().as_slice() {
-            [reference, entrypoint, layer] => Ok(Image {
+            [reference, entrypoint, layer, cmd @ ..] if cmd.len() <= 1 => Ok(Image {
                 reference: (*reference).to_owned(),
                 entrypoint: (*entrypoint).to_owned(),
                 layer: dir.join(layer),
+                cmd: cmd.first().map(|c| (*c).to_owned()).unwrap_or_default(),
             }),
             _ => bail!("images/index.tsv: bad line {l:?}"),
         })
@@ -129,6 +133,10 @@ pub fn push(state: &LabState, image: &Image) -> Result<()> {
     if !image.entrypoint.is_empty() {
         args.extend(["--entrypoint", &image.entrypoint]);
     }
+    let cmd = image.cmd.split_whitespace().collect::<Vec<_>>().join(",");
+    if !cmd.is_empty() {
+        args.extend(["--cmd", &cmd]);
+    }
     crane_in_ns(&args)
 }
 
@@ -208,6 +216,7 @@ pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Resu
         reference: format!("{WEIR_IMAGE}:{tag}"),
         entrypoint: String::new(),
         layer,
+        cmd: String::new(),
     };
     push(state, &image)?;
     Ok(size)
@@ -303,12 +312,13 @@ mod tests {
     #[test]
     fn the_index_names_each_image_by_its_public_reference() {
         let images = parse_index(
-            "registry.k8s.io/pause:3.10.2\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:2.63.0\t/agnhost\tagnhost.tar\n",
+            "registry.k8s.io/pause:3.10.2\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:2.63.0\t/agnhost\tagnhost.tar\tpause\n",
             Path::new("/c/images"),
         )
         .expect("parses");
         assert_eq!(images[1].path(), "e2e-test-images/agnhost:2.63.0");
         assert_eq!(images[0].layer, Path::new("/c/images/pause.tar"));
+        assert_eq!((images[0].cmd.as_str(), images[1].cmd.as_str()), ("", "pause"));
         assert!(parse_index("one\ttwo\n", Path::new("/")).is_err());
     }
 }
