@@ -10,7 +10,7 @@
 # - registry.k8s.io/e2e-test-images/agnhost: the upstream test binary
 #   (k8s.io/kubernetes/test/images/agnhost, static), with busybox as its
 #   shell and, as upstream's image has them (Kubernetes' e2e tests exec
-#   them), curl, nc (OpenBSD's), dig and nslookup, ip and bash from this
+#   them), curl, nc (OpenBSD's), dig and nslookup, ip, bash and getent from this
 #   host's Debian packages with the libraries they load, and porter's TLS
 #   pair;
 # - registry.k8s.io/e2e-test-images/busybox: Debian's busybox-static with
@@ -32,7 +32,7 @@ COREDNS_VERSION=$(grep -oE 'coredns/coredns v[0-9.]+' tools/coredns/go.mod | cut
 
 busybox=/usr/bin/busybox
 # What upstream's agnhost image adds to its binary (test/images/agnhost/Dockerfile).
-agnhost_tools=(/usr/bin/curl /usr/bin/nc /usr/bin/dig /usr/bin/nslookup /usr/sbin/ip /usr/bin/bash)
+agnhost_tools=(/usr/bin/curl /usr/bin/nc /usr/bin/dig /usr/bin/nslookup /usr/sbin/ip /usr/bin/bash /usr/bin/getent)
 agnhost_src=$(cd tools/kubernetes && GOTOOLCHAIN=local go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
 stamp=$(sha256sum "$bin/pause" "$bin/agnhost" "$bin/coredns" "$busybox" "${agnhost_tools[@]}" "$0" | sha256sum | cut -c1-16)
 if [ -f "$out/index.tsv" ] && [ "$(cat "$out/images.stamp" 2>/dev/null)" = "$stamp" ]; then
