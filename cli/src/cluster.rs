@@ -131,6 +131,19 @@ pub fn report(o: &Objects) -> Report {
                 r.problems
                     .push(format!("weir-relay: nodes unavailable: {}", n.unavailable.join(", ")));
             }
+            // Right after an install the relay may know no peer yet: it
+            // then reports "0 of 0", which is not a ready relay.
+            let agents = o
+                .agents
+                .as_ref()
+                .and_then(|ds| ds.status.as_ref())
+                .map_or(0, |st| st.desired_number_scheduled);
+            if n.unavailable.is_empty() && (n.connected as i64) < i64::from(agents) {
+                r.problems.push(format!(
+                    "weir-relay: reaches {} of {agents} agents (peers not yet discovered)",
+                    n.connected
+                ));
+            }
         }
         Some(Err(why)) => {
             r.lines.push(format!("{:<14} nodes unknown", ""));
@@ -424,6 +437,21 @@ mod tests {
             r.problems
         );
         assert!(r.problems.iter().any(|p| p.contains("no weir-agent pod")));
+    }
+
+    #[test]
+    fn a_relay_that_knows_fewer_nodes_than_agents_is_not_ready() {
+        let r = report(&Objects {
+            relay_nodes: Some(Ok(RelayNodes {
+                connected: 0,
+                unavailable: vec![],
+            })),
+            ..installed(2)
+        });
+        assert_eq!(
+            r.problems,
+            ["weir-relay: reaches 0 of 2 agents (peers not yet discovered)"]
+        );
     }
 
     #[test]
