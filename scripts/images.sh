@@ -16,6 +16,10 @@
 # - registry.k8s.io/e2e-test-images/busybox: Debian's busybox-static with
 #   every applet linked (Kubernetes' e2e tests run it with a command; no
 #   entrypoint, as upstream).
+# - registry.k8s.io/e2e-test-images/glibc-dns-testing: the glibc resolver
+#   and tools (Debian's dig, getent, hostname, coreutils, bash as sh) with
+#   their libraries, as upstream's Debian-based image: the DNS tests run
+#   their probe loops in it next to agnhost.
 # Redone only when a binary changes. Prints nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,14 +31,17 @@ mkdir -p "$out"
 
 AGNHOST_VERSION=2.63.0 # test/images/agnhost/VERSION at k8s.io/kubernetes v1.36.3
 BUSYBOX_VERSION=1.37.0-1 # test/utils/image/manifest.go at k8s.io/kubernetes v1.36.3
+GLIBC_DNS_VERSION=2.0.0  # same file
 PAUSE_VERSION=3.10.2   # the sandbox image containerd 2.4 names by default
 COREDNS_VERSION=$(grep -oE 'coredns/coredns v[0-9.]+' tools/coredns/go.mod | cut -d' ' -f2)
 
 busybox=/usr/bin/busybox
 # What upstream's agnhost image adds to its binary (test/images/agnhost/Dockerfile).
 agnhost_tools=(/usr/bin/curl /usr/bin/nc /usr/bin/dig /usr/bin/nslookup /usr/sbin/ip /usr/bin/bash /usr/bin/getent)
+# What the DNS tests run in glibc-dns-testing (test/e2e/network/dns_common.go).
+glibc_tools=(/usr/bin/bash /usr/bin/dig /usr/bin/getent /usr/bin/hostname /usr/bin/seq /usr/bin/sleep /usr/bin/cat /usr/bin/ls /usr/bin/grep /usr/bin/env /usr/bin/mkdir /usr/bin/rm /usr/bin/head /usr/bin/tail /usr/bin/cut /usr/bin/tr /usr/bin/wc /usr/bin/date /usr/bin/touch)
 agnhost_src=$(cd tools/kubernetes && GOTOOLCHAIN=local go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
-stamp=$(sha256sum "$bin/pause" "$bin/agnhost" "$bin/coredns" "$busybox" "${agnhost_tools[@]}" "$0" | sha256sum | cut -c1-16)
+stamp=$(sha256sum "$bin/pause" "$bin/agnhost" "$bin/coredns" "$busybox" "${agnhost_tools[@]}" "${glibc_tools[@]}" "$0" | sha256sum | cut -c1-16)
 if [ -f "$out/index.tsv" ] && [ "$(cat "$out/images.stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
@@ -56,15 +63,21 @@ cp "$busybox" "$stage/agnhost/bin/busybox"
 for tool in cat echo env hostname ls ping sleep wget ps grep seq sed awk head tail tr cut wc date test mkdir rm touch true false printf xargs timeout kill sort uniq tee id; do
   ln -s busybox "$stage/agnhost/bin/$tool"
 done
-# Dynamically linked: each with the libraries it loads (ldd), from this host.
-mkdir -p "$stage/agnhost/usr/bin"
-for tool in "${agnhost_tools[@]}"; do
-  cp "$tool" "$stage/agnhost/usr/bin/"
-  for lib in $(ldd "$tool" | grep -oE '/[^ ]+\.so[^ ]*'); do
-    mkdir -p "$stage/agnhost$(dirname "$lib")"
-    cp -n "$lib" "$stage/agnhost$lib"
+# Dynamically linked tools into a root: each with the libraries it loads
+# (ldd), from this host.
+with_libs() {
+  local root=$1
+  shift
+  mkdir -p "$root/usr/bin"
+  for tool in "$@"; do
+    cp "$tool" "$root/usr/bin/"
+    for lib in $(ldd "$tool" | grep -oE '/[^ ]+\.so[^ ]*'); do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -n "$lib" "$root$lib"
+    done
   done
-done
+}
+with_libs "$stage/agnhost" "${agnhost_tools[@]}"
 # The shell is bash: Debian's static busybox runs its own applets before
 # PATH (nc, nslookup), which are not the tools the tests expect.
 ln -s /usr/bin/bash "$stage/agnhost/bin/sh"
@@ -89,12 +102,20 @@ nogroup:x:65534:
 ' >"$stage/busybox/etc/group"
 layer "$stage/busybox" "$out/busybox.tar"
 
+mkdir -p "$stage/glibc/bin" "$stage/glibc/etc" "$stage/glibc/tmp"
+with_libs "$stage/glibc" "${glibc_tools[@]}"
+ln -s /usr/bin/bash "$stage/glibc/bin/sh"
+chmod 1777 "$stage/glibc/tmp"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' >"$stage/glibc/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/glibc/etc/group"
+layer "$stage/glibc" "$out/glibc-dns-testing.tar"
+
 mkdir -p "$stage/coredns/etc" "$stage/coredns/tmp"
 cp "$bin/coredns" "$stage/coredns/coredns"
 chmod 1777 "$stage/coredns/tmp"
 printf 'nobody:x:65534:65534:nobody:/:/sbin/nologin\n' >"$stage/coredns/etc/passwd"
 layer "$stage/coredns" "$out/coredns.tar"
 
-printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\nregistry.k8s.io/e2e-test-images/busybox:%s\t\tbusybox.tar\n' \
-  "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" "$BUSYBOX_VERSION" >"$out/index.tsv"
+printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\nregistry.k8s.io/e2e-test-images/busybox:%s\t\tbusybox.tar\nregistry.k8s.io/e2e-test-images/glibc-dns-testing:%s\t\tglibc-dns-testing.tar\n' \
+  "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" "$BUSYBOX_VERSION" "$GLIBC_DNS_VERSION" >"$out/index.tsv"
 echo "$stamp" >"$out/images.stamp"
