@@ -31,4 +31,6 @@
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
+#define WEIR_NSEC_PER_SEC 1000000000ULL
+
 #endif /* WEIR_COMMON_H */

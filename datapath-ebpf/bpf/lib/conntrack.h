@@ -53,7 +53,6 @@
  * packet; an entry past its deadline is only removed by the agent's GC, and
  * only when its partner has expired too (a connection lives while either
  * direction is active). */
-#define WEIR_NSEC_PER_SEC 1000000000ULL
 #define WEIR_CT_TIMEOUT_TCP_SYN (60ULL * WEIR_NSEC_PER_SEC)
 #define WEIR_CT_TIMEOUT_TCP_ESTABLISHED (6ULL * 3600 * WEIR_NSEC_PER_SEC)
 #define WEIR_CT_TIMEOUT_TCP_CLOSING (10ULL * WEIR_NSEC_PER_SEC)
