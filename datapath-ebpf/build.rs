@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One object per attach point.
-const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_host", "bpf_xdp", "bpf_xdp_pass"];
+const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_host", "bpf_xdp", "bpf_xdp_pass", "bpf_sock"];
 
 /// Debian keeps asm/types.h under the multiarch include directory.
 const MULTIARCH_INCLUDE: &str = "-I/usr/include/x86_64-linux-gnu";

@@ -6,8 +6,9 @@
 //! checks it and every generated struct against the objects' BTF.
 //!
 //! This is also the crate's one home of `unsafe`: the `aya::Pod` markers,
-//! and the batched map syscalls aya has no API for ([`lookup_batch`],
-//! [`delete_batch`]).
+//! the batched map syscalls aya has no API for ([`lookup_batch`],
+//! [`delete_batch`]) and the one socket option neither nix nor libc names
+//! ([`socket_netns_cookie`]).
 #![allow(
     unsafe_code,
     reason = "aya::Pod is an unsafe marker trait and the batch calls are raw bpf(2); each is justified below"
@@ -356,6 +357,31 @@ pub(crate) fn delete_batch<K: aya::Pod>(
     };
     let (outcome, deleted) = bpf_batch(aya_obj::generated::bpf_cmd::BPF_MAP_DELETE_BATCH, batch);
     (deleted as usize, outcome.err())
+}
+
+/// SO_NETNS_COOKIE (include/uapi/asm-generic/socket.h; Linux 5.14): the
+/// cookie of the socket's network namespace, as `bpf_get_netns_cookie`.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The network namespace cookie of `socket`'s namespace.
+pub(crate) fn socket_netns_cookie(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a u64
+    // we own, and `len` says exactly that size; the fd is borrowed live.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 #[cfg(test)]

@@ -222,7 +222,10 @@ pub struct Datapath {
     host: Ebpf,
     /// bpf_xdp.o: the uplink's XDP program, same maps again.
     xdp: Ebpf,
-    links_dir: PathBuf,
+    /// bpf_sock.o: socket-level services for the node's own sockets
+    /// (socket_lb.rs), same maps again.
+    pub(crate) sock: Ebpf,
+    pub(crate) links_dir: PathBuf,
     nr_cpus: usize,
     /// Pinned maps that no longer fit the objects and were replaced.
     replaced: Vec<crate::pins::PinReplacement>,
@@ -255,7 +258,7 @@ impl Datapath {
         // A pin that no longer fits what the objects declare is replaced,
         // never reused (pins.rs).
         let declared = crate::pins::declared(
-            &[crate::BPF_LXC, crate::BPF_HOST, crate::BPF_XDP],
+            &[crate::BPF_LXC, crate::BPF_HOST, crate::BPF_XDP, crate::BPF_SOCK],
             &options.max_entries.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
         )
         .map_err(DatapathError::Parse)?;
@@ -294,6 +297,16 @@ impl Datapath {
         let mut ebpf = loader().load(crate::BPF_LXC).map_err(DatapathError::Load)?;
         let mut host = loader().load(crate::BPF_HOST).map_err(DatapathError::Load)?;
         let mut xdp = loader().load(crate::BPF_XDP).map_err(DatapathError::Load)?;
+        // The socket programs have none of the packet programs' globals.
+        let mut sock = {
+            let mut loader = EbpfLoader::new();
+            loader.default_map_pin_directory(pin_dir);
+            for (name, size) in &options.max_entries {
+                loader.map_max_entries(name, *size);
+            }
+            loader.load(crate::BPF_SOCK).map_err(DatapathError::Load)?
+        };
+        crate::socket_lb::load_programs(&mut sock)?;
         {
             let name = XDP_PROGRAM;
             let prog: &mut Xdp = xdp
@@ -353,6 +366,7 @@ impl Datapath {
             ebpf,
             host,
             xdp,
+            sock,
             links_dir,
             nr_cpus,
             replaced,
@@ -894,7 +908,7 @@ fn attach_error<'a>(
     }
 }
 
-fn remove_pin(pin: PathBuf) -> Result<()> {
+pub(crate) fn remove_pin(pin: PathBuf) -> Result<()> {
     match std::fs::remove_file(&pin) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -13,11 +13,13 @@ pub mod lb;
 pub mod pins;
 pub mod policy;
 pub mod snat;
+mod socket_lb;
 
 pub use bpffs::{BpffsError, ensure_bpffs};
 pub use datapath::{
     Datapath, DatapathError, EndpointEntry, LoadOptions, ProgramKind, RouteMaps, TailCall, XDP_PROGRAM,
 };
+pub use socket_lb::{SOCK_PROGRAMS, netns_cookie};
 
 /// The object with the programs for the host side of a pod's veth, built by
 /// `build.rs` from `bpf/bpf_lxc.c`.
@@ -30,6 +32,10 @@ pub const BPF_HOST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_host.o
 /// The XDP program for the node's uplink (NodePort / external IPs), built
 /// from `bpf/bpf_xdp.c`.
 pub const BPF_XDP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_xdp.o"));
+
+/// The socket-level service programs (cgroup connect4, sendmsg4, recvmsg4,
+/// getpeername4) for the node's own sockets, built from `bpf/bpf_sock.c`.
+pub const BPF_SOCK: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bpf_sock.o"));
 
 /// XDP_PASS alone, for the far end of a veth whose near end sends with
 /// XDP_TX (the kernel only delivers those when the peer has an XDP program):
@@ -46,4 +52,5 @@ pub mod maps {
     pub const NODES: &str = "weir_nodes";
     pub const CALLS: &str = "weir_calls";
     pub const IPCACHE: &str = "weir_ipcache";
+    pub const SOCK_NETNS: &str = "weir_sock_netns";
 }

@@ -268,7 +268,12 @@ fn host_abi_matches_c_structs_in_btf() {
 fn map_names_userspace_uses_exist_in_the_objects() {
     use object::ObjectSymbol;
     let mut declared = std::collections::BTreeSet::new();
-    for obj in [weir_datapath::BPF_LXC, weir_datapath::BPF_HOST, weir_datapath::BPF_XDP] {
+    for obj in [
+        weir_datapath::BPF_LXC,
+        weir_datapath::BPF_HOST,
+        weir_datapath::BPF_XDP,
+        weir_datapath::BPF_SOCK,
+    ] {
         let file = object::File::parse(obj).expect("ELF");
         let maps = file.section_by_name(".maps").expect(".maps section").index();
         for sym in file.symbols() {
@@ -286,6 +291,7 @@ fn map_names_userspace_uses_exist_in_the_objects() {
         weir_datapath::maps::NODES,
         weir_datapath::maps::CALLS,
         weir_datapath::maps::IPCACHE,
+        weir_datapath::maps::SOCK_NETNS,
         weir_datapath::lb::maps::SERVICES,
         weir_datapath::lb::maps::BACKENDS,
         weir_datapath::lb::maps::MAGLEV,

@@ -12,7 +12,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
-use weir_datapath::{BPF_HOST, BPF_LXC, BPF_XDP, Datapath, ProgramKind, TailCall, XDP_PROGRAM};
+use weir_datapath::{
+    BPF_HOST, BPF_LXC, BPF_SOCK, BPF_XDP, Datapath, ProgramKind, SOCK_PROGRAMS, TailCall, XDP_PROGRAM,
+};
 use weir_test_support::require_root;
 
 /// Budgets: far enough above today's sizes for ordinary growth, far enough
@@ -86,7 +88,7 @@ fn static_sizes(object: &'static str, bytes: &[u8]) -> Vec<Size> {
             continue;
         };
         let name = section.name().unwrap_or_default();
-        if !(name == "classifier" || name.starts_with("xdp")) {
+        if !(name == "classifier" || name.starts_with("xdp") || name.starts_with("cgroup/")) {
             continue;
         }
         let data = section.data().expect("section data");
@@ -107,11 +109,13 @@ fn every_program_fits_its_budget_and_its_size_is_printed() {
     let mut sizes = static_sizes("bpf_lxc.o", BPF_LXC);
     sizes.extend(static_sizes("bpf_host.o", BPF_HOST));
     sizes.extend(static_sizes("bpf_xdp.o", BPF_XDP));
+    sizes.extend(static_sizes("bpf_sock.o", BPF_SOCK));
     let expected: Vec<&str> = ProgramKind::ALL
         .iter()
         .map(|k| k.program_name())
         .chain(TailCall::ALL.iter().map(|c| c.program_name()))
         .chain([XDP_PROGRAM])
+        .chain(SOCK_PROGRAMS)
         .collect();
     for name in &expected {
         assert!(
@@ -178,6 +182,10 @@ fn load_and_count() -> Vec<(String, u32)> {
     }
     let info = dp.xdp_program().info().expect("xdp program info");
     out.push((XDP_PROGRAM.to_owned(), info.verified_instruction_count().unwrap_or(0)));
+    for name in SOCK_PROGRAMS {
+        let info = dp.socket_program(name).info().expect("socket program info");
+        out.push((name.to_owned(), info.verified_instruction_count().unwrap_or(0)));
+    }
     drop(dp);
     let _ = std::fs::remove_dir_all(&pin_dir);
     out

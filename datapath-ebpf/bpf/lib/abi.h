@@ -325,6 +325,49 @@ struct weir_lb_affinity {
 #define WEIR_LB_F_EXTERNAL 0x1 /* reached from outside: NodePort, externalIP, LB IP */
 #define WEIR_LB_F_LOCAL 0x2    /* externalTrafficPolicy Local: no SNAT, local backends only */
 
+/* ---- Socket-level load balancing (bpf_sock.c) ---- */
+
+/* The network namespaces whose sockets this node's programs translate
+ * (the node's own: the node, host-network pods and the kubelet), by
+ * bpf_get_netns_cookie(); written by the agent. */
+#define WEIR_SOCK_MAX_NETNS 1024
+
+/* A socket's view of a service it reached: the backend its connect or
+ * sendmsg went to, by socket cookie, so that recvmsg and getpeername
+ * answer with the service's address, never the backend's. */
+struct weir_sock_rev_key {
+	__u64 cookie;
+	__be32 backend_ip;
+	__be16 backend_port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct weir_sock_rev {
+	__be32 vip;
+	__be16 vport;
+	__u16 pad;
+};
+
+/* An unconnected UDP socket's backend per service, so its datagrams to one
+ * service keep to one backend (as a kernel conntrack entry per 5-tuple
+ * does), while the backend is still in the service's slot. */
+struct weir_sock_fwd_key {
+	__u64 cookie;
+	__be32 vip;
+	__be16 vport;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct weir_sock_fwd {
+	__u32 service_id;
+	__u32 slot;
+	__be32 backend_ip;
+	__be16 backend_port;
+	__u16 pad;
+};
+
 #define WEIR_NAT_PORT_MIN 61000
 #define WEIR_NAT_PORT_COUNT 4536 /* 61000..65535: NodePort SNAT to remote backends */
 

@@ -47,9 +47,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_lb4_affinity SEC(".maps");
 
-/* Picks the backend for a new connection; WEIR_DROP_NONE or a reason. */
-static __always_inline __u32 lb4_select(const struct weir_lb_svc *svc, const struct weir_ct_key *tuple, __u64 now,
-					struct weir_lb_backend *out)
+/* Picks the backend for a new connection, and its slot; WEIR_DROP_NONE or
+ * a reason. */
+static __always_inline __u32 lb4_select_slot(const struct weir_lb_svc *svc, const struct weir_ct_key *tuple,
+					     __u64 now, struct weir_lb_backend *out, __u32 *slot)
 {
 	struct weir_lb_backend_key bkey = { .service_id = svc->service_id };
 	struct weir_lb_affinity_key akey = {};
@@ -108,7 +109,17 @@ found:
 		bpf_map_update_elem(&weir_lb4_affinity, &akey, &rec, BPF_ANY);
 	}
 	*out = *be;
+	*slot = bkey.slot;
 	return WEIR_DROP_NONE;
+}
+
+/* Picks the backend for a new connection; WEIR_DROP_NONE or a reason. */
+static __always_inline __u32 lb4_select(const struct weir_lb_svc *svc, const struct weir_ct_key *tuple, __u64 now,
+					struct weir_lb_backend *out)
+{
+	__u32 slot;
+
+	return lb4_select_slot(svc, tuple, now, out, &slot);
 }
 
 #endif /* WEIR_LB_SELECT_H */
