@@ -116,6 +116,15 @@ pub struct Config {
     #[arg(long, env = "WEIR_NODEPORT_XDP", value_enum, default_value_t = NodePortXdp::Auto)]
     pub nodeport_xdp: NodePortXdp,
 
+    /// Socket-level services for the node's own sockets (the node's
+    /// processes, kubelet probes, host-network pods reach ClusterIPs, this
+    /// node's NodePorts and external IPs at connect time): `auto` (the
+    /// cgroup2 root of this mount namespace, if any), `off`, or the host's
+    /// cgroup v2 directory as mounted here (its `unified` child is used on
+    /// a hybrid v1/v2 host).
+    #[arg(long, env = "WEIR_SOCKET_LB", default_value = "auto")]
+    pub socket_lb: crate::socket_lb::SocketLb,
+
     /// Log filter (tracing-subscriber EnvFilter syntax).
     /// (The Kubernetes client's and watcher's own messages are off by
     /// default: each failed request of a watch would be one, 403s at warn

@@ -17,6 +17,7 @@ pub mod netdev;
 pub mod policy;
 pub mod routing;
 pub mod services;
+pub mod socket_lb;
 pub mod store;
 pub mod sync;
 pub mod xdp;
@@ -82,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),
         None => None,
     };
+    attach_socket_lb(&config, &mut datapath)?;
     let node_info = services::NodeInfo {
         name: config.node.clone(),
         ip: uplink.map(|(_, ip)| ip),
@@ -251,6 +253,37 @@ fn write_conflist(path: &std::path::Path, socket: &std::path::Path) -> std::io::
 /// pays ([`xdp::decide`]), else by `from_netdev` in TC alone.
 /// Returns the device routes to other nodes use (the uplink, or the vxlan
 /// device in overlay mode) and the node IP.
+/// Socket-level services for the node's own sockets (`socket_lb.rs`).
+/// `auto` never keeps the node from starting: without a cgroup v2 root
+/// the node's sockets reach no ClusterIP, as before, and the log says so.
+fn attach_socket_lb(config: &Config, datapath: &mut weir_datapath::Datapath) -> anyhow::Result<()> {
+    let auto = config.socket_lb == socket_lb::SocketLb::Auto;
+    let cgroup = match socket_lb::resolve(&config.socket_lb) {
+        Ok(Some(cgroup)) => cgroup,
+        Ok(None) => {
+            if auto {
+                tracing::warn!("no cgroup v2 mount: the node's own sockets reach no service (--socket-lb)");
+            }
+            datapath.detach_socket_lb()?;
+            return Ok(());
+        }
+        Err(why) => anyhow::bail!(why),
+    };
+    let cookie = weir_datapath::netns_cookie().context("the node's network namespace cookie (SO_NETNS_COOKIE)")?;
+    match datapath.attach_socket_lb(&cgroup, cookie) {
+        Ok(()) => {
+            tracing::info!(cgroup = %cgroup.display(), netns_cookie = cookie, "socket-level services for the node's sockets");
+            Ok(())
+        }
+        Err(e) if auto => {
+            tracing::warn!(cgroup = %cgroup.display(), error = %e, "socket-level services not attached: the node's own sockets reach no service");
+            datapath.detach_socket_lb()?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("attaching socket-level services to {}", cgroup.display())),
+    }
+}
+
 async fn setup_uplink(
     config: &Config,
     uplink: &str,
