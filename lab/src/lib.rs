@@ -102,17 +102,21 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Try one connection from a pod: `probe POD TARGET`, or from the lab's external
-    /// host: `probe --from-external TARGET`. TARGET is HOST:PORT/tcp, HOST:PORT/udp or
+    /// Try one connection from a pod: `probe POD TARGET`, from the lab's external
+    /// host: `probe --from-external TARGET`, or from a node: `probe --from-node NODE TARGET`. TARGET is HOST:PORT/tcp, HOST:PORT/udp or
     /// HOST/icmp; HOST is an IP, a node of the lab, or a pod (NAMESPACE/POD, or POD in
     /// the prober's namespace). Exit 0 connected/reachable, 1 refused, 2 timed out, 3 other error.
     Probe {
-        /// POD TARGET, or TARGET alone with --from-external.
+        /// POD TARGET, or TARGET alone with --from-external or --from-node.
         #[arg(num_args = 1..=2, required = true, value_names = ["POD", "TARGET"])]
         args: Vec<String>,
         /// Probe from the external host (outside the cluster, on the nodes' segment).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_node")]
         from_external: bool,
+        /// Probe from a node's own network namespace (as the node's
+        /// processes and host-network pods connect).
+        #[arg(long, value_name = "NODE")]
+        from_node: Option<String>,
         /// Seconds to wait.
         #[arg(long, default_value_t = 2.0)]
         timeout: f64,
@@ -336,17 +340,20 @@ pub fn run(args: LabArgs) -> Result<u8> {
         LabCommand::Probe {
             args,
             from_external,
+            from_node,
             timeout,
             source_port,
             size,
         } => {
-            let (pod, target) = match (from_external, args.as_slice()) {
-                (false, [pod, target]) => (Some(pod.as_str()), target.as_str()),
-                (true, [target]) => (None, target.as_str()),
-                (false, _) => bail!("usage: weir lab probe POD TARGET"),
-                (true, _) => bail!("usage: weir lab probe --from-external TARGET"),
+            let (from, target) = match (from_external, from_node.as_deref(), args.as_slice()) {
+                (false, None, [pod, target]) => (ProbeFrom::Pod(pod), target.as_str()),
+                (true, None, [target]) => (ProbeFrom::External, target.as_str()),
+                (false, Some(node), [target]) => (ProbeFrom::Node(node), target.as_str()),
+                (false, None, _) => bail!("usage: weir lab probe POD TARGET"),
+                (_, Some(_), _) => bail!("usage: weir lab probe --from-node NODE TARGET"),
+                (true, _, _) => bail!("usage: weir lab probe --from-external TARGET"),
             };
-            probe_cmd(&lab, pod, target, timeout, source_port, size)
+            probe_cmd(&lab, from, target, timeout, source_port, size)
         }
         LabCommand::Kubectl { args } => {
             let (_, kube) = on_kube()?.context("the lab has no API server (controlPlane: kubernetes)")?;
@@ -432,19 +439,35 @@ fn trace(lab: &Lab, pod: &str, enabled: bool) -> Result<()> {
 }
 
 /// Probes from a pod, or from the external host when `pod` is `None`.
+/// Where a probe starts.
+enum ProbeFrom<'a> {
+    Pod(&'a str),
+    External,
+    /// A node's own network namespace.
+    Node(&'a str),
+}
+
 fn probe_cmd(
     lab: &Lab,
-    pod: Option<&str>,
+    from: ProbeFrom<'_>,
     target: &str,
     timeout: f64,
     source_port: Option<u16>,
     size: Option<u16>,
 ) -> Result<u8> {
     let state = lab.observed()?;
-    let from = pod.map(|p| find_pod(&state, p)).transpose()?;
     let (netns_name, namespace) = match from {
-        Some(p) => (p.netns.clone(), p.namespace.as_str()),
-        None => (state.topology.external_netns(), "default"),
+        ProbeFrom::Pod(p) => {
+            let p = find_pod(&state, p)?;
+            (p.netns.clone(), p.namespace.as_str())
+        }
+        ProbeFrom::External => (state.topology.external_netns(), "default"),
+        ProbeFrom::Node(node) => {
+            if !state.topology.nodes.iter().any(|n| n.name == node) {
+                bail!("no node {node} in lab {}", state.name);
+            }
+            (state.topology.node_netns(node), "default")
+        }
     };
     let target = probe::parse_target(target).map_err(anyhow::Error::msg)?;
     if !(timeout > 0.0 && timeout < 3600.0) {
