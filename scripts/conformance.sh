@@ -91,6 +91,9 @@ trap "exit 130" INT TERM
 "$weir" lab down >/dev/null 2>&1 || true
 
 start=$(date +%s)
+# The commit the lab's binaries and images are built from (the tree may
+# move on during a long run).
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo "+changes")
 "$weir" lab up "$topology" >"$report/lab-up.txt"
 kubeconfig=$WEIR_LAB_DIR/kube/admin.kubeconfig
 # The API server's address on the nodes' network, as `weir lab up` says it.
@@ -123,7 +126,7 @@ ip netns exec conf-conf-node1 env PATH="$tools:$PATH" KUBECONFIG="$kubeconfig" \
   --ginkgo.v \
   >"$report/e2e.log" 2>&1 || rc=$?
 
-python3 - "$report" "$suite" "$focus" "$skip" "$doc" "$(git rev-parse --short HEAD)" "$(( $(date +%s) - start ))" <<'PY'
+python3 - "$report" "$suite" "$focus" "$skip" "$doc" "$commit" "$(( $(date +%s) - start ))" <<'PY'
 import glob, os, sys, xml.etree.ElementTree as ET
 report, suite, focus, skip, doc, commit, took = sys.argv[1:8]
 rows, counts = [], {"passed": 0, "failed": 0, "skipped": 0}
