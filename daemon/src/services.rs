@@ -229,6 +229,84 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
             );
         }
     }
+    for (key, spec) in host_ports(state, algorithm, node) {
+        // A Service's frontend keeps its address: a pod's hostPort never
+        // takes over a NodePort or an external IP.
+        out.entry(key).or_insert(spec);
+    }
+    out
+}
+
+/// The hostPorts of this node's pods (`containers[].ports[].hostPort`), as
+/// kube-proxy-less CNIs serve them: a frontend on `hostIP` (unset or
+/// `0.0.0.0`: the node's IP) and the host port, with the pod's address and
+/// container port as its one backend. They are external frontends with
+/// the `Local` policy: reached from outside on the uplink (the client's
+/// address kept, the backend on this node), and from the node's own
+/// sockets at connect time (socket-level services), which is also what
+/// serves a hostIP of `127.0.0.1`, never seen by a packet program. A
+/// pod's hostPort starts once its IP is known (its status) and ends with
+/// the pod, or when it has finished (Succeeded, Failed).
+pub fn host_ports(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> Vec<(ServicePortKey, ServiceSpec)> {
+    let mut out = Vec::new();
+    for pod in state.pods.values() {
+        let Some(spec) = pod.spec.as_ref() else { continue };
+        if spec.node_name.as_deref() != Some(node.name.as_str()) || spec.host_network == Some(true) {
+            continue;
+        }
+        let status = pod.status.as_ref();
+        if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let Some(pod_ip) = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        for port in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+            let (Some(host_port), Ok(container_port)) = (
+                port.host_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0),
+                u16::try_from(port.container_port),
+            ) else {
+                continue;
+            };
+            let Some(proto) = protocol(port.protocol.as_deref()) else {
+                continue;
+            };
+            // The datapath cannot rewrite SCTP ports (its CRC32c covers them).
+            if proto == Protocol::Sctp && host_port != container_port {
+                continue;
+            }
+            let vip = match port.host_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0") {
+                None => match node.ip {
+                    Some(ip) => ip,
+                    None => continue,
+                },
+                Some(ip) => match ip.parse::<Ipv4Addr>() {
+                    Ok(ip) => ip,
+                    Err(_) => continue,
+                },
+            };
+            out.push((
+                ServicePortKey {
+                    vip,
+                    port: host_port,
+                    proto,
+                },
+                ServiceSpec {
+                    backends: vec![Backend {
+                        ip: pod_ip,
+                        port: container_port,
+                        terminating: false,
+                    }],
+                    algorithm,
+                    affinity_timeout: None,
+                    external: Some(TrafficPolicy::Local),
+                },
+            ));
+        }
+    }
     out
 }
 
@@ -731,6 +809,100 @@ endpoints:
     nodeName: n1
     conditions: {ready: false, serving: true, terminating: true}
 "#;
+
+    const HOST_PORTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: hp}
+spec:
+  nodeName: n1
+  containers:
+  - name: c
+    image: x
+    ports:
+    - {containerPort: 8080, hostPort: 54323, hostIP: 127.0.0.1}
+    - {containerPort: 8080, hostPort: 54323}
+    - {containerPort: 8081, hostPort: 54323, hostIP: 172.30.0.11, protocol: UDP}
+    - {containerPort: 9090}
+status: {phase: Running, podIP: 10.244.1.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere, namespace: hp}
+spec:
+  nodeName: n2
+  containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 8000}]}]
+status: {phase: Running, podIP: 10.244.2.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-ip-yet, namespace: hp}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 8001}]}]
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: hp}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 8002}]}]
+status: {phase: Succeeded, podIP: 10.244.1.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: steals, namespace: hp}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: x, ports: [{containerPort: 80, hostPort: 30080}]}]
+status: {phase: Running, podIP: 10.244.1.8}
+"#;
+
+    #[test]
+    fn host_ports_of_this_nodes_pods_are_local_frontends() {
+        let mut s = ClusterState::default();
+        let errors = parse_manifests(&mut s, &format!("{EXTERNAL}\n---\n{HOST_PORTS}"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let n1 = NodeInfo {
+            name: "n1".into(),
+            ip: Some(Ipv4Addr::new(172, 30, 0, 11)),
+        };
+        let ports: BTreeMap<ServicePortKey, Vec<Backend>> = host_ports(&s, Algorithm::Random, &n1)
+            .into_iter()
+            .inspect(|(_, spec)| assert_eq!(spec.external, Some(TrafficPolicy::Local)))
+            .map(|(k, spec)| (k, spec.backends))
+            .collect();
+        assert_eq!(
+            ports,
+            BTreeMap::from([
+                (
+                    key([127, 0, 0, 1], 54323, Protocol::Tcp),
+                    vec![b([10, 244, 1, 7], 8080, false)]
+                ),
+                (
+                    key([172, 30, 0, 11], 54323, Protocol::Tcp),
+                    vec![b([10, 244, 1, 7], 8080, false)]
+                ),
+                (
+                    key([172, 30, 0, 11], 54323, Protocol::Udp),
+                    vec![b([10, 244, 1, 7], 8081, false)]
+                ),
+                (
+                    key([172, 30, 0, 11], 30080, Protocol::Tcp),
+                    vec![b([10, 244, 1, 8], 80, false)]
+                ),
+            ]),
+            "this node's running pods with an IP; hostIP or the node's IP"
+        );
+        // A Service's NodePort keeps its frontend.
+        let table = desired(&s, Algorithm::Random, &n1);
+        assert_eq!(table[&key([172, 30, 0, 11], 30080, Protocol::Tcp)].backends.len(), 2);
+        assert_eq!(
+            table[&key([127, 0, 0, 1], 54323, Protocol::Tcp)].backends,
+            vec![b([10, 244, 1, 7], 8080, false)]
+        );
+    }
 
     #[test]
     fn node_ports_external_ips_and_lb_ips_with_their_traffic_policy() {
