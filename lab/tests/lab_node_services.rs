@@ -127,3 +127,72 @@ fn a_node_reaches_services_from_its_own_sockets() {
     assert_eq!(from, Some(udp_vip), "an unconnected UDP answer comes from the Service");
     assert!(web_pods.contains(&answer), "answered by a backend: {answer:?}");
 }
+
+/// A pod with hostPorts on node `a`: TCP and UDP on the node's address,
+/// and TCP on the node's loopback only.
+const HOST_PORTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: hp}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hp, namespace: hp}
+spec:
+  nodeName: a
+  containers:
+  - name: c
+    image: x
+    ports:
+    - {name: http, containerPort: 80, hostPort: 8080}
+    - {name: dns, containerPort: 53, hostPort: 8053, protocol: UDP}
+    - {name: local, containerPort: 80, hostPort: 8081, hostIP: 127.0.0.1}
+"#;
+
+#[test]
+fn host_ports_answer_from_outside_other_nodes_and_the_node_itself() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new("hp");
+    let topo = lab.file(
+        "topo.yaml",
+        &format!(
+            "name: {}\nclusterCIDR: 10.244.0.0/16\nnodeCIDR: 172.31.250.0/24\nrouting: native\nnodes:\n  - {{name: a, podCIDR: 10.244.1.0/24}}\n  - {{name: b, podCIDR: 10.244.2.0/24}}\n",
+            lab.name
+        ),
+    );
+    lab.ok(&["up", &topo]);
+    lab.ok(&["apply", &lab.file("hp.yaml", HOST_PORTS)]);
+
+    // From outside the cluster, TCP and UDP, on the pod's node.
+    let t0 = Instant::now();
+    for target in ["a:8080/tcp", "a:8053/udp"] {
+        loop {
+            match lab.external(target) {
+                Ok(pod) => {
+                    assert_eq!(pod, "hp", "{target}");
+                    break;
+                }
+                Err(e) => assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "{target} from outside: {e}\n{}",
+                    lab.logs()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    // From the other node, and from the pod's node itself (its address,
+    // and the loopback-only hostIP).
+    assert_eq!(wait_connected(&lab, "b", "a:8080/tcp"), "hp");
+    assert_eq!(wait_connected(&lab, "a", "a:8080/tcp"), "hp");
+    assert_eq!(wait_connected(&lab, "a", "a:8053/udp"), "hp");
+    assert_eq!(wait_connected(&lab, "a", "127.0.0.1:8081/tcp"), "hp");
+    // Only where the pod runs, and the loopback one only on the node.
+    assert!(lab.external("b:8080/tcp").is_err(), "no hostPort on node b");
+    assert!(
+        lab.external("a:8081/tcp").is_err(),
+        "8081 is bound to the node's loopback"
+    );
+}
