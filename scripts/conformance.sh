@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-CI_FOCUS='\[sig-network\] (Services should (have session affinity work for service with type clusterIP|serve endpoints on same port and different protocols|serve a basic endpoint from pods|serve multiport endpoints from pods)|Networking Granular Checks: Pods should function for intra-pod communication: (http|udp)) '
+CI_FOCUS='\[sig-network\] (Services should (have session affinity work for service with type clusterIP|serve endpoints on same port and different protocols|serve a basic endpoint from pods|serve multiport endpoints from pods)|Networking Granular Checks: Pods should function for (intra-pod communication: (http|udp)|node-pod communication: udp)|HostPort validates that there is no conflict) '
 
 # What cannot run on this lab, and why (the skip reasons the doc gives).
 # Each is a ginkgo label or name pattern.
@@ -48,7 +48,8 @@ case "$suite" in
   netpol) focus=${focus:-'\[sig-network\] Netpol '} ;;
   # A few of the Conformance tests, each a different part of the datapath
   # (pod to pod on a node and across nodes, TCP and UDP, Services with one
-  # and several ports, session affinity), that pass
+  # and several ports, session affinity, a host-network pod to pods, and
+  # hostPorts from the node itself), that pass
   # today: CI's share of the suite, in a few minutes.
   ci) focus=${focus:-"$CI_FOCUS"} ;;
   custom) [ -n "$focus" ] || { echo "conformance: --suite custom needs --focus" >&2; exit 64; } ;;
