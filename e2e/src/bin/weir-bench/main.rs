@@ -11,6 +11,9 @@
 //! stops after the CNI and memory part; `--cross-node` measures pod to pod
 //! across two lab nodes (native routing and VXLAN) instead; `--services`
 //! compares service connection setup with kube-proxy's iptables layout;
+//! `--socket-lb` what a connection from the node to a ClusterIP costs
+//! through the socket programs, against the backend's own address and
+//! against a pod's per-packet path;
 //! `--nodeport` compares NodePort packet rates in XDP and in TC; `--flows`
 //! measures the flow pipeline, its clients, the relay, what recording costs
 //! the datapath, and the agent's memory with full flow rings
@@ -266,6 +269,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--services") {
         services::run();
+        return;
+    }
+    if std::env::args().any(|a| a == "--socket-lb") {
+        services::run_from_node();
         return;
     }
     if std::env::args().any(|a| a == "--cross-node") {

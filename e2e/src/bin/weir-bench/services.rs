@@ -97,6 +97,8 @@ fn lab(dir: &Path, args: &[&str]) -> String {
 
 /// One-node weir lab with a client and a server pod.
 struct WeirSide {
+    /// The lab's name (its netns names start with it).
+    name: String,
     client: NetNs,
     programmed: usize,
     // Last: tears the lab down after the client handle is gone.
@@ -141,10 +143,23 @@ impl WeirSide {
         let client = NetNs::existing(&format!("{name}-default-client"));
         tune_client(&client);
         Self {
+            name,
             client,
             programmed: 0,
             lab: me,
         }
+    }
+
+    /// The lab node's own network namespace (the socket programs' side).
+    fn node_netns(&self) -> String {
+        NetNs::existing(&format!("{}-n", self.name)).path()
+    }
+
+    /// The server pod's address.
+    fn server_ip(&self) -> Ipv4Addr {
+        let json = lab(&self.lab.lab_dir, &["get", "pod", "default/server", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("pod json");
+        v["status"]["podIP"].as_str().expect("podIP").parse().expect("ip")
     }
 
     /// Programs services up to `n` and returns the measured VIP once it answers.
@@ -374,4 +389,74 @@ pub fn run() {
         "\nweir at 10,000 services vs 1 service: {:+.1}% connection rate",
         (weir_rates[2] / weir_rates[0] - 1.0) * 100.0
     );
+}
+
+/// Connections from the node itself: to a ClusterIP through the socket
+/// programs (the connect is pointed at the backend before a port is
+/// chosen), to the backend's own address (no load balancing at all: the
+/// floor), and from a pod to the same ClusterIP through the per-packet
+/// path. Interleaved rounds, medians, at 1 and 10,000 services.
+pub fn run_from_node() {
+    const ROUNDS: usize = 5;
+    println!(
+        "## Services from the node: socket-level vs per-packet vs no load balancing ({ROUNDS} interleaved rounds of {} s, one client, medians)\n",
+        LOOP_FOR.as_secs()
+    );
+    println!("| services | path | conn/s | p50 | p99 | failed (per round) |\n|---|---|---|---|---|---|");
+    let mut weir = WeirSide::up();
+    let node = weir.node_netns();
+    node_tune(&node);
+    let server = weir.server_ip();
+    for n in [1, 10_000] {
+        let vip = weir.program(n);
+        let paths: [(&str, String, Ipv4Addr); 3] = [
+            ("node → ClusterIP (socket)", node.clone(), vip),
+            ("node → pod IP (none)", node.clone(), server),
+            ("pod → ClusterIP (per packet)", weir.client.path(), vip),
+        ];
+        let mut got: Vec<Vec<Rate>> = paths.iter().map(|_| Vec::new()).collect();
+        for round in 0..ROUNDS {
+            let order: Vec<usize> = if round % 2 == 0 { vec![0, 1, 2] } else { vec![2, 1, 0] };
+            for i in order {
+                got[i].push(connect_loop(&paths[i].1, paths[i].2, 80));
+            }
+        }
+        // The datapath's own account of what it dropped meanwhile.
+        let status: serde_json::Value =
+            serde_json::from_str(&lab(&weir.lab.lab_dir, &["status", "-o", "json"])).expect("status json");
+        let drops: Vec<String> = status["nodes"][0]["status"]["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(reason, t)| {
+                let packets = t["packets"].as_u64().filter(|p| *p > 0)?;
+                Some(format!("{reason} {packets}"))
+            })
+            .collect();
+        eprintln!("{n} services: drops so far: {drops:?}");
+        for ((label, _, _), rates) in paths.iter().zip(got) {
+            let mut per_sec: Vec<f64> = rates.iter().map(|r| r.per_sec).collect();
+            let mut p50: Vec<f64> = rates.iter().map(|r| r.p50_us).collect();
+            let mut p99: Vec<f64> = rates.iter().map(|r| r.p99_us).collect();
+            // Per round, in run order: where failures fall says what they are.
+            let failed: Vec<String> = rates.iter().map(|r| r.failed.to_string()).collect();
+            let failed = failed.join("+");
+            println!(
+                "| {n} | {label} | {:.0} | {:.0} µs | {:.0} µs | {failed} |",
+                crate::median(&mut per_sec),
+                crate::median(&mut p50),
+                crate::median(&mut p99)
+            );
+        }
+    }
+}
+
+/// The node's ephemeral ports widened like the client pod's.
+fn node_tune(netns: &str) {
+    let ok = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "sysctl in {netns}");
 }
