@@ -18,6 +18,9 @@
 # the suite uses (containerd's mirrors); nothing is pulled from outside.
 # Needs root. One run at a time (the lab's name and segment are fixed).
 set -euo pipefail
+# One compound command, read whole before it runs: editing this file
+# during a long run must not change what the run does next.
+{
 cd "$(dirname "$0")/.."
 
 suite=sig-network
@@ -53,7 +56,11 @@ case "$suite" in
   # today: CI's share of the suite, in a few minutes.
   ci) focus=${focus:-"$CI_FOCUS"} ;;
   custom) [ -n "$focus" ] || { echo "conformance: --suite custom needs --focus" >&2; exit 64; } ;;
-  *) echo "conformance: --suite sig-network, netpol, ci or custom" >&2; exit 64 ;;
+  # sigs.k8s.io/network-policy-api's suite (ClusterNetworkPolicy): its
+  # tests, not e2e.test; --focus is a `go test -run` pattern under
+  # TestConformance.
+  policy-api) ;;
+  *) echo "conformance: --suite sig-network, netpol, ci, policy-api or custom" >&2; exit 64 ;;
 esac
 skip=${skip:-$never}
 
@@ -112,6 +119,19 @@ echo "conformance: lab up, weir installed in $(( $(date +%s) - start )) s; runni
 # From the control plane's node: the API server and both nodes' addresses
 # are reachable there, as from a machine of the cluster.
 rc=0
+if [ "$suite" = policy-api ]; then
+  # The API it tests: the upstream CRD (weir serves none of its own for it).
+  "$weir" lab kubectl -- apply --server-side -f "$tools/../policy-api/crd.yaml" >/dev/null
+  ip netns exec conf-conf-node1 env PATH="$tools:$PATH" KUBECONFIG="$kubeconfig" \
+    "$tools/policy-api-conformance" \
+    -test.v -test.timeout=2h \
+    -test.run "TestConformance${focus:+/$focus}" \
+    -supported-features=ClusterNetworkPolicy \
+    -report-output="$report/report.yaml" \
+    -organization=weir -project=weir -url=https://weir.dev -version="$commit" -contact=weir \
+    -conformance-profiles=ClusterNetworkPolicy \
+    >"$report/e2e.log" 2>&1 || rc=$?
+else
 ip netns exec conf-conf-node1 env PATH="$tools:$PATH" KUBECONFIG="$kubeconfig" \
   "$tools/e2e.test" \
   --kubeconfig="$kubeconfig" \
@@ -126,11 +146,30 @@ ip netns exec conf-conf-node1 env PATH="$tools:$PATH" KUBECONFIG="$kubeconfig" \
   --ginkgo.no-color \
   --ginkgo.v \
   >"$report/e2e.log" 2>&1 || rc=$?
+fi
 
 python3 - "$report" "$suite" "$focus" "$skip" "$doc" "$commit" "$(( $(date +%s) - start ))" <<'PY'
 import glob, os, sys, xml.etree.ElementTree as ET
 report, suite, focus, skip, doc, commit, took = sys.argv[1:8]
 rows, counts = [], {"passed": 0, "failed": 0, "skipped": 0}
+import re
+# `go test -v` output (the policy-api suite): one line per subtest.
+log = os.path.join(report, "e2e.log")
+if suite == "policy-api" and os.path.exists(log):
+    text = open(log, errors="replace").read()
+    for m in re.finditer(r"^\s*--- (PASS|FAIL|SKIP): TestConformance/(\S+)", text, re.M):
+        name = m.group(2)
+        if "/" in name:  # steps within a test: the test's own line counts
+            continue
+        status = {"PASS": "passed", "FAIL": "failed", "SKIP": "skipped"}[m.group(1)]
+        why = ""
+        if status != "passed":
+            # The first error or skip message the test printed.
+            block = re.search(r"=== RUN\s+TestConformance/" + re.escape(name) + r"\n(.*?)(?=\n=== RUN\s+TestConformance/[^/\n]+\n|\Z)", text, re.S)
+            lines = [l.strip() for l in (block.group(1).splitlines() if block else []) if ("Error" in l or "skip" in l.lower() or "expected" in l)]
+            why = lines[0][:200] if lines else ""
+        counts[status] += 1
+        rows.append((name, status, why.replace("|", "\\|")))
 for f in sorted(glob.glob(os.path.join(report, "junit*.xml"))):
     for case in ET.parse(f).getroot().iter("testcase"):
         name = case.get("name", "")
@@ -175,3 +214,4 @@ if doc:
 PY
 echo "conformance: report in $report (e2e.log, junit_01.xml, results.md)"
 exit "$rc"
+}

@@ -20,6 +20,8 @@
 #   and tools (Debian's dig, getent, hostname, coreutils, bash as sh) with
 #   their libraries, as upstream's Debian-based image: the DNS tests run
 #   their probe loops in it next to agnhost.
+# - agnhost again as 2.45, the tag sigs.k8s.io/network-policy-api's
+#   conformance pods use.
 # Redone only when a binary changes. Prints nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,9 @@ mkdir -p "$out"
 AGNHOST_VERSION=2.63.0 # test/images/agnhost/VERSION at k8s.io/kubernetes v1.36.3
 BUSYBOX_VERSION=1.37.0-1 # test/utils/image/manifest.go at k8s.io/kubernetes v1.36.3
 GLIBC_DNS_VERSION=2.0.0  # same file
+# The network-policy-api conformance suite's pods name this older tag; the
+# same binary serves what they run (serve-hostname, porter).
+AGNHOST_NPAPI_VERSION=2.45
 PAUSE_VERSION=3.10.2   # the sandbox image containerd 2.4 names by default
 COREDNS_VERSION=$(grep -oE 'coredns/coredns v[0-9.]+' tools/coredns/go.mod | cut -d' ' -f2)
 
@@ -81,6 +86,7 @@ with_libs "$stage/agnhost" "${agnhost_tools[@]}"
 # The shell is bash: Debian's static busybox runs its own applets before
 # PATH (nc, nslookup), which are not the tools the tests expect.
 ln -s /usr/bin/bash "$stage/agnhost/bin/sh"
+ln -s /usr/bin/bash "$stage/agnhost/bin/bash"
 cp "$agnhost_src/porter/localhost.crt" "$agnhost_src/porter/localhost.key" "$stage/agnhost/"
 chmod 1777 "$stage/agnhost/tmp"
 printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\nuser-defined-in-image:x:1000:1000::/:/bin/sh\n' >"$stage/agnhost/etc/passwd"
@@ -116,6 +122,6 @@ chmod 1777 "$stage/coredns/tmp"
 printf 'nobody:x:65534:65534:nobody:/:/sbin/nologin\n' >"$stage/coredns/etc/passwd"
 layer "$stage/coredns" "$out/coredns.tar"
 
-printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\nregistry.k8s.io/e2e-test-images/busybox:%s\t\tbusybox.tar\nregistry.k8s.io/e2e-test-images/glibc-dns-testing:%s\t\tglibc-dns-testing.tar\n' \
-  "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" "$BUSYBOX_VERSION" "$GLIBC_DNS_VERSION" >"$out/index.tsv"
+printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\nregistry.k8s.io/e2e-test-images/busybox:%s\t\tbusybox.tar\nregistry.k8s.io/e2e-test-images/glibc-dns-testing:%s\t\tglibc-dns-testing.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\n' \
+  "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" "$BUSYBOX_VERSION" "$GLIBC_DNS_VERSION" "$AGNHOST_NPAPI_VERSION" >"$out/index.tsv"
 echo "$stamp" >"$out/images.stamp"

@@ -83,6 +83,24 @@ if [ ! -x "$bin/e2e.test" ] || [ "$(cat "$bin/e2e.test.stamp" 2>/dev/null)" != "
   echo "tools: e2e.test built in $(( $(date +%s) - start )) s"
 fi
 
+# The conformance suite of sigs.k8s.io/network-policy-api (cluster-wide
+# ClusterNetworkPolicy, Admin and Baseline tiers): `go test -c` of its
+# conformance package, with the CRD it tests beside it
+# (scripts/conformance.sh --suite policy-api).
+npapi_stamp=$(stamp_of tools/policy-api/go.mod tools/policy-api/go.sum)
+if [ ! -x "$bin/policy-api-conformance" ] || [ "$(cat "$bin/policy-api-conformance.stamp" 2>/dev/null)" != "$npapi_stamp" ]; then
+  need_go
+  echo "tools: building the network-policy-api conformance suite into $bin"
+  start=$(date +%s)
+  (cd tools/policy-api && GOTOOLCHAIN=local go test -c -trimpath -ldflags="-s -w" -o "$bin/policy-api-conformance.new" sigs.k8s.io/network-policy-api/conformance)
+  src=$(cd tools/policy-api && GOTOOLCHAIN=local go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
+  mkdir -p "$cache/policy-api"
+  cp "$src/config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml" "$cache/policy-api/crd.yaml"
+  mv "$bin/policy-api-conformance.new" "$bin/policy-api-conformance"
+  echo "$npapi_stamp" >"$bin/policy-api-conformance.stamp"
+  echo "tools: network-policy-api conformance built in $(( $(date +%s) - start )) s"
+fi
+
 etcd_stamp=$(stamp_of tools/etcd/go.mod tools/etcd/go.sum)
 if [ ! -x "$bin/etcd" ] || [ "$(cat "$bin/etcd.stamp" 2>/dev/null)" != "$etcd_stamp" ]; then
   need_go
