@@ -21,7 +21,8 @@
 #   their libraries, as upstream's Debian-based image: the DNS tests run
 #   their probe loops in it next to agnhost.
 # - agnhost again as 2.45, the tag sigs.k8s.io/network-policy-api's
-#   conformance pods use.
+#   conformance pods use, its SCTP listeners left out (below: no SCTP
+#   sockets here).
 # Redone only when a binary changes. Prints nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +95,25 @@ printf 'root:x:0:\nnogroup:x:65534:\nuser-defined-in-image:x:1000:\ngroup-define
 mkdir -p "$stage/agnhost/uploads"
 layer "$stage/agnhost" "$out/agnhost.tar"
 
+# agnhost:2.45 for sigs.k8s.io/network-policy-api's conformance pods: the
+# same files, but /agnhost is a thin wrapper that leaves SCTP ports
+# unserved. This kernel has no SCTP sockets, and each of those pods runs
+# `agnhost porter` with an SCTP port, which exits on the failed listen
+# and keeps the pod from ever being ready; without it the suite's TCP and
+# UDP tests could not run either. The SCTP tests fail, for that reason.
+mv "$stage/agnhost/agnhost" "$stage/agnhost/agnhost.bin"
+cat >"$stage/agnhost/agnhost" <<'SH'
+#!/bin/bash
+# weir's lab (scripts/images.sh): no SCTP sockets on this kernel; porter's
+# SCTP ports are left unserved, everything else is upstream's agnhost.
+if [ "$1" = porter ]; then
+  for v in $(compgen -e | grep '^SERVE_SCTP_PORT_'); do unset "$v"; done
+fi
+exec /agnhost.bin "$@"
+SH
+chmod 755 "$stage/agnhost/agnhost"
+layer "$stage/agnhost" "$out/agnhost-no-sctp.tar"
+
 mkdir -p "$stage/busybox/bin" "$stage/busybox/etc" "$stage/busybox/tmp"
 cp "$busybox" "$stage/busybox/bin/busybox"
 for applet in $("$busybox" --list); do
@@ -122,6 +142,6 @@ chmod 1777 "$stage/coredns/tmp"
 printf 'nobody:x:65534:65534:nobody:/:/sbin/nologin\n' >"$stage/coredns/etc/passwd"
 layer "$stage/coredns" "$out/coredns.tar"
 
-printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\nregistry.k8s.io/e2e-test-images/busybox:%s\t\tbusybox.tar\nregistry.k8s.io/e2e-test-images/glibc-dns-testing:%s\t\tglibc-dns-testing.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\n' \
+printf 'registry.k8s.io/pause:%s\t/pause\tpause.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost.tar\tpause\nregistry.k8s.io/coredns/coredns:%s\t/coredns\tcoredns.tar\nregistry.k8s.io/e2e-test-images/busybox:%s\t\tbusybox.tar\nregistry.k8s.io/e2e-test-images/glibc-dns-testing:%s\t\tglibc-dns-testing.tar\nregistry.k8s.io/e2e-test-images/agnhost:%s\t/agnhost\tagnhost-no-sctp.tar\tpause\n' \
   "$PAUSE_VERSION" "$AGNHOST_VERSION" "$COREDNS_VERSION" "$BUSYBOX_VERSION" "$GLIBC_DNS_VERSION" "$AGNHOST_NPAPI_VERSION" >"$out/index.tsv"
 echo "$stamp" >"$out/images.stamp"
