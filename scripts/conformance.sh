@@ -125,7 +125,7 @@ if [ "$suite" = policy-api ]; then
   ip netns exec conf-conf-node1 env PATH="$tools:$PATH" KUBECONFIG="$kubeconfig" \
     "$tools/policy-api-conformance" \
     -test.v -test.timeout=2h \
-    -test.run "TestConformance${focus:+/$focus}" \
+    -test.run "^TestConformance\$${focus:+/$focus}" \
     -supported-features=ClusterNetworkPolicy \
     -report-output="$report/report.yaml" \
     -organization=weir -project=weir -url=https://weir.dev -version="$commit" -contact=weir \
