@@ -166,8 +166,10 @@ if suite == "policy-api" and os.path.exists(log):
         if status != "passed":
             # The first error or skip message the test printed.
             block = re.search(r"=== RUN\s+TestConformance/" + re.escape(name) + r"\n(.*?)(?=\n=== RUN\s+TestConformance/[^/\n]+\n|\Z)", text, re.S)
-            lines = [l.strip() for l in (block.group(1).splitlines() if block else []) if ("Error" in l or "skip" in l.lower() or "expected" in l)]
-            why = lines[0][:200] if lines else ""
+            body = block.group(1).splitlines() if block else []
+            # What the test expected and saw, else its skip reason.
+            lines = [l.strip() for l in body if "Expected" in l] + [l.strip() for l in body if "skip" in l.lower()]
+            why = re.sub(r"^\S+\.go:\d+: ", "", lines[0])[:200] if lines else ""
         counts[status] += 1
         rows.append((name, status, why.replace("|", "\\|")))
 for f in sorted(glob.glob(os.path.join(report, "junit*.xml"))):
