@@ -7,7 +7,7 @@ packages=(
   clang-19 llvm-19 libbpf-dev linux-libc-dev gcc  # eBPF programs (C) and the Rust build
   libclang1-19                                    # bindgen: the Rust side of bpf/lib/abi.h
   iproute2 iputils-ping util-linux ethtool        # netns, veth, ping, nsenter, lab NIC offloads
-  iperf3 sockperf procps iptables                 # benchmarks (iptables: the kube-proxy baseline)
+  iperf3 sockperf procps iptables nftables        # benchmarks (iptables, nft: the kube-proxy baselines)
   prometheus curl                                 # a real Prometheus scrapes the agents; promtool checks /metrics
   openssl                                         # certificates and keys of the test control plane
   libseccomp-dev pkg-config busybox-static        # the lab's real nodes: runc (built by tools.sh) with seccomp; busybox is the test image's shell

@@ -1,5 +1,6 @@
 //! Service connection setup: weir's eBPF load balancer vs the rules
-//! kube-proxy's iptables mode writes, with 1, 1,000 and 10,000 services.
+//! kube-proxy's iptables and nftables modes write, with 1, 1,000 and
+//! 10,000 services.
 //!
 //! Both sides use the same shape: a client netns and a server netns behind
 //! one node netns, the same built-in server (answers with its name and
@@ -230,8 +231,10 @@ fn connect_loop_once(netns: &str, vip: Ipv4Addr) -> std::io::Result<()> {
     })
 }
 
-/// The kube-proxy baseline: plain routing through a node netns whose nat
-/// table holds kube-proxy's iptables-mode chains.
+/// The kube-proxy baselines: plain routing through a node netns whose
+/// netfilter holds what kube-proxy writes, in its iptables mode (linear
+/// KUBE-SERVICES chain) or its nftables mode (a verdict map keyed by
+/// address, protocol and port).
 struct IptablesSide {
     node: NetNs,
     client: NetNs,
@@ -339,6 +342,73 @@ impl IptablesSide {
     }
 }
 
+impl IptablesSide {
+    /// Loads `n` services as kube-proxy's nftables mode lays them out
+    /// (table `ip kube-proxy`: the `service-ips` verdict map, a chain per
+    /// service with its masquerade mark and `numgen` endpoint choice, a
+    /// chain per endpoint with the DNAT), replacing the table with one
+    /// `nft -f` transaction as kube-proxy does. iptables' nat table is
+    /// emptied first: one baseline at a time.
+    fn program_nft(&self, n: usize) -> Ipv4Addr {
+        let flush = self
+            .node
+            .command("iptables")
+            .args(["-t", "nat", "-F"])
+            .status()
+            .expect("iptables -F");
+        assert!(flush.success(), "iptables -t nat -F");
+        // One statement per line: nft 1.0's parser wants a newline (or ';')
+        // before each closing brace.
+        let mut rules = String::from(
+            "table ip kube-proxy\ndelete table ip kube-proxy\ntable ip kube-proxy {\n\
+             chain mark-for-masquerade {\nmark set mark or 0x4000\n}\n\
+             chain masquerading {\ntype nat hook postrouting priority srcnat; policy accept;\n\
+             mark and 0x4000 == 0 return\nmark set mark xor 0x4000\nmasquerade fully-random\n}\n\
+             chain nat-prerouting {\ntype nat hook prerouting priority dstnat; policy accept;\njump services\n}\n\
+             chain nat-output {\ntype nat hook output priority -100; policy accept;\njump services\n}\n",
+        );
+        rules.push_str("map service-ips {\ntype ipv4_addr . inet_proto . inet_service : verdict\n");
+        if n > 0 {
+            rules.push_str("elements = {\n");
+            for i in 0..n {
+                rules.push_str(&format!("{} . tcp . 80 : goto service-{i},\n", Self::vip(i)));
+            }
+            rules.push_str("}\n");
+        }
+        rules.push_str("}\nchain services {\nip daddr . meta l4proto . th dport vmap @service-ips\n}\n");
+        for i in 0..n {
+            let vip = Self::vip(i);
+            rules.push_str(&format!(
+                "chain service-{i} {{\nip daddr {vip} tcp dport 80 ip saddr != 10.249.0.0/16 jump mark-for-masquerade\n\
+                 numgen random mod 1 vmap {{ 0 : goto endpoint-{i} }}\n}}\n\
+                 chain endpoint-{i} {{\nip saddr {IPT_SERVER} jump mark-for-masquerade\n\
+                 meta l4proto tcp dnat to {IPT_SERVER}:80\n}}\n"
+            ));
+        }
+        rules.push_str("}\n");
+        let mut nft = self
+            .node
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft (scripts/deps.sh installs nftables)");
+        std::io::Write::write_all(nft.stdin.as_mut().expect("stdin"), rules.as_bytes()).expect("rules");
+        assert!(nft.wait().expect("nft").success(), "nft -f failed");
+        Self::vip(n / 2)
+    }
+
+    /// Removes the nftables layout (before the iptables one goes back in).
+    fn clear_nft(&self) {
+        let _ = self
+            .node
+            .command("nft")
+            .args(["delete", "table", "ip", "kube-proxy"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for IptablesSide {
     fn drop(&mut self) {
         let _ = self.server_proc.kill();
@@ -348,32 +418,44 @@ impl Drop for IptablesSide {
 
 pub fn run() {
     println!(
-        "## Service connection setup: weir vs kube-proxy iptables rules (connect, read reply, close; {} s per point, one client)\n",
+        "## Service connection setup: weir vs kube-proxy's iptables and nftables layouts (connect, read reply, close; {} s per point, one client)\n",
         LOOP_FOR.as_secs()
     );
     println!(
-        "| services | weir conn/s | iptables conn/s | weir/iptables | weir p50 / p99 | iptables p50 / p99 | failed (weir/iptables) |"
+        "| services | weir conn/s | iptables conn/s | nftables conn/s | weir/iptables | weir/nftables | weir p50 / p99 | iptables p50 / p99 | nftables p50 / p99 | failed (weir/iptables/nftables) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut weir = WeirSide::up();
     let ipt = IptablesSide::up();
     let mut weir_rates = Vec::new();
     for n in TIERS {
         let wvip = weir.program(n);
+        ipt.clear_nft();
         let ivip = ipt.program(n);
         let w = connect_loop(&weir.client.path(), wvip, 80);
         let i = connect_loop(&ipt.client.path(), ivip, 80);
+        // The nftables layout on the same baseline node, iptables' gone.
+        // Its VIP is the same as iptables': wait out the TIME_WAIT the
+        // iptables loop left at the shared backend first (see below).
+        std::thread::sleep(Duration::from_secs(61));
+        let fvip = ipt.program_nft(n);
+        let f = connect_loop(&ipt.client.path(), fvip, 80);
         println!(
-            "| {n} | {:.0} | {:.0} | {:.2}x | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {} / {} |",
+            "| {n} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {} / {} / {} |",
             w.per_sec,
             i.per_sec,
+            f.per_sec,
             w.per_sec / i.per_sec,
+            w.per_sec / f.per_sec,
             w.p50_us,
             w.p99_us,
             i.p50_us,
             i.p99_us,
+            f.p50_us,
+            f.p99_us,
             w.failed,
-            i.failed
+            i.failed,
+            f.failed
         );
         weir_rates.push(w.per_sec);
         // Between points, let the server's TIME_WAIT sockets (60 s) and
