@@ -44,6 +44,13 @@ step "service 'empty' ($empty) has no endpoints: the datapath rejects at once (T
 "$weir" lab probe svc-demo/client "$empty:80/tcp" || true
 "$weir" lab probe svc-demo/client "$empty:53/udp" || true
 
+node=$("$weir" lab get pod svc-demo/client -o json | awk -F'"' '/"nodeName"/ {print $4; exit}')
+nodeport=$("$weir" lab get svc svc-demo/web-np -o json | awk -F'[:,]' '/"nodePort"/ {gsub(/ /, "", $2); print $2; exit}')
+step "from node $node itself: the ClusterIP and its own NodePort $nodeport, given a backend at connect() by the socket programs (bpf_sock.c)"
+for _ in 1 2 3; do "$weir" lab probe --from-node "$node" "$vip:80/tcp"; done
+"$weir" lab probe --from-node "$node" "$node:$nodeport/tcp"
+"$weir" lab probe --from-node "$node" "$empty:80/tcp" || true
+
 step "pod to pod across nodes, and to the external host (masqueraded to the node IP in eBPF)"
 "$weir" lab probe svc-demo/client web-0/icmp
 "$weir" lab probe svc-demo/client web-1:80/tcp
