@@ -152,8 +152,8 @@ impl WeirSide {
     }
 
     /// The lab node's own network namespace (the socket programs' side).
-    fn node_netns(&self) -> String {
-        NetNs::existing(&format!("{}-n", self.name)).path()
+    fn node_netns(&self) -> NetNs {
+        NetNs::existing(&format!("{}-n", self.name))
     }
 
     /// The server pod's address.
@@ -486,8 +486,9 @@ pub fn run_from_node() {
     );
     println!("| services | path | conn/s | p50 | p99 | failed (per round) |\n|---|---|---|---|---|---|");
     let mut weir = WeirSide::up();
-    let node = weir.node_netns();
-    node_tune(&node);
+    let node_ns = weir.node_netns();
+    tune_client(&node_ns);
+    let node = node_ns.path();
     let server = weir.server_ip();
     for n in [1, 10_000] {
         let vip = weir.program(n);
@@ -531,14 +532,4 @@ pub fn run_from_node() {
             );
         }
     }
-}
-
-/// The node's ephemeral ports widened like the client pod's.
-fn node_tune(netns: &str) {
-    let ok = Command::new("nsenter")
-        .arg(format!("--net={netns}"))
-        .args(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "sysctl in {netns}");
 }
