@@ -246,13 +246,6 @@ fn write_conflist(path: &std::path::Path, socket: &std::path::Path) -> std::io::
     std::fs::rename(&tmp, path)
 }
 
-/// Node plumbing for multi-node clusters: the uplink's ingress program, its
-/// egress (masquerade) program when a cluster CIDR is given, the vxlan
-/// device in overlay mode, forwarding, and the datapath's config.
-/// NodePorts and external IPs are translated by XDP on the uplink where that
-/// pays ([`xdp::decide`]), else by `from_netdev` in TC alone.
-/// Returns the device routes to other nodes use (the uplink, or the vxlan
-/// device in overlay mode) and the node IP.
 /// Socket-level services for the node's own sockets (`socket_lb.rs`).
 /// `auto` never keeps the node from starting: without a cgroup v2 root
 /// the node's sockets reach no ClusterIP, as before, and the log says so.
@@ -284,6 +277,13 @@ fn attach_socket_lb(config: &Config, datapath: &mut weir_datapath::Datapath) -> 
     }
 }
 
+/// Node plumbing for multi-node clusters: the uplink's ingress program, its
+/// egress (masquerade) program when a cluster CIDR is given, the vxlan
+/// device in overlay mode, forwarding, and the datapath's config.
+/// NodePorts and external IPs are translated by XDP on the uplink where that
+/// pays ([`xdp::decide`]), else by `from_netdev` in TC alone.
+/// Returns the device routes to other nodes use (the uplink, or the vxlan
+/// device in overlay mode) and the node IP.
 async fn setup_uplink(
     config: &Config,
     uplink: &str,
