@@ -28,8 +28,10 @@ fn main() -> anyhow_free::Result {
         let src = bpf_dir.join(format!("{name}.c"));
         let obj = out.join(format!("{name}.o"));
         println!("cargo:rerun-if-changed={}", src.display());
+        // -mcpu=v3: atomic exchange (conntrack hands a closed connection's
+        // charge back exactly once, conntrack.h), 32-bit jumps; kernel 5.12+.
         let status = Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
             .arg(MULTIARCH_INCLUDE)
             .arg("-c")
             .arg(&src)

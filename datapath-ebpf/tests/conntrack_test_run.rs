@@ -28,6 +28,7 @@ const NODE_PORT: u16 = 30090;
 const ICMP: u8 = 1;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
 
 /// A datapath (support::Loaded) with this node's IP in the config, pod A
 /// on lo (the sender of from_pod's test packets) and pod B behind another
@@ -330,6 +331,57 @@ fn one_pod_cannot_take_more_than_its_share_of_the_table() {
     fx.place(POD_A, LO_IFINDEX, 1);
     fx.place(POD_B, OTHER_IFINDEX, 2);
     assert_eq!(fx.tc(ProgramKind::FromPod, &third.packet(SYN)).0, TC_ACT_OK, "released");
+}
+
+#[test]
+fn a_closed_connection_hands_back_its_share_at_once() {
+    if !require_root() {
+        return;
+    }
+    let options = LoadOptions {
+        ct_endpoint_max: Some(4), // two open connections
+        ..Default::default()
+    };
+    let mut fx = Fixture::new("closed", &options);
+    let spec = ServiceSpec {
+        backends: vec![Backend {
+            ip: REMOTE_POD,
+            port: 8080,
+            terminating: false,
+        }],
+        ..Default::default()
+    };
+    let vip = Ipv4Addr::new(10, 96, 9, 10);
+    fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
+    let syn = |fx: &mut Fixture, port: u16| {
+        fx.tc(ProgramKind::FromPod, &flow(POD_A, port, vip, 80, TCP).packet(SYN))
+            .0
+    };
+
+    assert_eq!(syn(&mut fx, 42000), TC_ACT_OK);
+    assert_eq!(syn(&mut fx, 42001), TC_ACT_OK);
+    assert_eq!(syn(&mut fx, 42002), support::TC_ACT_SHOT, "the share is full");
+    // The client closes its first connection: no GC has run, yet A may
+    // open another at once (a pod churning short connections is held to
+    // what it has open, not to what it closed in the last 10 s).
+    let fin = flow(POD_A, 42000, vip, 80, TCP).packet(FIN | ACK);
+    assert_eq!(fx.tc(ProgramKind::FromPod, &fin).0, TC_ACT_OK);
+    assert_eq!(fx.entries().len(), 4, "the closed connection's entries linger");
+    assert_eq!(
+        syn(&mut fx, 42003),
+        TC_ACT_OK,
+        "the closed connection's share came back"
+    );
+    assert_eq!(syn(&mut fx, 42004), support::TC_ACT_SHOT, "two open again: full");
+    // Its entries are collected after the closing timeout, and released
+    // only once: the share is still two open connections.
+    assert_eq!(fx.ct.gc(monotonic_now_ns() + 11_000_000_000).unwrap(), 2);
+    assert_eq!(
+        syn(&mut fx, 42005),
+        support::TC_ACT_SHOT,
+        "the GC released nothing twice"
+    );
+    assert_eq!(fx.drops(weir_datapath::drop::DropReason::CtEndpointLimit), 3);
 }
 
 #[test]

@@ -217,8 +217,10 @@ struct weir_ct_entry {
 #define WEIR_CT_SEEN_RST 0x8
 
 /* Fairness: each local endpoint may hold at most weir_ct_endpoint_max
- * conntrack entries (both directions count), so one pod cannot fill the
- * node's table and deny every other pod new connections. The datapath
+ * conntrack entries of open connections (both directions count), so one
+ * pod cannot fill the node's table and deny every other pod new
+ * connections; a connection that closes hands its charge back at once
+ * (owner set to 0), before the GC collects its entries. The datapath
  * counts what it creates (and the few entries it deletes itself); the
  * agent, the only writer of weir_ep_ct_released, counts what its GC and
  * flushes delete. Charged = created - dp_released - released. */

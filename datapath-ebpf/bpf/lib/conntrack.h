@@ -249,6 +249,77 @@ static __noinline void ct_report(struct __ctx_buff *ctx, const struct weir_ct_ke
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* May `owner` be charged `n` more entries? Owner 0 (no local endpoint:
+ * a NodePort connection to a remote backend) is the node's, unbounded. */
+static __always_inline int ct_charge_ok(__u32 owner, __u32 n)
+{
+	struct weir_ep_ct_count *c;
+	__u64 *released, charged;
+
+	if (!owner)
+		return 1;
+	c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
+	if (!c)
+		return 1;
+	released = bpf_map_lookup_elem(&weir_ep_ct_released, &owner);
+	charged = c->created - c->dp_released - (released ? *released : 0);
+	/* Unsigned wrap (counters replaced on an upgrade): nothing charged. */
+	if (charged > WEIR_CT_MAX_ENTRIES)
+		charged = 0;
+	return charged + n <= weir_ct_endpoint_max;
+}
+
+/* `owner` now holds `n` more entries (n may be negative: entries the
+ * datapath removed itself). */
+static __always_inline void ct_charge(__u32 owner, __s64 n)
+{
+	struct weir_ep_ct_count zero = {}, *c;
+
+	if (!owner || !n)
+		return;
+	c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
+	if (!c) {
+		bpf_map_update_elem(&weir_ep_ct, &owner, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
+		if (!c)
+			return;
+	}
+	if (n > 0)
+		__sync_fetch_and_add(&c->created, (__u64)n);
+	else
+		__sync_fetch_and_add(&c->dp_released, (__u64)-n);
+}
+
+/* A closed connection stops counting against its endpoint's share: its
+ * entries stay CLOSING for WEIR_CT_TIMEOUT_TCP_CLOSING (late retransmits
+ * still find them) and the GC collects them later, but a pod that opens
+ * and closes connections fast is held to what it has open, not to what it
+ * closed in the last GC interval. The exchange hands the charge back once
+ * however many CPUs see the connection close; an entry whose owner is 0
+ * is charged to no one (the GC and the replacing paths read it so). */
+static __always_inline void ct_release_closed(struct weir_ct_entry *e)
+{
+	ct_charge(__sync_lock_test_and_set(&e->owner, 0), -1);
+}
+
+/* The endpoint the entry under `key` is charged to; 0 for none or no entry. */
+static __always_inline __u32 ct_owner_at(const struct weir_ct_key *key)
+{
+	struct weir_ct_entry *e = bpf_map_lookup_elem(&weir_ct4, key);
+
+	return e ? e->owner : 0;
+}
+
+/* An entry charged to `owner` took the place of one charged to `was`
+ * (0: a new entry, or one a closed connection left, charged to no one). */
+static __always_inline void ct_recharge(__u32 was, __u32 owner)
+{
+	if (was == owner)
+		return;
+	ct_charge(was, -1);
+	ct_charge(owner, 1);
+}
+
 /* Counts a packet and pushes the deadline out. FIN or RST closes the whole
  * connection: without that the quiet side of a reset connection would keep
  * its entry for the established timeout. Racing CPUs may both write
@@ -272,6 +343,8 @@ static __always_inline void ct_refresh(struct __ctx_buff *ctx, const struct weir
 		state = ct_next_state(state, tcp_flags);
 	if (state != e->state)
 		e->state = state;
+	if (state == WEIR_CT_CLOSING && e->owner)
+		ct_release_closed(e);
 	e->expires_ns = now + ct_timeout(proto, state);
 	first = e->packets == 0;
 	__sync_fetch_and_add(&e->packets, 1);
@@ -287,6 +360,8 @@ static __always_inline void ct_refresh(struct __ctx_buff *ctx, const struct weir
 			p->state = WEIR_CT_CLOSING;
 			p->expires_ns = now + WEIR_CT_TIMEOUT_TCP_CLOSING;
 		}
+		if (p && p->owner)
+			ct_release_closed(p);
 	}
 
 	if (!weir_flow_events)
@@ -337,47 +412,6 @@ static __always_inline void ct_new_pair(const struct weir_ct_key *key, const str
 	rev->state = fwd->state;
 	rev->expires_ns = fwd->expires_ns;
 	rev->created_ns = rev->report_ns = now;
-}
-
-/* May `owner` be charged `n` more entries? Owner 0 (no local endpoint:
- * a NodePort connection to a remote backend) is the node's, unbounded. */
-static __always_inline int ct_charge_ok(__u32 owner, __u32 n)
-{
-	struct weir_ep_ct_count *c;
-	__u64 *released, charged;
-
-	if (!owner)
-		return 1;
-	c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
-	if (!c)
-		return 1;
-	released = bpf_map_lookup_elem(&weir_ep_ct_released, &owner);
-	charged = c->created - c->dp_released - (released ? *released : 0);
-	/* Unsigned wrap (counters replaced on an upgrade): nothing charged. */
-	if (charged > WEIR_CT_MAX_ENTRIES)
-		charged = 0;
-	return charged + n <= weir_ct_endpoint_max;
-}
-
-/* `owner` now holds `n` more entries (n may be negative: entries the
- * datapath removed itself). */
-static __always_inline void ct_charge(__u32 owner, __s64 n)
-{
-	struct weir_ep_ct_count zero = {}, *c;
-
-	if (!owner || !n)
-		return;
-	c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
-	if (!c) {
-		bpf_map_update_elem(&weir_ep_ct, &owner, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&weir_ep_ct, &owner);
-		if (!c)
-			return;
-	}
-	if (n > 0)
-		__sync_fetch_and_add(&c->created, (__u64)n);
-	else
-		__sync_fetch_and_add(&c->dp_released, (__u64)-n);
 }
 
 /* Does a socket of the node already own this reply tuple, i.e. would the
@@ -448,7 +482,7 @@ static __always_inline int ct_create(struct __ctx_buff *ctx, const struct weir_c
 				     const struct weir_ct_entry *fwd, const struct weir_ct_key *rkey,
 				     const struct weir_ct_entry *rev, __u8 tcp_flags, int replace, int have_rev)
 {
-	int rev_new = 0;
+	__u32 was_fwd = replace ? ct_owner_at(key) : 0, was_rev = 0;
 
 	if (!have_rev && !ct_charge_ok(fwd->owner, replace ? 1 : 2))
 		return -2;
@@ -460,15 +494,17 @@ static __always_inline int ct_create(struct __ctx_buff *ctx, const struct weir_c
 		return bpf_map_lookup_elem(&weir_ct4, key) ? 1 : -1;
 	}
 	if (!have_rev) {
-		rev_new = !bpf_map_lookup_elem(&weir_ct4, rkey);
+		was_rev = ct_owner_at(rkey);
 		if (bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_ANY)) {
 			/* Without its reverse entry the replies would escape untracked. */
 			bpf_map_delete_elem(&weir_ct4, key);
+			ct_charge(was_fwd, -1);
 			return -1;
 		}
+		ct_recharge(was_rev, rev->owner);
 	}
-	/* A replaced forward entry was charged when it was made. */
-	ct_charge(fwd->owner, (replace ? 0 : 1) + rev_new);
+	/* A replaced forward entry hands its charge over (none if closed). */
+	ct_recharge(was_fwd, fwd->owner);
 	if (weir_flow_events)
 		ct_report(ctx, key, fwd, WEIR_EV_FLOW_START | ((__u32)tcp_flags << 8), fwd->created_ns);
 	return 0;
@@ -498,7 +534,7 @@ static __noinline __attribute__((unused)) int ct_create_plain(struct __ctx_buff 
 	__u8 tcp_flags = how & 0xff;
 	int replace = !!(how & WEIR_CT_PLAIN_REPLACE);
 	__u64 now = bpf_ktime_get_ns();
-	int rev_new = 1;
+	__u32 was_fwd, was_rev;
 
 	ct_partner_key_of(key, &rkey);
 	if (!replace && bpf_map_lookup_elem(&weir_ct4, &rkey))
@@ -524,10 +560,10 @@ static __noinline __attribute__((unused)) int ct_create_plain(struct __ctx_buff 
 	e->policy_egress = policy[0];
 	e->policy_ingress = policy[1];
 	e->policy_rev = policy_revision();
+	was_fwd = replace ? ct_owner_at(key) : 0;
 	if (bpf_map_update_elem(&weir_ct4, key, e, replace ? BPF_ANY : BPF_NOEXIST))
 		return 0;
-	if (replace)
-		rev_new = !bpf_map_lookup_elem(&weir_ct4, &rkey);
+	was_rev = replace ? ct_owner_at(&rkey) : 0;
 	/* The partner: the tuple reversed, as ct_new_pair makes it. */
 	e->xlate_saddr = key->daddr;
 	e->xlate_daddr = key->saddr;
@@ -539,9 +575,11 @@ static __noinline __attribute__((unused)) int ct_create_plain(struct __ctx_buff 
 	e->seen = 0;
 	if (bpf_map_update_elem(&weir_ct4, &rkey, e, replace ? BPF_ANY : BPF_NOEXIST)) {
 		bpf_map_delete_elem(&weir_ct4, key);
+		ct_charge(was_fwd, -1);
 		return 0;
 	}
-	ct_charge(owner, (replace ? 0 : 1) + rev_new);
+	ct_recharge(was_fwd, owner);
+	ct_recharge(was_rev, owner);
 	return 1;
 }
 
