@@ -46,6 +46,20 @@ impl PolicyName {
             RuleWhat::Invalid => "invalid policy: isolates, allows nothing".into(),
             RuleWhat::HostAllowed => "the node reaches its pods".into(),
             RuleWhat::UnknownPod => "pod not known yet: denied".into(),
+            RuleWhat::Tiered {
+                action, index, name, ..
+            } => {
+                let action = match action {
+                    weir_model::policy::parse::Action::Allow => "Accept",
+                    weir_model::policy::parse::Action::Deny => "Deny",
+                    weir_model::policy::parse::Action::Pass => "Pass",
+                };
+                let list = rule.direction.name();
+                match name.is_empty() {
+                    true => format!("{list}[{index}] ({action})"),
+                    false => format!("{list}[{index}] {name:?} ({action})"),
+                }
+            }
         };
         let audit = if rule.audit { " (audit)" } else { "" };
         let (kind, namespace, name) = match &rule.policy {
@@ -156,6 +170,10 @@ fn dp_verdicts(v: &weir_model::policy::Verdicts) -> DpVerdicts {
         reference: v.reference,
         audit_action: v.audit_action,
         audit_reference: v.audit_reference,
+        admin: v.admin,
+        admin_reference: v.admin_reference,
+        baseline: v.baseline,
+        baseline_reference: v.baseline_reference,
     }
 }
 
@@ -186,6 +204,7 @@ pub fn fallback(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
                     reference: 0,
                     audit_action: weir_datapath::policy::action::DEFAULT_DENY,
                     audit_reference: 0,
+                    ..Default::default()
                 },
             );
         }

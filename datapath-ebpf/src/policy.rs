@@ -34,6 +34,17 @@ pub mod action {
     pub const DENY: u8 = sys::WEIR_PA_DENY as u8;
 }
 
+/// A ClusterNetworkPolicy tier's value (`WEIR_PT_*`): rank << RANK_SHIFT
+/// | action; the highest value over a connection's lookups decides.
+pub mod tier {
+    use crate::abi::sys;
+    pub const NONE: u32 = sys::WEIR_PT_NONE;
+    pub const ACCEPT: u32 = sys::WEIR_PT_ACCEPT;
+    pub const DENY: u32 = sys::WEIR_PT_DENY;
+    pub const PASS: u32 = sys::WEIR_PT_PASS;
+    pub const RANK_SHIFT: u32 = sys::WEIR_PT_RANK_SHIFT;
+}
+
 /// What a connection's policy verdict was (`WEIR_PV_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub enum VerdictKind {
@@ -132,13 +143,19 @@ impl Slot {
     }
 }
 
-/// The two layers of a slot (abi.h's `struct weir_policy_entry`).
+/// The layers of a slot (abi.h's `struct weir_policy_entry`): the
+/// NetworkPolicy tier's two, and ClusterNetworkPolicy's Admin and Baseline
+/// tiers (`WEIR_PT_*` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
 pub struct Verdicts {
     pub action: u8,
     pub reference: u32,
     pub audit_action: u8,
     pub audit_reference: u32,
+    pub admin: u32,
+    pub admin_reference: u32,
+    pub baseline: u32,
+    pub baseline_reference: u32,
 }
 
 impl Verdicts {
@@ -149,6 +166,10 @@ impl Verdicts {
             pad: 0,
             rule: self.reference & REF_MASK,
             audit_rule: self.audit_reference & REF_MASK,
+            admin: self.admin,
+            admin_rule: self.admin_reference & REF_MASK,
+            baseline: self.baseline,
+            baseline_rule: self.baseline_reference & REF_MASK,
         }
     }
 
@@ -158,6 +179,10 @@ impl Verdicts {
             reference: e.rule,
             audit_action: e.audit_action,
             audit_reference: e.audit_rule,
+            admin: e.admin,
+            admin_reference: e.admin_rule,
+            baseline: e.baseline,
+            baseline_reference: e.baseline_rule,
         }
     }
 }

@@ -18,7 +18,7 @@ use weir_datapath::drop::DropReason;
 use weir_datapath::events::{Event, EventKind, EventSource};
 use weir_datapath::ipcache::IpCache;
 use weir_datapath::lb::{Backend, Protocol, ServiceMaps, ServiceSpec};
-use weir_datapath::policy::{CIDR_MIN, PEER_ANY, PolicyMaps, Slot, Verdict, VerdictKind, Verdicts, action};
+use weir_datapath::policy::{CIDR_MIN, PEER_ANY, PolicyMaps, Slot, Verdict, VerdictKind, Verdicts, action, tier};
 use weir_datapath::{LoadOptions, ProgramKind};
 use weir_test_support::packet::{Flow, TCP, UDP};
 use weir_test_support::require_root;
@@ -75,8 +75,14 @@ impl Fixture {
                 reference: rule,
                 audit_action,
                 audit_reference: audit_rule,
+                ..Default::default()
             },
         );
+        self.policy.sync(&self.slots, &self.cidrs).unwrap();
+    }
+
+    fn set_verdicts(&mut self, slot: Slot, v: Verdicts) {
+        self.slots.insert(slot, v);
         self.policy.sync(&self.slots, &self.cidrs).unwrap();
     }
 
@@ -242,6 +248,104 @@ fn an_explicit_deny_beats_an_allow_and_egress_is_judged_at_the_source() {
         }
     );
     assert_eq!(drop.policy_ingress, Verdict::default());
+}
+
+/// A ClusterNetworkPolicy tier value: rank and action.
+fn tiered(rank: u32, kind: u32) -> u32 {
+    rank << tier::RANK_SHIFT | kind
+}
+
+#[test]
+fn cluster_network_policy_tiers_admin_first_then_networkpolicy_then_baseline() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("tiers");
+    let judged = |fx: &mut Fixture, sport: u16| -> (u32, Verdict) {
+        let act = fx.a_sends(&flow(POD_A, sport, POD_B, 80, TCP), SYN);
+        let kind = if act == TC_ACT_SHOT {
+            EventKind::Drop
+        } else {
+            EventKind::FlowStart
+        };
+        (act, fx.only(kind).policy_ingress)
+    };
+    let v = |kind, rule| Verdict { kind, rule };
+
+    // NetworkPolicy isolates B (default deny); a Baseline Accept of A is
+    // not consulted: NetworkPolicy decided.
+    fx.set_verdicts(
+        isolation(EP_B, DIR_INGRESS),
+        Verdicts {
+            action: action::DEFAULT_DENY,
+            reference: 1,
+            audit_action: action::DEFAULT_DENY,
+            audit_reference: 1,
+            ..Default::default()
+        },
+    );
+    fx.set_verdicts(
+        port(EP_B, DIR_INGRESS, ID_A, TCP, 0, 0),
+        Verdicts {
+            baseline: tiered(5, tier::ACCEPT),
+            baseline_reference: 2,
+            ..Default::default()
+        },
+    );
+    assert_eq!(judged(&mut fx, 40000), (TC_ACT_SHOT, v(VerdictKind::Denied, 1)));
+
+    // An Admin Accept of A's identity comes first: allowed, and named.
+    let mut by_id = Verdicts {
+        admin: tiered(9, tier::ACCEPT),
+        admin_reference: 3,
+        baseline: tiered(5, tier::ACCEPT),
+        baseline_reference: 2,
+        ..Default::default()
+    };
+    fx.set_verdicts(port(EP_B, DIR_INGRESS, ID_A, TCP, 0, 0), by_id);
+    assert_eq!(judged(&mut fx, 40001), (TC_ACT_REDIRECT, v(VerdictKind::Allow, 3)));
+
+    // An earlier Admin Deny for any peer (a higher rank, in another
+    // lookup) wins over it: the first matching rule decides.
+    fx.set_verdicts(
+        port(EP_B, DIR_INGRESS, PEER_ANY, TCP, 80, 16),
+        Verdicts {
+            admin: tiered(10, tier::DENY),
+            admin_reference: 4,
+            ..Default::default()
+        },
+    );
+    assert_eq!(judged(&mut fx, 40002), (TC_ACT_SHOT, v(VerdictKind::Deny, 4)));
+    assert_eq!(fx.drops(DropReason::PolicyDeny), 1, "an explicit deny's reason");
+
+    // That rule becomes Pass: NetworkPolicy decides again (default deny).
+    fx.set_verdicts(
+        port(EP_B, DIR_INGRESS, PEER_ANY, TCP, 80, 16),
+        Verdicts {
+            admin: tiered(10, tier::PASS),
+            admin_reference: 4,
+            action: action::DEFAULT_DENY,
+            reference: 1,
+            audit_action: action::DEFAULT_DENY,
+            audit_reference: 1,
+            ..Default::default()
+        },
+    );
+    assert_eq!(judged(&mut fx, 40003), (TC_ACT_SHOT, v(VerdictKind::Denied, 1)));
+
+    // No NetworkPolicy: the Baseline tier decides, Deny and Accept alike.
+    fx.unset(isolation(EP_B, DIR_INGRESS));
+    fx.unset(port(EP_B, DIR_INGRESS, PEER_ANY, TCP, 80, 16));
+    by_id.admin = 0;
+    fx.set_verdicts(port(EP_B, DIR_INGRESS, ID_A, TCP, 0, 0), by_id);
+    assert_eq!(judged(&mut fx, 40004), (TC_ACT_REDIRECT, v(VerdictKind::Allow, 2)));
+    by_id.baseline = tiered(5, tier::DENY);
+    fx.set_verdicts(port(EP_B, DIR_INGRESS, ID_A, TCP, 0, 0), by_id);
+    assert_eq!(judged(&mut fx, 40005), (TC_ACT_SHOT, v(VerdictKind::Deny, 2)));
+    // A Baseline Pass is no verdict at all.
+    by_id.baseline = tiered(5, tier::PASS);
+    fx.set_verdicts(port(EP_B, DIR_INGRESS, ID_A, TCP, 0, 0), by_id);
+    assert_eq!(judged(&mut fx, 40006), (TC_ACT_REDIRECT, Verdict::default()));
 }
 
 #[test]

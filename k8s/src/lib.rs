@@ -16,6 +16,7 @@ use kube::api::ApiResource;
 
 use weir_model::Kind;
 use weir_model::WeirIdentity;
+use weir_model::policy::cnp::ClusterNetworkPolicy;
 use weir_model::policy::crd::{WeirClusterNetworkPolicy, WeirNetworkPolicy};
 
 /// weir's CustomResourceDefinitions (`install/crds/`), by name.
@@ -63,6 +64,7 @@ pub fn resource(kind: Kind) -> ApiResource {
         Kind::WeirIdentity => ApiResource::erase::<WeirIdentity>(&()),
         Kind::WeirNetworkPolicy => ApiResource::erase::<WeirNetworkPolicy>(&()),
         Kind::WeirClusterNetworkPolicy => ApiResource::erase::<WeirClusterNetworkPolicy>(&()),
+        Kind::ClusterNetworkPolicy => ApiResource::erase::<ClusterNetworkPolicy>(&()),
     }
 }
 

@@ -284,6 +284,13 @@ fn wcnp(name: &str, spec: &str) -> String {
     )
 }
 
+/// A `policy.networking.k8s.io` ClusterNetworkPolicy.
+fn cnp(name: &str, tier: &str, priority: u32, spec: &str) -> String {
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: {tier}\n  priority: {priority}\n{spec}\n---\n"
+    )
+}
+
 const ALL: fn(P, P, Port) -> bool = |_, _, _| true;
 
 fn tcp(p: Port) -> bool {
@@ -575,6 +582,101 @@ fn crd_cases(s: &mut Suite) {
     s.delete(&bad);
 }
 
+/// ClusterNetworkPolicy (network-policy-api's tiers): Admin rules before
+/// NetworkPolicy, the first matching rule by priority deciding, Pass
+/// handing over; Baseline only where no NetworkPolicy isolates; egress to
+/// networks and port ranges.
+fn cluster_network_policy_cases(s: &mut Suite) {
+    // Priority 1 passes y's traffic to x on; priority 10 denies everything
+    // else to x; x's NetworkPolicy then allows y on TCP 80 only.
+    let pass = cnp(
+        "x-pass-y",
+        "Admin",
+        1,
+        "  subject: {namespaces: {matchLabels: {ns: x}}}\n  ingress: [{name: hand-y-over, action: Pass, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
+    );
+    let deny = cnp(
+        "x-deny-all",
+        "Admin",
+        10,
+        "  subject: {namespaces: {matchLabels: {ns: x}}}\n  ingress: [{name: everyone, action: Deny, from: [{namespaces: {}}]}]",
+    );
+    let allow_y = np(
+        "allow-y-80",
+        "x",
+        "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 80}]}]",
+    );
+    let both = format!("{pass}{deny}{allow_y}");
+    s.apply(&both);
+    s.check(
+        "Admin: Pass by priority 1, then NetworkPolicy; Deny by priority 10 for the rest",
+        Box::new(|a, d, p| d.ns != "x" || (a.ns == "y" && p.port == 80 && tcp(p))),
+    );
+    // The same deny at priority 0 comes before the pass.
+    let first = cnp(
+        "x-deny-all",
+        "Admin",
+        0,
+        "  subject: {namespaces: {matchLabels: {ns: x}}}\n  ingress: [{name: everyone, action: Deny, from: [{namespaces: {}}]}]",
+    );
+    s.apply(&first);
+    s.check(
+        "Admin: a lower priority number is judged first",
+        Box::new(|_, d, _| d.ns != "x"),
+    );
+    s.delete(&both);
+
+    // Baseline denies z everywhere, but y's NetworkPolicy (allowing every
+    // namespace) decides for y.
+    let baseline = cnp(
+        "no-z",
+        "Baseline",
+        5,
+        "  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}]}]",
+    );
+    let open_y = np(
+        "open-y",
+        "y",
+        "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {}}]}]",
+    );
+    let both = format!("{baseline}{open_y}");
+    s.apply(&both);
+    s.check(
+        "Baseline: only where no NetworkPolicy isolates",
+        Box::new(|a, d, _| d.ns == "y" || a.ns != "z"),
+    );
+    s.delete(&both);
+
+    // Egress: x may not reach y/a's address; y's pods may not send UDP
+    // 80-81 to z (ranges); an IPv6 network names nothing here.
+    let ya = s.lab.pod_ip("y/a");
+    let egress = cnp(
+        "egress",
+        "Admin",
+        20,
+        &format!(
+            "  subject: {{namespaces: {{matchLabels: {{ns: x}}}}}}\n  egress: [{{action: Deny, to: [{{networks: [{ya}/32, \"fd00::/64\"]}}]}}]"
+        ),
+    );
+    let udp = cnp(
+        "y-no-udp-to-z",
+        "Admin",
+        21,
+        "  subject: {pods: {namespaceSelector: {matchLabels: {ns: y}}, podSelector: {}}}\n  egress: [{action: Deny, to: [{namespaces: {matchLabels: {ns: z}}}], protocols: [{udp: {destinationPort: {range: {start: 80, end: 81}}}}]}]",
+    );
+    let both = format!("{egress}{udp}");
+    s.apply(&both);
+    s.check(
+        "Admin egress: networks, pods subject, UDP port range",
+        Box::new(|a, d, p| {
+            let x_to_ya = a.ns == "x" && d.key() == "y/a";
+            let y_udp_to_z = a.ns == "y" && d.ns == "z" && p.proto == "UDP";
+            !x_to_ya && !y_udp_to_z
+        }),
+    );
+    s.delete(&both);
+}
+
 /// The node reaches its own pods whatever isolates them (Kubernetes
 /// requires it for probes); a NodePort client is judged as reaching the
 /// backend pod, by its own address.
@@ -631,6 +733,13 @@ fn suite(routing: &'static str, control_plane: &str) {
     node_and_nodeport_cases(&mut s);
     networkpolicy_cases(&mut s);
     crd_cases(&mut s);
+    // On a real API server ClusterNetworkPolicy needs upstream's CRD:
+    // `scripts/conformance.sh --suite policy-api` installs it and runs
+    // upstream's own suite there.
+    let cnp = control_plane == "standalone";
+    if cnp {
+        cluster_network_policy_cases(&mut s);
+    }
     // Policy drops are named in flows, and both CLIs' DROPPED filter shows
     // them.
     let drops = s.observe(
@@ -643,6 +752,12 @@ fn suite(routing: &'static str, control_plane: &str) {
                 .as_str()
                 .is_some_and(|p| p.contains("denied by NetworkPolicy"))),
         "policy drops named in weir observe: {drops:#?}"
+    );
+    assert!(
+        !cnp || drops.iter().any(|f| f["policy"]
+            .as_str()
+            .is_some_and(|p| p.contains("ClusterNetworkPolicy x-deny-all ingress[0] \"everyone\" (Deny)"))),
+        "a ClusterNetworkPolicy drop names the policy and its rule: {drops:#?}"
     );
     if let Some(hubble) = weir_test_support::tool("hubble") {
         let drops = s.observe(&hubble, &["--verdict", "DROPPED", "--last", "5000"]);

@@ -9,6 +9,7 @@
 //! decides the type before the typed pass.
 
 use crate::identity::WeirIdentity;
+use crate::policy::cnp::ClusterNetworkPolicy;
 use crate::policy::crd::{WeirClusterNetworkPolicy, WeirNetworkPolicy};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -53,10 +54,11 @@ pub enum Kind {
     WeirIdentity,
     WeirNetworkPolicy,
     WeirClusterNetworkPolicy,
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -67,6 +69,7 @@ impl Kind {
         Kind::WeirIdentity,
         Kind::WeirNetworkPolicy,
         Kind::WeirClusterNetworkPolicy,
+        Kind::ClusterNetworkPolicy,
     ];
 
     /// Parse a kind the way kubectl does: singular, plural, short name, any case.
@@ -82,6 +85,7 @@ impl Kind {
             "weiridentity" | "weiridentities" => Kind::WeirIdentity,
             "weirnetworkpolicy" | "weirnetworkpolicies" | "wnp" => Kind::WeirNetworkPolicy,
             "weirclusternetworkpolicy" | "weirclusternetworkpolicies" | "wcnp" => Kind::WeirClusterNetworkPolicy,
+            "clusternetworkpolicy" | "clusternetworkpolicies" | "cnp" => Kind::ClusterNetworkPolicy,
             _ => return None,
         })
     }
@@ -99,6 +103,7 @@ impl Kind {
             Kind::WeirIdentity => "WeirIdentity",
             Kind::WeirNetworkPolicy => "WeirNetworkPolicy",
             Kind::WeirClusterNetworkPolicy => "WeirClusterNetworkPolicy",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
 
@@ -110,7 +115,11 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::Namespace | Kind::Node | Kind::WeirIdentity | Kind::WeirClusterNetworkPolicy
+            Kind::Namespace
+                | Kind::Node
+                | Kind::WeirIdentity
+                | Kind::WeirClusterNetworkPolicy
+                | Kind::ClusterNetworkPolicy
         )
     }
 }
@@ -132,6 +141,7 @@ pub enum Object {
     WeirIdentity(WeirIdentity),
     WeirNetworkPolicy(WeirNetworkPolicy),
     WeirClusterNetworkPolicy(WeirClusterNetworkPolicy),
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 impl Object {
@@ -147,6 +157,7 @@ impl Object {
             Object::WeirIdentity(_) => Kind::WeirIdentity,
             Object::WeirNetworkPolicy(_) => Kind::WeirNetworkPolicy,
             Object::WeirClusterNetworkPolicy(_) => Kind::WeirClusterNetworkPolicy,
+            Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
         }
     }
 
@@ -162,6 +173,7 @@ impl Object {
             Object::WeirIdentity(o) => &o.metadata,
             Object::WeirNetworkPolicy(o) => &o.metadata,
             Object::WeirClusterNetworkPolicy(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -177,6 +189,7 @@ impl Object {
             Object::WeirIdentity(o) => &mut o.metadata,
             Object::WeirNetworkPolicy(o) => &mut o.metadata,
             Object::WeirClusterNetworkPolicy(o) => &mut o.metadata,
+            Object::ClusterNetworkPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -214,6 +227,7 @@ impl Object {
             Object::WeirIdentity(o) => j(o),
             Object::WeirNetworkPolicy(o) => j(o),
             Object::WeirClusterNetworkPolicy(o) => j(o),
+            Object::ClusterNetworkPolicy(o) => j(o),
         }
     }
 
@@ -237,6 +251,7 @@ impl Object {
             Kind::WeirIdentity => Object::WeirIdentity(de(value)?),
             Kind::WeirNetworkPolicy => Object::WeirNetworkPolicy(de(value)?),
             Kind::WeirClusterNetworkPolicy => Object::WeirClusterNetworkPolicy(de(value)?),
+            Kind::ClusterNetworkPolicy => Object::ClusterNetworkPolicy(de(value)?),
         })
     }
 }

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::identity::{IdentityKey, WeirIdentity};
 use crate::object::{Kind, Object, parse_each};
 use crate::policy::PolicyId;
+use crate::policy::cnp::ClusterNetworkPolicy;
 use crate::policy::crd::{WeirClusterNetworkPolicy, WeirNetworkPolicy};
 
 /// namespace ("" for cluster-scoped objects) and name.
@@ -65,6 +66,7 @@ pub struct ClusterState {
     pub identities: BTreeMap<ObjectKey, Arc<WeirIdentity>>,
     pub weir_network_policies: BTreeMap<ObjectKey, Arc<WeirNetworkPolicy>>,
     pub weir_cluster_network_policies: BTreeMap<ObjectKey, Arc<WeirClusterNetworkPolicy>>,
+    pub cluster_network_policies: BTreeMap<ObjectKey, Arc<ClusterNetworkPolicy>>,
     /// Policies the source holds but could not read into their types (an
     /// API server whose schema let through what these types do not
     /// accept). They stay in the model as reasons, so the policy compiler
@@ -115,6 +117,9 @@ impl ClusterState {
             Object::WeirClusterNetworkPolicy(o) => {
                 self.weir_cluster_network_policies.insert(key, Arc::new(o));
             }
+            Object::ClusterNetworkPolicy(o) => {
+                self.cluster_network_policies.insert(key, Arc::new(o));
+            }
             Object::Deployment(_) => {}
         }
     }
@@ -130,6 +135,7 @@ impl ClusterState {
             Kind::NetworkPolicy => self.network_policies.remove(key).is_some(),
             Kind::WeirNetworkPolicy => self.weir_network_policies.remove(key).is_some(),
             Kind::WeirClusterNetworkPolicy => self.weir_cluster_network_policies.remove(key).is_some(),
+            Kind::ClusterNetworkPolicy => self.cluster_network_policies.remove(key).is_some(),
             Kind::Deployment => false,
             Kind::WeirIdentity => {
                 let Some(gone) = self.identities.remove(key) else {
@@ -166,6 +172,7 @@ impl ClusterState {
             Kind::NetworkPolicy => self.network_policies.clear(),
             Kind::WeirNetworkPolicy => self.weir_network_policies.clear(),
             Kind::WeirClusterNetworkPolicy => self.weir_cluster_network_policies.clear(),
+            Kind::ClusterNetworkPolicy => self.cluster_network_policies.clear(),
             Kind::Deployment => {}
             Kind::WeirIdentity => {
                 self.identities.clear();

@@ -76,6 +76,7 @@ fn policy_kind(kind: Kind) -> Option<PolicyKind> {
         Kind::NetworkPolicy => PolicyKind::NetworkPolicy,
         Kind::WeirNetworkPolicy => PolicyKind::WeirNetworkPolicy,
         Kind::WeirClusterNetworkPolicy => PolicyKind::WeirClusterNetworkPolicy,
+        Kind::ClusterNetworkPolicy => PolicyKind::ClusterNetworkPolicy,
         _ => return None,
     })
 }
@@ -268,6 +269,7 @@ fn existing(state: &ClusterState, kind: Kind, key: &ObjectKey) -> Option<Object>
         Kind::WeirClusterNetworkPolicy => {
             Object::WeirClusterNetworkPolicy(c(&state.weir_cluster_network_policies, key)?)
         }
+        Kind::ClusterNetworkPolicy => Object::ClusterNetworkPolicy(c(&state.cluster_network_policies, key)?),
         Kind::Deployment => return None,
     })
 }

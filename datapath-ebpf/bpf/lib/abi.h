@@ -477,16 +477,34 @@ struct weir_policy_key {
 #define WEIR_PA_ALLOW 2
 #define WEIR_PA_DENY 3
 
-/* Two layers: what is enforced, and what would be with the audit-mode
- * policies enforced too. A connection the second denies and the first
- * does not is forwarded as an audit verdict. */
+/* The NetworkPolicy tier's two layers: what is enforced, and what would
+ * be with the audit-mode policies enforced too. A connection the second
+ * denies and the first does not is forwarded as an audit verdict.
+ * ClusterNetworkPolicy's tiers are two more: Admin, judged before them,
+ * and Baseline, judged after them where they decide nothing. */
 struct weir_policy_entry {
 	__u8 action;       /* WEIR_PA_* enforced */
 	__u8 audit_action; /* WEIR_PA_* with audit-mode policies too */
 	__u16 pad;
 	__u32 rule;        /* the deciding rule of each layer (the agent numbers them) */
 	__u32 audit_rule;
+	__u32 admin;       /* WEIR_PT_*: the tier's first rule covering the slot */
+	__u32 admin_rule;
+	__u32 baseline;
+	__u32 baseline_rule;
 };
+
+/* A tier layer's value: the rule's rank << WEIR_PT_RANK_SHIFT | its
+ * action. Ranks count down from the tier's first rule (lowest priority
+ * first), so the highest value of the lookups is the first rule that
+ * matches, which decides: Accept and Deny for good, Pass to the next
+ * tier. 0: no rule of the tier matches. */
+#define WEIR_PT_NONE 0
+#define WEIR_PT_ACCEPT 1
+#define WEIR_PT_DENY 2
+#define WEIR_PT_PASS 3
+#define WEIR_PT_KIND_MASK 3
+#define WEIR_PT_RANK_SHIFT 2
 
 /* A verdict in one u32, as conntrack entries and events keep it:
  * WEIR_PV_* << WEIR_PV_SHIFT | the deciding rule's reference. */

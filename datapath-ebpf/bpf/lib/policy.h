@@ -65,15 +65,34 @@ static __always_inline __u32 policy_revision(void)
 	return rev ? *rev : 0;
 }
 
-/* The higher-precedence action of each layer wins, with its rule. */
-static __always_inline void policy_take(const struct weir_policy_entry *e, __u32 *best)
+/* The best of each layer over a connection's lookups (policy_take). */
+struct policy_best {
+	__u32 np;        /* WEIR_PA_* << WEIR_PV_SHIFT | rule */
+	__u32 audit;     /* the same, audit-mode policies counted */
+	__u32 admin;     /* WEIR_PT_* (rank and action) */
+	__u32 admin_rule;
+	__u32 baseline;
+	__u32 baseline_rule;
+};
+
+/* The higher-precedence action of each layer wins, with its rule; in a
+ * tier, the higher rank (the earlier rule). */
+static __always_inline void policy_take(const struct weir_policy_entry *e, struct policy_best *b)
 {
 	if (!e)
 		return;
-	if (e->action > (best[0] >> WEIR_PV_SHIFT))
-		best[0] = ((__u32)e->action << WEIR_PV_SHIFT) | (e->rule & WEIR_PV_REF_MASK);
-	if (e->audit_action > (best[1] >> WEIR_PV_SHIFT))
-		best[1] = ((__u32)e->audit_action << WEIR_PV_SHIFT) | (e->audit_rule & WEIR_PV_REF_MASK);
+	if (e->action > (b->np >> WEIR_PV_SHIFT))
+		b->np = ((__u32)e->action << WEIR_PV_SHIFT) | (e->rule & WEIR_PV_REF_MASK);
+	if (e->audit_action > (b->audit >> WEIR_PV_SHIFT))
+		b->audit = ((__u32)e->audit_action << WEIR_PV_SHIFT) | (e->audit_rule & WEIR_PV_REF_MASK);
+	if (e->admin > b->admin) {
+		b->admin = e->admin;
+		b->admin_rule = e->admin_rule & WEIR_PV_REF_MASK;
+	}
+	if (e->baseline > b->baseline) {
+		b->baseline = e->baseline;
+		b->baseline_rule = e->baseline_rule & WEIR_PV_REF_MASK;
+	}
 }
 
 /* The verdict (WEIR_PV_* << WEIR_PV_SHIFT | ref) of local endpoint
@@ -81,7 +100,14 @@ static __always_inline void policy_take(const struct weir_policy_entry *e, __u32
  * (protocol | destination port in network order << 16). `peer_id`, when
  * not 0, is the peer's identity already known (the node itself), else
  * the ipcache's, WORLD when it has none. Not inlined: called from several
- * places of one program, and its keys must not add to their stacks. */
+ * places of one program, and its keys must not add to their stacks.
+ *
+ * The tiers in order: ClusterNetworkPolicy's Admin tier (its first
+ * matching rule: Accept allows, Deny drops, Pass goes on), NetworkPolicy
+ * (weir's kinds with it: an explicit deny, an isolated endpoint's default
+ * deny, an allow), and where that decides nothing the Baseline tier. Audit
+ * verdicts come from the NetworkPolicy tier only, and never change what is
+ * enforced. */
 static __noinline __u32 policy_judge(__u32 endpoint_id, __u32 direction, __be32 peer, __u32 l4, __u32 peer_id)
 {
 	/* One key's room for both kinds of key: this frame adds to the
@@ -91,8 +117,8 @@ static __noinline __u32 policy_judge(__u32 endpoint_id, __u32 direction, __be32 
 		struct weir_policy_key k;
 	} u = {};
 	struct weir_ipcache_entry *ic;
-	__u32 best[2] = {};
-	__u32 *cidr, cidr_id = 0;
+	struct policy_best best = {};
+	__u32 *cidr, cidr_id = 0, tier;
 	__u8 a;
 
 	u.rk.prefixlen = 64;
@@ -113,23 +139,33 @@ static __noinline __u32 policy_judge(__u32 endpoint_id, __u32 direction, __be32 
 	u.k.proto = l4 & 0xff;
 	u.k.dport = l4 >> 16;
 	u.k.peer = peer_id;
-	policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), best);
+	policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), &best);
 	if (cidr_id) {
 		u.k.peer = cidr_id;
-		policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), best);
+		policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), &best);
 	}
 	u.k.peer = WEIR_POLICY_PEER_ANY;
-	policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), best);
+	policy_take(bpf_map_lookup_elem(&weir_policy, &u.k), &best);
 
-	a = best[0] >> WEIR_PV_SHIFT;
+	tier = best.admin & WEIR_PT_KIND_MASK;
+	if (tier == WEIR_PT_ACCEPT)
+		return (WEIR_PV_ALLOW << WEIR_PV_SHIFT) | best.admin_rule;
+	if (tier == WEIR_PT_DENY)
+		return (WEIR_PV_DENY << WEIR_PV_SHIFT) | best.admin_rule;
+	a = best.np >> WEIR_PV_SHIFT;
 	if (a == WEIR_PA_DENY)
-		return (WEIR_PV_DENY << WEIR_PV_SHIFT) | (best[0] & WEIR_PV_REF_MASK);
+		return (WEIR_PV_DENY << WEIR_PV_SHIFT) | (best.np & WEIR_PV_REF_MASK);
 	if (a == WEIR_PA_DEFAULT_DENY)
-		return (WEIR_PV_DENIED << WEIR_PV_SHIFT) | (best[0] & WEIR_PV_REF_MASK);
-	if ((best[1] >> WEIR_PV_SHIFT) == WEIR_PA_DENY || (best[1] >> WEIR_PV_SHIFT) == WEIR_PA_DEFAULT_DENY)
-		return (WEIR_PV_AUDIT << WEIR_PV_SHIFT) | (best[1] & WEIR_PV_REF_MASK);
+		return (WEIR_PV_DENIED << WEIR_PV_SHIFT) | (best.np & WEIR_PV_REF_MASK);
+	tier = best.baseline & WEIR_PT_KIND_MASK;
+	if (a == WEIR_PA_NONE && tier == WEIR_PT_DENY)
+		return (WEIR_PV_DENY << WEIR_PV_SHIFT) | best.baseline_rule;
+	if ((best.audit >> WEIR_PV_SHIFT) == WEIR_PA_DENY || (best.audit >> WEIR_PV_SHIFT) == WEIR_PA_DEFAULT_DENY)
+		return (WEIR_PV_AUDIT << WEIR_PV_SHIFT) | (best.audit & WEIR_PV_REF_MASK);
 	if (a == WEIR_PA_ALLOW)
-		return (WEIR_PV_ALLOW << WEIR_PV_SHIFT) | (best[0] & WEIR_PV_REF_MASK);
+		return (WEIR_PV_ALLOW << WEIR_PV_SHIFT) | (best.np & WEIR_PV_REF_MASK);
+	if (tier == WEIR_PT_ACCEPT)
+		return (WEIR_PV_ALLOW << WEIR_PV_SHIFT) | best.baseline_rule;
 	return WEIR_PV_NONE;
 }
 

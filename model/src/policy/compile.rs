@@ -11,14 +11,20 @@
 //!   cover it: deny beats allow, whatever their specificity;
 //! - the "any peer" table also holds the default deny of an isolated
 //!   endpoint, as its least specific entry, folded into its port ranges;
-//! - the audit layer is the same with audit-mode policies counted too.
+//! - the audit layer is the same with audit-mode policies counted too;
+//! - ClusterNetworkPolicy's two tiers are two more layers, each holding
+//!   the first of its rules that covers the slot (see [`tier`]): the
+//!   datapath judges the Admin layer first, then NetworkPolicy's, then
+//!   the Baseline layer.
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::parse::{Action, Direction, Entity, L4, MatchType, Namespaces, Peer, PolicyId, PortSpec, Protocol};
+use super::parse::{
+    Action, Direction, Entity, L4, MatchType, Namespaces, Peer, PolicyId, PortSpec, Protocol, Tier, Tiered,
+};
 use super::{Numbering, Policy, Rejected};
 use crate::identity::{self, IdentityKey};
 use crate::selector::selector_matches;
@@ -39,6 +45,25 @@ pub mod action {
     pub const DEFAULT_DENY: u8 = 1;
     pub const ALLOW: u8 = 2;
     pub const DENY: u8 = 3;
+}
+
+/// A tier layer's value (abi.h `WEIR_PT_*`): the rule's rank above two
+/// bits of its action. Ranks count down from the first rule judged (the
+/// lowest priority, then the name, then the rule's position), so the
+/// highest value among the rules that match a connection, which is what
+/// the datapath takes over its lookups as for actions, is the first rule
+/// of the tier that matches: ClusterNetworkPolicy's semantics.
+pub mod tier {
+    pub const NONE: u32 = 0;
+    pub const ACCEPT: u32 = 1;
+    pub const DENY: u32 = 2;
+    pub const PASS: u32 = 3;
+    pub const KIND_MASK: u32 = 3;
+    pub const RANK_SHIFT: u32 = 2;
+    /// Rank room per policy: rules of one direction are at most 25.
+    pub const RULES_PER_POLICY: u32 = 64;
+    /// Ranks stay below 2^30, so value = rank << 2 fits a u32.
+    pub const RANK_MAX: u32 = (1 << 30) - 1;
 }
 
 /// One slot of a table (the datapath crate's `policy::Slot`, field for
@@ -63,6 +88,12 @@ pub struct Verdicts {
     pub reference: u32,
     pub audit_action: u8,
     pub audit_reference: u32,
+    /// The Admin tier's first matching rule ([`tier`]), 0 for none.
+    pub admin: u32,
+    pub admin_reference: u32,
+    /// The Baseline tier's.
+    pub baseline: u32,
+    pub baseline_reference: u32,
 }
 
 /// What a rule reference names, for flows and metrics.
@@ -89,6 +120,14 @@ pub enum RuleWhat {
     Invalid,
     /// The node reaching its own pods, which Kubernetes requires.
     HostAllowed,
+    /// Rule `index` of a ClusterNetworkPolicy's `ingress` or `egress`
+    /// (Accept is [`Action::Allow`]), with its `name`.
+    Tiered {
+        action: Action,
+        index: usize,
+        match_type: MatchType,
+        name: String,
+    },
     /// The endpoint's pod is not in the cluster state yet while policies
     /// of its namespace exist: denied until it is known.
     UnknownPod,
@@ -97,7 +136,9 @@ pub enum RuleWhat {
 impl RuleWhat {
     pub fn match_type(&self) -> MatchType {
         match self {
-            RuleWhat::Allow { match_type, .. } | RuleWhat::Deny { match_type, .. } => *match_type,
+            RuleWhat::Allow { match_type, .. }
+            | RuleWhat::Deny { match_type, .. }
+            | RuleWhat::Tiered { match_type, .. } => *match_type,
             RuleWhat::HostAllowed => MatchType::L3Only,
             _ => MatchType::None,
         }
@@ -149,16 +190,28 @@ impl Default for Numbers {
     }
 }
 
-/// One contribution to a table: a port range of a protocol, an action,
-/// its reference and whether only the audit layer counts it.
+/// Which layers a [`Part`] counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    /// Enforced and audit (an enforced NetworkPolicy-tier rule).
+    Enforced,
+    /// An audit-mode policy's rule.
+    AuditOnly,
+    Admin,
+    Baseline,
+}
+
+/// One contribution to a table: a port range of a protocol, an action
+/// (`action::*`, or a [`tier`] value in the tier layers), its reference
+/// and its layer.
 #[derive(Debug, Clone, Copy)]
 struct Part {
     proto: u8,
     lo: u16,
     hi: u16,
-    action: u8,
+    action: u32,
     reference: u32,
-    audit_only: bool,
+    layer: Layer,
 }
 
 /// The labels a namespace is selected by: its own and the name label
@@ -291,13 +344,15 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 fn segments(parts: &[Part], default: (Verdicts, bool, bool)) -> Vec<(u16, u16, Verdicts)> {
     #[derive(Default)]
     struct Active {
-        // action -> reference -> count, per layer
-        enforced: BTreeMap<(u8, u32), usize>,
-        audit: BTreeMap<(u8, u32), usize>,
+        // (action, reference) -> count, per layer
+        enforced: BTreeMap<(u32, u32), usize>,
+        audit: BTreeMap<(u32, u32), usize>,
+        admin: BTreeMap<(u32, u32), usize>,
+        baseline: BTreeMap<(u32, u32), usize>,
     }
-    fn best(m: &BTreeMap<(u8, u32), usize>) -> (u8, u32) {
+    fn best(m: &BTreeMap<(u32, u32), usize>) -> (u32, u32) {
         // Highest action, then lowest reference.
-        let mut out = (action::NONE, 0);
+        let mut out = (0, 0);
         for (a, r) in m.keys() {
             if *a > out.0 || (*a == out.0 && *r < out.1) {
                 out = (*a, *r);
@@ -316,10 +371,11 @@ fn segments(parts: &[Part], default: (Verdicts, bool, bool)) -> Vec<(u16, u16, V
     let keys: Vec<u32> = points.keys().copied().collect();
     for (i, at) in keys.iter().enumerate() {
         for (start, p) in &points[at] {
-            let layers: &mut [&mut BTreeMap<(u8, u32), usize>] = if p.audit_only {
-                &mut [&mut act.audit]
-            } else {
-                &mut [&mut act.enforced, &mut act.audit]
+            let layers: &mut [&mut BTreeMap<(u32, u32), usize>] = match p.layer {
+                Layer::AuditOnly => &mut [&mut act.audit],
+                Layer::Enforced => &mut [&mut act.enforced, &mut act.audit],
+                Layer::Admin => &mut [&mut act.admin],
+                Layer::Baseline => &mut [&mut act.baseline],
             };
             for m in layers.iter_mut() {
                 let k = (p.action, p.reference);
@@ -334,22 +390,30 @@ fn segments(parts: &[Part], default: (Verdicts, bool, bool)) -> Vec<(u16, u16, V
             }
         }
         let Some(next) = keys.get(i + 1) else { break };
-        if act.enforced.is_empty() && act.audit.is_empty() {
+        if act.enforced.is_empty() && act.audit.is_empty() && act.admin.is_empty() && act.baseline.is_empty() {
             continue;
         }
-        let (mut a, mut r) = best(&act.enforced);
+        let (a, r) = best(&act.enforced);
+        let (mut a, mut r) = (a as u8, r);
         if a == action::NONE && iso_e {
             (a, r) = (dflt.action, dflt.reference);
         }
-        let (mut aa, mut ar) = best(&act.audit);
+        let (aa, ar) = best(&act.audit);
+        let (mut aa, mut ar) = (aa as u8, ar);
         if aa == action::NONE && iso_a {
             (aa, ar) = (dflt.audit_action, dflt.audit_reference);
         }
+        let (admin, admin_reference) = best(&act.admin);
+        let (baseline, baseline_reference) = best(&act.baseline);
         let v = Verdicts {
             action: a,
             reference: r,
             audit_action: aa,
             audit_reference: ar,
+            admin,
+            admin_reference,
+            baseline,
+            baseline_reference,
         };
         let (lo, hi) = (*at as u16, (*next - 1) as u16);
         match out.last_mut() {
@@ -383,6 +447,8 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
     }
     let mut used_rules: BTreeSet<RuleRef> = BTreeSet::new();
     let mut used_cidrs: BTreeSet<Ipv4Net> = BTreeSet::new();
+
+    let ranks = tier_ranks(&policies, &rejected);
 
     // Which policies select which endpoint.
     struct Selected<'a> {
@@ -468,6 +534,7 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                             reference: r,
                             audit_action: action::DEFAULT_DENY,
                             audit_reference: r,
+                            ..Default::default()
                         },
                     );
                     info.isolated[d.index()] = true;
@@ -495,7 +562,7 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                     dflt.audit_reference = r;
                 }
             };
-            for r in &s.invalid {
+            for r in s.invalid.iter().filter(|r| r.tier.is_none()) {
                 if r.isolates[d.index()] {
                     iso_e = true;
                     iso_a = true;
@@ -526,14 +593,45 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
 
             // Every rule's parts, by peer class.
             let mut tables: BTreeMap<u32, Vec<Part>> = BTreeMap::new();
+            // A rejected tiered policy: a deny of everything, at its place.
+            for r in &s.invalid {
+                let (Some(t), true) = (r.tier, r.isolates[d.index()]) else {
+                    continue;
+                };
+                let rr = RuleRef {
+                    policy: Some(r.id.clone()),
+                    direction: d,
+                    what: RuleWhat::Invalid,
+                    audit: false,
+                };
+                let reference = numbers.rules.id(rr.clone());
+                used_rules.insert(rr);
+                let rank = ranks.get(&r.id).copied().unwrap_or(0);
+                for (proto, lo, hi) in ranges(&L4::All, &[]) {
+                    tables.entry(PEER_ANY).or_default().push(Part {
+                        proto,
+                        lo,
+                        hi,
+                        action: rank << tier::RANK_SHIFT | tier::DENY,
+                        reference,
+                        layer: tier_layer(t.tier),
+                    });
+                }
+            }
             for p in &s.valid {
                 for rule in p.rules.iter().filter(|r| r.direction == d) {
-                    let what = match rule.action {
-                        Action::Allow => RuleWhat::Allow {
+                    let what = match (p.tier, rule.action) {
+                        (Some(_), action) => RuleWhat::Tiered {
+                            action,
+                            index: rule.index,
+                            match_type: rule.match_type(),
+                            name: rule.name.clone(),
+                        },
+                        (None, Action::Deny) => RuleWhat::Deny {
                             index: rule.index,
                             match_type: rule.match_type(),
                         },
-                        Action::Deny => RuleWhat::Deny {
+                        (None, _) => RuleWhat::Allow {
                             index: rule.index,
                             match_type: rule.match_type(),
                         },
@@ -546,11 +644,20 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                     };
                     let reference = numbers.rules.id(rr.clone());
                     used_rules.insert(rr);
-                    let act = if rule.action == Action::Deny {
-                        action::DENY
-                    } else {
-                        action::ALLOW
+                    let (act, layer) = match p.tier {
+                        Some(t) => {
+                            let rank = ranks.get(&p.id).copied().unwrap_or(0).saturating_sub(rule.index as u32);
+                            let kind = match rule.action {
+                                Action::Allow => tier::ACCEPT,
+                                Action::Deny => tier::DENY,
+                                Action::Pass => tier::PASS,
+                            };
+                            (rank << tier::RANK_SHIFT | kind, tier_layer(t.tier))
+                        }
+                        None if rule.action == Action::Deny => (u32::from(action::DENY), Layer::Enforced),
+                        None => (u32::from(action::ALLOW), Layer::Enforced),
                     };
+                    let layer = if p.audit { Layer::AuditOnly } else { layer };
                     for peer in &rule.peers {
                         if let Peer::Cidr { net, except } = peer {
                             used_cidrs.insert(*net);
@@ -572,7 +679,7 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                                         hi,
                                         action: act,
                                         reference,
-                                        audit_only: p.audit,
+                                        layer,
                                     });
                                 }
                             }
@@ -596,9 +703,9 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                         proto,
                         lo,
                         hi,
-                        action: action::ALLOW,
+                        action: u32::from(action::ALLOW),
                         reference,
-                        audit_only: false,
+                        layer: Layer::Enforced,
                     });
                 }
             }
@@ -610,6 +717,7 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                         reference: if iso_e { dflt.reference } else { 0 },
                         audit_action: dflt.audit_action,
                         audit_reference: dflt.audit_reference,
+                        ..Default::default()
                     },
                 );
             }
@@ -649,6 +757,36 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
     out.rules = numbers.rules.iter().map(|(r, id)| (id, r.clone())).collect();
     out.cidrs = u.prefixes.iter().map(|p| (*p, numbers.cidrs.id(*p))).collect();
     out
+}
+
+fn tier_layer(t: Tier) -> Layer {
+    match t {
+        Tier::Admin => Layer::Admin,
+        Tier::Baseline => Layer::Baseline,
+    }
+}
+
+/// The rank of each tiered policy's first rule ([`tier`]): policies in
+/// judging order (tier, priority, then name: upstream leaves ties to the
+/// implementation, and a name is stable), the first with the highest.
+fn tier_ranks(policies: &[Policy], rejected: &[Rejected]) -> BTreeMap<PolicyId, u32> {
+    let mut order: Vec<(Tiered, &PolicyId)> = policies
+        .iter()
+        .filter_map(|p| p.tier.map(|t| (t, &p.id)))
+        .chain(rejected.iter().filter_map(|r| r.tier.map(|t| (t, &r.id))))
+        .collect();
+    order.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+    let n = order.len() as u32;
+    order
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, id))| {
+            let rank = (n - i as u32)
+                .saturating_mul(tier::RULES_PER_POLICY)
+                .min(tier::RANK_MAX);
+            (id.clone(), rank)
+        })
+        .collect()
 }
 
 fn isolation_slot(endpoint_id: u32, d: Direction) -> Slot {
@@ -735,6 +873,7 @@ impl Compiled {
             .map(|(_, id)| *id);
         let mut e = (action::NONE, 0);
         let mut a = (action::NONE, 0);
+        let (mut admin, mut baseline) = ((tier::NONE, 0), (tier::NONE, 0));
         for class in [Some(peer), cidr, Some(PEER_ANY)].into_iter().flatten() {
             if let Some(v) = lookup(class) {
                 if v.action > e.0 {
@@ -743,13 +882,27 @@ impl Compiled {
                 if v.audit_action > a.0 {
                     a = (v.audit_action, v.audit_reference);
                 }
+                if v.admin > admin.0 {
+                    admin = (v.admin, v.admin_reference);
+                }
+                if v.baseline > baseline.0 {
+                    baseline = (v.baseline, v.baseline_reference);
+                }
             }
         }
+        match admin.0 & tier::KIND_MASK {
+            tier::ACCEPT => return (Judged::Allow, admin.1),
+            tier::DENY => return (Judged::Deny, admin.1),
+            _ => {}
+        }
+        let baseline_kind = baseline.0 & tier::KIND_MASK;
         match (e.0, a.0) {
             (action::DENY, _) => (Judged::Deny, e.1),
             (action::DEFAULT_DENY, _) => (Judged::Denied, e.1),
+            (action::NONE, _) if baseline_kind == tier::DENY => (Judged::Deny, baseline.1),
             (_, action::DENY | action::DEFAULT_DENY) => (Judged::Audit, a.1),
             (action::ALLOW, _) => (Judged::Allow, e.1),
+            _ if baseline_kind == tier::ACCEPT => (Judged::Allow, baseline.1),
             _ => (Judged::None, 0),
         }
     }
@@ -837,6 +990,140 @@ spec: {namespace: b, labels: {app: client}}
     }
 
     use Direction::{Egress, Ingress};
+
+    fn cnp(name: &str, tier: &str, priority: i32, rest: &str) -> String {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: {tier}\n  priority: {priority}\n{rest}\n---\n"
+        )
+    }
+
+    #[test]
+    fn cluster_network_policy_tiers_in_order_first_rule_decides() {
+        let subject = "  subject: {namespaces: {matchLabels: {team: a}}}\n";
+        // Admin: priority 5 passes b's traffic on port 80, priority 10
+        // denies all of b's; NetworkPolicy allows b on 80 and 81; Baseline
+        // denies everything from b.
+        let pass = cnp(
+            "pass-80",
+            "Admin",
+            5,
+            &format!(
+                "{subject}  ingress:\n  - {{name: web, action: Pass, from: [{{namespaces: {{matchLabels: {{team: b}}}}}}], protocols: [{{tcp: {{destinationPort: {{number: 80}}}}}}]}}"
+            ),
+        );
+        let deny = cnp(
+            "deny-b",
+            "Admin",
+            10,
+            &format!("{subject}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{matchLabels: {{team: b}}}}}}]}}"),
+        );
+        let np = "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: web, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{ports: [{port: 80}, {port: 81}]}]\n---\n";
+        let baseline = cnp(
+            "default",
+            "Baseline",
+            1,
+            &format!("{subject}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{}}}}]}}"),
+        );
+        let c = run(&format!("{pass}{deny}{np}{baseline}"));
+        let judged = |ep, port| c.judge(ep, Ingress, CLIENT, CLIENT_IP, TCP, port);
+        let name = |r: u32| c.rules[&r].clone();
+        // 80: passed by the Admin tier, allowed by the NetworkPolicy.
+        let (v, r) = judged(1, 80);
+        assert_eq!(v, Judged::Allow);
+        assert_eq!(name(r).policy.unwrap().kind, PolicyKind::NetworkPolicy);
+        // 81: the Admin deny comes first (priority 10 before NetworkPolicy).
+        let (v, r) = judged(1, 81);
+        assert_eq!(v, Judged::Deny);
+        assert_eq!(name(r).policy.unwrap().name, "deny-b");
+        // db is selected by no NetworkPolicy: 80 passes to Baseline's deny.
+        let (v, r) = judged(2, 80);
+        assert_eq!(v, Judged::Deny);
+        let rule = name(r);
+        assert_eq!(rule.policy.unwrap().name, "default");
+        assert!(matches!(
+            rule.what,
+            RuleWhat::Tiered {
+                action: Action::Deny,
+                index: 0,
+                ..
+            }
+        ));
+        // web reaching db: the Admin rules name b only; Baseline denies
+        // every namespace's pods.
+        assert_eq!(
+            verdict(&c, 2, Ingress, WEB, Ipv4Addr::new(10, 0, 0, 1), TCP, 80),
+            Judged::Deny
+        );
+        assert_eq!(
+            verdict(&c, 2, Egress, CLIENT, CLIENT_IP, TCP, 80),
+            Judged::None,
+            "no egress rules anywhere"
+        );
+
+        // Priorities decide, not the order of names: swap them and the
+        // deny (now priority 1) comes before the pass on 80 too.
+        let deny_first = cnp(
+            "deny-b",
+            "Admin",
+            1,
+            &format!("{subject}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{matchLabels: {{team: b}}}}}}]}}"),
+        );
+        let c = run(&format!("{pass}{deny_first}{np}{baseline}"));
+        assert_eq!(c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80).0, Judged::Deny);
+    }
+
+    #[test]
+    fn cluster_network_policy_accepts_before_networkpolicy_and_matches_networks_and_ports() {
+        let subject = "  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}}\n";
+        // NetworkPolicy isolates web's egress; an Admin Accept to client's
+        // network on a port range goes first; an IPv6 network names nothing.
+        let accept = cnp(
+            "accept",
+            "Admin",
+            3,
+            &format!(
+                "{subject}  egress:\n  - {{action: Accept, to: [{{networks: [10.0.1.0/24, \"fd00::/8\"]}}], protocols: [{{udp: {{destinationPort: {{range: {{start: 5000, end: 5010}}}}}}}}]}}"
+            ),
+        );
+        let np = "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: lock, namespace: a}\nspec: {podSelector: {}, policyTypes: [Egress]}\n---\n";
+        let c = run(&format!("{accept}{np}"));
+        assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, UDP, 5005), Judged::Allow);
+        assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, UDP, 5011), Judged::Denied);
+        assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 5005), Judged::Denied);
+        assert_eq!(
+            verdict(&c, 2, Egress, CLIENT, CLIENT_IP, UDP, 5005),
+            Judged::Denied,
+            "db is not the subject"
+        );
+        assert!(c.rejected.is_empty(), "{:?}", c.rejected);
+    }
+
+    #[test]
+    fn a_rejected_cluster_network_policy_denies_at_its_place_never_opens() {
+        let subject = "  subject: {namespaces: {matchLabels: {team: a}}}\n";
+        // A bad selector operator in an Admin Accept: the API server's
+        // schema lets it through; weir denies its subject's ingress at the
+        // policy's place instead of accepting.
+        let bad = cnp(
+            "typo",
+            "Admin",
+            2,
+            &format!(
+                "{subject}  ingress:\n  - {{action: Accept, from: [{{namespaces: {{matchExpressions: [{{key: team, operator: Sometimes}}]}}}}]}}"
+            ),
+        );
+        let c = run(&bad);
+        assert_eq!(c.rejected.len(), 1);
+        assert!(c.rejected[0].reason.contains("Sometimes"), "{}", c.rejected[0].reason);
+        let (v, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80);
+        assert_eq!(v, Judged::Deny);
+        assert_eq!(c.rules[&r].what, RuleWhat::Invalid);
+        assert_eq!(
+            verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 80),
+            Judged::None,
+            "it had no egress rules"
+        );
+    }
 
     #[test]
     fn no_policy_no_verdict_and_isolation_denies_by_default() {

@@ -11,16 +11,20 @@
 //! what some rule allows passes; policies add up. weir's CRDs add deny
 //! rules (which win over any allow), entities, and audit mode (two layers:
 //! enforced, and enforced plus audit; what only the second denies is
-//! forwarded as an AUDIT verdict).
+//! forwarded as an AUDIT verdict). `policy.networking.k8s.io`'s
+//! ClusterNetworkPolicy ([`cnp`]) adds two tiers around all of that: Admin
+//! rules judged first, Baseline rules where nothing else decides, the
+//! first matching rule of a tier deciding (Accept, Deny, or Pass on).
 use std::collections::BTreeMap;
 
+pub mod cnp;
 pub mod compile;
 pub mod crd;
 pub mod parse;
 pub mod status;
 
 pub use compile::{Compiled, EndpointPolicy, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile};
-pub use parse::{Direction, MatchType, Policy, PolicyId, PolicyKind, Rejected};
+pub use parse::{Direction, MatchType, Policy, PolicyId, PolicyKind, Rejected, Tier, Tiered};
 
 /// Stable numbers for keys: a key keeps its number while it is in use, a
 /// new key gets the next free one after the last handed out (so a number

@@ -11,6 +11,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::cnp::{self, ClusterNetworkPolicy};
 use super::crd::{self, Enforcement, WeirClusterNetworkPolicy, WeirNetworkPolicy};
 
 /// Which kind of object a policy is.
@@ -19,6 +20,8 @@ pub enum PolicyKind {
     NetworkPolicy,
     WeirNetworkPolicy,
     WeirClusterNetworkPolicy,
+    /// `policy.networking.k8s.io`'s, tiered (cnp.rs).
+    ClusterNetworkPolicy,
 }
 
 impl PolicyKind {
@@ -28,6 +31,7 @@ impl PolicyKind {
             PolicyKind::NetworkPolicy => crate::Kind::NetworkPolicy,
             PolicyKind::WeirNetworkPolicy => crate::Kind::WeirNetworkPolicy,
             PolicyKind::WeirClusterNetworkPolicy => crate::Kind::WeirClusterNetworkPolicy,
+            PolicyKind::ClusterNetworkPolicy => crate::Kind::ClusterNetworkPolicy,
         }
     }
 
@@ -36,7 +40,16 @@ impl PolicyKind {
             PolicyKind::NetworkPolicy => "NetworkPolicy",
             PolicyKind::WeirNetworkPolicy => "WeirNetworkPolicy",
             PolicyKind::WeirClusterNetworkPolicy => "WeirClusterNetworkPolicy",
+            PolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
+    }
+
+    /// Cluster-wide: no namespace in its id.
+    pub fn cluster_wide(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::WeirClusterNetworkPolicy | PolicyKind::ClusterNetworkPolicy
+        )
     }
 }
 
@@ -84,8 +97,36 @@ impl Direction {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
+    /// Allow (NetworkPolicy, weir's kinds), Accept (ClusterNetworkPolicy).
     Allow,
     Deny,
+    /// ClusterNetworkPolicy only: the next tier decides.
+    Pass,
+}
+
+/// A ClusterNetworkPolicy's tier: Admin rules are judged before
+/// NetworkPolicy, Baseline ones after it (only where no NetworkPolicy
+/// isolates the pod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Admin,
+    Baseline,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Admin => "Admin",
+            Tier::Baseline => "Baseline",
+        }
+    }
+}
+
+/// Where a tiered policy stands: its tier and priority (lower first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tiered {
+    pub tier: Tier,
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -196,6 +237,8 @@ pub struct Rule {
     pub action: Action,
     /// Its position in its list (`ingress`, `egress`, `ingressDeny`, ...).
     pub index: usize,
+    /// Its `name` (ClusterNetworkPolicy's rules have one; "" otherwise).
+    pub name: String,
     pub peers: Vec<Peer>,
     pub l4: Vec<L4>,
 }
@@ -252,6 +295,8 @@ pub struct Policy {
     /// Isolates the pods it selects, per [`Direction::index`].
     pub isolates: [bool; 2],
     pub rules: Vec<Rule>,
+    /// A ClusterNetworkPolicy's tier; `None`: the NetworkPolicy tier.
+    pub tier: Option<Tiered>,
 }
 
 /// A policy that cannot be used, and what it still does: it isolates what
@@ -266,6 +311,10 @@ pub struct Rejected {
     pub audit: bool,
     pub subject: Subject,
     pub isolates: [bool; 2],
+    /// A tiered policy denies, at its place in its tier, every connection
+    /// of its subject in the directions of `isolates`, rather than
+    /// isolating it (which is NetworkPolicy's business).
+    pub tier: Option<Tiered>,
 }
 
 fn selector_errors(sel: &LabelSelector, what: &str) -> Result<(), String> {
@@ -425,7 +474,7 @@ fn peer_list(peers: Vec<Peer>) -> Vec<Peer> {
 fn id_of(kind: PolicyKind, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> PolicyId {
     PolicyId {
         kind,
-        namespace: if kind == PolicyKind::WeirClusterNetworkPolicy {
+        namespace: if kind.cluster_wide() {
             String::new()
         } else {
             meta.namespace.clone().unwrap_or_else(|| "default".into())
@@ -454,6 +503,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
             audit: false,
             subject,
             isolates,
+            tier: None,
         })
     };
     if let Err(e) = selector_errors(&pods, "podSelector") {
@@ -492,6 +542,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
                     direction: Direction::Ingress,
                     action: Action::Allow,
                     index,
+                    name: String::new(),
                     peers: peer_list(peers.map_err(|e| format!("ingress[{index}]: {e}"))?),
                     l4: l4_list(l4.map_err(|e| format!("ingress[{index}]: {e}"))?),
                 });
@@ -509,6 +560,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
                     direction: Direction::Egress,
                     action: Action::Allow,
                     index,
+                    name: String::new(),
                     peers: peer_list(peers.map_err(|e| format!("egress[{index}]: {e}"))?),
                     l4: l4_list(l4.map_err(|e| format!("egress[{index}]: {e}"))?),
                 });
@@ -523,6 +575,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
             subject,
             isolates,
             rules,
+            tier: None,
         }),
         Err(e) => Err(reject(e, subject, isolates)),
     }
@@ -618,6 +671,7 @@ fn crd_rules(rules: &crd::PolicyRules, own: Option<&str>) -> Result<Vec<Rule>, S
                 direction,
                 action,
                 index,
+                name: String::new(),
                 peers: peer_list(peers),
                 l4: l4_list(l4),
             });
@@ -645,6 +699,7 @@ fn crd_policy(
             audit,
             subject,
             isolates,
+            tier: None,
         })
     };
     if let Err(e) = selector_errors(&rules.endpoint_selector, "endpointSelector") {
@@ -661,6 +716,7 @@ fn crd_policy(
             subject,
             isolates,
             rules: r,
+            tier: None,
         }),
         // Rules that cannot be read deny in every direction the policy
         // has rules for (deny rules included: they would have denied).
@@ -695,6 +751,7 @@ pub fn weir_cluster_network_policy(p: &WeirClusterNetworkPolicy) -> Result<Polic
                     audit: p.spec.rules.enforcement == Enforcement::Audit,
                     subject: all,
                     isolates: [true, true],
+                    tier: None,
                 }));
             }
             Namespaces::Selector(s.clone())
@@ -702,6 +759,214 @@ pub fn weir_cluster_network_policy(p: &WeirClusterNetworkPolicy) -> Result<Polic
         None => Namespaces::All,
     };
     crd_policy(id, &p.spec.rules, namespaces, None)
+}
+
+/// At most this many rules per direction, and peers or protocols per
+/// rule, as the CRD allows (standalone manifests meet no API server).
+const CNP_MAX_ITEMS: usize = 25;
+
+fn cnp_pods(p: &cnp::NamespacedPod, what: &str) -> Result<Peer, String> {
+    selector_errors(&p.namespace_selector, &format!("{what}.namespaceSelector"))?;
+    selector_errors(&p.pod_selector, &format!("{what}.podSelector"))?;
+    Ok(Peer::Pods {
+        namespaces: Namespaces::Selector(p.namespace_selector.clone()),
+        pods: Some(p.pod_selector.clone()),
+    })
+}
+
+/// One peer of a ClusterNetworkPolicy rule, as weir's peers (a list:
+/// `networks` is several CIDRs).
+fn cnp_peer(p: &cnp::Peer, direction: Direction) -> Result<Vec<Peer>, String> {
+    let set = usize::from(p.namespaces.is_some()) + usize::from(p.pods.is_some()) + usize::from(!p.networks.is_empty());
+    if set != 1 {
+        return Err("a peer is exactly one of: namespaces, pods, networks".into());
+    }
+    if let Some(s) = &p.namespaces {
+        selector_errors(s, "namespaces")?;
+        return Ok(vec![Peer::Pods {
+            namespaces: Namespaces::Selector(s.clone()),
+            pods: None,
+        }]);
+    }
+    if let Some(pods) = &p.pods {
+        return Ok(vec![cnp_pods(pods, "pods")?]);
+    }
+    if direction == Direction::Ingress {
+        return Err("networks in an ingress rule (egress only)".into());
+    }
+    if p.networks.len() > CNP_MAX_ITEMS {
+        return Err(format!("more than {CNP_MAX_ITEMS} networks"));
+    }
+    let mut out = Vec::new();
+    for n in &p.networks {
+        if n.contains(':') {
+            // A valid IPv6 network names no address this IPv4 datapath
+            // sees: it matches nothing here, and the rest of the policy holds.
+            let net: ipnet::Ipv6Net = n.parse().map_err(|_| format!("networks: {n:?} is not a CIDR"))?;
+            if net.trunc() != net {
+                return Err(format!("networks: {n:?} has host bits set"));
+            }
+            continue;
+        }
+        out.push(cidr_peer(n, &[]).map_err(|e| format!("networks: {e}"))?);
+    }
+    Ok(out)
+}
+
+fn cnp_protocol(m: &cnp::ProtocolMatch) -> Result<L4, String> {
+    let set: Vec<(Protocol, &cnp::PortMatch)> = [
+        (Protocol::Tcp, &m.tcp),
+        (Protocol::Udp, &m.udp),
+        (Protocol::Sctp, &m.sctp),
+    ]
+    .into_iter()
+    .filter_map(|(p, m)| m.as_ref().map(|m| (p, m)))
+    .collect();
+    let [(protocol, ports)] = set.as_slice() else {
+        return Err("a protocol entry is exactly one of: tcp, udp, sctp".into());
+    };
+    let port = match &ports.destination_port {
+        None => PortSpec::Any,
+        Some(cnp::Port {
+            number: Some(n),
+            range: None,
+        }) => {
+            let n = port_number(*n, "destinationPort.number")?;
+            PortSpec::Range(n, n)
+        }
+        Some(cnp::Port {
+            number: None,
+            range: Some(r),
+        }) => {
+            let (lo, hi) = (port_number(r.start, "range.start")?, port_number(r.end, "range.end")?);
+            if lo >= hi {
+                return Err(format!("range.start {lo} is not below range.end {hi}"));
+            }
+            PortSpec::Range(lo, hi)
+        }
+        Some(_) => return Err("destinationPort is exactly one of: number, range".into()),
+    };
+    Ok(L4::Ports {
+        protocols: vec![*protocol],
+        port,
+    })
+}
+
+/// A rule of a ClusterNetworkPolicy (peers are `from` or `to`).
+fn cnp_rule(
+    direction: Direction,
+    index: usize,
+    name: &str,
+    action: &str,
+    peers: &[cnp::Peer],
+    protocols: &[cnp::ProtocolMatch],
+) -> Result<Rule, String> {
+    let action = match action {
+        "Accept" => Action::Allow,
+        "Deny" => Action::Deny,
+        "Pass" => Action::Pass,
+        other => return Err(format!("action {other:?} is not Accept, Deny or Pass")),
+    };
+    if peers.is_empty() || peers.len() > CNP_MAX_ITEMS {
+        return Err(format!("1 to {CNP_MAX_ITEMS} peers"));
+    }
+    if protocols.len() > CNP_MAX_ITEMS {
+        return Err(format!("more than {CNP_MAX_ITEMS} protocols"));
+    }
+    let mut out = Vec::new();
+    for p in peers {
+        out.extend(cnp_peer(p, direction)?);
+    }
+    let l4 = protocols.iter().map(cnp_protocol).collect::<Result<Vec<_>, _>>()?;
+    Ok(Rule {
+        direction,
+        action,
+        index,
+        name: name.to_string(),
+        // No peer left (IPv6 networks only): the rule matches nothing.
+        peers: out,
+        l4: l4_list(l4),
+    })
+}
+
+/// A `policy.networking.k8s.io` ClusterNetworkPolicy. Rejected, it
+/// denies every connection of its subject (all pods when the subject is
+/// what is wrong) in the directions it has rules for, at its place in its
+/// tier (Admin when the tier is what is wrong): never more open than the
+/// policy meant.
+pub fn cluster_network_policy(p: &ClusterNetworkPolicy) -> Result<Policy, Box<Rejected>> {
+    let id = id_of(PolicyKind::ClusterNetworkPolicy, &p.metadata);
+    let spec = &p.spec;
+    let priority = spec.priority.clamp(0, 1000) as u32;
+    let directions = [!spec.ingress.is_empty(), !spec.egress.is_empty()];
+    let everyone = Subject {
+        namespaces: Namespaces::All,
+        pods: LabelSelector::default(),
+    };
+    let reject = |reason: String, subject: Subject, tier: Tier| {
+        Box::new(Rejected {
+            id: id.clone(),
+            reason,
+            audit: false,
+            subject,
+            isolates: directions,
+            tier: Some(Tiered { tier, priority }),
+        })
+    };
+    let tier = match spec.tier.as_str() {
+        "Admin" => Tier::Admin,
+        "Baseline" => Tier::Baseline,
+        other => {
+            return Err(reject(
+                format!("tier {other:?} is not Admin or Baseline"),
+                everyone,
+                Tier::Admin,
+            ));
+        }
+    };
+    let subject = match (&spec.subject.namespaces, &spec.subject.pods) {
+        (Some(ns), None) => selector_errors(ns, "subject.namespaces").map(|()| Subject {
+            namespaces: Namespaces::Selector(ns.clone()),
+            pods: LabelSelector::default(),
+        }),
+        (None, Some(pods)) => cnp_pods(pods, "subject.pods").map(|_| Subject {
+            namespaces: Namespaces::Selector(pods.namespace_selector.clone()),
+            pods: pods.pod_selector.clone(),
+        }),
+        _ => Err("subject is exactly one of: namespaces, pods".into()),
+    };
+    let subject = match subject {
+        Ok(s) => s,
+        Err(e) => return Err(reject(e, everyone, tier)),
+    };
+    let rules: Result<Vec<Rule>, String> = (|| {
+        if !(0..=1000).contains(&spec.priority) {
+            return Err(format!("priority {} is out of range (0-1000)", spec.priority));
+        }
+        if spec.ingress.len() > CNP_MAX_ITEMS || spec.egress.len() > CNP_MAX_ITEMS {
+            return Err(format!("more than {CNP_MAX_ITEMS} rules in a direction"));
+        }
+        let ingress = spec.ingress.iter().enumerate().map(|(i, r)| {
+            cnp_rule(Direction::Ingress, i, &r.name, &r.action, &r.from, &r.protocols)
+                .map_err(|e| format!("ingress[{i}]: {e}"))
+        });
+        let egress = spec.egress.iter().enumerate().map(|(i, r)| {
+            cnp_rule(Direction::Egress, i, &r.name, &r.action, &r.to, &r.protocols)
+                .map_err(|e| format!("egress[{i}]: {e}"))
+        });
+        ingress.chain(egress).collect()
+    })();
+    match rules {
+        Ok(rules) => Ok(Policy {
+            id,
+            audit: false,
+            subject,
+            isolates: [false, false],
+            rules,
+            tier: Some(Tiered { tier, priority }),
+        }),
+        Err(e) => Err(reject(e, subject, tier)),
+    }
 }
 
 /// Why a policy that cannot be read into its type is rejected (`reason`:
@@ -725,13 +990,19 @@ pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
                 .weir_cluster_network_policies
                 .values()
                 .map(|p| weir_cluster_network_policy(p)),
+        )
+        .chain(
+            state
+                .cluster_network_policies
+                .values()
+                .map(|p| cluster_network_policy(p)),
         );
     // What the source could not read denies everything of its scope in
     // both directions: its selector and rules are unknown.
     let unreadable = state.unreadable_policies.iter().map(|(id, u)| {
-        let namespaces = match id.kind {
-            PolicyKind::WeirClusterNetworkPolicy => Namespaces::All,
-            _ => Namespaces::Named(id.namespace.clone()),
+        let namespaces = match id.kind.cluster_wide() {
+            true => Namespaces::All,
+            false => Namespaces::Named(id.namespace.clone()),
         };
         Err(Box::new(Rejected {
             id: id.clone(),
@@ -742,6 +1013,7 @@ pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
                 pods: LabelSelector::default(),
             },
             isolates: [true, true],
+            tier: None,
         }))
     });
     for r in results.chain(unreadable) {
