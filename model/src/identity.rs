@@ -45,16 +45,18 @@ pub const MAX: u32 = 0x00ff_ffff;
 /// `apiVersion` of weir's own kinds.
 pub const API_VERSION: &str = "weir.dev/v1alpha1";
 
-/// Pod labels that differ per pod or per rollout and say nothing a policy
-/// selects on: leaving them out keeps one identity per workload instead of
-/// one per ReplicaSet or per pod (Cilium leaves out the same ones).
+/// Pod labels that differ per rollout and say nothing a policy selects
+/// on: leaving them out keeps one identity per workload instead of one
+/// per ReplicaSet or revision. Per-pod labels (a StatefulSet's
+/// `statefulset.kubernetes.io/pod-name`, `apps.kubernetes.io/pod-index`, an
+/// indexed Job's completion index) stay in: policies do select one pod of
+/// a StatefulSet by name (network-policy-api's conformance suite does), and
+/// a selector on a label identities leave out could never match. The cost
+/// is an identity per such pod.
 pub const EXCLUDED_LABELS: &[&str] = &[
     "pod-template-hash",
     "controller-revision-hash",
     "pod-template-generation",
-    "statefulset.kubernetes.io/pod-name",
-    "apps.kubernetes.io/pod-index",
-    "batch.kubernetes.io/job-completion-index",
 ];
 
 /// The label set an identity stands for; also the spec of `kind:
@@ -169,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn same_labels_share_one_identity_and_per_pod_labels_do_not_count() {
+    fn same_labels_share_one_identity_and_rollout_hashes_do_not_count() {
         let a = IdentityKey::of(
             "demo",
             &[
@@ -180,6 +182,19 @@ mod tests {
         );
         assert_eq!(a, key("demo", "web"));
         assert_ne!(key("demo", "web"), key("other", "web"), "the namespace counts");
+        let db0 = IdentityKey::of(
+            "demo",
+            &[
+                ("app".to_string(), "db".to_string()),
+                ("statefulset.kubernetes.io/pod-name".to_string(), "db-0".to_string()),
+            ]
+            .into(),
+        );
+        assert_ne!(
+            db0,
+            key("demo", "db"),
+            "a StatefulSet pod's name is selectable: it counts"
+        );
     }
 
     #[test]
