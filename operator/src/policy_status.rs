@@ -1,7 +1,8 @@
-//! Policy status: on every `WeirNetworkPolicy` and
-//! `WeirClusterNetworkPolicy`, condition `Accepted` (`True`, or `False`
-//! with reason `Invalid` and the message the agents log) and the
-//! generation it was judged on. The judging is the model's
+//! Policy status: on every `WeirNetworkPolicy`, `WeirClusterNetworkPolicy`
+//! and (once its upstream CRD is served) `ClusterNetworkPolicy`, condition
+//! `Accepted` (`True`, or `False` with reason `Invalid` and the message the
+//! agents log) and the generation it was judged on (on the condition only
+//! for `ClusterNetworkPolicy`, whose status schema has nothing else). The judging is the model's
 //! (`weir_model::policy::status`): the same read and parse the agents do.
 //!
 //! A kube-runtime Controller per kind, over untyped objects: a policy that
@@ -32,6 +33,8 @@ use crate::leader::{NotLeading, Term};
 pub const MANAGER: &str = "weir-operator";
 /// A failed write is tried again after this.
 const RETRY: Duration = Duration::from_secs(2);
+/// How often a kind whose CRD is not installed is looked for again.
+const NOT_SERVED_POLL: Duration = Duration::from_secs(10);
 
 /// A status not written.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +63,37 @@ struct Ctx {
 
 /// Runs until the process ends (or the task is aborted: leadership lost).
 pub async fn run(client: kube::Client, term: Term) -> Result<Infallible, Error> {
-    futures_util::future::join(
+    futures_util::future::join3(
         controller(client.clone(), PolicyKind::WeirNetworkPolicy, term.clone()),
-        controller(client, PolicyKind::WeirClusterNetworkPolicy, term),
+        controller(client.clone(), PolicyKind::WeirClusterNetworkPolicy, term.clone()),
+        when_served(client, PolicyKind::ClusterNetworkPolicy, term),
     )
     .await;
     Err(Error::Ended)
+}
+
+/// The controller of a kind whose CRD is not weir's (upstream's
+/// ClusterNetworkPolicy: the cluster may not have it), started once the
+/// API server serves the kind; until then, looked for every
+/// [`NOT_SERVED_POLL`] and said once.
+async fn when_served(client: kube::Client, kind: PolicyKind, term: Term) {
+    let resource = weir_k8s::resource(kind.kind());
+    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+    let mut said = false;
+    loop {
+        match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                if !said {
+                    tracing::info!(kind = kind.name(), resource = %resource.plural,
+                        "not served (CRD not installed): its status waits until it is");
+                    said = true;
+                }
+                tokio::time::sleep(NOT_SERVED_POLL).await;
+            }
+            _ => break,
+        }
+    }
+    controller(client, kind, term).await
 }
 
 async fn controller(client: kube::Client, kind: PolicyKind, term: Term) {
@@ -100,7 +128,12 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
     let old: Option<PolicyStatus> = value.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
     let verdict = status::judge(ctx.kind, value);
     let generation = obj.meta().generation;
-    let desired = status::desired(&verdict, generation, old.as_ref(), Time(Timestamp::now()));
+    let mut desired = status::desired(&verdict, generation, old.as_ref(), Time(Timestamp::now()));
+    if ctx.kind == PolicyKind::ClusterNetworkPolicy {
+        // Upstream's status has conditions only: a field its schema does
+        // not declare would fail the apply.
+        desired.observed_generation = None;
+    }
     if status::up_to_date(old.as_ref(), &desired) {
         return Ok(Action::await_change());
     }

@@ -558,6 +558,43 @@ fn policy_status_says_whether_the_agents_accept_each_policy() {
         "2"
     );
     assert!(op.log().contains("policy invalid"), "{}", op.log());
+
+    // Upstream's ClusterNetworkPolicy, its CRD installed after the
+    // operator started (as a cluster admin would): found, and judged.
+    let Some(crd) = weir_test_support::tools_file("policy-api/crd.yaml") else {
+        return;
+    };
+    apply(&cp, &std::fs::read_to_string(crd).expect("the upstream CRD"));
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/clusternetworkpolicies.policy.networking.k8s.io",
+        "--timeout=30s",
+    ]);
+    apply(
+        &cp,
+        "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: guard}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {team: shop}}}\n  ingress: [{action: Deny, from: [{namespaces: {matchLabels: {trust: none}}}]}]\n---\napiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: typo}\nspec:\n  tier: Baseline\n  priority: 5\n  subject: {namespaces: {matchExpressions: [{key: team, operator: Sometimes}]}}\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]\n",
+    );
+    let condition = |name: &str, field: &str| {
+        cp.kubectl_ok(&[
+            "get",
+            "clusternetworkpolicy",
+            name,
+            "-o",
+            &format!("jsonpath={accepted}.{field}}}"),
+        ])
+    };
+    let took = wait_for("both ClusterNetworkPolicies judged", Duration::from_secs(40), || {
+        condition("guard", "status") == "True" && condition("typo", "status") == "False"
+    });
+    eprintln!("ClusterNetworkPolicy status written {took:?} after its CRD");
+    assert_eq!(condition("guard", "reason"), "Valid");
+    assert!(
+        condition("typo", "message").contains("unknown operator"),
+        "{}",
+        condition("typo", "message")
+    );
+    assert_eq!(condition("typo", "observedGeneration"), "1");
 }
 
 #[test]

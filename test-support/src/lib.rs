@@ -48,17 +48,37 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// `scripts/tools.sh`'s cache (`$WEIR_TOOLS_DIR`, by default
+/// `~/.cache/weir-tools`).
+fn tools_cache() -> Option<PathBuf> {
+    std::env::var_os("WEIR_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("weir-tools")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir-tools")))
+}
+
+/// A file `scripts/tools.sh` keeps in its cache (`policy-api/crd.yaml`,
+/// upstream's ClusterNetworkPolicy CRD): `None` when missing (the caller
+/// skips, saying so), except under `CI=true`, where it fails.
+pub fn tools_file(rel: &str) -> Option<PathBuf> {
+    let found = tools_cache().map(|c| c.join(rel)).filter(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {rel} is missing from the tools cache: scripts/tools.sh writes it"
+        );
+        eprintln!("skipping: {rel} not in the tools cache (scripts/tools.sh writes it)");
+    }
+    found
+}
+
 /// A real client of the ecosystem (`hubble`, `grpcurl`) that
 /// `scripts/tools.sh` built into its cache (`$WEIR_TOOLS_DIR/bin`, by
 /// default `~/.cache/weir-tools/bin`), or a system tool on PATH
 /// (`prometheus`, `promtool`). `None` (the test skips, saying so) when it is
 /// missing, except under `CI=true`, where a missing tool fails the test.
 pub fn tool(name: &str) -> Option<PathBuf> {
-    let cache = std::env::var_os("WEIR_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("weir-tools")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir-tools")));
-    let in_cache = cache.map(|c| c.join("bin").join(name)).filter(|p| p.exists());
+    let in_cache = tools_cache().map(|c| c.join("bin").join(name)).filter(|p| p.exists());
     let on_path = || {
         std::env::var_os("PATH")
             .into_iter()

@@ -36,6 +36,7 @@ pub fn judge(kind: PolicyKind, value: Value) -> Verdict {
         Object::NetworkPolicy(p) => parse::network_policy(p).map(drop),
         Object::WeirNetworkPolicy(p) => parse::weir_network_policy(p).map(drop),
         Object::WeirClusterNetworkPolicy(p) => parse::weir_cluster_network_policy(p).map(drop),
+        Object::ClusterNetworkPolicy(p) => parse::cluster_network_policy(p).map(drop),
         other => unreachable!("{} is not a policy kind", other.describe()),
     };
     match parsed {
