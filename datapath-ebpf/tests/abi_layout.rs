@@ -126,7 +126,17 @@ fn policy_abi_matches_c_structs_in_btf() {
             structs,
             "weir_policy_entry",
             PolicyEntry,
-            [action, audit_action, pad, rule, audit_rule]
+            [
+                action,
+                audit_action,
+                pad,
+                rule,
+                audit_rule,
+                admin,
+                admin_rule,
+                baseline,
+                baseline_rule
+            ]
         );
         let (size, members) = &structs["weir_policy_key"];
         assert_eq!(*size as usize, 4 + size_of::<PolicyKey>());
