@@ -200,7 +200,8 @@ static __always_inline __u32 snat4_egress(struct __sk_buff *skb, struct ipv4_met
 			/* The GC may have collected it and another flow taken the
 			 * port since: only remove a reverse entry that is ours. */
 			if (r && r->xlate_daddr == key.saddr && r->xlate_dport == key.sport) {
-				ct_charge(r->owner, -1);
+				/* The exchange: a FIN on another CPU may release it too. */
+				ct_release_closed(r);
 				bpf_map_delete_elem(&weir_ct4, &rkey);
 			}
 			replace = 1;
