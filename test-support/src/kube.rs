@@ -27,12 +27,33 @@ pub struct ControlPlane {
     token: String,
 }
 
+/// A loopback port nothing listens on, below the kernel's ephemeral range
+/// (32768 and up): a port the kernel handed out for `:0` is also what it
+/// hands the next outgoing connection, so between this check and etcd's
+/// bind another test's client could take it ("address already in use").
+/// Below that range only another test picking the same port can; the
+/// start retries that case with new ports.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for i in 0..1000 {
+        let n = N.fetch_add(1, Ordering::Relaxed).wrapping_add(i);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-31999")
 }
+
+/// How many times a start is tried again when a component could not bind
+/// its port (another test took it between the check and the bind).
+const START_ATTEMPTS: usize = 4;
 
 impl ControlPlane {
     /// Starts one, or `None` when its binaries are not built (a skip
@@ -53,12 +74,39 @@ impl ControlPlane {
     /// first (kube-controller-manager's pod CIDR allocator off, for one).
     pub fn start_with(
         netns: Option<(&str, Option<std::net::Ipv4Addr>)>,
-        configure: impl FnOnce(&mut weir_k8s::local::Options),
+        configure: impl Fn(&mut weir_k8s::local::Options),
     ) -> Option<ControlPlane> {
         for t in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
             crate::tool(t)?;
         }
         let kubectl = crate::tool("kubectl")?;
+        for attempt in 1..=START_ATTEMPTS {
+            match Self::try_start(netns, &configure, &kubectl) {
+                Ok(cp) => return Some(cp),
+                Err(failed) => {
+                    let (cp, why) = *failed;
+                    let port_taken = why.contains("address already in use");
+                    if !port_taken || attempt == START_ATTEMPTS {
+                        // Dropped while panicking: the logs stay.
+                        panic!("{why}");
+                    }
+                    eprintln!("control plane: a port was taken, starting again on others:\n{why}");
+                    // Not panicking: the drop stops it and removes its dir.
+                    drop(cp);
+                }
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// One start; on a component that exits before the API server is
+    /// ready, the half-started plane and why.
+    fn try_start(
+        netns: Option<(&str, Option<std::net::Ipv4Addr>)>,
+        configure: &impl Fn(&mut weir_k8s::local::Options),
+        kubectl: &Path,
+    ) -> Result<ControlPlane, Box<(ControlPlane, String)>> {
+        let kubectl = kubectl.to_owned();
         let dir = std::env::temp_dir().join(format!("weir-kube-{}", crate::unique("cp")));
         let _ = std::fs::remove_dir_all(&dir);
         let mut options = weir_k8s::local::Options {
@@ -87,11 +135,22 @@ impl ControlPlane {
         for c in &plan.components {
             let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
             cp.spawn(c.name, &c.program, &args);
-            if c.name == "kube-apiserver" {
-                cp.wait_ready(Duration::from_secs(90));
+            if c.name == "kube-apiserver"
+                && let Err(why) = cp.wait_ready(Duration::from_secs(90))
+            {
+                return Err(Box::new((cp, why)));
             }
         }
-        Some(cp)
+        Ok(cp)
+    }
+
+    fn kill_all(&mut self) {
+        // The API server before etcd: the reverse of the start.
+        for (_, c) in self.procs.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.procs.clear();
     }
 
     /// `program` in the control plane's namespace.
@@ -156,8 +215,10 @@ impl ControlPlane {
     /// server, waits until it is ready.
     pub fn restart(&mut self, name: &str) {
         self.launch(name);
-        if name == "kube-apiserver" {
-            self.wait_ready(Duration::from_secs(90));
+        if name == "kube-apiserver"
+            && let Err(why) = self.wait_ready(Duration::from_secs(90))
+        {
+            panic!("{why}");
         }
     }
 
@@ -212,25 +273,28 @@ impl ControlPlane {
         path
     }
 
-    fn wait_ready(&mut self, limit: Duration) {
+    /// Until `/readyz` answers; an error when a process exits first or
+    /// the limit passes, with the log that says why.
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let t0 = Instant::now();
         loop {
             let out = self.kubectl(&["get", "--raw", "/readyz"]);
             if out.status.success() {
-                return;
+                return Ok(());
             }
             let exited = self
                 .procs
                 .iter_mut()
                 .find_map(|(name, c)| c.try_wait().ok().flatten().map(|s| (name.clone(), s)));
             if let Some((name, status)) = exited {
-                panic!("{name} exited with {status}:\n{}", self.log(&name));
+                return Err(format!("{name} exited with {status}:\n{}", self.log(&name)));
             }
-            assert!(
-                t0.elapsed() < limit,
-                "the API server was not ready within {limit:?}:\n{}",
-                self.log("kube-apiserver")
-            );
+            if t0.elapsed() >= limit {
+                return Err(format!(
+                    "the API server was not ready within {limit:?}:\n{}",
+                    self.log("kube-apiserver")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -295,11 +359,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        // The API server before etcd: the reverse of the start.
-        for (_, c) in self.procs.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill_all();
         if std::thread::panicking() {
             eprintln!("test failed; control plane logs kept in {}", self.dir.display());
         } else {
