@@ -6,12 +6,12 @@
 //! checks it and every generated struct against the objects' BTF.
 //!
 //! This is also the crate's one home of `unsafe`: the `aya::Pod` markers,
-//! the batched map syscalls aya has no API for ([`lookup_batch`],
-//! [`delete_batch`]) and the one socket option neither nix nor libc names
+//! the map syscalls aya has no API for ([`lookup_batch`],
+//! [`lookup_and_delete`] on a hash map) and the one socket option neither nix nor libc names
 //! ([`socket_netns_cookie`]).
 #![allow(
     unsafe_code,
-    reason = "aya::Pod is an unsafe marker trait and the batch calls are raw bpf(2); each is justified below"
+    reason = "aya::Pod is an unsafe marker trait and the map calls are raw bpf(2); each is justified below"
 )]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -275,24 +275,57 @@ fn bpf_batch(
 ) -> (std::io::Result<()>, u32) {
     let mut attr: aya_obj::generated::bpf_attr = zeroed_attr();
     attr.batch = batch;
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size we
-    // pass; the pointers in it (set by the callers below) point at buffers
+    // The pointers in `batch` (set by the callers below) point at buffers
     // that live across the call and are as large as `count` says.
+    let outcome = sys_bpf(cmd, &mut attr);
+    // SAFETY: the kernel wrote `count` back into the union's batch member.
+    (outcome, unsafe { attr.batch.count })
+}
+
+/// bpf(2) with `attr`; the errno read at once.
+fn sys_bpf(cmd: aya_obj::generated::bpf_cmd, attr: &mut aya_obj::generated::bpf_attr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size we
+    // pass; every pointer in the member the callers set points at memory
+    // that lives across the call and is as large as the map's key or value
+    // (or the batch's count) says.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd as libc::c_int,
-            &mut attr as *mut aya_obj::generated::bpf_attr,
+            attr as *mut aya_obj::generated::bpf_attr,
             size_of::<aya_obj::generated::bpf_attr>() as libc::c_uint,
         )
     };
-    let outcome = if ret == 0 {
+    if ret == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map (Linux 5.14): deletes
+/// `key` and returns the value it had at that moment, `None` if it had
+/// none. Unlike a read then a delete, what comes back is exactly what went.
+pub(crate) fn lookup_and_delete<K: aya::Pod, V: aya::Pod + Default>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+) -> std::io::Result<Option<V>> {
+    use std::os::fd::AsRawFd;
+    let mut value = V::default();
+    let mut attr: aya_obj::generated::bpf_attr = zeroed_attr();
+    attr.__bindgen_anon_2 = aya_obj::generated::bpf_attr__bindgen_ty_2 {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        __bindgen_anon_1: aya_obj::generated::bpf_attr__bindgen_ty_2__bindgen_ty_1 {
+            value: &mut value as *mut V as u64,
+        },
+        flags: 0,
     };
-    // SAFETY: the kernel wrote `count` back into the union's batch member.
-    (outcome, unsafe { attr.batch.count })
+    match sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Ok(()) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn zeroed_attr() -> aya_obj::generated::bpf_attr {
@@ -336,27 +369,6 @@ pub(crate) fn lookup_batch<K: aya::Pod, V: aya::Pod>(
         (Err(e), filled) if e.raw_os_error() == Some(libc::ENOENT) => Ok((filled as usize, None)),
         (Err(e), _) => Err(e),
     }
-}
-
-/// One `BPF_MAP_DELETE_BATCH`: deletes `keys` in order, stopping at the first
-/// that fails. Returns how many went and that error, if any.
-pub(crate) fn delete_batch<K: aya::Pod>(
-    fd: std::os::fd::BorrowedFd<'_>,
-    keys: &[K],
-) -> (usize, Option<std::io::Error>) {
-    use std::os::fd::AsRawFd;
-    let batch = aya_obj::generated::bpf_attr__bindgen_ty_3 {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: 0,
-        count: keys.len() as u32,
-        map_fd: fd.as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    let (outcome, deleted) = bpf_batch(aya_obj::generated::bpf_cmd::BPF_MAP_DELETE_BATCH, batch);
-    (deleted as usize, outcome.err())
 }
 
 /// SO_NETNS_COOKIE (include/uapi/asm-generic/socket.h; Linux 5.14): the

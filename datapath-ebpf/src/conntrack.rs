@@ -4,9 +4,11 @@
 //! and [`Conntrack`], the handle its one owner (the agent's services
 //! controller) reads, flushes and collects it through.
 //!
-//! The datapath creates every entry; userspace only reads and deletes, and
-//! does both in batches (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`):
-//! a table of 100k entries is a few dozen syscalls, not 200k.
+//! The datapath creates every entry; userspace only reads, in batches
+//! (`BPF_MAP_LOOKUP_BATCH`: a table of 100k entries is a few hundred
+//! syscalls, not 200k), and deletes what expired, one lookup-and-delete
+//! per entry (only that says which pod's share the deleted entry was
+//! charged to; see [`Conntrack::remove`]).
 use std::collections::HashMap as StdHashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -88,9 +90,16 @@ pub enum CtError {
     /// The map is not a hash map of conntrack entries.
     #[error("map {MAP}: {0}")]
     Map(#[source] MapError),
-    /// A batched lookup or delete failed.
+    /// A batched lookup failed.
     #[error("map {MAP}: batched {op}: {source}")]
     Batch {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An operation on one entry failed.
+    #[error("map {MAP}: {op}: {source}")]
+    Elem {
         op: &'static str,
         #[source]
         source: std::io::Error,
@@ -190,36 +199,37 @@ impl Conntrack {
         Ok(self.len()? == 0)
     }
 
-    /// Deletes entries (key and the endpoint each is charged to) in
-    /// batches; a key that is gone already (the datapath replaced a
-    /// connection meanwhile, and counted that itself) is skipped. What goes
-    /// is released from its endpoint's share. Returns how many went.
-    pub fn remove(&mut self, doomed: &[(CtKey, u32)]) -> Result<usize, CtError> {
-        let fd = self.map.map().fd().as_fd();
-        let keys: Vec<CtKey> = doomed.iter().map(|(k, _)| *k).collect();
-        let mut gone = vec![false; keys.len()];
-        let (mut at, mut removed) = (0, 0);
-        while at < keys.len() {
-            let chunk = &keys[at..keys.len().min(at + BATCH)];
-            match crate::abi::delete_batch(fd, chunk) {
-                (n, None) => {
-                    gone[at..at + n].fill(true);
-                    removed += n;
-                    at += n;
-                }
-                // The kernel stops at the first key that failed: skip it.
-                (n, Some(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    gone[at..at + n].fill(true);
-                    removed += n;
-                    at += n + 1;
-                }
-                (_, Some(source)) => return Err(CtError::Batch { op: "delete", source }),
-            }
-        }
+    /// Deletes entries, each only if it still holds what the caller read,
+    /// and releases what went from its endpoint's share. One lookup-and-
+    /// delete per key, so the endpoint credited is the owner of the value
+    /// that went, never one read earlier: between the caller's walk and the
+    /// delete the datapath may refresh an entry (a late packet) or hand its
+    /// key to a new connection (a reused 5-tuple, charged to its own pod).
+    /// Such an entry is put back, unless the datapath made another in the
+    /// gap; then the one taken out went after all. Returns how many went.
+    pub fn remove(&mut self, doomed: &[(CtKey, CtEntry)]) -> Result<usize, CtError> {
         let mut per_owner: StdHashMap<u32, u64> = StdHashMap::new();
-        for ((_, owner), _) in doomed.iter().zip(&gone).filter(|(_, g)| **g) {
-            if *owner != 0 {
-                *per_owner.entry(*owner).or_default() += 1;
+        let mut removed = 0;
+        for (key, read) in doomed {
+            let taken = crate::abi::lookup_and_delete::<CtKey, CtEntry>(self.map.map().fd().as_fd(), key).map_err(
+                |source| CtError::Elem {
+                    op: "lookup-and-delete",
+                    source,
+                },
+            )?;
+            let Some(taken) = taken else {
+                continue;
+            };
+            if taken != *read {
+                match self.map.insert(key, taken, u64::from(aya_obj::generated::BPF_NOEXIST)) {
+                    Ok(()) => continue,
+                    Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(CtError::Map(e)),
+                }
+            }
+            removed += 1;
+            if taken.owner != 0 {
+                *per_owner.entry(taken.owner).or_default() += 1;
             }
         }
         for (owner, n) in per_owner {
@@ -233,9 +243,9 @@ impl Conntrack {
     /// [`crate::lb::monotonic_now_ns`]); returns how many entries went.
     pub fn gc(&mut self, now_ns: u64) -> Result<usize, CtError> {
         let entries: StdHashMap<CtKey, CtEntry> = self.entries()?.into_iter().collect();
-        let doomed: Vec<(CtKey, u32)> = expired(&entries, now_ns)
+        let doomed: Vec<(CtKey, CtEntry)> = expired(&entries, now_ns)
             .into_iter()
-            .map(|k| (k, entries[&k].owner))
+            .map(|k| (k, entries[&k]))
             .collect();
         self.remove(&doomed)?;
         let translated = |e: &CtEntry| e.service_id != 0 || e.flags & !CT_F_REVERSE != 0;

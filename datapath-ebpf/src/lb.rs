@@ -564,10 +564,10 @@ impl ServiceMaps {
     /// next SYN on a closed entry picks anew). Returns how many entries went.
     pub fn flush_conntrack(&mut self, service_id: u32, backends: &BTreeSet<(Ipv4Addr, u16)>) -> Result<usize> {
         let all = self.conntrack()?;
-        let owners: std::collections::HashMap<CtKey, u32> = all.iter().map(|(k, e)| (*k, e.owner)).collect();
-        let doomed: Vec<(CtKey, u32)> = connections_to(&all, service_id, backends)
+        let read: std::collections::HashMap<CtKey, CtEntry> = all.iter().copied().collect();
+        let doomed: Vec<(CtKey, CtEntry)> = connections_to(&all, service_id, backends)
             .into_iter()
-            .map(|k| (k, owners.get(&k).copied().unwrap_or(0)))
+            .filter_map(|k| read.get(&k).map(|e| (k, *e)))
             .collect();
         Ok(self.conntrack.remove(&doomed)?)
     }

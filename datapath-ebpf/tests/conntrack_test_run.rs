@@ -2,7 +2,8 @@
 //! is tracked once (two entries), whichever hook sees it first, and its
 //! replies follow it; a connection translated elsewhere is not tracked a
 //! second time; masquerading leaves the replies of connections the remote
-//! opened alone; the GC collects every kind, in batches. Needs root (to load
+//! opened alone; the GC collects every kind, and never a connection
+//! reopened between its walk and its delete. Needs root (to load
 //! programs), no namespaces.
 
 mod support;
@@ -265,7 +266,7 @@ fn a_full_table_leaves_plain_connections_flowing_untracked() {
 }
 
 #[test]
-fn gc_collects_thousands_of_connections_in_batches() {
+fn gc_collects_thousands_of_connections() {
     if !require_root() {
         return;
     }
@@ -382,6 +383,62 @@ fn a_closed_connection_hands_back_its_share_at_once() {
         "the GC released nothing twice"
     );
     assert_eq!(fx.drops(weir_datapath::drop::DropReason::CtEndpointLimit), 3);
+}
+
+#[test]
+fn a_connection_reopened_between_the_gcs_walk_and_its_delete_keeps_its_entries_and_share() {
+    if !require_root() {
+        return;
+    }
+    let options = LoadOptions {
+        ct_endpoint_max: Some(4), // two open connections
+        ..Default::default()
+    };
+    let mut fx = Fixture::new("reopen", &options);
+    let spec = ServiceSpec {
+        backends: vec![Backend {
+            ip: REMOTE_POD,
+            port: 8080,
+            terminating: false,
+        }],
+        ..Default::default()
+    };
+    let vip = Ipv4Addr::new(10, 96, 9, 11);
+    fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
+    let syn = |fx: &mut Fixture, port: u16| {
+        fx.tc(ProgramKind::FromPod, &flow(POD_A, port, vip, 80, TCP).packet(SYN))
+            .0
+    };
+    assert_eq!(syn(&mut fx, 43000), TC_ACT_OK);
+    assert_eq!(syn(&mut fx, 43001), TC_ACT_OK);
+    let fin = flow(POD_A, 43000, vip, 80, TCP).packet(FIN | ACK);
+    assert_eq!(fx.tc(ProgramKind::FromPod, &fin).0, TC_ACT_OK);
+
+    // The GC walks the table 11 s on: the closed connection has expired.
+    let later = monotonic_now_ns() + 11_000_000_000;
+    let walked: std::collections::HashMap<CtKey, CtEntry> = fx.ct.entries().unwrap().into_iter().collect();
+    let doomed: Vec<(CtKey, CtEntry)> = weir_datapath::conntrack::expired(&walked, later)
+        .into_iter()
+        .map(|k| (k, walked[&k]))
+        .collect();
+    assert_eq!(doomed.len(), 2, "the closed connection's two entries");
+    // Before it deletes them, the client opens a new connection from the
+    // same port: the datapath takes the keys over, charged to pod A.
+    assert_eq!(syn(&mut fx, 43000), TC_ACT_OK);
+    fx.ct.remove(&doomed).unwrap();
+    let reopened = key(&flow(POD_A, 43000, vip, 80, TCP));
+    assert!(
+        fx.entries().contains_key(&reopened),
+        "the delete left the new connection tracked"
+    );
+    assert_eq!(syn(&mut fx, 43002), support::TC_ACT_SHOT, "two open: the share is full");
+
+    // Everything expires and is collected: A's whole share comes back,
+    // none of it leaked to the entries the GC took out.
+    fx.ct.gc(monotonic_now_ns() + 7 * 3600 * 1_000_000_000).unwrap();
+    assert!(fx.entries().is_empty());
+    assert_eq!(syn(&mut fx, 43010), TC_ACT_OK);
+    assert_eq!(syn(&mut fx, 43011), TC_ACT_OK, "no share leaked");
 }
 
 #[test]
