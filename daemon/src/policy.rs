@@ -46,6 +46,13 @@ impl PolicyName {
             RuleWhat::Invalid => "invalid policy: isolates, allows nothing".into(),
             RuleWhat::HostAllowed => "the node reaches its pods".into(),
             RuleWhat::UnknownPod => "pod not known yet: denied".into(),
+            RuleWhat::Unreadable { index, name } => {
+                let list = rule.direction.name();
+                match name.is_empty() {
+                    true => format!("{list}[{index}] unreadable: denies"),
+                    false => format!("{list}[{index}] {name:?} unreadable: denies"),
+                }
+            }
             RuleWhat::Tiered {
                 action, index, name, ..
             } => {
@@ -280,7 +287,7 @@ impl Controller {
             let key = r.id.to_string();
             if self.reported.get(&key) != Some(&r.reason) {
                 tracing::warn!(policy = %key, reason = %r.reason,
-                    "policy rejected: it isolates the pods it selects and allows nothing until fixed");
+                    "policy rejected: what of it cannot be read denies (never allows) until fixed");
             }
             now.insert(key, r.reason.clone());
         }

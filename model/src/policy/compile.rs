@@ -60,7 +60,8 @@ pub mod tier {
     pub const PASS: u32 = 3;
     pub const KIND_MASK: u32 = 3;
     pub const RANK_SHIFT: u32 = 2;
-    /// Rank room per policy: rules of one direction are at most 25.
+    /// Rank room per policy: rules of one direction are at most 25, two
+    /// ranks each.
     pub const RULES_PER_POLICY: u32 = 64;
     /// Ranks stay below 2^30, so value = rank << 2 fits a u32.
     pub const RANK_MAX: u32 = (1 << 30) - 1;
@@ -131,6 +132,10 @@ pub enum RuleWhat {
     /// The endpoint's pod is not in the cluster state yet while policies
     /// of its namespace exist: denied until it is known.
     UnknownPod,
+    /// Rule `index` of a ClusterNetworkPolicy's `ingress` or `egress`, with
+    /// its `name`, that could not be read: it denies everything in its
+    /// place (an Accept matches nothing, so it never shows in a verdict).
+    Unreadable { index: usize, name: String },
 }
 
 impl RuleWhat {
@@ -140,6 +145,7 @@ impl RuleWhat {
             | RuleWhat::Deny { match_type, .. }
             | RuleWhat::Tiered { match_type, .. } => *match_type,
             RuleWhat::HostAllowed => MatchType::L3Only,
+            RuleWhat::Unreadable { .. } => MatchType::All,
             _ => MatchType::None,
         }
     }
@@ -474,7 +480,7 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                 .collect(),
             invalid: rejected
                 .iter()
-                .filter(|r| !r.audit && hit(&r.subject.namespaces, &r.subject.pods))
+                .filter(|r| !r.audit && r.usable.is_none() && hit(&r.subject.namespaces, &r.subject.pods))
                 .collect(),
         });
     }
@@ -607,12 +613,15 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                 let reference = numbers.rules.id(rr.clone());
                 used_rules.insert(rr);
                 let rank = ranks.get(&r.id).copied().unwrap_or(0);
+                if d == Direction::Ingress {
+                    host_first(&mut tables, numbers, &mut used_rules, rank, tier_layer(t.tier));
+                }
                 for (proto, lo, hi) in ranges(&L4::All, &[]) {
                     tables.entry(PEER_ANY).or_default().push(Part {
                         proto,
                         lo,
                         hi,
-                        action: rank << tier::RANK_SHIFT | tier::DENY,
+                        action: rank.saturating_sub(1) << tier::RANK_SHIFT | tier::DENY,
                         reference,
                         layer: tier_layer(t.tier),
                     });
@@ -621,6 +630,10 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
             for p in &s.valid {
                 for rule in p.rules.iter().filter(|r| r.direction == d) {
                     let what = match (p.tier, rule.action) {
+                        (Some(_), _) if rule.unreadable => RuleWhat::Unreadable {
+                            index: rule.index,
+                            name: rule.name.clone(),
+                        },
                         (Some(_), action) => RuleWhat::Tiered {
                             action,
                             index: rule.index,
@@ -646,7 +659,15 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
                     used_rules.insert(rr);
                     let (act, layer) = match p.tier {
                         Some(t) => {
-                            let rank = ranks.get(&p.id).copied().unwrap_or(0).saturating_sub(rule.index as u32);
+                            // Two ranks a rule: the upper one for what must
+                            // come before it (the node's probes, before an
+                            // unreadable rule's deny).
+                            let first = ranks.get(&p.id).copied().unwrap_or(0);
+                            let above = first.saturating_sub(2 * rule.index as u32);
+                            if rule.unreadable && rule.action == Action::Deny && d == Direction::Ingress {
+                                host_first(&mut tables, numbers, &mut used_rules, above, tier_layer(t.tier));
+                            }
+                            let rank = above.saturating_sub(1);
                             let kind = match rule.action {
                                 Action::Allow => tier::ACCEPT,
                                 Action::Deny => tier::DENY,
@@ -759,6 +780,38 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
     out
 }
 
+/// The node reaching its pods, accepted at `rank` of a tier: above a deny
+/// weir made in place of what it could not read (one a ClusterNetworkPolicy
+/// rule or the whole policy), so a typo does not fail every probe of the
+/// pods it selects. (A written ClusterNetworkPolicy cannot refuse the node:
+/// its ingress peers are namespaces and pods only.)
+fn host_first(
+    tables: &mut BTreeMap<u32, Vec<Part>>,
+    numbers: &mut Numbers,
+    used_rules: &mut BTreeSet<RuleRef>,
+    rank: u32,
+    layer: Layer,
+) {
+    let rr = RuleRef {
+        policy: None,
+        direction: Direction::Ingress,
+        what: RuleWhat::HostAllowed,
+        audit: false,
+    };
+    let reference = numbers.rules.id(rr.clone());
+    used_rules.insert(rr);
+    for (proto, lo, hi) in ranges(&L4::All, &[]) {
+        tables.entry(identity::HOST).or_default().push(Part {
+            proto,
+            lo,
+            hi,
+            action: rank << tier::RANK_SHIFT | tier::ACCEPT,
+            reference,
+            layer,
+        });
+    }
+}
+
 fn tier_layer(t: Tier) -> Layer {
     match t {
         Tier::Admin => Layer::Admin,
@@ -773,7 +826,13 @@ fn tier_ranks(policies: &[Policy], rejected: &[Rejected]) -> BTreeMap<PolicyId, 
     let mut order: Vec<(Tiered, &PolicyId)> = policies
         .iter()
         .filter_map(|p| p.tier.map(|t| (t, &p.id)))
-        .chain(rejected.iter().filter_map(|r| r.tier.map(|t| (t, &r.id))))
+        // A rejected policy with a usable part is among `policies`.
+        .chain(
+            rejected
+                .iter()
+                .filter(|r| r.usable.is_none())
+                .filter_map(|r| r.tier.map(|t| (t, &r.id))),
+        )
         .collect();
     order.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
     let n = order.len() as u32;
@@ -1099,30 +1158,80 @@ spec: {namespace: b, labels: {app: client}}
     }
 
     #[test]
-    fn a_rejected_cluster_network_policy_denies_at_its_place_never_opens() {
+    fn a_cluster_network_policy_rule_that_cannot_be_read_fails_closed_alone() {
         let subject = "  subject: {namespaces: {matchLabels: {team: a}}}\n";
-        // A bad selector operator in an Admin Accept: the API server's
-        // schema lets it through; weir denies its subject's ingress at the
-        // policy's place instead of accepting.
-        let bad = cnp(
+        let bad_from = "from: [{namespaces: {matchExpressions: [{key: team, operator: Sometimes}]}}]";
+        let host = |c: &Compiled| c.judge(1, Ingress, identity::HOST, Ipv4Addr::new(172, 16, 0, 1), TCP, 10250);
+        // A bad selector operator in an Accept (the API server's schema
+        // lets it through): that rule matches nothing; the Deny after it
+        // still denies.
+        let accept = cnp(
             "typo",
             "Admin",
             2,
             &format!(
-                "{subject}  ingress:\n  - {{action: Accept, from: [{{namespaces: {{matchExpressions: [{{key: team, operator: Sometimes}}]}}}}]}}"
+                "{subject}  ingress:\n  - {{action: Accept, {bad_from}}}\n  - {{action: Deny, from: [{{namespaces: {{matchLabels: {{team: b}}}}}}], protocols: [{{tcp: {{destinationPort: {{number: 81}}}}}}]}}"
             ),
         );
-        let c = run(&bad);
+        let c = run(&accept);
         assert_eq!(c.rejected.len(), 1);
-        assert!(c.rejected[0].reason.contains("Sometimes"), "{}", c.rejected[0].reason);
+        let reason = &c.rejected[0].reason;
+        assert!(
+            reason.contains("ingress[0]") && reason.contains("Sometimes"),
+            "{reason}"
+        );
+        assert_eq!(
+            verdict(&c, 1, Ingress, CLIENT, CLIENT_IP, TCP, 80),
+            Judged::None,
+            "never opens"
+        );
+        let (v, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 81);
+        assert_eq!(v, Judged::Deny, "the good rule works on");
+        assert!(matches!(c.rules[&r].what, RuleWhat::Tiered { index: 1, .. }));
+
+        // The same typo in a Deny: it denies everything in its place, the
+        // node's probes excepted; the Accept after it comes too late.
+        let deny = cnp(
+            "typo",
+            "Admin",
+            2,
+            &format!(
+                "{subject}  ingress:\n  - {{name: no-b, action: Deny, {bad_from}}}\n  - {{action: Accept, from: [{{namespaces: {{}}}}]}}"
+            ),
+        );
+        let c = run(&deny);
         let (v, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80);
         assert_eq!(v, Judged::Deny);
-        assert_eq!(c.rules[&r].what, RuleWhat::Invalid);
+        assert_eq!(
+            c.rules[&r].what,
+            RuleWhat::Unreadable {
+                index: 0,
+                name: "no-b".into()
+            }
+        );
+        let (v, r) = host(&c);
+        assert_eq!(v, Judged::Allow, "kubelet still probes the pods");
+        assert_eq!(c.rules[&r].what, RuleWhat::HostAllowed);
         assert_eq!(
             verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 80),
             Judged::None,
-            "it had no egress rules"
+            "no egress rules"
         );
+
+        // A subject that cannot be read: every pod's ingress is denied at
+        // the policy's place, the node's probes excepted.
+        let subject_typo = cnp(
+            "typo",
+            "Admin",
+            2,
+            "  subject: {namespaces: {matchExpressions: [{key: team, operator: Sometimes}]}}\n  ingress:\n  - {action: Accept, from: [{namespaces: {}}]}",
+        );
+        let c = run(&subject_typo);
+        assert_eq!(c.rejected.len(), 1);
+        let (v, r) = c.judge(2, Ingress, CLIENT, CLIENT_IP, TCP, 80);
+        assert_eq!(v, Judged::Deny);
+        assert_eq!(c.rules[&r].what, RuleWhat::Invalid);
+        assert_eq!(host(&c).0, Judged::Allow);
     }
 
     #[test]

@@ -241,9 +241,30 @@ pub struct Rule {
     pub name: String,
     pub peers: Vec<Peer>,
     pub l4: Vec<L4>,
+    /// It stands in for a rule that could not be read, failing closed
+    /// ([`Rule::unreadable`]).
+    pub unreadable: bool,
 }
 
 impl Rule {
+    /// What a tiered policy enforces in place of its rule `index` that
+    /// could not be read: a Deny of everything (the node's own traffic to
+    /// its pods excepted, see the compiler), or for an Accept, nothing at
+    /// all; never more open than the rule meant. An unknown action is
+    /// taken for a Deny.
+    pub fn unreadable(direction: Direction, index: usize, name: &str, action: Action) -> Rule {
+        let accept = action == Action::Allow;
+        Rule {
+            direction,
+            action: if accept { Action::Allow } else { Action::Deny },
+            index,
+            name: name.to_string(),
+            peers: if accept { Vec::new() } else { vec![Peer::Any] },
+            l4: vec![L4::All],
+            unreadable: true,
+        }
+    }
+
     /// Hubble's match type: what the rule names.
     pub fn match_type(&self) -> MatchType {
         let l3 = !self.peers.iter().all(|p| matches!(p, Peer::Any));
@@ -315,6 +336,12 @@ pub struct Rejected {
     /// of its subject in the directions of `isolates`, rather than
     /// isolating it (which is NetworkPolicy's business).
     pub tier: Option<Tiered>,
+    /// A tiered policy whose only problems are in some of its rules: the
+    /// policy with those in their fail-closed form ([`Rule::unreadable`]),
+    /// enforced in its place, so one bad rule does not take the others
+    /// with it. `None`: the policy itself (tier, subject, priority) is
+    /// what is wrong, and the whole-policy deny above stands.
+    pub usable: Option<Box<Policy>>,
 }
 
 fn selector_errors(sel: &LabelSelector, what: &str) -> Result<(), String> {
@@ -504,6 +531,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
             subject,
             isolates,
             tier: None,
+            usable: None,
         })
     };
     if let Err(e) = selector_errors(&pods, "podSelector") {
@@ -545,6 +573,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
                     name: String::new(),
                     peers: peer_list(peers.map_err(|e| format!("ingress[{index}]: {e}"))?),
                     l4: l4_list(l4.map_err(|e| format!("ingress[{index}]: {e}"))?),
+                    unreadable: false,
                 });
             }
         }
@@ -563,6 +592,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<Policy, Box<Rejected>> {
                     name: String::new(),
                     peers: peer_list(peers.map_err(|e| format!("egress[{index}]: {e}"))?),
                     l4: l4_list(l4.map_err(|e| format!("egress[{index}]: {e}"))?),
+                    unreadable: false,
                 });
             }
         }
@@ -674,6 +704,7 @@ fn crd_rules(rules: &crd::PolicyRules, own: Option<&str>) -> Result<Vec<Rule>, S
                 name: String::new(),
                 peers: peer_list(peers),
                 l4: l4_list(l4),
+                unreadable: false,
             });
         }
     }
@@ -700,6 +731,7 @@ fn crd_policy(
             subject,
             isolates,
             tier: None,
+            usable: None,
         })
     };
     if let Err(e) = selector_errors(&rules.endpoint_selector, "endpointSelector") {
@@ -752,6 +784,7 @@ pub fn weir_cluster_network_policy(p: &WeirClusterNetworkPolicy) -> Result<Polic
                     subject: all,
                     isolates: [true, true],
                     tier: None,
+                    usable: None,
                 }));
             }
             Namespaces::Selector(s.clone())
@@ -886,14 +919,18 @@ fn cnp_rule(
         // No peer left (IPv6 networks only): the rule matches nothing.
         peers: out,
         l4: l4_list(l4),
+        unreadable: false,
     })
 }
 
-/// A `policy.networking.k8s.io` ClusterNetworkPolicy. Rejected, it
-/// denies every connection of its subject (all pods when the subject is
-/// what is wrong) in the directions it has rules for, at its place in its
-/// tier (Admin when the tier is what is wrong): never more open than the
-/// policy meant.
+/// A `policy.networking.k8s.io` ClusterNetworkPolicy. Rejected for a
+/// rule that cannot be read, it keeps its other rules and that one fails
+/// closed ([`Rule::unreadable`]); rejected for what the policy itself says
+/// (tier, subject, priority, too many rules), it denies every connection of
+/// its subject (all pods when the subject is what is wrong) in the
+/// directions it has rules for, at its place in its tier (Admin when the
+/// tier is what is wrong). The node reaching its own pods is excepted from
+/// both denies (probes). Never more open than the policy meant.
 pub fn cluster_network_policy(p: &ClusterNetworkPolicy) -> Result<Policy, Box<Rejected>> {
     let id = id_of(PolicyKind::ClusterNetworkPolicy, &p.metadata);
     let spec = &p.spec;
@@ -911,6 +948,7 @@ pub fn cluster_network_policy(p: &ClusterNetworkPolicy) -> Result<Policy, Box<Re
             subject,
             isolates: directions,
             tier: Some(Tiered { tier, priority }),
+            usable: None,
         })
     };
     let tier = match spec.tier.as_str() {
@@ -939,34 +977,67 @@ pub fn cluster_network_policy(p: &ClusterNetworkPolicy) -> Result<Policy, Box<Re
         Ok(s) => s,
         Err(e) => return Err(reject(e, everyone, tier)),
     };
-    let rules: Result<Vec<Rule>, String> = (|| {
-        if !(0..=1000).contains(&spec.priority) {
-            return Err(format!("priority {} is out of range (0-1000)", spec.priority));
-        }
-        if spec.ingress.len() > CNP_MAX_ITEMS || spec.egress.len() > CNP_MAX_ITEMS {
-            return Err(format!("more than {CNP_MAX_ITEMS} rules in a direction"));
-        }
-        let ingress = spec.ingress.iter().enumerate().map(|(i, r)| {
-            cnp_rule(Direction::Ingress, i, &r.name, &r.action, &r.from, &r.protocols)
-                .map_err(|e| format!("ingress[{i}]: {e}"))
-        });
-        let egress = spec.egress.iter().enumerate().map(|(i, r)| {
-            cnp_rule(Direction::Egress, i, &r.name, &r.action, &r.to, &r.protocols)
-                .map_err(|e| format!("egress[{i}]: {e}"))
-        });
-        ingress.chain(egress).collect()
-    })();
-    match rules {
-        Ok(rules) => Ok(Policy {
-            id,
-            audit: false,
+    if !(0..=1000).contains(&spec.priority) {
+        return Err(reject(
+            format!("priority {} is out of range (0-1000)", spec.priority),
             subject,
-            isolates: [false, false],
-            rules,
-            tier: Some(Tiered { tier, priority }),
-        }),
-        Err(e) => Err(reject(e, subject, tier)),
+            tier,
+        ));
     }
+    if spec.ingress.len() > CNP_MAX_ITEMS || spec.egress.len() > CNP_MAX_ITEMS {
+        return Err(reject(
+            format!("more than {CNP_MAX_ITEMS} rules in a direction"),
+            subject,
+            tier,
+        ));
+    }
+    // Rule by rule: one that cannot be read fails closed in its place.
+    let mut errors = Vec::new();
+    let mut rules = Vec::new();
+    let ingress = spec
+        .ingress
+        .iter()
+        .map(|r| (Direction::Ingress, &r.name, &r.action, &r.from, &r.protocols));
+    let egress = spec
+        .egress
+        .iter()
+        .map(|r| (Direction::Egress, &r.name, &r.action, &r.to, &r.protocols));
+    let mut index = [0usize; 2];
+    for (direction, name, action, peers, protocols) in ingress.chain(egress) {
+        let i = index[direction.index()];
+        index[direction.index()] += 1;
+        match cnp_rule(direction, i, name, action, peers, protocols) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => {
+                errors.push(format!("{}[{i}]: {e}", direction.name()));
+                let meant = match action.as_str() {
+                    "Accept" => Action::Allow,
+                    _ => Action::Deny,
+                };
+                rules.push(Rule::unreadable(direction, i, name, meant));
+            }
+        }
+    }
+    let policy = Policy {
+        id,
+        audit: false,
+        subject,
+        isolates: [false, false],
+        rules,
+        tier: Some(Tiered { tier, priority }),
+    };
+    if errors.is_empty() {
+        return Ok(policy);
+    }
+    Err(Box::new(Rejected {
+        id: policy.id.clone(),
+        reason: errors.join("; "),
+        audit: false,
+        subject: policy.subject.clone(),
+        isolates: directions,
+        tier: policy.tier,
+        usable: Some(Box::new(policy)),
+    }))
 }
 
 /// Why a policy that cannot be read into its type is rejected (`reason`:
@@ -975,8 +1046,9 @@ pub fn unreadable_reason(reason: &str) -> String {
     format!("cannot be read: {reason}")
 }
 
-/// Every policy of the cluster state, parsed: the valid ones and the
-/// rejected ones, each in a stable order (kind, namespace, name).
+/// Every policy of the cluster state, parsed: the ones to enforce (the
+/// valid ones, and the usable part of rejected ones: [`Rejected::usable`])
+/// and the rejected ones, each in a stable order (kind, namespace, name).
 pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
     let mut ok = BTreeMap::new();
     let mut bad = BTreeMap::new();
@@ -1014,6 +1086,7 @@ pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
             },
             isolates: [true, true],
             tier: None,
+            usable: None,
         }))
     });
     for r in results.chain(unreadable) {
@@ -1022,6 +1095,9 @@ pub fn all(state: &crate::ClusterState) -> (Vec<Policy>, Vec<Rejected>) {
                 ok.insert(p.id.clone(), p);
             }
             Err(r) => {
+                if let Some(usable) = &r.usable {
+                    ok.insert(r.id.clone(), (**usable).clone());
+                }
                 bad.insert(r.id.clone(), *r);
             }
         }
