@@ -123,6 +123,9 @@ impl TailCall {
 const POD_TC_PRIORITY: u16 = 1;
 const POD_TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
+/// The oldest kernel the datapath loads on (major, minor).
+pub const MIN_KERNEL: (u8, u8) = (6, 6);
+
 /// Host veths of pods (weir-cni names them `lxc` + 11 hex digits).
 const POD_IFACE_PREFIX: &str = "lxc";
 
@@ -142,6 +145,12 @@ pub enum DatapathError {
     /// The load options cannot be used.
     #[error("invalid load options: {0}")]
     Options(String),
+    /// The running kernel is older than the datapath needs.
+    #[error(
+        "kernel {found} is older than {}.{}, which the datapath needs (TCX links on node devices: 6.6; BPF_XCHG, SO_NETNS_COOKIE, lookup-and-delete on hash maps: 5.14)",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    )]
+    Kernel { found: String },
     /// The object lacks a program or map the loader expects.
     #[error("the datapath object has no {0}")]
     Missing(&'static str),
@@ -244,6 +253,16 @@ impl Datapath {
     /// conntrack table to see it fill up). Sizes only apply to maps this
     /// load creates: maps already pinned keep theirs.
     pub fn load_with(pin_dir: &Path, options: &LoadOptions) -> Result<Self> {
+        // Said plainly up front, not as a verifier log or an EINVAL from a
+        // link call halfway through. A version that cannot be read (an odd
+        // uname) is let through: the load itself says what is missing.
+        if let Ok(found) = aya::util::KernelVersion::current()
+            && found < aya::util::KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0)
+        {
+            return Err(DatapathError::Kernel {
+                found: found.to_string(),
+            });
+        }
         if let Some(ports) = &options.snat_ports
             && (ports.is_empty() || *ports.start() == 0)
         {

@@ -79,19 +79,29 @@ pub async fn run(client: kube::Client, term: Term) -> Result<Infallible, Error> 
 async fn when_served(client: kube::Client, kind: PolicyKind, term: Term) {
     let resource = weir_k8s::resource(kind.kind());
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-    let mut said = false;
+    let (mut said, mut failed) = (false, false);
     loop {
         match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+            Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 if !said {
                     tracing::info!(kind = kind.name(), resource = %resource.plural,
                         "not served (CRD not installed): its status waits until it is");
                     said = true;
                 }
-                tokio::time::sleep(NOT_SERVED_POLL).await;
             }
-            _ => break,
+            // Not an answer either way (API server unreachable, a token
+            // not yet valid): ask again rather than start a watch on a
+            // resource that may not exist.
+            Err(e) => {
+                if !failed {
+                    tracing::warn!(kind = kind.name(), error = %e,
+                        "cannot tell whether the kind is served yet; asking again");
+                    failed = true;
+                }
+            }
         }
+        tokio::time::sleep(NOT_SERVED_POLL).await;
     }
     controller(client, kind, term).await
 }
