@@ -282,16 +282,14 @@ fn gc_collects_thousands_of_connections() {
     assert!(fx.ct.is_empty().unwrap());
 }
 
-#[test]
-fn one_pod_cannot_take_more_than_its_share_of_the_table() {
-    if !require_root() {
-        return;
-    }
+/// A datapath whose pods each have a share of 4 entries (two connections),
+/// and a TCP service at `vip`:80 with one backend (a remote pod).
+fn share_fixture(test: &str, vip: Ipv4Addr) -> (Fixture, Ipv4Addr) {
     let options = LoadOptions {
-        ct_endpoint_max: Some(4), // two connections each
+        ct_endpoint_max: Some(4),
         ..Default::default()
     };
-    let mut fx = Fixture::new("share", &options);
+    let mut fx = Fixture::new(test, &options);
     let spec = ServiceSpec {
         backends: vec![Backend {
             ip: REMOTE_POD,
@@ -300,8 +298,22 @@ fn one_pod_cannot_take_more_than_its_share_of_the_table() {
         }],
         ..Default::default()
     };
-    let vip = Ipv4Addr::new(10, 96, 9, 9);
     fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
+    (fx, vip)
+}
+
+/// Pod A's SYN from `port` to `vip`:80: what from_pod does with it.
+fn syn_to(fx: &mut Fixture, vip: Ipv4Addr, port: u16) -> u32 {
+    fx.tc(ProgramKind::FromPod, &flow(POD_A, port, vip, 80, TCP).packet(SYN))
+        .0
+}
+
+#[test]
+fn one_pod_cannot_take_more_than_its_share_of_the_table() {
+    if !require_root() {
+        return;
+    }
+    let (mut fx, vip) = share_fixture("share", Ipv4Addr::new(10, 96, 9, 9));
 
     // Pod A fills its share: two service connections.
     for p in [40000, 40001] {
@@ -339,25 +351,8 @@ fn a_closed_connection_hands_back_its_share_at_once() {
     if !require_root() {
         return;
     }
-    let options = LoadOptions {
-        ct_endpoint_max: Some(4), // two open connections
-        ..Default::default()
-    };
-    let mut fx = Fixture::new("closed", &options);
-    let spec = ServiceSpec {
-        backends: vec![Backend {
-            ip: REMOTE_POD,
-            port: 8080,
-            terminating: false,
-        }],
-        ..Default::default()
-    };
-    let vip = Ipv4Addr::new(10, 96, 9, 10);
-    fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
-    let syn = |fx: &mut Fixture, port: u16| {
-        fx.tc(ProgramKind::FromPod, &flow(POD_A, port, vip, 80, TCP).packet(SYN))
-            .0
-    };
+    let (mut fx, vip) = share_fixture("closed", Ipv4Addr::new(10, 96, 9, 10));
+    let syn = |fx: &mut Fixture, port: u16| syn_to(fx, vip, port);
 
     assert_eq!(syn(&mut fx, 42000), TC_ACT_OK);
     assert_eq!(syn(&mut fx, 42001), TC_ACT_OK);
@@ -390,25 +385,8 @@ fn a_connection_reopened_between_the_gcs_walk_and_its_delete_keeps_its_entries_a
     if !require_root() {
         return;
     }
-    let options = LoadOptions {
-        ct_endpoint_max: Some(4), // two open connections
-        ..Default::default()
-    };
-    let mut fx = Fixture::new("reopen", &options);
-    let spec = ServiceSpec {
-        backends: vec![Backend {
-            ip: REMOTE_POD,
-            port: 8080,
-            terminating: false,
-        }],
-        ..Default::default()
-    };
-    let vip = Ipv4Addr::new(10, 96, 9, 11);
-    fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
-    let syn = |fx: &mut Fixture, port: u16| {
-        fx.tc(ProgramKind::FromPod, &flow(POD_A, port, vip, 80, TCP).packet(SYN))
-            .0
-    };
+    let (mut fx, vip) = share_fixture("reopen", Ipv4Addr::new(10, 96, 9, 11));
+    let syn = |fx: &mut Fixture, port: u16| syn_to(fx, vip, port);
     assert_eq!(syn(&mut fx, 43000), TC_ACT_OK);
     assert_eq!(syn(&mut fx, 43001), TC_ACT_OK);
     let fin = flow(POD_A, 43000, vip, 80, TCP).packet(FIN | ACK);
