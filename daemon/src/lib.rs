@@ -139,6 +139,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             route_dev,
             netdev,
             route_maps,
+            routing::Bounds {
+                own: pod_cidr,
+                cluster: config.cluster_cidr,
+            },
+            metrics.clone(),
             rx.clone(),
         ));
     }

@@ -155,6 +155,7 @@ pub struct Metrics {
     policies: Family<PolicyStateLabels, Gauge>,
     policy_slots: Gauge,
     policy_compile: Histogram,
+    refused_pod_cidrs: Gauge,
     kube_objects: Family<KindLabels, Gauge>,
     kube_unreadable: Family<KindLabels, Counter>,
     kube_errors: Family<KindLabels, Counter>,
@@ -233,6 +234,7 @@ impl Metrics {
             policies: Family::default(),
             policy_slots: Gauge::default(),
             policy_compile: latency_buckets(),
+            refused_pod_cidrs: Gauge::default(),
             kube_objects: Family::default(),
             kube_unreadable: Family::default(),
             kube_errors: Family::default(),
@@ -356,6 +358,11 @@ impl Metrics {
             m.kube_errors.clone(),
         );
         registry.register(
+            "weir_node_pod_cidrs_refused",
+            "Pod CIDRs of other Node objects not routed (outside the cluster CIDR, holding a node address, or overlapping another node's); the agent logs why",
+            m.refused_pod_cidrs.clone(),
+        );
+        registry.register(
             "weir_kubernetes_relists",
             "Lists after the first (a watch expired or the API server came back), by kind",
             m.kube_relists.clone(),
@@ -368,6 +375,11 @@ impl Metrics {
         self.kube_objects
             .get_or_create(&KindLabels { kind: kind.into() })
             .set(n as i64);
+    }
+
+    /// How many pod CIDRs of other nodes the routes leave out.
+    pub fn refused_pod_cidrs(&self, n: usize) {
+        self.refused_pod_cidrs.set(n as i64);
     }
 
     pub fn kube_unreadable(&self, kind: &str) {

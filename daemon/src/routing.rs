@@ -12,21 +12,58 @@ use crate::cluster::ClusterState;
 use crate::config::Routing;
 use crate::netdev::Netdev;
 
-/// Every other node's pod CIDRs with its InternalIP, sorted. Nodes without
-/// an address or CIDR are skipped: they cannot be reached yet.
-pub fn remote_routes(state: &ClusterState, self_node: &str) -> Vec<(Ipv4Net, Ipv4Addr)> {
-    let mut out = Vec::new();
-    for (key, node) in &state.nodes {
-        if key.name == self_node {
-            continue;
-        }
-        let ip = node
-            .status
+/// What the Node objects ask for: routes to every other node's pod CIDRs
+/// (with its InternalIP), sorted, and the CIDRs refused with why.
+#[derive(Debug, Default, PartialEq)]
+pub struct Routes {
+    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub refused: Vec<Refused>,
+}
+
+/// A pod CIDR of a Node object that is not installed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub node: String,
+    pub cidr: String,
+    pub reason: String,
+}
+
+/// What a pod CIDR must respect to become a route on this node.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// This node's own pod CIDR: never routed away.
+    pub own: Ipv4Net,
+    /// The cluster's pod CIDR, when configured: every route lies in it.
+    pub cluster: Option<Ipv4Net>,
+}
+
+/// Every other node's pod CIDRs, as routes via its InternalIP. A Node
+/// object is written by kubelets and anyone the API server lets, so a pod
+/// CIDR is a claim, checked before it becomes a kernel route: it must be
+/// IPv4, lie in the cluster CIDR (when one is configured), hold no node's
+/// address, not overlap this node's own pod CIDR, and not overlap a CIDR
+/// an older node holds (oldest by creation, then name, keeps it). A
+/// `podCIDR: 0.0.0.0/0` would otherwise replace the default route. Nodes
+/// without an address or CIDR are skipped: they cannot be reached yet.
+pub fn remote_routes(state: &ClusterState, self_node: &str, bounds: Bounds) -> Routes {
+    let address = |node: &k8s_openapi::api::core::v1::Node| {
+        node.status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .and_then(|a| a.address.parse::<Ipv4Addr>().ok());
-        let Some(ip) = ip else { continue };
+            .and_then(|a| a.address.parse::<Ipv4Addr>().ok())
+    };
+    let node_ips: Vec<Ipv4Addr> = state.nodes.values().filter_map(|n| address(n)).collect();
+    // Oldest first: the first claim of an address range keeps it.
+    let mut nodes: Vec<_> = state.nodes.iter().collect();
+    nodes.sort_by_key(|(key, n)| (n.metadata.creation_timestamp.clone(), key.name.clone()));
+    let mut out = Routes::default();
+    let mut claimed: Vec<(Ipv4Net, String)> = vec![(bounds.own, self_node.to_owned())];
+    for (key, node) in nodes {
+        if key.name == self_node {
+            continue;
+        }
+        let Some(ip) = address(node) else { continue };
         let spec = node.spec.as_ref();
         let cidrs: BTreeSet<String> = spec
             .and_then(|s| s.pod_cidrs.clone())
@@ -34,12 +71,46 @@ pub fn remote_routes(state: &ClusterState, self_node: &str) -> Vec<(Ipv4Net, Ipv
             .into_iter()
             .chain(spec.and_then(|s| s.pod_cidr.clone()))
             .collect();
-        for cidr in cidrs.iter().filter_map(|c| c.parse::<Ipv4Net>().ok()) {
-            out.push((cidr.trunc(), ip));
+        for text in cidrs {
+            let cidr = match text.parse::<Ipv4Net>() {
+                Ok(c) => c.trunc(),
+                // An IPv6 CIDR of a dual-stack node: not weir's to route.
+                Err(_) if text.contains(':') => continue,
+                Err(e) => {
+                    out.refused.push(Refused {
+                        node: key.name.clone(),
+                        cidr: text,
+                        reason: format!("not a CIDR: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let overlap = |other: &Ipv4Net| other.contains(&cidr.network()) || cidr.contains(&other.network());
+            let reason = if let Some(cluster) = bounds.cluster.filter(|c| !c.contains(&cidr)) {
+                Some(format!("outside the cluster CIDR {cluster}"))
+            } else if let Some(ip) = node_ips.iter().find(|ip| cidr.contains(*ip)) {
+                Some(format!("holds node address {ip}"))
+            } else {
+                claimed
+                    .iter()
+                    .find(|(other, _)| overlap(other))
+                    .map(|(other, owner)| format!("overlaps {other} of node {owner}"))
+            };
+            match reason {
+                Some(reason) => out.refused.push(Refused {
+                    node: key.name.clone(),
+                    cidr: cidr.to_string(),
+                    reason,
+                }),
+                None => {
+                    claimed.push((cidr, key.name.clone()));
+                    out.routes.push((cidr, ip));
+                }
+            }
         }
     }
-    out.sort();
-    out.dedup();
+    out.routes.sort();
+    out.routes.dedup();
     out
 }
 
@@ -50,6 +121,8 @@ pub async fn run(
     route_dev: u32,
     netdev: Netdev,
     maps: weir_datapath::RouteMaps,
+    bounds: Bounds,
+    metrics: Arc<crate::metrics::Metrics>,
     mut cluster: watch::Receiver<Arc<ClusterState>>,
 ) {
     // Map syscalls block: they run on a blocking thread, which owns the
@@ -64,6 +137,7 @@ pub async fn run(
         }
     };
     let mut backoff = crate::backoff::Backoff::controller();
+    let mut said: Vec<Refused> = Vec::new();
     loop {
         let state = cluster.borrow_and_update().clone();
         // Not synced once: an empty snapshot would remove the routes (and
@@ -76,7 +150,16 @@ pub async fn run(
             continue;
         }
         let mut failed = false;
-        let wanted = remote_routes(&state, &node);
+        let Routes {
+            routes: wanted,
+            refused,
+        } = remote_routes(&state, &node, bounds);
+        for r in refused.iter().filter(|r| !said.contains(r)) {
+            tracing::warn!(node = %r.node, cidr = %r.cidr, reason = %r.reason,
+                "pod CIDR of a Node object refused: no route to it");
+        }
+        metrics.refused_pod_cidrs(refused.len());
+        said = refused;
         // Kernel routes in both modes: the node's own stack must reach remote
         // pods too (replies to them, probes); pods' own traffic in vxlan mode
         // goes into the tunnel from the datapath without consulting these.
@@ -168,11 +251,77 @@ metadata: {name: c}
 spec: {podCIDR: 10.244.3.0/24}
 "#,
         );
-        let routes = remote_routes(&s, "a");
+        let routes = remote_routes(&s, "a", bounds("10.244.1.0/24")).routes;
         assert_eq!(
             routes,
             vec![("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))]
         );
-        assert_eq!(remote_routes(&s, "b").len(), 1, "b routes to a; c has no address yet");
+        assert_eq!(
+            remote_routes(&s, "b", bounds("10.244.2.0/24")).routes.len(),
+            1,
+            "b routes to a; c has no address yet"
+        );
+    }
+
+    fn bounds(own: &str) -> Bounds {
+        Bounds {
+            own: own.parse().unwrap(),
+            cluster: Some("10.244.0.0/16".parse().unwrap()),
+        }
+    }
+
+    fn node(name: &str, created: &str, cidr: &str, ip: &str) -> String {
+        format!(
+            "kind: Node\napiVersion: v1\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec: {{podCIDR: \"{cidr}\"}}\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n---\n"
+        )
+    }
+
+    #[test]
+    fn a_node_object_cannot_route_away_what_is_not_its_own() {
+        let mut s = ClusterState::default();
+        let nodes = [
+            node("a", "2026-01-01T00:00:00Z", "10.244.1.0/24", "172.30.0.11"),
+            node("b", "2026-01-02T00:00:00Z", "10.244.2.0/24", "172.30.0.12"),
+            // The default route, the cluster's whole range and this node's
+            // own pods: each would take traffic that is not the node's.
+            node("evil", "2026-01-03T00:00:00Z", "0.0.0.0/0", "172.30.0.13"),
+            node("wide", "2026-01-04T00:00:00Z", "10.244.0.0/16", "172.30.0.14"),
+            node("mine", "2026-01-05T00:00:00Z", "10.244.1.128/25", "172.30.0.15"),
+            // Newer than b and claiming b's range: b keeps it.
+            node("copy", "2026-01-06T00:00:00Z", "10.244.2.0/24", "172.30.0.16"),
+            node("junk", "2026-01-07T00:00:00Z", "10.244.300.0/24", "172.30.0.17"),
+        ];
+        crate::cluster::parse_manifests(&mut s, &nodes.concat());
+        let r = remote_routes(&s, "a", bounds("10.244.1.0/24"));
+        assert_eq!(
+            r.routes,
+            vec![("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(172, 30, 0, 12))],
+            "only b's own range"
+        );
+        let why: Vec<(&str, &str)> = r.refused.iter().map(|r| (r.node.as_str(), r.reason.as_str())).collect();
+        assert_eq!(
+            why,
+            vec![
+                ("evil", "outside the cluster CIDR 10.244.0.0/16"),
+                ("wide", "overlaps 10.244.1.0/24 of node a"),
+                ("mine", "overlaps 10.244.1.0/24 of node a"),
+                ("copy", "overlaps 10.244.2.0/24 of node b"),
+                ("junk", "not a CIDR: invalid IP address syntax"),
+            ]
+        );
+        // Without a cluster CIDR the node addresses still bound it: the
+        // default route holds every node's address.
+        let open = Bounds {
+            own: "10.244.1.0/24".parse().unwrap(),
+            cluster: None,
+        };
+        let r = remote_routes(&s, "a", open);
+        assert!(
+            r.refused
+                .iter()
+                .any(|x| x.node == "evil" && x.reason == "holds node address 172.30.0.11"),
+            "{r:?}"
+        );
+        assert_eq!(r.routes.len(), 1, "{r:?}");
     }
 }
