@@ -31,23 +31,53 @@ pub fn desired(state: &ClusterState, self_node: &str) -> BTreeMap<Ipv4Addr, u32>
             }
         }
     }
+    // One address, several pods (a finished pod keeps its podIP in its
+    // status while IPAM hands the address to a new one; a deleted pod
+    // lingers in its grace period): the live one owns it, so a dead pod
+    // never lends its identity to the traffic of the pod after it.
+    let mut owner: BTreeMap<Ipv4Addr, (OwnerRank, u32)> = BTreeMap::new();
     for pod in state.pods.values() {
         if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
             continue;
         }
         let Some(status) = pod.status.as_ref() else { continue };
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            continue;
+        }
         let ips = status
             .pod_ips
             .iter()
             .flatten()
             .map(|p| p.ip.as_str())
             .chain(status.pod_ip.as_deref());
+        let rank = OwnerRank {
+            live: pod.metadata.deletion_timestamp.is_none(),
+            created: pod.metadata.creation_timestamp.clone(),
+        };
         let identity = state.pod_identity(pod);
         for ip in ips.filter_map(|s| s.parse::<Ipv4Addr>().ok()) {
-            out.entry(ip).or_insert(identity);
+            match owner.get(&ip) {
+                Some((best, _)) if *best >= rank => {}
+                _ => {
+                    owner.insert(ip, (rank.clone(), identity));
+                }
+            }
         }
     }
+    for (ip, (_, identity)) in owner {
+        // A node's address is the node's (host-network pods have it).
+        out.entry(ip).or_insert(identity);
+    }
     out
+}
+
+/// Which of several pods with one address owns it: one not being deleted
+/// before one that is, then the newest (its address was handed out last).
+/// Ties keep the first in the model's order (namespace, name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct OwnerRank {
+    live: bool,
+    created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Keeps the ipcache in step with the model until the model's sender goes.
@@ -170,6 +200,56 @@ spec: {containers: []}
                 (ip("10.244.1.3"), weir_model::identity::INIT),
             ]),
             "the remote pod by its identity, the unallocated one as init, no host-network pod, no pod without an address"
+        );
+    }
+
+    #[test]
+    fn an_address_belongs_to_the_live_pod_not_a_finished_or_deleted_one() {
+        let mut s = ClusterState::default();
+        let errors = crate::cluster::parse_manifests(
+            &mut s,
+            r#"
+kind: WeirIdentity
+apiVersion: weir.dev/v1alpha1
+metadata: {name: "4001"}
+spec: {namespace: demo, labels: {app: admin}}
+---
+kind: WeirIdentity
+apiVersion: weir.dev/v1alpha1
+metadata: {name: "4002"}
+spec: {namespace: demo, labels: {app: web}}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: a-job, namespace: demo, labels: {app: admin}, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec: {nodeName: b, containers: []}
+status: {phase: Succeeded, podIP: 10.244.2.7}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: b-going, namespace: demo, labels: {app: admin}, creationTimestamp: "2026-01-03T00:00:00Z", deletionTimestamp: "2026-01-04T00:00:00Z"}
+spec: {nodeName: b, containers: []}
+status: {phase: Running, podIP: 10.244.2.8}
+---
+kind: Pod
+apiVersion: v1
+metadata: {name: z-web, namespace: demo, labels: {app: web}, creationTimestamp: "2026-01-02T00:00:00Z"}
+spec: {nodeName: b, containers: []}
+status: {phase: Running, podIPs: [{ip: 10.244.2.7}, {ip: 10.244.2.8}]}
+"#,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let want = desired(&s, "a");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            want.get(&ip("10.244.2.7")),
+            Some(&4002),
+            "a finished pod leaves its address"
+        );
+        assert_eq!(
+            want.get(&ip("10.244.2.8")),
+            Some(&4002),
+            "a pod being deleted yields it"
         );
     }
 }
