@@ -53,10 +53,18 @@ pub const API_VERSION: &str = "weir.dev/v1alpha1";
 /// a StatefulSet by name (network-policy-api's conformance suite does), and
 /// a selector on a label identities leave out could never match. The cost
 /// is an identity per such pod.
+///
+/// A Job's pods carry its UID (`controller-uid`, and since 1.27
+/// `batch.kubernetes.io/controller-uid`): unique per Job, so a CronJob
+/// would mint an identity (an object in the API server) every run, and no
+/// policy can name a UID before the Job exists. Left out too; the Job's
+/// name (`job-name`) stays, as policies do select on it.
 pub const EXCLUDED_LABELS: &[&str] = &[
     "pod-template-hash",
     "controller-revision-hash",
     "pod-template-generation",
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
 ];
 
 /// The label set an identity stands for; also the spec of `kind:
@@ -182,6 +190,19 @@ mod tests {
         );
         assert_eq!(a, key("demo", "web"));
         assert_ne!(key("demo", "web"), key("other", "web"), "the namespace counts");
+        let run = |uid: &str| {
+            IdentityKey::of(
+                "demo",
+                &[
+                    ("job-name".to_string(), "backup".to_string()),
+                    ("controller-uid".to_string(), uid.to_string()),
+                    ("batch.kubernetes.io/controller-uid".to_string(), uid.to_string()),
+                ]
+                .into(),
+            )
+        };
+        assert_eq!(run("0b6f-11"), run("94c2-12"), "two runs of a Job share one identity");
+        assert!(run("0b6f-11").labels.contains_key("job-name"), "its name stays");
         let db0 = IdentityKey::of(
             "demo",
             &[
