@@ -133,19 +133,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if let Some((route_dev, _)) = uplink {
-        tokio::spawn(routing::run(
-            config.routing,
-            config.node.clone(),
+        let setup = routing::Setup {
+            mode: config.routing,
+            node: config.node.clone(),
             route_dev,
-            netdev,
-            route_maps,
-            routing::Bounds {
+            bounds: routing::Bounds {
                 own: pod_cidr,
                 cluster: config.cluster_cidr,
             },
-            metrics.clone(),
-            rx.clone(),
-        ));
+        };
+        tokio::spawn(routing::run(setup, netdev, route_maps, metrics.clone(), rx.clone()));
     }
 
     let sync = Arc::new(sync::SyncStatus::default());

@@ -114,17 +114,30 @@ pub fn remote_routes(state: &ClusterState, self_node: &str, bounds: Bounds) -> R
     out
 }
 
+/// How this node routes to the others.
+pub struct Setup {
+    pub mode: Routing,
+    /// This node's name.
+    pub node: String,
+    /// The device the routes go through (the uplink).
+    pub route_dev: u32,
+    pub bounds: Bounds,
+}
+
 /// Keeps routes in step with the Node objects until the process ends.
 pub async fn run(
-    mode: Routing,
-    node: String,
-    route_dev: u32,
+    setup: Setup,
     netdev: Netdev,
     maps: weir_datapath::RouteMaps,
-    bounds: Bounds,
     metrics: Arc<crate::metrics::Metrics>,
     mut cluster: watch::Receiver<Arc<ClusterState>>,
 ) {
+    let Setup {
+        mode,
+        node,
+        route_dev,
+        bounds,
+    } = setup;
     // Map syscalls block: they run on a blocking thread, which owns the
     // maps between rounds.
     let maps = Arc::new(std::sync::Mutex::new(maps));
