@@ -5,6 +5,7 @@
 //! controllers read ([`state`]). Plain data and plain functions:
 //! nothing here touches the kernel, the network or an async runtime.
 
+pub mod frontends;
 pub mod identity;
 pub mod object;
 pub mod policy;
