@@ -156,6 +156,7 @@ pub struct Metrics {
     policy_slots: Gauge,
     policy_compile: Histogram,
     refused_pod_cidrs: Gauge,
+    refused_frontends: Gauge,
     kube_objects: Family<KindLabels, Gauge>,
     kube_unreadable: Family<KindLabels, Counter>,
     kube_errors: Family<KindLabels, Counter>,
@@ -235,6 +236,7 @@ impl Metrics {
             policy_slots: Gauge::default(),
             policy_compile: latency_buckets(),
             refused_pod_cidrs: Gauge::default(),
+            refused_frontends: Gauge::default(),
             kube_objects: Family::default(),
             kube_unreadable: Family::default(),
             kube_errors: Family::default(),
@@ -363,6 +365,11 @@ impl Metrics {
             m.refused_pod_cidrs.clone(),
         );
         registry.register(
+            "weir_service_frontends_refused",
+            "External frontends (externalIPs, load balancer IPs) of Services not served: another Service's ClusterIP, a node's address, or an older Service's claim; the agent logs which",
+            m.refused_frontends.clone(),
+        );
+        registry.register(
             "weir_kubernetes_relists",
             "Lists after the first (a watch expired or the API server came back), by kind",
             m.kube_relists.clone(),
@@ -375,6 +382,11 @@ impl Metrics {
         self.kube_objects
             .get_or_create(&KindLabels { kind: kind.into() })
             .set(n as i64);
+    }
+
+    /// How many external frontends of Services are refused.
+    pub fn refused_frontends(&self, n: usize) {
+        self.refused_frontends.set(n as i64);
     }
 
     /// How many pod CIDRs of other nodes the routes leave out.

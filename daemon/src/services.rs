@@ -95,7 +95,9 @@ fn backends_of<'a>(candidates: impl Iterator<Item = &'a Candidate<'a>>) -> Vec<B
 ///
 /// - its `nodePort` on this node's IP (services of type NodePort and
 ///   LoadBalancer),
-/// - its `port` on each `spec.externalIPs` and `status.loadBalancer.ingress[].ip`,
+/// - its `port` on each `spec.externalIPs` and `status.loadBalancer.ingress[].ip`
+///   it holds ([`weir_model::frontends`]: a claim on a ClusterIP, a node's
+///   address or an older Service's frontend is refused),
 ///
 /// each with the service's `externalTrafficPolicy`: `Cluster` (default)
 /// keeps every backend, `Local` only those whose EndpointSlice `nodeName` is
@@ -121,6 +123,7 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
         }
     }
 
+    let claims = weir_model::frontends::external_frontends(state);
     let mut out = BTreeMap::new();
     for (key, svc) in &state.services {
         let Some(vip) = cluster_ip(svc) else { continue };
@@ -197,11 +200,13 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
                     .node_port
                     .and_then(|p| u16::try_from(p).ok())
                     .filter(|_| has_node_ports);
-                let frontends = node
-                    .ip
-                    .zip(node_port)
-                    .into_iter()
-                    .chain(external_ips.iter().map(|ip| (*ip, port)));
+                // External addresses this Service holds (never another's
+                // ClusterIP, a node's address or an older Service's claim).
+                let wire = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
+                let held = external_ips
+                    .iter()
+                    .filter(|ip| claims.holds(key, &(**ip, port, wire.clone())));
+                let frontends = node.ip.zip(node_port).into_iter().chain(held.map(|ip| (*ip, port)));
                 for (ip, fport) in frontends {
                     out.insert(
                         ServicePortKey {
@@ -353,7 +358,11 @@ pub async fn run(
     let applied = programmed(&maps, algorithm);
     // Every map syscall blocks: the maps live with a blocking thread's
     // work, never on an async worker.
-    let owned = Arc::new(std::sync::Mutex::new(Owned { maps, applied }));
+    let owned = Arc::new(std::sync::Mutex::new(Owned {
+        maps,
+        applied,
+        refused: Vec::new(),
+    }));
     let mut gc = tokio::time::interval(GC_INTERVAL);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut model_open = true;
@@ -365,7 +374,7 @@ pub async fn run(
         // agent programmed (a restart would break new connections until
         // the manifests load). Wait for the first real one; GC goes on.
         let unsynced = state.revision.is_none();
-        let (work, node, sync) = (owned.clone(), node.clone(), sync.clone());
+        let (work, node, sync, m) = (owned.clone(), node.clone(), sync.clone(), metrics.clone());
         let done = tokio::task::spawn_blocking(move || {
             if unsynced {
                 return 0;
@@ -373,6 +382,17 @@ pub async fn run(
             let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
             let want = desired(&state, algorithm, &node);
             let o = &mut *o;
+            let refused = weir_model::frontends::external_frontends(&state).refused;
+            for r in refused.iter().filter(|r| !o.refused.contains(r)) {
+                let (ip, port, protocol) = &r.frontend;
+                tracing::warn!(service = %format!("{}/{}", r.service.namespace, r.service.name),
+                    frontend = %format!("{ip}:{port}/{protocol}"), reason = %r.reason,
+                    "external frontend of a Service refused");
+            }
+            if let Some(m) = &m {
+                m.refused_frontends(refused.len());
+            }
+            o.refused = refused;
             let failed = apply(&mut o.maps, &mut o.applied, &want);
             sync.services_applied(state.revision);
             failed
@@ -433,6 +453,8 @@ pub async fn run(
 struct Owned {
     maps: ServiceMaps,
     applied: BTreeMap<ServicePortKey, ServiceSpec>,
+    /// The external frontends refused at the last pass (each logged once).
+    refused: Vec<weir_model::frontends::Refused>,
 }
 
 /// The services the pinned maps hold, each with an impossible spec so that
@@ -901,6 +923,54 @@ status: {phase: Running, podIP: 10.244.1.8}
         assert_eq!(
             table[&key([127, 0, 0, 1], 54323, Protocol::Tcp)].backends,
             vec![b([10, 244, 1, 7], 8080, false)]
+        );
+    }
+
+    #[test]
+    fn a_service_cannot_take_over_a_cluster_ip_or_the_nodes_address() {
+        let mut s = model();
+        let evil = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: evil, namespace: tenant}
+spec:
+  clusterIP: 10.96.0.99
+  ports: [{port: 80, protocol: TCP}, {port: 53, protocol: UDP}, {port: 22, protocol: TCP}]
+  externalIPs: [10.96.0.10, 172.30.0.11]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: evil-1, namespace: tenant, labels: {kubernetes.io/service-name: evil}}
+addressType: IPv4
+ports: [{port: 80, protocol: TCP}, {port: 53, protocol: UDP}, {port: 22, protocol: TCP}]
+endpoints: [{addresses: [10.244.9.9]}]
+---
+kind: Node
+apiVersion: v1
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 172.30.0.11}]}
+"#;
+        let errors = parse_manifests(&mut s, evil);
+        assert!(errors.is_empty(), "{errors:?}");
+        let n1 = NodeInfo {
+            name: "n1".into(),
+            ip: Some(Ipv4Addr::new(172, 30, 0, 11)),
+        };
+        let table = desired(&s, Algorithm::Random, &n1);
+        let web = desired(&model(), Algorithm::Random, &n1);
+        for port in [(80, Protocol::Tcp), (53, Protocol::Udp)] {
+            let k = key([10, 96, 0, 10], port.0, port.1);
+            assert_eq!(table[&k], web[&k], "web's ClusterIP {port:?} keeps its backends");
+        }
+        for k in [
+            key([172, 30, 0, 11], 22, Protocol::Tcp),
+            key([172, 30, 0, 11], 80, Protocol::Tcp),
+        ] {
+            assert!(!table.contains_key(&k), "the node's {k} is not a frontend");
+        }
+        assert!(
+            table.contains_key(&key([10, 96, 0, 99], 22, Protocol::Tcp)),
+            "evil keeps its own ClusterIP"
         );
     }
 

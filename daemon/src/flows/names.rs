@@ -152,24 +152,31 @@ impl FlowNames {
             }
         }
         let mut services = HashMap::new();
-        for svc in state.services.values() {
+        // External addresses name the Service that holds them, never one
+        // whose claim was refused (weir_model::frontends).
+        let claims = weir_model::frontends::external_frontends(state);
+        for (key, svc) in &state.services {
             let name = Arc::new(Service {
                 name: svc.metadata.name.clone().unwrap_or_default(),
                 namespace: svc.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             });
             let Some(spec) = svc.spec.as_ref() else { continue };
-            let mut ips: Vec<Ipv4Addr> = spec
+            let cluster_ips: Vec<Ipv4Addr> = spec
                 .cluster_ips
                 .iter()
                 .flatten()
                 .chain(spec.cluster_ip.as_ref())
                 .filter_map(|s| s.parse().ok())
                 .collect();
-            ips.extend(weir_model::service_external_ips(svc));
+            let external_ips = weir_model::service_external_ips(svc);
             for port in spec.ports.iter().flatten() {
                 let proto = proto_number(port.protocol.as_deref());
                 let Ok(p) = u16::try_from(port.port) else { continue };
-                for ip in &ips {
+                let wire = port.protocol.clone().unwrap_or_else(|| "TCP".into());
+                let held = external_ips
+                    .iter()
+                    .filter(|ip| claims.holds(key, &(**ip, p, wire.clone())));
+                for ip in cluster_ips.iter().chain(held) {
                     services.insert(
                         Frontend {
                             ip: *ip,
