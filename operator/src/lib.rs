@@ -23,6 +23,7 @@ pub mod identities;
 pub mod leader;
 pub mod pod_cidrs;
 pub mod policy_status;
+pub mod service_frontends;
 
 pub use config::{Args, Config};
 
@@ -37,6 +38,8 @@ pub enum Error {
     PolicyStatus(#[from] policy_status::Error),
     #[error("Observer certificates: {0}")]
     HubbleCerts(#[from] hubble_certs::Error),
+    #[error("Service frontends: {0}")]
+    ServiceFrontends(#[from] service_frontends::Error),
     /// A controller task panicked.
     #[error("a controller panicked: {0}")]
     Panicked(#[source] tokio::task::JoinError),
@@ -45,13 +48,14 @@ pub enum Error {
 /// Every controller, as one future: dropping it (aborting its task) stops
 /// them all. Returns only when one fails.
 async fn controllers(client: kube::Client, config: Config, identity: String, term: leader::Term) -> Error {
+    let reporter = kube::runtime::events::Reporter {
+        controller: "weir-operator".into(),
+        instance: Some(identity),
+    };
     let cidrs = async {
         match config.pod_cidrs {
             Some(pool) => {
-                let reporter = kube::runtime::events::Reporter {
-                    controller: "weir-operator".into(),
-                    instance: Some(identity),
-                };
+                let reporter = reporter.clone();
                 pod_cidrs::run(client.clone(), pool, reporter, term.clone())
                     .instrument(tracing::info_span!("pod_cidrs"))
                     .await
@@ -74,6 +78,7 @@ async fn controllers(client: kube::Client, config: Config, identity: String, ter
         r = cidrs => r.map_err(Error::from),
         r = certs => r.map_err(Error::from),
         r = policy_status::run(client.clone(), term.clone()).instrument(tracing::info_span!("policy_status")) => r.map_err(Error::from),
+        r = service_frontends::run(client.clone(), reporter.clone(), term.clone()).instrument(tracing::info_span!("service_frontends")) => r.map_err(Error::from),
     };
     match r {
         Ok(never) => match never {},

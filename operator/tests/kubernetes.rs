@@ -598,6 +598,70 @@ fn policy_status_says_whether_the_agents_accept_each_policy() {
 }
 
 #[test]
+fn a_service_claiming_another_services_address_is_told_why() {
+    let Some(cp) = ControlPlane::start() else { return };
+    let kubeconfig = install(&cp);
+    let op = Operator::start(&cp, &kubeconfig, "op-0", &FAST_LEASE);
+    apply(
+        &cp,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: tenant}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: 80}], externalIPs: [192.0.2.10]}\n",
+    );
+    let web_ip = cp.kubectl_ok(&[
+        "get",
+        "service",
+        "-n",
+        "shop",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    // Later, from another namespace: web's ClusterIP and its external IP.
+    apply(
+        &cp,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: evil, namespace: tenant}}\nspec: {{ports: [{{port: 80}}], externalIPs: [{web_ip}, 192.0.2.10, 192.0.2.99]}}\n"
+        ),
+    );
+    let refused = |ns: &str| -> Vec<(String, String)> {
+        let out = cp.kubectl_ok(&["get", "events.events.k8s.io", "-n", ns, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["reason"] == "ExternalFrontendRefused" && e["type"] == "Warning")
+            .map(|e| {
+                (
+                    e["regarding"]["name"].as_str().unwrap_or_default().to_owned(),
+                    e["note"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let took = wait_for("two Events on evil", Duration::from_secs(30), || {
+        refused("tenant").len() == 2
+    });
+    eprintln!("refusals reported {took:?} after apply");
+    let mut notes: Vec<String> = refused("tenant")
+        .into_iter()
+        .map(|(svc, note)| {
+            assert_eq!(svc, "evil");
+            note
+        })
+        .collect();
+    notes.sort();
+    assert_eq!(
+        notes,
+        [
+            format!("external frontend {web_ip}:80/TCP not served: it is the ClusterIP of Service shop/web"),
+            "external frontend 192.0.2.10:80/TCP not served: it is held by the older Service shop/web".to_string(),
+        ]
+    );
+    assert!(refused("shop").is_empty(), "web keeps its address and hears nothing");
+    drop(op);
+}
+
+#[test]
 fn bad_flags_exit_64_before_any_request() {
     let out = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
         .args([
