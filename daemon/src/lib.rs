@@ -194,6 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node: config.node.clone(),
         address: format!("unix://{}", hubble_socket.display()),
         started: std::time::Instant::now(),
+        streams: Default::default(),
     };
     let hubble_tcp = match config.hubble_listen {
         Some(addr) => flows::server::bind_tcp(addr, config.hubble_tls()).await,

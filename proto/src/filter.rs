@@ -17,8 +17,18 @@ use ipnet::IpNet;
 
 use crate::flow::{self, Flow, FlowFilter, TcpFlags};
 
+/// At most this many filters in a whitelist or blacklist.
+pub const MAX_FILTERS: usize = 64;
+/// At most this many bytes of filters (encoded) in one request: every
+/// flow is matched against all of them, on the serving agent, so their
+/// size bounds what one request costs per flow. Hubble's CLI sends a few
+/// hundred bytes for a long command line.
+pub const MAX_FILTER_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
+    #[error("{what}: at most {limit}")]
+    TooLarge { what: &'static str, limit: usize },
     #[error("filter field {field} is not supported by weir: {why}")]
     Unsupported { field: &'static str, why: &'static str },
     #[error("filter field {field}: {value:?}: {why}")]
@@ -46,6 +56,19 @@ pub struct FlowFilters {
 
 impl FlowFilters {
     pub fn compile(whitelist: &[FlowFilter], blacklist: &[FlowFilter]) -> Result<Self, FilterError> {
+        if whitelist.len() > MAX_FILTERS || blacklist.len() > MAX_FILTERS {
+            return Err(FilterError::TooLarge {
+                what: "filters in a whitelist or blacklist",
+                limit: MAX_FILTERS,
+            });
+        }
+        let bytes: usize = whitelist.iter().chain(blacklist).map(prost::Message::encoded_len).sum();
+        if bytes > MAX_FILTER_BYTES {
+            return Err(FilterError::TooLarge {
+                what: "bytes of filters in one request",
+                limit: MAX_FILTER_BYTES,
+            });
+        }
         Ok(Self {
             whitelist: whitelist.iter().map(Compiled::new).collect::<Result<_, _>>()?,
             blacklist: blacklist.iter().map(Compiled::new).collect::<Result<_, _>>()?,
@@ -525,6 +548,26 @@ fn has_flags(have: &TcpFlags, want: &TcpFlags) -> bool {
 mod tests {
     use super::*;
     use crate::flow::{Endpoint, Ip, Layer4, Tcp, layer4::Protocol};
+
+    #[test]
+    fn a_request_with_too_many_or_too_large_filters_is_refused_with_the_limit() {
+        let one = FlowFilter {
+            source_pod: vec!["shop/client".into()],
+            ..Default::default()
+        };
+        assert!(FlowFilters::compile(&vec![one.clone(); MAX_FILTERS], &[]).is_ok());
+        let err = FlowFilters::compile(&vec![one; MAX_FILTERS + 1], &[]).unwrap_err();
+        assert_eq!(err.to_string(), "filters in a whitelist or blacklist: at most 64");
+        // One filter with a selector of 100,000 labels: what stalled the
+        // agent's workers, refused before anything is compiled.
+        let labels: Vec<String> = (0..100_000).map(|i| format!("k8s:app{i}=x")).collect();
+        let huge = FlowFilter {
+            source_label: vec![labels.join(",")],
+            ..Default::default()
+        };
+        let err = FlowFilters::compile(&[], &[huge]).unwrap_err();
+        assert_eq!(err.to_string(), "bytes of filters in one request: at most 65536");
+    }
 
     fn flow() -> Flow {
         Flow {

@@ -96,6 +96,63 @@ pub struct ObserverService {
     pub node: String,
     pub address: String,
     pub started: Instant,
+    pub streams: Arc<Streams>,
+}
+
+/// At most this many GetFlows streams at once, from all clients...
+pub const MAX_STREAMS: usize = 64;
+/// ...and from one client (a TCP peer's address; every local client of the
+/// unix socket counts as one).
+pub const MAX_STREAMS_PER_CLIENT: usize = 16;
+
+/// The GetFlows streams open, per client: a client cannot hold the agent's
+/// workers and memory with more than its share of followers.
+#[derive(Debug, Default)]
+pub struct Streams {
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open stream, counted until dropped (its task ends).
+pub struct StreamPermit {
+    streams: Arc<Streams>,
+    client: String,
+}
+
+impl Streams {
+    /// A permit for one more stream of `client`, or RESOURCE_EXHAUSTED
+    /// saying which limit it met.
+    pub fn open(self: &Arc<Self>, client: &str) -> Result<StreamPermit, Status> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = open.values().sum();
+        let mine = open.get(client).copied().unwrap_or(0);
+        if total >= MAX_STREAMS {
+            return Err(Status::resource_exhausted(format!(
+                "{total} GetFlows streams are open on this agent, the most it serves at once"
+            )));
+        }
+        if mine >= MAX_STREAMS_PER_CLIENT {
+            return Err(Status::resource_exhausted(format!(
+                "{mine} GetFlows streams of this client are open, the most one client may hold"
+            )));
+        }
+        *open.entry(client.to_owned()).or_default() += 1;
+        Ok(StreamPermit {
+            streams: self.clone(),
+            client: client.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
 }
 
 fn response(node: &str, r: &FlowRecord) -> GetFlowsResponse {
@@ -136,6 +193,11 @@ impl observer::observer_server::Observer for ObserverService {
     type GetFlowsStream = ReceiverStream<Result<GetFlowsResponse, Status>>;
 
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let client = match request.remote_addr() {
+            Some(a) => a.ip().to_string(),
+            None => "local".to_owned(),
+        };
+        let permit = self.streams.open(&client)?;
         let query = Query::new(request.get_ref())?;
         let (stored, follow) = if query.follow {
             let (s, rx) = self.store.snapshot_and_follow();
@@ -143,11 +205,18 @@ impl observer::observer_server::Observer for ObserverService {
         } else {
             (self.store.snapshot(), None)
         };
-        let past: Vec<Arc<FlowRecord>> = query.select(&stored).into_iter().cloned().collect();
-        drop(stored);
+        // Matching the whole store is the one long computation a request
+        // asks for: off the async workers, which serve CNI calls too.
+        let (query, past) = tokio::task::spawn_blocking(move || {
+            let past: Vec<Arc<FlowRecord>> = query.select(&stored).into_iter().cloned().collect();
+            (query, past)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("matching flows: {e}")))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = self.node.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             for r in past {
                 if tx.send(Ok(response(&node, &r))).await.is_err() {
                     return;
@@ -384,5 +453,27 @@ mod tests {
         .unwrap();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("source_ip"), "{}", err.message());
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share_of_streams_and_the_agent_a_bound() {
+        let streams = Arc::new(Streams::default());
+        let mine: Vec<StreamPermit> = (0..MAX_STREAMS_PER_CLIENT)
+            .map(|_| streams.open("10.0.0.1").unwrap())
+            .collect();
+        let err = streams.open("10.0.0.1").err().expect("over its share");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("this client"), "{}", err.message());
+        let other = streams.open("local").expect("another client is served");
+        drop(other);
+        drop(mine);
+        let _again = streams.open("10.0.0.1").expect("closed streams count no more");
+        let mut all = Vec::new();
+        for i in 0..MAX_STREAMS - 1 {
+            all.push(streams.open(&format!("10.1.0.{i}")).unwrap());
+        }
+        let err = streams.open("10.9.9.9").err().expect("the agent's bound");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("on this agent"), "{}", err.message());
     }
 }

@@ -227,6 +227,7 @@ async fn serve_store(store: Arc<FlowStore>, node: &str, sock: &std::path::Path) 
         node: node.into(),
         address: sock.display().to_string(),
         started: Instant::now(),
+        streams: Default::default(),
     };
     tokio::spawn(weir_agent::flows::server::serve(listener, None, svc))
 }
