@@ -157,6 +157,7 @@ pub struct Metrics {
     policy_compile: Histogram,
     refused_pod_cidrs: Gauge,
     refused_frontends: Gauge,
+    over_budget: Gauge,
     kube_objects: Family<KindLabels, Gauge>,
     kube_unreadable: Family<KindLabels, Counter>,
     kube_errors: Family<KindLabels, Counter>,
@@ -237,6 +238,7 @@ impl Metrics {
             policy_compile: latency_buckets(),
             refused_pod_cidrs: Gauge::default(),
             refused_frontends: Gauge::default(),
+            over_budget: Gauge::default(),
             kube_objects: Family::default(),
             kube_unreadable: Family::default(),
             kube_errors: Family::default(),
@@ -365,6 +367,11 @@ impl Metrics {
             m.refused_pod_cidrs.clone(),
         );
         registry.register(
+            "weir_policy_endpoints_over_budget",
+            "Local endpoints whose policies need more datapath table slots than an endpoint may take: isolated (the node still reaches them); the agent logs which",
+            m.over_budget.clone(),
+        );
+        registry.register(
             "weir_service_frontends_refused",
             "External frontends (externalIPs, load balancer IPs) of Services not served: another Service's ClusterIP, a node's address, or an older Service's claim; the agent logs which",
             m.refused_frontends.clone(),
@@ -382,6 +389,11 @@ impl Metrics {
         self.kube_objects
             .get_or_create(&KindLabels { kind: kind.into() })
             .set(n as i64);
+    }
+
+    /// How many local endpoints are isolated for their policy's size.
+    pub fn over_budget(&self, n: usize) {
+        self.over_budget.set(n as i64);
     }
 
     /// How many external frontends of Services are refused.

@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use weir_datapath::policy::{PolicyMaps, Slot as DpSlot, Verdicts as DpVerdicts};
 use weir_model::ClusterState;
-use weir_model::policy::{Compiled, Direction, LocalEndpoint, Numbers, RuleRef, RuleWhat, compile};
+use weir_model::policy::{Budget, Compiled, Direction, LocalEndpoint, Numbers, RuleRef, RuleWhat, compile_within};
 use weir_proto::flow;
 
 use crate::metrics::Metrics;
@@ -46,6 +46,10 @@ impl PolicyName {
             RuleWhat::Invalid => "invalid policy: isolates, allows nothing".into(),
             RuleWhat::HostAllowed => "the node reaches its pods".into(),
             RuleWhat::UnknownPod => "pod not known yet: denied".into(),
+            RuleWhat::OverBudget => format!(
+                "policy too large for the datapath ({} isolated until it shrinks)",
+                rule.direction.name()
+            ),
             RuleWhat::Unreadable { index, name } => {
                 let list = rule.direction.name();
                 match name.is_empty() {
@@ -76,6 +80,7 @@ impl PolicyName {
                 String::new(),
                 match rule.what {
                     RuleWhat::HostAllowed => "host-allowed",
+                    RuleWhat::OverBudget => "over-budget",
                     _ => "unknown-pod",
                 }
                 .to_string(),
@@ -189,12 +194,43 @@ pub fn desired(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
     c.slots.iter().map(|(s, v)| (dp_slot(s), dp_verdicts(v))).collect()
 }
 
+/// The table room one endpoint's policy may take: the size of the policy
+/// map Cilium gives each endpoint.
+pub const SLOTS_PER_ENDPOINT: usize = 16_384;
+
+/// What the compiler may use of the datapath's table.
+pub fn budget() -> Budget {
+    Budget {
+        per_endpoint: SLOTS_PER_ENDPOINT,
+        total: weir_datapath::policy::MAX_ENTRIES as usize,
+    }
+}
+
 /// Fail closed: only the isolation entries of endpoints that have any,
-/// each a default deny (the enforced layer's reference when it had one).
+/// each a default deny (the enforced layer's reference when it had one),
+/// and the node's way in to them (kubelet's probes), which Kubernetes
+/// requires whatever isolates a pod.
 pub fn fallback(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
     let mut out = BTreeMap::new();
     let eps: BTreeSet<u32> = c.slots.keys().map(|s| s.endpoint_id).collect();
     for ep in eps {
+        out.insert(
+            DpSlot {
+                endpoint_id: ep,
+                direction: Direction::Ingress.index() as u8,
+                peer: weir_datapath::ipcache::ID_HOST,
+                proto: 0,
+                port: 0,
+                port_bits: 0,
+            },
+            DpVerdicts {
+                action: weir_datapath::policy::action::ALLOW,
+                reference: 0,
+                audit_action: weir_datapath::policy::action::ALLOW,
+                audit_reference: 0,
+                ..Default::default()
+            },
+        );
         for d in Direction::BOTH {
             let slot = DpSlot {
                 endpoint_id: ep,
@@ -227,6 +263,8 @@ pub struct Controller {
     pub metrics: Option<Arc<Metrics>>,
     /// Rejected policies already logged, with their reasons.
     reported: BTreeMap<String, String>,
+    /// Endpoints over their budget already logged, with their sizes.
+    over_budget: BTreeMap<u32, usize>,
 }
 
 impl Controller {
@@ -237,6 +275,7 @@ impl Controller {
             names,
             metrics,
             reported: BTreeMap::new(),
+            over_budget: BTreeMap::new(),
         }
     }
 
@@ -254,7 +293,7 @@ impl Controller {
     /// fail closed; returns whether the write succeeded.
     pub fn apply(&mut self, state: &ClusterState, endpoints: &[LocalEndpoint]) -> bool {
         let started = Instant::now();
-        let compiled = compile(state, endpoints, &mut self.numbers);
+        let compiled = compile_within(state, endpoints, &mut self.numbers, budget());
         self.names.update(&compiled.rules);
         self.report(&compiled);
         let want = desired(&compiled);
@@ -282,6 +321,20 @@ impl Controller {
     }
 
     fn report(&mut self, c: &Compiled) {
+        for (ep, slots) in &c.over_budget {
+            if self.over_budget.get(ep) != Some(slots) {
+                tracing::warn!(
+                    endpoint = ep,
+                    slots,
+                    budget = SLOTS_PER_ENDPOINT,
+                    "the policies selecting this endpoint do not fit the datapath: it is isolated (the node still reaches it) until they shrink"
+                );
+            }
+        }
+        self.over_budget = c.over_budget.clone();
+        if let Some(m) = &self.metrics {
+            m.over_budget(c.over_budget.len());
+        }
         let mut now = BTreeMap::new();
         for r in &c.rejected {
             let key = r.id.to_string();

@@ -132,6 +132,9 @@ pub enum RuleWhat {
     /// The endpoint's pod is not in the cluster state yet while policies
     /// of its namespace exist: denied until it is known.
     UnknownPod,
+    /// The policies selecting the endpoint need more table slots than its
+    /// [`Budget`]: isolated until they shrink.
+    OverBudget,
     /// Rule `index` of a ClusterNetworkPolicy's `ingress` or `egress`, with
     /// its `name`, that could not be read: it denies everything in its
     /// place (an Accept matches nothing, so it never shows in a verdict).
@@ -177,6 +180,29 @@ pub struct Compiled {
     pub rules: BTreeMap<u32, RuleRef>,
     pub rejected: Vec<Rejected>,
     pub endpoints: BTreeMap<u32, EndpointPolicy>,
+    /// Endpoints whose policy did not fit the [`Budget`], with the slots
+    /// it needed: each is isolated instead (the node still reaches it).
+    pub over_budget: BTreeMap<u32, usize>,
+}
+
+/// How many table slots the policy may take: per endpoint (as Cilium gives
+/// each endpoint a policy map of its own, so one namespace's policies
+/// cannot take another's room) and in all (the datapath's table). An
+/// endpoint over its share, or the largest ones while the whole does not
+/// fit, get [`RuleWhat::OverBudget`]: isolated in both directions, the
+/// node's probes let in, every other endpoint untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub per_endpoint: usize,
+    pub total: usize,
+}
+
+impl Budget {
+    /// No bound (what the compiler's own tests judge).
+    pub const UNLIMITED: Budget = Budget {
+        per_endpoint: usize::MAX,
+        total: usize::MAX,
+    };
 }
 
 /// Numbers the compiler keeps from one run to the next, so a rule keeps
@@ -432,6 +458,16 @@ fn segments(parts: &[Part], default: (Verdicts, bool, bool)) -> Vec<(u16, u16, V
 
 /// Compiles the policy tables of this node's endpoints.
 pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut Numbers) -> Compiled {
+    compile_within(state, endpoints, numbers, Budget::UNLIMITED)
+}
+
+/// [`compile`] bounded by `budget`.
+pub fn compile_within(
+    state: &ClusterState,
+    endpoints: &[LocalEndpoint],
+    numbers: &mut Numbers,
+    budget: Budget,
+) -> Compiled {
     let (policies, rejected) = super::parse::all(state);
     let mut out = Compiled {
         rejected: rejected.clone(),
@@ -771,6 +807,7 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
         }
         out.endpoints.insert(ep.endpoint_id, info);
     }
+    over_budget(&mut out, numbers, &mut used_rules, budget);
     numbers.rules.retain(|r| used_rules.contains(r));
     numbers
         .cidrs
@@ -778,6 +815,104 @@ pub fn compile(state: &ClusterState, endpoints: &[LocalEndpoint], numbers: &mut 
     out.rules = numbers.rules.iter().map(|(r, id)| (id, r.clone())).collect();
     out.cidrs = u.prefixes.iter().map(|p| (*p, numbers.cidrs.id(*p))).collect();
     out
+}
+
+/// Slots an endpoint isolated for its budget keeps: a default deny each
+/// way and the node's way in.
+const ISOLATED_SLOTS: usize = 3;
+
+/// Applies the [`Budget`]: endpoints over their share, then the largest
+/// while the table would not hold the rest, are isolated.
+fn over_budget(out: &mut Compiled, numbers: &mut Numbers, used_rules: &mut BTreeSet<RuleRef>, budget: Budget) {
+    let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
+    for slot in out.slots.keys() {
+        *sizes.entry(slot.endpoint_id).or_default() += 1;
+    }
+    let mut over: BTreeSet<u32> = sizes
+        .iter()
+        .filter(|(_, n)| **n > budget.per_endpoint)
+        .map(|(ep, _)| *ep)
+        .collect();
+    let mut total: usize = sizes
+        .iter()
+        .map(|(ep, n)| if over.contains(ep) { ISOLATED_SLOTS } else { *n })
+        .sum();
+    let mut largest: Vec<(usize, u32)> = sizes
+        .iter()
+        .filter(|(ep, _)| !over.contains(ep))
+        .map(|(ep, n)| (*n, *ep))
+        .collect();
+    largest.sort_by(|a, b| b.cmp(a));
+    for (n, ep) in largest {
+        if total <= budget.total {
+            break;
+        }
+        over.insert(ep);
+        total = total - n + ISOLATED_SLOTS.min(n);
+    }
+    if over.is_empty() {
+        return;
+    }
+    let mut reference = |rr: RuleRef| {
+        let r = numbers.rules.id(rr.clone());
+        used_rules.insert(rr);
+        r
+    };
+    let host = reference(RuleRef {
+        policy: None,
+        direction: Direction::Ingress,
+        what: RuleWhat::HostAllowed,
+        audit: false,
+    });
+    let isolated: Vec<(Direction, u32)> = Direction::BOTH
+        .iter()
+        .map(|d| {
+            let r = reference(RuleRef {
+                policy: None,
+                direction: *d,
+                what: RuleWhat::OverBudget,
+                audit: false,
+            });
+            (*d, r)
+        })
+        .collect();
+    out.slots.retain(|s, _| !over.contains(&s.endpoint_id));
+    for ep in over {
+        out.over_budget.insert(ep, sizes[&ep]);
+        for (d, r) in &isolated {
+            out.slots.insert(
+                isolation_slot(ep, *d),
+                Verdicts {
+                    action: action::DEFAULT_DENY,
+                    reference: *r,
+                    audit_action: action::DEFAULT_DENY,
+                    audit_reference: *r,
+                    ..Default::default()
+                },
+            );
+        }
+        out.slots.insert(
+            Slot {
+                endpoint_id: ep,
+                direction: Direction::Ingress.index() as u8,
+                peer: identity::HOST,
+                proto: 0,
+                port: 0,
+                port_bits: 0,
+            },
+            Verdicts {
+                action: action::ALLOW,
+                reference: host,
+                audit_action: action::ALLOW,
+                audit_reference: host,
+                ..Default::default()
+            },
+        );
+        if let Some(info) = out.endpoints.get_mut(&ep) {
+            info.isolated = [true, true];
+            info.audited = [true, true];
+        }
+    }
 }
 
 /// The node reaching its pods, accepted at `rank` of a tier: above a deny
@@ -1232,6 +1367,50 @@ spec: {namespace: b, labels: {app: client}}
         assert_eq!(v, Judged::Deny);
         assert_eq!(c.rules[&r].what, RuleWhat::Invalid);
         assert_eq!(host(&c).0, Judged::Allow);
+    }
+
+    #[test]
+    fn an_endpoint_over_its_budget_is_isolated_alone_and_the_node_still_reaches_it() {
+        let ports: Vec<String> = (0..40).map(|i| format!("{{port: {}}}", 8000 + i * 2)).collect();
+        let text = format!(
+            "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: web, namespace: a}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress: [{{ports: [{}]}}]\n---\nkind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: db, namespace: a}}\nspec:\n  podSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{ports: [{{port: 5432}}]}}]\n",
+            ports.join(", ")
+        );
+        let (s, eps) = cluster(&text);
+        let host = |c: &Compiled, ep| c.judge(ep, Ingress, identity::HOST, Ipv4Addr::new(172, 16, 0, 1), TCP, 10250);
+        let unbounded = compile(&s, &eps, &mut Numbers::default());
+        let web_slots = unbounded.slots.keys().filter(|k| k.endpoint_id == 1).count();
+        let db_slots = unbounded.slots.keys().filter(|k| k.endpoint_id == 2).count();
+        assert!(web_slots > 40 && db_slots < 10, "{web_slots} {db_slots}");
+        assert_eq!(
+            verdict(&unbounded, 1, Ingress, CLIENT, CLIENT_IP, TCP, 8000),
+            Judged::Allow
+        );
+
+        for budget in [
+            // web over its share...
+            Budget {
+                per_endpoint: 20,
+                total: usize::MAX,
+            },
+            // ...or the table too small for both: the larger one goes.
+            Budget {
+                per_endpoint: usize::MAX,
+                total: web_slots,
+            },
+        ] {
+            let c = compile_within(&s, &eps, &mut Numbers::default(), budget);
+            assert_eq!(c.over_budget, BTreeMap::from([(1, web_slots)]), "{budget:?}");
+            let (v, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 8000);
+            assert_eq!(v, Judged::Denied, "{budget:?}");
+            assert_eq!(c.rules[&r].what, RuleWhat::OverBudget);
+            assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 53), Judged::Denied);
+            assert_eq!(host(&c, 1).0, Judged::Allow, "kubelet still probes it");
+            // db is untouched: its rule allows, the rest is denied.
+            assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 5432), Judged::Allow);
+            assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 80), Judged::Denied);
+            assert!(c.slots.len() <= budget.total, "{} slots", c.slots.len());
+        }
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub mod crd;
 pub mod parse;
 pub mod status;
 
-pub use compile::{Compiled, EndpointPolicy, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile};
+pub use compile::{
+    Budget, Compiled, EndpointPolicy, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile,
+    compile_within,
+};
 pub use parse::{Direction, MatchType, Policy, PolicyId, PolicyKind, Rejected, Tier, Tiered};
 
 /// Stable numbers for keys: a key keeps its number while it is in use, a
