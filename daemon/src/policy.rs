@@ -425,6 +425,32 @@ mod tests {
     use super::*;
     use weir_model::policy::{MatchType, PolicyId, PolicyKind};
 
+    #[test]
+    fn the_fallback_isolates_endpoints_with_policies_and_lets_the_node_in() {
+        let mut c = Compiled::default();
+        let slot = weir_model::policy::Slot {
+            endpoint_id: 7,
+            direction: 0,
+            peer: 300,
+            proto: 6,
+            port: 80,
+            port_bits: 16,
+        };
+        c.slots.insert(slot, Default::default());
+        let f = fallback(&c);
+        let deny = f
+            .values()
+            .filter(|v| v.action == weir_datapath::policy::action::DEFAULT_DENY);
+        assert_eq!(deny.count(), 2, "both directions of endpoint 7: {f:?}");
+        let host = f
+            .iter()
+            .find(|(s, _)| s.peer == weir_datapath::ipcache::ID_HOST)
+            .expect("the node's way in");
+        assert_eq!((host.0.endpoint_id, host.0.direction), (7, 0));
+        assert_eq!(host.1.action, weir_datapath::policy::action::ALLOW);
+        assert_eq!(f.len(), 3, "nothing else");
+    }
+
     fn rule(name: &str, index: usize) -> RuleRef {
         RuleRef {
             policy: Some(PolicyId {
