@@ -143,6 +143,7 @@ pub struct Metrics {
     forwarded_bytes: Family<DirectionLabels, Counter>,
     lost: Family<LostLabels, Counter>,
     lost_seen: AtomicU64,
+    rate_limited_seen: AtomicU64,
     pod_bytes: Family<PodBytesLabels, Counter>,
     handshake: HistogramFamily<WorkloadLabels>,
     edges: Family<EdgeLabels, Counter>,
@@ -224,6 +225,7 @@ impl Metrics {
             forwarded_bytes: Family::default(),
             lost: Family::default(),
             lost_seen: AtomicU64::new(0),
+            rate_limited_seen: AtomicU64::new(0),
             pod_bytes: Family::default(),
             handshake: Family::new_with_constructor(latency_buckets),
             edges: Family::default(),
@@ -652,6 +654,19 @@ impl Metrics {
             self.lost
                 .get_or_create(&LostLabels {
                     source: "perf_event_ring_buffer".into(),
+                })
+                .inc_by(total - before);
+        }
+    }
+
+    /// Drop events the datapath's per-endpoint rate held back (a running
+    /// total, as [`Self::set_lost`]).
+    pub fn set_rate_limited(&self, total: u64) {
+        let before = self.rate_limited_seen.swap(total, Ordering::Relaxed);
+        if total > before {
+            self.lost
+                .get_or_create(&LostLabels {
+                    source: "drop_event_rate_limit".into(),
                 })
                 .inc_by(total - before);
         }

@@ -217,6 +217,9 @@ pub struct LoadOptions {
     pub no_flow_events: bool,
     /// How often a live connection reports its counters (default 10 s).
     pub flow_report_interval: Option<std::time::Duration>,
+    /// No per-endpoint rate on drop events (`weir_drop_events_per_sec` 0):
+    /// the flow benchmark makes its events out of drops of one endpoint.
+    pub unlimited_drop_events: bool,
 }
 
 /// The loaded datapath of one node.
@@ -302,6 +305,9 @@ impl Datapath {
             }
             if options.no_flow_events {
                 loader.override_global("weir_flow_events", &0u32, true);
+            }
+            if options.unlimited_drop_events {
+                loader.override_global("weir_drop_events_per_sec", &0u32, true);
             }
             if let Some(ns) = &report_ns {
                 loader.override_global("weir_flow_report_ns", ns, true);

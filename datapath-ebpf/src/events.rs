@@ -231,7 +231,14 @@ impl EventSource {
     /// Events the datapath could not write since the maps were created
     /// (the ring was full), over all CPUs.
     pub fn lost(&self) -> Result<u64, aya::maps::MapError> {
-        Ok(self.lost.get(&0, 0)?.iter().sum())
+        Ok(self.lost.get(&sys::WEIR_LOST_RING_FULL, 0)?.iter().sum())
+    }
+
+    /// Drop events the per-endpoint rate held back since the maps were
+    /// created (`WEIR_DROP_EVENTS_*`), over all CPUs; the drops themselves
+    /// are counted per reason all the same.
+    pub fn rate_limited(&self) -> Result<u64, aya::maps::MapError> {
+        Ok(self.lost.get(&sys::WEIR_LOST_RATE_LIMITED, 0)?.iter().sum())
     }
 }
 

@@ -259,6 +259,7 @@ fn a_full_ring_counts_what_it_lost_and_recording_off_writes_nothing() {
     // One page of ring: a few dozen records.
     let options = LoadOptions {
         max_entries: vec![(weir_datapath::events::MAP, 4096)],
+        unlimited_drop_events: true,
         ..Default::default()
     };
     let mut fx = Fixture::new("lost", &options);

@@ -219,6 +219,46 @@ fn an_isolated_pod_denies_until_a_rule_allows_and_replies_pass() {
 }
 
 #[test]
+fn a_pod_spraying_drops_cannot_hide_another_pods_drops() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("spray");
+    fx.set(isolation(EP_B, DIR_INGRESS), action::DEFAULT_DENY, 11);
+    fx.set(isolation(EP_A, DIR_INGRESS), action::DEFAULT_DENY, 12);
+    // A sends 2,000 denied SYNs at once, more than its burst of events.
+    let sprayed = 2000u32;
+    for i in 0..sprayed {
+        let f = flow(POD_A, 10_000 + i as u16, POD_B, 80, TCP);
+        assert_eq!(fx.a_sends(&f, SYN), TC_ACT_SHOT);
+    }
+    // Then one of B's packets is denied: its drop still has an event.
+    assert_eq!(fx.b_sends(&flow(POD_B, 50_000, POD_A, 22, TCP), SYN), TC_ACT_SHOT);
+    assert_eq!(
+        fx.drops(DropReason::PolicyDenied),
+        u64::from(sprayed) + 1,
+        "every drop counted"
+    );
+    let drops: Vec<Event> = fx.drain().into_iter().filter(|e| e.kind == EventKind::Drop).collect();
+    let from_b = drops.iter().filter(|e| e.endpoint_id == EP_B).count();
+    let from_a = drops.len() - from_b;
+    assert_eq!(from_b, 1, "B's drop is seen");
+    let cpus = aya::util::nr_cpus().expect("cpus") as usize;
+    let burst = weir_datapath::abi::sys::WEIR_DROP_EVENTS_BURST as usize;
+    assert!(
+        (burst..=burst * cpus + 10).contains(&from_a),
+        "A's events held to its burst (a few more as time passes): {from_a}"
+    );
+    let held = fx.events.rate_limited().unwrap();
+    assert_eq!(
+        held as usize,
+        sprayed as usize - from_a,
+        "what was held back is counted"
+    );
+    assert_eq!(fx.events.lost().unwrap(), 0, "the ring never filled");
+}
+
+#[test]
 fn an_explicit_deny_beats_an_allow_and_egress_is_judged_at_the_source() {
     if !require_root() {
         return;

@@ -179,6 +179,9 @@ pub fn spawn_reader(
                     m.set_lost(lost);
                 }
             }
+            if let (Ok(held), Some(m)) = (source.rate_limited(), &pipeline.metrics) {
+                m.set_rate_limited(held);
+            }
         }
     })
 }

@@ -390,6 +390,18 @@ struct weir_sock_fwd {
  * before it trusts a record: anything else is counted and skipped. */
 #define WEIR_EVENT_VERSION 2
 #define WEIR_EVENTS_BYTES (4 * 1024 * 1024)
+/* weir_events_lost's slots (flow.h): events the ring had no room for, and
+ * drop events an endpoint's rate held back. */
+#define WEIR_LOST_RING_FULL 0
+#define WEIR_LOST_RATE_LIMITED 1
+#define WEIR_LOST_SLOTS 2
+/* Drop events of one endpoint (traffic of no local endpoint counts as one,
+ * endpoint 0): WEIR_DROP_EVENTS_PER_SEC a second on each CPU, after a
+ * burst of WEIR_DROP_EVENTS_BURST. A pod spraying drops cannot fill the
+ * ring and hide other pods' drops and verdicts; its drops are still
+ * counted per reason (weir_drops), only their events are held back. */
+#define WEIR_DROP_EVENTS_PER_SEC 100
+#define WEIR_DROP_EVENTS_BURST 200
 
 enum weir_event_kind {
 	WEIR_EV_FLOW_START = 1,  /* the first packet of a tracked connection */

@@ -14,7 +14,9 @@
  *    every packet in and out, for debugging one pod.
  *
  * A full ring buffer loses the event, never the packet: the loss is
- * counted per CPU in weir_events_lost, which the agent reports. */
+ * counted per CPU in weir_events_lost, which the agent reports. Drop
+ * events are rate limited per endpoint (abi.h, WEIR_DROP_EVENTS_*): what
+ * the limit holds back is counted there too, in its own slot. */
 #ifndef WEIR_FLOW_H
 #define WEIR_FLOW_H
 
@@ -31,11 +33,22 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, WEIR_LOST_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_events_lost SEC(".maps");
+
+/* Per endpoint and CPU, the drop events' theoretical arrival time (GCRA:
+ * an event is let through while that time is at most a burst ahead of
+ * now). LRU: endpoints come and go, and a new one starts with its burst. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, WEIR_MAX_ENDPOINTS + 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_drop_event_rate SEC(".maps");
 
 /* Never read: keeps struct weir_event in each object's BTF (records live
  * in the ring buffer and inlined code leaves no type behind), where
@@ -45,6 +58,10 @@ volatile const struct weir_event weir_event_layout = {};
 /* 0 turns recording off (the benchmark's baseline): the verifier then
  * prunes every event path, since the value is frozen at load. */
 volatile const __u32 weir_flow_events = 1;
+/* Drop events let through per endpoint and CPU (abi.h); 0: no limit (the
+ * flow benchmark, which makes its events out of one endpoint's drops). */
+volatile const __u32 weir_drop_events_per_sec = WEIR_DROP_EVENTS_PER_SEC;
+
 /* How often a live connection reports its counters. */
 volatile const __u64 weir_flow_report_ns = 10ULL * 1000000000ULL;
 
@@ -54,14 +71,14 @@ volatile const __u64 weir_flow_report_ns = 10ULL * 1000000000ULL;
 static __always_inline struct weir_event *flow_begin(struct __ctx_buff *ctx, __u8 kind)
 {
 	struct weir_event *ev;
-	__u32 zero = 0;
+	__u32 slot = WEIR_LOST_RING_FULL;
 	__u64 *lost;
 
 	if (!weir_flow_events)
 		return NULL;
 	ev = bpf_ringbuf_reserve(&weir_events, sizeof(*ev), 0);
 	if (!ev) {
-		lost = bpf_map_lookup_elem(&weir_events_lost, &zero);
+		lost = bpf_map_lookup_elem(&weir_events_lost, &slot);
 		if (lost)
 			*lost += 1;
 		return NULL;
@@ -173,10 +190,45 @@ static __noinline void flow_packet_record(struct __ctx_buff *ctx, __u32 kind, __
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* Whether endpoint `endpoint_id` may have one more drop event now; if not,
+ * the event is counted as held back. */
+static __always_inline int flow_drop_allowed(__u32 endpoint_id)
+{
+	__u32 slot = WEIR_LOST_RATE_LIMITED;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *tat, *held, next, interval;
+
+	if (!weir_drop_events_per_sec)
+		return 1;
+	interval = 1000000000ULL / weir_drop_events_per_sec;
+	tat = bpf_map_lookup_elem(&weir_drop_event_rate, &endpoint_id);
+	if (!tat) {
+		next = now + interval;
+		bpf_map_update_elem(&weir_drop_event_rate, &endpoint_id, &next, BPF_ANY);
+		return 1;
+	}
+	next = *tat > now ? *tat : now;
+	if (next - now > (WEIR_DROP_EVENTS_BURST - 1) * interval) {
+		held = bpf_map_lookup_elem(&weir_events_lost, &slot);
+		if (held)
+			*held += 1;
+		return 0;
+	}
+	*tat = next + interval;
+	return 1;
+}
+
 /* A dropped packet, with the context the program recorded. */
 static __always_inline void flow_drop(struct __ctx_buff *ctx, __u32 reason)
 {
-	if (weir_flow_events)
+	__u32 endpoint_id = 0;
+
+	if (!weir_flow_events)
+		return;
+#ifdef WEIR_CTX_SKB
+	endpoint_id = ctx->cb[WEIR_CB_ENDPOINT];
+#endif
+	if (flow_drop_allowed(endpoint_id))
 		flow_packet_record(ctx, WEIR_EV_DROP, reason, 0, 0);
 }
 

@@ -42,7 +42,13 @@ fn load() -> Loaded {
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/weir-test/bench-flows-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).expect("bpffs");
-    let dp = Datapath::load_with(&dir, &LoadOptions::default()).expect("loading the datapath");
+    // Every event is a drop of one endpoint: the per-endpoint rate on drop
+    // events would measure itself, not the pipeline.
+    let options = LoadOptions {
+        unlimited_drop_events: true,
+        ..Default::default()
+    };
+    let dp = Datapath::load_with(&dir, &options).expect("loading the datapath");
     let mut l = Loaded { dp, dir };
     // A pod on lo (the test-run device); frames claiming another pod's
     // address from it are dropped as spoofed: one drop event per run.
