@@ -157,7 +157,15 @@ int to_netdev(struct __sk_buff *skb)
 SEC("classifier")
 int from_overlay(struct __sk_buff *skb)
 {
+	struct ipv4_meta meta = {};
+	__u32 reason;
+
 	obs_begin(skb, WEIR_OBS_FROM_OVERLAY);
+	if (eth_proto(skb) == ETH_P_IP && !ipv4_parse(skb, &meta)) {
+		reason = overlay_check_source(skb, meta.saddr);
+		if (reason)
+			return drop_packet(skb, reason);
+	}
 	return to_local_pod(skb);
 }
 

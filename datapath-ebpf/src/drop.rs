@@ -59,6 +59,7 @@ drop_reasons! {
     CtEndpointLimit = WEIR_DROP_CT_ENDPOINT_LIMIT, "ct_endpoint_limit", "the endpoint holds its share of the conntrack table: new connection refused";
     PolicyDenied = WEIR_DROP_POLICY_DENIED, "policy_denied", "network policy: no rule allows the connection (default deny of an isolated pod)";
     PolicyDeny = WEIR_DROP_POLICY_DENY, "policy_deny", "network policy: an explicit deny rule";
+    TunnelSource = WEIR_DROP_TUNNEL_SOURCE, "tunnel_source", "encapsulated by no known node, or for an inner source that node does not own";
     FragNotFound = WEIR_DROP_FRAG_NOT_FOUND, "frag_not_found", "a later fragment of a datagram whose first fragment was not seen or made no connection";
 }
 

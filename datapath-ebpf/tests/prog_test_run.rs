@@ -473,14 +473,18 @@ fn node_devices_deliver_to_local_pods_and_pass_the_rest() {
     }
     let mut fx = Fixture::new("host");
     let from_peer_node = Ip::new(Ipv4Addr::new(10, 245, 2, 5), POD_A, UDP).packet(&udp(b"x"));
-    for kind in [ProgramKind::FromNetdev, ProgramKind::FromOverlay] {
-        let (verdict, out) = fx.run(kind, &from_peer_node);
-        assert_eq!(verdict, TC_ACT_REDIRECT, "{kind:?}");
-        assert_eq!(&out[0..6], &A_MAC);
-        assert_eq!(&out[6..12], &A_HOST_MAC);
-        assert_eq!(out[14 + 8], 63, "one routing hop");
-    }
-    assert_eq!(fx.traffic(1).0.packets, 2, "counted as A's ingress");
+    let (verdict, out) = fx.run(ProgramKind::FromNetdev, &from_peer_node);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &A_MAC);
+    assert_eq!(&out[6..12], &A_HOST_MAC);
+    assert_eq!(out[14 + 8], 63, "one routing hop");
+    assert_eq!(fx.traffic(1).0.packets, 1, "counted as A's ingress");
+    // Through the vxlan device a packet must say which node sent it (its
+    // tunnel metadata; a test run has none): one that does not is dropped
+    // before it reaches a pod. The lab's VXLAN tests deliver with it.
+    assert_eq!(fx.run(ProgramKind::FromOverlay, &from_peer_node).0, TC_ACT_SHOT);
+    assert_eq!(fx.drops(DropReason::TunnelSource), 1);
+    assert_eq!(fx.traffic(1).0.packets, 1, "nothing reached A");
 
     let to_node = Ip::new(Ipv4Addr::new(10, 245, 2, 5), Ipv4Addr::new(172, 30, 0, 11), UDP).packet(&udp(b"x"));
     assert_eq!(

@@ -728,6 +728,51 @@ fn node_and_nodeport_cases(s: &mut Suite) {
     s.delete(nodeport);
 }
 
+/// VXLAN: a packet encapsulated by the external host (no node), claiming
+/// to come from a pod on node b, is dropped by node a's tunnel device
+/// before it reaches a pod, and named so in flows. Without the check the
+/// inner source alone gave it b's pod identity.
+fn forged_tunnel_case(s: &mut Suite) {
+    let target: std::net::Ipv4Addr = s.lab.pod_ip("x/a").parse().unwrap();
+    let claimed: std::net::Ipv4Addr = s.lab.pod_ip("x/b").parse().unwrap();
+    let inner = weir_test_support::packet::Flow {
+        src: claimed,
+        sport: 47_474,
+        dst: target,
+        dport: 80,
+        proto: weir_test_support::packet::TCP,
+    }
+    .packet(0x02);
+    // VXLAN header: flags (VNI valid), VNI 0 (the device is in external
+    // mode and takes any), then the inner Ethernet frame.
+    let mut datagram = vec![0x08, 0, 0, 0, 0, 0, 0, 0];
+    datagram.extend_from_slice(&inner);
+    let node_a = "172.31.246.11:8472";
+    let ns = format!("/var/run/netns/{}-external", s.lab.name);
+    weir_test_support::netns::in_netns(ns, move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        for _ in 0..3 {
+            sock.send_to(&datagram, node_a).expect("sending the forged datagram");
+        }
+    });
+    let mut dropped = Vec::new();
+    for _ in 0..20 {
+        dropped = s.observe(
+            &weir_test_support::bin("weir"),
+            &["--verdict", "DROPPED", "--last", "5000"],
+        );
+        if dropped.iter().any(|f| f["drop_reason"] == "tunnel_source") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(
+        dropped.iter().any(|f| f["drop_reason"] == "tunnel_source"),
+        "[vxlan] a datagram encapsulated by no node is dropped as tunnel_source: {dropped:#?}"
+    );
+    s.cases += 1;
+}
+
 fn suite(routing: &'static str, control_plane: &str) {
     let mut s = Suite::new(routing, control_plane);
     node_and_nodeport_cases(&mut s);
@@ -739,6 +784,9 @@ fn suite(routing: &'static str, control_plane: &str) {
     let cnp = control_plane == "standalone";
     if cnp {
         cluster_network_policy_cases(&mut s);
+    }
+    if routing == "vxlan" {
+        forged_tunnel_case(&mut s);
     }
     // Policy drops are named in flows, and both CLIs' DROPPED filter shows
     // them.

@@ -150,6 +150,7 @@ enum weir_drop_reason {
 	WEIR_DROP_CT_ENDPOINT_LIMIT = 15, /* the endpoint holds its share of the conntrack table */
 	WEIR_DROP_POLICY_DENIED = 16,     /* network policy: no rule allows it (an isolated endpoint's default deny) */
 	WEIR_DROP_POLICY_DENY = 17,       /* network policy: an explicit deny rule */
+	WEIR_DROP_TUNNEL_SOURCE = 18,     /* encapsulated by no known node, or for a source that node does not own */
 	WEIR_DROP_REASON_MAX = 64,
 };
 

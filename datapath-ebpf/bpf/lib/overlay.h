@@ -33,6 +33,32 @@ static __always_inline int set_tunnel_dst(struct __sk_buff *skb, const struct we
 	return bpf_skb_set_tunnel_key(skb, &tkey, sizeof(tkey), BPF_F_ZERO_CSUM_TX);
 }
 
+/* What arrives through the tunnel speaks for a node: the outer sender must
+ * be a node of the cluster (weir_nodes), and the inner source one of that
+ * node's pods (its pod CIDR in weir_node_routes) or the node itself (its
+ * own traffic, and what it forwards after SNAT to its address: NodePort).
+ * Otherwise anyone who can reach the VXLAN port could claim any pod's
+ * address, and with it that pod's identity before policy. 0, or the drop
+ * reason. */
+static __always_inline __u32 overlay_check_source(struct __sk_buff *skb, __be32 inner_saddr)
+{
+	struct bpf_tunnel_key tkey = {};
+	struct weir_route *route;
+	__be32 outer;
+
+	if (bpf_skb_get_tunnel_key(skb, &tkey, sizeof(tkey), 0))
+		return WEIR_DROP_TUNNEL_SOURCE;
+	outer = bpf_htonl(tkey.remote_ipv4);
+	if (!bpf_map_lookup_elem(&weir_nodes, &outer))
+		return WEIR_DROP_TUNNEL_SOURCE;
+	if (inner_saddr == outer)
+		return 0;
+	route = lookup_route_v4(inner_saddr);
+	if (!route || route->node_ip != outer)
+		return WEIR_DROP_TUNNEL_SOURCE;
+	return 0;
+}
+
 /* Pod traffic for another node's pod goes straight into the tunnel,
  * skipping the node's routing stack. */
 static __always_inline int route_remote_v4(struct __sk_buff *skb, __be32 daddr)
