@@ -74,6 +74,14 @@ impl IpCache {
         let have = self.entries()?;
         let key = |ip: Ipv4Addr| -> Key<RouteKey> { RouteKey::v4(Ipv4Net::from(ip)) };
         let mut stats = SyncStats::default();
+        // Stale entries go first: a full map then has room for the new
+        // ones, instead of failing every sync from then on.
+        for ip in have.keys().filter(|ip| !wanted.contains_key(ip)) {
+            match self.map.remove(&key(*ip)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
         for (ip, identity) in wanted {
             if have.get(ip) != Some(identity) {
                 let entry = IpCacheEntry {
@@ -82,12 +90,6 @@ impl IpCache {
                 };
                 self.map.insert(&key(*ip), entry, 0).map_err(map_err)?;
                 stats.written += 1;
-            }
-        }
-        for ip in have.keys().filter(|ip| !wanted.contains_key(ip)) {
-            match self.map.remove(&key(*ip)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
-                Err(e) => return Err(map_err(e)),
             }
         }
         Ok(stats)

@@ -277,22 +277,8 @@ impl PolicyMaps {
         cidrs: &BTreeMap<Ipv4Net, u32>,
     ) -> Result<SyncStats, DatapathError> {
         let mut stats = SyncStats::default();
-        for (net, id) in cidrs {
-            if self.have_cidrs.get(net) != Some(id) {
-                self.cidrs
-                    .insert(&RouteKey::v4(*net), id, 0)
-                    .map_err(map_err(CIDR_MAP))?;
-                self.have_cidrs.insert(*net, *id);
-                stats.written += 1;
-            }
-        }
-        for (slot, v) in slots {
-            if self.have.get(slot) != Some(v) {
-                self.table.insert(&slot.key(), v.entry(), 0).map_err(map_err(MAP))?;
-                self.have.insert(*slot, *v);
-                stats.written += 1;
-            }
-        }
+        // What goes, first: a table near full then has room for what
+        // comes, where writing first would fail every pass from then on.
         let gone: Vec<Slot> = self.have.keys().filter(|s| !slots.contains_key(s)).copied().collect();
         for slot in gone {
             match self.table.remove(&slot.key()) {
@@ -315,6 +301,22 @@ impl PolicyMaps {
             }
             self.have_cidrs.remove(&net);
             stats.removed += 1;
+        }
+        for (net, id) in cidrs {
+            if self.have_cidrs.get(net) != Some(id) {
+                self.cidrs
+                    .insert(&RouteKey::v4(*net), id, 0)
+                    .map_err(map_err(CIDR_MAP))?;
+                self.have_cidrs.insert(*net, *id);
+                stats.written += 1;
+            }
+        }
+        for (slot, v) in slots {
+            if self.have.get(slot) != Some(v) {
+                self.table.insert(&slot.key(), v.entry(), 0).map_err(map_err(MAP))?;
+                self.have.insert(*slot, *v);
+                stats.written += 1;
+            }
         }
         Ok(stats)
     }

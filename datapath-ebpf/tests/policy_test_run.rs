@@ -259,6 +259,50 @@ fn a_pod_spraying_drops_cannot_hide_another_pods_drops() {
 }
 
 #[test]
+fn a_full_ipcache_and_policy_table_take_a_whole_new_set() {
+    if !require_root() {
+        return;
+    }
+    // Tables of 8 entries, full, then a set of 8 others: what goes must go
+    // before what comes, or every sync fails from then on.
+    let options = LoadOptions {
+        max_entries: vec![(weir_datapath::maps::IPCACHE, 8), (weir_datapath::policy::MAP, 8)],
+        ..Default::default()
+    };
+    let t = Loaded::new("policy-full", &options);
+    let mut ipcache = IpCache::open(&t.pin_dir).unwrap();
+    let set = |base: u8| -> BTreeMap<Ipv4Addr, u32> {
+        (0..8u8)
+            .map(|i| (Ipv4Addr::new(10, 99, base, i), 300 + u32::from(i)))
+            .collect()
+    };
+    ipcache.sync(&set(1)).unwrap();
+    ipcache.sync(&set(2)).expect("the old eight make room for the new");
+    assert_eq!(ipcache.entries().unwrap().len(), 8);
+
+    let mut dp = t;
+    let mut policy = dp.dp.take_policy_maps().unwrap();
+    let slots = |ep: u32| -> BTreeMap<Slot, Verdicts> {
+        (0..8u16)
+            .map(|p| {
+                let v = Verdicts {
+                    action: action::ALLOW,
+                    reference: 1,
+                    audit_action: action::ALLOW,
+                    audit_reference: 1,
+                    ..Default::default()
+                };
+                (port(ep, DIR_INGRESS, ID_A, TCP, 8000 + p, 16), v)
+            })
+            .collect()
+    };
+    policy.sync(&slots(1), &BTreeMap::new()).unwrap();
+    policy
+        .sync(&slots(2), &BTreeMap::new())
+        .expect("the old slots make room");
+}
+
+#[test]
 fn an_explicit_deny_beats_an_allow_and_egress_is_judged_at_the_source() {
     if !require_root() {
         return;
