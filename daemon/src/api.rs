@@ -1,7 +1,6 @@
 //! The local API: one JSON request and one JSON reply per line over a Unix
 //! socket that only root can open.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -9,11 +8,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use weir_agent_api::{API_VERSION, ApiError, Envelope, ErrorCode, Reply, Request, Response};
+use weir_proto::socket::{OwnSocket, SocketError};
 
 use crate::cluster::ClusterState;
 use crate::dataplane::Dataplane;
 use crate::endpoints::Shared;
-use crate::exclusive::{ExclusiveError, OwnSocket, prepare_socket_path};
 use crate::sync::SyncStatus;
 
 /// Requests larger than this are not CNI calls.
@@ -21,18 +20,11 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 /// Binds the socket, mode 0600: a stale socket of an earlier run is
 /// replaced, nothing else is (a live agent's socket, a file that is not a
-/// socket, a directory others could swap it in: see [`crate::exclusive`]).
+/// socket, a directory others could swap it in: see [`weir_proto::socket`]).
 /// Returns the listener and the record that lets the agent remove its own
 /// socket, and only its own, on exit.
-pub fn bind(path: &Path) -> Result<(UnixListener, OwnSocket), ExclusiveError> {
-    let io = |source| ExclusiveError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    prepare_socket_path(path)?;
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok((listener, OwnSocket::bound(path)?))
+pub fn bind(path: &Path) -> Result<(UnixListener, OwnSocket), SocketError> {
+    weir_proto::socket::bind(path)
 }
 
 /// At most this many API connections are served at once; more wait in

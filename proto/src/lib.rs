@@ -34,6 +34,7 @@ pub mod weir {
 pub mod client;
 pub mod filter;
 pub mod server;
+pub mod socket;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
