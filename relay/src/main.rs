@@ -3,7 +3,6 @@
 //! on TCP (Hubble Relay's port is 4245), in plaintext or TLS. Agents on
 //! TCP are reached with mutual TLS unless --insecure-agents.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -248,15 +247,9 @@ async fn main() -> anyhow::Result<()> {
         .server_tls()
         .map(|files| ServerTls::watch(files, args.tls_reload_interval))
         .transpose()?;
-    if let Some(dir) = args.socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket left by an earlier relay is ours to replace.
-    let _ = std::fs::remove_file(&args.socket);
-    let listener =
-        tokio::net::UnixListener::bind(&args.socket).with_context(|| format!("binding {}", args.socket.display()))?;
-    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", args.socket.display()))?;
+    // As the agent binds its own: a stale socket of an earlier relay is
+    // replaced, a live one or anything else never is.
+    let (listener, own_socket) = weir_proto::socket::bind(&args.socket)?;
     let tcp = match args.listen {
         Some(addr) => Some(weir_proto::server::Tcp {
             listener: tokio::net::TcpListener::bind(addr)
@@ -285,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = server => tracing::error!("relay server stopped"),
     }
-    let _ = std::fs::remove_file(&args.socket);
+    // Only if the path is still the socket this relay bound.
+    own_socket.remove();
     Ok(())
 }

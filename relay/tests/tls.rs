@@ -482,3 +482,32 @@ fn agents_on_tcp_need_tls_or_insecure_agents() {
     assert!(err.contains("/proc/self/status: no certificate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_relay_takes_no_path_that_is_not_its_stale_socket() {
+    let dir = tempdir("socket");
+    let run = |socket: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir-relay"))
+            .args(["--socket", &socket.display().to_string()])
+            .args(["--peer", "n1=unix:///nonexistent/hubble.sock"])
+            .output()
+            .unwrap()
+    };
+    // A file where the socket would go: refused and left as it is (the
+    // relay used to remove whatever was there).
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, b"someone's").unwrap();
+    let out = run(&file);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("refusing to replace it"), "{}", text(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), b"someone's");
+    // A live server's socket: refused, and the server keeps answering.
+    let live = dir.join("live.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let out = run(&live);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("running server"), "{}", text(&out));
+    assert!(std::os::unix::net::UnixStream::connect(&live).is_ok());
+    drop(listener);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
