@@ -166,6 +166,10 @@ pub struct Metrics {
     policy_series: Mutex<HashSet<PolicyLabels>>,
     byte_totals: Mutex<ByteTotals>,
     pods_with_series: Mutex<HashSet<(String, String)>>,
+    /// The workload series made (edges, handshake latency), so those of
+    /// workloads that are gone can be removed: without it every Job run,
+    /// every bare pod ever seen would keep its series for the agent's life.
+    workload_series: Mutex<(HashSet<EdgeLabels>, HashSet<WorkloadLabels>)>,
 }
 
 /// 100 µs to 6.5 s: a burst of ADDs queues for seconds.
@@ -248,6 +252,7 @@ impl Metrics {
             policy_series: Mutex::new(HashSet::new()),
             byte_totals: Mutex::new(ByteTotals::default()),
             pods_with_series: Mutex::new(HashSet::new()),
+            workload_series: Mutex::new((HashSet::new(), HashSet::new())),
         };
         registry.register(
             "hubble_flows_processed",
@@ -550,12 +555,18 @@ impl Metrics {
                 }
                 if e.handshake_ns > 0 {
                     // The SYN-ACK's sender is the server.
+                    let labels = WorkloadLabels {
+                        destination_namespace: src.namespace.clone(),
+                        destination_workload: workload(src),
+                    };
                     self.handshake
-                        .get_or_create(&WorkloadLabels {
-                            destination_namespace: src.namespace.clone(),
-                            destination_workload: workload(src),
-                        })
+                        .get_or_create(&labels)
                         .observe(e.handshake_ns as f64 / 1e9);
+                    self.workload_series
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .1
+                        .insert(labels);
                 }
                 self.count_bytes(e, src, dst, proto);
             }
@@ -563,15 +574,19 @@ impl Metrics {
     }
 
     fn edge(&self, src: &Endpoint, dst: &Endpoint, verdict: &str) {
-        self.edges
-            .get_or_create(&EdgeLabels {
-                source_namespace: src.namespace.clone(),
-                source_workload: workload(src),
-                destination_namespace: dst.namespace.clone(),
-                destination_workload: workload(dst),
-                verdict: verdict.into(),
-            })
-            .inc();
+        let labels = EdgeLabels {
+            source_namespace: src.namespace.clone(),
+            source_workload: workload(src),
+            destination_namespace: dst.namespace.clone(),
+            destination_workload: workload(dst),
+            verdict: verdict.into(),
+        };
+        self.edges.get_or_create(&labels).inc();
+        self.workload_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .insert(labels);
     }
 
     /// The increments since this connection direction last reported.
@@ -625,8 +640,39 @@ impl Metrics {
         }
     }
 
+    /// Removes the series of pods and workloads no longer named (gone
+    /// past the names' grace period): per-pod bytes, workload edges and
+    /// handshake latency. Reserved entities (world, host: no namespace)
+    /// are few and stay.
+    pub fn retain_named(&self, names: &FlowNames) {
+        let known: HashSet<(String, String)> = names
+            .endpoints()
+            .map(|e| (e.namespace.clone(), workload(e)))
+            .chain(names.services().map(|s| (s.namespace.clone(), s.name.clone())))
+            .collect();
+        let named = |ns: &String, w: &String| ns.is_empty() || known.contains(&(ns.clone(), w.clone()));
+        let mut series = self.workload_series.lock().unwrap_or_else(|p| p.into_inner());
+        series.0.retain(|l| {
+            let keep = named(&l.source_namespace, &l.source_workload)
+                && named(&l.destination_namespace, &l.destination_workload);
+            if !keep {
+                self.edges.remove(l);
+            }
+            keep
+        });
+        series.1.retain(|l| {
+            let keep = named(&l.destination_namespace, &l.destination_workload);
+            if !keep {
+                self.handshake.remove(l);
+            }
+            keep
+        });
+        drop(series);
+        self.retain_pods(names);
+    }
+
     /// Removes the per-pod series of pods no longer named.
-    pub fn retain_pods(&self, names: &FlowNames) {
+    fn retain_pods(&self, names: &FlowNames) {
         let known: HashSet<(String, String)> = names.pods().collect();
         let mut with = self.pods_with_series.lock().unwrap_or_else(|p| p.into_inner());
         with.retain(|(ns, pod)| {
@@ -814,6 +860,36 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_series_of_a_workload_that_is_gone_go_with_it() {
+        let m = Metrics::new(false);
+        let ep = |ns: &str, name: &str| Endpoint {
+            namespace: ns.into(),
+            pod_name: format!("{name}-7f"),
+            workloads: vec![weir_proto::flow::Workload {
+                name: name.into(),
+                kind: "Deployment".into(),
+            }],
+            ..Default::default()
+        };
+        m.edge(&ep("shop", "web"), &ep("shop", "db"), "FORWARDED");
+        m.edge(&ep("shop", "cron-28312"), &ep("shop", "db"), "FORWARDED");
+        let mut state = weir_model::ClusterState::default();
+        let errors = weir_model::parse_manifests(
+            &mut state,
+            "kind: Pod\napiVersion: v1\nmetadata: {name: web-7f, namespace: shop, labels: {app: web, pod-template-hash: 5d4f}, ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-5d4f, uid: u1, controller: true}]}\nspec: {containers: []}\nstatus: {podIP: 10.244.1.2}\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: db-7f, namespace: shop, labels: {app: db, pod-template-hash: 77aa}, ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: db-77aa, uid: u2, controller: true}]}\nspec: {containers: []}\nstatus: {podIP: 10.244.1.3}\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut names = FlowNames::new(std::time::Duration::ZERO);
+        names.update(&state, "n1", std::time::Instant::now());
+        let workloads: Vec<String> = names.endpoints().map(workload).collect();
+        assert!(workloads.contains(&"web".to_string()), "{workloads:?}");
+        m.retain_named(&names);
+        let text = m.encode();
+        assert!(text.contains("source_workload=\"web\""), "{text}");
+        assert!(!text.contains("cron-28312"), "the finished Job's edge is gone: {text}");
+    }
 
     #[test]
     fn classic_text_names_counters_with_total_and_drops_openmetrics_only_lines() {

@@ -239,6 +239,19 @@ impl FlowNames {
             .map(|e| (e.namespace.clone(), e.pod_name.clone()))
     }
 
+    /// Every endpoint named now (live, or deleted within the grace period).
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> + '_ {
+        self.by_ip
+            .values()
+            .chain(self.deleted.values().map(|(e, _)| e))
+            .map(|e| &**e)
+    }
+
+    /// Every Service named now.
+    pub fn services(&self) -> impl Iterator<Item = &Service> + '_ {
+        self.services.values().map(|s| &**s)
+    }
+
     /// Every namespace a pod is in (for GetNamespaces), sorted.
     pub fn namespaces(&self) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -68,7 +68,7 @@ impl Pipeline {
         self.names.update(state, &self.node, Instant::now());
         tracing::debug!(revision = ?state.revision, pods = state.pods.len(), "flow names updated");
         if let Some(m) = &self.metrics {
-            m.retain_pods(&self.names);
+            m.retain_named(&self.names);
         }
     }
 
