@@ -374,30 +374,41 @@ pub async fn run(
         // Nothing before the source synced once: an empty snapshot would
         // drop every policy a previous agent programmed.
         if state.revision.is_some() {
-            let (c, eps, sync, latest) = (controller.clone(), endpoints.clone(), sync.clone(), rx.clone());
-            let done = tokio::task::spawn_blocking(move || {
+            let (c, eps) = (controller.clone(), endpoints.clone());
+            let applied = tokio::task::spawn_blocking(move || {
                 let list = eps();
-                let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
-                let ok = c.apply(&state, &list);
-                // Open connections are judged again once the ipcache holds
-                // this snapshot's identities too (else a re-judged one could
-                // keep a verdict made with a pod's old identity). Revisions
-                // are opaque (standalone: a hash of the manifests): equal or
-                // not. A newer snapshot ends the wait: its pass bumps again.
-                let deadline = Instant::now() + IPCACHE_WAIT;
-                while sync.ipcache() != state.revision
-                    && latest.borrow().revision == state.revision
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                c.bump();
-                if ok {
-                    sync.policy_applied(state.revision, generation);
-                }
-                ok
+                let ok = c.lock().unwrap_or_else(|p| p.into_inner()).apply(&state, &list);
+                (ok, state)
             })
             .await;
+            let done = match applied {
+                Ok((ok, state)) => {
+                    // Open connections are judged again once the ipcache
+                    // holds this snapshot's identities too (else a re-judged
+                    // one could keep a verdict made with a pod's old
+                    // identity). Revisions are opaque (standalone: a hash of
+                    // the manifests): equal or not. A newer snapshot ends
+                    // the wait: its pass bumps again. Waited here, on the
+                    // async side: a blocking thread is not held for it.
+                    let deadline = Instant::now() + IPCACHE_WAIT;
+                    while sync.ipcache() != state.revision
+                        && rx.borrow().revision == state.revision
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    let (c, sync) = (controller.clone(), sync.clone());
+                    tokio::task::spawn_blocking(move || {
+                        c.lock().unwrap_or_else(|p| p.into_inner()).bump();
+                        if ok {
+                            sync.policy_applied(state.revision, generation);
+                        }
+                        ok
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             match done {
                 Ok(true) => backoff.succeeded(),
                 Ok(false) => retry = Some(backoff.failed()),
