@@ -267,3 +267,67 @@ mod tests {
         assert!(c.prev_result.is_some());
     }
 }
+
+/// Property tests of the netconf parser (issue 20): stdin is outside input;
+/// whatever a runtime (or anyone who can run the plugin) sends, the parser
+/// answers with a netconf or a CNI error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(stdin: &[u8]) {
+        let Ok(doc) = decode(stdin) else { return };
+        let Ok(version) = negotiate_version(&doc) else {
+            return;
+        };
+        let _ = parse(doc, version);
+    }
+
+    /// A netconf with each field picked from valid, odd and wrong values.
+    fn netconf() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            Just("\"\"".to_string()),
+            Just("null".to_string()),
+            Just("7".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            "\"[a-z0-9./_-]{0,12}\"".prop_map(|s| s),
+            "\"[ -~]{0,16}\"".prop_map(|s| s.replace('\\', "")),
+        ];
+        (
+            prop_oneof![
+                Just("\"1.0.0\"".to_string()),
+                Just("\"1.1.0\"".to_string()),
+                text.clone()
+            ],
+            prop_oneof![Just("\"weir\"".to_string()), text.clone()],
+            prop_oneof![Just("\"net\"".to_string()), text.clone()],
+            prop::collection::vec(("[a-zA-Z]{1,10}", text), 0..4),
+        )
+            .prop_map(|(version, kind, name, extra)| {
+                let mut fields = vec![
+                    format!("\"cniVersion\": {version}"),
+                    format!("\"type\": {kind}"),
+                    format!("\"name\": {name}"),
+                ];
+                fields.extend(extra.into_iter().map(|(k, v)| format!("\"{k}\": {v}")));
+                format!("{{{}}}", fields.join(", "))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_bytes_get_a_netconf_or_an_error(stdin in prop::collection::vec(any::<u8>(), 0..512)) {
+            check(&stdin);
+        }
+
+        #[test]
+        fn any_netconf_shaped_object_gets_a_netconf_or_an_error(text in netconf()) {
+            check(text.as_bytes());
+        }
+    }
+}

@@ -888,4 +888,83 @@ mod tests {
         );
         assert!(matches!(err, Err(FilterError::Unsupported { field: "dns_query", .. })));
     }
+
+    /// Property tests of the filter compiler (issue 20): a GetFlows
+    /// request is outside input; whatever filters it carries are compiled
+    /// or refused with a reason, and a compiled one matches any flow
+    /// without panicking.
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9./:=,!_-]{0,24}".prop_map(|s| s),
+                "[ -~]{0,24}".prop_map(|s| s),
+                (any::<[u8; 4]>(), 0u8..40).prop_map(|(a, p)| format!("{}.{}.{}.{}/{p}", a[0], a[1], a[2], a[3])),
+                "k8s:[a-z]{1,5}(=[a-z]{0,5})?(,[a-z]{1,5} in \\([a-z,]{0,9}\\))?".prop_map(|s| s),
+            ]
+        }
+
+        fn texts() -> impl Strategy<Value = Vec<String>> {
+            prop::collection::vec(text(), 0..3)
+        }
+
+        fn numbers() -> impl Strategy<Value = Vec<i32>> {
+            prop::collection::vec(prop_oneof![0i32..20, any::<i32>()], 0..3)
+        }
+
+        prop_compose! {
+            fn filter()(
+                ips in (texts(), texts()),
+                pods in (texts(), texts()),
+                labels in (texts(), texts()),
+                services in (texts(), texts()),
+                ports in (texts(), texts()),
+                protocol in texts(),
+                node_name in texts(),
+                verdict in numbers(),
+                traffic_direction in numbers(),
+                ip_version in numbers(),
+                drop_reason_desc in numbers(),
+                reply in prop::collection::vec(any::<bool>(), 0..2),
+            ) -> FlowFilter {
+                FlowFilter {
+                    source_ip: ips.0,
+                    destination_ip: ips.1,
+                    source_pod: pods.0,
+                    destination_pod: pods.1,
+                    source_label: labels.0,
+                    destination_label: labels.1,
+                    source_service: services.0,
+                    destination_service: services.1,
+                    source_port: ports.0,
+                    destination_port: ports.1,
+                    protocol,
+                    node_name,
+                    verdict,
+                    traffic_direction,
+                    ip_version,
+                    drop_reason_desc,
+                    reply,
+                    ..Default::default()
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_filters_compile_or_are_refused_and_match_without_panic(
+                white in prop::collection::vec(filter(), 0..3),
+                black in prop::collection::vec(filter(), 0..3),
+            ) {
+                if let Ok(f) = FlowFilters::compile(&white, &black) {
+                    let _ = f.matches(&flow());
+                }
+            }
+        }
+    }
 }

@@ -1711,4 +1711,179 @@ spec:
         let covered: u32 = port_prefixes(1, 65535).iter().map(|(_, b)| 1u32 << (16 - b)).sum();
         assert_eq!(covered, 65535);
     }
+
+    /// Property tests of the policy parser and compiler (issue 20): a
+    /// policy is outside input (any user who can write one in their
+    /// namespace); whatever it says, the agent compiles tables or rejects
+    /// it, never panics, and every verdict names a rule it knows.
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Now and then a value of the wrong type: the object is then
+        /// unreadable (and fails closed), so rarely, or little else is met.
+        fn junk() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                prop_oneof![Just("\"\""), Just("null"), Just("[]"), Just("{}")].prop_map(String::from),
+            ]
+        }
+
+        /// A port: a number (in range or not), a name, rarely junk.
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                12 => (-5i64..70_000).prop_map(|n| n.to_string()),
+                3 => "[a-z][a-z0-9-]{0,8}".prop_map(|s| s),
+                1 => junk(),
+            ]
+        }
+
+        /// A CIDR (valid or not), rarely junk.
+        fn cidr() -> impl Strategy<Value = String> {
+            prop_oneof![
+                12 => (any::<[u8; 4]>(), 0u8..40).prop_map(|(a, p)| format!("\"{}.{}.{}.{}/{p}\"", a[0], a[1], a[2], a[3])),
+                2 => "[a-z0-9.:/]{0,12}".prop_map(|s| format!("\"{s}\"")),
+                1 => junk(),
+            ]
+        }
+
+        /// A label value or selector value.
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![12 => "[a-z][a-z0-9-]{0,8}".prop_map(|s| s), 1 => junk()]
+        }
+
+        fn selector() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![
+                    Just("In"),
+                    Just("NotIn"),
+                    Just("Exists"),
+                    Just("DoesNotExist"),
+                    Just("Sometimes")
+                ],
+                prop::collection::vec(scalar(), 0..3),
+                prop::bool::ANY,
+            )
+                .prop_map(|(op, values, labels)| match labels {
+                    true => "{matchLabels: {app: web}}".to_string(),
+                    false => format!(
+                        "{{matchExpressions: [{{key: app, operator: {op}, values: [{}]}}]}}",
+                        values.join(", ")
+                    ),
+                })
+        }
+
+        fn port() -> impl Strategy<Value = String> {
+            (
+                number(),
+                number(),
+                prop_oneof![Just("TCP"), Just("UDP"), Just("SCTP"), Just("ICMP"), Just("\"\"")],
+            )
+                .prop_map(|(p, end, proto)| format!("{{port: {p}, endPort: {end}, protocol: {proto}}}"))
+        }
+
+        fn peer() -> impl Strategy<Value = String> {
+            prop_oneof![
+                selector().prop_map(|s| format!("{{podSelector: {s}}}")),
+                selector().prop_map(|s| format!("{{namespaceSelector: {s}}}")),
+                (cidr(), prop::collection::vec(cidr(), 0..2))
+                    .prop_map(|(c, e)| format!("{{ipBlock: {{cidr: {c}, except: [{}]}}}}", e.join(", "))),
+            ]
+        }
+
+        fn network_policy() -> impl Strategy<Value = String> {
+            (
+                selector(),
+                prop::collection::vec((prop::collection::vec(peer(), 0..3), prop::collection::vec(port(), 0..3)), 0..3),
+                prop::collection::vec(prop_oneof![Just("Ingress"), Just("Egress"), Just("Sideways")], 0..3),
+            )
+                .prop_map(|(pods, rules, types)| {
+                    let rules: Vec<String> = rules
+                        .into_iter()
+                        .map(|(from, ports)| format!("{{from: [{}], ports: [{}]}}", from.join(", "), ports.join(", ")))
+                        .collect();
+                    format!(
+                        "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: fuzz, namespace: a}}\nspec: {{podSelector: {pods}, policyTypes: [{}], ingress: [{}], egress: [{}]}}\n",
+                        types.join(", "),
+                        rules.join(", "),
+                        rules.join(", ").replace("from:", "to:")
+                    )
+                })
+        }
+
+        fn cluster_network_policy() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![Just("Admin"), Just("Baseline"), Just("Middle")],
+                number(),
+                selector(),
+                prop::collection::vec(
+                    (
+                        prop_oneof![Just("Accept"), Just("Deny"), Just("Pass"), Just("Maybe")],
+                        selector(),
+                        prop::collection::vec(number(), 0..3),
+                    ),
+                    0..4,
+                ),
+            )
+                .prop_map(|(tier, priority, subject, rules)| {
+                    let rules: Vec<String> = rules
+                        .into_iter()
+                        .map(|(action, ns, ports)| {
+                            format!(
+                                "{{action: {action}, from: [{{namespaces: {ns}}}], protocols: [{}]}}",
+                                ports
+                                    .iter()
+                                    .map(|p| format!("{{tcp: {{destinationPort: {{number: {p}}}}}}}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {{name: fuzz}}\nspec: {{tier: {tier}, priority: {priority}, subject: {{namespaces: {subject}}}, ingress: [{}]}}\n",
+                        rules.join(", ")
+                    )
+                })
+        }
+
+        fn compiles(doc: &str) {
+            let (mut s, eps) = cluster("");
+            let _ = parse_manifests(&mut s, doc);
+            let c = compile_within(
+                &s,
+                &eps,
+                &mut Numbers::default(),
+                Budget {
+                    per_endpoint: 4096,
+                    total: 8192,
+                },
+            );
+            for v in c.slots.values() {
+                for r in [v.reference, v.audit_reference, v.admin_reference, v.baseline_reference] {
+                    assert!(r == 0 || c.rules.contains_key(&r), "reference {r} names no rule");
+                }
+            }
+            let _ = c.judge(1, Direction::Ingress, CLIENT, CLIENT_IP, TCP, 80);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            #[test]
+            fn any_network_policy_compiles_or_is_rejected(doc in network_policy()) {
+                compiles(&doc);
+            }
+
+            #[test]
+            fn any_cluster_network_policy_compiles_or_is_rejected(doc in cluster_network_policy()) {
+                compiles(&doc);
+            }
+
+            #[test]
+            fn any_text_is_read_or_refused(text in "[ -~\n]{0,300}") {
+                let _ = crate::parse_each(&text);
+            }
+        }
+    }
 }
