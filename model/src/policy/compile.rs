@@ -747,24 +747,8 @@ pub fn compile_within(
             // The node reaches its pods whatever isolates them (deny
             // rules of weir's own policies can still refuse it).
             if d == Direction::Ingress && (iso_e || iso_a) {
-                let rr = RuleRef {
-                    policy: None,
-                    direction: d,
-                    what: RuleWhat::HostAllowed,
-                    audit: false,
-                };
-                let reference = numbers.rules.id(rr.clone());
-                used_rules.insert(rr);
-                for (proto, lo, hi) in ranges(&L4::All, &[]) {
-                    tables.entry(identity::HOST).or_default().push(Part {
-                        proto,
-                        lo,
-                        hi,
-                        action: u32::from(action::ALLOW),
-                        reference,
-                        layer: Layer::Enforced,
-                    });
-                }
+                let allow = u32::from(action::ALLOW);
+                host_allowed(&mut tables, numbers, &mut used_rules, allow, Layer::Enforced);
             }
             if iso_e || iso_a {
                 out.slots.insert(
@@ -915,16 +899,18 @@ fn over_budget(out: &mut Compiled, numbers: &mut Numbers, used_rules: &mut BTree
     }
 }
 
-/// The node reaching its pods, accepted at `rank` of a tier: above a deny
-/// weir made in place of what it could not read (one a ClusterNetworkPolicy
-/// rule or the whole policy), so a typo does not fail every probe of the
-/// pods it selects. (A written ClusterNetworkPolicy cannot refuse the node:
-/// its ingress peers are namespaces and pods only.)
-fn host_first(
+/// The node reaching its pods: `action` for the HOST identity in `layer`.
+/// In the NetworkPolicy layer, an allow whatever isolates the pod (weir's
+/// own deny rules can still refuse it). In a tier, an Accept at a rank
+/// above a deny weir made in place of what it could not read (one
+/// ClusterNetworkPolicy rule or the whole policy), so a typo does not fail
+/// every probe of the pods it selects. (A written ClusterNetworkPolicy
+/// cannot refuse the node: its ingress peers are namespaces and pods only.)
+fn host_allowed(
     tables: &mut BTreeMap<u32, Vec<Part>>,
     numbers: &mut Numbers,
     used_rules: &mut BTreeSet<RuleRef>,
-    rank: u32,
+    action: u32,
     layer: Layer,
 ) {
     let rr = RuleRef {
@@ -940,11 +926,28 @@ fn host_first(
             proto,
             lo,
             hi,
-            action: rank << tier::RANK_SHIFT | tier::ACCEPT,
+            action,
             reference,
             layer,
         });
     }
+}
+
+/// [`host_allowed`] at `rank` of a tier.
+fn host_first(
+    tables: &mut BTreeMap<u32, Vec<Part>>,
+    numbers: &mut Numbers,
+    used_rules: &mut BTreeSet<RuleRef>,
+    rank: u32,
+    layer: Layer,
+) {
+    host_allowed(
+        tables,
+        numbers,
+        used_rules,
+        rank << tier::RANK_SHIFT | tier::ACCEPT,
+        layer,
+    );
 }
 
 fn tier_layer(t: Tier) -> Layer {
