@@ -189,6 +189,66 @@ impl WeirSide {
     }
 }
 
+impl WeirSide {
+    /// Request/response latency from the client pod to the server pod,
+    /// through a ClusterIP (the per-packet path: pods' connections are
+    /// translated in from_pod) and to the pod's own address: sockperf TCP
+    /// ping-pong, alternating, medians of 5 rounds.
+    fn round_trip_through_a_cluster_ip(&mut self) {
+        const ROUNDS: usize = 5;
+        let file = self.lab.dir.join("rtt.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: rtt, namespace: default}\nspec: {selector: {app: web}, ports: [{port: 11111, targetPort: 11111}]}\n",
+        )
+        .expect("rtt service");
+        lab(&self.lab.lab_dir, &["apply", file.to_str().expect("utf-8")]);
+        let json = lab(&self.lab.lab_dir, &["get", "svc", "default/rtt", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("svc json");
+        let vip = v["spec"]["clusterIP"].as_str().expect("clusterIP").to_owned();
+        wait_idle(&self.lab.lab_dir);
+        let server = NetNs::existing(&format!("{}-default-server", self.name));
+        let pod = self.server_ip().to_string();
+        let (mut through, mut direct) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // sockperf's server listens on the pod's address; the client
+            // connects to the VIP or to that address.
+            let measure = |target: &str| -> f64 {
+                let mut srv = server
+                    .command("sockperf")
+                    .args(["sr", "-i", &pod, "-p", "11111", "--tcp"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("sockperf sr");
+                std::thread::sleep(Duration::from_millis(300));
+                let out = self
+                    .client
+                    .exec_ok("sockperf", &["pp", "-i", target, "-p", "11111", "--tcp", "-t", "5"]);
+                let _ = srv.kill();
+                let _ = srv.wait();
+                let p50 = out
+                    .lines()
+                    .find(|l| l.contains("percentile 50.000"))
+                    .and_then(|l| l.rsplit('=').next()?.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("no p50 in sockperf output:\n{out}"));
+                p50 * 2.0
+            };
+            if round % 2 == 0 {
+                through.push(measure(&vip));
+                direct.push(measure(&pod));
+            } else {
+                direct.push(measure(&pod));
+                through.push(measure(&vip));
+            }
+        }
+        let (t, d) = (crate::median(&mut through), crate::median(&mut direct));
+        println!(
+            "\n## Request/response through a ClusterIP (sockperf TCP ping-pong, {ROUNDS} interleaved rounds of 5 s, medians)\n\n| path | RTT p50 |\n|---|---|\n| pod → ClusterIP (per packet) | {t:.1} µs |\n| pod → pod IP | {d:.1} µs |\n\nThrough the ClusterIP: {:.3}x the direct round trip.",
+            t / d
+        );
+    }
+}
+
 /// Waits until the lab's agents use (almost) no CPU for a second.
 fn wait_idle(lab_dir: &Path) {
     let pids: Vec<u32> = std::fs::read_to_string(lab_dir.join("lab.json"))
@@ -532,4 +592,5 @@ pub fn run_from_node() {
             );
         }
     }
+    weir.round_trip_through_a_cluster_ip();
 }
