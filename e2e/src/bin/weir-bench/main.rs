@@ -111,6 +111,12 @@ fn iperf(server: &NetNs, client: &NetNs, server_ip: &str) -> f64 {
 
 /// Median round-trip latency in µs from sockperf ping-pong.
 fn sockperf(server: &NetNs, client: &NetNs, server_ip: &str, tcp: bool) -> f64 {
+    sockperf_to(server, client, server_ip, server_ip, tcp)
+}
+
+/// [`sockperf`] with the client aimed at `target` (a Service's address
+/// that leads to `server_ip`).
+fn sockperf_to(server: &NetNs, client: &NetNs, server_ip: &str, target: &str, tcp: bool) -> f64 {
     let mut args = vec!["sr", "-i", server_ip, "-p", "11111"];
     if tcp {
         args.push("--tcp");
@@ -122,7 +128,7 @@ fn sockperf(server: &NetNs, client: &NetNs, server_ip: &str, tcp: bool) -> f64 {
         .spawn()
         .expect("sockperf sr");
     std::thread::sleep(Duration::from_millis(300));
-    let mut cargs = vec!["pp", "-i", server_ip, "-p", "11111", "-t", SECONDS];
+    let mut cargs = vec!["pp", "-i", target, "-p", "11111", "-t", SECONDS];
     if tcp {
         cargs.push("--tcp");
     }

@@ -193,7 +193,8 @@ impl WeirSide {
     /// Request/response latency from the client pod to the server pod,
     /// through a ClusterIP (the per-packet path: pods' connections are
     /// translated in from_pod) and to the pod's own address: sockperf TCP
-    /// ping-pong, alternating, medians of 5 rounds.
+    /// ping-pong ([`crate::sockperf_to`], 5 s), alternating, medians of 5
+    /// rounds.
     fn round_trip_through_a_cluster_ip(&mut self) {
         const ROUNDS: usize = 5;
         let file = self.lab.dir.join("rtt.yaml");
@@ -213,26 +214,7 @@ impl WeirSide {
         for round in 0..ROUNDS {
             // sockperf's server listens on the pod's address; the client
             // connects to the VIP or to that address.
-            let measure = |target: &str| -> f64 {
-                let mut srv = server
-                    .command("sockperf")
-                    .args(["sr", "-i", &pod, "-p", "11111", "--tcp"])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("sockperf sr");
-                std::thread::sleep(Duration::from_millis(300));
-                let out = self
-                    .client
-                    .exec_ok("sockperf", &["pp", "-i", target, "-p", "11111", "--tcp", "-t", "5"]);
-                let _ = srv.kill();
-                let _ = srv.wait();
-                let p50 = out
-                    .lines()
-                    .find(|l| l.contains("percentile 50.000"))
-                    .and_then(|l| l.rsplit('=').next()?.trim().parse::<f64>().ok())
-                    .unwrap_or_else(|| panic!("no p50 in sockperf output:\n{out}"));
-                p50 * 2.0
-            };
+            let measure = |target: &str| crate::sockperf_to(&server, &self.client, &pod, target, true);
             if round % 2 == 0 {
                 through.push(measure(&vip));
                 direct.push(measure(&pod));
