@@ -100,6 +100,10 @@ pub const ROUTING_VXLAN: u32 = sys::WEIR_ROUTING_VXLAN;
 pub const CFG_F_MASQUERADE: u32 = sys::WEIR_CFG_F_MASQUERADE;
 
 pub const CT_MAX_ENTRIES: u32 = sys::WEIR_CT_MAX_ENTRIES;
+/// The owner the node's connections from outside are charged to.
+pub const CT_OWNER_NODE: u32 = sys::WEIR_CT_OWNER_NODE;
+/// The node's share of the table, by default.
+pub const CT_NODE_MAX_DEFAULT: u32 = sys::WEIR_CT_NODE_MAX_DEFAULT;
 pub const CT_F_REVERSE: u8 = u8_of(sys::WEIR_CT_F_REVERSE);
 pub const CT_F_HAIRPIN: u8 = u8_of(sys::WEIR_CT_F_HAIRPIN);
 pub const CT_F_NODEPORT: u8 = u8_of(sys::WEIR_CT_F_NODEPORT);

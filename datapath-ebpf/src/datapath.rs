@@ -212,6 +212,10 @@ pub struct LoadOptions {
     /// Conntrack entries one endpoint may hold (`weir_ct_endpoint_max`;
     /// default an eighth of the table). Tests narrow it.
     pub ct_endpoint_max: Option<u32>,
+    /// Conntrack entries the node's connections from outside (NodePorts,
+    /// external IPs) may hold (`weir_ct_node_max`; default a quarter of
+    /// the table). Tests narrow it.
+    pub ct_node_max: Option<u32>,
     /// No flow events at all (`weir_flow_events` 0): the benchmark's
     /// recording-off baseline. Counters and conntrack are unchanged.
     pub no_flow_events: bool,
@@ -302,6 +306,9 @@ impl Datapath {
             }
             if let Some(max) = &options.ct_endpoint_max {
                 loader.override_global("weir_ct_endpoint_max", max, false);
+            }
+            if let Some(max) = &options.ct_node_max {
+                loader.override_global("weir_ct_node_max", max, false);
             }
             if options.no_flow_events {
                 loader.override_global("weir_flow_events", &0u32, true);

@@ -4,7 +4,9 @@
 //! from_pod; a remote backend under policy Cluster (SNAT + DNAT: XDP leaves
 //! it to TC when it cannot forward itself, which is always the case here:
 //! the test's ingress device is lo); policy Local without a local backend
-//! (dropped, counted). Needs root (to load programs), no namespaces.
+//! (dropped, counted); a SYN flood from outside, which sheds its own
+//! handshakes before it refuses a genuine client and holds no more than the
+//! node's share of the table. Needs root (to load programs), no namespaces.
 
 mod support;
 
@@ -43,7 +45,11 @@ support::derefs_to_loaded!(Fixture);
 
 impl Fixture {
     fn new(test: &str) -> Self {
-        let mut t = Loaded::new(&format!("np-{test}"), &Default::default());
+        Self::with(test, &Default::default())
+    }
+
+    fn with(test: &str, options: &weir_datapath::LoadOptions) -> Self {
+        let mut t = Loaded::new(&format!("np-{test}"), options);
         t.dp.set_config(Config {
             node_ip: be_addr(NODE),
             ..Default::default()
@@ -288,4 +294,149 @@ fn external_and_lb_ips_and_policy_local() {
     let before = fx.conntrack().len();
     assert_eq!(fx.xdp(&c), (XDP_PASS, c.clone()));
     assert_eq!(fx.conntrack().len(), before);
+}
+
+/// `n` SYNs at `dst`:`dport` from spoofed sources (198.18.0.0/15, none of
+/// them ever completing a handshake), through the uplink's TC program.
+fn syn_flood(fx: &Fixture, dst: Ipv4Addr, dport: u16, first: u32, n: u32) {
+    for i in first..first + n {
+        let f = Flow {
+            src: Ipv4Addr::from(0xc612_0000 + i / 4),
+            sport: 1024 + (i % 4) as u16,
+            dst,
+            dport,
+            proto: TCP,
+        };
+        fx.tc(ProgramKind::FromNetdev, &f.packet(SYN));
+    }
+}
+
+/// A genuine client's handshake through the NodePort to a remote backend:
+/// SYN, the backend's SYN-ACK, the client's ACK. Returns the SNAT port.
+fn handshake(fx: &Fixture, f: &Flow) -> u16 {
+    let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &f.packet(SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the genuine client's SYN goes to the backend");
+    let seen = parse(&out);
+    let (verdict, back) = fx.tc(ProgramKind::FromNetdev, &seen.reply().packet(SYN | ACK));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((parse(&back).dst, parse(&back).dport), (f.src, f.sport));
+    let (verdict, again) = fx.tc(ProgramKind::FromNetdev, &f.packet(ACK));
+    assert_eq!((verdict, parse(&again).sport), (TC_ACT_REDIRECT, seen.sport));
+    seen.sport
+}
+
+#[test]
+fn a_syn_flood_holding_every_snat_port_does_not_shut_out_a_genuine_client() {
+    if !require_root() {
+        return;
+    }
+    let mut fx = Fixture::new("flood-ports");
+    fx.frontend(
+        NODE,
+        NODE_PORT,
+        Protocol::Tcp,
+        &[(REMOTE_1, 8080)],
+        Some(TrafficPolicy::Cluster),
+    );
+
+    // 20,000 spoofed SYNs: more than the 4,536 SNAT ports towards the one
+    // backend. Each that finds its tries taken sheds the oldest handshake
+    // among them, so the flood competes with itself.
+    syn_flood(&fx, NODE, NODE_PORT, 0, 20_000);
+    let held = fx.conntrack().len();
+    assert!(held >= 2 * 4000, "the flood holds (nearly) every port: {held} entries");
+
+    let genuine = flow(NODE, NODE_PORT, TCP);
+    let port = handshake(&fx, &genuine);
+
+    // The flood goes on: the established connection keeps its port.
+    syn_flood(&fx, NODE, NODE_PORT, 20_000, 20_000);
+    let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &genuine.packet(ACK));
+    assert_eq!((verdict, parse(&out).sport), (TC_ACT_REDIRECT, port));
+    let ct = fx.conntrack();
+    let fwd = ct[&CtKey::new(CLIENT, 40000, NODE, NODE_PORT, Protocol::Tcp)];
+    assert_eq!(fwd.state, weir_datapath::conntrack::CT_ESTABLISHED);
+    assert!(
+        ct.len() <= 2 * NAT_PORTS.len() + 2,
+        "no more than the port range: {}",
+        ct.len()
+    );
+    // And a second genuine client after the flood.
+    let late = Flow {
+        sport: 40001,
+        ..genuine
+    };
+    assert_ne!(handshake(&fx, &late), port);
+}
+
+#[test]
+fn a_flood_from_outside_holds_only_the_nodes_share_and_sheds_its_oldest_handshakes() {
+    if !require_root() {
+        return;
+    }
+    // A share of 64 entries: 32 connections.
+    let options = weir_datapath::LoadOptions {
+        ct_node_max: Some(64),
+        ..Default::default()
+    };
+    let mut fx = Fixture::with("flood-share", &options);
+    fx.frontend(
+        NODE,
+        NODE_PORT,
+        Protocol::Tcp,
+        &[(REMOTE_1, 8080)],
+        Some(TrafficPolicy::Cluster),
+    );
+    // A local backend too: its pod's own share is not the flood's to take.
+    fx.frontend(
+        NODE,
+        NODE_PORT + 1,
+        Protocol::Tcp,
+        &[(POD_B, 8080)],
+        Some(TrafficPolicy::Cluster),
+    );
+
+    syn_flood(&fx, NODE, NODE_PORT, 0, 1_000);
+    syn_flood(&fx, NODE, NODE_PORT + 1, 1_000, 1_000);
+    let ct = fx.conntrack();
+    assert!(
+        ct.len() <= 64,
+        "the flood holds at most the node's share: {} entries",
+        ct.len()
+    );
+    assert!(
+        ct.values().all(|e| e.owner == weir_datapath::abi::CT_OWNER_NODE),
+        "charged to the node, never the backend pod"
+    );
+    assert_eq!(
+        fx.drops(DropReason::CtNodeLimit),
+        0,
+        "the flood shed its own oldest handshakes"
+    );
+
+    // A genuine client gets in, and the flood that follows cannot push it out.
+    let genuine = flow(NODE, NODE_PORT, TCP);
+    let port = handshake(&fx, &genuine);
+    syn_flood(&fx, NODE, NODE_PORT, 2_000, 1_000);
+    let (verdict, out) = fx.tc(ProgramKind::FromNetdev, &genuine.packet(ACK));
+    assert_eq!((verdict, parse(&out).sport), (TC_ACT_REDIRECT, port));
+
+    // Established connections are never shed: once they hold the whole
+    // share, a new one is refused, counted as the node's limit.
+    for p in 1..32u16 {
+        handshake(
+            &fx,
+            &Flow {
+                sport: 40000 + p,
+                ..genuine
+            },
+        );
+    }
+    let refused = Flow {
+        sport: 41000,
+        ..genuine
+    };
+    assert_eq!(fx.tc(ProgramKind::FromNetdev, &refused.packet(SYN)).0, TC_ACT_SHOT);
+    assert!(fx.drops(DropReason::CtNodeLimit) >= 1);
+    assert_eq!(fx.conntrack().len(), 64);
 }

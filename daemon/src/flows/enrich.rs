@@ -62,7 +62,7 @@ pub fn hubble_drop_code(r: DropReason) -> flow::DropReason {
         W::TruncatedL4 => H::CtTruncatedOrInvalidHeader,
         W::TtlExceeded => H::TtlExceeded,
         W::RewriteFailed => H::ErrorWritingToPacket,
-        W::CtMapFull | W::CtEndpointLimit => H::CtMapInsertionFailed,
+        W::CtMapFull | W::CtEndpointLimit | W::CtNodeLimit => H::CtMapInsertionFailed,
         W::NoServiceBackend | W::NoLocalBackend => H::ServiceBackendNotFound,
         W::SnatPortsExhausted | W::NatNoPort => H::NoMappingForNatMasquerade,
         W::MissedTailCall => H::MissedTailCall,

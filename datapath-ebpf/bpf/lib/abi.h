@@ -151,6 +151,7 @@ enum weir_drop_reason {
 	WEIR_DROP_POLICY_DENIED = 16,     /* network policy: no rule allows it (an isolated endpoint's default deny) */
 	WEIR_DROP_POLICY_DENY = 17,       /* network policy: an explicit deny rule */
 	WEIR_DROP_TUNNEL_SOURCE = 18,     /* encapsulated by no known node, or for a source that node does not own */
+	WEIR_DROP_CT_NODE_LIMIT = 19,     /* the node's share (connections from outside) is held by live connections */
 	WEIR_DROP_REASON_MAX = 64,
 };
 
@@ -226,6 +227,18 @@ struct weir_ct_entry {
  * agent, the only writer of weir_ep_ct_released, counts what its GC and
  * flushes delete. Charged = created - dp_released - released. */
 #define WEIR_CT_ENDPOINT_MAX_DEFAULT (WEIR_CT_MAX_ENTRIES / 8)
+
+/* The node's share: every connection that reaches the node from outside
+ * through a NodePort, externalIP or LoadBalancer IP is charged to this
+ * owner (no endpoint id is ever this), so a flood from outside holds at
+ * most this much of the table and never a backend pod's own share. When
+ * it is full, the oldest of these connections whose handshake never
+ * completed go before anyone is refused (conntrack.h's ring). */
+#define WEIR_CT_OWNER_NODE 0xffffffffu
+#define WEIR_CT_NODE_MAX_DEFAULT (WEIR_CT_MAX_ENTRIES / 4)
+/* The ring of the node's connections, oldest first: one slot per
+ * connection its share can hold. */
+#define WEIR_CT_NODE_RING (WEIR_CT_NODE_MAX_DEFAULT / 2)
 
 struct weir_ep_ct_count {
 	__u64 created;

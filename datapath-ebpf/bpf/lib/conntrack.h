@@ -32,9 +32,15 @@
  *
  * The map is a plain, preallocated HASH and deliberately not LRU: evicting a
  * live entry would silently move a connection to another backend (or leave
- * its replies untranslated). A full table refuses new translated
- * connections, counted under their reason, and the agent's GC makes room;
- * a plain connection goes on untracked (nothing depends on its entry yet).
+ * its replies untranslated). Instead each local endpoint holds at most a
+ * share of the table, and the node (connections from outside through
+ * NodePorts) a share of its own, so nothing outside the node can fill the
+ * table. The node's full share and a full NAT port range first shed
+ * connections that may go (ct_may_evict: expired, closed, or from outside
+ * and never confirmed); then, and on a full table, new translated
+ * connections are refused, counted under their reason, until the agent's
+ * GC makes room; a plain connection goes on untracked (nothing depends on
+ * its entry yet).
  *
  * The key, the entry and their flags are ABI (abi.h). */
 #ifndef WEIR_CONNTRACK_H
@@ -115,8 +121,33 @@ struct {
 	__type(value, struct weir_ct_entry);
 } weir_ct_scratch SEC(".maps");
 
-/* The share of one endpoint (the loader may narrow it: tests do). */
+/* The share of one endpoint, and the node's (the loader may narrow them:
+ * tests do). */
 volatile const __u32 weir_ct_endpoint_max = WEIR_CT_ENDPOINT_MAX_DEFAULT;
+volatile const __u32 weir_ct_node_max = WEIR_CT_NODE_MAX_DEFAULT;
+
+/* The forward keys of the node's connections (WEIR_CT_OWNER_NODE), in the
+ * order they came, in a ring of one slot per connection its share holds:
+ * the slot the head reaches next holds the oldest record, the one
+ * ct_node_room looks at first when the share is full. A record may be
+ * stale (the connection ended, or its key was reused): ct_evict checks
+ * what the table holds before anything goes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_CT_NODE_RING);
+	__type(key, __u32);
+	__type(value, struct weir_ct_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ct_node_ring SEC(".maps");
+
+/* The ring's head: how many slots were ever taken. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ct_node_ring_head SEC(".maps");
 
 /* Datagram -> its ports, from the first fragment (abi.h). LRU: a lost
  * record only costs that datagram its later fragments, dropped and
@@ -249,10 +280,12 @@ static __noinline void ct_report(struct __ctx_buff *ctx, const struct weir_ct_ke
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* May `owner` be charged `n` more entries? Owner 0 (no local endpoint:
- * a NodePort connection to a remote backend) is the node's, unbounded. */
+/* May `owner` be charged `n` more entries? Owner 0 is no one (an entry
+ * of a closed connection, or one nothing charges), unbounded; the node
+ * (WEIR_CT_OWNER_NODE) has a share of its own. */
 static __always_inline int ct_charge_ok(__u32 owner, __u32 n)
 {
+	__u32 max = owner == WEIR_CT_OWNER_NODE ? weir_ct_node_max : weir_ct_endpoint_max;
 	struct weir_ep_ct_count *c;
 	__u64 *released, charged;
 
@@ -266,7 +299,7 @@ static __always_inline int ct_charge_ok(__u32 owner, __u32 n)
 	/* Unsigned wrap (counters replaced on an upgrade): nothing charged. */
 	if (charged > WEIR_CT_MAX_ENTRIES)
 		charged = 0;
-	return charged + n <= weir_ct_endpoint_max;
+	return charged + n <= max;
 }
 
 /* `owner` now holds `n` more entries (n may be negative: entries the
@@ -318,6 +351,121 @@ static __always_inline void ct_recharge(__u32 was, __u32 owner)
 		return;
 	ct_charge(was, -1);
 	ct_charge(owner, 1);
+}
+
+/* May a connection go before anyone is refused? `e` is one of its
+ * entries and `p` its partner (NULL when gone). Yes when both directions
+ * are past their deadline (only the GC has not come yet), when it closed
+ * (TCP; late retransmits lose their entry, nothing else), and, for a
+ * connection from outside (NodePort), when it was never confirmed: a TCP
+ * handshake the client never completed (a spoofed SYN's), or a datagram
+ * its client never followed up (one packet). A live connection never goes:
+ * evicting it would move it to another backend. */
+static __always_inline int ct_may_evict(const struct weir_ct_entry *e, const struct weir_ct_entry *p, __u8 proto,
+					__u64 now)
+{
+	const struct weir_ct_entry *fwd;
+
+	if (e->expires_ns < now && (!p || p->expires_ns < now))
+		return 1;
+	if (proto == IPPROTO_TCP && (e->state == WEIR_CT_CLOSING || (p && p->state == WEIR_CT_CLOSING)))
+		return 1;
+	if (!(e->flags & WEIR_CT_F_NODEPORT))
+		return 0;
+	if (e->flags & WEIR_CT_F_REVERSE) {
+		if (!p)
+			return 0;
+		fwd = p;
+	} else {
+		fwd = e;
+	}
+	if (proto == IPPROTO_TCP)
+		return fwd->state != WEIR_CT_ESTABLISHED;
+	return fwd->packets <= 1;
+}
+
+/* Removes the connection with an entry at `key` (either direction) if
+ * ct_may_evict lets it go, handing its charge back; with `dry` only says
+ * whether it would. 1 when it goes (or would). Not inlined: called from
+ * the port claim's loop and the ring's. */
+static __noinline int ct_evict(const struct weir_ct_key *key, __u64 now, int dry)
+{
+	struct weir_ct_key pkey = {}, back = {};
+	struct weir_ct_entry *e, *p;
+
+	e = bpf_map_lookup_elem(&weir_ct4, key);
+	if (!e)
+		return 0;
+	ct_partner_key(e, key->proto, &pkey);
+	p = bpf_map_lookup_elem(&weir_ct4, &pkey);
+	if (p) {
+		/* Only the partner if it still points back (the GC may have
+		 * taken the old one and a new connection its key). */
+		ct_partner_key(p, key->proto, &back);
+		if (back.saddr != key->saddr || back.daddr != key->daddr || back.sport != key->sport ||
+		    back.dport != key->dport)
+			p = NULL;
+	}
+	if (!ct_may_evict(e, p, key->proto, now))
+		return 0;
+	if (dry)
+		return 1;
+	/* The exchange: a FIN on another CPU may release them too. */
+	ct_charge(__sync_lock_test_and_set(&e->owner, 0), -1);
+	bpf_map_delete_elem(&weir_ct4, key);
+	if (p) {
+		ct_charge(__sync_lock_test_and_set(&p->owner, 0), -1);
+		bpf_map_delete_elem(&weir_ct4, &pkey);
+	}
+	return 1;
+}
+
+/* Evictions tried before a new connection of the node is refused. */
+#define WEIR_CT_EVICT_TRIES 4
+
+/* Takes the ring's next slot: the oldest record. */
+static __always_inline struct weir_ct_key *ct_node_ring_next(void)
+{
+	__u32 zero = 0, slots = weir_ct_node_max / 2, idx;
+	__u64 *head;
+
+	if (slots > WEIR_CT_NODE_RING)
+		slots = WEIR_CT_NODE_RING;
+	if (!slots)
+		slots = 1;
+	head = bpf_map_lookup_elem(&weir_ct_node_ring_head, &zero);
+	if (!head)
+		return NULL;
+	idx = __sync_fetch_and_add(head, 1) % slots;
+	return bpf_map_lookup_elem(&weir_ct_node_ring, &idx);
+}
+
+/* Room in the node's share for a new connection under `key` needing `n`
+ * entries, recorded in the ring. When the share is full, the oldest
+ * records are looked at: a connection ct_may_evict lets go (a handshake a
+ * SYN flood never completed, first of all) makes the room; an established
+ * one keeps its place. So a flood from outside competes with itself, and
+ * a genuine client, whose handshake completes in a round trip, gets in.
+ * 1 when there is room. */
+static __always_inline int ct_node_room(const struct weir_ct_key *key, __u32 n, __u64 now)
+{
+	struct weir_ct_key *slot, old;
+	int i;
+
+	for (i = 0; i < WEIR_CT_EVICT_TRIES; i++) {
+		slot = ct_node_ring_next();
+		if (!slot)
+			return ct_charge_ok(WEIR_CT_OWNER_NODE, n);
+		old = *slot;
+		*slot = *key;
+		if (ct_charge_ok(WEIR_CT_OWNER_NODE, n))
+			return 1;
+		if (old.proto)
+			ct_evict(&old, now, 0);
+		if (ct_charge_ok(WEIR_CT_OWNER_NODE, n))
+			return 1;
+	}
+	return 0;
 }
 
 /* Counts a packet and pushes the deadline out. FIN or RST closes the whole
@@ -449,12 +597,15 @@ static __always_inline int ct_claim_port(void *ctx, struct weir_ct_key *rkey, __
 					 const struct weir_ct_entry *rev, __u32 min, __u32 span, int skip_sockets,
 					 __u32 no_port, __u32 full)
 {
+	__u64 now = bpf_ktime_get_ns(), oldest = ~0ULL;
+	struct weir_ct_entry *held;
+	__be16 victim = 0;
 	__u32 i;
 	int err;
 
 	/* The pair this claim starts: its endpoint must have room for both. */
 	if (!ct_charge_ok(rev->owner, 2))
-		return -WEIR_DROP_CT_ENDPOINT_LIMIT;
+		return rev->owner == WEIR_CT_OWNER_NODE ? -WEIR_DROP_CT_NODE_LIMIT : -WEIR_DROP_CT_ENDPOINT_LIMIT;
 	for (i = 0; i < WEIR_CT_CLAIM_TRIES; i++) {
 		*port = bpf_htons(min + bpf_get_prandom_u32() % span);
 		if (skip_sockets && ct_node_socket(ctx, rkey))
@@ -467,6 +618,22 @@ static __always_inline int ct_claim_port(void *ctx, struct weir_ct_key *rkey, __
 		/* A full table will not empty itself by trying again. */
 		if (err != -EEXIST)
 			return -(int)full;
+		/* Taken: the oldest holder that may go is the fallback. */
+		held = bpf_map_lookup_elem(&weir_ct4, rkey);
+		if (held && held->created_ns < oldest && ct_evict(rkey, now, 1)) {
+			oldest = held->created_ns;
+			victim = *port;
+		}
+	}
+	/* Every try was taken (a SYN flood holds the range): the oldest
+	 * connection among them that never completed, or that ended, goes and
+	 * its port is this one's. */
+	if (victim) {
+		*port = victim;
+		if (ct_evict(rkey, now, 0) && !bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_NOEXIST)) {
+			ct_charge(rev->owner, 1);
+			return 0;
+		}
 	}
 	return -(int)no_port;
 }

@@ -28,7 +28,11 @@
  *                                                  back out to the client
  *
  * The SNAT port np is random in 61000..65535, reserved by inserting the
- * reverse entry with BPF_NOEXIST (a few tries, then a counted drop). The
+ * reverse entry with BPF_NOEXIST (a few tries; when all are taken the
+ * oldest of them that never completed its handshake gives its port up, so
+ * a SYN flood holding the range cannot shut genuine clients out; else a
+ * counted drop). Every connection from outside is charged to the node's
+ * share of the table (WEIR_CT_OWNER_NODE, conntrack.h). The
  * range sits above Linux's default ip_local_port_range (32768..60999) so the
  * node's own connections to a backend never share a reply tuple with a
  * translated one.
@@ -103,18 +107,24 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	if (reason)
 		return -(int)reason;
 	/* Only a remote backend under policy Cluster needs the replies to come
-	 * back through this node. A local backend is charged the entries. */
+	 * back through this node. */
 	local = lookup_ep_v4(be.ip);
-	owner = local ? local->endpoint_id : 0;
 	/* A local backend judges the client (policy.h); a remote one's node
 	 * judges what arrives there. */
 	if (local) {
-		pol_in = policy_judge(owner, WEIR_DIR_INGRESS, key->saddr, policy_l4(key->proto, be.port), 0);
+		pol_in = policy_judge(local->endpoint_id, WEIR_DIR_INGRESS, key->saddr, policy_l4(key->proto, be.port),
+				      0);
 		reason = policy_drop_reason(pol_in, 1);
 		if (reason)
 			return -(int)reason;
 	}
 	snat = !(svc_copy.flags & WEIR_LB_F_LOCAL) && !local;
+	/* Charged to the node's share, never the backend pod's: whoever is
+	 * outside cannot fill a pod's share, nor the node's table beyond its
+	 * own, and a full share first sheds the handshakes never completed. */
+	owner = WEIR_CT_OWNER_NODE;
+	if (!ct_node_room(key, replace ? 1 : 2, now))
+		return -WEIR_DROP_CT_NODE_LIMIT;
 
 	to.saddr = key->saddr;
 	to.daddr = be.ip;
@@ -143,7 +153,7 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	}
 	ret = ct_create(ctx, key, &fwd, &rkey, &rev, tcp_flags, replace, snat);
 	if (ret == -2)
-		return -WEIR_DROP_CT_ENDPOINT_LIMIT;
+		return -WEIR_DROP_CT_NODE_LIMIT;
 	if (ret < 0)
 		return -WEIR_DROP_CT_MAP_FULL;
 	if (ret > 0) {
