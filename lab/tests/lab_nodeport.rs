@@ -6,7 +6,9 @@
 //! remote backends with SNAT and XDP_TX in native mode; in vxlan mode the
 //! TC fallback encapsulates; externalTrafficPolicy Local (the answer comes
 //! from the contacted node; a node without a local backend drops), and a
-//! LoadBalancer ingress IP routed to one node. Needs root and the workspace
+//! LoadBalancer ingress IP routed to one node; and a SYN flood from the
+//! external host that must shut out neither the NodePort's genuine clients
+//! nor the node's pods. Needs root and the workspace
 //! built (`cargo build --workspace`).
 
 use std::process::Command;
@@ -158,6 +160,8 @@ fn nodeports(routing: &str, xdp: &str) {
         "drop counted: {status}"
     );
 
+    syn_flood_case(&lab);
+
     // The LoadBalancer IP, routed by the external host to node a (as an
     // L2/BGP announcement would): Local, so a's pod answers.
     let svc: serde_json::Value =
@@ -202,4 +206,69 @@ fn nodeports_from_outside_vxlan_routing() {
 #[test]
 fn nodeports_from_outside_native_routing_tc_by_default() {
     nodeports("native", "auto");
+}
+
+/// SYNs sent in the flood: more than six times the 4,536 SNAT ports node a
+/// has towards web-b.
+const FLOOD: u32 = 30_000;
+
+/// The external host floods node a's NodePort 30082 (whose only backend is
+/// on b: the SNAT path) with SYNs from spoofed addresses of the lab segment
+/// that no host answers for, so no handshake ever completes and each holds
+/// a SNAT port. Right after it a genuine client of the same NodePort, and
+/// node a's pod through a ClusterIP, must both be answered: before the
+/// node's share and the shedding of unconfirmed handshakes, every port
+/// stayed held for the 60 s SYN timeout and the client timed out.
+fn syn_flood_case(lab: &Lab) {
+    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket};
+    use std::os::fd::AsRawFd;
+
+    let node_a = std::net::Ipv4Addr::new(172, 31, 251, 11);
+    let started = std::time::Instant::now();
+    let sent = weir_test_support::netns::in_netns(format!("/var/run/netns/{}-external", lab.name), move || {
+        // IPPROTO_RAW: the packets carry their own IPv4 header, spoofed source included.
+        let fd = socket(AddressFamily::Inet, SockType::Raw, SockFlag::empty(), SockProtocol::Raw).expect("raw socket");
+        let to = SockaddrIn::from(std::net::SocketAddrV4::new(node_a, 0));
+        let mut sent = 0u32;
+        for i in 0..FLOOD {
+            let syn = weir_test_support::packet::Flow {
+                // 172.31.251.100-199: on the segment, no host behind them.
+                src: std::net::Ipv4Addr::new(172, 31, 251, 100 + (i % 100) as u8),
+                sport: 1024 + (i / 100) as u16,
+                dst: node_a,
+                dport: 30082,
+                proto: weir_test_support::packet::TCP,
+            }
+            .packet(0x02);
+            if sendto(fd.as_raw_fd(), &syn[14..], &to, MsgFlags::empty()).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    assert!(sent >= FLOOD * 9 / 10, "the flood was sent: {sent} of {FLOOD}");
+    let flood_took = started.elapsed();
+    let status = lab.ok(&["status", "-o", "json"]);
+    let connect = std::time::Instant::now();
+    let genuine = lab.external("a:30082/tcp");
+    eprintln!(
+        "syn flood: {sent} SYNs in {flood_took:?}; the genuine client then connected in {:?}",
+        connect.elapsed()
+    );
+    assert_eq!(
+        genuine.as_deref(),
+        Ok("web-b"),
+        "a genuine client right after {sent} spoofed SYNs\n{status}\n{}",
+        lab.logs()
+    );
+    for _ in 0..3 {
+        assert_eq!(lab.external("a:30082/tcp").as_deref(), Ok("web-b"));
+    }
+    // The node's pods keep their service connections: the flood held the
+    // node's share of the table, not the table.
+    let svc: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["get", "svc", "np/web", "-o", "json"])).expect("svc json");
+    let vip = svc["spec"]["clusterIP"].as_str().expect("clusterIP").to_owned();
+    let said = lab.ok(&["probe", "np/web-a", &format!("{vip}:80/tcp")]);
+    assert!(said.contains("connected: web-"), "a's pod through a ClusterIP: {said}");
 }
