@@ -198,8 +198,9 @@ pub async fn run(
         } else {
             keep
         };
-        // The datapath's view: node IPs (never masqueraded) in both modes,
-        // and in vxlan mode which node owns which pod CIDR.
+        // The datapath's view, in both modes: node IPs (never masqueraded)
+        // and which node owns which pod CIDR (vxlan mode tunnels to it;
+        // both check that a pod's address comes from its node).
         let maps = maps.clone();
         let routes = wanted.clone();
         let synced = tokio::task::spawn_blocking(move || {
@@ -207,10 +208,7 @@ pub async fn run(
             let mut nodes: Vec<Ipv4Addr> = routes.iter().map(|(_, ip)| *ip).collect();
             nodes.dedup();
             datapath.sync_node_ips(&nodes)?;
-            match mode {
-                Routing::Native => Ok(()),
-                Routing::Vxlan => datapath.sync_node_routes(&routes),
-            }
+            datapath.sync_node_routes(&routes)
         })
         .await
         .expect("route sync panicked");

@@ -130,6 +130,9 @@ int from_netdev(struct __sk_buff *skb)
 	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 	if (tracked < 0)
 		return drop_packet(skb, -tracked);
+	reason = routed_check_source(skb, meta.saddr);
+	if (reason)
+		return drop_packet(skb, reason);
 	if (tracked > 0) {
 		reason = ct_into_pod(skb, &meta, &key, ct, l4_flags, now, create, 0);
 		if (reason)

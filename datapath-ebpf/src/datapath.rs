@@ -862,7 +862,7 @@ fn zero_per_cpu(nr_cpus: usize) -> PerCpuValues<Traffic> {
 }
 
 /// The maps that say where other nodes are: the pod-CIDR → node LPM trie
-/// (vxlan mode) and the set of node IPs (never masqueraded). Owned by the
+/// (both modes) and the set of node IPs (never masqueraded). Owned by the
 /// routing controller ([`Datapath::take_route_maps`]).
 pub struct RouteMaps {
     routes: LpmTrie<MapData, RouteKey, Route>,

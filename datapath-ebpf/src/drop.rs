@@ -61,6 +61,7 @@ drop_reasons! {
     PolicyDeny = WEIR_DROP_POLICY_DENY, "policy_deny", "network policy: an explicit deny rule";
     TunnelSource = WEIR_DROP_TUNNEL_SOURCE, "tunnel_source", "encapsulated by no known node, or for an inner source that node does not own";
     CtNodeLimit = WEIR_DROP_CT_NODE_LIMIT, "ct_node_limit", "the node's share of the conntrack table (connections from outside through NodePorts and external IPs) is held by live connections: new connection refused";
+    RoutedSource = WEIR_DROP_ROUTED_SOURCE, "routed_source", "another node's pod address routed in from the network by a host that is not that node (or its next hop)";
     FragNotFound = WEIR_DROP_FRAG_NOT_FOUND, "frag_not_found", "a later fragment of a datagram whose first fragment was not seen or made no connection";
 }
 

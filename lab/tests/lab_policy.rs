@@ -773,6 +773,81 @@ fn forged_tunnel_case(s: &mut Suite) {
     s.cases += 1;
 }
 
+/// Native routing: a SYN from the external host claiming the address of a
+/// pod on node b, routed to node a's pod, is dropped before it reaches the
+/// pod (it did not come from b), and named so in flows. Without the check
+/// the source address alone gave it b's pod identity.
+fn forged_routed_case(s: &mut Suite) {
+    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket};
+    use std::os::fd::AsRawFd;
+
+    let target: std::net::Ipv4Addr = s.lab.pod_ip("x/a").parse().unwrap();
+    let claimed: std::net::Ipv4Addr = s.lab.pod_ip("x/b").parse().unwrap();
+    // Node a talks to b (a's pod to b's pod), so a knows b's MAC: the
+    // check compares with it.
+    s.lab
+        .cmd(&["probe", "x/a", &format!("{claimed}:80/tcp"), "--timeout", "1"]);
+    let external = format!("{}-external", s.lab.name);
+    let route = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &external,
+            "route",
+            "replace",
+            &format!("{target}/32"),
+            "via",
+            "172.31.246.11",
+        ])
+        .output()
+        .expect("ip route");
+    assert!(route.status.success(), "{}", show(&route));
+    weir_test_support::netns::in_netns(format!("/var/run/netns/{external}"), move || {
+        // IPPROTO_RAW: the packet carries its own IPv4 header, b's pod as source.
+        let fd = socket(AddressFamily::Inet, SockType::Raw, SockFlag::empty(), SockProtocol::Raw).expect("raw socket");
+        let syn = weir_test_support::packet::Flow {
+            src: claimed,
+            sport: 47_475,
+            dst: target,
+            dport: 80,
+            proto: weir_test_support::packet::TCP,
+        }
+        .packet(0x02);
+        let to = SockaddrIn::from(std::net::SocketAddrV4::new(target, 80));
+        for _ in 0..3 {
+            sendto(fd.as_raw_fd(), &syn[14..], &to, MsgFlags::empty()).expect("sending the forged SYN");
+        }
+    });
+    let mut dropped = Vec::new();
+    for _ in 0..20 {
+        dropped = s.observe(
+            &weir_test_support::bin("weir"),
+            &["--verdict", "DROPPED", "--last", "5000"],
+        );
+        if dropped.iter().any(|f| f["drop_reason"] == "routed_source") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let _ = std::process::Command::new("ip")
+        .args(["-n", &external, "route", "del", &format!("{target}/32")])
+        .output();
+    let seen: Vec<Value> = s
+        .observe(&weir_test_support::bin("weir"), &["--last", "5000"])
+        .into_iter()
+        .filter(|f| f.to_string().contains("47475"))
+        .collect();
+    let neigh = std::process::Command::new("ip")
+        .args(["-n", &format!("{}-a", s.lab.name), "neigh"])
+        .output()
+        .expect("ip neigh");
+    assert!(
+        dropped.iter().any(|f| f["drop_reason"] == "routed_source"),
+        "[native] a SYN routed in by the external host with b's pod address is dropped as routed_source: {seen:#?}\nnode a's neighbours: {}",
+        show(&neigh)
+    );
+    s.cases += 1;
+}
+
 fn suite(routing: &'static str, control_plane: &str) {
     let mut s = Suite::new(routing, control_plane);
     node_and_nodeport_cases(&mut s);
@@ -787,6 +862,8 @@ fn suite(routing: &'static str, control_plane: &str) {
     }
     if routing == "vxlan" {
         forged_tunnel_case(&mut s);
+    } else {
+        forged_routed_case(&mut s);
     }
     // Policy drops are named in flows, and both CLIs' DROPPED filter shows
     // them.

@@ -58,7 +58,7 @@ pub fn hubble_drop_code(r: DropReason) -> flow::DropReason {
     match r {
         W::TruncatedEth | W::MalformedIpv4 => H::InvalidPacketDropped,
         W::UnsupportedL3 => H::UnsupportedL3Protocol,
-        W::InvalidSource | W::TunnelSource => H::InvalidSourceIp,
+        W::InvalidSource | W::TunnelSource | W::RoutedSource => H::InvalidSourceIp,
         W::TruncatedL4 => H::CtTruncatedOrInvalidHeader,
         W::TtlExceeded => H::TtlExceeded,
         W::RewriteFailed => H::ErrorWritingToPacket,

@@ -152,6 +152,7 @@ enum weir_drop_reason {
 	WEIR_DROP_POLICY_DENY = 17,       /* network policy: an explicit deny rule */
 	WEIR_DROP_TUNNEL_SOURCE = 18,     /* encapsulated by no known node, or for a source that node does not own */
 	WEIR_DROP_CT_NODE_LIMIT = 19,     /* the node's share (connections from outside) is held by live connections */
+	WEIR_DROP_ROUTED_SOURCE = 20,     /* a pod's address routed in by a host that is not its node's next hop */
 	WEIR_DROP_REASON_MAX = 64,
 };
 

@@ -168,10 +168,6 @@ static __always_inline int nodeport_ct(void *ctx, const struct weir_ct_key *key,
 	return 1;
 }
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-
 #ifdef WEIR_CTX_SKB
 /* Sends a translated packet out of the node towards meta->daddr from a TC
  * ingress hook: the SNATed forward packet and the reply on the uplink

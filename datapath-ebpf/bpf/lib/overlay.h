@@ -5,6 +5,7 @@
 #ifndef WEIR_OVERLAY_H
 #define WEIR_OVERLAY_H
 
+#include <linux/if_ether.h>
 #include "common.h"
 #include "maps.h"
 
@@ -58,6 +59,44 @@ static __always_inline __u32 overlay_check_source(struct __sk_buff *skb, __be32 
 		return WEIR_DROP_TUNNEL_SOURCE;
 	return 0;
 }
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+#ifdef WEIR_CTX_SKB
+/* What arrives on the uplink with another node's pod address as its
+ * source speaks for that pod, so it must come from that node: through the
+ * device and from the MAC (the next hop's, as the FIB resolves it) this
+ * node would use to reach it. Anyone else on the node network, or beyond
+ * a router, could otherwise claim any pod's address and its identity
+ * before policy. VXLAN mode: such packets come through the tunnel, never
+ * the uplink, so the same check drops every one. Before this node has
+ * resolved the next hop (no neighbour entry yet) there is nothing to
+ * compare with: the packet goes on, as it does on a routed underlay whose
+ * next hop is a router (any host behind it has the router's MAC). 0, or
+ * the drop reason. */
+static __always_inline __u32 routed_check_source(struct __sk_buff *skb, __be32 saddr)
+{
+	struct bpf_fib_lookup fib = {};
+	struct weir_route *route;
+	__u8 smac[ETH_ALEN];
+
+	route = lookup_route_v4(saddr);
+	if (!route)
+		return 0;
+	fib.family = AF_INET;
+	fib.ipv4_dst = route->node_ip;
+	fib.ifindex = skb->ifindex;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return 0;
+	if (ctx_load_bytes(skb, ETH_ALEN, smac, ETH_ALEN))
+		return WEIR_DROP_ROUTED_SOURCE;
+	if (fib.ifindex != skb->ifindex || __builtin_memcmp(smac, fib.dmac, ETH_ALEN))
+		return WEIR_DROP_ROUTED_SOURCE;
+	return 0;
+}
+#endif /* WEIR_CTX_SKB */
 
 /* Pod traffic for another node's pod goes straight into the tunnel,
  * skipping the node's routing stack. */
