@@ -30,27 +30,22 @@
 #include "lib/snat.h"
 #include "lib/nodeport.h"
 
-static __always_inline int to_local_pod(struct __sk_buff *skb)
+/* A packet from_overlay parsed, for a local pod or none of weir's business. */
+static __always_inline int to_local_pod(struct __sk_buff *skb, struct ipv4_meta *meta)
 {
 	struct weir_ep_info *dst;
-	struct ipv4_meta meta = {};
 	__u32 reason;
 
-	if (eth_proto(skb) != ETH_P_IP)
-		return WEIR_PASS_ON;
-	/* Malformed packets are the stack's to judge on a node device. */
-	if (ipv4_parse(skb, &meta))
-		return WEIR_PASS_ON;
-	dst = lookup_ep_v4(meta.daddr);
+	dst = lookup_ep_v4(meta->daddr);
 	if (!dst)
 		return WEIR_PASS_ON;
 	obs_endpoint(skb, dst, WEIR_DIR_INGRESS);
 	/* A backend on another node answered a local client: restore the
 	 * service address the client connected to. */
-	reason = ct_to_pod(skb, &meta, 1, 0);
+	reason = ct_to_pod(skb, meta, 1, 0);
 	if (reason)
 		return drop_packet(skb, reason);
-	return deliver_local(skb, dst, meta.ttl);
+	return deliver_local(skb, dst, meta->ttl);
 }
 
 /* NodePort translation in TC, on the packet from_netdev parsed and the
@@ -164,12 +159,14 @@ int from_overlay(struct __sk_buff *skb)
 	__u32 reason;
 
 	obs_begin(skb, WEIR_OBS_FROM_OVERLAY);
-	if (eth_proto(skb) == ETH_P_IP && !ipv4_parse(skb, &meta)) {
-		reason = overlay_check_source(skb, meta.saddr);
-		if (reason)
-			return drop_packet(skb, reason);
-	}
-	return to_local_pod(skb);
+	/* Parsed once for both stages. Malformed packets are the stack's to
+	 * judge on a node device. */
+	if (eth_proto(skb) != ETH_P_IP || ipv4_parse(skb, &meta))
+		return WEIR_PASS_ON;
+	reason = overlay_check_source(skb, meta.saddr);
+	if (reason)
+		return drop_packet(skb, reason);
+	return to_local_pod(skb, &meta);
 }
 
 SEC("classifier")
