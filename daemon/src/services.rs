@@ -112,6 +112,22 @@ fn backends_of<'a>(candidates: impl Iterator<Item = &'a Candidate<'a>>) -> Vec<B
 /// datapath cannot rewrite SCTP ports (its CRC32c covers them); for the
 /// same reason SCTP gets no external frontends (a nodePort is a rewrite).
 pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> BTreeMap<ServicePortKey, ServiceSpec> {
+    desired_with(
+        state,
+        algorithm,
+        node,
+        &weir_model::frontends::external_frontends(state),
+    )
+}
+
+/// [`desired`] with the judgement on external frontends made already (the
+/// controller reports its refusals too).
+fn desired_with(
+    state: &ClusterState,
+    algorithm: Algorithm,
+    node: &NodeInfo,
+    claims: &weir_model::frontends::ExternalFrontends,
+) -> BTreeMap<ServicePortKey, ServiceSpec> {
     let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in state.endpoint_slices.values() {
         if slice.address_type != "IPv4" {
@@ -123,7 +139,6 @@ pub fn desired(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> B
         }
     }
 
-    let claims = weir_model::frontends::external_frontends(state);
     let mut out = BTreeMap::new();
     for (key, svc) in &state.services {
         let Some(vip) = cluster_ip(svc) else { continue };
@@ -380,9 +395,10 @@ pub async fn run(
                 return 0;
             }
             let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
-            let want = desired(&state, algorithm, &node);
+            let claims = weir_model::frontends::external_frontends(&state);
+            let want = desired_with(&state, algorithm, &node, &claims);
             let o = &mut *o;
-            let refused = weir_model::frontends::external_frontends(&state).refused;
+            let refused = claims.refused;
             for r in refused.iter().filter(|r| !o.refused.contains(r)) {
                 let (ip, port, protocol) = &r.frontend;
                 tracing::warn!(service = %format!("{}/{}", r.service.namespace, r.service.name),
