@@ -446,3 +446,63 @@ fn a_flooding_pod_is_held_to_its_default_share() {
         weir_datapath::conntrack::CT_MAX_ENTRIES
     );
 }
+
+#[test]
+fn a_full_table_sheds_closed_connections_before_it_refuses_a_new_one() {
+    if !require_root() {
+        return;
+    }
+    // A table of 64 entries (32 connections), so filling it is quick.
+    let options = LoadOptions {
+        max_entries: vec![("weir_ct4", 64)],
+        ..Default::default()
+    };
+    let mut fx = Fixture::new("full-closed", &options);
+    let vip = Ipv4Addr::new(10, 96, 9, 10);
+    let spec = ServiceSpec {
+        backends: vec![Backend {
+            ip: REMOTE_POD,
+            port: 8080,
+            terminating: false,
+        }],
+        ..Default::default()
+    };
+    fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
+    let open = |fx: &mut Fixture, port: u16| {
+        fx.tc(ProgramKind::FromPod, &flow(POD_A, port, vip, 80, TCP).packet(SYN))
+            .0
+    };
+
+    // A busy client fills the table with connections it opened and closed:
+    // their entries wait out the closing timeout and the GC.
+    for p in 0..32u16 {
+        assert_eq!(open(&mut fx, 40000 + p), TC_ACT_OK, "port {}", 40000 + p);
+        let fin = flow(POD_A, 40000 + p, vip, 80, TCP).packet(FIN | ACK);
+        assert_eq!(fx.tc(ProgramKind::FromPod, &fin).0, TC_ACT_OK);
+    }
+    assert_eq!(fx.entries().len(), 64, "the table is full");
+
+    // New connections take the places of the oldest closed ones, not a
+    // ct_map_full drop.
+    for p in 0..32u16 {
+        let verdict = open(&mut fx, 41000 + p);
+        let drops = fx.drops(weir_datapath::drop::DropReason::CtMapFull);
+        assert_eq!(
+            verdict, TC_ACT_OK,
+            "new connection {p} on a full table ({drops} ct_map_full drops)"
+        );
+    }
+    assert_eq!(fx.drops(weir_datapath::drop::DropReason::CtMapFull), 0);
+    let ct = fx.entries();
+    assert_eq!(ct.len(), 64);
+    assert!(
+        ct.keys()
+            .all(|k| u16::from_be(k.sport) >= 41000 || u16::from_be(k.dport) >= 41000),
+        "only the open connections are left: {ct:?}"
+    );
+
+    // Open connections are never shed: the next one is refused, counted.
+    assert_eq!(open(&mut fx, 42000), support::TC_ACT_SHOT);
+    assert_eq!(fx.drops(weir_datapath::drop::DropReason::CtMapFull), 1);
+    assert_eq!(fx.entries().len(), 64);
+}

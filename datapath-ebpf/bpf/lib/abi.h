@@ -240,6 +240,10 @@ struct weir_ct_entry {
 /* The ring of the node's connections, oldest first: one slot per
  * connection its share can hold. */
 #define WEIR_CT_NODE_RING (WEIR_CT_NODE_MAX_DEFAULT / 2)
+/* The ring of closed connections, oldest first: what a full table sheds
+ * before it refuses a new connection (their entries otherwise wait out
+ * the closing timeout and the agent's GC, 10-20 s). */
+#define WEIR_CT_CLOSED_RING (WEIR_CT_MAX_ENTRIES / 4)
 
 struct weir_ep_ct_count {
 	__u64 created;

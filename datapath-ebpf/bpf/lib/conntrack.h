@@ -81,6 +81,9 @@
 #ifndef EEXIST
 #define EEXIST 17
 #endif
+#ifndef E2BIG
+#define E2BIG 7 /* a full hash map */
+#endif
 
 /* The flags that make an entry a translated one: from_pod follows those. */
 #define WEIR_CT_F_XLATE (WEIR_CT_F_HAIRPIN | WEIR_CT_F_NODEPORT | WEIR_CT_F_SNAT)
@@ -140,14 +143,31 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_ct_node_ring SEC(".maps");
 
-/* The ring's head: how many slots were ever taken. */
+/* The keys of connections as they close (either direction's), in a ring:
+ * when the table is full, the oldest of them go (ct_reclaim_closed), so a
+ * pod that opens and closes connections fast (an ingress controller) does
+ * not fill the table for everyone while its closed ones wait for the GC. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, WEIR_CT_CLOSED_RING);
+	__type(key, __u32);
+	__type(value, struct weir_ct_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_ct_closed_ring SEC(".maps");
+
+/* The rings' counters (WEIR_CT_RING_*): how many slots each ever took,
+ * and for the closed ring how many records were ever read (its tail: it
+ * is read oldest first, while the node ring is full whenever it is read). */
+#define WEIR_CT_RING_NODE 0
+#define WEIR_CT_RING_CLOSED 1
+#define WEIR_CT_RING_CLOSED_TAIL 2
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} weir_ct_node_ring_head SEC(".maps");
+} weir_ct_ring_heads SEC(".maps");
 
 /* Datagram -> its ports, from the first fragment (abi.h). LRU: a lost
  * record only costs that datagram its later fragments, dropped and
@@ -423,21 +443,77 @@ static __noinline int ct_evict(const struct weir_ct_key *key, __u64 now, int dry
 /* Evictions tried before a new connection of the node is refused. */
 #define WEIR_CT_EVICT_TRIES 4
 
-/* Takes the ring's next slot: the oldest record. */
+/* The index of a ring's next slot (its oldest record) among `slots`. */
+static __always_inline int ct_ring_next(__u32 ring, __u32 slots, __u32 *idx)
+{
+	__u64 *head = bpf_map_lookup_elem(&weir_ct_ring_heads, &ring);
+
+	if (!head || !slots)
+		return -1;
+	*idx = __sync_fetch_and_add(head, 1) % slots;
+	return 0;
+}
+
+/* Takes the node ring's next slot: the oldest record. */
 static __always_inline struct weir_ct_key *ct_node_ring_next(void)
 {
-	__u32 zero = 0, slots = weir_ct_node_max / 2, idx;
-	__u64 *head;
+	__u32 slots = weir_ct_node_max / 2, idx;
 
 	if (slots > WEIR_CT_NODE_RING)
 		slots = WEIR_CT_NODE_RING;
 	if (!slots)
 		slots = 1;
-	head = bpf_map_lookup_elem(&weir_ct_node_ring_head, &zero);
-	if (!head)
+	if (ct_ring_next(WEIR_CT_RING_NODE, slots, &idx))
 		return NULL;
-	idx = __sync_fetch_and_add(head, 1) % slots;
 	return bpf_map_lookup_elem(&weir_ct_node_ring, &idx);
+}
+
+/* Records a connection that just closed, by one of its keys. */
+static __always_inline void ct_closed_record(const struct weir_ct_key *key)
+{
+	struct weir_ct_key *slot;
+	__u32 idx;
+
+	if (ct_ring_next(WEIR_CT_RING_CLOSED, WEIR_CT_CLOSED_RING, &idx))
+		return;
+	slot = bpf_map_lookup_elem(&weir_ct_closed_ring, &idx);
+	if (slot)
+		*slot = *key;
+}
+
+/* A full table sheds the oldest recorded closed connection that is still
+ * there and still closed (a record may be stale: the GC took it, or its
+ * tuple was reused). Records are read from the tail; one the head has
+ * lapped was overwritten by a newer one, so the tail skips to the oldest
+ * left. Racing CPUs may read one record twice or skip one: either is
+ * harmless. 1 when one went. Not inlined: three rare paths call it. */
+static __noinline int ct_reclaim_closed(__u64 now)
+{
+	__u32 head_at = WEIR_CT_RING_CLOSED, tail_at = WEIR_CT_RING_CLOSED_TAIL, idx;
+	struct weir_ct_key *slot, old;
+	__u64 *head, *tail, h;
+	int i;
+
+	head = bpf_map_lookup_elem(&weir_ct_ring_heads, &head_at);
+	tail = bpf_map_lookup_elem(&weir_ct_ring_heads, &tail_at);
+	if (!head || !tail)
+		return 0;
+	for (i = 0; i < WEIR_CT_EVICT_TRIES; i++) {
+		h = *head;
+		if (*tail >= h)
+			return 0; /* nothing recorded that was not read */
+		if (h - *tail > WEIR_CT_CLOSED_RING)
+			*tail = h - WEIR_CT_CLOSED_RING;
+		idx = __sync_fetch_and_add(tail, 1) % WEIR_CT_CLOSED_RING;
+		slot = bpf_map_lookup_elem(&weir_ct_closed_ring, &idx);
+		if (!slot)
+			return 0;
+		old = *slot;
+		slot->proto = 0;
+		if (old.proto && ct_evict(&old, now, 0))
+			return 1;
+	}
+	return 0;
 }
 
 /* Room in the node's share for a new connection under `key` needing `n`
@@ -489,8 +565,11 @@ static __always_inline void ct_refresh(struct __ctx_buff *ctx, const struct weir
 
 	if (proto == IPPROTO_TCP)
 		state = ct_next_state(state, tcp_flags);
-	if (state != e->state)
+	if (state != e->state) {
+		if (state == WEIR_CT_CLOSING)
+			ct_closed_record(key);
 		e->state = state;
+	}
 	if (state == WEIR_CT_CLOSING && e->owner)
 		ct_release_closed(e);
 	e->expires_ns = now + ct_timeout(proto, state);
@@ -611,11 +690,14 @@ static __always_inline int ct_claim_port(void *ctx, struct weir_ct_key *rkey, __
 		if (skip_sockets && ct_node_socket(ctx, rkey))
 			continue; /* as if another connection held it */
 		err = bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_NOEXIST);
+		/* A full table sheds a closed connection once; it will not
+		 * empty itself by trying again. */
+		if (err == -E2BIG && ct_reclaim_closed(now))
+			err = bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_NOEXIST);
 		if (!err) {
 			ct_charge(rev->owner, 1);
 			return 0;
 		}
-		/* A full table will not empty itself by trying again. */
 		if (err != -EEXIST)
 			return -(int)full;
 		/* Taken: the oldest holder that may go is the fallback. */
@@ -650,10 +732,16 @@ static __always_inline int ct_create(struct __ctx_buff *ctx, const struct weir_c
 				     const struct weir_ct_entry *rev, __u8 tcp_flags, int replace, int have_rev)
 {
 	__u32 was_fwd = replace ? ct_owner_at(key) : 0, was_rev = 0;
+	__u64 flags = replace ? BPF_ANY : BPF_NOEXIST;
+	int err;
 
 	if (!have_rev && !ct_charge_ok(fwd->owner, replace ? 1 : 2))
 		return -2;
-	if (bpf_map_update_elem(&weir_ct4, key, fwd, replace ? BPF_ANY : BPF_NOEXIST)) {
+	/* A full table sheds closed connections first, one per entry needed. */
+	err = bpf_map_update_elem(&weir_ct4, key, fwd, flags);
+	if (err == -E2BIG && ct_reclaim_closed(fwd->created_ns))
+		err = bpf_map_update_elem(&weir_ct4, key, fwd, flags);
+	if (err) {
 		if (have_rev) {
 			bpf_map_delete_elem(&weir_ct4, rkey);
 			ct_charge(rev->owner, -1);
@@ -662,7 +750,10 @@ static __always_inline int ct_create(struct __ctx_buff *ctx, const struct weir_c
 	}
 	if (!have_rev) {
 		was_rev = ct_owner_at(rkey);
-		if (bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_ANY)) {
+		err = bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_ANY);
+		if (err == -E2BIG && ct_reclaim_closed(fwd->created_ns))
+			err = bpf_map_update_elem(&weir_ct4, rkey, rev, BPF_ANY);
+		if (err) {
 			/* Without its reverse entry the replies would escape untracked. */
 			bpf_map_delete_elem(&weir_ct4, key);
 			ct_charge(was_fwd, -1);
