@@ -100,8 +100,9 @@ trap "exit 130" INT TERM
 
 start=$(date +%s)
 # The commit the lab's binaries and images are built from (the tree may
-# move on during a long run).
-commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo "+changes")
+# move on during a long run). Changes to docs/ alone (this script's own
+# report among them) do not change what runs.
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':(exclude)docs' 2>/dev/null || echo "+changes")
 "$weir" lab up "$topology" >"$report/lab-up.txt"
 kubeconfig=$WEIR_LAB_DIR/kube/admin.kubeconfig
 # The API server's address on the nodes' network, as `weir lab up` says it.
