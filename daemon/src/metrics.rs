@@ -305,7 +305,8 @@ impl Metrics {
         );
         registry.register(
             "weir_bpf_map_entries",
-            "Entries in the datapath's maps (conntrack; nat: the translated connections in it)",
+            "Entries in the datapath's maps (conntrack; nat: the translated connections in it; conntrack_node: \
+             the node's share of it, connections from outside through NodePorts and external IPs)",
             m.map_entries.clone(),
         );
         registry.register(

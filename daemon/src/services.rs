@@ -523,6 +523,11 @@ fn collect_garbage(o: &mut Owned, metrics: Option<&crate::metrics::Metrics>) {
         let cap = u64::from(weir_datapath::conntrack::CT_MAX_ENTRIES);
         m.set_map("conntrack", o.entries as u64, cap);
         m.set_map("nat", o.translated as u64, cap);
+        m.set_map(
+            "conntrack_node",
+            o.node as u64,
+            u64::from(weir_datapath::conntrack::CT_NODE_MAX_DEFAULT),
+        );
     }
 }
 

@@ -20,7 +20,7 @@ use crate::lb::{Protocol, be_addr};
 
 pub use crate::abi::{
     CT_CLOSING, CT_ESTABLISHED, CT_F_HAIRPIN, CT_F_MASQ, CT_F_NODEPORT, CT_F_REVERSE, CT_F_SNAT, CT_MAX_ENTRIES,
-    CT_NEW, CT_SYN_SENT, CtEntry, CtKey,
+    CT_NEW, CT_NODE_MAX_DEFAULT, CT_OWNER_NODE, CT_SYN_SENT, CtEntry, CtKey,
 };
 
 /// The map's name, as declared in `bpf/lib/conntrack.h`.
@@ -125,6 +125,9 @@ pub struct Occupancy {
     /// Of those, entries of translated connections (services, NodePort,
     /// masquerade): the NAT table's share.
     pub translated: usize,
+    /// Of those, entries charged to the node's share (connections from
+    /// outside through NodePorts and external IPs, [`CT_OWNER_NODE`]).
+    pub node: usize,
 }
 
 impl Conntrack {
@@ -254,6 +257,7 @@ impl Conntrack {
         self.occupancy = live.fold(Occupancy::default(), |mut o, (_, e)| {
             o.entries += 1;
             o.translated += usize::from(translated(e));
+            o.node += usize::from(e.owner == CT_OWNER_NODE);
             o
         });
         Ok(doomed.len())

@@ -413,6 +413,10 @@ fn a_flood_from_outside_holds_only_the_nodes_share_and_sheds_its_oldest_handshak
         0,
         "the flood shed its own oldest handshakes"
     );
+    // What the agent's GC reports as the node's share (a metric).
+    let mut ct = weir_datapath::conntrack::Conntrack::open(&fx.t.pin_dir).unwrap();
+    ct.gc(weir_datapath::lb::monotonic_now_ns()).unwrap();
+    assert_eq!(ct.occupancy().node, fx.conntrack().len());
 
     // A genuine client gets in, and the flood that follows cannot push it out.
     let genuine = flow(NODE, NODE_PORT, TCP);
