@@ -86,7 +86,9 @@ impl FlowFilters {
     }
 }
 
-/// `ns/prefix`, `prefix` (any namespace) or `ns/` (the whole namespace).
+/// A pod or service as Hubble's servers read one: `ns/prefix`, `ns/` (the
+/// whole namespace), `prefix` (in the `default` namespace), `/prefix` or
+/// `/` (any namespace: what `hubble observe -A` sends).
 #[derive(Debug)]
 struct NamePattern {
     namespace: Option<String>,
@@ -96,12 +98,13 @@ struct NamePattern {
 impl NamePattern {
     fn parse(field: &'static str, s: &str) -> Result<Self, FilterError> {
         let (namespace, prefix) = match s.split_once('/') {
+            Some(("", name)) => (None, name.to_owned()),
             Some((ns, name)) => (Some(ns.to_owned()), name.to_owned()),
-            None => (None, s.to_owned()),
+            None if s.is_empty() => {
+                return Err(invalid(field, s, "expected [namespace/]name-prefix or namespace/"));
+            }
+            None => (Some("default".to_owned()), s.to_owned()),
         };
-        if namespace.as_deref() == Some("") || (namespace.is_none() && prefix.is_empty()) {
-            return Err(invalid(field, s, "expected [namespace/]name-prefix or namespace/"));
-        }
         Ok(Self { namespace, prefix })
     }
 
@@ -634,10 +637,18 @@ mod tests {
             ),
             (
                 FlowFilter {
-                    source_pod: s(&["client"]),
+                    source_pod: s(&["/client"]),
                     ..Default::default()
                 },
                 true,
+            ),
+            // No namespace: `default`, as Hubble's servers read it.
+            (
+                FlowFilter {
+                    source_pod: s(&["client"]),
+                    ..Default::default()
+                },
+                false,
             ),
             (
                 FlowFilter {
@@ -835,11 +846,13 @@ mod tests {
         };
         let f = flow();
         assert!(
-            FlowFilters::compile(&[by_pod("x"), by_pod("client")], &[])
+            FlowFilters::compile(&[by_pod("x"), by_pod("/client")], &[])
                 .unwrap()
                 .matches(&f)
         );
-        assert!(!FlowFilters::compile(&[], &[by_pod("client")]).unwrap().matches(&f));
+        assert!(!FlowFilters::compile(&[], &[by_pod("/client")]).unwrap().matches(&f));
+        // Without a namespace, Hubble's servers mean `default`.
+        assert!(!FlowFilters::compile(&[by_pod("client")], &[]).unwrap().matches(&f));
         assert!(FlowFilters::compile(&[], &[]).unwrap().matches(&f));
     }
 
@@ -863,7 +876,7 @@ mod tests {
                 ..Default::default()
             },
             FlowFilter {
-                source_pod: vec!["/x".into()],
+                source_pod: vec!["".into()],
                 ..Default::default()
             },
             FlowFilter {
