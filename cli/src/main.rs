@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about = "weir: a Kubernetes CNI with an eBPF datapath")]
@@ -72,7 +72,10 @@ fn lab_binary() -> Result<PathBuf> {
     )
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// `cli` with the matches clap made of it: `weir observe`'s filter flags
+/// are order-sensitive (`--not` applies to the next one), which only the
+/// matches record.
+fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -80,7 +83,13 @@ fn run(cli: Cli) -> Result<()> {
             .context("starting the runtime")
     };
     match cli.command {
-        Command_::Observe(args) => runtime()?.block_on(observe::observe(*args)),
+        Command_::Observe(args) => {
+            let flags = matches
+                .subcommand_matches("observe")
+                .map(observe::occurrences)
+                .unwrap_or_default();
+            runtime()?.block_on(observe::observe(*args, &flags))
+        }
         Command_::Status(StatusArgs {
             kubeconfig: Some(kc),
             namespace,
@@ -100,12 +109,13 @@ fn run(cli: Cli) -> Result<()> {
                 #[command(flatten)]
                 args: observe::ObserveArgs,
             }
-            let mut parsed = LabObserve::parse_from(&args);
+            let m = LabObserve::command().get_matches_from(&args);
+            let mut parsed = LabObserve::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
             if parsed.args.server.server.is_none() {
                 let dir = std::env::var_os("WEIR_LAB_DIR").map_or_else(|| "/run/weir-lab".into(), PathBuf::from);
                 parsed.args.server.server = Some(format!("unix://{}", dir.join("run/relay.sock").display()));
             }
-            runtime()?.block_on(observe::observe(parsed.args))
+            runtime()?.block_on(observe::observe(parsed.args, &observe::occurrences(&m)))
         }
         Command_::Lab { args } => {
             let bin = lab_binary()?;
@@ -117,7 +127,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -4,13 +4,17 @@
 //! each (`compact`, colour only on a terminal), one JSON object per line,
 //! or a table. A closed pipe (`| head`) ends quietly.
 
+mod filters;
+mod window;
+
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use clap::ArgAction;
 use tokio_stream::StreamExt;
 use weir_proto::client::{Server, Tls, connect_with};
-use weir_proto::flow::{self, Flow, FlowFilter, Verdict, layer4};
+use weir_proto::flow::{self, Flow, Verdict, layer4};
 use weir_proto::observer::observer_client::ObserverClient;
 use weir_proto::observer::{GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes};
 use weir_proto::relay::NodeState;
@@ -18,8 +22,14 @@ use weir_proto::tls::{ClientFiles, ClientTls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// One line per flow.
     Compact,
+    /// A block of `KEY: value` lines per flow, as hubble's dict.
+    Dict,
+    /// One JSON object per flow (weir's fields: names, drop reasons,
+    /// policies, translations).
     Json,
+    /// Columns.
     Table,
 }
 
@@ -115,228 +125,187 @@ impl ServerArg {
     }
 }
 
+/// `weir observe`'s flags: `hubble observe`'s names and meanings (see
+/// `filters.rs` and `window.rs`), with weir's output formats.
 #[derive(Debug, clap::Args)]
 pub struct ObserveArgs {
     #[command(flatten)]
     pub server: ServerArg,
-    /// Flows from or to pods of this namespace.
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
-    /// Flows from or to this pod ([namespace/]name prefix; without a
-    /// namespace: --namespace's, or any).
-    #[arg(long)]
-    pub pod: Vec<String>,
-    #[arg(long)]
-    pub from_pod: Vec<String>,
-    #[arg(long)]
-    pub to_pod: Vec<String>,
-    #[arg(long)]
+    /// Flows of pods of this namespace (on either end; with --pod or
+    /// --service, their namespace).
+    #[arg(long, short = 'n', help_heading = FILTERS)]
+    pub namespace: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
     pub from_namespace: Vec<String>,
-    #[arg(long)]
+    #[arg(long, help_heading = FILTERS)]
     pub to_namespace: Vec<String>,
-    /// A label selector on either end (Kubernetes syntax: app=web,tier!=db).
-    #[arg(long)]
+    /// Pods of every namespace (with --pod: that name in any namespace).
+    #[arg(long, short = 'A', num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
+    pub all_namespaces: Vec<bool>,
+    #[arg(long, num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
+    pub from_all_namespaces: Vec<bool>,
+    #[arg(long, num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
+    pub to_all_namespaces: Vec<bool>,
+    /// A pod on either end: [namespace/]name-prefix (no namespace: `default`,
+    /// or --namespace's).
+    #[arg(long, help_heading = FILTERS)]
+    pub pod: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_pod: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_pod: Vec<String>,
+    /// A label selector on either end (app=web,tier!=db).
+    #[arg(long, short = 'l', help_heading = FILTERS)]
     pub label: Vec<String>,
-    /// Flows from or to this service ([namespace/]name).
-    #[arg(long)]
+    #[arg(long, help_heading = FILTERS)]
+    pub from_label: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_label: Vec<String>,
+    /// A service on either end ([namespace/]name).
+    #[arg(long, help_heading = FILTERS)]
     pub service: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_service: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_service: Vec<String>,
+    /// An address or CIDR on either end.
+    #[arg(long, help_heading = FILTERS)]
+    pub ip: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_ip: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_ip: Vec<String>,
+    /// A port on either end.
+    #[arg(long, help_heading = FILTERS)]
+    pub port: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_port: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_port: Vec<String>,
+    /// A security identity on either end: a number or a reserved name
+    /// (host, world, remote-node, ...).
+    #[arg(long, help_heading = FILTERS)]
+    pub identity: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_identity: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_identity: Vec<String>,
+    /// A workload on either end: name, Kind/name or Kind/.
+    #[arg(long, help_heading = FILTERS)]
+    pub workload: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_workload: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_workload: Vec<String>,
     /// FORWARDED, DROPPED, AUDIT, ...
-    #[arg(long)]
+    #[arg(long, help_heading = FILTERS)]
     pub verdict: Vec<String>,
     /// tcp, udp, icmp, sctp.
-    #[arg(long)]
+    #[arg(long, help_heading = FILTERS)]
     pub protocol: Vec<String>,
-    /// Either end's port.
-    #[arg(long)]
-    pub port: Vec<u16>,
-    /// Event type: drop, trace (a connection's events), packet (every
-    /// packet of a pod traced with `weir lab trace`), policy-verdict.
-    #[arg(long = "type")]
+    /// Event type: drop, trace, policy-verdict, capture, ... or a number,
+    /// with an optional sub-type (trace:to-endpoint).
+    #[arg(long = "type", short = 't', id = "type", help_heading = FILTERS)]
     pub event_type: Vec<String>,
     /// The node that saw the flow (glob: node-*).
+    #[arg(long, alias = "node", help_heading = FILTERS)]
+    pub node_name: Vec<String>,
+    /// The next filter flag excludes what it matches (--not --verdict DROPPED).
+    #[arg(long, num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
+    pub not: Vec<bool>,
+    /// Print the filters the flags make, as `hubble observe
+    /// --print-raw-filters` does, and exit.
     #[arg(long)]
-    pub node: Vec<String>,
-    /// Either end's address or CIDR.
-    #[arg(long)]
-    pub ip: Vec<String>,
+    pub print_raw_filters: bool,
     /// Keep printing new flows as they come.
     #[arg(long, short = 'f')]
     pub follow: bool,
-    /// The last N flows (per node through the relay). Default 20, or none
-    /// of the past with --follow.
+    /// The newest N flows (per node through the relay). Default 20 when no
+    /// other bound is given.
     #[arg(long)]
     pub last: Option<u64>,
-    /// Flows since a time: a duration ago (30s, 5m, 1h) or RFC 3339.
+    /// The oldest N flows still held.
+    #[arg(long)]
+    pub first: Option<u64>,
+    /// Every flow still held.
+    #[arg(long)]
+    pub all: bool,
+    /// Flows since a time: a duration ago (30s, 5m, 1h30m) or a date and
+    /// time (2026-12-01T13:00:00Z).
     #[arg(long)]
     pub since: Option<String>,
+    /// Flows until a time (same formats; ignored with --follow).
+    #[arg(long)]
+    pub until: Option<String>,
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Compact)]
     pub output: Output,
+    /// The node's name on each flow (compact, dict, table).
+    #[arg(long)]
+    pub print_node_name: bool,
+    /// Addresses instead of pod and service names.
+    #[arg(long)]
+    pub numeric: bool,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, value_enum, default_value_t = Colour::Auto)]
+    pub color: Colour,
 }
 
-/// `30s`/`5m`/`1h` ago, or `2026-12-01T13:00:00Z` (RFC 3339, UTC or with
-/// an offset).
-pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime> {
-    if let Some(unit_at) = s.find(|c: char| !c.is_ascii_digit())
-        && unit_at > 0
-        && !s.contains('-')
-    {
-        let n: u64 = s[..unit_at].parse()?;
-        let secs = match &s[unit_at..] {
-            "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" => n * 86400,
-            u => bail!("--since {s:?}: unknown unit {u:?} (s, m, h, d)"),
+const FILTERS: &str = "Filters (hubble observe's)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Colour {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ObserveArgs {
+    fn window(&self) -> window::WindowArgs {
+        window::WindowArgs {
+            since: self.since.clone(),
+            until: self.until.clone(),
+            first: self.first,
+            last: self.last,
+            all: self.all,
+            follow: self.follow,
+        }
+    }
+}
+
+/// The filter flags in command-line order (`--not` applies to the next
+/// one), from what clap parsed: hubble's flags are order-sensitive. Flags
+/// without a value are lists of `true` so that every occurrence keeps its
+/// place (a count keeps only its last).
+pub fn occurrences(m: &clap::ArgMatches) -> Vec<filters::Occurrence> {
+    let mut found: Vec<(usize, filters::Occurrence)> = Vec::new();
+    for flag in filters::FLAGS.iter().chain(&["not"]) {
+        let id = if *flag == "type" {
+            "type".to_owned()
+        } else {
+            flag.replace('-', "_")
         };
-        return Ok(now - Duration::from_secs(secs));
-    }
-    parse_rfc3339(s).with_context(|| format!("--since {s:?}: expected 5m or 2026-12-01T13:00:00Z"))
-}
-
-fn parse_rfc3339(s: &str) -> Result<SystemTime> {
-    let (date, rest) = s.split_once(['T', ' ']).context("no time")?;
-    let d: Vec<i64> = date.split('-').map(str::parse).collect::<Result<_, _>>()?;
-    let [y, mo, da] = d[..] else { bail!("date is y-m-d") };
-    let (time, offset) = if let Some(t) = rest.strip_suffix('Z') {
-        (t, 0)
-    } else if let Some(i) = rest.rfind(['+', '-']) {
-        let (t, o) = rest.split_at(i);
-        let sign = if o.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = o[1..].split_once(':').context("offset is +hh:mm")?;
-        (t, sign * (oh.parse::<i64>()? * 3600 + om.parse::<i64>()? * 60))
-    } else {
-        bail!("no time zone (Z or +hh:mm)")
-    };
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(str::parse).collect::<Result<_, _>>()?;
-    let [h, mi, se] = t[..] else { bail!("time is h:m:s") };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (yy, mm) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * mm + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + h * 3600 + mi * 60 + se - offset;
-    let nanos: u32 = format!("{frac:0<9}")[..9].parse()?;
-    if secs < 0 {
-        bail!("before 1970");
-    }
-    Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
-}
-
-fn with_namespace(p: &str, ns: Option<&str>) -> String {
-    match (p.contains('/'), ns) {
-        (true, _) => p.to_owned(),
-        (false, Some(ns)) => format!("{ns}/{p}"),
-        (false, None) => p.to_owned(),
-    }
-}
-
-fn verdict_number(v: &str) -> Result<i32> {
-    Verdict::from_str_name(&v.to_ascii_uppercase())
-        .map(|v| v as i32)
-        .with_context(|| format!("--verdict {v:?}: expected FORWARDED, DROPPED, AUDIT, ERROR, TRACED or TRANSLATED"))
-}
-
-/// The whitelist for the flags: the flags that name one end are fixed; each
-/// flag that may match either end doubles the filters (source side or
-/// destination side), so `--pod a --port 80` means "a on one end and port
-/// 80 on either", exactly.
-pub fn filters(a: &ObserveArgs) -> Result<Vec<FlowFilter>> {
-    let ns = a.namespace.as_deref();
-    let mut base = FlowFilter {
-        verdict: a.verdict.iter().map(|v| verdict_number(v)).collect::<Result<_>>()?,
-        protocol: a.protocol.clone(),
-        node_name: a.node.clone(),
-        ..Default::default()
-    };
-    for t in &a.event_type {
-        let r#type = match t.as_str() {
-            "drop" => 1,
-            "packet" | "capture" => 3,
-            "trace" => 4,
-            "policy-verdict" => 5,
-            _ => bail!("--type {t:?}: expected drop, trace, packet or policy-verdict"),
+        // Given on the command line, not a default (a count's 0).
+        if m.value_source(&id) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        let Some(indices) = m.indices_of(&id) else { continue };
+        let values: Vec<String> = match m.try_get_many::<String>(&id) {
+            Ok(Some(v)) => v.cloned().collect(),
+            _ => Vec::new(),
         };
-        base.event_type.push(flow::EventTypeFilter {
-            r#type,
-            ..Default::default()
-        });
+        for (i, index) in indices.enumerate() {
+            let value = values.get(i).cloned().unwrap_or_default();
+            found.push((index, filters::Occurrence { flag, value }));
+        }
     }
-    base.source_pod.extend(a.from_pod.iter().map(|p| with_namespace(p, ns)));
-    base.destination_pod
-        .extend(a.to_pod.iter().map(|p| with_namespace(p, ns)));
-    base.source_pod.extend(a.from_namespace.iter().map(|n| format!("{n}/")));
-    base.destination_pod
-        .extend(a.to_namespace.iter().map(|n| format!("{n}/")));
-
-    type Side = fn(&mut FlowFilter, &[String]);
-    let mut either: Vec<(Vec<String>, Side, Side)> = Vec::new();
-    let pods: Vec<String> = a.pod.iter().map(|p| with_namespace(p, ns)).collect();
-    if !pods.is_empty() {
-        either.push((
-            pods,
-            |f, v| f.source_pod.extend_from_slice(v),
-            |f, v| f.destination_pod.extend_from_slice(v),
-        ));
-    } else if let Some(ns) = ns
-        && a.from_pod.is_empty()
-        && a.to_pod.is_empty()
-    {
-        either.push((
-            vec![format!("{ns}/")],
-            |f, v| f.source_pod.extend_from_slice(v),
-            |f, v| f.destination_pod.extend_from_slice(v),
-        ));
-    }
-    let either_of = |v: &[String], s: Side, d: Side| (v.to_vec(), s, d);
-    if !a.label.is_empty() {
-        either.push(either_of(
-            &a.label,
-            |f, v| f.source_label.extend_from_slice(v),
-            |f, v| f.destination_label.extend_from_slice(v),
-        ));
-    }
-    if !a.service.is_empty() {
-        let v: Vec<String> = a.service.iter().map(|s| with_namespace(s, ns)).collect();
-        either.push((
-            v,
-            |f, v| f.source_service.extend_from_slice(v),
-            |f, v| f.destination_service.extend_from_slice(v),
-        ));
-    }
-    if !a.port.is_empty() {
-        let v: Vec<String> = a.port.iter().map(u16::to_string).collect();
-        either.push((
-            v,
-            |f, v| f.source_port.extend_from_slice(v),
-            |f, v| f.destination_port.extend_from_slice(v),
-        ));
-    }
-    if !a.ip.is_empty() {
-        either.push(either_of(
-            &a.ip,
-            |f, v| f.source_ip.extend_from_slice(v),
-            |f, v| f.destination_ip.extend_from_slice(v),
-        ));
-    }
-    let mut out = vec![base];
-    for (values, src, dst) in either {
-        out = out
-            .into_iter()
-            .flat_map(|f| {
-                let (mut s, mut d) = (f.clone(), f);
-                src(&mut s, &values);
-                dst(&mut d, &values);
-                [s, d]
-            })
-            .collect();
-    }
-    Ok(out)
+    found.sort_by_key(|(index, _)| *index);
+    found.into_iter().map(|(_, o)| o).collect()
 }
 
-fn endpoint_name(e: Option<&flow::Endpoint>, ip: &str) -> String {
+fn endpoint_name(e: Option<&flow::Endpoint>, ip: &str, numeric: bool) -> String {
+    if numeric {
+        return ip.to_owned();
+    }
     match e {
         Some(e) if !e.pod_name.is_empty() => format!("{}/{}", e.namespace, e.pod_name),
         Some(e) => match e.labels.first().and_then(|l| l.strip_prefix("reserved:")) {
@@ -376,16 +345,41 @@ fn ports(f: &Flow) -> (Option<u32>, Option<u32>, String) {
     }
 }
 
-fn local_time(f: &Flow) -> String {
-    let t = f
-        .time
+/// The flow's time, since the epoch.
+fn since_epoch(f: &Flow) -> Duration {
+    f.time
         .as_ref()
         .and_then(weir_proto::time::from_timestamp)
-        .unwrap_or(UNIX_EPOCH);
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Year, month and day of a day since the epoch (Howard Hinnant's
+/// algorithm).
+fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// `Dec  6 13:00:00.123` (UTC), as hubble prints a flow's time.
+fn stamp_milli(f: &Flow) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let d = since_epoch(f);
     let secs = d.as_secs();
+    let (_, month, day) = civil_date((secs / 86400) as i64);
     format!(
-        "{:02}:{:02}:{:02}.{:03}",
+        "{} {day:>2} {:02}:{:02}:{:02}.{:03}",
+        MONTHS[(month - 1) as usize],
         (secs / 3600) % 24,
         (secs / 60) % 60,
         secs % 60,
@@ -394,23 +388,9 @@ fn local_time(f: &Flow) -> String {
 }
 
 fn rfc3339(f: &Flow) -> String {
-    let t = f
-        .time
-        .as_ref()
-        .and_then(weir_proto::time::from_timestamp)
-        .unwrap_or(UNIX_EPOCH);
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = since_epoch(f);
     let secs = d.as_secs();
-    // Civil date from days since the epoch (the inverse of parse_rfc3339's).
-    let z = (secs / 86400) as i64 + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil_date((secs / 86400) as i64);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
         (secs / 3600) % 24,
@@ -436,7 +416,15 @@ struct Line {
     extra: String,
 }
 
-fn line(f: &Flow) -> Line {
+/// How flows print: hubble's --print-node-name, --numeric and --color.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Print {
+    pub node: bool,
+    pub numeric: bool,
+    pub colour: bool,
+}
+
+fn line(f: &Flow, numeric: bool) -> Line {
     let ip = f.ip.clone().unwrap_or_default();
     let (sp, dp, proto) = ports(f);
     let with_port = |name: String, p: Option<u32>| match p {
@@ -484,10 +472,10 @@ fn line(f: &Flow) -> Line {
         extra.push(format!("[{} {}]", d.event, d.observation_point));
     }
     Line {
-        time: local_time(f),
+        time: stamp_milli(f),
         node: f.node_name.clone(),
-        src: with_port(endpoint_name(f.source.as_ref(), &ip.source), sp),
-        dst: with_port(endpoint_name(f.destination.as_ref(), &ip.destination), dp),
+        src: with_port(endpoint_name(f.source.as_ref(), &ip.source, numeric), sp),
+        dst: with_port(endpoint_name(f.destination.as_ref(), &ip.destination, numeric), dp),
         arrow: match f.is_reply {
             Some(true) => "<-",
             Some(false) => "->",
@@ -506,27 +494,39 @@ fn paint(s: &str, colour: Option<&str>) -> String {
     }
 }
 
-pub fn compact(f: &Flow, colour: bool) -> String {
-    let l = line(f);
-    let vc = colour.then_some(match l.verdict {
+/// The colour of a verdict (hubble's: green, red, yellow).
+fn verdict_colour(verdict: &str) -> &'static str {
+    match verdict {
         "FORWARDED" => "32",
-        "DROPPED" => "31",
+        "DROPPED" | "ERROR" => "31",
         "AUDIT" => "33",
         _ => "0",
-    });
+    }
+}
+
+/// One line: `time [node]: source -> destination VERDICT proto (details)`,
+/// the reply's ends swapped (`<-`) as hubble prints it; hosts in cyan and
+/// the verdict in its colour with `colour`.
+pub fn compact(f: &Flow, p: Print) -> String {
+    let l = line(f, p.numeric);
+    let colour = |c: &'static str| p.colour.then_some(c);
     let (src, dst) = if l.arrow == "<-" {
         (&l.dst, &l.src)
     } else {
         (&l.src, &l.dst)
     };
     format!(
-        "{} [{}] {} {} {} {} {}{}",
+        "{}{}: {} {} {} {} {}{}",
         l.time,
-        l.node,
-        src,
+        if p.node {
+            format!(" [{}]", l.node)
+        } else {
+            String::new()
+        },
+        paint(src, colour("36")),
         l.arrow,
-        dst,
-        paint(l.verdict, vc),
+        paint(dst, colour("36")),
+        paint(l.verdict, colour(verdict_colour(l.verdict))),
         l.proto,
         if l.extra.is_empty() {
             String::new()
@@ -534,6 +534,40 @@ pub fn compact(f: &Flow, colour: bool) -> String {
             format!(" ({})", l.extra)
         }
     )
+}
+
+/// hubble's dict: a `KEY: value` block per flow, keys right-aligned.
+pub fn dict(f: &Flow, p: Print) -> String {
+    let l = line(f, p.numeric);
+    let d = f.weir.clone().unwrap_or_default();
+    let kind = if d.drop_reason_text.is_empty() {
+        d.observation_point.clone()
+    } else {
+        d.drop_reason_text.clone()
+    };
+    let mut rows = vec![("TIMESTAMP", l.time.clone())];
+    if p.node {
+        rows.push(("NODE", l.node.clone()));
+    }
+    let summary = if l.extra.is_empty() {
+        l.proto.clone()
+    } else {
+        format!("{}; {}", l.proto, l.extra)
+    };
+    rows.extend([
+        ("SOURCE", l.src.clone()),
+        ("DESTINATION", l.dst.clone()),
+        ("TYPE", kind),
+        (
+            "VERDICT",
+            paint(l.verdict, p.colour.then_some(verdict_colour(l.verdict))),
+        ),
+        ("SUMMARY", summary),
+    ]);
+    rows.iter()
+        .map(|(k, v)| format!("{k:>11}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn json(f: &Flow) -> serde_json::Value {
@@ -608,17 +642,28 @@ fn call_error(server: &Server, s: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{server}: {text}")
 }
 
-pub async fn observe(a: ObserveArgs) -> Result<()> {
+/// Runs `weir observe`: `occurrences` are its filter flags in command-line
+/// order ([`occurrences`]).
+pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Result<()> {
+    let (whitelist, blacklist) = filters::build(occurrences)?;
+    let w = a.window().window(SystemTime::now())?;
+    if a.print_raw_filters {
+        let mut w = std::io::stdout().lock();
+        w.write_all(filters::raw(&whitelist, &blacklist).as_bytes())?;
+        return Ok(());
+    }
+    if a.output == Output::Table && a.follow {
+        bail!("table output format is not compatible with follow mode");
+    }
     let (server, tls) = a.server.resolve()?;
-    let whitelist = filters(&a)?;
-    let now = SystemTime::now();
-    let since = a.since.as_deref().map(|s| parse_since(s, now)).transpose()?;
-    let number = a.last.unwrap_or(if a.follow || since.is_some() { 0 } else { 20 });
     let req = GetFlowsRequest {
-        number,
-        follow: a.follow,
+        number: w.number,
+        first: w.first,
+        follow: w.follow,
         whitelist,
-        since: since.map(weir_proto::time::to_timestamp),
+        blacklist,
+        since: w.since.map(weir_proto::time::to_timestamp),
+        until: w.until.map(weir_proto::time::to_timestamp),
         ..Default::default()
     };
     let channel = connect_with(&server, Duration::from_secs(5), tls.as_ref()).await?;
@@ -629,32 +674,69 @@ pub async fn observe(a: ObserveArgs) -> Result<()> {
         .map_err(|s| call_error(&server, &s))?
         .into_inner();
     let stdout = std::io::stdout();
-    let colour = a.output == Output::Compact && stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour = match a.color {
+        Colour::Always => true,
+        Colour::Never => false,
+        Colour::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let print = Print {
+        node: a.print_node_name,
+        numeric: a.numeric,
+        // As hubble: compact and dict only.
+        colour: colour && matches!(a.output, Output::Compact | Output::Dict),
+    };
     let mut w = stdout.lock();
+    // Streamed columns (hubble's table waits for the end to size them).
+    let row = |cells: [&str; 8], node: bool| {
+        let node = if node {
+            format!("{:<8}  ", cells[1])
+        } else {
+            String::new()
+        };
+        format!(
+            "{:<19}  {node}{:<28}  {:<2}  {:<28}  {:<9}  {:<11}  {}",
+            cells[0], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        )
+    };
     if a.output == Output::Table {
-        out(
-            &mut w,
-            &format!(
-                "{:<12}  {:<8}  {:<28}  {:<2}  {:<28}  {:<9}  {:<11}  {}",
-                "TIME", "NODE", "SOURCE", "", "DESTINATION", "VERDICT", "PROTO", "DETAILS"
-            ),
-        )?;
+        let header = [
+            "TIMESTAMP",
+            "NODE",
+            "SOURCE",
+            "",
+            "DESTINATION",
+            "VERDICT",
+            "PROTO",
+            "SUMMARY",
+        ];
+        out(&mut w, &row(header, print.node))?;
     }
+    let mut records = 0u64;
     while let Some(msg) = stream.next().await {
         let msg = msg.map_err(|s| call_error(&server, &s))?;
         match msg.response_types {
             Some(ResponseTypes::Flow(f)) => {
                 let text = match a.output {
-                    Output::Compact => compact(&f, colour),
+                    Output::Compact => compact(&f, print),
+                    Output::Dict if records == 0 => dict(&f, print),
+                    Output::Dict => format!("------------\n{}", dict(&f, print)),
                     Output::Json => json(&f).to_string(),
                     Output::Table => {
-                        let l = line(&f);
-                        format!(
-                            "{:<12}  {:<8}  {:<28}  {:<2}  {:<28}  {:<9}  {:<11}  {}",
-                            l.time, l.node, l.src, l.arrow, l.dst, l.verdict, l.proto, l.extra
-                        )
+                        let l = line(&f, print.numeric);
+                        let cells = [
+                            l.time.as_str(),
+                            l.node.as_str(),
+                            l.src.as_str(),
+                            l.arrow,
+                            l.dst.as_str(),
+                            l.verdict,
+                            l.proto.as_str(),
+                            l.extra.as_str(),
+                        ];
+                        row(cells, print.node)
                     }
                 };
+                records += 1;
                 out(&mut w, &text)?;
             }
             Some(ResponseTypes::NodeStatus(n)) => {
@@ -733,39 +815,54 @@ mod tests {
         a: ObserveArgs,
     }
 
-    fn args(v: &[&str]) -> ObserveArgs {
-        T::parse_from(std::iter::once("t").chain(v.iter().copied())).a
+    /// The lists the flags make, through clap as `weir observe` parses them.
+    fn built(v: &[&str]) -> Result<(Vec<flow::FlowFilter>, Vec<flow::FlowFilter>)> {
+        use clap::CommandFactory;
+        let m = T::command().get_matches_from(std::iter::once("t").chain(v.iter().copied()));
+        filters::build(&occurrences(&m))
     }
 
     #[test]
-    fn either_end_flags_multiply_into_exact_filters() {
-        let f = filters(&args(&["--pod", "shop/web", "--port", "80", "--verdict", "dropped"])).unwrap();
-        assert_eq!(f.len(), 4);
-        assert!(f.iter().all(|x| x.verdict == [Verdict::Dropped as i32]));
-        assert!(
-            f.iter()
-                .any(|x| x.source_pod == ["shop/web"] && x.destination_port == ["80"])
+    fn flags_reach_the_filters_in_command_line_order() {
+        let (allow, deny) = built(&[
+            "--pod",
+            "shop/web",
+            "--not",
+            "--verdict",
+            "DROPPED",
+            "--port",
+            "80",
+            "--not",
+            "-t",
+            "drop",
+            "--node",
+            "n1",
+        ])
+        .unwrap();
+        assert_eq!(allow.len(), 2);
+        assert_eq!(
+            (allow[0].source_pod.clone(), allow[0].source_port.clone()),
+            (vec!["shop/web".to_owned()], vec!["80".to_owned()])
         );
+        assert_eq!(allow[1].destination_port, ["80"]);
         assert!(
-            f.iter()
-                .any(|x| x.destination_pod == ["shop/web"] && x.source_port == ["80"])
+            allow.iter().all(|f| f.node_name == ["n1"] && f.verdict.is_empty()),
+            "{allow:?} {deny:?}"
         );
-        let f = filters(&args(&["-n", "shop", "--from-pod", "client", "--to-namespace", "db"])).unwrap();
-        assert_eq!(f.len(), 1);
-        assert_eq!(f[0].source_pod, ["shop/client"]);
-        assert_eq!(f[0].destination_pod, ["db/"]);
-        assert!(filters(&args(&["--verdict", "maybe"])).is_err());
+        assert_eq!(deny.len(), 1);
+        assert_eq!(deny[0].verdict, [Verdict::Dropped as i32]);
+        assert_eq!(deny[0].event_type[0].r#type, 1);
+        let (allow, _) = built(&["-A", "--pod", "web"]).unwrap();
+        assert_eq!(allow[0].source_pod, ["/web"]);
+        assert!(built(&["--verdict", "maybe"]).is_err());
+        assert!(built(&["--pod", "x", "--not"]).is_err());
     }
 
     #[test]
-    fn since_takes_durations_and_rfc3339() {
+    fn times_print_as_rfc3339() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(parse_since("5m", now).unwrap(), now - Duration::from_secs(300));
-        let t = parse_since("2026-12-01T13:00:00Z", now).unwrap();
+        let t = window::parse_time("2026-12-01T13:00:00Z", now).unwrap();
         assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_796_130_000);
-        let t2 = parse_since("2026-12-01T14:00:00+01:00", now).unwrap();
-        assert_eq!(t, t2);
-        assert!(parse_since("yesterday", now).is_err());
         let f = Flow {
             time: Some(weir_proto::time::to_timestamp(t + Duration::from_nanos(5))),
             ..Default::default()
