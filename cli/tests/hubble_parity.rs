@@ -2,7 +2,8 @@
 //! command line below, both CLIs print the filters they would send
 //! (`--print-raw-filters`, which connects to nothing) and the allow and
 //! deny lists must be the same, filter for filter; a line one CLI refuses,
-//! the other refuses too. The stock `hubble` binary comes from
+//! the other refuses too. (weir takes a little more: `--type packet`, and
+//! verdicts in any case.) The stock `hubble` binary comes from
 //! `scripts/tools.sh`'s cache (a missing one fails under `CI=true`).
 
 use std::path::Path;
@@ -104,7 +105,7 @@ const LINES: &[&[&str]] = &[
     &["--to-namespace", "a", "--to-pod", "b/x"],
     &["--not", "--not", "--pod", "x"],
     &["--pod", "x", "--not"],
-    &["--type", "packet"],
+    &["--type", "parcel"],
     &["--identity", "nobody"],
     &["--verdict", "MAYBE"],
     &["--first", "5", "--last", "5"],

@@ -115,11 +115,13 @@ const RESERVED_IDENTITIES: &[(&str, u32)] = &[
     ("world-ipv6", 10),
 ];
 
-/// Monitor event types by name (`--type`).
+/// Monitor event types by name (`--type`); `packet` is weir's name for a
+/// traced pod's every packet (`weir lab trace`), which Hubble calls capture.
 const EVENT_TYPES: &[(&str, i32)] = &[
     ("drop", 1),
     ("debug", 2),
     ("capture", 3),
+    ("packet", 3),
     ("trace", 4),
     ("policy-verdict", 5),
     ("l7", 129),
@@ -700,7 +702,7 @@ mod tests {
                 r#"{"source_workload":[{"name":"web"}],"destination_workload":[{"kind":"Deployment"}],"source_identity":[6],"destination_identity":[12345],"event_type":[{"type":4,"match_sub_type":true},{"type":4,"match_sub_type":true,"sub_type":10},{"type":1}]}"#
             )]
         );
-        assert!(build(&parse(&["--type", "packet"])).is_err());
+        assert!(build(&parse(&["--type", "parcel"])).is_err());
         assert!(build(&parse(&["--identity", "nobody"])).is_err());
         assert_eq!(raw(&[], &[]), "{}\n");
     }
