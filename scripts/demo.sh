@@ -62,7 +62,7 @@ step "flows: every probe above, seen by the datapath that forwarded it (weir lab
 echo "-- pod to pod over TCP (client -> web-1:80):"
 "$weir" lab observe --from-pod svc-demo/client --to-pod svc-demo/web-1 --port 80 --last 2 | grep -v ' via ' || true
 echo "-- across nodes (client -> web-0, ICMP echo; each node reports what it saw):"
-"$weir" lab observe --from-pod svc-demo/client --to-pod svc-demo/web-0 --protocol icmp --last 2
+"$weir" lab observe --from-pod svc-demo/client --to-pod svc-demo/web-0 --protocol icmp --last 2 --print-node-name
 echo "-- a service connection: the VIP dialled and the backend reached, in one record:"
 "$weir" lab observe --from-pod svc-demo/client --service svc-demo/web --protocol tcp --last 2
 echo "-- the connection to the service without endpoints: DROPPED, with its reason:"
