@@ -282,14 +282,8 @@ fn gc_collects_thousands_of_connections() {
     assert!(fx.ct.is_empty().unwrap());
 }
 
-/// A datapath whose pods each have a share of 4 entries (two connections),
-/// and a TCP service at `vip`:80 with one backend (a remote pod).
-fn share_fixture(test: &str, vip: Ipv4Addr) -> (Fixture, Ipv4Addr) {
-    let options = LoadOptions {
-        ct_endpoint_max: Some(4),
-        ..Default::default()
-    };
-    let mut fx = Fixture::new(test, &options);
+/// A TCP service at `vip`:80 with one backend (a remote pod).
+fn one_backend_service(fx: &mut Fixture, vip: Ipv4Addr) {
     let spec = ServiceSpec {
         backends: vec![Backend {
             ip: REMOTE_POD,
@@ -299,6 +293,17 @@ fn share_fixture(test: &str, vip: Ipv4Addr) -> (Fixture, Ipv4Addr) {
         ..Default::default()
     };
     fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
+}
+
+/// A datapath whose pods each have a share of 4 entries (two connections),
+/// and a TCP service at `vip`:80 with one backend (a remote pod).
+fn share_fixture(test: &str, vip: Ipv4Addr) -> (Fixture, Ipv4Addr) {
+    let options = LoadOptions {
+        ct_endpoint_max: Some(4),
+        ..Default::default()
+    };
+    let mut fx = Fixture::new(test, &options);
+    one_backend_service(&mut fx, vip);
     (fx, vip)
 }
 
@@ -459,15 +464,7 @@ fn a_full_table_sheds_closed_connections_before_it_refuses_a_new_one() {
     };
     let mut fx = Fixture::new("full-closed", &options);
     let vip = Ipv4Addr::new(10, 96, 9, 10);
-    let spec = ServiceSpec {
-        backends: vec![Backend {
-            ip: REMOTE_POD,
-            port: 8080,
-            terminating: false,
-        }],
-        ..Default::default()
-    };
-    fx.svc.upsert_service(vip, 80, Protocol::Tcp, &spec).unwrap();
+    one_backend_service(&mut fx, vip);
     let open = |fx: &mut Fixture, port: u16| {
         fx.tc(ProgramKind::FromPod, &flow(POD_A, port, vip, 80, TCP).packet(SYN))
             .0
