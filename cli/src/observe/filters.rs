@@ -58,33 +58,58 @@ pub const FLAGS: &[&str] = &[
     "all-namespaces",
     "from-all-namespaces",
     "to-all-namespaces",
+    "fqdn",
+    "from-fqdn",
+    "to-fqdn",
+    "cluster",
+    "from-cluster",
+    "to-cluster",
     "verdict",
     "protocol",
     "type",
     "node-name",
+    "node-label",
+    "tcp-flags",
+    "traffic-direction",
+    "ip-version",
+    "ipv4",
+    "ipv6",
+    "snat-ip",
+    "drop-reason-desc",
+    "interface",
+    "uuid",
+    "trace-id",
+    "http-status",
+    "http-method",
+    "http-path",
+    "http-url",
 ];
 
 /// Flags that may not be used together in one list (hubble's table):
 /// each group's members conflict with each other.
 const CONFLICTS: &[&[&str]] = &[
     &[
+        "from-fqdn",
         "from-ip",
         "ip",
+        "fqdn",
         "from-namespace",
         "namespace",
         "from-all-namespaces",
         "all-namespaces",
     ],
-    &["from-ip", "ip", "from-pod", "pod"],
+    &["from-fqdn", "from-ip", "ip", "fqdn", "from-pod", "pod"],
     &[
+        "to-fqdn",
         "to-ip",
         "ip",
+        "fqdn",
         "to-namespace",
         "namespace",
         "to-all-namespaces",
         "all-namespaces",
     ],
-    &["to-ip", "ip", "to-pod", "pod"],
+    &["to-fqdn", "to-ip", "ip", "fqdn", "to-pod", "pod"],
     &["to-pod", "namespace", "all-namespaces"],
     &["from-pod", "namespace", "all-namespaces"],
     &["to-service", "namespace", "all-namespaces"],
@@ -195,14 +220,20 @@ impl Tracker {
             Some(("to", name)) => (name, Some(Side::Destination)),
             _ => (flag, None),
         };
+        const ENDS: &[&str] = &[
+            "ip", "pod", "label", "service", "port", "identity", "workload", "fqdn", "cluster",
+        ];
         match (name, side) {
-            ("ip" | "pod" | "label" | "service" | "port" | "identity" | "workload", Some(side)) => {
+            (n, Some(side)) if ENDS.contains(&n) => {
                 add(left, name, side, value)?;
                 add(right, name, side, value)?;
             }
-            ("ip" | "pod" | "label" | "service" | "port" | "identity" | "workload", None) => {
+            (n, None) if ENDS.contains(&n) => {
                 add(left, name, Side::Source, value)?;
                 add(right, name, Side::Destination, value)?;
+            }
+            (_, None) if both(left, flag, value)? => {
+                both(right, flag, value)?;
             }
             ("verdict", None) => {
                 let v = verdict(value)?;
@@ -217,10 +248,6 @@ impl Tracker {
                 let t = event_type(value)?;
                 left.event_type.push(t);
                 right.event_type.push(t);
-            }
-            ("node-name", None) => {
-                left.node_name.push(value.to_owned());
-                right.node_name.push(value.to_owned());
             }
             _ => bail!("--{flag} is not a filter"),
         }
@@ -271,6 +298,68 @@ impl Tracker {
     }
 }
 
+/// Adds the value of a flag that names no end to its field; false for
+/// any other flag.
+fn both(f: &mut FlowFilter, flag: &str, value: &str) -> Result<bool> {
+    let s = value.to_owned();
+    match flag {
+        "node-name" => f.node_name.push(s),
+        "node-label" => f.node_labels.push(s),
+        "snat-ip" => f.source_ip_xlated.push(s),
+        "uuid" => f.uuid.push(s),
+        "trace-id" => f.trace_id.push(s),
+        "http-status" => f.http_status_code.push(s),
+        "http-method" => f.http_method.push(s),
+        "http-path" => f.http_path.push(s),
+        "http-url" => f.http_url.push(s),
+        "interface" => f.interface.push(flow::NetworkInterface {
+            name: s,
+            ..Default::default()
+        }),
+        "tcp-flags" => f.tcp_flags.push(tcp_flags(value)?),
+        "traffic-direction" => f.traffic_direction.push(match value.to_ascii_lowercase().as_str() {
+            "ingress" => flow::TrafficDirection::Ingress as i32,
+            "egress" => flow::TrafficDirection::Egress as i32,
+            _ => bail!("invalid traffic direction, expected ingress or egress"),
+        }),
+        "ip-version" | "ipv4" | "ipv6" => {
+            let v = match (flag, value) {
+                ("ipv4", "") | (_, "v4" | "4" | "ipv4" | "ip4") => flow::IpVersion::IPv4,
+                ("ipv6", "") | (_, "v6" | "6" | "ipv6" | "ip6") => flow::IpVersion::IPv6,
+                _ => flow::IpVersion::IpNotUsed,
+            };
+            f.ip_version.push(v as i32);
+        }
+        "drop-reason-desc" => match flow::DropReason::from_str_name(value) {
+            Some(r) => f.drop_reason_desc.push(r as i32),
+            None => bail!("invalid drop reason description {value:?}"),
+        },
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `syn,ack`: one set of flags that must all be on (several sets: any).
+fn tcp_flags(value: &str) -> Result<flow::TcpFlags> {
+    let mut out = flow::TcpFlags::default();
+    for name in value.split(',') {
+        let bit = match name.to_ascii_uppercase().as_str() {
+            "SYN" => &mut out.syn,
+            "FIN" => &mut out.fin,
+            "RST" => &mut out.rst,
+            "PSH" => &mut out.psh,
+            "ACK" => &mut out.ack,
+            "URG" => &mut out.urg,
+            "ECE" => &mut out.ece,
+            "CWR" => &mut out.cwr,
+            "NS" => &mut out.ns,
+            _ => bail!("unknown TCP flag {name:?}: SYN, FIN, RST, PSH, ACK, URG, ECE, CWR or NS"),
+        };
+        *bit = true;
+    }
+    Ok(out)
+}
+
 /// Adds `value` to the field `name` of one end.
 fn add(f: &mut FlowFilter, name: &str, side: Side, value: &str) -> Result<()> {
     let s = value.to_owned();
@@ -289,6 +378,10 @@ fn add(f: &mut FlowFilter, name: &str, side: Side, value: &str) -> Result<()> {
         ("identity", Side::Destination) => f.destination_identity.push(identity(value)?),
         ("workload", Side::Source) => f.source_workload.push(workload(value)),
         ("workload", Side::Destination) => f.destination_workload.push(workload(value)),
+        ("fqdn", Side::Source) => f.source_fqdn.push(s),
+        ("fqdn", Side::Destination) => f.destination_fqdn.push(s),
+        ("cluster", Side::Source) => f.source_cluster_name.push(s),
+        ("cluster", Side::Destination) => f.destination_cluster_name.push(s),
         _ => bail!("--{name} is not a filter"),
     }
     Ok(())
@@ -458,6 +551,74 @@ pub fn to_json(f: &FlowFilter) -> serde_json::Value {
     strings("source_port", &f.source_port);
     strings("destination_port", &f.destination_port);
     strings("node_name", &f.node_name);
+    strings("source_fqdn", &f.source_fqdn);
+    strings("destination_fqdn", &f.destination_fqdn);
+    strings("source_cluster_name", &f.source_cluster_name);
+    strings("destination_cluster_name", &f.destination_cluster_name);
+    strings("node_labels", &f.node_labels);
+    strings("source_ip_xlated", &f.source_ip_xlated);
+    strings("uuid", &f.uuid);
+    strings("trace_id", &f.trace_id);
+    strings("http_status_code", &f.http_status_code);
+    strings("http_method", &f.http_method);
+    strings("http_path", &f.http_path);
+    strings("http_url", &f.http_url);
+    let mut enums = |key: &str, names: Vec<&str>| {
+        if !names.is_empty() {
+            m.insert(key.into(), json!(names));
+        }
+    };
+    enums(
+        "traffic_direction",
+        f.traffic_direction
+            .iter()
+            .map(|v| flow::TrafficDirection::try_from(*v).map_or("TRAFFIC_DIRECTION_UNKNOWN", |d| d.as_str_name()))
+            .collect(),
+    );
+    enums(
+        "ip_version",
+        f.ip_version
+            .iter()
+            .map(|v| flow::IpVersion::try_from(*v).map_or("IP_NOT_USED", |d| d.as_str_name()))
+            .collect(),
+    );
+    enums(
+        "drop_reason_desc",
+        f.drop_reason_desc
+            .iter()
+            .map(|v| flow::DropReason::try_from(*v).map_or("DROP_REASON_UNKNOWN", |d| d.as_str_name()))
+            .collect(),
+    );
+    if !f.interface.is_empty() {
+        let names: Vec<Value> = f.interface.iter().map(|i| json!({"name": i.name})).collect();
+        m.insert("interface".into(), Value::Array(names));
+    }
+    if !f.tcp_flags.is_empty() {
+        let sets: Vec<Value> = f
+            .tcp_flags
+            .iter()
+            .map(|t| {
+                let mut o = Map::new();
+                for (name, on) in [
+                    ("FIN", t.fin),
+                    ("SYN", t.syn),
+                    ("RST", t.rst),
+                    ("PSH", t.psh),
+                    ("ACK", t.ack),
+                    ("URG", t.urg),
+                    ("ECE", t.ece),
+                    ("CWR", t.cwr),
+                    ("NS", t.ns),
+                ] {
+                    if on {
+                        o.insert(name.into(), json!(true));
+                    }
+                }
+                Value::Object(o)
+            })
+            .collect();
+        m.insert("tcp_flags".into(), Value::Array(sets));
+    }
     let workloads = |v: &[flow::Workload]| -> Value {
         v.iter()
             .map(|w| {
@@ -530,7 +691,7 @@ mod tests {
                 .chain(&["not"])
                 .find(|f| **f == flag)
                 .expect("a filter flag");
-            let value = if *flag == "not" || flag.ends_with("all-namespaces") {
+            let value = if ["not", "ipv4", "ipv6"].contains(flag) || flag.ends_with("all-namespaces") {
                 String::new()
             } else {
                 it.next().expect("a value").to_string()

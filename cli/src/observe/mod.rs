@@ -210,6 +210,62 @@ pub struct ObserveArgs {
     /// The node that saw the flow (glob: node-*).
     #[arg(long, alias = "node", help_heading = FILTERS)]
     pub node_name: Vec<String>,
+    /// A fully qualified domain name on either end (weir's flows carry none yet).
+    #[arg(long, help_heading = FILTERS)]
+    pub fqdn: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_fqdn: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_fqdn: Vec<String>,
+    /// A cluster name on either end (weir's is `default`).
+    #[arg(long, help_heading = FILTERS)]
+    pub cluster: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub from_cluster: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub to_cluster: Vec<String>,
+    /// A label selector on the node that saw the flow.
+    #[arg(long, help_heading = FILTERS)]
+    pub node_label: Vec<String>,
+    /// TCP flags that must all be set (syn,ack); repeat for any of several sets.
+    #[arg(long, help_heading = FILTERS)]
+    pub tcp_flags: Vec<String>,
+    /// ingress or egress.
+    #[arg(long, help_heading = FILTERS)]
+    pub traffic_direction: Vec<String>,
+    /// v4, v6 (or anything else: not IP).
+    #[arg(long, help_heading = FILTERS)]
+    pub ip_version: Vec<String>,
+    /// The address a flow was source-NATed to.
+    #[arg(long, help_heading = FILTERS)]
+    pub snat_ip: Vec<String>,
+    /// Hubble's drop reason (POLICY_DENIED, ...).
+    #[arg(long, help_heading = FILTERS)]
+    pub drop_reason_desc: Vec<String>,
+    /// The interface that saw the flow.
+    #[arg(long, help_heading = FILTERS)]
+    pub interface: Vec<String>,
+    /// One flow, by its id.
+    #[arg(long, help_heading = FILTERS)]
+    pub uuid: Vec<String>,
+    /// A trace id.
+    #[arg(long, help_heading = FILTERS)]
+    pub trace_id: Vec<String>,
+    /// HTTP filters, as hubble's (weir records no L7 yet: the server refuses them).
+    #[arg(long, help_heading = FILTERS)]
+    pub http_status: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub http_method: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub http_path: Vec<String>,
+    #[arg(long, help_heading = FILTERS)]
+    pub http_url: Vec<String>,
+    /// IPv4 flows only.
+    #[arg(long, short = '4', num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
+    pub ipv4: Vec<bool>,
+    /// IPv6 flows only.
+    #[arg(long, short = '6', num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
+    pub ipv6: Vec<bool>,
     /// The next filter flag excludes what it matches (--not --verdict DROPPED).
     #[arg(long, num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
     pub not: Vec<bool>,
