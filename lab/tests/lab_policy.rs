@@ -140,6 +140,23 @@ impl Suite {
         self.lab.ok(&["delete", &self.lab.file("case.yaml", yaml)]);
     }
 
+    /// The dropped flows, asked for until one matches `want` (5 s at most:
+    /// flows reach the relay within a second or so).
+    fn drops_until(&self, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut dropped = Vec::new();
+        for _ in 0..20 {
+            dropped = self.observe(
+                &weir_test_support::bin("weir"),
+                &["--verdict", "DROPPED", "--last", "5000"],
+            );
+            if dropped.iter().any(&want) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        dropped
+    }
+
     /// Every probe, by (from, to, port, proto).
     fn matrix(&self, timeout: &str) -> BTreeMap<(String, String, u16, String), (bool, String)> {
         let mut args = vec!["matrix", "--via-service", "--timeout", timeout];
@@ -755,17 +772,7 @@ fn forged_tunnel_case(s: &mut Suite) {
             sock.send_to(&datagram, node_a).expect("sending the forged datagram");
         }
     });
-    let mut dropped = Vec::new();
-    for _ in 0..20 {
-        dropped = s.observe(
-            &weir_test_support::bin("weir"),
-            &["--verdict", "DROPPED", "--last", "5000"],
-        );
-        if dropped.iter().any(|f| f["drop_reason"] == "tunnel_source") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    let dropped = s.drops_until(|f| f["drop_reason"] == "tunnel_source");
     assert!(
         dropped.iter().any(|f| f["drop_reason"] == "tunnel_source"),
         "[vxlan] a datagram encapsulated by no node is dropped as tunnel_source: {dropped:#?}"
@@ -817,17 +824,7 @@ fn forged_routed_case(s: &mut Suite) {
             sendto(fd.as_raw_fd(), &syn[14..], &to, MsgFlags::empty()).expect("sending the forged SYN");
         }
     });
-    let mut dropped = Vec::new();
-    for _ in 0..20 {
-        dropped = s.observe(
-            &weir_test_support::bin("weir"),
-            &["--verdict", "DROPPED", "--last", "5000"],
-        );
-        if dropped.iter().any(|f| f["drop_reason"] == "routed_source") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    let dropped = s.drops_until(|f| f["drop_reason"] == "routed_source");
     let _ = std::process::Command::new("ip")
         .args(["-n", &external, "route", "del", &format!("{target}/32")])
         .output();
