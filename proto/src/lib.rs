@@ -33,6 +33,7 @@ pub mod weir {
 
 pub mod client;
 pub mod filter;
+pub mod flags;
 pub mod server;
 pub mod socket;
 #[cfg(any(test, feature = "testing"))]

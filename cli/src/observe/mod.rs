@@ -4,7 +4,7 @@
 //! each (`compact`, colour only on a terminal), one JSON object per line,
 //! or a table. A closed pipe (`| head`) ends quietly.
 
-mod filters;
+use weir_proto::flags as filters;
 mod window;
 
 use std::io::{IsTerminal, Write};
@@ -875,7 +875,7 @@ mod tests {
     fn built(v: &[&str]) -> Result<(Vec<flow::FlowFilter>, Vec<flow::FlowFilter>)> {
         use clap::CommandFactory;
         let m = T::command().get_matches_from(std::iter::once("t").chain(v.iter().copied()));
-        filters::build(&occurrences(&m))
+        Ok(filters::build(&occurrences(&m))?)
     }
 
     #[test]

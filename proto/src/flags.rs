@@ -1,7 +1,8 @@
 //! Filter flags into the Observer API's allow and deny lists, as
 //! `hubble observe` makes them, so the same flags select the same flows
 //! from either CLI (`cli/tests/hubble_parity.rs` holds this to the stock
-//! binary's `--print-raw-filters`).
+//! binary's `--print-raw-filters`). `weir observe` parses them from its
+//! command line, the relay's service map from the flow table's query.
 //!
 //! The model: every list is built from two candidate filters, left and
 //! right, which the server ORs. A flag that names one end (`--from-ip`,
@@ -18,8 +19,20 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Result, bail};
-use weir_proto::flow::{self, FlowFilter, Verdict};
+use crate::flow::{self, FlowFilter, Verdict};
+
+/// A filter flag or value `hubble observe` would refuse, with its reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FlagError(String);
+
+type Result<T> = std::result::Result<T, FlagError>;
+
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err(FlagError(format!($($t)*)))
+    };
+}
 
 /// One filter flag as it appeared on the command line, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,10 +441,10 @@ fn identity(v: &str) -> Result<u32> {
     }
     v.parse().map_err(|_| {
         let names: Vec<&str> = RESERVED_IDENTITIES.iter().map(|(n, _)| *n).collect();
-        anyhow::anyhow!(
+        FlagError(format!(
             "invalid security identity {v:?}, expected one of {} or a numeric value",
             names.join(", ")
-        )
+        ))
     })
 }
 
@@ -458,7 +471,9 @@ fn event_type(v: &str) -> Result<flow::EventTypeFilter> {
     let r#type = match EVENT_TYPES.iter().find(|(n, _)| *n == t) {
         Some((_, n)) => *n,
         None => t.parse().map_err(|_| {
-            anyhow::anyhow!("unable to parse type '{t}', not a known type name and unable to parse as numeric value")
+            FlagError(format!(
+                "unable to parse type '{t}', not a known type name and unable to parse as numeric value"
+            ))
         })?,
     };
     let mut out = flow::EventTypeFilter {
@@ -475,7 +490,7 @@ fn event_type(v: &str) -> Result<flow::EventTypeFilter> {
             Some(n) => n,
             None => s
                 .parse()
-                .map_err(|_| anyhow::anyhow!("unable to parse event sub-type '{s}' of type '{t}'"))?,
+                .map_err(|_| FlagError(format!("unable to parse event sub-type '{s}' of type '{t}'")))?,
         };
         out.match_sub_type = true;
     }
@@ -501,7 +516,7 @@ pub fn build(occurrences: &[Occurrence]) -> Result<(Vec<FlowFilter>, Vec<FlowFil
         };
         tracker
             .set(o.flag, &o.value)
-            .map_err(|e| anyhow::anyhow!("invalid argument {:?} for \"--{}\" flag: {e}", o.value, o.flag))?;
+            .map_err(|e| FlagError(format!("invalid argument {:?} for \"--{}\" flag: {e}", o.value, o.flag)))?;
     }
     if negate {
         bail!("trailing --not found in the arguments");
