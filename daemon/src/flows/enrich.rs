@@ -149,21 +149,24 @@ pub fn translation(e: &Event) -> Translation {
     let ct = !matches!(e.kind, EventKind::Drop | EventKind::Trace);
     let pair = |ip: Ipv4Addr, port: u16| (ip, port);
     let same = |a: (Ipv4Addr, u16), b: (Ipv4Addr, u16)| a == b;
-    if !ct {
-        return Translation {
-            src: pair(t.saddr, t.sport),
-            dst: pair(t.daddr, t.dport),
-            dialled: None,
-            backend: None,
-            snat: None,
-        };
-    }
     let (ts, td, xs, xd) = (
         pair(t.saddr, t.sport),
         pair(t.daddr, t.dport),
         pair(x.saddr, x.sport),
         pair(x.daddr, x.dport),
     );
+    if !ct {
+        // A packet event holds the packet; a policy drop of a service
+        // connection adds the backend it was judged against (flow.h).
+        let dialled = (!same(td, xd)).then_some(td);
+        return Translation {
+            src: ts,
+            dst: xd,
+            dialled,
+            backend: dialled.map(|_| xd),
+            snat: None,
+        };
+    }
     if !e.is_reply() {
         let dialled = (!same(td, xd)).then_some(td);
         Translation {

@@ -50,6 +50,54 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_drop_event_rate SEC(".maps");
 
+/* The backend a new service connection was judged against when policy
+ * refused it: the packet still carries the VIP (nothing is translated for
+ * a denied connection), and the drop's event names the backend, as an
+ * allowed connection's flow does. One slot per CPU, set just before the
+ * drop and valid only for the packet whose tuple it holds. */
+struct flow_drop_backend {
+	struct weir_ct_key key;
+	__be32 daddr;
+	__be16 dport;
+	__u16 valid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_drop_backend);
+} weir_drop_backend SEC(".maps");
+
+static __always_inline void flow_note_backend(const struct weir_ct_key *key, __be32 daddr, __be16 dport)
+{
+	__u32 zero = 0;
+	struct flow_drop_backend *b = bpf_map_lookup_elem(&weir_drop_backend, &zero);
+
+	if (!b)
+		return;
+	b->key = *key;
+	b->daddr = daddr;
+	b->dport = dport;
+	b->valid = 1;
+}
+
+/* The noted backend, if it is for the packet the event holds. */
+static __always_inline void flow_take_backend(struct weir_event *ev)
+{
+	__u32 zero = 0;
+	struct flow_drop_backend *b = bpf_map_lookup_elem(&weir_drop_backend, &zero);
+
+	if (!b || !b->valid)
+		return;
+	b->valid = 0;
+	if (b->key.saddr == ev->tuple.saddr && b->key.daddr == ev->tuple.daddr && b->key.sport == ev->tuple.sport &&
+	    b->key.dport == ev->tuple.dport && b->key.proto == ev->tuple.proto) {
+		ev->xlate.daddr = b->daddr;
+		ev->xlate.dport = b->dport;
+	}
+}
+
 /* Never read: keeps struct weir_event in each object's BTF (records live
  * in the ring buffer and inlined code leaves no type behind), where
  * tests/abi_layout.rs compares it with the Rust twin. */
@@ -187,6 +235,8 @@ static __noinline void flow_packet_record(struct __ctx_buff *ctx, __u32 kind, __
 		ev->direction = direction;
 	}
 	flow_packet_tuple(ctx, ev);
+	if (kind == WEIR_EV_DROP)
+		flow_take_backend(ev);
 	bpf_ringbuf_submit(ev, 0);
 }
 

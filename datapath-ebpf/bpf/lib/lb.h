@@ -182,8 +182,10 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 			/* A policy change since it opened: judged again. */
 			if (!(ct->flags & WEIR_CT_F_REVERSE)) {
 				reason = policy_recheck(ct, &key, skb->cb[WEIR_CB_ENDPOINT], 0);
-				if (reason)
+				if (reason) {
+					flow_note_backend(&key, ct->xlate_daddr, ct->xlate_dport);
 					return reason;
+				}
 			}
 			return ct_follow(skb, meta, &key, ct, l4_flags, now);
 		} else {
@@ -242,8 +244,10 @@ static __always_inline __u32 lb4_translate(struct __sk_buff *skb, struct ipv4_me
 	/* Judged as reaching the backend, before anything is tracked. */
 	reason = policy_connection(fwd.owner, key.saddr, be.ip, policy_l4(key.proto, be.port), 0, &fwd.policy_egress,
 				   &fwd.policy_ingress);
-	if (reason)
+	if (reason) {
+		flow_note_backend(&key, be.ip, be.port);
 		return reason;
+	}
 	rev.policy_egress = fwd.policy_egress;
 	rev.policy_ingress = fwd.policy_ingress;
 	fwd.policy_rev = rev.policy_rev = policy_revision();
