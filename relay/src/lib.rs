@@ -17,6 +17,8 @@
 //! name made from the node's ([`AgentTls::server_name_for`]).
 
 pub mod discover;
+pub mod map;
+pub mod ui;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -293,6 +295,86 @@ impl Relay {
         });
     }
 
+    /// Every node's flows for one request, merged in time order: what
+    /// `GetFlows` streams, and what the UI reads.
+    pub fn flows(
+        self: &Arc<Self>,
+        req: GetFlowsRequest,
+    ) -> Result<mpsc::Receiver<Result<GetFlowsResponse, Status>>, Status> {
+        // Judge the filters here too: a bad one is the client's error,
+        // whichever nodes are up.
+        weir_proto::filter::FlowFilters::compile(&req.whitelist, &req.blacklist)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let relay = self.clone();
+        let limits = relay.limits.clone();
+        let (peer_tx, mut peer_rx) = mpsc::channel::<GetFlowsResponse>(limits.client_buffer);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peers = relay.peers();
+        let unavailable: Vec<String> = peers
+            .iter()
+            .filter(|p| p.state() != NodeState::NodeConnected)
+            .map(|p| p.name.clone())
+            .collect();
+        for peer in &peers {
+            tokio::spawn(pump(
+                peer.clone(),
+                req.clone(),
+                peer_tx.clone(),
+                dropped.clone(),
+                limits.clone(),
+            ));
+        }
+        drop(peer_tx);
+        let (tx, rx) = mpsc::channel(limits.client_buffer);
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            if !unavailable.is_empty() {
+                let msg = node_status(NodeState::NodeUnavailable, unavailable, "not connected".into());
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+            let mut merger = Merger::new(limits.client_buffer);
+            let mut tick = tokio::time::interval(limits.sort_window / 2);
+            let mut open = true;
+            while open {
+                tokio::select! {
+                    r = peer_rx.recv() => match r {
+                        Some(r) => {
+                            merger.push(r);
+                            // Whatever else is there, in one go.
+                            loop {
+                                match peer_rx.try_recv() {
+                                    Ok(r) => merger.push(r),
+                                    Err(mpsc::error::TryRecvError::Empty) => break,
+                                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                                        open = false;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        None => open = false,
+                    },
+                    _ = tick.tick() => {}
+                    () = tx.closed() => return,
+                }
+                let horizon = timestamp_nanos(&to_timestamp(SystemTime::now() - limits.sort_window));
+                let ready = if open { merger.ready(horizon) } else { merger.drain() };
+                let lost = dropped.swap(0, Ordering::Relaxed);
+                if lost > 0 && tx.send(Ok(lost_in_queue(lost))).await.is_err() {
+                    return;
+                }
+                for r in ready {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     pub fn into_server(self: Arc<Self>) -> ObserverServer<RelayService> {
         ObserverServer::new(RelayService(self)).max_decoding_message_size(4 << 20)
     }
@@ -524,78 +606,7 @@ impl Observer for RelayService {
     type GetFlowsStream = ReceiverStream<Result<GetFlowsResponse, Status>>;
 
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let req = request.into_inner();
-        // Judge the filters here too: a bad one is the client's error,
-        // whichever nodes are up.
-        weir_proto::filter::FlowFilters::compile(&req.whitelist, &req.blacklist)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let relay = self.0.clone();
-        let limits = relay.limits.clone();
-        let (peer_tx, mut peer_rx) = mpsc::channel::<GetFlowsResponse>(limits.client_buffer);
-        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let peers = relay.peers();
-        let unavailable: Vec<String> = peers
-            .iter()
-            .filter(|p| p.state() != NodeState::NodeConnected)
-            .map(|p| p.name.clone())
-            .collect();
-        for peer in &peers {
-            tokio::spawn(pump(
-                peer.clone(),
-                req.clone(),
-                peer_tx.clone(),
-                dropped.clone(),
-                limits.clone(),
-            ));
-        }
-        drop(peer_tx);
-        let (tx, rx) = mpsc::channel(limits.client_buffer);
-        tokio::spawn(async move {
-            use std::sync::atomic::Ordering;
-            if !unavailable.is_empty() {
-                let msg = node_status(NodeState::NodeUnavailable, unavailable, "not connected".into());
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-            }
-            let mut merger = Merger::new(limits.client_buffer);
-            let mut tick = tokio::time::interval(limits.sort_window / 2);
-            let mut open = true;
-            while open {
-                tokio::select! {
-                    r = peer_rx.recv() => match r {
-                        Some(r) => {
-                            merger.push(r);
-                            // Whatever else is there, in one go.
-                            loop {
-                                match peer_rx.try_recv() {
-                                    Ok(r) => merger.push(r),
-                                    Err(mpsc::error::TryRecvError::Empty) => break,
-                                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                                        open = false;
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        None => open = false,
-                    },
-                    _ = tick.tick() => {}
-                    () = tx.closed() => return,
-                }
-                let horizon = timestamp_nanos(&to_timestamp(SystemTime::now() - limits.sort_window));
-                let ready = if open { merger.ready(horizon) } else { merger.drain() };
-                let lost = dropped.swap(0, Ordering::Relaxed);
-                if lost > 0 && tx.send(Ok(lost_in_queue(lost))).await.is_err() {
-                    return;
-                }
-                for r in ready {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        let rx = self.0.flows(request.into_inner())?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -56,6 +56,17 @@ struct Args {
     #[arg(long, env = "WEIR_RELAY_LISTEN")]
     listen: Option<std::net::SocketAddr>,
 
+    /// Serve the service map (a web page and its API) on this address;
+    /// off unless given. Plain HTTP: keep it on loopback (the lab does) or
+    /// reach it through `kubectl port-forward` (`weir ui`).
+    #[arg(long, env = "WEIR_RELAY_UI_LISTEN")]
+    ui_listen: Option<std::net::SocketAddr>,
+
+    /// With --ui-listen: write the address it is bound to here, once
+    /// serving (for port 0).
+    #[arg(long, env = "WEIR_RELAY_UI_ADDRESS_FILE", requires = "ui_listen")]
+    ui_address_file: Option<PathBuf>,
+
     /// --listen over TLS: the relay's certificate chain (PEM, its own
     /// first). Re-read when it changes, no restart.
     #[arg(long, env = "WEIR_RELAY_TLS_CERT")]
@@ -259,8 +270,32 @@ async fn main() -> anyhow::Result<()> {
         }),
         None => None,
     };
+    let ui = match args.ui_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--ui-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let relay = Relay::with_agent_tls(peers, Limits::default(), agent_tls);
     relay.spawn_health();
+    if let Some(listener) = ui {
+        let addr = listener.local_addr()?;
+        let router = weir_relay::ui::router(relay.clone(), weir_relay::ui::UiLimits::default());
+        tokio::spawn(async move {
+            if let Err(e) = weir_relay::ui::serve(listener, router).await {
+                tracing::error!(error = %e, "service map server stopped");
+            }
+        });
+        if let Some(path) = &args.ui_address_file {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{addr}\n"))
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        tracing::info!(url = %format!("http://{addr}/"), "service map");
+    }
     if args.discover {
         let client = weir_k8s::client(args.kubeconfig.as_deref()).await?;
         tokio::spawn(weir_relay::discover::follow_nodes(
