@@ -12,6 +12,7 @@ packages=(
   openssl                                         # certificates and keys of the test control plane
   libseccomp-dev pkg-config busybox-static        # the lab's real nodes: runc (built by tools.sh) with seccomp; busybox is the test image's shell
   netcat-openbsd bind9-dnsutils bash              # the agnhost image's tools, as upstream's (curl, nc, dig, ip, bash): Kubernetes' e2e tests exec them
+  chromium chromium-driver fonts-dejavu-core      # the service map's browser test (WebDriver) and the demo's screenshot
 )
 
 missing=()

@@ -31,6 +31,7 @@ mod signals;
 mod state;
 mod status;
 mod topology;
+mod ui;
 mod up;
 mod validate;
 
@@ -147,6 +148,12 @@ enum LabCommand {
         timeout: f64,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// The service map's URL (the relay serves it on loopback); with
+    /// --screenshot, also a PNG of it from headless Chromium.
+    Ui {
+        #[arg(long)]
+        screenshot: Option<PathBuf>,
     },
     /// Switch per-packet tracing on (or off) for a pod: every packet in and
     /// out becomes a flow (`weir lab observe --pod POD --type trace`).
@@ -312,6 +319,7 @@ pub fn run(args: LabArgs) -> Result<u8> {
             None => apply::scale(&lab, &target, &namespace, i32::from(replicas), grace.duration()).map(|()| 0),
         },
         LabCommand::Status { output } => status::status(&lab, output).map(|()| 0),
+        LabCommand::Ui { screenshot } => ui::ui(&lab.dir, screenshot.as_deref()).map(|()| 0),
         LabCommand::Get {
             kind,
             name,

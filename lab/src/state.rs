@@ -114,6 +114,16 @@ impl LabDir {
     pub fn relay_socket(&self) -> PathBuf {
         self.root.join("run").join("relay.sock")
     }
+    /// Where the relay writes the address of its service map page.
+    pub fn ui_address_file(&self) -> PathBuf {
+        self.root.join("run").join("ui.addr")
+    }
+    /// The service map's URL, once the relay serves it (in the control
+    /// plane's netns on real API server labs).
+    pub fn ui_url(&self) -> Option<String> {
+        let addr = std::fs::read_to_string(self.ui_address_file()).ok()?;
+        Some(format!("http://{}/", addr.trim()))
+    }
     /// The entries this tool creates inside the lab dir (and so may remove).
     pub fn owned_entries(&self) -> Vec<PathBuf> {
         [

@@ -81,6 +81,10 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
             true => "in-cluster: weir lab kubectl -- -n kube-system port-forward service/weir-relay 4245:80".to_owned(),
             false => format!("unix://{}", lab.dir.relay_socket().display()),
         },
+        "serviceMap": lab.dir.ui_url().map(|u| match &state.kube {
+            Some(k) => format!("netns {}: {u}", k.netns),
+            None => u,
+        }),
         "metrics": state.nodes.iter().map(|(n, ns)| (n.clone(), json!(format!("netns {}: http://127.0.0.1:9962/metrics", ns.netns)))).collect::<serde_json::Map<_, _>>(),
         "kubeconfig": state.kube.as_ref().map(|k| json!({"path": k.admin_kubeconfig, "netns": k.netns})),
     });
@@ -146,6 +150,9 @@ fn print_table(doc: &Value) {
         "  relay:      {} (weir lab observe, weir observe --server)",
         s(&access["relay"])
     );
+    if !access["serviceMap"].is_null() {
+        println!("  map:        {} (weir lab ui)", s(&access["serviceMap"]));
+    }
     for (node, at) in access["metrics"].as_object().into_iter().flatten() {
         println!("  metrics {node}: {}", s(at));
     }

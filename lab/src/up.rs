@@ -586,6 +586,12 @@ fn start_relay(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Re
         }
     };
     cmd.arg("--socket").arg(lab.dir.relay_socket());
+    // The service map, on loopback: a free port, told back in a file.
+    let _ = std::fs::remove_file(lab.dir.ui_address_file());
+    cmd.arg("--ui-listen")
+        .arg("127.0.0.1:0")
+        .arg("--ui-address-file")
+        .arg(lab.dir.ui_address_file());
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -596,13 +602,19 @@ fn start_relay(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Re
     state.servers.push(procs::record(child.id(), "weir-relay".to_owned()));
     lab.dir.save(state)?;
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !lab.dir.relay_socket().exists() {
+    while !lab.dir.relay_socket().exists() || !lab.dir.ui_address_file().exists() {
         if Instant::now() > deadline {
             bail!("weir-relay did not come up; {}", log_path.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("relay: {} (weir lab observe)", lab.dir.relay_socket().display());
+    if let Some(url) = lab.dir.ui_url() {
+        match &state.kube {
+            Some(kube) => println!("service map: {url} (in netns {})", kube.netns),
+            None => println!("service map: {url} (weir lab ui)"),
+        }
+    }
     Ok(())
 }
 

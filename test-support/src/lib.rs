@@ -4,6 +4,7 @@
 //! workspace's binaries ([`bin`]), and Ethernet/IPv4/L4 frames with valid
 //! checksums for BPF_PROG_TEST_RUN ([`packet`]).
 
+pub mod browser;
 pub mod kube;
 pub mod netns;
 pub mod packet;

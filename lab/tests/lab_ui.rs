@@ -1,0 +1,152 @@
+//! The service map in a real browser: the two-node demo lab with its
+//! policy, real traffic, and headless Chromium (Debian's, driven over
+//! WebDriver) on the page the relay serves. The map shows the demo's
+//! workloads and edges, the intruder's denied edge names the policy,
+//! clicking it shows the drop in the flow table, and the copied
+//! `weir observe` command selects the same drop. Needs root, the
+//! workspace built, and chromium + chromium-driver (CI=true fails
+//! without them).
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+mod support;
+use support::{cluster_ip, demo_lab, privileged, show};
+use weir_test_support::browser::Browser;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The page's text of an element, if it is there.
+fn text_of(b: &Browser, css: &str) -> Option<String> {
+    b.eval(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+        json!([css]),
+    )
+    .as_str()
+    .map(str::to_owned)
+}
+
+#[test]
+fn the_service_map_shows_the_demo_and_the_denied_edge_names_its_policy() {
+    if !privileged() {
+        return;
+    }
+    let Some(browser) = Browser::start(1600, 1000) else {
+        return;
+    };
+    let lab = demo_lab("ui", "172.31.245.0/24");
+    lab.ok(&["apply", &format!("{}/demo/policy.yaml", env!("CARGO_MANIFEST_DIR"))]);
+    let vip = cluster_ip(&lab, "svc-demo/web");
+    let target = format!("{vip}:80/tcp");
+    // The client reaches web until the policy is in place everywhere; the
+    // intruder is refused.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !lab
+        .cmd(&["probe", "svc-demo/client", &target, "--timeout", "1"])
+        .status
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "the client never reached web");
+    }
+    for _ in 0..3 {
+        lab.ok(&["probe", "svc-demo/client", &target, "--timeout", "1"]);
+        let out = lab.cmd(&["probe", "svc-demo/intruder", &target, "--timeout", "1"]);
+        assert!(!out.status.success(), "the intruder reached web: {}", show(&out));
+    }
+
+    let status = lab.json(&["status"]);
+    let url = status["access"]["serviceMap"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no service map in lab status: {status}"))
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "the map is on loopback: {url}");
+    browser.goto(&url);
+
+    // The workloads: web (a Deployment), the client and the intruder (pods
+    // named by their app label), and the edges between them.
+    for node in ["svc-demo/web", "svc-demo/client", "svc-demo/intruder"] {
+        browser.wait(&format!("node {node} on the map"), WAIT, |b| {
+            b.find(&format!(r#"g.node[data-id="{node}"]"#))
+        });
+    }
+    // The client's calls: answered connections, with the handshake's
+    // latency on the edge (rates fade after 10 s; the totals stay).
+    let ok_edge = r#"g.edge.ok[data-id="svc-demo/client>svc-demo/web"]"#;
+    let title = browser.wait("the client's answered connections to web", WAIT, |b| {
+        text_of(b, &format!("{ok_edge} title")).filter(|t| !t.contains(" 0 answered") && t.contains("answered"))
+    });
+    let label = text_of(&browser, &format!("{ok_edge} text")).unwrap_or_default();
+    assert!(
+        label.contains("p50") && label.contains("ms"),
+        "handshake latency on the edge: {label} ({title})"
+    );
+    let denied = r#"g.edge.denied[data-id="svc-demo/intruder>svc-demo/web"]"#;
+    let said = browser.wait("the intruder's denied edge", WAIT, |b| {
+        text_of(b, &format!("{denied} text"))
+    });
+    assert!(
+        said.contains("denied by") && said.contains("web-from-client") && said.contains("policy_denied"),
+        "the denied edge names the policy and the reason: {said}"
+    );
+    assert!(
+        browser
+            .find(r#"g.edge.ok[data-id="svc-demo/intruder>svc-demo/web"]"#)
+            .is_none(),
+        "nothing of the intruder's was forwarded"
+    );
+
+    // Click the denied edge (its label: a real pointer click on the page):
+    // the flow table shows the drop, live.
+    browser
+        .find(&format!("{denied} text"))
+        .expect("the denied edge")
+        .click();
+    let row = browser.wait("the drop in the flow table", WAIT, |b| {
+        b.find(r#"#flows tr.flow[data-verdict="DROPPED"][data-source="svc-demo/intruder"]"#)
+    });
+    let row_text = row.text();
+    assert!(row_text.contains("policy_denied"), "the row says why: {row_text}");
+    let command = browser.find("#command").expect("the command").text();
+    assert!(
+        command.starts_with("weir observe --from-namespace svc-demo --from-label app=intruder"),
+        "{command}"
+    );
+    let flags: Vec<(String, String)> = serde_json::from_str(
+        browser
+            .eval("return document.getElementById('command').dataset.flags;", json!([]))
+            .as_str()
+            .expect("the command's flags"),
+    )
+    .expect("flags as JSON");
+
+    // The same flags through `weir observe` against the relay: the same drop.
+    let relay = format!("unix://{}", lab.dir.join("run/relay.sock").display());
+    let mut cmd = Command::new(weir_test_support::bin("weir"));
+    cmd.args(["observe", "--server", &relay, "-o", "json", "--last", "100"]);
+    for (f, v) in &flags {
+        cmd.arg(format!("--{f}")).arg(v);
+    }
+    let out = cmd.output().expect("running weir observe");
+    assert!(out.status.success(), "{}", show(&out));
+    let flows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!flows.is_empty(), "weir observe {flags:?} found nothing");
+    for f in &flows {
+        let f = f.get("flow").unwrap_or(f);
+        assert_eq!(f["verdict"], "DROPPED", "{f}");
+        assert_eq!(f["source"]["pod_name"], "intruder", "{f}");
+    }
+
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let shot = std::env::var_os("WEIR_SCREENSHOT").map_or_else(
+        || std::env::temp_dir().join(format!("weir-service-map-{}.png", std::process::id())),
+        std::path::PathBuf::from,
+    );
+    std::fs::write(&shot, &png).expect("writing the screenshot");
+    eprintln!("screenshot: {}", shot.display());
+}
