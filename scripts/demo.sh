@@ -87,6 +87,9 @@ echo "-- the same drop through the stock hubble CLI:"
 echo "-- who reaches whom (every pod of svc-demo to every pod, port 80):"
 "$weir" lab matrix -n svc-demo --port 80/tcp
 
+step "the service map: every workload and edge with its traffic, latency, drops and deciding policy, live (weir lab ui; the relay serves it on loopback)"
+"$weir" lab ui --screenshot "${WEIR_DEMO_SCREENSHOT:-/tmp/weir-service-map.png}"
+
 client_node=$("$weir" lab get pod svc-demo/client -o json | awk -F'"' '/"nodeName"/ {print $4; exit}')
 step "Prometheus metrics of $client_node's agent, the client's node (http://127.0.0.1:9962/metrics in the node's netns)"
 node_ns="$(awk '/^name:/ {print $2; exit}' "$topology")-$client_node"

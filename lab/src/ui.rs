@@ -36,9 +36,11 @@ pub fn ui(dir: &LabDir, screenshot: Option<&Path>) -> Result<()> {
             .args(CHROMIUM_FLAGS)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("--window-size=1600,1000")
-            // The page draws from its first map (fetched at load) and
-            // then once a second: two seconds of page time see both.
-            .arg("--virtual-time-budget=2500")
+            // The page draws its first map as it loads, then one a
+            // second; its streams never end, so no virtual time budget
+            // (it would wait for them): the shot is taken when loading
+            // stops, at the latest after this.
+            .arg("--timeout=3000")
             .arg(format!("--screenshot={}", path.display()))
             .arg(&url)
             .output()

@@ -99,16 +99,17 @@ fn the_service_map_shows_the_demo_and_the_denied_edge_names_its_policy() {
 
     // Click the denied edge (its label: a real pointer click on the page):
     // the flow table shows the drop, live.
-    browser
-        .find(&format!("{denied} text"))
-        .expect("the denied edge")
-        .click();
-    let row = browser.wait("the drop in the flow table", WAIT, |b| {
-        b.find(r#"#flows tr.flow[data-verdict="DROPPED"][data-source="svc-demo/intruder"]"#)
+    // The map redraws when traffic changes it: find and click again if
+    // the element was replaced in between.
+    browser.wait("a click on the denied edge", WAIT, |b| {
+        b.find(&format!("{denied} text")).and_then(|e| e.click().ok())
     });
-    let row_text = row.text();
+    let row_text = browser.wait("the drop in the flow table", WAIT, |b| {
+        b.find(r#"#flows tr.flow[data-verdict="DROPPED"][data-source="svc-demo/intruder"]"#)
+            .and_then(|r| r.text().ok())
+    });
     assert!(row_text.contains("policy_denied"), "the row says why: {row_text}");
-    let command = browser.find("#command").expect("the command").text();
+    let command = text_of(&browser, "#command").expect("the command");
     assert!(
         command.starts_with("weir observe --from-namespace svc-demo --from-label app=intruder"),
         "{command}"

@@ -108,7 +108,51 @@ function curve(a, b, bend) {
   const len = Math.hypot(q.x - p.x, q.y - p.y) || 1;
   const nx = -(q.y - p.y) / len, ny = (q.x - p.x) / len;
   const cx = mx + nx * bend, cy = my + ny * bend;
-  return { d: `M${p.x},${p.y} Q${cx},${cy} ${q.x},${q.y}`, mx: (p.x + 2 * cx + q.x) / 4, my: (p.y + 2 * cy + q.y) / 4 };
+  return { d: `M${p.x},${p.y} Q${cx},${cy} ${q.x},${q.y}`, mx: (p.x + 2 * cx + q.x) / 4, my: (p.y + 2 * cy + q.y) / 4, p, q, cx, cy };
+}
+
+// Whether a curve passes over a node other than its ends.
+function blocked(c, nodes, pos, ends) {
+  for (let i = 1; i < 12; i++) {
+    const t = i / 12, u = 1 - t;
+    const x = u * u * c.p.x + 2 * u * t * c.cx + t * t * c.q.x, y = u * u * c.p.y + 2 * u * t * c.cy + t * t * c.q.y;
+    for (const n of nodes) {
+      if (ends.has(n.id)) continue;
+      const o = pos.get(n.id);
+      if (Math.abs(x - o.x) < NODE_W / 2 + 6 && Math.abs(y - o.y) < NODE_H / 2 + 6) return true;
+    }
+  }
+  return false;
+}
+
+// The bend that keeps an edge off the nodes between its ends: straight if
+// it can be, else the gentlest arc either way that clears them.
+function route(a, b, ids, nodes, pos) {
+  if (a === b) return 0;
+  const len = Math.hypot(b.x - a.x, b.y - a.y);
+  for (const f of [0, 0.25, -0.25, 0.45, -0.45, 0.7, -0.7]) {
+    if (!blocked(curve(a, b, f * len), nodes, pos, ids)) return f * len;
+  }
+  return 0.25 * len;
+}
+
+// Where along a curve its label sits: the middle, unless that is over a
+// node (then the nearest clear spot).
+function labelAt(c, nodes, pos, placed) {
+  if (!c.p) return { x: c.mx, y: c.my };
+  for (const t of [0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.1, 0.9]) {
+    const u = 1 - t;
+    const x = u * u * c.p.x + 2 * u * t * c.cx + t * t * c.q.x, y = u * u * c.p.y + 2 * u * t * c.cy + t * t * c.q.y;
+    const clear = nodes.every((n) => {
+      const o = pos.get(n.id);
+      return Math.abs(x - o.x) > NODE_W / 2 + 70 || Math.abs(y - o.y) > NODE_H / 2 + 16;
+    }) && placed.every((l) => Math.abs(x - l.x) > 150 || Math.abs(y - l.y) > 26);
+    if (clear) {
+      placed.push({ x, y });
+      return { x, y };
+    }
+  }
+  return { x: c.mx, y: c.my };
 }
 
 // Two short lines: what it carries, and how fast or why refused.
@@ -127,6 +171,7 @@ function edgeLabel(e, kind) {
 
 function labelSvg(x, y, lines) {
   const shown = lines.filter((l) => l);
+  x = Math.max(x, 150);  // long labels near the left edge stay on the page
   return `<text x="${x}" y="${y - 4 - (shown.length - 1) * 6}" text-anchor="middle">` +
     shown.map((l, i) => `<tspan x="${x}" dy="${i ? 12 : 0}">${esc(l.length > 56 ? l.slice(0, 55) + "…" : l)}</tspan>`).join("") + "</text>";
 }
@@ -159,7 +204,7 @@ function render() {
     `<rect class="ns-box" x="${b.x}" y="${b.y}" width="${b.w}" height="${b.h}" rx="8"/>` +
     `<text class="ns-label" x="${b.x + 10}" y="${b.y + 17}">${esc(b.name === OUTSIDE ? "outside the namespaces" : "namespace " + b.name)}</text>`).join("");
   const labels = edges.length <= 200;
-  const parts = [];
+  const parts = [], placed = [];
   for (const e of edges) {
     const a = L.pos.get(e.from), b = L.pos.get(e.to);
     if (!a || !b) continue;
@@ -170,14 +215,16 @@ function render() {
     if (e.answered || (e.forwarded > e.audited && !e.dropped) || (!e.dropped && !e.audited)) kinds.push("ok");
     if (e.audited) kinds.push("audit");
     if (e.dropped) kinds.push("denied");
+    const base = route(a, b, new Set([e.from, e.to]), nodes, L.pos);
     kinds.forEach((kind, i) => {
       // Denied and audited traffic bends away from what was forwarded.
-      const bend = kinds.length === 1 ? 0 : (i - (kinds.length - 1) / 2) * 40;
+      const bend = base + (kinds.length === 1 ? 0 : (i - (kinds.length - 1) / 2) * 40);
       const c = curve(a, b, bend);
       const idle = kind === "ok" && !e.connections_per_s && !e.bytes_per_s && !e.reply_bytes_per_s;
       const cls = `edge ${kind}${idle ? " idle" : ""}${state.selected && state.selected.edge === e.id && state.selected.kind === kind ? " selected" : ""}`;
       const marker = kind === "ok" ? "arrow" : `arrow-${kind}`;
-      const text = labels || kind !== "ok" ? labelSvg(c.mx, c.my, edgeLabel(e, kind)) : "";
+      const at = labels || kind !== "ok" ? labelAt(c, nodes, L.pos, placed) : null;
+      const text = at ? labelSvg(at.x, at.y, edgeLabel(e, kind)) : "";
       parts.push(`<g class="${cls}" data-id="${esc(e.id)}" data-kind="${kind}"><title>${esc(edgeTitle(e))}</title>` +
         `<path class="hit" d="${c.d}"/><path class="line" d="${c.d}" marker-end="url(#${marker})"/>${text}</g>`);
     });
@@ -191,9 +238,15 @@ function render() {
       `<title>${esc(n.id)}</title><rect width="${NODE_W}" height="${NODE_H}"/>` +
       `<text x="8" y="17">${esc(name)}</text><text class="kind" x="8" y="31">${esc(n.kind)}</text></g>`;
   }).join("");
-  $("status").textContent = `${nodes.length} nodes · ${edges.length} edges · ${map.flows_seen} flows seen · updated ${new Date(map.at * 1000).toLocaleTimeString()}`;
+  state.shown = { nodes: nodes.length, edges: edges.length };
+  showStatus();
   renderNamespaces(map.namespaces);
   if (state.selected) renderFacts();
+}
+
+function showStatus() {
+  const m = state.map, n = state.shown || { nodes: 0, edges: 0 };
+  $("status").textContent = `${n.nodes} nodes · ${n.edges} edges · ${m.flows_seen} flows seen · updated ${new Date(m.at * 1000).toLocaleTimeString()}`;
 }
 
 function renderNamespaces(all) {
@@ -295,7 +348,15 @@ function addRow(f) {
   while (body.rows.length > 500) body.deleteRow(body.rows.length - 1);
 }
 
-function receive(map) {
+function receive(map, raw) {
+  // The same map as a second ago (no traffic): nothing to redraw.
+  const body = raw ? raw.replace(/^\{"at":\d+,/, "") : null;
+  if (body && state.map && state.raw === body) {
+    state.map.at = map.at;
+    showStatus();
+    return;
+  }
+  state.raw = body;
   map.byId = new Map(map.nodes.map((n) => [n.id, n]));
   map.edgeById = new Map(map.edges.map((e) => [e.id, e]));
   state.map = map;
@@ -345,6 +406,6 @@ fetch("api/map").then((r) => r.json()).then(receive).catch(() => {});
 const maps = new EventSource("api/map/events");
 maps.addEventListener("map", (ev) => {
   const map = JSON.parse(ev.data);
-  if (map.nodes) receive(map);
+  if (map.nodes) receive(map, ev.data);
 });
 maps.onerror = () => { $("status").textContent = "relay not answering; retrying…"; };

@@ -99,6 +99,11 @@ impl Browser {
 
     /// One WebDriver command: its `value`, or a panic with the error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// One WebDriver command: its `value`, or the browser's error.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to chromedriver");
         s.set_read_timeout(Some(Duration::from_secs(60)))
@@ -142,9 +147,9 @@ impl Browser {
             serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {payload}"));
         let value = v["value"].clone();
         if let Some(err) = value.get("error") {
-            panic!("{method} {path}: {err}: {}", value["message"]);
+            return Err(format!("{method} {path}: {err}: {}", value["message"]));
         }
-        value
+        Ok(value)
     }
 
     fn at(&self, rest: &str) -> String {
@@ -198,18 +203,19 @@ impl Browser {
 }
 
 impl Element<'_> {
-    /// A real click (WebDriver moves the pointer to the element's centre).
-    pub fn click(&self) {
+    /// A real click (WebDriver moves the pointer to the element's
+    /// centre), or why not: a page that redraws may have replaced the
+    /// element (a stale reference), so callers find and click again.
+    pub fn click(&self) -> Result<(), String> {
         let b = self.browser;
-        b.call("POST", &b.at(&format!("/element/{}/click", self.id)), Some(json!({})));
+        b.try_call("POST", &b.at(&format!("/element/{}/click", self.id)), Some(json!({})))
+            .map(|_| ())
     }
 
-    pub fn text(&self) -> String {
+    pub fn text(&self) -> Result<String, String> {
         let b = self.browser;
-        b.call("GET", &b.at(&format!("/element/{}/text", self.id)), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        b.try_call("GET", &b.at(&format!("/element/{}/text", self.id)), None)
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
     }
 }
 
