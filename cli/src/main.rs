@@ -5,6 +5,7 @@
 
 mod cluster;
 mod observe;
+mod ui;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -28,6 +29,9 @@ enum Command_ {
     /// The Observer API's state: nodes connected, flows seen, lost events;
     /// with --kubeconfig, weir's health in a cluster (exit 1 when not ready).
     Status(StatusArgs),
+    /// The service map of a cluster in the browser: forwards a local port
+    /// to the relay's map (kubectl port-forward) and prints its URL.
+    Ui(ui::UiArgs),
     /// A local cluster built from network namespaces (runs `weir-lab`; `weir lab --help` for its commands).
     #[command(disable_help_flag = true)]
     Lab {
@@ -101,6 +105,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command_::Status(args) => runtime()?.block_on(observe::status(args.server)),
+        Command_::Ui(args) => ui::ui(args),
         // `weir lab observe`: the lab's relay, without flags.
         Command_::Lab { args } if args.first().is_some_and(|a| a == "observe") => {
             #[derive(Parser)]

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use support::{Lab, REAL_NODES_WORKLOAD, pods_in, privileged, show};
 
 /// Each test runs two kubelets, two containerd and a control plane: one
@@ -284,6 +285,71 @@ impl Drop for PortForward {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// `weir ui` on a node (kubectl port-forward to the relay pod's loopback,
+/// where relay.ui.enabled serves the map): the map it opens holds the
+/// workload's pods talking.
+fn service_map_through_weir_ui(lab: &Lab, node: &str) {
+    use std::io::BufRead;
+    let kubectl = weir_test_support::tool("kubectl").expect("kubectl is built by scripts/tools.sh");
+    let path = format!(
+        "{}:{}",
+        kubectl.parent().expect("tools dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let netns = format!("--net=/var/run/netns/{}-{node}", lab.name);
+    let mut child = Command::new("nsenter")
+        .arg(&netns)
+        .arg("--")
+        .arg(weir_test_support::bin("weir"))
+        .arg("ui")
+        .arg(format!(
+            "--kubeconfig={}",
+            lab.dir.join("kube/admin.kubeconfig").display()
+        ))
+        .args(["--port", "0"])
+        .env("PATH", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weir ui");
+    let stdout = child.stdout.take().expect("weir ui's output");
+    let _ui = PortForward(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reading weir ui");
+    let url = line
+        .strip_prefix("service map: ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("weir ui said {line:?}"))
+        .to_owned();
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new("nsenter")
+            .arg(&netns)
+            .args(["--", "curl", "-s", "--max-time", "5"])
+            .arg(format!("{url}api/map"))
+            .output()
+            .expect("curl");
+        let map: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let workloads: Vec<&str> = map["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["id"].as_str())
+            .collect();
+        if workloads.iter().any(|id| id.starts_with("rn/")) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the map through weir ui has no workload of rn: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -643,6 +709,7 @@ fn helm_install_installs_weir_on_bare_nodes() {
         "--set=k8sServiceHost=172.31.254.11",
         "--set=k8sServicePort=6443",
         "--set=relay.tls.enabled=true",
+        "--set=relay.ui.enabled=true",
     ]);
     wait_installed(&lab);
     // The relay asked over TLS (relay.tls.enabled), through a port-forward.
@@ -653,6 +720,7 @@ fn helm_install_installs_weir_on_bare_nodes() {
     let (relay, pf) = hubble_through_the_relay(&lab, "ih-a", Some(&ca));
     policy_drop_seen_through_the_relay(&lab, "ih-a", &relay);
     drop(pf);
+    service_map_through_weir_ui(&lab, "ih-a");
     helm(&[
         "uninstall",
         "weir",
