@@ -32,6 +32,7 @@ pub mod weir {
 }
 
 pub mod client;
+pub mod connections;
 pub mod filter;
 pub mod flags;
 pub mod server;

@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::Serialize;
+use weir_proto::connections::Connections;
 use weir_proto::flow::{Endpoint, Flow, Verdict};
-use weir_proto::weir::flow::v1::FlowDetails;
 
 /// Rates are sums over this many seconds, divided by it.
 pub const RATE_WINDOW_SECS: i64 = 10;
@@ -142,33 +142,13 @@ impl EdgeState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ConnKey {
-    client: (u32, u16),
-    server: (u32, u16),
-    proto: u8,
-}
-
-#[derive(Debug, Default)]
-struct ConnState {
-    bytes: u64,
-    reply_bytes: u64,
-    handshake: bool,
-    answered: bool,
-    ended: bool,
-    last: i64,
-}
-
-/// How long an ended connection is remembered (seconds).
-const ENDED_KEPT_SECS: i64 = 30;
-
 /// The map, folded one flow at a time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceMap {
     limits: MapLimits,
     nodes: HashMap<String, MapNode>,
     edges: HashMap<(String, String), EdgeState>,
-    connections: HashMap<ConnKey, ConnState>,
+    connections: Connections,
     flows_seen: u64,
     evicted: u64,
     latest: i64,
@@ -177,8 +157,13 @@ pub struct ServiceMap {
 impl ServiceMap {
     pub fn new(limits: MapLimits) -> Self {
         Self {
+            connections: Connections::new(limits.max_connections),
             limits,
-            ..Default::default()
+            nodes: HashMap::new(),
+            edges: HashMap::new(),
+            flows_seen: 0,
+            evicted: 0,
+            latest: 0,
         }
     }
 
@@ -200,11 +185,6 @@ impl ServiceMap {
             self.nodes.entry(n.id.clone()).or_insert(n);
         }
         let details = f.weir.clone().unwrap_or_default();
-        let conn = conn_key(f, reply);
-        let known = conn.is_some_and(|c| self.connections.contains_key(&c));
-        if conn.is_some() && !known && self.connections.len() >= self.limits.max_connections {
-            self.evict_connections();
-        }
         let mut fresh = Bucket {
             sec,
             ..Default::default()
@@ -263,17 +243,21 @@ impl ServiceMap {
             }
             _ => e.forwarded += 1,
         }
-        if let Some(conn) = conn {
-            Self::count_connection(
-                &mut self.connections,
-                conn,
-                known,
-                reply,
-                f.verdict,
-                &details,
-                &mut fresh,
-                state,
-            );
+        if let Some(c) = self.connections.observe(f) {
+            let e = &mut state.edge;
+            e.connections += u64::from(c.opened);
+            e.answered += u64::from(c.answered);
+            e.bytes += c.bytes;
+            e.reply_bytes += c.reply_bytes;
+            fresh.connections = u64::from(c.opened);
+            fresh.bytes = c.bytes;
+            fresh.reply_bytes = c.reply_bytes;
+            if let Some(ns) = c.handshake_ns {
+                if state.handshakes.len() == LATENCY_SAMPLES {
+                    state.handshakes.pop_front();
+                }
+                state.handshakes.push_back(ns);
+            }
         }
         let b = state.bucket(sec);
         b.connections += fresh.connections;
@@ -283,69 +267,6 @@ impl ServiceMap {
         if self.edges.len() > self.limits.max_edges {
             self.evict_edges(self.edges.len() - self.limits.max_edges);
         }
-    }
-
-    /// A connection's new bytes and its handshake, counted once whichever
-    /// nodes report it.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one flow's parts, split for the borrow of the edge"
-    )]
-    fn count_connection(
-        connections: &mut HashMap<ConnKey, ConnState>,
-        conn: ConnKey,
-        known: bool,
-        reply: bool,
-        verdict: i32,
-        details: &FlowDetails,
-        fresh: &mut Bucket,
-        state: &mut EdgeState,
-    ) {
-        let e = &mut state.edge;
-        let c = connections.entry(conn).or_default();
-        c.last = fresh.sec;
-        if !known && !reply && details.event == "flow-start" && verdict != Verdict::Dropped as i32 {
-            e.connections += 1;
-            fresh.connections = 1;
-        }
-        if reply && !c.answered && verdict != Verdict::Dropped as i32 {
-            c.answered = true;
-            e.answered += 1;
-        }
-        let (bytes, reply_bytes) = match reply {
-            false => (details.bytes, details.reply_bytes),
-            true => (details.reply_bytes, details.bytes),
-        };
-        if bytes > c.bytes {
-            fresh.bytes = bytes - c.bytes;
-            c.bytes = bytes;
-        }
-        if reply_bytes > c.reply_bytes {
-            fresh.reply_bytes = reply_bytes - c.reply_bytes;
-            c.reply_bytes = reply_bytes;
-        }
-        e.bytes += fresh.bytes;
-        e.reply_bytes += fresh.reply_bytes;
-        if details.handshake_ns > 0 && !c.handshake {
-            c.handshake = true;
-            if state.handshakes.len() == LATENCY_SAMPLES {
-                state.handshakes.pop_front();
-            }
-            state.handshakes.push_back(details.handshake_ns);
-        }
-        // Kept a little after its end: the other node's end is still to
-        // come, and must not count as a new connection.
-        c.ended |= details.event == "end";
-    }
-
-    fn evict_connections(&mut self) {
-        // The older half goes: one pass per many inserts.
-        let mut ages: Vec<i64> = self.connections.values().map(|c| c.last).collect();
-        let mid = ages.len() / 2;
-        let cutoff = *ages.select_nth_unstable(mid).1;
-        let before = self.connections.len();
-        self.connections.retain(|_, c| c.last > cutoff);
-        self.evicted += (before - self.connections.len()) as u64;
     }
 
     fn evict_edges(&mut self, n: usize) {
@@ -369,8 +290,7 @@ impl ServiceMap {
     pub fn expire(&mut self, now: i64) {
         let idle = self.limits.idle_secs;
         self.edges.retain(|_, s| now - s.edge.last_seen <= idle);
-        self.connections
-            .retain(|_, c| now - c.last <= if c.ended { ENDED_KEPT_SECS } else { idle });
+        self.connections.expire(now, idle);
         self.drop_lonely_nodes();
     }
 
@@ -427,7 +347,7 @@ impl ServiceMap {
             edges,
             namespaces: namespaces.into_iter().collect(),
             flows_seen: self.flows_seen,
-            evicted: self.evicted,
+            evicted: self.evicted + self.connections.evicted,
         }
     }
 
@@ -539,31 +459,12 @@ fn server_port(f: &Flow) -> Option<String> {
     })
 }
 
-/// A connection as both nodes name it: client and server address and
-/// port, whatever the flow's direction.
-fn conn_key(f: &Flow, reply: bool) -> Option<ConnKey> {
-    use weir_proto::flow::layer4::Protocol;
-    let ip = f.ip.as_ref()?;
-    let src: std::net::Ipv4Addr = ip.source.parse().ok()?;
-    let dst: std::net::Ipv4Addr = ip.destination.parse().ok()?;
-    let (proto, sp, dp) = match f.l4.as_ref()?.protocol.as_ref()? {
-        Protocol::Tcp(t) => (6, t.source_port, t.destination_port),
-        Protocol::Udp(u) => (17, u.source_port, u.destination_port),
-        Protocol::Sctp(s) => (132, s.source_port, s.destination_port),
-        Protocol::IcmPv4(_) => (1, 0, 0),
-        _ => return None,
-    };
-    let a = (u32::from(src), sp as u16);
-    let b = (u32::from(dst), dp as u16);
-    let (client, server) = if reply { (b, a) } else { (a, b) };
-    Some(ConnKey { client, server, proto })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use weir_proto::flow::layer4::Protocol;
     use weir_proto::flow::{Ip, Layer4, Policy, Service, Tcp, Workload};
+    use weir_proto::weir::flow::v1::FlowDetails;
 
     fn pod(ns: &str, name: &str, app: &str, ip_workload: Option<&str>) -> Endpoint {
         Endpoint {
