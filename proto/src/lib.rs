@@ -41,6 +41,7 @@ pub mod socket;
 pub mod testing;
 pub mod time;
 pub mod tls;
+pub mod workload;
 
 /// The encoded `FileDescriptorSet` of every package, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/observer_descriptor.bin"));

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use serde::Serialize;
 use weir_proto::connections::Connections;
 use weir_proto::flow::{Endpoint, Flow, Verdict};
+use weir_proto::workload::WorkloadRef;
 
 /// Rates are sums over this many seconds, divided by it.
 pub const RATE_WINDOW_SECS: i64 = 10;
@@ -370,81 +371,16 @@ fn percentile(sorted_ns: &[u64], p: usize) -> Option<f64> {
     Some(sorted_ns[i] as f64 / 1e6)
 }
 
-/// The label users name their apps by, when a pod has no controller.
-const APP_LABELS: [&str; 3] = ["app.kubernetes.io/name", "app", "k8s-app"];
-
 /// The node of the map an endpoint belongs to.
 pub fn map_node(e: &Endpoint, observer: &str) -> MapNode {
-    let reserved = e.labels.iter().find_map(|l| l.strip_prefix("reserved:"));
-    if e.pod_name.is_empty() || reserved.is_some() {
-        let (id, kind, select) = match reserved {
-            Some("world") => ("world".to_owned(), "world", vec![sel("label", "reserved:world")]),
-            Some("host") => (
-                format!("node:{observer}"),
-                "host",
-                vec![sel("label", "reserved:host"), sel("node-name", observer)],
-            ),
-            Some("remote-node") => (
-                "remote-node".to_owned(),
-                "remote-node",
-                vec![sel("label", "reserved:remote-node")],
-            ),
-            Some(other) => (
-                format!("reserved:{other}"),
-                "unknown",
-                vec![sel("label", &format!("reserved:{other}"))],
-            ),
-            None => (
-                "unknown".to_owned(),
-                "unknown",
-                vec![sel("identity", &e.identity.to_string())],
-            ),
-        };
-        let name = match kind {
-            "host" => observer.to_owned(),
-            _ => id.clone(),
-        };
-        return MapNode {
-            id,
-            kind,
-            namespace: String::new(),
-            name,
-            select,
-        };
-    }
-    let ns = &e.namespace;
-    let (kind, name, mut select) = if let Some(w) = e.workloads.first() {
-        ("workload", w.name.clone(), vec![sel("workload", &w.name)])
-    } else if let Some((key, value)) = APP_LABELS.iter().find_map(|k| {
-        let prefix = format!("k8s:{k}=");
-        e.labels.iter().find_map(|l| l.strip_prefix(&prefix)).map(|v| (*k, v))
-    }) {
-        (
-            "workload",
-            value.to_owned(),
-            vec![sel("label", &format!("{key}={value}"))],
-        )
-    } else {
-        (
-            "pod",
-            e.pod_name.clone(),
-            vec![sel("pod", &format!("{ns}/{}", e.pod_name))],
-        )
-    };
-    if kind != "pod" {
-        select.insert(0, sel("namespace", ns));
-    }
+    let w = WorkloadRef::of(e, observer);
     MapNode {
-        id: format!("{ns}/{name}"),
-        kind,
-        namespace: ns.clone(),
-        name,
-        select,
+        id: w.id,
+        kind: w.kind,
+        namespace: w.namespace,
+        name: w.name,
+        select: w.select,
     }
-}
-
-fn sel(flag: &str, value: &str) -> (String, String) {
-    (flag.to_owned(), value.to_owned())
 }
 
 fn server_port(f: &Flow) -> Option<String> {
@@ -465,6 +401,10 @@ mod tests {
     use weir_proto::flow::layer4::Protocol;
     use weir_proto::flow::{Ip, Layer4, Policy, Service, Tcp, Workload};
     use weir_proto::weir::flow::v1::FlowDetails;
+
+    fn sel(flag: &str, value: &str) -> (String, String) {
+        (flag.to_owned(), value.to_owned())
+    }
 
     fn pod(ns: &str, name: &str, app: &str, ip_workload: Option<&str>) -> Endpoint {
         Endpoint {
