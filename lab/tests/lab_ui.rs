@@ -142,6 +142,30 @@ fn the_service_map_shows_the_demo_and_the_denied_edge_names_its_policy() {
         assert_eq!(f["source"]["pod_name"], "intruder", "{f}");
     }
 
+    // The same traffic aggregated by `weir observe --aggregate-by`: the
+    // pairs the map draws, counted as it counts them.
+    let out = Command::new(weir_test_support::bin("weir"))
+        .args(["observe", "--server", &relay, "-o", "json"])
+        .args(["--aggregate-by", "source-workload,destination-workload,verdict"])
+        .output()
+        .expect("running weir observe --aggregate-by");
+    assert!(out.status.success(), "{}", show(&out));
+    let groups: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON group"))
+        .collect();
+    let group = |from: &str, to: &str, verdict: &str| {
+        groups
+            .iter()
+            .find(|g| g["source-workload"] == from && g["destination-workload"] == to && g["verdict"] == verdict)
+            .unwrap_or_else(|| panic!("no group {from} -> {to} {verdict} in {groups:?}"))
+    };
+    let denied = group("svc-demo/intruder", "svc-demo/web", "DROPPED");
+    assert!(denied["dropped"].as_u64() >= Some(3), "{denied}");
+    let served = group("svc-demo/client", "svc-demo/web", "FORWARDED");
+    assert!(served["answered"].as_u64() >= Some(3), "{served}");
+    assert!(served["reply_bytes"].as_u64() > Some(0), "{served}");
+
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     let shot = std::env::var_os("WEIR_SCREENSHOT").map_or_else(

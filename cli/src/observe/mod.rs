@@ -4,6 +4,7 @@
 //! each (`compact`, colour only on a terminal), one JSON object per line,
 //! or a table. A closed pipe (`| head`) ends quietly.
 
+mod aggregate;
 use weir_proto::flags as filters;
 mod window;
 
@@ -295,6 +296,14 @@ pub struct ObserveArgs {
     pub until: Option<String>,
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Compact)]
     pub output: Output,
+    /// Fold the window's flows into groups by these (comma-separated:
+    /// source-workload, destination-workload, source-namespace,
+    /// destination-namespace, source-pod, destination-pod, verdict, port,
+    /// drop-reason, node) and print each group's flows, connections,
+    /// bytes each way and drops (a table, or -o json). Every flow held
+    /// unless --last/--first/--since/--until bound the window.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["follow", "print_raw_filters"])]
+    pub aggregate_by: Vec<aggregate::Key>,
     /// The node's name on each flow (compact, dict, table).
     #[arg(long)]
     pub print_node_name: bool,
@@ -317,12 +326,15 @@ pub enum Colour {
 
 impl ObserveArgs {
     fn window(&self) -> window::WindowArgs {
+        // An aggregate of the default 20 flows says little: all, unless
+        // bounded.
+        let unbounded = self.first.is_none() && self.last.is_none() && self.since.is_none() && self.until.is_none();
         window::WindowArgs {
             since: self.since.clone(),
             until: self.until.clone(),
             first: self.first,
             last: self.last,
-            all: self.all,
+            all: self.all || (!self.aggregate_by.is_empty() && unbounded),
             follow: self.follow,
         }
     }
@@ -768,9 +780,15 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
         out(&mut w, &row(header, print.node))?;
     }
     let mut records = 0u64;
+    let mut folded = (!a.aggregate_by.is_empty()).then(|| aggregate::Aggregate::new(a.aggregate_by.clone()));
     while let Some(msg) = stream.next().await {
         let msg = msg.map_err(|s| call_error(&server, &s))?;
         match msg.response_types {
+            Some(ResponseTypes::Flow(f)) if folded.is_some() => {
+                if let Some(agg) = folded.as_mut() {
+                    agg.add(&f);
+                }
+            }
             Some(ResponseTypes::Flow(f)) => {
                 let text = match a.output {
                     Output::Compact => compact(&f, print),
@@ -815,6 +833,16 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
                 );
             }
             None => {}
+        }
+    }
+    if let Some(agg) = folded {
+        match a.output {
+            Output::Json => {
+                for g in agg.json() {
+                    out(&mut w, &g.to_string())?;
+                }
+            }
+            _ => w.write_all(agg.table().as_bytes())?,
         }
     }
     Ok(())
