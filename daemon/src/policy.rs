@@ -33,46 +33,7 @@ pub struct PolicyName {
 
 impl PolicyName {
     pub fn of(rule: &RuleRef) -> Self {
-        let list = |deny: bool| match (rule.direction, deny) {
-            (Direction::Ingress, false) => "ingress",
-            (Direction::Ingress, true) => "ingressDeny",
-            (Direction::Egress, false) => "egress",
-            (Direction::Egress, true) => "egressDeny",
-        };
-        let what = match &rule.what {
-            RuleWhat::Allow { index, .. } => format!("{}[{index}]", list(false)),
-            RuleWhat::Deny { index, .. } => format!("{}[{index}]", list(true)),
-            RuleWhat::DefaultDeny => format!("default deny ({} isolated)", rule.direction.name()),
-            RuleWhat::Invalid => "invalid policy: isolates, allows nothing".into(),
-            RuleWhat::HostAllowed => "the node reaches its pods".into(),
-            RuleWhat::UnknownPod => "pod not known yet: denied".into(),
-            RuleWhat::OverBudget => format!(
-                "policy too large for the datapath ({} isolated until it shrinks)",
-                rule.direction.name()
-            ),
-            RuleWhat::Unreadable { index, name } => {
-                let list = rule.direction.name();
-                match name.is_empty() {
-                    true => format!("{list}[{index}] unreadable: denies"),
-                    false => format!("{list}[{index}] {name:?} unreadable: denies"),
-                }
-            }
-            RuleWhat::Tiered {
-                action, index, name, ..
-            } => {
-                let action = match action {
-                    weir_model::policy::parse::Action::Allow => "Accept",
-                    weir_model::policy::parse::Action::Deny => "Deny",
-                    weir_model::policy::parse::Action::Pass => "Pass",
-                };
-                let list = rule.direction.name();
-                match name.is_empty() {
-                    true => format!("{list}[{index}] ({action})"),
-                    false => format!("{list}[{index}] {name:?} ({action})"),
-                }
-            }
-        };
-        let audit = if rule.audit { " (audit)" } else { "" };
+        let what = rule.what_text();
         let (kind, namespace, name) = match &rule.policy {
             Some(p) => (p.kind.name().to_string(), p.namespace.clone(), p.name.clone()),
             None => (
@@ -86,10 +47,7 @@ impl PolicyName {
                 .to_string(),
             ),
         };
-        let text = match &rule.policy {
-            Some(p) => format!("{p} {what}{audit}"),
-            None => what.clone(),
-        };
+        let text = rule.text();
         let mut labels = vec![
             format!("k8s:io.cilium.k8s.policy.derived-from={kind}"),
             format!("k8s:io.cilium.k8s.policy.name={name}"),

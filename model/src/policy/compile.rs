@@ -108,6 +108,62 @@ pub struct RuleRef {
     pub audit: bool,
 }
 
+impl RuleRef {
+    /// The rule within its policy, for people: `ingress[0]`,
+    /// `default deny (ingress isolated)`, `ingress[1] "untrusted" (Deny)`.
+    pub fn what_text(&self) -> String {
+        let list = |deny: bool| match (self.direction, deny) {
+            (Direction::Ingress, false) => "ingress",
+            (Direction::Ingress, true) => "ingressDeny",
+            (Direction::Egress, false) => "egress",
+            (Direction::Egress, true) => "egressDeny",
+        };
+        match &self.what {
+            RuleWhat::Allow { index, .. } => format!("{}[{index}]", list(false)),
+            RuleWhat::Deny { index, .. } => format!("{}[{index}]", list(true)),
+            RuleWhat::DefaultDeny => format!("default deny ({} isolated)", self.direction.name()),
+            RuleWhat::Invalid => "invalid policy: isolates, allows nothing".into(),
+            RuleWhat::HostAllowed => "the node reaches its pods".into(),
+            RuleWhat::UnknownPod => "pod not known yet: denied".into(),
+            RuleWhat::OverBudget => format!(
+                "policy too large for the datapath ({} isolated until it shrinks)",
+                self.direction.name()
+            ),
+            RuleWhat::Unreadable { index, name } => {
+                let list = self.direction.name();
+                match name.is_empty() {
+                    true => format!("{list}[{index}] unreadable: denies"),
+                    false => format!("{list}[{index}] {name:?} unreadable: denies"),
+                }
+            }
+            RuleWhat::Tiered {
+                action, index, name, ..
+            } => {
+                let action = match action {
+                    super::parse::Action::Allow => "Accept",
+                    super::parse::Action::Deny => "Deny",
+                    super::parse::Action::Pass => "Pass",
+                };
+                let list = self.direction.name();
+                match name.is_empty() {
+                    true => format!("{list}[{index}] ({action})"),
+                    false => format!("{list}[{index}] {name:?} ({action})"),
+                }
+            }
+        }
+    }
+
+    /// The rule with its policy, as flows and `weir policy check` name it:
+    /// `NetworkPolicy a/web-from-client default deny (ingress isolated)`.
+    pub fn text(&self) -> String {
+        let audit = if self.audit { " (audit)" } else { "" };
+        match &self.policy {
+            Some(p) => format!("{p} {}{audit}", self.what_text()),
+            None => self.what_text(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RuleWhat {
     /// Rule `index` of the policy's allow list (`ingress` / `egress`).
