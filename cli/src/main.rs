@@ -5,6 +5,7 @@
 
 mod cluster;
 mod observe;
+mod policy;
 mod ui;
 
 use std::ffi::OsString;
@@ -29,6 +30,12 @@ enum Command_ {
     /// The Observer API's state: nodes connected, flows seen, lost events;
     /// with --kubeconfig, weir's health in a cluster (exit 1 when not ready).
     Status(StatusArgs),
+    /// Network policy: `weir policy check -f change.yaml` lists the
+    /// recorded connections a change would allow or deny.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// The service map of a cluster in the browser: forwards a local port
     /// to the relay's map (kubectl port-forward) and prints its URL.
     Ui(ui::UiArgs),
@@ -38,6 +45,14 @@ enum Command_ {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Judge every connection the relay recorded under the policies as they
+    /// are and as the change would leave them; list those whose verdict
+    /// would change, by workload pair, with the deciding rule.
+    Check(policy::CheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +121,36 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         }
         Command_::Status(args) => runtime()?.block_on(observe::status(args.server)),
         Command_::Ui(args) => ui::ui(args),
+        Command_::Policy {
+            command: PolicyCommand::Check(args),
+        } => runtime()?.block_on(policy::check(args)),
+        // `weir lab policy check`: the lab's manifests and relay.
+        Command_::Lab { args } if args.first().is_some_and(|a| a == "policy") => {
+            #[derive(Parser)]
+            #[command(name = "weir lab policy")]
+            struct LabPolicy {
+                #[command(subcommand)]
+                command: PolicyCommand,
+            }
+            let m = LabPolicy::command().get_matches_from(&args);
+            let LabPolicy {
+                command: PolicyCommand::Check(mut a),
+            } = LabPolicy::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+            let dir = std::env::var_os("WEIR_LAB_DIR").map_or_else(|| "/run/weir-lab".into(), PathBuf::from);
+            if a.manifests.is_none() {
+                let manifests = dir.join("manifests");
+                if !manifests.is_dir() {
+                    bail!(
+                        "this lab keeps its objects in its API server; weir policy check reads manifests only for now"
+                    );
+                }
+                a.manifests = Some(manifests);
+            }
+            if a.server.server.is_none() {
+                a.server.server = Some(format!("unix://{}", dir.join("run/relay.sock").display()));
+            }
+            runtime()?.block_on(policy::check(a))
+        }
         // `weir lab observe`: the lab's relay, without flags.
         Command_::Lab { args } if args.first().is_some_and(|a| a == "observe") => {
             #[derive(Parser)]

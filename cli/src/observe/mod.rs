@@ -6,7 +6,7 @@
 
 mod aggregate;
 use weir_proto::flags as filters;
-mod window;
+pub mod window;
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -846,6 +846,26 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
         }
     }
     Ok(())
+}
+
+/// Every flow a finite request returns (no follow), for the commands that
+/// judge flows rather than print them.
+pub async fn fetch_flows(server: &ServerArg, req: GetFlowsRequest) -> Result<Vec<Flow>> {
+    let (server, tls) = server.resolve()?;
+    let channel = connect_with(&server, Duration::from_secs(5), tls.as_ref()).await?;
+    let mut stream = ObserverClient::new(channel)
+        .max_decoding_message_size(4 << 20)
+        .get_flows(req)
+        .await
+        .map_err(|s| call_error(&server, &s))?
+        .into_inner();
+    let mut flows = Vec::new();
+    while let Some(msg) = stream.next().await {
+        if let Some(ResponseTypes::Flow(f)) = msg.map_err(|s| call_error(&server, &s))?.response_types {
+            flows.push(f);
+        }
+    }
+    Ok(flows)
 }
 
 pub async fn status(server: ServerArg) -> Result<()> {

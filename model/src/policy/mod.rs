@@ -22,6 +22,7 @@ pub mod compile;
 pub mod crd;
 pub mod parse;
 pub mod status;
+pub mod whatif;
 
 pub use compile::{
     Budget, Compiled, EndpointPolicy, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile,

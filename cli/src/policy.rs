@@ -1,0 +1,273 @@
+//! `weir policy check -f change.yaml`: what a policy change would do to the
+//! traffic the cluster really had. Every connection the relay recorded
+//! (its first packet: forwarded, audited, or dropped by policy) is judged
+//! twice with the compiler and judge the datapath is held to
+//! (`weir_model::policy::whatif`), under the policies as they are and as
+//! the change would leave them, and every connection whose verdict would
+//! change is listed, grouped by workload pair and port, with the rule
+//! that decides it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use weir_model::ClusterState;
+use weir_model::policy::whatif::{Connection, Decision, End, Judge};
+use weir_model::state::ObjectKey;
+use weir_proto::flow::{Endpoint, Flow, Verdict, layer4::Protocol};
+use weir_proto::observer::GetFlowsRequest;
+use weir_proto::workload::WorkloadRef;
+
+use crate::observe::{ServerArg, window::WindowArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The change: manifests as they would be applied (policies, and pods
+    /// or namespaces whose labels change). Repeat for several files.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The cluster's objects as manifests (a standalone agent's, or the
+    /// lab's: `weir lab policy check` passes them).
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Only connections since (a duration ago, or a time); default: every
+    /// flow the relay holds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// table or json (one object per group).
+    #[arg(short = 'o', long, default_value = "table")]
+    pub output: String,
+}
+
+fn read_state(dir: &Path) -> Result<ClusterState> {
+    let mut state = ClusterState::default();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                for e in weir_model::parse_manifests(&mut state, &text) {
+                    eprintln!("warning: {}: {e}", path.display());
+                }
+                files += 1;
+            }
+        }
+    }
+    if files == 0 {
+        bail!("{}: no manifests", dir.display());
+    }
+    Ok(state)
+}
+
+/// The pod an endpoint of a flow is, if the state knows it.
+fn end(e: &Endpoint, ip: &str, state: &ClusterState) -> Option<End> {
+    let key = ObjectKey::new(e.namespace.clone(), e.pod_name.clone());
+    let pod = (!e.pod_name.is_empty() && state.pods.contains_key(&key)).then_some(key);
+    Some(End {
+        pod,
+        identity: e.identity,
+        addr: ip.parse::<Ipv4Addr>().ok()?,
+    })
+}
+
+/// A connection's first packet, as a flow recorded it.
+struct Opening<'a> {
+    /// Addresses, ports and protocol: one connection, whichever nodes
+    /// reported it.
+    key: (String, String, u32, u32, u8),
+    client: &'a Endpoint,
+    server: &'a Endpoint,
+    proto: u8,
+    port: u16,
+}
+
+/// A flow's connection, when the flow is a connection's first packet: the
+/// one the client's node let out (or audited), or the one policy dropped.
+fn opening(f: &Flow) -> Option<Opening<'_>> {
+    if f.is_reply == Some(true) {
+        return None;
+    }
+    let d = f.weir.as_ref()?;
+    let verdict = Verdict::try_from(f.verdict).ok()?;
+    let opens = match verdict {
+        Verdict::Forwarded | Verdict::Audit => d.event == "flow-start",
+        Verdict::Dropped => d.drop_reason.starts_with("policy_"),
+        _ => false,
+    };
+    if !opens {
+        return None;
+    }
+    let (proto, sport, dport) = match f.l4.as_ref()?.protocol.as_ref()? {
+        Protocol::Tcp(t) => (6, t.source_port, t.destination_port),
+        Protocol::Udp(u) => (17, u.source_port, u.destination_port),
+        Protocol::Sctp(s) => (132, s.source_port, s.destination_port),
+        Protocol::IcmPv4(_) => (1, 0, 0),
+        _ => return None,
+    };
+    let ip = f.ip.as_ref()?;
+    let key = (ip.source.clone(), ip.destination.clone(), sport, dport, proto);
+    Some(Opening {
+        key,
+        client: f.source.as_ref()?,
+        server: f.destination.as_ref()?,
+        proto,
+        port: dport as u16,
+    })
+}
+
+fn verdict_word(d: &Decision) -> &'static str {
+    match (d.allowed, d.audit) {
+        (false, _) => "denied",
+        (true, true) => "allowed (audit)",
+        (true, false) => "allowed",
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "ICMP",
+    }
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    connections: u64,
+    /// The deciding rules, now and after the change.
+    rule_now: String,
+    rule_after: String,
+}
+
+fn rule_text(d: &Decision) -> String {
+    d.rule
+        .as_ref()
+        .map_or_else(|| "no policy selects either end".to_owned(), |r| r.text())
+}
+
+pub async fn check(a: CheckArgs) -> Result<()> {
+    let Some(dir) = a.manifests.as_deref() else {
+        bail!("--manifests DIR: the cluster's objects (reading them from an API server is not there yet)");
+    };
+    let before = read_state(dir)?;
+    let mut after = before.clone();
+    for f in &a.files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let errors = weir_model::parse_manifests(&mut after, &text);
+        if !errors.is_empty() {
+            bail!("{}: {}", f.display(), errors.join("; "));
+        }
+    }
+    let (now, then) = (Judge::new(&before), Judge::new(&after));
+    let was: HashSet<String> = now.rejected().map(|(p, _)| p).collect();
+    for (policy, reason) in then.rejected().filter(|(p, _)| !was.contains(p)) {
+        eprintln!(
+            "the change is refused by the compiler: {policy}: {reason} (an invalid policy isolates what it selects)"
+        );
+    }
+    let w = WindowArgs {
+        since: a.since.clone(),
+        until: None,
+        first: None,
+        last: None,
+        all: a.since.is_none(),
+        follow: false,
+    }
+    .window(SystemTime::now())?;
+    let req = GetFlowsRequest {
+        number: w.number,
+        since: w.since.map(weir_proto::time::to_timestamp),
+        ..Default::default()
+    };
+    let flows = crate::observe::fetch_flows(&a.server, req).await?;
+    let mut seen = HashSet::new();
+    let mut judged = 0u64;
+    let mut groups: BTreeMap<(String, String, String, &'static str, &'static str), Group> = BTreeMap::new();
+    for f in &flows {
+        let Some(Opening {
+            key,
+            client: src,
+            server: dst,
+            proto,
+            port,
+        }) = opening(f)
+        else {
+            continue;
+        };
+        if !seen.insert(key) {
+            continue;
+        }
+        let ip = f.ip.clone().unwrap_or_default();
+        let conn = |state: &ClusterState| -> Option<Connection> {
+            Some(Connection {
+                client: end(src, &ip.source, state)?,
+                server: end(dst, &ip.destination, state)?,
+                proto,
+                port,
+            })
+        };
+        let (Some(c0), Some(c1)) = (conn(&before), conn(&after)) else {
+            continue;
+        };
+        judged += 1;
+        let (d0, d1) = (now.decide(&c0), then.decide(&c1));
+        if d0.allowed == d1.allowed && d0.audit == d1.audit {
+            continue;
+        }
+        let node = f.node_name.as_str();
+        let g = groups
+            .entry((
+                WorkloadRef::of(src, node).id,
+                WorkloadRef::of(dst, node).id,
+                format!("{port}/{}", proto_name(proto)),
+                verdict_word(&d0),
+                verdict_word(&d1),
+            ))
+            .or_default();
+        g.connections += 1;
+        g.rule_now = rule_text(&d0);
+        g.rule_after = rule_text(&d1);
+    }
+    let changed: u64 = groups.values().map(|g| g.connections).sum();
+    if a.output == "json" {
+        for ((client, server, port, from, to), g) in &groups {
+            let v = serde_json::json!({
+                "client": client, "server": server, "port": port,
+                "now": from, "after": to, "connections": g.connections,
+                "rule_now": g.rule_now, "rule_after": g.rule_after,
+            });
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    if groups.is_empty() {
+        println!(
+            "no recorded connection would change its verdict ({judged} judged, {} flows)",
+            flows.len()
+        );
+        return Ok(());
+    }
+    println!(
+        "{changed} of {judged} recorded connections would change their verdict, in {} groups:",
+        groups.len()
+    );
+    for ((client, server, port, from, to), g) in &groups {
+        println!(
+            "  {client} → {server} {port}: {from} → {to}, {} connection{}\n      now:   {from} by {}\n      after: {to} by {}",
+            g.connections,
+            if g.connections == 1 { "" } else { "s" },
+            g.rule_now,
+            g.rule_after
+        );
+    }
+    Ok(())
+}
