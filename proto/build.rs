@@ -21,6 +21,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .compile_fds(fds.clone())?;
+    // A second Observer server whose GetFlows streams flows already
+    // encoded (`crate::encoded::EncodedResponse`): the agent encodes each
+    // flow once and every client's stream shares the bytes. Every message
+    // is the one generated above; only the service is generated here.
+    let encoded = out.join("encoded");
+    std::fs::create_dir_all(&encoded)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&encoded)
+        .extern_path(".flow", "crate::flow")
+        .extern_path(".relay", "crate::relay")
+        .extern_path(".weir", "crate::weir")
+        .extern_path(".observer", "crate::observer")
+        .extern_path(".observer.GetFlowsResponse", "crate::encoded::EncodedResponse")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -33,6 +33,7 @@ pub mod weir {
 
 pub mod client;
 pub mod connections;
+pub mod encoded;
 pub mod filter;
 pub mod flags;
 pub mod server;

@@ -15,7 +15,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
-use crate::observer::observer_server::{Observer, ObserverServer};
 use crate::tls::ServerTls;
 
 /// How long a client has to finish the TLS handshake.
@@ -30,7 +29,21 @@ pub struct Tcp {
 
 /// Serves the Observer API (with gRPC health and reflection) on the Unix
 /// socket, and on `tcp` when given, until the task is dropped.
-pub async fn serve<T: Observer>(unix: tokio::net::UnixListener, tcp: Option<Tcp>, observer: ObserverServer<T>) {
+pub async fn serve<S>(unix: tokio::net::UnixListener, tcp: Option<Tcp>, observer: S)
+where
+    // An Observer server: the generated one, or the agent's, which streams
+    // flows encoded once (crate::encoded).
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     use tonic::transport::Server;
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in ["", crate::OBSERVER_SERVICE, crate::OBSERVER_HEALTH_NAME] {

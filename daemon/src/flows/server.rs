@@ -11,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use weir_proto::encoded::EncodedResponse;
+use weir_proto::encoded::observer_server::{Observer, ObserverServer};
 use weir_proto::filter::FlowFilters;
-use weir_proto::flow::{Flow, LostEvent, LostEventSource};
+use weir_proto::flow::{LostEvent, LostEventSource};
 use weir_proto::observer::{
-    self, GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest,
-    GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse, get_flows_response,
-    observer_server::ObserverServer,
+    GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest, GetNodesResponse,
+    Namespace, Node, ServerStatusRequest, ServerStatusResponse, get_flows_response,
 };
 use weir_proto::relay::NodeState;
 use weir_proto::time::{timestamp_nanos, to_timestamp};
@@ -172,17 +173,14 @@ impl Drop for StreamPermit {
     }
 }
 
-fn response(node: &str, r: &FlowRecord) -> GetFlowsResponse {
-    let f: Flow = (**r.flow()).clone();
-    GetFlowsResponse {
-        time: f.time,
-        node_name: node.to_owned(),
-        response_types: Some(get_flows_response::ResponseTypes::Flow(f)),
-    }
+/// A flow's response: encoded once, on its first read, and shared by every
+/// client's stream after.
+fn response(node: &str, r: &FlowRecord) -> EncodedResponse {
+    r.encoded(node).clone()
 }
 
-fn lost(node: &str, n: u64) -> GetFlowsResponse {
-    GetFlowsResponse {
+fn lost(node: &str, n: u64) -> EncodedResponse {
+    EncodedResponse::of(&GetFlowsResponse {
         time: Some(to_timestamp(SystemTime::now())),
         node_name: node.to_owned(),
         response_types: Some(get_flows_response::ResponseTypes::LostEvents(LostEvent {
@@ -190,7 +188,7 @@ fn lost(node: &str, n: u64) -> GetFlowsResponse {
             num_events_lost: n,
             ..Default::default()
         })),
-    }
+    })
 }
 
 impl ObserverService {
@@ -206,8 +204,8 @@ impl ObserverService {
 }
 
 #[tonic::async_trait]
-impl observer::observer_server::Observer for ObserverService {
-    type GetFlowsStream = ReceiverStream<Result<GetFlowsResponse, Status>>;
+impl Observer for ObserverService {
+    type GetFlowsStream = ReceiverStream<Result<EncodedResponse, Status>>;
 
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
         let client = match request.remote_addr() {
@@ -370,6 +368,7 @@ pub async fn bind_tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_proto::flow::Flow;
 
     fn stored(n: usize) -> Vec<Arc<FlowRecord>> {
         (0..n)

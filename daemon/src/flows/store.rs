@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::broadcast;
 use weir_datapath::events::Event;
+use weir_proto::encoded::EncodedResponse;
 use weir_proto::flow::Flow;
 
 use super::enrich::{self, Named};
@@ -25,6 +26,8 @@ pub struct FlowRecord {
     pub named: Named,
     node: Arc<str>,
     built: OnceLock<Arc<Flow>>,
+    /// Its GetFlows response, encoded on the first read.
+    encoded: OnceLock<EncodedResponse>,
 }
 
 impl FlowRecord {
@@ -34,6 +37,7 @@ impl FlowRecord {
             named,
             node,
             built: OnceLock::new(),
+            encoded: OnceLock::new(),
         }
     }
 
@@ -58,6 +62,7 @@ impl FlowRecord {
             },
             node: Arc::from(""),
             built,
+            encoded: OnceLock::new(),
         }
     }
 
@@ -65,6 +70,12 @@ impl FlowRecord {
     pub fn flow(&self) -> &Arc<Flow> {
         self.built
             .get_or_init(|| Arc::new(enrich::build(&self.event, &self.named, &self.node)))
+    }
+
+    /// Its GetFlows response as `node` serves it (one agent serves under
+    /// one name, so the first is kept), encoded once.
+    pub fn encoded(&self, node: &str) -> &EncodedResponse {
+        self.encoded.get_or_init(|| EncodedResponse::flow(self.flow(), node))
     }
 
     /// When the datapath saw it, in nanoseconds since the epoch.

@@ -245,6 +245,10 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if std::env::args().any(|a| a == "--flows-grpc") {
+        flows::grpc_only();
+        return;
+    }
     if std::env::args().any(|a| a == "--flows-pipeline") {
         flows::pipeline_only();
         return;
