@@ -47,6 +47,16 @@ impl EncodedResponse {
         Self(Bytes::from(buf))
     }
 
+    /// The same response with only what `mask` (from
+    /// [`crate::mask::Mask::for_response`]) keeps.
+    pub fn masked(&self, mask: &crate::mask::Mask) -> Self {
+        match mask.apply(&self.0) {
+            Some(bytes) => Self(Bytes::from(bytes)),
+            // Never: these bytes were encoded here.
+            None => self.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -36,6 +36,7 @@ pub mod connections;
 pub mod encoded;
 pub mod filter;
 pub mod flags;
+pub mod mask;
 pub mod server;
 pub mod socket;
 #[cfg(any(test, feature = "testing"))]

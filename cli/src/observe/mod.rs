@@ -304,6 +304,11 @@ pub struct ObserveArgs {
     /// unless --last/--first/--since/--until bound the window.
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["follow", "print_raw_filters"])]
     pub aggregate_by: Vec<aggregate::Key>,
+    /// Only these fields of each flow, sent by the server (Flow's proto
+    /// field names, comma-separated: time,verdict,source.pod_name); json
+    /// output only, as hubble's.
+    #[arg(long, value_delimiter = ',')]
+    pub field_mask: Vec<String>,
     /// The node's name on each flow (compact, dict, table).
     #[arg(long)]
     pub print_node_name: bool,
@@ -723,6 +728,18 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
     if a.output == Output::Table && a.follow {
         bail!("table output format is not compatible with follow mode");
     }
+    let field_mask = match a.field_mask.is_empty() {
+        true => None,
+        false if a.output != Output::Json => {
+            bail!("{:?} output format is not compatible with custom field mask", a.output)
+        }
+        false => {
+            weir_proto::mask::Mask::for_flow(&a.field_mask, false)?;
+            Some(prost_types::FieldMask {
+                paths: a.field_mask.clone(),
+            })
+        }
+    };
     let (server, tls) = a.server.resolve()?;
     let req = GetFlowsRequest {
         number: w.number,
@@ -732,7 +749,7 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
         blacklist,
         since: w.since.map(weir_proto::time::to_timestamp),
         until: w.until.map(weir_proto::time::to_timestamp),
-        ..Default::default()
+        field_mask,
     };
     let channel = connect_with(&server, Duration::from_secs(5), tls.as_ref()).await?;
     let mut stream = ObserverClient::new(channel)
@@ -794,7 +811,15 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
                     Output::Compact => compact(&f, print),
                     Output::Dict if records == 0 => dict(&f, print),
                     Output::Dict => format!("------------\n{}", dict(&f, print)),
-                    Output::Json => json(&f).to_string(),
+                    Output::Json if a.field_mask.is_empty() => json(&f).to_string(),
+                    // The fields asked for, not the rest as empties.
+                    Output::Json => {
+                        let mut v = json(&f);
+                        if let Some(o) = v.as_object_mut() {
+                            o.retain(|k, _| a.field_mask.iter().any(|p| p.split('.').next() == Some(k.as_str())));
+                        }
+                        v.to_string()
+                    }
                     Output::Table => {
                         let l = line(&f, print.numeric);
                         let cells = [

@@ -15,6 +15,7 @@ use weir_proto::encoded::EncodedResponse;
 use weir_proto::encoded::observer_server::{Observer, ObserverServer};
 use weir_proto::filter::FlowFilters;
 use weir_proto::flow::{LostEvent, LostEventSource};
+use weir_proto::mask::Mask;
 use weir_proto::observer::{
     GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest, GetNodesResponse,
     Namespace, Node, ServerStatusRequest, ServerStatusResponse, get_flows_response,
@@ -214,6 +215,15 @@ impl Observer for ObserverService {
         };
         let permit = self.streams.open(&client)?;
         let query = Query::new(request.get_ref())?;
+        // Only the fields the client asked for go on the wire. Paths
+        // Hubble's Flow has and weir's has not (the stock CLI asks for
+        // `l7`) select nothing.
+        let mask = match &request.get_ref().field_mask {
+            Some(fm) if !fm.paths.is_empty() => Some(Mask::for_response(
+                Mask::for_flow(&fm.paths, true).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )),
+            _ => None,
+        };
         let (stored, follow) = if query.follow {
             let (s, rx) = self.store.snapshot_and_follow();
             (s, Some(rx))
@@ -237,10 +247,14 @@ impl Observer for ObserverService {
         .map_err(|e| Status::internal(format!("matching flows: {e}")))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = self.node.clone();
+        let shape = move |r: EncodedResponse| match &mask {
+            Some(m) => r.masked(m),
+            None => r,
+        };
         tokio::spawn(async move {
             let _permit = permit;
             for r in past {
-                if tx.send(Ok(response(&node, &r))).await.is_err() {
+                if tx.send(Ok(shape(response(&node, &r)))).await.is_err() {
                     return;
                 }
             }
@@ -262,7 +276,7 @@ impl Observer for ObserverService {
                     () = tx.closed() => return,
                 };
                 let msg = match next {
-                    Ok(r) if query.wants(&r) => response(&node, &r),
+                    Ok(r) if query.wants(&r) => shape(response(&node, &r)),
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => lost(&node, n),
                     Err(broadcast::error::RecvError::Closed) => return,
