@@ -166,6 +166,31 @@ fn the_service_map_shows_the_demo_and_the_denied_edge_names_its_policy() {
     assert!(served["answered"].as_u64() >= Some(3), "{served}");
     assert!(served["reply_bytes"].as_u64() > Some(0), "{served}");
 
+    // The stock hubble CLI's field mask, applied by the agents: only the
+    // fields asked for come back.
+    let hubble = weir_test_support::tool("hubble").expect("hubble is built by scripts/tools.sh");
+    let out = Command::new(hubble)
+        .args(["observe", "--server", &relay, "-o", "jsonpb", "--last", "5"])
+        .args(["--field-mask", "time,verdict,source.pod_name"])
+        .output()
+        .expect("hubble observe");
+    assert!(out.status.success(), "{}", show(&out));
+    let masked: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("jsonpb"))
+        .collect();
+    assert!(!masked.is_empty());
+    for m in &masked {
+        let flow = m["flow"].as_object().expect("a flow");
+        let keys: Vec<&str> = flow.keys().map(String::as_str).collect();
+        assert!(keys.iter().all(|k| ["time", "verdict", "source"].contains(k)), "{m}");
+        let source: Vec<&str> = flow
+            .get("source")
+            .and_then(Value::as_object)
+            .map_or(Vec::new(), |o| o.keys().map(String::as_str).collect());
+        assert!(source.iter().all(|k| *k == "pod_name"), "{m}");
+    }
+
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     let shot = std::env::var_os("WEIR_SCREENSHOT").map_or_else(
