@@ -169,6 +169,16 @@ impl Browser {
         )
     }
 
+    /// Runs `script` asynchronously: it ends by calling the last of its
+    /// `arguments` with the result (WebDriver's execute/async).
+    pub fn eval_async(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            &self.at("/execute/async"),
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+
     /// The first element `css` selects, if any.
     pub fn find(&self, css: &str) -> Option<Element<'_>> {
         let found = self.call(

@@ -35,6 +35,7 @@ mod nodeport;
 mod policy;
 mod real_nodes;
 mod services;
+mod ui;
 
 use weir_e2e::{NetNs, Node, Pod, bin, require_root, unique};
 
@@ -245,6 +246,10 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if std::env::args().any(|a| a == "--ui") {
+        ui::run();
+        return;
+    }
     if std::env::args().any(|a| a == "--flows-grpc") {
         flows::grpc_only();
         return;
