@@ -166,9 +166,40 @@ fn the_service_map_shows_the_demo_and_the_denied_edge_names_its_policy() {
     assert!(served["answered"].as_u64() >= Some(3), "{served}");
     assert!(served["reply_bytes"].as_u64() > Some(0), "{served}");
 
+    // `-o jsonpb`: the same flows print as the stock hubble CLI prints
+    // them (weir's own details, which hubble does not know, aside). A
+    // fixed end keeps both reads to the same flows.
+    let until = weir_proto::time::protojson(&weir_proto::time::to_timestamp(
+        std::time::SystemTime::now() - Duration::from_secs(1),
+    ));
+    let read = |program: std::path::PathBuf| -> Vec<String> {
+        let out = Command::new(program)
+            .args([
+                "observe", "--server", &relay, "-o", "jsonpb", "--all", "--until", &until,
+            ])
+            .output()
+            .expect("observe -o jsonpb");
+        assert!(out.status.success(), "{}", show(&out));
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).expect("jsonpb");
+                if let Some(f) = v["flow"].as_object_mut() {
+                    f.remove("weir");
+                }
+                v.to_string()
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    let hubble = weir_test_support::tool("hubble").expect("hubble is built by scripts/tools.sh");
+    let (ours, theirs) = (read(weir_test_support::bin("weir")), read(hubble.clone()));
+    assert!(ours.len() >= 10, "{ours:?}");
+    assert_eq!(ours, theirs, "weir observe -o jsonpb prints what hubble prints");
+
     // The stock hubble CLI's field mask, applied by the agents: only the
     // fields asked for come back.
-    let hubble = weir_test_support::tool("hubble").expect("hubble is built by scripts/tools.sh");
     let out = Command::new(hubble)
         .args(["observe", "--server", &relay, "-o", "jsonpb", "--last", "5"])
         .args(["--field-mask", "time,verdict,source.pod_name"])

@@ -33,9 +33,11 @@ pub mod weir {
 
 pub mod client;
 pub mod connections;
+pub mod descriptors;
 pub mod encoded;
 pub mod filter;
 pub mod flags;
+pub mod jsonpb;
 pub mod mask;
 pub mod server;
 pub mod socket;

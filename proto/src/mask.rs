@@ -7,10 +7,10 @@
 //! ([`crate::encoded`]) is masked without being decoded.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
-use prost::Message;
-use prost_types::{DescriptorProto, FileDescriptorSet, field_descriptor_proto::Type};
+use prost_types::field_descriptor_proto::Type;
+
+use crate::descriptors::messages;
 
 /// A mask path that names no field of Flow (or goes through a field that
 /// holds no message).
@@ -25,31 +25,6 @@ pub struct MaskError {
 /// it (`None`) or to a mask of its own message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mask(BTreeMap<u32, Option<Mask>>);
-
-fn messages() -> &'static BTreeMap<String, DescriptorProto> {
-    static ALL: OnceLock<BTreeMap<String, DescriptorProto>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let set = FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).expect("the embedded descriptors decode");
-        let mut out = BTreeMap::new();
-        fn walk(prefix: &str, m: &DescriptorProto, out: &mut BTreeMap<String, DescriptorProto>) {
-            let name = format!("{prefix}.{}", m.name());
-            for nested in &m.nested_type {
-                walk(&name, nested, out);
-            }
-            out.insert(name, m.clone());
-        }
-        for f in &set.file {
-            let prefix = match f.package() {
-                "" => String::new(),
-                p => format!(".{p}"),
-            };
-            for m in &f.message_type {
-                walk(&prefix, m, &mut out);
-            }
-        }
-        out
-    })
-}
 
 impl Mask {
     /// The mask of Flow for these paths. With `lenient`, a path that
@@ -168,6 +143,7 @@ impl Mask {
 mod tests {
     use super::*;
     use crate::flow::{Endpoint, Flow, Ip, Verdict};
+    use prost::Message;
 
     fn flow() -> Flow {
         Flow {

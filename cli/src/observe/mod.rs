@@ -30,6 +30,9 @@ pub enum Output {
     /// One JSON object per flow (weir's fields: names, drop reasons,
     /// policies, translations).
     Json,
+    /// Each response as protojson with proto field names, as `hubble
+    /// observe -o jsonpb` prints it (weir's details in `flow.weir`).
+    Jsonpb,
     /// Columns.
     Table,
 }
@@ -428,20 +431,6 @@ fn since_epoch(f: &Flow) -> Duration {
         .unwrap_or_default()
 }
 
-/// Year, month and day of a day since the epoch (Howard Hinnant's
-/// algorithm).
-fn civil_date(days: i64) -> (i64, i64, i64) {
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
 /// `Dec  6 13:00:00.123` (UTC), as hubble prints a flow's time.
 fn stamp_milli(f: &Flow) -> String {
     const MONTHS: [&str; 12] = [
@@ -449,7 +438,7 @@ fn stamp_milli(f: &Flow) -> String {
     ];
     let d = since_epoch(f);
     let secs = d.as_secs();
-    let (_, month, day) = civil_date((secs / 86400) as i64);
+    let (_, month, day) = weir_proto::time::civil_date((secs / 86400) as i64);
     format!(
         "{} {day:>2} {:02}:{:02}:{:02}.{:03}",
         MONTHS[(month - 1) as usize],
@@ -463,7 +452,7 @@ fn stamp_milli(f: &Flow) -> String {
 fn rfc3339(f: &Flow) -> String {
     let d = since_epoch(f);
     let secs = d.as_secs();
-    let (year, month, day) = civil_date((secs / 86400) as i64);
+    let (year, month, day) = weir_proto::time::civil_date((secs / 86400) as i64);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
         (secs / 3600) % 24,
@@ -730,7 +719,7 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
     }
     let field_mask = match a.field_mask.is_empty() {
         true => None,
-        false if a.output != Output::Json => {
+        false if !matches!(a.output, Output::Json | Output::Jsonpb) => {
             bail!("{:?} output format is not compatible with custom field mask", a.output)
         }
         false => {
@@ -811,6 +800,14 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
                     Output::Compact => compact(&f, print),
                     Output::Dict if records == 0 => dict(&f, print),
                     Output::Dict => format!("------------\n{}", dict(&f, print)),
+                    Output::Jsonpb => {
+                        let whole = weir_proto::observer::GetFlowsResponse {
+                            time: msg.time,
+                            node_name: msg.node_name.clone(),
+                            response_types: Some(ResponseTypes::Flow(f)),
+                        };
+                        weir_proto::jsonpb::response(&whole).to_string()
+                    }
                     Output::Json if a.field_mask.is_empty() => json(&f).to_string(),
                     // The fields asked for, not the rest as empties.
                     Output::Json => {
