@@ -248,6 +248,7 @@ fn main() {
 
     if std::env::args().any(|a| a == "--ui") {
         ui::run();
+        ui::streams();
         return;
     }
     if std::env::args().any(|a| a == "--flows-grpc") {

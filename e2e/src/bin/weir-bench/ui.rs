@@ -5,7 +5,9 @@
 //! frame after it, so layout and paint are in). The page is the relay's,
 //! served by `weir_relay::ui` in this process.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weir_test_support::browser::Browser;
@@ -87,4 +89,222 @@ pub fn run() {
         );
     }
     println!();
+}
+
+/// An agent that only streams: 1,000 flows a second, between 200
+/// workloads in 10 namespaces (flow starts with their answers), to
+/// whoever follows.
+#[derive(Clone)]
+struct Ticker;
+
+fn ticker_flow(i: u64) -> weir_proto::flow::Flow {
+    use weir_proto::flow::{Endpoint, Flow, Ip, Layer4, Tcp, Verdict, Workload, layer4::Protocol};
+    let a = i % 200;
+    let b = (a + 1 + (i / 200) % 10 * 7) % 200;
+    let ep = |w: u64| Endpoint {
+        namespace: format!("ns-{}", w % 10),
+        pod_name: format!("app-{w}-0"),
+        workloads: vec![Workload {
+            name: format!("app-{w}"),
+            kind: "Deployment".into(),
+        }],
+        identity: 300 + w as u32,
+        ..Default::default()
+    };
+    Flow {
+        time: Some(weir_proto::time::to_timestamp(std::time::SystemTime::now())),
+        node_name: "node0".into(),
+        verdict: Verdict::Forwarded as i32,
+        is_reply: Some(false),
+        ip: Some(Ip {
+            source: format!("10.244.{}.{}", a / 100, a % 100 + 1),
+            destination: format!("10.244.{}.{}", 2 + b / 100, b % 100 + 1),
+            ..Default::default()
+        }),
+        l4: Some(Layer4 {
+            protocol: Some(Protocol::Tcp(Tcp {
+                source_port: 10000 + (i % 50000) as u32,
+                destination_port: 8080,
+                ..Default::default()
+            })),
+        }),
+        source: Some(ep(a)),
+        destination: Some(ep(b)),
+        weir: Some(weir_proto::weir::flow::v1::FlowDetails {
+            event: "flow-start".into(),
+            bytes: 74,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl weir_proto::observer::observer_server::Observer for Ticker {
+    type GetFlowsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<weir_proto::observer::GetFlowsResponse, tonic::Status>>;
+
+    async fn get_flows(
+        &self,
+        request: tonic::Request<weir_proto::observer::GetFlowsRequest>,
+    ) -> Result<tonic::Response<Self::GetFlowsStream>, tonic::Status> {
+        let follow = request.get_ref().follow;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(async move {
+            if !follow {
+                return;
+            }
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            let mut i = 0u64;
+            loop {
+                every.tick().await;
+                for _ in 0..10 {
+                    let f = ticker_flow(i);
+                    i += 1;
+                    let r = weir_proto::observer::GetFlowsResponse {
+                        time: f.time,
+                        node_name: "node0".into(),
+                        response_types: Some(weir_proto::observer::get_flows_response::ResponseTypes::Flow(f)),
+                    };
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn get_nodes(
+        &self,
+        _: tonic::Request<weir_proto::observer::GetNodesRequest>,
+    ) -> Result<tonic::Response<weir_proto::observer::GetNodesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("ticker"))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _: tonic::Request<weir_proto::observer::GetNamespacesRequest>,
+    ) -> Result<tonic::Response<weir_proto::observer::GetNamespacesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("ticker"))
+    }
+
+    async fn server_status(
+        &self,
+        _: tonic::Request<weir_proto::observer::ServerStatusRequest>,
+    ) -> Result<tonic::Response<weir_proto::observer::ServerStatusResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = &s[s.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// The real `weir-relay` following one agent at 1,000 flows/s, its CPU
+/// with no page open and with 20 pages' map streams open, in alternating
+/// rounds of 10 s.
+pub fn streams() {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = std::env::temp_dir().join(format!("weir-bench-ui-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let agent = dir.join("agent.sock");
+    rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(&agent).expect("bind agent");
+        tokio::spawn(weir_proto::server::serve(
+            listener,
+            None,
+            weir_proto::observer::observer_server::ObserverServer::new(Ticker),
+        ));
+    });
+    let addr_file = dir.join("ui.addr");
+    let mut relay = std::process::Command::new(weir_test_support::bin("weir-relay"))
+        .arg("--peer")
+        .arg(format!("node0=unix://{}", agent.display()))
+        .arg("--socket")
+        .arg(dir.join("relay.sock"))
+        .args(["--ui-listen", "127.0.0.1:0", "--ui-address-file"])
+        .arg(&addr_file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weir-relay");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            break a.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "weir-relay did not serve its UI");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Warm up: the map holds every workload pair before measuring.
+    std::thread::sleep(Duration::from_secs(5));
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let measure = |pages: usize| -> (f64, u64) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let got = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..pages)
+            .map(|_| {
+                let (addr, stop, got) = (addr.clone(), stop.clone(), got.clone());
+                std::thread::spawn(move || {
+                    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+                    s.write_all(b"GET /api/map/events HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .expect("GET");
+                    let mut buf = vec![0u8; 1 << 16];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(n) = s.read(&mut buf) {
+                            got.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let (t0, c0) = (Instant::now(), cpu_ticks(relay.id()));
+        std::thread::sleep(Duration::from_secs(10));
+        let cpu = (cpu_ticks(relay.id()) - c0) as f64 / hz / t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            let _ = r.join();
+        }
+        (cpu, got.load(Ordering::Relaxed))
+    };
+    let (mut idle, mut busy) = (Vec::new(), Vec::new());
+    let mut sent = 0;
+    for round in 0..6 {
+        match round % 2 {
+            0 => idle.push(measure(0).0),
+            _ => {
+                let (cpu, bytes) = measure(20);
+                busy.push(cpu);
+                sent = bytes;
+            }
+        }
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (i, b) = (crate::median(&mut idle), crate::median(&mut busy));
+    println!("## The relay's map stream: 1,000 flows/s, 200 workloads, 2,000 edges\n");
+    println!("| pages open | rounds | relay CPU (median of 10 s rounds) |\n|---|---|---|");
+    println!("| 0 | 3 | {:.1} % of a core |", i * 100.0);
+    println!("| 20 | 3 | {:.1} % of a core |", b * 100.0);
+    println!(
+        "\n20 pages cost {:.1} % of a core over none; they received {:.1} MB in a 10 s round ({:.0} kB/s each).\n",
+        (b - i) * 100.0,
+        sent as f64 / 1e6,
+        sent as f64 / 10.0 / 20.0 / 1e3
+    );
 }
