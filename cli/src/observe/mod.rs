@@ -740,13 +740,7 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
         until: w.until.map(weir_proto::time::to_timestamp),
         field_mask,
     };
-    let channel = connect_with(&server, Duration::from_secs(5), tls.as_ref()).await?;
-    let mut stream = ObserverClient::new(channel)
-        .max_decoding_message_size(4 << 20)
-        .get_flows(req)
-        .await
-        .map_err(|s| call_error(&server, &s))?
-        .into_inner();
+    let mut stream = open_flows(&server, tls.as_ref(), req).await?;
     let stdout = std::io::stdout();
     let colour = match a.color {
         Colour::Always => true,
@@ -870,17 +864,26 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
     Ok(())
 }
 
+/// A GetFlows stream from `server`.
+async fn open_flows(
+    server: &Server,
+    tls: Option<&Tls>,
+    req: GetFlowsRequest,
+) -> Result<tonic::Streaming<weir_proto::observer::GetFlowsResponse>> {
+    let channel = connect_with(server, Duration::from_secs(5), tls).await?;
+    Ok(ObserverClient::new(channel)
+        .max_decoding_message_size(4 << 20)
+        .get_flows(req)
+        .await
+        .map_err(|s| call_error(server, &s))?
+        .into_inner())
+}
+
 /// Every flow a finite request returns (no follow), for the commands that
 /// judge flows rather than print them.
 pub async fn fetch_flows(server: &ServerArg, req: GetFlowsRequest) -> Result<Vec<Flow>> {
     let (server, tls) = server.resolve()?;
-    let channel = connect_with(&server, Duration::from_secs(5), tls.as_ref()).await?;
-    let mut stream = ObserverClient::new(channel)
-        .max_decoding_message_size(4 << 20)
-        .get_flows(req)
-        .await
-        .map_err(|s| call_error(&server, &s))?
-        .into_inner();
+    let mut stream = open_flows(&server, tls.as_ref(), req).await?;
     let mut flows = Vec::new();
     while let Some(msg) = stream.next().await {
         if let Some(ResponseTypes::Flow(f)) = msg.map_err(|s| call_error(&server, &s))?.response_types {

@@ -238,68 +238,6 @@ async fn serve_store(store: Arc<FlowStore>, node: &str, sock: &std::path::Path) 
     tokio::spawn(weir_agent::flows::server::serve(listener, None, svc))
 }
 
-/// The agent's GetFlows as it was before flows were encoded once: every
-/// read copies the flow into a fresh response, which tonic then encodes
-/// for that client. Served here only as the baseline the shared encoding
-/// is measured against, in the same run.
-#[derive(Clone)]
-struct CopyPerRead {
-    store: Arc<FlowStore>,
-    node: String,
-}
-
-#[tonic::async_trait]
-impl weir_proto::observer::observer_server::Observer for CopyPerRead {
-    type GetFlowsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<weir_proto::observer::GetFlowsResponse, tonic::Status>>;
-
-    async fn get_flows(
-        &self,
-        request: tonic::Request<weir_proto::observer::GetFlowsRequest>,
-    ) -> Result<tonic::Response<Self::GetFlowsStream>, tonic::Status> {
-        let number = request.get_ref().number as usize;
-        let stored = self.store.snapshot();
-        let past: Vec<_> = stored[stored.len().saturating_sub(number)..].to_vec();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            for r in past {
-                let f = (**r.flow()).clone();
-                let msg = weir_proto::observer::GetFlowsResponse {
-                    time: f.time,
-                    node_name: node.clone(),
-                    response_types: Some(weir_proto::observer::get_flows_response::ResponseTypes::Flow(f)),
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
-
-    async fn get_nodes(
-        &self,
-        _: tonic::Request<weir_proto::observer::GetNodesRequest>,
-    ) -> Result<tonic::Response<weir_proto::observer::GetNodesResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("baseline"))
-    }
-
-    async fn get_namespaces(
-        &self,
-        _: tonic::Request<weir_proto::observer::GetNamespacesRequest>,
-    ) -> Result<tonic::Response<weir_proto::observer::GetNamespacesResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("baseline"))
-    }
-
-    async fn server_status(
-        &self,
-        _: tonic::Request<weir_proto::observer::ServerStatusRequest>,
-    ) -> Result<tonic::Response<weir_proto::observer::ServerStatusResponse>, tonic::Status> {
-        Ok(tonic::Response::new(Default::default()))
-    }
-}
-
 /// The stock hubble CLI's field mask for its compact, dict and table
 /// output (hubble/pkg/defaults, Cilium v1.20).
 const HUBBLE_DEFAULT_MASK: &[&str] = &[
@@ -391,7 +329,7 @@ fn grpc_clients() {
         let base = dir.join("baseline.sock");
         let _ = std::fs::remove_file(&base);
         let listener = tokio::net::UnixListener::bind(&base).expect("bind baseline");
-        let baseline = weir_proto::observer::observer_server::ObserverServer::new(CopyPerRead {
+        let baseline = weir_proto::observer::observer_server::ObserverServer::new(crate::agents::BenchAgent::CopyPerRead {
             store,
             node: "node0".into(),
         });

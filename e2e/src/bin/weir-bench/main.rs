@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
+mod agents;
 mod flows;
 mod kubernetes;
 mod nodeport;

@@ -91,112 +91,6 @@ pub fn run() {
     println!();
 }
 
-/// An agent that only streams: 1,000 flows a second, between 200
-/// workloads in 10 namespaces (flow starts with their answers), to
-/// whoever follows.
-#[derive(Clone)]
-struct Ticker;
-
-fn ticker_flow(i: u64) -> weir_proto::flow::Flow {
-    use weir_proto::flow::{Endpoint, Flow, Ip, Layer4, Tcp, Verdict, Workload, layer4::Protocol};
-    let a = i % 200;
-    let b = (a + 1 + (i / 200) % 10 * 7) % 200;
-    let ep = |w: u64| Endpoint {
-        namespace: format!("ns-{}", w % 10),
-        pod_name: format!("app-{w}-0"),
-        workloads: vec![Workload {
-            name: format!("app-{w}"),
-            kind: "Deployment".into(),
-        }],
-        identity: 300 + w as u32,
-        ..Default::default()
-    };
-    Flow {
-        time: Some(weir_proto::time::to_timestamp(std::time::SystemTime::now())),
-        node_name: "node0".into(),
-        verdict: Verdict::Forwarded as i32,
-        is_reply: Some(false),
-        ip: Some(Ip {
-            source: format!("10.244.{}.{}", a / 100, a % 100 + 1),
-            destination: format!("10.244.{}.{}", 2 + b / 100, b % 100 + 1),
-            ..Default::default()
-        }),
-        l4: Some(Layer4 {
-            protocol: Some(Protocol::Tcp(Tcp {
-                source_port: 10000 + (i % 50000) as u32,
-                destination_port: 8080,
-                ..Default::default()
-            })),
-        }),
-        source: Some(ep(a)),
-        destination: Some(ep(b)),
-        weir: Some(weir_proto::weir::flow::v1::FlowDetails {
-            event: "flow-start".into(),
-            bytes: 74,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-#[tonic::async_trait]
-impl weir_proto::observer::observer_server::Observer for Ticker {
-    type GetFlowsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<weir_proto::observer::GetFlowsResponse, tonic::Status>>;
-
-    async fn get_flows(
-        &self,
-        request: tonic::Request<weir_proto::observer::GetFlowsRequest>,
-    ) -> Result<tonic::Response<Self::GetFlowsStream>, tonic::Status> {
-        let follow = request.get_ref().follow;
-        let (tx, rx) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(async move {
-            if !follow {
-                return;
-            }
-            let mut every = tokio::time::interval(Duration::from_millis(10));
-            let mut i = 0u64;
-            loop {
-                every.tick().await;
-                for _ in 0..10 {
-                    let f = ticker_flow(i);
-                    i += 1;
-                    let r = weir_proto::observer::GetFlowsResponse {
-                        time: f.time,
-                        node_name: "node0".into(),
-                        response_types: Some(weir_proto::observer::get_flows_response::ResponseTypes::Flow(f)),
-                    };
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
-
-    async fn get_nodes(
-        &self,
-        _: tonic::Request<weir_proto::observer::GetNodesRequest>,
-    ) -> Result<tonic::Response<weir_proto::observer::GetNodesResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("ticker"))
-    }
-
-    async fn get_namespaces(
-        &self,
-        _: tonic::Request<weir_proto::observer::GetNamespacesRequest>,
-    ) -> Result<tonic::Response<weir_proto::observer::GetNamespacesResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("ticker"))
-    }
-
-    async fn server_status(
-        &self,
-        _: tonic::Request<weir_proto::observer::ServerStatusRequest>,
-    ) -> Result<tonic::Response<weir_proto::observer::ServerStatusResponse>, tonic::Status> {
-        Ok(tonic::Response::new(Default::default()))
-    }
-}
-
 fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = &s[s.rfind(')').map_or(0, |i| i + 2)..];
@@ -223,7 +117,7 @@ pub fn streams() {
         tokio::spawn(weir_proto::server::serve(
             listener,
             None,
-            weir_proto::observer::observer_server::ObserverServer::new(Ticker),
+            weir_proto::observer::observer_server::ObserverServer::new(crate::agents::BenchAgent::Ticker),
         ));
     });
     let addr_file = dir.join("ui.addr");
