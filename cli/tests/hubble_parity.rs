@@ -3,7 +3,9 @@
 //! (`--print-raw-filters`, which connects to nothing) and the allow and
 //! deny lists must be the same, filter for filter; a line one CLI refuses,
 //! the other refuses too. (weir takes a little more: `--type packet`, and
-//! verdicts in any case.) The stock `hubble` binary comes from
+//! verdicts in any case; and a little less: an `--allowlist` filter with a
+//! key FlowFilter does not have is refused, where hubble drops the key and
+//! so allows everything.) The stock `hubble` binary comes from
 //! `scripts/tools.sh`'s cache (a missing one fails under `CI=true`).
 
 use std::path::Path;
@@ -153,6 +155,19 @@ const LINES: &[&[&str]] = &[
     &["--identity", "nobody"],
     &["--verdict", "MAYBE"],
     &["--first", "5", "--last", "5"],
+    // Raw filters: JSON FlowFilters, after the flags' own.
+    &["--allowlist", r#"{"source_pod":["shop/"],"verdict":[2]}"#],
+    &[
+        "--pod",
+        "shop/web",
+        "--allowlist",
+        r#"{"destination_port":["53"]} {"source_label":["k8s:app=x"]}"#,
+    ],
+    &[
+        "--denylist",
+        r#"{"tcp_flags":[{"SYN":true}],"destination_workload":[{"name":"web"}]}"#,
+    ],
+    &["--allowlist", r#"{"verdict":2}"#],
 ];
 
 #[test]

@@ -40,6 +40,141 @@ pub fn to_json(message: &str, bytes: &[u8]) -> Option<Value> {
     to_json_fields(message, bytes).map(Value::Object)
 }
 
+/// A message (full name) encoded from JSON as `hubble observe --allowlist`
+/// reads it: keys are proto field names (any case) or their JSON names,
+/// enums numbers or names, 64-bit integers numbers or strings, several
+/// objects one after another allowed. An unknown key is an error, with
+/// its name.
+pub fn from_json(message: &str, v: &Value) -> Result<Vec<u8>, String> {
+    let d = messages()
+        .get(message)
+        .ok_or_else(|| format!("{message}: not a message"))?;
+    let Value::Object(fields) = v else {
+        return Err(format!(
+            "{}: expected an object, got {v}",
+            message.trim_start_matches('.')
+        ));
+    };
+    let mut out = Vec::new();
+    for (key, value) in fields {
+        let field = d
+            .field
+            .iter()
+            .find(|f| f.name().eq_ignore_ascii_case(key) || f.json_name() == key)
+            .ok_or_else(|| format!("unknown field {key:?} in {}", message.trim_start_matches('.')))?;
+        let values: Vec<&Value> = match (value, field.label() == Label::Repeated) {
+            (Value::Null, _) => Vec::new(),
+            (Value::Array(items), true) => items.iter().collect(),
+            (v, true) => return Err(format!("{key}: expected a list, got {v}")),
+            (v, false) => vec![v],
+        };
+        for v in values {
+            encode_one(field.number() as u32, field.r#type(), field.type_name(), v, &mut out)
+                .map_err(|e| format!("{key}: {e}"))?;
+        }
+    }
+    Ok(out)
+}
+
+fn encode_one(number: u32, t: Type, type_name: &str, v: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let int = |v: &Value| -> Result<i64, String> {
+        match v {
+            Value::Number(n) => n.as_i64().or_else(|| n.as_u64().map(|u| u as i64)),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("expected an integer, got {v}"))
+    };
+    match t {
+        Type::Message => {
+            let inner = match type_name {
+                w if w.starts_with(".google.protobuf.") && w.ends_with("Value") => {
+                    from_json(w, &serde_json::json!({ "value": v }))?
+                }
+                _ => from_json(type_name, v)?,
+            };
+            encode_key(number, WireType::LengthDelimited, out);
+            encode_varint(inner.len() as u64, out);
+            out.extend_from_slice(&inner);
+        }
+        Type::String => {
+            let s = v.as_str().ok_or_else(|| format!("expected a string, got {v}"))?;
+            encode_key(number, WireType::LengthDelimited, out);
+            encode_varint(s.len() as u64, out);
+            out.extend_from_slice(s.as_bytes());
+        }
+        Type::Bytes => {
+            use base64::Engine;
+            let s = v.as_str().ok_or_else(|| format!("expected base64, got {v}"))?;
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| format!("{s:?}: {e}"))?;
+            encode_key(number, WireType::LengthDelimited, out);
+            encode_varint(b.len() as u64, out);
+            out.extend_from_slice(&b);
+        }
+        Type::Bool => {
+            let b = v.as_bool().ok_or_else(|| format!("expected true or false, got {v}"))?;
+            encode_key(number, WireType::Varint, out);
+            encode_varint(u64::from(b), out);
+        }
+        Type::Enum => {
+            let n = match v.as_str() {
+                Some(name) => enums()
+                    .get(type_name)
+                    .and_then(|e| e.value.iter().find(|x| x.name() == name))
+                    .map(|x| i64::from(x.number()))
+                    .ok_or_else(|| format!("{name:?} is not a value of {}", type_name.trim_start_matches('.')))?,
+                None => int(v)?,
+            };
+            encode_key(number, WireType::Varint, out);
+            encode_varint(n as u64, out);
+        }
+        Type::Int32 | Type::Int64 | Type::Uint32 | Type::Uint64 => {
+            encode_key(number, WireType::Varint, out);
+            encode_varint(int(v)? as u64, out);
+        }
+        Type::Sint32 | Type::Sint64 => {
+            let n = int(v)?;
+            encode_key(number, WireType::Varint, out);
+            encode_varint(((n << 1) ^ (n >> 63)) as u64, out);
+        }
+        Type::Fixed32 | Type::Sfixed32 => {
+            encode_key(number, WireType::ThirtyTwoBit, out);
+            out.extend_from_slice(&(int(v)? as u32).to_le_bytes());
+        }
+        Type::Fixed64 | Type::Sfixed64 => {
+            encode_key(number, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&(int(v)? as u64).to_le_bytes());
+        }
+        Type::Float => {
+            let f = v.as_f64().ok_or_else(|| format!("expected a number, got {v}"))?;
+            encode_key(number, WireType::ThirtyTwoBit, out);
+            out.extend_from_slice(&(f as f32).to_le_bytes());
+        }
+        Type::Double => {
+            let f = v.as_f64().ok_or_else(|| format!("expected a number, got {v}"))?;
+            encode_key(number, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        Type::Group => return Err("groups are not supported".into()),
+    }
+    Ok(())
+}
+
+/// Every FlowFilter in `text`: one JSON object or several in a row, as
+/// `hubble observe --allowlist` takes them.
+pub fn flow_filters(text: &str) -> Result<Vec<crate::flow::FlowFilter>, String> {
+    let mut out = Vec::new();
+    for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        let v = v.map_err(|e| format!("{text:?}: {e}"))?;
+        let bytes = from_json(".flow.FlowFilter", &v).map_err(|e| format!("{text:?}: {e}"))?;
+        out.push(crate::flow::FlowFilter::decode(bytes.as_slice()).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
 /// A GetFlows response, as `hubble observe -o jsonpb` prints it.
 pub fn response(r: &crate::observer::GetFlowsResponse) -> Value {
     to_json(".observer.GetFlowsResponse", &r.encode_to_vec()).unwrap_or(Value::Null)
@@ -166,6 +301,45 @@ mod tests {
     use super::*;
     use crate::flow::{Endpoint, Flow, Layer4, Tcp, TcpFlags, Verdict, layer4::Protocol};
     use crate::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+
+    #[test]
+    fn filters_read_from_json_as_hubble_reads_them() {
+        use crate::flow::{FlowFilter, TcpFlags, Workload};
+        let got = flow_filters(
+            r#"{"source_pod":["shop/"],"verdict":[2],"tcp_flags":[{"SYN":true}]} {"destination_workload":[{"name":"web"}],"verdict":["DROPPED"],"SOURCE_IP":["10.0.0.1"]}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            got,
+            [
+                FlowFilter {
+                    source_pod: vec!["shop/".into()],
+                    verdict: vec![Verdict::Dropped as i32],
+                    tcp_flags: vec![TcpFlags {
+                        syn: true,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    destination_workload: vec![Workload {
+                        name: "web".into(),
+                        kind: String::new(),
+                    }],
+                    verdict: vec![Verdict::Dropped as i32],
+                    source_ip: vec!["10.0.0.1".into()],
+                    ..Default::default()
+                },
+            ]
+        );
+        let err = flow_filters(r#"{"source_pood":["x"]}"#).unwrap_err();
+        assert!(
+            err.contains(r#"unknown field "source_pood" in flow.FlowFilter"#),
+            "{err}"
+        );
+        assert!(flow_filters(r#"{"verdict":"DROPPED"}"#).is_err(), "a list is a list");
+        assert!(flow_filters("{").is_err());
+    }
 
     #[test]
     fn a_response_prints_as_protojson_with_proto_names() {

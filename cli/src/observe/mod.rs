@@ -273,6 +273,14 @@ pub struct ObserveArgs {
     /// The next filter flag excludes what it matches (--not --verdict DROPPED).
     #[arg(long, num_args = 0, default_missing_value = "true", action = ArgAction::Append, help_heading = FILTERS)]
     pub not: Vec<bool>,
+    /// More allowed flows, as FlowFilters in JSON (proto field names):
+    /// '{"source_pod":["shop/"],"verdict":[2]}'. Repeat, or put several
+    /// objects in one.
+    #[arg(long)]
+    pub allowlist: Vec<String>,
+    /// Flows to leave out, as FlowFilters in JSON (as --allowlist).
+    #[arg(long)]
+    pub denylist: Vec<String>,
     /// Print the filters the flags make, as `hubble observe
     /// --print-raw-filters` does, and exit.
     #[arg(long)]
@@ -312,6 +320,11 @@ pub struct ObserveArgs {
     /// output only, as hubble's.
     #[arg(long, value_delimiter = ',')]
     pub field_mask: Vec<String>,
+    /// How times print (compact, dict, table): hubble's names, StampMilli
+    /// (default), YearMonthDay, YearMonthDayHour, YearMonthDayHourMinute,
+    /// RFC3339, RFC3339Milli, RFC3339Micro, RFC3339Nano, RFC1123Z.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = TimeFormat::StampMilli)]
+    pub time_format: TimeFormat,
     /// The node's name on each flow (compact, dict, table).
     #[arg(long)]
     pub print_node_name: bool,
@@ -431,22 +444,73 @@ fn since_epoch(f: &Flow) -> Duration {
         .unwrap_or_default()
 }
 
-/// `Dec  6 13:00:00.123` (UTC), as hubble prints a flow's time.
-fn stamp_milli(f: &Flow) -> String {
+/// How times print (`--time-format`): hubble's names and layouts, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[value(rename_all = "verbatim")]
+pub enum TimeFormat {
+    /// `Dec  6 13:00:00.123`
+    #[default]
+    StampMilli,
+    /// `2026-12-06`
+    YearMonthDay,
+    /// `2026-12-06T13Z`
+    YearMonthDayHour,
+    /// `2026-12-06T13:00Z`
+    YearMonthDayHourMinute,
+    /// `2026-12-06T13:00:00Z`
+    RFC3339,
+    /// `2026-12-06T13:00:00.123Z` (trailing zeros dropped)
+    RFC3339Milli,
+    /// `2026-12-06T13:00:00.123456Z`
+    RFC3339Micro,
+    /// `2026-12-06T13:00:00.123456789Z`
+    RFC3339Nano,
+    /// `Sun, 06 Dec 2026 13:00:00 +0000`
+    RFC1123Z,
+}
+
+/// A flow's time as `format` prints it (Go's layouts: fractions cut, not
+/// rounded; `.999` drops trailing zeros).
+fn format_time(f: &Flow, format: TimeFormat) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     let d = since_epoch(f);
     let secs = d.as_secs();
-    let (_, month, day) = weir_proto::time::civil_date((secs / 86400) as i64);
-    format!(
-        "{} {day:>2} {:02}:{:02}:{:02}.{:03}",
-        MONTHS[(month - 1) as usize],
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-        d.subsec_millis()
-    )
+    let days = (secs / 86400) as i64;
+    let (year, month, day) = weir_proto::time::civil_date(days);
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let date = format!("{year:04}-{month:02}-{day:02}");
+    let frac = |digits: u32| {
+        let cut = d.subsec_nanos() / 10u32.pow(9 - digits);
+        let text = format!("{cut:0width$}", width = digits as usize);
+        let text = text.trim_end_matches('0');
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(".{text}")
+        }
+    };
+    match format {
+        TimeFormat::StampMilli => format!(
+            "{} {day:>2} {h:02}:{m:02}:{s:02}.{:03}",
+            MONTHS[(month - 1) as usize],
+            d.subsec_millis()
+        ),
+        TimeFormat::YearMonthDay => date,
+        TimeFormat::YearMonthDayHour => format!("{date}T{h:02}Z"),
+        TimeFormat::YearMonthDayHourMinute => format!("{date}T{h:02}:{m:02}Z"),
+        TimeFormat::RFC3339 => format!("{date}T{h:02}:{m:02}:{s:02}Z"),
+        TimeFormat::RFC3339Milli => format!("{date}T{h:02}:{m:02}:{s:02}{}Z", frac(3)),
+        TimeFormat::RFC3339Micro => format!("{date}T{h:02}:{m:02}:{s:02}{}Z", frac(6)),
+        TimeFormat::RFC3339Nano => format!("{date}T{h:02}:{m:02}:{s:02}{}Z", frac(9)),
+        TimeFormat::RFC1123Z => format!(
+            "{}, {day:02} {} {year:04} {h:02}:{m:02}:{s:02} +0000",
+            DAYS[(days + 4).rem_euclid(7) as usize],
+            MONTHS[(month - 1) as usize]
+        ),
+    }
 }
 
 fn rfc3339(f: &Flow) -> String {
@@ -481,12 +545,14 @@ struct Line {
 /// How flows print: hubble's --print-node-name, --numeric and --color.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Print {
+    pub time_format: TimeFormat,
     pub node: bool,
     pub numeric: bool,
     pub colour: bool,
 }
 
-fn line(f: &Flow, numeric: bool) -> Line {
+fn line(f: &Flow, p: Print) -> Line {
+    let numeric = p.numeric;
     let ip = f.ip.clone().unwrap_or_default();
     let (sp, dp, proto) = ports(f);
     let with_port = |name: String, p: Option<u32>| match p {
@@ -534,7 +600,7 @@ fn line(f: &Flow, numeric: bool) -> Line {
         extra.push(format!("[{} {}]", d.event, d.observation_point));
     }
     Line {
-        time: stamp_milli(f),
+        time: format_time(f, p.time_format),
         node: f.node_name.clone(),
         src: with_port(endpoint_name(f.source.as_ref(), &ip.source, numeric), sp),
         dst: with_port(endpoint_name(f.destination.as_ref(), &ip.destination, numeric), dp),
@@ -570,7 +636,7 @@ fn verdict_colour(verdict: &str) -> &'static str {
 /// the reply's ends swapped (`<-`) as hubble prints it; hosts in cyan and
 /// the verdict in its colour with `colour`.
 pub fn compact(f: &Flow, p: Print) -> String {
-    let l = line(f, p.numeric);
+    let l = line(f, p);
     let colour = |c: &'static str| p.colour.then_some(c);
     let (src, dst) = if l.arrow == "<-" {
         (&l.dst, &l.src)
@@ -600,7 +666,7 @@ pub fn compact(f: &Flow, p: Print) -> String {
 
 /// hubble's dict: a `KEY: value` block per flow, keys right-aligned.
 pub fn dict(f: &Flow, p: Print) -> String {
-    let l = line(f, p.numeric);
+    let l = line(f, p);
     let d = f.weir.clone().unwrap_or_default();
     let kind = if d.drop_reason_text.is_empty() {
         d.observation_point.clone()
@@ -707,7 +773,18 @@ fn call_error(server: &Server, s: &tonic::Status) -> anyhow::Error {
 /// Runs `weir observe`: `occurrences` are its filter flags in command-line
 /// order ([`occurrences`]).
 pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Result<()> {
-    let (whitelist, blacklist) = filters::build(occurrences)?;
+    let (mut whitelist, mut blacklist) = filters::build(occurrences)?;
+    // As hubble: the raw filters come after the flags' own.
+    for (list, raw, flag) in [
+        (&mut whitelist, &a.allowlist, "--allowlist"),
+        (&mut blacklist, &a.denylist, "--denylist"),
+    ] {
+        for text in raw {
+            list.extend(
+                weir_proto::jsonpb::flow_filters(text).map_err(|e| anyhow::anyhow!("invalid {flag} flag: {e}"))?,
+            );
+        }
+    }
     let w = a.window().window(SystemTime::now())?;
     if a.print_raw_filters {
         let mut w = std::io::stdout().lock();
@@ -748,6 +825,7 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
         Colour::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
     let print = Print {
+        time_format: a.time_format,
         node: a.print_node_name,
         numeric: a.numeric,
         // As hubble: compact and dict only.
@@ -812,7 +890,7 @@ pub async fn observe(a: ObserveArgs, occurrences: &[filters::Occurrence]) -> Res
                         v.to_string()
                     }
                     Output::Table => {
-                        let l = line(&f, print.numeric);
+                        let l = line(&f, print);
                         let cells = [
                             l.time.as_str(),
                             l.node.as_str(),
@@ -985,6 +1063,27 @@ mod tests {
         assert_eq!(allow[0].source_pod, ["/web"]);
         assert!(built(&["--verdict", "maybe"]).is_err());
         assert!(built(&["--pod", "x", "--not"]).is_err());
+    }
+
+    #[test]
+    fn times_print_in_hubbles_formats() {
+        let f = Flow {
+            time: Some(prost_types::Timestamp {
+                seconds: 1_796_598_000 + 5,
+                nanos: 120_400_000,
+            }),
+            ..Default::default()
+        };
+        let at = |t| format_time(&f, t);
+        assert_eq!(at(TimeFormat::StampMilli), "Dec  6 23:00:05.120");
+        assert_eq!(at(TimeFormat::YearMonthDay), "2026-12-06");
+        assert_eq!(at(TimeFormat::YearMonthDayHour), "2026-12-06T23Z");
+        assert_eq!(at(TimeFormat::YearMonthDayHourMinute), "2026-12-06T23:00Z");
+        assert_eq!(at(TimeFormat::RFC3339), "2026-12-06T23:00:05Z");
+        assert_eq!(at(TimeFormat::RFC3339Milli), "2026-12-06T23:00:05.12Z");
+        assert_eq!(at(TimeFormat::RFC3339Micro), "2026-12-06T23:00:05.1204Z");
+        assert_eq!(at(TimeFormat::RFC3339Nano), "2026-12-06T23:00:05.1204Z");
+        assert_eq!(at(TimeFormat::RFC1123Z), "Sun, 06 Dec 2026 23:00:05 +0000");
     }
 
     #[test]
