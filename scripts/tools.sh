@@ -10,9 +10,11 @@
 # what the lab's real nodes run: the kubelet (same module), containerd 2.x
 # with its runc shim and ctr (tools/containerd/), runc (tools/runc/), helm (tools/helm/), CoreDNS (tools/coredns/), crane (images without a
 # daemon, and the registry the nodes pull from; tools/crane/), and the
-# images themselves (scripts/images.sh). First builds on 2 cores: hubble
-# about 4 minutes, the control plane and kubelet 7, etcd, containerd and
-# crane about 1 each; afterwards this script returns at once. Prints
+# images themselves (scripts/images.sh); and an OpenTelemetry Collector
+# (tools/otelcol/: the OTLP receiver and the file exporter, which the
+# tests send OTLP logs to and read back). First builds on 2 cores: hubble
+# about 4 minutes, the control plane and kubelet 7, etcd, containerd,
+# crane and the collector about 1 each; afterwards this script returns at once. Prints
 # nothing when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -186,6 +188,17 @@ if [ ! -x "$bin/pause" ] || [ "$(cat "$bin/pause.stamp" 2>/dev/null)" != "$pause
   (cd tools/pause && CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$bin/pause.new" .)
   mv "$bin/pause.new" "$bin/pause"
   echo "$pause_stamp" >"$bin/pause.stamp"
+fi
+
+otelcol_stamp=$(stamp_of tools/otelcol/go.mod tools/otelcol/go.sum tools/otelcol/main.go)
+if [ ! -x "$bin/otelcol" ] || [ "$(cat "$bin/otelcol.stamp" 2>/dev/null)" != "$otelcol_stamp" ]; then
+  need_go
+  echo "tools: building the OpenTelemetry Collector into $bin (first time: about 1.5 minutes)"
+  start=$(date +%s)
+  (cd tools/otelcol && GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$bin/otelcol.new" .)
+  mv "$bin/otelcol.new" "$bin/otelcol"
+  echo "$otelcol_stamp" >"$bin/otelcol.stamp"
+  echo "tools: otelcol built in $(( $(date +%s) - start )) s"
 fi
 
 bash "$(dirname "$0")/images.sh"
