@@ -38,5 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".observer", "crate::observer")
         .extern_path(".observer.GetFlowsResponse", "crate::encoded::EncodedResponse")
         .compile_fds(fds)?;
+    // OTLP's logs service, for flow export: a client only, kept out of
+    // the descriptor set the Observer API's reflection serves.
+    let otlp = "proto/otlp/logs.proto";
+    println!("cargo:rerun-if-changed={otlp}");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile([otlp], ["proto"])?)?;
     Ok(())
 }

@@ -186,6 +186,12 @@ pub struct Config {
     #[arg(long, env = "WEIR_FLOW_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub flow_events: bool,
 
+    /// Flow export configuration (`flowLogs`: files with rotation, OTLP
+    /// collectors; filters and field masks), read again whenever it
+    /// changes. No file: no export.
+    #[arg(long, env = "WEIR_FLOW_EXPORT_CONFIG")]
+    pub flow_export_config: Option<PathBuf>,
+
     /// Prometheus metrics on http://ADDR/metrics; "off" for none.
     #[arg(long, env = "WEIR_METRICS_LISTEN", value_parser = parse_listen, default_value = "127.0.0.1:9962")]
     pub metrics_listen: Listen,

@@ -188,6 +188,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hubble_socket = config.hubble_socket();
     let (hubble_listener, hubble_own) =
         api::bind(&hubble_socket).with_context(|| format!("binding {}", hubble_socket.display()))?;
+    let export = config.flow_export_config.clone().map(|path| {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let cx = flows::export::Context {
+            store: flow_store.clone(),
+            node: Arc::from(config.node.as_str()),
+            metrics: metrics.clone(),
+        };
+        (stop, flows::export::spawn_watch(path, cx, stopped))
+    });
     let observer = flows::server::ObserverService {
         store: flow_store,
         stats: flow_stats,
@@ -231,6 +240,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     server.abort();
     observer.abort();
+    // Exporters write out the flows they hold (a second at most).
+    if let Some((stop, task)) = export {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    }
     own_socket.remove();
     hubble_own.remove();
     stop_reader.store(true, std::sync::atomic::Ordering::Relaxed);

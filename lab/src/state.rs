@@ -99,6 +99,11 @@ impl LabDir {
     pub fn node_state(&self, node: &str) -> PathBuf {
         self.root.join("state").join(node)
     }
+    /// The node agent's flow export configuration (`flowLogs`), read
+    /// again whenever it changes; none at first.
+    pub fn node_flow_export(&self, node: &str) -> PathBuf {
+        self.root.join("run").join(node).join("flow-export.yaml")
+    }
     pub fn node_socket(&self, node: &str) -> PathBuf {
         self.root.join("run").join(node).join("agent.sock")
     }

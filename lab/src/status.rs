@@ -86,6 +86,7 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
             None => u,
         }),
         "metrics": state.nodes.iter().map(|(n, ns)| (n.clone(), json!(format!("netns {}: http://127.0.0.1:9962/metrics", ns.netns)))).collect::<serde_json::Map<_, _>>(),
+        "flowExport": state.nodes.iter().filter(|(_, ns)| ns.agent.is_some()).map(|(n, _)| (n.clone(), json!(lab.dir.node_flow_export(n)))).collect::<serde_json::Map<_, _>>(),
         "kubeconfig": state.kube.as_ref().map(|k| json!({"path": k.admin_kubeconfig, "netns": k.netns})),
     });
     let doc = json!({ "lab": state.name, "labDir": lab.dir.root, "access": access, "nodes": nodes, "pods": pods, "services": services });
@@ -155,6 +156,9 @@ fn print_table(doc: &Value) {
     }
     for (node, at) in access["metrics"].as_object().into_iter().flatten() {
         println!("  metrics {node}: {}", s(at));
+    }
+    for (node, at) in access["flowExport"].as_object().into_iter().flatten() {
+        println!("  flow export {node}: {} (flowLogs; read when it changes)", s(at));
     }
     if !access["kubeconfig"].is_null() {
         println!(

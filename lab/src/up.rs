@@ -297,6 +297,8 @@ fn bring_up(
             .arg(&state_dir)
             .arg("--socket")
             .arg(&socket)
+            .arg("--flow-export-config")
+            .arg(lab.dir.node_flow_export(&node.name))
             .args(&source)
             .args(&hubble_listen)
             .args(["--uplink", "eth0", "--routing", topo.routing.as_flag()])

@@ -57,6 +57,11 @@ impl EncodedResponse {
         }
     }
 
+    /// The encoded bytes (a GetFlowsResponse).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -175,6 +175,18 @@ pub fn flow_filters(text: &str) -> Result<Vec<crate::flow::FlowFilter>, String> 
     Ok(out)
 }
 
+/// FlowFilters given as JSON values (from YAML, say: Hubble's exporter
+/// and metrics configurations hold them so).
+pub fn flow_filter_values(values: &[Value]) -> Result<Vec<crate::flow::FlowFilter>, String> {
+    values
+        .iter()
+        .map(|v| {
+            let bytes = from_json(".flow.FlowFilter", v)?;
+            crate::flow::FlowFilter::decode(bytes.as_slice()).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 /// A GetFlows response, as `hubble observe -o jsonpb` prints it.
 pub fn response(r: &crate::observer::GetFlowsResponse) -> Value {
     to_json(".observer.GetFlowsResponse", &r.encode_to_vec()).unwrap_or(Value::Null)

@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! weir_events (ring buffer) ─ reader thread: decode → enrich → store ─┬─ GetFlows (snapshot, follow)
-//!                              (names from the cluster model)          └─ metrics
+//!                              (names from the cluster model)          ├─ metrics
+//!                                                                      └─ export (files, OTLP)
 //! ```
 
 pub mod enrich;
+pub mod export;
 pub mod names;
 pub mod pipeline;
 pub mod server;

@@ -140,6 +140,11 @@ impl FlowStore {
         (ring.iter().cloned().collect(), rx)
     }
 
+    /// A receiver of every flow added from now on.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<FlowRecord>> {
+        self.tx.subscribe()
+    }
+
     pub fn len(&self) -> usize {
         self.ring().len()
     }

@@ -115,6 +115,22 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExporterLabels {
+    exporter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExportDropLabels {
+    exporter: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: String,
 }
@@ -163,6 +179,11 @@ pub struct Metrics {
     kube_unreadable: Family<KindLabels, Counter>,
     kube_errors: Family<KindLabels, Counter>,
     kube_relists: Family<KindLabels, Counter>,
+    export_flows: Family<ExporterLabels, Counter>,
+    export_dropped: Family<ExportDropLabels, Counter>,
+    export_reloads: Family<ResultLabels, Counter>,
+    export_config_ok: Gauge,
+    exporters: Gauge,
     policy_series: Mutex<HashSet<PolicyLabels>>,
     byte_totals: Mutex<ByteTotals>,
     pods_with_series: Mutex<HashSet<(String, String)>>,
@@ -249,6 +270,11 @@ impl Metrics {
             kube_unreadable: Family::default(),
             kube_errors: Family::default(),
             kube_relists: Family::default(),
+            export_flows: Family::default(),
+            export_dropped: Family::default(),
+            export_reloads: Family::default(),
+            export_config_ok: Gauge::default(),
+            exporters: Gauge::default(),
             policy_series: Mutex::new(HashSet::new()),
             byte_totals: Mutex::new(ByteTotals::default()),
             pods_with_series: Mutex::new(HashSet::new()),
@@ -389,6 +415,29 @@ impl Metrics {
             "Lists after the first (a watch expired or the API server came back), by kind",
             m.kube_relists.clone(),
         );
+        registry.register(
+            "weir_flow_export_flows",
+            "Flows exported: written to the exporter's file, or accepted by its collector",
+            m.export_flows.clone(),
+        );
+        registry.register(
+            "weir_flow_export_dropped",
+            "Flows an exporter lost, by why: lagged (it fell behind the agent's flows), queue_full (its writer or \
+             collector could not keep up), write_failed, export_failed (the collector was unreachable or refused the \
+             batch), rejected (the collector refused part of a batch)",
+            m.export_dropped.clone(),
+        );
+        registry.register(
+            "weir_flow_export_config_reloads",
+            "Flow export configurations read, by result (failure: refused, the exporters left as they were)",
+            m.export_reloads.clone(),
+        );
+        registry.register(
+            "weir_flow_export_config_last_reload_successful",
+            "1 if the flow export configuration last read was applied, 0 if it was refused",
+            m.export_config_ok.clone(),
+        );
+        registry.register("weir_flow_exporters", "Flow exporters running", m.exporters.clone());
         Self { registry, ..m }
     }
 
@@ -717,6 +766,35 @@ impl Metrics {
                 })
                 .inc_by(total - before);
         }
+    }
+
+    pub fn export_flows(&self, exporter: &str, n: u64) {
+        self.export_flows
+            .get_or_create(&ExporterLabels {
+                exporter: exporter.into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn export_dropped(&self, exporter: &str, reason: &str, n: u64) {
+        self.export_dropped
+            .get_or_create(&ExportDropLabels {
+                exporter: exporter.into(),
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn export_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.export_reloads
+            .get_or_create(&ResultLabels { result: result.into() })
+            .inc();
+        self.export_config_ok.set(i64::from(ok));
+    }
+
+    pub fn set_exporters(&self, n: usize) {
+        self.exporters.set(n as i64);
     }
 
     pub fn set_map(&self, map: &str, entries: u64, capacity: u64) {
