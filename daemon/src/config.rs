@@ -196,6 +196,23 @@ pub struct Config {
     #[arg(long, env = "WEIR_METRICS_LISTEN", value_parser = parse_listen, default_value = "127.0.0.1:9962")]
     pub metrics_listen: Listen,
 
+    /// Hubble's flow metrics, in Hubble's syntax: metrics separated by
+    /// spaces, each with its context options, e.g. `flow:sourceContext=
+    /// workload;destinationContext=namespace|reserved-identity drop
+    /// port-distribution flows-to-world` (metrics: flow, drop,
+    /// port-distribution, flows-to-world; contexts: identity, namespace,
+    /// pod, pod-name, ip, reserved-identity, workload, workload-name, app;
+    /// or labelsContext=source_namespace,destination_pod,...). Empty: none.
+    #[arg(long, env = "WEIR_HUBBLE_METRICS", default_value = "flow")]
+    pub hubble_metrics: String,
+
+    /// Hubble's flow metrics from a YAML file in Hubble's format
+    /// (`metrics: [{name, contextOptions: [{name, values}],
+    /// includeFilters, excludeFilters}]`): the filters keep namespaces or
+    /// pods out of the series. Read at start; replaces --hubble-metrics.
+    #[arg(long, env = "WEIR_HUBBLE_METRICS_CONFIG")]
+    pub hubble_metrics_config: Option<PathBuf>,
+
     /// Per-pod series (bytes by pod); off keeps only namespaces.
     #[arg(long, env = "WEIR_METRICS_PER_POD", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_per_pod: bool,
@@ -277,7 +294,25 @@ impl Config {
             errors.push(format!("--bpffs-root {}: must be absolute", self.bpffs_root.display()));
         }
         errors.extend(self.hubble_tls_errors());
+        if let Err(e) = self.flow_metrics() {
+            errors.push(e);
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// Hubble's flow metrics as configured: the file's, else the flag's.
+    pub fn flow_metrics(&self) -> Result<Vec<crate::metrics::context::MetricSpec>, String> {
+        match &self.hubble_metrics_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--hubble-metrics-config {}: {e}", path.display()))?;
+                crate::metrics::context::parse_file(&text)
+                    .map_err(|e| format!("--hubble-metrics-config {}: {e}", path.display()))
+            }
+            None => {
+                crate::metrics::context::parse_flag(&self.hubble_metrics).map_err(|e| format!("--hubble-metrics: {e}"))
+            }
+        }
     }
 
     /// What is wrong with --hubble-listen's security flags; the files are

@@ -118,7 +118,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("opening endpoint state")?;
     let endpoints = Arc::new(Mutex::new(endpoints));
 
-    let metrics = Arc::new(metrics::Metrics::new(config.metrics_per_pod));
+    let flow_metrics = config.flow_metrics().map_err(|e| anyhow::anyhow!(e))?;
+    let metrics = Arc::new(metrics::Metrics::with_flow_metrics(
+        config.metrics_per_pod,
+        flow_metrics,
+    ));
     let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
     match (&config.manifests, kube) {
         (Some(dir), _) => {

@@ -56,6 +56,10 @@ pub struct Topology {
     /// (`weir lab kubectl -- apply -f install/weir.yaml`, or helm).
     #[serde(default)]
     pub install: Install,
+    /// Extra flags for every node's agent (as the chart's
+    /// `agent.extraArgs`), e.g. `--hubble-metrics=...`.
+    #[serde(rename = "agentArgs", default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -301,6 +301,7 @@ fn bring_up(
             .arg(lab.dir.node_flow_export(&node.name))
             .args(&source)
             .args(&hubble_listen)
+            .args(&topo.agent_args)
             .args(["--uplink", "eth0", "--routing", topo.routing.as_flag()])
             .arg(format!("--nodeport-xdp={}", topo.node_port_xdp.as_flag()))
             // Pods reach the external host (and other nodes) as their node.

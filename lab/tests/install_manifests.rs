@@ -205,7 +205,14 @@ agent:
   resources: {limits: {memory: 2Gi}}
 cni: {binDir: /usr/libexec/cni, confDir: /etc/cni/conf.d}
 metrics: {listen: 0.0.0.0, port: 19962}
-hubble: {port: 14244, tls: {enabled: true, auto: false, serverSecret: srv, clientSecret: cli}}
+hubble:
+  port: 14244
+  tls: {enabled: true, auto: false, serverSecret: srv, clientSecret: cli}
+  metrics:
+    enabled: [\"flow:sourceContext=pod\", drop]
+    config: {metrics: [{name: flow, excludeFilters: [{source_pod: [kube-system/]}]}]}
+  export:
+    flowLogs: [{name: drops, filePath: /var/run/weir/flows/drops.log, includeFilters: [{verdict: [DROPPED]}]}]
 operator: {replicas: 3, log: debug, podCIDRPool: 10.42.0.0/16, nodeCIDRMaskSize: 25}
 relay: {enabled: true, tls: {enabled: true, secret: relay-srv}}
 tolerations: [{key: dedicated, operator: Exists}]
@@ -228,9 +235,27 @@ tolerations: [{key: dedicated, operator: Exists}]
         ("WEIR_UPLINK", "eth1"),
         ("WEIR_LOG", "debug"),
         ("WEIR_METRICS_LISTEN", "0.0.0.0:19962"),
+        ("WEIR_HUBBLE_METRICS", "flow:sourceContext=pod drop"),
+        ("WEIR_HUBBLE_METRICS_CONFIG", "/etc/weir/hubble-metrics/metrics.yaml"),
     ] {
         assert_eq!(config[key].as_str(), Some(want), "{key}");
     }
+    let metrics = find(&all, "ConfigMap", "weir-hubble-metrics").expect("metrics config")["data"]["metrics.yaml"]
+        .as_str()
+        .expect("metrics.yaml")
+        .to_owned();
+    assert!(
+        metrics.contains("kube-system/") && metrics.contains("excludeFilters"),
+        "{metrics}"
+    );
+    let export = find(&all, "ConfigMap", "weir-flow-export").expect("flow export")["data"]["flow-export.yaml"]
+        .as_str()
+        .expect("flow-export.yaml")
+        .to_owned();
+    assert!(
+        export.contains("/var/run/weir/flows/drops.log") && export.contains("DROPPED"),
+        "{export}"
+    );
     let ds = &find(&all, "DaemonSet", "weir-agent").expect("agent")["spec"]["template"]["spec"];
     let agent = &ds["containers"][0];
     assert_eq!(agent["image"].as_str(), Some("registry.example/weir:v9"));
@@ -246,6 +271,8 @@ tolerations: [{key: dedicated, operator: Exists}]
         "memory: 2Gi",
         "port: 19962",
         "--hubble-tls-client-ca=/etc/weir/hubble-tls/ca.crt",
+        "--flow-export-config=/etc/weir/flow-export/flow-export.yaml",
+        "mountPath: /etc/weir/hubble-metrics",
     ] {
         assert!(agent_text.contains(want), "agent lacks {want}: {agent_text}");
     }

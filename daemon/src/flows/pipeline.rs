@@ -85,10 +85,11 @@ impl Pipeline {
                     now,
                 };
                 let named = enrich::name(&event, &cx);
+                let record = FlowRecord::new(event, named, self.node_arc.clone());
                 if let Some(m) = &self.metrics {
-                    m.observe(&event, &named);
+                    m.observe_record(&record);
                 }
-                self.batch.push(FlowRecord::new(event, named, self.node_arc.clone()));
+                self.batch.push(record);
                 if self.batch.len() >= BATCH {
                     self.flush(store);
                 }

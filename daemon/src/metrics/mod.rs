@@ -10,6 +10,9 @@
 //! the cluster (per-pod series can be turned off), reasons and directions;
 //! a deleted pod's series go when its name does (after the grace period).
 
+pub mod context;
+pub mod hubble;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,7 +155,12 @@ const BYTE_TOTALS_MAX: usize = 65536;
 pub struct Metrics {
     registry: Registry,
     per_pod: bool,
+    /// `hubble_flows_processed_total` read from the event alone (the
+    /// `flow` metric with no context or filters, the default); off when
+    /// the configured `flow` metric is one of [`Self::hubble`]'s, or none.
+    plain_flows: bool,
     flows: Family<FlowLabels, Counter>,
+    hubble: hubble::FlowMetrics,
     drops: Family<DropLabels, Counter>,
     drop_bytes: Family<DropLabels, Counter>,
     forwarded: Family<DirectionLabels, Counter>,
@@ -229,6 +237,14 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
+fn verdict_name(e: &Event) -> &'static str {
+    match e.kind {
+        EventKind::Drop => "DROPPED",
+        EventKind::Trace => "TRACED",
+        _ => "FORWARDED",
+    }
+}
+
 fn direction_name(d: u8) -> &'static str {
     match u32::from(d) {
         weir_datapath::abi::DIR_INGRESS => "INGRESS",
@@ -238,12 +254,26 @@ fn direction_name(d: u8) -> &'static str {
 }
 
 impl Metrics {
+    /// The default metrics: `hubble_flows_processed_total` without context.
     pub fn new(per_pod: bool) -> Self {
+        let plain = context::parse_flag("flow").unwrap_or_default();
+        Self::with_flow_metrics(per_pod, plain)
+    }
+
+    /// With Hubble's flow metrics as configured (`--hubble-metrics`).
+    pub fn with_flow_metrics(per_pod: bool, mut specs: Vec<context::MetricSpec>) -> Self {
         let mut registry = Registry::default();
+        let plain = specs
+            .iter()
+            .position(|s| s.kind == context::Kind::Flow && s.context.is_empty() && s.filters.is_empty());
+        let plain_flows = plain.map(|i| specs.remove(i)).is_some();
+        let hubble = hubble::FlowMetrics::new(specs, &mut registry);
         let m = Self {
             registry: Registry::default(),
             per_pod,
+            plain_flows,
             flows: Family::default(),
+            hubble,
             drops: Family::default(),
             drop_bytes: Family::default(),
             forwarded: Family::default(),
@@ -280,11 +310,13 @@ impl Metrics {
             pods_with_series: Mutex::new(HashSet::new()),
             workload_series: Mutex::new((HashSet::new(), HashSet::new())),
         };
-        registry.register(
-            "hubble_flows_processed",
-            "Flows the agent processed, by type, subtype, verdict and protocol",
-            m.flows.clone(),
-        );
+        if m.plain_flows {
+            registry.register(
+                "hubble_flows_processed",
+                "Flows the agent processed, by type, subtype, verdict and protocol",
+                m.flows.clone(),
+            );
+        }
         registry.register(
             "hubble_lost_events",
             "Flow events lost before they became flows, by where",
@@ -553,21 +585,35 @@ impl Metrics {
 
     /// Counts one flow (and its event's counters), from the event and its
     /// names: the protobuf is not built for metrics.
-    pub fn observe(&self, e: &Event, named: &Named) {
-        let verdict = match e.kind {
-            EventKind::Drop => "DROPPED",
-            EventKind::Trace => "TRACED",
-            _ => "FORWARDED",
-        };
+    /// Counts a stored flow: from its event and names, and for the
+    /// configured Hubble metrics from its flow (built here if they need it).
+    pub fn observe_record(&self, r: &crate::flows::store::FlowRecord) {
+        self.observe(&r.event, &r.named);
+        if !self.hubble.is_empty() {
+            let e = &r.event;
+            let fixed = hubble::Fixed {
+                r#type: "L3_L4",
+                subtype: crate::flows::enrich::observation(e.obs).0,
+                verdict: verdict_name(e),
+                protocol: protocol_name(e.tuple.proto),
+            };
+            self.hubble.observe(e, &fixed, || r.flow().as_ref());
+        }
+    }
+
+    fn observe(&self, e: &Event, named: &Named) {
+        let verdict = verdict_name(e);
         let proto = protocol_name(e.tuple.proto);
-        self.flows
-            .get_or_create(&FlowLabels {
-                r#type: "L3_L4".into(),
-                subtype: crate::flows::enrich::observation(e.obs).0.into(),
-                verdict: verdict.into(),
-                protocol: proto.into(),
-            })
-            .inc();
+        if self.plain_flows {
+            self.flows
+                .get_or_create(&FlowLabels {
+                    r#type: "L3_L4".into(),
+                    subtype: crate::flows::enrich::observation(e.obs).0.into(),
+                    verdict: verdict.into(),
+                    protocol: proto.into(),
+                })
+                .inc();
+        }
         let src: &Endpoint = &named.src;
         let service_end;
         // A service's VIP is no pod: the edge goes to the service (a drop
@@ -724,6 +770,7 @@ impl Metrics {
     /// Removes the per-pod series of pods no longer named.
     fn retain_pods(&self, names: &FlowNames) {
         let known: HashSet<(String, String)> = names.pods().collect();
+        self.hubble.retain_pods(&known);
         let mut with = self.pods_with_series.lock().unwrap_or_else(|p| p.into_inner());
         with.retain(|(ns, pod)| {
             if known.contains(&(ns.clone(), pod.clone())) {
