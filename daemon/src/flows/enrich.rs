@@ -390,6 +390,29 @@ fn policy_fields(e: &Event, named: &Named) -> PolicyFields {
 }
 
 /// The Hubble flow of an event and its names.
+/// A flow's traffic direction as Hubble gives it: the connection's,
+/// relative to the local pod (an answer leaving a pod belongs to a
+/// connection that came in); a policy drop is the deciding side's (the
+/// destination's ingress policy refuses what the source's egress let out).
+pub fn traffic_direction(e: &Event) -> TrafficDirection {
+    let ct = !matches!(e.kind, EventKind::Drop | EventKind::Trace);
+    let packet_dir = match u32::from(e.direction) {
+        DIR_EGRESS => TrafficDirection::Egress,
+        DIR_INGRESS => TrafficDirection::Ingress,
+        _ => TrafficDirection::Unknown,
+    };
+    let connection_dir = match (e.is_reply() && ct, packet_dir) {
+        (true, TrafficDirection::Egress) => TrafficDirection::Ingress,
+        (true, TrafficDirection::Ingress) => TrafficDirection::Egress,
+        (_, d) => d,
+    };
+    match (e.kind == EventKind::Drop, e.policy_ingress.kind, e.policy_egress.kind) {
+        (true, VerdictKind::Denied | VerdictKind::Deny, _) => TrafficDirection::Ingress,
+        (true, _, VerdictKind::Denied | VerdictKind::Deny) => TrafficDirection::Egress,
+        _ => connection_dir,
+    }
+}
+
 #[allow(
     deprecated,
     reason = "Hubble's old clients still read drop_reason and reply: weir fills them as Hubble does"
@@ -410,28 +433,10 @@ pub fn build(e: &Event, named: &Named, node: &str) -> Flow {
     let service = named.service.as_deref().cloned();
     let summary = summary(e, &tr, service.as_ref());
     let (source_service, destination_service) = if reply { (service, None) } else { (None, service) };
-    // Hubble's direction is the connection's, relative to the local pod: an
-    // answer leaving a pod belongs to a connection that came in.
-    let packet_dir = match u32::from(e.direction) {
-        DIR_EGRESS => TrafficDirection::Egress,
-        DIR_INGRESS => TrafficDirection::Ingress,
-        _ => TrafficDirection::Unknown,
-    };
-    let traffic_direction = match (reply && ct, packet_dir) {
-        (true, TrafficDirection::Egress) => TrafficDirection::Ingress,
-        (true, TrafficDirection::Ingress) => TrafficDirection::Egress,
-        (_, d) => d,
-    };
+    let traffic_direction = traffic_direction(e);
     let drop = (e.kind == EventKind::Drop).then_some(e.drop_reason);
     let drop_code = drop.flatten().map(hubble_drop_code);
     let policy = policy_fields(e, named);
-    // A policy drop is the deciding side's: the destination's ingress
-    // policy refuses a connection the source's egress let out.
-    let traffic_direction = match (drop.is_some(), e.policy_ingress.kind, e.policy_egress.kind) {
-        (true, VerdictKind::Denied | VerdictKind::Deny, _) => TrafficDirection::Ingress,
-        (true, _, VerdictKind::Denied | VerdictKind::Deny) => TrafficDirection::Egress,
-        _ => traffic_direction,
-    };
     // What got through: AUDIT when an audit-mode policy would have denied it.
     let forwarded = if policy.audit {
         Verdict::Audit

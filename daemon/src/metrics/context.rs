@@ -8,9 +8,43 @@
 //! or its YAML (`metrics: [{name, contextOptions, includeFilters,
 //! excludeFilters}]`). Pure: parsing, and a flow's label values.
 
+use std::net::Ipv4Addr;
+
 use serde::Deserialize;
 use weir_proto::filter::FlowFilters;
 use weir_proto::flow::{Endpoint, Flow, TrafficDirection};
+
+/// What contexts read of a flow: its two ends, their addresses and its
+/// direction, as its Hubble flow has them. The agent makes it from the
+/// event and its names without building the flow.
+pub struct Ends<'a> {
+    pub src: &'a Endpoint,
+    pub dst: &'a Endpoint,
+    pub src_ip: Ipv4Addr,
+    pub dst_ip: Ipv4Addr,
+    pub direction: TrafficDirection,
+}
+
+impl<'a> Ends<'a> {
+    pub fn of_flow(f: &'a Flow, none: &'a Endpoint) -> Self {
+        let ip = |s: Option<&String>| s.and_then(|s| s.parse().ok()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Self {
+            src: f.source.as_ref().unwrap_or(none),
+            dst: f.destination.as_ref().unwrap_or(none),
+            src_ip: ip(f.ip.as_ref().map(|i| &i.source)),
+            dst_ip: ip(f.ip.as_ref().map(|i| &i.destination)),
+            direction: TrafficDirection::try_from(f.traffic_direction).unwrap_or(TrafficDirection::Unknown),
+        }
+    }
+}
+
+fn ip_label(ip: Ipv4Addr) -> String {
+    if ip.is_unspecified() {
+        String::new()
+    } else {
+        ip.to_string()
+    }
+}
 
 /// One context identifier (Hubble's `ContextIdentifier`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,41 +186,32 @@ impl ContextOptions {
             })
     }
 
-    /// The labels this adds, in order, with their values for `flow`.
-    pub fn labels(&self, flow: &Flow) -> Vec<(String, String)> {
+    /// The labels this adds, in order, with their values for a flow.
+    pub fn labels(&self, f: &Ends) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        let src = flow.source.as_ref();
-        let dst = flow.destination.as_ref();
-        let ip = flow.ip.as_ref();
         for &i in &self.labels {
             let name = LABELS[i];
-            let (end, ip_of) = match name.strip_prefix("source_") {
-                Some(_) => (src, ip.map(|i| i.source.as_str())),
-                None => (dst, ip.map(|i| i.destination.as_str())),
+            let (end, ip) = match name.starts_with("source_") {
+                true => (f.src, f.src_ip),
+                false => (f.dst, f.dst_ip),
             };
-            let value = match name.split_once('_').map_or(name, |(_, f)| f) {
-                "ip" => ip_of.unwrap_or("").to_owned(),
-                "pod" => end.map(|e| e.pod_name.clone()).unwrap_or_default(),
-                "namespace" => end.map(|e| e.namespace.clone()).unwrap_or_default(),
-                "workload" => end
-                    .and_then(|e| e.workloads.first())
-                    .map(|w| w.name.clone())
-                    .unwrap_or_default(),
-                "workload_kind" => end
-                    .and_then(|e| e.workloads.first())
-                    .map(|w| w.kind.clone())
-                    .unwrap_or_default(),
-                "app" => end.map(app).unwrap_or_default(),
-                _ => match TrafficDirection::try_from(flow.traffic_direction) {
-                    Ok(TrafficDirection::Ingress) => "ingress".into(),
-                    Ok(TrafficDirection::Egress) => "egress".into(),
+            let value = match name.split_once('_').map_or(name, |(_, field)| field) {
+                "ip" => ip_label(ip),
+                "pod" => end.pod_name.clone(),
+                "namespace" => end.namespace.clone(),
+                "workload" => end.workloads.first().map(|w| w.name.clone()).unwrap_or_default(),
+                "workload_kind" => end.workloads.first().map(|w| w.kind.clone()).unwrap_or_default(),
+                "app" => app(end),
+                _ => match f.direction {
+                    TrafficDirection::Ingress => "ingress".into(),
+                    TrafficDirection::Egress => "egress".into(),
                     _ => "unknown".into(),
                 },
             };
-            out.push((name.to_owned(), value));
+            out.push((name, value));
         }
-        let egress = flow.traffic_direction == TrafficDirection::Egress as i32;
-        let ingress = flow.traffic_direction == TrafficDirection::Ingress as i32;
+        let ingress = f.direction == TrafficDirection::Ingress;
+        let egress = f.direction == TrafficDirection::Egress;
         fn pick<'a>(
             ingress: bool,
             egress: bool,
@@ -202,7 +227,7 @@ impl ContextOptions {
         }
         if self.has_source() {
             let ids = pick(ingress, egress, &self.source, &self.source_ingress, &self.source_egress);
-            out.push(("source".into(), value(ids, src, ip.map(|i| i.source.as_str()))));
+            out.push(("source", value(ids, f.src, f.src_ip)));
         }
         if self.has_destination() {
             let ids = pick(
@@ -212,19 +237,14 @@ impl ContextOptions {
                 &self.destination_ingress,
                 &self.destination_egress,
             );
-            out.push((
-                "destination".into(),
-                value(ids, dst, ip.map(|i| i.destination.as_str())),
-            ));
+            out.push(("destination", value(ids, f.dst, f.dst_ip)));
         }
         out
     }
 }
 
 /// The first of `ids` that gives a value (Hubble's fallback order).
-fn value(ids: &[Identifier], end: Option<&Endpoint>, ip: Option<&str>) -> String {
-    let empty = Endpoint::default();
-    let e = end.unwrap_or(&empty);
+fn value(ids: &[Identifier], e: &Endpoint, ip: Ipv4Addr) -> String {
     for id in ids {
         let v = match id {
             Identifier::Namespace => e.namespace.clone(),
@@ -233,7 +253,7 @@ fn value(ids: &[Identifier], end: Option<&Endpoint>, ip: Option<&str>) -> String
             Identifier::Pod if e.namespace.is_empty() => e.pod_name.clone(),
             Identifier::Pod => format!("{}/{}", e.namespace, e.pod_name),
             Identifier::PodName => e.pod_name.clone(),
-            Identifier::Ip => ip.unwrap_or("").to_owned(),
+            Identifier::Ip => ip_label(ip),
             Identifier::ReservedIdentity => reserved(&e.labels),
             Identifier::Workload => match e.workloads.first() {
                 Some(w) if e.namespace.is_empty() => w.name.clone(),
@@ -461,12 +481,17 @@ mod tests {
         }
     }
 
-    fn labels(flag: &str) -> Vec<(String, String)> {
-        parse_flag(flag).unwrap().remove(0).context.labels(&flow())
+    fn labels(flag: &str) -> Vec<(&'static str, String)> {
+        let (f, none) = (flow(), Endpoint::default());
+        parse_flag(flag)
+            .unwrap()
+            .remove(0)
+            .context
+            .labels(&Ends::of_flow(&f, &none))
     }
 
-    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    fn pairs(v: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        v.iter().map(|(a, b)| (*a, b.to_string())).collect()
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! ([`super::context`]): `hubble_flows_processed_total`,
 //! `hubble_drop_total`, `hubble_port_distribution_total` and
 //! `hubble_flows_to_world_total`, their label names fixed at start.
-//! They look at the built flow (its names, labels, workloads), so a flow
-//! is built for them as it is for a GetFlows client; without any of them
-//! configured, nothing is built (the agent's default `flow` metric reads
-//! the event alone).
+//! Their contexts read the flow's ends as its names have them
+//! ([`Ends`], made from the event), so no flow is built for them; only
+//! include/exclude filters, which match whole flows, build it.
 //!
 //! Series that name pods (a `pod`, `pod-name` or `ip` context, or such a
 //! label) go when the pod does, as the per-pod byte series do.
@@ -17,19 +16,19 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use weir_datapath::events::{Event, EventKind};
-use weir_proto::flow::{DropReason, Flow};
+use weir_proto::flow::Flow;
 
-use super::context::{Kind, MetricSpec};
+use super::context::{Ends, Kind, MetricSpec};
 
-type Labels = Vec<(String, String)>;
+type Labels = Vec<(&'static str, String)>;
 /// A flow's two ends, (namespace, pod) each.
-type Ends = [(String, String); 2];
+type Pods = [(String, String); 2];
 
 struct Handler {
     spec: MetricSpec,
     family: Family<Labels, Counter>,
     /// Series naming pods, with the (namespace, pod) of each end.
-    pods: Option<Mutex<HashMap<Labels, Ends>>>,
+    pods: Option<Mutex<HashMap<Labels, Pods>>>,
 }
 
 /// What the caller already knows of the event, in the fixed labels'
@@ -80,8 +79,9 @@ impl FlowMetrics {
         self.handlers.is_empty()
     }
 
-    /// Counts one event, whose flow `flow` builds (once, on first need).
-    pub fn observe<'f>(&self, e: &Event, fixed: &Fixed, flow: impl Fn() -> &'f Flow) {
+    /// Counts one event with ends `ends`; `flow` builds its flow (once,
+    /// on first need: only filters need it).
+    pub fn observe<'f>(&self, e: &Event, fixed: &Fixed, ends: &Ends, flow: impl Fn() -> &'f Flow) {
         let new_connection = e.kind == EventKind::FlowStart && !e.is_reply();
         for h in &self.handlers {
             let wanted = match h.spec.kind {
@@ -93,49 +93,33 @@ impl FlowMetrics {
             if !wanted {
                 continue;
             }
-            let f = flow();
-            if !h.spec.filters.is_empty() && !h.spec.filters.matches(f) {
+            if !h.spec.filters.is_empty() && !h.spec.filters.matches(flow()) {
                 continue;
             }
             let mut labels: Labels = match h.spec.kind {
                 Kind::Flow => vec![
-                    ("type".into(), fixed.r#type.into()),
-                    ("subtype".into(), fixed.subtype.into()),
-                    ("verdict".into(), fixed.verdict.into()),
-                    ("protocol".into(), fixed.protocol.into()),
+                    ("type", fixed.r#type.into()),
+                    ("subtype", fixed.subtype.into()),
+                    ("verdict", fixed.verdict.into()),
+                    ("protocol", fixed.protocol.into()),
                 ],
-                Kind::Drop => vec![
-                    ("reason".into(), drop_reason(f)),
-                    ("protocol".into(), fixed.protocol.into()),
-                ],
-                Kind::PortDistribution => vec![
-                    ("protocol".into(), fixed.protocol.into()),
-                    ("port".into(), e.tuple.dport.to_string()),
-                ],
+                Kind::Drop => vec![("reason", drop_reason(e)), ("protocol", fixed.protocol.into())],
+                Kind::PortDistribution => {
+                    vec![("protocol", fixed.protocol.into()), ("port", e.tuple.dport.to_string())]
+                }
                 Kind::FlowsToWorld => {
-                    let world = f
-                        .destination
-                        .as_ref()
-                        .is_some_and(|d| d.labels.iter().any(|l| l == "reserved:world"));
-                    if !world {
+                    if !ends.dst.labels.iter().any(|l| l == "reserved:world") {
                         continue;
                     }
-                    vec![
-                        ("protocol".into(), fixed.protocol.into()),
-                        ("verdict".into(), fixed.verdict.into()),
-                    ]
+                    vec![("protocol", fixed.protocol.into()), ("verdict", fixed.verdict.into())]
                 }
             };
-            labels.extend(h.spec.context.labels(f));
+            labels.extend(h.spec.context.labels(ends));
             if let Some(pods) = &h.pods {
-                let end = |e: &Option<weir_proto::flow::Endpoint>| {
-                    e.as_ref()
-                        .map(|e| (e.namespace.clone(), e.pod_name.clone()))
-                        .unwrap_or_default()
-                };
+                let end = |e: &weir_proto::flow::Endpoint| (e.namespace.clone(), e.pod_name.clone());
                 let mut pods = pods.lock().unwrap_or_else(|p| p.into_inner());
                 if !pods.contains_key(&labels) {
-                    pods.insert(labels.clone(), [end(&f.source), end(&f.destination)]);
+                    pods.insert(labels.clone(), [end(ends.src), end(ends.dst)]);
                 }
             }
             h.family.get_or_create(&labels).inc();
@@ -159,16 +143,22 @@ impl FlowMetrics {
     }
 }
 
-fn drop_reason(f: &Flow) -> String {
-    DropReason::try_from(f.drop_reason_desc)
-        .map(|r| r.as_str_name().to_owned())
-        .unwrap_or_else(|_| f.drop_reason_desc.to_string())
+/// Hubble's name for the drop's reason, as its flow's `drop_reason_desc`.
+fn drop_reason(e: &Event) -> String {
+    e.drop_reason
+        .map_or(
+            weir_proto::flow::DropReason::Unknown,
+            crate::flows::enrich::hubble_drop_code,
+        )
+        .as_str_name()
+        .to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::context::{parse_file, parse_flag};
+    use weir_datapath::drop::DropReason as Why;
     use weir_proto::flow::{Endpoint, Verdict};
 
     fn flow(src: (&str, &str), dst: (&str, &str), verdict: Verdict) -> Flow {
@@ -188,11 +178,6 @@ mod tests {
             source: end(src),
             destination: end(dst),
             verdict: verdict as i32,
-            drop_reason_desc: if verdict == Verdict::Dropped {
-                DropReason::PolicyDenied as i32
-            } else {
-                0
-            },
             ..Default::default()
         }
     }
@@ -200,6 +185,7 @@ mod tests {
     fn event(kind: EventKind, dport: u16) -> Event {
         let mut e = Event::placeholder();
         e.kind = kind;
+        e.drop_reason = (kind == EventKind::Drop).then_some(Why::PolicyDenied);
         e.tuple.dport = dport;
         e.tuple.proto = 6;
         e
@@ -233,13 +219,15 @@ mod tests {
         let denied = flow(("demo", "intruder"), ("demo", "web-1"), Verdict::Dropped);
         let system = flow(("kube-system", "coredns-1"), ("demo", "web-1"), Verdict::Dropped);
         let out = flow(("demo", "client"), ("", ""), Verdict::Forwarded);
-        m.observe(&event(EventKind::Drop, 80), &FIXED, || &denied);
-        m.observe(&event(EventKind::Drop, 80), &FIXED, || &system);
+        let none = Endpoint::default();
+        let observe = |e: Event, fixed: &Fixed, f: &Flow| m.observe(&e, fixed, &Ends::of_flow(f, &none), || f);
+        observe(event(EventKind::Drop, 80), &FIXED, &denied);
+        observe(event(EventKind::Drop, 80), &FIXED, &system);
         let fwd = Fixed {
             verdict: "FORWARDED",
             ..FIXED
         };
-        m.observe(&event(EventKind::FlowStart, 443), &fwd, || &out);
+        observe(event(EventKind::FlowStart, 443), &fwd, &out);
         let text = exposition(&registry);
         assert!(
             text.contains(r#"hubble_drop_total{reason="POLICY_DENIED",protocol="TCP",source="demo/intruder",destination="demo"} 1"#),
@@ -272,14 +260,12 @@ mod tests {
             &mut registry,
         );
         let f = flow(("demo", "client"), ("demo", "web-1"), Verdict::Forwarded);
-        m.observe(
-            &event(EventKind::FlowStart, 80),
-            &Fixed {
-                verdict: "FORWARDED",
-                ..FIXED
-            },
-            || &f,
-        );
+        let none = Endpoint::default();
+        let fwd = Fixed {
+            verdict: "FORWARDED",
+            ..FIXED
+        };
+        m.observe(&event(EventKind::FlowStart, 80), &fwd, &Ends::of_flow(&f, &none), || &f);
         let text = exposition(&registry);
         assert!(
             text.contains(

@@ -597,7 +597,15 @@ impl Metrics {
                 verdict: verdict_name(e),
                 protocol: protocol_name(e.tuple.proto),
             };
-            self.hubble.observe(e, &fixed, || r.flow().as_ref());
+            let tr = crate::flows::enrich::translation(e);
+            let ends = context::Ends {
+                src: &r.named.src,
+                dst: &r.named.dst,
+                src_ip: tr.src.0,
+                dst_ip: tr.dst.0,
+                direction: crate::flows::enrich::traffic_direction(e),
+            };
+            self.hubble.observe(e, &fixed, &ends, || r.flow().as_ref());
         }
     }
 

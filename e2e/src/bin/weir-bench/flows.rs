@@ -201,6 +201,12 @@ fn filled_store(n: usize, node: &str) -> Arc<FlowStore> {
     let stats = Arc::new(FlowStats::default());
     let mut p = Pipeline::new(node.into(), Duration::from_secs(120), stats, None);
     p.update_names(&weir_model::ClusterState::default());
+    feed(&mut p, n, &store);
+    store
+}
+
+/// `n` synthetic connection-start records through the pipeline.
+fn feed(p: &mut Pipeline, n: usize, store: &FlowStore) {
     let clock = Clock::now();
     for i in 0..n {
         let raw = weir_datapath::abi::RawEvent {
@@ -218,10 +224,61 @@ fn filled_store(n: usize, node: &str) -> Arc<FlowStore> {
             },
             ..Default::default()
         };
-        p.process(raw.as_bytes(), clock, Instant::now(), &store);
+        p.process(raw.as_bytes(), clock, Instant::now(), store);
     }
-    p.flush(&store);
-    store
+    p.flush(store);
+}
+
+/// What the flow metrics cost the reader per event: the pipeline with no
+/// metrics, with the agent's default (`flow`, read from the event), and
+/// with the chart's default Hubble metrics (contexts: the flow is built
+/// for them), in alternating rounds; thread CPU per event, medians.
+pub fn metrics_cost() {
+    const EVENTS: usize = 200_000;
+    const ROUNDS: usize = 5;
+    let chart = "flow:sourceContext=namespace|reserved-identity;destinationContext=namespace|reserved-identity \
+                 drop:sourceContext=namespace|reserved-identity;destinationContext=namespace|reserved-identity \
+                 port-distribution flows-to-world:sourceContext=namespace";
+    let filtered = "flow:sourceContext=namespace;destinationContext=namespace";
+    let excluding = "metrics:\n- name: flow\n  contextOptions: [{name: sourceContext, values: [namespace]}]\n  \
+                     excludeFilters: [{source_pod: [kube-system/]}]\n";
+    let configs: [(&str, Option<&str>); 5] = [
+        ("no metrics", None),
+        ("default (flow, no context)", Some("flow")),
+        ("chart default (4 metrics, namespace context)", Some(chart)),
+        ("flow, namespace context", Some(filtered)),
+        ("flow, namespace context, kube-system excluded", Some(excluding)),
+    ];
+    let mut per_event: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, flag)) in configs.iter().enumerate() {
+            let metrics = flag.map(|f| {
+                let specs = match f.starts_with("metrics:") {
+                    true => weir_agent::metrics::context::parse_file(f),
+                    false => weir_agent::metrics::context::parse_flag(f),
+                }
+                .expect("metrics configuration");
+                Arc::new(weir_agent::metrics::Metrics::with_flow_metrics(true, specs))
+            });
+            let store = FlowStore::new(4096);
+            let mut p = Pipeline::new(
+                "bench".into(),
+                Duration::from_secs(120),
+                Arc::new(FlowStats::default()),
+                metrics,
+            );
+            p.update_names(&weir_model::ClusterState::default());
+            let cpu0 = thread_cpu();
+            feed(&mut p, EVENTS, &store);
+            per_event[i].push((thread_cpu() - cpu0).as_nanos() as f64 / EVENTS as f64);
+        }
+    }
+    println!("flow metrics: reader CPU per event, {ROUNDS} alternating rounds of {EVENTS} events, median");
+    let base = crate::median(&mut per_event[0].clone());
+    for ((name, _), v) in configs.iter().zip(per_event.iter_mut()) {
+        let m = crate::median(v);
+        println!("  {name:<46} {m:>7.0} ns/event ({:.2}x)", m / base);
+    }
 }
 
 async fn serve_store(store: Arc<FlowStore>, node: &str, sock: &std::path::Path) -> tokio::task::JoinHandle<()> {

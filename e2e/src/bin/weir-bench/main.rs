@@ -256,6 +256,10 @@ fn main() {
         flows::grpc_only();
         return;
     }
+    if std::env::args().any(|a| a == "--flow-metrics") {
+        flows::metrics_cost();
+        return;
+    }
     if std::env::args().any(|a| a == "--flows-pipeline") {
         flows::pipeline_only();
         return;
