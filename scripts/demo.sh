@@ -98,6 +98,23 @@ ip netns exec "$node_ns" curl -s http://127.0.0.1:9962/metrics \
   | awk -F'{' '{n[$1]++} n[$1] <= 3' || true
 "$weir" status
 
+step "flow export: each agent re-reads its flowLogs file (the chart's ConfigMap in a cluster); drops to a file, read back by the stock hubble"
+export_dir=$(mktemp -d /tmp/weir-demo-export.XXXXXX)
+for n in $("$weir" lab status -o json | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["access"]["flowExport"]))'); do
+  cat >"$WEIR_LAB_DIR/run/$n/flow-export.yaml" <<EOF
+flowLogs:
+  - name: drops
+    filePath: $export_dir/$n-drops.log
+    includeFilters: [{verdict: [DROPPED]}]
+    fieldMask: [time, verdict, drop_reason_desc, event_type, source, destination, IP, l4, traffic_direction, is_reply, Summary]
+EOF
+done
+sleep 2   # the agents read it within a second
+"$weir" lab probe svc-demo/intruder "$vip:80/tcp" --timeout 1 || true
+sleep 1.5 # exporters write at least every second
+cat "$export_dir"/*-drops.log | "$hubble" observe --input-file - --last 2
+rm -rf "$export_dir"
+
 step "weir lab status   (per-endpoint counters from per-CPU BPF maps, drops by reason, identities)"
 "$weir" lab status
 
