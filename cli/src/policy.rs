@@ -30,8 +30,12 @@ pub struct CheckArgs {
     pub files: Vec<PathBuf>,
     /// The cluster's objects as manifests (a standalone agent's, or the
     /// lab's: `weir lab policy check` passes them).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubeconfig")]
     pub manifests: Option<PathBuf>,
+    /// Read the cluster's namespaces, pods and policies from the API server
+    /// of this kubeconfig (the default without --manifests: in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub server: ServerArg,
     /// Only connections since (a duration ago, or a time); default: every
@@ -63,6 +67,49 @@ fn read_state(dir: &Path) -> Result<ClusterState> {
     }
     if files == 0 {
         bail!("{}: no manifests", dir.display());
+    }
+    Ok(state)
+}
+
+/// The kinds a verdict depends on, as the API server holds them now.
+async fn read_cluster(kubeconfig: Option<&Path>) -> Result<ClusterState> {
+    use weir_k8s::kube::api::{Api, DynamicObject, ListParams, TypeMeta};
+    use weir_model::Kind;
+    let client = weir_k8s::client(kubeconfig).await?;
+    let mut state = ClusterState::default();
+    for kind in [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::WeirNetworkPolicy,
+        Kind::WeirClusterNetworkPolicy,
+        Kind::ClusterNetworkPolicy,
+        // The numbers the operator gave label sets, as flows carry them.
+        Kind::WeirIdentity,
+    ] {
+        let ar = weir_k8s::resource(kind);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let list = match api.list(&ListParams::default()).await {
+            Ok(l) => l,
+            // A kind whose CRD is not installed has no objects.
+            Err(weir_k8s::kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", ar.plural)),
+        };
+        for mut obj in list.items {
+            // List items come without their kind.
+            obj.types = Some(TypeMeta {
+                api_version: ar.api_version.clone(),
+                kind: ar.kind.clone(),
+            });
+            let text = serde_json::to_string(&obj)?;
+            for e in weir_model::parse_manifests(&mut state, &text) {
+                eprintln!(
+                    "warning: {} {}: {e}",
+                    ar.kind,
+                    obj.metadata.name.as_deref().unwrap_or("")
+                );
+            }
+        }
     }
     Ok(state)
 }
@@ -155,10 +202,10 @@ fn rule_text(d: &Decision) -> String {
 }
 
 pub async fn check(a: CheckArgs) -> Result<()> {
-    let Some(dir) = a.manifests.as_deref() else {
-        bail!("--manifests DIR: the cluster's objects (reading them from an API server is not there yet)");
+    let before = match a.manifests.as_deref() {
+        Some(dir) => read_state(dir)?,
+        None => read_cluster(a.kubeconfig.as_deref()).await?,
     };
-    let before = read_state(dir)?;
     let mut after = before.clone();
     for f in &a.files {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;

@@ -987,6 +987,41 @@ fn the_demo_policy_on_a_real_api_server() {
     kubectl(&["delete", "node", "ghost"]);
     relay_says("Nodes:       2 connected, 0 unavailable");
 
+    // `weir policy check` reads the cluster from the API server: a change
+    // leaving the client only DNS is reported as cutting its HTTP to web.
+    let change = lab.file(
+        "cut.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-client, namespace: svc-demo}\n\
+         spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  \
+         - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: dns, protocol: UDP}]\n",
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}-a", lab.name))
+        .arg("--")
+        .arg(weir_test_support::bin("weir"))
+        .args(["policy", "check", "-f", &change, "-o", "json", "--server"])
+        .arg(format!("unix://{}", lab.dir.join("run/relay.sock").display()))
+        .arg(format!(
+            "--kubeconfig={}",
+            lab.dir.join("kube/admin.kubeconfig").display()
+        ))
+        .output()
+        .expect("weir policy check");
+    assert!(out.status.success(), "{}", show(&out));
+    let groups: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON group"))
+        .collect();
+    assert!(
+        groups.iter().any(|g| g["client"] == "svc-demo/client"
+            && g["server"] == "svc-demo/web"
+            && g["port"] == "80/TCP"
+            && g["now"] == "allowed"
+            && g["after"] == "denied"),
+        "{groups:#?}\n{}",
+        show(&out)
+    );
+
     // Scaled down by the ReplicaSet controller: the lab's kubelet unwires
     // the pods it deletes (CNI DEL, netns gone) and the Service goes on.
     let web_pods = |lab: &Lab| {
