@@ -1,24 +1,13 @@
 //! `weir policy check -f change.yaml`: what a policy change would do to the
-//! traffic the cluster really had. Every connection the relay recorded
-//! (its first packet: forwarded, audited, or dropped by policy) is judged
-//! twice with the compiler and judge the datapath is held to
-//! (`weir_model::policy::whatif`), under the policies as they are and as
-//! the change would leave them, and every connection whose verdict would
-//! change is listed, grouped by workload pair and port, with the rule
-//! that decides it.
+//! traffic the cluster really had (`weir_whatif`), from the relay's
+//! recorded flows and the cluster's objects (manifests or the API
+//! server), printed as a table or JSON.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result, bail};
-use weir_model::ClusterState;
-use weir_model::policy::whatif::{Connection, Decision, End, Judge};
-use weir_model::state::ObjectKey;
-use weir_proto::flow::{Endpoint, Flow, Verdict, layer4::Protocol};
+use anyhow::{Context, Result};
 use weir_proto::observer::GetFlowsRequest;
-use weir_proto::workload::WorkloadRef;
 
 use crate::observe::{ServerArg, window::WindowArgs};
 
@@ -47,179 +36,22 @@ pub struct CheckArgs {
     pub output: String,
 }
 
-fn read_state(dir: &Path) -> Result<ClusterState> {
-    let mut state = ClusterState::default();
-    let mut stack = vec![dir.to_path_buf()];
-    let mut files = 0;
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                for e in weir_model::parse_manifests(&mut state, &text) {
-                    eprintln!("warning: {}: {e}", path.display());
-                }
-                files += 1;
-            }
-        }
-    }
-    if files == 0 {
-        bail!("{}: no manifests", dir.display());
-    }
-    Ok(state)
-}
-
-/// The kinds a verdict depends on, as the API server holds them now.
-async fn read_cluster(kubeconfig: Option<&Path>) -> Result<ClusterState> {
-    use weir_k8s::kube::api::{Api, DynamicObject, ListParams, TypeMeta};
-    use weir_model::Kind;
-    let client = weir_k8s::client(kubeconfig).await?;
-    let mut state = ClusterState::default();
-    for kind in [
-        Kind::Namespace,
-        Kind::Pod,
-        Kind::NetworkPolicy,
-        Kind::WeirNetworkPolicy,
-        Kind::WeirClusterNetworkPolicy,
-        Kind::ClusterNetworkPolicy,
-        // The numbers the operator gave label sets, as flows carry them.
-        Kind::WeirIdentity,
-    ] {
-        let ar = weir_k8s::resource(kind);
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let list = match api.list(&ListParams::default()).await {
-            Ok(l) => l,
-            // A kind whose CRD is not installed has no objects.
-            Err(weir_k8s::kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e).with_context(|| format!("listing {}", ar.plural)),
-        };
-        for mut obj in list.items {
-            // List items come without their kind.
-            obj.types = Some(TypeMeta {
-                api_version: ar.api_version.clone(),
-                kind: ar.kind.clone(),
-            });
-            let text = serde_json::to_string(&obj)?;
-            for e in weir_model::parse_manifests(&mut state, &text) {
-                eprintln!(
-                    "warning: {} {}: {e}",
-                    ar.kind,
-                    obj.metadata.name.as_deref().unwrap_or("")
-                );
-            }
-        }
-    }
-    Ok(state)
-}
-
-/// The pod an endpoint of a flow is, if the state knows it.
-fn end(e: &Endpoint, ip: &str, state: &ClusterState) -> Option<End> {
-    let key = ObjectKey::new(e.namespace.clone(), e.pod_name.clone());
-    let pod = (!e.pod_name.is_empty() && state.pods.contains_key(&key)).then_some(key);
-    Some(End {
-        pod,
-        identity: e.identity,
-        addr: ip.parse::<Ipv4Addr>().ok()?,
-    })
-}
-
-/// A connection's first packet, as a flow recorded it.
-struct Opening<'a> {
-    /// Addresses, ports and protocol: one connection, whichever nodes
-    /// reported it.
-    key: (String, String, u32, u32, u8),
-    client: &'a Endpoint,
-    server: &'a Endpoint,
-    proto: u8,
-    port: u16,
-}
-
-/// A flow's connection, when the flow is a connection's first packet: the
-/// one the client's node let out (or audited), or the one policy dropped.
-fn opening(f: &Flow) -> Option<Opening<'_>> {
-    if f.is_reply == Some(true) {
-        return None;
-    }
-    let d = f.weir.as_ref()?;
-    let verdict = Verdict::try_from(f.verdict).ok()?;
-    let opens = match verdict {
-        Verdict::Forwarded | Verdict::Audit => d.event == "flow-start",
-        Verdict::Dropped => d.drop_reason.starts_with("policy_"),
-        _ => false,
-    };
-    if !opens {
-        return None;
-    }
-    let (proto, sport, dport) = match f.l4.as_ref()?.protocol.as_ref()? {
-        Protocol::Tcp(t) => (6, t.source_port, t.destination_port),
-        Protocol::Udp(u) => (17, u.source_port, u.destination_port),
-        Protocol::Sctp(s) => (132, s.source_port, s.destination_port),
-        Protocol::IcmPv4(_) => (1, 0, 0),
-        _ => return None,
-    };
-    let ip = f.ip.as_ref()?;
-    let key = (ip.source.clone(), ip.destination.clone(), sport, dport, proto);
-    Some(Opening {
-        key,
-        client: f.source.as_ref()?,
-        server: f.destination.as_ref()?,
-        proto,
-        port: dport as u16,
-    })
-}
-
-fn verdict_word(d: &Decision) -> &'static str {
-    match (d.allowed, d.audit) {
-        (false, _) => "denied",
-        (true, true) => "allowed (audit)",
-        (true, false) => "allowed",
-    }
-}
-
-fn proto_name(p: u8) -> &'static str {
-    match p {
-        6 => "TCP",
-        17 => "UDP",
-        132 => "SCTP",
-        _ => "ICMP",
-    }
-}
-
-#[derive(Debug, Default)]
-struct Group {
-    connections: u64,
-    /// The deciding rules, now and after the change.
-    rule_now: String,
-    rule_after: String,
-}
-
-fn rule_text(d: &Decision) -> String {
-    d.rule
-        .as_ref()
-        .map_or_else(|| "no policy selects either end".to_owned(), |r| r.text())
-}
-
 pub async fn check(a: CheckArgs) -> Result<()> {
+    let mut warnings = Vec::new();
     let before = match a.manifests.as_deref() {
-        Some(dir) => read_state(dir)?,
-        None => read_cluster(a.kubeconfig.as_deref()).await?,
+        Some(dir) => weir_whatif::read_manifests(dir, &mut warnings)?,
+        None => {
+            let client = weir_k8s::client(a.kubeconfig.as_deref()).await?;
+            weir_whatif::read_cluster(&client, &mut warnings).await?
+        }
     };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let mut after = before.clone();
     for f in &a.files {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        let errors = weir_model::parse_manifests(&mut after, &text);
-        if !errors.is_empty() {
-            bail!("{}: {}", f.display(), errors.join("; "));
-        }
-    }
-    let (now, then) = (Judge::new(&before), Judge::new(&after));
-    let was: HashSet<String> = now.rejected().map(|(p, _)| p).collect();
-    for (policy, reason) in then.rejected().filter(|(p, _)| !was.contains(p)) {
-        eprintln!(
-            "the change is refused by the compiler: {policy}: {reason} (an invalid policy isolates what it selects)"
-        );
+        after = weir_whatif::apply_change(&after, &text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
     }
     let w = WindowArgs {
         since: a.since.clone(),
@@ -236,83 +68,44 @@ pub async fn check(a: CheckArgs) -> Result<()> {
         ..Default::default()
     };
     let flows = crate::observe::fetch_flows(&a.server, req).await?;
-    let mut seen = HashSet::new();
-    let mut judged = 0u64;
-    let mut groups: BTreeMap<(String, String, String, &'static str, &'static str), Group> = BTreeMap::new();
-    for f in &flows {
-        let Some(Opening {
-            key,
-            client: src,
-            server: dst,
-            proto,
-            port,
-        }) = opening(f)
-        else {
-            continue;
-        };
-        if !seen.insert(key) {
-            continue;
-        }
-        let ip = f.ip.clone().unwrap_or_default();
-        let conn = |state: &ClusterState| -> Option<Connection> {
-            Some(Connection {
-                client: end(src, &ip.source, state)?,
-                server: end(dst, &ip.destination, state)?,
-                proto,
-                port,
-            })
-        };
-        let (Some(c0), Some(c1)) = (conn(&before), conn(&after)) else {
-            continue;
-        };
-        judged += 1;
-        let (d0, d1) = (now.decide(&c0), then.decide(&c1));
-        if d0.allowed == d1.allowed && d0.audit == d1.audit {
-            continue;
-        }
-        let node = f.node_name.as_str();
-        let g = groups
-            .entry((
-                WorkloadRef::of(src, node).id,
-                WorkloadRef::of(dst, node).id,
-                format!("{port}/{}", proto_name(proto)),
-                verdict_word(&d0),
-                verdict_word(&d1),
-            ))
-            .or_default();
-        g.connections += 1;
-        g.rule_now = rule_text(&d0);
-        g.rule_after = rule_text(&d1);
+    let report = weir_whatif::check(&before, &after, &flows);
+    for (policy, reason) in &report.refused {
+        eprintln!(
+            "the change is refused by the compiler: {policy}: {reason} (an invalid policy isolates what it selects)"
+        );
     }
-    let changed: u64 = groups.values().map(|g| g.connections).sum();
     if a.output == "json" {
-        for ((client, server, port, from, to), g) in &groups {
-            let v = serde_json::json!({
-                "client": client, "server": server, "port": port,
-                "now": from, "after": to, "connections": g.connections,
-                "rule_now": g.rule_now, "rule_after": g.rule_after,
-            });
-            println!("{v}");
+        for g in &report.groups {
+            println!("{}", serde_json::to_string(g)?);
         }
         return Ok(());
     }
-    if groups.is_empty() {
+    if report.groups.is_empty() {
         println!(
-            "no recorded connection would change its verdict ({judged} judged, {} flows)",
-            flows.len()
+            "no recorded connection would change its verdict ({} judged, {} flows)",
+            report.judged, report.flows
         );
         return Ok(());
     }
     println!(
-        "{changed} of {judged} recorded connections would change their verdict, in {} groups:",
-        groups.len()
+        "{} of {} recorded connections would change their verdict, in {} groups:",
+        report.changed(),
+        report.judged,
+        report.groups.len()
     );
-    for ((client, server, port, from, to), g) in &groups {
+    for g in &report.groups {
         println!(
-            "  {client} → {server} {port}: {from} → {to}, {} connection{}\n      now:   {from} by {}\n      after: {to} by {}",
+            "  {} → {} {}: {} → {}, {} connection{}\n      now:   {} by {}\n      after: {} by {}",
+            g.client,
+            g.server,
+            g.port,
+            g.now,
+            g.after,
             g.connections,
             if g.connections == 1 { "" } else { "s" },
+            g.now,
             g.rule_now,
+            g.after,
             g.rule_after
         );
     }
