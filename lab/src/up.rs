@@ -585,6 +585,8 @@ fn start_relay(lab: &Lab, topo: &topology::Topology, state: &mut LabState) -> Re
                 cmd.arg("--peer")
                     .arg(format!("{}=unix://{}", node.name, sock.display()));
             }
+            // The map's policy check reads the lab's manifests.
+            cmd.arg("--policy-check-manifests").arg(lab.dir.manifests());
             cmd
         }
     };

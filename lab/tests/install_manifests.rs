@@ -214,7 +214,7 @@ hubble:
   export:
     flowLogs: [{name: drops, filePath: /var/run/weir/flows/drops.log, includeFilters: [{verdict: [DROPPED]}]}]
 operator: {replicas: 3, log: debug, podCIDRPool: 10.42.0.0/16, nodeCIDRMaskSize: 25}
-relay: {enabled: true, tls: {enabled: true, secret: relay-srv}}
+relay: {enabled: true, tls: {enabled: true, secret: relay-srv}, ui: {enabled: true, port: 18080}}
 tolerations: [{key: dedicated, operator: Exists}]
 ";
     let file = std::env::temp_dir().join(format!("weir-values-{}.yaml", std::process::id()));
@@ -308,9 +308,25 @@ tolerations: [{key: dedicated, operator: Exists}]
         "secretName: cli",
         "secretName: relay-srv",
         "--tls-cert=/etc/weir/relay-tls/tls.crt",
+        "--ui-listen=127.0.0.1:18080",
+        "--policy-check",
     ] {
         assert!(relay.contains(want), "relay lacks {want}: {relay}");
     }
+    // The map's policy check reads, never writes, and only what it needs.
+    let role = text_of(find(&all, "ClusterRole", "weir-relay-policy-check").expect("policy check role"));
+    assert!(
+        role.contains("networkpolicies") && role.contains("weiridentities"),
+        "{role}"
+    );
+    assert!(
+        !role.contains("watch") && !role.contains("create") && !role.contains("secrets"),
+        "{role}"
+    );
+    assert!(
+        find(&docs(&helm(&RENDER)), "ClusterRole", "weir-relay-policy-check").is_none(),
+        "off with the map off (the default)"
+    );
 }
 
 /// `weir lab image --output` (what scripts/image.sh runs on the release

@@ -3,7 +3,8 @@
 //! WebDriver) on the page the relay serves. The map shows the demo's
 //! workloads and edges, the intruder's denied edge names the policy,
 //! clicking it shows the drop in the flow table, and the copied
-//! `weir observe` command selects the same drop. Needs root, the
+//! `weir observe` command selects the same drop; a policy change pasted
+//! into the map's check is judged as `weir policy check` judges it. Needs root, the
 //! workspace built, and chromium + chromium-driver (CI=true fails
 //! without them).
 
@@ -326,6 +327,54 @@ fn policy_check_reports_what_a_change_would_cut_and_applying_it_cuts_exactly_tha
         table.contains("svc-demo/client → svc-demo/web 80/TCP: allowed → denied"),
         "{table}"
     );
+
+    // The same check on the service map: pasted, judged by the relay,
+    // listed, and the client's edge to web marked as one it would cut.
+    if let Some(browser) = Browser::start(1400, 900) {
+        let status = lab.json(&["status"]);
+        let url = status["access"]["serviceMap"]
+            .as_str()
+            .expect("the map's URL")
+            .to_owned();
+        browser.goto(&url);
+        browser.wait("the map", WAIT, |b| b.find(r#"g.node[data-id="svc-demo/web"]"#));
+        browser
+            .find("#open-check")
+            .expect("the policy check button")
+            .click()
+            .expect("click");
+        browser.eval(
+            "document.getElementById('change').value = arguments[0];",
+            json!([CUT_CLIENT_OFF]),
+        );
+        browser.find("#run-check").expect("check").click().expect("click");
+        let said = browser.wait("the check's result", WAIT, |b| {
+            text_of(b, "#check-result").filter(|t| t.contains("svc-demo/client → svc-demo/web 80/TCP"))
+        });
+        assert!(said.contains("allowed → denied"), "{said}");
+        assert!(
+            said.contains("NetworkPolicy svc-demo/web-from-client default deny"),
+            "{said}"
+        );
+        assert!(
+            !said.contains("intruder"),
+            "only the client's connections change: {said}"
+        );
+        browser.wait("the edge it would cut, marked", WAIT, |b| {
+            b.find(r#"g.edge.would-deny[data-id="svc-demo/client>svc-demo/web"]"#)
+        });
+        // A malformed change is refused with its reason.
+        browser.eval(
+            "document.getElementById('change').value = arguments[0];",
+            json!([
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x}\nspec: {podSelector: 7}\n"
+            ]),
+        );
+        browser.find("#run-check").expect("check").click().expect("click");
+        browser.wait("the refusal", WAIT, |b| {
+            text_of(b, "#check-status").filter(|t| t.starts_with("not checked: the change:"))
+        });
+    }
 
     // Nothing was applied by the check: the client still reaches web.
     lab.ok(&["probe", "svc-demo/client", &http, "--timeout", "1"]);

@@ -19,6 +19,7 @@
 pub mod discover;
 pub mod map;
 pub mod ui;
+pub mod whatif;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

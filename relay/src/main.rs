@@ -38,9 +38,9 @@ struct Args {
     #[arg(long, env = "WEIR_RELAY_DISCOVER")]
     discover: bool,
 
-    /// With --discover: the API server from this kubeconfig (default: the
-    /// pod's service account).
-    #[arg(long, env = "WEIR_RELAY_KUBECONFIG", requires = "discover")]
+    /// With --discover or --policy-check: the API server from this
+    /// kubeconfig (default: the pod's service account).
+    #[arg(long, env = "WEIR_RELAY_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
 
     /// With --discover: the port of the agents' Observer API on their node.
@@ -66,6 +66,22 @@ struct Args {
     /// serving (for port 0).
     #[arg(long, env = "WEIR_RELAY_UI_ADDRESS_FILE", requires = "ui_listen")]
     ui_address_file: Option<PathBuf>,
+
+    /// With --ui-listen: offer "what would this policy change do?" on the
+    /// map, reading the cluster's namespaces, pods, policies and
+    /// identities from the API server at each check (read-only).
+    #[arg(
+        long,
+        env = "WEIR_RELAY_POLICY_CHECK",
+        requires = "ui_listen",
+        conflicts_with = "policy_check_manifests"
+    )]
+    policy_check: bool,
+
+    /// The same, with the cluster's objects from a directory of manifests
+    /// (a standalone cluster; the lab's).
+    #[arg(long, env = "WEIR_RELAY_POLICY_CHECK_MANIFESTS", requires = "ui_listen")]
+    policy_check_manifests: Option<PathBuf>,
 
     /// --listen over TLS: the relay's certificate chain (PEM, its own
     /// first). Re-read when it changes, no restart.
@@ -282,7 +298,14 @@ async fn main() -> anyhow::Result<()> {
     relay.spawn_health();
     if let Some(listener) = ui {
         let addr = listener.local_addr()?;
-        let router = weir_relay::ui::router(relay.clone(), weir_relay::ui::UiLimits::default());
+        let policy = match (&args.policy_check_manifests, args.policy_check) {
+            (Some(dir), _) => Some(weir_relay::whatif::PolicySource::Manifests(dir.clone())),
+            (None, true) => Some(weir_relay::whatif::PolicySource::Cluster(
+                weir_k8s::client(args.kubeconfig.as_deref()).await?,
+            )),
+            (None, false) => None,
+        };
+        let router = weir_relay::ui::router(relay.clone(), weir_relay::ui::UiLimits::default(), policy);
         tokio::spawn(async move {
             if let Err(e) = weir_relay::ui::serve(listener, router).await {
                 tracing::error!(error = %e, "service map server stopped");

@@ -18,7 +18,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::StreamExt;
@@ -29,6 +29,7 @@ use weir_proto::observer::{GetFlowsRequest, get_flows_response::ResponseTypes};
 
 use crate::Relay;
 use crate::map::{MapLimits, ServiceMap};
+use crate::whatif::PolicySource;
 
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const MAP_JS: &str = include_str!("../ui/map.js");
@@ -68,6 +69,10 @@ struct Ui {
     map_streams: Arc<Semaphore>,
     flow_streams: Arc<Semaphore>,
     limits: UiLimits,
+    /// Where policy checks read the cluster; none: not offered.
+    policy: Option<PolicySource>,
+    /// One policy check at a time: each reads every node's flows.
+    checks: Arc<Semaphore>,
 }
 
 fn now_secs() -> i64 {
@@ -78,7 +83,7 @@ fn now_secs() -> i64 {
 
 /// Starts folding the relay's flows into the map, and returns the UI's
 /// routes.
-pub fn router(relay: Arc<Relay>, limits: UiLimits) -> Router {
+pub fn router(relay: Arc<Relay>, limits: UiLimits, policy: Option<PolicySource>) -> Router {
     let map = Arc::new(Mutex::new(ServiceMap::new(limits.map.clone())));
     tokio::spawn(feed(relay.clone(), map.clone(), limits.history));
     let (tx, latest) = watch::channel(Arc::<str>::from("{}"));
@@ -90,6 +95,8 @@ pub fn router(relay: Arc<Relay>, limits: UiLimits) -> Router {
         map_streams: Arc::new(Semaphore::new(limits.streams)),
         flow_streams: Arc::new(Semaphore::new(limits.streams)),
         limits,
+        policy,
+        checks: Arc::new(Semaphore::new(1)),
     });
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
@@ -102,6 +109,8 @@ pub fn router(relay: Arc<Relay>, limits: UiLimits) -> Router {
         .route("/api/map", get(map_now))
         .route("/api/map/events", get(map_events))
         .route("/api/flows/events", get(flow_events))
+        .route("/api/policy/check", post(policy_check))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(ui)
 }
 
@@ -195,6 +204,36 @@ async fn map_now(State(ui): State<Arc<Ui>>, RawQuery(q): RawQuery) -> Response {
     match serde_json::to_string(&snapshot) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// POST a change (the manifests as they would be applied): the recorded
+/// connections whose verdict it would change, as `weir policy check -o
+/// json` gives them, in one JSON object.
+async fn policy_check(State(ui): State<Arc<Ui>>, body: String) -> Response {
+    let json = |status: StatusCode, v: serde_json::Value| {
+        (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    };
+    let Some(source) = &ui.policy else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "policy checks are off: start weir-relay with --policy-check (the API server) or --policy-check-manifests DIR"}),
+        );
+    };
+    let Ok(_permit) = ui.checks.clone().try_acquire_owned() else {
+        return busy();
+    };
+    match crate::whatif::check(&ui.relay, source, &body).await {
+        Ok((report, warnings)) => {
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["changed"] = report.changed().into();
+            v["warnings"] = warnings.into();
+            json(StatusCode::OK, v)
+        }
+        Err(e @ crate::whatif::CheckError::Change(_)) => {
+            json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.to_string()}))
+        }
+        Err(e) => json(StatusCode::BAD_GATEWAY, serde_json::json!({"error": e.to_string()})),
     }
 }
 

@@ -18,7 +18,7 @@ async fn serve(streams: usize) -> std::net::SocketAddr {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
     let addr = listener.local_addr().expect("address");
-    tokio::spawn(weir_relay::ui::serve(listener, router(relay, limits)));
+    tokio::spawn(weir_relay::ui::serve(listener, router(relay, limits, None)));
     addr
 }
 
@@ -41,6 +41,26 @@ async fn get(addr: std::net::SocketAddr, path: &str, wait: Duration) -> (String,
     let text = String::from_utf8_lossy(&got).into_owned();
     let status = text.lines().next().unwrap_or_default().to_owned();
     (status, text, s)
+}
+
+#[tokio::test]
+async fn a_policy_check_without_a_source_of_the_cluster_says_how_to_enable_it() {
+    let addr = serve(4).await;
+    let mut s = TcpStream::connect(addr).await.expect("connecting");
+    let body = "kind: NetworkPolicy\n";
+    s.write_all(
+        format!(
+            "POST /api/policy/check HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("writing");
+    let mut text = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await;
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(text.contains("--policy-check"), "{text}");
 }
 
 #[tokio::test]

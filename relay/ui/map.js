@@ -6,7 +6,7 @@
 
 const CELL_W = 380, CELL_H = 96, NODE_W = 150, NODE_H = 40, PAD = 26, GAP = 24;
 const OUTSIDE = "";  // the box of the world and the nodes
-const state = { map: null, picked: new Set(), selected: null, layoutKey: "", pos: new Map(), source: null, paused: false, held: [] };
+const state = { map: null, picked: new Set(), selected: null, layoutKey: "", pos: new Map(), source: null, paused: false, held: [], changes: new Map() };
 const $ = (id) => document.getElementById(id);
 
 function esc(s) {
@@ -221,7 +221,9 @@ function render() {
       const bend = base + (kinds.length === 1 ? 0 : (i - (kinds.length - 1) / 2) * 40);
       const c = curve(a, b, bend);
       const idle = kind === "ok" && !e.connections_per_s && !e.bytes_per_s && !e.reply_bytes_per_s;
-      const cls = `edge ${kind}${idle ? " idle" : ""}${state.selected && state.selected.edge === e.id && state.selected.kind === kind ? " selected" : ""}`;
+      const change = state.changes.get(`${e.from}\u2192${e.to}`);
+      const would = change ? ` would-${change}` : "";
+      const cls = `edge ${kind}${idle ? " idle" : ""}${would}${state.selected && state.selected.edge === e.id && state.selected.kind === kind ? " selected" : ""}`;
       const marker = kind === "ok" ? "arrow" : `arrow-${kind}`;
       const at = labels || kind !== "ok" ? labelAt(c, nodes, L.pos, placed) : null;
       const text = at ? labelSvg(at.x, at.y, edgeLabel(e, kind)) : "";
@@ -301,6 +303,7 @@ function select(sel) {
   state.selected = sel;
   const flags = flagsFor(sel);
   $("detail").hidden = false;
+  $("check").hidden = true;
   $("detail-title").textContent = sel.node ? sel.node : `${sel.edge.replace(">", " → ")}${sel.kind === "ok" ? "" : " (" + sel.kind + ")"}`;
   const command = "weir observe " + flags.map(([f, v]) => `--${f} ${shellQuote(v)}`).join(" ") + " --follow";
   $("command").textContent = command;
@@ -401,6 +404,46 @@ $("copy").addEventListener("click", async () => {
   setTimeout(() => { $("copy").textContent = "copy"; }, 1500);
 });
 window.addEventListener("resize", () => render());
+
+// What would a policy change do: the relay judges every recorded
+// connection under the policies now and with the change (nothing is
+// applied); the pairs whose verdict changes are listed and marked on the
+// map.
+$("open-check").addEventListener("click", () => {
+  $("detail").hidden = true;
+  $("check").hidden = false;
+  render();
+});
+$("close-check").addEventListener("click", () => {
+  $("check").hidden = true;
+  state.changes = new Map();
+  render();
+});
+$("run-check").addEventListener("click", async () => {
+  $("check-status").textContent = "judging the recorded connections…";
+  $("check-result").innerHTML = "";
+  let report;
+  try {
+    const r = await fetch("api/policy/check", { method: "POST", body: $("change").value, headers: { "content-type": "application/yaml" } });
+    report = await r.json();
+    if (!r.ok) throw new Error(report.error || r.statusText);
+  } catch (err) {
+    $("check-status").textContent = `not checked: ${err.message}`;
+    return;
+  }
+  state.changes = new Map(report.groups.map((g) => [`${g.client}\u2192${g.server}`, g.after.startsWith("denied") ? "deny" : "allow"]));
+  $("check-status").textContent = report.groups.length
+    ? `${report.changed} of ${report.judged} recorded connections would change their verdict`
+    : `no recorded connection would change its verdict (${report.judged} judged, ${report.flows} flows)`;
+  const refused = report.refused.map(([p, why]) =>
+    `<div class="change"><b>refused by the compiler:</b> ${esc(p)}: ${esc(why)} (an invalid policy isolates what it selects)</div>`);
+  $("check-result").innerHTML = refused.join("") + report.groups.map((g) =>
+    `<div class="change${g.after.startsWith("denied") ? "" : " to-allowed"}">` +
+    `<div><b>${esc(g.client)} \u2192 ${esc(g.server)} ${esc(g.port)}</b>: ${esc(g.now)} \u2192 ${esc(g.after)}, ${g.connections} connection${g.connections === 1 ? "" : "s"}</div>` +
+    `<div class="rule">now: ${esc(g.now)} by ${esc(g.rule_now)}</div>` +
+    `<div class="rule">after: ${esc(g.after)} by ${esc(g.rule_after)}</div></div>`).join("");
+  render();
+});
 
 fetch("api/map").then((r) => r.json()).then(receive).catch(() => {});
 const maps = new EventSource("api/map/events");

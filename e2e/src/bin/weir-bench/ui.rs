@@ -59,7 +59,7 @@ pub fn run() {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(weir_relay::ui::serve(
             listener,
-            weir_relay::ui::router(relay, weir_relay::ui::UiLimits::default()),
+            weir_relay::ui::router(relay, weir_relay::ui::UiLimits::default(), None),
         ));
         addr
     });
