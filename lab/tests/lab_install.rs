@@ -351,6 +351,28 @@ fn service_map_through_weir_ui(lab: &Lab, node: &str) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The map's policy check reads the cluster with the relay's own
+    // read-only role: deny-web (policy_drop_seen_through_the_relay) let
+    // the client in again would allow what it denies now.
+    let change = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                  metadata: {name: deny-web, namespace: rn}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  \
+                  ingress: [{from: [{podSelector: {}}]}]\n";
+    let out = Command::new("nsenter")
+        .arg(&netns)
+        .args(["--", "curl", "-s", "--max-time", "30", "--data-binary", change])
+        .arg(format!("{url}api/policy/check"))
+        .output()
+        .expect("curl");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        report["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|g| g["server"] == "rn/web" && g["now"] == "denied" && g["after"] == "allowed"),
+        "the policy check through weir ui: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// weir's CA, as a user fetches it: the Secret the operator keeps.
