@@ -37,6 +37,7 @@ pub mod otlp {
     include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.collector.logs.v1.rs"));
 }
 
+pub mod aggregate;
 pub mod client;
 pub mod connections;
 pub mod descriptors;

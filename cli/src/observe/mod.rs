@@ -4,7 +4,7 @@
 //! each (`compact`, colour only on a terminal), one JSON object per line,
 //! or a table. A closed pipe (`| head`) ends quietly.
 
-mod aggregate;
+use weir_proto::aggregate;
 use weir_proto::flags as filters;
 pub mod window;
 
@@ -313,7 +313,7 @@ pub struct ObserveArgs {
     /// drop-reason, node) and print each group's flows, connections,
     /// bytes each way and drops (a table, or -o json). Every flow held
     /// unless --last/--first/--since/--until bound the window.
-    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["follow", "print_raw_filters"])]
+    #[arg(long, value_delimiter = ',', value_parser = aggregate::Key::parse, conflicts_with_all = ["follow", "print_raw_filters"])]
     pub aggregate_by: Vec<aggregate::Key>,
     /// Only these fields of each flow, sent by the server (Flow's proto
     /// field names, comma-separated: time,verdict,source.pod_name); json

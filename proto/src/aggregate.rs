@@ -1,19 +1,20 @@
-//! `weir observe --aggregate-by`: the flows of the window folded into
-//! groups (by workload, namespace, pod, verdict, port, drop reason), each
-//! with its flows, connections opened and answered, bytes each way and
-//! drops. Ends are the connection's: a reply counts toward the client →
-//! server pair it answers, and a connection two nodes reported counts once
-//! (`weir_proto::connections`, as the service map counts it).
+//! Flows folded into groups (by workload, namespace, pod, verdict, port,
+//! drop reason), each with its flows, connections opened and answered,
+//! bytes each way and drops: `weir observe --aggregate-by`, and an
+//! agent's aggregated flow export. Ends are the connection's: a reply
+//! counts toward the client → server pair it answers, and a connection
+//! two nodes reported counts once (`crate::connections`, as the service
+//! map counts it).
 
 use std::collections::BTreeMap;
 
+use crate::connections::Connections;
+use crate::flow::{Endpoint, Flow, Verdict, layer4::Protocol};
+use crate::workload::WorkloadRef;
 use serde_json::{Map, Value, json};
-use weir_proto::connections::Connections;
-use weir_proto::flow::{Endpoint, Flow, Verdict, layer4::Protocol};
-use weir_proto::workload::WorkloadRef;
 
 /// What flows are grouped by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
     SourceWorkload,
     DestinationWorkload,
@@ -29,7 +30,28 @@ pub enum Key {
 }
 
 impl Key {
-    fn name(self) -> &'static str {
+    pub const ALL: [Key; 10] = [
+        Key::SourceWorkload,
+        Key::DestinationWorkload,
+        Key::SourceNamespace,
+        Key::DestinationNamespace,
+        Key::SourcePod,
+        Key::DestinationPod,
+        Key::Verdict,
+        Key::Port,
+        Key::DropReason,
+        Key::Node,
+    ];
+
+    /// A key by its name (`source-workload`), or why not.
+    pub fn parse(s: &str) -> Result<Key, String> {
+        Key::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Key::ALL.iter().map(|k| k.name()).collect();
+            format!("{s:?} is not an aggregation key ({})", names.join(", "))
+        })
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Key::SourceWorkload => "source-workload",
             Key::DestinationWorkload => "destination-workload",
@@ -82,11 +104,20 @@ fn port(f: &Flow, reply: bool) -> String {
 
 impl Aggregate {
     pub fn new(keys: Vec<Key>) -> Self {
+        Self::with_connections(keys, 1_000_000)
+    }
+
+    /// Remembering at most `connections` connections (to count each once).
+    pub fn with_connections(keys: Vec<Key>, connections: usize) -> Self {
         Self {
             keys,
             groups: BTreeMap::new(),
-            connections: Connections::new(1_000_000),
+            connections: Connections::new(connections),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 
     pub fn add(&mut self, f: &Flow) {
@@ -189,8 +220,8 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_proto::flow::{Ip, Layer4, Tcp, Workload};
-    use weir_proto::weir::flow::v1::FlowDetails;
+    use crate::flow::{Ip, Layer4, Tcp, Workload};
+    use crate::weir::flow::v1::FlowDetails;
 
     fn ep(ns: &str, pod: &str, workload: &str) -> Endpoint {
         Endpoint {
