@@ -84,9 +84,33 @@ fn wait_metric(netns: &str, series: &str, what: impl Fn(f64) -> bool) -> f64 {
         if what(v) {
             return v;
         }
-        assert!(Instant::now() < deadline, "{series} = {v}");
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {v}\nagents:\n{}",
+            agent_logs(netns)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The agent logs of the lab whose node netns is `netns`.
+fn agent_logs(netns: &str) -> String {
+    let lab_name = netns.rsplit_once('-').map_or(netns, |(l, _)| l);
+    let id = lab_name.trim_start_matches("wt");
+    let dir = std::env::temp_dir().join(format!("weir-lab-test-{id}/lab/logs"));
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("agent-") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().filter(|l| l.contains("export")).rev().take(30).collect();
+            out.push_str(&format!(
+                "--- {name}:\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+    }
+    out
 }
 
 /// Every log record the collector wrote, with its resource's attributes.
@@ -171,17 +195,21 @@ fn flows_go_to_a_file_and_a_real_collector_and_the_configuration_reloads_without
 
     // The client's flows to a file, masked; all of them to the collector.
     let file = lab.work.join("export/client.log");
+    let groups = lab.work.join("export/groups.log");
     let config = |file_filter: &str| {
         format!(
             "flowLogs:\n\
              - name: client\n  filePath: {}\n  includeFilters: [{{source_pod: [svc-demo/client]{file_filter}}}]\n  \
                fieldMask: [time, verdict, drop_reason_desc, source.namespace, source.pod_name, destination.pod_name, IP, l4]\n\
-             - name: otel\n  otlp: {{endpoint: 'http://127.0.0.1:4317'}}\n  includeFilters: [{{source_pod: [svc-demo/client]}}]\n",
-            file.display()
+             - name: otel\n  otlp: {{endpoint: 'http://127.0.0.1:4317'}}\n  includeFilters: [{{source_pod: [svc-demo/client]}}]\n\
+             - name: groups\n  filePath: {}\n  includeFilters: [{{source_pod: [svc-demo/client]}}]\n  \
+               aggregateBy: [source-workload, destination-workload, verdict]\n  aggregateInterval: 1s\n",
+            file.display(),
+            groups.display()
         )
     };
     std::fs::write(&config_path, config("")).expect("writing the export config");
-    wait_metric(&netns, "weir_flow_exporters", |v| v == 2.0);
+    wait_metric(&netns, "weir_flow_exporters", |v| v == 3.0);
 
     probe_until_connected(&lab, "svc-demo/client", &format!("{vip}:53/udp"));
     for port in [41001, 41002, 41003] {
@@ -284,6 +312,18 @@ fn flows_go_to_a_file_and_a_real_collector_and_the_configuration_reloads_without
     let web = records.iter().find(|(_, r)| attr(r, "destination.workload").is_some());
     assert!(web.is_some(), "a record names the destination workload: {records:#?}");
 
+    // Aggregated: the client's connections to web as one group per
+    // second, with weir observe --aggregate-by's counts.
+    let folded = wait_lines(&groups, "the client's group", |l| {
+        l.iter()
+            .any(|g| g["destination-workload"] == "svc-demo/web" && g["connections"].as_u64() >= Some(1))
+    });
+    for g in &folded {
+        assert_eq!(g["source-workload"], "svc-demo/client", "{g}");
+        assert_eq!(g["node_name"], node.as_str(), "{g}");
+        assert!(g["window_start"].is_string() && g["flows"].as_u64() >= Some(1), "{g}");
+    }
+
     // Reload: the file now takes only the client's drops. No restart.
     let applied = r#"weir_flow_export_config_reloads_total{result="success"}"#;
     let reloads = metric(&netns, applied);
@@ -334,7 +374,7 @@ fn flows_go_to_a_file_and_a_real_collector_and_the_configuration_reloads_without
     wait_lines(&file, "exporters kept running", |l| {
         l[before..].iter().any(|f| port_of(f) == Some(41006))
     });
-    assert_eq!(metric(&netns, "weir_flow_exporters"), 2.0);
+    assert_eq!(metric(&netns, "weir_flow_exporters"), 3.0);
 
     // The collector goes away: what the agent could not send is counted.
     drop(collector);

@@ -14,6 +14,10 @@
 //!   - name: collector
 //!     otlp: {endpoint: "http://otel-collector.observability:4317"}
 //!     excludeFilters: [{source_pod: ["kube-system/"]}]
+//!   - name: edges
+//!     filePath: /var/run/weir/flows/edges.log
+//!     aggregateBy: [source-workload, destination-workload, verdict]
+//!     aggregateInterval: 1m
 //! ```
 
 use std::collections::BTreeMap;
@@ -26,6 +30,8 @@ use weir_proto::mask::Mask;
 /// Rotation defaults, as Hubble's exporter has them.
 const DEFAULT_MAX_SIZE_MB: u64 = 10;
 const DEFAULT_MAX_BACKUPS: u32 = 5;
+/// Groups are written once a minute unless said otherwise.
+const DEFAULT_AGGREGATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -62,6 +68,12 @@ pub struct Spec {
     file_max_size_mb: Option<u64>,
     #[serde(default)]
     file_max_backups: Option<u32>,
+    /// Instead of each flow, groups of flows per interval (`weir observe
+    /// --aggregate-by`'s keys).
+    #[serde(default)]
+    aggregate_by: Vec<String>,
+    #[serde(default)]
+    aggregate_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -89,6 +101,13 @@ pub enum Sink {
     },
 }
 
+/// Flows folded into groups, one record per group and interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregation {
+    pub keys: Vec<weir_proto::aggregate::Key>,
+    pub interval: std::time::Duration,
+}
+
 /// One exporter, checked and compiled.
 #[derive(Debug)]
 pub struct FlowLog {
@@ -97,6 +116,8 @@ pub struct FlowLog {
     pub filters: FlowFilters,
     /// The response mask; none: every field.
     pub mask: Option<Mask>,
+    /// Groups instead of flows.
+    pub aggregation: Option<Aggregation>,
 }
 
 /// Parses and checks a whole configuration. An empty file (or one with
@@ -137,14 +158,41 @@ pub fn parse(text: &str) -> Result<Vec<FlowLog>, ConfigError> {
                 Mask::for_flow(&spec.field_mask, false).map_err(|e| fail(format!("fieldMask: {e}")))?,
             )),
         };
+        let aggregation = aggregation(&spec).map_err(&fail)?;
+        if aggregation.is_some() && mask.is_some() {
+            return Err(fail("fieldMask is for flows; aggregateBy writes groups".into()));
+        }
         out.push(FlowLog {
             spec,
             sink,
             filters,
             mask,
+            aggregation,
         });
     }
     Ok(out)
+}
+
+fn aggregation(spec: &Spec) -> Result<Option<Aggregation>, String> {
+    if spec.aggregate_by.is_empty() {
+        return match spec.aggregate_interval {
+            Some(_) => Err("aggregateInterval is for aggregateBy".into()),
+            None => Ok(None),
+        };
+    }
+    let keys = spec
+        .aggregate_by
+        .iter()
+        .map(|k| weir_proto::aggregate::Key::parse(k).map_err(|e| format!("aggregateBy: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let interval = match &spec.aggregate_interval {
+        Some(t) => crate::config::parse_duration(t).map_err(|e| format!("aggregateInterval: {e}"))?,
+        None => DEFAULT_AGGREGATE_INTERVAL,
+    };
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600)).contains(&interval) {
+        return Err(format!("aggregateInterval {interval:?}: 1s to 1h"));
+    }
+    Ok(Some(Aggregation { keys, interval }))
 }
 
 fn valid_name(n: &str) -> bool {
@@ -269,6 +317,21 @@ mod tests {
     }
 
     #[test]
+    fn an_aggregated_log() {
+        let f = one("flowLogs: [{name: edges, filePath: /e.log, aggregateBy: [source-workload, verdict], aggregateInterval: 10s}]")
+            .unwrap();
+        let a = f.aggregation.expect("aggregated");
+        assert_eq!(
+            a.keys,
+            [
+                weir_proto::aggregate::Key::SourceWorkload,
+                weir_proto::aggregate::Key::Verdict
+            ]
+        );
+        assert_eq!(a.interval, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
     fn an_otlp_log() {
         let f =
             one("flowLogs: [{name: otel, otlp: {endpoint: 'http://127.0.0.1:4317', headers: {x-team: net}}}]").unwrap();
@@ -319,6 +382,22 @@ mod tests {
             ),
             ("flowLogs: [{name: a, filePath: /a, colour: red}]", "unknown field"),
             ("flowlogs: []", "unknown field"),
+            (
+                "flowLogs: [{name: a, filePath: /a, aggregateBy: [colour]}]",
+                "is not an aggregation key",
+            ),
+            (
+                "flowLogs: [{name: a, filePath: /a, aggregateInterval: 1m}]",
+                "aggregateInterval is for aggregateBy",
+            ),
+            (
+                "flowLogs: [{name: a, filePath: /a, aggregateBy: [verdict], aggregateInterval: 2h}]",
+                "1s to 1h",
+            ),
+            (
+                "flowLogs: [{name: a, filePath: /a, aggregateBy: [verdict], fieldMask: [time]}]",
+                "fieldMask is for flows",
+            ),
         ] {
             let got = why(yaml);
             assert!(got.contains(expect), "{yaml}: {got}");

@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! FlowStore ─ broadcast ─ per exporter: filter → mask → protojson ─ bounded queue ─ writer (file) / sender (OTLP)
+//!                                          (or: filter → groups, out once per aggregateInterval)
 //! ```
 //!
 //! Export never slows the reader: an exporter that falls behind the store
@@ -43,10 +44,12 @@ const BATCH_WAIT: Duration = Duration::from_secs(1);
 /// Batches that may wait for a writer or sender.
 const QUEUE: usize = 16;
 
-/// A flow ready for a sink: its response in protojson, and when it was.
+/// A flow (its response in protojson) or a group of flows, ready for a
+/// sink, and when it was.
 struct Item {
     json: Value,
     time_nanos: i128,
+    group: bool,
 }
 
 /// What exporters need from the agent.
@@ -170,9 +173,26 @@ async fn run(log: Arc<FlowLog>, cx: Context, mut stop: oneshot::Receiver<()>) {
             max_bytes,
             backups,
         } => {
+            // A thread of its own, not the runtime's blocking pool: the
+            // agent keeps two blocking threads for the API and the
+            // controllers, and a writer holds its thread as long as it runs.
             let (path, max, backups, metrics, name) =
                 (path.clone(), *max_bytes, *backups, cx.metrics.clone(), name.clone());
-            tokio::task::spawn_blocking(move || write_file(rx, path, max, backups, &metrics, &name))
+            let (done, finished) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("export-{name}"))
+                .spawn(move || {
+                    write_file(rx, path, max, backups, &metrics, &name);
+                    let _ = done.send(());
+                });
+            tokio::spawn(async move {
+                match thread {
+                    Ok(_) => {
+                        let _ = finished.await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "starting a flow export writer failed"),
+                }
+            })
         }
         Sink::Otlp { endpoint, headers } => {
             let client = otlp::Client::new(endpoint, headers);
@@ -187,6 +207,15 @@ async fn run(log: Arc<FlowLog>, cx: Context, mut stop: oneshot::Receiver<()>) {
     };
     let mut batch = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(BATCH_WAIT);
+    // Aggregated: groups fold here and go out once per interval.
+    let mut groups = log.aggregation.as_ref().map(|a| new_groups(&a.keys));
+    let mut window = tokio::time::interval(
+        log.aggregation
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |a| a.interval),
+    );
+    window.tick().await;
+    let mut window_start = SystemTime::now();
     let hand_over = |batch: &mut Vec<Item>| {
         if batch.is_empty() {
             return;
@@ -204,9 +233,22 @@ async fn run(log: Arc<FlowLog>, cx: Context, mut stop: oneshot::Receiver<()>) {
         tokio::select! {
             _ = &mut stop => break,
             _ = tick.tick() => hand_over(&mut batch),
+            _ = window.tick(), if groups.is_some() => {
+                if let (Some(g), Some(a)) = (groups.as_mut(), &log.aggregation) {
+                    let folded = std::mem::replace(g, new_groups(&a.keys));
+                    let end = SystemTime::now();
+                    batch.extend(group_items(&folded, window_start, end, &cx.node));
+                    window_start = end;
+                    hand_over(&mut batch);
+                }
+            }
             got = flows.recv() => match got {
                 Ok(record) => {
-                    if let Some(item) = item(&log, &record, &cx.node) {
+                    if let Some(g) = groups.as_mut() {
+                        if log.filters.is_empty() || log.filters.matches(record.flow()) {
+                            g.add(record.flow());
+                        }
+                    } else if let Some(item) = item(&log, &record, &cx.node) {
                         batch.push(item);
                         if batch.len() >= BATCH {
                             hand_over(&mut batch);
@@ -240,10 +282,43 @@ fn item(log: &FlowLog, record: &FlowRecord, node: &str) -> Option<Item> {
     Some(Item {
         json: weir_proto::jsonpb::to_json(".observer.GetFlowsResponse", bytes)?,
         time_nanos: record.time_nanos(),
+        group: false,
     })
 }
 
-/// The file writer, on a blocking thread: writes each batch and flushes
+/// Connections an exporter's groups remember per interval (to count each
+/// once); past it a connection may count twice in a window.
+const GROUP_CONNECTIONS: usize = 100_000;
+
+fn new_groups(keys: &[weir_proto::aggregate::Key]) -> weir_proto::aggregate::Aggregate {
+    weir_proto::aggregate::Aggregate::with_connections(keys.to_vec(), GROUP_CONNECTIONS)
+}
+
+/// One record per group: `weir observe --aggregate-by -o json`'s object,
+/// with the window and the node.
+fn group_items(groups: &weir_proto::aggregate::Aggregate, start: SystemTime, end: SystemTime, node: &str) -> Vec<Item> {
+    let nanos = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+    };
+    let stamp = |t: SystemTime| weir_proto::time::protojson(&weir_proto::time::to_timestamp(t));
+    groups
+        .json()
+        .into_iter()
+        .map(|mut g| {
+            g["window_start"] = stamp(start).into();
+            g["window_end"] = stamp(end).into();
+            g["node_name"] = node.into();
+            Item {
+                json: g,
+                time_nanos: nanos(end),
+                group: true,
+            }
+        })
+        .collect()
+}
+
+/// The file writer, on a thread of its own: writes each batch and flushes
 /// it. A file that cannot be opened or written loses the batch (counted)
 /// and is opened again for the next.
 fn write_file(mut rx: mpsc::Receiver<Vec<Item>>, path: PathBuf, max: u64, backups: u32, metrics: &Metrics, name: &str) {
@@ -290,7 +365,10 @@ async fn send_otlp(
             .map_or(0, |d| d.as_nanos() as i128);
         let records = batch
             .iter()
-            .map(|i| otlp::record(&i.json, i.time_nanos, observed))
+            .map(|i| match i.group {
+                true => otlp::group_record(&i.json, i.time_nanos, observed),
+                false => otlp::record(&i.json, i.time_nanos, observed),
+            })
             .collect();
         match client.export(node, records).await {
             otlp::Outcome::Sent { accepted, rejected } => {

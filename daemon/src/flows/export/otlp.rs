@@ -67,6 +67,30 @@ pub fn record(response: &Value, time_nanos: i128, observed_nanos: i128) -> LogRe
     }
 }
 
+/// A group of flows' log record (`aggregateBy`): the body is the group,
+/// its keys and counts attributes too.
+pub fn group_record(group: &Value, time_nanos: i128, observed_nanos: i128) -> LogRecord {
+    let attributes = group
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with("window_") && *k != "node_name")
+        .map(|(k, v)| KeyValue {
+            key: format!("weir.group.{}", k.replace('-', "_")),
+            value: Some(any(v)),
+        })
+        .collect();
+    LogRecord {
+        time_unix_nano: u64::try_from(time_nanos).unwrap_or(0),
+        observed_time_unix_nano: u64::try_from(observed_nanos).unwrap_or(0),
+        severity_number: SeverityNumber::Info as i32,
+        severity_text: "INFO".into(),
+        body: Some(any(group)),
+        attributes,
+        event_name: "weir.flow.group".into(),
+    }
+}
+
 /// JSON as OTLP's AnyValue: objects become key-value lists, so a backend
 /// sees the flow's fields, not a string holding them.
 fn any(v: &Value) -> AnyValue {
