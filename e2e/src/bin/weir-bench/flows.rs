@@ -480,6 +480,10 @@ pub fn pipeline_only() {
     memory();
 }
 
+pub fn memory_only() {
+    memory();
+}
+
 pub fn run() {
     ring_to_store();
     grpc_clients();

@@ -256,6 +256,10 @@ fn main() {
         flows::grpc_only();
         return;
     }
+    if std::env::args().any(|a| a == "--flows-memory") {
+        flows::memory_only();
+        return;
+    }
     if std::env::args().any(|a| a == "--flow-metrics") {
         flows::metrics_cost();
         return;
