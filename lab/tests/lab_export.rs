@@ -212,7 +212,8 @@ fn flows_go_to_a_file_and_a_real_collector_and_the_configuration_reloads_without
     wait_metric(&netns, "weir_flow_exporters", |v| v == 3.0);
 
     probe_until_connected(&lab, "svc-demo/client", &format!("{vip}:53/udp"));
-    for port in [41001, 41002, 41003] {
+    // One DNS exchange with web from the client's source port `port`.
+    let dns_from = |port: u16| {
         lab.ok(&[
             "probe",
             "svc-demo/client",
@@ -220,6 +221,9 @@ fn flows_go_to_a_file_and_a_real_collector_and_the_configuration_reloads_without
             "--source-port",
             &port.to_string(),
         ]);
+    };
+    for port in [41001, 41002, 41003] {
+        dns_from(port);
     }
     let port_of = |f: &Value| f["flow"]["l4"]["UDP"]["source_port"].as_u64();
     let lines = wait_lines(&file, "the client's three connections in the file", |l| {
@@ -330,13 +334,7 @@ fn flows_go_to_a_file_and_a_real_collector_and_the_configuration_reloads_without
     std::fs::write(&config_path, config(", verdict: [DROPPED]")).expect("config");
     wait_metric(&netns, applied, |v| v > reloads);
     let before = json_lines(&file).len();
-    lab.ok(&[
-        "probe",
-        "svc-demo/client",
-        &format!("{vip}:53/udp"),
-        "--source-port",
-        "41004",
-    ]);
+    dns_from(41004);
     let _ = lab.cmd(&[
         "probe",
         "svc-demo/client",
@@ -381,13 +379,7 @@ fn flows_go_to_a_file_and_a_real_collector_and_the_configuration_reloads_without
     let failed = r#"weir_flow_export_dropped_total{exporter="otel",reason="export_failed"}"#;
     let dropped = metric(&netns, failed);
     for port in [41007, 41008] {
-        lab.ok(&[
-            "probe",
-            "svc-demo/client",
-            &format!("{vip}:53/udp"),
-            "--source-port",
-            &port.to_string(),
-        ]);
+        dns_from(port);
     }
     wait_metric(&netns, failed, |v| v > dropped);
     assert!(metric(&netns, r#"weir_flow_export_flows_total{exporter="otel"}"#) >= 3.0);
