@@ -19,6 +19,7 @@ pub mod routing;
 pub mod services;
 pub mod socket_lb;
 pub mod store;
+pub mod supervise;
 pub mod sync;
 pub mod xdp;
 
@@ -124,14 +125,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         flow_metrics,
     ));
     let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
+    // Every controller runs under one supervisor: a panic is reported
+    // (/healthz, metrics, log) and, where the controller can be made
+    // again, restarted.
+    let health = Arc::new(supervise::Health::default());
+    let mut controllers = supervise::Supervisor::new(health.clone(), Some(metrics.clone()));
     match (&config.manifests, kube) {
         (Some(dir), _) => {
             tracing::info!(dir = %dir.display(), "standalone mode: cluster state from manifests");
-            tokio::spawn(StandaloneSource::new(dir.clone()).run(tx));
+            controllers.start(
+                "cluster-source",
+                supervise::Start::once(StandaloneSource::new(dir.clone()).run(tx)),
+            );
         }
         (None, Some(client)) => {
             tracing::info!(kubeconfig = ?config.kubeconfig, "cluster state from the Kubernetes API server");
-            tokio::spawn(KubeSource::new(client, Some(metrics.clone())).run(tx));
+            let source = KubeSource::new(client, Some(metrics.clone())).run(tx);
+            controllers.start("cluster-source", supervise::Start::once(source));
         }
         (None, None) => unreachable!("a client is made whenever there are no manifests"),
     }
@@ -146,12 +156,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 cluster: config.cluster_cidr,
             },
         };
-        tokio::spawn(routing::run(setup, netdev, route_maps, metrics.clone(), rx.clone()));
+        let route_maps = Arc::new(std::sync::Mutex::new(route_maps));
+        let (metrics, rx) = (metrics.clone(), rx.clone());
+        controllers.start(
+            "routing",
+            supervise::Start::restart(move || {
+                routing::run(
+                    setup.clone(),
+                    netdev.clone(),
+                    route_maps.clone(),
+                    metrics.clone(),
+                    rx.clone(),
+                )
+            }),
+        );
     }
 
     let sync = Arc::new(sync::SyncStatus::default());
-    tokio::spawn(ipcache::run(ipcache_map, config.node.clone(), rx.clone(), sync.clone()));
-    tokio::spawn(endpoints::follow_identities(endpoints.clone(), rx.clone()));
+    controllers.start(
+        "ipcache",
+        supervise::Start::once(ipcache::run(ipcache_map, config.node.clone(), rx.clone(), sync.clone())),
+    );
+    {
+        let (endpoints, rx) = (endpoints.clone(), rx.clone());
+        controllers.start(
+            "identities",
+            supervise::Start::restart(move || endpoints::follow_identities(endpoints.clone(), rx.clone())),
+        );
+    }
 
     let lb_algorithm = match config.lb_algorithm {
         config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,
@@ -165,16 +197,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             endpoints.lock().unwrap_or_else(|p| p.into_inner()).changes(),
         );
         let list = move || eps.lock().unwrap_or_else(|p| p.into_inner()).policy_endpoints();
-        tokio::spawn(policy::run(controller, list, rx.clone(), changes, sync.clone()));
+        let policy = policy::run(controller, list, rx.clone(), changes, sync.clone());
+        controllers.start("policy", supervise::Start::once(policy));
     }
-    tokio::spawn(services::run(
+    let services = services::run(
         service_maps,
         lb_algorithm,
         node_info,
         rx.clone(),
         sync.clone(),
         Some(metrics.clone()),
-    ));
+    );
+    controllers.start("services", supervise::Start::once(services));
+    tokio::spawn(controllers.run());
 
     // Flows: the reader thread, the store, the Observer API.
     let flow_store = Arc::new(flows::store::FlowStore::new(config.flow_buffer));
@@ -217,7 +252,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let config::Listen::On(addr) = config.metrics_listen {
         match metrics::bind(addr).await {
             Ok(l) => {
-                tokio::spawn(metrics::serve(metrics.clone(), sync.clone(), l));
+                tokio::spawn(metrics::serve(metrics.clone(), sync.clone(), health.clone(), l));
             }
             // Loud, not fatal: pods and flows matter more than a scrape.
             Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen; no /metrics"),

@@ -115,6 +115,7 @@ pub fn remote_routes(state: &ClusterState, self_node: &str, bounds: Bounds) -> R
 }
 
 /// How this node routes to the others.
+#[derive(Clone)]
 pub struct Setup {
     pub mode: Routing,
     /// This node's name.
@@ -128,7 +129,7 @@ pub struct Setup {
 pub async fn run(
     setup: Setup,
     netdev: Netdev,
-    maps: weir_datapath::RouteMaps,
+    maps: Arc<std::sync::Mutex<weir_datapath::RouteMaps>>,
     metrics: Arc<crate::metrics::Metrics>,
     mut cluster: watch::Receiver<Arc<ClusterState>>,
 ) {
@@ -138,9 +139,8 @@ pub async fn run(
         route_dev,
         bounds,
     } = setup;
-    // Map syscalls block: they run on a blocking thread, which owns the
-    // maps between rounds.
-    let maps = Arc::new(std::sync::Mutex::new(maps));
+    // Map syscalls block: they run on a blocking thread, which holds the
+    // maps for the round (shared so the supervisor can start this again).
     // Routes a previous agent left for nodes that may be gone.
     let mut installed: BTreeSet<Ipv4Net> = match netdev.weir_node_routes().await {
         Ok(r) => r.into_iter().collect(),
@@ -203,7 +203,7 @@ pub async fn run(
         // both check that a pod's address comes from its node).
         let maps = maps.clone();
         let routes = wanted.clone();
-        let synced = tokio::task::spawn_blocking(move || {
+        let synced = match tokio::task::spawn_blocking(move || {
             let mut datapath = maps.lock().unwrap_or_else(|p| p.into_inner());
             let mut nodes: Vec<Ipv4Addr> = routes.iter().map(|(_, ip)| *ip).collect();
             nodes.dedup();
@@ -211,7 +211,11 @@ pub async fn run(
             datapath.sync_node_routes(&routes)
         })
         .await
-        .expect("route sync panicked");
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            // A panic in the sync is a failed round, retried like any.
+            Err(e) => Err(format!("the map sync stopped: {e}")),
+        };
         if let Err(e) = synced {
             failed = true;
             tracing::warn!(error = %e, "programming node routes into the datapath");

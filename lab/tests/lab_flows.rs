@@ -558,6 +558,9 @@ fn prometheus_scrapes_an_agent_and_its_counters_count_real_traffic() {
         r#"sum(weir_tcp_handshake_seconds_count{destination_workload="web"})"#,
         // The pods' ADDs, timed by phase.
         r#"sum(weir_cni_add_phase_duration_seconds_count{phase="datapath"})"#,
+        // Every controller of the supervisor runs.
+        r#"min(weir_controller_up)"#,
+        r#"count(weir_controller_up{controller=~"routing|ipcache|identities|policy|services|cluster-source"})"#,
     ];
     let mut last = Vec::new();
     while Instant::now() < deadline {
@@ -573,5 +576,11 @@ fn prometheus_scrapes_an_agent_and_its_counters_count_real_traffic() {
     }
     // At least the bytes of six connections' requests (the probe's line).
     assert!(last[0] >= 6.0 * 60.0, "client sent {} bytes", last[0]);
+    assert_eq!(last[7], 6.0, "six controllers under the supervisor");
+    let healthz = Command::new("ip")
+        .args(["netns", "exec", &ns, "curl", "-s", "http://127.0.0.1:9962/healthz"])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&healthz.stdout), "ok\n");
     drop(server_guard);
 }

@@ -129,6 +129,11 @@ struct ExportDropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -192,6 +197,8 @@ pub struct Metrics {
     export_reloads: Family<ResultLabels, Counter>,
     export_config_ok: Gauge,
     exporters: Gauge,
+    controller_up: Family<ControllerLabels, Gauge>,
+    controller_failures: Family<ControllerLabels, Counter>,
     policy_series: Mutex<HashSet<PolicyLabels>>,
     byte_totals: Mutex<ByteTotals>,
     pods_with_series: Mutex<HashSet<(String, String)>>,
@@ -305,6 +312,8 @@ impl Metrics {
             export_reloads: Family::default(),
             export_config_ok: Gauge::default(),
             exporters: Gauge::default(),
+            controller_up: Family::default(),
+            controller_failures: Family::default(),
             policy_series: Mutex::new(HashSet::new()),
             byte_totals: Mutex::new(ByteTotals::default()),
             pods_with_series: Mutex::new(HashSet::new()),
@@ -470,6 +479,16 @@ impl Metrics {
             m.export_config_ok.clone(),
         );
         registry.register("weir_flow_exporters", "Flow exporters running", m.exporters.clone());
+        registry.register(
+            "weir_controller_up",
+            "1 while the controller runs, 0 after it failed (until it is restarted)",
+            m.controller_up.clone(),
+        );
+        registry.register(
+            "weir_controller_failures",
+            "Times a controller panicked or was cancelled",
+            m.controller_failures.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -848,6 +867,22 @@ impl Metrics {
         self.export_config_ok.set(i64::from(ok));
     }
 
+    pub fn controller_up(&self, controller: &str, up: bool) {
+        self.controller_up
+            .get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            })
+            .set(i64::from(up));
+    }
+
+    pub fn controller_failed(&self, controller: &str) {
+        self.controller_failures
+            .get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            })
+            .inc();
+    }
+
     pub fn set_exporters(&self, n: usize) {
         self.exporters.set(n as i64);
     }
@@ -925,9 +960,14 @@ pub fn classic(openmetrics: &str) -> String {
 }
 
 /// Serves `/metrics`, and the probes a DaemonSet's kubelet runs:
-/// `/healthz` (the process answers) and `/readyz` (`SyncStatus::readiness`:
+/// `/healthz` (every controller runs: 503 naming those that do not) and `/readyz` (`SyncStatus::readiness`:
 /// 503 with what is pending), until the process ends.
-pub async fn serve(metrics: Arc<Metrics>, sync: Arc<crate::sync::SyncStatus>, listener: tokio::net::TcpListener) {
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    sync: Arc<crate::sync::SyncStatus>,
+    health: Arc<crate::supervise::Health>,
+    listener: tokio::net::TcpListener,
+) {
     use hyper::body::Incoming;
     use hyper::{Request, Response, StatusCode};
     loop {
@@ -941,10 +981,12 @@ pub async fn serve(metrics: Arc<Metrics>, sync: Arc<crate::sync::SyncStatus>, li
         };
         let metrics = metrics.clone();
         let sync = sync.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 let sync = sync.clone();
+                let health = health.clone();
                 async move {
                     let openmetrics = req
                         .headers()
@@ -963,7 +1005,12 @@ pub async fn serve(metrics: Arc<Metrics>, sync: Arc<crate::sync::SyncStatus>, li
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                             .body(metrics.encode_classic())
                     } else if req.uri().path() == "/healthz" {
-                        Response::builder().body("ok\n".to_owned())
+                        match health.failing() {
+                            failing if failing.is_empty() => Response::builder().body("ok\n".to_owned()),
+                            failing => Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .body(format!("controllers failing: {}\n", failing.join("; "))),
+                        }
                     } else if req.uri().path() == "/readyz" {
                         match sync.readiness() {
                             Ok(()) => Response::builder().body("ok\n".to_owned()),
