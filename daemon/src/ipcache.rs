@@ -82,12 +82,11 @@ struct OwnerRank {
 
 /// Keeps the ipcache in step with the model until the model's sender goes.
 pub async fn run(
-    map: IpCache,
+    map: Arc<std::sync::Mutex<IpCache>>,
     node: String,
     mut rx: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<crate::sync::SyncStatus>,
 ) {
-    let map = Arc::new(std::sync::Mutex::new(map));
     let mut backoff = crate::backoff::Backoff::controller();
     loop {
         let state = rx.borrow_and_update().clone();

@@ -173,10 +173,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let sync = Arc::new(sync::SyncStatus::default());
-    controllers.start(
-        "ipcache",
-        supervise::Start::once(ipcache::run(ipcache_map, config.node.clone(), rx.clone(), sync.clone())),
-    );
+    {
+        let (map, node, rx, sync) = (
+            Arc::new(std::sync::Mutex::new(ipcache_map)),
+            config.node.clone(),
+            rx.clone(),
+            sync.clone(),
+        );
+        controllers.start(
+            "ipcache",
+            supervise::Start::restart(move || ipcache::run(map.clone(), node.clone(), rx.clone(), sync.clone())),
+        );
+    }
     {
         let (endpoints, rx) = (endpoints.clone(), rx.clone());
         controllers.start(
