@@ -199,14 +199,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let policy_names = Arc::new(policy::PolicyNames::default());
     {
-        let controller = policy::Controller::new(policy_maps, policy_names.clone(), Some(metrics.clone()));
+        let controller = Arc::new(std::sync::Mutex::new(policy::Controller::new(
+            policy_maps,
+            policy_names.clone(),
+            Some(metrics.clone()),
+        )));
         let (eps, changes) = (
             endpoints.clone(),
             endpoints.lock().unwrap_or_else(|p| p.into_inner()).changes(),
         );
-        let list = move || eps.lock().unwrap_or_else(|p| p.into_inner()).policy_endpoints();
-        let policy = policy::run(controller, list, rx.clone(), changes, sync.clone());
-        controllers.start("policy", supervise::Start::once(policy));
+        let list: policy::EndpointList =
+            Arc::new(move || eps.lock().unwrap_or_else(|p| p.into_inner()).policy_endpoints());
+        let (rx, sync) = (rx.clone(), sync.clone());
+        controllers.start(
+            "policy",
+            supervise::Start::restart(move || {
+                policy::run(
+                    controller.clone(),
+                    list.clone(),
+                    rx.clone(),
+                    changes.clone(),
+                    sync.clone(),
+                )
+            }),
+        );
     }
     let services = services::run(
         service_maps,

@@ -315,15 +315,16 @@ const IPCACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the controller until the model's sender goes: on every snapshot
 /// and every change of the local endpoints (`endpoints_changed`).
+/// The local endpoints, as the endpoints table lists them now.
+pub type EndpointList = Arc<dyn Fn() -> Vec<LocalEndpoint> + Send + Sync>;
+
 pub async fn run(
-    controller: Controller,
-    endpoints: impl Fn() -> Vec<LocalEndpoint> + Send + Sync + 'static,
+    controller: Arc<std::sync::Mutex<Controller>>,
+    endpoints: EndpointList,
     mut rx: watch::Receiver<Arc<ClusterState>>,
     mut endpoints_changed: watch::Receiver<u64>,
     sync: Arc<SyncStatus>,
 ) {
-    let controller = Arc::new(std::sync::Mutex::new(controller));
-    let endpoints = Arc::new(endpoints);
     let mut backoff = crate::backoff::Backoff::controller();
     loop {
         let state = rx.borrow_and_update().clone();
