@@ -40,27 +40,7 @@ use store::Store;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before anything reads or writes the state: one agent per state dir.
     let state_lock = exclusive::StateLock::acquire(&config.state_dir)?;
-    if config.pin_dir().starts_with("/sys/fs/bpf") {
-        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
-    }
-    let load = weir_datapath::LoadOptions {
-        no_flow_events: !config.flow_events,
-        flow_report_interval: Some(config.flow_report_interval),
-        ..Default::default()
-    };
-    let mut datapath = weir_datapath::Datapath::load_with(&config.pin_dir(), &load)
-        .with_context(|| format!("loading datapath pinned at {}", config.pin_dir().display()))?;
-    for r in datapath.replaced_pins() {
-        tracing::warn!(
-            map = %r.map,
-            was = %r.was,
-            now = %r.now,
-            "a pinned map no longer fits this datapath: replaced with a new one (its entries are gone)"
-        );
-    }
-    for map in datapath.retired_pins() {
-        tracing::warn!(%map, "a pinned map of an older datapath is not used any more: removed");
-    }
+    let mut datapath = load_datapath(&config)?;
     let netdev = Netdev::connect()?;
     // The Kubernetes client first: the uplink and the pod CIDR may come
     // from the Node.
@@ -68,50 +48,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(_) => None,
         None => Some(weir_k8s::client(config.kubeconfig.as_deref()).await?),
     };
-    let uplink_name = match (config.uplink.as_deref(), &kube) {
-        (Some(config::AUTO_UPLINK), Some(client)) => {
-            let ip = cluster::kubernetes::node_internal_ip(client, &config.node).await?;
-            let name = netdev
-                .link_with_ipv4(ip)
-                .await?
-                .with_context(|| format!("--uplink auto: no interface has the Node's InternalIP {ip}"))?;
-            tracing::info!(node = %config.node, %ip, uplink = %name, "uplink from the Node's InternalIP");
-            Some(name)
-        }
-        (other, _) => other.map(str::to_owned),
-    };
-    let uplink = match &uplink_name {
-        Some(name) => Some(setup_uplink(&config, name, &netdev, &mut datapath).await?),
+    let uplink = match uplink_name(&config, kube.as_ref(), &netdev).await? {
+        Some(name) => Some(setup_uplink(&config, &name, &netdev, &mut datapath).await?),
         None => None,
     };
     attach_socket_lb(&config, &mut datapath)?;
-    let node_info = services::NodeInfo {
-        name: config.node.clone(),
-        ip: uplink.map(|(_, ip)| ip),
-    };
     // One owner per map: each controller gets the handles of the maps it
     // programs; the endpoint manager keeps the datapath with the rest.
-    let route_maps = datapath.take_route_maps()?;
-    let service_maps = datapath.take_service_maps()?;
-    let ipcache_map = datapath.take_ipcache()?;
-    let events = datapath.take_events()?;
-    let policy_maps = datapath.take_policy_maps()?;
+    let maps = OwnedMaps {
+        route: datapath.take_route_maps()?,
+        service: datapath.take_service_maps()?,
+        ipcache: datapath.take_ipcache()?,
+        events: datapath.take_events()?,
+        policy: datapath.take_policy_maps()?,
+    };
     let kernel = Kernel {
         datapath,
         netdev: netdev.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
-    let pod_cidr = match (config.pod_cidr, &kube) {
-        (Some(c), _) => c,
-        (None, Some(client)) => {
-            let c = cluster::kubernetes::node_pod_cidr(client, &config.node).await?;
-            let errors = config.pod_cidr_errors(c);
-            anyhow::ensure!(errors.is_empty(), "Node {}: {}", config.node, errors.join("; "));
-            tracing::info!(node = %config.node, pod_cidr = %c, "pod CIDR from the Node object");
-            c
-        }
-        (None, None) => anyhow::bail!("--pod-cidr is needed in standalone mode"),
-    };
+    let pod_cidr = pod_cidr(&config, kube.as_ref()).await?;
     let (node, cidr, store) = (config.node.clone(), pod_cidr, Store::new(&config.state_dir));
     // Re-adopting endpoints makes blocking netlink calls: off the async threads.
     let endpoints = tokio::task::spawn_blocking(move || Endpoints::open(node, cidr, kernel, store))
@@ -125,9 +81,190 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         flow_metrics,
     ));
     let (tx, rx) = watch::channel(Arc::new(ClusterState::default()));
-    // Every controller runs under one supervisor: a panic is reported
-    // (/healthz, metrics, log) and, where the controller can be made
-    // again, restarted.
+    let OwnedMaps {
+        route,
+        service,
+        ipcache,
+        events,
+        policy,
+    } = maps;
+    let running = start_controllers(Controllers {
+        config: &config,
+        kube,
+        source: tx,
+        cluster: rx.clone(),
+        metrics: metrics.clone(),
+        uplink,
+        pod_cidr,
+        netdev,
+        route,
+        service,
+        ipcache,
+        policy,
+        endpoints: endpoints.clone(),
+    });
+    let flows = start_flows(&config, events, &running, rx.clone(), metrics.clone()).await?;
+    if let config::Listen::On(addr) = config.metrics_listen {
+        match metrics::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(metrics::serve(
+                    metrics.clone(),
+                    running.sync.clone(),
+                    running.health.clone(),
+                    l,
+                ));
+            }
+            // Loud, not fatal: pods and flows matter more than a scrape.
+            Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen; no /metrics"),
+        }
+    }
+
+    let (listener, own_socket) =
+        api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
+    tracing::info!(node = %config.node, %pod_cidr, socket = %config.socket.display(),
+        hubble = %config.hubble_socket().display(), "agent ready");
+    let sync = running.sync.clone();
+    let server = tokio::spawn(api::serve(listener, endpoints, rx, sync.clone(), Some(metrics)));
+    sync.set_serving();
+    // Installed as the node's CNI only now: the runtime calls weir-cni as
+    // soon as the conflist is there, and every ADD must find the agent.
+    if let Some(path) = config.cni_conflist() {
+        write_conflist(&path, &config.socket).with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(conflist = %path.display(), "installed as the node's CNI");
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: exiting, datapath stays in place"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, datapath stays in place"),
+    }
+    server.abort();
+    flows.stop().await;
+    own_socket.remove();
+    drop(state_lock);
+    Ok(())
+}
+
+/// Loads (or adopts the pinned) datapath, saying what of older pins it
+/// replaced or removed.
+fn load_datapath(config: &Config) -> anyhow::Result<weir_datapath::Datapath> {
+    if config.pin_dir().starts_with("/sys/fs/bpf") {
+        weir_datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
+    }
+    let load = weir_datapath::LoadOptions {
+        no_flow_events: !config.flow_events,
+        flow_report_interval: Some(config.flow_report_interval),
+        ..Default::default()
+    };
+    let datapath = weir_datapath::Datapath::load_with(&config.pin_dir(), &load)
+        .with_context(|| format!("loading datapath pinned at {}", config.pin_dir().display()))?;
+    for r in datapath.replaced_pins() {
+        tracing::warn!(
+            map = %r.map,
+            was = %r.was,
+            now = %r.now,
+            "a pinned map no longer fits this datapath: replaced with a new one (its entries are gone)"
+        );
+    }
+    for map in datapath.retired_pins() {
+        tracing::warn!(%map, "a pinned map of an older datapath is not used any more: removed");
+    }
+    Ok(datapath)
+}
+
+/// The uplink's name: as given, or (`auto`) the interface holding the
+/// Node's InternalIP.
+async fn uplink_name(
+    config: &Config,
+    kube: Option<&weir_k8s::kube::Client>,
+    netdev: &Netdev,
+) -> anyhow::Result<Option<String>> {
+    Ok(match (config.uplink.as_deref(), kube) {
+        (Some(config::AUTO_UPLINK), Some(client)) => {
+            let ip = cluster::kubernetes::node_internal_ip(client, &config.node).await?;
+            let name = netdev
+                .link_with_ipv4(ip)
+                .await?
+                .with_context(|| format!("--uplink auto: no interface has the Node's InternalIP {ip}"))?;
+            tracing::info!(node = %config.node, %ip, uplink = %name, "uplink from the Node's InternalIP");
+            Some(name)
+        }
+        (other, _) => other.map(str::to_owned),
+    })
+}
+
+/// The node's pod CIDR: as given, or the Node object's.
+async fn pod_cidr(config: &Config, kube: Option<&weir_k8s::kube::Client>) -> anyhow::Result<ipnet::Ipv4Net> {
+    match (config.pod_cidr, kube) {
+        (Some(c), _) => Ok(c),
+        (None, Some(client)) => {
+            let c = cluster::kubernetes::node_pod_cidr(client, &config.node).await?;
+            let errors = config.pod_cidr_errors(c);
+            anyhow::ensure!(errors.is_empty(), "Node {}: {}", config.node, errors.join("; "));
+            tracing::info!(node = %config.node, pod_cidr = %c, "pod CIDR from the Node object");
+            Ok(c)
+        }
+        (None, None) => anyhow::bail!("--pod-cidr is needed in standalone mode"),
+    }
+}
+
+/// The map handles each controller owns, taken from the datapath.
+struct OwnedMaps {
+    route: weir_datapath::RouteMaps,
+    service: weir_datapath::lb::ServiceMaps,
+    ipcache: weir_datapath::ipcache::IpCache,
+    events: weir_datapath::events::EventSource,
+    policy: weir_datapath::policy::PolicyMaps,
+}
+
+/// What the controllers are made of.
+struct Controllers<'a> {
+    config: &'a Config,
+    kube: Option<weir_k8s::kube::Client>,
+    source: watch::Sender<Arc<ClusterState>>,
+    cluster: watch::Receiver<Arc<ClusterState>>,
+    metrics: Arc<metrics::Metrics>,
+    /// The uplink's ifindex and the node's address on it.
+    uplink: Option<(u32, std::net::Ipv4Addr)>,
+    pod_cidr: ipnet::Ipv4Net,
+    netdev: Netdev,
+    route: weir_datapath::RouteMaps,
+    service: weir_datapath::lb::ServiceMaps,
+    ipcache: weir_datapath::ipcache::IpCache,
+    policy: weir_datapath::policy::PolicyMaps,
+    endpoints: Arc<Mutex<Endpoints<Kernel>>>,
+}
+
+/// What the running controllers share with the rest of the agent.
+struct Running {
+    health: Arc<supervise::Health>,
+    sync: Arc<sync::SyncStatus>,
+    policy_names: Arc<policy::PolicyNames>,
+}
+
+/// The cluster source and every controller, under one supervisor: a
+/// panic is reported (/healthz, metrics, log) and, where the controller
+/// can be made again, restarted.
+fn start_controllers(c: Controllers<'_>) -> Running {
+    let Controllers {
+        config,
+        kube,
+        source: tx,
+        cluster: rx,
+        metrics,
+        uplink,
+        pod_cidr,
+        netdev,
+        route: route_maps,
+        service: service_maps,
+        ipcache: ipcache_map,
+        policy: policy_maps,
+        endpoints,
+    } = c;
+    let node_info = services::NodeInfo {
+        name: config.node.clone(),
+        ip: uplink.map(|(_, ip)| ip),
+    };
     let health = Arc::new(supervise::Health::default());
     let mut controllers = supervise::Supervisor::new(health.clone(), Some(metrics.clone()));
     match (&config.manifests, kube) {
@@ -234,8 +371,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     controllers.start("services", supervise::Start::once(services));
     tokio::spawn(controllers.run());
+    Running {
+        health,
+        sync,
+        policy_names,
+    }
+}
 
-    // Flows: the reader thread, the store, the Observer API.
+/// The flow pipeline's running parts: the reader thread, the Observer
+/// API, the exporters.
+struct Flows {
+    reader: std::thread::JoinHandle<()>,
+    stop_reader: Arc<std::sync::atomic::AtomicBool>,
+    observer: tokio::task::JoinHandle<()>,
+    hubble_own: weir_proto::socket::OwnSocket,
+    export: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+/// Flows: the reader thread, the store, the Observer API, the exporters.
+async fn start_flows(
+    config: &Config,
+    events: weir_datapath::events::EventSource,
+    running: &Running,
+    rx: watch::Receiver<Arc<ClusterState>>,
+    metrics: Arc<metrics::Metrics>,
+) -> anyhow::Result<Flows> {
     let flow_store = Arc::new(flows::store::FlowStore::new(config.flow_buffer));
     let flow_stats = Arc::new(flows::FlowStats::default());
     let stop_reader = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -245,8 +405,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         flow_stats.clone(),
         Some(metrics.clone()),
     )
-    .with_policy_names(policy_names);
-    let reader = flows::pipeline::spawn_reader(events, pipeline, flow_store.clone(), rx.clone(), stop_reader.clone())
+    .with_policy_names(running.policy_names.clone());
+    let reader = flows::pipeline::spawn_reader(events, pipeline, flow_store.clone(), rx, stop_reader.clone())
         .context("starting the flow reader")?;
     let hubble_socket = config.hubble_socket();
     let (hubble_listener, hubble_own) =
@@ -273,47 +433,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let observer = tokio::spawn(flows::server::serve(hubble_listener, hubble_tcp, observer));
-    if let config::Listen::On(addr) = config.metrics_listen {
-        match metrics::bind(addr).await {
-            Ok(l) => {
-                tokio::spawn(metrics::serve(metrics.clone(), sync.clone(), health.clone(), l));
-            }
-            // Loud, not fatal: pods and flows matter more than a scrape.
-            Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen; no /metrics"),
+    Ok(Flows {
+        reader,
+        stop_reader,
+        observer,
+        hubble_own,
+        export,
+    })
+}
+
+impl Flows {
+    async fn stop(self) {
+        self.observer.abort();
+        // Exporters write out the flows they hold (a second at most).
+        if let Some((stop, task)) = self.export {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
         }
+        self.hubble_own.remove();
+        self.stop_reader.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.reader.join();
     }
-
-    let (listener, own_socket) =
-        api::bind(&config.socket).with_context(|| format!("binding {}", config.socket.display()))?;
-    tracing::info!(node = %config.node, %pod_cidr, socket = %config.socket.display(),
-        hubble = %hubble_socket.display(), "agent ready");
-    let server = tokio::spawn(api::serve(listener, endpoints, rx, sync.clone(), Some(metrics)));
-    sync.set_serving();
-    // Installed as the node's CNI only now: the runtime calls weir-cni as
-    // soon as the conflist is there, and every ADD must find the agent.
-    if let Some(path) = config.cni_conflist() {
-        write_conflist(&path, &config.socket).with_context(|| format!("writing {}", path.display()))?;
-        tracing::info!(conflist = %path.display(), "installed as the node's CNI");
-    }
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: exiting, datapath stays in place"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, datapath stays in place"),
-    }
-    server.abort();
-    observer.abort();
-    // Exporters write out the flows they hold (a second at most).
-    if let Some((stop, task)) = export {
-        let _ = stop.send(());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
-    }
-    own_socket.remove();
-    hubble_own.remove();
-    stop_reader.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = reader.join();
-    drop(state_lock);
-    Ok(())
 }
 
 /// The conflist naming `socket`, atomically (a runtime reading the dir
