@@ -173,6 +173,9 @@ impl Args {
                 (None, Some(_)) => errors.push(format!("{} needs {}", b.0, a.0)),
                 _ => {}
             };
+        if self.kubeconfig.is_some() && !self.discover && !self.policy_check {
+            errors.push("--kubeconfig is for --discover or --policy-check, neither of which is given".into());
+        }
         // The relay's own port.
         paired(
             ("--tls-cert", &self.tls_cert),

@@ -480,6 +480,14 @@ fn agents_on_tcp_need_tls_or_insecure_agents() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/proc/self/status: no certificate"), "{err}");
+    // A kubeconfig nothing uses is a mistake, said.
+    let out = run(&["--peer", "n1=unix:///x.sock", "--kubeconfig", "/kc"]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--kubeconfig is for --discover or --policy-check"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
