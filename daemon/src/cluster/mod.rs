@@ -7,7 +7,7 @@ mod standalone;
 pub mod stores;
 
 pub use kubernetes::KubeSource;
-pub use standalone::StandaloneSource;
+pub use standalone::{Parsed, StandaloneSource};
 pub use weir_model::{ClusterState, ObjectKey, parse_manifests};
 
 use std::sync::Arc;

@@ -1,16 +1,20 @@
 //! Standalone mode: the cluster is a directory of Kubernetes YAML, as the
 //! lab writes it. Polled, because a changed snapshot is cheap to rebuild
 //! and polling needs no inotify plumbing across netns-bound processes.
+//! Only the files a change touched are parsed again.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
 use weir_agent_api::revision::{ManifestFile, manifest_files, revision};
 
-use super::{ClusterSource, ClusterState, parse_manifests};
+use weir_model::{Object, parse_each};
+
+use super::{ClusterSource, ClusterState};
 
 pub struct StandaloneSource {
     dir: PathBuf,
@@ -29,41 +33,80 @@ impl StandaloneSource {
 /// What decides whether to re-read: every file's path, size and mtime.
 type Fingerprint = Vec<ManifestFile>;
 
-/// Reads every manifest; a bad file is logged and skipped, never fatal.
-pub fn load_dir(dir: &Path) -> (ClusterState, Fingerprint) {
-    let files = manifest_files(dir);
-    let mut state = ClusterState::default();
-    state.revision = Some(revision(dir, &files));
-    for (path, _, _) in &files {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                for e in parse_manifests(&mut state, &text) {
-                    tracing::warn!(file = %path.display(), error = %e, "skipping invalid manifest");
-                }
+/// Each file's objects as last parsed, by path, with the size and mtime
+/// they were parsed at: a change re-parses only the files it touched.
+#[derive(Default)]
+pub struct Parsed {
+    files: HashMap<PathBuf, (u64, SystemTime, Vec<Object>)>,
+    /// Files parsed since this was made (a test counts them).
+    pub parses: u64,
+}
+
+impl Parsed {
+    /// The cluster the directory holds now; a bad file is logged and
+    /// skipped, never fatal.
+    pub fn load(&mut self, dir: &Path) -> (ClusterState, Fingerprint) {
+        let files = manifest_files(dir);
+        let mut state = ClusterState::default();
+        state.revision = Some(revision(dir, &files));
+        let mut seen = HashSet::with_capacity(files.len());
+        for (path, size, mtime) in &files {
+            seen.insert(path.clone());
+            let fresh = self.files.get(path).is_some_and(|(s, m, _)| s == size && m == mtime);
+            if !fresh {
+                let objects = match std::fs::read_to_string(path) {
+                    Ok(text) => {
+                        let (objects, errors) = parse_each(&text);
+                        for e in errors {
+                            tracing::warn!(file = %path.display(), error = %e, "skipping invalid manifest");
+                        }
+                        objects
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
+                        Vec::new()
+                    }
+                };
+                self.parses += 1;
+                self.files.insert(path.clone(), (*size, *mtime, objects));
             }
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot read manifest"),
+            for o in &self.files[path].2 {
+                state.insert(o.clone());
+            }
         }
+        self.files.retain(|p, _| seen.contains(p));
+        (state, files)
     }
-    (state, files)
 }
 
 impl ClusterSource for StandaloneSource {
     async fn run(self, tx: watch::Sender<Arc<ClusterState>>) {
         let mut last: Option<Fingerprint> = None;
+        let parsed = Arc::new(Mutex::new(Parsed::default()));
         loop {
             let dir = self.dir.clone();
             let current = manifest_files(&dir);
             if last.as_ref() != Some(&current) {
-                let (state, fingerprint) = tokio::task::spawn_blocking(move || load_dir(&dir))
-                    .await
-                    .expect("manifest loader panicked");
-                tracing::debug!(
-                    pods = state.pods.len(),
-                    services = state.services.len(),
-                    "cluster state reloaded"
-                );
-                tx.send_replace(Arc::new(state));
-                last = Some(fingerprint);
+                let cache = parsed.clone();
+                let loaded =
+                    tokio::task::spawn_blocking(move || cache.lock().unwrap_or_else(|p| p.into_inner()).load(&dir))
+                        .await;
+                match loaded {
+                    Ok((state, fingerprint)) => {
+                        tracing::debug!(
+                            pods = state.pods.len(),
+                            services = state.services.len(),
+                            "cluster state reloaded"
+                        );
+                        tx.send_replace(Arc::new(state));
+                        last = Some(fingerprint);
+                    }
+                    // Tried again at the next poll, from scratch.
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the manifests failed");
+                        *parsed.lock().unwrap_or_else(|p| p.into_inner()) = Parsed::default();
+                    }
+                }
             }
             tokio::time::sleep(self.interval).await;
         }
@@ -111,6 +154,37 @@ mod tests {
         assert_eq!(state.pods.len(), 1, "dotfile ignored");
         assert_eq!(state.pod_labels("demo", "a").unwrap()["app"], "x");
         task.abort();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_change_parses_only_the_files_it_touched() {
+        let dir = std::env::temp_dir().join(format!("weir-standalone-parsed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("pod/demo")).unwrap();
+        let pod = |name: &str, app: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: demo, labels: {{app: {app}}}}}\nspec: {{containers: []}}\n"
+            )
+        };
+        for i in 0..10 {
+            std::fs::write(dir.join(format!("pod/demo/p{i}.yaml")), pod(&format!("p{i}"), "x")).unwrap();
+        }
+        let mut parsed = Parsed::default();
+        let (state, _) = parsed.load(&dir);
+        assert_eq!((state.pods.len(), parsed.parses), (10, 10));
+        // One file changes (its size with it), one goes.
+        std::fs::write(dir.join("pod/demo/p3.yaml"), pod("p3", "changed")).unwrap();
+        std::fs::remove_file(dir.join("pod/demo/p7.yaml")).unwrap();
+        let (state, _) = parsed.load(&dir);
+        assert_eq!(parsed.parses, 11, "only p3 parsed again");
+        assert_eq!(state.pods.len(), 9);
+        assert_eq!(state.pod_labels("demo", "p3").unwrap()["app"], "changed");
+        assert!(state.pod_labels("demo", "p7").is_none());
+        // The same as a full read.
+        let (full, _) = Parsed::default().load(&dir);
+        assert_eq!(full.pods, state.pods);
+        assert_eq!(full.revision, state.revision);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
