@@ -361,15 +361,27 @@ fn start_controllers(c: Controllers<'_>) -> Running {
             }),
         );
     }
-    let services = services::run(
-        service_maps,
-        lb_algorithm,
-        node_info,
-        rx.clone(),
-        sync.clone(),
-        Some(metrics.clone()),
-    );
-    controllers.start("services", supervise::Start::once(services));
+    {
+        let (maps, rx, sync, metrics) = (
+            services::shared(service_maps),
+            rx.clone(),
+            sync.clone(),
+            metrics.clone(),
+        );
+        controllers.start(
+            "services",
+            supervise::Start::restart(move || {
+                services::run(
+                    maps.clone(),
+                    lb_algorithm,
+                    node_info.clone(),
+                    rx.clone(),
+                    sync.clone(),
+                    Some(metrics.clone()),
+                )
+            }),
+        );
+    }
     tokio::spawn(controllers.run());
     Running {
         health,

@@ -360,8 +360,21 @@ pub fn plan(applied: &BTreeMap<ServicePortKey, ServiceSpec>, desired: &BTreeMap<
 
 /// Keeps the datapath's services in step with the cluster model until the
 /// model's sender goes away; collects conntrack garbage meanwhile.
+/// The service maps and what the controller made of them, shared by
+/// every run of the controller (the supervisor may start it again).
+pub type Shared = Arc<std::sync::Mutex<Owned>>;
+
+/// The controller's state around `maps`, before its first run.
+pub fn shared(maps: ServiceMaps) -> Shared {
+    Arc::new(std::sync::Mutex::new(Owned {
+        maps,
+        applied: BTreeMap::new(),
+        refused: Vec::new(),
+    }))
+}
+
 pub async fn run(
-    maps: ServiceMaps,
+    owned: Shared,
     algorithm: Algorithm,
     node: NodeInfo,
     mut rx: watch::Receiver<Arc<ClusterState>>,
@@ -369,15 +382,19 @@ pub async fn run(
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     // Start from what the pinned maps hold, so services an earlier agent
-    // programmed and that are gone now get removed.
-    let applied = programmed(&maps, algorithm);
-    // Every map syscall blocks: the maps live with a blocking thread's
-    // work, never on an async worker.
-    let owned = Arc::new(std::sync::Mutex::new(Owned {
-        maps,
-        applied,
-        refused: Vec::new(),
-    }));
+    // (or an earlier run of this controller) programmed and that are gone
+    // now get removed. Every map syscall blocks: the maps live with a
+    // blocking thread's work, never on an async worker.
+    let work = owned.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || {
+        let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
+        o.applied = programmed(&o.maps, algorithm);
+        o.refused.clear();
+    })
+    .await
+    {
+        tracing::error!(error = %e, "reading the programmed services failed");
+    }
     let mut gc = tokio::time::interval(GC_INTERVAL);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut model_open = true;
@@ -466,7 +483,7 @@ pub async fn run(
 /// What the services controller owns: the service maps, the one conntrack
 /// table (masqueraded flows included) it collects, and what it last
 /// programmed.
-struct Owned {
+pub struct Owned {
     maps: ServiceMaps,
     applied: BTreeMap<ServicePortKey, ServiceSpec>,
     /// The external frontends refused at the last pass (each logged once).

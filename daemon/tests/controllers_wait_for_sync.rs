@@ -79,7 +79,14 @@ async fn services_are_left_alone_until_the_source_has_synced() {
     };
     let sync = Arc::new(SyncStatus::default());
     let maps = dp.take_service_maps().expect("service maps");
-    let controller = tokio::spawn(services::run(maps, Algorithm::Random, node, rx, sync.clone(), None));
+    let controller = tokio::spawn(services::run(
+        services::shared(maps),
+        Algorithm::Random,
+        node,
+        rx,
+        sync.clone(),
+        None,
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(services_programmed(&pins.0), 1, "an unsynced source removed nothing");
     assert_eq!(sync.services(), None);
