@@ -5,6 +5,7 @@
 //! controllers read ([`state`]). Plain data and plain functions:
 //! nothing here touches the kernel, the network or an async runtime.
 
+pub mod changes;
 pub mod frontends;
 pub mod identity;
 pub mod object;
@@ -12,6 +13,7 @@ pub mod policy;
 pub mod selector;
 pub mod state;
 
+pub use changes::{ChangeLog, Changes};
 pub use identity::{IdentityKey, WeirIdentity};
 pub use object::{Kind, Object, ParseError, parse_documents, parse_each, to_yaml, valid_name};
 pub use selector::selector_matches;

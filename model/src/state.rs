@@ -9,6 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::changes::ChangeLog;
 use crate::identity::{IdentityKey, WeirIdentity};
 use crate::object::{Kind, Object, parse_each};
 use crate::policy::PolicyId;
@@ -54,6 +55,10 @@ pub struct ClusterState {
     /// can tell when the agent has applied what it wrote. `None` until the
     /// source has synced once.
     pub revision: Option<u64>,
+    /// This snapshot's number in its source's [`ChangeLog`] (`log`),
+    /// which says what changed between two of its snapshots.
+    pub generation: u64,
+    pub log: Option<Arc<ChangeLog>>,
     // Objects are shared (`Arc`): a source keeps its objects and publishes
     // snapshot after snapshot of them; a snapshot costs its maps, not a
     // copy of every object.
@@ -121,6 +126,23 @@ impl ClusterState {
                 self.cluster_network_policies.insert(key, Arc::new(o));
             }
             Object::Deployment(_) => {}
+        }
+    }
+
+    /// Whether the model holds the object `key` of `kind`.
+    pub fn contains(&self, kind: Kind, key: &ObjectKey) -> bool {
+        match kind {
+            Kind::Namespace => self.namespaces.contains_key(key),
+            Kind::Node => self.nodes.contains_key(key),
+            Kind::Pod => self.pods.contains_key(key),
+            Kind::Service => self.services.contains_key(key),
+            Kind::EndpointSlice => self.endpoint_slices.contains_key(key),
+            Kind::NetworkPolicy => self.network_policies.contains_key(key),
+            Kind::WeirNetworkPolicy => self.weir_network_policies.contains_key(key),
+            Kind::WeirClusterNetworkPolicy => self.weir_cluster_network_policies.contains_key(key),
+            Kind::ClusterNetworkPolicy => self.cluster_network_policies.contains_key(key),
+            Kind::WeirIdentity => self.identities.contains_key(key),
+            Kind::Deployment => false,
         }
     }
 
