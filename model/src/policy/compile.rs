@@ -342,15 +342,61 @@ fn named_ports(pod: &Pod) -> Vec<(String, Protocol, u16)> {
     out
 }
 
+/// Whether the compiled tables can differ between two versions of a pod
+/// that is no local endpoint (`None`: absent). Of such a pod the compiler
+/// reads its named ports, by its label set's identity; a pod without any
+/// changes nothing. (A local endpoint's pod is read whole: the caller
+/// checks those.)
+pub fn pod_change_matters(old: Option<&Pod>, new: Option<&Pod>) -> bool {
+    let read = |p: Option<&Pod>| {
+        p.map(|p| (named_ports(p), IdentityKey::of_pod(p)))
+            .filter(|(ports, _)| !ports.is_empty())
+    };
+    read(old) != read(new)
+}
+
 /// What the compiler knows of the cluster, computed once per run.
 struct Universe<'a> {
     state: &'a ClusterState,
-    identities: BTreeMap<u32, IdentityKey>,
+    identities: &'a BTreeMap<u32, IdentityKey>,
     /// Named ports of every pod, by its identity.
     ports_by_identity: BTreeMap<u32, Vec<(String, Protocol, u16)>>,
     all_ports: Vec<(String, Protocol, u16)>,
     /// Every CIDR prefix in play.
     prefixes: BTreeSet<Ipv4Net>,
+    /// Identities by each of their labels (`key=value`), so a selector
+    /// with matchLabels looks at the identities that carry them rather
+    /// than at every identity of the cluster.
+    by_label: BTreeMap<(&'a str, &'a str), Vec<u32>>,
+    /// The identities each pod peer selects, once per pass: every
+    /// endpoint a policy selects reads its peers again.
+    selected: std::cell::RefCell<std::collections::HashMap<*const Peer, std::rc::Rc<Vec<u32>>>>,
+}
+
+impl<'a> Universe<'a> {
+    /// The allocated identities `namespaces` and `pods` select.
+    fn select(&self, namespaces: &Namespaces, pods: Option<&LabelSelector>) -> Vec<u32> {
+        let hit = |(id, k): (&u32, &IdentityKey)| selects(self.state, namespaces, pods, k).then_some(*id);
+        // The rarest of the selector's labels narrows the candidates; the
+        // full match is still judged on each.
+        let narrowest = pods
+            .and_then(|s| s.match_labels.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|ids| ids.len());
+        match narrowest {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| hit((id, self.identities.get(id)?)))
+                .collect(),
+            None => self.identities.iter().filter_map(hit).collect(),
+        }
+    }
 }
 
 /// A peer class: a table's `peer`.
@@ -365,12 +411,15 @@ fn peer_classes(u: &Universe<'_>, numbers: &mut Numbers, peer: &Peer) -> Vec<u32
             v.extend([identity::HOST, identity::REMOTE_NODE, identity::INIT]);
             v
         }
-        Peer::Pods { namespaces, pods } => u
-            .identities
-            .iter()
-            .filter(|(_, k)| selects(u.state, namespaces, pods.as_ref(), k))
-            .map(|(id, _)| *id)
-            .collect(),
+        Peer::Pods { namespaces, pods } => {
+            let known = u.selected.borrow().get(&(peer as *const Peer)).cloned();
+            let ids = known.unwrap_or_else(|| {
+                let ids = std::rc::Rc::new(u.select(namespaces, pods.as_ref()));
+                u.selected.borrow_mut().insert(peer as *const Peer, ids.clone());
+                ids
+            });
+            ids.to_vec()
+        }
         Peer::Cidr { net, except } => u
             .prefixes
             .iter()
@@ -590,12 +639,20 @@ pub fn compile_within(
             }
         }
     }
+    let mut by_label: BTreeMap<(&str, &str), Vec<u32>> = BTreeMap::new();
+    for (id, k) in &identities {
+        for (name, value) in &k.labels {
+            by_label.entry((name, value)).or_default().push(*id);
+        }
+    }
     let u = Universe {
         state,
-        identities,
+        identities: &identities,
         ports_by_identity,
         all_ports,
         prefixes,
+        by_label,
+        selected: Default::default(),
     };
 
     for s in &selected {

@@ -26,7 +26,7 @@ pub mod whatif;
 
 pub use compile::{
     Budget, Compiled, EndpointPolicy, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile,
-    compile_within,
+    compile_within, pod_change_matters,
 };
 pub use parse::{Direction, MatchType, Policy, PolicyId, PolicyKind, Rejected, Tier, Tiered};
 
