@@ -417,28 +417,41 @@ fn ep_info(ep: &Endpoint, host_mac: [u8; 6]) -> EpInfo {
 pub type Shared<D> = Arc<std::sync::Mutex<Endpoints<D>>>;
 
 /// Keeps local endpoints' labels and identities in step with the cluster
-/// model ([`Endpoints::refresh_identities`]) until the model's sender goes.
-pub async fn follow_identities<D: Dataplane + 'static>(
+/// model ([`Endpoints::refresh_identities`]): when pods or identities
+/// change.
+struct IdentityFollower<D: Dataplane> {
     endpoints: Shared<D>,
-    mut rx: tokio::sync::watch::Receiver<Arc<ClusterState>>,
-) {
-    loop {
-        let state = rx.borrow_and_update().clone();
-        // Nothing to follow before the source has synced once.
-        if state.revision.is_some() {
-            let eps = endpoints.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                eps.lock().unwrap_or_else(|p| p.into_inner()).refresh_identities(&state)
+}
+
+impl<D: Dataplane + 'static> crate::reconcile::Reconciler for IdentityFollower<D> {
+    fn name(&self) -> &'static str {
+        "identities"
+    }
+
+    async fn reconcile(&mut self, pass: crate::reconcile::Pass) -> crate::reconcile::Action {
+        let relevant = pass
+            .changes
+            .as_ref()
+            .is_none_or(|c| c.touches(weir_model::Kind::Pod) || c.touches(weir_model::Kind::WeirIdentity));
+        if relevant {
+            let eps = self.endpoints.clone();
+            crate::reconcile::blocking(move || {
+                eps.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .refresh_identities(&pass.state)
             })
             .await;
-            if let Err(e) = done {
-                tracing::error!(error = %e, "refreshing endpoint identities panicked");
-            }
         }
-        if rx.changed().await.is_err() {
-            return;
-        }
+        crate::reconcile::Action::Done
     }
+}
+
+/// Runs the identity follower until the model's sender goes.
+pub async fn follow_identities<D: Dataplane + 'static>(
+    endpoints: Shared<D>,
+    rx: tokio::sync::watch::Receiver<Arc<ClusterState>>,
+) {
+    crate::reconcile::run(IdentityFollower { endpoints }, rx, Default::default()).await;
 }
 
 #[cfg(test)]

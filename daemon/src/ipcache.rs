@@ -3,72 +3,27 @@
 //! datapath's `weir_ipcache` so the next stages (policy, flows) can judge
 //! and name traffic from anywhere.
 //!
-//! Desired state from the cluster model ([`desired`], pure), then one sync
-//! of the map; a failed sync is retried with backoff. Nothing is written
-//! before the source has synced once: an empty first snapshot would
-//! otherwise wipe what a previous agent left.
+//! The desired table ([`Table`], pure) is kept per pod: a change of some
+//! pods rewrites their addresses only; a full pass ([`desired`]) rebuilds
+//! it and syncs the whole map. A failed write is retried, fully, with
+//! backoff (the runner, [`crate::reconcile`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use k8s_openapi::api::core::v1::Pod;
 use weir_datapath::ipcache::{ID_HOST, ID_REMOTE_NODE, IpCache};
+use weir_model::{Changes, IdentityKey, Kind, ObjectKey};
 
 use crate::cluster::ClusterState;
+use crate::reconcile::{Action, Pass, Reconciler, blocking};
 
 /// Address → identity for the cluster as the model has it: pods with an
 /// IPv4 address (host-network pods have their node's, which is the node's
 /// entry), nodes by InternalIP (this node as the host).
 pub fn desired(state: &ClusterState, self_node: &str) -> BTreeMap<Ipv4Addr, u32> {
-    let mut out = BTreeMap::new();
-    for (key, node) in &state.nodes {
-        let identity = if key.name == self_node { ID_HOST } else { ID_REMOTE_NODE };
-        let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
-        for a in addrs.into_iter().flatten().filter(|a| a.type_ == "InternalIP") {
-            if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
-                out.insert(ip, identity);
-            }
-        }
-    }
-    // One address, several pods (a finished pod keeps its podIP in its
-    // status while IPAM hands the address to a new one; a deleted pod
-    // lingers in its grace period): the live one owns it, so a dead pod
-    // never lends its identity to the traffic of the pod after it.
-    let mut owner: BTreeMap<Ipv4Addr, (OwnerRank, u32)> = BTreeMap::new();
-    for pod in state.pods.values() {
-        if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
-            continue;
-        }
-        let Some(status) = pod.status.as_ref() else { continue };
-        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-            continue;
-        }
-        let ips = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .map(|p| p.ip.as_str())
-            .chain(status.pod_ip.as_deref());
-        let rank = OwnerRank {
-            live: pod.metadata.deletion_timestamp.is_none(),
-            created: pod.metadata.creation_timestamp.clone(),
-        };
-        let identity = state.pod_identity(pod);
-        for ip in ips.filter_map(|s| s.parse::<Ipv4Addr>().ok()) {
-            match owner.get(&ip) {
-                Some((best, _)) if *best >= rank => {}
-                _ => {
-                    owner.insert(ip, (rank.clone(), identity));
-                }
-            }
-        }
-    }
-    for (ip, (_, identity)) in owner {
-        // A node's address is the node's (host-network pods have it).
-        out.entry(ip).or_insert(identity);
-    }
-    out
+    Table::full(state, self_node).desired()
 }
 
 /// Which of several pods with one address owns it: one not being deleted
@@ -80,60 +35,242 @@ struct OwnerRank {
     created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
-/// Keeps the ipcache in step with the model until the model's sender goes.
-pub async fn run(
+/// What one pod claims: its addresses, its rank among pods claiming the
+/// same, its label set (for identity changes) and its identity.
+#[derive(Debug, Clone)]
+struct Claim {
+    ips: Vec<Ipv4Addr>,
+    rank: OwnerRank,
+    labels: IdentityKey,
+    identity: u32,
+}
+
+fn claim(state: &ClusterState, pod: &Pod) -> Option<Claim> {
+    if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let mut ips: Vec<Ipv4Addr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    if ips.is_empty() {
+        return None;
+    }
+    let labels = IdentityKey::of_pod(pod);
+    Some(Claim {
+        ips,
+        rank: OwnerRank {
+            live: pod.metadata.deletion_timestamp.is_none(),
+            created: pod.metadata.creation_timestamp.clone(),
+        },
+        identity: state.identity_of(&labels).unwrap_or(weir_model::identity::INIT),
+        labels,
+    })
+}
+
+/// The desired table, kept per pod and per node so that a change costs
+/// the objects it touches.
+#[derive(Debug, Default)]
+pub struct Table {
+    self_node: String,
+    nodes: BTreeMap<Ipv4Addr, u32>,
+    pods: BTreeMap<ObjectKey, Claim>,
+    /// Address → the pods claiming it.
+    by_ip: BTreeMap<Ipv4Addr, BTreeSet<ObjectKey>>,
+    /// Label set → its pods, for identities that come and go.
+    by_labels: BTreeMap<IdentityKey, BTreeSet<ObjectKey>>,
+    /// Identity object → its label set, as last seen.
+    identities: BTreeMap<ObjectKey, IdentityKey>,
+}
+
+impl Table {
+    /// The table for `state`, from nothing.
+    pub fn full(state: &ClusterState, self_node: &str) -> Self {
+        let mut t = Table {
+            self_node: self_node.to_owned(),
+            ..Default::default()
+        };
+        t.nodes = node_entries(state, self_node);
+        for (key, pod) in &state.pods {
+            t.set_pod(key, claim(state, pod));
+        }
+        t.identities = state
+            .identities
+            .iter()
+            .map(|(k, o)| (k.clone(), o.spec.clone()))
+            .collect();
+        t
+    }
+
+    fn set_pod(&mut self, key: &ObjectKey, claim: Option<Claim>) -> Vec<Ipv4Addr> {
+        let mut touched = Vec::new();
+        if let Some(old) = self.pods.remove(key) {
+            for ip in &old.ips {
+                if let Some(set) = self.by_ip.get_mut(ip) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.by_ip.remove(ip);
+                    }
+                }
+            }
+            if let Some(set) = self.by_labels.get_mut(&old.labels) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_labels.remove(&old.labels);
+                }
+            }
+            touched.extend(old.ips);
+        }
+        if let Some(c) = claim {
+            for ip in &c.ips {
+                self.by_ip.entry(*ip).or_default().insert(key.clone());
+            }
+            self.by_labels.entry(c.labels.clone()).or_default().insert(key.clone());
+            touched.extend(c.ips.iter().copied());
+            self.pods.insert(key.clone(), c);
+        }
+        touched
+    }
+
+    /// Takes the table to `state`, `changes` being what differs from the
+    /// state it was made for; returns the addresses whose entry may have
+    /// changed.
+    pub fn update(&mut self, state: &ClusterState, changes: &Changes) -> BTreeSet<Ipv4Addr> {
+        let mut touched = BTreeSet::new();
+        if changes.touches(Kind::Node) {
+            let nodes = node_entries(state, &self.self_node);
+            touched.extend(self.nodes.keys().chain(nodes.keys()).copied());
+            self.nodes = nodes;
+        }
+        let mut pods: BTreeSet<ObjectKey> = changes.of(Kind::Pod).cloned().collect();
+        // An identity made or gone renumbers the pods of its label set.
+        for key in changes.of(Kind::WeirIdentity) {
+            let new = state.identities.get(key).map(|o| o.spec.clone());
+            let old = match &new {
+                Some(spec) => self.identities.insert(key.clone(), spec.clone()),
+                None => self.identities.remove(key),
+            };
+            for labels in old.iter().chain(new.iter()) {
+                pods.extend(self.by_labels.get(labels).into_iter().flatten().cloned());
+            }
+        }
+        for key in &pods {
+            let c = state.pods.get(key).and_then(|p| claim(state, p));
+            touched.extend(self.set_pod(key, c));
+        }
+        touched
+    }
+
+    /// The identity of `ip`: a node's address is the node's (host-network
+    /// pods have it), else the owning pod's.
+    pub fn get(&self, ip: &Ipv4Addr) -> Option<u32> {
+        if let Some(id) = self.nodes.get(ip) {
+            return Some(*id);
+        }
+        let mut best: Option<&Claim> = None;
+        for key in self.by_ip.get(ip)? {
+            let c = &self.pods[key];
+            if best.is_none_or(|b| c.rank > b.rank) {
+                best = Some(c);
+            }
+        }
+        best.map(|c| c.identity)
+    }
+
+    /// The whole table.
+    pub fn desired(&self) -> BTreeMap<Ipv4Addr, u32> {
+        let ips: BTreeSet<&Ipv4Addr> = self.nodes.keys().chain(self.by_ip.keys()).collect();
+        ips.into_iter().filter_map(|ip| Some((*ip, self.get(ip)?))).collect()
+    }
+}
+
+fn node_entries(state: &ClusterState, self_node: &str) -> BTreeMap<Ipv4Addr, u32> {
+    let mut out = BTreeMap::new();
+    for (key, node) in &state.nodes {
+        let identity = if key.name == self_node { ID_HOST } else { ID_REMOTE_NODE };
+        let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+        for a in addrs.into_iter().flatten().filter(|a| a.type_ == "InternalIP") {
+            if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
+                out.insert(ip, identity);
+            }
+        }
+    }
+    out
+}
+
+/// The controller: the map, the table it was last brought to.
+pub struct Controller {
     map: Arc<std::sync::Mutex<IpCache>>,
     node: String,
-    mut rx: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<crate::sync::SyncStatus>,
-) {
-    let mut backoff = crate::backoff::Backoff::controller();
-    loop {
-        let state = rx.borrow_and_update().clone();
-        let retry = if state.revision.is_some() {
-            let (map, node, sync) = (map.clone(), node.clone(), sync.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                let want = desired(&state, &node);
-                let r = map.lock().unwrap_or_else(|p| p.into_inner()).sync(&want);
-                if r.is_ok() {
-                    sync.ipcache_applied(state.revision);
+    table: Option<Table>,
+}
+
+impl Controller {
+    pub fn new(map: Arc<std::sync::Mutex<IpCache>>, node: String, sync: Arc<crate::sync::SyncStatus>) -> Self {
+        Self {
+            map,
+            node,
+            sync,
+            table: None,
+        }
+    }
+}
+
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "ipcache"
+    }
+
+    async fn reconcile(&mut self, pass: Pass) -> Action {
+        let (map, node, sync, table) = (
+            self.map.clone(),
+            self.node.clone(),
+            self.sync.clone(),
+            self.table.take(),
+        );
+        let (table, done) = blocking(move || {
+            let Pass { state, changes } = pass;
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            let (table, done) = match (table, changes) {
+                (Some(mut t), Some(c)) => {
+                    let touched = t.update(&state, &c);
+                    let entries: BTreeMap<Ipv4Addr, Option<u32>> =
+                        touched.into_iter().map(|ip| (ip, t.get(&ip))).collect();
+                    let done = map.update(&entries);
+                    (t, done)
                 }
-                r
-            })
-            .await;
-            match done {
-                Ok(Ok(stats)) => {
-                    if stats != Default::default() {
-                        tracing::debug!(written = stats.written, removed = stats.removed, "ipcache synced");
-                    }
-                    backoff.succeeded();
-                    None
+                _ => {
+                    let t = Table::full(&state, &node);
+                    let done = map.sync(&t.desired());
+                    (t, done)
                 }
-                Ok(Err(e)) => {
-                    let wait = backoff.failed();
-                    tracing::warn!(error = %crate::dataplane::report(&e), retry_in = ?wait, "ipcache sync failed");
-                    Some(wait)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "ipcache sync panicked");
-                    Some(backoff.failed())
-                }
+            };
+            if done.is_ok() {
+                sync.ipcache_applied(state.revision);
             }
-        } else {
-            None
-        };
-        match retry {
-            Some(wait) => {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    changed = rx.changed() => if changed.is_err() { return },
+            (table, done)
+        })
+        .await;
+        match done {
+            Ok(stats) => {
+                if stats != Default::default() {
+                    tracing::debug!(written = stats.written, removed = stats.removed, "ipcache synced");
                 }
+                self.table = Some(table);
+                Action::Done
             }
-            None => {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
+            Err(e) => Action::Retry(format!("ipcache sync failed: {}", crate::dataplane::report(&e))),
         }
     }
 }

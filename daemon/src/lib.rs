@@ -15,6 +15,7 @@ pub mod ipcache;
 pub mod metrics;
 pub mod netdev;
 pub mod policy;
+pub mod reconcile;
 pub mod routing;
 pub mod services;
 pub mod socket_lb;
@@ -22,6 +23,9 @@ pub mod store;
 pub mod supervise;
 pub mod sync;
 pub mod xdp;
+
+#[cfg(test)]
+mod incremental_tests;
 
 use std::sync::{Arc, Mutex};
 
@@ -319,7 +323,13 @@ fn start_controllers(c: Controllers<'_>) -> Running {
         );
         controllers.start(
             "ipcache",
-            supervise::Start::restart(move || ipcache::run(map.clone(), node.clone(), rx.clone(), sync.clone())),
+            supervise::Start::restart(move || {
+                reconcile::run(
+                    ipcache::Controller::new(map.clone(), node.clone(), sync.clone()),
+                    rx.clone(),
+                    reconcile::Options::default(),
+                )
+            }),
         );
     }
     {

@@ -14,11 +14,12 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use weir_datapath::policy::{PolicyMaps, Slot as DpSlot, Verdicts as DpVerdicts};
-use weir_model::ClusterState;
 use weir_model::policy::{Budget, Compiled, Direction, LocalEndpoint, Numbers, RuleRef, RuleWhat, compile_within};
+use weir_model::{Changes, ClusterState, Kind};
 use weir_proto::flow;
 
 use crate::metrics::Metrics;
+use crate::reconcile::{Action, Pass, blocking};
 use crate::sync::SyncStatus;
 
 /// What a rule reference names, ready for flows.
@@ -313,81 +314,119 @@ impl Controller {
 /// revision anyway.
 const IPCACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs the controller until the model's sender goes: on every snapshot
-/// and every change of the local endpoints (`endpoints_changed`).
 /// The local endpoints, as the endpoints table lists them now.
 pub type EndpointList = Arc<dyn Fn() -> Vec<LocalEndpoint> + Send + Sync>;
 
+/// Whether the compiled tables can differ after `changes` (from `old` to
+/// `new`), for this node's `endpoints`: policies, identities, namespaces,
+/// the local endpoints' pods, other pods' named ports.
+pub fn changes_matter(changes: &Changes, old: &ClusterState, new: &ClusterState, endpoints: &[LocalEndpoint]) -> bool {
+    if changes.touches_policies() || changes.touches(Kind::WeirIdentity) || changes.touches(Kind::Namespace) {
+        return true;
+    }
+    changes.of(Kind::Pod).any(|key| {
+        endpoints.iter().any(|e| &e.pod == key)
+            || weir_model::policy::pod_change_matters(old.pods.get(key).map(|p| &**p), new.pods.get(key).map(|p| &**p))
+    })
+}
+
+/// The controller as the runner drives it: on every snapshot and every
+/// change of the local endpoints (a full pass). A snapshot that changes
+/// nothing the compiler reads (a pod elsewhere without named ports, a
+/// Service) compiles nothing: it only bumps the revision, once the
+/// ipcache holds it (an address may have moved to another identity).
+pub struct Reconciler {
+    controller: Arc<std::sync::Mutex<Controller>>,
+    endpoints: EndpointList,
+    /// The model, to see whether a newer snapshot ends the wait for the
+    /// ipcache.
+    model: watch::Receiver<Arc<ClusterState>>,
+    endpoints_changed: watch::Receiver<u64>,
+    sync: Arc<SyncStatus>,
+    last: Option<Arc<ClusterState>>,
+}
+
+impl Reconciler {
+    pub fn new(
+        controller: Arc<std::sync::Mutex<Controller>>,
+        endpoints: EndpointList,
+        model: watch::Receiver<Arc<ClusterState>>,
+        endpoints_changed: watch::Receiver<u64>,
+        sync: Arc<SyncStatus>,
+    ) -> Self {
+        Self {
+            controller,
+            endpoints,
+            model,
+            endpoints_changed,
+            sync,
+            last: None,
+        }
+    }
+}
+
+impl crate::reconcile::Reconciler for Reconciler {
+    fn name(&self) -> &'static str {
+        "policy"
+    }
+
+    async fn reconcile(&mut self, pass: Pass) -> Action {
+        let generation = *self.endpoints_changed.borrow();
+        let state = pass.state.clone();
+        let (c, eps, last) = (self.controller.clone(), self.endpoints.clone(), self.last.take());
+        let ok = blocking(move || {
+            let list = eps();
+            let matters = match (&pass.changes, &last) {
+                (Some(changes), Some(old)) => changes_matter(changes, old, &pass.state, &list),
+                _ => true,
+            };
+            !matters || c.lock().unwrap_or_else(|p| p.into_inner()).apply(&pass.state, &list)
+        })
+        .await;
+        // Open connections are judged again once the ipcache holds this
+        // snapshot's identities too (else a re-judged one could keep a
+        // verdict made with a pod's old identity). Revisions are opaque
+        // (standalone: a hash of the manifests): equal or not. A newer
+        // snapshot ends the wait: its pass bumps again. Waited here, on
+        // the async side: a blocking thread is not held for it.
+        let deadline = Instant::now() + IPCACHE_WAIT;
+        while self.sync.ipcache() != state.revision
+            && self.model.borrow().revision == state.revision
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (c, sync, revision) = (self.controller.clone(), self.sync.clone(), state.revision);
+        blocking(move || {
+            c.lock().unwrap_or_else(|p| p.into_inner()).bump();
+            if ok {
+                sync.policy_applied(revision, generation);
+            }
+        })
+        .await;
+        if ok {
+            self.last = Some(state);
+            Action::Done
+        } else {
+            Action::Retry("the policy tables could not be written".into())
+        }
+    }
+}
+
+/// Runs the controller until the model's sender goes.
 pub async fn run(
     controller: Arc<std::sync::Mutex<Controller>>,
     endpoints: EndpointList,
-    mut rx: watch::Receiver<Arc<ClusterState>>,
-    mut endpoints_changed: watch::Receiver<u64>,
+    rx: watch::Receiver<Arc<ClusterState>>,
+    endpoints_changed: watch::Receiver<u64>,
     sync: Arc<SyncStatus>,
 ) {
-    let mut backoff = crate::backoff::Backoff::controller();
-    loop {
-        let state = rx.borrow_and_update().clone();
-        let generation = *endpoints_changed.borrow_and_update();
-        let mut retry = None;
-        // Nothing before the source synced once: an empty snapshot would
-        // drop every policy a previous agent programmed.
-        if state.revision.is_some() {
-            let (c, eps) = (controller.clone(), endpoints.clone());
-            let applied = tokio::task::spawn_blocking(move || {
-                let list = eps();
-                let ok = c.lock().unwrap_or_else(|p| p.into_inner()).apply(&state, &list);
-                (ok, state)
-            })
-            .await;
-            let done = match applied {
-                Ok((ok, state)) => {
-                    // Open connections are judged again once the ipcache
-                    // holds this snapshot's identities too (else a re-judged
-                    // one could keep a verdict made with a pod's old
-                    // identity). Revisions are opaque (standalone: a hash of
-                    // the manifests): equal or not. A newer snapshot ends
-                    // the wait: its pass bumps again. Waited here, on the
-                    // async side: a blocking thread is not held for it.
-                    let deadline = Instant::now() + IPCACHE_WAIT;
-                    while sync.ipcache() != state.revision
-                        && rx.borrow().revision == state.revision
-                        && Instant::now() < deadline
-                    {
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    }
-                    let (c, sync) = (controller.clone(), sync.clone());
-                    tokio::task::spawn_blocking(move || {
-                        c.lock().unwrap_or_else(|p| p.into_inner()).bump();
-                        if ok {
-                            sync.policy_applied(state.revision, generation);
-                        }
-                        ok
-                    })
-                    .await
-                }
-                Err(e) => Err(e),
-            };
-            match done {
-                Ok(true) => backoff.succeeded(),
-                Ok(false) => retry = Some(backoff.failed()),
-                Err(e) => {
-                    tracing::error!(error = %e, "policy pass panicked");
-                    retry = Some(backoff.failed());
-                }
-            }
-        }
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            changed = endpoints_changed.changed() => if changed.is_err() { return },
-            () = async {
-                match retry {
-                    Some(wait) => tokio::time::sleep(wait).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-        }
-    }
+    let r = Reconciler::new(controller, endpoints, rx.clone(), endpoints_changed.clone(), sync);
+    let opts = crate::reconcile::Options {
+        extra: Some(endpoints_changed),
+        ..Default::default()
+    };
+    crate::reconcile::run(r, rx, opts).await;
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use crate::cluster::ClusterState;
 use crate::config::Routing;
 use crate::netdev::Netdev;
+use crate::reconcile::{Action, Pass, Reconciler, blocking};
+use weir_model::Kind;
 
 /// What the Node objects ask for: routes to every other node's pod CIDRs
 /// (with its InternalIP), sorted, and the CIDRs refused with why.
@@ -125,59 +127,62 @@ pub struct Setup {
     pub bounds: Bounds,
 }
 
-/// Keeps routes in step with the Node objects until the process ends.
-pub async fn run(
+/// The routing controller: Node objects to kernel routes and the
+/// datapath's node maps.
+struct Controller {
     setup: Setup,
     netdev: Netdev,
     maps: Arc<std::sync::Mutex<weir_datapath::RouteMaps>>,
     metrics: Arc<crate::metrics::Metrics>,
-    mut cluster: watch::Receiver<Arc<ClusterState>>,
-) {
-    let Setup {
-        mode,
-        node,
-        route_dev,
-        bounds,
-    } = setup;
-    // Map syscalls block: they run on a blocking thread, which holds the
-    // maps for the round (shared so the supervisor can start this again).
-    // Routes a previous agent left for nodes that may be gone.
-    let mut installed: BTreeSet<Ipv4Net> = match netdev.weir_node_routes().await {
-        Ok(r) => r.into_iter().collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "listing existing node routes");
-            BTreeSet::new()
+    /// The routes it installed; `None` until read from the kernel.
+    installed: Option<BTreeSet<Ipv4Net>>,
+    said: Vec<Refused>,
+}
+
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "routing"
+    }
+
+    async fn reconcile(&mut self, pass: Pass) -> Action {
+        // Routes follow Node objects only.
+        if pass.changes.as_ref().is_some_and(|c| !c.touches(Kind::Node)) {
+            return Action::Done;
         }
-    };
-    let mut backoff = crate::backoff::Backoff::controller();
-    let mut said: Vec<Refused> = Vec::new();
-    loop {
-        let state = cluster.borrow_and_update().clone();
-        // Not synced once: an empty snapshot would remove the routes (and
-        // node IPs) a previous agent left, cutting remote pods off until the
-        // manifests load. Change nothing until the source has spoken.
-        if state.revision.is_none() {
-            if cluster.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
+        let Setup {
+            mode,
+            ref node,
+            route_dev,
+            bounds,
+        } = self.setup;
+        // Routes a previous agent (or run) left for nodes that may be gone.
+        let installed = match self.installed.take() {
+            Some(i) => i,
+            None => match self.netdev.weir_node_routes().await {
+                Ok(r) => r.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing existing node routes");
+                    BTreeSet::new()
+                }
+            },
+        };
         let mut failed = false;
         let Routes {
             routes: wanted,
             refused,
-        } = remote_routes(&state, &node, bounds);
-        for r in refused.iter().filter(|r| !said.contains(r)) {
+        } = remote_routes(&pass.state, node, bounds);
+        for r in refused.iter().filter(|r| !self.said.contains(r)) {
             tracing::warn!(node = %r.node, cidr = %r.cidr, reason = %r.reason,
                 "pod CIDR of a Node object refused: no route to it");
         }
-        metrics.refused_pod_cidrs(refused.len());
-        said = refused;
+        self.metrics.refused_pod_cidrs(refused.len());
+        self.said = refused;
         // Kernel routes in both modes: the node's own stack must reach remote
         // pods too (replies to them, probes); pods' own traffic in vxlan mode
         // goes into the tunnel from the datapath without consulting these.
         for (cidr, via) in &wanted {
-            if let Err(e) = netdev
+            if let Err(e) = self
+                .netdev
                 .replace_node_route(*cidr, *via, route_dev, mode == Routing::Vxlan)
                 .await
             {
@@ -187,55 +192,60 @@ pub async fn run(
         }
         let keep: BTreeSet<Ipv4Net> = wanted.iter().map(|(c, _)| *c).collect();
         for stale in installed.difference(&keep) {
-            if let Err(e) = netdev.delete_node_route(*stale).await {
+            if let Err(e) = self.netdev.delete_node_route(*stale).await {
                 failed = true;
                 tracing::warn!(error = %e, "removing node route");
             }
         }
         // A route that could not be removed stays ours to retry.
-        installed = if failed {
+        self.installed = Some(if failed {
             installed.union(&keep).copied().collect()
         } else {
             keep
-        };
+        });
         // The datapath's view, in both modes: node IPs (never masqueraded)
         // and which node owns which pod CIDR (vxlan mode tunnels to it;
-        // both check that a pod's address comes from its node).
-        let maps = maps.clone();
+        // both check that a pod's address comes from its node). Map
+        // syscalls block: they run on a blocking thread.
+        let maps = self.maps.clone();
         let routes = wanted.clone();
-        let synced = match tokio::task::spawn_blocking(move || {
+        let synced = blocking(move || {
             let mut datapath = maps.lock().unwrap_or_else(|p| p.into_inner());
             let mut nodes: Vec<Ipv4Addr> = routes.iter().map(|(_, ip)| *ip).collect();
             nodes.dedup();
             datapath.sync_node_ips(&nodes)?;
             datapath.sync_node_routes(&routes)
         })
-        .await
-        {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            // A panic in the sync is a failed round, retried like any.
-            Err(e) => Err(format!("the map sync stopped: {e}")),
-        };
+        .await;
         if let Err(e) = synced {
             failed = true;
             tracing::warn!(error = %e, "programming node routes into the datapath");
         }
-        if !failed {
-            backoff.succeeded();
-            tracing::debug!(routes = wanted.len(), ?mode, "node routes in step");
-            if cluster.changed().await.is_err() {
-                return;
-            }
-            continue;
+        if failed {
+            return Action::Retry("node routes left to program".into());
         }
-        // Requeued: a retry may fix what failed; a change retries at once.
-        let wait = backoff.failed();
-        tracing::info!(retry_in = ?wait, "node routes left to program: requeued");
-        tokio::select! {
-            changed = cluster.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(wait) => {}
-        }
+        tracing::debug!(routes = wanted.len(), ?mode, "node routes in step");
+        Action::Done
     }
+}
+
+/// Keeps routes in step with the Node objects until the process ends.
+pub async fn run(
+    setup: Setup,
+    netdev: Netdev,
+    maps: Arc<std::sync::Mutex<weir_datapath::RouteMaps>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    cluster: watch::Receiver<Arc<ClusterState>>,
+) {
+    let controller = Controller {
+        setup,
+        netdev,
+        maps,
+        metrics,
+        installed: None,
+        said: Vec::new(),
+    };
+    crate::reconcile::run(controller, cluster, Default::default()).await;
 }
 
 #[cfg(test)]

@@ -7,25 +7,31 @@
 //! and collects expired conntrack and masquerade (SNAT) entries every
 //! [`GC_INTERVAL`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 use weir_datapath::lb::{
     Algorithm, Backend, Protocol, ServiceMaps, ServiceSpec, TrafficPolicy, addr_of, monotonic_now_ns,
 };
 
-use crate::cluster::ClusterState;
+use crate::cluster::{ClusterState, ObjectKey};
+use crate::reconcile::{Action, Pass, Reconciler, blocking};
+use weir_model::{Changes, Kind};
 
 /// How often expired conntrack and SNAT entries are collected.
 pub const GC_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
+
+/// When the change an EndpointSlice carries was triggered (a pod's or a
+/// Service's change), set by the EndpointSlice controller.
+const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -128,131 +134,157 @@ fn desired_with(
     node: &NodeInfo,
     claims: &weir_model::frontends::ExternalFrontends,
 ) -> BTreeMap<ServicePortKey, ServiceSpec> {
-    let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in state.endpoint_slices.values() {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-        if let Some(name) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            slices.entry((ns, name.as_str())).or_default().push(slice);
+    let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
+    for (key, slice) in &state.endpoint_slices {
+        if let Some(service) = service_of_slice(key, slice) {
+            slices.entry(service).or_default().push(slice);
         }
     }
-
     let mut out = BTreeMap::new();
     for (key, svc) in &state.services {
-        let Some(vip) = cluster_ip(svc) else { continue };
-        let Some(spec) = svc.spec.as_ref() else { continue };
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .filter(|s| *s > 0)
-                .map_or(DEFAULT_AFFINITY_TIMEOUT, |s| Duration::from_secs(s as u64))
-        });
-        let policy = match spec.external_traffic_policy.as_deref() {
-            Some("Local") => TrafficPolicy::Local,
-            _ => TrafficPolicy::Cluster,
-        };
-        let has_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-        let external_ips: Vec<Ipv4Addr> = weir_model::service_external_ips(svc);
-        let svc_slices = slices.get(&(key.namespace.as_str(), key.name.as_str()));
-        for sp in spec.ports.iter().flatten() {
-            let Some(proto) = protocol(sp.protocol.as_deref()) else {
-                continue;
-            };
-            let Ok(port) = u16::try_from(sp.port) else { continue };
-            let pkey = ServicePortKey { vip, port, proto };
-            let port_name = sp.name.as_deref().unwrap_or("");
-            let mut candidates = Vec::new();
-            for slice in svc_slices.into_iter().flatten() {
-                let Some(target) = slice.ports.iter().flatten().find(|p| {
-                    p.name.as_deref().unwrap_or("") == port_name && protocol(p.protocol.as_deref()) == Some(proto)
-                }) else {
-                    continue;
-                };
-                let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()) else {
-                    continue;
-                };
-                if proto == Protocol::Sctp && target_port != port {
-                    tracing::warn!(service = %key.name, namespace = %key.namespace, %pkey, target_port,
-                        "SCTP service with a different target port is not supported: skipped");
-                    continue;
-                }
-                for ep in &slice.endpoints {
-                    let c = ep.conditions.as_ref();
-                    let ready = c.and_then(|c| c.ready) != Some(false);
-                    let serving = c.and_then(|c| c.serving.or(c.ready)) != Some(false);
-                    let terminating = c.and_then(|c| c.terminating) == Some(true);
-                    if !(ready || terminating && serving) {
-                        continue;
-                    }
-                    for addr in &ep.addresses {
-                        if let Ok(ip) = addr.parse::<Ipv4Addr>() {
-                            candidates.push(Candidate {
-                                backend: Backend {
-                                    ip,
-                                    port: target_port,
-                                    terminating: terminating || !ready,
-                                },
-                                serving,
-                                node: ep.node_name.as_deref(),
-                            });
-                        }
-                    }
-                }
-            }
-            let all = backends_of(candidates.iter());
-            if proto != Protocol::Sctp {
-                let external_backends = match policy {
-                    TrafficPolicy::Cluster => all.clone(),
-                    TrafficPolicy::Local => {
-                        backends_of(candidates.iter().filter(|c| c.node == Some(node.name.as_str())))
-                    }
-                };
-                let node_port = sp
-                    .node_port
-                    .and_then(|p| u16::try_from(p).ok())
-                    .filter(|_| has_node_ports);
-                // External addresses this Service holds (never another's
-                // ClusterIP, a node's address or an older Service's claim).
-                let wire = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
-                let held = external_ips
-                    .iter()
-                    .filter(|ip| claims.holds(key, &(**ip, port, wire.clone())));
-                let frontends = node.ip.zip(node_port).into_iter().chain(held.map(|ip| (*ip, port)));
-                for (ip, fport) in frontends {
-                    out.insert(
-                        ServicePortKey {
-                            vip: ip,
-                            port: fport,
-                            proto,
-                        },
-                        ServiceSpec {
-                            backends: external_backends.clone(),
-                            algorithm,
-                            affinity_timeout,
-                            external: Some(policy),
-                        },
-                    );
-                }
-            }
-            out.insert(
-                pkey,
-                ServiceSpec {
-                    backends: all,
-                    algorithm,
-                    affinity_timeout,
-                    external: None,
-                },
-            );
-        }
+        let svc_slices = slices.get(key).map(Vec::as_slice).unwrap_or_default();
+        // A later Service's frontend takes the place of an earlier one's
+        // (the API server lets no two have one address and port).
+        out.extend(service_entries(key, svc, svc_slices, algorithm, node, claims));
     }
     for (key, spec) in host_ports(state, algorithm, node) {
         // A Service's frontend keeps its address: a pod's hostPort never
         // takes over a NodePort or an external IP.
         out.entry(key).or_insert(spec);
+    }
+    out
+}
+
+/// The Service an EndpointSlice belongs to (IPv4 slices only: the
+/// datapath is IPv4).
+fn service_of_slice(key: &ObjectKey, slice: &EndpointSlice) -> Option<ObjectKey> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let ns = if key.namespace.is_empty() {
+        "default"
+    } else {
+        &key.namespace
+    };
+    Some(ObjectKey::new(ns, name.clone()))
+}
+
+/// One Service's entries, with its slices' endpoints as backends (see
+/// [`desired`]); a later entry for the same key takes the place of an
+/// earlier one.
+fn service_entries(
+    key: &ObjectKey,
+    svc: &Service,
+    svc_slices: &[&EndpointSlice],
+    algorithm: Algorithm,
+    node: &NodeInfo,
+    claims: &weir_model::frontends::ExternalFrontends,
+) -> BTreeMap<ServicePortKey, ServiceSpec> {
+    let mut out = BTreeMap::new();
+    let Some(vip) = cluster_ip(svc) else { return out };
+    let Some(spec) = svc.spec.as_ref() else { return out };
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .filter(|s| *s > 0)
+            .map_or(DEFAULT_AFFINITY_TIMEOUT, |s| Duration::from_secs(s as u64))
+    });
+    let policy = match spec.external_traffic_policy.as_deref() {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    let has_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let external_ips: Vec<Ipv4Addr> = weir_model::service_external_ips(svc);
+    for sp in spec.ports.iter().flatten() {
+        let Some(proto) = protocol(sp.protocol.as_deref()) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(sp.port) else { continue };
+        let pkey = ServicePortKey { vip, port, proto };
+        let port_name = sp.name.as_deref().unwrap_or("");
+        let mut candidates = Vec::new();
+        for slice in svc_slices {
+            let Some(target) = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name && protocol(p.protocol.as_deref()) == Some(proto)
+            }) else {
+                continue;
+            };
+            let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            if proto == Protocol::Sctp && target_port != port {
+                tracing::warn!(service = %key.name, namespace = %key.namespace, %pkey, target_port,
+                    "SCTP service with a different target port is not supported: skipped");
+                continue;
+            }
+            for ep in &slice.endpoints {
+                let c = ep.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready) != Some(false);
+                let serving = c.and_then(|c| c.serving.or(c.ready)) != Some(false);
+                let terminating = c.and_then(|c| c.terminating) == Some(true);
+                if !(ready || terminating && serving) {
+                    continue;
+                }
+                for addr in &ep.addresses {
+                    if let Ok(ip) = addr.parse::<Ipv4Addr>() {
+                        candidates.push(Candidate {
+                            backend: Backend {
+                                ip,
+                                port: target_port,
+                                terminating: terminating || !ready,
+                            },
+                            serving,
+                            node: ep.node_name.as_deref(),
+                        });
+                    }
+                }
+            }
+        }
+        let all = backends_of(candidates.iter());
+        if proto != Protocol::Sctp {
+            let external_backends = match policy {
+                TrafficPolicy::Cluster => all.clone(),
+                TrafficPolicy::Local => backends_of(candidates.iter().filter(|c| c.node == Some(node.name.as_str()))),
+            };
+            let node_port = sp
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|_| has_node_ports);
+            // External addresses this Service holds (never another's
+            // ClusterIP, a node's address or an older Service's claim).
+            let wire = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let held = external_ips
+                .iter()
+                .filter(|ip| claims.holds(key, &(**ip, port, wire.clone())));
+            let frontends = node.ip.zip(node_port).into_iter().chain(held.map(|ip| (*ip, port)));
+            for (ip, fport) in frontends {
+                out.insert(
+                    ServicePortKey {
+                        vip: ip,
+                        port: fport,
+                        proto,
+                    },
+                    ServiceSpec {
+                        backends: external_backends.clone(),
+                        algorithm,
+                        affinity_timeout,
+                        external: Some(policy),
+                    },
+                );
+            }
+        }
+        out.insert(
+            pkey,
+            ServiceSpec {
+                backends: all,
+                algorithm,
+                affinity_timeout,
+                external: None,
+            },
+        );
     }
     out
 }
@@ -268,64 +300,71 @@ fn desired_with(
 /// pod's hostPort starts once its IP is known (its status) and ends with
 /// the pod, or when it has finished (Succeeded, Failed).
 pub fn host_ports(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> Vec<(ServicePortKey, ServiceSpec)> {
+    state
+        .pods
+        .values()
+        .flat_map(|pod| pod_host_ports(pod, algorithm, node))
+        .collect()
+}
+
+/// One pod's hostPorts (see [`host_ports`]).
+fn pod_host_ports(pod: &Pod, algorithm: Algorithm, node: &NodeInfo) -> Vec<(ServicePortKey, ServiceSpec)> {
     let mut out = Vec::new();
-    for pod in state.pods.values() {
-        let Some(spec) = pod.spec.as_ref() else { continue };
-        if spec.node_name.as_deref() != Some(node.name.as_str()) || spec.host_network == Some(true) {
-            continue;
-        }
-        let status = pod.status.as_ref();
-        if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
-            continue;
-        }
-        let Some(pod_ip) = status
-            .and_then(|s| s.pod_ip.as_deref())
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-        else {
+    let Some(spec) = pod.spec.as_ref() else { return out };
+    if spec.node_name.as_deref() != Some(node.name.as_str()) || spec.host_network == Some(true) {
+        return out;
+    }
+    let status = pod.status.as_ref();
+    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+        return out;
+    }
+    let Some(pod_ip) = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return out;
+    };
+    for port in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+        let (Some(host_port), Ok(container_port)) = (
+            port.host_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0),
+            u16::try_from(port.container_port),
+        ) else {
             continue;
         };
-        for port in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
-            let (Some(host_port), Ok(container_port)) = (
-                port.host_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0),
-                u16::try_from(port.container_port),
-            ) else {
-                continue;
-            };
-            let Some(proto) = protocol(port.protocol.as_deref()) else {
-                continue;
-            };
-            // The datapath cannot rewrite SCTP ports (its CRC32c covers them).
-            if proto == Protocol::Sctp && host_port != container_port {
-                continue;
-            }
-            let vip = match port.host_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0") {
-                None => match node.ip {
-                    Some(ip) => ip,
-                    None => continue,
-                },
-                Some(ip) => match ip.parse::<Ipv4Addr>() {
-                    Ok(ip) => ip,
-                    Err(_) => continue,
-                },
-            };
-            out.push((
-                ServicePortKey {
-                    vip,
-                    port: host_port,
-                    proto,
-                },
-                ServiceSpec {
-                    backends: vec![Backend {
-                        ip: pod_ip,
-                        port: container_port,
-                        terminating: false,
-                    }],
-                    algorithm,
-                    affinity_timeout: None,
-                    external: Some(TrafficPolicy::Local),
-                },
-            ));
+        let Some(proto) = protocol(port.protocol.as_deref()) else {
+            continue;
+        };
+        // The datapath cannot rewrite SCTP ports (its CRC32c covers them).
+        if proto == Protocol::Sctp && host_port != container_port {
+            continue;
         }
+        let vip = match port.host_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0") {
+            None => match node.ip {
+                Some(ip) => ip,
+                None => continue,
+            },
+            Some(ip) => match ip.parse::<Ipv4Addr>() {
+                Ok(ip) => ip,
+                Err(_) => continue,
+            },
+        };
+        out.push((
+            ServicePortKey {
+                vip,
+                port: host_port,
+                proto,
+            },
+            ServiceSpec {
+                backends: vec![Backend {
+                    ip: pod_ip,
+                    port: container_port,
+                    terminating: false,
+                }],
+                algorithm,
+                affinity_timeout: None,
+                external: Some(TrafficPolicy::Local),
+            },
+        ));
     }
     out
 }
@@ -358,8 +397,224 @@ pub fn plan(applied: &BTreeMap<ServicePortKey, ServiceSpec>, desired: &BTreeMap<
     }
 }
 
-/// Keeps the datapath's services in step with the cluster model until the
-/// model's sender goes away; collects conntrack garbage meanwhile.
+/// The changes for some keys only, each with what it should be (`None`:
+/// not wanted).
+pub fn plan_for<'a>(
+    applied: &BTreeMap<ServicePortKey, ServiceSpec>,
+    keys: impl Iterator<Item = (ServicePortKey, Option<&'a ServiceSpec>)>,
+) -> Plan {
+    let mut plan = Plan::default();
+    for (key, want) in keys {
+        match want {
+            Some(spec) if applied.get(&key) != Some(spec) => plan.upsert.push((key, spec.clone())),
+            None if applied.contains_key(&key) => plan.remove.push(key),
+            _ => {}
+        }
+    }
+    plan
+}
+
+/// The desired table, kept per source (each Service's entries, each of
+/// this node's pods' hostPorts) with the EndpointSlices indexed by their
+/// Service, so a change costs the Services and pods it touches.
+#[derive(Debug, Default)]
+pub struct Table {
+    algorithm: Option<Algorithm>,
+    node: NodeInfo,
+    services: BTreeMap<ObjectKey, BTreeMap<ServicePortKey, ServiceSpec>>,
+    host_ports: BTreeMap<ObjectKey, Vec<(ServicePortKey, ServiceSpec)>>,
+    /// Key → the sources with an entry for it.
+    by_key: BTreeMap<ServicePortKey, BTreeSet<Source>>,
+    /// EndpointSlice → its Service, as last seen.
+    slice_service: BTreeMap<ObjectKey, ObjectKey>,
+    /// Service → its EndpointSlices.
+    slices_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    claims: weir_model::frontends::ExternalFrontends,
+}
+
+/// Where an entry comes from. Services first: a Service's frontend is
+/// never taken by a hostPort.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Service(ObjectKey),
+    HostPort(ObjectKey),
+}
+
+impl Table {
+    /// The table for `state`, from nothing.
+    pub fn full(state: &ClusterState, algorithm: Algorithm, node: &NodeInfo) -> Self {
+        let mut t = Table {
+            algorithm: Some(algorithm),
+            node: node.clone(),
+            claims: weir_model::frontends::external_frontends(state),
+            ..Default::default()
+        };
+        for (key, slice) in &state.endpoint_slices {
+            t.index_slice(key, service_of_slice(key, slice));
+        }
+        for key in state.services.keys() {
+            t.set_service(state, key);
+        }
+        for key in state.pods.keys() {
+            t.set_host_ports(state, key);
+        }
+        t
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.algorithm.unwrap_or(Algorithm::Random)
+    }
+
+    /// Moves a slice under its (new) Service; returns its old one.
+    fn index_slice(&mut self, key: &ObjectKey, service: Option<ObjectKey>) -> Option<ObjectKey> {
+        let old = self.slice_service.remove(key);
+        if let Some(o) = &old
+            && let Some(set) = self.slices_of.get_mut(o)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_of.remove(o);
+            }
+        }
+        if let Some(svc) = service {
+            self.slices_of.entry(svc.clone()).or_default().insert(key.clone());
+            self.slice_service.insert(key.clone(), svc);
+        }
+        old
+    }
+
+    /// Replaces a source's entries; returns the keys it had or has.
+    fn set_source(
+        &mut self,
+        source: Source,
+        old: Vec<ServicePortKey>,
+        new: Vec<ServicePortKey>,
+    ) -> Vec<ServicePortKey> {
+        for k in &old {
+            if let Some(set) = self.by_key.get_mut(k) {
+                set.remove(&source);
+                if set.is_empty() {
+                    self.by_key.remove(k);
+                }
+            }
+        }
+        for k in &new {
+            self.by_key.entry(*k).or_default().insert(source.clone());
+        }
+        old.into_iter().chain(new).collect()
+    }
+
+    fn set_service(&mut self, state: &ClusterState, key: &ObjectKey) -> Vec<ServicePortKey> {
+        let entries = match state.services.get(key) {
+            Some(svc) => {
+                let slices: Vec<&EndpointSlice> = self
+                    .slices_of
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| state.endpoint_slices.get(k).map(|s| &**s))
+                    .collect();
+                service_entries(key, svc, &slices, self.algorithm(), &self.node, &self.claims)
+            }
+            None => BTreeMap::new(),
+        };
+        let old = self
+            .services
+            .remove(key)
+            .map(|e| e.into_keys().collect())
+            .unwrap_or_default();
+        let new = entries.keys().copied().collect();
+        if !entries.is_empty() {
+            self.services.insert(key.clone(), entries);
+        }
+        self.set_source(Source::Service(key.clone()), old, new)
+    }
+
+    fn set_host_ports(&mut self, state: &ClusterState, key: &ObjectKey) -> Vec<ServicePortKey> {
+        let entries = state
+            .pods
+            .get(key)
+            .map(|p| pod_host_ports(p, self.algorithm(), &self.node))
+            .unwrap_or_default();
+        let old = self
+            .host_ports
+            .remove(key)
+            .map(|e| e.into_iter().map(|(k, _)| k).collect())
+            .unwrap_or_default();
+        let new = entries.iter().map(|(k, _)| *k).collect();
+        if !entries.is_empty() {
+            self.host_ports.insert(key.clone(), entries);
+        }
+        self.set_source(Source::HostPort(key.clone()), old, new)
+    }
+
+    /// Takes the table to `state`, `changes` being what differs from the
+    /// state it was made for; returns the keys whose entry may have
+    /// changed.
+    pub fn update(&mut self, state: &ClusterState, changes: &Changes) -> BTreeSet<ServicePortKey> {
+        let mut services: BTreeSet<ObjectKey> = changes.of(Kind::Service).cloned().collect();
+        for key in changes.of(Kind::EndpointSlice) {
+            let new = state.endpoint_slices.get(key).and_then(|s| service_of_slice(key, s));
+            services.extend(new.clone());
+            services.extend(self.index_slice(key, new));
+        }
+        // Which Service holds an external address is judged over all of
+        // them: whose judgement changed is rebuilt too.
+        if changes.touches(Kind::Service) || changes.touches(Kind::Node) {
+            let claims = weir_model::frontends::external_frontends(state);
+            if claims != self.claims {
+                let claimants = |c: &weir_model::frontends::ExternalFrontends| -> BTreeSet<ObjectKey> {
+                    c.held
+                        .values()
+                        .cloned()
+                        .chain(c.refused.iter().map(|r| r.service.clone()))
+                        .collect()
+                };
+                services.extend(claimants(&self.claims));
+                services.extend(claimants(&claims));
+                self.claims = claims;
+            }
+        }
+        let mut touched = BTreeSet::new();
+        for key in &services {
+            touched.extend(self.set_service(state, key));
+        }
+        for key in changes.of(Kind::Pod) {
+            touched.extend(self.set_host_ports(state, key));
+        }
+        touched
+    }
+
+    /// The entry for `key`: the last Service's (in the model's order) with
+    /// one, else the first hostPort's.
+    pub fn get(&self, key: &ServicePortKey) -> Option<&ServiceSpec> {
+        let sources = self.by_key.get(key)?;
+        let service = sources.iter().rev().find_map(|s| match s {
+            Source::Service(k) => self.services.get(k)?.get(key),
+            Source::HostPort(_) => None,
+        });
+        service.or_else(|| {
+            sources.iter().find_map(|s| match s {
+                Source::HostPort(k) => self.host_ports.get(k)?.iter().find(|(k2, _)| k2 == key).map(|(_, s)| s),
+                Source::Service(_) => None,
+            })
+        })
+    }
+
+    /// The whole table.
+    pub fn desired(&self) -> BTreeMap<ServicePortKey, ServiceSpec> {
+        self.by_key
+            .keys()
+            .filter_map(|k| Some((*k, self.get(k)?.clone())))
+            .collect()
+    }
+
+    /// The external frontends refused.
+    pub fn refused(&self) -> &[weir_model::frontends::Refused] {
+        &self.claims.refused
+    }
+}
+
 /// The service maps and what the controller made of them, shared by
 /// every run of the controller (the supervisor may start it again).
 pub type Shared = Arc<std::sync::Mutex<Owned>>;
@@ -373,49 +628,75 @@ pub fn shared(maps: ServiceMaps) -> Shared {
     }))
 }
 
-pub async fn run(
+/// The services controller: the model's Services, EndpointSlices and
+/// hostPorts to the service maps.
+pub struct Controller {
     owned: Shared,
     algorithm: Algorithm,
     node: NodeInfo,
-    mut rx: watch::Receiver<Arc<ClusterState>>,
     sync: Arc<crate::sync::SyncStatus>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
-) {
-    // Start from what the pinned maps hold, so services an earlier agent
-    // (or an earlier run of this controller) programmed and that are gone
-    // now get removed. Every map syscall blocks: the maps live with a
-    // blocking thread's work, never on an async worker.
-    let work = owned.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || {
-        let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
-        o.applied = programmed(&o.maps, algorithm);
-        o.refused.clear();
-    })
-    .await
-    {
-        tracing::error!(error = %e, "reading the programmed services failed");
+    table: Option<Table>,
+    /// The first pass reads what the maps hold.
+    read_maps: bool,
+}
+
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "services"
     }
-    let mut gc = tokio::time::interval(GC_INTERVAL);
-    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut model_open = true;
-    let mut backoff = crate::backoff::Backoff::controller();
-    loop {
-        let state = rx.borrow_and_update().clone();
-        // A source that has not synced once says nothing about the cluster:
-        // applying its empty snapshot would remove every service a previous
-        // agent programmed (a restart would break new connections until
-        // the manifests load). Wait for the first real one; GC goes on.
-        let unsynced = state.revision.is_none();
-        let (work, node, sync, m) = (owned.clone(), node.clone(), sync.clone(), metrics.clone());
-        let done = tokio::task::spawn_blocking(move || {
-            if unsynced {
-                return 0;
-            }
+
+    async fn reconcile(&mut self, pass: Pass) -> Action {
+        let (work, node, sync, m, table, algorithm) = (
+            self.owned.clone(),
+            self.node.clone(),
+            self.sync.clone(),
+            self.metrics.clone(),
+            self.table.take(),
+            self.algorithm,
+        );
+        let read_maps = std::mem::take(&mut self.read_maps);
+        // Every map syscall blocks: the maps live with a blocking thread's
+        // work, never on an async worker.
+        let (table, failed) = blocking(move || {
+            let Pass { state, changes } = pass;
             let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
-            let claims = weir_model::frontends::external_frontends(&state);
-            let want = desired_with(&state, algorithm, &node, &claims);
             let o = &mut *o;
-            let refused = claims.refused;
+            if read_maps {
+                // Start from what the pinned maps hold, so services an
+                // earlier agent (or an earlier run of this controller)
+                // programmed and that are gone now get removed.
+                o.applied = programmed(&o.maps, algorithm);
+                o.refused.clear();
+            }
+            // When the changed slices' endpoints changed, for the
+            // network programming SLI.
+            let triggers: Vec<k8s_openapi::jiff::Timestamp> = changes
+                .iter()
+                .flat_map(|c| c.of(Kind::EndpointSlice))
+                .filter_map(|k| state.endpoint_slices.get(k))
+                .filter_map(|s| {
+                    s.metadata
+                        .annotations
+                        .as_ref()?
+                        .get(TRIGGER_TIME_ANNOTATION)?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            let (table, plan) = match (table, changes) {
+                (Some(mut t), Some(c)) => {
+                    let touched = t.update(&state, &c);
+                    let plan = plan_for(&o.applied, touched.iter().map(|k| (*k, t.get(k))));
+                    (t, plan)
+                }
+                _ => {
+                    let t = Table::full(&state, algorithm, &node);
+                    let plan = plan(&o.applied, &t.desired());
+                    (t, plan)
+                }
+            };
+            let refused = table.refused().to_vec();
             for r in refused.iter().filter(|r| !o.refused.contains(r)) {
                 let (ip, port, protocol) = &r.frontend;
                 tracing::warn!(service = %format!("{}/{}", r.service.namespace, r.service.name),
@@ -426,58 +707,60 @@ pub async fn run(
                 m.refused_frontends(refused.len());
             }
             o.refused = refused;
-            let failed = apply(&mut o.maps, &mut o.applied, &want);
+            let failed = apply(&mut o.maps, &mut o.applied, plan);
             sync.services_applied(state.revision);
-            failed
+            if let Some(m) = m.as_ref().filter(|_| failed == 0) {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                for t in triggers {
+                    let took = now.duration_since(t);
+                    m.network_programmed(Duration::try_from(took).unwrap_or_default());
+                }
+            }
+            (table, failed)
         })
         .await;
-        let retry = match done {
-            Ok(0) => {
-                backoff.succeeded();
-                None
-            }
-            Ok(failed) => {
-                let wait = backoff.failed();
-                tracing::info!(failed, retry_in = ?wait, "services left to program: requeued");
-                Some(tokio::time::sleep(wait))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "programming services panicked");
-                Some(tokio::time::sleep(backoff.failed()))
-            }
-        };
-        tokio::pin!(let retry = async move {
-            match retry {
-                Some(sleep) => sleep.await,
-                None => std::future::pending().await,
-            }
-        };);
-        loop {
-            tokio::select! {
-                () = &mut retry => break,
-                changed = rx.changed(), if model_open => {
-                    if changed.is_err() {
-                        // No source (or it ended): keep the table, keep collecting.
-                        model_open = false;
-                        continue;
-                    }
-                    break;
-                }
-                _ = gc.tick() => {
-                    let work = owned.clone();
-                    let metrics = metrics.clone();
-                    let done = tokio::task::spawn_blocking(move || {
-                        let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
-                        collect_garbage(&mut o, metrics.as_deref());
-                    })
-                    .await;
-                    if let Err(e) = done {
-                        tracing::error!(error = %e, "conntrack gc panicked");
-                    }
-                }
-            }
+        self.table = Some(table);
+        match failed {
+            0 => Action::Done,
+            n => Action::Retry(format!("{n} services left to program")),
         }
     }
+}
+
+/// Keeps the datapath's services in step with the cluster model until the
+/// model's sender goes away; collects conntrack garbage meanwhile.
+pub async fn run(
+    owned: Shared,
+    algorithm: Algorithm,
+    node: NodeInfo,
+    rx: watch::Receiver<Arc<ClusterState>>,
+    sync: Arc<crate::sync::SyncStatus>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+) {
+    let controller = Controller {
+        owned: owned.clone(),
+        algorithm,
+        node,
+        sync,
+        metrics: metrics.clone(),
+        table: None,
+        read_maps: true,
+    };
+    let gc = async move {
+        let mut gc = tokio::time::interval(GC_INTERVAL);
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            gc.tick().await;
+            let (work, metrics) = (owned.clone(), metrics.clone());
+            blocking(move || {
+                let mut o = work.lock().unwrap_or_else(|p| p.into_inner());
+                collect_garbage(&mut o, metrics.as_deref());
+            })
+            .await;
+        }
+    };
+    // The table follows the model; GC goes on when no source is left.
+    tokio::join!(crate::reconcile::run(controller, rx, Default::default()), gc);
 }
 
 /// What the services controller owns: the service maps, the one conntrack
@@ -552,13 +835,9 @@ fn collect_garbage(o: &mut Owned, metrics: Option<&crate::metrics::Metrics>) {
 /// many services failed for a reason a retry can fix (map errors): the
 /// caller requeues those with backoff. A service the datapath cannot
 /// express is retried only when it changes.
-fn apply(
-    maps: &mut ServiceMaps,
-    applied: &mut BTreeMap<ServicePortKey, ServiceSpec>,
-    want: &BTreeMap<ServicePortKey, ServiceSpec>,
-) -> usize {
+fn apply(maps: &mut ServiceMaps, applied: &mut BTreeMap<ServicePortKey, ServiceSpec>, plan: Plan) -> usize {
     let mut transient = 0;
-    let Plan { upsert, remove } = plan(applied, want);
+    let Plan { upsert, remove } = plan;
     for key in remove {
         let _span = tracing::info_span!("service.remove", service = %key).entered();
         match maps.remove_service(key.vip, key.port, key.proto) {

@@ -94,4 +94,25 @@ impl IpCache {
         }
         Ok(stats)
     }
+
+    /// Writes the given entries only (`None`: remove the address), for a
+    /// change that touched a few addresses of a large table; removals
+    /// first, as in [`Self::sync`].
+    pub fn update(&mut self, entries: &BTreeMap<Ipv4Addr, Option<u32>>) -> Result<SyncStats> {
+        let key = |ip: Ipv4Addr| -> Key<RouteKey> { RouteKey::v4(Ipv4Net::from(ip)) };
+        let mut stats = SyncStats::default();
+        for ip in entries.iter().filter(|(_, id)| id.is_none()).map(|(ip, _)| *ip) {
+            match self.map.remove(&key(ip)) {
+                Ok(()) => stats.removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        for (ip, identity) in entries.iter().filter_map(|(ip, id)| Some((*ip, (*id)?))) {
+            let entry = IpCacheEntry { identity, flags: 0 };
+            self.map.insert(&key(ip), entry, 0).map_err(map_err)?;
+            stats.written += 1;
+        }
+        Ok(stats)
+    }
 }

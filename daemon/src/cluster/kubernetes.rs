@@ -261,7 +261,7 @@ impl ClusterSource for KubeSource {
                                     "Kubernetes source synced"
                                 );
                             }
-                            tx.send_replace(Arc::new(state));
+                            tx.send_replace(state);
                             if let Some(m) = &self.metrics {
                                 for k in kinds.iter().copied() {
                                     m.kube_objects(k.name(), stores.len(k));

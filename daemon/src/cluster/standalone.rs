@@ -82,6 +82,10 @@ impl Parsed {
 impl ClusterSource for StandaloneSource {
     async fn run(self, tx: watch::Sender<Arc<ClusterState>>) {
         let mut last: Option<Fingerprint> = None;
+        // What changed between snapshots, compared once here for every
+        // consumer.
+        let log = Arc::new(weir_model::ChangeLog::default());
+        let mut published: Option<Arc<ClusterState>> = None;
         let parsed = Arc::new(Mutex::new(Parsed::default()));
         loop {
             let dir = self.dir.clone();
@@ -92,13 +96,20 @@ impl ClusterSource for StandaloneSource {
                     tokio::task::spawn_blocking(move || cache.lock().unwrap_or_else(|p| p.into_inner()).load(&dir))
                         .await;
                 match loaded {
-                    Ok((state, fingerprint)) => {
+                    Ok((mut state, fingerprint)) => {
+                        state.generation = published.as_ref().map_or(1, |p| p.generation + 1);
+                        state.log = Some(log.clone());
+                        if let Some(p) = &published {
+                            log.record(state.generation, weir_model::Changes::between(p, &state));
+                        }
                         tracing::debug!(
                             pods = state.pods.len(),
                             services = state.services.len(),
                             "cluster state reloaded"
                         );
-                        tx.send_replace(Arc::new(state));
+                        let state = Arc::new(state);
+                        published = Some(state.clone());
+                        tx.send_replace(state);
                         last = Some(fingerprint);
                     }
                     // Tried again at the next poll, from scratch.

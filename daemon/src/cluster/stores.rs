@@ -9,12 +9,13 @@
 //! and reason. A policy is kept as unreadable (the compiler denies in its
 //! place); any other object keeps its last readable version, or is left
 //! out if it never had one.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use weir_model::policy::{PolicyId, PolicyKind};
-use weir_model::{ClusterState, Kind, Object, ObjectKey, Unreadable};
+use weir_model::{ChangeLog, Changes, ClusterState, Kind, Object, ObjectKey, Unreadable};
 
 /// One watch event, the object as the API server sent it.
 #[derive(Debug, Clone)]
@@ -44,6 +45,13 @@ pub struct Problem {
 pub struct Stores {
     current: ClusterState,
     kinds: BTreeMap<Kind, KindStore>,
+    /// What changed since the last snapshot: objects by their events,
+    /// kinds listed again (compared at the snapshot).
+    pending: Changes,
+    relisted: BTreeSet<Kind>,
+    log: Arc<ChangeLog>,
+    generation: u64,
+    published: Option<Arc<ClusterState>>,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +125,11 @@ impl Stores {
         Self {
             current: ClusterState::default(),
             kinds: kinds.iter().map(|k| (*k, KindStore::default())).collect(),
+            pending: Changes::default(),
+            relisted: BTreeSet::new(),
+            log: Arc::new(ChangeLog::default()),
+            generation: 0,
+            published: None,
         }
     }
 
@@ -210,6 +223,7 @@ impl Stores {
                 }
                 out.changed = true;
                 store.synced = true;
+                self.relisted.insert(kind);
             }
             Event::Absent => {
                 out.changed = !store.synced || store.len > 0;
@@ -220,23 +234,27 @@ impl Stores {
                 store.listing = None;
                 store.synced = true;
                 store.len = 0;
+                self.relisted.insert(kind);
             }
             Event::Apply(value) => {
                 let key = key_of(&value);
                 let (item, problem) = listed(kind, value);
                 out.problem = problem;
-                let was = existing(current, kind, &key).is_some();
+                let was = current.contains(kind, &key);
                 if Self::put(current, kind, item) {
                     out.changed = store.synced;
                     if !was {
                         store.len += 1;
                     }
+                    self.pending.insert(kind, key);
                 }
             }
             Event::Delete(value) => {
-                if Self::remove(current, kind, &key_of(&value)) {
+                let key = key_of(&value);
+                if Self::remove(current, kind, &key) {
                     store.len = store.len.saturating_sub(1);
                     out.changed = store.synced;
+                    self.pending.insert(kind, key);
                 }
             }
         }
@@ -244,10 +262,26 @@ impl Stores {
     }
 
     /// The model of everything listed, numbered `revision`: the maps are
-    /// copied, the objects shared.
-    pub fn snapshot(&self, revision: u64) -> ClusterState {
+    /// copied, the objects shared. What changed since the last one goes
+    /// into the log its snapshots share.
+    pub fn snapshot(&mut self, revision: u64) -> Arc<ClusterState> {
         let mut state = self.current.clone();
         state.revision = Some(revision);
+        self.generation += 1;
+        state.generation = self.generation;
+        state.log = Some(self.log.clone());
+        let mut changes = std::mem::take(&mut self.pending);
+        let relisted = std::mem::take(&mut self.relisted);
+        if let Some(prev) = &self.published {
+            // A relist replaced the kind's objects: what differs is what
+            // changed meanwhile.
+            for kind in relisted {
+                changes.between_kind(kind, prev, &state);
+            }
+        }
+        self.log.record(self.generation, changes);
+        let state = Arc::new(state);
+        self.published = Some(state.clone());
         state
     }
 }
@@ -332,10 +366,21 @@ mod tests {
         assert_eq!(s.snapshot(2).services.len(), 2, "b is still there mid-list");
         let done = s.apply(Kind::Service, Event::InitDone);
         assert!(done.changed && done.relisted);
-        assert_eq!(s.snapshot(3).services.len(), 1, "b was deleted while away");
+        let three = s.snapshot(3);
+        assert_eq!(three.services.len(), 1, "b was deleted while away");
+        let changed = weir_model::Changes::since(&snap, &three);
+        assert_eq!(
+            changed.of(Kind::Service).collect::<Vec<_>>(),
+            [&ObjectKey::new("d", "b")],
+            "the log says what the relist changed: b went, a is the same"
+        );
+        s.apply(Kind::Service, Event::Delete(svc("a", 80)));
+        let four = s.snapshot(4);
+        assert_eq!(weir_model::Changes::since(&three, &four).len(), 1, "a, by its event");
 
         // A kind's objects are shared by the snapshots, not copied.
-        let (one, two) = (s.snapshot(4), s.snapshot(5));
+        s.apply(Kind::Service, Event::Apply(svc("a", 80)));
+        let (one, two) = (s.snapshot(5), s.snapshot(6));
         assert!(std::sync::Arc::ptr_eq(
             &one.services[&ObjectKey::new("d", "a")],
             &two.services[&ObjectKey::new("d", "a")]

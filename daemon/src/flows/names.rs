@@ -5,13 +5,13 @@
 //! (pure), and kept across updates for pods deleted a moment ago, so the
 //! late flows of a pod that just went are still named.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use weir_model::ClusterState;
+use weir_model::{Changes, ClusterState, Kind, ObjectKey};
 use weir_proto::flow::{Endpoint, Service, Workload};
 
 /// Reserved identities, as the datapath numbers them.
@@ -27,11 +27,27 @@ pub struct Frontend {
     pub proto: u8,
 }
 
+/// What [`FlowNames`] holds, comparable.
+#[cfg(test)]
+#[derive(Debug, PartialEq)]
+pub(crate) struct Contents {
+    live: Vec<(Ipv4Addr, Endpoint)>,
+    deleted: Vec<Ipv4Addr>,
+    services: Vec<((Ipv4Addr, u16, u8), Service)>,
+}
+
 /// The names of one snapshot of the cluster, plus the pods deleted within
 /// the grace period.
 #[derive(Debug)]
 pub struct FlowNames {
     by_ip: HashMap<Ipv4Addr, Arc<Endpoint>>,
+    /// Each pod's endpoint and addresses, and the pods claiming each
+    /// address (the first in the model's order names it), so a change of
+    /// some pods renames their addresses only.
+    pods: HashMap<ObjectKey, (Arc<Endpoint>, Vec<Ipv4Addr>)>,
+    claims: HashMap<Ipv4Addr, BTreeSet<ObjectKey>>,
+    /// Node addresses (nodes name their addresses before any pod).
+    nodes: HashMap<Ipv4Addr, Arc<Endpoint>>,
     services: HashMap<Frontend, Arc<Service>>,
     /// Address → (the pod that had it, when it went).
     deleted: HashMap<Ipv4Addr, (Arc<Endpoint>, Instant)>,
@@ -116,6 +132,9 @@ impl FlowNames {
     pub fn new(grace: Duration) -> Self {
         Self {
             by_ip: HashMap::new(),
+            pods: HashMap::new(),
+            claims: HashMap::new(),
+            nodes: HashMap::new(),
             services: HashMap::new(),
             deleted: HashMap::new(),
             grace,
@@ -126,31 +145,103 @@ impl FlowNames {
     /// Takes a new snapshot of the cluster; pods that were named before and
     /// are gone now are kept for the grace period from `now`.
     pub fn update(&mut self, state: &ClusterState, self_node: &str, now: Instant) {
-        let mut by_ip = HashMap::new();
-        let mut node_ips = Vec::new();
-        for (key, node) in &state.nodes {
-            let ep = Arc::new(if key.name == self_node {
-                reserved(ID_HOST, "host")
-            } else {
-                reserved(ID_REMOTE_NODE, "remote-node")
+        self.update_with(state, None, self_node, now);
+    }
+
+    /// [`Self::update`] knowing what changed since the snapshot the names
+    /// were last taken from (`None`: anything may have). A change of pods
+    /// renames their addresses only; nodes, Services and identities
+    /// (rarer) rename what depends on them all.
+    pub fn update_with(&mut self, state: &ClusterState, changes: Option<&Changes>, self_node: &str, now: Instant) {
+        let full = changes.is_none_or(|c| c.touches(Kind::Node) || c.touches(Kind::WeirIdentity));
+        let mut touched: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        if full {
+            touched.extend(self.by_ip.keys().copied());
+            self.pods.clear();
+            self.claims.clear();
+            self.nodes.clear();
+            for (key, node) in &state.nodes {
+                let ep = Arc::new(if key.name == self_node {
+                    reserved(ID_HOST, "host")
+                } else {
+                    reserved(ID_REMOTE_NODE, "remote-node")
+                });
+                let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+                for a in addrs.into_iter().flatten().filter(|a| a.type_ == "InternalIP") {
+                    if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
+                        self.nodes.insert(ip, ep.clone());
+                        touched.insert(ip);
+                    }
+                }
+            }
+            for key in state.pods.keys() {
+                touched.extend(self.set_pod(state, key));
+            }
+        } else if let Some(c) = changes {
+            for key in c.of(Kind::Pod) {
+                touched.extend(self.set_pod(state, key));
+            }
+        }
+        for ip in touched {
+            let named = self.nodes.get(&ip).cloned().or_else(|| {
+                let key = self.claims.get(&ip)?.first()?;
+                Some(self.pods.get(key)?.0.clone())
             });
-            let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
-            for a in addrs.into_iter().flatten().filter(|a| a.type_ == "InternalIP") {
-                if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
-                    by_ip.insert(ip, ep.clone());
-                    node_ips.push(ip);
+            match named {
+                Some(ep) => {
+                    self.by_ip.insert(ip, ep);
+                    self.deleted.remove(&ip);
+                }
+                None => {
+                    // What went stays named for a while.
+                    if let Some(ep) = self.by_ip.remove(&ip)
+                        && !ep.pod_name.is_empty()
+                    {
+                        self.deleted.insert(ip, (ep, now));
+                    }
                 }
             }
         }
-        for pod in state.pods.values() {
-            if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
-                continue;
-            }
-            let ep = Arc::new(pod_endpoint(state, pod));
-            for ip in pod_ips(pod) {
-                by_ip.entry(ip).or_insert_with(|| ep.clone());
-            }
+        let grace = self.grace;
+        self.deleted.retain(|_, (_, since)| now.duration_since(*since) < grace);
+        if full || changes.is_some_and(|c| c.touches(Kind::Service)) {
+            self.update_services(state);
         }
+    }
+
+    /// Replaces one pod's claims; returns the addresses it had or has.
+    fn set_pod(&mut self, state: &ClusterState, key: &ObjectKey) -> Vec<Ipv4Addr> {
+        let mut touched = Vec::new();
+        if let Some((_, ips)) = self.pods.remove(key) {
+            for ip in &ips {
+                if let Some(set) = self.claims.get_mut(ip) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.claims.remove(ip);
+                    }
+                }
+            }
+            touched.extend(ips);
+        }
+        let Some(pod) = state.pods.get(key) else { return touched };
+        if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+            return touched;
+        }
+        let ips: Vec<Ipv4Addr> = pod_ips(pod).collect();
+        if ips.is_empty() {
+            return touched;
+        }
+        for ip in &ips {
+            self.claims.entry(*ip).or_default().insert(key.clone());
+        }
+        touched.extend(ips.iter().copied());
+        self.pods.insert(key.clone(), (Arc::new(pod_endpoint(state, pod)), ips));
+        touched
+    }
+
+    /// Which Service each frontend is.
+    fn update_services(&mut self, state: &ClusterState) {
+        let node_ips: Vec<Ipv4Addr> = self.nodes.keys().copied().collect();
         let mut services = HashMap::new();
         // External addresses name the Service that holds them, never one
         // whose claim was refused (weir_model::frontends).
@@ -200,17 +291,28 @@ impl FlowNames {
                 }
             }
         }
-        // What went since the last snapshot stays named for a while.
-        for (ip, ep) in self.by_ip.drain() {
-            if !by_ip.contains_key(&ip) && !ep.pod_name.is_empty() {
-                self.deleted.insert(ip, (ep, now));
-            }
-        }
-        let grace = self.grace;
-        self.deleted
-            .retain(|ip, (_, since)| !by_ip.contains_key(ip) && now.duration_since(*since) < grace);
-        self.by_ip = by_ip;
         self.services = services;
+    }
+
+    /// Everything named, comparable: live addresses, deleted ones kept,
+    /// frontends (for the tests of incremental updates).
+    #[cfg(test)]
+    pub(crate) fn contents(&self) -> Contents {
+        let mut live: Vec<_> = self.by_ip.iter().map(|(ip, e)| (*ip, (**e).clone())).collect();
+        live.sort_by_key(|(ip, _)| *ip);
+        let mut deleted: Vec<_> = self.deleted.keys().copied().collect();
+        deleted.sort();
+        let mut services: Vec<_> = self
+            .services
+            .iter()
+            .map(|(f, s)| ((f.ip, f.port, f.proto), (**s).clone()))
+            .collect();
+        services.sort_by_key(|(f, _)| *f);
+        Contents {
+            live,
+            deleted,
+            services,
+        }
     }
 
     /// The endpoint an address is (the world when nobody in the cluster

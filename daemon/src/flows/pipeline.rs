@@ -36,6 +36,8 @@ pub struct FlowStats {
 
 pub struct Pipeline {
     names: FlowNames,
+    /// The snapshot the names were taken from.
+    named: Option<Arc<ClusterState>>,
     node: String,
     /// The node name every record shares.
     node_arc: Arc<str>,
@@ -49,6 +51,7 @@ impl Pipeline {
     pub fn new(node: String, grace: Duration, stats: Arc<FlowStats>, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             names: FlowNames::new(grace),
+            named: None,
             node_arc: Arc::from(node.as_str()),
             node,
             stats,
@@ -64,8 +67,12 @@ impl Pipeline {
         self
     }
 
-    pub fn update_names(&mut self, state: &ClusterState) {
-        self.names.update(state, &self.node, Instant::now());
+    pub fn update_names(&mut self, state: &Arc<ClusterState>) {
+        // Only what changed since the last snapshot is renamed.
+        let changes = self.named.as_ref().map(|last| weir_model::Changes::since(last, state));
+        self.names
+            .update_with(state, changes.as_ref(), &self.node, Instant::now());
+        self.named = Some(state.clone());
         tracing::debug!(revision = ?state.revision, pods = state.pods.len(), "flow names updated");
         if let Some(m) = &self.metrics {
             m.retain_named(&self.names);

@@ -185,6 +185,7 @@ pub struct Metrics {
     policies: Family<PolicyStateLabels, Gauge>,
     policy_slots: Gauge,
     policy_compile: Histogram,
+    network_programming: Histogram,
     refused_pod_cidrs: Gauge,
     refused_frontends: Gauge,
     over_budget: Gauge,
@@ -300,6 +301,8 @@ impl Metrics {
             policies: Family::default(),
             policy_slots: Gauge::default(),
             policy_compile: latency_buckets(),
+            // 1 ms to ~65 s, as kube-proxy's SLI.
+            network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             refused_pod_cidrs: Gauge::default(),
             refused_frontends: Gauge::default(),
             over_budget: Gauge::default(),
@@ -421,6 +424,12 @@ impl Metrics {
             Unit::Seconds,
             m.policy_compile.clone(),
         );
+        registry.register_with_unit(
+            "weir_network_programming_duration",
+            "From a change of a Service's endpoints (its EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time) until the datapath serves it, as kube-proxy's network programming SLI",
+            Unit::Seconds,
+            m.network_programming.clone(),
+        );
         registry.register(
             "weir_kubernetes_objects",
             "Objects the Kubernetes source holds, by kind",
@@ -531,6 +540,11 @@ impl Metrics {
     /// What a policy pass left: counts of valid and rejected policies,
     /// table size, how long it took; per-policy series of policies that
     /// no longer exist are removed.
+    /// One EndpointSlice change programmed, `took` after its trigger.
+    pub fn network_programmed(&self, took: Duration) {
+        self.network_programming.observe(took.as_secs_f64());
+    }
+
     pub fn set_policy_state(&self, c: &weir_model::policy::Compiled, slots: usize, ok: bool, took: Duration) {
         let named: HashSet<(String, String, String)> = c
             .rules
