@@ -163,17 +163,22 @@ pub fn vip(cp: &ControlPlane, ns: &str, svc: &str, port: u16) -> SocketAddr {
     (ip, port).into()
 }
 
-/// The sum of a metric's series on the agent's /metrics (loopback of the node).
-pub fn metric(node: &Node, name: &str, label: &str) -> f64 {
-    let text = in_netns(node.ns.path(), || {
+/// The agent's /metrics (loopback of the node); empty if it does not answer.
+pub fn scrape(node: &Node) -> String {
+    in_netns(node.ns.path(), || {
         let mut s = TcpStream::connect("127.0.0.1:9962").ok()?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
         let mut body = String::new();
         s.read_to_string(&mut body).ok()?;
         Some(body)
     })
-    .unwrap_or_default();
-    text.lines()
+    .unwrap_or_default()
+}
+
+/// The sum of a metric's series on the agent's /metrics (loopback of the node).
+pub fn metric(node: &Node, name: &str, label: &str) -> f64 {
+    scrape(node)
+        .lines()
         .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -99,7 +99,7 @@ fn consume(
     std::thread::spawn(move || {
         let stats = Arc::new(FlowStats::default());
         let mut pipeline = Pipeline::new("bench".into(), Duration::from_secs(120), stats.clone(), None);
-        pipeline.update_names(&weir_model::ClusterState::default());
+        pipeline.update_names(&Default::default());
         let (cpu0, t0) = (thread_cpu(), Instant::now());
         // The agent's reader loop: wait in poll(2), then drain.
         while !stop.load(Ordering::Relaxed) {
@@ -200,7 +200,7 @@ fn filled_store(n: usize, node: &str) -> Arc<FlowStore> {
     let store = Arc::new(FlowStore::new(n));
     let stats = Arc::new(FlowStats::default());
     let mut p = Pipeline::new(node.into(), Duration::from_secs(120), stats, None);
-    p.update_names(&weir_model::ClusterState::default());
+    p.update_names(&Default::default());
     feed(&mut p, n, &store);
     store
 }
@@ -267,7 +267,7 @@ pub fn metrics_cost() {
                 Arc::new(FlowStats::default()),
                 metrics,
             );
-            p.update_names(&weir_model::ClusterState::default());
+            p.update_names(&Default::default());
             let cpu0 = thread_cpu();
             feed(&mut p, EVENTS, &store);
             per_event[i].push((thread_cpu() - cpu0).as_nanos() as f64 / EVENTS as f64);

@@ -36,7 +36,7 @@ fn stats(label: &str, samples: &mut [f64]) {
 /// Since `t0`, until a new connection from `client` to `to` connects
 /// (`open`) or does not: probes of 50 ms, a blocked one counted from
 /// when it began (a dropped SYN only shows as a timeout).
-fn until(t0: Instant, client: &weir_e2e::Pod, to: std::net::SocketAddr, open: bool) -> Duration {
+pub fn until(t0: Instant, client: &weir_e2e::Pod, to: std::net::SocketAddr, open: bool) -> Duration {
     loop {
         let started = t0.elapsed();
         let ok = connect(client, to, Duration::from_millis(50)).is_some();
@@ -171,7 +171,7 @@ pub fn run() {
 /// `n` pods bound to another node, each with an IP and Ready, and `n`
 /// Services, each selecting one of them; written concurrently by a client
 /// inside the node's netns (the API server listens on its loopback).
-fn bulk(k: &KubeNode, n: usize) {
+pub fn bulk(k: &KubeNode, n: usize) {
     k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: mem}\n");
     let kubeconfig = k.cp.kubeconfig.clone();
     in_netns(k.node.ns.path(), move || {

@@ -35,6 +35,7 @@ mod kubernetes;
 mod nodeport;
 mod policy;
 mod real_nodes;
+mod scale;
 mod services;
 mod ui;
 
@@ -254,6 +255,15 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--flows-grpc") {
         flows::grpc_only();
+        return;
+    }
+    if std::env::args().any(|a| a == "--scale" || a.starts_with("--scale=")) {
+        scale::api();
+        return;
+    }
+    if std::env::args().any(|a| a == "--scale-model") {
+        scale::model_costs();
+        scale::change_costs();
         return;
     }
     if std::env::args().any(|a| a == "--standalone-reload") {
