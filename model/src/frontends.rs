@@ -45,11 +45,32 @@ impl ExternalFrontends {
 
 /// Judges every Service's external addresses (see the module's rules).
 pub fn external_frontends(state: &ClusterState) -> ExternalFrontends {
+    // Only Services with external addresses claim anything; most have
+    // none, and this runs whenever a Service changes: the rest of the
+    // cluster is read only for the addresses claimed.
+    let mut services: Vec<_> = state
+        .services
+        .iter()
+        .filter(|(_, svc)| {
+            svc.spec
+                .as_ref()
+                .is_some_and(|s| s.type_.as_deref() != Some("ExternalName"))
+        })
+        .map(|(key, svc)| (key, svc, crate::service_external_ips(svc)))
+        .filter(|(_, _, ips)| !ips.is_empty())
+        .collect();
+    if services.is_empty() {
+        return ExternalFrontends::default();
+    }
+    let claimed: std::collections::BTreeSet<Ipv4Addr> =
+        services.iter().flat_map(|(_, _, ips)| ips.iter().copied()).collect();
     let mut reserved: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     for (key, node) in &state.nodes {
         let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
         for a in addresses.into_iter().flatten() {
-            if let Ok(ip) = a.address.parse::<Ipv4Addr>() {
+            if let Ok(ip) = a.address.parse::<Ipv4Addr>()
+                && claimed.contains(&ip)
+            {
                 reserved.insert(ip, format!("is the address of node {}", key.name));
             }
         }
@@ -57,27 +78,26 @@ pub fn external_frontends(state: &ClusterState) -> ExternalFrontends {
     for (key, svc) in &state.services {
         let spec = svc.spec.as_ref();
         let ips = spec
-            .and_then(|s| s.cluster_ips.clone())
-            .unwrap_or_default()
+            .and_then(|s| s.cluster_ips.as_ref())
             .into_iter()
-            .chain(spec.and_then(|s| s.cluster_ip.clone()));
+            .flatten()
+            .chain(spec.and_then(|s| s.cluster_ip.as_ref()));
         for ip in ips.filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
-            reserved.insert(
-                ip,
-                format!("is the ClusterIP of Service {}/{}", key.namespace, key.name),
-            );
+            if claimed.contains(&ip) {
+                reserved.insert(
+                    ip,
+                    format!("is the ClusterIP of Service {}/{}", key.namespace, key.name),
+                );
+            }
         }
     }
     // Oldest first: the first claim of a frontend keeps it.
-    let mut services: Vec<_> = state.services.iter().collect();
-    services.sort_by_key(|(key, svc)| (svc.metadata.creation_timestamp.clone(), (*key).clone()));
+    services.sort_by(|(ka, a, _), (kb, b, _)| {
+        (&a.metadata.creation_timestamp, ka).cmp(&(&b.metadata.creation_timestamp, kb))
+    });
     let mut out = ExternalFrontends::default();
-    for (key, svc) in services {
+    for (key, svc, ips) in services {
         let Some(spec) = svc.spec.as_ref() else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let ips = crate::service_external_ips(svc);
         for sp in spec.ports.iter().flatten() {
             let Ok(port) = u16::try_from(sp.port) else { continue };
             let protocol = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
