@@ -318,16 +318,33 @@ const IPCACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub type EndpointList = Arc<dyn Fn() -> Vec<LocalEndpoint> + Send + Sync>;
 
 /// Whether the compiled tables can differ after `changes` (from `old` to
-/// `new`), for this node's `endpoints`: policies, identities, namespaces,
-/// the local endpoints' pods, other pods' named ports.
-pub fn changes_matter(changes: &Changes, old: &ClusterState, new: &ClusterState, endpoints: &[LocalEndpoint]) -> bool {
-    if changes.touches_policies() || changes.touches(Kind::WeirIdentity) || changes.touches(Kind::Namespace) {
+/// `new`), for this node's `endpoints`: policies, namespaces, identities
+/// some policy's peer selects (`peers`, of `old`'s policies), the local
+/// endpoints' pods, other pods' named ports.
+pub fn changes_matter(
+    changes: &Changes,
+    old: &ClusterState,
+    new: &ClusterState,
+    endpoints: &[LocalEndpoint],
+    peers: &weir_model::policy::PeerSelectors,
+) -> bool {
+    if changes.touches_policies() || changes.touches(Kind::Namespace) {
         return true;
     }
-    changes.of(Kind::Pod).any(|key| {
-        endpoints.iter().any(|e| &e.pod == key)
-            || weir_model::policy::pod_change_matters(old.pods.get(key).map(|p| &**p), new.pods.get(key).map(|p| &**p))
-    })
+    let identity_selected = changes.of(Kind::WeirIdentity).any(|key| {
+        [old.identities.get(key), new.identities.get(key)]
+            .into_iter()
+            .flatten()
+            .any(|o| peers.select(new, &o.spec))
+    });
+    identity_selected
+        || changes.of(Kind::Pod).any(|key| {
+            endpoints.iter().any(|e| &e.pod == key)
+                || weir_model::policy::pod_change_matters(
+                    old.pods.get(key).map(|p| &**p),
+                    new.pods.get(key).map(|p| &**p),
+                )
+        })
 }
 
 /// The controller as the runner drives it: on every snapshot and every
@@ -344,6 +361,8 @@ pub struct Reconciler {
     endpoints_changed: watch::Receiver<u64>,
     sync: Arc<SyncStatus>,
     last: Option<Arc<ClusterState>>,
+    /// The peers of `last`'s policies.
+    peers: Option<Arc<weir_model::policy::PeerSelectors>>,
 }
 
 impl Reconciler {
@@ -361,6 +380,7 @@ impl Reconciler {
             endpoints_changed,
             sync,
             last: None,
+            peers: None,
         }
     }
 }
@@ -373,16 +393,28 @@ impl crate::reconcile::Reconciler for Reconciler {
     async fn reconcile(&mut self, pass: Pass) -> Action {
         let generation = *self.endpoints_changed.borrow();
         let state = pass.state.clone();
-        let (c, eps, last) = (self.controller.clone(), self.endpoints.clone(), self.last.take());
-        let ok = blocking(move || {
+        let (c, eps, last, peers) = (
+            self.controller.clone(),
+            self.endpoints.clone(),
+            self.last.take(),
+            self.peers.take(),
+        );
+        let (ok, peers) = blocking(move || {
             let list = eps();
-            let matters = match (&pass.changes, &last) {
-                (Some(changes), Some(old)) => changes_matter(changes, old, &pass.state, &list),
-                _ => true,
+            let (matters, peers) = match (&pass.changes, &last, peers) {
+                (Some(changes), Some(old), Some(peers)) => {
+                    let matters = changes_matter(changes, old, &pass.state, &list, &peers);
+                    let stale = changes.touches_policies() || changes.touches(Kind::Namespace);
+                    (matters, (!stale).then_some(peers))
+                }
+                _ => (true, None),
             };
-            !matters || c.lock().unwrap_or_else(|p| p.into_inner()).apply(&pass.state, &list)
+            let peers = peers.unwrap_or_else(|| Arc::new(weir_model::policy::PeerSelectors::of(&pass.state)));
+            let ok = !matters || c.lock().unwrap_or_else(|p| p.into_inner()).apply(&pass.state, &list);
+            (ok, peers)
         })
         .await;
+        self.peers = Some(peers);
         // Open connections are judged again once the ipcache holds this
         // snapshot's identities too (else a re-judged one could keep a
         // verdict made with a pod's old identity). Revisions are opaque
@@ -474,6 +506,57 @@ mod tests {
             },
             audit: false,
         }
+    }
+
+    #[test]
+    fn only_changes_the_compiler_reads_compile() {
+        let mut old = ClusterState::default();
+        let errors = weir_model::parse_manifests(
+            &mut old,
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-a, namespace: d}
+spec:
+  podSelector: {matchLabels: {app: srv}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: srv, namespace: d, labels: {app: srv}}
+spec: {containers: []}
+"#,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let local = [LocalEndpoint {
+            endpoint_id: 7,
+            pod: weir_model::ObjectKey::new("d", "srv"),
+        }];
+        let peers = weir_model::policy::PeerSelectors::of(&old);
+        let with = |yaml: &str| {
+            let mut s = old.clone();
+            assert!(weir_model::parse_manifests(&mut s, yaml).is_empty());
+            let c = Changes::between(&old, &s);
+            changes_matter(&c, &old, &s, &local, &peers)
+        };
+        let identity = |app: &str| {
+            format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: WeirIdentity\nmetadata: {{name: \"300\"}}\nspec: {{namespace: d, labels: {{app: {app}}}}}\n"
+            )
+        };
+        assert!(!with(&identity("b")), "an identity no peer selects");
+        assert!(with(&identity("a")), "one a peer selects");
+        let pod = |name: &str, ports: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: d, labels: {{app: b}}}}\nspec: {{containers: [{{name: c, ports: [{ports}]}}]}}\n"
+            )
+        };
+        assert!(!with(&pod("other", "")), "a pod elsewhere without named ports");
+        assert!(with(&pod("other", "{name: http, containerPort: 80}")), "named ports");
+        assert!(with(&pod("srv", "")), "this node's endpoint");
+        assert!(with(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: d, labels: {x: y}}\n"
+        ));
     }
 
     #[test]

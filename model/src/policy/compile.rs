@@ -355,6 +355,44 @@ pub fn pod_change_matters(old: Option<&Pod>, new: Option<&Pod>) -> bool {
     read(old) != read(new)
 }
 
+/// The peers of every policy that select identities, so that whether an
+/// identity made or gone can change the tables is known without
+/// compiling: only if some peer selects its label set (a new pod
+/// elsewhere of a workload no policy names changes nothing here).
+#[derive(Debug, Default)]
+pub struct PeerSelectors {
+    pods: Vec<(Namespaces, Option<LabelSelector>)>,
+    /// Some peer is the whole cluster: every identity is in it.
+    cluster: bool,
+}
+
+impl PeerSelectors {
+    /// The peers of the policies of `state` (a rejected policy's usable
+    /// part included).
+    pub fn of(state: &ClusterState) -> Self {
+        let (policies, _) = super::parse::all(state);
+        let mut out = PeerSelectors::default();
+        for peer in policies.iter().flat_map(|p| &p.rules).flat_map(|r| &r.peers) {
+            match peer {
+                Peer::Pods { namespaces, pods } => out.pods.push((namespaces.clone(), pods.clone())),
+                Peer::Entity(Entity::Cluster) => out.cluster = true,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether a peer selects the label set `key` (namespaces as `state`
+    /// labels them).
+    pub fn select(&self, state: &ClusterState, key: &IdentityKey) -> bool {
+        self.cluster
+            || self
+                .pods
+                .iter()
+                .any(|(namespaces, pods)| selects(state, namespaces, pods.as_ref(), key))
+    }
+}
+
 /// What the compiler knows of the cluster, computed once per run.
 struct Universe<'a> {
     state: &'a ClusterState,

@@ -25,8 +25,8 @@ pub mod status;
 pub mod whatif;
 
 pub use compile::{
-    Budget, Compiled, EndpointPolicy, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile,
-    compile_within, pod_change_matters,
+    Budget, Compiled, EndpointPolicy, LocalEndpoint, Numbers, PeerSelectors, RuleRef, RuleWhat, Slot, Verdicts,
+    compile, compile_within, pod_change_matters,
 };
 pub use parse::{Direction, MatchType, Policy, PolicyId, PolicyKind, Rejected, Tier, Tiered};
 
