@@ -270,4 +270,23 @@ mod tests {
             .expect("ends with its inputs")
             .unwrap();
     }
+
+    struct Panics;
+
+    impl Reconciler for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        async fn reconcile(&mut self, _: Pass) -> Action {
+            blocking(|| panic!("a map write panicked")).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_blocking_work_ends_the_controller_for_its_supervisor() {
+        let (_tx, rx) = watch::channel(state(Some(1), &["a"]));
+        let ended = tokio::spawn(run(Panics, rx, Options::default())).await;
+        let panic = ended.expect_err("the task panicked").into_panic();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"a map write panicked"));
+    }
 }

@@ -684,6 +684,11 @@ impl Reconciler for Controller {
                         .ok()
                 })
                 .collect();
+            // How long the change took from the source to here.
+            let seen = changes
+                .as_ref()
+                .filter(|c| c.touches(Kind::EndpointSlice) || c.touches(Kind::Service))
+                .and_then(|c| c.first_seen);
             let (table, plan) = match (table, changes) {
                 (Some(mut t), Some(c)) => {
                     let touched = t.update(&state, &c);
@@ -710,6 +715,9 @@ impl Reconciler for Controller {
             let failed = apply(&mut o.maps, &mut o.applied, plan);
             sync.services_applied(state.revision);
             if let Some(m) = m.as_ref().filter(|_| failed == 0) {
+                if let Some(seen) = seen {
+                    m.services_synced(seen.elapsed());
+                }
                 let now = k8s_openapi::jiff::Timestamp::now();
                 for t in triggers {
                     let took = now.duration_since(t);

@@ -60,6 +60,9 @@ pub struct Changes {
     kinds: BTreeMap<Kind, BTreeSet<ObjectKey>>,
     /// The policies the source holds but cannot read changed.
     pub unreadable_policies: bool,
+    /// When the source saw the first of these changes (its watch event),
+    /// if it says: how long a change takes to reach the datapath.
+    pub first_seen: Option<std::time::Instant>,
 }
 
 impl Changes {
@@ -118,6 +121,10 @@ impl Changes {
             self.kinds.entry(*kind).or_default().extend(keys.iter().cloned());
         }
         self.unreadable_policies |= other.unreadable_policies;
+        self.first_seen = match (self.first_seen, other.first_seen) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Compares one kind's objects only (a kind a source listed again).

@@ -35,8 +35,10 @@ fn watched() -> Vec<Kind> {
     Kind::ALL.into_iter().filter(|k| *k != Kind::Deployment).collect()
 }
 
-/// Changes closer together than this make one snapshot.
-const QUIET: Duration = Duration::from_millis(30);
+/// Changes closer together than this make one snapshot. Short: a pass
+/// costs what a change touches, so batching buys little, and one change
+/// alone (a policy) waits this long.
+const QUIET: Duration = Duration::from_millis(10);
 /// ... but a snapshot is at most this late under a stream of changes.
 const LATEST: Duration = Duration::from_millis(250);
 
@@ -251,7 +253,7 @@ impl ClusterSource for KubeSource {
                             // one more than the last, so every snapshot has
                             // its own number.
                             revision = newest.max(revision + 1);
-                            let state = stores.snapshot(revision);
+                            let state = stores.snapshot(revision, dirty_since);
                             if revision == 1 {
                                 tracing::info!(
                                     pods = state.pods.len(),

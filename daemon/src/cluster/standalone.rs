@@ -91,6 +91,7 @@ impl ClusterSource for StandaloneSource {
             let dir = self.dir.clone();
             let current = manifest_files(&dir);
             if last.as_ref() != Some(&current) {
+                let seen = std::time::Instant::now();
                 let cache = parsed.clone();
                 let loaded =
                     tokio::task::spawn_blocking(move || cache.lock().unwrap_or_else(|p| p.into_inner()).load(&dir))
@@ -100,7 +101,9 @@ impl ClusterSource for StandaloneSource {
                         state.generation = published.as_ref().map_or(1, |p| p.generation + 1);
                         state.log = Some(log.clone());
                         if let Some(p) = &published {
-                            log.record(state.generation, weir_model::Changes::between(p, &state));
+                            let mut changes = weir_model::Changes::between(p, &state);
+                            changes.first_seen = Some(seen);
+                            log.record(state.generation, changes);
                         }
                         tracing::debug!(
                             pods = state.pods.len(),

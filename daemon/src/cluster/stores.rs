@@ -264,13 +264,15 @@ impl Stores {
     /// The model of everything listed, numbered `revision`: the maps are
     /// copied, the objects shared. What changed since the last one goes
     /// into the log its snapshots share.
-    pub fn snapshot(&mut self, revision: u64) -> Arc<ClusterState> {
+    /// `first_seen`: when the first change since the last one arrived.
+    pub fn snapshot(&mut self, revision: u64, first_seen: Option<std::time::Instant>) -> Arc<ClusterState> {
         let mut state = self.current.clone();
         state.revision = Some(revision);
         self.generation += 1;
         state.generation = self.generation;
         state.log = Some(self.log.clone());
         let mut changes = std::mem::take(&mut self.pending);
+        changes.first_seen = first_seen;
         let relisted = std::mem::take(&mut self.relisted);
         if let Some(prev) = &self.published {
             // A relist replaced the kind's objects: what differs is what
@@ -353,7 +355,7 @@ mod tests {
         assert_eq!(s.unsynced(), vec![Kind::WeirNetworkPolicy]);
         s.apply(Kind::WeirNetworkPolicy, Event::Absent);
         assert!(s.synced(), "a kind not served is known empty");
-        let snap = s.snapshot(1);
+        let snap = s.snapshot(1, None);
         assert_eq!(snap.services.len(), 2);
         assert!(
             snap.services.values().all(|o| o.metadata.managed_fields.is_none()),
@@ -363,10 +365,10 @@ mod tests {
         // A relist (the watch expired): until it completes nothing goes.
         s.apply(Kind::Service, Event::Init);
         s.apply(Kind::Service, Event::InitApply(svc("a", 80)));
-        assert_eq!(s.snapshot(2).services.len(), 2, "b is still there mid-list");
+        assert_eq!(s.snapshot(2, None).services.len(), 2, "b is still there mid-list");
         let done = s.apply(Kind::Service, Event::InitDone);
         assert!(done.changed && done.relisted);
-        let three = s.snapshot(3);
+        let three = s.snapshot(3, None);
         assert_eq!(three.services.len(), 1, "b was deleted while away");
         let changed = weir_model::Changes::since(&snap, &three);
         assert_eq!(
@@ -375,12 +377,12 @@ mod tests {
             "the log says what the relist changed: b went, a is the same"
         );
         s.apply(Kind::Service, Event::Delete(svc("a", 80)));
-        let four = s.snapshot(4);
+        let four = s.snapshot(4, None);
         assert_eq!(weir_model::Changes::since(&three, &four).len(), 1, "a, by its event");
 
         // A kind's objects are shared by the snapshots, not copied.
         s.apply(Kind::Service, Event::Apply(svc("a", 80)));
-        let (one, two) = (s.snapshot(5), s.snapshot(6));
+        let (one, two) = (s.snapshot(5, None), s.snapshot(6, None));
         assert!(std::sync::Arc::ptr_eq(
             &one.services[&ObjectKey::new("d", "a")],
             &two.services[&ObjectKey::new("d", "a")]
@@ -399,7 +401,7 @@ mod tests {
         let p = r.problem.expect("reported");
         assert_eq!(p.key, ObjectKey::new("d", "a"));
         assert!(p.reason.contains("invalid type"), "{}", p.reason);
-        let snap = s.snapshot(1);
+        let snap = s.snapshot(1, None);
         assert_eq!(
             snap.services[&ObjectKey::new("d", "a")]
                 .spec
@@ -418,7 +420,7 @@ mod tests {
                             "spec": {"endpointSelector": {}, "ingress": "all of it"}});
         let r = s.apply(Kind::WeirNetworkPolicy, Event::Apply(policy));
         assert!(r.problem.is_some() && r.changed);
-        let snap = s.snapshot(2);
+        let snap = s.snapshot(2, None);
         assert!(snap.weir_network_policies.is_empty());
         let u = snap.unreadable_policies.values().next().expect("kept as unreadable");
         assert!(!u.audit);
@@ -426,6 +428,6 @@ mod tests {
             Kind::WeirNetworkPolicy,
             Event::Delete(json!({"metadata": {"name": "p", "namespace": "d"}})),
         );
-        assert!(s.snapshot(3).unreadable_policies.is_empty(), "deleted: gone");
+        assert!(s.snapshot(3, None).unreadable_policies.is_empty(), "deleted: gone");
     }
 }

@@ -186,6 +186,7 @@ pub struct Metrics {
     policy_slots: Gauge,
     policy_compile: Histogram,
     network_programming: Histogram,
+    services_sync: Histogram,
     refused_pod_cidrs: Gauge,
     refused_frontends: Gauge,
     over_budget: Gauge,
@@ -303,6 +304,8 @@ impl Metrics {
             policy_compile: latency_buckets(),
             // 1 ms to ~65 s, as kube-proxy's SLI.
             network_programming: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 1 ms to ~8 s.
+            services_sync: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             refused_pod_cidrs: Gauge::default(),
             refused_frontends: Gauge::default(),
             over_budget: Gauge::default(),
@@ -430,6 +433,12 @@ impl Metrics {
             Unit::Seconds,
             m.network_programming.clone(),
         );
+        registry.register_with_unit(
+            "weir_services_sync_duration",
+            "From the agent's source receiving a change of Services or EndpointSlices (its watch event, or the manifest's change) until the service maps hold it",
+            Unit::Seconds,
+            m.services_sync.clone(),
+        );
         registry.register(
             "weir_kubernetes_objects",
             "Objects the Kubernetes source holds, by kind",
@@ -540,6 +549,12 @@ impl Metrics {
     /// What a policy pass left: counts of valid and rejected policies,
     /// table size, how long it took; per-policy series of policies that
     /// no longer exist are removed.
+    /// Changes of Services or EndpointSlices programmed, `took` after the
+    /// source received the first of them.
+    pub fn services_synced(&self, took: Duration) {
+        self.services_sync.observe(took.as_secs_f64());
+    }
+
     /// One EndpointSlice change programmed, `took` after its trigger.
     pub fn network_programmed(&self, took: Duration) {
         self.network_programming.observe(took.as_secs_f64());
