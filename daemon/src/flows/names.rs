@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use weir_model::{Changes, ClusterState, Kind, ObjectKey};
+use weir_model::{Changes, ClusterState, IdentityKey, Kind, ObjectKey};
 use weir_proto::flow::{Endpoint, Service, Workload};
 
 /// Reserved identities, as the datapath numbers them.
@@ -44,8 +44,12 @@ pub struct FlowNames {
     /// Each pod's endpoint and addresses, and the pods claiming each
     /// address (the first in the model's order names it), so a change of
     /// some pods renames their addresses only.
-    pods: HashMap<ObjectKey, (Arc<Endpoint>, Vec<Ipv4Addr>)>,
+    pods: HashMap<ObjectKey, (Arc<Endpoint>, Vec<Ipv4Addr>, IdentityKey)>,
     claims: HashMap<Ipv4Addr, BTreeSet<ObjectKey>>,
+    /// Label set → its pods, and each identity object's label set, so an
+    /// identity made or gone renames the pods of its set only.
+    by_labels: HashMap<IdentityKey, BTreeSet<ObjectKey>>,
+    identities: HashMap<ObjectKey, IdentityKey>,
     /// Node addresses (nodes name their addresses before any pod).
     nodes: HashMap<Ipv4Addr, Arc<Endpoint>>,
     services: HashMap<Frontend, Arc<Service>>,
@@ -134,6 +138,8 @@ impl FlowNames {
             by_ip: HashMap::new(),
             pods: HashMap::new(),
             claims: HashMap::new(),
+            by_labels: HashMap::new(),
+            identities: HashMap::new(),
             nodes: HashMap::new(),
             services: HashMap::new(),
             deleted: HashMap::new(),
@@ -152,14 +158,31 @@ impl FlowNames {
     /// were last taken from (`None`: anything may have). A change of pods
     /// renames their addresses only; nodes, Services and identities
     /// (rarer) rename what depends on them all.
-    pub fn update_with(&mut self, state: &ClusterState, changes: Option<&Changes>, self_node: &str, now: Instant) {
-        let full = changes.is_none_or(|c| c.touches(Kind::Node) || c.touches(Kind::WeirIdentity));
+    ///
+    /// Returns whether anything stopped being named (a pod or Service
+    /// went, or everything was renamed): only then can metrics series of
+    /// what is gone be dropped.
+    pub fn update_with(
+        &mut self,
+        state: &ClusterState,
+        changes: Option<&Changes>,
+        self_node: &str,
+        now: Instant,
+    ) -> bool {
+        let full = changes.is_none_or(|c| c.touches(Kind::Node));
         let mut touched: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut gone = false;
         if full {
             touched.extend(self.by_ip.keys().copied());
             self.pods.clear();
             self.claims.clear();
+            self.by_labels.clear();
             self.nodes.clear();
+            self.identities = state
+                .identities
+                .iter()
+                .map(|(k, o)| (k.clone(), o.spec.clone()))
+                .collect();
             for (key, node) in &state.nodes {
                 let ep = Arc::new(if key.name == self_node {
                     reserved(ID_HOST, "host")
@@ -178,7 +201,19 @@ impl FlowNames {
                 touched.extend(self.set_pod(state, key));
             }
         } else if let Some(c) = changes {
-            for key in c.of(Kind::Pod) {
+            let mut pods: BTreeSet<ObjectKey> = c.of(Kind::Pod).cloned().collect();
+            // An identity made or gone renumbers the pods of its label set.
+            for key in c.of(Kind::WeirIdentity) {
+                let new = state.identities.get(key).map(|o| o.spec.clone());
+                let old = match &new {
+                    Some(spec) => self.identities.insert(key.clone(), spec.clone()),
+                    None => self.identities.remove(key),
+                };
+                for labels in old.iter().chain(new.iter()) {
+                    pods.extend(self.by_labels.get(labels).into_iter().flatten().cloned());
+                }
+            }
+            for key in &pods {
                 touched.extend(self.set_pod(state, key));
             }
         }
@@ -194,6 +229,7 @@ impl FlowNames {
                 }
                 None => {
                     // What went stays named for a while.
+                    gone |= self.by_ip.contains_key(&ip);
                     if let Some(ep) = self.by_ip.remove(&ip)
                         && !ep.pod_name.is_empty()
                     {
@@ -203,22 +239,32 @@ impl FlowNames {
             }
         }
         let grace = self.grace;
+        let held = self.deleted.len();
         self.deleted.retain(|_, (_, since)| now.duration_since(*since) < grace);
+        gone |= self.deleted.len() != held;
         if full || changes.is_some_and(|c| c.touches(Kind::Service)) {
             self.update_services(state);
+            gone = true;
         }
+        gone || full
     }
 
     /// Replaces one pod's claims; returns the addresses it had or has.
     fn set_pod(&mut self, state: &ClusterState, key: &ObjectKey) -> Vec<Ipv4Addr> {
         let mut touched = Vec::new();
-        if let Some((_, ips)) = self.pods.remove(key) {
+        if let Some((_, ips, labels)) = self.pods.remove(key) {
             for ip in &ips {
                 if let Some(set) = self.claims.get_mut(ip) {
                     set.remove(key);
                     if set.is_empty() {
                         self.claims.remove(ip);
                     }
+                }
+            }
+            if let Some(set) = self.by_labels.get_mut(&labels) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_labels.remove(&labels);
                 }
             }
             touched.extend(ips);
@@ -235,7 +281,10 @@ impl FlowNames {
             self.claims.entry(*ip).or_default().insert(key.clone());
         }
         touched.extend(ips.iter().copied());
-        self.pods.insert(key.clone(), (Arc::new(pod_endpoint(state, pod)), ips));
+        let labels = IdentityKey::of_pod(pod);
+        self.by_labels.entry(labels.clone()).or_default().insert(key.clone());
+        self.pods
+            .insert(key.clone(), (Arc::new(pod_endpoint(state, pod)), ips, labels));
         touched
     }
 

@@ -70,11 +70,14 @@ impl Pipeline {
     pub fn update_names(&mut self, state: &Arc<ClusterState>) {
         // Only what changed since the last snapshot is renamed.
         let changes = self.named.as_ref().map(|last| weir_model::Changes::since(last, state));
-        self.names
+        let gone = self
+            .names
             .update_with(state, changes.as_ref(), &self.node, Instant::now());
         self.named = Some(state.clone());
         tracing::debug!(revision = ?state.revision, pods = state.pods.len(), "flow names updated");
-        if let Some(m) = &self.metrics {
+        // Series of what is no longer named go; when nothing went there is
+        // nothing to look for (a pod added elsewhere costs its names only).
+        if let Some(m) = self.metrics.as_ref().filter(|_| gone) {
             m.retain_named(&self.names);
         }
     }
