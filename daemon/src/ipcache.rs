@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use weir_datapath::ipcache::{ID_HOST, ID_REMOTE_NODE, IpCache};
-use weir_model::{Changes, IdentityKey, Kind, ObjectKey};
+use weir_model::{Changes, IdentityKey, Kind, ObjectKey, PodsByLabels};
 
 use crate::cluster::ClusterState;
 use crate::reconcile::{Action, Pass, Reconciler, blocking};
@@ -87,10 +87,8 @@ pub struct Table {
     pods: BTreeMap<ObjectKey, Claim>,
     /// Address → the pods claiming it.
     by_ip: BTreeMap<Ipv4Addr, BTreeSet<ObjectKey>>,
-    /// Label set → its pods, for identities that come and go.
-    by_labels: BTreeMap<IdentityKey, BTreeSet<ObjectKey>>,
-    /// Identity object → its label set, as last seen.
-    identities: BTreeMap<ObjectKey, IdentityKey>,
+    /// Pods by label set, for identities that come and go.
+    by_labels: PodsByLabels,
 }
 
 impl Table {
@@ -98,17 +96,13 @@ impl Table {
     pub fn full(state: &ClusterState, self_node: &str) -> Self {
         let mut t = Table {
             self_node: self_node.to_owned(),
+            by_labels: PodsByLabels::new(state),
             ..Default::default()
         };
         t.nodes = node_entries(state, self_node);
         for (key, pod) in &state.pods {
             t.set_pod(key, claim(state, pod));
         }
-        t.identities = state
-            .identities
-            .iter()
-            .map(|(k, o)| (k.clone(), o.spec.clone()))
-            .collect();
         t
     }
 
@@ -123,19 +117,14 @@ impl Table {
                     }
                 }
             }
-            if let Some(set) = self.by_labels.get_mut(&old.labels) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.by_labels.remove(&old.labels);
-                }
-            }
+            self.by_labels.remove(&old.labels, key);
             touched.extend(old.ips);
         }
         if let Some(c) = claim {
             for ip in &c.ips {
                 self.by_ip.entry(*ip).or_default().insert(key.clone());
             }
-            self.by_labels.entry(c.labels.clone()).or_default().insert(key.clone());
+            self.by_labels.insert(&c.labels, key);
             touched.extend(c.ips.iter().copied());
             self.pods.insert(key.clone(), c);
         }
@@ -153,17 +142,7 @@ impl Table {
             self.nodes = nodes;
         }
         let mut pods: BTreeSet<ObjectKey> = changes.of(Kind::Pod).cloned().collect();
-        // An identity made or gone renumbers the pods of its label set.
-        for key in changes.of(Kind::WeirIdentity) {
-            let new = state.identities.get(key).map(|o| o.spec.clone());
-            let old = match &new {
-                Some(spec) => self.identities.insert(key.clone(), spec.clone()),
-                None => self.identities.remove(key),
-            };
-            for labels in old.iter().chain(new.iter()) {
-                pods.extend(self.by_labels.get(labels).into_iter().flatten().cloned());
-            }
-        }
+        pods.extend(self.by_labels.renumbered(state, changes));
         for key in &pods {
             let c = state.pods.get(key).and_then(|p| claim(state, p));
             touched.extend(self.set_pod(key, c));

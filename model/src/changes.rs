@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::identity::IdentityKey;
 use crate::object::Kind;
 use crate::state::{ClusterState, ObjectKey};
 
@@ -186,6 +187,61 @@ impl Changes {
     /// How many objects changed.
     pub fn len(&self) -> usize {
         self.kinds.values().map(BTreeSet::len).sum()
+    }
+}
+
+/// Pods by label set, for tables kept by changes that hold a pod's
+/// identity: an identity made or gone renumbers the pods of its label set
+/// only ([`Self::renumbered`]).
+#[derive(Debug, Default)]
+pub struct PodsByLabels {
+    pods: BTreeMap<IdentityKey, BTreeSet<ObjectKey>>,
+    /// Each identity object's label set, as last seen.
+    identities: BTreeMap<ObjectKey, IdentityKey>,
+}
+
+impl PodsByLabels {
+    /// The identities of `state`, no pods yet.
+    pub fn new(state: &ClusterState) -> Self {
+        Self {
+            pods: BTreeMap::new(),
+            identities: state
+                .identities
+                .iter()
+                .map(|(k, o)| (k.clone(), o.spec.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn insert(&mut self, labels: &IdentityKey, pod: &ObjectKey) {
+        self.pods.entry(labels.clone()).or_default().insert(pod.clone());
+    }
+
+    pub fn remove(&mut self, labels: &IdentityKey, pod: &ObjectKey) {
+        if let Some(set) = self.pods.get_mut(labels) {
+            set.remove(pod);
+            if set.is_empty() {
+                self.pods.remove(labels);
+            }
+        }
+    }
+
+    /// The pods whose identity `changes` (taking the index to `state`)
+    /// may have changed: those of the label sets of identities made,
+    /// changed or gone.
+    pub fn renumbered(&mut self, state: &ClusterState, changes: &Changes) -> BTreeSet<ObjectKey> {
+        let mut out = BTreeSet::new();
+        for key in changes.of(Kind::WeirIdentity) {
+            let new = state.identities.get(key).map(|o| o.spec.clone());
+            let old = match &new {
+                Some(spec) => self.identities.insert(key.clone(), spec.clone()),
+                None => self.identities.remove(key),
+            };
+            for labels in old.iter().chain(new.iter()) {
+                out.extend(self.pods.get(labels).into_iter().flatten().cloned());
+            }
+        }
+        out
     }
 }
 

@@ -13,7 +13,7 @@ pub mod policy;
 pub mod selector;
 pub mod state;
 
-pub use changes::{ChangeLog, Changes};
+pub use changes::{ChangeLog, Changes, PodsByLabels};
 pub use identity::{IdentityKey, WeirIdentity};
 pub use object::{Kind, Object, ParseError, parse_documents, parse_each, to_yaml, valid_name};
 pub use selector::selector_matches;

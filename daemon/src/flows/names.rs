@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use weir_model::{Changes, ClusterState, IdentityKey, Kind, ObjectKey};
+use weir_model::{Changes, ClusterState, IdentityKey, Kind, ObjectKey, PodsByLabels};
 use weir_proto::flow::{Endpoint, Service, Workload};
 
 /// Reserved identities, as the datapath numbers them.
@@ -46,10 +46,9 @@ pub struct FlowNames {
     /// some pods renames their addresses only.
     pods: HashMap<ObjectKey, (Arc<Endpoint>, Vec<Ipv4Addr>, IdentityKey)>,
     claims: HashMap<Ipv4Addr, BTreeSet<ObjectKey>>,
-    /// Label set → its pods, and each identity object's label set, so an
-    /// identity made or gone renames the pods of its set only.
-    by_labels: HashMap<IdentityKey, BTreeSet<ObjectKey>>,
-    identities: HashMap<ObjectKey, IdentityKey>,
+    /// Pods by label set: an identity made or gone renames the pods of
+    /// its set only.
+    by_labels: PodsByLabels,
     /// Node addresses (nodes name their addresses before any pod).
     nodes: HashMap<Ipv4Addr, Arc<Endpoint>>,
     services: HashMap<Frontend, Arc<Service>>,
@@ -138,8 +137,7 @@ impl FlowNames {
             by_ip: HashMap::new(),
             pods: HashMap::new(),
             claims: HashMap::new(),
-            by_labels: HashMap::new(),
-            identities: HashMap::new(),
+            by_labels: PodsByLabels::default(),
             nodes: HashMap::new(),
             services: HashMap::new(),
             deleted: HashMap::new(),
@@ -176,13 +174,7 @@ impl FlowNames {
             touched.extend(self.by_ip.keys().copied());
             self.pods.clear();
             self.claims.clear();
-            self.by_labels.clear();
-            self.nodes.clear();
-            self.identities = state
-                .identities
-                .iter()
-                .map(|(k, o)| (k.clone(), o.spec.clone()))
-                .collect();
+            self.by_labels = PodsByLabels::new(state);
             for (key, node) in &state.nodes {
                 let ep = Arc::new(if key.name == self_node {
                     reserved(ID_HOST, "host")
@@ -202,17 +194,7 @@ impl FlowNames {
             }
         } else if let Some(c) = changes {
             let mut pods: BTreeSet<ObjectKey> = c.of(Kind::Pod).cloned().collect();
-            // An identity made or gone renumbers the pods of its label set.
-            for key in c.of(Kind::WeirIdentity) {
-                let new = state.identities.get(key).map(|o| o.spec.clone());
-                let old = match &new {
-                    Some(spec) => self.identities.insert(key.clone(), spec.clone()),
-                    None => self.identities.remove(key),
-                };
-                for labels in old.iter().chain(new.iter()) {
-                    pods.extend(self.by_labels.get(labels).into_iter().flatten().cloned());
-                }
-            }
+            pods.extend(self.by_labels.renumbered(state, c));
             for key in &pods {
                 touched.extend(self.set_pod(state, key));
             }
@@ -261,12 +243,7 @@ impl FlowNames {
                     }
                 }
             }
-            if let Some(set) = self.by_labels.get_mut(&labels) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.by_labels.remove(&labels);
-                }
-            }
+            self.by_labels.remove(&labels, key);
             touched.extend(ips);
         }
         let Some(pod) = state.pods.get(key) else { return touched };
@@ -282,7 +259,7 @@ impl FlowNames {
         }
         touched.extend(ips.iter().copied());
         let labels = IdentityKey::of_pod(pod);
-        self.by_labels.entry(labels.clone()).or_default().insert(key.clone());
+        self.by_labels.insert(&labels, key);
         self.pods
             .insert(key.clone(), (Arc::new(pod_endpoint(state, pod)), ips, labels));
         touched

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use weir_e2e::in_netns;
 use weir_e2e::kube::{KubeNode, answers, connect, echo_server, metric, vip, wait_for};
 use weir_k8s::kube;
 
@@ -173,17 +172,7 @@ pub fn run() {
 /// inside the node's netns (the API server listens on its loopback).
 pub fn bulk(k: &KubeNode, n: usize) {
     k.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: mem}\n");
-    let kubeconfig = k.cp.kubeconfig.clone();
-    in_netns(k.node.ns.path(), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let client = weir_k8s::client(Some(&kubeconfig)).await.expect("client");
-            create_all(client, n).await
-        })
-    });
+    super::scale::in_node(k, move |client| Box::pin(create_all(client, n)));
 }
 
 async fn create_all(client: kube::Client, n: usize) {

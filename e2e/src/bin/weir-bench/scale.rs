@@ -305,7 +305,7 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> 
 
 /// In the node's netns (the API server listens on its loopback), on a
 /// runtime of its own.
-fn in_node<T: Send + 'static>(
+pub fn in_node<T: Send + 'static>(
     k: &weir_e2e::kube::KubeNode,
     f: impl FnOnce(weir_k8s::kube::Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
     + Send
