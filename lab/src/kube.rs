@@ -308,7 +308,9 @@ pub fn get(kube: &KubeState, kind: &str, name: Option<&str>, namespace: Option<&
     Ok(())
 }
 
-/// Until what was written has taken effect: every pod bound to a lab node
+/// Until what was written has taken effect: every workload controller has
+/// made the pods it wants (a Deployment's pods come from its ReplicaSet
+/// moments after `kubectl apply` returns), every pod bound to a lab node
 /// runs (the kubelet wired it) or is gone, the EndpointSlice controller has
 /// caught up with the pods, and every agent has applied a snapshot at least
 /// as new as the newest object.
@@ -333,7 +335,7 @@ fn settled(lab: &Lab, state: &LabState, kube: &KubeState) -> Result<Option<Strin
         kube,
         &[
             "get",
-            "pods,services,endpointslices,networkpolicies,namespaces,weirnetworkpolicies,weirclusternetworkpolicies,weiridentities",
+            "deployments,replicasets,statefulsets,pods,services,endpointslices,networkpolicies,namespaces,weirnetworkpolicies,weirclusternetworkpolicies,weiridentities",
             "-A",
             "-o",
             "json",
@@ -348,9 +350,13 @@ fn settled(lab: &Lab, state: &LabState, kube: &KubeState) -> Result<Option<Strin
     let mut selected = std::collections::BTreeSet::new();
     let current = lab.dir.require()?;
     for o in &items {
+        // The agents do not watch the workload controllers' objects: their
+        // revisions are never applied.
+        let watched = !matches!(o["kind"].as_str(), Some("Deployment" | "ReplicaSet" | "StatefulSet"));
         if let Some(rv) = o
             .pointer("/metadata/resourceVersion")
             .and_then(|v| v.as_str()?.parse::<u64>().ok())
+            .filter(|_| watched)
         {
             newest = newest.max(rv);
         }
@@ -360,6 +366,11 @@ fn settled(lab: &Lab, state: &LabState, kube: &KubeState) -> Result<Option<Strin
             .and_then(|v| v.as_str())
             .unwrap_or_default();
         match o["kind"].as_str() {
+            Some(kind @ ("Deployment" | "ReplicaSet" | "StatefulSet")) => {
+                if let Some(why) = workload_pending(o) {
+                    return Ok(Some(format!("{kind} {ns}/{name}: {why}")));
+                }
+            }
             Some("Pod") => {
                 let node = o.pointer("/spec/nodeName").and_then(|v| v.as_str());
                 let Some(node) = node.filter(|n| state.nodes.contains_key(*n)) else {
@@ -424,6 +435,29 @@ fn settled(lab: &Lab, state: &LabState, kube: &KubeState) -> Result<Option<Strin
     Ok(None)
 }
 
+/// What a Deployment, ReplicaSet or StatefulSet still waits for, as
+/// `kubectl rollout status` judges it: its controller has seen its newest
+/// spec and has exactly the replicas it wants, all of them ready (and, for
+/// a Deployment, of the newest template). `None` once it has them.
+fn workload_pending(o: &serde_json::Value) -> Option<String> {
+    let int = |path: &str| o.pointer(path).and_then(|v| v.as_i64());
+    let generation = int("/metadata/generation").unwrap_or(0);
+    if int("/status/observedGeneration").unwrap_or(0) < generation {
+        return Some("its controller has not seen the newest spec".to_owned());
+    }
+    // The API server defaults `replicas` to 1.
+    let want = int("/spec/replicas").unwrap_or(1);
+    let mut counts = vec![("replicas", int("/status/replicas").unwrap_or(0))];
+    counts.push(("ready", int("/status/readyReplicas").unwrap_or(0)));
+    if o["kind"] == "Deployment" {
+        counts.push(("updated", int("/status/updatedReplicas").unwrap_or(0)));
+    }
+    counts
+        .into_iter()
+        .find(|(_, n)| *n != want)
+        .map(|(what, n)| format!("{n} {what} of {want}"))
+}
+
 /// Whether a Service of the pod's namespace selects it.
 fn pod_selected(items: &[serde_json::Value], pod: &serde_json::Value) -> bool {
     let ns = pod.pointer("/metadata/namespace");
@@ -433,4 +467,32 @@ fn pod_selected(items: &[serde_json::Value], pod: &serde_json::Value) -> bool {
         .filter(|o| o["kind"] == "Service" && o.pointer("/metadata/namespace") == ns)
         .filter_map(|s| s.pointer("/spec/selector").and_then(|v| v.as_object()))
         .any(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workload_pending;
+    use serde_json::json;
+
+    #[test]
+    fn a_deployment_is_pending_until_its_pods_are_made_and_ready() {
+        // Just applied: the controller has not looked at it yet.
+        let fresh = json!({"kind": "Deployment", "metadata": {"generation": 1}, "spec": {"replicas": 3}, "status": {}});
+        assert!(workload_pending(&fresh).is_some());
+        // Its ReplicaSet has made one pod of three.
+        let one = json!({"kind": "Deployment", "metadata": {"generation": 1}, "spec": {"replicas": 3},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}});
+        assert_eq!(workload_pending(&one).as_deref(), Some("1 replicas of 3"));
+        let all = json!({"kind": "Deployment", "metadata": {"generation": 1}, "spec": {"replicas": 3},
+            "status": {"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3}});
+        assert_eq!(workload_pending(&all), None);
+        // Scaled down: pending until the extra pods are gone.
+        let scaled = json!({"kind": "Deployment", "metadata": {"generation": 2}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3}});
+        assert_eq!(workload_pending(&scaled).as_deref(), Some("3 replicas of 1"));
+        // An old ReplicaSet scaled to zero with no pods left is done.
+        let old = json!({"kind": "ReplicaSet", "metadata": {"generation": 3}, "spec": {"replicas": 0},
+            "status": {"observedGeneration": 3, "replicas": 0}});
+        assert_eq!(workload_pending(&old), None);
+    }
 }
