@@ -4,8 +4,6 @@
 //! reads, for untyped watches.
 use std::path::Path;
 
-pub mod local;
-
 use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use weir_k8s::local::{APISERVER_PORT, Options, Plan};
+use weir_control_plane::{APISERVER_PORT, Options, Plan};
 
 use super::state::{KubeState, LabState};
 use super::{Lab, Output, netns, procs, signals, topology};
@@ -33,7 +33,7 @@ const SA_WAIT: Duration = Duration::from_secs(20);
 
 /// kubectl with the lab admin's credentials, in the control plane's netns.
 pub fn kubectl(kube: &KubeState) -> Result<Command> {
-    let bin = weir_k8s::local::tool("kubectl").context("kubectl is not built: scripts/tools.sh builds it")?;
+    let bin = weir_control_plane::tool("kubectl").context("kubectl is not built: scripts/tools.sh builds it")?;
     let mut c = netns::command(&kube.netns, bin);
     c.arg(format!("--kubeconfig={}", kube.admin_kubeconfig.display()));
     Ok(c)
@@ -206,7 +206,7 @@ pub fn service_account_kubeconfig(
         None,
     )?;
     let path = lab.dir.kube().join(format!("{account}.kubeconfig"));
-    let text = weir_k8s::local::kubeconfig(server, &lab.dir.kube().join("ca.crt"), token.trim());
+    let text = weir_control_plane::kubeconfig(server, &lab.dir.kube().join("ca.crt"), token.trim());
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }

@@ -20,7 +20,7 @@
 //! once; one deleted before it ran has its deletion finished at once.
 //!
 //! What it does not do: containers, probes, node leases (the control plane
-//! runs without the node lifecycle controller, `weir_k8s::local` says why).
+//! runs without the node lifecycle controller, `weir_control_plane` says why).
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;

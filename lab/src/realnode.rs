@@ -371,7 +371,7 @@ pub fn start(
         std::fs::write(d.join("hosts.toml"), registry_hosts_toml(registry))?;
     }
     let tool = |name: &str| {
-        weir_k8s::local::tool(name).with_context(|| format!("{name} is not built: scripts/tools.sh builds it"))
+        weir_control_plane::tool(name).with_context(|| format!("{name} is not built: scripts/tools.sh builds it"))
     };
     let config = dirs.containerd().join("config.toml");
     std::fs::write(&config, containerd_config(&dirs, sandbox_image, &tool("runc")?))?;

@@ -54,7 +54,7 @@ pub fn parse_index(text: &str, dir: &Path) -> Result<Vec<Image>> {
 
 /// The images the tools cache holds.
 pub fn images() -> Result<Vec<Image>> {
-    let dir = weir_k8s::local::tools_dir()
+    let dir = weir_control_plane::tools_dir()
         .and_then(|b| b.parent().map(|d| d.join("images")))
         .context("no tools cache")?;
     let index = dir.join("index.tsv");
@@ -66,7 +66,7 @@ pub fn images() -> Result<Vec<Image>> {
 /// Starts the registry in the external host's netns and pushes every
 /// image into it; returns `host:port` as the nodes reach it.
 pub fn start(lab: &Lab, state: &mut LabState) -> Result<String> {
-    let crane = weir_k8s::local::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
+    let crane = weir_control_plane::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
     let ns = state.topology.external_netns();
     let disk = lab.dir.root.join("registry");
     std::fs::create_dir_all(&disk)?;
@@ -100,7 +100,7 @@ pub fn start(lab: &Lab, state: &mut LabState) -> Result<String> {
 /// Pushes one image (a single layer) into the lab's registry under its
 /// public name.
 pub fn push(state: &LabState, image: &Image) -> Result<()> {
-    let crane = weir_k8s::local::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
+    let crane = weir_control_plane::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
     let ns = state.topology.external_netns();
     let target = format!("127.0.0.1:{PORT}/{}", image.path());
     let crane_in_ns = |args: &[&str]| -> Result<()> {
@@ -226,7 +226,7 @@ pub fn push_weir(lab: &Lab, state: &LabState, bin_dir: &Path, tag: &str) -> Resu
 /// to `push` (crane, with the registry credentials of `~/.docker/config.json`)
 /// or written to `output` as a tarball (`docker load`, `ctr image import`).
 pub fn image(bin_dir: &Path, push: Option<&str>, output: Option<&Path>) -> Result<()> {
-    let crane = weir_k8s::local::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
+    let crane = weir_control_plane::tool("crane").context("crane is not built: scripts/tools.sh builds it")?;
     let work = std::env::temp_dir().join(format!("weir-image-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let layer = work.join("layer.tar");

@@ -413,7 +413,7 @@ fn start_real_nodes(
     let dns = cluster_dns(topo);
     for (index, node) in topo.nodes.iter().enumerate() {
         interrupt.check()?;
-        let kubeconfig = weir_k8s::local::node_kubeconfig(&lab.dir.kube(), &node.name, &kube.server)?;
+        let kubeconfig = weir_control_plane::node_kubeconfig(&lab.dir.kube(), &node.name, &kube.server)?;
         super::realnode::start(
             lab,
             state,

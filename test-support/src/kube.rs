@@ -1,7 +1,7 @@
 //! A real Kubernetes control plane for tests: etcd, kube-apiserver,
 //! kube-controller-manager and kube-scheduler, built from the Go module
 //! proxy by `scripts/tools.sh` (k8s.io/kubernetes v1.36.3, etcd v3.7.3),
-//! prepared as the lab prepares it (`weir_k8s::local`: certificates, keys,
+//! prepared as the lab prepares it (`weir_control_plane`: certificates, keys,
 //! token auth, RBAC and Node authorizers, default admission) and started on
 //! loopback with random free ports and a data dir of its own. No kubelet
 //! (this machine has cgroup v1). Everything stops and goes on drop, also
@@ -74,7 +74,7 @@ impl ControlPlane {
     /// first (kube-controller-manager's pod CIDR allocator off, for one).
     pub fn start_with(
         netns: Option<(&str, Option<std::net::Ipv4Addr>)>,
-        configure: impl Fn(&mut weir_k8s::local::Options),
+        configure: impl Fn(&mut weir_control_plane::Options),
     ) -> Option<ControlPlane> {
         for t in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
             crate::tool(t)?;
@@ -103,13 +103,13 @@ impl ControlPlane {
     /// ready, the half-started plane and why.
     fn try_start(
         netns: Option<(&str, Option<std::net::Ipv4Addr>)>,
-        configure: &impl Fn(&mut weir_k8s::local::Options),
+        configure: &impl Fn(&mut weir_control_plane::Options),
         kubectl: &Path,
     ) -> Result<ControlPlane, Box<(ControlPlane, String)>> {
         let kubectl = kubectl.to_owned();
         let dir = std::env::temp_dir().join(format!("weir-kube-{}", crate::unique("cp")));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut options = weir_k8s::local::Options {
+        let mut options = weir_control_plane::Options {
             etcd_client_port: free_port(),
             etcd_peer_port: free_port(),
             apiserver_port: free_port(),
@@ -121,7 +121,7 @@ impl ControlPlane {
             real_kubelets: false,
         };
         configure(&mut options);
-        let plan = weir_k8s::local::Plan::prepare(&dir, &options).expect("preparing the control plane");
+        let plan = weir_control_plane::Plan::prepare(&dir, &options).expect("preparing the control plane");
         let mut cp = ControlPlane {
             kubeconfig: plan.admin_kubeconfig.clone(),
             server: plan.loopback_server.clone(),
@@ -260,7 +260,7 @@ impl ControlPlane {
     }
 
     fn kubeconfig_text(&self, server: &str, token: &str) -> String {
-        weir_k8s::local::kubeconfig(server, &self.dir.join("ca.crt"), token)
+        weir_control_plane::kubeconfig(server, &self.dir.join("ca.crt"), token)
     }
 
     /// A kubeconfig (written into the control plane's dir) for the
