@@ -1,6 +1,6 @@
 //! Compiles the C datapath with clang-19 into OUT_DIR (`src/lib.rs` embeds
 //! the objects) and generates the Rust side of the kernel ABI from
-//! `bpf/lib/abi.h` with bindgen (`src/abi.rs` includes it), so the C header
+//! `bpf/lib/abi.h` with bindgen (`src/abi.rs` includes it; the constants come from `weir-abi`), so the C header
 //! is the one source of truth. Every source and header is listed for
 //! rerun-if-changed.
 
@@ -58,8 +58,8 @@ fn main() -> anyhow_free::Result {
     generate_abi(&bpf_dir.join("lib").join("abi.h"), &out.join("abi_gen.rs"))
 }
 
-/// The Rust twins of every `weir_*` struct and enum and every `WEIR_*`
-/// constant in abi.h, laid out for the BPF target (bindgen's own layout
+/// The Rust twins of every `weir_*` struct and enum in abi.h (its `WEIR_*`
+/// constants are `weir-abi`'s, generated there), laid out for the BPF target (bindgen's own layout
 /// assertions then fail the build if x86_64 would lay a struct out
 /// differently).
 fn generate_abi(header: &Path, out: &Path) -> anyhow_free::Result {
@@ -67,7 +67,6 @@ fn generate_abi(header: &Path, out: &Path) -> anyhow_free::Result {
         .header(header.to_string_lossy())
         .clang_args(["-target", "bpf", MULTIARCH_INCLUDE])
         .allowlist_type("weir_.*")
-        .allowlist_var("WEIR_.*")
         .rustified_enum("weir_drop_reason")
         .rustified_enum("weir_event_kind")
         .use_core()

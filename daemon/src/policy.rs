@@ -13,8 +13,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use tokio::sync::watch;
-use weir_datapath::policy::{PolicyMaps, Slot as DpSlot, Verdicts as DpVerdicts};
-use weir_model::policy::{Budget, Compiled, Direction, LocalEndpoint, Numbers, RuleRef, RuleWhat, compile_within};
+use weir_datapath::policy::PolicyMaps;
+use weir_model::policy::{
+    Budget, Compiled, Direction, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile_within,
+};
 use weir_model::{Changes, ClusterState, Kind};
 use weir_proto::flow;
 
@@ -124,35 +126,6 @@ impl PolicyNames {
     }
 }
 
-fn dp_slot(s: &weir_model::policy::Slot) -> DpSlot {
-    DpSlot {
-        endpoint_id: s.endpoint_id,
-        direction: s.direction,
-        peer: s.peer,
-        proto: s.proto,
-        port: s.port,
-        port_bits: s.port_bits,
-    }
-}
-
-fn dp_verdicts(v: &weir_model::policy::Verdicts) -> DpVerdicts {
-    DpVerdicts {
-        action: v.action,
-        reference: v.reference,
-        audit_action: v.audit_action,
-        audit_reference: v.audit_reference,
-        admin: v.admin,
-        admin_reference: v.admin_reference,
-        baseline: v.baseline,
-        baseline_reference: v.baseline_reference,
-    }
-}
-
-/// The tables as the datapath crate writes them.
-pub fn desired(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
-    c.slots.iter().map(|(s, v)| (dp_slot(s), dp_verdicts(v))).collect()
-}
-
 /// The table room one endpoint's policy may take: the size of the policy
 /// map Cilium gives each endpoint.
 pub const SLOTS_PER_ENDPOINT: usize = 16_384;
@@ -169,12 +142,12 @@ pub fn budget() -> Budget {
 /// each a default deny (the enforced layer's reference when it had one),
 /// and the node's way in to them (kubelet's probes), which Kubernetes
 /// requires whatever isolates a pod.
-pub fn fallback(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
+pub fn fallback(c: &Compiled) -> BTreeMap<Slot, Verdicts> {
     let mut out = BTreeMap::new();
     let eps: BTreeSet<u32> = c.slots.keys().map(|s| s.endpoint_id).collect();
     for ep in eps {
         out.insert(
-            DpSlot {
+            Slot {
                 endpoint_id: ep,
                 direction: Direction::Ingress.index() as u8,
                 peer: weir_datapath::ipcache::ID_HOST,
@@ -182,7 +155,7 @@ pub fn fallback(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
                 port: 0,
                 port_bits: 0,
             },
-            DpVerdicts {
+            Verdicts {
                 action: weir_datapath::policy::action::ALLOW,
                 reference: 0,
                 audit_action: weir_datapath::policy::action::ALLOW,
@@ -191,7 +164,7 @@ pub fn fallback(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
             },
         );
         for d in Direction::BOTH {
-            let slot = DpSlot {
+            let slot = Slot {
                 endpoint_id: ep,
                 direction: d.index() as u8,
                 peer: weir_datapath::policy::PEER_ANY,
@@ -201,7 +174,7 @@ pub fn fallback(c: &Compiled) -> BTreeMap<DpSlot, DpVerdicts> {
             };
             out.insert(
                 slot,
-                DpVerdicts {
+                Verdicts {
                     action: weir_datapath::policy::action::DEFAULT_DENY,
                     reference: 0,
                     audit_action: weir_datapath::policy::action::DEFAULT_DENY,
@@ -255,8 +228,8 @@ impl Controller {
         let compiled = compile_within(state, endpoints, &mut self.numbers, budget());
         self.names.update(&compiled.rules);
         self.report(&compiled);
-        let want = desired(&compiled);
-        let ok = match self.maps.sync(&want, &compiled.cidrs) {
+        let want = &compiled.slots;
+        let ok = match self.maps.sync(want, &compiled.cidrs) {
             Ok(stats) => {
                 if stats.written + stats.removed > 0 {
                     tracing::debug!(written = stats.written, removed = stats.removed, slots = want.len(),

@@ -16,7 +16,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-/// What bindgen made of abi.h, untouched.
+/// What bindgen made of abi.h, untouched: its structs and enums generated
+/// here, its constants in `weir-abi` (generated there, once).
 #[allow(
     non_camel_case_types,
     non_upper_case_globals,
@@ -25,30 +26,18 @@ use std::net::{IpAddr, Ipv4Addr};
     reason = "generated code keeps the C names"
 )]
 pub mod sys {
+    pub use weir_abi::sys::*;
     include!(concat!(env!("OUT_DIR"), "/abi_gen.rs"));
 }
 
-/// A C constant that the Rust side keeps in a `u8` field; the build fails
-/// if the header ever gives it a value that does not fit.
-const fn u8_of(v: u32) -> u8 {
-    assert!(v <= u8::MAX as u32, "constant does not fit in u8");
-    v as u8
-}
-
-/// Likewise for `u16` (ports).
-const fn u16_of(v: u32) -> u16 {
-    assert!(v <= u16::MAX as u32, "constant does not fit in u16");
-    v as u16
-}
+use weir_abi::{u8_of, u16_of};
 
 pub const AF_INET: u8 = u8_of(sys::WEIR_AF_INET);
 pub const AF_INET6: u8 = u8_of(sys::WEIR_AF_INET6);
 
 pub const MAX_ENDPOINTS: u32 = sys::WEIR_MAX_ENDPOINTS;
 
-pub const DIR_INGRESS: u32 = sys::WEIR_DIR_INGRESS;
-pub const DIR_EGRESS: u32 = sys::WEIR_DIR_EGRESS;
-pub const DIR_UNKNOWN: u32 = sys::WEIR_DIR_UNKNOWN;
+pub use weir_abi::{DIR_EGRESS, DIR_INGRESS, DIR_UNKNOWN};
 
 /// Observation points (`WEIR_OBS_*`): which program saw a packet.
 pub mod obs {

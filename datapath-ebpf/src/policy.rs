@@ -13,177 +13,87 @@ use aya::maps::{Array, Map, MapData, MapError};
 use ipnet::Ipv4Net;
 
 use crate::DatapathError;
-use crate::abi::{PolicyEntry, PolicyKey, RouteKey, sys};
+use crate::abi::{PolicyEntry, PolicyKey, RouteKey};
 
 pub const MAP: &str = "weir_policy";
 pub const CIDR_MAP: &str = "weir_policy_cidr";
 pub const REV_MAP: &str = "weir_policy_rev";
 
-pub const PREFIX_PEER: u8 = sys::WEIR_POLICY_PREFIX_PEER as u8;
-pub const PEER_ANY: u32 = sys::WEIR_POLICY_PEER_ANY;
-pub const CIDR_MIN: u32 = sys::WEIR_POLICY_CIDR_MIN;
-pub const MAX_ENTRIES: u32 = sys::WEIR_POLICY_MAX_ENTRIES;
-pub const REF_MASK: u32 = sys::WEIR_PV_REF_MASK;
+pub use weir_abi::policy::{
+    CIDR_MIN, MAX_ENTRIES, PEER_ANY, PREFIX_PEER, REF_MAX as REF_MASK, Slot, Verdict, VerdictKind, Verdicts, action,
+    tier,
+};
 
-/// Actions by precedence (`WEIR_PA_*`).
-pub mod action {
-    use crate::abi::sys;
-    pub const NONE: u8 = sys::WEIR_PA_NONE as u8;
-    pub const DEFAULT_DENY: u8 = sys::WEIR_PA_DEFAULT_DENY as u8;
-    pub const ALLOW: u8 = sys::WEIR_PA_ALLOW as u8;
-    pub const DENY: u8 = sys::WEIR_PA_DENY as u8;
+/// A slot as the table's LPM key (`struct weir_policy_key` behind its
+/// prefix length).
+fn slot_key(slot: &Slot) -> Key<PolicyKey> {
+    let bits = if slot.proto == 0 {
+        u32::from(PREFIX_PEER)
+    } else {
+        u32::from(PREFIX_PEER) + 8 + u32::from(slot.port_bits.min(16))
+    };
+    let mask = if slot.port_bits == 0 {
+        0
+    } else {
+        u16::MAX << (16 - u32::from(slot.port_bits.min(16)))
+    };
+    Key::new(
+        bits,
+        PolicyKey {
+            endpoint_id: slot.endpoint_id,
+            peer: slot.peer,
+            direction: slot.direction,
+            proto: slot.proto,
+            dport: (slot.port & mask).to_be(),
+        },
+    )
 }
 
-/// A ClusterNetworkPolicy tier's value (`WEIR_PT_*`): rank << RANK_SHIFT
-/// | action; the highest value over a connection's lookups decides.
-pub mod tier {
-    use crate::abi::sys;
-    pub const NONE: u32 = sys::WEIR_PT_NONE;
-    pub const ACCEPT: u32 = sys::WEIR_PT_ACCEPT;
-    pub const DENY: u32 = sys::WEIR_PT_DENY;
-    pub const PASS: u32 = sys::WEIR_PT_PASS;
-    pub const RANK_SHIFT: u32 = sys::WEIR_PT_RANK_SHIFT;
-}
-
-/// What a connection's policy verdict was (`WEIR_PV_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub enum VerdictKind {
-    /// No policy selects the endpoint in that direction.
-    #[default]
-    None,
-    Allow,
-    /// Forwarded; an audit-mode policy would have denied it.
-    Audit,
-    /// Dropped: nothing allows it (an isolated endpoint's default deny).
-    Denied,
-    /// Dropped: an explicit deny rule.
-    Deny,
-}
-
-/// A verdict and the rule that decided it, as conntrack entries and events
-/// carry it packed in one u32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Verdict {
-    pub kind: VerdictKind,
-    /// The deciding rule's reference (the agent's numbering), 0 for none.
-    pub rule: u32,
-}
-
-impl Verdict {
-    /// A packed verdict; a kind this build does not know reads as none.
-    pub fn unpack(v: u32) -> Self {
-        let kind = match v >> sys::WEIR_PV_SHIFT {
-            sys::WEIR_PV_ALLOW => VerdictKind::Allow,
-            sys::WEIR_PV_AUDIT => VerdictKind::Audit,
-            sys::WEIR_PV_DENIED => VerdictKind::Denied,
-            sys::WEIR_PV_DENY => VerdictKind::Deny,
-            _ => VerdictKind::None,
-        };
-        Self {
-            kind,
-            rule: v & REF_MASK,
-        }
+/// The slot a table key stands for.
+fn slot_of(key: &Key<PolicyKey>) -> Slot {
+    let d = key.data();
+    let bits = key.prefix_len();
+    let (proto, port_bits) = if bits <= u32::from(PREFIX_PEER) {
+        (0, 0)
+    } else {
+        (d.proto, (bits - u32::from(PREFIX_PEER) - 8).min(16) as u8)
+    };
+    Slot {
+        endpoint_id: d.endpoint_id,
+        direction: d.direction,
+        peer: d.peer,
+        proto,
+        port: u16::from_be(d.dport),
+        port_bits,
     }
 }
 
-/// One slot of a policy table: a local endpoint, a direction
-/// (`WEIR_DIR_*`), a peer (identity, CIDR id or [`PEER_ANY`]) and a
-/// protocol/port prefix. `proto` 0 is any protocol (then no port);
-/// `port_bits` 0 any port of `proto`, 16 exactly `port`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Slot {
-    pub endpoint_id: u32,
-    pub direction: u8,
-    pub peer: u32,
-    pub proto: u8,
-    pub port: u16,
-    pub port_bits: u8,
-}
-
-impl Slot {
-    fn key(&self) -> Key<PolicyKey> {
-        let bits = if self.proto == 0 {
-            u32::from(PREFIX_PEER)
-        } else {
-            u32::from(PREFIX_PEER) + 8 + u32::from(self.port_bits.min(16))
-        };
-        let mask = if self.port_bits == 0 {
-            0
-        } else {
-            u16::MAX << (16 - u32::from(self.port_bits.min(16)))
-        };
-        Key::new(
-            bits,
-            PolicyKey {
-                endpoint_id: self.endpoint_id,
-                peer: self.peer,
-                direction: self.direction,
-                proto: self.proto,
-                dport: (self.port & mask).to_be(),
-            },
-        )
-    }
-
-    fn from_key(key: &Key<PolicyKey>) -> Self {
-        let d = key.data();
-        let bits = key.prefix_len();
-        let (proto, port_bits) = if bits <= u32::from(PREFIX_PEER) {
-            (0, 0)
-        } else {
-            (d.proto, (bits - u32::from(PREFIX_PEER) - 8).min(16) as u8)
-        };
-        Slot {
-            endpoint_id: d.endpoint_id,
-            direction: d.direction,
-            peer: d.peer,
-            proto,
-            port: u16::from_be(d.dport),
-            port_bits,
-        }
+/// Verdicts as the table's value.
+fn entry_of(v: &Verdicts) -> PolicyEntry {
+    PolicyEntry {
+        action: v.action,
+        audit_action: v.audit_action,
+        pad: 0,
+        rule: v.reference & REF_MASK,
+        audit_rule: v.audit_reference & REF_MASK,
+        admin: v.admin,
+        admin_rule: v.admin_reference & REF_MASK,
+        baseline: v.baseline,
+        baseline_rule: v.baseline_reference & REF_MASK,
     }
 }
 
-/// The layers of a slot (abi.h's `struct weir_policy_entry`): the
-/// NetworkPolicy tier's two, and ClusterNetworkPolicy's Admin and Baseline
-/// tiers (`WEIR_PT_*` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
-pub struct Verdicts {
-    pub action: u8,
-    pub reference: u32,
-    pub audit_action: u8,
-    pub audit_reference: u32,
-    pub admin: u32,
-    pub admin_reference: u32,
-    pub baseline: u32,
-    pub baseline_reference: u32,
-}
-
-impl Verdicts {
-    fn entry(&self) -> PolicyEntry {
-        PolicyEntry {
-            action: self.action,
-            audit_action: self.audit_action,
-            pad: 0,
-            rule: self.reference & REF_MASK,
-            audit_rule: self.audit_reference & REF_MASK,
-            admin: self.admin,
-            admin_rule: self.admin_reference & REF_MASK,
-            baseline: self.baseline,
-            baseline_rule: self.baseline_reference & REF_MASK,
-        }
-    }
-
-    fn of(e: &PolicyEntry) -> Self {
-        Self {
-            action: e.action,
-            reference: e.rule,
-            audit_action: e.audit_action,
-            audit_reference: e.audit_rule,
-            admin: e.admin,
-            admin_reference: e.admin_rule,
-            baseline: e.baseline,
-            baseline_reference: e.baseline_rule,
-        }
+/// The verdicts a table value holds.
+fn verdicts_of(e: &PolicyEntry) -> Verdicts {
+    Verdicts {
+        action: e.action,
+        reference: e.rule,
+        audit_action: e.audit_action,
+        audit_reference: e.audit_rule,
+        admin: e.admin,
+        admin_reference: e.admin_rule,
+        baseline: e.baseline,
+        baseline_reference: e.baseline_rule,
     }
 }
 
@@ -217,7 +127,7 @@ impl PolicyMaps {
         let mut have = BTreeMap::new();
         for item in table.iter() {
             let (k, v) = item.map_err(map_err(MAP))?;
-            have.insert(Slot::from_key(&k), Verdicts::of(&v));
+            have.insert(slot_of(&k), verdicts_of(&v));
         }
         let mut have_cidrs = BTreeMap::new();
         for item in cidrs.iter() {
@@ -281,7 +191,7 @@ impl PolicyMaps {
         // comes, where writing first would fail every pass from then on.
         let gone: Vec<Slot> = self.have.keys().filter(|s| !slots.contains_key(s)).copied().collect();
         for slot in gone {
-            match self.table.remove(&slot.key()) {
+            match self.table.remove(&slot_key(&slot)) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(MAP)(e)),
             }
@@ -313,7 +223,9 @@ impl PolicyMaps {
         }
         for (slot, v) in slots {
             if self.have.get(slot) != Some(v) {
-                self.table.insert(&slot.key(), v.entry(), 0).map_err(map_err(MAP))?;
+                self.table
+                    .insert(&slot_key(slot), entry_of(v), 0)
+                    .map_err(map_err(MAP))?;
                 self.have.insert(*slot, *v);
                 stats.written += 1;
             }
@@ -362,18 +274,17 @@ mod tests {
                 port_bits: 0,
             },
         ] {
-            let k = slot.key();
-            assert_eq!(Slot::from_key(&k), slot);
+            let k = slot_key(&slot);
+            assert_eq!(slot_of(&k), slot);
         }
-        let k = Slot {
+        let k = slot_key(&Slot {
             endpoint_id: 1,
             direction: 0,
             peer: 1,
             proto: 6,
             port: 0x1234,
             port_bits: 8,
-        }
-        .key();
+        });
         assert_eq!(k.prefix_len(), 72 + 8 + 8);
         assert_eq!(u16::from_be(k.data().dport), 0x1200, "bits below the prefix are zero");
     }

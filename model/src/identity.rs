@@ -26,19 +26,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Not known (yet): no identity resolved.
-pub const UNKNOWN: u32 = 0;
-/// The node itself (its stack, host-network pods).
-pub const HOST: u32 = 1;
-/// Anything outside the cluster.
-pub const WORLD: u32 = 2;
-/// A local pod whose identity the agent has not learned yet.
-pub const INIT: u32 = 5;
-/// Another node of the cluster.
-pub const REMOTE_NODE: u32 = 6;
-/// The first number for label sets; below are the reserved ones above
-/// (numbered as Cilium numbers its own, which tools around it expect).
-pub const MIN: u32 = 256;
+/// The reserved identities and the first number for label sets, as the
+/// datapath's abi.h has them.
+pub use weir_abi::identity::{HOST, INIT, MIN, REMOTE_NODE, UNKNOWN, WORLD};
 /// The last: 24 bits, so an identity fits a VXLAN VNI.
 pub const MAX: u32 = 0x00ff_ffff;
 

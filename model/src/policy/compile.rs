@@ -30,22 +30,14 @@ use crate::identity::{self, IdentityKey};
 use crate::selector::selector_matches;
 use crate::state::{ClusterState, ObjectKey};
 
-/// The peer "any" (abi.h `WEIR_POLICY_PEER_ANY`).
-pub const PEER_ANY: u32 = 0;
-/// CIDR ids start here (abi.h `WEIR_POLICY_CIDR_MIN`), above identities.
-pub const CIDR_MIN: u32 = 0x0100_0000;
-/// The largest rule reference (abi.h `WEIR_PV_REF_MASK`).
-pub const REF_MAX: u32 = 0x007f_ffff;
+/// The tables' ABI, from abi.h: the peer "any", where CIDR ids start
+/// (above identities), the largest rule reference, the actions by
+/// precedence, and the slot and verdicts the compiler produces (the
+/// datapath crate writes them as they are).
+pub use weir_abi::policy::{CIDR_MIN, PEER_ANY, REF_MAX, Slot, VerdictKind, Verdicts, action};
+
 /// ICMP's protocol number: L3-only rules cover it (echo, any "port").
 pub const ICMP: u8 = 1;
-
-/// Actions by precedence (abi.h `WEIR_PA_*`).
-pub mod action {
-    pub const NONE: u8 = 0;
-    pub const DEFAULT_DENY: u8 = 1;
-    pub const ALLOW: u8 = 2;
-    pub const DENY: u8 = 3;
-}
 
 /// A tier layer's value (abi.h `WEIR_PT_*`): the rule's rank above two
 /// bits of its action. Ranks count down from the first rule judged (the
@@ -54,47 +46,12 @@ pub mod action {
 /// the datapath takes over its lookups as for actions, is the first rule
 /// of the tier that matches: ClusterNetworkPolicy's semantics.
 pub mod tier {
-    pub const NONE: u32 = 0;
-    pub const ACCEPT: u32 = 1;
-    pub const DENY: u32 = 2;
-    pub const PASS: u32 = 3;
-    pub const KIND_MASK: u32 = 3;
-    pub const RANK_SHIFT: u32 = 2;
+    pub use weir_abi::policy::tier::*;
     /// Rank room per policy: rules of one direction are at most 25, two
     /// ranks each.
     pub const RULES_PER_POLICY: u32 = 64;
     /// Ranks stay below 2^30, so value = rank << 2 fits a u32.
     pub const RANK_MAX: u32 = (1 << 30) - 1;
-}
-
-/// One slot of a table (the datapath crate's `policy::Slot`, field for
-/// field: the agent converts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Slot {
-    pub endpoint_id: u32,
-    /// abi.h `WEIR_DIR_*`: 0 ingress, 1 egress.
-    pub direction: u8,
-    pub peer: u32,
-    /// 0: every protocol (then no port).
-    pub proto: u8,
-    pub port: u16,
-    /// 0: any port of `proto`; 16: exactly `port`.
-    pub port_bits: u8,
-}
-
-/// Both layers' verdict of a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
-pub struct Verdicts {
-    pub action: u8,
-    pub reference: u32,
-    pub audit_action: u8,
-    pub audit_reference: u32,
-    /// The Admin tier's first matching rule ([`tier`]), 0 for none.
-    pub admin: u32,
-    pub admin_reference: u32,
-    /// The Baseline tier's.
-    pub baseline: u32,
-    pub baseline_reference: u32,
 }
 
 /// What a rule reference names, for flows and metrics.
@@ -1148,16 +1105,6 @@ fn isolation_slot(endpoint_id: u32, d: Direction) -> Slot {
     }
 }
 
-/// The verdict kinds of [`Compiled::judge`] (abi.h `WEIR_PV_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Judged {
-    None,
-    Allow,
-    Audit,
-    Denied,
-    Deny,
-}
-
 impl Compiled {
     /// What the datapath decides for a connection of local endpoint
     /// `endpoint_id` in direction `d` with a peer of identity `peer` at
@@ -1172,7 +1119,7 @@ impl Compiled {
         addr: std::net::Ipv4Addr,
         proto: u8,
         port: u16,
-    ) -> (Judged, u32) {
+    ) -> (VerdictKind, u32) {
         let lookup = |class: u32| -> Option<Verdicts> {
             let mut best: Option<(i32, Verdicts)> = None;
             for (s, v) in self.slots.range(
@@ -1239,19 +1186,19 @@ impl Compiled {
             }
         }
         match admin.0 & tier::KIND_MASK {
-            tier::ACCEPT => return (Judged::Allow, admin.1),
-            tier::DENY => return (Judged::Deny, admin.1),
+            tier::ACCEPT => return (VerdictKind::Allow, admin.1),
+            tier::DENY => return (VerdictKind::Deny, admin.1),
             _ => {}
         }
         let baseline_kind = baseline.0 & tier::KIND_MASK;
         match (e.0, a.0) {
-            (action::DENY, _) => (Judged::Deny, e.1),
-            (action::DEFAULT_DENY, _) => (Judged::Denied, e.1),
-            (action::NONE, _) if baseline_kind == tier::DENY => (Judged::Deny, baseline.1),
-            (_, action::DENY | action::DEFAULT_DENY) => (Judged::Audit, a.1),
-            (action::ALLOW, _) => (Judged::Allow, e.1),
-            _ if baseline_kind == tier::ACCEPT => (Judged::Allow, baseline.1),
-            _ => (Judged::None, 0),
+            (action::DENY, _) => (VerdictKind::Deny, e.1),
+            (action::DEFAULT_DENY, _) => (VerdictKind::Denied, e.1),
+            (action::NONE, _) if baseline_kind == tier::DENY => (VerdictKind::Deny, baseline.1),
+            (_, action::DENY | action::DEFAULT_DENY) => (VerdictKind::Audit, a.1),
+            (action::ALLOW, _) => (VerdictKind::Allow, e.1),
+            _ if baseline_kind == tier::ACCEPT => (VerdictKind::Allow, baseline.1),
+            _ => (VerdictKind::None, 0),
         }
     }
 }
@@ -1333,7 +1280,7 @@ spec: {namespace: b, labels: {app: client}}
         compile(&s, &eps, &mut Numbers::default())
     }
 
-    fn verdict(c: &Compiled, ep: u32, d: Direction, peer: u32, addr: Ipv4Addr, proto: u8, port: u16) -> Judged {
+    fn verdict(c: &Compiled, ep: u32, d: Direction, peer: u32, addr: Ipv4Addr, proto: u8, port: u16) -> VerdictKind {
         c.judge(ep, d, peer, addr, proto, port).0
     }
 
@@ -1377,15 +1324,15 @@ spec: {namespace: b, labels: {app: client}}
         let name = |r: u32| c.rules[&r].clone();
         // 80: passed by the Admin tier, allowed by the NetworkPolicy.
         let (v, r) = judged(1, 80);
-        assert_eq!(v, Judged::Allow);
+        assert_eq!(v, VerdictKind::Allow);
         assert_eq!(name(r).policy.unwrap().kind, PolicyKind::NetworkPolicy);
         // 81: the Admin deny comes first (priority 10 before NetworkPolicy).
         let (v, r) = judged(1, 81);
-        assert_eq!(v, Judged::Deny);
+        assert_eq!(v, VerdictKind::Deny);
         assert_eq!(name(r).policy.unwrap().name, "deny-b");
         // db is selected by no NetworkPolicy: 80 passes to Baseline's deny.
         let (v, r) = judged(2, 80);
-        assert_eq!(v, Judged::Deny);
+        assert_eq!(v, VerdictKind::Deny);
         let rule = name(r);
         assert_eq!(rule.policy.unwrap().name, "default");
         assert!(matches!(
@@ -1400,11 +1347,11 @@ spec: {namespace: b, labels: {app: client}}
         // every namespace's pods.
         assert_eq!(
             verdict(&c, 2, Ingress, WEB, Ipv4Addr::new(10, 0, 0, 1), TCP, 80),
-            Judged::Deny
+            VerdictKind::Deny
         );
         assert_eq!(
             verdict(&c, 2, Egress, CLIENT, CLIENT_IP, TCP, 80),
-            Judged::None,
+            VerdictKind::None,
             "no egress rules anywhere"
         );
 
@@ -1417,7 +1364,7 @@ spec: {namespace: b, labels: {app: client}}
             &format!("{subject}  ingress:\n  - {{action: Deny, from: [{{namespaces: {{matchLabels: {{team: b}}}}}}]}}"),
         );
         let c = run(&format!("{pass}{deny_first}{np}{baseline}"));
-        assert_eq!(c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80).0, Judged::Deny);
+        assert_eq!(c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80).0, VerdictKind::Deny);
     }
 
     #[test]
@@ -1435,12 +1382,18 @@ spec: {namespace: b, labels: {app: client}}
         );
         let np = "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: lock, namespace: a}\nspec: {podSelector: {}, policyTypes: [Egress]}\n---\n";
         let c = run(&format!("{accept}{np}"));
-        assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, UDP, 5005), Judged::Allow);
-        assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, UDP, 5011), Judged::Denied);
-        assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 5005), Judged::Denied);
+        assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, UDP, 5005), VerdictKind::Allow);
+        assert_eq!(
+            verdict(&c, 1, Egress, CLIENT, CLIENT_IP, UDP, 5011),
+            VerdictKind::Denied
+        );
+        assert_eq!(
+            verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 5005),
+            VerdictKind::Denied
+        );
         assert_eq!(
             verdict(&c, 2, Egress, CLIENT, CLIENT_IP, UDP, 5005),
-            Judged::Denied,
+            VerdictKind::Denied,
             "db is not the subject"
         );
         assert!(c.rejected.is_empty(), "{:?}", c.rejected);
@@ -1471,11 +1424,11 @@ spec: {namespace: b, labels: {app: client}}
         );
         assert_eq!(
             verdict(&c, 1, Ingress, CLIENT, CLIENT_IP, TCP, 80),
-            Judged::None,
+            VerdictKind::None,
             "never opens"
         );
         let (v, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 81);
-        assert_eq!(v, Judged::Deny, "the good rule works on");
+        assert_eq!(v, VerdictKind::Deny, "the good rule works on");
         assert!(matches!(c.rules[&r].what, RuleWhat::Tiered { index: 1, .. }));
 
         // The same typo in a Deny: it denies everything in its place, the
@@ -1490,7 +1443,7 @@ spec: {namespace: b, labels: {app: client}}
         );
         let c = run(&deny);
         let (v, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80);
-        assert_eq!(v, Judged::Deny);
+        assert_eq!(v, VerdictKind::Deny);
         assert_eq!(
             c.rules[&r].what,
             RuleWhat::Unreadable {
@@ -1499,11 +1452,11 @@ spec: {namespace: b, labels: {app: client}}
             }
         );
         let (v, r) = host(&c);
-        assert_eq!(v, Judged::Allow, "kubelet still probes the pods");
+        assert_eq!(v, VerdictKind::Allow, "kubelet still probes the pods");
         assert_eq!(c.rules[&r].what, RuleWhat::HostAllowed);
         assert_eq!(
             verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 80),
-            Judged::None,
+            VerdictKind::None,
             "no egress rules"
         );
 
@@ -1518,9 +1471,9 @@ spec: {namespace: b, labels: {app: client}}
         let c = run(&subject_typo);
         assert_eq!(c.rejected.len(), 1);
         let (v, r) = c.judge(2, Ingress, CLIENT, CLIENT_IP, TCP, 80);
-        assert_eq!(v, Judged::Deny);
+        assert_eq!(v, VerdictKind::Deny);
         assert_eq!(c.rules[&r].what, RuleWhat::Invalid);
-        assert_eq!(host(&c).0, Judged::Allow);
+        assert_eq!(host(&c).0, VerdictKind::Allow);
     }
 
     #[test]
@@ -1538,7 +1491,7 @@ spec: {namespace: b, labels: {app: client}}
         assert!(web_slots > 40 && db_slots < 10, "{web_slots} {db_slots}");
         assert_eq!(
             verdict(&unbounded, 1, Ingress, CLIENT, CLIENT_IP, TCP, 8000),
-            Judged::Allow
+            VerdictKind::Allow
         );
 
         for budget in [
@@ -1556,13 +1509,16 @@ spec: {namespace: b, labels: {app: client}}
             let c = compile_within(&s, &eps, &mut Numbers::default(), budget);
             assert_eq!(c.over_budget, BTreeMap::from([(1, web_slots)]), "{budget:?}");
             let (v, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 8000);
-            assert_eq!(v, Judged::Denied, "{budget:?}");
+            assert_eq!(v, VerdictKind::Denied, "{budget:?}");
             assert_eq!(c.rules[&r].what, RuleWhat::OverBudget);
-            assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 53), Judged::Denied);
-            assert_eq!(host(&c, 1).0, Judged::Allow, "kubelet still probes it");
+            assert_eq!(verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 53), VerdictKind::Denied);
+            assert_eq!(host(&c, 1).0, VerdictKind::Allow, "kubelet still probes it");
             // db is untouched: its rule allows, the rest is denied.
-            assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 5432), Judged::Allow);
-            assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 80), Judged::Denied);
+            assert_eq!(
+                verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 5432),
+                VerdictKind::Allow
+            );
+            assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 80), VerdictKind::Denied);
             assert!(c.slots.len() <= budget.total, "{} slots", c.slots.len());
         }
     }
@@ -1574,15 +1530,15 @@ spec: {namespace: b, labels: {app: client}}
         let c = run(
             "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: deny, namespace: a}\nspec: {podSelector: {}}\n",
         );
-        assert_eq!(verdict(&c, 1, Ingress, CLIENT, CLIENT_IP, TCP, 80), Judged::Denied);
+        assert_eq!(verdict(&c, 1, Ingress, CLIENT, CLIENT_IP, TCP, 80), VerdictKind::Denied);
         assert_eq!(
             verdict(&c, 1, Egress, CLIENT, CLIENT_IP, TCP, 80),
-            Judged::None,
+            VerdictKind::None,
             "egress not isolated"
         );
         assert_eq!(
             verdict(&c, 1, Ingress, identity::HOST, Ipv4Addr::new(172, 16, 0, 1), TCP, 10250),
-            Judged::Allow,
+            VerdictKind::Allow,
             "the node reaches its pods"
         );
         let (_, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80);
@@ -1610,43 +1566,46 @@ spec:
 "#);
         assert_eq!(
             verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 5432),
-            Judged::Allow,
+            VerdictKind::Allow,
             "AND of both selectors"
         );
         assert_eq!(
             verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, UDP, 5432),
-            Judged::Denied,
+            VerdictKind::Denied,
             "TCP by default"
         );
         assert_eq!(
             verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, UDP, 6005),
-            Judged::Allow,
+            VerdictKind::Allow,
             "endPort range"
         );
-        assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, UDP, 6011), Judged::Denied);
+        assert_eq!(
+            verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, UDP, 6011),
+            VerdictKind::Denied
+        );
         assert_eq!(
             verdict(&c, 2, Ingress, WEB, Ipv4Addr::new(10, 0, 0, 1), TCP, 9090),
-            Judged::Allow,
+            VerdictKind::Allow,
             "named port of the destination (db: 9090)"
         );
         assert_eq!(
             verdict(&c, 2, Ingress, WEB, Ipv4Addr::new(10, 0, 0, 1), TCP, 8080),
-            Judged::Denied,
+            VerdictKind::Denied,
             "web's own http is not db's"
         );
         assert_eq!(
             verdict(&c, 2, Ingress, 999, Ipv4Addr::new(10, 0, 1, 9), TCP, 7000),
-            Judged::Allow,
+            VerdictKind::Allow,
             "in the CIDR"
         );
         assert_eq!(
             verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 7000),
-            Judged::Denied,
+            VerdictKind::Denied,
             "in the except"
         );
         assert_eq!(
             verdict(&c, 1, Ingress, CLIENT, CLIENT_IP, TCP, 5432),
-            Judged::None,
+            VerdictKind::None,
             "web is not selected"
         );
         let (_, r) = c.judge(2, Ingress, CLIENT, CLIENT_IP, TCP, 5432);
@@ -1677,23 +1636,23 @@ spec:
   ingress: [{}]
   egress: []
 "#);
-        assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, UDP, 53), Judged::Allow);
+        assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, UDP, 53), VerdictKind::Allow);
         assert_eq!(
             verdict(&c, 2, Ingress, WEB, Ipv4Addr::new(10, 0, 0, 1), TCP, 1),
-            Judged::Allow
+            VerdictKind::Allow
         );
         assert_eq!(
             verdict(&c, 2, Ingress, identity::WORLD, Ipv4Addr::new(8, 8, 8, 8), TCP, 1),
-            Judged::Denied
+            VerdictKind::Denied
         );
         assert_eq!(
             verdict(&c, 1, Ingress, identity::WORLD, Ipv4Addr::new(8, 8, 8, 8), TCP, 1),
-            Judged::Allow,
+            VerdictKind::Allow,
             "ingress: [{{}}]"
         );
         assert_eq!(
             verdict(&c, 1, Egress, DB, DB_IP, TCP, 1),
-            Judged::Denied,
+            VerdictKind::Denied,
             "policyTypes omitted, egress: [] isolates"
         );
     }
@@ -1722,30 +1681,30 @@ spec:
   enforcement: audit
   ingress: [{from: [{podSelector: {matchLabels: {app: db}}}]}]
 "#);
-        assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 80), Judged::Allow);
+        assert_eq!(verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 80), VerdictKind::Allow);
         assert_eq!(
             verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, TCP, 22),
-            Judged::Deny,
+            VerdictKind::Deny,
             "deny wins"
         );
         assert_eq!(
             verdict(&c, 2, Ingress, CLIENT, CLIENT_IP, UDP, 22),
-            Judged::Deny,
+            VerdictKind::Deny,
             "no protocol: all three"
         );
         assert_eq!(
             verdict(&c, 2, Ingress, identity::WORLD, Ipv4Addr::new(1, 1, 1, 1), TCP, 80),
-            Judged::Denied,
+            VerdictKind::Denied,
             "world is not cluster"
         );
         assert_eq!(
             verdict(&c, 1, Ingress, CLIENT, CLIENT_IP, TCP, 80),
-            Judged::Audit,
+            VerdictKind::Audit,
             "would be denied"
         );
         assert_eq!(
             verdict(&c, 1, Ingress, DB, DB_IP, TCP, 80),
-            Judged::None,
+            VerdictKind::None,
             "the audit policy would allow db: nothing to say"
         );
         let (_, r) = c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80);
@@ -1788,7 +1747,7 @@ spec:
                 c.rejected[0].reason
             );
             let (v, r) = c.judge(2, Ingress, CLIENT, CLIENT_IP, TCP, 80);
-            assert_eq!(v, Judged::Denied, "{spec}: never wider");
+            assert_eq!(v, VerdictKind::Denied, "{spec}: never wider");
             assert_eq!(c.rules[&r].what, RuleWhat::Invalid);
         }
     }
@@ -1813,15 +1772,15 @@ spec:
         assert!(c.rejected[0].reason.contains("cannot be read: spec.ingress"));
         for ep in [1, 2] {
             let (v, _) = c.judge(ep, Ingress, CLIENT, CLIENT_IP, TCP, 80);
-            assert_eq!(v, Judged::Denied, "endpoint {ep}: never wider");
+            assert_eq!(v, VerdictKind::Denied, "endpoint {ep}: never wider");
             let (v, _) = c.judge(ep, Egress, CLIENT, CLIENT_IP, TCP, 80);
-            assert_eq!(v, Judged::Denied, "endpoint {ep}: egress too");
+            assert_eq!(v, VerdictKind::Denied, "endpoint {ep}: egress too");
         }
         s.unreadable_policies.get_mut(&id).unwrap().audit = true;
         let c = compile(&s, &eps, &mut Numbers::default());
         assert_eq!(
             c.judge(1, Ingress, CLIENT, CLIENT_IP, TCP, 80).0,
-            Judged::None,
+            VerdictKind::None,
             "audit never denies"
         );
     }
@@ -1839,7 +1798,7 @@ spec:
         );
         assert_eq!(
             verdict(&c, 1, Egress, identity::WORLD, Ipv4Addr::new(1, 1, 1, 1), TCP, 443),
-            Judged::Denied,
+            VerdictKind::Denied,
             "it isolates what it selects and allows nothing"
         );
     }

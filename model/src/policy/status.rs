@@ -1,6 +1,6 @@
 //! The status the operator reports on a policy: condition `Accepted`,
 //! `True`, or `False` with reason `Invalid` and the message the agents log
-//! when they reject it. Judged exactly as an agent judges: the object read
+//! when they reject it. VerdictKind exactly as an agent judges: the object read
 //! into its type as the agent's Kubernetes source reads it
 //! ([`Object::from_value`]), then the parser the agent's policy compiler
 //! runs ([`parse`]); no rule is restated here.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::compile::{Compiled, Judged, LocalEndpoint, Numbers, RuleRef, compile};
+use super::compile::{Compiled, LocalEndpoint, Numbers, RuleRef, VerdictKind, compile};
 use super::parse::Direction;
 use crate::Object;
 use crate::identity::{self, IdentityKey, WeirIdentity};
@@ -105,7 +105,7 @@ impl Judge {
             .unwrap_or(e.identity)
     }
 
-    fn side(&self, at: &End, d: Direction, peer: &End, c: &Connection) -> Option<(Judged, Option<RuleRef>)> {
+    fn side(&self, at: &End, d: Direction, peer: &End, c: &Connection) -> Option<(VerdictKind, Option<RuleRef>)> {
         let id = *self.endpoints.get(at.pod.as_ref()?)?;
         let (judged, reference) = self
             .compiled
@@ -120,7 +120,7 @@ impl Judge {
         let denied = sides
             .iter()
             .flatten()
-            .find(|(j, _)| matches!(j, Judged::Denied | Judged::Deny));
+            .find(|(j, _)| matches!(j, VerdictKind::Denied | VerdictKind::Deny));
         if let Some((_, rule)) = denied {
             return Decision {
                 allowed: false,
@@ -128,8 +128,8 @@ impl Judge {
                 rule: rule.clone(),
             };
         }
-        let audited = sides.iter().flatten().find(|(j, _)| *j == Judged::Audit);
-        let allowing = sides.iter().flatten().rev().find(|(j, _)| *j == Judged::Allow);
+        let audited = sides.iter().flatten().find(|(j, _)| *j == VerdictKind::Audit);
+        let allowing = sides.iter().flatten().rev().find(|(j, _)| *j == VerdictKind::Allow);
         Decision {
             allowed: true,
             audit: audited.is_some(),
