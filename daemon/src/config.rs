@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use ipnet::Ipv4Net;
+use weir_flows::export::config::parse_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Routing {
@@ -232,24 +233,6 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
     s.parse()
         .map(Listen::On)
         .map_err(|e| format!("{s:?}: {e} (expected ADDR:PORT or off)"))
-}
-
-/// `500ms`, `10s`, `2m`, `1h`, or bare seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with ms, s, m or h"))?;
-    let d = match unit {
-        "ms" => std::time::Duration::from_millis(n),
-        "s" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_secs(n * 60),
-        "h" => std::time::Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
-    };
-    Ok(d)
 }
 
 impl Config {

@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use weir_model::{Changes, ClusterState, Kind, Object, ObjectKey};
 
-use crate::flows::names::FlowNames;
 use crate::{ipcache, services};
+use weir_flows::names::FlowNames;
 
 /// One change to the model; small numbers so that objects collide.
 #[derive(Debug, Clone)]

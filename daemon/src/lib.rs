@@ -9,7 +9,6 @@ pub mod config;
 pub mod dataplane;
 pub mod endpoints;
 pub mod exclusive;
-pub mod flows;
 pub mod ipam;
 pub mod ipcache;
 pub mod metrics;
@@ -243,7 +242,7 @@ struct Controllers<'a> {
 struct Running {
     health: Arc<supervise::Health>,
     sync: Arc<sync::SyncStatus>,
-    policy_names: Arc<policy::PolicyNames>,
+    policy_names: Arc<weir_flows::PolicyNames>,
 }
 
 /// The cluster source and every controller, under one supervisor: a
@@ -344,7 +343,7 @@ fn start_controllers(c: Controllers<'_>) -> Running {
         config::LbAlgorithm::Random => weir_datapath::lb::Algorithm::Random,
         config::LbAlgorithm::Maglev => weir_datapath::lb::Algorithm::Maglev,
     };
-    let policy_names = Arc::new(policy::PolicyNames::default());
+    let policy_names = Arc::new(weir_flows::PolicyNames::default());
     {
         let controller = Arc::new(std::sync::Mutex::new(policy::Controller::new(
             policy_maps,
@@ -418,31 +417,31 @@ async fn start_flows(
     rx: watch::Receiver<Arc<ClusterState>>,
     metrics: Arc<metrics::Metrics>,
 ) -> anyhow::Result<Flows> {
-    let flow_store = Arc::new(flows::store::FlowStore::new(config.flow_buffer));
-    let flow_stats = Arc::new(flows::FlowStats::default());
+    let flow_store = Arc::new(weir_flows::store::FlowStore::new(config.flow_buffer));
+    let flow_stats = Arc::new(weir_flows::FlowStats::default());
     let stop_reader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pipeline = flows::Pipeline::new(
+    let pipeline = weir_flows::Pipeline::new(
         config.node.clone(),
         config.flow_deleted_pod_grace,
         flow_stats.clone(),
         Some(metrics.clone()),
     )
     .with_policy_names(running.policy_names.clone());
-    let reader = flows::pipeline::spawn_reader(events, pipeline, flow_store.clone(), rx, stop_reader.clone())
+    let reader = weir_flows::pipeline::spawn_reader(events, pipeline, flow_store.clone(), rx, stop_reader.clone())
         .context("starting the flow reader")?;
     let hubble_socket = config.hubble_socket();
     let (hubble_listener, hubble_own) =
         api::bind(&hubble_socket).with_context(|| format!("binding {}", hubble_socket.display()))?;
     let export = config.flow_export_config.clone().map(|path| {
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let cx = flows::export::Context {
+        let cx = weir_flows::export::Context {
             store: flow_store.clone(),
             node: Arc::from(config.node.as_str()),
             metrics: metrics.clone(),
         };
-        (stop, flows::export::spawn_watch(path, cx, stopped))
+        (stop, weir_flows::export::spawn_watch(path, cx, stopped))
     });
-    let observer = flows::server::ObserverService {
+    let observer = weir_flows::server::ObserverService {
         store: flow_store,
         stats: flow_stats,
         node: config.node.clone(),
@@ -451,10 +450,10 @@ async fn start_flows(
         streams: Default::default(),
     };
     let hubble_tcp = match config.hubble_listen {
-        Some(addr) => flows::server::bind_tcp(addr, config.hubble_tls()).await,
+        Some(addr) => weir_flows::server::bind_tcp(addr, config.hubble_tls()).await,
         None => None,
     };
-    let observer = tokio::spawn(flows::server::serve(hubble_listener, hubble_tcp, observer));
+    let observer = tokio::spawn(weir_flows::server::serve(hubble_listener, hubble_tcp, observer));
     Ok(Flows {
         reader,
         stop_reader,

@@ -1,7 +1,7 @@
 //! The policy controller: the one owner of the datapath's policy tables.
 //! On every cluster snapshot and every change of the local endpoints it
 //! runs the model crate's compiler ([`weir_model::policy::compile`]) and
-//! writes the difference; it also keeps [`PolicyNames`], which the flow
+//! writes the difference; it also keeps [`PolicyNames`] (`weir-flows`), which the flow
 //! pipeline names verdicts with, and reports rejected policies (log, once
 //! per policy and reason, and metrics).
 //!
@@ -9,122 +9,18 @@
 //! endpoints with policies keep only their isolation entries, as a default
 //! deny naming the failure, rather than some mix of old and new entries.
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
 use weir_datapath::policy::PolicyMaps;
-use weir_model::policy::{
-    Budget, Compiled, Direction, LocalEndpoint, Numbers, RuleRef, RuleWhat, Slot, Verdicts, compile_within,
-};
+use weir_flows::PolicyNames;
+use weir_model::policy::{Budget, Compiled, Direction, LocalEndpoint, Numbers, Slot, Verdicts, compile_within};
 use weir_model::{Changes, ClusterState, Kind};
-use weir_proto::flow;
 
 use crate::metrics::Metrics;
 use crate::reconcile::{Action, Pass, blocking};
 use crate::sync::SyncStatus;
-
-/// What a rule reference names, ready for flows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicyName {
-    pub rule: RuleRef,
-    /// Hubble's form (`*_allowed_by`, `*_denied_by`).
-    pub hubble: flow::Policy,
-    /// For people: "NetworkPolicy a/allow-web ingress[0]".
-    pub text: String,
-}
-
-impl PolicyName {
-    pub fn of(rule: &RuleRef) -> Self {
-        let what = rule.what_text();
-        let (kind, namespace, name) = match &rule.policy {
-            Some(p) => (p.kind.name().to_string(), p.namespace.clone(), p.name.clone()),
-            None => (
-                "weir".to_string(),
-                String::new(),
-                match rule.what {
-                    RuleWhat::HostAllowed => "host-allowed",
-                    RuleWhat::OverBudget => "over-budget",
-                    _ => "unknown-pod",
-                }
-                .to_string(),
-            ),
-        };
-        let text = rule.text();
-        let mut labels = vec![
-            format!("k8s:io.cilium.k8s.policy.derived-from={kind}"),
-            format!("k8s:io.cilium.k8s.policy.name={name}"),
-        ];
-        if !namespace.is_empty() {
-            labels.push(format!("k8s:io.cilium.k8s.policy.namespace={namespace}"));
-        }
-        labels.push(format!("weir:rule={what}"));
-        Self {
-            rule: rule.clone(),
-            hubble: flow::Policy {
-                name,
-                namespace,
-                labels,
-                revision: 0,
-                kind,
-            },
-            text,
-        }
-    }
-}
-
-/// Rule references to names, shared by the controller (writer) and the
-/// flow pipeline (reader, at event time).
-#[derive(Debug, Default)]
-pub struct PolicyNames {
-    names: RwLock<BTreeMap<u32, Arc<PolicyName>>>,
-    /// What the pass before last named and the last one did not: kept one
-    /// pass more, for events already in the ring and connections not yet
-    /// judged again (the revision bump re-judges them on their next
-    /// packet), then forgotten, so names do not pile up as policies come
-    /// and go.
-    retired: RwLock<BTreeMap<u32, Arc<PolicyName>>>,
-}
-
-impl PolicyNames {
-    pub fn get(&self, reference: u32) -> Option<Arc<PolicyName>> {
-        if reference == 0 {
-            return None;
-        }
-        let names = self.names.read().unwrap_or_else(|p| p.into_inner());
-        names.get(&reference).cloned().or_else(|| {
-            self.retired
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&reference)
-                .cloned()
-        })
-    }
-
-    /// Takes the compiler's references; a name that did not change keeps
-    /// its `Arc`.
-    pub fn update(&self, rules: &BTreeMap<u32, RuleRef>) {
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = BTreeMap::new();
-        for (id, rule) in rules {
-            let name = match names.remove(id) {
-                Some(n) if n.rule == *rule => n,
-                _ => Arc::new(PolicyName::of(rule)),
-            };
-            next.insert(*id, name);
-        }
-        let gone = std::mem::replace(&mut *names, next);
-        *self.retired.write().unwrap_or_else(|p| p.into_inner()) = gone;
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// The table room one endpoint's policy may take: the size of the policy
 /// map Cilium gives each endpoint.
@@ -437,7 +333,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_model::policy::{MatchType, PolicyId, PolicyKind};
 
     #[test]
     fn the_fallback_isolates_endpoints_with_policies_and_lets_the_node_in() {
@@ -463,22 +358,6 @@ mod tests {
         assert_eq!((host.0.endpoint_id, host.0.direction), (7, 0));
         assert_eq!(host.1.action, weir_datapath::policy::action::ALLOW);
         assert_eq!(f.len(), 3, "nothing else");
-    }
-
-    fn rule(name: &str, index: usize) -> RuleRef {
-        RuleRef {
-            policy: Some(PolicyId {
-                kind: PolicyKind::NetworkPolicy,
-                namespace: "x".into(),
-                name: name.into(),
-            }),
-            direction: Direction::Ingress,
-            what: RuleWhat::Allow {
-                index,
-                match_type: MatchType::L3L4,
-            },
-            audit: false,
-        }
     }
 
     #[test]
@@ -530,25 +409,5 @@ spec: {containers: []}
         assert!(with(
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: d, labels: {x: y}}\n"
         ));
-    }
-
-    #[test]
-    fn names_follow_the_rules_and_forget_old_ones_after_a_pass() {
-        let names = PolicyNames::default();
-        names.update(&[(1, rule("a", 0)), (2, rule("b", 0))].into());
-        let a = names.get(1).unwrap();
-        assert_eq!(a.text, "NetworkPolicy x/a ingress[0]");
-        assert_eq!(a.hubble.kind, "NetworkPolicy");
-        names.update(&[(1, rule("a", 0))].into());
-        assert!(Arc::ptr_eq(&a, &names.get(1).unwrap()), "unchanged: the same name");
-        assert_eq!(
-            names.get(2).unwrap().rule,
-            rule("b", 0),
-            "kept one pass for events in flight"
-        );
-        names.update(&[(1, rule("a", 0))].into());
-        assert!(names.get(2).is_none(), "then forgotten");
-        assert_eq!(names.len(), 1);
-        assert!(names.get(0).is_none(), "0 is no rule");
     }
 }

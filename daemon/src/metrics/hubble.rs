@@ -148,7 +148,7 @@ fn drop_reason(e: &Event) -> String {
     e.drop_reason
         .map_or(
             weir_proto::flow::DropReason::Unknown,
-            crate::flows::enrich::hubble_drop_code,
+            weir_flows::enrich::hubble_drop_code,
         )
         .as_str_name()
         .to_owned()

@@ -28,8 +28,8 @@ use prometheus_client::registry::{Registry, Unit};
 use weir_datapath::events::{Event, EventKind, Tuple};
 use weir_proto::flow::Endpoint;
 
-use crate::flows::enrich::Named;
-use crate::flows::names::FlowNames;
+use weir_flows::enrich::Named;
+use weir_flows::names::FlowNames;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlowLabels {
@@ -631,27 +631,25 @@ impl Metrics {
         }
     }
 
-    /// Counts one flow (and its event's counters), from the event and its
-    /// names: the protobuf is not built for metrics.
     /// Counts a stored flow: from its event and names, and for the
     /// configured Hubble metrics from its flow (built here if they need it).
-    pub fn observe_record(&self, r: &crate::flows::store::FlowRecord) {
+    pub fn observe_record(&self, r: &weir_flows::store::FlowRecord) {
         self.observe(&r.event, &r.named);
         if !self.hubble.is_empty() {
             let e = &r.event;
             let fixed = hubble::Fixed {
                 r#type: "L3_L4",
-                subtype: crate::flows::enrich::observation(e.obs).0,
+                subtype: weir_flows::enrich::observation(e.obs).0,
                 verdict: verdict_name(e),
                 protocol: protocol_name(e.tuple.proto),
             };
-            let tr = crate::flows::enrich::translation(e);
+            let tr = weir_flows::enrich::translation(e);
             let ends = context::Ends {
                 src: &r.named.src,
                 dst: &r.named.dst,
                 src_ip: tr.src.0,
                 dst_ip: tr.dst.0,
-                direction: crate::flows::enrich::traffic_direction(e),
+                direction: weir_flows::enrich::traffic_direction(e),
             };
             self.hubble.observe(e, &fixed, &ends, || r.flow().as_ref());
         }
@@ -664,7 +662,7 @@ impl Metrics {
             self.flows
                 .get_or_create(&FlowLabels {
                     r#type: "L3_L4".into(),
-                    subtype: crate::flows::enrich::observation(e.obs).0.into(),
+                    subtype: weir_flows::enrich::observation(e.obs).0.into(),
                     verdict: verdict.into(),
                     protocol: proto.into(),
                 })
@@ -1065,6 +1063,35 @@ pub async fn serve(
 /// Binds the metrics listener; a failure is the caller's to report.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+/// The flow pipeline's and the exporters' counters, as `weir-flows` asks
+/// for them.
+impl weir_flows::FlowMetrics for Metrics {
+    fn observe_record(&self, record: &weir_flows::store::FlowRecord) {
+        Metrics::observe_record(self, record)
+    }
+    fn retain_named(&self, names: &FlowNames) {
+        Metrics::retain_named(self, names)
+    }
+    fn set_lost(&self, total: u64) {
+        Metrics::set_lost(self, total)
+    }
+    fn set_rate_limited(&self, total: u64) {
+        Metrics::set_rate_limited(self, total)
+    }
+    fn set_exporters(&self, running: usize) {
+        Metrics::set_exporters(self, running)
+    }
+    fn export_reload(&self, ok: bool) {
+        Metrics::export_reload(self, ok)
+    }
+    fn export_flows(&self, exporter: &str, n: u64) {
+        Metrics::export_flows(self, exporter, n)
+    }
+    fn export_dropped(&self, exporter: &str, reason: &str, n: u64) {
+        Metrics::export_dropped(self, exporter, reason, n)
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use weir_agent::flows::store::FlowStore;
+use weir_flows::store::FlowStore;
 use weir_proto::observer::{
     GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest, GetNodesResponse,
     ServerStatusRequest, ServerStatusResponse, get_flows_response::ResponseTypes,

@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
-use weir_agent::flows::enrich::Clock;
-use weir_agent::flows::store::FlowStore;
-use weir_agent::flows::{FlowStats, Pipeline};
 use weir_datapath::abi::EpInfo;
 use weir_datapath::{Datapath, LoadOptions, ProgramKind};
+use weir_flows::enrich::Clock;
+use weir_flows::store::FlowStore;
+use weir_flows::{FlowStats, Pipeline};
 use weir_test_support::packet::{Flow, UDP};
 
 /// A datapath loaded in a pin dir of its own, removed on drop.
@@ -109,9 +109,9 @@ fn consume(
                 let mut fds = [PollFd::new(source.as_fd(), PollFlags::POLLIN)];
                 let _ = poll(&mut fds, PollTimeout::from(100u16));
             }
-            weir_agent::flows::pipeline::drain(&mut source, &mut pipeline, &store, Clock::now());
+            weir_flows::pipeline::drain(&mut source, &mut pipeline, &store, Clock::now());
         }
-        weir_agent::flows::pipeline::drain(&mut source, &mut pipeline, &store, Clock::now());
+        weir_flows::pipeline::drain(&mut source, &mut pipeline, &store, Clock::now());
         let c = Consumed {
             events: stats.events.load(Ordering::Relaxed),
             cpu: thread_cpu() - cpu0,
@@ -259,6 +259,7 @@ pub fn metrics_cost() {
                 }
                 .expect("metrics configuration");
                 Arc::new(weir_agent::metrics::Metrics::with_flow_metrics(true, specs))
+                    as Arc<dyn weir_flows::FlowMetrics>
             });
             let store = FlowStore::new(4096);
             let mut p = Pipeline::new(
@@ -284,7 +285,7 @@ pub fn metrics_cost() {
 async fn serve_store(store: Arc<FlowStore>, node: &str, sock: &std::path::Path) -> tokio::task::JoinHandle<()> {
     let _ = std::fs::remove_file(sock);
     let listener = tokio::net::UnixListener::bind(sock).expect("bind");
-    let svc = weir_agent::flows::server::ObserverService {
+    let svc = weir_flows::server::ObserverService {
         store,
         stats: Arc::new(FlowStats::default()),
         node: node.into(),
@@ -292,7 +293,7 @@ async fn serve_store(store: Arc<FlowStore>, node: &str, sock: &std::path::Path) 
         started: Instant::now(),
         streams: Default::default(),
     };
-    tokio::spawn(weir_agent::flows::server::serve(listener, None, svc))
+    tokio::spawn(weir_flows::server::serve(listener, None, svc))
 }
 
 /// The stock hubble CLI's field mask for its compact, dict and table

@@ -145,7 +145,7 @@ pub fn model_costs() {
             drop(weir_model::policy::compile(&state, &locals, &mut numbers));
         }),
     );
-    let mut names = weir_agent::flows::names::FlowNames::new(Duration::from_secs(30));
+    let mut names = weir_flows::names::FlowNames::new(Duration::from_secs(30));
     row("flow names", time(5, || names.update(&state, "n1", Instant::now())));
     row(
         "external frontends",
@@ -211,7 +211,7 @@ pub fn change_costs() {
     let grace = Duration::from_secs(30);
     let mut names: Vec<_> = (0..6)
         .map(|_| {
-            let mut n = weir_agent::flows::names::FlowNames::new(grace);
+            let mut n = weir_flows::names::FlowNames::new(grace);
             n.update(&state, "n1", Instant::now());
             n
         })
@@ -223,7 +223,7 @@ pub fn change_costs() {
     });
     let mut names: Vec<_> = (0..5)
         .map(|_| {
-            let mut n = weir_agent::flows::names::FlowNames::new(grace);
+            let mut n = weir_flows::names::FlowNames::new(grace);
             n.update(&state, "n1", Instant::now());
             n
         })

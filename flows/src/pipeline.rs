@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::enrich::{self, Clock, Context};
-use super::names::FlowNames;
-use super::store::{FlowRecord, FlowStore};
-use crate::metrics::Metrics;
+use crate::enrich::{self, Clock, Context};
+use crate::metrics::FlowMetrics;
+use crate::names::FlowNames;
+use crate::store::{FlowRecord, FlowStore};
 use tokio::sync::watch;
 use weir_datapath::events::{Event, EventSource};
 use weir_model::ClusterState;
@@ -42,13 +42,13 @@ pub struct Pipeline {
     /// The node name every record shares.
     node_arc: Arc<str>,
     stats: Arc<FlowStats>,
-    metrics: Option<Arc<Metrics>>,
-    policy: Option<Arc<crate::policy::PolicyNames>>,
+    metrics: Option<Arc<dyn FlowMetrics>>,
+    policy: Option<Arc<crate::PolicyNames>>,
     batch: Vec<FlowRecord>,
 }
 
 impl Pipeline {
-    pub fn new(node: String, grace: Duration, stats: Arc<FlowStats>, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(node: String, grace: Duration, stats: Arc<FlowStats>, metrics: Option<Arc<dyn FlowMetrics>>) -> Self {
         Self {
             names: FlowNames::new(grace),
             named: None,
@@ -62,7 +62,7 @@ impl Pipeline {
     }
 
     /// Names policy verdicts with the policy controller's references.
-    pub fn with_policy_names(mut self, names: Arc<crate::policy::PolicyNames>) -> Self {
+    pub fn with_policy_names(mut self, names: Arc<crate::PolicyNames>) -> Self {
         self.policy = Some(names);
         self
     }

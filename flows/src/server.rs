@@ -23,7 +23,7 @@ use weir_proto::observer::{
 use weir_proto::relay::NodeState;
 use weir_proto::time::{timestamp_nanos, to_timestamp};
 
-use super::store::{FlowRecord, FlowStore};
+use crate::store::{FlowRecord, FlowStore};
 
 /// How many responses may wait for a slow client before the sender waits
 /// (a follower then lags in the broadcast, which counts what it loses).

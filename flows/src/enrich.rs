@@ -17,8 +17,8 @@ use weir_proto::flow::{
 };
 use weir_proto::weir::flow::v1::{Address, FlowDetails};
 
-use super::names::{FlowNames, Frontend};
-use crate::policy::{PolicyName, PolicyNames};
+use crate::names::{FlowNames, Frontend};
+use crate::policy_names::{PolicyName, PolicyNames};
 use weir_datapath::policy::VerdictKind;
 
 /// Hubble's monitor message types (Flow.event_type.type).

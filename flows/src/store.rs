@@ -17,7 +17,7 @@ use weir_datapath::events::Event;
 use weir_proto::encoded::EncodedResponse;
 use weir_proto::flow::Flow;
 
-use super::enrich::{self, Named};
+use crate::enrich::{self, Named};
 
 /// One flow as the store keeps it.
 #[derive(Debug)]

@@ -32,8 +32,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use self::config::{FlowLog, Sink, Spec};
-use super::store::{FlowRecord, FlowStore};
-use crate::metrics::Metrics;
+use crate::metrics::FlowMetrics;
+use crate::store::{FlowRecord, FlowStore};
 
 /// How often the configuration file is read for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,7 +57,7 @@ struct Item {
 pub struct Context {
     pub store: Arc<FlowStore>,
     pub node: Arc<str>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn FlowMetrics>,
 }
 
 struct Running {
@@ -182,7 +182,7 @@ async fn run(log: Arc<FlowLog>, cx: Context, mut stop: oneshot::Receiver<()>) {
             let thread = std::thread::Builder::new()
                 .name(format!("export-{name}"))
                 .spawn(move || {
-                    write_file(rx, path, max, backups, &metrics, &name);
+                    write_file(rx, path, max, backups, &*metrics, &name);
                     let _ = done.send(());
                 });
             tokio::spawn(async move {
@@ -199,7 +199,7 @@ async fn run(log: Arc<FlowLog>, cx: Context, mut stop: oneshot::Receiver<()>) {
             let (metrics, node, name) = (cx.metrics.clone(), cx.node.clone(), name.clone());
             tokio::spawn(async move {
                 match client {
-                    Ok(c) => send_otlp(rx, c, &node, &metrics, &name).await,
+                    Ok(c) => send_otlp(rx, c, &node, &*metrics, &name).await,
                     Err(e) => tracing::error!(exporter = %name, error = %e, "OTLP endpoint unusable"),
                 }
             })
@@ -321,7 +321,14 @@ fn group_items(groups: &weir_proto::aggregate::Aggregate, start: SystemTime, end
 /// The file writer, on a thread of its own: writes each batch and flushes
 /// it. A file that cannot be opened or written loses the batch (counted)
 /// and is opened again for the next.
-fn write_file(mut rx: mpsc::Receiver<Vec<Item>>, path: PathBuf, max: u64, backups: u32, metrics: &Metrics, name: &str) {
+fn write_file(
+    mut rx: mpsc::Receiver<Vec<Item>>,
+    path: PathBuf,
+    max: u64,
+    backups: u32,
+    metrics: &dyn FlowMetrics,
+    name: &str,
+) {
     let mut out: Option<file::RotatingFile> = None;
     let mut failures = 0u64;
     while let Some(batch) = rx.blocking_recv() {
@@ -355,7 +362,7 @@ async fn send_otlp(
     mut rx: mpsc::Receiver<Vec<Item>>,
     mut client: otlp::Client,
     node: &str,
-    metrics: &Metrics,
+    metrics: &dyn FlowMetrics,
     name: &str,
 ) {
     let mut failures = 0u64;

@@ -186,13 +186,31 @@ fn aggregation(spec: &Spec) -> Result<Option<Aggregation>, String> {
         .map(|k| weir_proto::aggregate::Key::parse(k).map_err(|e| format!("aggregateBy: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let interval = match &spec.aggregate_interval {
-        Some(t) => crate::config::parse_duration(t).map_err(|e| format!("aggregateInterval: {e}"))?,
+        Some(t) => parse_duration(t).map_err(|e| format!("aggregateInterval: {e}"))?,
         None => DEFAULT_AGGREGATE_INTERVAL,
     };
     if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600)).contains(&interval) {
         return Err(format!("aggregateInterval {interval:?}: 1s to 1h"));
     }
     Ok(Some(Aggregation { keys, interval }))
+}
+
+/// `500ms`, `10s`, `2m`, `1h`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with ms, s, m or h"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        "h" => std::time::Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
+    };
+    Ok(d)
 }
 
 fn valid_name(n: &str) -> bool {

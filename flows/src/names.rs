@@ -27,10 +27,10 @@ pub struct Frontend {
     pub proto: u8,
 }
 
-/// What [`FlowNames`] holds, comparable.
-#[cfg(test)]
+/// What [`FlowNames`] holds, comparable (the agent's tests of
+/// incremental updates hold names kept by changes equal to a full pass).
 #[derive(Debug, PartialEq)]
-pub(crate) struct Contents {
+pub struct Contents {
     live: Vec<(Ipv4Addr, Endpoint)>,
     deleted: Vec<Ipv4Addr>,
     services: Vec<((Ipv4Addr, u16, u8), Service)>,
@@ -321,9 +321,8 @@ impl FlowNames {
     }
 
     /// Everything named, comparable: live addresses, deleted ones kept,
-    /// frontends (for the tests of incremental updates).
-    #[cfg(test)]
-    pub(crate) fn contents(&self) -> Contents {
+    /// frontends.
+    pub fn contents(&self) -> Contents {
         let mut live: Vec<_> = self.by_ip.iter().map(|(ip, e)| (*ip, (**e).clone())).collect();
         live.sort_by_key(|(ip, _)| *ip);
         let mut deleted: Vec<_> = self.deleted.keys().copied().collect();
