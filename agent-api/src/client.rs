@@ -10,24 +10,24 @@ use crate::{API_VERSION, ApiError, Envelope, Reply, Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket is missing or nobody accepts on it: the agent is not running.
-    #[error("agent unreachable at {path}: {source}")]
+    #[error("agent unreachable at {path}")]
     Unreachable {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// The connection broke or timed out mid-call.
-    #[error("talking to agent at {path}: {source}")]
+    #[error("talking to agent at {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// The agent answered something that is not a reply.
-    #[error("malformed reply from agent: {0}")]
+    #[error("malformed reply from agent")]
     Decode(#[from] serde_json::Error),
     /// The agent understood and refused.
-    #[error("agent refused: {0}")]
+    #[error("agent refused")]
     Api(#[from] ApiError),
 }
 

@@ -6,7 +6,7 @@ use weir_agent_api::{Client, ClientError, Endpoint, EndpointAdd, EndpointRef, Er
 
 use crate::config::NetConf;
 use crate::env::Attachment;
-use crate::error::{CniError, Code, chain};
+use crate::error::{CniError, Code};
 use crate::names::{host_ifname, parse_mac, temp_peer_ifname};
 use crate::netlink::{Node, NodeError, PodAddressing, VethSpec};
 use crate::result::{AddResult, Wired, add_result, prev_result_ipv4s};
@@ -27,7 +27,7 @@ fn kernel(what: &str, err: &NodeError) -> CniError {
         NodeError::NotANetns { .. } | NodeError::NodeNetns { .. } => Code::InvalidEnv,
         _ => Code::Io,
     };
-    CniError::new(code, what.to_owned()).with_details(chain(err))
+    CniError::new(code, what.to_owned()).with_details(weir_error::report(err))
 }
 
 fn unexpected(what: &str, response: &Response) -> CniError {
@@ -76,10 +76,10 @@ pub fn add<N: Node, A: Agent>(
         Ok(wired) => Ok(add_result(&conf.cni_version, &wired)),
         Err(err) => {
             if agent_called && let Err(e) = agent.call(Request::EndpointDel(endpoint_ref(att))) {
-                tracing::warn!(error = %chain(&e), "rollback: releasing the endpoint failed");
+                tracing::warn!(error = %weir_error::Report(&e), "rollback: releasing the endpoint failed");
             }
             if let Err(e) = node.delete_link(&spec.host) {
-                tracing::warn!(error = %chain(&e), host_ifname = %spec.host, "rollback: deleting the veth failed");
+                tracing::warn!(error = %weir_error::Report(&e), host_ifname = %spec.host, "rollback: deleting the veth failed");
             }
             Err(err)
         }
@@ -160,7 +160,7 @@ pub fn del<N: Node, A: Agent>(node: &N, agent: &A, att: &Attachment) -> Result<(
         // Failing would keep the pod terminating for as long as no agent
         // runs, which after an uninstall is for ever.
         Err(ClientError::Unreachable { path, source }) => {
-            tracing::warn!(socket = %path.display(), error = %source,
+            tracing::warn!(socket = %path.display(), error = %weir_error::Report(&source),
                 "agent unreachable: the interface is deleted, the address is released when an agent starts");
         }
         Err(e) => errors.push(CniError::from_agent("releasing the endpoint", &e, Code::TryAgainLater)),

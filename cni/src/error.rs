@@ -112,23 +112,8 @@ impl CniError {
             ClientError::Decode(_) => format!("{what}: malformed reply from the weir agent"),
             ClientError::Api(_) => format!("{what}: weir agent refused"),
         };
-        CniError::new(code, msg).with_details(chain(err))
+        CniError::new(code, msg).with_details(weir_error::report(err))
     }
-}
-
-/// `err` and its sources, joined with ": ".
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        next = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

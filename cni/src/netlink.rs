@@ -26,7 +26,7 @@ use crate::names::format_mac;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The netns path exists but could not be opened.
-    #[error("opening netns {path}: {source}")]
+    #[error("opening netns {path}")]
     OpenNetns {
         path: String,
         #[source]
@@ -40,14 +40,14 @@ pub enum NodeError {
     #[error("{path} is the node's own network namespace, not a pod's")]
     NodeNetns { path: String },
     /// `setns` into the pod's namespace failed.
-    #[error("entering netns {path}: {source}")]
+    #[error("entering netns {path}")]
     Setns {
         path: String,
         #[source]
         source: Errno,
     },
     /// A netlink request failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Netlink {
         op: String,
         #[source]
@@ -57,7 +57,7 @@ pub enum NodeError {
     #[error("link {name} not found{}", if *in_pod { " in the pod netns" } else { "" })]
     LinkMissing { name: String, in_pod: bool },
     /// Creating the netlink socket or the runtime failed.
-    #[error("setting up netlink: {0}")]
+    #[error("setting up netlink")]
     Setup(#[source] std::io::Error),
     /// The namespace worker thread panicked.
     #[error("netns worker thread panicked")]
@@ -215,7 +215,7 @@ impl Node for Netlink {
             // /proc/sys/net is the pod's.
             let sysctl = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.ifname);
             if let Err(e) = std::fs::write(&sysctl, "1") {
-                tracing::debug!(error = %e, "disabling IPv6 on the pod interface");
+                tracing::debug!(error = %weir_error::Report(&e), "disabling IPv6 on the pod interface");
             }
             h.link()
                 .set(LinkUnspec::new_with_index(index).up().build())

@@ -68,7 +68,7 @@ pub async fn serve<D: Dataplane + 'static>(
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, endpoints, cluster, sync, metrics).await {
-                        tracing::debug!(error = %e, "api connection");
+                        tracing::debug!(error = %weir_error::Report(&e), "api connection");
                     }
                     drop(slot);
                 });
@@ -77,7 +77,7 @@ pub async fn serve<D: Dataplane + 'static>(
                 drop(slot);
                 errors += 1;
                 if last_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-                    tracing::warn!(error = %e, errors, "accept on api socket failed");
+                    tracing::warn!(error = %weir_error::Report(&e), errors, "accept on api socket failed");
                     (errors, last_log) = (0, Some(tokio::time::Instant::now()));
                 }
                 if is_resource_exhaustion(&e) {

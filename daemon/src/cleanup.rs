@@ -50,7 +50,7 @@ pub struct CleanupArgs {
 pub enum CleanupError {
     #[error("weir-agent still answers on {0}: uninstall weir first (kubectl delete -f install/weir.yaml)")]
     AgentRunning(PathBuf),
-    #[error("removing {path}: {source}")]
+    #[error("removing {path}")]
     Remove {
         path: PathBuf,
         #[source]

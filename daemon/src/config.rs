@@ -342,7 +342,7 @@ impl Config {
             && let Err(e) = weir_proto::tls::ServerTls::check(&files)
             && !e.is_missing()
         {
-            errors.push(format!("--hubble-tls-*: {e}"));
+            errors.push(format!("--hubble-tls-*: {}", weir_error::report(&e)));
         }
         errors
     }

@@ -20,18 +20,6 @@ pub enum DataplaneError {
     Netdev(#[from] NetdevError),
 }
 
-/// An error with every cause behind it on one line, for API replies and logs.
-pub fn report(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 /// An interface of the agent's netns, as the endpoint manager needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interface {
@@ -73,7 +61,7 @@ impl Dataplane for Kernel {
     fn interface(&self, name: &str) -> Option<Interface> {
         // One netlink request (getifaddrs would dump every link and address).
         self.runtime.block_on(self.netdev.link_facts(name)).unwrap_or_else(|e| {
-            tracing::warn!(iface = name, error = %e, "looking up the interface");
+            tracing::warn!(iface = name, error = %weir_error::Report(&e), "looking up the interface");
             None
         })
     }

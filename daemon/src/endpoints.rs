@@ -12,9 +12,10 @@ use weir_datapath::abi::EpInfo;
 use weir_model::IdentityKey;
 
 use crate::cluster::ClusterState;
-use crate::dataplane::{Dataplane, Interface, report};
+use crate::dataplane::{Dataplane, Interface};
 use crate::ipam;
 use crate::store::{self, State, Store};
+use weir_error::report;
 
 pub struct Endpoints<D: Dataplane> {
     node: String,
@@ -95,7 +96,7 @@ impl<D: Dataplane> Endpoints<D> {
                     ep.host_mac = format_mac(host_mac);
                     let info = ep_info(ep, host_mac);
                     if let Err(e) = self.dataplane.wire(&ep.host_ifname, ep.ipv4, info, false) {
-                        tracing::error!(endpoint = %key, error = %e, "re-adopting endpoint failed");
+                        tracing::error!(endpoint = %key, error = %weir_error::Report(&e), "re-adopting endpoint failed");
                     }
                 }
                 None => gone.push(key.clone()),
@@ -114,7 +115,7 @@ impl<D: Dataplane> Endpoints<D> {
             }
         }
         if let Err(e) = self.store.save(&self.state) {
-            tracing::error!(error = %e, "saving state after reconcile");
+            tracing::error!(error = %weir_error::Report(&e), "saving state after reconcile");
         }
     }
 
@@ -224,7 +225,10 @@ impl<D: Dataplane> Endpoints<D> {
         }
         if let Err(e) = self.store.save(&self.state) {
             self.restore(&key, previous, previous_last);
-            return Err(err(ErrorCode::Internal, format!("persisting allocation: {e}")));
+            return Err(err(
+                ErrorCode::Internal,
+                format!("persisting allocation: {}", report(&e)),
+            ));
         }
         if let Err(e) = self.dataplane.wire(&ep.host_ifname, ipv4, ep_info(&ep, host_mac), true) {
             let _ = self.dataplane.unwire(&ep.host_ifname, ipv4, id);
@@ -280,7 +284,7 @@ impl<D: Dataplane> Endpoints<D> {
         if changed > 0
             && let Err(e) = self.store.save(&self.state)
         {
-            tracing::error!(error = %e, "saving state after identity changes");
+            tracing::error!(error = %weir_error::Report(&e), "saving state after identity changes");
         }
         changed
     }
@@ -312,7 +316,7 @@ impl<D: Dataplane> Endpoints<D> {
             ));
         }
         if let Err(e) = self.store.save(&self.state) {
-            tracing::error!(error = %e, "saving state after a trace switch");
+            tracing::error!(error = %weir_error::Report(&e), "saving state after a trace switch");
         }
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), enabled, "endpoint tracing switched");
         Ok(Response::Endpoints { endpoints: touched })
@@ -328,7 +332,7 @@ impl<D: Dataplane> Endpoints<D> {
         let unwired = self.dataplane.unwire(&ep.host_ifname, ep.ipv4, ep.id);
         if let Err(e) = self.store.save(&self.state) {
             self.state.endpoints.insert(key, ep);
-            return Err(err(ErrorCode::Internal, format!("persisting release: {e}")));
+            return Err(err(ErrorCode::Internal, format!("persisting release: {}", report(&e))));
         }
         if let Err(e) = unwired {
             tracing::warn!(endpoint = %key, error = %report(&e), "unwiring endpoint");

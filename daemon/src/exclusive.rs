@@ -20,7 +20,7 @@ pub enum ExclusiveError {
     /// Another agent holds the state directory.
     #[error("state directory {dir} is in use by another weir-agent ({holder}): refusing to start")]
     StateInUse { dir: PathBuf, holder: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -249,7 +249,7 @@ impl Reconciler for Controller {
                 self.table = Some(table);
                 Action::Done
             }
-            Err(e) => Action::Retry(format!("ipcache sync failed: {}", crate::dataplane::report(&e))),
+            Err(e) => Action::Retry(format!("ipcache sync failed: {}", weir_error::report(&e))),
         }
     }
 }

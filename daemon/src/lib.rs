@@ -118,7 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ));
             }
             // Loud, not fatal: pods and flows matter more than a scrape.
-            Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen; no /metrics"),
+            Err(e) => tracing::error!(%addr, error = %weir_error::Report(&e), "metrics: cannot listen; no /metrics"),
         }
     }
 
@@ -510,7 +510,7 @@ fn attach_socket_lb(config: &Config, datapath: &mut weir_datapath::Datapath) -> 
             Ok(())
         }
         Err(e) if auto => {
-            tracing::warn!(cgroup = %cgroup.display(), error = %e, "socket-level services not attached: the node's own sockets reach no service");
+            tracing::warn!(cgroup = %cgroup.display(), error = %weir_error::Report(&e), "socket-level services not attached: the node's own sockets reach no service");
             datapath.detach_socket_lb()?;
             Ok(())
         }
@@ -551,7 +551,7 @@ async fn setup_uplink(
             Err(e) if config.nodeport_xdp == config::NodePortXdp::Auto => {
                 // TC does the same translation; a driver without native XDP
                 // must not keep the node from starting.
-                tracing::warn!(%uplink, error = %e, "native XDP not available: NodePorts in TC");
+                tracing::warn!(%uplink, error = %weir_error::Report(&e), "native XDP not available: NodePorts in TC");
                 datapath.detach_xdp(uplink)?;
                 false
             }

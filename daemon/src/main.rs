@@ -22,7 +22,7 @@ fn cleanup(args: Vec<std::ffi::OsString>) -> ! {
             Ok(removed) => tracing::info!(node = %args.node, files = ?removed.files, pins = removed.pins,
                 links = ?removed.links, routes = removed.routes, "cleanup: weir removed from this node"),
             Err(e) => {
-                tracing::error!("cleanup: {e}");
+                tracing::error!(error = %weir_error::Report(&e), "cleanup failed");
                 std::process::exit(1);
             }
         }

@@ -26,10 +26,10 @@ const OVERLAY_PEER_MAC: [u8; 6] = [0x02, 0x77, 0x65, 0x69, 0x72, 0x00];
 #[derive(Debug, thiserror::Error)]
 pub enum NetdevError {
     /// Opening the netlink socket failed.
-    #[error("netlink socket: {0}")]
+    #[error("netlink socket")]
     Socket(#[source] std::io::Error),
     /// A netlink request failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Request {
         what: String,
         #[source]

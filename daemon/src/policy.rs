@@ -113,7 +113,7 @@ impl Controller {
     /// first, see [`run`]).
     pub fn bump(&mut self) {
         if let Err(e) = self.maps.bump() {
-            tracing::error!(error = %crate::dataplane::report(&e), "policy revision not bumped: open connections keep their verdicts");
+            tracing::error!(error = %weir_error::report(&e), "policy revision not bumped: open connections keep their verdicts");
         }
     }
 
@@ -134,10 +134,10 @@ impl Controller {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %crate::dataplane::report(&e), slots = want.len(),
+                tracing::error!(error = %weir_error::report(&e), slots = want.len(),
                     "policy tables cannot be written: endpoints with policies deny everything until they can");
                 if let Err(e) = self.maps.sync(&fallback(&compiled), &BTreeMap::new()) {
-                    tracing::error!(error = %crate::dataplane::report(&e), "policy fallback failed too");
+                    tracing::error!(error = %weir_error::report(&e), "policy fallback failed too");
                 }
                 false
             }

@@ -161,7 +161,7 @@ impl Reconciler for Controller {
             None => match self.netdev.weir_node_routes().await {
                 Ok(r) => r.into_iter().collect(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "listing existing node routes");
+                    tracing::warn!(error = %weir_error::Report(&e), "listing existing node routes");
                     BTreeSet::new()
                 }
             },
@@ -187,14 +187,14 @@ impl Reconciler for Controller {
                 .await
             {
                 failed = true;
-                tracing::warn!(error = %e, "programming node route");
+                tracing::warn!(error = %weir_error::Report(&e), "programming node route");
             }
         }
         let keep: BTreeSet<Ipv4Net> = wanted.iter().map(|(c, _)| *c).collect();
         for stale in installed.difference(&keep) {
             if let Err(e) = self.netdev.delete_node_route(*stale).await {
                 failed = true;
-                tracing::warn!(error = %e, "removing node route");
+                tracing::warn!(error = %weir_error::Report(&e), "removing node route");
             }
         }
         // A route that could not be removed stays ours to retry.
@@ -219,7 +219,7 @@ impl Reconciler for Controller {
         .await;
         if let Err(e) = synced {
             failed = true;
-            tracing::warn!(error = %e, "programming node routes into the datapath");
+            tracing::warn!(error = %weir_error::Report(&e), "programming node routes into the datapath");
         }
         if failed {
             return Action::Retry("node routes left to program".into());

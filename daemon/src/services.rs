@@ -811,7 +811,7 @@ fn programmed(maps: &ServiceMaps, algorithm: Algorithm) -> BTreeMap<ServicePortK
             })
             .collect(),
         Err(e) => {
-            tracing::warn!(error = %e, "reading programmed services");
+            tracing::warn!(error = %weir_error::Report(&e), "reading programmed services");
             BTreeMap::new()
         }
     }
@@ -824,7 +824,7 @@ fn collect_garbage(o: &mut Owned, metrics: Option<&crate::metrics::Metrics>) {
     match o.maps.gc_conntrack(monotonic_now_ns()) {
         Ok(0) => {}
         Ok(removed) => tracing::debug!(removed, "conntrack entries expired"),
-        Err(e) => tracing::warn!(error = %e, "conntrack gc"),
+        Err(e) => tracing::warn!(error = %weir_error::Report(&e), "conntrack gc"),
     }
     if let Some(m) = metrics {
         let o = o.maps.conntrack_occupancy();
@@ -855,7 +855,7 @@ fn apply(maps: &mut ServiceMaps, applied: &mut BTreeMap<ServicePortKey, ServiceS
             }
             Err(e) => {
                 transient += 1;
-                tracing::warn!(error = %e, "removing service");
+                tracing::warn!(error = %weir_error::Report(&e), "removing service");
             }
         }
     }
@@ -877,7 +877,7 @@ fn apply(maps: &mut ServiceMaps, applied: &mut BTreeMap<ServicePortKey, ServiceS
                 if !matches!(e, weir_datapath::lb::LbError::Invalid { .. }) {
                     transient += 1;
                 }
-                tracing::warn!(error = %e, "programming service");
+                tracing::warn!(error = %weir_error::Report(&e), "programming service");
             }
         }
     }

@@ -14,7 +14,7 @@ use weir_agent_api::{Endpoint, EndpointRef};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Reading or writing the state file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -22,7 +22,7 @@ pub enum StoreError {
     },
     /// The state file exists but does not parse: refuse to start rather than
     /// forget allocations.
-    #[error("{path} is corrupt: {source}")]
+    #[error("{path} is corrupt")]
     Corrupt {
         path: PathBuf,
         #[source]

@@ -10,14 +10,14 @@ use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 #[derive(Debug, thiserror::Error)]
 pub enum BpffsError {
     /// Mounting bpffs failed (not root, or no bpffs in the kernel).
-    #[error("mounting bpffs at {path}: {source}")]
+    #[error("mounting bpffs at {path}")]
     Mount {
         path: String,
         #[source]
         source: nix::Error,
     },
     /// Creating or locking the mount point failed.
-    #[error("preparing {path}: {source}")]
+    #[error("preparing {path}")]
     Io {
         path: String,
         #[source]

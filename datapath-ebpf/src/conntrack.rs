@@ -81,24 +81,24 @@ pub fn expired(entries: &StdHashMap<CtKey, CtEntry>, now_ns: u64) -> Vec<CtKey> 
 #[derive(Debug, thiserror::Error)]
 pub enum CtError {
     /// The pinned map could not be opened (datapath not loaded at this pin dir?).
-    #[error("opening pinned map {path}: {source}")]
+    #[error("opening pinned map {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: MapError,
     },
     /// The map is not a hash map of conntrack entries.
-    #[error("map {MAP}: {0}")]
+    #[error("map {MAP}")]
     Map(#[source] MapError),
     /// A batched lookup failed.
-    #[error("map {MAP}: batched {op}: {source}")]
+    #[error("map {MAP}: batched {op}")]
     Batch {
         op: &'static str,
         #[source]
         source: std::io::Error,
     },
     /// An operation on one entry failed.
-    #[error("map {MAP}: {op}: {source}")]
+    #[error("map {MAP}: {op}")]
     Elem {
         op: &'static str,
         #[source]

@@ -133,10 +133,10 @@ const POD_IFACE_PREFIX: &str = "lxc";
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The embedded object failed to load (verifier log included).
-    #[error("loading the datapath object: {0}")]
+    #[error("loading the datapath object")]
     Load(#[source] aya::EbpfError),
     /// A program failed to load into the kernel.
-    #[error("loading program {name}: {source}")]
+    #[error("loading program {name}")]
     Program {
         name: &'static str,
         #[source]
@@ -155,7 +155,7 @@ pub enum DatapathError {
     #[error("the datapath object has no {0}")]
     Missing(&'static str),
     /// Attaching a program to an interface failed.
-    #[error("attaching {program} to {iface}: {source}")]
+    #[error("attaching {program} to {iface}")]
     Attach {
         program: &'static str,
         iface: String,
@@ -163,7 +163,7 @@ pub enum DatapathError {
         source: aya::programs::ProgramError,
     },
     /// Converting a link handle (to pin or replace it) failed.
-    #[error("link of {program} on {iface}: {source}")]
+    #[error("link of {program} on {iface}")]
     Link {
         program: &'static str,
         iface: String,
@@ -174,17 +174,17 @@ pub enum DatapathError {
     #[error(transparent)]
     PinDir(#[from] crate::BpffsError),
     /// Pinning or unpinning under bpffs failed.
-    #[error("pinning {path}: {source}")]
+    #[error("pinning {path}")]
     Pin {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
     /// The embedded objects did not parse (to read their map declarations).
-    #[error("parsing the datapath objects: {0}")]
+    #[error("parsing the datapath objects")]
     Parse(#[source] aya_obj::ParseError),
     /// A map operation failed.
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]

@@ -238,14 +238,14 @@ pub fn maglev_table(backends: &[(u32, Ipv4Addr, u16)]) -> Vec<u32> {
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
     /// A pinned map could not be opened (datapath not loaded at this pin dir?).
-    #[error("opening pinned map {path}: {source}")]
+    #[error("opening pinned map {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: MapError,
     },
     /// A map operation failed.
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]

@@ -108,7 +108,7 @@ impl Pipeline {
                 let n = self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
                 // The first, then every thousandth: garbage must not flood the log.
                 if n.is_multiple_of(1000) {
-                    tracing::warn!(error = %e, skipped = n + 1, "flow event skipped");
+                    tracing::warn!(error = %weir_error::Report(&e), skipped = n + 1, "flow event skipped");
                 }
             }
         }
@@ -173,7 +173,7 @@ pub fn spawn_reader(
                 if let Err(e) = poll(&mut fds, PollTimeout::from(100u16))
                     && e != nix::errno::Errno::EINTR
                 {
-                    tracing::error!(error = %e, "polling the flow ring buffer failed; flows stop");
+                    tracing::error!(error = %weir_error::Report(&e), "polling the flow ring buffer failed; flows stop");
                     return;
                 }
             }

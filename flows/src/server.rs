@@ -366,14 +366,14 @@ pub async fn bind_tcp(
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
-            tracing::error!(%addr, error = %e, "observer: TLS files do not load; no Observer API on TCP");
+            tracing::error!(%addr, error = %weir_error::Report(&e), "observer: TLS files do not load; no Observer API on TCP");
             return None;
         }
     };
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => Some(weir_proto::server::Tcp { listener, tls }),
         Err(e) => {
-            tracing::error!(%addr, error = %e, "observer: cannot listen; no Observer API on TCP");
+            tracing::error!(%addr, error = %weir_error::Report(&e), "observer: cannot listen; no Observer API on TCP");
             None
         }
     }

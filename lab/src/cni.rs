@@ -12,7 +12,7 @@ use super::netns;
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
     /// The plugin could not be started or fed.
-    #[error("running {plugin}: {source}")]
+    #[error("running {plugin}")]
     Spawn {
         plugin: PathBuf,
         #[source]

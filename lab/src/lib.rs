@@ -441,7 +441,7 @@ fn trace(lab: &Lab, pod: &str, enabled: bool) -> Result<()> {
     };
     weir_agent_api::Client::new(lab.dir.node_socket(&p.node), std::time::Duration::from_secs(5))
         .call(request)
-        .map_err(|e| anyhow::anyhow!("agent on {}: {e}", p.node))?;
+        .with_context(|| format!("agent on {}", p.node))?;
     println!("pod {pod}: tracing {}", if enabled { "on" } else { "off" });
     Ok(())
 }

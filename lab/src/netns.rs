@@ -14,7 +14,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     /// `ip` could not be run at all.
-    #[error("running `ip {args}`: {source}")]
+    #[error("running `ip {args}`")]
     Spawn {
         args: String,
         #[source]

@@ -27,7 +27,7 @@ pub fn status(lab: &Lab, output: Output) -> Result<()> {
         let (agent_status, status_error) = match client.call(Request::Status) {
             Ok(Response::Status(s)) => (serde_json::to_value(s)?, Value::Null),
             Ok(other) => (Value::Null, json!(format!("unexpected reply {other:?}"))),
-            Err(e) => (Value::Null, json!(e.to_string())),
+            Err(e) => (Value::Null, json!(weir_error::report(&e))),
         };
         let endpoints = match client.call(Request::EndpointList) {
             Ok(Response::Endpoints { endpoints }) => serde_json::to_value(endpoints)?,

@@ -190,7 +190,7 @@ pub struct NodeSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     /// Not YAML of the expected shape.
-    #[error("topology does not parse: {0}")]
+    #[error("topology does not parse")]
     Parse(#[from] serde_yaml_ng::Error),
     /// Parsed, but inconsistent: every problem found, one per line.
     #[error("invalid topology:\n  {}", .0.join("\n  "))]

@@ -47,7 +47,7 @@ pub enum Error {
     #[error("the {0} watch ended")]
     WatchEnded(&'static str),
     /// A watch's store was dropped before it synced.
-    #[error("the {kind} store never synced: {source}")]
+    #[error("the {kind} store never synced")]
     NotSynced {
         kind: &'static str,
         #[source]
@@ -75,7 +75,9 @@ where
             Ok(_) => {
                 let _ = tx.try_send(());
             }
-            Err(e) => tracing::warn!(kind = what, error = %e, "watch failed; retrying with backoff"),
+            Err(e) => {
+                tracing::warn!(kind = what, error = %weir_error::Report(&e), "watch failed; retrying with backoff")
+            }
         }
     }
 }
@@ -139,7 +141,7 @@ async fn allocate(
                 for (id, key) in plan.create {
                     if let Err(e) = term.check() {
                         failed = true;
-                        tracing::warn!(error = %e, "identity writes held");
+                        tracing::warn!(error = %weir_error::Report(&e), "identity writes held");
                         break;
                     }
                     match api
@@ -152,7 +154,7 @@ async fn allocate(
                         }
                         Err(e) => {
                             failed = true;
-                            tracing::warn!(id, error = %e, "identity not created; retried");
+                            tracing::warn!(id, error = %weir_error::Report(&e), "identity not created; retried");
                         }
                     }
                 }
@@ -171,14 +173,14 @@ async fn allocate(
                         }
                         Err(e) => {
                             failed = true;
-                            tracing::warn!(id, error = %e, "identity not released; retried");
+                            tracing::warn!(id, error = %weir_error::Report(&e), "identity not released; retried");
                         }
                     }
                 }
             }
             Err(e) => {
                 failed = true;
-                tracing::error!(error = %e, "cannot allocate identities");
+                tracing::error!(error = %weir_error::Report(&e), "cannot allocate identities");
             }
         }
         // A failed write is retried after a while even if nothing changes.

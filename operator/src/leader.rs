@@ -52,7 +52,7 @@ pub struct LeaseConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The API server refused it or could not be reached.
-    #[error("Lease {lease}: {source}")]
+    #[error("Lease {lease}")]
     Api {
         lease: String,
         #[source]
@@ -214,7 +214,7 @@ impl Elector {
                 }
                 Ok(Ok(Attempt::Standby(holder))) => return Lost::TakenBy(holder),
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, left = ?deadline - Instant::now(), "Lease not renewed; trying again until the renew deadline")
+                    tracing::warn!(error = %weir_error::Report(&e), left = ?deadline - Instant::now(), "Lease not renewed; trying again until the renew deadline")
                 }
                 Err(_) => return Lost::NotRenewed(self.config.renew_deadline),
             }

@@ -30,18 +30,18 @@ pub use config::{Args, Config};
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("identity allocator: {0}")]
+    #[error("identity allocator")]
     Identities(#[from] identities::Error),
-    #[error("pod CIDR allocator: {0}")]
+    #[error("pod CIDR allocator")]
     PodCidrs(#[from] pod_cidrs::Error),
-    #[error("policy status: {0}")]
+    #[error("policy status")]
     PolicyStatus(#[from] policy_status::Error),
-    #[error("Observer certificates: {0}")]
+    #[error("Observer certificates")]
     HubbleCerts(#[from] hubble_certs::Error),
-    #[error("Service frontends: {0}")]
+    #[error("Service frontends")]
     ServiceFrontends(#[from] service_frontends::Error),
     /// A controller task panicked.
-    #[error("a controller panicked: {0}")]
+    #[error("a controller panicked")]
     Panicked(#[source] tokio::task::JoinError),
 }
 
@@ -131,15 +131,15 @@ pub async fn run(client: kube::Client, config: Config, shutdown: impl Future<Out
                 stop(task).await;
                 tracing::info!("shutting down: controllers stopped");
                 if let Err(e) = elector.release().await {
-                    tracing::warn!(error = %e, "Lease not released: another replica takes over once it expires");
+                    tracing::warn!(error = %weir_error::Report(&e), "Lease not released: another replica takes over once it expires");
                 }
                 return Ok(());
             }
             r = &mut task => {
                 let e = r.unwrap_or_else(Error::Panicked);
-                tracing::error!(error = %e, "a controller failed: releasing the Lease");
+                tracing::error!(error = %weir_error::Report(&e), "a controller failed: releasing the Lease");
                 if let Err(e) = elector.release().await {
-                    tracing::warn!(error = %e, "Lease not released");
+                    tracing::warn!(error = %weir_error::Report(&e), "Lease not released");
                 }
                 return Err(e);
             }

@@ -40,7 +40,7 @@ const NOT_SERVED_POLL: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The API server refused the write or could not be reached.
-    #[error("status of {object}: {source}")]
+    #[error("status of {object}")]
     Write {
         object: String,
         #[source]
@@ -95,7 +95,7 @@ async fn when_served(client: kube::Client, kind: PolicyKind, term: Term) {
             // resource that may not exist.
             Err(e) => {
                 if !failed {
-                    tracing::warn!(kind = kind.name(), error = %e,
+                    tracing::warn!(kind = kind.name(), error = %weir_error::Report(&e),
                         "cannot tell whether the kind is served yet; asking again");
                     failed = true;
                 }
@@ -119,7 +119,7 @@ async fn controller(client: kube::Client, kind: PolicyKind, term: Term) {
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
-                tracing::debug!(kind = kind.name(), error = %e, "policy status");
+                tracing::debug!(kind = kind.name(), error = %weir_error::Report(&e), "policy status");
             }
         })
         .await;
@@ -177,6 +177,6 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 fn error_policy(_obj: Arc<DynamicObject>, e: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(error = %e, "policy status not written; retried");
+    tracing::warn!(error = %weir_error::Report(&e), "policy status not written; retried");
     Action::requeue(RETRY)
 }

@@ -54,7 +54,9 @@ pub async fn run(client: kube::Client, reporter: Reporter, term: Term) -> Result
                 Ok(()) => {
                     let _ = tx.try_send(());
                 }
-                Err(e) => tracing::warn!(error = %e, "Service or Node watch failed; retrying with backoff"),
+                Err(e) => {
+                    tracing::warn!(error = %weir_error::Report(&e), "Service or Node watch failed; retrying with backoff")
+                }
             }
         }
     };
@@ -104,7 +106,7 @@ async fn report(
                 Ok(()) => {
                     told.insert(key);
                 }
-                Err(e) => tracing::warn!(error = %e, "Event not recorded"),
+                Err(e) => tracing::warn!(error = %weir_error::Report(&e), "Event not recorded"),
             }
         }
         told.retain(|k| now.contains(k));

@@ -19,7 +19,7 @@ pub enum ConnectError {
     /// The name the server's certificate is checked against is not one.
     #[error(transparent)]
     ServerName(#[from] TlsError),
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Connect {
         addr: String,
         #[source]

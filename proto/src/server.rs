@@ -59,7 +59,7 @@ where
     let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "observer: reflection descriptors do not load; no Observer API");
+            tracing::error!(error = %weir_error::Report(&e), "observer: reflection descriptors do not load; no Observer API");
             return;
         }
     };
@@ -92,7 +92,7 @@ where
         None => on_unix.await,
     };
     if let Err(e) = result {
-        tracing::error!(error = %e, "observer: server stopped");
+        tracing::error!(error = %weir_error::Report(&e), "observer: server stopped");
     }
 }
 
@@ -116,7 +116,7 @@ async fn accept_tls(
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors and the like: wait rather than spin.
-                tracing::warn!(error = %e, "observer: accepting a TCP connection failed");
+                tracing::warn!(error = %weir_error::Report(&e), "observer: accepting a TCP connection failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -136,10 +136,10 @@ async fn accept_tls(
                 }
                 // Closed before a word of TLS: a TCP probe or a scanner.
                 Ok(Err((e, _))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    tracing::debug!(%peer, error = %e, "observer: connection closed before the TLS handshake")
+                    tracing::debug!(%peer, error = %weir_error::Report(&e), "observer: connection closed before the TLS handshake")
                 }
                 Ok(Err((e, tcp))) => {
-                    tracing::warn!(%peer, error = %e, "observer: TLS handshake failed; connection refused");
+                    tracing::warn!(%peer, error = %weir_error::Report(&e), "observer: TLS handshake failed; connection refused");
                     close_after_alert(tcp).await;
                 }
                 Err(_) => tracing::warn!(%peer, "observer: TLS handshake not done in time; connection closed"),
@@ -241,27 +241,16 @@ mod tests {
         }
     }
 
-    /// An error and its sources, one line.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut out = e.to_string();
-        let mut next = e.source();
-        while let Some(s) = next {
-            out += &format!(": {s}");
-            next = s.source();
-        }
-        out
-    }
-
     async fn status(f: &Fixture, tls: Option<&Tls>) -> Result<u64, String> {
         let server = Server::parse(&f.addr).unwrap();
         let ch = connect_with(&server, Duration::from_secs(3), tls)
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| weir_error::report(&e))?;
         let mut c = ObserverClient::new(ch);
         c.server_status(ServerStatusRequest {})
             .await
             .map(|r| r.into_inner().num_flows)
-            .map_err(|s| chain(&s))
+            .map_err(|s| weir_error::report(&s))
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ pub enum SocketError {
     /// Others could replace the socket inside this directory.
     #[error("{0} is writable by others without the sticky bit: anyone could replace the socket there")]
     UnsafeDir(PathBuf),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -33,14 +33,14 @@ const ALPN_H2: &[u8] = b"h2";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// A file holds no PEM block of the kind wanted, or a broken one.
-    #[error("{path}: no {what} in PEM form ({source})")]
+    #[error("{path}: no {what} in PEM form")]
     Pem {
         path: PathBuf,
         what: &'static str,
@@ -48,14 +48,14 @@ pub enum TlsError {
         source: rustls::pki_types::pem::Error,
     },
     /// A CA file's certificate is not one a trust anchor can be made of.
-    #[error("{path}: not a usable CA certificate: {source}")]
+    #[error("{path}: not a usable CA certificate")]
     Ca {
         path: PathBuf,
         #[source]
         source: rustls::Error,
     },
     /// The client-certificate verifier could not be built from the CA.
-    #[error("{path}: no client verifier from this CA: {source}")]
+    #[error("{path}: no client verifier from this CA")]
     Verifier {
         path: PathBuf,
         #[source]
@@ -63,7 +63,7 @@ pub enum TlsError {
     },
     /// rustls refused the certificate and key (most often: the key is not
     /// the certificate's).
-    #[error("{cert} with {key}: {source}")]
+    #[error("{cert} with {key}")]
     Identity {
         cert: PathBuf,
         key: PathBuf,
@@ -271,7 +271,7 @@ impl<C: Send + Sync + 'static> Reloading<C> {
         let (config, bytes) = match read_all(&files.paths()) {
             Ok(bytes) => (Some(Arc::new(files.build(&bytes)?)), bytes),
             Err(e) if e.is_missing() && interval.is_some() => {
-                tracing::info!(error = %e, "tls: waiting for the certificate files; no TLS connection until they appear");
+                tracing::info!(error = %weir_error::Report(&e), "tls: waiting for the certificate files; no TLS connection until they appear");
                 (None, Vec::new())
             }
             Err(e) => return Err(e),

@@ -52,7 +52,7 @@ pub async fn follow_nodes(relay: Arc<Relay>, client: kube::Client, port: u16) {
     while let Some(e) = stream.next().await {
         match e {
             Err(e) => {
-                tracing::warn!(error = %e, "watching Nodes failed; the peers stay as they are, retrying");
+                tracing::warn!(error = %weir_error::Report(&e), "watching Nodes failed; the peers stay as they are, retrying");
                 continue;
             }
             // The store is whole once the first list is.

@@ -107,21 +107,6 @@ impl AgentTls {
     }
 }
 
-/// An error with its causes: TLS refusals are in the sources ("received
-/// fatal alert: CertificateRequired"), not in tonic's "transport error".
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let s_text = s.to_string();
-        if !out.ends_with(&s_text) {
-            out = format!("{out}: {s_text}");
-        }
-        next = s.source();
-    }
-    out
-}
-
 /// One node's agent as the relay sees it.
 pub struct Peer {
     pub name: String,
@@ -266,7 +251,7 @@ impl Relay {
                             }
                             Err(e) => Err(e),
                         },
-                        Err(e) => Err(with_sources(&e)),
+                        Err(e) => Err(weir_error::report(&e)),
                     },
                 };
                 match ok {
@@ -387,7 +372,7 @@ async fn status_of(ch: Channel, limits: &Limits) -> Result<ServerStatusResponse,
     req.set_timeout(limits.call_timeout);
     match tokio::time::timeout(limits.call_timeout, client.server_status(req)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(format!("{}: {}", s.code(), with_sources(&s))),
+        Ok(Err(s)) => Err(format!("{}: {}", s.code(), weir_error::report(&s))),
         Err(_) => Err(format!("no answer within {:?}", limits.call_timeout)),
     }
 }

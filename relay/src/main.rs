@@ -193,7 +193,7 @@ impl Args {
             && let Err(e) = ServerTls::check(&files)
             && !e.is_missing()
         {
-            errors.push(format!("--tls-*: {e}"));
+            errors.push(format!("--tls-*: {}", weir_error::report(&e)));
         }
         // The agents.
         let client = [
@@ -226,7 +226,7 @@ impl Args {
             if let Err(e) = ClientTls::check(&files)
                 && !e.is_missing()
             {
-                errors.push(format!("--tls-client-*/--tls-ca: {e}"));
+                errors.push(format!("--tls-client-*/--tls-ca: {}", weir_error::report(&e)));
             }
             let sample = self.agent_tls_server_name.replace("{node}", "node-1");
             if weir_proto::tls::server_name(&sample).is_err() {
@@ -311,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
         let router = weir_relay::ui::router(relay.clone(), weir_relay::ui::UiLimits::default(), policy);
         tokio::spawn(async move {
             if let Err(e) = weir_relay::ui::serve(listener, router).await {
-                tracing::error!(error = %e, "service map server stopped");
+                tracing::error!(error = %weir_error::Report(&e), "service map server stopped");
             }
         });
         if let Some(path) = &args.ui_address_file {

@@ -176,7 +176,7 @@ async fn publish(map: Arc<Mutex<ServiceMap>>, tx: watch::Sender<Arc<str>>, tick:
             Ok(json) => {
                 tx.send_replace(Arc::from(json));
             }
-            Err(e) => tracing::warn!(error = %e, "service map not encoded"),
+            Err(e) => tracing::warn!(error = %weir_error::Report(&e), "service map not encoded"),
         }
         if tx.is_closed() && Arc::strong_count(&map) == 1 {
             return;

@@ -166,7 +166,7 @@ async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)
                 (Some(event), Duration::ZERO)
             }
             Err(e) if expired(&e) => {
-                tracing::debug!(kind = kind.name(), error = %e, "Kubernetes watch expired; relisting");
+                tracing::debug!(kind = kind.name(), error = %weir_error::Report(&e), "Kubernetes watch expired; relisting");
                 (None, Duration::ZERO)
             }
             Err(e) => {
@@ -179,9 +179,11 @@ async fn follow(client: kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Event)
                     // Once per outage and cause: the retries say nothing new.
                     let cause = failure_cause(&e);
                     match failing.replace(cause.clone()).as_deref() == Some(cause.as_str()) {
-                        false => tracing::warn!(kind = kind.name(), error = %e,
+                        false => tracing::warn!(kind = kind.name(), error = %weir_error::Report(&e),
                             "Kubernetes watch failed; retrying with backoff, the datapath keeps its state"),
-                        true => tracing::debug!(kind = kind.name(), error = %e, "Kubernetes watch still failing"),
+                        true => {
+                            tracing::debug!(kind = kind.name(), error = %weir_error::Report(&e), "Kubernetes watch still failing")
+                        }
                     }
                     (None, pause)
                 } else if absent {

@@ -58,12 +58,12 @@ impl Parsed {
                     Ok(text) => {
                         let (objects, errors) = parse_each(&text);
                         for e in errors {
-                            tracing::warn!(file = %path.display(), error = %e, "skipping invalid manifest");
+                            tracing::warn!(file = %path.display(), error = %weir_error::Report(&e), "skipping invalid manifest");
                         }
                         objects
                     }
                     Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot read manifest");
+                        tracing::warn!(file = %path.display(), error = %weir_error::Report(&e), "cannot read manifest");
                         Vec::new()
                     }
                 };
@@ -117,7 +117,7 @@ impl ClusterSource for StandaloneSource {
                     }
                     // Tried again at the next poll, from scratch.
                     Err(e) => {
-                        tracing::error!(error = %e, "reading the manifests failed");
+                        tracing::error!(error = %weir_error::Report(&e), "reading the manifests failed");
                         *parsed.lock().unwrap_or_else(|p| p.into_inner()) = Parsed::default();
                     }
                 }

@@ -1001,7 +1001,7 @@ pub async fn serve(
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
+                tracing::warn!(error = %weir_error::Report(&e), "metrics: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

@@ -145,7 +145,7 @@ pub fn spawn_watch(path: PathBuf, cx: Context, mut stop: oneshot::Receiver<()>) 
                         cx.metrics.export_reload(true);
                     }
                     Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "flow export configuration refused; exporters unchanged");
+                        tracing::error!(path = %path.display(), error = %weir_error::Report(&e), "flow export configuration refused; exporters unchanged");
                         cx.metrics.export_reload(false);
                     }
                 }
@@ -190,7 +190,7 @@ async fn run(log: Arc<FlowLog>, cx: Context, mut stop: oneshot::Receiver<()>) {
                     Ok(_) => {
                         let _ = finished.await;
                     }
-                    Err(e) => tracing::error!(error = %e, "starting a flow export writer failed"),
+                    Err(e) => tracing::error!(error = %weir_error::Report(&e), "starting a flow export writer failed"),
                 }
             })
         }
@@ -200,7 +200,9 @@ async fn run(log: Arc<FlowLog>, cx: Context, mut stop: oneshot::Receiver<()>) {
             tokio::spawn(async move {
                 match client {
                     Ok(c) => send_otlp(rx, c, &node, &*metrics, &name).await,
-                    Err(e) => tracing::error!(exporter = %name, error = %e, "OTLP endpoint unusable"),
+                    Err(e) => {
+                        tracing::error!(exporter = %name, error = %weir_error::Report(&e), "OTLP endpoint unusable")
+                    }
                 }
             })
         }
@@ -349,7 +351,7 @@ fn write_file(
                 out = None;
                 metrics.export_dropped(name, "write_failed", n);
                 if failures.is_multiple_of(100) {
-                    tracing::error!(exporter = %name, path = %path.display(), error = %e, "writing exported flows failed");
+                    tracing::error!(exporter = %name, path = %path.display(), error = %weir_error::Report(&e), "writing exported flows failed");
                 }
                 failures += 1;
             }

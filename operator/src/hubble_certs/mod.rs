@@ -179,7 +179,7 @@ async fn reconcile(api: &Api<Secret>, namespace: &str, validity: Duration, term:
     let (ca_cert, ca_key) = match usable {
         Some(pair) => pair,
         None => {
-            let ca = pki::new_ca(now, leaf_life * CA_LIFETIMES).map_err(|e| e.to_string())?;
+            let ca = pki::new_ca(now, leaf_life * CA_LIFETIMES).map_err(|e| weir_error::report(&e))?;
             let new = secret(
                 CA_SECRET,
                 namespace,
@@ -194,7 +194,7 @@ async fn reconcile(api: &Api<Secret>, namespace: &str, validity: Duration, term:
             (ca.cert, ca.key)
         }
     };
-    let issuer = pki::ca_issuer(&ca_key).map_err(|e| e.to_string())?;
+    let issuer = pki::ca_issuer(&ca_key).map_err(|e| weir_error::report(&e))?;
     for (name, usage) in leaves(namespace) {
         let old = get(name).await?;
         let Some(why) = due(
@@ -205,7 +205,8 @@ async fn reconcile(api: &Api<Secret>, namespace: &str, validity: Duration, term:
         ) else {
             continue;
         };
-        let Issued { cert, key, not_after } = pki::leaf(&issuer, &usage, now, leaf_life).map_err(|e| e.to_string())?;
+        let Issued { cert, key, not_after } =
+            pki::leaf(&issuer, &usage, now, leaf_life).map_err(|e| weir_error::report(&e))?;
         let new = secret(
             name,
             namespace,

@@ -16,7 +16,7 @@ pub const CA_NAME: &str = "weir Observer CA";
 const BACKDATE: time::Duration = time::Duration::minutes(5);
 
 #[derive(Debug, thiserror::Error)]
-#[error("certificate: {0}")]
+#[error("certificate")]
 pub struct PkiError(#[from] rcgen::Error);
 
 /// A certificate and its key, PEM, and when it expires (Unix seconds).

@@ -49,7 +49,7 @@ pub enum Error {
     #[error("the Node watch ended")]
     WatchEnded,
     /// The watch's store was dropped before it synced.
-    #[error("the Node store never synced: {0}")]
+    #[error("the Node store never synced")]
     NotSynced(#[source] reflector::store::WriterDropped),
 }
 
@@ -112,7 +112,7 @@ pub async fn run(client: kube::Client, pool: Pool, reporter: Reporter, term: Ter
                 Ok(_) => {
                     let _ = tx.try_send(());
                 }
-                Err(e) => tracing::warn!(error = %e, "Node watch failed; retrying with backoff"),
+                Err(e) => tracing::warn!(error = %weir_error::Report(&e), "Node watch failed; retrying with backoff"),
             }
         }
     };
@@ -164,7 +164,7 @@ async fn allocate(
         for (node, block) in pool.assign(&taken, needing) {
             if let Err(e) = term.check() {
                 failed = true;
-                tracing::warn!(error = %e, "pod CIDR writes held");
+                tracing::warn!(error = %weir_error::Report(&e), "pod CIDR writes held");
                 break;
             }
             let span = tracing::info_span!("pod_cidr", node = %node.name);
@@ -217,7 +217,7 @@ async fn write(api: &Api<Node>, node: &NodeView, cidr: Ipv4Net) -> Result<(), ()
             Err(())
         }
         Err(e) => {
-            tracing::warn!(%cidr, error = %e, "pod CIDR not written; retried");
+            tracing::warn!(%cidr, error = %weir_error::Report(&e), "pod CIDR not written; retried");
             Err(())
         }
     }
@@ -244,7 +244,7 @@ async fn exhausted(recorder: &Recorder, pool: &Pool, taken: usize, nodes: &[std:
         secondary: None,
     };
     if let Err(e) = recorder.publish(&event, &node.object_ref(&())).await {
-        tracing::warn!(error = %e, "Event not recorded");
+        tracing::warn!(error = %weir_error::Report(&e), "Event not recorded");
     }
 }
 
