@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::identity::IdentityKey;
 use crate::object::Kind;
+use crate::objects::Objects;
 use crate::state::{ClusterState, ObjectKey};
 
 /// The changes a source made, snapshot by snapshot, shared by its
@@ -245,9 +246,13 @@ impl PodsByLabels {
     }
 }
 
-/// The keys whose objects differ: a merge of the two sorted maps.
-fn changed<T: PartialEq>(old: &BTreeMap<ObjectKey, Arc<T>>, new: &BTreeMap<ObjectKey, Arc<T>>) -> BTreeSet<ObjectKey> {
+/// The keys whose objects differ: a merge of the two sorted maps (none
+/// when one is the other, unwritten since).
+fn changed<T: PartialEq>(old: &Objects<T>, new: &Objects<T>) -> BTreeSet<ObjectKey> {
     let mut out = BTreeSet::new();
+    if old.ptr_eq(new) {
+        return out;
+    }
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     loop {
         match (a.peek(), b.peek()) {

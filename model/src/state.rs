@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::changes::ChangeLog;
 use crate::identity::{IdentityKey, WeirIdentity};
 use crate::object::{Kind, Object, parse_each};
+use crate::objects::{Objects, Persistent};
 use crate::policy::PolicyId;
 use crate::policy::cnp::ClusterNetworkPolicy;
 use crate::policy::crd::{WeirClusterNetworkPolicy, WeirNetworkPolicy};
@@ -59,19 +60,19 @@ pub struct ClusterState {
     /// which says what changed between two of its snapshots.
     pub generation: u64,
     pub log: Option<Arc<ChangeLog>>,
-    // Objects are shared (`Arc`): a source keeps its objects and publishes
-    // snapshot after snapshot of them; a snapshot costs its maps, not a
-    // copy of every object.
-    pub namespaces: BTreeMap<ObjectKey, Arc<Namespace>>,
-    pub nodes: BTreeMap<ObjectKey, Arc<Node>>,
-    pub pods: BTreeMap<ObjectKey, Arc<Pod>>,
-    pub services: BTreeMap<ObjectKey, Arc<Service>>,
-    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
-    pub network_policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
-    pub identities: BTreeMap<ObjectKey, Arc<WeirIdentity>>,
-    pub weir_network_policies: BTreeMap<ObjectKey, Arc<WeirNetworkPolicy>>,
-    pub weir_cluster_network_policies: BTreeMap<ObjectKey, Arc<WeirClusterNetworkPolicy>>,
-    pub cluster_network_policies: BTreeMap<ObjectKey, Arc<ClusterNetworkPolicy>>,
+    // Objects are shared (`Arc`) and the maps persistent: a source keeps
+    // its objects and publishes snapshot after snapshot of them; a
+    // snapshot costs a few pointers, not a copy of every map or object.
+    pub namespaces: Objects<Namespace>,
+    pub nodes: Objects<Node>,
+    pub pods: Objects<Pod>,
+    pub services: Objects<Service>,
+    pub endpoint_slices: Objects<EndpointSlice>,
+    pub network_policies: Objects<NetworkPolicy>,
+    pub identities: Objects<WeirIdentity>,
+    pub weir_network_policies: Objects<WeirNetworkPolicy>,
+    pub weir_cluster_network_policies: Objects<WeirClusterNetworkPolicy>,
+    pub cluster_network_policies: Objects<ClusterNetworkPolicy>,
     /// Policies the source holds but could not read into their types (an
     /// API server whose schema let through what these types do not
     /// accept). They stay in the model as reasons, so the policy compiler
@@ -80,7 +81,7 @@ pub struct ClusterState {
     pub unreadable_policies: BTreeMap<PolicyId, Unreadable>,
     /// Label set → number, kept in step with `identities` by [`Self::insert`]
     /// (the lowest number, should two stand for one set).
-    identity_ids: BTreeMap<IdentityKey, u32>,
+    identity_ids: Persistent<IdentityKey, u32>,
 }
 
 impl ClusterState {
@@ -111,8 +112,8 @@ impl ClusterState {
                 if o.id().is_some() {
                     self.remove(Kind::WeirIdentity, &key);
                     let id = o.id().unwrap_or_default();
-                    let slot = self.identity_ids.entry(o.spec.clone()).or_insert(id);
-                    *slot = (*slot).min(id);
+                    let lowest = self.identity_ids.get(&o.spec).map_or(id, |have| (*have).min(id));
+                    self.identity_ids.insert(o.spec.clone(), lowest);
                     self.identities.insert(key, Arc::new(o));
                 }
             }

@@ -290,7 +290,7 @@ impl Stores {
 
 /// The object of a kind at `key` in the model, if it is there (a copy).
 fn existing(state: &ClusterState, kind: Kind, key: &ObjectKey) -> Option<Object> {
-    fn c<T: Clone>(m: &BTreeMap<ObjectKey, std::sync::Arc<T>>, key: &ObjectKey) -> Option<T> {
+    fn c<T: Clone>(m: &weir_model::Objects<T>, key: &ObjectKey) -> Option<T> {
         m.get(key).map(|o| (**o).clone())
     }
     Some(match kind {
