@@ -97,6 +97,8 @@ ip netns exec "$node_ns" curl -s http://127.0.0.1:9962/metrics \
   | grep -E '^(hubble_flows_processed_total|weir_drop_count_total|weir_workload_connections_total|weir_tcp_handshake_seconds_count|weir_pod_bytes_total|hubble_policy_verdicts_total|weir_policy_verdicts_total)' \
   | awk -F'{' '{n[$1]++} n[$1] <= 3' || true
 "$weir" status
+step "the agent's controllers, each run and supervised by one runner: up, and how often one failed and was restarted (/healthz names a failing one)"
+ip netns exec "$node_ns" curl -s http://127.0.0.1:9962/metrics | grep -E '^weir_controller_(up|failures_total)' || true
 
 step "flow export: each agent re-reads its flowLogs file (the chart's ConfigMap in a cluster); drops to a file, read back by the stock hubble"
 export_dir=$(mktemp -d /tmp/weir-demo-export.XXXXXX)

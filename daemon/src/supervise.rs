@@ -1,6 +1,6 @@
 //! The agent's controllers under one supervisor: each runs as a task of
 //! one `JoinSet`; one that panics or returns is reported (logged, counted
-//! in `weir_controller_restarts_total`, `weir_controller_up` 0, `/healthz`
+//! in `weir_controller_failures_total`, `weir_controller_up` 0, `/healthz`
 //! failing with its name and why) and, if it can be made again, started
 //! again after a backoff. Before this a controller that panicked ended
 //! its task silently, and what it owned never changed again.
